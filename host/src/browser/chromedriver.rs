@@ -1,0 +1,76 @@
+//! A chromedriver process owned by the host: started on a free loopback port, killed with its
+//! whole process tree when dropped.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use super::procs;
+
+pub struct Chromedriver {
+    child: Child,
+    port: u16,
+}
+
+impl Chromedriver {
+    pub async fn start(binary: &Path) -> anyhow::Result<Chromedriver> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(binary)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut driver = Chromedriver { child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(driver);
+            }
+            if let Some(status) = driver.child.try_wait()? {
+                bail!("{} exited with {status} before listening", binary.display());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen on port {port} within 15 s", binary.display());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().map(|p| p as i32)
+    }
+
+    /// Kill the driver and everything below it (browsers it launched that are still running).
+    pub async fn stop(mut self) {
+        let tree: Vec<procs::ProcId> =
+            self.pid().map(procs::descendants).unwrap_or_default().into_iter().map(|(p, _)| p).collect();
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        procs::kill_all(&tree);
+        // Return only once they are really gone: "no orphans" must hold when the CLI exits.
+        let left = procs::wait_gone(&tree, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            tracing::warn!("{} browser processes survived SIGKILL: {left:?}", left.len());
+        }
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // Last resort when `stop` was not awaited (a panic, an early return).
+        if let Some(pid) = self.pid() {
+            let tree: Vec<procs::ProcId> = procs::descendants(pid).into_iter().map(|(p, _)| p).collect();
+            procs::kill_all(&tree);
+        }
+        let _ = self.child.start_kill();
+    }
+}

@@ -1,0 +1,101 @@
+//! Process-tree bookkeeping from /proc, so shutdown can prove nothing it started survives.
+
+use std::collections::{HashMap, HashSet};
+
+/// A process identity that survives pid reuse: (pid, start time in clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// (ppid, start time, comm) of `pid`, from /proc/PID/stat.
+fn stat(pid: i32) -> Option<(i32, u64, String)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm is in parentheses and may contain spaces; fields after the last ')' are positional.
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_string();
+    let rest: Vec<&str> = s[close + 2..].split(' ').collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((ppid, start, comm))
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Every live descendant of `root` (not `root` itself), with its command name.
+pub fn descendants(root: i32) -> Vec<(ProcId, String)> {
+    let mut children: HashMap<i32, Vec<(i32, u64, String)>> = HashMap::new();
+    for pid in all_pids() {
+        if let Some((ppid, start, comm)) = stat(pid) {
+            children.entry(ppid).or_default().push((pid, start, comm));
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        for (pid, start, comm) in children.get(&p).into_iter().flatten() {
+            if seen.insert(*pid) {
+                out.push((ProcId { pid: *pid, start: *start }, comm.clone()));
+                stack.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// Whether this exact process (not a later one reusing the pid) still exists and is not a zombie.
+pub fn alive(p: ProcId) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)) else { return false };
+    let Some(close) = s.rfind(')') else { return false };
+    let state = s[close + 2..].split(' ').next().unwrap_or("");
+    stat(p.pid).is_some_and(|(_, start, _)| start == p.start) && state != "Z"
+}
+
+/// SIGKILL each process of `procs` that is still the same process.
+pub fn kill_all(procs: &[ProcId]) {
+    for p in procs {
+        if alive(*p) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(p.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Wait until none of `procs` is alive, up to `timeout`; returns those still alive.
+pub async fn wait_gone(procs: &[ProcId], timeout: std::time::Duration) -> Vec<ProcId> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left: Vec<ProcId> = procs.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_and_kills_a_child() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let found: Vec<ProcId> =
+            descendants(me).into_iter().filter(|(p, _)| p.pid == child.id() as i32).map(|(p, _)| p).collect();
+        assert_eq!(found.len(), 1, "sleep is our child");
+        assert!(alive(found[0]));
+        kill_all(&found);
+        child.wait().unwrap();
+        assert!(!alive(found[0]));
+    }
+}

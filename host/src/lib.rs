@@ -1,0 +1,16 @@
+//! The tabpool host: serves the page, launches headless browser tabs over WebDriver, accepts
+//! their authenticated sockets, and runs work in them.
+//!
+//! Start with [`Host::start`], then [`Host::launch_tab`]; call [`Host::shutdown`] to close tabs,
+//! browsers and drivers (dropping a `Host` also kills what it started, as a last resort).
+
+pub mod browser;
+pub mod commands;
+pub mod host;
+pub mod paths;
+pub mod server;
+pub mod stats;
+pub mod tab;
+
+pub use host::{Host, HostConfig, PendingTab};
+pub use tab::{Tab, TabError};

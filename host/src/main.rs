@@ -1,0 +1,157 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use shared_proto::MatMulVariant;
+use tabpool::commands::{bench, doctor, matmul, serve};
+use tabpool::{Host, HostConfig};
+
+#[derive(Parser)]
+#[command(name = "tabpool", version, about = "Headless browser tabs as a pool of AI accelerators")]
+struct Cli {
+    /// Folder with index.html and the built wasm (default: found automatically).
+    #[arg(long, global = true)]
+    www: Option<PathBuf>,
+    /// Chromium binary (default: chromium on PATH).
+    #[arg(long, global = true)]
+    chromium: Option<PathBuf>,
+    /// chromedriver binary (default: chromedriver on PATH).
+    #[arg(long, global = true)]
+    chromedriver: Option<PathBuf>,
+    /// Extra browser flag; repeatable.
+    #[arg(long = "browser-flag", global = true, allow_hyphen_values = true)]
+    browser_flags: Vec<String>,
+    /// Seconds a tab may take to load and join.
+    #[arg(long, global = true, default_value_t = 60)]
+    tab_timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report browsers, driver and page build, then WebGPU/WebNN from one real tab.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Multiply random matrices in a real tab on WebGPU and compare with the CPU.
+    Matmul {
+        #[arg(long, default_value_t = 256)]
+        m: u32,
+        #[arg(long, default_value_t = 256)]
+        k: u32,
+        #[arg(long, default_value_t = 256)]
+        n: u32,
+        #[arg(long, value_enum, default_value_t = Variant::Tiled)]
+        variant: Variant,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks measured in a real tab.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Launch tabs and keep them until Ctrl-C.
+    Serve {
+        #[arg(long, default_value_t = 1)]
+        tabs: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Round-trip latency and host→tab throughput.
+    Proto {
+        #[arg(long, default_value_t = 2000)]
+        pings: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// GFLOP/s of the tiled and naive kernels.
+    Matmul {
+        #[arg(long, value_delimiter = ',', default_values_t = vec![64, 128, 256, 512])]
+        sizes: Vec<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Variant {
+    Tiled,
+    Naive,
+}
+
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Doctor { .. } => unreachable!("doctor manages its own host"),
+        Command::Matmul { m, k, n, variant, seed, json } => {
+            let variant = match variant {
+                Variant::Tiled => MatMulVariant::Tiled,
+                Variant::Naive => MatMulVariant::Naive,
+            };
+            matmul::run(host, matmul::Args { m, k, n, variant, seed, json }).await
+        }
+        Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
+        Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
+        Command::Serve { tabs } => serve::run(host, tabs).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = HostConfig {
+        www: cli.www,
+        chromium: cli.chromium,
+        chromedriver: cli.chromedriver,
+        extra_flags: cli.browser_flags,
+        tab_timeout: Duration::from_secs(cli.tab_timeout),
+    };
+    let result = match cli.command {
+        Command::Doctor { json } => doctor::run(cfg, json).await,
+        command => match Host::start(cfg).await {
+            Err(e) => Err(e),
+            Ok(mut host) => {
+                let outcome = tokio::select! {
+                    r = run_command(&mut host, command) => Some(r),
+                    _ = interrupted() => None,
+                };
+                host.shutdown().await;
+                match outcome {
+                    Some(r) => r,
+                    None => {
+                        eprintln!("interrupted: tabs, browsers and driver closed");
+                        return ExitCode::from(130);
+                    }
+                }
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

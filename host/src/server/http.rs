@@ -1,0 +1,61 @@
+//! Serves `www/` (the page and the built wasm) to tabs.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::Response;
+use tokio::net::TcpListener;
+
+/// Bind on 127.0.0.1 (ephemeral port) and serve `root` until the task is aborted.
+pub async fn serve(root: PathBuf) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().fallback(move |uri: Uri| {
+        let root = root.clone();
+        async move { file(&root, uri.path()).await }
+    });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("http server stopped: {e}");
+        }
+    });
+    Ok((addr, task))
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        // instantiateStreaming refuses wasm served under any other type.
+        Some("wasm") => "application/wasm",
+        Some("json") => "application/json",
+        Some("css") => "text/css",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn file(root: &Path, url_path: &str) -> Response {
+    let rel = url_path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "index.html" } else { rel };
+    // Only plain components: no `..`, no absolute paths escaping `root`.
+    let safe = Path::new(rel).components().all(|c| matches!(c, Component::Normal(_)));
+    let status = |code: StatusCode, text: &str| {
+        Response::builder().status(code).body(Body::from(text.to_string())).expect("static response")
+    };
+    if !safe {
+        return status(StatusCode::BAD_REQUEST, "bad path");
+    }
+    let path = root.join(rel);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Response::builder()
+            .header(header::CONTENT_TYPE, content_type(&path))
+            // A rebuilt runtime must never be shadowed by a cached one.
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Body::from(bytes))
+            .expect("file response"),
+        Err(_) => status(StatusCode::NOT_FOUND, "not found"),
+    }
+}

@@ -1,0 +1,218 @@
+//! The tab socket endpoint: Origin check at the HTTP upgrade, then a `Hello` that must carry the
+//! protocol version and the per-tab secret from the page URL. Anything else is closed and
+//! logged; one bad peer never affects the host or other tabs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use shared_proto::{Frame, Limits, PROTOCOL_VERSION, RejectReason, ToHost, ToTab, decode, encode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+use crate::tab::{Tab, TabError, TabShared};
+
+/// How long a peer may take between TCP accept and its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A tab the host launched and is waiting for.
+pub(crate) struct Expected {
+    pub token: String,
+    pub arrived: oneshot::Sender<Tab>,
+}
+
+pub(crate) struct Registry {
+    pub allowed_origin: String,
+    pub expected: Mutex<HashMap<u64, Expected>>,
+    pub counters: Counters,
+}
+
+/// What the endpoint refused, for tests and `doctor`.
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+pub(crate) async fn listen(registry: Arc<Registry>) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(stream, peer, registry.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok((addr, task))
+}
+
+fn refuse(registry: &Registry, peer: SocketAddr, why: &str) {
+    registry.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(%peer, "refused socket peer: {why}");
+}
+
+/// Constant-time comparison so the secret cannot be probed byte by byte through timing.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
+    let allowed = registry.allowed_origin.clone();
+    let check_origin = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        match req.headers().get("origin").and_then(|o| o.to_str().ok()) {
+            Some(o) if o == allowed => Ok(resp),
+            other => {
+                let mut e = ErrorResponse::new(Some(format!("origin {other:?} is not allowed")));
+                *e.status_mut() = http::StatusCode::FORBIDDEN;
+                Err(e)
+            }
+        }
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(Limits::DEFAULT.max_frame_bytes))
+        .max_frame_size(Some(Limits::DEFAULT.max_frame_bytes));
+    let ws = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_origin, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return refuse(&registry, peer, &format!("upgrade failed: {e}")),
+        Err(_) => return refuse(&registry, peer, "no upgrade in time"),
+    };
+    let (mut sink, mut stream) = ws.split();
+
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &Limits::DEFAULT) {
+            Ok(Frame { msg: ToHost::Hello(h), .. }) => h,
+            Ok(_) => return refuse(&registry, peer, "first frame is not Hello"),
+            Err(e) => return refuse(&registry, peer, &format!("malformed first frame: {e}")),
+        },
+        Ok(Some(Ok(other))) => return refuse(&registry, peer, &format!("non-binary first message {other:?}")),
+        Ok(Some(Err(e))) => return refuse(&registry, peer, &format!("socket error before Hello: {e}")),
+        Ok(None) => return refuse(&registry, peer, "closed before Hello"),
+        Err(_) => return refuse(&registry, peer, "no Hello in time"),
+    };
+
+    let verdict = if hello.protocol_version != PROTOCOL_VERSION {
+        Err((
+            RejectReason::VersionMismatch,
+            format!("tab speaks protocol {}, host speaks {PROTOCOL_VERSION}: rebuild the page", hello.protocol_version),
+        ))
+    } else {
+        let mut expected = registry.expected.lock().expect("registry lock");
+        match expected.get(&hello.tab_id) {
+            None => Err((RejectReason::UnknownTab, format!("tab {} was not launched or already joined", hello.tab_id))),
+            Some(e) if !same_secret(&e.token, &hello.token) => {
+                Err((RejectReason::BadToken, format!("wrong token for tab {}", hello.tab_id)))
+            }
+            Some(_) => Ok(expected.remove(&hello.tab_id).expect("present")),
+        }
+    };
+    let expected = match verdict {
+        Ok(e) => e,
+        Err((reason, message)) => {
+            refuse(&registry, peer, &message);
+            let frame = Frame::new(ToTab::Reject { reason, message: message.clone() });
+            if let Ok(bytes) = encode(&frame, &Limits::DEFAULT) {
+                let _ = sink.send(Message::Binary(bytes.into())).await;
+            }
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.into() })))
+                .await;
+            return;
+        }
+    };
+
+    let welcome = encode(&Frame::new(ToTab::Welcome { tab_id: hello.tab_id }), &Limits::DEFAULT).expect("small frame");
+    if sink.send(Message::Binary(welcome.into())).await.is_err() {
+        return refuse(&registry, peer, "closed before Welcome");
+    }
+    registry.counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%peer, tab = hello.tab_id, "tab joined");
+
+    let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<Message>();
+    let shared = Arc::new(TabShared {
+        id: hello.tab_id,
+        caps: hello.caps,
+        outbox,
+        pending: Mutex::default(),
+        next_request: AtomicU64::new(1),
+        closed: AtomicBool::new(false),
+    });
+    // Writer: everything for this tab goes through one task, in order.
+    let mut writer = tokio::spawn(async move {
+        while let Some(msg) = outbox_rx.recv().await {
+            let is_close = matches!(msg, Message::Close(_));
+            if sink.send(msg).await.is_err() || is_close {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let _ = expected.arrived.send(Tab { shared: shared.clone() });
+
+    // Reader: route replies to their waiters; a protocol violation closes this socket only.
+    while let Some(msg) = stream.next().await {
+        let bytes: Bytes = match msg {
+            Ok(Message::Binary(b)) => b,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(other) => {
+                violation(&shared, &format!("unexpected message {other:?}"));
+                break;
+            }
+        };
+        match decode::<ToHost>(bytes, &Limits::DEFAULT) {
+            Ok(Frame { msg: ToHost::Reply { id, result }, tensors }) => {
+                let waiter = shared.pending.lock().expect("pending lock").remove(&id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(result.map(|r| (r, tensors)).map_err(|error| TabError::Remote { tab: shared.id, error }));
+                    }
+                    // A reply after its request timed out: harmless, but worth seeing.
+                    None => tracing::debug!(tab = shared.id, id, "reply for no waiting request"),
+                }
+            }
+            Ok(Frame { msg: ToHost::Hello(_), .. }) => {
+                violation(&shared, "second Hello");
+                break;
+            }
+            Err(e) => {
+                violation(&shared, &format!("malformed frame: {e}"));
+                break;
+            }
+        }
+    }
+    tracing::info!(tab = shared.id, "tab disconnected");
+    shared.fail_all();
+    drop(shared);
+    // Let a queued Close go out, then stop: `Tab` clones may keep the channel open forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    writer.abort();
+}
+
+fn violation(shared: &TabShared, why: &str) {
+    tracing::warn!(tab = shared.id, "closing tab socket: {why}");
+    let _ = shared.outbox.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Protocol,
+        reason: "protocol violation".into(),
+    })));
+}

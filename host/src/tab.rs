@@ -1,0 +1,120 @@
+//! A connected tab: send a request, await its reply by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared_proto::{Capabilities, Frame, Limits, ProtoError, RemoteError, Reply, Request, Tensor, ToTab, encode};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Error)]
+pub enum TabError {
+    #[error("tab {0} is disconnected")]
+    Closed(u64),
+    #[error("tab {tab} did not answer within {after:?}")]
+    Timeout { tab: u64, after: Duration },
+    #[error("tab {tab}: {error}")]
+    Remote { tab: u64, error: RemoteError },
+    #[error("request not sendable: {0}")]
+    Encode(#[from] ProtoError),
+    #[error("tab {tab} sent a bad reply: {message}")]
+    BadReply { tab: u64, message: String },
+}
+
+pub(crate) type ReplySender = oneshot::Sender<Result<(Reply, Vec<Tensor>), TabError>>;
+
+pub(crate) struct TabShared {
+    pub id: u64,
+    pub caps: Capabilities,
+    pub outbox: mpsc::UnboundedSender<Message>,
+    pub pending: Mutex<HashMap<u64, ReplySender>>,
+    pub next_request: AtomicU64,
+    pub closed: AtomicBool,
+}
+
+impl TabShared {
+    /// Fail every request still waiting: the socket is gone.
+    pub fn fail_all(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let pending: Vec<_> = self.pending.lock().expect("pending lock").drain().collect();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(TabError::Closed(self.id)));
+        }
+    }
+}
+
+/// Cheap to clone; all clones talk to the same socket.
+#[derive(Clone)]
+pub struct Tab {
+    pub(crate) shared: Arc<TabShared>,
+}
+
+impl std::fmt::Debug for Tab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tab").field("id", &self.shared.id).finish()
+    }
+}
+
+impl Tab {
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    pub fn caps(&self) -> &Capabilities {
+        &self.shared.caps
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Send `req` with `tensors`; wait for the reply up to `timeout`.
+    pub async fn call(
+        &self,
+        req: Request,
+        tensors: Vec<Tensor>,
+        timeout: Duration,
+    ) -> Result<(Reply, Vec<Tensor>), TabError> {
+        let s = &self.shared;
+        let id = s.next_request.fetch_add(1, Ordering::Relaxed);
+        let bytes = encode(&Frame::with_tensors(ToTab::Request { id, req }, tensors), &Limits::DEFAULT)?;
+        let (tx, rx) = oneshot::channel();
+        s.pending.lock().expect("pending lock").insert(id, tx);
+        if s.closed.load(Ordering::SeqCst) || s.outbox.send(Message::Binary(bytes.into())).is_err() {
+            s.pending.lock().expect("pending lock").remove(&id);
+            return Err(TabError::Closed(s.id));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(TabError::Closed(s.id)),
+            Err(_) => {
+                s.pending.lock().expect("pending lock").remove(&id);
+                Err(TabError::Timeout { tab: s.id, after: timeout })
+            }
+        }
+    }
+
+    /// No-op round trip.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), TabError> {
+        match self.call(Request::Ping, Vec::new(), timeout).await? {
+            (Reply::Pong, _) => Ok(()),
+            (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to Ping") }),
+        }
+    }
+
+    /// Run a kernel; returns its outputs and the in-tab device time.
+    pub async fn kernel(
+        &self,
+        kernel: shared_proto::Kernel,
+        inputs: Vec<Tensor>,
+        timeout: Duration,
+    ) -> Result<(Vec<Tensor>, f64), TabError> {
+        match self.call(Request::Kernel(kernel), inputs, timeout).await? {
+            (Reply::KernelDone { device_ms }, outputs) => Ok((outputs, device_ms)),
+            (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to Kernel") }),
+        }
+    }
+}

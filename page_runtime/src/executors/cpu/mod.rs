@@ -1,0 +1,29 @@
+//! The CPU executor: plain Rust, the same kernels as WebGPU. It is the host's fallback when no
+//! browser can start and the reference the GPU kernels are tested against.
+
+mod binary;
+mod matmul;
+
+pub use binary::add;
+pub use matmul::matmul;
+
+use shared_proto::{Kernel, RemoteError, Tensor};
+
+use super::check;
+
+/// Run one kernel on the CPU; inputs are validated exactly as on WebGPU.
+pub fn run_kernel(kernel: &Kernel, inputs: &[Tensor]) -> Result<Vec<Tensor>, RemoteError> {
+    check::kernel(kernel, inputs)?;
+    let values = |t: &Tensor| t.to_f32().expect("checked f32");
+    match kernel {
+        Kernel::MatMul { .. } => {
+            let d = check::matmul(inputs)?;
+            let c = matmul(&values(&inputs[0]), &values(&inputs[1]), d.m as usize, d.k as usize, d.n as usize);
+            Ok(vec![Tensor::from_f32(vec![d.m, d.n], &c)])
+        }
+        Kernel::Add => {
+            let c = add(&values(&inputs[0]), &values(&inputs[1]));
+            Ok(vec![Tensor::from_f32(inputs[0].shape.clone(), &c)])
+        }
+    }
+}

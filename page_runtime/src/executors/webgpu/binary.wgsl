@@ -1,0 +1,19 @@
+// Element-wise c[i] = {{expr}} with x = a[i], y = b[i]. `{{expr}}` is substituted per op.
+
+struct Params { len: u32, row_stride: u32, pad0: u32, pad1: u32 }
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let i = g.y * params.row_stride + g.x;
+    if (i >= params.len) {
+        return;
+    }
+    let x = a[i];
+    let y = b[i];
+    c[i] = {{expr}};
+}

@@ -1,0 +1,116 @@
+//! Buffer pooling: WebGPU buffer creation is expensive, and kernels are called in loops with the
+//! same sizes. Buffers are bucketed by kind and power-of-two size and handed back on drop.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::rc::Rc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    StorageIn,
+    StorageOut,
+    Uniform,
+    Readback,
+}
+
+impl Kind {
+    fn usage(self) -> wgpu::BufferUsages {
+        use wgpu::BufferUsages as U;
+        match self {
+            Kind::StorageIn => U::STORAGE | U::COPY_DST,
+            Kind::StorageOut => U::STORAGE | U::COPY_SRC,
+            Kind::Uniform => U::UNIFORM | U::COPY_DST,
+            Kind::Readback => U::MAP_READ | U::COPY_DST,
+        }
+    }
+}
+
+type Key = (Kind, u64);
+
+#[derive(Default)]
+struct Free {
+    buffers: HashMap<Key, Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+/// Free buffers by (kind, bucket size), capped at `max_bytes` so idle memory stays bounded.
+pub struct BufferPool {
+    free: Rc<RefCell<Free>>,
+    max_bytes: u64,
+}
+
+/// A buffer on loan from the pool; returned on drop.
+pub struct Pooled {
+    buffer: Option<wgpu::Buffer>,
+    key: Key,
+    free: Rc<RefCell<Free>>,
+    max_bytes: u64,
+}
+
+impl Deref for Pooled {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("present until drop")
+    }
+}
+
+impl Pooled {
+    /// Destroy instead of returning to the pool: for a buffer left in an unknown state (a map
+    /// that failed or is still pending after an error).
+    pub fn discard(mut self) {
+        if let Some(b) = self.buffer.take() {
+            b.destroy();
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let Some(buffer) = self.buffer.take() else { return };
+        let mut free = self.free.borrow_mut();
+        if free.bytes + self.key.1 <= self.max_bytes {
+            free.bytes += self.key.1;
+            free.buffers.entry(self.key).or_default().push(buffer);
+        } else {
+            buffer.destroy();
+        }
+    }
+}
+
+/// Bucket size: the next power of two, at least 256 bytes (uniform/storage alignment).
+pub fn bucket(bytes: u64) -> u64 {
+    bytes.max(256).next_power_of_two()
+}
+
+impl BufferPool {
+    pub fn new(max_bytes: u64) -> Self {
+        BufferPool { free: Rc::default(), max_bytes }
+    }
+
+    pub fn acquire(&self, device: &wgpu::Device, bytes: u64, kind: Kind) -> Pooled {
+        let key = (kind, bucket(bytes));
+        let reused = {
+            let mut free = self.free.borrow_mut();
+            let b = free.buffers.get_mut(&key).and_then(Vec::pop);
+            if b.is_some() {
+                free.bytes -= key.1;
+            }
+            b
+        };
+        let buffer = reused.unwrap_or_else(|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: key.1,
+                usage: kind.usage(),
+                mapped_at_creation: false,
+            })
+        });
+        Pooled { buffer: Some(buffer), key, free: self.free.clone(), max_bytes: self.max_bytes }
+    }
+
+    /// Buffers currently parked in the pool (for tests and metrics).
+    pub fn idle_buffers(&self) -> usize {
+        self.free.borrow().buffers.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,83 @@
+//! Tensors on the wire: dtype + shape + raw little-endian bytes. Never JSON number lists.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum DType {
+    F32 = 0,
+    F16 = 1,
+    I32 = 2,
+    U32 = 3,
+    U8 = 4,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 => 2,
+            DType::U8 => 1,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<DType> {
+        Some(match tag {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::I32,
+            3 => DType::U32,
+            4 => DType::U8,
+            _ => return None,
+        })
+    }
+}
+
+/// A tensor whose bytes are shared, not copied: on the host, decoded tensors are slices of the
+/// received frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<u32>,
+    pub data: Bytes,
+}
+
+impl Tensor {
+    pub fn elements(&self) -> u64 {
+        element_count(&self.shape)
+    }
+
+    /// An f32 tensor from host values (one copy into little-endian bytes).
+    pub fn from_f32(shape: Vec<u32>, values: &[f32]) -> Tensor {
+        assert_eq!(
+            element_count(&shape),
+            values.len() as u64,
+            "shape {shape:?} does not match {} values",
+            values.len()
+        );
+        let mut data = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        Tensor { dtype: DType::F32, shape, data: Bytes::from(data) }
+    }
+
+    /// Values of an f32 tensor, or `None` for another dtype.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        if self.dtype != DType::F32 {
+            return None;
+        }
+        Some(
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+}
+
+/// Saturating product of the dims: an absurd shape stays absurd instead of wrapping to small.
+pub fn element_count(shape: &[u32]) -> u64 {
+    shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+}
