@@ -25,7 +25,12 @@ async fn connect(url: &str, origin: Option<&str>) -> Result<Ws, WsError> {
 }
 
 fn hello(tab_id: u64, token: &str, version: u32) -> Message {
-    let h = ToHost::Hello(Hello { protocol_version: version, tab_id, token: token.into(), caps: Capabilities::default() });
+    let h = ToHost::Hello(Box::new(Hello {
+        protocol_version: version,
+        tab_id,
+        token: token.into(),
+        caps: Capabilities::default(),
+    }));
     Message::Binary(encode(&Frame::new(h), &Limits::DEFAULT).unwrap().into())
 }
 

@@ -15,7 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_tabpool");
 fn assert_browser_tree(seen: &HashMap<ProcId, String>) {
     let names: Vec<&String> = seen.values().collect();
     assert!(names.iter().any(|n| n.contains("chromedriver")), "chromedriver was started: {names:?}");
-    assert!(names.iter().any(|n| n.contains("chrom") && !n.contains("chromedriver")), "chromium was started: {names:?}");
+    assert!(
+        names.iter().any(|n| n.contains("chrom") && !n.contains("chromedriver")),
+        "chromium was started: {names:?}"
+    );
 }
 
 fn assert_all_gone(seen: &HashMap<ProcId, String>) {

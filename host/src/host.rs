@@ -74,7 +74,8 @@ impl Host {
             expected: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
-        let (socket_addr, socket_task) = socket::listen(registry.clone()).await.context("starting the socket endpoint")?;
+        let (socket_addr, socket_task) =
+            socket::listen(registry.clone()).await.context("starting the socket endpoint")?;
         tracing::info!(%http_addr, %socket_addr, "host listening");
         Ok(Host {
             cfg,
@@ -113,11 +114,8 @@ impl Host {
             .lock()
             .expect("registry lock")
             .insert(id, Expected { token: token.clone(), arrived: tx });
-        let url = format!(
-            "http://{}/index.html?ws={}&token={token}&tab={id}",
-            self.http_addr,
-            urlencode(&self.socket_url())
-        );
+        let url =
+            format!("http://{}/index.html?ws={}&token={token}&tab={id}", self.http_addr, urlencode(&self.socket_url()));
         PendingTab { id, token, url, arrived: rx }
     }
 

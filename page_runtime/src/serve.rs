@@ -68,12 +68,12 @@ async fn serve() -> Result<(), String> {
     status("connecting");
     let (socket, mut events) = socket::connect(&params.socket_url).await?;
     let socket = Rc::new(socket);
-    let hello = ToHost::Hello(Hello {
+    let hello = ToHost::Hello(Box::new(Hello {
         protocol_version: PROTOCOL_VERSION,
         tab_id: params.tab_id,
         token: params.token,
         caps,
-    });
+    }));
     send(&socket, Frame::new(hello))?;
     let executor = Rc::new(executor);
     let mut welcomed = false;

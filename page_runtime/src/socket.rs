@@ -13,7 +13,10 @@ pub enum Event {
     Frame(Vec<u8>),
     /// A text frame: never valid in this protocol.
     Text,
-    Closed { code: u16, reason: String },
+    Closed {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// Sending half; the closures live as long as it does.

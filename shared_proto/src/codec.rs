@@ -48,8 +48,8 @@ fn pad_to_8(len: usize) -> usize {
 /// Encode a frame. Fails only if the frame would break `limits` (so a sender learns before its
 /// peer closes the socket) or the header cannot be encoded.
 pub fn encode<M: Serialize>(frame: &Frame<M>, limits: &Limits) -> Result<Vec<u8>, ProtoError> {
-    let header = bincode::serde::encode_to_vec(&frame.msg, bincode_config())
-        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    let header =
+        bincode::serde::encode_to_vec(&frame.msg, bincode_config()).map_err(|e| ProtoError::Encode(e.to_string()))?;
     if header.len() > limits.max_header_bytes {
         return Err(ProtoError::HeaderTooLarge { got: header.len(), limit: limits.max_header_bytes });
     }

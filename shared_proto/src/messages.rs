@@ -28,9 +28,12 @@ pub enum RejectReason {
 /// Tab → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToHost {
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// The answer to `Request { id }`. Output tensors are the frame's tensors, in order.
-    Reply { id: u64, result: Result<Reply, RemoteError> },
+    Reply {
+        id: u64,
+        result: Result<Reply, RemoteError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +75,11 @@ pub enum MatMulVariant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     Pong,
-    Sunk { bytes: u64 },
+    Sunk {
+        bytes: u64,
+    },
     /// `device_ms`: in-tab time from submit to results mapped, divided by `repeats`.
-    KernelDone { device_ms: f64 },
+    KernelDone {
+        device_ms: f64,
+    },
 }

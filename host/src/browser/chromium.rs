@@ -36,11 +36,8 @@ pub struct BrowserSession {
 impl BrowserSession {
     /// Start a browser through `driver_url` and open `page_url` in it.
     pub async fn open(driver_url: &str, opts: &ChromiumOptions, page_url: &str) -> anyhow::Result<BrowserSession> {
-        let profile = std::env::temp_dir().join(format!(
-            "tabpool-profile-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("tabpool-profile-{}-{:016x}", std::process::id(), rand::random::<u64>()));
         std::fs::create_dir_all(&profile).with_context(|| format!("creating {}", profile.display()))?;
         let mut args: Vec<String> = BASE_FLAGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));

@@ -36,7 +36,10 @@ pub async fn proto(host: &mut Host, pings: usize, json_out: bool) -> anyhow::Res
     let (p50, p99) = (quantile(&rtt_ms, 0.5), quantile(&rtt_ms, 0.99));
     if json_out {
         let tp: Vec<_> = rows.iter().map(|(s, mbs)| json!({ "bytes": s, "mb_per_s": mbs })).collect();
-        println!("{}", json!({ "tab_start_ms": tab_start_ms, "pings": pings, "rtt_p50_ms": p50, "rtt_p99_ms": p99, "throughput": tp }));
+        println!(
+            "{}",
+            json!({ "tab_start_ms": tab_start_ms, "pings": pings, "rtt_p50_ms": p50, "rtt_p99_ms": p99, "throughput": tp })
+        );
         return Ok(());
     }
     println!("bench proto — tab {} ({})", tab.id(), tab.caps().user_agent);
@@ -101,14 +104,23 @@ pub async fn matmul(host: &mut Host, sizes: &[u32], json_out: bool) -> anyhow::R
         return Ok(());
     }
     println!("bench matmul — tab {} on {adapter}", tab.id());
-    println!("{:>6} | {:>13} | {:>13} | {:>12} | {:>15}", "n", "tiled GFLOP/s", "naive GFLOP/s", "tiled/naive", "host CPU GFLOP/s");
+    println!(
+        "{:>6} | {:>13} | {:>13} | {:>12} | {:>15}",
+        "n", "tiled GFLOP/s", "naive GFLOP/s", "tiled/naive", "host CPU GFLOP/s"
+    );
     for (s, t, n, c) in rows {
         println!("{s:>6} | {t:>13.3} | {n:>13.3} | {:>11.2}x | {c:>15.3}", t / n);
     }
     Ok(())
 }
 
-async fn median_device_ms(tab: &Tab, variant: MatMulVariant, repeats: u32, a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+async fn median_device_ms(
+    tab: &Tab,
+    variant: MatMulVariant,
+    repeats: u32,
+    a: &Tensor,
+    b: &Tensor,
+) -> anyhow::Result<f64> {
     let kernel = Kernel::MatMul { variant, repeats };
     tab.kernel(kernel.clone(), vec![a.clone(), b.clone()], KERNEL_TIMEOUT).await?; // compile + warm
     let mut ms = Vec::new();

@@ -63,7 +63,11 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
             None => println!(
                 "{name:<13} ok       {} {}",
                 v["path"].as_str().or(v["dir"].as_str()).unwrap_or_default(),
-                v["version"].as_str().map(str::to_string).or(v["wasm_bytes"].as_u64().map(|b| format!("({b} bytes of wasm)"))).unwrap_or_default()
+                v["version"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or(v["wasm_bytes"].as_u64().map(|b| format!("({b} bytes of wasm)")))
+                    .unwrap_or_default()
             ),
         };
         line("chromium", &report["chromium"]);

@@ -53,7 +53,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         println!("{v}");
     } else {
         println!("matmul {m}x{k}x{n} ({:?}) on tab {} — {}", args.variant, tab.id(), adapter_line(tab.caps()));
-        println!("  tab start {tab_start_ms:.0} ms; device {device_ms:.2} ms ({gflops:.3} GFLOP/s), round trip {round_trip_ms:.2} ms; host CPU {cpu_ms:.2} ms");
+        println!(
+            "  tab start {tab_start_ms:.0} ms; device {device_ms:.2} ms ({gflops:.3} GFLOP/s), round trip {round_trip_ms:.2} ms; host CPU {cpu_ms:.2} ms"
+        );
         println!(
             "  vs CPU executor: max abs err {:.3e}, max rel err {:.3e}, {} of {} outside the f32 error bound -> {}",
             c.max_abs,

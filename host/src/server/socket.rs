@@ -14,9 +14,9 @@ use shared_proto::{Frame, Limits, PROTOCOL_VERSION, RejectReason, ToHost, ToTab,
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, http};
 
 use crate::tab::{Tab, TabError, TabShared};
@@ -74,6 +74,8 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
     let allowed = registry.allowed_origin.clone();
+    // The callback signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let check_origin = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         match req.headers().get("origin").and_then(|o| o.to_str().ok()) {
             Some(o) if o == allowed => Ok(resp),
@@ -101,7 +103,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &Limits::DEFAULT) {
-            Ok(Frame { msg: ToHost::Hello(h), .. }) => h,
+            Ok(Frame { msg: ToHost::Hello(h), .. }) => *h,
             Ok(_) => return refuse(&registry, peer, "first frame is not Hello"),
             Err(e) => return refuse(&registry, peer, &format!("malformed first frame: {e}")),
         },
@@ -134,9 +136,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
             if let Ok(bytes) = encode(&frame, &Limits::DEFAULT) {
                 let _ = sink.send(Message::Binary(bytes.into())).await;
             }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.into() })))
-                .await;
+            let _ =
+                sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: message.into() }))).await;
             return;
         }
     };
@@ -185,7 +186,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
                 let waiter = shared.pending.lock().expect("pending lock").remove(&id);
                 match waiter {
                     Some(tx) => {
-                        let _ = tx.send(result.map(|r| (r, tensors)).map_err(|error| TabError::Remote { tab: shared.id, error }));
+                        let _ = tx.send(
+                            result.map(|r| (r, tensors)).map_err(|error| TabError::Remote { tab: shared.id, error }),
+                        );
                     }
                     // A reply after its request timed out: harmless, but worth seeing.
                     None => tracing::debug!(tab = shared.id, id, "reply for no waiting request"),
@@ -211,8 +214,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
 
 fn violation(shared: &TabShared, why: &str) {
     tracing::warn!(tab = shared.id, "closing tab socket: {why}");
-    let _ = shared.outbox.send(Message::Close(Some(CloseFrame {
-        code: CloseCode::Protocol,
-        reason: "protocol violation".into(),
-    })));
+    let _ = shared
+        .outbox
+        .send(Message::Close(Some(CloseFrame { code: CloseCode::Protocol, reason: "protocol violation".into() })));
 }

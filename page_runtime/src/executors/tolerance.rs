@@ -8,10 +8,7 @@ pub fn matmul_bound(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f
     let abs_a: Vec<f32> = a.iter().map(|x| x.abs()).collect();
     let abs_b: Vec<f32> = b.iter().map(|x| x.abs()).collect();
     let gamma = 2.0 * k as f32 * (f32::EPSILON / 2.0);
-    super::cpu::matmul(&abs_a, &abs_b, m, k, n)
-        .into_iter()
-        .map(|s| 2.0 * gamma * s + f32::MIN_POSITIVE)
-        .collect()
+    super::cpu::matmul(&abs_a, &abs_b, m, k, n).into_iter().map(|s| 2.0 * gamma * s + f32::MIN_POSITIVE).collect()
 }
 
 /// Largest absolute and relative difference, and how many elements broke their bound.

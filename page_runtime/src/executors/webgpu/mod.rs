@@ -107,7 +107,10 @@ async fn js_adapter_info() -> JsAdapterInfo {
         vendor: text("vendor"),
         architecture: text("architecture"),
         description: text("description"),
-        is_fallback: get(&info, "isFallbackAdapter").as_bool().or(get(&adapter, "isFallbackAdapter").as_bool()).unwrap_or(false),
+        is_fallback: get(&info, "isFallbackAdapter")
+            .as_bool()
+            .or(get(&adapter, "isFallbackAdapter").as_bool())
+            .unwrap_or(false),
     }
 }
 

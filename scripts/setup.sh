@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian machine: browser + driver, wasm target, wasm-bindgen-cli
+# pinned to the crate version, then the page build. Safe to run again; skips what is present.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+log() { echo "[setup] $*" >&2; }
+SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+apt_pkgs=()
+[ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
+[ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  log "apt: ${apt_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  log "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+for c in clippy rustfmt; do
+  rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
+
+# The CLI must match the wasm-bindgen crate exactly (Cargo.lock). No --locked: with it,
+# resolution fails on webpki-roots (DESIGN.md).
+want=$(sed -n '/^name = "wasm-bindgen"$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  log "cargo install wasm-bindgen-cli $want (about 4 minutes)"
+  cargo install -q wasm-bindgen-cli --version "$want"
+fi
+
+bash scripts/build-page.sh

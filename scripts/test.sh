@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up, then run every check: formatting, clippy (host and wasm32), unit + property tests,
+# end-to-end tests with real headless Chromium, and the WebGPU kernel tests inside Chromium.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
+
+step cargo fmt --all -- --check
+step cargo clippy --workspace --all-targets -- -D warnings
+step cargo clippy -p page_runtime -p shared_proto --target wasm32-unknown-unknown --all-targets -- -D warnings
+step cargo test --workspace
+step cargo test -p page_runtime --target wasm32-unknown-unknown
+
+# One closing line over every cargo test run above.
+passed=$(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: .*FAILED\. \([0-9]*\) passed.*/\1/p' "$log" | awk "{s+=\$1} END {print s+0}")
+failed=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk "{s+=\$1} END {print s+0}")
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+[ "${failed:-0}" = 0 ] && [ "${passed:-0}" -gt 0 ]
