@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod commands;
 pub mod host;
+pub mod models;
 pub mod paths;
 pub mod server;
 pub mod stats;

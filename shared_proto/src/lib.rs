@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod codec;
 pub mod error;
+pub mod graph;
 pub mod limits;
 pub mod messages;
 pub mod tensor;
@@ -16,7 +17,8 @@ pub mod version;
 pub use caps::{AdapterInfo, Capabilities, WebGpuCaps, WebNnCaps, WebNnContextProbe};
 pub use codec::{Frame, decode, encode};
 pub use error::{ErrorKind, ProtoError, RemoteError};
+pub use graph::{Dim, Graph, GraphError, InputDecl, Node, Op, ValueRef, WeightDecl};
 pub use limits::Limits;
 pub use messages::{Hello, Kernel, MatMulVariant, RejectReason, Reply, Request, ToHost, ToTab};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Tensor, content_hash};
 pub use version::PROTOCOL_VERSION;

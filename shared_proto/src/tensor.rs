@@ -76,3 +76,8 @@ impl Tensor {
 pub fn element_count(shape: &[u32]) -> u64 {
     shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
 }
+
+/// Content hash of a weight's bytes (blake3, hex): how weights are addressed and verified.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}

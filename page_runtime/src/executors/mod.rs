@@ -3,6 +3,8 @@
 
 pub mod check;
 pub mod cpu;
+pub mod inputs;
+pub mod shapes;
 pub mod tolerance;
 #[cfg(target_arch = "wasm32")]
 pub mod webgpu;

@@ -1,5 +1,7 @@
+//! Matmul family on the CPU.
+
 /// `C[m,n] = A[m,k] · B[k,n]`, row-major f32. The i-k-j loop order streams rows of B and C so
-/// the inner loop vectorises; no blocking yet (the CPU path is a fallback, not the fast path).
+/// the inner loop vectorises.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "A is not {m}x{k}");
     assert_eq!(b.len(), k * n, "B is not {k}x{n}");
@@ -17,6 +19,38 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     c
 }
 
+/// Dot product with 8 independent accumulators so it vectorises (and sums in a fixed order).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])`: both operands walked along contiguous rows.
+pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "W is not {n}x{k}");
+    let mut y = vec![0.0f32; m * n];
+    for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
+        let x_row = &x[i * k..(i + 1) * k];
+        for (j, out) in y_row.iter_mut().enumerate() {
+            *out = dot(x_row, &w[j * k..(j + 1) * k]) + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,5 +60,12 @@ mod tests {
         // [[1,2,3],[4,5,6]] · [[7,8],[9,10],[11,12]] = [[58,64],[139,154]]
         let c = matmul(&[1., 2., 3., 4., 5., 6.], &[7., 8., 9., 10., 11., 12.], 2, 3, 2);
         assert_eq!(c, vec![58., 64., 139., 154.]);
+    }
+
+    #[test]
+    fn linear_is_matmul_with_transposed_weights_plus_bias() {
+        let x = [1., 2., 3., 4., 5., 6.]; // 2x3
+        let w = [7., 9., 11., 8., 10., 12.]; // 2x3 = [[7,8],[9,10],[11,12]]ᵀ
+        assert_eq!(linear(&x, &w, Some(&[1.0, -1.0]), 2, 3, 2), vec![59., 63., 140., 153.]);
     }
 }

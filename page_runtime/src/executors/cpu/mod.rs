@@ -1,11 +1,21 @@
 //! The CPU executor: plain Rust, the same kernels as WebGPU. It is the host's fallback when no
 //! browser can start and the reference the GPU kernels are tested against.
 
+mod attention;
 mod binary;
+mod graph;
 mod matmul;
+mod reduce;
+mod reindex;
+mod unary;
 
-pub use binary::add;
-pub use matmul::matmul;
+pub use attention::{AttnDims, attention};
+pub use binary::{add, mul};
+pub use graph::{CpuModel, last_uses};
+pub use matmul::{dot, linear, matmul};
+pub use reduce::{l2_normalize, layer_norm, mean_pool, softmax};
+pub use reindex::{gather, transpose};
+pub use unary::gelu;
 
 use shared_proto::{Kernel, RemoteError, Tensor};
 

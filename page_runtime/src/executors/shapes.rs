@@ -1,0 +1,124 @@
+//! Shape and dtype inference per op, shared by every executor: a bad graph or input fails the
+//! same way (as `BadInput`) whichever backend runs it.
+
+use shared_proto::{DType, ErrorKind, Op, RemoteError};
+
+fn bad(op: &Op, msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::BadInput, format!("{}: {msg}", op.name()))
+}
+
+/// Output shape and dtype of `op` given its arguments' shapes and dtypes.
+pub fn infer(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, DType), RemoteError> {
+    let want_f32 = |idx: &[usize]| -> Result<(), RemoteError> {
+        for &i in idx {
+            if dtypes[i] != DType::F32 {
+                return Err(bad(op, format!("argument {i} must be f32, got {:?}", dtypes[i])));
+            }
+        }
+        Ok(())
+    };
+    let last = |s: &[u32]| s.last().copied().unwrap_or(0);
+    match op {
+        Op::MatMul => {
+            want_f32(&[0, 1])?;
+            let (a, b) = (shapes[0], shapes[1]);
+            if a.len() < 2 || b.len() != 2 || a[a.len() - 1] != b[0] {
+                return Err(bad(op, format!("needs a[.., M, K] and b[K, N], got {a:?} and {b:?}")));
+            }
+            let mut out = a.to_vec();
+            *out.last_mut().expect("rank ≥ 2") = b[1];
+            Ok((out, DType::F32))
+        }
+        Op::Linear { bias } => {
+            want_f32(if *bias { &[0, 1, 2] } else { &[0, 1] })?;
+            let (x, w) = (shapes[0], shapes[1]);
+            if x.is_empty() || w.len() != 2 || last(x) != w[1] {
+                return Err(bad(op, format!("needs x[.., K] and w[N, K], got {x:?} and {w:?}")));
+            }
+            if *bias && shapes[2] != [w[0]] {
+                return Err(bad(op, format!("bias must be [{}], got {:?}", w[0], shapes[2])));
+            }
+            let mut out = x.to_vec();
+            *out.last_mut().expect("rank ≥ 1") = w[0];
+            Ok((out, DType::F32))
+        }
+        Op::Add | Op::Mul => {
+            want_f32(&[0, 1])?;
+            let (a, b) = (shapes[0], shapes[1]);
+            if b.len() > a.len() || a[a.len() - b.len()..] != *b {
+                return Err(bad(op, format!("b {b:?} must be a suffix of a {a:?}")));
+            }
+            Ok((a.to_vec(), DType::F32))
+        }
+        Op::Gelu | Op::Softmax | Op::L2Normalize { .. } => {
+            want_f32(&[0])?;
+            if shapes[0].is_empty() {
+                return Err(bad(op, "needs rank ≥ 1".into()));
+            }
+            Ok((shapes[0].to_vec(), DType::F32))
+        }
+        Op::LayerNorm { .. } => {
+            want_f32(&[0, 1, 2])?;
+            let h = last(shapes[0]);
+            if shapes[0].is_empty() || shapes[1] != [h] || shapes[2] != [h] {
+                return Err(bad(op, format!("needs x[.., {h}], gamma[{h}], beta[{h}], got {shapes:?}")));
+            }
+            Ok((shapes[0].to_vec(), DType::F32))
+        }
+        Op::MeanPool => {
+            want_f32(&[0, 1])?;
+            match (shapes[0], shapes[1]) {
+                (&[b, s, h], &[mb, ms]) if b == mb && s == ms => Ok((vec![b, h], DType::F32)),
+                (x, m) => Err(bad(op, format!("needs x[B, S, H] and mask[B, S], got {x:?} and {m:?}"))),
+            }
+        }
+        Op::Gather => {
+            want_f32(&[0])?;
+            if dtypes[1] != DType::I32 {
+                return Err(bad(op, format!("ids must be i32, got {:?}", dtypes[1])));
+            }
+            if shapes[0].len() != 2 {
+                return Err(bad(op, format!("table must be [V, H], got {:?}", shapes[0])));
+            }
+            let mut out = shapes[1].to_vec();
+            out.push(shapes[0][1]);
+            Ok((out, DType::F32))
+        }
+        Op::Reshape { shape } => {
+            let total: u64 = shapes[0].iter().map(|&d| d as u64).product();
+            let known: u64 = shape.iter().filter(|&&d| d > 0).map(|&d| d as u64).product();
+            let out: Vec<u32> = if shape.contains(&-1) {
+                if known == 0 || !total.is_multiple_of(known) {
+                    return Err(bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0])));
+                }
+                shape.iter().map(|&d| if d == -1 { (total / known) as u32 } else { d as u32 }).collect()
+            } else {
+                shape.iter().map(|&d| d as u32).collect()
+            };
+            if out.iter().map(|&d| d as u64).product::<u64>() != total {
+                return Err(bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0])));
+            }
+            Ok((out, dtypes[0]))
+        }
+        Op::Transpose { perm } => {
+            if perm.len() != shapes[0].len() {
+                return Err(bad(op, format!("perm {perm:?} for rank {}", shapes[0].len())));
+            }
+            Ok((perm.iter().map(|&p| shapes[0][p as usize]).collect(), dtypes[0]))
+        }
+        Op::Attention { heads } => {
+            want_f32(&[0, 1, 2, 3])?;
+            match (shapes[0], shapes[3]) {
+                (&[b, s, h], &[mb, ms])
+                    if shapes[1] == shapes[0] && shapes[2] == shapes[0] && mb == b && ms == s && h % heads == 0 =>
+                {
+                    Ok((vec![b, s, h], DType::F32))
+                }
+                _ => Err(bad(
+                    op,
+                    format!("needs q = k = v [B, S, H] with H divisible by {heads}, mask [B, S]; got {shapes:?}"),
+                )),
+            }
+        }
+    }
+}
