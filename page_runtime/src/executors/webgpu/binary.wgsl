@@ -1,6 +1,7 @@
-// Element-wise c[i] = {{expr}} with x = a[i], y = b[i]. `{{expr}}` is substituted per op.
+// Element-wise c[i] = {{expr}} with x = a[i], y = b[i mod b_len]: b broadcasts over a's leading
+// dims. `{{expr}}` is substituted per op.
 
-struct Params { len: u32, row_stride: u32, pad0: u32, pad1: u32 }
+struct Params { len: u32, row_stride: u32, b_len: u32, pad: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -14,6 +15,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         return;
     }
     let x = a[i];
-    let y = b[i];
+    let y = b[i % params.b_len];
     c[i] = {{expr}};
 }

@@ -1,35 +1,64 @@
-//! Matmul family: a 64×64-tiled kernel with workgroup-shared tiles, and the naive baseline.
+//! Matmul family: the 64×64-tiled kernel (plain MatMul, and Linear with transposed weights and
+//! bias through template slots), and the naive baseline.
 
-use shared_proto::{MatMulVariant, RemoteError, Tensor};
+use shared_proto::{MatMulVariant, RemoteError};
 
-use super::{KernelRun, WebGpuExecutor, check, groups};
+use super::{GpuValue, Recorder, WebGpuExecutor};
 
 const TILED: &str = include_str!("matmul_tiled.wgsl");
 const NAIVE: &str = include_str!("matmul_naive.wgsl");
 /// Output tile edge of the tiled kernel (16×16 invocations × 4×4 outputs each).
 const TILE: u32 = 64;
 
-pub(super) async fn run(
+fn tiled_source(transposed_b: bool, bias: bool) -> String {
+    let b_at = if transposed_b { "b[col * dims.k + kk]" } else { "b[kk * dims.n + col]" };
+    TILED.replace("{{B_AT}}", b_at).replace("{{EPILOGUE}}", if bias { " + bias[col]" } else { "" })
+}
+
+/// `a[.., M, K] · b[K, N]`: leading dims of `a` fold into M.
+pub(super) fn encode_matmul(
     ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    a: &GpuValue,
+    b: &GpuValue,
     variant: MatMulVariant,
-    repeats: u32,
-    inputs: &[Tensor],
-) -> Result<KernelRun, RemoteError> {
-    let d = check::matmul(inputs)?;
-    let (key, src, workgroups) = match variant {
-        MatMulVariant::Tiled => ("matmul_tiled", TILED, (groups(d.n, TILE), groups(d.m, TILE), 1)),
-        MatMulVariant::Naive => ("matmul_naive", NAIVE, (groups(d.n, 16), groups(d.m, 16), 1)),
+) -> Result<GpuValue, RemoteError> {
+    let (k, n) = (b.shape[0], b.shape[1]);
+    let m = a.elements() / k;
+    let mut shape = a.shape.clone();
+    *shape.last_mut().expect("rank ≥ 2") = n;
+    let out = ex.output(&shape);
+    let (pipeline, groups) = match variant {
+        MatMulVariant::Tiled => {
+            (ex.pipeline("matmul_tiled", || tiled_source(false, false)), (n.div_ceil(TILE), m.div_ceil(TILE), 1))
+        }
+        MatMulVariant::Naive => {
+            (ex.pipeline("matmul_naive", || NAIVE.to_string()), (n.div_ceil(16), m.div_ceil(16), 1))
+        }
     };
-    let pipeline = ex.pipeline(key, || src.to_string());
-    let a = ex.upload(&inputs[0].data);
-    let b = ex.upload(&inputs[1].data);
-    let out_bytes = d.m as u64 * d.n as u64 * 4;
-    let c = ex.output(out_bytes);
-    let dims = ex.uniform(&[d.m, d.k, d.n, 0]);
-    let bind_group = ex.bind(&pipeline, &[&a, &b, &c, &dims]);
-    let (bytes, device_ms) = ex.submit_and_read(&pipeline, &bind_group, workgroups, repeats, &c, out_bytes).await?;
-    Ok(KernelRun {
-        outputs: vec![Tensor { dtype: shared_proto::DType::F32, shape: vec![d.m, d.n], data: bytes }],
-        device_ms,
-    })
+    ex.dispatch(rec, pipeline, &[&a.buf, &b.buf, &out.buf], &[m, k, n, 0], groups)?;
+    Ok(out)
+}
+
+/// `x[.., K] · w[N, K]ᵀ (+ bias[N])`.
+pub(super) fn encode_linear(
+    ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    args: &[&GpuValue],
+    out_shape: &[u32],
+) -> Result<GpuValue, RemoteError> {
+    let (x, w) = (args[0], args[1]);
+    let (n, k) = (w.shape[0], w.shape[1]);
+    let m = x.elements() / k;
+    let out = ex.output(out_shape);
+    let groups = (n.div_ceil(TILE), m.div_ceil(TILE), 1);
+    if let Some(bias) = args.get(2) {
+        let p = ex.pipeline("linear_bias", || tiled_source(true, true));
+        // Bindings: a, b, c, dims, then bias (slot 4, after the uniform).
+        ex.dispatch_with_tail(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], &[&bias.buf], groups)?;
+    } else {
+        let p = ex.pipeline("linear", || tiled_source(true, false));
+        ex.dispatch(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], groups)?;
+    }
+    Ok(out)
 }

@@ -1,4 +1,5 @@
-// C[m,n] = A[m,k] · B[k,n], row-major f32.
+// C[m,n] = A[m,k] · B(k,n) (+ bias[n]), row-major f32. B is read through {{B_AT}}: either a
+// [K, N] matrix (MatMul) or a [N, K] weight used transposed (Linear).
 // A 16×16 workgroup computes a 64×64 output tile; each invocation owns a 4×4 block of it.
 // K advances in steps of 16 through workgroup-shared tiles of A (stored k-major) and B.
 
@@ -8,12 +9,17 @@ struct Dims { m: u32, k: u32, n: u32, pad: u32 }
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
 
 var<workgroup> a_tile: array<f32, 1024>; // [BK][TILE]: a_tile[kk * TILE + row]
 var<workgroup> b_tile: array<f32, 1024>; // [BK][TILE]: b_tile[kk * TILE + col]
+
+fn b_at(kk: u32, col: u32) -> f32 {
+    return {{B_AT}};
+}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -36,7 +42,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let bc = idx % TILE;
             var bv = 0.0;
             if (k0 + bk < dims.k && col0 + bc < dims.n) {
-                bv = b[(k0 + bk) * dims.n + col0 + bc];
+                bv = b_at(k0 + bk, col0 + bc);
             }
             b_tile[bk * TILE + bc] = bv;
         }
@@ -61,7 +67,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (row < dims.m && col < dims.n) {
-                c[row * dims.n + col] = acc[i * 4u + j];
+                c[row * dims.n + col] = acc[i * 4u + j]{{EPILOGUE}};
             }
         }
     }

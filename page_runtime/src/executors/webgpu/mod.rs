@@ -4,18 +4,25 @@
 //! because buffer creation is expensive in WebGPU. Each kernel family lives in its own file with
 //! its WGSL beside it.
 
+mod attention;
 mod binary;
+mod graph;
 mod matmul;
 mod pool;
+mod reduce;
+mod reindex;
+mod unary;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use shared_proto::{AdapterInfo, ErrorKind, Kernel, RemoteError, Tensor, WebGpuCaps};
+use shared_proto::{AdapterInfo, DType, ErrorKind, Kernel, MatMulVariant, Op, RemoteError, Tensor, WebGpuCaps};
+use wasm_bindgen::JsCast;
 
 use super::check;
+pub use graph::GpuModel;
 use pool::{BufferPool, Pooled};
 
 /// An adapter and device, plus what the probe learnt about them.
@@ -118,15 +125,73 @@ async fn js_adapter_info() -> JsAdapterInfo {
 /// an `.await`.
 pub struct WebGpuExecutor {
     gpu: Gpu,
-    pipelines: RefCell<HashMap<&'static str, Rc<wgpu::ComputePipeline>>>,
+    pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
     pool: BufferPool,
 }
 
-/// Output of one kernel run.
+/// Output of one kernel or graph run.
 pub struct KernelRun {
     pub outputs: Vec<Tensor>,
     /// Submit → results mapped, per repeat.
     pub device_ms: f64,
+}
+
+/// A device buffer holding a value: pooled (activations, inputs) or owned by a model (weights).
+pub(crate) enum Buf {
+    Pooled(Pooled),
+    Weight(Rc<wgpu::Buffer>),
+}
+
+impl std::ops::Deref for Buf {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        match self {
+            Buf::Pooled(p) => p,
+            Buf::Weight(w) => w,
+        }
+    }
+}
+
+/// A tensor on the device. Cloning shares the buffer (reshape costs nothing).
+#[derive(Clone)]
+pub(crate) struct GpuValue {
+    pub shape: Vec<u32>,
+    pub dtype: DType,
+    pub buf: Rc<Buf>,
+}
+
+impl GpuValue {
+    pub fn elements(&self) -> u32 {
+        self.shape.iter().product()
+    }
+    pub fn last_dim(&self) -> u32 {
+        *self.shape.last().unwrap_or(&1)
+    }
+}
+
+struct Dispatch {
+    pipeline: Rc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32, u32),
+}
+
+/// Dispatches recorded for one submission, plus the uniforms they read: uniforms are written
+/// with `queue.write_buffer` before the submit, so none may be reused until it completes.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    dispatches: Vec<Dispatch>,
+    uniforms: Vec<Pooled>,
+}
+
+/// Workgroups for a flat element-wise kernel of `len` items (256 per group), wrapping into y
+/// past the 65535 limit; returns the groups and the row stride the shader folds back with.
+pub(crate) fn flat_groups(len: u32) -> ((u32, u32, u32), u32) {
+    let total = len.div_ceil(256).max(1);
+    if total <= 65535 { ((total, 1, 1), total * 256) } else { ((65535, total.div_ceil(65535), 1), 65535 * 256) }
+}
+
+fn unsupported(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::Unsupported, msg)
 }
 
 impl WebGpuExecutor {
@@ -143,16 +208,51 @@ impl WebGpuExecutor {
         self.pool.idle_buffers()
     }
 
+    /// Pipelines compiled so far (each op variant once per executor).
+    pub fn compiled_pipelines(&self) -> usize {
+        self.pipelines.borrow().len()
+    }
+
+    /// One standalone kernel: upload, run, read back.
     pub async fn run_kernel(&self, kernel: &Kernel, inputs: &[Tensor]) -> Result<KernelRun, RemoteError> {
         check::kernel(kernel, inputs)?;
-        match kernel {
-            Kernel::MatMul { variant, repeats } => matmul::run(self, *variant, *repeats, inputs).await,
-            Kernel::Add => binary::run(self, binary::BinaryOp::Add, inputs).await,
+        let args: Vec<GpuValue> = inputs.iter().map(|t| self.upload_value(t)).collect();
+        let mut rec = Recorder::default();
+        let (out, repeats) = match kernel {
+            Kernel::MatMul { variant, repeats } => {
+                (matmul::encode_matmul(self, &mut rec, &args[0], &args[1], *variant)?, *repeats)
+            }
+            Kernel::Add => (self.encode_op(&mut rec, &Op::Add, &[&args[0], &args[1]], &args[0].shape)?, 1),
+        };
+        let (mut bytes, device_ms) = self.submit(rec, &[&out], repeats).await?;
+        let data = bytes.pop().expect("one output");
+        Ok(KernelRun { outputs: vec![Tensor { dtype: DType::F32, shape: out.shape, data }], device_ms })
+    }
+
+    /// Record one graph op producing a value of `out_shape`.
+    pub(crate) fn encode_op(
+        &self,
+        rec: &mut Recorder,
+        op: &Op,
+        args: &[&GpuValue],
+        out_shape: &[u32],
+    ) -> Result<GpuValue, RemoteError> {
+        match op {
+            Op::MatMul => matmul::encode_matmul(self, rec, args[0], args[1], MatMulVariant::Tiled),
+            Op::Linear { .. } => matmul::encode_linear(self, rec, args, out_shape),
+            Op::Add | Op::Mul => binary::encode(self, rec, op, args[0], args[1]),
+            Op::Gelu => unary::encode(self, rec, op, args[0]),
+            Op::LayerNorm { .. } | Op::Softmax | Op::L2Normalize { .. } | Op::MeanPool => {
+                reduce::encode(self, rec, op, args, out_shape)
+            }
+            Op::Gather | Op::Transpose { .. } => reindex::encode(self, rec, op, args, out_shape),
+            Op::Reshape { .. } => Ok(GpuValue { shape: out_shape.to_vec(), ..args[0].clone() }),
+            Op::Attention { heads } => attention::encode(self, rec, *heads, args),
         }
     }
 
     /// The pipeline for `key`, compiled from `wgsl` on first use.
-    fn pipeline(&self, key: &'static str, wgsl: impl FnOnce() -> String) -> Rc<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(&self, key: &str, wgsl: impl FnOnce() -> String) -> Rc<wgpu::ComputePipeline> {
         if let Some(p) = self.pipelines.borrow().get(key) {
             return p.clone();
         }
@@ -169,98 +269,159 @@ impl WebGpuExecutor {
             compilation_options: Default::default(),
             cache: None,
         }));
-        self.pipelines.borrow_mut().insert(key, p.clone());
+        self.pipelines.borrow_mut().insert(key.to_string(), p.clone());
         p
     }
 
-    /// A pooled storage buffer holding `data`.
-    fn upload(&self, data: &[u8]) -> Pooled {
-        let buf = self.pool.acquire(&self.gpu.device, data.len() as u64, pool::Kind::StorageIn);
-        self.gpu.queue.write_buffer(&buf, 0, data);
-        buf
+    /// A pooled storage buffer holding `t`'s bytes.
+    pub(crate) fn upload_value(&self, t: &Tensor) -> GpuValue {
+        let buf = self.pool.acquire(&self.gpu.device, t.data.len() as u64, pool::Kind::StorageIn);
+        self.gpu.queue.write_buffer(&buf, 0, &t.data);
+        GpuValue { shape: t.shape.clone(), dtype: t.dtype, buf: Rc::new(Buf::Pooled(buf)) }
     }
 
-    fn uniform(&self, words: &[u32]) -> Pooled {
+    /// A model-owned buffer for a weight (outlives any run; not pooled).
+    pub(crate) fn weight_buffer(&self, t: &Tensor) -> Rc<wgpu::Buffer> {
+        let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (t.data.len() as u64).max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        self.gpu.queue.write_buffer(&buf, 0, &t.data);
+        Rc::new(buf)
+    }
+
+    /// A fresh f32 output value of `shape`.
+    pub(crate) fn output(&self, shape: &[u32]) -> GpuValue {
+        let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+        let buf = self.pool.acquire(&self.gpu.device, bytes, pool::Kind::StorageOut);
+        GpuValue { shape: shape.to_vec(), dtype: DType::F32, buf: Rc::new(Buf::Pooled(buf)) }
+    }
+
+    /// Record `pipeline` over `buffers` (bound in order), with a uniform of `words` bound last.
+    pub(crate) fn dispatch(
+        &self,
+        rec: &mut Recorder,
+        pipeline: Rc<wgpu::ComputePipeline>,
+        buffers: &[&wgpu::Buffer],
+        words: &[u32],
+        groups: (u32, u32, u32),
+    ) -> Result<(), RemoteError> {
+        self.dispatch_with_tail(rec, pipeline, buffers, words, &[], groups)
+    }
+
+    /// As [`Self::dispatch`], with `tail` buffers bound after the uniform (optional operands
+    /// such as a bias keep the common bindings at fixed slots).
+    pub(crate) fn dispatch_with_tail(
+        &self,
+        rec: &mut Recorder,
+        pipeline: Rc<wgpu::ComputePipeline>,
+        buffers: &[&wgpu::Buffer],
+        words: &[u32],
+        tail: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) -> Result<(), RemoteError> {
+        let max = self.gpu.device.limits().max_compute_workgroups_per_dimension;
+        if groups.0 > max || groups.1 > max || groups.2 > max {
+            return Err(unsupported(format!("dispatch {groups:?} exceeds {max} workgroups per dimension")));
+        }
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let buf = self.pool.acquire(&self.gpu.device, bytes.len() as u64, pool::Kind::Uniform);
-        self.gpu.queue.write_buffer(&buf, 0, &bytes);
-        buf
-    }
-
-    fn output(&self, bytes: u64) -> Pooled {
-        self.pool.acquire(&self.gpu.device, bytes, pool::Kind::StorageOut)
-    }
-
-    fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
+        let uniform = self.pool.acquire(&self.gpu.device, bytes.len() as u64, pool::Kind::Uniform);
+        self.gpu.queue.write_buffer(&uniform, 0, &bytes);
+        let mut all: Vec<&wgpu::Buffer> = buffers.to_vec();
+        all.push(&uniform);
+        all.extend_from_slice(tail);
+        let entries: Vec<wgpu::BindGroupEntry> = all
             .iter()
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect();
-        self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
-        })
+        });
+        rec.uniforms.push(uniform);
+        rec.dispatches.push(Dispatch { pipeline, bind_group, groups });
+        Ok(())
     }
 
-    /// Record `dispatches` of `pipeline` (each `repeats` times), copy `out` back, submit, and
-    /// wait for the bytes. Errors raised by WebGPU validation or allocation come back as values.
-    async fn submit_and_read(
+    /// Submit everything recorded (`repeats` times), read `outputs` back. Errors raised by WebGPU
+    /// validation or allocation come back as values.
+    pub(crate) async fn submit(
         &self,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        workgroups: (u32, u32, u32),
+        rec: Recorder,
+        outputs: &[&GpuValue],
         repeats: u32,
-        out: &wgpu::Buffer,
-        out_bytes: u64,
-    ) -> Result<(Bytes, f64), RemoteError> {
+    ) -> Result<(Vec<Bytes>, f64), RemoteError> {
         let device = &self.gpu.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let staging = self.pool.acquire(device, out_bytes, pool::Kind::Readback);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
             for _ in 0..repeats {
-                pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+                for d in &rec.dispatches {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups.0, d.groups.1, d.groups.2);
+                }
             }
         }
-        encoder.copy_buffer_to_buffer(out, 0, &staging, 0, out_bytes);
+        let mut staged = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            let bytes = out.elements() as u64 * 4;
+            let staging = self.pool.acquire(device, bytes, pool::Kind::Readback);
+            encoder.copy_buffer_to_buffer(&out.buf, 0, &staging, 0, bytes);
+            staged.push((staging, bytes));
+        }
         let t0 = now_ms();
         self.gpu.queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.slice(..out_bytes).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        let mut waits = Vec::with_capacity(staged.len());
+        for (staging, bytes) in &staged {
+            let (tx, rx) = futures_channel::oneshot::channel();
+            staging.slice(..*bytes).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            waits.push(rx);
+        }
         let validation = validation.pop();
         let oom = oom.pop();
-        let scoped = match (validation.await, oom.await) {
+        let mut failure = match (validation.await, oom.await) {
             (Some(e), _) => Some(RemoteError::new(ErrorKind::Internal, format!("WebGPU validation: {e}"))),
             (None, Some(e)) => Some(RemoteError::new(ErrorKind::OutOfMemory, format!("WebGPU: {e}"))),
             (None, None) => None,
         };
-        let mapped = match rx.await {
-            Ok(Ok(())) => scoped.map_or(Ok(()), Err),
-            Ok(Err(e)) => Err(scoped.unwrap_or(RemoteError::new(ErrorKind::DeviceLost, format!("mapAsync: {e}")))),
-            Err(_) => Err(RemoteError::new(ErrorKind::DeviceLost, "mapAsync callback dropped")),
-        };
-        if let Err(e) = mapped {
-            staging.discard();
+        for rx in waits {
+            let r = match rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(RemoteError::new(ErrorKind::DeviceLost, format!("mapAsync: {e}"))),
+                Err(_) => Some(RemoteError::new(ErrorKind::DeviceLost, "mapAsync callback dropped")),
+            };
+            failure = failure.or(r);
+        }
+        if let Some(e) = failure {
+            for (staging, _) in staged {
+                staging.discard();
+            }
             return Err(e);
         }
         let elapsed = now_ms() - t0;
-        let bytes = {
-            let view = staging
-                .slice(..out_bytes)
-                .get_mapped_range()
-                .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("getMappedRange: {e}")))?;
-            Bytes::copy_from_slice(&view)
-        };
-        staging.unmap();
-        Ok((bytes, elapsed / repeats as f64))
+        let mut results = Vec::with_capacity(staged.len());
+        for (staging, bytes) in staged {
+            let data = {
+                let view = staging
+                    .slice(..bytes)
+                    .get_mapped_range()
+                    .map_err(|e| RemoteError::new(ErrorKind::Internal, format!("getMappedRange: {e}")))?;
+                Bytes::copy_from_slice(&view)
+            };
+            staging.unmap();
+            results.push(data);
+        }
+        drop(rec);
+        Ok((results, elapsed / repeats.max(1) as f64))
     }
 }
 
@@ -270,11 +431,4 @@ fn now_ms() -> f64 {
         .and_then(|p| p.dyn_into::<web_sys::Performance>().ok())
         .map(|p| p.now())
         .unwrap_or_else(js_sys::Date::now)
-}
-
-use wasm_bindgen::JsCast;
-
-/// Workgroups needed to cover `n` items with groups of `size`.
-fn groups(n: u32, size: u32) -> u32 {
-    n.div_ceil(size)
 }

@@ -18,7 +18,8 @@ impl Kind {
     fn usage(self) -> wgpu::BufferUsages {
         use wgpu::BufferUsages as U;
         match self {
-            Kind::StorageIn => U::STORAGE | U::COPY_DST,
+            // COPY_SRC too: an input (or a reshape of one) can be a graph output.
+            Kind::StorageIn => U::STORAGE | U::COPY_DST | U::COPY_SRC,
             Kind::StorageOut => U::STORAGE | U::COPY_SRC,
             Kind::Uniform => U::UNIFORM | U::COPY_DST,
             Kind::Readback => U::MAP_READ | U::COPY_DST,

@@ -1,0 +1,174 @@
+//! A model resident on the device: its graph, weights uploaded once, pipelines compiled at load;
+//! each run uploads only the inputs and records the whole graph into one submission.
+
+use std::rc::Rc;
+
+use shared_proto::{DType, Dim, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef, content_hash};
+
+use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor};
+use crate::executors::cpu::last_uses;
+use crate::executors::{inputs, shapes};
+
+pub struct GpuModel {
+    graph: Graph,
+    weights: Vec<Option<Rc<wgpu::Buffer>>>,
+    last_use: Vec<usize>,
+    weight_bytes: u64,
+}
+
+fn bad(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::BadInput, msg)
+}
+
+impl GpuModel {
+    pub fn new(graph: Graph) -> Result<GpuModel, RemoteError> {
+        graph.validate().map_err(|e| bad(e.to_string()))?;
+        let last_use = last_uses(&graph);
+        Ok(GpuModel { weights: vec![None; graph.weights.len()], graph, last_use, weight_bytes: 0 })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Store weights `first..first + tensors.len()`, each checked against its declared dtype,
+    /// shape and content hash. Returns the bytes stored.
+    pub fn put_weights(&mut self, ex: &WebGpuExecutor, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+        let mut bytes = 0;
+        for (i, t) in tensors.iter().enumerate() {
+            let idx = first + i;
+            let decl = self.graph.weights.get(idx).ok_or_else(|| bad(format!("weight index {idx} out of range")))?;
+            if t.dtype != decl.dtype || t.shape != decl.shape {
+                return Err(bad(format!(
+                    "weight {}: got {:?} {:?}, declared {:?} {:?}",
+                    decl.name, t.dtype, t.shape, decl.dtype, decl.shape
+                )));
+            }
+            if content_hash(&t.data) != decl.hash {
+                return Err(bad(format!("weight {}: content hash mismatch", decl.name)));
+            }
+            if self.weights[idx].is_none() {
+                self.weight_bytes += t.data.len() as u64;
+            }
+            self.weights[idx] = Some(ex.weight_buffer(t));
+            bytes += t.data.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    pub fn missing_weights(&self) -> usize {
+        self.weights.iter().filter(|w| w.is_none()).count()
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Compile every pipeline the graph needs by running it once on the smallest input
+    /// (batch 1, sequence 1, zeros). Returns the time taken in ms.
+    pub async fn prepare(&self, ex: &WebGpuExecutor) -> Result<f64, RemoteError> {
+        let t0 = super::now_ms();
+        let inputs: Vec<Tensor> = self
+            .graph
+            .inputs
+            .iter()
+            .map(|d| {
+                let shape: Vec<u32> = d.dims.iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).collect();
+                let n = shape.iter().product::<u32>() as usize;
+                // Masks of ones, everything else zero: a valid minimal input for any model here.
+                let fill: u32 = if d.dtype == DType::F32 && d.name.contains("mask") { 1.0f32.to_bits() } else { 0 };
+                Tensor {
+                    dtype: d.dtype,
+                    shape,
+                    data: (0..n).flat_map(|_| fill.to_le_bytes()).collect::<Vec<u8>>().into(),
+                }
+            })
+            .collect();
+        self.run(ex, &inputs).await?;
+        Ok(super::now_ms() - t0)
+    }
+
+    pub async fn run(&self, ex: &WebGpuExecutor, inputs: &[Tensor]) -> Result<KernelRun, RemoteError> {
+        let g = &self.graph;
+        if self.missing_weights() > 0 {
+            return Err(RemoteError::new(
+                ErrorKind::Unsupported,
+                format!("{} weights not uploaded yet", self.missing_weights()),
+            ));
+        }
+        inputs::check(g, inputs)?;
+        self.check_ids(inputs)?;
+        let mut values: Vec<Option<GpuValue>> = vec![None; g.value_count()];
+        for (i, t) in inputs.iter().enumerate() {
+            values[i] = Some(ex.upload_value(t));
+        }
+        for (i, decl) in g.weights.iter().enumerate() {
+            let buf = self.weights[i].clone().expect("checked complete");
+            values[g.inputs.len() + i] =
+                Some(GpuValue { shape: decl.shape.clone(), dtype: decl.dtype, buf: Rc::new(Buf::Weight(buf)) });
+        }
+        let mut rec = Recorder::default();
+        for (ni, node) in g.nodes.iter().enumerate() {
+            let out = {
+                let args: Vec<&GpuValue> =
+                    node.args.iter().map(|&a| values[a as usize].as_ref().expect("defined")).collect();
+                let arg_shapes: Vec<&[u32]> = args.iter().map(|v| v.shape.as_slice()).collect();
+                let dtypes: Vec<DType> = args.iter().map(|v| v.dtype).collect();
+                let (shape, dtype) = shapes::infer(&node.op, &arg_shapes, &dtypes)
+                    .map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?;
+                let mut v = ex.encode_op(&mut rec, &node.op, &args, &shape)?;
+                v.dtype = dtype;
+                v
+            };
+            values[g.node_value(ni) as usize] = Some(out);
+            // Buffers past their last use go back to the pool; later dispatches in the same
+            // submission may reuse them (WebGPU orders dispatches within a pass).
+            for &a in &node.args {
+                if self.last_use[a as usize] == ni && !matches!(g.value(a), ValueRef::Weight(_)) {
+                    values[a as usize] = None;
+                }
+            }
+        }
+        let outs: Vec<GpuValue> =
+            g.outputs.iter().map(|&o| values[o as usize].clone().expect("outputs kept")).collect();
+        let refs: Vec<&GpuValue> = outs.iter().collect();
+        let (bytes, device_ms) = ex.submit(rec, &refs, 1).await?;
+        let outputs =
+            outs.iter().zip(bytes).map(|(v, data)| Tensor { dtype: v.dtype, shape: v.shape.clone(), data }).collect();
+        Ok(KernelRun { outputs, device_ms })
+    }
+
+    /// Ids feeding a Gather straight from a graph input are range-checked here, on the CPU:
+    /// the kernel cannot report a bad id, only clamp it.
+    fn check_ids(&self, inputs: &[Tensor]) -> Result<(), RemoteError> {
+        let g = &self.graph;
+        for node in g.nodes.iter().filter(|n| n.op == Op::Gather) {
+            if let (ValueRef::Weight(w), ValueRef::Input(i)) = (g.value(node.args[0]), g.value(node.args[1])) {
+                let vocab = g.weights[w].shape[0] as i64;
+                let t = &inputs[i];
+                if let Some(bad_id) = t
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .find(|&id| id < 0 || id >= vocab)
+                {
+                    return Err(bad(format!("gather: id {bad_id} outside 0..{vocab} in input {}", g.inputs[i].name)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WebGpuExecutor {
+    /// Convenience for tests and single-op graphs: create, upload all weights, prepare.
+    pub async fn load_model(&self, graph: Graph, weights: &[Tensor]) -> Result<GpuModel, RemoteError> {
+        let mut m = GpuModel::new(graph)?;
+        m.put_weights(self, 0, weights)?;
+        if m.missing_weights() > 0 {
+            return Err(bad(format!("{} weights missing", m.missing_weights())));
+        }
+        m.prepare(self).await?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,25 @@
+//! Unary element-wise family. One WGSL template; each op substitutes its expression.
+
+use shared_proto::{Op, RemoteError};
+
+use super::{GpuValue, Recorder, WebGpuExecutor, flat_groups};
+
+const TEMPLATE: &str = include_str!("unary.wgsl");
+
+fn expr(op: &Op) -> (&'static str, &'static str) {
+    match op {
+        // Exact (erf) GELU, as BERT uses.
+        Op::Gelu => ("unary_gelu", "0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752))"),
+        other => unreachable!("{} is not unary", other.name()),
+    }
+}
+
+pub(super) fn encode(ex: &WebGpuExecutor, rec: &mut Recorder, op: &Op, x: &GpuValue) -> Result<GpuValue, RemoteError> {
+    let (key, e) = expr(op);
+    let pipeline = ex.pipeline(key, || TEMPLATE.replace("{{expr}}", e));
+    let out = ex.output(&x.shape);
+    let len = x.elements();
+    let (groups, stride) = flat_groups(len);
+    ex.dispatch(rec, pipeline, &[&x.buf, &out.buf], &[len, stride, 0, 0], groups)?;
+    Ok(out)
+}
