@@ -129,12 +129,16 @@ fn graph(case: &Case) -> Graph {
     }
 }
 
-#[wasm_bindgen_test]
-async fn every_op_matches_the_cpu_executor() {
-    let ex = match webgpu::init().await {
+async fn executor() -> WebGpuExecutor {
+    match webgpu::init().await {
         Ok(gpu) => WebGpuExecutor::new(gpu),
         Err(caps) => panic!("no WebGPU device: {:?}", caps.error),
-    };
+    }
+}
+
+#[wasm_bindgen_test]
+async fn every_op_matches_the_cpu_executor() {
+    let ex = executor().await;
     for case in cases() {
         let g = graph(&case);
         let want = CpuModel::new(g.clone(), vec![]).unwrap().run(&case.args).unwrap();
@@ -151,7 +155,7 @@ async fn every_op_matches_the_cpu_executor() {
 
 #[wasm_bindgen_test]
 async fn out_of_range_ids_are_refused_not_clamped() {
-    let ex = WebGpuExecutor::new(webgpu::init().await.ok().expect("WebGPU device"));
+    let ex = executor().await;
     let table = f32s(&[10, 4], 1, 1.0);
     let g = Graph {
         inputs: vec![InputDecl { name: "ids".into(), dtype: DType::I32, dims: vec![Dim::Batch] }],
