@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod commands;
+pub mod exec;
 pub mod host;
 pub mod models;
 pub mod paths;

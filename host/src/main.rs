@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
-use tabpool::commands::{bench, doctor, matmul, serve};
+use tabpool::commands::{bench, doctor, embed, matmul, serve};
+use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
 #[derive(Parser)]
@@ -50,6 +51,15 @@ enum Command {
         seed: u64,
         #[arg(long)]
         json: bool,
+    },
+    /// Sentence embeddings (all-MiniLM-L6-v2) in a real tab; TEXT... or lines on stdin.
+    Embed {
+        #[arg(long, value_enum, default_value_t = Backend::Webgpu)]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+        /// Texts to embed; none (or "-") reads non-empty lines from standard input.
+        texts: Vec<String>,
     },
     /// Benchmarks measured in a real tab.
     Bench {
@@ -105,6 +115,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             };
             matmul::run(host, matmul::Args { m, k, n, variant, seed, json }).await
         }
+        Command::Embed { backend, json, texts } => embed::run(host, embed::Args { backend, json, texts }).await,
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
         Command::Serve { tabs } => serve::run(host, tabs).await,

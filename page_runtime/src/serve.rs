@@ -1,6 +1,8 @@
 //! The tab's main loop: read launch parameters from the page URL, probe, connect, say `Hello`,
 //! then answer requests until the host closes the socket.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use shared_proto::{
 };
 
 use crate::caps;
-use crate::executors::webgpu::WebGpuExecutor;
+use crate::executors::webgpu::{GpuModel, WebGpuExecutor};
 use crate::socket::{self, Event, Socket};
 
 /// WebSocket close code for a protocol violation (RFC 6455 §7.4.1).
@@ -75,7 +77,7 @@ async fn serve() -> Result<(), String> {
         caps,
     }));
     send(&socket, Frame::new(hello))?;
-    let executor = Rc::new(executor);
+    let state = Rc::new(TabState { executor, models: RefCell::default() });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
         let bytes = match event {
@@ -102,9 +104,9 @@ async fn serve() -> Result<(), String> {
             }
             ToTab::Reject { reason, message } => return Err(format!("rejected ({reason:?}): {message}")),
             ToTab::Request { id, req } => {
-                let (socket, executor) = (socket.clone(), executor.clone());
+                let (socket, state) = (socket.clone(), state.clone());
                 wasm_bindgen_futures::spawn_local(async move {
-                    let (result, tensors) = handle(&executor, req, frame.tensors).await;
+                    let (result, tensors) = handle(&state, req, frame.tensors).await;
                     if let Err(e) = send(&socket, Frame::with_tensors(ToHost::Reply { id, result }, tensors)) {
                         web_sys::console::error_1(&format!("reply {id} not sent: {e}").into());
                     }
@@ -115,25 +117,62 @@ async fn serve() -> Result<(), String> {
     Ok(())
 }
 
-async fn handle(
-    executor: &Option<WebGpuExecutor>,
-    req: Request,
-    inputs: Vec<Tensor>,
-) -> (Result<Reply, RemoteError>, Vec<Tensor>) {
-    match req {
+/// What a tab holds between requests.
+struct TabState {
+    executor: Option<WebGpuExecutor>,
+    models: RefCell<HashMap<String, Rc<GpuModel>>>,
+}
+
+type Answer = (Result<Reply, RemoteError>, Vec<Tensor>);
+
+async fn handle(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Answer {
+    match serve_request(state, req, inputs).await {
+        Ok(answer) => answer,
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Result<Answer, RemoteError> {
+    let executor = || {
+        state.executor.as_ref().ok_or_else(|| {
+            RemoteError::new(ErrorKind::Unsupported, "this tab has no WebGPU device (see its capabilities)")
+        })
+    };
+    let model =
+        |name: &str| {
+            state.models.borrow().get(name).cloned().ok_or_else(|| {
+                RemoteError::new(ErrorKind::BadInput, format!("model {name:?} is not loaded in this tab"))
+            })
+        };
+    Ok(match req {
         Request::Ping => (Ok(Reply::Pong), Vec::new()),
         Request::Sink => (Ok(Reply::Sunk { bytes: inputs.iter().map(|t| t.data.len() as u64).sum() }), Vec::new()),
         Request::Kernel(kernel) => {
-            let Some(ex) = executor else {
-                let why = "this tab has no WebGPU device (see its capabilities)";
-                return (Err(RemoteError::new(ErrorKind::Unsupported, why)), Vec::new());
-            };
-            match ex.run_kernel(&kernel, &inputs).await {
-                Ok(run) => (Ok(Reply::KernelDone { device_ms: run.device_ms }), run.outputs),
-                Err(e) => (Err(e), Vec::new()),
-            }
+            let run = executor()?.run_kernel(&kernel, &inputs).await?;
+            (Ok(Reply::KernelDone { device_ms: run.device_ms }), run.outputs)
         }
-    }
+        Request::LoadModel { model, graph } => {
+            executor()?;
+            let m = Rc::new(GpuModel::new(graph)?);
+            state.models.borrow_mut().insert(model, m);
+            (Ok(Reply::ModelDeclared), Vec::new())
+        }
+        Request::PutWeights { model: name, first } => {
+            let (ex, m) = (executor()?, model(&name)?);
+            let bytes = m.put_weights(ex, first as usize, &inputs)?;
+            let missing = m.missing_weights() as u32;
+            let prepare_ms = if missing == 0 { Some(m.prepare(ex).await?) } else { None };
+            (Ok(Reply::WeightsStored { bytes, missing, prepare_ms }), Vec::new())
+        }
+        Request::Run { model: name } => {
+            let run = model(&name)?.run(executor()?, &inputs).await?;
+            (Ok(Reply::Ran { device_ms: run.device_ms }), run.outputs)
+        }
+        Request::UnloadModel { model } => {
+            state.models.borrow_mut().remove(&model);
+            (Ok(Reply::Unloaded), Vec::new())
+        }
+    })
 }
 
 fn send(socket: &Socket, frame: Frame<ToHost>) -> Result<(), String> {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::Capabilities;
 use crate::error::RemoteError;
+use crate::graph::Graph;
 
 /// Host → tab.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +53,24 @@ pub enum Request {
     /// Accept the attached tensors and report their size: host→tab throughput.
     Sink,
     Kernel(Kernel),
+    /// Declare a model by its graph; its weights follow in `PutWeights`.
+    LoadModel {
+        model: String,
+        graph: Graph,
+    },
+    /// Weights `first..first + n` of `model` (in the graph's declared order) as the frame's
+    /// tensors; each is checked against its declared shape and content hash.
+    PutWeights {
+        model: String,
+        first: u32,
+    },
+    /// Run `model` on the frame's tensors (its inputs, in declared order).
+    Run {
+        model: String,
+    },
+    UnloadModel {
+        model: String,
+    },
 }
 
 /// A single kernel on the tab's WebGPU device (the operator graph comes later).
@@ -82,4 +101,17 @@ pub enum Reply {
     KernelDone {
         device_ms: f64,
     },
+    ModelDeclared,
+    /// `missing` weights still to come; when it reaches 0 the tab compiles the model's
+    /// pipelines (a warm-up run) and reports how long that took.
+    WeightsStored {
+        bytes: u64,
+        missing: u32,
+        prepare_ms: Option<f64>,
+    },
+    /// Outputs are the frame's tensors. `device_ms`: submit → results mapped.
+    Ran {
+        device_ms: f64,
+    },
+    Unloaded,
 }

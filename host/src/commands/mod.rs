@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod embed;
 pub mod matmul;
 pub mod serve;
 

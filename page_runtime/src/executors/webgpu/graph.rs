@@ -1,6 +1,7 @@
 //! A model resident on the device: its graph, weights uploaded once, pipelines compiled at load;
 //! each run uploads only the inputs and records the whole graph into one submission.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use shared_proto::{DType, Dim, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef, content_hash};
@@ -9,11 +10,13 @@ use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor};
 use crate::executors::cpu::last_uses;
 use crate::executors::{inputs, shapes};
 
+/// Interior mutability so a shared `Rc<GpuModel>` can take weights while another task runs it
+/// (no borrow is held across an `.await`).
 pub struct GpuModel {
     graph: Graph,
-    weights: Vec<Option<Rc<wgpu::Buffer>>>,
+    weights: RefCell<Vec<Option<Rc<wgpu::Buffer>>>>,
     last_use: Vec<usize>,
-    weight_bytes: u64,
+    weight_bytes: Cell<u64>,
 }
 
 fn bad(msg: String) -> RemoteError {
@@ -24,7 +27,12 @@ impl GpuModel {
     pub fn new(graph: Graph) -> Result<GpuModel, RemoteError> {
         graph.validate().map_err(|e| bad(e.to_string()))?;
         let last_use = last_uses(&graph);
-        Ok(GpuModel { weights: vec![None; graph.weights.len()], graph, last_use, weight_bytes: 0 })
+        Ok(GpuModel {
+            weights: RefCell::new(vec![None; graph.weights.len()]),
+            graph,
+            last_use,
+            weight_bytes: Cell::new(0),
+        })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -33,7 +41,7 @@ impl GpuModel {
 
     /// Store weights `first..first + tensors.len()`, each checked against its declared dtype,
     /// shape and content hash. Returns the bytes stored.
-    pub fn put_weights(&mut self, ex: &WebGpuExecutor, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+    pub fn put_weights(&self, ex: &WebGpuExecutor, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             let idx = first + i;
@@ -47,21 +55,22 @@ impl GpuModel {
             if content_hash(&t.data) != decl.hash {
                 return Err(bad(format!("weight {}: content hash mismatch", decl.name)));
             }
-            if self.weights[idx].is_none() {
-                self.weight_bytes += t.data.len() as u64;
+            let mut weights = self.weights.borrow_mut();
+            if weights[idx].is_none() {
+                self.weight_bytes.set(self.weight_bytes.get() + t.data.len() as u64);
             }
-            self.weights[idx] = Some(ex.weight_buffer(t));
+            weights[idx] = Some(ex.weight_buffer(t));
             bytes += t.data.len() as u64;
         }
         Ok(bytes)
     }
 
     pub fn missing_weights(&self) -> usize {
-        self.weights.iter().filter(|w| w.is_none()).count()
+        self.weights.borrow().iter().filter(|w| w.is_none()).count()
     }
 
     pub fn weight_bytes(&self) -> u64 {
-        self.weight_bytes
+        self.weight_bytes.get()
     }
 
     /// Compile every pipeline the graph needs by running it once on the smallest input
@@ -102,8 +111,9 @@ impl GpuModel {
         for (i, t) in inputs.iter().enumerate() {
             values[i] = Some(ex.upload_value(t));
         }
+        let weights = self.weights.borrow().clone();
         for (i, decl) in g.weights.iter().enumerate() {
-            let buf = self.weights[i].clone().expect("checked complete");
+            let buf = weights[i].clone().expect("checked complete");
             values[g.inputs.len() + i] =
                 Some(GpuValue { shape: decl.shape.clone(), dtype: decl.dtype, buf: Rc::new(Buf::Weight(buf)) });
         }
@@ -163,7 +173,7 @@ impl GpuModel {
 impl WebGpuExecutor {
     /// Convenience for tests and single-op graphs: create, upload all weights, prepare.
     pub async fn load_model(&self, graph: Graph, weights: &[Tensor]) -> Result<GpuModel, RemoteError> {
-        let mut m = GpuModel::new(graph)?;
+        let m = GpuModel::new(graph)?;
         m.put_weights(self, 0, weights)?;
         if m.missing_weights() > 0 {
             return Err(bad(format!("{} weights missing", m.missing_weights())));

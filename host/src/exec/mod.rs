@@ -1,0 +1,8 @@
+//! Running models: in a tab (graph + weights uploaded once, then token-id tensors per request)
+//! or on the host's CPU executor; [`Embedder`] puts MiniLM on either.
+
+mod embedder;
+mod tab_model;
+
+pub use embedder::{Backend, Embedder, Embeddings, LoadReport, cosine};
+pub use tab_model::{TabModel, WeightUpload};

@@ -1,0 +1,108 @@
+//! A model loaded into one tab: declare the graph, stream the weights in frames, run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shared_proto::{Graph, Reply, Request, Tensor};
+
+use crate::Tab;
+
+/// Weights are grouped into frames of about this many bytes (one larger tensor travels alone).
+const CHUNK_BYTES: usize = 16 << 20;
+const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Progress of a weight upload, for a progress bar.
+pub trait WeightUpload {
+    fn start(&self, total_bytes: u64);
+    fn advance(&self, bytes: u64);
+    fn finish(&self);
+}
+
+impl WeightUpload for () {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+impl WeightUpload for indicatif::ProgressBar {
+    fn start(&self, total: u64) {
+        self.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.inc(bytes);
+    }
+    fn finish(&self) {
+        self.finish_and_clear();
+    }
+}
+
+pub struct TabModel {
+    pub tab: Tab,
+    pub name: String,
+    /// Host-side time for declare + upload + the tab's pipeline compile.
+    pub load_ms: f64,
+    /// The tab's warm-up run that compiled the pipelines.
+    pub prepare_ms: f64,
+    pub weight_bytes: u64,
+}
+
+impl TabModel {
+    pub async fn load(
+        tab: &Tab,
+        name: &str,
+        graph: &Graph,
+        weights: &[Tensor],
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<TabModel> {
+        let t0 = Instant::now();
+        let total: u64 = weights.iter().map(|w| w.data.len() as u64).sum();
+        match tab.call(Request::LoadModel { model: name.into(), graph: graph.clone() }, vec![], LOAD_TIMEOUT).await? {
+            (Reply::ModelDeclared, _) => {}
+            (other, _) => bail!("tab {} answered {other:?} to LoadModel", tab.id()),
+        }
+        progress.start(total);
+        let mut first = 0usize;
+        let mut prepare_ms = None;
+        while first < weights.len() {
+            let mut end = first + 1;
+            let mut bytes = weights[first].data.len();
+            while end < weights.len() && bytes + weights[end].data.len() <= CHUNK_BYTES {
+                bytes += weights[end].data.len();
+                end += 1;
+            }
+            let req = Request::PutWeights { model: name.into(), first: first as u32 };
+            let (reply, _) = tab
+                .call(req, weights[first..end].to_vec(), LOAD_TIMEOUT)
+                .await
+                .with_context(|| format!("uploading weights {first}..{end} to tab {}", tab.id()))?;
+            match reply {
+                Reply::WeightsStored { missing, prepare_ms: p, .. } => {
+                    if end == weights.len() && missing != 0 {
+                        bail!("tab {} still misses {missing} weights after the upload", tab.id());
+                    }
+                    prepare_ms = p;
+                }
+                other => bail!("tab {} answered {other:?} to PutWeights", tab.id()),
+            }
+            progress.advance(bytes as u64);
+            first = end;
+        }
+        progress.finish();
+        Ok(TabModel {
+            tab: tab.clone(),
+            name: name.into(),
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            prepare_ms: prepare_ms.unwrap_or(0.0),
+            weight_bytes: total,
+        })
+    }
+
+    /// Run on `inputs`; returns the outputs and the tab's device time.
+    pub async fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<(Vec<Tensor>, f64)> {
+        match self.tab.call(Request::Run { model: self.name.clone() }, inputs, RUN_TIMEOUT).await? {
+            (Reply::Ran { device_ms }, outputs) => Ok((outputs, device_ms)),
+            (other, _) => bail!("tab {} answered {other:?} to Run", self.tab.id()),
+        }
+    }
+}
