@@ -1,0 +1,68 @@
+//! Bad input to the CLI gets a clear message and a non-zero exit, never a crash.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tabpool");
+
+fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn empty_text_is_refused() {
+    let (code, err) = run(&["embed", "--backend", "cpu", "fine", "  "], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("text 2 is empty"), "{err}");
+}
+
+#[test]
+fn invalid_utf8_on_stdin_is_refused() {
+    let (code, err) = run(&["embed", "--backend", "cpu"], b"ok line\n\xff\xfe broken\n", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not valid UTF-8") && err.contains("offset 8"), "{err}");
+}
+
+#[test]
+fn missing_model_cache_names_the_fix() {
+    let dir = std::env::temp_dir().join(format!("tabpool-empty-cache-{}", std::process::id()));
+    let (code, err) = run(&["embed", "--backend", "cpu", "hello"], b"", &[("TABPOOL_MODELS", dir.to_str().unwrap())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("model not found") && err.contains("scripts/setup.sh"), "{err}");
+}
+
+#[test]
+fn long_text_is_truncated_and_said_so() {
+    let long = "word ".repeat(600);
+    let (code, err) = run(&["embed", "--backend", "cpu", "--json", &long], b"", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn stdin_lines_are_embedded() {
+    let out = Command::new(BIN)
+        .args(["embed", "--backend", "cpu", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"A cat sits outside\n\nA feline rests outdoors\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["embeddings"].as_array().unwrap().len(), 2, "blank lines are skipped");
+    assert_eq!(v["embeddings"][0].as_array().unwrap().len(), 384);
+    let sim = v["similarity"][0][1].as_f64().unwrap();
+    assert!(sim > 0.5, "paraphrases are similar: {sim}");
+}

@@ -1,0 +1,34 @@
+//! MiniLM in a real headless Chromium tab on WebGPU against the float64 reference, and a
+//! mixed-length batch against one-at-a-time — through the same protocol the CLI uses.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use tabpool::exec::{Backend, Embedder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webgpu_tab_matches_the_reference_and_batches_consistently() {
+    let mut host = support::host().await;
+    let e = Embedder::load(&mut host, Backend::Webgpu, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(e.load.prepare_ms > 0.0, "pipelines were compiled at load");
+    let refs = support::minilm_reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+
+    // One at a time, against the reference.
+    let mut singles = Vec::new();
+    for r in &refs {
+        let out = e.embed(&[r.text.as_str()]).await.unwrap();
+        let v = &out.vectors[0];
+        let (cos, diff) = (support::cosine(v, &r.embedding), support::max_abs_diff(v, &r.embedding));
+        eprintln!("webgpu {:?}: cosine {cos:.7}, max abs {diff:.2e}", r.text);
+        assert!(cos >= support::MIN_COSINE && diff <= support::MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
+        singles.push(v.clone());
+    }
+    // All together: lengths 6..16 padded to 16 and masked.
+    let batch = e.embed(&texts).await.unwrap();
+    for (i, (b, s)) in batch.vectors.iter().zip(&singles).enumerate() {
+        let diff = support::max_abs_diff(b, s);
+        assert!(diff <= 1e-5, "text {i}: batch vs single max abs {diff}");
+    }
+    host.shutdown().await;
+}
