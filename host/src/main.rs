@@ -82,6 +82,19 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// MiniLM: load time, sentences/s and p50/p99 at batch 1 and 32, per backend.
+    Embed {
+        /// One sentence per line (default: ../shared/anchors/sentences.txt, else a built-in set).
+        #[arg(long)]
+        sentences: Option<PathBuf>,
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webgpu, Backend::Cpu])]
+        backends: Vec<Backend>,
+        /// Sentences run on the WebGPU tab (software adapters are slow).
+        #[arg(long, default_value_t = 32)]
+        webgpu_sentences: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of the tiled and naive kernels.
     Matmul {
         #[arg(long, value_delimiter = ',', default_values_t = vec![64, 128, 256, 512])]
@@ -117,6 +130,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Embed { backend, json, texts } => embed::run(host, embed::Args { backend, json, texts }).await,
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
+        Command::Bench { what: BenchWhat::Embed { sentences, backends, webgpu_sentences, json } } => {
+            bench::embed(host, bench::EmbedArgs { sentences, backends, webgpu_sentences, json }).await
+        }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
         Command::Serve { tabs } => serve::run(host, tabs).await,
     }
