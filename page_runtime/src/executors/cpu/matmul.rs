@@ -42,10 +42,15 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n:
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(w.len(), n * k, "W is not {n}x{k}");
     let mut y = vec![0.0f32; m * n];
-    for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
-        let x_row = &x[i * k..(i + 1) * k];
-        for (j, out) in y_row.iter_mut().enumerate() {
-            *out = dot(x_row, &w[j * k..(j + 1) * k]) + bias.map_or(0.0, |b| b[j]);
+    // Blocks of weight rows small enough to stay in cache while every input row passes by.
+    let block = (64 * 1024 / (k * 4)).clamp(1, n.max(1));
+    for j0 in (0..n).step_by(block) {
+        let j1 = (j0 + block).min(n);
+        for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
+            let x_row = &x[i * k..(i + 1) * k];
+            for j in j0..j1 {
+                y_row[j] = dot(x_row, &w[j * k..(j + 1) * k]) + bias.map_or(0.0, |b| b[j]);
+            }
         }
     }
     y
