@@ -59,6 +59,14 @@ fn cases() -> Vec<Case> {
             1e-5,
         ),
         c("linear", Op::Linear { bias: false }, vec![f32s(&[7, 33], 6, 1.0), f32s(&[65, 33], 7, 1.0)], 1e-4, 1e-5),
+        // k % 4 == 0 takes the register-blocked kernel; ragged m and n exercise its edges.
+        c(
+            "linear reg ragged",
+            Op::Linear { bias: true },
+            vec![f32s(&[37, 1536], 28, 1.0), f32s(&[50, 1536], 29, 0.1), f32s(&[50], 30, 1.0)],
+            1e-4,
+            1e-5,
+        ),
         c("add broadcast", Op::Add, vec![f32s(&[4, 6, 10], 8, 1.0), f32s(&[10], 9, 1.0)], 0.0, 0.0),
         c("add same shape", Op::Add, vec![f32s(&[300], 10, 1.0), f32s(&[300], 11, 1.0)], 0.0, 0.0),
         c("mul broadcast", Op::Mul, vec![f32s(&[4, 6, 10], 12, 1.0), f32s(&[6, 10], 13, 1.0)], 0.0, 0.0),

@@ -7,6 +7,7 @@ use super::{GpuValue, Recorder, WebGpuExecutor};
 
 const TILED: &str = include_str!("matmul_tiled.wgsl");
 const NAIVE: &str = include_str!("matmul_naive.wgsl");
+const LINEAR_REG: &str = include_str!("linear_reg.wgsl");
 /// Output tile edge of the tiled kernel (16×16 invocations × 4×4 outputs each).
 const TILE: u32 = 64;
 
@@ -51,6 +52,16 @@ pub(super) fn encode_linear(
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = x.elements() / k;
     let out = ex.output(out_shape);
+    if k % 4 == 0 {
+        // Register-blocked vec4 kernel: 16 rows × 64 columns per workgroup.
+        let groups = (n.div_ceil(64), m.div_ceil(16), 1);
+        let bias = args.get(2).is_some();
+        let key = if bias { "linear_reg_bias" } else { "linear_reg" };
+        let p = ex.pipeline(key, || LINEAR_REG.replace("{{BIAS_AT}}", if bias { "bias[col]" } else { "0.0" }));
+        let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();
+        ex.dispatch_with_tail(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], &tail, groups)?;
+        return Ok(out);
+    }
     let groups = (n.div_ceil(TILE), m.div_ceil(TILE), 1);
     if let Some(bias) = args.get(2) {
         let p = ex.pipeline("linear_bias", || tiled_source(true, true));

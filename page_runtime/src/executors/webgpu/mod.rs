@@ -284,7 +284,8 @@ impl WebGpuExecutor {
     pub(crate) fn weight_buffer(&self, t: &Tensor) -> Rc<wgpu::Buffer> {
         let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size: (t.data.len() as u64).max(4).next_multiple_of(4),
+            // Multiple of 16 so kernels may view it as array<vec4<f32>>.
+            size: (t.data.len() as u64).max(16).next_multiple_of(16),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
