@@ -18,10 +18,11 @@ async fn kernels_in_a_real_tab_match_the_cpu_executor() {
     let adapter = tab.caps().webgpu.adapter.clone().expect("the tab has a WebGPU adapter");
     assert!(!adapter.vendor.is_empty() || !adapter.architecture.is_empty(), "adapter is described: {adapter:?}");
 
-    for (i, (m, k, n)) in [(1usize, 1usize, 1usize), (37, 70, 19), (128, 64, 200)].into_iter().enumerate() {
+    for (i, (m, k, n)) in [(1usize, 1usize, 1usize), (37, 70, 19), (128, 64, 200), (30, 96, 44)].into_iter().enumerate()
+    {
         let a = support::values(m * k, 10 + i as u64);
         let b = support::values(k * n, 20 + i as u64);
-        for variant in [MatMulVariant::Tiled, MatMulVariant::Naive] {
+        for variant in [MatMulVariant::Register, MatMulVariant::Tiled, MatMulVariant::Naive] {
             let inputs =
                 vec![Tensor::from_f32(vec![m as u32, k as u32], &a), Tensor::from_f32(vec![k as u32, n as u32], &b)];
             let (out, device_ms) = tab.kernel(Kernel::MatMul { variant, repeats: 1 }, inputs, T).await.unwrap();

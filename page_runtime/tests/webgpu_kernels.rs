@@ -30,8 +30,8 @@ async fn executor() -> WebGpuExecutor {
 }
 
 /// (m, k, n): edge sizes, exact tiles, ragged tiles and k not a multiple of the K step.
-const MATMUL_SHAPES: [(usize, usize, usize); 6] =
-    [(1, 1, 1), (3, 5, 7), (64, 64, 64), (65, 33, 130), (128, 256, 96), (17, 300, 5)];
+const MATMUL_SHAPES: [(usize, usize, usize); 7] =
+    [(1, 1, 1), (3, 5, 7), (64, 64, 64), (65, 33, 130), (128, 256, 96), (17, 300, 5), (33, 100, 36)];
 
 async fn check_matmul(ex: &WebGpuExecutor, variant: MatMulVariant) {
     for (i, &(m, k, n)) in MATMUL_SHAPES.iter().enumerate() {
@@ -50,6 +50,12 @@ async fn check_matmul(ex: &WebGpuExecutor, variant: MatMulVariant) {
 #[wasm_bindgen_test]
 async fn matmul_tiled_matches_cpu() {
     check_matmul(&executor().await, MatMulVariant::Tiled).await;
+}
+
+#[wasm_bindgen_test]
+async fn matmul_register_matches_cpu() {
+    // Shapes with k or n not divisible by 4 fall back to the tiled kernel; both paths checked.
+    check_matmul(&executor().await, MatMulVariant::Register).await;
 }
 
 #[wasm_bindgen_test]

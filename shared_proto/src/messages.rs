@@ -89,6 +89,9 @@ pub enum MatMulVariant {
     Tiled,
     /// One invocation per output, straight from global memory: the baseline.
     Naive,
+    /// 4×4 outputs per invocation from vec4 loads, no workgroup memory (k, n divisible by 4;
+    /// otherwise the tiled kernel runs).
+    Register,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

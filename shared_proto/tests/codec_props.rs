@@ -26,8 +26,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Ping),
         Just(Request::Sink),
         Just(Request::Kernel(Kernel::Add)),
-        (any::<bool>(), any::<u32>()).prop_map(|(tiled, repeats)| Request::Kernel(Kernel::MatMul {
-            variant: if tiled { MatMulVariant::Tiled } else { MatMulVariant::Naive },
+        (0..3u8, any::<u32>()).prop_map(|(v, repeats)| Request::Kernel(Kernel::MatMul {
+            variant: [MatMulVariant::Tiled, MatMulVariant::Naive, MatMulVariant::Register][v as usize],
             repeats
         })),
     ]

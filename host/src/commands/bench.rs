@@ -88,30 +88,34 @@ pub async fn matmul(host: &mut Host, sizes: &[u32], json_out: bool) -> anyhow::R
         // Enough repeats per submission that dispatch, not readback, dominates small sizes.
         let repeats = (2e7 / flop).clamp(1.0, 50.0) as u32;
         let gflops = |ms: f64| flop / (ms * 1e6);
+        let reg = median_device_ms(&tab, MatMulVariant::Register, repeats, &a, &b).await?;
         let tiled = median_device_ms(&tab, MatMulVariant::Tiled, repeats, &a, &b).await?;
         let naive = median_device_ms(&tab, MatMulVariant::Naive, repeats, &a, &b).await?;
         let (av, bv) = (a.to_f32().expect("f32"), b.to_f32().expect("f32"));
         let t = Instant::now();
         std::hint::black_box(cpu::matmul(&av, &bv, n, n, n));
         let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push((s, gflops(tiled), gflops(naive), gflops(cpu_ms)));
+        rows.push((s, gflops(reg), gflops(tiled), gflops(naive), gflops(cpu_ms)));
     }
     let adapter = adapter_line(tab.caps());
     if json_out {
         let r: Vec<_> = rows
             .iter()
-            .map(|(s, t, n, c)| json!({ "size": s, "tiled_gflops": t, "naive_gflops": n, "cpu_gflops": c, "tiled_over_naive": t / n }))
+            .map(|(s, r, t, n, c)| {
+                json!({ "size": s, "register_gflops": r, "tiled_gflops": t, "naive_gflops": n, "cpu_gflops": c,
+                        "register_over_naive": r / n, "tiled_over_naive": t / n })
+            })
             .collect();
         println!("{}", json!({ "adapter": adapter, "rows": r }));
         return Ok(());
     }
     println!("bench matmul — tab {} on {adapter}", tab.id());
     println!(
-        "{:>6} | {:>13} | {:>13} | {:>12} | {:>15}",
-        "n", "tiled GFLOP/s", "naive GFLOP/s", "tiled/naive", "host CPU GFLOP/s"
+        "{:>6} | {:>13} | {:>10} | {:>10} | {:>14} | {:>11} | {:>13}",
+        "n", "register GF/s", "tiled GF/s", "naive GF/s", "register/naive", "tiled/naive", "host CPU GF/s"
     );
-    for (s, t, n, c) in rows {
-        println!("{s:>6} | {t:>13.3} | {n:>13.3} | {:>11.2}x | {c:>15.3}", t / n);
+    for (s, r, t, n, c) in rows {
+        println!("{s:>6} | {r:>13.3} | {t:>10.3} | {n:>10.3} | {:>13.2}x | {:>10.2}x | {c:>13.3}", r / n, t / n);
     }
     Ok(())
 }

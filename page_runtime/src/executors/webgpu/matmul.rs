@@ -1,5 +1,6 @@
-//! Matmul family: the 64×64-tiled kernel (plain MatMul, and Linear with transposed weights and
-//! bias through template slots), and the naive baseline.
+//! Matmul family: the 64×64-tiled kernel with workgroup memory (plain MatMul, and Linear with
+//! transposed weights and bias through template slots), register-blocked vec4 kernels without
+//! workgroup memory (matmul_reg, linear_reg: fastest on software adapters), and the naive baseline.
 
 use shared_proto::{MatMulVariant, RemoteError};
 
@@ -8,6 +9,7 @@ use super::{GpuValue, Recorder, WebGpuExecutor};
 const TILED: &str = include_str!("matmul_tiled.wgsl");
 const NAIVE: &str = include_str!("matmul_naive.wgsl");
 const LINEAR_REG: &str = include_str!("linear_reg.wgsl");
+const MATMUL_REG: &str = include_str!("matmul_reg.wgsl");
 /// Output tile edge of the tiled kernel (16×16 invocations × 4×4 outputs each).
 const TILE: u32 = 64;
 
@@ -29,7 +31,13 @@ pub(super) fn encode_matmul(
     let mut shape = a.shape.clone();
     *shape.last_mut().expect("rank ≥ 2") = n;
     let out = ex.output(&shape);
+    // The register kernel needs k and n divisible by 4; otherwise the tiled one serves.
+    let variant =
+        if variant == MatMulVariant::Register && (k % 4 != 0 || n % 4 != 0) { MatMulVariant::Tiled } else { variant };
     let (pipeline, groups) = match variant {
+        MatMulVariant::Register => {
+            (ex.pipeline("matmul_reg", || MATMUL_REG.to_string()), ((n / 4).div_ceil(16), m.div_ceil(16), 1))
+        }
         MatMulVariant::Tiled => {
             (ex.pipeline("matmul_tiled", || tiled_source(false, false)), (n.div_ceil(TILE), m.div_ceil(TILE), 1))
         }
