@@ -66,3 +66,18 @@ fn stdin_lines_are_embedded() {
     let sim = v["similarity"][0][1].as_f64().unwrap();
     assert!(sim > 0.5, "paraphrases are similar: {sim}");
 }
+
+#[test]
+fn no_browser_falls_back_to_the_cpu_executor_and_says_why() {
+    let out = Command::new(BIN)
+        .args(["embed", "--json", "--chromium", "/nonexistent/chromium", "A cat sits outside"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("falling back to the CPU executor") && err.contains("/nonexistent/chromium"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "cpu");
+    let (code, err) = run(&["embed", "--backend", "webgpu", "--chromium", "/nonexistent/chromium", "x"], b"", &[]);
+    assert_eq!(code, 1, "an explicit --backend webgpu does not fall back: {err}");
+}

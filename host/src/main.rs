@@ -54,7 +54,7 @@ enum Command {
     },
     /// Sentence embeddings (all-MiniLM-L6-v2) in a real tab; TEXT... or lines on stdin.
     Embed {
-        #[arg(long, value_enum, default_value_t = Backend::Webgpu)]
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
         #[arg(long)]
         json: bool,

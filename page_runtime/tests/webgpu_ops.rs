@@ -180,3 +180,31 @@ async fn out_of_range_ids_are_refused_not_clamped() {
     let e = m.run(&ex, &[i32s(&[2], &[3, 10])]).await.err().expect("id 10 is outside 0..10");
     assert_eq!(e.kind, shared_proto::ErrorKind::BadInput);
 }
+
+#[wasm_bindgen_test]
+async fn a_loaded_model_compiles_once_and_reuses_buffers() {
+    let ex = executor().await;
+    let w = f32s(&[64, 32], 1, 0.1);
+    let g = Graph {
+        inputs: vec![InputDecl { name: "x".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Fixed(32)] }],
+        weights: vec![shared_proto::WeightDecl {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: vec![64, 32],
+            hash: shared_proto::content_hash(&w.data),
+        }],
+        nodes: vec![Node { op: Op::Linear { bias: false }, args: vec![0, 1] }, Node { op: Op::Gelu, args: vec![2] }],
+        outputs: vec![3],
+    };
+    let m = ex.load_model(g, &[w]).await.unwrap();
+    let compiled = ex.compiled_pipelines();
+    assert!(compiled >= 2, "load compiled linear and gelu: {compiled}");
+    let x = f32s(&[5, 32], 2, 1.0);
+    m.run(&ex, std::slice::from_ref(&x)).await.unwrap();
+    let pooled = ex.pooled_buffers();
+    for _ in 0..3 {
+        m.run(&ex, std::slice::from_ref(&x)).await.unwrap();
+    }
+    assert_eq!(ex.compiled_pipelines(), compiled, "no pipeline compiled per request");
+    assert_eq!(ex.pooled_buffers(), pooled, "buffers come back to the pool and are reused");
+}

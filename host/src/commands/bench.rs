@@ -208,6 +208,7 @@ pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &backend in &args.backends {
         let e = Embedder::load(host, backend, &()).await?;
+        let backend = e.load.backend;
         let n = if backend == Backend::Webgpu { args.webgpu_sentences.min(all.len()).max(1) } else { all.len() };
         let texts: Vec<&str> = all.iter().take(n).map(String::as_str).collect();
         let tokens: Vec<usize> = e.model().tokenize(&texts)?.0.iter().map(Vec::len).collect();

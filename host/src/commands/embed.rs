@@ -74,7 +74,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let load = &embedder.load;
     if args.json {
         let mut v = json!({
-            "model": minilm::NAME, "backend": args.backend, "dims": minilm::HIDDEN,
+            "model": minilm::NAME, "backend": load.backend, "dims": minilm::HIDDEN,
             "embeddings": vectors, "tokens": lengths, "truncated": truncated,
             "load": load, "compute_ms": compute_ms,
         });
@@ -88,7 +88,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     println!(
         "{} on {:?}{on}: load {:.0} ms, {} text(s) in {:.1} ms",
         minilm::NAME,
-        args.backend,
+        load.backend,
         load.read_ms + load.tab_start_ms + load.load_ms,
         texts.len(),
         compute_ms

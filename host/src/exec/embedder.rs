@@ -12,7 +12,10 @@ use crate::models::minilm::{self, MiniLm};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// A real headless tab's WebGPU device.
+    /// WebGPU in a real tab; if no tab can start (no browser, no adapter), the CPU executor,
+    /// with a warning that says why.
+    Auto,
+    /// A real headless tab's WebGPU device; fails if there is none.
     Webgpu,
     /// The CPU executor in this process.
     Cpu,
@@ -55,6 +58,15 @@ pub struct Embeddings {
 impl Embedder {
     /// Load MiniLM (default cache) onto `backend`; a tab is launched through `host` if needed.
     pub async fn load(host: &mut Host, backend: Backend, progress: &dyn WeightUpload) -> anyhow::Result<Embedder> {
+        if backend == Backend::Auto {
+            return match Box::pin(Self::load(host, Backend::Webgpu, progress)).await {
+                Ok(e) => Ok(e),
+                Err(e) => {
+                    eprintln!("warning: no WebGPU tab ({e:#}); falling back to the CPU executor");
+                    Box::pin(Self::load(host, Backend::Cpu, progress)).await
+                }
+            };
+        }
         let t = Instant::now();
         let model = MiniLm::load(None)?;
         let read_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -66,6 +78,7 @@ impl Embedder {
                     CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
                 (Exec::Cpu(cpu), 0.0, t.elapsed().as_secs_f64() * 1e3, 0.0, None)
             }
+            Backend::Auto => unreachable!("resolved above"),
             Backend::Webgpu => {
                 let t = Instant::now();
                 let tab = host.launch_tab().await?;
