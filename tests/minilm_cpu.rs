@@ -26,6 +26,7 @@ fn tokenizer_and_cpu_vectors_match_the_reference() {
         assert_eq!(out[0].shape, vec![1, 384]);
         let v = out[0].to_f32().unwrap();
         let (cos, diff) = (support::cosine(&v, &r.embedding), support::max_abs_diff(&v, &r.embedding));
+        eprintln!("cpu {:?}: cosine {cos:.7}, max abs {diff:.2e}", r.text);
         assert!(cos >= support::MIN_COSINE && diff <= support::MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
     }
 }
