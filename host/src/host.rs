@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 
-use crate::browser::{BrowserSession, Chromedriver, ChromiumOptions};
+use crate::browser::{BrowserKind, BrowserSession, Chromedriver, ChromiumOptions};
 use crate::paths;
 use crate::server::socket::{Counters, Expected, Registry};
 use crate::server::{http, socket};
@@ -21,6 +21,8 @@ pub struct HostConfig {
     pub www: Option<PathBuf>,
     /// Chromium binary; `chromium` (or `chromium-browser`, `google-chrome`) on PATH when `None`.
     pub chromium: Option<PathBuf>,
+    /// The WebNN-capable headless shell; the setup location when `None`.
+    pub chromium_webnn: Option<PathBuf>,
     /// chromedriver binary; from PATH when `None`.
     pub chromedriver: Option<PathBuf>,
     /// Flags added to every browser launch.
@@ -34,6 +36,7 @@ impl Default for HostConfig {
         HostConfig {
             www: None,
             chromium: None,
+            chromium_webnn: None,
             chromedriver: None,
             extra_flags: Vec::new(),
             tab_timeout: Duration::from_secs(60),
@@ -119,17 +122,38 @@ impl Host {
         PendingTab { id, token, url, arrived: rx }
     }
 
-    /// Start a browser with one tab on the page and wait for its authenticated `Hello`.
+    /// Start a Debian Chromium tab (see [`Self::launch`]).
     pub async fn launch_tab(&mut self) -> anyhow::Result<Tab> {
+        self.launch(BrowserKind::Chromium).await
+    }
+
+    /// The binary for `kind`, if it is installed.
+    pub fn browser_binary(&self, kind: BrowserKind) -> anyhow::Result<PathBuf> {
+        match kind {
+            BrowserKind::Chromium => paths::find_binary(self.cfg.chromium.as_deref(), CHROMIUM_NAMES),
+            BrowserKind::ChromiumWebnn => {
+                let p = self.cfg.chromium_webnn.clone().unwrap_or_else(BrowserKind::default_webnn_binary);
+                anyhow::ensure!(
+                    p.is_file(),
+                    "{} is missing: `bash scripts/setup.sh` installs npm @sparticuz/chromium@153 there",
+                    p.display()
+                );
+                Ok(p)
+            }
+        }
+    }
+
+    /// Start a browser of `kind` with one tab on the page and wait for its authenticated `Hello`.
+    pub async fn launch(&mut self, kind: BrowserKind) -> anyhow::Result<Tab> {
+        let binary = self.browser_binary(kind)?;
         let pending = self.expect_tab();
         if self.driver.is_none() {
             let driver = paths::find_binary(self.cfg.chromedriver.as_deref(), CHROMEDRIVER_NAMES)?;
             self.driver = Some(Chromedriver::start(&driver).await?);
         }
-        let opts = ChromiumOptions {
-            binary: paths::find_binary(self.cfg.chromium.as_deref(), CHROMIUM_NAMES)?,
-            extra_flags: self.cfg.extra_flags.clone(),
-        };
+        let mut extra_flags = kind.flags();
+        extra_flags.extend(self.cfg.extra_flags.iter().cloned());
+        let opts = ChromiumOptions { binary, extra_flags, attach: kind.attach() };
         let driver_url = self.driver.as_ref().expect("started above").url();
         let session = BrowserSession::open(&driver_url, &opts, &pending.url).await?;
         let waited = tokio::time::timeout(self.cfg.tab_timeout, pending.arrived).await;

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod host;
 pub mod models;
 pub mod paths;
+pub mod policy;
 pub mod server;
 pub mod stats;
 pub mod tab;

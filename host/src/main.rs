@@ -17,6 +17,9 @@ struct Cli {
     /// Chromium binary (default: chromium on PATH).
     #[arg(long, global = true)]
     chromium: Option<PathBuf>,
+    /// WebNN-capable headless Chromium (default: where setup unpacks npm @sparticuz/chromium).
+    #[arg(long, global = true)]
+    chromium_webnn: Option<PathBuf>,
     /// chromedriver binary (default: chromedriver on PATH).
     #[arg(long, global = true)]
     chromedriver: Option<PathBuf>,
@@ -87,11 +90,20 @@ enum BenchWhat {
         /// One sentence per line (default: ../shared/anchors/sentences.txt, else a built-in set).
         #[arg(long)]
         sentences: Option<PathBuf>,
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webgpu, Backend::Cpu])]
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webnn, Backend::Webgpu, Backend::Cpu])]
         backends: Vec<Backend>,
         /// Sentences run on the WebGPU tab (software adapters are slow).
         #[arg(long, default_value_t = 32)]
         webgpu_sentences: usize,
+        /// WebNN tabs in the pool row (0: none).
+        #[arg(long, default_value_t = 2)]
+        pool_tabs: usize,
+        /// Also measure the peers with ../shared/anchors/run.sh in the same run (minutes).
+        #[arg(long)]
+        peers: bool,
+        /// With --peers: include their WebGPU run (about 11 minutes on SwiftShader).
+        #[arg(long)]
+        peers_webgpu: bool,
         #[arg(long)]
         json: bool,
     },
@@ -132,8 +144,11 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Embed { backend, json, texts } => embed::run(host, embed::Args { backend, json, texts }).await,
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
-        Command::Bench { what: BenchWhat::Embed { sentences, backends, webgpu_sentences, json } } => {
-            bench::embed(host, bench::EmbedArgs { sentences, backends, webgpu_sentences, json }).await
+        Command::Bench {
+            what: BenchWhat::Embed { sentences, backends, webgpu_sentences, pool_tabs, peers, peers_webgpu, json },
+        } => {
+            let args = bench::EmbedArgs { sentences, backends, webgpu_sentences, pool_tabs, peers, peers_webgpu, json };
+            bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
         Command::Serve { tabs } => serve::run(host, tabs).await,
@@ -150,6 +165,7 @@ async fn main() -> ExitCode {
     let cfg = HostConfig {
         www: cli.www,
         chromium: cli.chromium,
+        chromium_webnn: cli.chromium_webnn,
         chromedriver: cli.chromedriver,
         extra_flags: cli.browser_flags,
         tab_timeout: Duration::from_secs(cli.tab_timeout),

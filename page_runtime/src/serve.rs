@@ -13,7 +13,9 @@ use shared_proto::{
 };
 
 use crate::caps;
-use crate::executors::webgpu::{GpuModel, WebGpuExecutor};
+use crate::executors::webgpu::WebGpuExecutor;
+use crate::executors::webnn::{self, WebNn};
+use crate::models::TabModel;
 use crate::socket::{self, Event, Socket};
 
 /// WebSocket close code for a protocol violation (RFC 6455 §7.4.1).
@@ -77,7 +79,7 @@ async fn serve() -> Result<(), String> {
         caps,
     }));
     send(&socket, Frame::new(hello))?;
-    let state = Rc::new(TabState { executor, models: RefCell::default() });
+    let state = Rc::new(TabState { executor, models: RefCell::default(), webnn: RefCell::default() });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
         let bytes = match event {
@@ -120,7 +122,9 @@ async fn serve() -> Result<(), String> {
 /// What a tab holds between requests.
 struct TabState {
     executor: Option<WebGpuExecutor>,
-    models: RefCell<HashMap<String, Rc<GpuModel>>>,
+    models: RefCell<HashMap<String, TabModel>>,
+    /// WebNN contexts by device type, created on first use.
+    webnn: RefCell<HashMap<String, Rc<WebNn>>>,
 }
 
 type Answer = (Result<Reply, RemoteError>, Vec<Tensor>);
@@ -132,15 +136,24 @@ async fn handle(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Answer {
     }
 }
 
+async fn webnn_context(state: &TabState, device: &str) -> Result<Rc<WebNn>, RemoteError> {
+    if let Some(c) = state.webnn.borrow().get(device) {
+        return Ok(c.clone());
+    }
+    let c = Rc::new(
+        webnn::context(device)
+            .await
+            .map_err(|e| RemoteError::new(ErrorKind::Unsupported, format!("WebNN {device}: {e}")))?,
+    );
+    state.webnn.borrow_mut().insert(device.to_string(), c.clone());
+    Ok(c)
+}
+
 async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Result<Answer, RemoteError> {
-    let executor = || {
-        state.executor.as_ref().ok_or_else(|| {
-            RemoteError::new(ErrorKind::Unsupported, "this tab has no WebGPU device (see its capabilities)")
-        })
-    };
+    let gpu = state.executor.as_ref();
     let model =
         |name: &str| {
-            state.models.borrow().get(name).cloned().ok_or_else(|| {
+            state.models.borrow().get(name).map(TabModel::clone_handle).ok_or_else(|| {
                 RemoteError::new(ErrorKind::BadInput, format!("model {name:?} is not loaded in this tab"))
             })
         };
@@ -148,24 +161,29 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         Request::Ping => (Ok(Reply::Pong), Vec::new()),
         Request::Sink => (Ok(Reply::Sunk { bytes: inputs.iter().map(|t| t.data.len() as u64).sum() }), Vec::new()),
         Request::Kernel(kernel) => {
-            let run = executor()?.run_kernel(&kernel, &inputs).await?;
+            let ex = gpu.ok_or_else(|| {
+                RemoteError::new(ErrorKind::Unsupported, "this tab has no WebGPU device (see its capabilities)")
+            })?;
+            let run = ex.run_kernel(&kernel, &inputs).await?;
             (Ok(Reply::KernelDone { device_ms: run.device_ms }), run.outputs)
         }
-        Request::LoadModel { model, graph } => {
-            executor()?;
-            let m = Rc::new(GpuModel::new(graph)?);
+        Request::LoadModel { model, graph, backend } => {
+            let nn = match &backend {
+                shared_proto::ExecBackend::WebNn { device } => Some(webnn_context(state, device).await?),
+                _ => None,
+            };
+            let m = TabModel::new(graph, &backend, gpu, nn)?;
             state.models.borrow_mut().insert(model, m);
             (Ok(Reply::ModelDeclared), Vec::new())
         }
         Request::PutWeights { model: name, first } => {
-            let (ex, m) = (executor()?, model(&name)?);
-            let bytes = m.put_weights(ex, first as usize, &inputs)?;
-            let missing = m.missing_weights() as u32;
-            let prepare_ms = if missing == 0 { Some(m.prepare(ex).await?) } else { None };
-            (Ok(Reply::WeightsStored { bytes, missing, prepare_ms }), Vec::new())
+            let m = model(&name)?;
+            let (bytes, missing) = m.put_weights(gpu, first as usize, &inputs)?;
+            let prepare_ms = if missing == 0 { Some(m.prepare(gpu).await?) } else { None };
+            (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
         }
         Request::Run { model: name } => {
-            let run = model(&name)?.run(executor()?, &inputs).await?;
+            let run = model(&name)?.run(gpu, &inputs).await?;
             (Ok(Reply::Ran { device_ms: run.device_ms }), run.outputs)
         }
         Request::UnloadModel { model } => {

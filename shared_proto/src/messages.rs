@@ -53,10 +53,11 @@ pub enum Request {
     /// Accept the attached tensors and report their size: host→tab throughput.
     Sink,
     Kernel(Kernel),
-    /// Declare a model by its graph; its weights follow in `PutWeights`.
+    /// Declare a model by its graph, to run on `backend`; its weights follow in `PutWeights`.
     LoadModel {
         model: String,
         graph: Graph,
+        backend: ExecBackend,
     },
     /// Weights `first..first + n` of `model` (in the graph's declared order) as the frame's
     /// tensors; each is checked against its declared shape and content hash.
@@ -81,6 +82,27 @@ pub enum Kernel {
     MatMul { variant: MatMulVariant, repeats: u32 },
     /// Element-wise `C = A + B`, same shapes.
     Add,
+}
+
+/// Where a tab runs a model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExecBackend {
+    /// The tab's WebGPU device (wgpu).
+    WebGpu,
+    /// A WebNN context of this device type ("cpu", "gpu", "npu").
+    WebNn { device: String },
+    /// The plain-Rust CPU executor inside the tab's wasm.
+    Cpu,
+}
+
+impl std::fmt::Display for ExecBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecBackend::WebGpu => write!(f, "webgpu"),
+            ExecBackend::WebNn { device } => write!(f, "webnn-{device}"),
+            ExecBackend::Cpu => write!(f, "wasm-cpu"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

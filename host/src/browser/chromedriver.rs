@@ -20,6 +20,8 @@ impl Chromedriver {
         let child = Command::new(binary)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            // Attached browsers may be older builds (the npm headless shell with WebNN is 153).
+            .arg("--disable-build-check")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -13,7 +13,7 @@ use super::{KERNEL_TIMEOUT, adapter_line, random_values};
 use crate::exec::{Backend, Embedder};
 use crate::stats::{median, quantile};
 use crate::{Host, Tab};
-use anyhow::Context;
+use anyhow::Context as _;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -197,79 +197,193 @@ async fn measure(e: &Embedder, sentences: &[&str], batch: usize) -> anyhow::Resu
 pub struct EmbedArgs {
     pub sentences: Option<std::path::PathBuf>,
     pub backends: Vec<Backend>,
-    /// Sentences per batch size for the WebGPU tab (SwiftShader runs ~1 sentence/s).
+    /// Sentences per batch size for the WebGPU tab (SwiftShader runs a few sentences/s).
     pub webgpu_sentences: usize,
+    /// WebNN tabs in the pool row (0 or 1: no pool row).
+    pub pool_tabs: usize,
+    /// Also run ../shared/anchors/run.sh (native onnxruntime, onnxruntime-web, transformers.js).
+    pub peers: bool,
+    /// Include the peers' WebGPU run (about 11 minutes on SwiftShader).
+    pub peers_webgpu: bool,
     pub json: bool,
 }
 
-/// Model load, then sentences/s and p50/p99 at batch 1 and 32, per backend, in one run.
+struct Row {
+    label: String,
+    load: Option<crate::exec::LoadReport>,
+    tokens: (usize, usize),
+    bs1: Rate,
+    bs32: Rate,
+}
+
+/// Spread `sentences` over `embedders` in calls of `batch`, all tabs busy at once.
+async fn measure_pool(es: &[Embedder], sentences: &[&str], batch: usize) -> anyhow::Result<Rate> {
+    for e in es {
+        e.embed(&sentences[..batch.min(sentences.len())]).await?;
+    }
+    let chunks: Vec<&[&str]> = sentences.chunks(batch).collect();
+    let t = Instant::now();
+    let per_tab = futures_util::future::try_join_all(es.iter().enumerate().map(|(i, e)| {
+        let mine: Vec<&[&str]> = chunks.iter().skip(i).step_by(es.len()).copied().collect();
+        async move {
+            let mut lat = Vec::new();
+            for c in mine {
+                let t = Instant::now();
+                e.embed(c).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(lat)
+        }
+    }))
+    .await?;
+    let per_s = sentences.len() as f64 / t.elapsed().as_secs_f64();
+    let lat: Vec<f64> = per_tab.into_iter().flatten().collect();
+    Ok(Rate { batch, sentences: sentences.len(), per_s, p50_ms: quantile(&lat, 0.5), p99_ms: quantile(&lat, 0.99) })
+}
+
+/// Peers measured by ../shared/anchors/run.sh in this run: (method, batch) → sentences/s.
+fn run_peers(webgpu: bool) -> anyhow::Result<Vec<(String, usize, f64)>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/run.sh");
+    anyhow::ensure!(script.is_file(), "{} not found: peers are measured by the shared anchors", script.display());
+    let cache = std::env::var_os("ANCHORS_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors")
+    });
+    let results = cache.join("results");
+    let before: Vec<_> =
+        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    eprintln!("running the peers: bash {} (several minutes)", script.display());
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("TJS", "1")
+        .env("WEBGPU", if webgpu { "1" } else { "0" })
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running the anchors")?;
+    anyhow::ensure!(status.success(), "anchors run.sh failed: {status}");
+    let newest = std::fs::read_dir(&results)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
+        .max()
+        .context("anchors wrote no results file")?;
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(&newest)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if let (Some(m), Some(bs), Some(r)) = (v["method"].as_str(), v["bs"].as_u64(), v["sent_per_s"].as_f64()) {
+            out.push((m.to_string(), bs as usize, r));
+        }
+    }
+    Ok(out)
+}
+
+/// Model load, then sentences/s and p50/p99 at batch 1 and 32, per backend, a pool of WebNN
+/// tabs, and (with --peers) the peers — all in one run, with ratios.
 pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
     let (all, source) = bench_sentences(args.sentences.as_deref())?;
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for &backend in &args.backends {
         let e = Embedder::load(host, backend, &()).await?;
-        let backend = e.load.backend;
-        let n = if backend == Backend::Webgpu { args.webgpu_sentences.min(all.len()).max(1) } else { all.len() };
+        let n = if e.load.backend == "webgpu" { args.webgpu_sentences.min(all.len()).max(1) } else { all.len() };
         let texts: Vec<&str> = all.iter().take(n).map(String::as_str).collect();
         let tokens: Vec<usize> = e.model().tokenize(&texts)?.0.iter().map(Vec::len).collect();
         let bs1 = measure(&e, &texts, 1).await?;
         let bs32 = measure(&e, &texts, 32).await?;
-        rows.push((backend, e.load.clone(), bs1, bs32, tokens));
+        let label = match e.load.browser {
+            Some(k) => format!("{} ({} tab)", e.load.backend, k.name()),
+            None => "cpu (host, 1 thread)".into(),
+        };
+        let tokens = (tokens.iter().copied().min().unwrap_or(0), tokens.iter().copied().max().unwrap_or(0));
+        rows.push(Row { label, load: Some(e.load.clone()), tokens, bs1, bs32 });
     }
-    let ratio = |b: usize| -> Option<f64> {
-        let get = |k| rows.iter().find(|r| r.0 == k).map(|r| if b == 1 { r.2.per_s } else { r.3.per_s });
-        Some(get(Backend::Webgpu)? / get(Backend::Cpu)?)
+    if args.pool_tabs >= 2 {
+        let mut es = Vec::new();
+        for _ in 0..args.pool_tabs {
+            es.push(Embedder::load(host, Backend::Webnn, &()).await?);
+        }
+        let texts: Vec<&str> = all.iter().map(String::as_str).collect();
+        let tokens: Vec<usize> = es[0].model().tokenize(&texts)?.0.iter().map(Vec::len).collect();
+        let bs1 = measure_pool(&es, &texts, 1).await?;
+        let bs32 = measure_pool(&es, &texts, 32).await?;
+        let tokens = (tokens.iter().copied().min().unwrap_or(0), tokens.iter().copied().max().unwrap_or(0));
+        rows.push(Row { label: format!("webnn-cpu pool of {} tabs", es.len()), load: None, tokens, bs1, bs32 });
+    }
+    let peers = if args.peers { run_peers(args.peers_webgpu)? } else { vec![] };
+    let peer = |needle: &str, bs: usize| peers.iter().find(|(m, b, _)| m.contains(needle) && *b == bs).map(|p| p.2);
+    let ours = |prefix: &str, bs: usize| {
+        rows.iter().find(|r| r.label.starts_with(prefix)).map(|r| if bs == 1 { r.bs1.per_s } else { r.bs32.per_s })
     };
+    // (our row, peer method, batch, target)
+    let comparisons: Vec<(String, String, usize, f64, Option<f64>, Option<f64>)> = [
+        ("webnn-cpu (", "ort-web 1.30 webnn cpu", 1, 1.0),
+        ("webnn-cpu (", "ort-web 1.30 webnn cpu", 32, 1.0),
+        ("webnn-cpu pool", "onnxruntime native CPU EP", 32, 0.5),
+        ("webgpu (", "ort-web 1.30 webgpu", 1, 10.0),
+        ("webgpu (", "ort-web 1.30 webgpu", 32, 10.0),
+        ("cpu (host", "onnxruntime native CPU EP", 32, 0.0),
+    ]
+    .iter()
+    .map(|(o, p, b, t)| (o.to_string(), p.to_string(), *b, *t, ours(o, *b), peer(p, *b)))
+    .collect();
     if args.json {
         let r: Vec<_> = rows
             .iter()
-            .map(|(b, load, bs1, bs32, _)| json!({ "backend": b, "load": load, "bs1": bs1, "bs32": bs32 }))
+            .map(|r| json!({ "row": r.label, "load": r.load, "tokens": [r.tokens.0, r.tokens.1], "bs1": r.bs1, "bs32": r.bs32 }))
             .collect();
+        let c: Vec<_> = comparisons
+            .iter()
+            .map(|(o, p, b, t, a, q)| {
+                json!({ "ours": o, "peer": p, "batch": b, "target": t, "ours_per_s": a, "peer_per_s": q,
+                                              "ratio": a.zip(*q).map(|(a, q)| a / q) })
+            })
+            .collect();
+        let peers: Vec<_> = peers.iter().map(|(m, b, r)| json!({ "method": m, "batch": b, "per_s": r })).collect();
         println!(
             "{}",
-            json!({ "model": "all-MiniLM-L6-v2", "source": source, "rows": r, "webgpu_over_cpu_bs1": ratio(1), "webgpu_over_cpu_bs32": ratio(32) })
+            json!({ "model": "all-MiniLM-L6-v2", "source": source, "rows": r, "peers": peers, "comparisons": c })
         );
         return Ok(());
     }
     println!("bench embed — all-MiniLM-L6-v2, sentences from {source}");
     println!(
-        "{:<7} | {:>6} | {:>7} | {:>13} | {:>10} | {:>9} | {:>9} | {:>11} | {:>10} | {:>10}",
-        "backend",
-        "texts",
-        "tokens",
-        "load ms",
-        "bs1 sent/s",
-        "bs1 p50",
-        "bs1 p99",
-        "bs32 sent/s",
-        "bs32 p50",
-        "bs32 p99"
+        "{:<34} | {:>5} | {:>6} | {:>12} | {:>9} | {:>15} | {:>10} | {:>17}",
+        "row", "texts", "tokens", "load ms", "bs1 sent/s", "bs1 p50/p99 ms", "bs32 sent/s", "bs32 p50/p99 ms"
     );
-    for (b, load, bs1, bs32, tokens) in &rows {
-        let (lo, hi) = (tokens.iter().min().unwrap_or(&0), tokens.iter().max().unwrap_or(&0));
+    for r in &rows {
+        let load =
+            r.load.as_ref().map(|l| format!("{:.0} ({:.0})", l.load_ms, l.prepare_ms)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<7} | {:>6} | {:>7} | {:>13} | {:>10.2} | {:>9.1} | {:>9.1} | {:>11.2} | {:>10.1} | {:>10.1}",
-            format!("{b:?}").to_lowercase(),
-            bs1.sentences,
-            format!("{lo}-{hi}"),
-            format!("{:.0} ({:.0})", load.load_ms, load.prepare_ms),
-            bs1.per_s,
-            bs1.p50_ms,
-            bs1.p99_ms,
-            bs32.per_s,
-            bs32.p50_ms,
-            bs32.p99_ms
+            "{:<34} | {:>5} | {:>6} | {:>12} | {:>10.2} | {:>15} | {:>11.2} | {:>17}",
+            r.label,
+            r.bs1.sentences,
+            format!("{}-{}", r.tokens.0, r.tokens.1),
+            load,
+            r.bs1.per_s,
+            format!("{:.1}/{:.1}", r.bs1.p50_ms, r.bs1.p99_ms),
+            r.bs32.per_s,
+            format!("{:.0}/{:.0}", r.bs32.p50_ms, r.bs32.p99_ms)
         );
     }
-    println!(
-        "load ms = graph declare + weight upload + pipeline compile (the compile/warm-up run in parentheses); latency per call in ms"
-    );
-    if let (Some(r1), Some(r32)) = (ratio(1), ratio(32)) {
-        println!("webgpu / cpu throughput: bs1 {r1:.3}x, bs32 {r32:.3}x");
+    println!("load ms = graph declare + weight upload + compile (warm-up run in parentheses); latency per call");
+    if !peers.is_empty() {
+        println!("\npeers measured in this run (../shared/anchors/run.sh), sentences/s:");
+        for (m, b, r) in &peers {
+            println!("  {m:<60} bs{b:<3} {r:>8.1}");
+        }
+        println!("\nratios (ours / peer, same run):");
+        for (o, p, b, t, a, q) in &comparisons {
+            if let (Some(a), Some(q)) = (a, q) {
+                let target = if *t > 0.0 {
+                    format!("target ≥ {t}×: {}", if a / q >= *t { "met" } else { "NOT met" })
+                } else {
+                    String::new()
+                };
+                println!("  {:<28} vs {:<34} bs{b:<3} {:>7.3}×  {target}", o.trim_end_matches(" ("), p, a / q);
+            }
+        }
     }
-    for (b, load, ..) in &rows {
-        if let Some(a) = &load.adapter {
-            println!("{b:?} adapter: {a}");
+    for r in &rows {
+        if let Some(cal) = r.load.as_ref().filter(|l| !l.calibration.is_empty()) {
+            println!("calibration for {}: {:?}", r.label, cal.calibration);
         }
     }
     Ok(())

@@ -61,6 +61,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         truncated.extend(e.truncated);
         compute_ms += e.compute_ms;
     }
+    for m in &load.calibration {
+        match (m.median_ms, &m.error) {
+            (Some(ms), _) => eprintln!("calibration: {:<10} {ms:8.2} ms", m.backend),
+            (None, e) => eprintln!("calibration: {:<10} failed: {}", m.backend, e.as_deref().unwrap_or("?")),
+        }
+    }
     for (i, t) in truncated.iter().enumerate() {
         if *t {
             eprintln!("note: text {} is longer than {} tokens and was truncated", i + 1, minilm::MAX_TOKENS);
@@ -86,7 +92,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     }
     let on = load.adapter.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
     println!(
-        "{} on {:?}{on}: load {:.0} ms, {} text(s) in {:.1} ms",
+        "{} on {}{on}: load {:.0} ms, {} text(s) in {:.1} ms",
         minilm::NAME,
         load.backend,
         load.read_ms + load.tab_start_ms + load.load_ms,

@@ -1,21 +1,27 @@
-//! Sentence embeddings with MiniLM on a chosen backend.
+//! Sentence embeddings with MiniLM on a chosen backend — or, by default, on the backend a short
+//! calibration run measured fastest.
 
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
+use shared_proto::ExecBackend;
 
 use super::tab_model::{TabModel, WeightUpload};
-use crate::Host;
+use crate::browser::BrowserKind;
 use crate::models::minilm::{self, MiniLm};
+use crate::policy::backend_choice::{self, Measured};
+use crate::{Host, Tab};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// WebGPU in a real tab; if no tab can start (no browser, no adapter), the CPU executor,
-    /// with a warning that says why.
+    /// Calibrate at load: WebNN and WebGPU in a real tab and the host CPU executor, keep the
+    /// fastest. If no tab can start, the CPU executor, with a warning saying why.
     Auto,
-    /// A real headless tab's WebGPU device; fails if there is none.
+    /// WebNN (cpu device) in a `chromium-webnn` tab; fails if unavailable.
+    Webnn,
+    /// WebGPU in a Debian Chromium tab; fails if there is no adapter.
     Webgpu,
     /// The CPU executor in this process.
     Cpu,
@@ -34,16 +40,20 @@ pub struct Embedder {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
-    pub backend: Backend,
+    /// What runs the model: "webnn-cpu", "webgpu", "wasm-cpu" (in a tab) or "cpu" (host).
+    pub backend: String,
+    pub browser: Option<BrowserKind>,
     /// Reading safetensors + tokenizer and building the graph.
     pub read_ms: f64,
-    /// Tab start (launch → authenticated Hello); 0 on the CPU.
+    /// Tab start (launch → authenticated Hello); 0 on the host CPU.
     pub tab_start_ms: f64,
-    /// Declaring the graph, uploading weights and compiling pipelines (a warm-up run).
+    /// Declaring the graph, uploading weights and compiling (a warm-up run), for the chosen backend.
     pub load_ms: f64,
     pub prepare_ms: f64,
     pub weight_bytes: u64,
     pub adapter: Option<String>,
+    /// Calibration medians per candidate (empty when a backend was forced).
+    pub calibration: Vec<Measured>,
 }
 
 pub struct Embeddings {
@@ -55,51 +65,168 @@ pub struct Embeddings {
     pub compute_ms: f64,
 }
 
+/// The calibration input: one typical sentence (16 tokens).
+const CALIBRATION_TEXT: &str = "Calibration runs one ordinary sentence through every candidate backend.";
+
 impl Embedder {
     /// Load MiniLM (default cache) onto `backend`; a tab is launched through `host` if needed.
     pub async fn load(host: &mut Host, backend: Backend, progress: &dyn WeightUpload) -> anyhow::Result<Embedder> {
-        if backend == Backend::Auto {
-            return match Box::pin(Self::load(host, Backend::Webgpu, progress)).await {
-                Ok(e) => Ok(e),
-                Err(e) => {
-                    eprintln!("warning: no WebGPU tab ({e:#}); falling back to the CPU executor");
-                    Box::pin(Self::load(host, Backend::Cpu, progress)).await
-                }
-            };
-        }
         let t = Instant::now();
         let model = MiniLm::load(None)?;
         let read_ms = t.elapsed().as_secs_f64() * 1e3;
-        let weight_bytes = model.weights.iter().map(|w| w.data.len() as u64).sum();
-        let (exec, tab_start_ms, load_ms, prepare_ms, adapter) = match backend {
-            Backend::Cpu => {
-                let t = Instant::now();
-                let cpu =
-                    CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-                (Exec::Cpu(cpu), 0.0, t.elapsed().as_secs_f64() * 1e3, 0.0, None)
-            }
-            Backend::Auto => unreachable!("resolved above"),
+        let mut e = match backend {
+            Backend::Cpu => Self::on_cpu(model)?,
             Backend::Webgpu => {
-                let t = Instant::now();
-                let tab = host.launch_tab().await?;
-                let tab_start = t.elapsed().as_secs_f64() * 1e3;
-                if tab.caps().webgpu.adapter.is_none() {
-                    bail!("tab {} has no WebGPU device: {}", tab.id(), crate::commands::adapter_line(tab.caps()));
-                }
-                let adapter = crate::commands::adapter_line(tab.caps());
-                let tm = TabModel::load(&tab, minilm::NAME, &model.graph, &model.weights, progress)
-                    .await
-                    .context("loading MiniLM into the tab")?;
-                let (l, p) = (tm.load_ms, tm.prepare_ms);
-                (Exec::Tab(tm), tab_start, l, p, Some(adapter))
+                Self::in_new_tab(host, model, BrowserKind::Chromium, ExecBackend::WebGpu, progress).await?
+            }
+            Backend::Webnn => {
+                let exec = ExecBackend::WebNn { device: "cpu".into() };
+                Self::in_new_tab(host, model, BrowserKind::ChromiumWebnn, exec, progress).await?
+            }
+            Backend::Auto => Self::calibrated(host, model, progress).await?,
+        };
+        e.load.read_ms = read_ms;
+        Ok(e)
+    }
+
+    fn on_cpu(model: MiniLm) -> anyhow::Result<Embedder> {
+        let t = Instant::now();
+        let cpu = CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let load = LoadReport {
+            backend: "cpu".into(),
+            browser: None,
+            read_ms: 0.0,
+            tab_start_ms: 0.0,
+            load_ms: t.elapsed().as_secs_f64() * 1e3,
+            prepare_ms: 0.0,
+            weight_bytes: model.weights.iter().map(|w| w.data.len() as u64).sum(),
+            adapter: None,
+            calibration: vec![],
+        };
+        Ok(Embedder { model, exec: Exec::Cpu(cpu), load })
+    }
+
+    async fn in_new_tab(
+        host: &mut Host,
+        model: MiniLm,
+        kind: BrowserKind,
+        exec: ExecBackend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<Embedder> {
+        let t = Instant::now();
+        let tab = host.launch(kind).await?;
+        let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
+        if exec == ExecBackend::WebGpu && tab.caps().webgpu.adapter.is_none() {
+            bail!("tab {} has no WebGPU device: {}", tab.id(), crate::commands::adapter_line(tab.caps()));
+        }
+        let tm = load_on(&tab, &model, exec, progress).await?;
+        Ok(Self::with_tab(model, tm, kind, tab_start_ms, vec![]))
+    }
+
+    fn with_tab(
+        model: MiniLm,
+        tm: TabModel,
+        kind: BrowserKind,
+        tab_start_ms: f64,
+        calibration: Vec<Measured>,
+    ) -> Embedder {
+        let adapter = (tm.backend == ExecBackend::WebGpu).then(|| crate::commands::adapter_line(tm.tab.caps()));
+        let load = LoadReport {
+            backend: tm.backend.to_string(),
+            browser: Some(kind),
+            read_ms: 0.0,
+            tab_start_ms,
+            load_ms: tm.load_ms,
+            prepare_ms: tm.prepare_ms,
+            weight_bytes: tm.weight_bytes,
+            adapter,
+            calibration,
+        };
+        Embedder { model, exec: Exec::Tab(tm), load }
+    }
+
+    /// Measure every backend this machine offers on the calibration input; keep the fastest.
+    async fn calibrated(host: &mut Host, model: MiniLm, progress: &dyn WeightUpload) -> anyhow::Result<Embedder> {
+        let kind = if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() {
+            BrowserKind::ChromiumWebnn
+        } else {
+            BrowserKind::Chromium
+        };
+        let t = Instant::now();
+        let tab = match host.launch(kind).await {
+            Ok(tab) => tab,
+            Err(e) => {
+                eprintln!("warning: no browser tab ({e:#}); falling back to the CPU executor");
+                return Self::on_cpu(model);
             }
         };
-        let load = LoadReport { backend, read_ms, tab_start_ms, load_ms, prepare_ms, weight_bytes, adapter };
-        Ok(Embedder { model, exec, load })
+        let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut candidates = Vec::new();
+        for c in tab.caps().webnn.contexts.iter().filter(|c| c.ok && c.device_type == "cpu") {
+            candidates.push(ExecBackend::WebNn { device: c.device_type.clone() });
+        }
+        if tab.caps().webgpu.adapter.is_some() {
+            candidates.push(ExecBackend::WebGpu);
+        }
+        let input = minilm::inputs_from_ids(&model.tokenize(&[CALIBRATION_TEXT])?.0);
+        let mut measured = Vec::new();
+        let mut loaded = Vec::new();
+        for exec in candidates {
+            match load_on(&tab, &model, exec.clone(), progress).await {
+                Ok(tm) => match median_run_ms(&tm, &input).await {
+                    Ok(ms) => {
+                        measured.push(Measured::ok(exec.to_string(), ms));
+                        loaded.push(Some(tm));
+                    }
+                    Err(e) => {
+                        measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
+                        let _ = tm.unload().await;
+                        loaded.push(None);
+                    }
+                },
+                Err(e) => {
+                    measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
+                    loaded.push(None);
+                }
+            }
+        }
+        let cpu = Self::on_cpu(model)?;
+        let Exec::Cpu(cpu_model) = &cpu.exec else { unreachable!("on_cpu") };
+        let cpu_ms = {
+            let mut ms = Vec::new();
+            for _ in 0..4 {
+                let t = Instant::now();
+                tokio::task::block_in_place(|| cpu_model.run(&input)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            crate::stats::median(&ms[1..])
+        };
+        measured.push(Measured::ok("cpu", cpu_ms));
+        let chosen = backend_choice::choose(&measured).context("no backend could run the model")?;
+        let mut keep = None;
+        for (i, tm) in loaded.into_iter().enumerate() {
+            match tm {
+                Some(tm) if i == chosen => keep = Some(tm),
+                Some(tm) => tm.unload().await?,
+                None => {}
+            }
+        }
+        Ok(match keep {
+            Some(tm) => Self::with_tab(cpu.model, tm, kind, tab_start_ms, measured),
+            None => Embedder { load: LoadReport { calibration: measured, ..cpu.load }, ..cpu },
+        })
     }
 
     pub fn model(&self) -> &MiniLm {
         &self.model
+    }
+
+    /// The tab running the model, if any.
+    pub fn tab(&self) -> Option<&Tab> {
+        match &self.exec {
+            Exec::Tab(tm) => Some(&tm.tab),
+            Exec::Cpu(_) => None,
+        }
     }
 
     /// Embed `texts` as one batch (padded to its longest text, masked).
@@ -124,6 +251,30 @@ impl Embedder {
             compute_ms,
         })
     }
+}
+
+async fn load_on(
+    tab: &Tab,
+    model: &MiniLm,
+    exec: ExecBackend,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<TabModel> {
+    let name = format!("{}@{exec}", minilm::NAME);
+    TabModel::load(tab, &name, &model.graph, &model.weights, exec.clone(), progress)
+        .await
+        .with_context(|| format!("loading MiniLM on {exec} in tab {}", tab.id()))
+}
+
+/// Median of 3 timed runs after one warm-up, host-measured round trip.
+async fn median_run_ms(tm: &TabModel, input: &[shared_proto::Tensor]) -> anyhow::Result<f64> {
+    tm.run(input.to_vec()).await?;
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        tm.run(input.to_vec()).await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(crate::stats::median(&ms))
 }
 
 /// Cosine similarity of two vectors.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared_proto::{Graph, Reply, Request, Tensor};
+use shared_proto::{ExecBackend, Graph, Reply, Request, Tensor};
 
 use crate::Tab;
 
@@ -40,6 +40,7 @@ impl WeightUpload for indicatif::ProgressBar {
 pub struct TabModel {
     pub tab: Tab,
     pub name: String,
+    pub backend: ExecBackend,
     /// Host-side time for declare + upload + the tab's pipeline compile.
     pub load_ms: f64,
     /// The tab's warm-up run that compiled the pipelines.
@@ -53,11 +54,13 @@ impl TabModel {
         name: &str,
         graph: &Graph,
         weights: &[Tensor],
+        backend: ExecBackend,
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<TabModel> {
         let t0 = Instant::now();
         let total: u64 = weights.iter().map(|w| w.data.len() as u64).sum();
-        match tab.call(Request::LoadModel { model: name.into(), graph: graph.clone() }, vec![], LOAD_TIMEOUT).await? {
+        let req = Request::LoadModel { model: name.into(), graph: graph.clone(), backend: backend.clone() };
+        match tab.call(req, vec![], LOAD_TIMEOUT).await? {
             (Reply::ModelDeclared, _) => {}
             (other, _) => bail!("tab {} answered {other:?} to LoadModel", tab.id()),
         }
@@ -92,10 +95,19 @@ impl TabModel {
         Ok(TabModel {
             tab: tab.clone(),
             name: name.into(),
+            backend,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             prepare_ms: prepare_ms.unwrap_or(0.0),
             weight_bytes: total,
         })
+    }
+
+    /// Free the model in the tab.
+    pub async fn unload(self) -> anyhow::Result<()> {
+        match self.tab.call(Request::UnloadModel { model: self.name.clone() }, vec![], RUN_TIMEOUT).await? {
+            (Reply::Unloaded, _) => Ok(()),
+            (other, _) => bail!("tab {} answered {other:?} to UnloadModel", self.tab.id()),
+        }
     }
 
     /// Run on `inputs`; returns the outputs and the tab's device time.

@@ -36,3 +36,34 @@ pub fn check(g: &Graph, inputs: &[Tensor]) -> Result<(), RemoteError> {
     }
     Ok(())
 }
+
+/// A weight arriving for slot `idx` must match its declaration: dtype, shape and content hash.
+pub fn check_weight(g: &Graph, idx: usize, t: &Tensor) -> Result<(), RemoteError> {
+    let bad = |m: String| Err(RemoteError::new(ErrorKind::BadInput, m));
+    let Some(decl) = g.weights.get(idx) else { return bad(format!("weight index {idx} out of range")) };
+    if t.dtype != decl.dtype || t.shape != decl.shape {
+        return bad(format!(
+            "weight {}: got {:?} {:?}, declared {:?} {:?}",
+            decl.name, t.dtype, t.shape, decl.dtype, decl.shape
+        ));
+    }
+    if shared_proto::content_hash(&t.data) != decl.hash {
+        return bad(format!("weight {}: content hash mismatch", decl.name));
+    }
+    Ok(())
+}
+
+/// The smallest valid inputs for `g`: batch 1, sequence 1, zeros, masks (inputs named "*mask*")
+/// of ones. Used to compile a model's kernels at load.
+pub fn minimal(g: &Graph) -> Vec<Tensor> {
+    g.inputs
+        .iter()
+        .map(|d| {
+            let shape: Vec<u32> = d.dims.iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).collect();
+            let n = shape.iter().product::<u32>() as usize;
+            let fill: u32 =
+                if d.dtype == shared_proto::DType::F32 && d.name.contains("mask") { 1.0f32.to_bits() } else { 0 };
+            Tensor { dtype: d.dtype, shape, data: (0..n).flat_map(|_| fill.to_le_bytes()).collect::<Vec<u8>>().into() }
+        })
+        .collect()
+}

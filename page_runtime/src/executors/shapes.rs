@@ -122,3 +122,22 @@ pub fn infer(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, 
         }
     }
 }
+
+/// Shapes of every value of `g` for inputs of `input_shapes` (weights as declared).
+pub fn graph_shapes(g: &shared_proto::Graph, input_shapes: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, RemoteError> {
+    let mut shapes: Vec<Vec<u32>> = input_shapes.to_vec();
+    let mut dtypes: Vec<DType> = g.inputs.iter().map(|d| d.dtype).collect();
+    for w in &g.weights {
+        shapes.push(w.shape.clone());
+        dtypes.push(w.dtype);
+    }
+    for (ni, n) in g.nodes.iter().enumerate() {
+        let s: Vec<&[u32]> = n.args.iter().map(|&a| shapes[a as usize].as_slice()).collect();
+        let d: Vec<DType> = n.args.iter().map(|&a| dtypes[a as usize]).collect();
+        let (shape, dtype) =
+            infer(&n.op, &s, &d).map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?;
+        shapes.push(shape);
+        dtypes.push(dtype);
+    }
+    Ok(shapes)
+}

@@ -4,7 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use shared_proto::{DType, Dim, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef, content_hash};
+use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
 use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor};
 use crate::executors::cpu::last_uses;
@@ -45,16 +45,7 @@ impl GpuModel {
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             let idx = first + i;
-            let decl = self.graph.weights.get(idx).ok_or_else(|| bad(format!("weight index {idx} out of range")))?;
-            if t.dtype != decl.dtype || t.shape != decl.shape {
-                return Err(bad(format!(
-                    "weight {}: got {:?} {:?}, declared {:?} {:?}",
-                    decl.name, t.dtype, t.shape, decl.dtype, decl.shape
-                )));
-            }
-            if content_hash(&t.data) != decl.hash {
-                return Err(bad(format!("weight {}: content hash mismatch", decl.name)));
-            }
+            inputs::check_weight(&self.graph, idx, t)?;
             let mut weights = self.weights.borrow_mut();
             if weights[idx].is_none() {
                 self.weight_bytes.set(self.weight_bytes.get() + t.data.len() as u64);
@@ -77,22 +68,7 @@ impl GpuModel {
     /// (batch 1, sequence 1, zeros). Returns the time taken in ms.
     pub async fn prepare(&self, ex: &WebGpuExecutor) -> Result<f64, RemoteError> {
         let t0 = super::now_ms();
-        let inputs: Vec<Tensor> = self
-            .graph
-            .inputs
-            .iter()
-            .map(|d| {
-                let shape: Vec<u32> = d.dims.iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).collect();
-                let n = shape.iter().product::<u32>() as usize;
-                // Masks of ones, everything else zero: a valid minimal input for any model here.
-                let fill: u32 = if d.dtype == DType::F32 && d.name.contains("mask") { 1.0f32.to_bits() } else { 0 };
-                Tensor {
-                    dtype: d.dtype,
-                    shape,
-                    data: (0..n).flat_map(|_| fill.to_le_bytes()).collect::<Vec<u8>>().into(),
-                }
-            })
-            .collect();
+        let inputs = inputs::minimal(&self.graph);
         self.run(ex, &inputs).await?;
         Ok(super::now_ms() - t0)
     }

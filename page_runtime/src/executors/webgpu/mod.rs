@@ -129,12 +129,8 @@ pub struct WebGpuExecutor {
     pool: BufferPool,
 }
 
-/// Output of one kernel or graph run.
-pub struct KernelRun {
-    pub outputs: Vec<Tensor>,
-    /// Submit → results mapped, per repeat.
-    pub device_ms: f64,
-}
+/// Output of one kernel or graph run (device time: submit → results mapped, per repeat).
+pub type KernelRun = super::RunOutput;
 
 /// A device buffer holding a value: pooled (activations, inputs) or owned by a model (weights).
 pub(crate) enum Buf {

@@ -1,0 +1,3 @@
+//! Policies: pure functions from observations to decisions, unit-tested without a browser.
+
+pub mod backend_choice;

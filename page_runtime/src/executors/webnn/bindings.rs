@@ -1,0 +1,68 @@
+//! Minimal bindings for the WebNN calls used (web-sys 0.3 has no `ML*` types). Every builder
+//! method can throw (an unsupported op or shape), so each returns `Result`.
+
+use js_sys::{Object, Promise};
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen]
+extern "C" {
+    pub type MLContext;
+    pub type MLGraphBuilder;
+    pub type MLOperand;
+    pub type MLGraph;
+    pub type MLTensor;
+
+    #[wasm_bindgen(method, catch, js_name = createTensor)]
+    pub fn create_tensor(this: &MLContext, desc: &Object) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = writeTensor)]
+    pub fn write_tensor(this: &MLContext, tensor: &MLTensor, data: &Object) -> Result<(), JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn dispatch(this: &MLContext, graph: &MLGraph, inputs: &Object, outputs: &Object) -> Result<(), JsValue>;
+    #[wasm_bindgen(method, catch, js_name = readTensor)]
+    pub fn read_tensor(this: &MLContext, tensor: &MLTensor) -> Result<Promise, JsValue>;
+
+    #[wasm_bindgen(constructor, catch)]
+    pub fn new(context: &MLContext) -> Result<MLGraphBuilder, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn input(this: &MLGraphBuilder, name: &str, desc: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn constant(this: &MLGraphBuilder, desc: &Object, data: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn build(this: &MLGraphBuilder, outputs: &Object) -> Result<Promise, JsValue>;
+
+    #[wasm_bindgen(method, catch)]
+    pub fn matmul(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn gemm(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn add(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn sub(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn mul(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn div(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn max(this: &MLGraphBuilder, a: &MLOperand, b: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn gelu(this: &MLGraphBuilder, x: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = layerNormalization)]
+    pub fn layer_normalization(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn softmax(this: &MLGraphBuilder, x: &MLOperand, axis: u32) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = reduceSum)]
+    pub fn reduce_sum(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = reduceL2)]
+    pub fn reduce_l2(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn gather(
+        this: &MLGraphBuilder,
+        x: &MLOperand,
+        indices: &MLOperand,
+        opts: &Object,
+    ) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn reshape(this: &MLGraphBuilder, x: &MLOperand, shape: &js_sys::Array) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn transpose(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+}

@@ -1,0 +1,227 @@
+//! The WebNN executor: the operator graph translated to an `MLGraph` per shape bucket (batch and
+//! sequence rounded up, inputs zero-padded, outputs cropped), built once and cached. Tensors go
+//! through createTensor / writeTensor / dispatch / readTensor. An op or shape WebNN rejects is
+//! reported as `Unsupported` naming the op, so the host can run the model elsewhere.
+
+mod bindings;
+mod ops;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
+use shared_proto::{DType, Dim, ErrorKind, Graph, RemoteError, Tensor, ValueRef};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+pub use bindings::{MLContext, MLGraph, MLGraphBuilder, MLOperand, MLTensor};
+
+use super::buckets::{batch_bucket, crop, pad, seq_bucket};
+use super::{inputs, shapes};
+use crate::caps::js_text;
+
+fn unsupported(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::Unsupported, msg)
+}
+
+fn internal(what: &str, e: JsValue) -> RemoteError {
+    RemoteError::new(ErrorKind::Internal, format!("WebNN {what}: {}", js_text(e)))
+}
+
+/// A WebNN context on one device type.
+pub struct WebNn {
+    pub context: MLContext,
+    pub device: String,
+}
+
+/// `navigator.ml.createContext({deviceType})`.
+pub async fn context(device: &str) -> Result<WebNn, String> {
+    let nav = Reflect::get(&js_sys::global(), &"navigator".into()).map_err(js_text)?;
+    let ml = Reflect::get(&nav, &"ml".into()).map_err(js_text)?;
+    if ml.is_undefined() {
+        return Err("navigator.ml is undefined (WebNN not enabled in this browser)".into());
+    }
+    let f: js_sys::Function =
+        Reflect::get(&ml, &"createContext".into()).map_err(js_text)?.dyn_into().map_err(js_text)?;
+    let opts = Object::new();
+    Reflect::set(&opts, &"deviceType".into(), &device.into()).map_err(js_text)?;
+    let p: Promise = f.call1(&ml, &opts).map_err(js_text)?.dyn_into().map_err(js_text)?;
+    let context = JsFuture::from(p).await.map_err(js_text)?.unchecked_into::<MLContext>();
+    Ok(WebNn { context, device: device.into() })
+}
+
+/// `{dataType, shape}` (also `dimensions`, the older spelling some builds still read).
+pub(crate) fn desc(dtype: DType, shape: &[u32]) -> Object {
+    let o = Object::new();
+    let t = match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::I32 => "int32",
+        DType::U32 => "uint32",
+        DType::U8 => "uint8",
+    };
+    let dims: Array = shape.iter().map(|&d| JsValue::from(d)).collect();
+    let _ = Reflect::set(&o, &"dataType".into(), &t.into());
+    let _ = Reflect::set(&o, &"shape".into(), &dims);
+    let _ = Reflect::set(&o, &"dimensions".into(), &dims);
+    o
+}
+
+/// A typed-array view of `bytes` in JS memory (one copy out of wasm memory).
+pub(crate) fn typed(dtype: DType, bytes: &[u8]) -> Object {
+    let u8s = Uint8Array::from(bytes);
+    let buf = u8s.buffer();
+    match dtype {
+        DType::F32 => js_sys::Float32Array::new(&buf).into(),
+        DType::I32 => js_sys::Int32Array::new(&buf).into(),
+        DType::U32 => js_sys::Uint32Array::new(&buf).into(),
+        DType::F16 => js_sys::Uint16Array::new(&buf).into(),
+        DType::U8 => u8s.into(),
+    }
+}
+
+/// A model on WebNN: weights kept to build a graph per bucket; graphs cached.
+pub struct NnModel {
+    graph: Graph,
+    nn: Rc<WebNn>,
+    weights: RefCell<Vec<Option<Tensor>>>,
+    compiled: RefCell<HashMap<Vec<Vec<u32>>, Rc<MLGraph>>>,
+}
+
+impl NnModel {
+    pub fn new(graph: Graph, nn: Rc<WebNn>) -> Result<NnModel, RemoteError> {
+        graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
+        Ok(NnModel { weights: RefCell::new(vec![None; graph.weights.len()]), graph, nn, compiled: RefCell::default() })
+    }
+
+    pub fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+        let mut bytes = 0;
+        for (i, t) in tensors.iter().enumerate() {
+            inputs::check_weight(&self.graph, first + i, t)?;
+            self.weights.borrow_mut()[first + i] = Some(t.clone());
+            bytes += t.data.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    pub fn missing_weights(&self) -> usize {
+        self.weights.borrow().iter().filter(|w| w.is_none()).count()
+    }
+
+    /// Graphs built so far (one per shape bucket).
+    pub fn compiled_graphs(&self) -> usize {
+        self.compiled.borrow().len()
+    }
+
+    /// Build and run the smallest bucket: fails with `Unsupported` if WebNN lacks an op.
+    pub async fn prepare(&self) -> Result<f64, RemoteError> {
+        let t0 = js_sys::Date::now();
+        self.run(&inputs::minimal(&self.graph)).await?;
+        Ok(js_sys::Date::now() - t0)
+    }
+
+    /// Input shapes rounded up to their bucket along symbolic dims.
+    fn bucket_shapes(&self, inputs: &[Tensor]) -> Vec<Vec<u32>> {
+        self.graph
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(d, t)| {
+                d.dims
+                    .iter()
+                    .zip(&t.shape)
+                    .map(|(dim, &n)| match dim {
+                        Dim::Batch => batch_bucket(n),
+                        Dim::Seq => seq_bucket(n),
+                        Dim::Fixed(_) => n,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn graph_for(&self, bucket: &[Vec<u32>]) -> Result<Rc<MLGraph>, RemoteError> {
+        if let Some(g) = self.compiled.borrow().get(bucket) {
+            return Ok(g.clone());
+        }
+        let weights = self.weights.borrow().clone();
+        let g = ops::build(&self.nn.context, &self.graph, &weights, bucket).await?;
+        let g = Rc::new(g);
+        self.compiled.borrow_mut().insert(bucket.to_vec(), g.clone());
+        Ok(g)
+    }
+
+    pub async fn run(&self, inputs: &[Tensor]) -> Result<super::RunOutput, RemoteError> {
+        let g = &self.graph;
+        if self.missing_weights() > 0 {
+            return Err(unsupported(format!("{} weights not uploaded yet", self.missing_weights())));
+        }
+        inputs::check(g, inputs)?;
+        check_ids(g, inputs)?;
+        let real: Vec<Vec<u32>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        let bucket = self.bucket_shapes(inputs);
+        let out_real = shapes::graph_shapes(g, &real)?;
+        let out_padded = shapes::graph_shapes(g, &bucket)?;
+        let graph = self.graph_for(&bucket).await?;
+        let t0 = js_sys::Date::now();
+        let ctx = &self.nn.context;
+        let ins = Object::new();
+        for ((d, t), shape) in g.inputs.iter().zip(inputs).zip(&bucket) {
+            let padded = pad(&t.data, &t.shape, shape);
+            let tensor = create_tensor(ctx, t.dtype, shape, "writable").await?;
+            ctx.write_tensor(&tensor, &typed(t.dtype, &padded)).map_err(|e| internal("writeTensor", e))?;
+            Reflect::set(&ins, &d.name.as_str().into(), &tensor).map_err(|e| internal("inputs", e))?;
+        }
+        let outs = Object::new();
+        let mut out_tensors = Vec::new();
+        for (i, &o) in g.outputs.iter().enumerate() {
+            let tensor = create_tensor(ctx, DType::F32, &out_padded[o as usize], "readable").await?;
+            Reflect::set(&outs, &format!("out{i}").into(), &tensor).map_err(|e| internal("outputs", e))?;
+            out_tensors.push(tensor);
+        }
+        ctx.dispatch(&graph, &ins, &outs).map_err(|e| internal("dispatch", e))?;
+        let mut outputs = Vec::new();
+        for (tensor, &o) in out_tensors.iter().zip(&g.outputs) {
+            let p = ctx.read_tensor(tensor).map_err(|e| internal("readTensor", e))?;
+            let buf = JsFuture::from(p).await.map_err(|e| internal("readTensor", e))?;
+            let bytes = Uint8Array::new(&buf).to_vec();
+            let data = crop(&bytes, &out_padded[o as usize], &out_real[o as usize]);
+            outputs.push(Tensor { dtype: DType::F32, shape: out_real[o as usize].clone(), data: data.into() });
+            destroy(tensor);
+        }
+        Ok(super::RunOutput { outputs, device_ms: js_sys::Date::now() - t0 })
+    }
+}
+
+fn destroy(t: &MLTensor) {
+    if let Ok(f) = Reflect::get(t, &"destroy".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) {
+        let _ = f.call0(t);
+    }
+}
+
+async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &str) -> Result<MLTensor, RemoteError> {
+    let d = desc(dtype, shape);
+    let _ = Reflect::set(&d, &usage.into(), &JsValue::TRUE);
+    let p = ctx.create_tensor(&d).map_err(|e| internal("createTensor", e))?;
+    Ok(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into())
+}
+
+/// Ids feeding a Gather straight from a graph input must be in range: WebNN's behaviour for an
+/// out-of-range index is implementation-defined.
+fn check_ids(g: &Graph, inputs: &[Tensor]) -> Result<(), RemoteError> {
+    for node in g.nodes.iter().filter(|n| n.op == shared_proto::Op::Gather) {
+        if let (ValueRef::Weight(w), ValueRef::Input(i)) = (g.value(node.args[0]), g.value(node.args[1])) {
+            let vocab = g.weights[w].shape[0] as i64;
+            let bad = inputs[i]
+                .data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .find(|&id| id < 0 || id >= vocab);
+            if let Some(id) = bad {
+                return Err(RemoteError::new(ErrorKind::BadInput, format!("gather: id {id} outside 0..{vocab}")));
+            }
+        }
+    }
+    Ok(())
+}
