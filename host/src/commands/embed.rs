@@ -61,7 +61,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         truncated.extend(e.truncated);
         compute_ms += e.compute_ms;
     }
-    for m in &load.calibration {
+    for m in &embedder.load.calibration {
         match (m.median_ms, &m.error) {
             (Some(ms), _) => eprintln!("calibration: {:<10} {ms:8.2} ms", m.backend),
             (None, e) => eprintln!("calibration: {:<10} failed: {}", m.backend, e.as_deref().unwrap_or("?")),
