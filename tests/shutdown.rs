@@ -28,8 +28,18 @@ fn assert_all_gone(seen: &HashMap<ProcId, String>) {
 
 #[test]
 fn ctrl_c_closes_tabs_browser_and_driver() {
+    ctrl_c_leaves_nothing("chromium");
+}
+
+#[test]
+fn ctrl_c_closes_an_attached_webnn_browser_too() {
+    // This browser is started by the host itself (attach mode), not by chromedriver.
+    ctrl_c_leaves_nothing("chromium-webnn");
+}
+
+fn ctrl_c_leaves_nothing(kind: &str) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--tabs", "1"])
+        .args(["serve", "--tabs", "1", "--browser", kind])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

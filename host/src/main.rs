@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
+use tabpool::browser::BrowserKind;
 use tabpool::commands::{bench, doctor, embed, matmul, serve};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -73,6 +74,8 @@ enum Command {
     Serve {
         #[arg(long, default_value_t = 1)]
         tabs: u32,
+        #[arg(long, value_enum, default_value_t = BrowserKind::Chromium)]
+        browser: BrowserKind,
     },
 }
 
@@ -151,7 +154,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
-        Command::Serve { tabs } => serve::run(host, tabs).await,
+        Command::Serve { tabs, browser } => serve::run(host, tabs, browser).await,
     }
 }
 

@@ -2,10 +2,11 @@
 //! host down cleanly).
 
 use crate::Host;
+use crate::browser::BrowserKind;
 
-pub async fn run(host: &mut Host, tabs: u32) -> anyhow::Result<()> {
+pub async fn run(host: &mut Host, tabs: u32, kind: BrowserKind) -> anyhow::Result<()> {
     for _ in 0..tabs {
-        let tab = host.launch_tab().await?;
+        let tab = host.launch(kind).await?;
         println!("tab {} ready — {}", tab.id(), super::adapter_line(tab.caps()));
     }
     println!("tabpool serve: {tabs} tab(s) ready; Ctrl-C to stop");

@@ -1,0 +1,53 @@
+//! MiniLM on WebNN in a real chromium-webnn tab against the float64 reference; batches across
+//! shape buckets agree with one-at-a-time; calibration measures every candidate and keeps the
+//! fastest.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use tabpool::exec::{Backend, Embedder};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webnn_tab_matches_the_reference_and_batches_consistently() {
+    let mut host = support::host().await;
+    let e = Embedder::load(&mut host, Backend::Webnn, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(e.load.backend, "webnn-cpu");
+    let refs = support::minilm_reference();
+    let mut singles = Vec::new();
+    for r in &refs {
+        let v = e.embed(&[r.text.as_str()]).await.unwrap().vectors.remove(0);
+        let (cos, diff) = (support::cosine(&v, &r.embedding), support::max_abs_diff(&v, &r.embedding));
+        eprintln!("webnn {:?}: cosine {cos:.7}, max abs {diff:.2e}", r.text);
+        assert!(cos >= support::MIN_COSINE && diff <= support::MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
+        singles.push(v);
+    }
+    // 6 texts → batch bucket 8, lengths 6..16 → sequence bucket 16: padding rows and columns.
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let batch = e.embed(&texts).await.unwrap();
+    for (i, (b, s)) in batch.vectors.iter().zip(&singles).enumerate() {
+        let diff = support::max_abs_diff(b, s);
+        assert!(diff <= 1e-5, "text {i}: batch vs single max abs {diff}");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_calibrates_every_candidate_and_keeps_the_fastest() {
+    let mut host = support::host().await;
+    let e = Embedder::load(&mut host, Backend::Auto, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let cal = &e.load.calibration;
+    let names: Vec<&str> = cal.iter().map(|m| m.backend.as_str()).collect();
+    assert_eq!(names, ["webnn-cpu", "webgpu", "cpu"], "candidates measured: {cal:?}");
+    let best =
+        cal.iter().filter_map(|m| m.median_ms.map(|ms| (ms, m.backend.as_str()))).min_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(
+        Some(e.load.backend.as_str()),
+        best.map(|b| b.1),
+        "the fastest measured backend runs the model: {cal:?}"
+    );
+    // And it computes the right thing.
+    let r = &support::minilm_reference()[0];
+    let v = e.embed(&[r.text.as_str()]).await.unwrap().vectors.remove(0);
+    assert!(support::cosine(&v, &r.embedding) >= support::MIN_COSINE);
+    host.shutdown().await;
+}
