@@ -312,8 +312,9 @@ pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
     let ours = |prefix: &str, bs: usize| {
         rows.iter().find(|r| r.label.starts_with(prefix)).map(|r| if bs == 1 { r.bs1.per_s } else { r.bs32.per_s })
     };
-    // (our row, peer method, batch, target)
-    let comparisons: Vec<(String, String, usize, f64, Option<f64>, Option<f64>)> = [
+    // (our row, peer method, batch, target, ours/s, peer/s)
+    type Comparison = (String, String, usize, f64, Option<f64>, Option<f64>);
+    let comparisons: Vec<Comparison> = [
         ("webnn-cpu (", "ort-web 1.30 webnn cpu", 1, 1.0),
         ("webnn-cpu (", "ort-web 1.30 webnn cpu", 32, 1.0),
         ("webnn-cpu pool", "onnxruntime native CPU EP", 32, 0.5),

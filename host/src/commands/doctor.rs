@@ -7,6 +7,8 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::{adapter_line, webnn_line};
+use crate::browser::BrowserKind;
+use crate::exec::calibrate_tab;
 use crate::host::{CHROMEDRIVER_NAMES, CHROMIUM_NAMES};
 use crate::{Host, HostConfig, paths};
 
@@ -39,29 +41,76 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
     };
     let mut report = json!({ "chromium": found(&chromium), "chromedriver": found(&driver), "page": page });
 
-    let tab_result = if chromium.is_ok() && driver.is_ok() && www.is_ok() {
+    let mut tabs = serde_json::Map::new();
+    let mut any_tab = false;
+    let mut lines = Vec::new();
+    if driver.is_ok() && www.is_ok() {
         let mut host = Host::start(cfg).await?;
-        let t = Instant::now();
-        let r = host.launch_tab().await;
-        let start_ms = t.elapsed().as_secs_f64() * 1e3;
-        let out = r.map(|tab| (tab.caps().clone(), start_ms));
+        let model = crate::models::minilm::MiniLm::load(None);
+        for kind in BrowserKind::ALL {
+            let name = kind.name();
+            if let Err(e) = host.browser_binary(kind) {
+                tabs.insert(name.into(), json!({ "error": format!("{e:#}") }));
+                lines.push(format!("{name:<15} MISSING  {e:#}"));
+                continue;
+            }
+            let t = Instant::now();
+            match host.launch(kind).await {
+                Ok(tab) => {
+                    any_tab = true;
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    let caps = tab.caps().clone();
+                    lines.push(format!("{name:<15} ok       tab started and joined in {ms:.0} ms"));
+                    lines.push(format!("  browser     {}", caps.user_agent));
+                    lines.push(format!("  cores       {} (navigator.hardwareConcurrency)", caps.hardware_concurrency));
+                    lines.push(format!("  WebGPU      {}", adapter_line(&caps)));
+                    for (n, v) in &caps.webgpu.limits {
+                        lines.push(format!("    {n:<36} {v}"));
+                    }
+                    lines.push(format!("  WebNN       {}", webnn_line(&caps)));
+                    let calibration = match &model {
+                        Ok(m) => match calibrate_tab(&tab, m, &()).await {
+                            Ok((measured, loaded)) => {
+                                for tm in loaded.into_iter().flatten() {
+                                    let _ = tm.unload().await;
+                                }
+                                for m in &measured {
+                                    lines.push(match m.median_ms {
+                                        Some(v) => format!("  calibration {:<10} {v:8.2} ms (MiniLM, 1 sentence of 16 tokens, median of 3)", m.backend),
+                                        None => format!("  calibration {:<10} failed: {}", m.backend, m.error.as_deref().unwrap_or("?")),
+                                    });
+                                }
+                                json!(measured)
+                            }
+                            Err(e) => json!({ "error": format!("{e:#}") }),
+                        },
+                        Err(e) => {
+                            lines.push(format!("  calibration skipped: {e:#}"));
+                            json!({ "error": format!("{e:#}") })
+                        }
+                    };
+                    tabs.insert(
+                        name.into(),
+                        json!({ "start_ms": ms, "capabilities": caps, "calibration": calibration }),
+                    );
+                }
+                Err(e) => {
+                    lines.push(format!("{name:<15} FAILED   {e:#}"));
+                    tabs.insert(name.into(), json!({ "error": format!("{e:#}") }));
+                }
+            }
+        }
         host.shutdown().await;
-        out
-    } else {
-        Err(anyhow::anyhow!("not launching a tab: see the missing pieces above"))
-    };
-    match &tab_result {
-        Ok((caps, ms)) => report["tab"] = json!({ "start_ms": ms, "capabilities": caps }),
-        Err(e) => report["tab"] = json!({ "error": format!("{e:#}") }),
     }
+    report["tabs"] = serde_json::Value::Object(tabs);
 
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let line = |name: &str, v: &Value| match v.get("error") {
-            Some(e) => println!("{name:<13} MISSING  {}", e.as_str().unwrap_or_default()),
+            Some(e) => println!("{name:<15} MISSING  {}", e.as_str().unwrap_or_default()),
             None => println!(
-                "{name:<13} ok       {} {}",
+                "{name:<15} ok       {} {}",
                 v["path"].as_str().or(v["dir"].as_str()).unwrap_or_default(),
                 v["version"]
                     .as_str()
@@ -73,22 +122,10 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
         line("chromium", &report["chromium"]);
         line("chromedriver", &report["chromedriver"]);
         line("page", &report["page"]);
-        match &tab_result {
-            Ok((caps, ms)) => {
-                println!("tab           ok       started and joined in {ms:.0} ms");
-                println!("  browser     {}", caps.user_agent);
-                println!("  cores       {} (navigator.hardwareConcurrency)", caps.hardware_concurrency);
-                println!("  WebGPU      {}", adapter_line(caps));
-                for (name, v) in &caps.webgpu.limits {
-                    println!("    {name:<36} {v}");
-                }
-                if !caps.webgpu.features.is_empty() {
-                    println!("    features: {}", caps.webgpu.features.join(", "));
-                }
-                println!("  WebNN       {}", webnn_line(caps));
-            }
-            Err(e) => println!("tab           FAILED   {e:#}"),
+        for l in &lines {
+            println!("{l}");
         }
     }
-    tab_result.map(|_| ())
+    anyhow::ensure!(any_tab, "no browser tab could be started (see above)");
+    Ok(())
 }

@@ -161,37 +161,10 @@ impl Embedder {
             }
         };
         let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut candidates = Vec::new();
-        for c in tab.caps().webnn.contexts.iter().filter(|c| c.ok && c.device_type == "cpu") {
-            candidates.push(ExecBackend::WebNn { device: c.device_type.clone() });
-        }
-        if tab.caps().webgpu.adapter.is_some() {
-            candidates.push(ExecBackend::WebGpu);
-        }
-        let input = minilm::inputs_from_ids(&model.tokenize(&[CALIBRATION_TEXT])?.0);
-        let mut measured = Vec::new();
-        let mut loaded = Vec::new();
-        for exec in candidates {
-            match load_on(&tab, &model, exec.clone(), progress).await {
-                Ok(tm) => match median_run_ms(&tm, &input).await {
-                    Ok(ms) => {
-                        measured.push(Measured::ok(exec.to_string(), ms));
-                        loaded.push(Some(tm));
-                    }
-                    Err(e) => {
-                        measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
-                        let _ = tm.unload().await;
-                        loaded.push(None);
-                    }
-                },
-                Err(e) => {
-                    measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
-                    loaded.push(None);
-                }
-            }
-        }
+        let (mut measured, loaded) = calibrate_tab(&tab, &model, progress).await?;
         let cpu = Self::on_cpu(model)?;
         let Exec::Cpu(cpu_model) = &cpu.exec else { unreachable!("on_cpu") };
+        let input = minilm::inputs_from_ids(&cpu.model.tokenize(&[CALIBRATION_TEXT])?.0);
         let cpu_ms = {
             let mut ms = Vec::new();
             for _ in 0..4 {
@@ -251,6 +224,45 @@ impl Embedder {
             compute_ms,
         })
     }
+}
+
+/// Load MiniLM on every backend `tab` offers (WebNN cpu context, WebGPU adapter) and time the
+/// calibration input on each. Returns the measurements and the models that loaded, in order.
+pub async fn calibrate_tab(
+    tab: &Tab,
+    model: &MiniLm,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<(Vec<Measured>, Vec<Option<TabModel>>)> {
+    let mut candidates = Vec::new();
+    for c in tab.caps().webnn.contexts.iter().filter(|c| c.ok && c.device_type == "cpu") {
+        candidates.push(ExecBackend::WebNn { device: c.device_type.clone() });
+    }
+    if tab.caps().webgpu.adapter.is_some() {
+        candidates.push(ExecBackend::WebGpu);
+    }
+    let input = minilm::inputs_from_ids(&model.tokenize(&[CALIBRATION_TEXT])?.0);
+    let mut measured = Vec::new();
+    let mut loaded = Vec::new();
+    for exec in candidates {
+        match load_on(tab, model, exec.clone(), progress).await {
+            Ok(tm) => match median_run_ms(&tm, &input).await {
+                Ok(ms) => {
+                    measured.push(Measured::ok(exec.to_string(), ms));
+                    loaded.push(Some(tm));
+                }
+                Err(e) => {
+                    measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
+                    let _ = tm.unload().await;
+                    loaded.push(None);
+                }
+            },
+            Err(e) => {
+                measured.push(Measured::failed(exec.to_string(), format!("{e:#}")));
+                loaded.push(None);
+            }
+        }
+    }
+    Ok((measured, loaded))
 }
 
 async fn load_on(

@@ -4,5 +4,5 @@
 mod embedder;
 mod tab_model;
 
-pub use embedder::{Backend, Embedder, Embeddings, LoadReport, cosine};
+pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine};
 pub use tab_model::{TabModel, WeightUpload};

@@ -59,13 +59,12 @@ pub(super) async fn build(
     for (ni, node) in g.nodes.iter().enumerate() {
         bl.op = node.op.name();
         for &a in &node.args {
-            if let ValueRef::Weight(w) = g.value(a) {
-                if vals[a as usize].is_none() {
-                    let t = weights[w].as_ref().expect("checked complete");
-                    vals[a as usize] = Some(
-                        bl.b.constant(&desc(t.dtype, &t.shape), &typed(t.dtype, &t.data)).map_err(|e| bl.fail(e))?,
-                    );
-                }
+            if let ValueRef::Weight(w) = g.value(a)
+                && vals[a as usize].is_none()
+            {
+                let t = weights[w].as_ref().expect("checked complete");
+                vals[a as usize] =
+                    Some(bl.b.constant(&desc(t.dtype, &t.shape), &typed(t.dtype, &t.data)).map_err(|e| bl.fail(e))?);
             }
         }
         let args: Vec<&MLOperand> = node.args.iter().map(|&a| vals[a as usize].as_ref().expect("defined")).collect();
