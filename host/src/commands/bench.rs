@@ -181,8 +181,12 @@ pub struct Rate {
     pub p99_ms: f64,
 }
 
+/// One full untimed pass first: every shape bucket the timed pass will meet gets compiled (WebNN
+/// builds a graph per bucket), like the peers' warm-up passes.
 async fn measure(e: &Embedder, sentences: &[&str], batch: usize) -> anyhow::Result<Rate> {
-    e.embed(&sentences[..batch.min(sentences.len())]).await?; // warm: shapes, caches, tiering
+    for chunk in sentences.chunks(batch) {
+        e.embed(chunk).await?;
+    }
     let mut lat = Vec::new();
     let t = Instant::now();
     for chunk in sentences.chunks(batch) {
@@ -219,7 +223,9 @@ struct Row {
 /// Spread `sentences` over `embedders` in calls of `batch`, all tabs busy at once.
 async fn measure_pool(es: &[Embedder], sentences: &[&str], batch: usize) -> anyhow::Result<Rate> {
     for e in es {
-        e.embed(&sentences[..batch.min(sentences.len())]).await?;
+        for chunk in sentences.chunks(batch) {
+            e.embed(chunk).await?;
+        }
     }
     let chunks: Vec<&[&str]> = sentences.chunks(batch).collect();
     let t = Instant::now();
