@@ -1,8 +1,9 @@
 // Multi-head self-attention core: out = softmax(q·kᵀ·scale, masked keys excluded) · v.
-// One workgroup per (query position, head, batch row); scores live in workgroup memory, so the
-// sequence is at most MAX_S (the host truncates texts to 256 tokens).
+// One invocation per (batch row, head, query position), one pass over the keys with an online
+// softmax (running max and sum, rescaling the accumulator), so there is no workgroup memory and
+// no barrier — barriers are what software adapters pay most for. Head width d ≤ 128.
 
-struct Params { s: u32, h: u32, d: u32, scale_bits: u32 }
+struct Params { s: u32, h: u32, d: u32, scale_bits: u32, heads: u32, rows: u32, pad0: u32, pad1: u32 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
@@ -11,73 +12,47 @@ struct Params { s: u32, h: u32, d: u32, scale_bits: u32 }
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<uniform> params: Params;
 
-const MAX_S: u32 = 256u;
-var<workgroup> p: array<f32, 256>;
-var<workgroup> red: array<f32, 64>;
-
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let id = g.x;
+    if (id >= params.rows) {
+        return;
+    }
     let s = params.s;
     let h = params.h;
     let d = params.d;
-    let i = wg.x;
-    let head = wg.y;
-    let b = wg.z;
+    let i = id % s;
+    let head = (id / s) % params.heads;
+    let b = id / (s * params.heads);
     let scale = bitcast<f32>(params.scale_bits);
     let q_base = (b * s + i) * h + head * d;
 
+    var acc: array<f32, 128>;
     var m = -3.4e38;
-    for (var j = lid.x; j < s; j += 64u) {
-        var sc = -3.4e38;
-        if (mask[b * s + j] != 0.0) {
-            let k_base = (b * s + j) * h + head * d;
-            var acc = 0.0;
-            for (var t = 0u; t < d; t++) {
-                acc += q[q_base + t] * k[k_base + t];
-            }
-            sc = acc * scale;
+    var l = 0.0;
+    for (var j = 0u; j < s; j++) {
+        if (mask[b * s + j] == 0.0) {
+            continue;
         }
-        p[j] = sc;
-        m = max(m, sc);
+        let kv = (b * s + j) * h + head * d;
+        var sc = 0.0;
+        for (var t = 0u; t < d; t++) {
+            sc += q[q_base + t] * k[kv + t];
+        }
+        sc *= scale;
+        let m_new = max(m, sc);
+        let correction = exp(m - m_new);
+        let p = exp(sc - m_new);
+        l = l * correction + p;
+        for (var t = 0u; t < d; t++) {
+            acc[t] = acc[t] * correction + p * v[kv + t];
+        }
+        m = m_new;
     }
-    red[lid.x] = m;
-    workgroupBarrier();
-    for (var off = 32u; off > 0u; off >>= 1u) {
-        if (lid.x < off) {
-            red[lid.x] = max(red[lid.x], red[lid.x + off]);
-        }
-        workgroupBarrier();
-    }
-    let mx = red[0];
-    workgroupBarrier();
-
-    var sum = 0.0;
-    for (var j = lid.x; j < s; j += 64u) {
-        var e = 0.0;
-        if (mask[b * s + j] != 0.0) {
-            e = exp(p[j] - mx);
-        }
-        p[j] = e;
-        sum += e;
-    }
-    red[lid.x] = sum;
-    workgroupBarrier();
-    for (var off = 32u; off > 0u; off >>= 1u) {
-        if (lid.x < off) {
-            red[lid.x] += red[lid.x + off];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-
-    for (var t = lid.x; t < d; t += 64u) {
-        var acc = 0.0;
-        for (var j = 0u; j < s; j++) {
-            acc += p[j] * v[(b * s + j) * h + head * d + t];
-        }
+    for (var t = 0u; t < d; t++) {
         var o = 0.0;
-        if (total > 0.0) {
-            o = acc / total;
+        if (l > 0.0) {
+            o = acc[t] / l;
         }
         out[q_base + t] = o;
     }

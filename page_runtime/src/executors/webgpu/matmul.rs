@@ -9,6 +9,54 @@ use super::{GpuValue, Recorder, WebGpuExecutor};
 const TILED: &str = include_str!("matmul_tiled.wgsl");
 const NAIVE: &str = include_str!("matmul_naive.wgsl");
 const LINEAR_REG: &str = include_str!("linear_reg.wgsl");
+/// Output block per invocation of the register kernel (rows × columns); tuned on SwiftShader.
+pub(crate) const REG_ROWS: u32 = 4;
+pub(crate) const REG_COLS: u32 = 8;
+
+/// The register-blocked linear kernel for a `REG_ROWS × REG_COLS` block: loads, dots and
+/// stores are unrolled here because WGSL has no generics.
+fn linear_reg_source(bias: bool) -> String {
+    let (r, c) = (REG_ROWS, REG_COLS);
+    let mut idx = String::new();
+    for i in 0..r {
+        idx += &format!("    let x{i} = min(r0 + {i}u, dims.m - 1u) * k4;\n");
+    }
+    for j in 0..c {
+        idx += &format!("    let w{j} = min(c0 + {j}u, dims.n - 1u) * k4;\n");
+    }
+    let mut acc = String::new();
+    for i in 0..r {
+        for j in 0..c {
+            acc += &format!("    var acc{i}_{j} = 0.0;\n");
+        }
+    }
+    let mut body = String::new();
+    for j in 0..c {
+        body += &format!("        let b{j} = w[w{j} + t];\n");
+    }
+    for i in 0..r {
+        body += &format!("        let a{i} = x[x{i} + t];\n");
+        for j in 0..c {
+            body += &format!("        acc{i}_{j} += dot(a{i}, b{j});\n");
+        }
+    }
+    let mut store = String::new();
+    for i in 0..r {
+        for j in 0..c {
+            store += &format!(
+                "    if (r0 + {i}u < dims.m && c0 + {j}u < dims.n) {{ y[(r0 + {i}u) * dims.n + c0 + {j}u] = acc{i}_{j} + bias_at(c0 + {j}u); }}\n"
+            );
+        }
+    }
+    LINEAR_REG
+        .replace("{{BIAS_AT}}", if bias { "bias[col]" } else { "0.0" })
+        .replace("{{ROWS}}", &r.to_string())
+        .replace("{{COLS}}", &c.to_string())
+        .replace("{{INDICES}}", &idx)
+        .replace("{{ACCUMULATORS}}", &acc)
+        .replace("{{BODY}}", &body)
+        .replace("{{STORE}}", &store)
+}
 const MATMUL_REG: &str = include_str!("matmul_reg.wgsl");
 /// Output tile edge of the tiled kernel (16×16 invocations × 4×4 outputs each).
 const TILE: u32 = 64;
@@ -61,11 +109,11 @@ pub(super) fn encode_linear(
     let m = x.elements() / k;
     let out = ex.output(out_shape);
     if k % 4 == 0 {
-        // Register-blocked vec4 kernel: 16 rows × 64 columns per workgroup.
-        let groups = (n.div_ceil(64), m.div_ceil(16), 1);
+        // Register-blocked vec4 kernel: a 16×4 workgroup of REG_ROWS × REG_COLS blocks.
+        let groups = (n.div_ceil(16 * REG_COLS), m.div_ceil(4 * REG_ROWS), 1);
         let bias = args.get(2).is_some();
         let key = if bias { "linear_reg_bias" } else { "linear_reg" };
-        let p = ex.pipeline(key, || LINEAR_REG.replace("{{BIAS_AT}}", if bias { "bias[col]" } else { "0.0" }));
+        let p = ex.pipeline(key, || linear_reg_source(bias));
         let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();
         ex.dispatch_with_tail(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], &tail, groups)?;
         return Ok(out);

@@ -1,5 +1,5 @@
-//! Reduce family: layer norm, softmax and L2 normalise (one workgroup per row), masked mean
-//! pooling (one invocation per output).
+//! Reduce family: layer norm, softmax and L2 normalise (one invocation per row: no barriers,
+//! which software adapters pay dearly for), masked mean pooling (one invocation per output).
 
 use shared_proto::{Op, RemoteError};
 
@@ -16,22 +16,24 @@ pub(super) fn encode(
     let out = ex.output(out_shape);
     let h = x.last_dim();
     let rows = x.elements() / h.max(1);
-    if rows > 65535 && !matches!(op, Op::MeanPool) {
+    // One invocation per row, 64 rows per workgroup.
+    let row_groups = (rows.div_ceil(64), 1, 1);
+    if row_groups.0 > 65535 {
         return Err(unsupported(format!("{}: {rows} rows exceed one dispatch dimension", op.name())));
     }
     match op {
         Op::LayerNorm { eps } => {
             let p = ex.pipeline("layer_norm", || include_str!("layer_norm.wgsl").into());
             let bufs: [&wgpu::Buffer; 4] = [&x.buf, &args[1].buf, &args[2].buf, &out.buf];
-            ex.dispatch(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], (rows, 1, 1))?;
+            ex.dispatch(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], row_groups)?;
         }
         Op::Softmax => {
             let p = ex.pipeline("softmax", || include_str!("softmax.wgsl").into());
-            ex.dispatch(rec, p, &[&x.buf, &out.buf], &[rows, h, 0, 0], (rows, 1, 1))?;
+            ex.dispatch(rec, p, &[&x.buf, &out.buf], &[rows, h, 0, 0], row_groups)?;
         }
         Op::L2Normalize { eps } => {
             let p = ex.pipeline("l2_normalize", || include_str!("l2_normalize.wgsl").into());
-            ex.dispatch(rec, p, &[&x.buf, &out.buf], &[rows, h, eps.to_bits(), 0], (rows, 1, 1))?;
+            ex.dispatch(rec, p, &[&x.buf, &out.buf], &[rows, h, eps.to_bits(), 0], row_groups)?;
         }
         Op::MeanPool => {
             let (b, s) = (x.shape[0], x.shape[1]);

@@ -1,4 +1,4 @@
-// Softmax over the last axis; one workgroup per row.
+// Softmax over the last axis; one invocation per row, no barriers.
 
 struct Params { rows: u32, h: u32, pad0: u32, pad1: u32 }
 
@@ -6,39 +6,22 @@ struct Params { rows: u32, h: u32, pad0: u32, pad1: u32 }
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> params: Params;
 
-var<workgroup> red: array<f32, 64>;
-
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let base = wg.x * params.h;
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    let row = g.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let base = row * params.h;
     var m = -3.4e38;
-    for (var i = lid.x; i < params.h; i += 64u) {
+    for (var i = 0u; i < params.h; i++) {
         m = max(m, x[base + i]);
     }
-    red[lid.x] = m;
-    workgroupBarrier();
-    for (var off = 32u; off > 0u; off >>= 1u) {
-        if (lid.x < off) {
-            red[lid.x] = max(red[lid.x], red[lid.x + off]);
-        }
-        workgroupBarrier();
-    }
-    let mx = red[0];
-    workgroupBarrier();
     var s = 0.0;
-    for (var i = lid.x; i < params.h; i += 64u) {
-        s += exp(x[base + i] - mx);
+    for (var i = 0u; i < params.h; i++) {
+        s += exp(x[base + i] - m);
     }
-    red[lid.x] = s;
-    workgroupBarrier();
-    for (var off = 32u; off > 0u; off >>= 1u) {
-        if (lid.x < off) {
-            red[lid.x] += red[lid.x + off];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    for (var i = lid.x; i < params.h; i += 64u) {
-        y[base + i] = exp(x[base + i] - mx) / total;
+    for (var i = 0u; i < params.h; i++) {
+        y[base + i] = exp(x[base + i] - m) / s;
     }
 }
