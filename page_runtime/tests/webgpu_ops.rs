@@ -70,7 +70,7 @@ async fn a_loaded_model_compiles_once_and_reuses_buffers() {
     };
     let m = ex.load_model(g, &[w]).await.unwrap();
     let compiled = ex.compiled_pipelines();
-    assert!(compiled >= 2, "load compiled linear and gelu: {compiled}");
+    assert!(compiled >= 1, "load compiled the fused linear+gelu pipeline: {compiled}");
     let x = f32s(&[5, 32], 2, 1.0);
     m.run(&ex, std::slice::from_ref(&x)).await.unwrap();
     let pooled = ex.pooled_buffers();
@@ -79,4 +79,41 @@ async fn a_loaded_model_compiles_once_and_reuses_buffers() {
     }
     assert_eq!(ex.compiled_pipelines(), compiled, "no pipeline compiled per request");
     assert_eq!(ex.pooled_buffers(), pooled, "buffers come back to the pool and are reused");
+}
+
+#[wasm_bindgen_test]
+async fn fused_pairs_match_the_cpu_executor() {
+    use page_runtime::webgpu::graph::{Fuse, fusion_plan};
+    // x → Linear → Gelu → Add(residual from a second Linear) → LayerNorm → output: both fusions.
+    let (w1, b1) = (f32s(&[64, 32], 1, 0.2), f32s(&[64], 2, 0.5));
+    let (w2, g, bt) = (f32s(&[64, 32], 3, 0.2), f32s(&[64], 4, 1.0), f32s(&[64], 5, 1.0));
+    let wd = |name: &str, t: &shared_proto::Tensor| shared_proto::WeightDecl {
+        name: name.into(),
+        dtype: DType::F32,
+        shape: t.shape.clone(),
+        hash: shared_proto::content_hash(&t.data),
+    };
+    let graph = Graph {
+        inputs: vec![InputDecl { name: "x".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Fixed(32)] }],
+        weights: vec![wd("w1", &w1), wd("b1", &b1), wd("w2", &w2), wd("g", &g), wd("bt", &bt)],
+        nodes: vec![
+            Node { op: Op::Linear { bias: false }, args: vec![0, 3] }, // 6: residual branch
+            Node { op: Op::Linear { bias: true }, args: vec![0, 1, 2] }, // 7
+            Node { op: Op::Gelu, args: vec![7] },                      // 8
+            Node { op: Op::Add, args: vec![8, 6] },                    // 9
+            Node { op: Op::LayerNorm { eps: 1e-5 }, args: vec![9, 4, 5] }, // 10
+        ],
+        outputs: vec![10],
+    };
+    let plan = fusion_plan(&graph);
+    assert_eq!(plan, [Fuse::Alone, Fuse::IntoNext, Fuse::LinearGelu, Fuse::IntoNext, Fuse::AddLayerNorm]);
+    let weights = [w1, b1, w2, g, bt];
+    let x = f32s(&[7, 32], 6, 1.0);
+    let want = CpuModel::new(graph.clone(), weights.to_vec()).unwrap().run(std::slice::from_ref(&x)).unwrap();
+    let ex = executor().await;
+    let m = ex.load_model(graph, &weights).await.unwrap();
+    let got = m.run(&ex, std::slice::from_ref(&x)).await.unwrap();
+    let case =
+        op_cases::Case { name: "linear+gelu, add+layer_norm", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-5 };
+    check(&case, &got.outputs[0], &want[0]).unwrap();
 }

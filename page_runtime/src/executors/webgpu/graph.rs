@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
-use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor};
+use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, matmul, reduce};
 use crate::executors::cpu::last_uses;
 use crate::executors::{inputs, shapes};
 
@@ -17,6 +17,53 @@ pub struct GpuModel {
     weights: RefCell<Vec<Option<Rc<wgpu::Buffer>>>>,
     last_use: Vec<usize>,
     weight_bytes: Cell<u64>,
+    plan: Vec<Fuse>,
+}
+
+/// Kernel fusion decided once per model: a node whose only consumer is the next node may be done
+/// by that node's kernel, saving a dispatch and a round trip through memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fuse {
+    /// Encode this node on its own.
+    Alone,
+    /// Done by the next node (its value is never materialised).
+    IntoNext,
+    /// `Linear → Gelu`: GELU applied in the linear kernel's store.
+    LinearGelu,
+    /// `Add → LayerNorm`: the residual sum read on the fly by the layer norm.
+    AddLayerNorm,
+}
+
+/// The fusion plan: pure function of the graph (uses counted over nodes and outputs).
+pub fn fusion_plan(g: &Graph) -> Vec<Fuse> {
+    let mut uses = vec![0usize; g.value_count()];
+    for n in &g.nodes {
+        for &a in &n.args {
+            uses[a as usize] += 1;
+        }
+    }
+    for &o in &g.outputs {
+        uses[o as usize] += 1;
+    }
+    let mut plan = vec![Fuse::Alone; g.nodes.len()];
+    for i in 0..g.nodes.len().saturating_sub(1) {
+        if plan[i] != Fuse::Alone {
+            continue;
+        }
+        let v = g.node_value(i);
+        let next = &g.nodes[i + 1];
+        if uses[v as usize] != 1 || next.args.first() != Some(&v) {
+            continue;
+        }
+        let fused = match (&g.nodes[i].op, &next.op) {
+            (Op::Linear { .. }, Op::Gelu) => Fuse::LinearGelu,
+            (Op::Add, Op::LayerNorm { .. }) => Fuse::AddLayerNorm,
+            _ => continue,
+        };
+        plan[i] = Fuse::IntoNext;
+        plan[i + 1] = fused;
+    }
+    plan
 }
 
 fn bad(msg: String) -> RemoteError {
@@ -27,7 +74,9 @@ impl GpuModel {
     pub fn new(graph: Graph) -> Result<GpuModel, RemoteError> {
         graph.validate().map_err(|e| bad(e.to_string()))?;
         let last_use = last_uses(&graph);
+        let plan = fusion_plan(&graph);
         Ok(GpuModel {
+            plan,
             weights: RefCell::new(vec![None; graph.weights.len()]),
             graph,
             last_use,
@@ -94,24 +143,58 @@ impl GpuModel {
                 Some(GpuValue { shape: decl.shape.clone(), dtype: decl.dtype, buf: Rc::new(Buf::Weight(buf)) });
         }
         let mut rec = Recorder::default();
+        let mut shapes: Vec<Option<(Vec<u32>, DType)>> = vec![None; g.value_count()];
+        for (i, v) in values.iter().enumerate() {
+            shapes[i] = v.as_ref().map(|v| (v.shape.clone(), v.dtype));
+        }
         for (ni, node) in g.nodes.iter().enumerate() {
-            let out = {
-                let args: Vec<&GpuValue> =
-                    node.args.iter().map(|&a| values[a as usize].as_ref().expect("defined")).collect();
-                let arg_shapes: Vec<&[u32]> = args.iter().map(|v| v.shape.as_slice()).collect();
-                let dtypes: Vec<DType> = args.iter().map(|v| v.dtype).collect();
-                let (shape, dtype) = shapes::infer(&node.op, &arg_shapes, &dtypes)
-                    .map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?;
-                let mut v = ex.encode_op(&mut rec, &node.op, &args, &shape)?;
-                v.dtype = dtype;
-                v
+            // Shapes are inferred for every node, fused or not, so errors name the right node.
+            let (shape, dtype) = {
+                let known = |a: u32| shapes[a as usize].as_ref().expect("defined earlier");
+                let s: Vec<&[u32]> = node.args.iter().map(|&a| known(a).0.as_slice()).collect();
+                let d: Vec<DType> = node.args.iter().map(|&a| known(a).1).collect();
+                shapes::infer(&node.op, &s, &d)
+                    .map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?
             };
+            shapes[g.node_value(ni) as usize] = Some((shape.clone(), dtype));
+            if self.plan[ni] == Fuse::IntoNext {
+                continue; // encoded with the next node; its arguments stay alive until then
+            }
+            let arg = |a: u32| values[a as usize].as_ref().expect("defined");
+            let mut out = match self.plan[ni] {
+                Fuse::LinearGelu => {
+                    let lin = &g.nodes[ni - 1];
+                    let args: Vec<&GpuValue> = lin.args.iter().map(|&a| arg(a)).collect();
+                    matmul::encode_linear_act(ex, &mut rec, &args, &shape, true)?
+                }
+                Fuse::AddLayerNorm => {
+                    let add = &g.nodes[ni - 1];
+                    let (a, b) = (arg(add.args[0]), arg(add.args[1]));
+                    let Op::LayerNorm { eps } = node.op else { unreachable!("planned on LayerNorm") };
+                    if a.shape == b.shape {
+                        reduce::encode_add_layer_norm(ex, &mut rec, a, b, arg(node.args[1]), arg(node.args[2]), eps)?
+                    } else {
+                        // A broadcast residual has no fused kernel: encode both.
+                        let sum = ex.encode_op(&mut rec, &Op::Add, &[a, b], &a.shape)?;
+                        ex.encode_op(&mut rec, &node.op, &[&sum, arg(node.args[1]), arg(node.args[2])], &shape)?
+                    }
+                }
+                _ => {
+                    let args: Vec<&GpuValue> = node.args.iter().map(|&a| arg(a)).collect();
+                    ex.encode_op(&mut rec, &node.op, &args, &shape)?
+                }
+            };
+            out.dtype = dtype;
             values[g.node_value(ni) as usize] = Some(out);
             // Buffers past their last use go back to the pool; later dispatches in the same
-            // submission may reuse them (WebGPU orders dispatches within a pass).
-            for &a in &node.args {
-                if self.last_use[a as usize] == ni && !matches!(g.value(a), ValueRef::Weight(_)) {
-                    values[a as usize] = None;
+            // submission may reuse them (WebGPU orders dispatches within a pass). A fused pair
+            // releases the arguments of both its nodes here.
+            let first = if matches!(self.plan[ni], Fuse::LinearGelu | Fuse::AddLayerNorm) { ni - 1 } else { ni };
+            for n in first..=ni {
+                for &a in &g.nodes[n].args {
+                    if self.last_use[a as usize] <= ni && !matches!(g.value(a), ValueRef::Weight(_)) {
+                        values[a as usize] = None;
+                    }
                 }
             }
         }

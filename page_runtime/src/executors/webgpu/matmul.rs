@@ -15,7 +15,7 @@ pub(crate) const REG_COLS: u32 = 8;
 
 /// The register-blocked linear kernel for a `REG_ROWS × REG_COLS` block: loads, dots and
 /// stores are unrolled here because WGSL has no generics.
-fn linear_reg_source(bias: bool) -> String {
+fn linear_reg_source(bias: bool, gelu: bool) -> String {
     let (r, c) = (REG_ROWS, REG_COLS);
     let mut idx = String::new();
     for i in 0..r {
@@ -44,12 +44,13 @@ fn linear_reg_source(bias: bool) -> String {
     for i in 0..r {
         for j in 0..c {
             store += &format!(
-                "    if (r0 + {i}u < dims.m && c0 + {j}u < dims.n) {{ y[(r0 + {i}u) * dims.n + c0 + {j}u] = acc{i}_{j} + bias_at(c0 + {j}u); }}\n"
+                "    if (r0 + {i}u < dims.m && c0 + {j}u < dims.n) {{ y[(r0 + {i}u) * dims.n + c0 + {j}u] = act(acc{i}_{j} + bias_at(c0 + {j}u)); }}\n"
             );
         }
     }
     LINEAR_REG
         .replace("{{BIAS_AT}}", if bias { "bias[col]" } else { "0.0" })
+        .replace("{{ACT}}", if gelu { super::unary::GELU } else { "x" })
         .replace("{{ROWS}}", &r.to_string())
         .replace("{{COLS}}", &c.to_string())
         .replace("{{INDICES}}", &idx)
@@ -104,6 +105,17 @@ pub(super) fn encode_linear(
     args: &[&GpuValue],
     out_shape: &[u32],
 ) -> Result<GpuValue, RemoteError> {
+    encode_linear_act(ex, rec, args, out_shape, false)
+}
+
+/// Linear, optionally with GELU applied in the store (a fused `Linear → Gelu` pair).
+pub(super) fn encode_linear_act(
+    ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    args: &[&GpuValue],
+    out_shape: &[u32],
+    gelu: bool,
+) -> Result<GpuValue, RemoteError> {
     let (x, w) = (args[0], args[1]);
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = x.elements() / k;
@@ -112,11 +124,21 @@ pub(super) fn encode_linear(
         // Register-blocked vec4 kernel: a 16×4 workgroup of REG_ROWS × REG_COLS blocks.
         let groups = (n.div_ceil(16 * REG_COLS), m.div_ceil(4 * REG_ROWS), 1);
         let bias = args.get(2).is_some();
-        let key = if bias { "linear_reg_bias" } else { "linear_reg" };
-        let p = ex.pipeline(key, || linear_reg_source(bias));
+        let key = match (bias, gelu) {
+            (false, false) => "linear_reg",
+            (true, false) => "linear_reg_bias",
+            (false, true) => "linear_reg_gelu",
+            (true, true) => "linear_reg_bias_gelu",
+        };
+        let p = ex.pipeline(key, || linear_reg_source(bias, gelu));
         let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();
         ex.dispatch_with_tail(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], &tail, groups)?;
         return Ok(out);
+    }
+    if gelu {
+        // The tiled kernel has no activation slot: run it, then the unary kernel.
+        let y = encode_linear_act(ex, rec, args, out_shape, false)?;
+        return super::unary::encode(ex, rec, &shared_proto::Op::Gelu, &y);
     }
     let groups = (n.div_ceil(TILE), m.div_ceil(TILE), 1);
     if let Some(bias) = args.get(2) {

@@ -6,7 +6,7 @@
 
 mod attention;
 mod binary;
-mod graph;
+pub mod graph;
 mod matmul;
 mod pool;
 mod reduce;

@@ -23,7 +23,7 @@ pub(super) fn encode(
     }
     match op {
         Op::LayerNorm { eps } => {
-            let p = ex.pipeline("layer_norm", || include_str!("layer_norm.wgsl").into());
+            let p = ex.pipeline("layer_norm", || layer_norm_source(false));
             let bufs: [&wgpu::Buffer; 4] = [&x.buf, &args[1].buf, &args[2].buf, &out.buf];
             ex.dispatch(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], row_groups)?;
         }
@@ -42,5 +42,37 @@ pub(super) fn encode(
         }
         other => unreachable!("{} is not a reduce op", other.name()),
     }
+    Ok(out)
+}
+
+fn layer_norm_source(residual: bool) -> String {
+    let (binding, x) = if residual {
+        ("@group(0) @binding(5) var<storage, read> r: array<f32>;\n", "x[i] + r[i]")
+    } else {
+        ("", "x[i]")
+    };
+    include_str!("layer_norm.wgsl").replace("{{R_BINDING}}", binding).replace("{{X}}", x)
+}
+
+/// LayerNorm(a + b) in one pass over the rows (a fused residual `Add → LayerNorm`; equal shapes).
+pub(super) fn encode_add_layer_norm(
+    ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    a: &GpuValue,
+    b: &GpuValue,
+    gamma: &GpuValue,
+    beta: &GpuValue,
+    eps: f32,
+) -> Result<GpuValue, RemoteError> {
+    let out = ex.output(&a.shape);
+    let h = a.last_dim();
+    let rows = a.elements() / h.max(1);
+    let groups = (rows.div_ceil(64), 1, 1);
+    if groups.0 > 65535 {
+        return Err(unsupported(format!("layer_norm: {rows} rows exceed one dispatch dimension")));
+    }
+    let p = ex.pipeline("add_layer_norm", || layer_norm_source(true));
+    let bufs: [&wgpu::Buffer; 4] = [&a.buf, &gamma.buf, &beta.buf, &out.buf];
+    ex.dispatch_with_tail(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], &[&b.buf], groups)?;
     Ok(out)
 }

@@ -5,11 +5,12 @@ use shared_proto::{Op, RemoteError};
 use super::{GpuValue, Recorder, WebGpuExecutor, flat_groups};
 
 const TEMPLATE: &str = include_str!("unary.wgsl");
+/// Exact (erf) GELU of `x`, as BERT uses; shared with the fused linear epilogue.
+pub(super) const GELU: &str = "0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752))";
 
 fn expr(op: &Op) -> (&'static str, &'static str) {
     match op {
-        // Exact (erf) GELU, as BERT uses.
-        Op::Gelu => ("unary_gelu", "0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752))"),
+        Op::Gelu => ("unary_gelu", GELU),
         other => unreachable!("{} is not unary", other.name()),
     }
 }
