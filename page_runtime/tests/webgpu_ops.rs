@@ -117,3 +117,46 @@ async fn fused_pairs_match_the_cpu_executor() {
         op_cases::Case { name: "linear+gelu, add+layer_norm", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-5 };
     check(&case, &got.outputs[0], &want[0]).unwrap();
 }
+
+#[wasm_bindgen_test]
+async fn fused_qkv_attention_matches_the_cpu_executor() {
+    use page_runtime::webgpu::graph::{Fuse, fusion_plan};
+    let wd = |name: &str, t: &shared_proto::Tensor| shared_proto::WeightDecl {
+        name: name.into(),
+        dtype: DType::F32,
+        shape: t.shape.clone(),
+        hash: shared_proto::content_hash(&t.data),
+    };
+    let ws: Vec<shared_proto::Tensor> =
+        (0..3).flat_map(|i| [f32s(&[48, 48], 10 + i, 0.3), f32s(&[48], 20 + i, 0.5)]).collect();
+    let names = ["wq", "bq", "wk", "bk", "wv", "bv"];
+    let bs = vec![Dim::Batch, Dim::Seq];
+    let graph = Graph {
+        inputs: vec![
+            InputDecl { name: "x".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Seq, Dim::Fixed(48)] },
+            InputDecl { name: "mask".into(), dtype: DType::F32, dims: bs },
+        ],
+        weights: names.iter().zip(&ws).map(|(n, t)| wd(n, t)).collect(),
+        nodes: vec![
+            Node { op: Op::Linear { bias: true }, args: vec![0, 2, 3] }, // 8: q
+            Node { op: Op::Linear { bias: true }, args: vec![0, 4, 5] }, // 9: k
+            Node { op: Op::Linear { bias: true }, args: vec![0, 6, 7] }, // 10: v
+            Node { op: Op::Attention { heads: 4 }, args: vec![8, 9, 10, 1] },
+        ],
+        outputs: vec![11],
+    };
+    assert_eq!(fusion_plan(&graph), [Fuse::IntoNext, Fuse::IntoNext, Fuse::IntoNext, Fuse::QkvAttention]);
+    let mut mask = vec![1.0f32; 2 * 9];
+    mask[9 + 6..].iter_mut().for_each(|m| *m = 0.0);
+    let inputs = [f32s(&[2, 9, 48], 30, 1.0), shared_proto::Tensor::from_f32(vec![2, 9], &mask)];
+    let want = CpuModel::new(graph.clone(), ws.clone()).unwrap().run(&inputs).unwrap();
+    let ex = executor().await;
+    let m = ex.load_model(graph, &ws).await.unwrap();
+    for _ in 0..2 {
+        // Second run reuses the concatenated weights.
+        let got = m.run(&ex, &inputs).await.unwrap();
+        let case =
+            op_cases::Case { name: "q|k|v linear + attention", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-4 };
+        check(&case, &got.outputs[0], &want[0]).unwrap();
+    }
+}

@@ -3,7 +3,13 @@
 // softmax (running max and sum, rescaling the accumulator), so there is no workgroup memory and
 // no barrier — barriers are what software adapters pay most for. Head width d ≤ 128.
 
-struct Params { s: u32, h: u32, d: u32, scale_bits: u32, heads: u32, rows: u32, pad0: u32, pad1: u32 }
+// q, k, v rows have stride `ld` and start at column q_off / k_off / v_off (a packed q|k|v
+// projection uses ld = 3h); the output is [B, S, h].
+struct Params {
+    s: u32, h: u32, d: u32, scale_bits: u32,
+    heads: u32, rows: u32, ld: u32, pad0: u32,
+    q_off: u32, k_off: u32, v_off: u32, pad1: u32,
+}
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k: array<f32>;
@@ -25,7 +31,8 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let head = (id / s) % params.heads;
     let b = id / (s * params.heads);
     let scale = bitcast<f32>(params.scale_bits);
-    let q_base = (b * s + i) * h + head * d;
+    let q_base = (b * s + i) * params.ld + params.q_off + head * d;
+    let o_base = (b * s + i) * h + head * d;
 
     var acc: array<f32, 128>;
     var m = -3.4e38;
@@ -34,10 +41,12 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         if (mask[b * s + j] == 0.0) {
             continue;
         }
-        let kv = (b * s + j) * h + head * d;
+        let row = (b * s + j) * params.ld + head * d;
+        let kb = row + params.k_off;
+        let vb = row + params.v_off;
         var sc = 0.0;
         for (var t = 0u; t < d; t++) {
-            sc += q[q_base + t] * k[kv + t];
+            sc += q[q_base + t] * k[kb + t];
         }
         sc *= scale;
         let m_new = max(m, sc);
@@ -45,7 +54,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         let p = exp(sc - m_new);
         l = l * correction + p;
         for (var t = 0u; t < d; t++) {
-            acc[t] = acc[t] * correction + p * v[kv + t];
+            acc[t] = acc[t] * correction + p * v[vb + t];
         }
         m = m_new;
     }
@@ -54,6 +63,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         if (l > 0.0) {
             o = acc[t] / l;
         }
-        out[q_base + t] = o;
+        out[o_base + t] = o;
     }
 }

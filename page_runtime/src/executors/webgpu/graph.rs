@@ -6,13 +6,15 @@ use std::rc::Rc;
 
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
-use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, matmul, reduce};
+use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, attention, matmul, reduce};
 use crate::executors::cpu::last_uses;
 use crate::executors::{inputs, shapes};
 
 /// Interior mutability so a shared `Rc<GpuModel>` can take weights while another task runs it
 /// (no borrow is held across an `.await`).
 pub struct GpuModel {
+    /// Concatenated q/k/v weights (and biases) per `QkvAttention` node, built on first use.
+    qkv: RefCell<std::collections::HashMap<usize, (GpuValue, Option<GpuValue>)>>,
     graph: Graph,
     weights: RefCell<Vec<Option<Rc<wgpu::Buffer>>>>,
     last_use: Vec<usize>,
@@ -32,6 +34,20 @@ pub enum Fuse {
     LinearGelu,
     /// `Add → LayerNorm`: the residual sum read on the fly by the layer norm.
     AddLayerNorm,
+    /// Three `Linear`s of one input (q, k, v) feeding `Attention`: one linear over the
+    /// concatenated weights, and attention reading q, k, v as column ranges of its output.
+    QkvAttention,
+}
+
+impl Fuse {
+    /// How many preceding nodes this node's kernel also does.
+    fn absorbs(self) -> usize {
+        match self {
+            Fuse::LinearGelu | Fuse::AddLayerNorm => 1,
+            Fuse::QkvAttention => 3,
+            Fuse::Alone | Fuse::IntoNext => 0,
+        }
+    }
 }
 
 /// The fusion plan: pure function of the graph (uses counted over nodes and outputs).
@@ -46,8 +62,24 @@ pub fn fusion_plan(g: &Graph) -> Vec<Fuse> {
         uses[o as usize] += 1;
     }
     let mut plan = vec![Fuse::Alone; g.nodes.len()];
+    for i in 0..g.nodes.len().saturating_sub(3) {
+        let (a, b, c, att) = (&g.nodes[i], &g.nodes[i + 1], &g.nodes[i + 2], &g.nodes[i + 3]);
+        let linear =
+            |n: &shared_proto::Node| matches!(n.op, Op::Linear { .. }) && n.op == a.op && n.args[0] == a.args[0];
+        let vals = [g.node_value(i), g.node_value(i + 1), g.node_value(i + 2)];
+        if linear(a)
+            && linear(b)
+            && linear(c)
+            && matches!(att.op, Op::Attention { .. })
+            && att.args[..3] == vals
+            && vals.iter().all(|&v| uses[v as usize] == 1)
+        {
+            plan[i..i + 3].fill(Fuse::IntoNext);
+            plan[i + 3] = Fuse::QkvAttention;
+        }
+    }
     for i in 0..g.nodes.len().saturating_sub(1) {
-        if plan[i] != Fuse::Alone {
+        if plan[i] != Fuse::Alone || plan[i + 1] != Fuse::Alone {
             continue;
         }
         let v = g.node_value(i);
@@ -76,6 +108,7 @@ impl GpuModel {
         let last_use = last_uses(&graph);
         let plan = fusion_plan(&graph);
         Ok(GpuModel {
+            qkv: RefCell::default(),
             plan,
             weights: RefCell::new(vec![None; graph.weights.len()]),
             graph,
@@ -167,6 +200,18 @@ impl GpuModel {
                     let args: Vec<&GpuValue> = lin.args.iter().map(|&a| arg(a)).collect();
                     matmul::encode_linear_act(ex, &mut rec, &args, &shape, true)?
                 }
+                Fuse::QkvAttention => {
+                    let Op::Attention { heads } = node.op else { unreachable!("planned on Attention") };
+                    let (w, bias) = self.qkv_weights(ex, ni, &values)?;
+                    let x = arg(g.nodes[ni - 3].args[0]);
+                    let h = shape[2];
+                    let mut qkv_shape = shape.clone();
+                    qkv_shape[2] = 3 * h;
+                    let mut largs = vec![x, &w];
+                    largs.extend(bias.as_ref());
+                    let qkv = matmul::encode_linear(ex, &mut rec, &largs, &qkv_shape)?;
+                    attention::encode_packed(ex, &mut rec, heads, &qkv, arg(node.args[3]), h)?
+                }
                 Fuse::AddLayerNorm => {
                     let add = &g.nodes[ni - 1];
                     let (a, b) = (arg(add.args[0]), arg(add.args[1]));
@@ -189,7 +234,7 @@ impl GpuModel {
             // Buffers past their last use go back to the pool; later dispatches in the same
             // submission may reuse them (WebGPU orders dispatches within a pass). A fused pair
             // releases the arguments of both its nodes here.
-            let first = if matches!(self.plan[ni], Fuse::LinearGelu | Fuse::AddLayerNorm) { ni - 1 } else { ni };
+            let first = ni - self.plan[ni].absorbs();
             for n in first..=ni {
                 for &a in &g.nodes[n].args {
                     if self.last_use[a as usize] <= ni && !matches!(g.value(a), ValueRef::Weight(_)) {
@@ -205,6 +250,36 @@ impl GpuModel {
         let outputs =
             outs.iter().zip(bytes).map(|(v, data)| Tensor { dtype: v.dtype, shape: v.shape.clone(), data }).collect();
         Ok(KernelRun { outputs, device_ms })
+    }
+
+    /// The q, k, v weights (and biases) of the three linears before attention node `ni`, as one
+    /// `[3H, K]` weight: concatenated on the device once, then reused by every run.
+    fn qkv_weights(
+        &self,
+        ex: &WebGpuExecutor,
+        ni: usize,
+        values: &[Option<GpuValue>],
+    ) -> Result<(GpuValue, Option<GpuValue>), RemoteError> {
+        if let Some(w) = self.qkv.borrow().get(&ni) {
+            return Ok(w.clone());
+        }
+        let g = &self.graph;
+        let linears = &g.nodes[ni - 3..ni];
+        let part = |k: usize, j: usize| values[linears[j].args[k] as usize].clone().expect("weights bound");
+        let w: Vec<GpuValue> = (0..3).map(|j| part(1, j)).collect();
+        if w.iter().any(|v| v.shape != w[0].shape) {
+            return Err(RemoteError::new(ErrorKind::BadInput, format!("node {ni}: q, k, v weights differ in shape")));
+        }
+        let concat = |parts: &[GpuValue]| {
+            let mut shape = parts[0].shape.clone();
+            shape[0] *= 3;
+            GpuValue { shape, dtype: DType::F32, buf: Rc::new(Buf::Weight(ex.concat_buffers(parts))) }
+        };
+        let bias = matches!(linears[0].op, Op::Linear { bias: true })
+            .then(|| concat(&(0..3).map(|j| part(2, j)).collect::<Vec<_>>()));
+        let fused = (concat(&w), bias);
+        self.qkv.borrow_mut().insert(ni, fused.clone());
+        Ok(fused)
     }
 
     /// Ids feeding a Gather straight from a graph input are range-checked here, on the CPU:

@@ -4,7 +4,7 @@
 //! because buffer creation is expensive in WebGPU. Each kernel family lives in its own file with
 //! its WGSL beside it.
 
-mod attention;
+pub(crate) mod attention;
 mod binary;
 pub mod graph;
 mod matmul;
@@ -286,6 +286,27 @@ impl WebGpuExecutor {
             mapped_at_creation: false,
         });
         self.gpu.queue.write_buffer(&buf, 0, &t.data);
+        Rc::new(buf)
+    }
+
+    /// A model-owned buffer holding `parts` back to back (copied on the device, submitted now so
+    /// every later submission sees it).
+    pub(crate) fn concat_buffers(&self, parts: &[GpuValue]) -> Rc<wgpu::Buffer> {
+        let sizes: Vec<u64> = parts.iter().map(|p| p.elements() as u64 * 4).collect();
+        let total: u64 = sizes.iter().sum();
+        let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("concat"),
+            size: total.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut offset = 0;
+        for (p, size) in parts.iter().zip(&sizes) {
+            encoder.copy_buffer_to_buffer(&p.buf, 0, &buf, offset, *size);
+            offset += size;
+        }
+        self.gpu.queue.submit([encoder.finish()]);
         Rc::new(buf)
     }
 
