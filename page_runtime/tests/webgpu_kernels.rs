@@ -2,6 +2,9 @@
 //! each checked against the CPU executor. Run with `cargo test-wasm`.
 #![cfg(target_arch = "wasm32")]
 
+#[path = "common/op_cases.rs"]
+mod op_cases;
+
 use page_runtime::executors::{cpu, tolerance};
 use page_runtime::webgpu::{self, WebGpuExecutor};
 use shared_proto::{ErrorKind, Kernel, MatMulVariant, Tensor};
@@ -9,17 +12,9 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-/// Deterministic inputs in [-1, 1) (xorshift; the tests must not depend on a seed source).
+/// Deterministic inputs in [-1, 1).
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+    op_cases::values(n, seed, 1.0)
 }
 
 async fn executor() -> WebGpuExecutor {

@@ -67,3 +67,28 @@ pub fn minimal(g: &Graph) -> Vec<Tensor> {
         })
         .collect()
 }
+
+/// Ids feeding a Gather straight from a graph input must index the weight table: kernels cannot
+/// report a bad id (WebGPU clamps, WebNN is implementation-defined), so it is refused here.
+pub fn check_gather_ids(g: &Graph, inputs: &[Tensor]) -> Result<(), RemoteError> {
+    for node in g.nodes.iter().filter(|n| n.op == shared_proto::Op::Gather) {
+        if let (shared_proto::ValueRef::Weight(w), shared_proto::ValueRef::Input(i)) =
+            (g.value(node.args[0]), g.value(node.args[1]))
+        {
+            let vocab = g.weights[w].shape[0] as i64;
+            let t = &inputs[i];
+            if let Some(id) = t
+                .data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .find(|&id| id < 0 || id >= vocab)
+            {
+                return Err(RemoteError::new(
+                    ErrorKind::BadInput,
+                    format!("gather: id {id} outside 0..{vocab} in input {}", g.inputs[i].name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

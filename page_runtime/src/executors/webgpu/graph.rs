@@ -164,7 +164,7 @@ impl GpuModel {
             ));
         }
         inputs::check(g, inputs)?;
-        self.check_ids(inputs)?;
+        inputs::check_gather_ids(g, inputs)?;
         let mut values: Vec<Option<GpuValue>> = vec![None; g.value_count()];
         for (i, t) in inputs.iter().enumerate() {
             values[i] = Some(ex.upload_value(t));
@@ -280,27 +280,6 @@ impl GpuModel {
         let fused = (concat(&w), bias);
         self.qkv.borrow_mut().insert(ni, fused.clone());
         Ok(fused)
-    }
-
-    /// Ids feeding a Gather straight from a graph input are range-checked here, on the CPU:
-    /// the kernel cannot report a bad id, only clamp it.
-    fn check_ids(&self, inputs: &[Tensor]) -> Result<(), RemoteError> {
-        let g = &self.graph;
-        for node in g.nodes.iter().filter(|n| n.op == Op::Gather) {
-            if let (ValueRef::Weight(w), ValueRef::Input(i)) = (g.value(node.args[0]), g.value(node.args[1])) {
-                let vocab = g.weights[w].shape[0] as i64;
-                let t = &inputs[i];
-                if let Some(bad_id) = t
-                    .data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                    .find(|&id| id < 0 || id >= vocab)
-                {
-                    return Err(bad(format!("gather: id {bad_id} outside 0..{vocab} in input {}", g.inputs[i].name)));
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -16,15 +16,6 @@ fn bias_at(col: u32) -> f32 {
     return {{BIAS_AT}};
 }
 
-// Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), for a fused GELU activation.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t;
-    return s * (1.0 - poly * exp(-a * a));
-}
-
 fn act(x: f32) -> f32 {
     return {{ACT}};
 }

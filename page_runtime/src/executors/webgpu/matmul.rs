@@ -48,7 +48,7 @@ fn linear_reg_source(bias: bool, gelu: bool) -> String {
             );
         }
     }
-    LINEAR_REG
+    let src = LINEAR_REG
         .replace("{{BIAS_AT}}", if bias { "bias[col]" } else { "0.0" })
         .replace("{{ACT}}", if gelu { super::unary::GELU } else { "x" })
         .replace("{{ROWS}}", &r.to_string())
@@ -56,7 +56,8 @@ fn linear_reg_source(bias: bool, gelu: bool) -> String {
         .replace("{{INDICES}}", &idx)
         .replace("{{ACCUMULATORS}}", &acc)
         .replace("{{BODY}}", &body)
-        .replace("{{STORE}}", &store)
+        .replace("{{STORE}}", &store);
+    format!("{}{src}", super::ERF)
 }
 const MATMUL_REG: &str = include_str!("matmul_reg.wgsl");
 /// Output tile edge of the tiled kernel (16×16 invocations × 4×4 outputs each).

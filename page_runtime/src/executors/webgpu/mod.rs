@@ -132,6 +132,9 @@ pub struct WebGpuExecutor {
 /// Output of one kernel or graph run (device time: submit → results mapped, per repeat).
 pub type KernelRun = super::RunOutput;
 
+/// WGSL erf approximation shared by the kernels that compute GELU.
+const ERF: &str = include_str!("erf.wgsl");
+
 /// A device buffer holding a value: pooled (activations, inputs) or owned by a model (weights).
 pub(crate) enum Buf {
     Pooled(Pooled),

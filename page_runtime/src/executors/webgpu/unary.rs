@@ -17,7 +17,7 @@ fn expr(op: &Op) -> (&'static str, &'static str) {
 
 pub(super) fn encode(ex: &WebGpuExecutor, rec: &mut Recorder, op: &Op, x: &GpuValue) -> Result<GpuValue, RemoteError> {
     let (key, e) = expr(op);
-    let pipeline = ex.pipeline(key, || TEMPLATE.replace("{{expr}}", e));
+    let pipeline = ex.pipeline(key, || format!("{}{}", super::ERF, TEMPLATE.replace("{{expr}}", e)));
     let out = ex.output(&x.shape);
     let len = x.elements();
     let (groups, stride) = flat_groups(len);

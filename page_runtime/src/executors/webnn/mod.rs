@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
-use shared_proto::{DType, Dim, ErrorKind, Graph, RemoteError, Tensor, ValueRef};
+use shared_proto::{DType, Dim, ErrorKind, Graph, RemoteError, Tensor};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
@@ -81,18 +81,43 @@ pub(crate) fn typed(dtype: DType, bytes: &[u8]) -> Object {
     }
 }
 
+/// Input shapes of one bucket (one entry per graph input).
+type Bucket = Vec<Vec<u32>>;
+
+/// Bucket graphs kept per model (least recently used evicted first).
+const MAX_GRAPHS: usize = 8;
+
 /// A model on WebNN: weights kept to build a graph per bucket; graphs cached.
 pub struct NnModel {
     graph: Graph,
     nn: Rc<WebNn>,
     weights: RefCell<Vec<Option<Tensor>>>,
-    compiled: RefCell<HashMap<Vec<Vec<u32>>, Rc<MLGraph>>>,
+    /// Built graphs by bucket, with a last-use tick for eviction (each holds its own copy of
+    /// the weights inside the browser, so only the most recent few are kept).
+    compiled: RefCell<HashMap<Bucket, (Rc<MLGraph>, u64)>>,
+    tick: std::cell::Cell<u64>,
+    /// Idle input/output tensors per bucket: creating MLTensors costs a round trip to the ML
+    /// service per tensor, so runs borrow a set and give it back (concurrent runs take
+    /// different sets, so no run sees another's data).
+    tensors: RefCell<HashMap<Bucket, Vec<TensorSet>>>,
+}
+
+struct TensorSet {
+    inputs: Vec<MLTensor>,
+    outputs: Vec<MLTensor>,
 }
 
 impl NnModel {
     pub fn new(graph: Graph, nn: Rc<WebNn>) -> Result<NnModel, RemoteError> {
         graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
-        Ok(NnModel { weights: RefCell::new(vec![None; graph.weights.len()]), graph, nn, compiled: RefCell::default() })
+        Ok(NnModel {
+            weights: RefCell::new(vec![None; graph.weights.len()]),
+            graph,
+            nn,
+            compiled: RefCell::default(),
+            tick: Default::default(),
+            tensors: RefCell::default(),
+        })
     }
 
     pub fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
@@ -142,13 +167,22 @@ impl NnModel {
     }
 
     async fn graph_for(&self, bucket: &[Vec<u32>]) -> Result<Rc<MLGraph>, RemoteError> {
-        if let Some(g) = self.compiled.borrow().get(bucket) {
+        self.tick.set(self.tick.get() + 1);
+        if let Some((g, used)) = self.compiled.borrow_mut().get_mut(bucket) {
+            *used = self.tick.get();
             return Ok(g.clone());
         }
         let weights = self.weights.borrow().clone();
-        let g = ops::build(&self.nn.context, &self.graph, &weights, bucket).await?;
-        let g = Rc::new(g);
-        self.compiled.borrow_mut().insert(bucket.to_vec(), g.clone());
+        let g = Rc::new(ops::build(&self.nn.context, &self.graph, &weights, bucket).await?);
+        let mut compiled = self.compiled.borrow_mut();
+        if compiled.len() >= MAX_GRAPHS {
+            let oldest = compiled.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                compiled.remove(&k);
+                self.tensors.borrow_mut().remove(&k);
+            }
+        }
+        compiled.insert(bucket.to_vec(), (g.clone(), self.tick.get()));
         Ok(g)
     }
 
@@ -158,45 +192,56 @@ impl NnModel {
             return Err(unsupported(format!("{} weights not uploaded yet", self.missing_weights())));
         }
         inputs::check(g, inputs)?;
-        check_ids(g, inputs)?;
+        inputs::check_gather_ids(g, inputs)?;
         let real: Vec<Vec<u32>> = inputs.iter().map(|t| t.shape.clone()).collect();
         let bucket = self.bucket_shapes(inputs);
         let out_real = shapes::graph_shapes(g, &real)?;
         let out_padded = shapes::graph_shapes(g, &bucket)?;
         let graph = self.graph_for(&bucket).await?;
+        let set = self.borrow_tensors(&bucket, &out_padded).await?;
         let t0 = js_sys::Date::now();
         let ctx = &self.nn.context;
         let ins = Object::new();
-        for ((d, t), shape) in g.inputs.iter().zip(inputs).zip(&bucket) {
+        for (((d, t), shape), tensor) in g.inputs.iter().zip(inputs).zip(&bucket).zip(&set.inputs) {
             let padded = pad(&t.data, &t.shape, shape);
-            let tensor = create_tensor(ctx, t.dtype, shape, "writable").await?;
-            ctx.write_tensor(&tensor, &typed(t.dtype, &padded)).map_err(|e| internal("writeTensor", e))?;
-            Reflect::set(&ins, &d.name.as_str().into(), &tensor).map_err(|e| internal("inputs", e))?;
+            ctx.write_tensor(tensor, &typed(t.dtype, &padded)).map_err(|e| internal("writeTensor", e))?;
+            Reflect::set(&ins, &d.name.as_str().into(), tensor).map_err(|e| internal("inputs", e))?;
         }
         let outs = Object::new();
-        let mut out_tensors = Vec::new();
-        for (i, &o) in g.outputs.iter().enumerate() {
-            let tensor = create_tensor(ctx, DType::F32, &out_padded[o as usize], "readable").await?;
-            Reflect::set(&outs, &format!("out{i}").into(), &tensor).map_err(|e| internal("outputs", e))?;
-            out_tensors.push(tensor);
+        for (i, tensor) in set.outputs.iter().enumerate() {
+            Reflect::set(&outs, &format!("out{i}").into(), tensor).map_err(|e| internal("outputs", e))?;
         }
         ctx.dispatch(&graph, &ins, &outs).map_err(|e| internal("dispatch", e))?;
+        let reads: Vec<JsFuture> = set
+            .outputs
+            .iter()
+            .map(|t| ctx.read_tensor(t).map(JsFuture::from).map_err(|e| internal("readTensor", e)))
+            .collect::<Result<_, _>>()?;
         let mut outputs = Vec::new();
-        for (tensor, &o) in out_tensors.iter().zip(&g.outputs) {
-            let p = ctx.read_tensor(tensor).map_err(|e| internal("readTensor", e))?;
-            let buf = JsFuture::from(p).await.map_err(|e| internal("readTensor", e))?;
+        for (read, &o) in reads.into_iter().zip(&g.outputs) {
+            let buf = read.await.map_err(|e| internal("readTensor", e))?;
             let bytes = Uint8Array::new(&buf).to_vec();
             let data = crop(&bytes, &out_padded[o as usize], &out_real[o as usize]);
             outputs.push(Tensor { dtype: DType::F32, shape: out_real[o as usize].clone(), data: data.into() });
-            destroy(tensor);
         }
+        self.tensors.borrow_mut().entry(bucket).or_default().push(set);
         Ok(super::RunOutput { outputs, device_ms: js_sys::Date::now() - t0 })
     }
 }
 
-fn destroy(t: &MLTensor) {
-    if let Ok(f) = Reflect::get(t, &"destroy".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) {
-        let _ = f.call0(t);
+impl NnModel {
+    /// An idle tensor set for `bucket`, or a new one (all tensors requested at once).
+    async fn borrow_tensors(&self, bucket: &[Vec<u32>], out_shapes: &[Vec<u32>]) -> Result<TensorSet, RemoteError> {
+        if let Some(set) = self.tensors.borrow_mut().get_mut(bucket).and_then(Vec::pop) {
+            return Ok(set);
+        }
+        let ctx = &self.nn.context;
+        let g = &self.graph;
+        let inputs = g.inputs.iter().zip(bucket).map(|(d, shape)| create_tensor(ctx, d.dtype, shape, "writable"));
+        let outputs = g.outputs.iter().map(|&o| create_tensor(ctx, DType::F32, &out_shapes[o as usize], "readable"));
+        let inputs = futures_util::future::try_join_all(inputs).await?;
+        let outputs = futures_util::future::try_join_all(outputs).await?;
+        Ok(TensorSet { inputs, outputs })
     }
 }
 
@@ -205,23 +250,4 @@ async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &str
     let _ = Reflect::set(&d, &usage.into(), &JsValue::TRUE);
     let p = ctx.create_tensor(&d).map_err(|e| internal("createTensor", e))?;
     Ok(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into())
-}
-
-/// Ids feeding a Gather straight from a graph input must be in range: WebNN's behaviour for an
-/// out-of-range index is implementation-defined.
-fn check_ids(g: &Graph, inputs: &[Tensor]) -> Result<(), RemoteError> {
-    for node in g.nodes.iter().filter(|n| n.op == shared_proto::Op::Gather) {
-        if let (ValueRef::Weight(w), ValueRef::Input(i)) = (g.value(node.args[0]), g.value(node.args[1])) {
-            let vocab = g.weights[w].shape[0] as i64;
-            let bad = inputs[i]
-                .data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .find(|&id| id < 0 || id >= vocab);
-            if let Some(id) = bad {
-                return Err(RemoteError::new(ErrorKind::BadInput, format!("gather: id {id} outside 0..{vocab}")));
-            }
-        }
-    }
-    Ok(())
 }
