@@ -70,7 +70,8 @@ fn stdin_lines_are_embedded() {
 #[test]
 fn no_browser_falls_back_to_the_cpu_executor_and_says_why() {
     let out = Command::new(BIN)
-        .args(["embed", "--json", "--chromium", "/nonexistent/chromium", "A cat sits outside"])
+        .args(["embed", "--json", "--chromium", "/nonexistent/chromium", "--chromium-webnn", "/nonexistent/webnn"])
+        .arg("A cat sits outside")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 
-use crate::browser::{BrowserKind, BrowserSession, Chromedriver, ChromiumOptions};
+use crate::browser::{BrowserKind, BrowserSession, Chromedriver, ChromiumOptions, procs};
 use crate::paths;
 use crate::server::socket::{Counters, Expected, Registry};
 use crate::server::{http, socket};
@@ -175,11 +175,28 @@ impl Host {
 
     /// Close every browser, stop the driver (killing anything left below it) and the listeners.
     pub async fn shutdown(mut self) {
+        // Snapshot every process we started while the tree is intact: closing a browser can
+        // reparent its renderers to init, out of reach of a later walk from the driver.
+        let mut tree: Vec<procs::ProcId> = Vec::new();
+        let roots = self
+            .driver
+            .as_ref()
+            .and_then(Chromedriver::pid)
+            .into_iter()
+            .chain(self.browsers.iter().filter_map(BrowserSession::own_pid));
+        for root in roots {
+            tree.extend(procs::descendants(root).into_iter().map(|(p, _)| p));
+        }
         for b in self.browsers.drain(..) {
             b.close().await;
         }
         if let Some(d) = self.driver.take() {
             d.stop().await;
+        }
+        procs::kill_all(&tree);
+        let left = procs::wait_gone(&tree, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            tracing::warn!("{} browser processes survived SIGKILL: {left:?}", left.len());
         }
         for t in self.tasks.drain(..) {
             t.abort();

@@ -83,6 +83,11 @@ impl BrowserSession {
         Ok(session)
     }
 
+    /// The browser's pid when the host started it itself (attach mode).
+    pub fn own_pid(&self) -> Option<i32> {
+        self.own.as_ref().and_then(|c| c.id()).map(|p| p as i32)
+    }
+
     /// The page title: the runtime writes its state there (`tabpool: ready`, `tabpool: error: …`).
     pub async fn title(&self) -> String {
         self.client.title().await.unwrap_or_else(|e| format!("<no title: {e}>"))
