@@ -306,7 +306,8 @@ pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
         for _ in 0..args.pool_tabs {
             es.push(Embedder::load(host, Backend::Webnn, &()).await?);
         }
-        let texts: Vec<&str> = all.iter().map(String::as_str).collect();
+        // The sentence list four times over: enough batches of 32 that every tab gets several.
+        let texts: Vec<&str> = all.iter().map(String::as_str).cycle().take(all.len() * 4).collect();
         let tokens: Vec<usize> = es[0].model().tokenize(&texts)?.0.iter().map(Vec::len).collect();
         let bs1 = measure_pool(&es, &texts, 1).await?;
         let bs32 = measure_pool(&es, &texts, 32).await?;

@@ -1,3 +1,5 @@
 //! Policies: pure functions from observations to decisions, unit-tested without a browser.
 
 pub mod backend_choice;
+pub mod routing;
+pub mod scaling;

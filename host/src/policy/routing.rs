@@ -1,0 +1,131 @@
+//! Routing: which (browser kind, backend) should serve a model, from measured history.
+//! Priors by model type order the candidates until enough samples exist; after that the score
+//! decides: 0.7 · success rate + 0.3 · normalised latency (fastest candidate = 1).
+
+/// What kind of model is being routed (the prior depends on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelType {
+    TextEmbedding,
+    TextGeneration,
+    Audio,
+    Vision,
+}
+
+/// Browser kinds in prior order for a model type: audio prefers Firefox, vision Chromium's
+/// WebGPU, text a WebNN-capable Chromium. Only an ordering; measurements override it.
+pub fn prior(model: ModelType) -> &'static [&'static str] {
+    match model {
+        ModelType::Audio => &["firefox", "chromium-webnn", "chromium"],
+        ModelType::Vision => &["chromium", "chromium-webnn", "firefox"],
+        ModelType::TextEmbedding | ModelType::TextGeneration => &["chromium-webnn", "chromium", "firefox"],
+    }
+}
+
+/// Measured history of one (model, browser kind, backend).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct History {
+    pub successes: u64,
+    pub failures: u64,
+    /// Mean latency of successful calls.
+    pub mean_latency_ms: f64,
+}
+
+impl History {
+    pub fn samples(&self) -> u64 {
+        self.successes + self.failures
+    }
+    pub fn success_rate(&self) -> f64 {
+        if self.samples() == 0 { 0.0 } else { self.successes as f64 / self.samples() as f64 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub kind: String,
+    pub backend: String,
+    pub history: History,
+}
+
+/// 0.7 · success rate + 0.3 · (fastest mean latency / this mean latency).
+pub fn score(h: &History, fastest_ms: f64) -> f64 {
+    let latency =
+        if h.successes == 0 || !(h.mean_latency_ms > 0.0) { 0.0 } else { (fastest_ms / h.mean_latency_ms).min(1.0) };
+    0.7 * h.success_rate() + 0.3 * latency
+}
+
+/// Candidates in the order to try them (the first is the route, the rest the fallback list):
+/// those with at least `min_samples` by score, best first; then the rest by the prior for
+/// `model`, then by name for a stable order.
+pub fn rank(model: ModelType, candidates: &[Candidate], min_samples: u64) -> Vec<usize> {
+    let confident: Vec<usize> =
+        (0..candidates.len()).filter(|&i| candidates[i].history.samples() >= min_samples).collect();
+    let fastest = confident
+        .iter()
+        .map(|&i| candidates[i].history)
+        .filter(|h| h.successes > 0 && h.mean_latency_ms > 0.0)
+        .map(|h| h.mean_latency_ms)
+        .fold(f64::INFINITY, f64::min);
+    let mut scored: Vec<(usize, f64)> =
+        confident.iter().map(|&i| (i, score(&candidates[i].history, fastest))).collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let prior = prior(model);
+    let prior_pos = |k: &str| prior.iter().position(|p| *p == k).unwrap_or(prior.len());
+    let mut rest: Vec<usize> = (0..candidates.len()).filter(|i| !confident.contains(i)).collect();
+    rest.sort_by(|&a, &b| {
+        let (ca, cb) = (&candidates[a], &candidates[b]);
+        prior_pos(&ca.kind).cmp(&prior_pos(&cb.kind)).then(ca.kind.cmp(&cb.kind)).then(ca.backend.cmp(&cb.backend))
+    });
+    scored.into_iter().map(|(i, _)| i).chain(rest).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(kind: &str, backend: &str, ok: u64, fail: u64, ms: f64) -> Candidate {
+        Candidate {
+            kind: kind.into(),
+            backend: backend.into(),
+            history: History { successes: ok, failures: fail, mean_latency_ms: ms },
+        }
+    }
+
+    #[test]
+    fn score_weights_success_over_speed() {
+        let fast_flaky = History { successes: 50, failures: 50, mean_latency_ms: 5.0 };
+        let slow_sure = History { successes: 100, failures: 0, mean_latency_ms: 20.0 };
+        assert!((score(&fast_flaky, 5.0) - (0.35 + 0.3)).abs() < 1e-12);
+        assert!((score(&slow_sure, 5.0) - (0.7 + 0.075)).abs() < 1e-12);
+        assert!(score(&slow_sure, 5.0) > score(&fast_flaky, 5.0));
+    }
+
+    #[test]
+    fn without_history_the_prior_orders() {
+        let cands = [
+            c("chromium", "webgpu", 0, 0, 0.0),
+            c("chromium-webnn", "webnn-cpu", 0, 0, 0.0),
+            c("firefox", "webgpu", 0, 0, 0.0),
+        ];
+        assert_eq!(rank(ModelType::TextEmbedding, &cands, 10), [1, 0, 2]);
+        assert_eq!(rank(ModelType::Audio, &cands, 10), [2, 1, 0]);
+        assert_eq!(rank(ModelType::Vision, &cands, 10), [0, 1, 2]);
+    }
+
+    #[test]
+    fn measured_history_overrides_the_prior_once_confident() {
+        let cands = [c("chromium-webnn", "webnn-cpu", 20, 0, 50.0), c("chromium", "webgpu", 20, 0, 8.0)];
+        assert_eq!(rank(ModelType::TextEmbedding, &cands, 10), [1, 0], "faster with equal success wins");
+        assert_eq!(rank(ModelType::TextEmbedding, &cands, 30), [0, 1], "below the minimum count the prior rules");
+    }
+
+    #[test]
+    fn confident_candidates_come_before_unmeasured_ones() {
+        let cands = [c("chromium-webnn", "webnn-cpu", 2, 0, 1.0), c("firefox", "webgpu", 40, 10, 30.0)];
+        assert_eq!(rank(ModelType::TextEmbedding, &cands, 10), [1, 0]);
+    }
+
+    #[test]
+    fn all_failures_score_zero() {
+        assert_eq!(score(&History { successes: 0, failures: 9, mean_latency_ms: 0.0 }, 1.0), 0.0);
+    }
+}
