@@ -48,8 +48,11 @@ pub struct Candidate {
 
 /// 0.7 · success rate + 0.3 · (fastest mean latency / this mean latency).
 pub fn score(h: &History, fastest_ms: f64) -> f64 {
-    let latency =
-        if h.successes == 0 || h.mean_latency_ms.is_nan() || h.mean_latency_ms <= 0.0 { 0.0 } else { (fastest_ms / h.mean_latency_ms).min(1.0) };
+    let latency = if h.successes == 0 || h.mean_latency_ms.is_nan() || h.mean_latency_ms <= 0.0 {
+        0.0
+    } else {
+        (fastest_ms / h.mean_latency_ms).min(1.0)
+    };
     0.7 * h.success_rate() + 0.3 * latency
 }
 
