@@ -89,6 +89,40 @@ impl Embedder {
         Ok(e)
     }
 
+    /// Load MiniLM in a new tab of `kind` on `backend` (webnn, webgpu; `auto` calibrates that
+    /// tab; `cpu` stays on the host).
+    pub async fn load_in(
+        host: &mut Host,
+        kind: BrowserKind,
+        backend: Backend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<Embedder> {
+        let model = MiniLm::load(None)?;
+        match backend {
+            Backend::Cpu => Self::on_cpu(model),
+            Backend::Webgpu => Self::in_new_tab(host, model, kind, ExecBackend::WebGpu, progress).await,
+            Backend::Webnn => {
+                Self::in_new_tab(host, model, kind, ExecBackend::WebNn { device: "cpu".into() }, progress).await
+            }
+            Backend::Auto => {
+                let t = Instant::now();
+                let tab = host.launch(kind).await?;
+                let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
+                let (measured, loaded) = calibrate_tab(&tab, &model, progress).await?;
+                let best = backend_choice::choose(&measured).context("no backend of this tab could run the model")?;
+                let mut keep = None;
+                for (i, tm) in loaded.into_iter().enumerate() {
+                    match tm {
+                        Some(tm) if i == best => keep = Some(tm),
+                        Some(tm) => tm.unload().await?,
+                        None => {}
+                    }
+                }
+                Ok(Self::with_tab(model, keep.expect("chosen backend loaded"), kind, tab_start_ms, measured))
+            }
+        }
+    }
+
     fn on_cpu(model: MiniLm) -> anyhow::Result<Embedder> {
         let t = Instant::now();
         let cpu = CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
