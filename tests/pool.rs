@@ -33,6 +33,14 @@ async fn three_tabs_two_kinds_serve_concurrent_requests_and_refuse_overload() {
         check(&res.as_ref().unwrap_or_else(|e| panic!("{e}")).vectors[0], r);
     }
 
+    // A deadline far shorter than a WebGPU run on SwiftShader fails as such; the late reply does
+    // not leak into the next request.
+    let webgpu_only = EmbedPool::start(&mut host, &tabs[2..], 8).await.unwrap();
+    let short = std::time::Duration::from_millis(1);
+    assert!(matches!(webgpu_only.embed_within(&[refs[1].text.as_str()], short).await, Err(PoolError::Deadline { .. })));
+    let next = webgpu_only.embed_within(&[refs[2].text.as_str()], std::time::Duration::from_secs(60)).await.unwrap();
+    check(&next.vectors[0], &refs[2]);
+
     // A pool that admits 2 pending requests, hit with 8 at once.
     drop(pool);
     let small = EmbedPool::start(&mut host, &tabs[..1], 2).await.unwrap();

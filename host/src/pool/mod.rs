@@ -1,6 +1,6 @@
 //! A pool of MiniLM replicas, each in its own tab (any browser kind), with a bounded number of
 //! requests in the system: past `max_pending` a request is refused as busy at once instead of
-//! queueing without bound. Each request goes to the least-loaded replica.
+//! queueing without bound. Each request goes to the least-loaded replica and may carry a deadline.
 //!
 //! Groundwork for issue 5: no adaptive scaling, history-based routing or config file yet.
 
@@ -17,6 +17,8 @@ use crate::policy::routing::least_loaded;
 pub enum PoolError {
     #[error("busy: {pending} requests pending (limit {limit}); retry later")]
     Busy { pending: usize, limit: usize },
+    #[error("deadline of {after:?} passed before the result arrived")]
+    Deadline { after: std::time::Duration },
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -78,6 +80,12 @@ impl EmbedPool {
         r.in_flight.fetch_add(1, Ordering::SeqCst);
         let _busy = Ticket(&r.in_flight);
         Ok(r.embedder.embed(texts).await?)
+    }
+
+    /// As [`Self::embed`], failing with `Deadline` if no result arrives within `deadline`. The tab
+    /// may still finish the work; its late reply is dropped and never reaches another request.
+    pub async fn embed_within(&self, texts: &[&str], deadline: std::time::Duration) -> Result<Embeddings, PoolError> {
+        tokio::time::timeout(deadline, self.embed(texts)).await.unwrap_or(Err(PoolError::Deadline { after: deadline }))
     }
 
     /// Run every request at once across the pool; results come back in request order.
