@@ -110,15 +110,8 @@ impl Embedder {
                 let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
                 let (measured, loaded) = calibrate_tab(&tab, &model, progress).await?;
                 let best = backend_choice::choose(&measured).context("no backend of this tab could run the model")?;
-                let mut keep = None;
-                for (i, tm) in loaded.into_iter().enumerate() {
-                    match tm {
-                        Some(tm) if i == best => keep = Some(tm),
-                        Some(tm) => tm.unload().await?,
-                        None => {}
-                    }
-                }
-                Ok(Self::with_tab(model, keep.expect("chosen backend loaded"), kind, tab_start_ms, measured))
+                let keep = keep_only(loaded, best).await?.expect("the chosen backend loaded");
+                Ok(Self::with_tab(model, keep, kind, tab_start_ms, measured))
             }
         }
     }
@@ -210,15 +203,7 @@ impl Embedder {
         };
         measured.push(Measured::ok("cpu", cpu_ms));
         let chosen = backend_choice::choose(&measured).context("no backend could run the model")?;
-        let mut keep = None;
-        for (i, tm) in loaded.into_iter().enumerate() {
-            match tm {
-                Some(tm) if i == chosen => keep = Some(tm),
-                Some(tm) => tm.unload().await?,
-                None => {}
-            }
-        }
-        Ok(match keep {
+        Ok(match keep_only(loaded, chosen).await? {
             Some(tm) => Self::with_tab(cpu.model, tm, kind, tab_start_ms, measured),
             None => Embedder { load: LoadReport { calibration: measured, ..cpu.load }, ..cpu },
         })
@@ -258,6 +243,19 @@ impl Embedder {
             compute_ms,
         })
     }
+}
+
+/// Keep the calibrated model at `chosen` (if it is one of the tab's); unload every other one.
+async fn keep_only(loaded: Vec<Option<TabModel>>, chosen: usize) -> anyhow::Result<Option<TabModel>> {
+    let mut keep = None;
+    for (i, tm) in loaded.into_iter().enumerate() {
+        match tm {
+            Some(tm) if i == chosen => keep = Some(tm),
+            Some(tm) => tm.unload().await?,
+            None => {}
+        }
+    }
+    Ok(keep)
 }
 
 /// Load MiniLM on every backend `tab` offers (WebNN cpu context, WebGPU adapter) and time the
