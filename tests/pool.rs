@@ -1,61 +1,143 @@
-//! A pool of three real tabs over two browser kinds serves concurrent embed requests correctly;
-//! overload is refused as busy at once, nothing is lost, and the pool keeps serving.
+//! The pool with real tabs: three tabs over two browser kinds serve two models concurrently with
+//! correct results (MiniLM against the float64 reference, a second generated model against the
+//! CPU executor); deadlines; overload refused as busy at once, nothing lost, serving resumes.
 
 #[path = "support/mod.rs"]
 mod support;
 
-use tabpool::browser::BrowserKind;
-use tabpool::exec::Backend;
-use tabpool::pool::{EmbedPool, PoolError};
+use std::collections::HashSet;
+use std::time::Duration;
 
-fn check(v: &[f32], r: &support::RefSentence) {
-    let (cos, diff) = (support::cosine(v, &r.embedding), support::max_abs_diff(v, &r.embedding));
-    assert!(cos >= support::MIN_COSINE && diff <= support::MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
+use page_runtime::executors::cpu::CpuModel;
+use tabpool::browser::{BrowserKind, KindSpec};
+use tabpool::exec::Backend;
+use tabpool::models::generated::{self, Shape};
+use tabpool::models::minilm::{self, MiniLm};
+use tabpool::pool::{ModelSpec, Pool, PoolConfig, PoolError};
+
+fn fixed(kinds: Vec<KindSpec>, tabs: usize, max_queue: usize) -> PoolConfig {
+    let mut cfg = PoolConfig { min_tabs: tabs, max_tabs: tabs, max_queue, kinds, ..PoolConfig::default() };
+    cfg.scaling.enabled = false;
+    cfg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_tabs_two_kinds_serve_concurrent_requests_and_refuse_overload() {
-    let mut host = support::host().await;
-    let tabs = [
-        (BrowserKind::ChromiumWebnn, Backend::Webnn),
-        (BrowserKind::ChromiumWebnn, Backend::Webnn),
-        (BrowserKind::Chromium, Backend::Webgpu),
-    ];
-    let pool = EmbedPool::start(&mut host, &tabs, 64).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let kinds: std::collections::HashSet<_> = pool.placement().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(kinds.len(), 2, "two browser kinds: {:?}", pool.placement());
+async fn three_tabs_two_kinds_serve_two_models_concurrently() {
+    let webgpu = KindSpec { backend: Some(Backend::Webgpu), ..KindSpec::local(BrowserKind::Chromium).with_max_tabs(1) };
+    let kinds = vec![KindSpec::local(BrowserKind::ChromiumWebnn).with_max_tabs(2), webgpu];
+    // Batches of at most 8: more batches than the two fast WebNN tabs can hold at once, so the
+    // least-loaded rule must also use the (slower) WebGPU tab.
+    let cfg = PoolConfig { max_batch: 8, ..fixed(kinds, 3, 512) };
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let m = pool.metrics();
+    assert_eq!(m.connections, 3);
+    assert_eq!(m.browser_distribution.get("chromium-webnn"), Some(&2), "{:?}", m.browser_distribution);
+    assert_eq!(m.browser_distribution.get("chromium"), Some(&1), "{:?}", m.browser_distribution);
 
+    let minilm_name = pool.load(ModelSpec::minilm()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = std::env::temp_dir().join(format!("tabpool-test-bert-{}", std::process::id()));
+    generated::write_bert(&dir, Shape::TINY, 11, &minilm::default_dir()).unwrap();
+    let tiny_name = pool.load(ModelSpec::from_dir(&dir).named("tiny-bert").replicas(2)).await.unwrap();
+    assert_eq!(pool.models(), [minilm_name.as_str(), "tiny-bert"]);
+    assert_eq!(pool.metrics().models[1].replicas, 2, "a model can ask for fewer replicas than tabs");
+    let _ = tiny_name;
+
+    // The second model's expected vectors come from the CPU executor on the same weights.
+    let tiny = MiniLm::load(Some(&dir)).unwrap();
+    let cpu = CpuModel::new(tiny.graph.clone(), tiny.weights.clone()).unwrap();
     let refs = support::minilm_reference();
-    // Every sentence twice, all at once: more requests than tabs, results in request order.
-    let requests: Vec<Vec<&str>> = refs.iter().chain(&refs).map(|r| vec![r.text.as_str()]).collect();
+    let expected_tiny: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|r| {
+            let ids = tiny.tokenize(&[r.text.as_str()]).unwrap().0;
+            cpu.run(&minilm::inputs_from_ids(&ids)).unwrap()[0].to_f32().unwrap()
+        })
+        .collect();
+
+    // Every sentence four times on each model, all at once, interleaved; results in order.
+    let mut requests: Vec<(&str, Vec<&str>)> = Vec::new();
+    for _ in 0..4 {
+        for r in &refs {
+            requests.push((minilm_name.as_str(), vec![r.text.as_str()]));
+            requests.push(("tiny-bert", vec![r.text.as_str()]));
+        }
+    }
     let results = pool.execute_concurrent(&requests).await;
-    for (res, r) in results.iter().zip(refs.iter().chain(&refs)) {
-        check(&res.as_ref().unwrap_or_else(|e| panic!("{e}")).vectors[0], r);
+    let mut tabs_used = HashSet::new();
+    let mut kinds_used = HashSet::new();
+    for (i, res) in results.iter().enumerate() {
+        let served = res.as_ref().unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let r = &refs[(i / 2) % refs.len()];
+        assert_eq!(served.model, requests[i].0);
+        if i % 2 == 0 {
+            support::check_against_reference(&served.vectors[0], r);
+        } else {
+            let want = &expected_tiny[(i / 2) % refs.len()];
+            let diff = support::max_abs_diff(&served.vectors[0], want);
+            assert!(
+                diff <= support::MAX_ABS,
+                "tiny-bert on {} ({}): max abs {diff} vs CPU",
+                served.kind,
+                served.backend
+            );
+        }
+        tabs_used.insert(served.tab);
+        kinds_used.insert(served.kind.clone());
+    }
+    assert!(tabs_used.len() >= 2, "work spread over tabs: {tabs_used:?}");
+    assert!(kinds_used.len() >= 2, "both kinds served: {kinds_used:?}");
+    let m = pool.metrics();
+    assert_eq!(m.models.iter().map(|x| x.served).sum::<u64>(), requests.len() as u64);
+    assert!(m.history.iter().all(|h| h.failures == 0), "{:?}", m.history);
+    assert!(m.history.iter().any(|h| h.kind == "chromium" && h.backend == "webgpu"), "{:?}", m.history);
+    assert!(m.tabs.iter().all(|t| !t.webgpu.is_empty() && !t.user_agent.is_empty()), "capabilities reported");
+
+    // Batching: a burst of one-sentence requests travels in shared batches.
+    let burst: Vec<(&str, Vec<&str>)> =
+        (0..64).map(|i| (minilm_name.as_str(), vec![refs[i % refs.len()].text.as_str()])).collect();
+    let results = pool.execute_concurrent(&burst).await;
+    let max_batch = results.iter().map(|r| r.as_ref().unwrap().batch_rows).max().unwrap();
+    assert!(max_batch > 1, "queued requests were batched together");
+    for (i, r) in results.iter().enumerate() {
+        support::check_against_reference(&r.as_ref().unwrap().vectors[0], &refs[i % refs.len()]);
     }
 
-    // A deadline far shorter than a WebGPU run on SwiftShader fails as such; the late reply does
-    // not leak into the next request.
-    let webgpu_only = EmbedPool::start(&mut host, &tabs[2..], 8).await.unwrap();
-    let short = std::time::Duration::from_millis(1);
-    assert!(matches!(webgpu_only.embed_within(&[refs[1].text.as_str()], short).await, Err(PoolError::Deadline { .. })));
-    let next = webgpu_only.embed_within(&[refs[2].text.as_str()], std::time::Duration::from_secs(60)).await.unwrap();
-    check(&next.vectors[0], &refs[2]);
+    // A deadline far shorter than any run fails as such; nothing leaks into the next request.
+    let short = pool.embed_with(&minilm_name, &[refs[1].text.as_str()], Some(Duration::from_micros(1))).await;
+    assert!(matches!(short, Err(PoolError::Deadline { .. })), "{short:?}");
+    let next = pool.embed_with(&minilm_name, &[refs[2].text.as_str()], Some(Duration::from_secs(60))).await.unwrap();
+    support::check_against_reference(&next.vectors[0], &refs[2]);
 
-    // A pool that admits 2 pending requests, hit with 8 at once.
-    drop(pool);
-    let small = EmbedPool::start(&mut host, &tabs[..1], 2).await.unwrap();
-    let burst: Vec<Vec<&str>> = (0..8).map(|i| vec![refs[i % refs.len()].text.as_str()]).collect();
-    let results = small.execute_concurrent(&burst).await;
+    // Bad input fails alone, with a clear error.
+    assert!(matches!(pool.embed(&["  "]).await, Err(PoolError::BadInput(_))));
+    assert!(matches!(pool.embed_with("nope", &["x"], None).await, Err(PoolError::UnknownModel(_))));
+    pool.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_as_busy_and_nothing_is_lost() {
+    let mut cfg = fixed(vec![KindSpec::local(BrowserKind::ChromiumWebnn)], 1, 2);
+    cfg.max_batch = 1;
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = pool.load(ModelSpec::minilm()).await.unwrap();
+    let refs = support::minilm_reference();
+    let burst: Vec<(&str, Vec<&str>)> =
+        (0..64).map(|i| (name.as_str(), vec![refs[i % refs.len()].text.as_str()])).collect();
+    let results = pool.execute_concurrent(&burst).await;
     let busy = results.iter().filter(|r| matches!(r, Err(PoolError::Busy { .. }))).count();
     assert!(busy >= 1, "overload is refused as busy");
     for (i, res) in results.iter().enumerate() {
         match res {
-            Ok(e) => check(&e.vectors[0], &refs[i % refs.len()]),
+            Ok(e) => support::check_against_reference(&e.vectors[0], &refs[i % refs.len()]),
             Err(PoolError::Busy { limit, .. }) => assert_eq!(*limit, 2),
             Err(e) => panic!("request {i} failed: {e}"),
         }
     }
+    let m = pool.metrics();
+    assert_eq!(m.models[0].busy_refusals, busy as u64);
+    assert_eq!(m.models[0].served as usize + busy, burst.len(), "every request answered exactly once");
     // The refusals left nothing behind: the pool serves again.
-    check(&small.embed(&[refs[0].text.as_str()]).await.unwrap().vectors[0], &refs[0]);
-    host.shutdown().await;
+    support::check_against_reference(&pool.embed(&[refs[0].text.as_str()]).await.unwrap().vectors[0], &refs[0]);
+    pool.shutdown().await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 
-use crate::browser::{BrowserKind, BrowserSession, Chromedriver, ChromiumOptions, procs};
+use crate::browser::{BrowserKind, BrowserSession, DriverProcess, KindSpec, Launch, procs};
 use crate::paths;
 use crate::server::socket::{Counters, Expected, Registry};
 use crate::server::{http, socket};
@@ -25,6 +25,15 @@ pub struct HostConfig {
     pub chromium_webnn: Option<PathBuf>,
     /// chromedriver binary; from PATH when `None`.
     pub chromedriver: Option<PathBuf>,
+    /// Firefox binary; `firefox-esr` or `firefox` on PATH when `None`.
+    pub firefox: Option<PathBuf>,
+    /// geckodriver binary; from PATH (or ~/.cargo/bin) when `None`.
+    pub geckodriver: Option<PathBuf>,
+    /// Address both listeners bind to (127.0.0.1; 0.0.0.0 for tabs on other machines).
+    pub bind: std::net::IpAddr,
+    /// Host name or IP that tabs use to reach this host (default: the bind address, or
+    /// 127.0.0.1 when binding all interfaces). Remote WebDriver tabs need a reachable one.
+    pub advertise: Option<String>,
     /// Flags added to every browser launch.
     pub extra_flags: Vec<String>,
     /// How long a launched tab may take to load, probe and say `Hello`.
@@ -38,6 +47,10 @@ impl Default for HostConfig {
             chromium: None,
             chromium_webnn: None,
             chromedriver: None,
+            firefox: None,
+            geckodriver: None,
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            advertise: None,
             extra_flags: Vec::new(),
             tab_timeout: Duration::from_secs(60),
         }
@@ -46,6 +59,8 @@ impl Default for HostConfig {
 
 pub const CHROMIUM_NAMES: &[&str] = &["chromium", "chromium-browser", "google-chrome"];
 pub const CHROMEDRIVER_NAMES: &[&str] = &["chromedriver"];
+pub const FIREFOX_NAMES: &[&str] = &["firefox-esr", "firefox"];
+pub const GECKODRIVER_NAMES: &[&str] = &["geckodriver"];
 
 pub struct Host {
     cfg: HostConfig,
@@ -53,8 +68,12 @@ pub struct Host {
     socket_addr: SocketAddr,
     registry: Arc<Registry>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    driver: Option<Chromedriver>,
-    browsers: Vec<BrowserSession>,
+    /// The shared chromedriver, started with the first Chromium tab.
+    driver: Option<DriverProcess>,
+    /// One browser per tab, by tab id.
+    browsers: Vec<(u64, BrowserSession)>,
+    /// The address tabs use to reach the listeners.
+    advertised: String,
     next_tab: u64,
 }
 
@@ -71,14 +90,19 @@ impl Host {
     /// Bind both listeners on 127.0.0.1. Fails if the page is not built.
     pub async fn start(cfg: HostConfig) -> anyhow::Result<Host> {
         let www = paths::www_dir(cfg.www.as_deref())?;
-        let (http_addr, http_task) = http::serve(www).await.context("starting the HTTP server")?;
+        let (http_addr, http_task) = http::serve(www, cfg.bind).await.context("starting the HTTP server")?;
+        let advertised = match (&cfg.advertise, cfg.bind) {
+            (Some(a), _) => a.clone(),
+            (None, ip) if ip.is_unspecified() => "127.0.0.1".into(),
+            (None, ip) => ip.to_string(),
+        };
         let registry = Arc::new(Registry {
-            allowed_origin: format!("http://{http_addr}"),
+            allowed_origin: format!("http://{advertised}:{}", http_addr.port()),
             expected: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
         let (socket_addr, socket_task) =
-            socket::listen(registry.clone()).await.context("starting the socket endpoint")?;
+            socket::listen(registry.clone(), cfg.bind).await.context("starting the socket endpoint")?;
         tracing::info!(%http_addr, %socket_addr, "host listening");
         Ok(Host {
             cfg,
@@ -88,8 +112,14 @@ impl Host {
             tasks: vec![http_task, socket_task],
             driver: None,
             browsers: Vec::new(),
+            advertised,
             next_tab: 1,
         })
+    }
+
+    /// Where the page server listens.
+    pub fn page_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The only Origin the socket endpoint accepts: the host's own page server.
@@ -98,7 +128,7 @@ impl Host {
     }
 
     pub fn socket_url(&self) -> String {
-        format!("ws://{}/", self.socket_addr)
+        format!("ws://{}:{}/", self.advertised, self.socket_addr.port())
     }
 
     /// Peers the socket endpoint refused so far (bad origin, token, version, frames).
@@ -117,8 +147,7 @@ impl Host {
             .lock()
             .expect("registry lock")
             .insert(id, Expected { token: token.clone(), arrived: tx });
-        let url =
-            format!("http://{}/index.html?ws={}&token={token}&tab={id}", self.http_addr, urlencode(&self.socket_url()));
+        let url = format!("{}/index.html?ws={}&token={token}&tab={id}", self.origin(), urlencode(&self.socket_url()));
         PendingTab { id, token, url, arrived: rx }
     }
 
@@ -140,37 +169,113 @@ impl Host {
                 );
                 Ok(p)
             }
+            BrowserKind::Firefox => paths::find_binary(self.cfg.firefox.as_deref(), FIREFOX_NAMES)
+                .context("Firefox: `bash scripts/setup.sh` installs Debian firefox-esr"),
+            BrowserKind::Remote => anyhow::bail!("a remote kind has no local binary: it needs a WebDriver URL"),
         }
     }
 
-    /// Start a browser of `kind` with one tab on the page and wait for its authenticated `Hello`.
-    pub async fn launch(&mut self, kind: BrowserKind) -> anyhow::Result<Tab> {
-        let binary = self.browser_binary(kind)?;
-        let pending = self.expect_tab();
-        if self.driver.is_none() {
-            let driver = paths::find_binary(self.cfg.chromedriver.as_deref(), CHROMEDRIVER_NAMES)?;
-            self.driver = Some(Chromedriver::start(&driver).await?);
+    fn geckodriver(&self) -> anyhow::Result<PathBuf> {
+        let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/geckodriver"));
+        match (&self.cfg.geckodriver, cargo_bin.filter(|p| p.is_file())) {
+            (None, Some(p)) if paths::find_binary(None, GECKODRIVER_NAMES).is_err() => Ok(p),
+            (explicit, _) => paths::find_binary(explicit.as_deref(), GECKODRIVER_NAMES)
+                .context("geckodriver: `bash scripts/setup.sh` builds it from crates.io (cargo install geckodriver)"),
         }
-        let mut extra_flags = kind.flags();
-        extra_flags.extend(self.cfg.extra_flags.iter().cloned());
-        let opts = ChromiumOptions { binary, extra_flags, attach: kind.attach() };
-        let driver_url = self.driver.as_ref().expect("started above").url();
-        let session = BrowserSession::open(&driver_url, &opts, &pending.url).await?;
+    }
+
+    /// Start a browser of a built-in local `kind` with one tab; see [`Self::launch_spec`].
+    pub async fn launch(&mut self, kind: BrowserKind) -> anyhow::Result<Tab> {
+        self.launch_spec(&KindSpec::local(kind)).await
+    }
+
+    /// Start one browser of `spec` with one tab on the page and wait for its authenticated `Hello`.
+    pub async fn launch_spec(&mut self, spec: &KindSpec) -> anyhow::Result<Tab> {
+        spec.validate()?;
+        let mut flags = spec.browser.flags();
+        flags.extend(self.cfg.extra_flags.iter().cloned());
+        flags.extend(spec.flags.iter().cloned());
+        let launch = match spec.browser {
+            BrowserKind::Chromium | BrowserKind::ChromiumWebnn => {
+                let binary = match &spec.binary {
+                    Some(b) => b.clone(),
+                    None => self.browser_binary(spec.browser)?,
+                };
+                if self.driver.is_none() {
+                    let driver = paths::find_binary(self.cfg.chromedriver.as_deref(), CHROMEDRIVER_NAMES)?;
+                    self.driver = Some(DriverProcess::chromedriver(&driver).await?);
+                }
+                let driver_url = self.driver.as_ref().expect("started above").url();
+                Launch::Chromium { driver_url, binary, flags, attach: spec.browser.attach() }
+            }
+            BrowserKind::Firefox => {
+                let binary = match &spec.binary {
+                    Some(b) => b.clone(),
+                    None => self.browser_binary(BrowserKind::Firefox)?,
+                };
+                Launch::Firefox { geckodriver: self.geckodriver()?, binary, flags }
+            }
+            BrowserKind::Remote => Launch::Remote {
+                url: spec.url.clone().expect("validated"),
+                engine: spec.remote_engine.unwrap_or(BrowserKind::Chromium),
+                binary: spec.binary.clone(),
+                flags,
+            },
+        };
+        let pending = self.expect_tab();
+        let id = pending.id;
+        let session = match BrowserSession::open(&launch, &pending.url).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget(id);
+                return Err(e.context(format!("launching a {} tab", spec.name)));
+            }
+        };
         let waited = tokio::time::timeout(self.cfg.tab_timeout, pending.arrived).await;
         let title = match &waited {
             Ok(Ok(_)) => String::new(),
             _ => session.title().await,
         };
-        self.browsers.push(session);
         match waited {
-            Ok(Ok(tab)) => Ok(tab),
-            Ok(Err(_)) => Err(anyhow!("tab {} was dropped before joining; page says {title:?}", pending.id)),
-            Err(_) => Err(anyhow!(
-                "tab {} did not connect within {:?}; page says {title:?}",
-                pending.id,
-                self.cfg.tab_timeout
-            )),
+            Ok(Ok(tab)) => {
+                self.browsers.push((id, session));
+                Ok(tab)
+            }
+            Ok(Err(_)) => {
+                session.close().await;
+                Err(anyhow!("{} tab {id} was dropped before joining; page says {title:?}", spec.name))
+            }
+            Err(_) => {
+                self.forget(id);
+                session.close().await;
+                Err(anyhow!(
+                    "{} tab {id} did not connect within {:?}; page says {title:?}",
+                    spec.name,
+                    self.cfg.tab_timeout
+                ))
+            }
         }
+    }
+
+    fn forget(&self, id: u64) {
+        self.registry.expected.lock().expect("registry lock").remove(&id);
+    }
+
+    /// Close the browser behind tab `id` (its socket closes with it). False if unknown.
+    pub async fn close_tab(&mut self, id: u64) -> bool {
+        match self.browsers.iter().position(|(t, _)| *t == id) {
+            Some(i) => {
+                let (_, session) = self.browsers.swap_remove(i);
+                session.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tab ids with a browser open.
+    pub fn open_tabs(&self) -> Vec<u64> {
+        self.browsers.iter().map(|(id, _)| *id).collect()
     }
 
     /// Close every browser, stop the driver (killing anything left below it) and the listeners.
@@ -181,13 +286,13 @@ impl Host {
         let roots = self
             .driver
             .as_ref()
-            .and_then(Chromedriver::pid)
+            .and_then(DriverProcess::pid)
             .into_iter()
-            .chain(self.browsers.iter().filter_map(BrowserSession::own_pid));
+            .chain(self.browsers.iter().flat_map(|(_, b)| b.own_pids()));
         for root in roots {
             tree.extend(procs::descendants(root).into_iter().map(|(p, _)| p));
         }
-        for b in self.browsers.drain(..) {
+        for (_, b) in self.browsers.drain(..) {
             b.close().await;
         }
         if let Some(d) = self.driver.take() {

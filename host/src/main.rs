@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
-use tabpool::browser::BrowserKind;
-use tabpool::commands::{bench, doctor, embed, matmul, serve};
+use tabpool::commands::pool_args::PoolArgs;
+use tabpool::commands::{bench, bench_pool, doctor, embed, matmul, serve};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
@@ -24,6 +24,18 @@ struct Cli {
     /// chromedriver binary (default: chromedriver on PATH).
     #[arg(long, global = true)]
     chromedriver: Option<PathBuf>,
+    /// Firefox binary (default: firefox-esr or firefox on PATH).
+    #[arg(long, global = true)]
+    firefox: Option<PathBuf>,
+    /// geckodriver binary (default: on PATH or ~/.cargo/bin).
+    #[arg(long, global = true)]
+    geckodriver: Option<PathBuf>,
+    /// Address the page server and tab socket bind to (0.0.0.0 for tabs on other machines).
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Host name or IP tabs use to reach this host (needed for remote WebDriver tabs).
+    #[arg(long, global = true)]
+    advertise: Option<String>,
     /// Extra browser flag; repeatable.
     #[arg(long = "browser-flag", global = true, allow_hyphen_values = true)]
     browser_flags: Vec<String>,
@@ -70,12 +82,26 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Launch tabs and keep them until Ctrl-C.
+    /// Run a pool (MiniLM loaded, scaling between --min-tabs and --max-tabs) until Ctrl-C, with
+    /// GET /status and POST /embed on --api.
     Serve {
-        #[arg(long, default_value_t = 1)]
-        tabs: u32,
-        #[arg(long, value_enum, default_value_t = BrowserKind::Chromium)]
-        browser: BrowserKind,
+        #[command(flatten)]
+        pool: PoolArgs,
+        /// Also load this sentence-encoder folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        /// Do not load all-MiniLM-L6-v2.
+        #[arg(long)]
+        no_default_model: bool,
+        #[arg(long, default_value = serve::DEFAULT_API)]
+        api: std::net::SocketAddr,
+    },
+    /// Print a running pool's metrics: tabs, kinds, capabilities, queues, memory, history, scaling log.
+    Status {
+        #[arg(long, default_value = serve::DEFAULT_API)]
+        api: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -107,6 +133,24 @@ enum BenchWhat {
         /// With --peers: include their WebGPU run (about 11 minutes on SwiftShader).
         #[arg(long)]
         peers_webgpu: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
+    Pool {
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
+        tabs: Vec<usize>,
+        /// Browser kind of the scaling rows.
+        #[arg(long, default_value = "chromium-webnn")]
+        kind: String,
+        /// One-sentence requests per timed pass.
+        #[arg(long, default_value_t = 512)]
+        requests: usize,
+        #[arg(long)]
+        sentences: Option<PathBuf>,
+        /// Kinds of the mixed-pool row, one tab each (empty: skip).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["chromium-webnn".to_string(), "chromium".to_string()])]
+        mixed: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -154,7 +198,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
-        Command::Serve { tabs, browser } => serve::run(host, tabs, browser).await,
+        Command::Serve { .. } | Command::Status { .. } | Command::Bench { what: BenchWhat::Pool { .. } } => {
+            unreachable!("runs without a pre-started host")
+        }
     }
 }
 
@@ -170,11 +216,33 @@ async fn main() -> ExitCode {
         chromium: cli.chromium,
         chromium_webnn: cli.chromium_webnn,
         chromedriver: cli.chromedriver,
+        firefox: cli.firefox,
+        geckodriver: cli.geckodriver,
+        bind: cli.bind,
+        advertise: cli.advertise,
         extra_flags: cli.browser_flags,
         tab_timeout: Duration::from_secs(cli.tab_timeout),
     };
     let result = match cli.command {
         Command::Doctor { json } => doctor::run(cfg, json).await,
+        Command::Status { api, json } => serve::status(&api, json).await,
+        Command::Serve { pool, models, no_default_model, api } => {
+            let args = serve::Args { pool, models, no_default_model, api };
+            match serve::run(cfg, args, interrupted()).await {
+                Ok(()) => {
+                    eprintln!("tabpool serve: stopped; tabs, browsers and drivers closed");
+                    Ok(())
+                }
+                e => e,
+            }
+        }
+        Command::Bench { what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, json } } => {
+            let args = bench_pool::Args { tabs, kind, requests, sentences, mixed, json };
+            tokio::select! {
+                r = bench_pool::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
         command => match Host::start(cfg).await {
             Err(e) => Err(e),
             Ok(mut host) => {

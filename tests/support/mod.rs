@@ -55,3 +55,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// The acceptance bar against the float64 reference.
 pub const MIN_COSINE: f64 = 0.9999;
 pub const MAX_ABS: f32 = 1e-3;
+
+/// Panics unless `v` matches the reference sentence within the acceptance bar.
+pub fn check_against_reference(v: &[f32], r: &RefSentence) {
+    let (cos, diff) = (cosine(v, &r.embedding), max_abs_diff(v, &r.embedding));
+    assert!(cos >= MIN_COSINE && diff <= MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
+}

@@ -1,10 +1,11 @@
-//! Browsers and their WebDriver drivers: start, attach, and — above all — clean up.
+//! Browsers and their WebDriver drivers: start, attach, ask a remote endpoint, and — above all —
+//! clean up.
 
-pub mod chromedriver;
-pub mod chromium;
+pub mod driver;
 pub mod kinds;
 pub mod procs;
+pub mod session;
 
-pub use chromedriver::Chromedriver;
-pub use chromium::{BrowserSession, ChromiumOptions};
-pub use kinds::BrowserKind;
+pub use driver::DriverProcess;
+pub use kinds::{BrowserKind, KindSpec};
+pub use session::{BrowserSession, Launch};

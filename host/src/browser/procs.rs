@@ -50,6 +50,19 @@ pub fn descendants(root: i32) -> Vec<(ProcId, String)> {
     out
 }
 
+/// Every live process whose command line contains `needle` (a profile path unique to one
+/// browser): finds its renderers and helpers even after they were reparented to init.
+pub fn with_cmdline_containing(needle: &str) -> Vec<ProcId> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(needle)))
+        })
+        .filter_map(|pid| stat(pid).map(|(_, start, _)| ProcId { pid, start }))
+        .collect()
+}
+
 /// Whether this exact process (not a later one reusing the pid) still exists and is not a zombie.
 pub fn alive(p: ProcId) -> bool {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)) else { return false };
@@ -97,5 +110,18 @@ mod tests {
         kill_all(&found);
         child.wait().unwrap();
         assert!(!alive(found[0]));
+    }
+
+    #[test]
+    fn finds_processes_by_an_argument() {
+        let marker = format!("tabpool-marker-{}", std::process::id());
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30; :", &marker]).spawn().unwrap();
+        let found = with_cmdline_containing(&marker);
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [child.id() as i32]);
+        let sleeper: Vec<ProcId> = descendants(child.id() as i32).into_iter().map(|(p, _)| p).collect();
+        kill_all(&sleeper);
+        kill_all(&found);
+        child.wait().unwrap();
+        assert!(with_cmdline_containing(&marker).is_empty());
     }
 }

@@ -157,7 +157,7 @@ const SAMPLE_SENTENCES: &[&str] = &[
     "Satellite images show the glacier retreating faster than predicted.",
 ];
 
-fn bench_sentences(file: Option<&std::path::Path>) -> anyhow::Result<(Vec<String>, String)> {
+pub fn bench_sentences(file: Option<&std::path::Path>) -> anyhow::Result<(Vec<String>, String)> {
     let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/sentences.txt");
     let path = file.map(std::path::Path::to_path_buf).or_else(|| default.is_file().then_some(default));
     match path {

@@ -47,7 +47,7 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
     if driver.is_ok() && www.is_ok() {
         let mut host = Host::start(cfg).await?;
         let model = crate::models::minilm::MiniLm::load(None);
-        for kind in BrowserKind::ALL {
+        for kind in BrowserKind::LOCAL {
             let name = kind.name();
             if let Err(e) = host.browser_binary(kind) {
                 tabs.insert(name.into(), json!({ "error": format!("{e:#}") }));

@@ -2,9 +2,11 @@
 //! missing before a host can start) and prints human text or `--json`.
 
 pub mod bench;
+pub mod bench_pool;
 pub mod doctor;
 pub mod embed;
 pub mod matmul;
+pub mod pool_args;
 pub mod serve;
 
 use std::time::Duration;

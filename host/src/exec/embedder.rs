@@ -13,7 +13,7 @@ use crate::models::minilm::{self, MiniLm};
 use crate::policy::backend_choice::{self, Measured};
 use crate::{Host, Tab};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// Calibrate at load: WebNN and WebGPU in a real tab and the host CPU executor, keep the
@@ -233,11 +233,12 @@ impl Embedder {
             Exec::Tab(tm) => tm.run(batch.inputs).await?,
         };
         let flat = outputs.first().and_then(|t| t.to_f32()).context("model returned no f32 output")?;
-        if flat.len() != texts.len() * minilm::HIDDEN {
+        let hidden = self.model.hidden;
+        if flat.len() != texts.len() * hidden {
             bail!("model returned {} values for {} texts", flat.len(), texts.len());
         }
         Ok(Embeddings {
-            vectors: flat.chunks_exact(minilm::HIDDEN).map(<[f32]>::to_vec).collect(),
+            vectors: flat.chunks_exact(hidden).map(<[f32]>::to_vec).collect(),
             lengths: batch.lengths,
             truncated: batch.truncated,
             compute_ms,
@@ -272,6 +273,10 @@ pub async fn calibrate_tab(
     if tab.caps().webgpu.adapter.is_some() {
         candidates.push(ExecBackend::WebGpu);
     }
+    if candidates.is_empty() {
+        // Neither WebNN nor WebGPU here: the tab's own wasm CPU executor is still real compute.
+        candidates.push(ExecBackend::Cpu);
+    }
     let input = minilm::inputs_from_ids(&model.tokenize(&[CALIBRATION_TEXT])?.0);
     let mut measured = Vec::new();
     let mut loaded = Vec::new();
@@ -297,13 +302,36 @@ pub async fn calibrate_tab(
     Ok((measured, loaded))
 }
 
+/// Load `model` in `tab` on `backend` (`auto`: calibrate every backend the tab offers and keep
+/// the fastest). Returns the loaded model and the calibration figures (empty when forced).
+pub async fn load_in_tab(
+    tab: &Tab,
+    model: &MiniLm,
+    backend: Backend,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<(TabModel, Vec<Measured>)> {
+    match backend {
+        Backend::Webgpu => Ok((load_on(tab, model, ExecBackend::WebGpu, progress).await?, vec![])),
+        Backend::Webnn => {
+            Ok((load_on(tab, model, ExecBackend::WebNn { device: "cpu".into() }, progress).await?, vec![]))
+        }
+        Backend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
+        Backend::Auto => {
+            let (measured, loaded) = calibrate_tab(tab, model, progress).await?;
+            let best = backend_choice::choose(&measured)
+                .with_context(|| format!("no backend of tab {} could run {}: {measured:?}", tab.id(), model.name))?;
+            Ok((keep_only(loaded, best).await?.expect("the chosen backend loaded"), measured))
+        }
+    }
+}
+
 async fn load_on(
     tab: &Tab,
     model: &MiniLm,
     exec: ExecBackend,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<TabModel> {
-    let name = format!("{}@{exec}", minilm::NAME);
+    let name = format!("{}@{exec}", model.name);
     TabModel::load(tab, &name, &model.graph, &model.weights, exec.clone(), progress)
         .await
         .with_context(|| format!("loading MiniLM on {exec} in tab {}", tab.id()))

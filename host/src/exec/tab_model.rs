@@ -13,7 +13,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Progress of a weight upload, for a progress bar.
-pub trait WeightUpload {
+pub trait WeightUpload: Sync {
     fn start(&self, total_bytes: u64);
     fn advance(&self, bytes: u64);
     fn finish(&self);

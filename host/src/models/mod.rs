@@ -2,6 +2,7 @@
 //! graph plus weight tensors.
 
 pub mod builder;
+pub mod generated;
 pub mod minilm;
 
 use std::path::PathBuf;

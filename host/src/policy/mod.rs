@@ -1,5 +1,6 @@
 //! Policies: pure functions from observations to decisions, unit-tested without a browser.
 
 pub mod backend_choice;
+pub mod batching;
 pub mod routing;
 pub mod scaling;

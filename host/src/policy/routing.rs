@@ -3,7 +3,8 @@
 //! decides: 0.7 · success rate + 0.3 · normalised latency (fastest candidate = 1).
 
 /// What kind of model is being routed (the prior depends on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum ModelType {
     TextEmbedding,
     TextGeneration,
@@ -22,7 +23,7 @@ pub fn prior(model: ModelType) -> &'static [&'static str] {
 }
 
 /// Measured history of one (model, browser kind, backend).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct History {
     pub successes: u64,
     pub failures: u64,
@@ -31,6 +32,27 @@ pub struct History {
 }
 
 impl History {
+    /// Add one observation: a success with its latency, or a failure.
+    pub fn record(&mut self, ok: bool, latency_ms: f64) {
+        if ok {
+            self.successes += 1;
+            self.mean_latency_ms += (latency_ms - self.mean_latency_ms) / self.successes as f64;
+        } else {
+            self.failures += 1;
+        }
+    }
+
+    /// Two histories as one (e.g. every backend of a browser kind).
+    pub fn merge(&self, o: &History) -> History {
+        let successes = self.successes + o.successes;
+        let mean_latency_ms = if successes == 0 {
+            0.0
+        } else {
+            (self.mean_latency_ms * self.successes as f64 + o.mean_latency_ms * o.successes as f64) / successes as f64
+        };
+        History { successes, failures: self.failures + o.failures, mean_latency_ms }
+    }
+
     pub fn samples(&self) -> u64 {
         self.successes + self.failures
     }
@@ -125,6 +147,19 @@ mod tests {
     fn confident_candidates_come_before_unmeasured_ones() {
         let cands = [c("chromium-webnn", "webnn-cpu", 2, 0, 1.0), c("firefox", "webgpu", 40, 10, 30.0)];
         assert_eq!(rank(ModelType::TextEmbedding, &cands, 10), [1, 0]);
+    }
+
+    #[test]
+    fn record_keeps_a_running_mean_of_successes_only() {
+        let mut h = History { successes: 0, failures: 0, mean_latency_ms: 0.0 };
+        h.record(true, 10.0);
+        h.record(true, 20.0);
+        h.record(false, 1000.0);
+        assert_eq!((h.successes, h.failures), (2, 1));
+        assert!((h.mean_latency_ms - 15.0).abs() < 1e-12);
+        let m = h.merge(&History { successes: 2, failures: 0, mean_latency_ms: 5.0 });
+        assert_eq!((m.successes, m.failures), (4, 1));
+        assert!((m.mean_latency_ms - 10.0).abs() < 1e-12);
     }
 
     #[test]

@@ -1,95 +1,238 @@
-//! A pool of MiniLM replicas, each in its own tab (any browser kind), with a bounded number of
-//! requests in the system: past `max_pending` a request is refused as busy at once instead of
-//! queueing without bound. Each request goes to the least-loaded replica and may carry a deadline.
+//! The pool: tabs of several browser kinds, models with replicas in them, a bounded queue with
+//! dynamic batching per model, routing from measured history, and adaptive scaling.
 //!
-//! Groundwork for issue 5: no adaptive scaling, history-based routing or config file yet.
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use tabpool::pool::{ModelSpec, Pool};
+//! let pool = Pool::builder().min_tabs(2).max_tabs(4).build().await?;
+//! pool.load(ModelSpec::minilm()).await?;
+//! let served = pool.embed(&["A cat sits outside"]).await?;
+//! println!("{} dims from tab {} ({})", served.vectors[0].len(), served.tab, served.kind);
+//! println!("{}", serde_json::to_string_pretty(&pool.metrics())?);
+//! pool.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Where things are: `config.rs` (TOML + defaults), `state.rs` (tabs, replicas, models, history,
+//! launching and retiring tabs), `scheduler.rs` (admission, batching, dispatch, retries),
+//! `scaler.rs` (observe → `policy::scaling::decide` → act), `metrics.rs` (the snapshot).
+//! Decisions themselves are pure functions in `crate::policy`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub mod config;
+pub mod metrics;
+mod scaler;
+mod scheduler;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::Host;
-use crate::browser::BrowserKind;
-use crate::exec::{Backend, Embedder, Embeddings};
-use crate::policy::routing::least_loaded;
+pub use config::{PoolConfig, ScalingToml};
+pub use metrics::PoolMetrics;
+
+use crate::browser::KindSpec;
+use crate::policy::routing::ModelType;
+use crate::{Host, HostConfig};
+use state::Shared;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
-    #[error("busy: {pending} requests pending (limit {limit}); retry later")]
-    Busy { pending: usize, limit: usize },
+    #[error("busy: {queued} requests already queued for {model} (limit {limit}); retry later")]
+    Busy { model: String, queued: usize, limit: usize },
     #[error("deadline of {after:?} passed before the result arrived")]
-    Deadline { after: std::time::Duration },
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    Deadline { after: Duration },
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("no model {0:?} is loaded in the pool")]
+    UnknownModel(String),
+    #[error("failed after {attempts} attempt(s): {message}")]
+    Failed { attempts: u32, message: String },
+    #[error("the pool is shutting down")]
+    ShutDown,
 }
 
-struct Replica {
-    embedder: Embedder,
-    in_flight: AtomicUsize,
+/// A served request: one vector per text, and where and how it ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Served {
+    pub model: String,
+    /// One L2-normalised vector per text.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens per text, [CLS]/[SEP] included.
+    pub lengths: Vec<usize>,
+    pub truncated: Vec<bool>,
+    pub tab: u64,
+    pub kind: String,
+    pub backend: String,
+    /// Texts in the batch this request travelled in (its own and others').
+    pub batch_rows: usize,
+    pub queue_ms: f64,
+    /// Host-measured round trip of the batch.
+    pub run_ms: f64,
+    /// 1 unless a tab failed and the request was run again.
+    pub attempts: u32,
 }
 
-pub struct EmbedPool {
-    replicas: Vec<Replica>,
-    pending: AtomicUsize,
-    max_pending: usize,
+/// A model to load: a sentence-encoder folder (default: all-MiniLM-L6-v2 from the model cache).
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub dir: Option<PathBuf>,
+    /// Name requests use; the model's own name when absent.
+    pub name: Option<String>,
+    pub model_type: ModelType,
+    /// Replicas to keep; every tab when absent.
+    pub replicas: Option<usize>,
 }
 
-/// Counts a request as pending until dropped, whatever way the request ends.
-struct Ticket<'a>(&'a AtomicUsize);
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+impl ModelSpec {
+    pub fn minilm() -> ModelSpec {
+        ModelSpec { dir: None, name: None, model_type: ModelType::TextEmbedding, replicas: None }
+    }
+    pub fn from_dir(dir: impl Into<PathBuf>) -> ModelSpec {
+        ModelSpec { dir: Some(dir.into()), ..ModelSpec::minilm() }
+    }
+    pub fn named(mut self, name: &str) -> ModelSpec {
+        self.name = Some(name.into());
+        self
+    }
+    pub fn replicas(mut self, n: usize) -> ModelSpec {
+        self.replicas = Some(n);
+        self
     }
 }
 
-impl EmbedPool {
-    /// One replica per entry of `tabs`: a tab of that browser kind running that backend.
-    pub async fn start(
-        host: &mut Host,
-        tabs: &[(BrowserKind, Backend)],
-        max_pending: usize,
-    ) -> anyhow::Result<EmbedPool> {
-        anyhow::ensure!(!tabs.is_empty(), "a pool needs at least one tab");
-        let mut replicas = Vec::with_capacity(tabs.len());
-        for &(kind, backend) in tabs {
-            let embedder = Embedder::load_in(host, kind, backend, &()).await?;
-            replicas.push(Replica { embedder, in_flight: AtomicUsize::new(0) });
+/// Most texts in one request (a request travels in one batch; split bigger jobs).
+pub const MAX_TEXTS_PER_REQUEST: usize = 1024;
+
+pub struct PoolBuilder {
+    host: HostConfig,
+    cfg: PoolConfig,
+}
+
+impl PoolBuilder {
+    pub fn host(mut self, host: HostConfig) -> Self {
+        self.host = host;
+        self
+    }
+    pub fn config(mut self, cfg: PoolConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+    pub fn min_tabs(mut self, n: usize) -> Self {
+        self.cfg.min_tabs = n;
+        self
+    }
+    pub fn max_tabs(mut self, n: usize) -> Self {
+        self.cfg.max_tabs = n;
+        self
+    }
+    /// Add a browser kind (the first call replaces the installed-kinds default).
+    pub fn kind(mut self, kind: KindSpec) -> Self {
+        self.cfg.kinds.push(kind);
+        self
+    }
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.cfg.max_queue = n;
+        self
+    }
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.cfg.max_batch = n;
+        self
+    }
+    pub fn scaling(mut self, s: ScalingToml) -> Self {
+        self.cfg.scaling = s;
+        self
+    }
+
+    /// Start the host, launch `min_tabs` tabs (kinds in routing order), start the scaler.
+    pub async fn build(self) -> anyhow::Result<Pool> {
+        let host = Host::start(self.host).await?;
+        Pool::with_host(host, self.cfg).await
+    }
+}
+
+/// Cheap to share: clone the `Arc` it sits in, or use it by reference from many tasks.
+pub struct Pool {
+    shared: Arc<Shared>,
+    scaler: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pool {
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder { host: HostConfig::default(), cfg: PoolConfig::default() }
+    }
+
+    /// A pool over an already started host.
+    pub async fn with_host(host: Host, cfg: PoolConfig) -> anyhow::Result<Pool> {
+        cfg.validate()?;
+        let kinds = cfg.kinds_or_installed(|k| host.browser_binary(k).is_ok());
+        anyhow::ensure!(
+            !kinds.is_empty(),
+            "no browser kind is installed or configured (run `bash scripts/setup.sh`, or add [[kinds]] to the config)"
+        );
+        let shared = Arc::new(Shared::new(host, cfg, kinds));
+        // Start at min_tabs before anything is served, so a bad setup fails here, loudly.
+        let started = Instant::now();
+        while shared.live_tabs() < shared.cfg.min_tabs {
+            let reason = format!("start: {} tabs, below min_tabs {}", shared.live_tabs(), shared.cfg.min_tabs);
+            if let Err(e) = shared.grow(None, &reason).await {
+                shared.shutdown().await;
+                return Err(e.context("starting the pool's first tabs"));
+            }
         }
-        Ok(EmbedPool { replicas, pending: AtomicUsize::new(0), max_pending: max_pending.max(1) })
+        tracing::info!("pool up with {} tabs in {:.1} s", shared.live_tabs(), started.elapsed().as_secs_f64());
+        let scaler = tokio::spawn(scaler::run(shared.clone()));
+        Ok(Pool { shared, scaler: std::sync::Mutex::new(Some(scaler)) })
     }
 
-    pub fn replicas(&self) -> usize {
-        self.replicas.len()
+    /// Load a model on its replicas (every tab unless `spec.replicas` says fewer); returns its name.
+    pub async fn load(&self, spec: ModelSpec) -> anyhow::Result<String> {
+        self.shared.load_model(spec).await
     }
 
-    /// (browser kind, backend) of each replica.
-    pub fn placement(&self) -> Vec<(Option<BrowserKind>, String)> {
-        self.replicas.iter().map(|r| (r.embedder.load.browser, r.embedder.load.backend.clone())).collect()
+    /// Embed with the first loaded model.
+    pub async fn embed(&self, texts: &[&str]) -> Result<Served, PoolError> {
+        let model = self.shared.default_model().ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
+        scheduler::submit(&self.shared, &model, texts, None).await
     }
 
-    /// Embed `texts` on the least-loaded replica, or refuse at once when the pool is full.
-    pub async fn embed(&self, texts: &[&str]) -> Result<Embeddings, PoolError> {
-        let pending = self.pending.fetch_add(1, Ordering::SeqCst);
-        let _ticket = Ticket(&self.pending);
-        if pending >= self.max_pending {
-            return Err(PoolError::Busy { pending, limit: self.max_pending });
+    /// Embed with `model`, failing with `Deadline` if no result arrives within `deadline`. A
+    /// request still queued at its deadline is never run; a late reply is dropped.
+    pub async fn embed_with(
+        &self,
+        model: &str,
+        texts: &[&str],
+        deadline: Option<Duration>,
+    ) -> Result<Served, PoolError> {
+        let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
+        scheduler::submit(&self.shared, &m, texts, deadline).await
+    }
+
+    /// Run every (model, texts) request at once across the pool; results in request order.
+    pub async fn execute_concurrent(&self, requests: &[(&str, Vec<&str>)]) -> Vec<Result<Served, PoolError>> {
+        futures_util::future::join_all(requests.iter().map(|(m, texts)| self.embed_with(m, texts, None))).await
+    }
+
+    /// Names of the loaded models, in load order.
+    pub fn models(&self) -> Vec<String> {
+        self.shared.models.lock().expect("models").iter().map(|m| m.name.clone()).collect()
+    }
+
+    pub fn metrics(&self) -> PoolMetrics {
+        metrics::snapshot(&self.shared)
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.cfg
+    }
+
+    /// Fail what is queued, close every tab, browser and driver.
+    pub async fn shutdown(&self) {
+        if let Some(s) = self.scaler.lock().expect("scaler").take() {
+            s.abort();
         }
-        let loads: Vec<usize> = self.replicas.iter().map(|r| r.in_flight.load(Ordering::SeqCst)).collect();
-        let r = &self.replicas[least_loaded(&loads)];
-        r.in_flight.fetch_add(1, Ordering::SeqCst);
-        let _busy = Ticket(&r.in_flight);
-        Ok(r.embedder.embed(texts).await?)
-    }
-
-    /// As [`Self::embed`], failing with `Deadline` if no result arrives within `deadline`. The tab
-    /// may still finish the work; its late reply is dropped and never reaches another request.
-    pub async fn embed_within(&self, texts: &[&str], deadline: std::time::Duration) -> Result<Embeddings, PoolError> {
-        tokio::time::timeout(deadline, self.embed(texts)).await.unwrap_or(Err(PoolError::Deadline { after: deadline }))
-    }
-
-    /// Run every request at once across the pool; results come back in request order.
-    pub async fn execute_concurrent(&self, requests: &[Vec<&str>]) -> Vec<Result<Embeddings, PoolError>> {
-        futures_util::future::join_all(requests.iter().map(|texts| self.embed(texts))).await
+        self.shared.shutdown().await;
     }
 }

@@ -9,9 +9,9 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::Response;
 use tokio::net::TcpListener;
 
-/// Bind on 127.0.0.1 (ephemeral port) and serve `root` until the task is aborted.
-pub async fn serve(root: PathBuf) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Bind on `ip` (ephemeral port) and serve `root` until the task is aborted.
+pub async fn serve(root: PathBuf, ip: std::net::IpAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     let app = Router::new().fallback(move |uri: Uri| {
         let root = root.clone();

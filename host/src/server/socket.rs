@@ -43,8 +43,11 @@ pub struct Counters {
     pub refused: AtomicU64,
 }
 
-pub(crate) async fn listen(registry: Arc<Registry>) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+pub(crate) async fn listen(
+    registry: Arc<Registry>,
+    ip: std::net::IpAddr,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

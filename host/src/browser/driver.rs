@@ -1,5 +1,5 @@
-//! A chromedriver process owned by the host: started on a free loopback port, killed with its
-//! whole process tree when dropped.
+//! A WebDriver server process owned by the host (chromedriver, geckodriver): started on a free
+//! loopback port, killed with its whole process tree when stopped or dropped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,25 +9,43 @@ use tokio::process::{Child, Command};
 
 use super::procs;
 
-pub struct Chromedriver {
+pub struct DriverProcess {
     child: Child,
     port: u16,
 }
 
-impl Chromedriver {
-    pub async fn start(binary: &Path) -> anyhow::Result<Chromedriver> {
+impl DriverProcess {
+    /// chromedriver, which serves any number of sessions.
+    pub async fn chromedriver(binary: &Path) -> anyhow::Result<DriverProcess> {
+        Self::start(binary, |port| {
+            vec![
+                format!("--port={port}"),
+                "--allowed-ips=127.0.0.1".into(),
+                // Attached browsers may be older builds (the npm headless shell with WebNN is 153).
+                "--disable-build-check".into(),
+            ]
+        })
+        .await
+    }
+
+    /// geckodriver, which serves one session at a time: one process per Firefox tab.
+    pub async fn geckodriver(binary: &Path) -> anyhow::Result<DriverProcess> {
+        Self::start(binary, |port| vec!["--port".into(), port.to_string(), "--host".into(), "127.0.0.1".into()]).await
+    }
+
+    /// Start `binary` with the arguments for a free port; return once it listens.
+    pub async fn start(binary: &Path, args: impl Fn(u16) -> Vec<String>) -> anyhow::Result<DriverProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(binary)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            // Attached browsers may be older builds (the npm headless shell with WebNN is 153).
-            .arg("--disable-build-check")
+            .args(args(port))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own group: a stop kills the browsers below it even if they are reparented.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut driver = Chromedriver { child, port };
+        let mut driver = DriverProcess { child, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -66,7 +84,7 @@ impl Chromedriver {
     }
 }
 
-impl Drop for Chromedriver {
+impl Drop for DriverProcess {
     fn drop(&mut self) {
         // Last resort when `stop` was not awaited (a panic, an early return).
         if let Some(pid) = self.pid() {

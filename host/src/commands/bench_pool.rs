@@ -1,0 +1,204 @@
+//! `tabpool bench pool`: pool throughput with 1, 2, 4… tabs (ratio to one tab, beside the core
+//! count), two models at once vs one after the other, and a mixed-kind pool showing where
+//! routing sent the work. Every figure is measured in this run with real tabs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::pool_args::parse_kind;
+use crate::HostConfig;
+use crate::browser::KindSpec;
+use crate::models::generated;
+use crate::pool::{ModelSpec, Pool, PoolConfig, Served};
+
+pub struct Args {
+    pub tabs: Vec<usize>,
+    /// The kind every tab of the scaling rows is.
+    pub kind: String,
+    /// Requests (one sentence each) per timed pass.
+    pub requests: usize,
+    pub sentences: Option<PathBuf>,
+    /// Kinds of the mixed row (empty: skip it).
+    pub mixed: Vec<String>,
+    pub json: bool,
+}
+
+struct Pass {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_batch: f64,
+    by_kind: BTreeMap<String, usize>,
+}
+
+async fn pass(pool: &Pool, requests: &[(&str, Vec<&str>)]) -> anyhow::Result<Pass> {
+    let t = Instant::now();
+    let results = pool.execute_concurrent(requests).await;
+    let secs = t.elapsed().as_secs_f64();
+    let served: Vec<Served> = results.into_iter().collect::<Result<_, _>>()?;
+    let lat: Vec<f64> = served.iter().map(|s| s.queue_ms + s.run_ms).collect();
+    let mut by_kind = BTreeMap::new();
+    for s in &served {
+        *by_kind.entry(s.kind.clone()).or_insert(0) += 1;
+    }
+    Ok(Pass {
+        per_s: requests.len() as f64 / secs,
+        p50_ms: crate::stats::quantile(&lat, 0.5),
+        p99_ms: crate::stats::quantile(&lat, 0.99),
+        mean_batch: served.iter().map(|s| s.batch_rows as f64).sum::<f64>() / served.len().max(1) as f64,
+        by_kind,
+    })
+}
+
+fn fixed_pool(kinds: Vec<KindSpec>, tabs: usize, queue: usize) -> PoolConfig {
+    let mut cfg = PoolConfig { min_tabs: tabs, max_tabs: tabs, max_queue: queue, kinds, ..PoolConfig::default() };
+    cfg.scaling.enabled = false;
+    cfg
+}
+
+/// A second model the same size as MiniLM (6 × 384, random weights, same loader), generated once.
+fn second_model() -> anyhow::Result<PathBuf> {
+    let dir = crate::models::cache_dir().join("generated/bert-random-L6-H384");
+    if !dir.join("model.safetensors").is_file() {
+        let shape = generated::Shape { layers: 6, hidden: 384, heads: 12, intermediate: 1536 };
+        generated::write_bert(&dir, shape, 7, &crate::models::minilm::default_dir())?;
+    }
+    Ok(dir)
+}
+
+pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
+    let (sentences, source) = super::bench::bench_sentences(args.sentences.as_deref())?;
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).cycle().take(args.requests).collect();
+    let kind = parse_kind(&args.kind)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let minilm = crate::models::minilm::NAME;
+
+    // 1. Throughput against the number of tabs.
+    let mut scaling_rows = Vec::new();
+    for &n in &args.tabs {
+        let pool = Pool::with_host(
+            crate::Host::start(host_cfg.clone()).await?,
+            fixed_pool(vec![kind.clone()], n, args.requests),
+        )
+        .await
+        .with_context(|| format!("starting {n} {} tabs", kind.name))?;
+        let result = async {
+            pool.load(ModelSpec::minilm()).await?;
+            let reqs: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (minilm, vec![*t])).collect();
+            pass(&pool, &reqs).await?; // warm-up: every shape bucket compiled on every tab
+            pass(&pool, &reqs).await
+        }
+        .await;
+        pool.shutdown().await;
+        scaling_rows.push((n, result?));
+    }
+
+    // 2. Two models at once vs one after the other, on two tabs.
+    let second = second_model()?;
+    let pool = Pool::with_host(
+        crate::Host::start(host_cfg.clone()).await?,
+        fixed_pool(vec![kind.clone()], 2, 2 * args.requests),
+    )
+    .await?;
+    let two = async {
+        pool.load(ModelSpec::minilm()).await?;
+        let other = pool.load(ModelSpec::from_dir(&second)).await?;
+        let a: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (minilm, vec![*t])).collect();
+        let b: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (other.as_str(), vec![*t])).collect();
+        let both: Vec<(&str, Vec<&str>)> = a.iter().zip(&b).flat_map(|(x, y)| [x.clone(), y.clone()]).collect();
+        pass(&pool, &both).await?; // warm-up
+        let t = Instant::now();
+        pass(&pool, &a).await?;
+        pass(&pool, &b).await?;
+        let sequential = both.len() as f64 / t.elapsed().as_secs_f64();
+        let concurrent = pass(&pool, &both).await?;
+        anyhow::Ok((other.clone(), sequential, concurrent))
+    }
+    .await;
+    pool.shutdown().await;
+    let (other, sequential, concurrent) = two?;
+
+    // 3. A mixed-kind pool: where routing sends the work, from measured history.
+    let mut mixed = None;
+    if !args.mixed.is_empty() {
+        let kinds: Vec<KindSpec> = args.mixed.iter().map(|k| parse_kind(k)).collect::<anyhow::Result<_>>()?;
+        let n = kinds.len();
+        let mut cfg = fixed_pool(kinds, n, args.requests);
+        cfg.min_samples = 5;
+        let pool = Pool::with_host(crate::Host::start(host_cfg.clone()).await?, cfg).await?;
+        let r = async {
+            pool.load(ModelSpec::minilm()).await?;
+            let reqs: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (minilm, vec![*t])).collect();
+            pass(&pool, &reqs).await?;
+            let p = pass(&pool, &reqs).await?;
+            anyhow::Ok((p, pool.metrics()))
+        }
+        .await;
+        pool.shutdown().await;
+        mixed = Some(r?);
+    }
+
+    let one = scaling_rows.first().map(|(_, p)| p.per_s).unwrap_or(f64::NAN);
+    if args.json {
+        let rows: Vec<_> = scaling_rows
+            .iter()
+            .map(|(n, p)| {
+                json!({ "tabs": n, "sent_per_s": p.per_s, "ratio_to_1": p.per_s / one, "p50_ms": p.p50_ms,
+                                   "p99_ms": p.p99_ms, "mean_batch": p.mean_batch })
+            })
+            .collect();
+        let mixed_json =
+            mixed.as_ref().map(|(p, m)| json!({ "sent_per_s": p.per_s, "by_kind": p.by_kind, "history": m.history }));
+        println!(
+            "{}",
+            json!({ "kind": kind.name, "requests": args.requests, "cores": cores, "source": source, "scaling": rows,
+                    "two_models": { "second": other, "sequential_per_s": sequential, "concurrent_per_s": concurrent.per_s,
+                                    "ratio": concurrent.per_s / sequential },
+                    "mixed": mixed_json })
+        );
+        return Ok(());
+    }
+    println!(
+        "bench pool — all-MiniLM-L6-v2, {} one-sentence requests at once per pass (sentences from {source}); {cores} CPU cores",
+        args.requests
+    );
+    println!("{:>5} | {:>10} | {:>10} | {:>13} | {:>10}", "tabs", "sent/s", "vs 1 tab", "p50/p99 ms", "mean batch");
+    for (n, p) in &scaling_rows {
+        println!(
+            "{n:>5} | {:>10.1} | {:>9.2}x | {:>13} | {:>10.1}",
+            p.per_s,
+            p.per_s / one,
+            format!("{:.0}/{:.0}", p.p50_ms, p.p99_ms),
+            p.mean_batch
+        );
+    }
+    println!("(tabs share {cores} cores: past {cores} tabs, more tabs cannot add compute on this machine)");
+    println!(
+        "\ntwo models on 2 {} tabs ({minilm} + {other}, {} requests each): sequential {:.1} req/s, concurrent {:.1} req/s, ratio {:.2}x",
+        kind.name,
+        args.requests,
+        sequential,
+        concurrent.per_s,
+        concurrent.per_s / sequential
+    );
+    if let Some((p, m)) = mixed {
+        println!(
+            "\nmixed pool ({}): {:.1} sent/s; requests served per kind: {:?}",
+            args.mixed.join(" + "),
+            p.per_s,
+            p.by_kind
+        );
+        println!("measured history routing read:");
+        for h in &m.history {
+            println!(
+                "  {:<16} {:<10} ok {:>5} fail {:>3}  {:>7.2} ms/text",
+                h.kind, h.backend, h.successes, h.failures, h.mean_ms_per_text
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Pool configuration: a TOML file (`--config`), overridden by CLI flags, with defaults that
+//! need neither. See `pool.example.toml` at the repository root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::browser::{BrowserKind, KindSpec};
+use crate::exec::Backend;
+use crate::policy::scaling::ScalingConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Tabs kept up at all times (and launched at start).
+    pub min_tabs: usize,
+    /// Most tabs over all kinds.
+    pub max_tabs: usize,
+    /// Requests waiting per model before new ones are refused as busy.
+    pub max_queue: usize,
+    /// Most texts in one batch sent to a tab.
+    pub max_batch: usize,
+    /// How long a partial batch waits for more requests.
+    pub batch_wait_ms: u64,
+    /// Batches a tab runs at once (a tab executes one at a time; 2 hides the round trip).
+    pub in_flight_per_tab: usize,
+    /// Samples per (model, kind, backend) before measured history overrides the priors.
+    pub min_samples: u64,
+    /// Attempts after the first when a tab fails mid-request (on another replica when possible).
+    pub retries: u32,
+    /// Backend for models in tabs unless a kind sets its own.
+    pub backend: Backend,
+    pub scaling: ScalingToml,
+    /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
+    pub kinds: Vec<KindSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingToml {
+    /// Grow when the mean queue wait over the window exceeds this.
+    pub wait_high_ms: u64,
+    /// Grow when this fraction of tabs is busy and requests are queued.
+    pub utilisation_high: f64,
+    /// Close a tab idle this long (never below min_tabs).
+    pub idle_cooldown_s: f64,
+    /// Do not grow when less than this fraction of system memory is available.
+    pub min_free_memory: f64,
+    /// How often the scaler observes and decides.
+    pub interval_ms: u64,
+    /// The window utilisation and queue wait are averaged over.
+    pub window_s: f64,
+    /// Off: the pool stays at min_tabs (still replacing tabs that die).
+    pub enabled: bool,
+}
+
+impl Default for ScalingToml {
+    fn default() -> Self {
+        let d = ScalingConfig::default();
+        ScalingToml {
+            wait_high_ms: d.wait_high.as_millis() as u64,
+            utilisation_high: d.utilisation_high,
+            idle_cooldown_s: d.idle_cooldown.as_secs_f64(),
+            min_free_memory: d.min_free_memory,
+            interval_ms: 1000,
+            window_s: 5.0,
+            enabled: true,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_tabs: 1,
+            max_tabs: 4,
+            max_queue: 256,
+            max_batch: 32,
+            batch_wait_ms: 2,
+            in_flight_per_tab: 1,
+            min_samples: 20,
+            retries: 2,
+            backend: Backend::Auto,
+            scaling: ScalingToml::default(),
+            kinds: Vec::new(),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<PoolConfig> {
+        let cfg: PoolConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<PoolConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_tabs >= 1, "max_tabs must be at least 1");
+        anyhow::ensure!(self.min_tabs <= self.max_tabs, "min_tabs {} > max_tabs {}", self.min_tabs, self.max_tabs);
+        anyhow::ensure!(self.max_queue >= 1 && self.max_batch >= 1, "max_queue and max_batch must be at least 1");
+        anyhow::ensure!(self.in_flight_per_tab >= 1, "in_flight_per_tab must be at least 1");
+        anyhow::ensure!(self.backend != Backend::Cpu, "backend cpu runs on the host; tabs take auto, webnn or webgpu");
+        let mut names = std::collections::HashSet::new();
+        for k in &self.kinds {
+            k.validate()?;
+            anyhow::ensure!(names.insert(k.name.as_str()), "browser kind {:?} is configured twice", k.name);
+        }
+        Ok(())
+    }
+
+    /// Configured kinds, or the local kinds installed on this machine when none are.
+    pub fn kinds_or_installed(&self, installed: impl Fn(BrowserKind) -> bool) -> Vec<KindSpec> {
+        if !self.kinds.is_empty() {
+            return self.kinds.clone();
+        }
+        BrowserKind::LOCAL.into_iter().filter(|k| installed(*k)).map(KindSpec::local).collect()
+    }
+
+    pub fn scaling_policy(&self) -> ScalingConfig {
+        ScalingConfig {
+            min_tabs: self.min_tabs,
+            max_tabs: self.max_tabs,
+            wait_high: Duration::from_millis(self.scaling.wait_high_ms),
+            utilisation_high: self.scaling.utilisation_high,
+            idle_cooldown: Duration::from_secs_f64(self.scaling.idle_cooldown_s),
+            min_free_memory: self.scaling.min_free_memory,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_example_file() {
+        let text = include_str!("../../../pool.example.toml");
+        let cfg = PoolConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.kinds.len(), 4);
+        assert_eq!(cfg.kinds[0].browser, BrowserKind::ChromiumWebnn);
+        assert_eq!(cfg.kinds[3].browser, BrowserKind::Remote);
+        assert!(cfg.kinds[3].url.as_deref().unwrap().starts_with("http://"));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_absent_and_mistakes_are_named() {
+        let cfg = PoolConfig::from_toml("max_tabs = 3\n[scaling]\nidle_cooldown_s = 5\n").unwrap();
+        assert_eq!((cfg.min_tabs, cfg.max_tabs, cfg.max_batch), (1, 3, 32));
+        assert_eq!(cfg.scaling.idle_cooldown_s, 5.0);
+        assert_eq!(cfg.scaling.wait_high_ms, 200);
+        let e = PoolConfig::from_toml("max_tab = 3").unwrap_err().to_string();
+        assert!(e.contains("max_tab"), "{e}");
+        let e = PoolConfig::from_toml("min_tabs = 5\nmax_tabs = 2").unwrap_err().to_string();
+        assert!(e.contains("min_tabs"), "{e}");
+        let e = PoolConfig::from_toml("[[kinds]]\nname = \"g\"\nbrowser = \"remote\"").unwrap_err().to_string();
+        assert!(e.contains("url"), "{e}");
+        let twice = "[[kinds]]\nname = \"a\"\nbrowser = \"chromium\"\n[[kinds]]\nname = \"a\"\nbrowser = \"firefox\"";
+        assert!(PoolConfig::from_toml(twice).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn installed_kinds_are_the_default() {
+        let cfg = PoolConfig::default();
+        let kinds = cfg.kinds_or_installed(|k| k != BrowserKind::Firefox);
+        let names: Vec<_> = kinds.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["chromium-webnn", "chromium"]);
+    }
+}

@@ -1,0 +1,305 @@
+//! A snapshot of the pool for people and programs: connections, utilisation, browser
+//! distribution, capabilities, queues, memory, measured history and the scaling log.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::state::{ScalingEvent, Shared};
+use crate::commands::{adapter_line, webnn_line};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolMetrics {
+    pub uptime_s: f64,
+    pub min_tabs: usize,
+    pub max_tabs: usize,
+    /// Tabs with an open socket.
+    pub connections: usize,
+    /// Share of tabs busy right now, and averaged over the scaler's window.
+    pub utilisation_now: f64,
+    pub utilisation_window: f64,
+    /// Mean queue wait over the scaler's window.
+    pub mean_queue_wait_ms: f64,
+    pub queue_depth: usize,
+    /// Tabs per browser kind.
+    pub browser_distribution: BTreeMap<String, usize>,
+    pub tabs: Vec<TabMetrics>,
+    pub models: Vec<ModelMetrics>,
+    pub memory: Option<Memory>,
+    /// Measured per (model, kind, backend): what routing reads.
+    pub history: Vec<HistoryRow>,
+    pub scaling_events: Vec<ScalingEvent>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TabMetrics {
+    pub id: u64,
+    pub kind: String,
+    pub browser: String,
+    pub connected: bool,
+    pub in_flight: usize,
+    pub batches: u64,
+    pub rows: u64,
+    pub idle_s: f64,
+    pub age_s: f64,
+    /// model → backend
+    pub models: BTreeMap<String, String>,
+    /// model → the calibration that chose its backend (empty when forced)
+    pub calibration: BTreeMap<String, Vec<crate::policy::backend_choice::Measured>>,
+    pub webgpu: String,
+    pub webnn: String,
+    pub hardware_concurrency: u32,
+    pub device_memory_gib: Option<f64>,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelMetrics {
+    pub name: String,
+    pub model_type: crate::policy::routing::ModelType,
+    pub replicas: usize,
+    pub queue_depth: usize,
+    pub served: u64,
+    pub failed: u64,
+    pub busy_refusals: u64,
+    pub retried: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub model: String,
+    pub kind: String,
+    pub backend: String,
+    pub successes: u64,
+    pub failures: u64,
+    pub success_rate: f64,
+    pub mean_ms_per_text: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    pub total_mib: f64,
+    pub available_mib: f64,
+    /// This host process's resident set.
+    pub host_rss_mib: f64,
+}
+
+impl Memory {
+    pub fn available_fraction(&self) -> f64 {
+        if self.total_mib > 0.0 { self.available_mib / self.total_mib } else { 1.0 }
+    }
+}
+
+/// System memory from /proc/meminfo and this process's RSS from /proc/self/status.
+pub fn system_memory() -> Option<Memory> {
+    let field = |text: &str, key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kib| kib / 1024.0)
+    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    Some(Memory {
+        total_mib: field(&meminfo, "MemTotal:")?,
+        available_mib: field(&meminfo, "MemAvailable:")?,
+        host_rss_mib: field(&status, "VmRSS:").unwrap_or(0.0),
+    })
+}
+
+pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
+    let slots = shared.slots();
+    let models = shared.models.lock().expect("models").clone();
+    let mut per_tab: BTreeMap<u64, BTreeMap<String, String>> = BTreeMap::new();
+    let mut calibration: BTreeMap<u64, BTreeMap<String, Vec<crate::policy::backend_choice::Measured>>> =
+        BTreeMap::new();
+    let model_rows: Vec<ModelMetrics> = models
+        .iter()
+        .map(|m| {
+            let replicas = m.replicas.lock().expect("replicas");
+            for r in replicas.iter() {
+                per_tab.entry(r.slot.id).or_default().insert(m.name.clone(), r.backend.clone());
+                calibration.entry(r.slot.id).or_default().insert(m.name.clone(), r.calibration.clone());
+            }
+            ModelMetrics {
+                name: m.name.clone(),
+                model_type: m.model_type,
+                replicas: replicas.iter().filter(|r| r.slot.usable()).count(),
+                queue_depth: m.queue.lock().expect("queue").len(),
+                served: m.served.load(Ordering::Relaxed),
+                failed: m.failed.load(Ordering::Relaxed),
+                busy_refusals: m.busy.load(Ordering::Relaxed),
+                retried: m.retried.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    let tabs: Vec<TabMetrics> = slots
+        .iter()
+        .map(|s| {
+            let caps = s.tab.caps();
+            TabMetrics {
+                id: s.id,
+                kind: s.kind.name.clone(),
+                browser: s.kind.browser.name().into(),
+                connected: s.tab.is_connected(),
+                in_flight: s.in_flight.load(Ordering::SeqCst),
+                batches: s.batches.load(Ordering::Relaxed),
+                rows: s.rows.load(Ordering::Relaxed),
+                idle_s: s.idle_for().as_secs_f64(),
+                age_s: s.started.elapsed().as_secs_f64(),
+                models: per_tab.remove(&s.id).unwrap_or_default(),
+                calibration: calibration.remove(&s.id).unwrap_or_default(),
+                webgpu: adapter_line(caps),
+                webnn: webnn_line(caps),
+                hardware_concurrency: caps.hardware_concurrency,
+                device_memory_gib: caps.device_memory_gib,
+                user_agent: caps.user_agent.clone(),
+            }
+        })
+        .collect();
+    let live: Vec<&TabMetrics> = tabs.iter().filter(|t| t.connected).collect();
+    let mut browser_distribution = BTreeMap::new();
+    for t in &live {
+        *browser_distribution.entry(t.kind.clone()).or_insert(0) += 1;
+    }
+    let utilisation_now =
+        if live.is_empty() { 0.0 } else { live.iter().filter(|t| t.in_flight > 0).count() as f64 / live.len() as f64 };
+    let utilisation_window = {
+        let u = shared.utilisation.lock().expect("utilisation");
+        if u.is_empty() { utilisation_now } else { u.iter().map(|(_, x)| x).sum::<f64>() / u.len() as f64 }
+    };
+    let mean_queue_wait_ms = {
+        let w = shared.waits.lock().expect("waits");
+        if w.is_empty() { 0.0 } else { w.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>() * 1e3 / w.len() as f64 }
+    };
+    let mut history: Vec<HistoryRow> = shared
+        .history
+        .lock()
+        .expect("history")
+        .iter()
+        .map(|((model, kind, backend), h)| HistoryRow {
+            model: model.clone(),
+            kind: kind.clone(),
+            backend: backend.clone(),
+            successes: h.successes,
+            failures: h.failures,
+            success_rate: h.success_rate(),
+            mean_ms_per_text: h.mean_latency_ms,
+        })
+        .collect();
+    history.sort_by(|a, b| (&a.model, &a.kind, &a.backend).cmp(&(&b.model, &b.kind, &b.backend)));
+    PoolMetrics {
+        uptime_s: shared.started.elapsed().as_secs_f64(),
+        min_tabs: shared.cfg.min_tabs,
+        max_tabs: shared.cfg.max_tabs,
+        connections: live.len(),
+        utilisation_now,
+        utilisation_window,
+        mean_queue_wait_ms,
+        queue_depth: model_rows.iter().map(|m| m.queue_depth).sum(),
+        browser_distribution,
+        models: model_rows,
+        memory: system_memory(),
+        history,
+        scaling_events: shared.events.lock().expect("events").iter().cloned().collect(),
+        tabs,
+    }
+}
+
+impl PoolMetrics {
+    /// The human form `tabpool status` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "pool: {} tabs connected (min {}, max {}), up {:.0} s; utilisation {:.0}% now, {:.0}% over the window; queue {} (mean wait {:.1} ms)",
+            self.connections,
+            self.min_tabs,
+            self.max_tabs,
+            self.uptime_s,
+            self.utilisation_now * 100.0,
+            self.utilisation_window * 100.0,
+            self.queue_depth,
+            self.mean_queue_wait_ms
+        );
+        let dist: Vec<String> = self.browser_distribution.iter().map(|(k, n)| format!("{k} × {n}")).collect();
+        let _ = writeln!(o, "browsers: {}", if dist.is_empty() { "none".into() } else { dist.join(", ") });
+        if let Some(m) = self.memory {
+            let _ = writeln!(
+                o,
+                "memory: {:.0} of {:.0} MiB available ({:.0}%), host RSS {:.0} MiB",
+                m.available_mib,
+                m.total_mib,
+                m.available_fraction() * 100.0,
+                m.host_rss_mib
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n{:>4} | {:<15} | {:>4} | {:>7} | {:>7} | {:>7} | {:<28} | capabilities",
+            "tab", "kind", "busy", "batches", "texts", "idle s", "models (backend)"
+        );
+        for t in &self.tabs {
+            let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
+            let _ = writeln!(
+                o,
+                "{:>4} | {:<15} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
+                t.id,
+                t.kind,
+                t.in_flight,
+                t.batches,
+                t.rows,
+                t.idle_s,
+                models.join(", "),
+                t.webgpu,
+                t.webnn,
+                t.hardware_concurrency,
+                if t.connected { "" } else { " [disconnected]" }
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7}",
+            "model", "replicas", "queue", "served", "failed", "busy", "retried"
+        );
+        for m in &self.models {
+            let _ = writeln!(
+                o,
+                "{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7}",
+                m.name, m.replicas, m.queue_depth, m.served, m.failed, m.busy_refusals, m.retried
+            );
+        }
+        if !self.history.is_empty() {
+            let _ = writeln!(o, "\nmeasured history (what routing reads):");
+            for h in &self.history {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {:<15} {:<10} ok {:>6} fail {:>4} ({:>5.1}%)  {:>8.2} ms/text",
+                    h.model,
+                    h.kind,
+                    h.backend,
+                    h.successes,
+                    h.failures,
+                    h.success_rate * 100.0,
+                    h.mean_ms_per_text
+                );
+            }
+        }
+        if !self.scaling_events.is_empty() {
+            let _ = writeln!(o, "\nscaling log (latest last):");
+            for e in self.scaling_events.iter().rev().take(15).rev() {
+                let _ = writeln!(
+                    o,
+                    "  {:>8.1} s  {:<13} {:<15} tab {:<4} → {} tabs: {}",
+                    e.at_s,
+                    e.action,
+                    e.kind.as_deref().unwrap_or("-"),
+                    e.tab.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    e.tabs_after,
+                    e.reason
+                );
+            }
+        }
+        o
+    }
+}

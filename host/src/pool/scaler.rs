@@ -1,0 +1,124 @@
+//! The scaler: every interval, observe the pool (utilisation, queue wait, queue depth, idle
+//! tabs, free memory), ask `policy::scaling::decide`, and act. Dead tabs are closed first, so the
+//! same decision refills the pool to `min_tabs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::state::{ModelEntry, Shared, Slot};
+use crate::policy::scaling::{self, Decision, Observation};
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let interval = Duration::from_millis(shared.cfg.scaling.interval_ms.max(10));
+    let policy = shared.cfg.scaling_policy();
+    let mut last_hold = String::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        for slot in shared.slots() {
+            if !slot.retired.load(Ordering::SeqCst) && !slot.tab.is_connected() {
+                shared.retire(&slot, "replace", "tab disconnected (socket closed, renderer or browser gone)").await;
+            }
+        }
+        let obs = observe(&shared);
+        let decision = if shared.cfg.scaling.enabled {
+            scaling::decide(&obs, &policy)
+        } else if obs.tabs < shared.cfg.min_tabs {
+            Decision::Grow { by: shared.cfg.min_tabs - obs.tabs, reason: "below min_tabs (scaling off)".into() }
+        } else {
+            Decision::Hold { reason: "scaling off".into() }
+        };
+        match decision {
+            Decision::Grow { by, reason } => {
+                let pressured = most_pressured(&shared);
+                for _ in 0..by {
+                    if let Err(e) = shared.grow(pressured.as_ref(), &reason).await {
+                        shared.log("hold", None, None, &format!("{reason}; could not grow: {e:#}"));
+                        break;
+                    }
+                }
+                last_hold.clear();
+            }
+            Decision::Shrink { tab, reason } => {
+                if let Some(slot) = live(&shared).get(tab) {
+                    shared.retire(slot, "shrink", &reason).await;
+                }
+                last_hold.clear();
+            }
+            Decision::Hold { reason } => {
+                // Holds worth reading (at max, memory pressure) are logged once per change.
+                if reason != "within bounds" && reason != "scaling off" && strip_numbers(&reason) != last_hold {
+                    last_hold = strip_numbers(&reason);
+                    shared.log("hold", None, None, &reason);
+                }
+            }
+        }
+    }
+}
+
+fn live(shared: &Shared) -> Vec<Arc<Slot>> {
+    shared.slots().into_iter().filter(|s| s.usable()).collect()
+}
+
+/// The model with the longest queue, if any is queued.
+fn most_pressured(shared: &Shared) -> Option<Arc<ModelEntry>> {
+    let models = shared.models.lock().expect("models").clone();
+    models
+        .into_iter()
+        .map(|m| {
+            let n = m.queue.lock().expect("queue").len();
+            (n, m)
+        })
+        .filter(|(n, _)| *n > 0)
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, m)| m)
+}
+
+pub(crate) fn observe(shared: &Shared) -> Observation {
+    let window = Duration::from_secs_f64(shared.cfg.scaling.window_s.max(0.1));
+    let now = Instant::now();
+    let slots = live(shared);
+    let busy = slots.iter().filter(|s| s.in_flight.load(Ordering::SeqCst) > 0).count();
+    let util_now = if slots.is_empty() { 0.0 } else { busy as f64 / slots.len() as f64 };
+    let utilisation = {
+        let mut u = shared.utilisation.lock().expect("utilisation");
+        u.push_back((now, util_now));
+        while u.front().is_some_and(|(t, _)| now - *t > window) {
+            u.pop_front();
+        }
+        u.iter().map(|(_, x)| x).sum::<f64>() / u.len() as f64
+    };
+    let models = shared.models.lock().expect("models").clone();
+    let mut waits: Vec<Duration> = {
+        let mut w = shared.waits.lock().expect("waits");
+        while w.front().is_some_and(|(t, _)| now - *t > window) {
+            w.pop_front();
+        }
+        w.iter().map(|(_, d)| *d).collect()
+    };
+    let mut queue_depth = 0;
+    for m in &models {
+        let q = m.queue.lock().expect("queue");
+        queue_depth += q.len();
+        // Requests still waiting count with their age so far: a stuck queue shows.
+        waits.extend(q.iter().map(|j| j.enqueued.elapsed()));
+    }
+    let mean_queue_wait =
+        if waits.is_empty() { Duration::ZERO } else { waits.iter().sum::<Duration>() / waits.len() as u32 };
+    Observation {
+        tabs: slots.len(),
+        utilisation,
+        mean_queue_wait,
+        queue_depth,
+        idle: slots.iter().map(|s| s.idle_for()).collect(),
+        free_memory: super::metrics::system_memory().map(|m| m.available_fraction()).unwrap_or(1.0),
+    }
+}
+
+/// A hold reason without its figures, so the same situation is logged once, not every tick.
+fn strip_numbers(s: &str) -> String {
+    s.chars().filter(|c| !c.is_ascii_digit() && *c != '.').collect()
+}

@@ -1,0 +1,373 @@
+//! What the pool holds: tabs (slots), models with their replicas and queues, the measured
+//! history, and the scaling log; plus the actions that change them (grow, retire, load).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use super::config::PoolConfig;
+use super::{ModelSpec, PoolError, Served, scheduler};
+use crate::browser::KindSpec;
+use crate::exec::{TabModel, load_in_tab};
+use crate::models::minilm::MiniLm;
+use crate::policy::backend_choice::Measured;
+use crate::policy::routing::{self, Candidate, History, ModelType};
+use crate::{Host, Tab};
+
+/// One tab in the pool.
+pub(crate) struct Slot {
+    pub id: u64,
+    pub kind: KindSpec,
+    pub tab: Tab,
+    pub started: Instant,
+    pub in_flight: AtomicUsize,
+    pub batches: AtomicU64,
+    pub rows: AtomicU64,
+    pub last_active: Mutex<Instant>,
+    /// Leaving the pool: no new work is routed here.
+    pub retired: AtomicBool,
+}
+
+impl Slot {
+    pub fn usable(&self) -> bool {
+        !self.retired.load(Ordering::SeqCst) && self.tab.is_connected()
+    }
+
+    /// Take one of this tab's `limit` execution places, if one is free.
+    pub fn try_reserve(&self, limit: usize) -> bool {
+        self.in_flight.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1)).is_ok()
+    }
+
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        *self.last_active.lock().expect("slot") = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            Duration::ZERO
+        } else {
+            self.last_active.lock().expect("slot").elapsed()
+        }
+    }
+}
+
+/// A model loaded in one tab.
+pub(crate) struct Replica {
+    pub slot: Arc<Slot>,
+    pub tm: TabModel,
+    pub backend: String,
+    pub calibration: Vec<Measured>,
+}
+
+pub(crate) struct Job {
+    pub ids: Vec<Vec<u32>>,
+    pub truncated: Vec<bool>,
+    pub enqueued: Instant,
+    pub deadline: Option<Instant>,
+    pub attempts: u32,
+    pub reply: tokio::sync::oneshot::Sender<Result<Served, PoolError>>,
+}
+
+pub(crate) struct ModelEntry {
+    pub name: String,
+    pub model_type: ModelType,
+    pub model: Arc<MiniLm>,
+    pub want_replicas: Option<usize>,
+    pub replicas: Mutex<Vec<Arc<Replica>>>,
+    pub queue: Mutex<VecDeque<Job>>,
+    /// A job arrived or a tab freed up: the batcher looks again.
+    pub wake: Notify,
+    pub served: AtomicU64,
+    pub failed: AtomicU64,
+    pub busy: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// One scaling (or launch) decision, with its reason, for the log and `metrics()`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScalingEvent {
+    pub at_s: f64,
+    /// grow | shrink | hold | replace | launch-failed | load-failed
+    pub action: String,
+    pub kind: Option<String>,
+    pub tab: Option<u64>,
+    pub tabs_after: usize,
+    pub reason: String,
+}
+
+pub(crate) type HistKey = (String, String, String);
+
+pub(crate) struct Shared {
+    pub cfg: PoolConfig,
+    pub kinds: Vec<KindSpec>,
+    pub host: tokio::sync::Mutex<Option<Host>>,
+    pub tabs: Mutex<Vec<Arc<Slot>>>,
+    pub models: Mutex<Vec<Arc<ModelEntry>>>,
+    /// (model, kind, backend) → measured outcomes; backend "launch" counts failed launches.
+    pub history: Mutex<HashMap<HistKey, History>>,
+    pub events: Mutex<VecDeque<ScalingEvent>>,
+    /// Queue waits of dispatched requests, for the scaler's window.
+    pub waits: Mutex<VecDeque<(Instant, Duration)>>,
+    /// Busy fraction of tabs, sampled by the scaler.
+    pub utilisation: Mutex<VecDeque<(Instant, f64)>>,
+    pub batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub closed: AtomicBool,
+    pub started: Instant,
+}
+
+const EVENTS_KEPT: usize = 200;
+
+impl Shared {
+    pub fn new(host: Host, cfg: PoolConfig, kinds: Vec<KindSpec>) -> Shared {
+        Shared {
+            cfg,
+            kinds,
+            host: tokio::sync::Mutex::new(Some(host)),
+            tabs: Mutex::new(Vec::new()),
+            models: Mutex::new(Vec::new()),
+            history: Mutex::new(HashMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            waits: Mutex::new(VecDeque::new()),
+            utilisation: Mutex::new(VecDeque::new()),
+            batchers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn live_tabs(&self) -> usize {
+        self.tabs.lock().expect("tabs").iter().filter(|s| s.usable()).count()
+    }
+
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.tabs.lock().expect("tabs").clone()
+    }
+
+    pub fn default_model(&self) -> Option<Arc<ModelEntry>> {
+        self.models.lock().expect("models").first().cloned()
+    }
+
+    pub fn model(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.models.lock().expect("models").iter().find(|m| m.name == name).cloned()
+    }
+
+    pub fn record(&self, model: &str, kind: &str, backend: &str, ok: bool, ms_per_row: f64) {
+        let key = (model.to_string(), kind.to_string(), backend.to_string());
+        self.history.lock().expect("history").entry(key).or_default().record(ok, ms_per_row);
+    }
+
+    pub fn log(&self, action: &str, kind: Option<&str>, tab: Option<u64>, reason: &str) {
+        let ev = ScalingEvent {
+            at_s: self.started.elapsed().as_secs_f64(),
+            action: action.into(),
+            kind: kind.map(str::to_string),
+            tab,
+            tabs_after: self.live_tabs(),
+            reason: reason.into(),
+        };
+        tracing::info!(action, kind, tab, tabs = ev.tabs_after, "scaling: {reason}");
+        let mut events = self.events.lock().expect("events");
+        events.push_back(ev);
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+
+    /// Wake every model's batcher: a tab freed up, joined or left.
+    pub fn wake_all(&self) {
+        for m in self.models.lock().expect("models").iter() {
+            m.wake.notify_one();
+        }
+    }
+
+    /// Kinds in the order to try for `model_type`/`model` (routing over measured history), only
+    /// those below their cap.
+    pub fn kind_order(&self, model: Option<(&str, ModelType)>) -> Vec<KindSpec> {
+        let counts: HashMap<String, usize> =
+            self.slots().iter().filter(|s| s.usable()).fold(HashMap::new(), |mut m, s| {
+                *m.entry(s.kind.name.clone()).or_default() += 1;
+                m
+            });
+        let open: Vec<&KindSpec> = self
+            .kinds
+            .iter()
+            .filter(|k| counts.get(&k.name).copied().unwrap_or(0) < k.max_tabs.unwrap_or(self.cfg.max_tabs))
+            .collect();
+        let history = self.history.lock().expect("history");
+        let (name, ty) = model.unwrap_or(("", ModelType::TextEmbedding));
+        let candidates: Vec<Candidate> = open
+            .iter()
+            .map(|k| {
+                // A kind's record for this model over all its backends (and failed launches).
+                let h = history
+                    .iter()
+                    .filter(|((m, kind, _), _)| (name.is_empty() || m == name) && kind == &k.name)
+                    .fold(History::default(), |acc, (_, h)| acc.merge(h));
+                Candidate { kind: k.browser.name().into(), backend: k.name.clone(), history: h }
+            })
+            .collect();
+        routing::rank(ty, &candidates, self.cfg.min_samples).into_iter().map(|i| open[i].clone()).collect()
+    }
+
+    /// Launch one tab (kinds in routing order for the most pressured model, falling back down the
+    /// list), then load every model that wants a replica there.
+    pub async fn grow(self: &Arc<Self>, pressured: Option<&Arc<ModelEntry>>, reason: &str) -> anyhow::Result<u64> {
+        let focus = pressured.cloned().or_else(|| self.default_model());
+        let order = self.kind_order(focus.as_ref().map(|m| (m.name.as_str(), m.model_type)));
+        anyhow::ensure!(!order.is_empty(), "every browser kind is at its max_tabs");
+        let mut errors = Vec::new();
+        for kind in order {
+            let launched = {
+                let mut host = self.host.lock().await;
+                let host = host.as_mut().context("the pool is shutting down")?;
+                host.launch_spec(&kind).await
+            };
+            let tab = match launched {
+                Ok(tab) => tab,
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    if let Some(m) = &focus {
+                        self.record(&m.name, &kind.name, "launch", false, 0.0);
+                    }
+                    self.log("launch-failed", Some(&kind.name), None, &why);
+                    errors.push(format!("{}: {why}", kind.name));
+                    continue;
+                }
+            };
+            let slot = Arc::new(Slot {
+                id: tab.id(),
+                kind: kind.clone(),
+                tab,
+                started: Instant::now(),
+                in_flight: AtomicUsize::new(0),
+                batches: AtomicU64::new(0),
+                rows: AtomicU64::new(0),
+                last_active: Mutex::new(Instant::now()),
+                retired: AtomicBool::new(false),
+            });
+            self.tabs.lock().expect("tabs").push(slot.clone());
+            let models: Vec<Arc<ModelEntry>> = self.models.lock().expect("models").clone();
+            for m in models {
+                let wanted = m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n);
+                if wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m)) {
+                    self.add_replica(&m, &slot).await;
+                }
+            }
+            self.log("grow", Some(&kind.name), Some(slot.id), reason);
+            self.wake_all();
+            return Ok(slot.id);
+        }
+        anyhow::bail!("no browser kind could launch a tab: {}", errors.join("; "))
+    }
+
+    /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
+    pub async fn add_replica(&self, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
+        let backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        match load_in_tab(&slot.tab, &m.model, backend, &()).await {
+            Ok((tm, calibration)) => {
+                let backend = tm.backend.to_string();
+                tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
+                m.replicas.lock().expect("replicas").push(Arc::new(Replica {
+                    slot: slot.clone(),
+                    tm,
+                    backend,
+                    calibration,
+                }));
+                m.wake.notify_one();
+                true
+            }
+            Err(e) => {
+                self.record(&m.name, &slot.kind.name, &format!("{backend:?}").to_lowercase(), false, 0.0);
+                self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
+                false
+            }
+        }
+    }
+
+    /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.
+    pub async fn retire(&self, slot: &Arc<Slot>, action: &str, reason: &str) {
+        if slot.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for m in self.models.lock().expect("models").iter() {
+            m.replicas.lock().expect("replicas").retain(|r| !Arc::ptr_eq(&r.slot, slot));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while slot.in_flight.load(Ordering::SeqCst) > 0 && slot.tab.is_connected() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(host) = self.host.lock().await.as_mut() {
+            host.close_tab(slot.id).await;
+        }
+        self.tabs.lock().expect("tabs").retain(|s| !Arc::ptr_eq(s, slot));
+        self.log(action, Some(&slot.kind.name), Some(slot.id), reason);
+        self.wake_all();
+    }
+
+    pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<String> {
+        let dir = spec.dir.clone();
+        let model = tokio::task::spawn_blocking(move || MiniLm::load(dir.as_deref())).await??;
+        let name = spec.name.clone().unwrap_or_else(|| model.name.clone());
+        anyhow::ensure!(self.model(&name).is_none(), "a model named {name:?} is already loaded");
+        let entry = Arc::new(ModelEntry {
+            name: name.clone(),
+            model_type: spec.model_type,
+            model: Arc::new(model),
+            want_replicas: spec.replicas,
+            replicas: Mutex::new(Vec::new()),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+        });
+        // Replicas on the tabs whose kinds rank best for this model, all loading at once.
+        let order: Vec<String> = self.kind_order_all(&name, spec.model_type).into_iter().map(|k| k.name).collect();
+        let mut slots: Vec<Arc<Slot>> = self.slots().into_iter().filter(|s| s.usable()).collect();
+        slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
+        slots.truncate(spec.replicas.unwrap_or(usize::MAX));
+        let loaded = futures_util::future::join_all(slots.iter().map(|s| self.add_replica(&entry, s))).await;
+        let ok = loaded.iter().filter(|b| **b).count();
+        anyhow::ensure!(
+            ok > 0 || slots.is_empty(),
+            "{name} loaded on none of {} tabs (see the scaling log: {:?})",
+            slots.len(),
+            self.events.lock().expect("events").back()
+        );
+        self.batchers.lock().expect("batchers").push(tokio::spawn(scheduler::run(self.clone(), entry.clone())));
+        self.models.lock().expect("models").push(entry);
+        Ok(name)
+    }
+
+    /// Every configured kind in routing order for `model` (caps ignored).
+    fn kind_order_all(&self, model: &str, ty: ModelType) -> Vec<KindSpec> {
+        let mut order = self.kind_order(Some((model, ty)));
+        for k in &self.kinds {
+            if !order.iter().any(|o| o.name == k.name) {
+                order.push(k.clone());
+            }
+        }
+        order
+    }
+
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for b in self.batchers.lock().expect("batchers").drain(..) {
+            b.abort();
+        }
+        for m in self.models.lock().expect("models").iter() {
+            for job in m.queue.lock().expect("queue").drain(..) {
+                let _ = job.reply.send(Err(PoolError::ShutDown));
+            }
+        }
+        if let Some(host) = self.host.lock().await.take() {
+            host.shutdown().await;
+        }
+    }
+}
