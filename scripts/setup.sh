@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh Debian machine: browser + driver, wasm target, wasm-bindgen-cli
-# pinned to the crate version, then the page build. Safe to run again; skips what is present.
+# Idempotent setup for a fresh Debian machine: browsers + drivers (Chromium, Firefox ESR,
+# geckodriver, the WebNN headless shell), wasm target, wasm-bindgen-cli pinned to the crate
+# version, the model package, then the page build. Safe to run again; skips what is present.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -11,6 +12,9 @@ SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 apt_pkgs=()
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
+# Firefox kind: firefox-esr with WebGPU over Mesa's lavapipe (Vulkan on the CPU).
+command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt: ${apt_pkgs[*]}"
   $SUDO apt-get update -qq
@@ -32,6 +36,12 @@ have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
   log "cargo install wasm-bindgen-cli $want (about 4 minutes)"
   cargo install -q wasm-bindgen-cli --version "$want"
+fi
+
+# geckodriver for the firefox kind, built from crates.io (about 5 minutes the first time).
+if ! command -v geckodriver >/dev/null; then
+  log "cargo install geckodriver 0.37.1 (about 5 minutes)"
+  cargo install -q geckodriver --version 0.37.1 --locked
 fi
 
 # A headless Chromium with WebNN: npm @sparticuz/chromium 153 ships it brotli-compressed; unpack

@@ -82,3 +82,31 @@ fn no_browser_falls_back_to_the_cpu_executor_and_says_why() {
     let (code, err) = run(&["embed", "--backend", "webgpu", "--chromium", "/nonexistent/chromium", "x"], b"", &[]);
     assert_eq!(code, 1, "an explicit --backend webgpu does not fall back: {err}");
 }
+
+#[test]
+fn pool_configuration_mistakes_are_named_before_any_browser_starts() {
+    let cfg = std::env::temp_dir().join(format!("tabpool-bad-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "max_tabs = 2\nmax_tab = 3\n").unwrap();
+    let (code, err) = run(&["serve", "--config", cfg.to_str().unwrap()], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("max_tab") && err.contains(cfg.to_str().unwrap()), "{err}");
+    let _ = std::fs::remove_file(&cfg);
+
+    let (code, err) = run(&["serve", "--min-tabs", "5", "--max-tabs", "2"], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("min_tabs 5 > max_tabs 2"), "{err}");
+    let (code, err) = run(&["serve", "--kind", "safari"], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("safari") && err.contains("chromium-webnn"), "{err}");
+    let (code, err) = run(&["serve", "--remote", "ftp://x"], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("WebDriver endpoint"), "{err}");
+}
+
+#[test]
+fn status_without_a_running_pool_says_how_to_start_one() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, err) = run(&["status", "--api", &format!("127.0.0.1:{port}")], b"", &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no tabpool serve") && err.contains("tabpool serve"), "{err}");
+}

@@ -110,7 +110,10 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
         let a: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (minilm, vec![*t])).collect();
         let b: Vec<(&str, Vec<&str>)> = texts.iter().map(|t| (other.as_str(), vec![*t])).collect();
         let both: Vec<(&str, Vec<&str>)> = a.iter().zip(&b).flat_map(|(x, y)| [x.clone(), y.clone()]).collect();
-        pass(&pool, &both).await?; // warm-up
+        // Warm-up of every pattern timed below: WebNN builds a graph per shape bucket.
+        pass(&pool, &a).await?;
+        pass(&pool, &b).await?;
+        pass(&pool, &both).await?;
         let t = Instant::now();
         pass(&pool, &a).await?;
         pass(&pool, &b).await?;
@@ -125,8 +128,13 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     // 3. A mixed-kind pool: where routing sends the work, from measured history.
     let mut mixed = None;
     if !args.mixed.is_empty() {
-        let kinds: Vec<KindSpec> = args.mixed.iter().map(|k| parse_kind(k)).collect::<anyhow::Result<_>>()?;
-        let n = kinds.len();
+        // One tab of each kind unless a cap says otherwise (`chromium-webnn=2`).
+        let kinds: Vec<KindSpec> = args
+            .mixed
+            .iter()
+            .map(|k| parse_kind(k).map(|k| if k.max_tabs.is_none() { k.with_max_tabs(1) } else { k }))
+            .collect::<anyhow::Result<_>>()?;
+        let n: usize = kinds.iter().map(|k| k.max_tabs.unwrap_or(1)).sum();
         let mut cfg = fixed_pool(kinds, n, args.requests);
         cfg.min_samples = 5;
         let pool = Pool::with_host(crate::Host::start(host_cfg.clone()).await?, cfg).await?;

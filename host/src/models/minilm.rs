@@ -98,7 +98,7 @@ impl MiniLm {
             Err(_) => serde_json::from_str("{}").expect("defaults"),
         };
         anyhow::ensure!(
-            config.num_attention_heads > 0 && config.hidden_size % config.num_attention_heads as usize == 0,
+            config.num_attention_heads > 0 && config.hidden_size.is_multiple_of(config.num_attention_heads as usize),
             "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
             config.hidden_size,
             config.num_attention_heads

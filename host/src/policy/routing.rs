@@ -168,6 +168,76 @@ mod tests {
     }
 }
 
+/// A replica as dispatch sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaLoad {
+    /// It can take a batch now.
+    pub free: bool,
+    /// Measured (or calibrated) cost per text; `None` when unknown (it is tried optimistically).
+    pub ms_per_text: Option<f64>,
+    /// Estimated time until its current work is done (0 when free).
+    pub busy_remaining_ms: f64,
+}
+
+/// Which free replica takes a batch of `rows` texts now, or `None` to wait for a busy one.
+///
+/// Among free replicas the soonest finisher wins (ties: `rank`, the routing order). It is used
+/// only if it finishes the batch no later than the best replica would finish *all* queued work
+/// (`queued_rows`, this batch included): a slow free tab helps with a backlog but must not hold
+/// a batch a busy fast tab would finish sooner.
+pub fn dispatch(replicas: &[ReplicaLoad], rank: &[usize], rows: usize, queued_rows: usize) -> Option<usize> {
+    let known_fastest = replicas.iter().filter_map(|r| r.ms_per_text).fold(f64::INFINITY, f64::min);
+    // Unknown costs are optimistic (the fastest known, or zero) so new replicas get measured.
+    let ms = |r: &ReplicaLoad| r.ms_per_text.unwrap_or(if known_fastest.is_finite() { known_fastest } else { 0.0 });
+    let pos = |i: usize| rank.iter().position(|&x| x == i).unwrap_or(usize::MAX);
+    let best_free = (0..replicas.len())
+        .filter(|&i| replicas[i].free)
+        .map(|i| (i, rows as f64 * ms(&replicas[i])))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(pos(a.0).cmp(&pos(b.0))).then(a.0.cmp(&b.0)))?;
+    let backlog_bound = replicas
+        .iter()
+        .map(|r| r.busy_remaining_ms + queued_rows.max(rows) as f64 * ms(r))
+        .fold(f64::INFINITY, f64::min);
+    (best_free.1 <= backlog_bound).then_some(best_free.0)
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    use super::*;
+
+    fn r(free: bool, ms: Option<f64>, remaining: f64) -> ReplicaLoad {
+        ReplicaLoad { free, ms_per_text: ms, busy_remaining_ms: remaining }
+    }
+
+    #[test]
+    fn the_fastest_free_replica_takes_the_batch() {
+        let reps = [r(true, Some(10.0), 0.0), r(true, Some(2.0), 0.0), r(false, Some(1.0), 50.0)];
+        assert_eq!(dispatch(&reps, &[0, 1, 2], 8, 8), Some(1));
+        // ... unless a busy one is about to finish and is faster still.
+        let reps = [r(true, Some(10.0), 0.0), r(true, Some(2.0), 0.0), r(false, Some(1.0), 5.0)];
+        assert_eq!(dispatch(&reps, &[0, 1, 2], 8, 8), None);
+    }
+
+    #[test]
+    fn a_slow_free_replica_does_not_hold_a_batch_a_busy_fast_one_finishes_sooner() {
+        // Fast: 13 ms/text, busy 100 ms more. Slow: 174 ms/text, free. 32 texts queued.
+        let reps = [r(false, Some(13.0), 100.0), r(true, Some(174.0), 0.0)];
+        assert_eq!(dispatch(&reps, &[0, 1], 32, 32), None, "wait for the fast tab");
+        // A deep backlog: the fast tab needs ~6.7 s for it all; the slow one helps.
+        assert_eq!(dispatch(&reps, &[0, 1], 32, 512), Some(1));
+    }
+
+    #[test]
+    fn unknown_replicas_are_tried_and_ties_follow_the_rank() {
+        let reps = [r(true, None, 0.0), r(true, Some(5.0), 0.0)];
+        assert_eq!(dispatch(&reps, &[1, 0], 4, 4), Some(1), "equal estimates: routing order decides");
+        assert_eq!(dispatch(&reps, &[0, 1], 4, 4), Some(0));
+        assert_eq!(dispatch(&[r(true, None, 0.0)], &[0], 4, 4), Some(0));
+        assert_eq!(dispatch(&[r(false, Some(1.0), 0.0)], &[0], 4, 4), None, "nothing free");
+        assert_eq!(dispatch(&[], &[], 4, 4), None);
+    }
+}
+
 /// The replica with the fewest requests in flight (the first on a tie). Panics on no replicas.
 pub fn least_loaded(in_flight: &[usize]) -> usize {
     assert!(!in_flight.is_empty(), "no replicas");

@@ -236,14 +236,14 @@ impl PoolMetrics {
         }
         let _ = writeln!(
             o,
-            "\n{:>4} | {:<15} | {:>4} | {:>7} | {:>7} | {:>7} | {:<28} | capabilities",
+            "\n{:>4} | {:<19} | {:>4} | {:>7} | {:>7} | {:>7} | {:<28} | capabilities",
             "tab", "kind", "busy", "batches", "texts", "idle s", "models (backend)"
         );
         for t in &self.tabs {
             let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
             let _ = writeln!(
                 o,
-                "{:>4} | {:<15} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
+                "{:>4} | {:<19} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
                 t.id,
                 t.kind,
                 t.in_flight,
@@ -274,7 +274,7 @@ impl PoolMetrics {
             for h in &self.history {
                 let _ = writeln!(
                     o,
-                    "  {:<22} {:<15} {:<10} ok {:>6} fail {:>4} ({:>5.1}%)  {:>8.2} ms/text",
+                    "  {:<22} {:<19} {:<10} ok {:>6} fail {:>4} ({:>5.1}%)  {:>8.2} ms/text",
                     h.model,
                     h.kind,
                     h.backend,
@@ -290,7 +290,7 @@ impl PoolMetrics {
             for e in self.scaling_events.iter().rev().take(15).rev() {
                 let _ = writeln!(
                     o,
-                    "  {:>8.1} s  {:<13} {:<15} tab {:<4} → {} tabs: {}",
+                    "  {:>8.1} s  {:<13} {:<19} tab {:<4} → {} tabs: {}",
                     e.at_s,
                     e.action,
                     e.kind.as_deref().unwrap_or("-"),

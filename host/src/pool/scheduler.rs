@@ -1,9 +1,10 @@
 //! Admission, batching and dispatch for one model.
 //!
 //! `submit` tokenises on the caller's task (bad input fails there, alone), then admits the
-//! request to the model's queue or refuses it as busy. One batcher task per model takes a free
-//! replica (least loaded, ties by routing rank), closes a batch by `policy::batching`, and runs it
-//! on its own task. A tab that fails mid-batch gives its requests back to the front of the queue
+//! request to the model's queue or refuses it as busy. One batcher task per model closes a batch
+//! by `policy::batching`, picks a replica by `policy::routing::dispatch` (the free replica that
+//! finishes soonest, unless a busy faster one would; ties by routing rank), and runs it on its own
+//! task. A tab that fails mid-batch gives its requests back to the front of the queue
 //! (bounded attempts) for another replica; every request gets exactly one answer.
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
 use crate::models::minilm;
 use crate::policy::batching::{self, Take};
-use crate::policy::routing::{self, Candidate};
+use crate::policy::routing::{self, Candidate, History, ReplicaLoad};
 
 /// Queued requests fail after this long without any replica (all tabs lost and none replaced).
 const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
@@ -94,7 +95,8 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
             }
             continue;
         }
-        let Some(replica) = reserve(&shared, &m) else {
+        let batch_rows: usize = rows.iter().take(n).sum();
+        let Some(replica) = reserve(&shared, &m, batch_rows, rows.iter().sum()) else {
             // Every replica busy (or none yet): requests keep queueing, so the next batch is fuller.
             let _ = tokio::time::timeout(Duration::from_millis(50), m.wake.notified()).await;
             continue;
@@ -135,38 +137,60 @@ fn expire(m: &ModelEntry) {
     *q = kept;
 }
 
-/// A free replica of `m`, reserved: least loaded first, ties by routing rank over its measured
-/// (kind, backend) history.
-fn reserve(shared: &Shared, m: &ModelEntry) -> Option<Arc<Replica>> {
+/// A replica of `m` for a batch of `rows` texts (`queued_rows` waiting in all), reserved; `None`
+/// when none is free or a busy one would finish sooner (`policy::routing::dispatch`). Costs per
+/// text come from measured history, else from the replica's calibration.
+fn reserve(shared: &Shared, m: &ModelEntry, rows: usize, queued_rows: usize) -> Option<Arc<Replica>> {
     let replicas: Vec<Arc<Replica>> =
         m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
     if replicas.is_empty() {
         return None;
     }
-    let rank_of = {
+    let limit = shared.cfg.in_flight_per_tab;
+    let (rank, loads) = {
         let history = shared.history.lock().expect("history");
-        let candidates: Vec<Candidate> = replicas
+        let measured: Vec<History> = replicas
             .iter()
-            .map(|r| Candidate {
-                kind: r.slot.kind.browser.name().into(),
-                backend: r.backend.clone(),
-                history: history
-                    .get(&(m.name.clone(), r.slot.kind.name.clone(), r.backend.clone()))
-                    .copied()
-                    .unwrap_or_default(),
+            .map(|r| {
+                history.get(&(m.name.clone(), r.slot.kind.name.clone(), r.backend.clone())).copied().unwrap_or_default()
             })
             .collect();
-        let order = routing::rank(m.model_type, &candidates, shared.cfg.min_samples);
-        let mut rank_of = vec![0; replicas.len()];
-        for (pos, i) in order.into_iter().enumerate() {
-            rank_of[i] = pos;
-        }
-        rank_of
+        let candidates: Vec<Candidate> = replicas
+            .iter()
+            .zip(&measured)
+            .map(|(r, h)| Candidate {
+                kind: r.slot.kind.browser.name().into(),
+                backend: r.backend.clone(),
+                history: *h,
+            })
+            .collect();
+        let rank = routing::rank(m.model_type, &candidates, shared.cfg.min_samples);
+        let loads: Vec<ReplicaLoad> = replicas
+            .iter()
+            .zip(&measured)
+            .map(|(r, h)| {
+                let ms_per_text = if h.successes > 0 {
+                    Some(h.mean_latency_ms)
+                } else {
+                    r.calibration.iter().find(|c| c.backend == r.backend).and_then(|c| c.median_ms)
+                };
+                let busy_remaining_ms = match *r.slot.running.lock().expect("slot") {
+                    Some((since, n)) => {
+                        (n as f64 * ms_per_text.unwrap_or(0.0) - since.elapsed().as_secs_f64() * 1e3).max(0.0)
+                    }
+                    None => 0.0,
+                };
+                ReplicaLoad { free: r.slot.in_flight.load(Ordering::SeqCst) < limit, ms_per_text, busy_remaining_ms }
+            })
+            .collect();
+        (rank, loads)
     };
-    let mut idx: Vec<usize> = (0..replicas.len()).collect();
-    idx.sort_by_key(|&i| (replicas[i].slot.in_flight.load(Ordering::SeqCst), rank_of[i], replicas[i].slot.id));
-    let limit = shared.cfg.in_flight_per_tab;
-    idx.into_iter().map(|i| &replicas[i]).find(|r| r.slot.try_reserve(limit)).cloned()
+    let chosen = &replicas[routing::dispatch(&loads, &rank, rows, queued_rows)?];
+    if !chosen.slot.try_reserve(limit) {
+        return None; // another model's batcher took it first; look again
+    }
+    *chosen.slot.running.lock().expect("slot") = Some((Instant::now(), rows));
+    Some(chosen.clone())
 }
 
 async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs: Vec<Job>) {

@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 use super::config::PoolConfig;
 use super::{ModelSpec, PoolError, Served, scheduler};
 use crate::browser::KindSpec;
-use crate::exec::{TabModel, load_in_tab};
+use crate::exec::{Backend, TabModel, load_in_tab};
 use crate::models::minilm::MiniLm;
 use crate::policy::backend_choice::Measured;
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::{Host, Tab};
+use shared_proto::ExecBackend;
 
 /// One tab in the pool.
 pub(crate) struct Slot {
@@ -28,6 +29,8 @@ pub(crate) struct Slot {
     pub batches: AtomicU64,
     pub rows: AtomicU64,
     pub last_active: Mutex<Instant>,
+    /// The batch running now (start, texts), for dispatch's finish estimate.
+    pub running: Mutex<Option<(Instant, usize)>>,
     /// Leaving the pool: no new work is routed here.
     pub retired: AtomicBool,
 }
@@ -43,6 +46,7 @@ impl Slot {
     }
 
     pub fn release(&self) {
+        *self.running.lock().expect("slot") = None;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         *self.last_active.lock().expect("slot") = Instant::now();
     }
@@ -248,6 +252,7 @@ impl Shared {
                 batches: AtomicU64::new(0),
                 rows: AtomicU64::new(0),
                 last_active: Mutex::new(Instant::now()),
+                running: Mutex::new(None),
                 retired: AtomicBool::new(false),
             });
             self.tabs.lock().expect("tabs").push(slot.clone());
@@ -258,6 +263,8 @@ impl Shared {
                     self.add_replica(&m, &slot).await;
                 }
             }
+            // Idle time counts from when the tab is ready to serve, not from its launch.
+            *slot.last_active.lock().expect("slot") = Instant::now();
             self.log("grow", Some(&kind.name), Some(slot.id), reason);
             self.wake_all();
             return Ok(slot.id);
@@ -267,7 +274,14 @@ impl Shared {
 
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
     pub async fn add_replica(&self, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
-        let backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        if backend == Backend::Auto
+            && let Some(known) = self.calibrated_backend(m, &slot.kind.name)
+        {
+            // Another tab of this kind already calibrated this model: reuse its answer rather
+            // than compile every backend again (seconds on a software WebGPU adapter).
+            backend = known;
+        }
         match load_in_tab(&slot.tab, &m.model, backend, &()).await {
             Ok((tm, calibration)) => {
                 let backend = tm.backend.to_string();
@@ -286,6 +300,17 @@ impl Shared {
                 self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
                 false
             }
+        }
+    }
+
+    /// The backend an earlier calibration chose for `m` on a tab of kind `kind`, if any.
+    fn calibrated_backend(&self, m: &ModelEntry, kind: &str) -> Option<Backend> {
+        let replicas = m.replicas.lock().expect("replicas");
+        let r = replicas.iter().find(|r| r.slot.kind.name == kind && !r.calibration.is_empty())?;
+        match r.tm.backend {
+            ExecBackend::WebGpu => Some(Backend::Webgpu),
+            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
+            ExecBackend::Cpu => None,
         }
     }
 

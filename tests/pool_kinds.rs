@@ -1,0 +1,53 @@
+//! Browser kinds beyond Chromium: a Firefox tab (geckodriver, its own process) and a tab from a
+//! remote WebDriver endpoint (a chromedriver the host does not own, reached by URL) join one pool
+//! and serve MiniLM correctly.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use tabpool::browser::{BrowserKind, KindSpec};
+use tabpool::pool::{ModelSpec, Pool, PoolConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_and_remote_webdriver_tabs_serve_minilm() {
+    // The "remote" endpoint: a WebDriver server this test starts and the host only knows by URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut remote = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver on PATH (scripts/setup.sh installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut grid = KindSpec::remote("remote-chromedriver", &url, BrowserKind::Chromium).with_max_tabs(1);
+    grid.binary = Some("/usr/bin/chromium".into());
+    let firefox = KindSpec::local(BrowserKind::Firefox).with_max_tabs(1);
+    let mut cfg =
+        PoolConfig { min_tabs: 2, max_tabs: 2, max_batch: 4, kinds: vec![firefox, grid], ..PoolConfig::default() };
+    cfg.scaling.enabled = false;
+
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let m = pool.metrics();
+    assert_eq!(m.browser_distribution.get("firefox"), Some(&1), "{}", m.render());
+    assert_eq!(m.browser_distribution.get("remote-chromedriver"), Some(&1), "{}", m.render());
+    let ff = m.tabs.iter().find(|t| t.kind == "firefox").unwrap();
+    assert!(ff.user_agent.contains("Firefox"), "{}", ff.user_agent);
+
+    let name = pool.load(ModelSpec::minilm()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let refs = support::minilm_reference();
+    let requests: Vec<(&str, Vec<&str>)> = refs.iter().map(|r| (name.as_str(), vec![r.text.as_str()])).collect();
+    let mut kinds = std::collections::HashSet::new();
+    for _ in 0..3 {
+        for (res, r) in pool.execute_concurrent(&requests).await.iter().zip(&refs) {
+            let served = res.as_ref().unwrap_or_else(|e| panic!("{e}"));
+            support::check_against_reference(&served.vectors[0], r);
+            kinds.insert(served.kind.clone());
+        }
+    }
+    let m = pool.metrics();
+    println!("{}", m.render());
+    assert_eq!(kinds.len(), 2, "both kinds served: {kinds:?}");
+    pool.shutdown().await;
+    let _ = remote.kill();
+    let _ = remote.wait();
+}
