@@ -70,8 +70,8 @@ pub struct Host {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The shared chromedriver, started with the first Chromium tab.
     driver: Option<DriverProcess>,
-    /// One browser per tab, by tab id.
-    browsers: Vec<(u64, BrowserSession)>,
+    /// One browser per tab, by tab id, with the page URL (it carries the tab's secret).
+    browsers: Vec<(u64, String, BrowserSession)>,
     /// The address tabs use to reach the listeners.
     advertised: String,
     next_tab: u64,
@@ -222,9 +222,10 @@ impl Host {
                 flags,
             },
         };
-        let pending = self.expect_tab();
+        let mut pending = self.expect_tab();
         let id = pending.id;
-        let session = match BrowserSession::open(&launch, &pending.url).await {
+        let url = std::mem::take(&mut pending.url);
+        let session = match BrowserSession::open(&launch, &url).await {
             Ok(s) => s,
             Err(e) => {
                 self.forget(id);
@@ -238,7 +239,7 @@ impl Host {
         };
         match waited {
             Ok(Ok(tab)) => {
-                self.browsers.push((id, session));
+                self.browsers.push((id, url, session));
                 Ok(tab)
             }
             Ok(Err(_)) => {
@@ -263,9 +264,9 @@ impl Host {
 
     /// Close the browser behind tab `id` (its socket closes with it). False if unknown.
     pub async fn close_tab(&mut self, id: u64) -> bool {
-        match self.browsers.iter().position(|(t, _)| *t == id) {
+        match self.browsers.iter().position(|(t, _, _)| *t == id) {
             Some(i) => {
-                let (_, session) = self.browsers.swap_remove(i);
+                let (_, _, session) = self.browsers.swap_remove(i);
                 session.close().await;
                 true
             }
@@ -275,7 +276,42 @@ impl Host {
 
     /// Tab ids with a browser open.
     pub fn open_tabs(&self) -> Vec<u64> {
-        self.browsers.iter().map(|(id, _)| *id).collect()
+        self.browsers.iter().map(|(id, _, _)| *id).collect()
+    }
+
+    /// Reload tab `id`'s page in the same browser and wait for it to join again (same id and
+    /// secret, a new socket). Fails if the browser or its WebDriver session is gone.
+    pub async fn reload_tab(&mut self, id: u64) -> anyhow::Result<Tab> {
+        let (url, token) = {
+            let (_, url, _) = self.browsers.iter().find(|(t, _, _)| *t == id).context("no such tab")?;
+            let token = url.split("token=").nth(1).and_then(|t| t.split('&').next()).context("token")?.to_string();
+            (url.clone(), token)
+        };
+        let (tx, rx) = oneshot::channel();
+        self.registry.expected.lock().expect("registry lock").insert(id, Expected { token, arrived: tx });
+        let session = &self.browsers.iter().find(|(t, _, _)| *t == id).expect("found above").2;
+        if let Err(e) = session.reopen(&url).await {
+            self.forget(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.cfg.tab_timeout, rx).await {
+            Ok(Ok(tab)) => Ok(tab),
+            _ => {
+                self.forget(id);
+                anyhow::bail!("tab {id} did not rejoin within {:?} after a reload", self.cfg.tab_timeout)
+            }
+        }
+    }
+
+    /// Close tab `id`'s window through WebDriver (the browser stays up to the driver's will).
+    pub async fn close_window(&mut self, id: u64) -> anyhow::Result<()> {
+        let (_, _, s) = self.browsers.iter().find(|(t, _, _)| *t == id).context("no such tab")?;
+        s.close_window().await
+    }
+
+    /// Local processes of tab `id`'s browser: (pid, is a renderer/content process).
+    pub fn tab_processes(&self, id: u64) -> Vec<(i32, bool)> {
+        self.browsers.iter().find(|(t, _, _)| *t == id).map(|(_, _, s)| s.processes()).unwrap_or_default()
     }
 
     /// Close every browser, stop the driver (killing anything left below it) and the listeners.
@@ -288,11 +324,11 @@ impl Host {
             .as_ref()
             .and_then(DriverProcess::pid)
             .into_iter()
-            .chain(self.browsers.iter().flat_map(|(_, b)| b.own_pids()));
+            .chain(self.browsers.iter().flat_map(|(_, _, b)| b.own_pids()));
         for root in roots {
             tree.extend(procs::descendants(root).into_iter().map(|(p, _)| p));
         }
-        for (_, b) in self.browsers.drain(..) {
+        for (_, _, b) in self.browsers.drain(..) {
             b.close().await;
         }
         if let Some(d) = self.driver.take() {

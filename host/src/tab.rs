@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shared_proto::{Capabilities, Frame, Limits, ProtoError, RemoteError, Reply, Request, Tensor, ToTab, encode};
 use thiserror::Error;
@@ -33,6 +33,8 @@ pub(crate) struct TabShared {
     pub pending: Mutex<HashMap<u64, ReplySender>>,
     pub next_request: AtomicU64,
     pub closed: AtomicBool,
+    /// When the tab last sent anything (a reply, a pong): liveness without extra traffic.
+    pub last_heard: Mutex<Instant>,
 }
 
 impl TabShared {
@@ -69,6 +71,21 @@ impl Tab {
 
     pub fn is_connected(&self) -> bool {
         !self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// How long since the tab last sent a frame.
+    pub fn silent_for(&self) -> Duration {
+        self.shared.last_heard.lock().expect("last_heard").elapsed()
+    }
+
+    /// Close this tab's socket from the host side (the page stays open). Requests waiting on it
+    /// fail as `Closed`. Used when a tab is replaced, and by chaos tests to drop a socket.
+    pub fn disconnect(&self) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let close = CloseFrame { code: CloseCode::Away, reason: "host closed the socket".into() };
+        let _ = self.shared.outbox.send(Message::Close(Some(close)));
+        self.shared.fail_all();
     }
 
     /// Send `req` with `tensors`; wait for the reply up to `timeout`.

@@ -163,6 +163,40 @@ impl BrowserSession {
         self.client.title().await.unwrap_or_else(|e| format!("<no title: {e}>"))
     }
 
+    /// Load `url` again in this browser's tab (after a renderer crash or a dropped socket).
+    pub async fn reopen(&self, url: &str) -> anyhow::Result<()> {
+        self.client.goto(url).await.context("reopening the page (WebDriver session lost?)")
+    }
+
+    /// Close the tab's window through WebDriver, as a user closing the tab would.
+    pub async fn close_window(&self) -> anyhow::Result<()> {
+        self.client.close_window().await.context("closing the window")
+    }
+
+    /// Local processes of this browser: those naming its profile (the main process) and their
+    /// descendants (zygotes, GPU, renderers): (pid, is a renderer). Empty for remote sessions.
+    pub fn processes(&self) -> Vec<(i32, bool)> {
+        let Some(p) = &self.profile else { return vec![] };
+        let mut pids: Vec<i32> = Vec::new();
+        for main in super::procs::with_cmdline_containing(&p.display().to_string()) {
+            pids.push(main.pid);
+            pids.extend(super::procs::descendants(main.pid).into_iter().map(|(d, _)| d.pid));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter()
+            .map(|pid| {
+                let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                    .into_owned();
+                (
+                    pid,
+                    cmd.contains("--type=renderer")
+                        || (cmd.contains("-contentproc") && cmd.trim_end().ends_with("tab")),
+                )
+            })
+            .collect()
+    }
+
     /// Quit the browser, kill whatever of it is left locally, and remove its profile.
     pub async fn close(self) {
         let BrowserSession { client, profile, own, driver } = self;

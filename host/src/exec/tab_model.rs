@@ -112,7 +112,12 @@ impl TabModel {
 
     /// Run on `inputs`; returns the outputs and the tab's device time.
     pub async fn run(&self, inputs: Vec<Tensor>) -> anyhow::Result<(Vec<Tensor>, f64)> {
-        match self.tab.call(Request::Run { model: self.name.clone() }, inputs, RUN_TIMEOUT).await? {
+        self.run_within(inputs, RUN_TIMEOUT).await
+    }
+
+    /// As [`Self::run`], failing with [`crate::TabError::Timeout`] after `timeout`.
+    pub async fn run_within(&self, inputs: Vec<Tensor>, timeout: Duration) -> anyhow::Result<(Vec<Tensor>, f64)> {
+        match self.tab.call(Request::Run { model: self.name.clone() }, inputs, timeout).await? {
             (Reply::Ran { device_ms }, outputs) => Ok((outputs, device_ms)),
             (other, _) => bail!("tab {} answered {other:?} to Run", self.tab.id()),
         }

@@ -2,5 +2,8 @@
 
 pub mod backend_choice;
 pub mod batching;
+pub mod breaker;
+pub mod health;
+pub mod recovery;
 pub mod routing;
 pub mod scaling;

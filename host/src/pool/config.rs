@@ -32,7 +32,16 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Backend for models in tabs unless a kind sets its own.
     pub backend: Backend,
+    /// A batch running longer than this fails as a timeout (and is retried elsewhere).
+    pub call_timeout_s: f64,
+    /// Hedge a batch to a second free replica once it runs this many times its expected time.
+    pub hedge_factor: f64,
+    /// ... and never before this.
+    pub hedge_floor_ms: u64,
+    /// Off: no hedged duplicates.
+    pub hedge: bool,
     pub scaling: ScalingToml,
+    pub health: HealthToml,
     /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
     pub kinds: Vec<KindSpec>,
 }
@@ -54,6 +63,57 @@ pub struct ScalingToml {
     pub window_s: f64,
     /// Off: the pool stays at min_tabs (still replacing tabs that die).
     pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthToml {
+    /// Ping a tab that has been silent this long.
+    pub heartbeat_interval_ms: u64,
+    /// A ping unanswered this long is a missed heartbeat.
+    pub heartbeat_timeout_ms: u64,
+    /// Missed heartbeats in a row that make a tab unresponsive (its page is reloaded).
+    pub heartbeat_misses: u32,
+    /// Circuit breaker per tab and per (tab, model): sliding window of the last calls.
+    pub breaker_window: usize,
+    pub breaker_min_calls: usize,
+    pub breaker_failure_rate: f64,
+    pub breaker_slow_call_s: f64,
+    pub breaker_slow_rate: f64,
+    pub breaker_open_wait_s: f64,
+    pub breaker_half_open_probes: usize,
+}
+
+impl Default for HealthToml {
+    fn default() -> Self {
+        let b = crate::policy::breaker::BreakerConfig::default();
+        HealthToml {
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 5000,
+            heartbeat_misses: 3,
+            breaker_window: b.window,
+            breaker_min_calls: b.min_calls,
+            breaker_failure_rate: b.failure_rate,
+            breaker_slow_call_s: b.slow_call.as_secs_f64(),
+            breaker_slow_rate: b.slow_rate,
+            breaker_open_wait_s: b.open_wait.as_secs_f64(),
+            breaker_half_open_probes: b.half_open_probes,
+        }
+    }
+}
+
+impl HealthToml {
+    pub fn breaker(&self) -> crate::policy::breaker::BreakerConfig {
+        crate::policy::breaker::BreakerConfig {
+            window: self.breaker_window.max(1),
+            min_calls: self.breaker_min_calls.max(1),
+            failure_rate: self.breaker_failure_rate,
+            slow_call: Duration::from_secs_f64(self.breaker_slow_call_s),
+            slow_rate: self.breaker_slow_rate,
+            open_wait: Duration::from_secs_f64(self.breaker_open_wait_s),
+            half_open_probes: self.breaker_half_open_probes.max(1),
+        }
+    }
 }
 
 impl Default for ScalingToml {
@@ -83,7 +143,12 @@ impl Default for PoolConfig {
             min_samples: 20,
             retries: 2,
             backend: Backend::Auto,
+            call_timeout_s: 60.0,
+            hedge_factor: 4.0,
+            hedge_floor_ms: 250,
+            hedge: true,
             scaling: ScalingToml::default(),
+            health: HealthToml::default(),
             kinds: Vec::new(),
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::state::{ScalingEvent, Shared};
+use super::state::{RecoveryEvent, ScalingEvent, Shared};
 use crate::commands::{adapter_line, webnn_line};
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +30,12 @@ pub struct PoolMetrics {
     /// Measured per (model, kind, backend): what routing reads.
     pub history: Vec<HistoryRow>,
     pub scaling_events: Vec<ScalingEvent>,
+    /// Failed batches by category.
+    pub failures: BTreeMap<String, u64>,
+    /// Tab recoveries (page reloads, browser restarts), latest last.
+    pub recoveries: Vec<RecoveryEvent>,
+    /// Batches hedged to a second replica.
+    pub hedged: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +58,13 @@ pub struct TabMetrics {
     pub hardware_concurrency: u32,
     pub device_memory_gib: Option<f64>,
     pub user_agent: String,
+    /// 0–100 from failures, latency against its own baseline, missed heartbeats, memory.
+    pub health: u8,
+    /// The tab's breaker, and each (tab, model) breaker.
+    pub breaker: crate::policy::breaker::State,
+    pub model_breakers: BTreeMap<String, crate::policy::breaker::State>,
+    pub missed_heartbeats: u32,
+    pub recovering: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +125,8 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
     let mut per_tab: BTreeMap<u64, BTreeMap<String, String>> = BTreeMap::new();
     let mut calibration: BTreeMap<u64, BTreeMap<String, Vec<crate::policy::backend_choice::Measured>>> =
         BTreeMap::new();
+    let mut breakers: BTreeMap<u64, BTreeMap<String, crate::policy::breaker::State>> = BTreeMap::new();
+    let free_memory = system_memory().map(|m| m.available_fraction()).unwrap_or(1.0);
     let model_rows: Vec<ModelMetrics> = models
         .iter()
         .map(|m| {
@@ -119,6 +134,10 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
             for r in replicas.iter() {
                 per_tab.entry(r.slot.id).or_default().insert(m.name.clone(), r.backend.clone());
                 calibration.entry(r.slot.id).or_default().insert(m.name.clone(), r.calibration.clone());
+                breakers
+                    .entry(r.slot.id)
+                    .or_default()
+                    .insert(m.name.clone(), r.breaker.lock().expect("breaker").state());
             }
             ModelMetrics {
                 name: m.name.clone(),
@@ -153,6 +172,11 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 hardware_concurrency: caps.hardware_concurrency,
                 device_memory_gib: caps.device_memory_gib,
                 user_agent: caps.user_agent.clone(),
+                health: s.health(free_memory),
+                breaker: s.breaker.lock().expect("breaker").state(),
+                model_breakers: breakers.remove(&s.id).unwrap_or_default(),
+                missed_heartbeats: s.missed_heartbeats.load(Ordering::SeqCst),
+                recovering: s.recovering.load(Ordering::SeqCst),
             }
         })
         .collect();
@@ -201,6 +225,9 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
         memory: system_memory(),
         history,
         scaling_events: shared.events.lock().expect("events").iter().cloned().collect(),
+        failures: shared.failures.lock().expect("failures").iter().map(|(c, n)| (format!("{c:?}"), *n)).collect(),
+        recoveries: shared.recoveries.lock().expect("recoveries").iter().cloned().collect(),
+        hedged: shared.hedged.load(Ordering::Relaxed),
         tabs,
     }
 }
@@ -243,9 +270,11 @@ impl PoolMetrics {
             let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
             let _ = writeln!(
                 o,
-                "{:>4} | {:<19} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
+                "{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
                 t.id,
                 t.kind,
+                t.health,
+                format!("{:?}", t.breaker),
                 t.in_flight,
                 t.batches,
                 t.rows,
@@ -254,7 +283,13 @@ impl PoolMetrics {
                 t.webgpu,
                 t.webnn,
                 t.hardware_concurrency,
-                if t.connected { "" } else { " [disconnected]" }
+                if t.recovering {
+                    " [recovering]"
+                } else if t.connected {
+                    ""
+                } else {
+                    " [disconnected]"
+                }
             );
         }
         let _ = writeln!(
@@ -282,6 +317,22 @@ impl PoolMetrics {
                     h.failures,
                     h.success_rate * 100.0,
                     h.mean_ms_per_text
+                );
+            }
+        }
+        if !self.failures.is_empty() || !self.recoveries.is_empty() || self.hedged > 0 {
+            let _ = writeln!(o, "\nfailed batches by category: {:?}; hedged batches: {}", self.failures, self.hedged);
+            for r in self.recoveries.iter().rev().take(10).rev() {
+                let _ = writeln!(
+                    o,
+                    "  {:>8.1} s  tab {:<4} {:<15} {:?} → {} in {:.0} ms{}",
+                    r.at_s,
+                    r.tab,
+                    r.kind,
+                    r.category,
+                    r.step,
+                    r.ms,
+                    if r.ok { "" } else { " (failed)" }
                 );
             }
         }

@@ -15,7 +15,8 @@
 //!
 //! Where things are: `config.rs` (TOML + defaults), `state.rs` (tabs, replicas, models, history,
 //! launching and retiring tabs), `scheduler.rs` (admission, batching, dispatch, retries),
-//! `scaler.rs` (observe → `policy::scaling::decide` → act), `metrics.rs` (the snapshot).
+//! `scaler.rs` (observe → `policy::scaling::decide` → act), `watchdog.rs` (heartbeats, failed
+//! tabs → `Shared::recover`), `metrics.rs` (the snapshot).
 //! Decisions themselves are pure functions in `crate::policy`.
 
 pub mod config;
@@ -23,11 +24,13 @@ pub mod metrics;
 mod scaler;
 mod scheduler;
 mod state;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use thiserror::Error;
 
 pub use config::{PoolConfig, ScalingToml};
@@ -156,7 +159,8 @@ impl PoolBuilder {
 /// Cheap to share: clone the `Arc` it sits in, or use it by reference from many tasks.
 pub struct Pool {
     shared: Arc<Shared>,
-    scaler: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The scaler and the watchdog.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -183,8 +187,8 @@ impl Pool {
             }
         }
         tracing::info!("pool up with {} tabs in {:.1} s", shared.live_tabs(), started.elapsed().as_secs_f64());
-        let scaler = tokio::spawn(scaler::run(shared.clone()));
-        Ok(Pool { shared, scaler: std::sync::Mutex::new(Some(scaler)) })
+        let tasks = vec![tokio::spawn(scaler::run(shared.clone())), tokio::spawn(watchdog::run(shared.clone()))];
+        Ok(Pool { shared, tasks: std::sync::Mutex::new(tasks) })
     }
 
     /// Load a model on its replicas (every tab unless `spec.replicas` says fewer); returns its name.
@@ -220,6 +224,28 @@ impl Pool {
         self.shared.models.lock().expect("models").iter().map(|m| m.name.clone()).collect()
     }
 
+    /// (tab id, kind) of the tabs serving now.
+    pub fn tabs(&self) -> Vec<(u64, String)> {
+        self.shared.slots().iter().filter(|s| s.usable()).map(|s| (s.id, s.kind.name.clone())).collect()
+    }
+
+    /// Drop tab `id`'s socket from the host side (operations and chaos testing); the pool
+    /// recovers it like any lost connection.
+    pub fn disconnect_tab(&self, id: u64) -> bool {
+        let slot = self.shared.slots().into_iter().find(|s| s.id == id && s.usable());
+        slot.map(|s| s.tab.disconnect()).is_some()
+    }
+
+    /// Close tab `id`'s window through WebDriver (as a user closing it would).
+    pub async fn close_tab_window(&self, id: u64) -> anyhow::Result<()> {
+        self.shared.host.lock().await.as_mut().context("shutting down")?.close_window(id).await
+    }
+
+    /// Local processes of tab `id`'s browser: (pid, is a renderer/content process).
+    pub async fn tab_processes(&self, id: u64) -> Vec<(i32, bool)> {
+        self.shared.host.lock().await.as_ref().map(|h| h.tab_processes(id)).unwrap_or_default()
+    }
+
     pub fn metrics(&self) -> PoolMetrics {
         metrics::snapshot(&self.shared)
     }
@@ -230,8 +256,8 @@ impl Pool {
 
     /// Fail what is queued, close every tab, browser and driver.
     pub async fn shutdown(&self) {
-        if let Some(s) = self.scaler.lock().expect("scaler").take() {
-            s.abort();
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
         }
         self.shared.shutdown().await;
     }

@@ -1,6 +1,7 @@
 //! The scaler: every interval, observe the pool (utilisation, queue wait, queue depth, idle
-//! tabs, free memory), ask `policy::scaling::decide`, and act. Dead tabs are closed first, so the
-//! same decision refills the pool to `min_tabs`.
+//! tabs, free memory), ask `policy::scaling::decide`, and act. Failed tabs are the watchdog's;
+//! a tab under recovery still counts, and one that could not be recovered is gone, so the same
+//! decision refills the pool to `min_tabs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,11 +18,6 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::time::sleep(interval).await;
         if shared.closed.load(Ordering::SeqCst) {
             return;
-        }
-        for slot in shared.slots() {
-            if !slot.retired.load(Ordering::SeqCst) && !slot.tab.is_connected() {
-                shared.retire(&slot, "replace", "tab disconnected (socket closed, renderer or browser gone)").await;
-            }
         }
         let obs = observe(&shared);
         let decision = if shared.cfg.scaling.enabled {
@@ -59,8 +55,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// The pool's tabs for scaling: serving or being recovered (a tab under recovery is not replaced
+/// twice).
 fn live(shared: &Shared) -> Vec<Arc<Slot>> {
-    shared.slots().into_iter().filter(|s| s.usable()).collect()
+    shared.slots().into_iter().filter(|s| s.counted()).collect()
 }
 
 /// The model with the longest queue, if any is queued.
@@ -113,7 +111,7 @@ pub(crate) fn observe(shared: &Shared) -> Observation {
         utilisation,
         mean_queue_wait,
         queue_depth,
-        idle: slots.iter().map(|s| s.idle_for()).collect(),
+        idle: slots.iter().map(|s| if s.usable() { s.idle_for() } else { Duration::ZERO }).collect(),
         free_memory: super::metrics::system_memory().map(|m| m.available_fraction()).unwrap_or(1.0),
     }
 }

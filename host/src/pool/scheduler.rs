@@ -16,7 +16,10 @@ use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
 use crate::models::minilm;
 use crate::policy::batching::{self, Take};
+use crate::policy::breaker::{self, Outcome};
+use crate::policy::recovery::{self, Category, RequestStep, TabStep};
 use crate::policy::routing::{self, Candidate, History, ReplicaLoad};
+use shared_proto::{ErrorKind, Tensor};
 
 /// Queued requests fail after this long without any replica (all tabs lost and none replaced).
 const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
@@ -48,7 +51,16 @@ pub(crate) async fn submit(
             m.busy.fetch_add(1, Ordering::Relaxed);
             return Err(PoolError::Busy { model: m.name.clone(), queued: q.len(), limit: shared.cfg.max_queue });
         }
-        q.push_back(Job { ids, truncated, enqueued: now, deadline: deadline.map(|d| now + d), attempts: 0, reply: tx });
+        q.push_back(Job {
+            ids,
+            truncated,
+            enqueued: now,
+            deadline: deadline.map(|d| now + d),
+            attempts: 0,
+            avoid: vec![],
+            pin: None,
+            reply: tx,
+        });
     }
     m.wake.notify_one();
     let answer = match deadline {
@@ -96,7 +108,14 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
             continue;
         }
         let batch_rows: usize = rows.iter().take(n).sum();
-        let Some(replica) = reserve(&shared, &m, batch_rows, rows.iter().sum()) else {
+        let route = {
+            let q = m.queue.lock().expect("queue");
+            Route {
+                avoid: q.iter().take(n).flat_map(|j| j.avoid.iter().copied()).collect(),
+                pin: q.front().and_then(|j| j.pin),
+            }
+        };
+        let Some(replica) = reserve(&shared, &m, batch_rows, rows.iter().sum(), &route) else {
             // Every replica busy (or none yet): requests keep queueing, so the next batch is fuller.
             let _ = tokio::time::timeout(Duration::from_millis(50), m.wake.notified()).await;
             continue;
@@ -137,12 +156,39 @@ fn expire(m: &ModelEntry) {
     *q = kept;
 }
 
+/// Where a batch may go: not to slots that failed its requests; only to `pin` when set.
+pub(crate) struct Route {
+    pub avoid: Vec<u64>,
+    pub pin: Option<u64>,
+}
+
+/// Replicas of `m` a batch may use now: usable, breakers admitting, honouring `route` (unless
+/// that leaves none while others exist: a request is never starved by its own history).
+fn eligible(m: &ModelEntry, route: &Route) -> Vec<Arc<Replica>> {
+    let now = Instant::now();
+    let admitted: Vec<Arc<Replica>> = m
+        .replicas
+        .lock()
+        .expect("replicas")
+        .iter()
+        .filter(|r| r.slot.usable())
+        .filter(|r| r.slot.breaker.lock().expect("breaker").would_admit(now))
+        .filter(|r| r.breaker.lock().expect("breaker").would_admit(now))
+        .cloned()
+        .collect();
+    if let Some(pin) = route.pin {
+        return admitted.into_iter().filter(|r| r.slot.serial == pin).collect();
+    }
+    let preferred: Vec<Arc<Replica>> =
+        admitted.iter().filter(|r| !route.avoid.contains(&r.slot.serial)).cloned().collect();
+    if preferred.is_empty() { admitted } else { preferred }
+}
+
 /// A replica of `m` for a batch of `rows` texts (`queued_rows` waiting in all), reserved; `None`
 /// when none is free or a busy one would finish sooner (`policy::routing::dispatch`). Costs per
 /// text come from measured history, else from the replica's calibration.
-fn reserve(shared: &Shared, m: &ModelEntry, rows: usize, queued_rows: usize) -> Option<Arc<Replica>> {
-    let replicas: Vec<Arc<Replica>> =
-        m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
+fn reserve(shared: &Shared, m: &ModelEntry, rows: usize, queued_rows: usize, route: &Route) -> Option<Arc<Replica>> {
+    let replicas = eligible(m, route);
     if replicas.is_empty() {
         return None;
     }
@@ -169,11 +215,7 @@ fn reserve(shared: &Shared, m: &ModelEntry, rows: usize, queued_rows: usize) -> 
             .iter()
             .zip(&measured)
             .map(|(r, h)| {
-                let ms_per_text = if h.successes > 0 {
-                    Some(h.mean_latency_ms)
-                } else {
-                    r.calibration.iter().find(|c| c.backend == r.backend).and_then(|c| c.median_ms)
-                };
+                let ms_per_text = expected_ms_per_text(r, h);
                 let busy_remaining_ms = match *r.slot.running.lock().expect("slot") {
                     Some((since, n)) => {
                         (n as f64 * ms_per_text.unwrap_or(0.0) - since.elapsed().as_secs_f64() * 1e3).max(0.0)
@@ -186,31 +228,184 @@ fn reserve(shared: &Shared, m: &ModelEntry, rows: usize, queued_rows: usize) -> 
         (rank, loads)
     };
     let chosen = &replicas[routing::dispatch(&loads, &rank, rows, queued_rows)?];
-    if !chosen.slot.try_reserve(limit) {
-        return None; // another model's batcher took it first; look again
-    }
-    *chosen.slot.running.lock().expect("slot") = Some((Instant::now(), rows));
-    Some(chosen.clone())
+    take(shared, m, chosen, rows).then(|| chosen.clone())
 }
 
+/// Measured ms per text of `r`, else its calibration figure.
+fn expected_ms_per_text(r: &Replica, h: &History) -> Option<f64> {
+    if h.successes > 0 {
+        Some(h.mean_latency_ms)
+    } else {
+        r.calibration.iter().find(|c| c.backend == r.backend).and_then(|c| c.median_ms)
+    }
+}
+
+/// Reserve `r` for a batch: an execution place on its tab and a call through both breakers.
+fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
+    if !r.slot.try_reserve(shared.cfg.in_flight_per_tab) {
+        return false; // another model's batcher took it first; look again
+    }
+    let now = Instant::now();
+    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+        let (ok, t) = b.lock().expect("breaker").try_acquire(now);
+        if let Some(t) = t {
+            log_transition(shared, m, r, which, &t);
+        }
+        if !ok {
+            r.slot.release();
+            return false;
+        }
+    }
+    *r.slot.running.lock().expect("slot") = Some((now, rows));
+    true
+}
+
+fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: &breaker::Transition) {
+    let scope = if which == "tab" { format!("tab {}", r.slot.id) } else { format!("tab {} × {}", r.slot.id, m.name) };
+    shared.log(
+        "breaker",
+        Some(&r.slot.kind.name),
+        Some(r.slot.id),
+        &format!("{scope}: {:?} → {:?} ({})", t.from, t.to, t.reason),
+    );
+}
+
+/// The failure category of a batch error.
+fn categorise(e: &anyhow::Error) -> Category {
+    match e.downcast_ref::<TabError>() {
+        Some(TabError::Closed(_)) => Category::Connection,
+        Some(TabError::Timeout { .. }) => Category::Timeout,
+        Some(TabError::Remote { error, .. }) => match error.kind {
+            ErrorKind::BadInput => Category::BadInput,
+            ErrorKind::DeviceLost | ErrorKind::OutOfMemory => Category::DeviceLost,
+            ErrorKind::Unsupported | ErrorKind::Internal => Category::ModelError,
+        },
+        _ => Category::ModelError,
+    }
+}
+
+type RunResult = anyhow::Result<Vec<f32>>;
+
+async fn run_on(shared: &Shared, m: &ModelEntry, r: &Replica, inputs: Vec<Tensor>, rows: usize) -> RunResult {
+    let timeout = Duration::from_secs_f64(shared.cfg.call_timeout_s.max(0.001));
+    let (outputs, _) = r.tm.run_within(inputs, timeout).await?;
+    let flat =
+        outputs.first().and_then(|t| t.to_f32()).ok_or_else(|| anyhow::anyhow!("model returned no f32 output"))?;
+    anyhow::ensure!(flat.len() == rows * m.model.hidden, "model returned {} values for {rows} texts", flat.len());
+    Ok(flat)
+}
+
+/// Book the outcome of a run on `r`: breakers, history, latency baseline, the slot's place.
+fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize, took: Duration, result: &RunResult) {
+    r.slot.release();
+    r.slot.batches.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let outcome = match result {
+        Ok(_) => Some(Outcome::Success { took }),
+        Err(e) if categorise(e) == Category::BadInput => None,
+        Err(_) => Some(Outcome::Failure),
+    };
+    if let Some(o) = outcome {
+        for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+            let t = b.lock().expect("breaker").record(o, now);
+            if let Some(t) = t {
+                log_transition(shared, m, r, which, &t);
+            }
+        }
+    }
+    let ms_per_text = took.as_secs_f64() * 1e3 / rows.max(1) as f64;
+    match result {
+        Ok(_) => {
+            r.slot.rows.fetch_add(rows as u64, Ordering::Relaxed);
+            r.slot.latency.lock().expect("latency").record(ms_per_text);
+            shared.record(&m.name, &r.slot.kind.name, &r.backend, true, ms_per_text);
+        }
+        Err(e) => {
+            shared.count_failure(categorise(e));
+            shared.record(&m.name, &r.slot.kind.name, &r.backend, false, 0.0);
+        }
+    }
+}
+
+/// Run a batch on `r`; if it runs past the hedge point and another replica is free, run it there
+/// too: the first success wins, the loser's reply is dropped (parallel recovery).
 async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs: Vec<Job>) {
     let ids: Vec<Vec<u32>> = jobs.iter().flat_map(|j| j.ids.iter().cloned()).collect();
     let rows = ids.len();
     let inputs = minilm::inputs_from_ids(&ids);
     let t = Instant::now();
-    let result = r.tm.run(inputs).await.and_then(|(outputs, _)| {
-        let flat =
-            outputs.first().and_then(|t| t.to_f32()).ok_or_else(|| anyhow::anyhow!("model returned no f32 output"))?;
-        anyhow::ensure!(flat.len() == rows * m.model.hidden, "model returned {} values for {rows} texts", flat.len());
-        Ok(flat)
-    });
+    let expected = {
+        let h = shared.history.lock().expect("history");
+        let h = h.get(&(m.name.clone(), r.slot.kind.name.clone(), r.backend.clone())).copied().unwrap_or_default();
+        expected_ms_per_text(&r, &h).map(|ms| Duration::from_secs_f64(ms * rows as f64 / 1e3))
+    };
+    let hedge_at = match expected {
+        Some(e) if shared.cfg.hedge => {
+            Some(e.mul_f64(shared.cfg.hedge_factor).max(Duration::from_millis(shared.cfg.hedge_floor_ms)))
+        }
+        _ => None,
+    };
+    let primary = run_on(&shared, &m, &r, inputs.clone(), rows);
+    tokio::pin!(primary);
+    let hedge_wait = async {
+        match hedge_at {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (result, winner) = tokio::select! {
+        res = &mut primary => {
+            settle(&shared, &m, &r, rows, t.elapsed(), &res);
+            (res, r.clone())
+        }
+        _ = hedge_wait => {
+            let route = Route { avoid: vec![r.slot.serial], pin: None };
+            let second = eligible(&m, &route).into_iter().find(|x| x.slot.serial != r.slot.serial
+                && x.slot.in_flight.load(Ordering::SeqCst) < shared.cfg.in_flight_per_tab);
+            match second.filter(|x| take(&shared, &m, x, rows)) {
+                None => {
+                    let res = primary.await;
+                    settle(&shared, &m, &r, rows, t.elapsed(), &res);
+                    (res, r.clone())
+                }
+                Some(h) => {
+                    shared.hedged.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a slow batch of {rows}");
+                    let th = Instant::now();
+                    let secondary = run_on(&shared, &m, &h, inputs, rows);
+                    tokio::pin!(secondary);
+                    // First success wins; if the first to finish failed, wait for the other.
+                    tokio::select! {
+                        a = &mut primary => {
+                            settle(&shared, &m, &r, rows, t.elapsed(), &a);
+                            if a.is_ok() {
+                                h.slot.release(); // the loser: its late reply is dropped
+                                (a, r.clone())
+                            } else {
+                                let b = secondary.await;
+                                settle(&shared, &m, &h, rows, th.elapsed(), &b);
+                                (b, h.clone())
+                            }
+                        }
+                        b = &mut secondary => {
+                            settle(&shared, &m, &h, rows, th.elapsed(), &b);
+                            if b.is_ok() {
+                                r.slot.release();
+                                (b, h.clone())
+                            } else {
+                                let a = primary.await;
+                                settle(&shared, &m, &r, rows, t.elapsed(), &a);
+                                (a, r.clone())
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
-    r.slot.release();
-    r.slot.batches.fetch_add(1, Ordering::Relaxed);
     match result {
         Ok(flat) => {
-            r.slot.rows.fetch_add(rows as u64, Ordering::Relaxed);
-            shared.record(&m.name, &r.slot.kind.name, &r.backend, true, run_ms / rows as f64);
             let mut vectors = flat.chunks_exact(m.model.hidden).map(<[f32]>::to_vec);
             for job in jobs {
                 let n = job.ids.len();
@@ -219,9 +414,9 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                     vectors: vectors.by_ref().take(n).collect(),
                     lengths: job.ids.iter().map(Vec::len).collect(),
                     truncated: job.truncated,
-                    tab: r.slot.id,
-                    kind: r.slot.kind.name.clone(),
-                    backend: r.backend.clone(),
+                    tab: winner.slot.id,
+                    kind: winner.slot.kind.name.clone(),
+                    backend: winner.backend.clone(),
                     batch_rows: rows,
                     queue_ms: (t - job.enqueued).as_secs_f64() * 1e3,
                     run_ms,
@@ -231,32 +426,59 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                 let _ = job.reply.send(Ok(served));
             }
         }
-        Err(e) => {
-            shared.record(&m.name, &r.slot.kind.name, &r.backend, false, 0.0);
-            let tab_lost = matches!(e.downcast_ref::<TabError>(), Some(TabError::Closed(_) | TabError::Timeout { .. }))
-                || !r.slot.tab.is_connected();
-            if tab_lost {
-                // Routing stops using it at once; the scaler closes it and refills to min_tabs.
-                m.replicas.lock().expect("replicas").retain(|x| !Arc::ptr_eq(x, &r));
+        Err(e) => fail_batch(&shared, &m, &winner, jobs, e).await,
+    }
+    shared.wake_all();
+}
+
+/// A failed batch: each request is retried per `policy::recovery::request_step` or answered with
+/// the error; the tab is left to the watchdog (lost socket, missed heartbeats) or reloads its
+/// model in place (lost device).
+async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, jobs: Vec<Job>, e: anyhow::Error) {
+    let category = categorise(&e);
+    let message = format!("{category:?}: {e:#}");
+    tracing::warn!(model = m.name, tab = r.slot.id, "batch of {} failed: {message}", jobs.len());
+    if !r.slot.tab.is_connected() {
+        // Routing stops using it at once; the watchdog reloads the page or restarts the browser.
+        let (shared, slot) = (shared.clone(), r.slot.clone());
+        let detail = format!("socket closed during a batch: {e:#}");
+        tokio::spawn(async move { shared.recover(slot, Category::Connection, &detail).await });
+    } else if recovery::tab_step(category, true, true, 0) == TabStep::ReloadModel {
+        // The tab re-creates its device; load the model again in place before the retry.
+        shared.add_replica(m, &r.slot).await;
+    }
+    let mut again: Vec<(Job, Duration)> = Vec::new();
+    for mut job in jobs {
+        job.attempts += 1;
+        match recovery::request_step(category, job.attempts, shared.cfg.retries) {
+            RequestStep::RetrySameTab { backoff } => {
+                job.pin = Some(r.slot.serial);
+                again.push((job, backoff));
             }
-            let message = format!("{e:#}");
-            tracing::warn!(model = m.name, tab = r.slot.id, "batch of {rows} failed: {message}");
-            let mut again = Vec::new();
-            for mut job in jobs {
-                job.attempts += 1;
-                if tab_lost && job.attempts <= shared.cfg.retries {
-                    m.retried.fetch_add(1, Ordering::Relaxed);
-                    again.push(job);
-                } else {
-                    m.failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.reply.send(Err(PoolError::Failed { attempts: job.attempts, message: message.clone() }));
-                }
+            RequestStep::RetryElsewhere { backoff } => {
+                job.pin = None;
+                job.avoid.push(r.slot.serial);
+                again.push((job, backoff));
             }
-            let mut q = m.queue.lock().expect("queue");
-            for job in again.into_iter().rev() {
-                q.push_front(job);
+            RequestStep::Fail => {
+                m.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = job.reply.send(Err(PoolError::Failed { attempts: job.attempts, message: message.clone() }));
             }
         }
     }
-    shared.wake_all();
+    if again.is_empty() {
+        return;
+    }
+    m.retried.fetch_add(again.len() as u64, Ordering::Relaxed);
+    let backoff = again.iter().map(|(_, b)| *b).max().unwrap_or_default();
+    let m = m.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(backoff).await;
+        let mut q = m.queue.lock().expect("queue");
+        for (job, _) in again.into_iter().rev() {
+            q.push_front(job);
+        }
+        drop(q);
+        m.wake.notify_one();
+    });
 }

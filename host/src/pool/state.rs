@@ -1,8 +1,8 @@
 //! What the pool holds: tabs (slots), models with their replicas and queues, the measured
 //! history, and the scaling log; plus the actions that change them (grow, retire, load).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,17 @@ use crate::browser::KindSpec;
 use crate::exec::{Backend, TabModel, load_in_tab};
 use crate::models::minilm::MiniLm;
 use crate::policy::backend_choice::Measured;
+use crate::policy::breaker::Breaker;
+use crate::policy::health;
+use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::{Host, Tab};
 use shared_proto::ExecBackend;
 
-/// One tab in the pool.
+/// One tab in the pool. A reloaded page is a new slot with the same tab id and a new serial.
 pub(crate) struct Slot {
+    /// Unique per slot (tab ids survive a page reload; serials do not).
+    pub serial: u64,
     pub id: u64,
     pub kind: KindSpec,
     pub tab: Tab,
@@ -33,11 +38,56 @@ pub(crate) struct Slot {
     pub running: Mutex<Option<(Instant, usize)>>,
     /// Leaving the pool: no new work is routed here.
     pub retired: AtomicBool,
+    /// Being recovered (page reload / browser restart): no work, but still counted as a tab.
+    pub recovering: AtomicBool,
+    pub breaker: Mutex<Breaker>,
+    pub missed_heartbeats: AtomicU32,
+    pub pinging: AtomicBool,
+    /// ms per text: (count, mean) of its first calls (the baseline), and a recent moving average.
+    pub latency: Mutex<Latency>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Latency {
+    pub baseline_n: u32,
+    pub baseline_ms: f64,
+    pub recent_ms: f64,
+}
+
+impl Latency {
+    const BASELINE_CALLS: u32 = 20;
+    pub fn record(&mut self, ms_per_text: f64) {
+        if self.baseline_n < Self::BASELINE_CALLS {
+            self.baseline_n += 1;
+            self.baseline_ms += (ms_per_text - self.baseline_ms) / self.baseline_n as f64;
+            self.recent_ms = self.baseline_ms;
+        } else {
+            self.recent_ms = 0.8 * self.recent_ms + 0.2 * ms_per_text;
+        }
+    }
+    pub fn ratio(&self) -> f64 {
+        if self.baseline_n == 0 || self.baseline_ms <= 0.0 { 1.0 } else { self.recent_ms / self.baseline_ms }
+    }
 }
 
 impl Slot {
     pub fn usable(&self) -> bool {
-        !self.retired.load(Ordering::SeqCst) && self.tab.is_connected()
+        !self.retired.load(Ordering::SeqCst) && !self.recovering.load(Ordering::SeqCst) && self.tab.is_connected()
+    }
+
+    /// Still one of the pool's tabs (serving, or being recovered).
+    pub fn counted(&self) -> bool {
+        !self.retired.load(Ordering::SeqCst)
+    }
+
+    pub fn health(&self, free_memory: f64) -> u8 {
+        let failure_rate = self.breaker.lock().expect("breaker").rates().0;
+        health::score(&health::Signals {
+            failure_rate,
+            latency_ratio: self.latency.lock().expect("latency").ratio(),
+            missed_heartbeats: self.missed_heartbeats.load(Ordering::SeqCst),
+            free_memory,
+        })
     }
 
     /// Take one of this tab's `limit` execution places, if one is free.
@@ -66,6 +116,8 @@ pub(crate) struct Replica {
     pub tm: TabModel,
     pub backend: String,
     pub calibration: Vec<Measured>,
+    /// The (tab, model) breaker.
+    pub breaker: Mutex<Breaker>,
 }
 
 pub(crate) struct Job {
@@ -74,6 +126,10 @@ pub(crate) struct Job {
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
     pub attempts: u32,
+    /// Slots (serials) that failed this request: retries go elsewhere.
+    pub avoid: Vec<u64>,
+    /// Retry on this slot only (a lost device reloaded in place).
+    pub pin: Option<u64>,
     pub reply: tokio::sync::oneshot::Sender<Result<Served, PoolError>>,
 }
 
@@ -122,6 +178,28 @@ pub(crate) struct Shared {
     pub batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub closed: AtomicBool,
     pub started: Instant,
+    pub next_serial: AtomicU64,
+    /// Batches hedged to a second replica.
+    pub hedged: AtomicU64,
+    /// Failed batches by category.
+    pub failures: Mutex<BTreeMap<Category, u64>>,
+    /// Tab recoveries, latest last.
+    pub recoveries: Mutex<VecDeque<RecoveryEvent>>,
+}
+
+/// One tab recovery, for the log, `metrics()` and `bench recovery`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoveryEvent {
+    pub at_s: f64,
+    pub tab: u64,
+    pub kind: String,
+    pub category: Category,
+    /// reload_page | restart_browser | reload_model | retired
+    pub step: String,
+    pub ok: bool,
+    /// From detection to the tab serving again with its models loaded.
+    pub ms: f64,
+    pub detail: String,
 }
 
 const EVENTS_KEPT: usize = 200;
@@ -141,11 +219,16 @@ impl Shared {
             batchers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             started: Instant::now(),
+            next_serial: AtomicU64::new(1),
+            hedged: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            recoveries: Mutex::new(VecDeque::new()),
         }
     }
 
+    /// Tabs in the pool, serving or being recovered.
     pub fn live_tabs(&self) -> usize {
-        self.tabs.lock().expect("tabs").iter().filter(|s| s.usable()).count()
+        self.tabs.lock().expect("tabs").iter().filter(|s| s.counted()).count()
     }
 
     pub fn slots(&self) -> Vec<Arc<Slot>> {
@@ -224,52 +307,201 @@ impl Shared {
         let focus = pressured.cloned().or_else(|| self.default_model());
         let order = self.kind_order(focus.as_ref().map(|m| (m.name.as_str(), m.model_type)));
         anyhow::ensure!(!order.is_empty(), "every browser kind is at its max_tabs");
+        let slot = self.launch_first(&order, focus.as_ref()).await?;
+        let models: Vec<Arc<ModelEntry>> = self.models.lock().expect("models").clone();
+        for m in models {
+            let wanted = m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n);
+            if wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m)) {
+                self.add_replica(&m, &slot).await;
+            }
+        }
+        // Idle time counts from when the tab is ready to serve, not from its launch.
+        *slot.last_active.lock().expect("slot") = Instant::now();
+        slot.recovering.store(false, Ordering::SeqCst);
+        self.log("grow", Some(&slot.kind.name), Some(slot.id), reason);
+        self.wake_all();
+        Ok(slot.id)
+    }
+
+    /// Launch a tab of the first kind in `order` that starts; failures are recorded against the
+    /// kind (routing reads them) and logged.
+    async fn launch_first(&self, order: &[KindSpec], focus: Option<&Arc<ModelEntry>>) -> anyhow::Result<Arc<Slot>> {
         let mut errors = Vec::new();
         for kind in order {
             let launched = {
                 let mut host = self.host.lock().await;
                 let host = host.as_mut().context("the pool is shutting down")?;
-                host.launch_spec(&kind).await
+                host.launch_spec(kind).await
             };
-            let tab = match launched {
-                Ok(tab) => tab,
+            match launched {
+                Ok(tab) => {
+                    let slot = self.new_slot(tab, kind.clone());
+                    // Routable once the caller has loaded its models (grow / finish_recovery).
+                    slot.recovering.store(true, Ordering::SeqCst);
+                    self.tabs.lock().expect("tabs").push(slot.clone());
+                    return Ok(slot);
+                }
                 Err(e) => {
                     let why = format!("{e:#}");
-                    if let Some(m) = &focus {
+                    if let Some(m) = focus {
                         self.record(&m.name, &kind.name, "launch", false, 0.0);
                     }
                     self.log("launch-failed", Some(&kind.name), None, &why);
                     errors.push(format!("{}: {why}", kind.name));
-                    continue;
-                }
-            };
-            let slot = Arc::new(Slot {
-                id: tab.id(),
-                kind: kind.clone(),
-                tab,
-                started: Instant::now(),
-                in_flight: AtomicUsize::new(0),
-                batches: AtomicU64::new(0),
-                rows: AtomicU64::new(0),
-                last_active: Mutex::new(Instant::now()),
-                running: Mutex::new(None),
-                retired: AtomicBool::new(false),
-            });
-            self.tabs.lock().expect("tabs").push(slot.clone());
-            let models: Vec<Arc<ModelEntry>> = self.models.lock().expect("models").clone();
-            for m in models {
-                let wanted = m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n);
-                if wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m)) {
-                    self.add_replica(&m, &slot).await;
                 }
             }
-            // Idle time counts from when the tab is ready to serve, not from its launch.
-            *slot.last_active.lock().expect("slot") = Instant::now();
-            self.log("grow", Some(&kind.name), Some(slot.id), reason);
-            self.wake_all();
-            return Ok(slot.id);
         }
         anyhow::bail!("no browser kind could launch a tab: {}", errors.join("; "))
+    }
+
+    fn new_slot(&self, tab: Tab, kind: KindSpec) -> Arc<Slot> {
+        Arc::new(Slot {
+            serial: self.next_serial.fetch_add(1, Ordering::SeqCst),
+            id: tab.id(),
+            kind,
+            tab,
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            batches: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            last_active: Mutex::new(Instant::now()),
+            running: Mutex::new(None),
+            retired: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
+            breaker: Mutex::new(Breaker::new(self.cfg.health.breaker())),
+            missed_heartbeats: AtomicU32::new(0),
+            pinging: AtomicBool::new(false),
+            latency: Mutex::new(Latency::default()),
+        })
+    }
+
+    /// Bring a failed tab back (progressive, per `policy::recovery::tab_step`): reload its page in
+    /// the same browser, else restart the browser; then load the models it had. Requests queue
+    /// meanwhile (or run on other replicas); the slot still counts as a tab so the scaler does
+    /// not launch a second replacement.
+    pub async fn recover(self: &Arc<Self>, old: Arc<Slot>, category: Category, detail: &str) {
+        if old.retired.load(Ordering::SeqCst) || old.recovering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let t = Instant::now();
+        let mut had: Vec<Arc<ModelEntry>> = Vec::new();
+        for m in self.models.lock().expect("models").iter() {
+            let mut reps = m.replicas.lock().expect("replicas");
+            if reps.iter().any(|r| Arc::ptr_eq(&r.slot, &old)) {
+                had.push(m.clone());
+            }
+            reps.retain(|r| !Arc::ptr_eq(&r.slot, &old));
+        }
+        self.wake_all();
+        if old.tab.is_connected() {
+            old.tab.disconnect();
+        }
+        let procs = match self.host.lock().await.as_ref() {
+            Some(h) => h.tab_processes(old.id),
+            None => return,
+        };
+        let local = old.kind.browser != crate::browser::BrowserKind::Remote;
+        let browser_alive = !local || procs.iter().any(|(_, renderer)| !renderer);
+        let renderer_alive = !local || procs.iter().any(|(_, renderer)| *renderer);
+        let category = match category {
+            Category::Connection if !browser_alive || !renderer_alive => Category::Crash,
+            c => c,
+        };
+        let mut step = recovery::tab_step(category, false, browser_alive, 0);
+        let mut why = detail.to_string();
+        if step == TabStep::ReloadPage {
+            let reloaded = match self.host.lock().await.as_mut() {
+                Some(h) => h.reload_tab(old.id).await,
+                None => return,
+            };
+            match reloaded {
+                Ok(tab) => {
+                    let slot = self.new_slot(tab, old.kind.clone());
+                    // Not routable until its models are loaded again, but counted as a tab.
+                    slot.recovering.store(true, Ordering::SeqCst);
+                    self.swap_slot(&old, Some(slot.clone()));
+                    self.finish_recovery(&slot, &had, category, "reload_page", t, detail).await;
+                    return;
+                }
+                Err(e) => {
+                    why = format!("{detail}; page reload failed: {e:#}");
+                    step = recovery::tab_step(category, false, browser_alive, 1);
+                }
+            }
+        }
+        debug_assert_eq!(step, TabStep::RestartBrowser);
+        if let Some(h) = self.host.lock().await.as_mut() {
+            h.close_tab(old.id).await;
+        }
+        // The old slot stays counted until its replacement is in, so the scaler does not launch
+        // a second replacement meanwhile.
+        let launched = self.launch_first(std::slice::from_ref(&old.kind), had.first()).await;
+        self.swap_slot(&old, None);
+        match launched {
+            Ok(slot) => self.finish_recovery(&slot, &had, category, "restart_browser", t, &why).await,
+            Err(e) => {
+                // The scaler refills to min_tabs with whatever kind can start.
+                self.note_recovery(&old, category, "retired", false, t, &format!("{why}; restart failed: {e:#}"));
+            }
+        }
+    }
+
+    /// Replace `old` in the tab list by `new` (or drop it), marking it retired.
+    fn swap_slot(&self, old: &Arc<Slot>, new: Option<Arc<Slot>>) {
+        old.retired.store(true, Ordering::SeqCst);
+        let mut tabs = self.tabs.lock().expect("tabs");
+        tabs.retain(|s| !Arc::ptr_eq(s, old));
+        if let Some(n) = new {
+            tabs.push(n);
+        }
+    }
+
+    async fn finish_recovery(
+        &self,
+        slot: &Arc<Slot>,
+        had: &[Arc<ModelEntry>],
+        category: Category,
+        step: &str,
+        t: Instant,
+        detail: &str,
+    ) {
+        let mut ok = true;
+        for m in had {
+            ok &= self.add_replica(m, slot).await;
+        }
+        *slot.last_active.lock().expect("slot") = Instant::now();
+        slot.recovering.store(false, Ordering::SeqCst);
+        self.note_recovery(slot, category, step, ok, t, detail);
+        self.wake_all();
+    }
+
+    fn note_recovery(&self, slot: &Slot, category: Category, step: &str, ok: bool, t: Instant, detail: &str) {
+        let ev = RecoveryEvent {
+            at_s: self.started.elapsed().as_secs_f64(),
+            tab: slot.id,
+            kind: slot.kind.name.clone(),
+            category,
+            step: step.into(),
+            ok,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+            detail: detail.into(),
+        };
+        self.log(
+            "recover",
+            Some(&slot.kind.name),
+            Some(slot.id),
+            &format!("{category:?} → {step} in {:.0} ms ({}): {detail}", ev.ms, if ok { "ok" } else { "failed" }),
+        );
+        let mut r = self.recoveries.lock().expect("recoveries");
+        r.push_back(ev);
+        while r.len() > EVENTS_KEPT {
+            r.pop_front();
+        }
+    }
+
+    /// Count a failed batch by category.
+    pub fn count_failure(&self, c: Category) {
+        *self.failures.lock().expect("failures").entry(c).or_default() += 1;
     }
 
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
@@ -286,12 +518,12 @@ impl Shared {
             Ok((tm, calibration)) => {
                 let backend = tm.backend.to_string();
                 tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
-                m.replicas.lock().expect("replicas").push(Arc::new(Replica {
-                    slot: slot.clone(),
-                    tm,
-                    backend,
-                    calibration,
-                }));
+                let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
+                let mut reps = m.replicas.lock().expect("replicas");
+                // A reloaded model replaces the old replica on the same slot.
+                reps.retain(|r| !Arc::ptr_eq(&r.slot, slot));
+                reps.push(Arc::new(Replica { slot: slot.clone(), tm, backend, calibration, breaker }));
+                drop(reps);
                 m.wake.notify_one();
                 true
             }

@@ -160,6 +160,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
         pending: Mutex::default(),
         next_request: AtomicU64::new(1),
         closed: AtomicBool::new(false),
+        last_heard: Mutex::new(std::time::Instant::now()),
     });
     // Writer: everything for this tab goes through one task, in order.
     let mut writer = tokio::spawn(async move {
@@ -175,6 +176,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
 
     // Reader: route replies to their waiters; a protocol violation closes this socket only.
     while let Some(msg) = stream.next().await {
+        *shared.last_heard.lock().expect("last_heard") = std::time::Instant::now();
         let bytes: Bytes = match msg {
             Ok(Message::Binary(b)) => b,
             Ok(Message::Close(_)) | Err(_) => break,

@@ -1,0 +1,169 @@
+//! Recovery: failure categories, and what to do about a failed request and a failed tab.
+//!
+//! Strategies by category: **simple** (retry on the same tab: the tab recovers a lost device
+//! itself), **progressive** (another replica → a model on a new or spare tab; for the tab: reload
+//! the page → restart the browser), **parallel** (hedge a slow batch to a second replica, the
+//! first answer wins), **coordinated** (multi-tab work: pause, reassign, resume — for sharded
+//! models). Retries are bounded and back off exponentially.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// The socket closed or dropped while the browser lives.
+    Connection,
+    /// The renderer or the whole browser process died.
+    Crash,
+    /// A call past its deadline, or missed heartbeats.
+    Timeout,
+    /// The GPU device was lost or memory ran out inside the tab.
+    DeviceLost,
+    /// The tab could not run the model (an internal error).
+    ModelError,
+    /// The request itself is wrong: no retry helps.
+    BadInput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Simple,
+    Progressive,
+    Parallel,
+    Coordinated,
+}
+
+/// The strategy for a category (multi-tab work always coordinates).
+pub fn strategy(c: Category, multi_tab: bool) -> Option<Strategy> {
+    if multi_tab && c != Category::BadInput {
+        return Some(Strategy::Coordinated);
+    }
+    match c {
+        Category::BadInput => None,
+        Category::DeviceLost => Some(Strategy::Simple),
+        Category::Timeout => Some(Strategy::Parallel),
+        Category::Connection | Category::Crash | Category::ModelError => Some(Strategy::Progressive),
+    }
+}
+
+/// What happens to the requests of a failed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStep {
+    /// Again on the same tab after the backoff (it reloads its model first).
+    RetrySameTab { backoff: Duration },
+    /// On any other replica after the backoff; the failed tab is avoided.
+    RetryElsewhere { backoff: Duration },
+    /// No attempts left, or retrying cannot help.
+    Fail,
+}
+
+/// Backoff before attempt `attempt` (1 = the first retry): 25 ms doubling, at most 800 ms.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(25u64 << attempt.saturating_sub(1).min(5))
+}
+
+/// `attempts`: failures of this request so far (≥ 1); `max_retries`: retries allowed.
+pub fn request_step(c: Category, attempts: u32, max_retries: u32) -> RequestStep {
+    if attempts > max_retries {
+        return RequestStep::Fail;
+    }
+    let backoff = backoff(attempts);
+    match strategy(c, false) {
+        None => RequestStep::Fail,
+        Some(Strategy::Simple) if attempts == 1 => RequestStep::RetrySameTab { backoff },
+        // Model errors are deterministic more often than not: one try elsewhere, then give up.
+        Some(_) if c == Category::ModelError && attempts > 1 => RequestStep::Fail,
+        Some(_) => RequestStep::RetryElsewhere { backoff },
+    }
+}
+
+/// What happens to the failed tab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TabStep {
+    /// Healthy enough: keep it (its breaker judges it).
+    Keep,
+    /// Load the model again in the same page (lost device, out of memory).
+    ReloadModel,
+    /// Open the page again in the same browser: a new renderer and socket, models re-loaded.
+    ReloadPage,
+    /// Close the browser and start a new one of the same kind.
+    RestartBrowser,
+}
+
+/// `browser_alive`: its main process still runs (or unknown, for remote tabs); `reloads`: page
+/// reloads already tried for this failure.
+pub fn tab_step(c: Category, connected: bool, browser_alive: bool, reloads: u32) -> TabStep {
+    match c {
+        Category::BadInput | Category::ModelError if connected => TabStep::Keep,
+        Category::DeviceLost if connected => TabStep::ReloadModel,
+        Category::Timeout if connected => TabStep::Keep,
+        _ if !browser_alive || reloads >= 1 => TabStep::RestartBrowser,
+        _ => TabStep::ReloadPage,
+    }
+}
+
+/// Whether a batch running `elapsed` should be hedged to a second replica: past `factor` × its
+/// expected time, and never before `floor`.
+pub fn should_hedge(elapsed: Duration, expected: Option<Duration>, factor: f64, floor: Duration) -> bool {
+    match expected {
+        Some(e) => elapsed >= floor.max(e.mul_f64(factor)),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies_by_category() {
+        assert_eq!(strategy(Category::DeviceLost, false), Some(Strategy::Simple));
+        assert_eq!(strategy(Category::Crash, false), Some(Strategy::Progressive));
+        assert_eq!(strategy(Category::Connection, false), Some(Strategy::Progressive));
+        assert_eq!(strategy(Category::Timeout, false), Some(Strategy::Parallel));
+        assert_eq!(strategy(Category::Crash, true), Some(Strategy::Coordinated));
+        assert_eq!(strategy(Category::BadInput, true), None);
+    }
+
+    #[test]
+    fn retries_are_bounded_and_back_off() {
+        assert_eq!(backoff(1), Duration::from_millis(25));
+        assert_eq!(backoff(3), Duration::from_millis(100));
+        assert_eq!(backoff(40), Duration::from_millis(800));
+        assert_eq!(request_step(Category::Crash, 1, 2), RequestStep::RetryElsewhere { backoff: backoff(1) });
+        assert_eq!(request_step(Category::Crash, 2, 2), RequestStep::RetryElsewhere { backoff: backoff(2) });
+        assert_eq!(request_step(Category::Crash, 3, 2), RequestStep::Fail);
+        assert_eq!(request_step(Category::BadInput, 1, 9), RequestStep::Fail);
+    }
+
+    #[test]
+    fn a_lost_device_retries_in_place_once_then_moves() {
+        assert_eq!(request_step(Category::DeviceLost, 1, 3), RequestStep::RetrySameTab { backoff: backoff(1) });
+        assert_eq!(request_step(Category::DeviceLost, 2, 3), RequestStep::RetryElsewhere { backoff: backoff(2) });
+        assert_eq!(request_step(Category::ModelError, 1, 3), RequestStep::RetryElsewhere { backoff: backoff(1) });
+        assert_eq!(request_step(Category::ModelError, 2, 3), RequestStep::Fail);
+    }
+
+    #[test]
+    fn tabs_escalate_from_reload_to_restart() {
+        assert_eq!(tab_step(Category::Connection, false, true, 0), TabStep::ReloadPage);
+        assert_eq!(tab_step(Category::Connection, false, true, 1), TabStep::RestartBrowser);
+        assert_eq!(tab_step(Category::Crash, false, false, 0), TabStep::RestartBrowser);
+        assert_eq!(tab_step(Category::Crash, false, true, 0), TabStep::ReloadPage);
+        assert_eq!(tab_step(Category::DeviceLost, true, true, 0), TabStep::ReloadModel);
+        assert_eq!(tab_step(Category::Timeout, true, true, 0), TabStep::Keep);
+        assert_eq!(tab_step(Category::Timeout, false, true, 0), TabStep::ReloadPage, "missed heartbeats");
+        assert_eq!(tab_step(Category::BadInput, true, true, 0), TabStep::Keep);
+    }
+
+    #[test]
+    fn hedging_waits_for_a_multiple_of_the_expected_time() {
+        let ms = Duration::from_millis;
+        assert!(!should_hedge(ms(250), Some(ms(100)), 3.0, ms(50)));
+        assert!(should_hedge(ms(300), Some(ms(100)), 3.0, ms(50)));
+        assert!(!should_hedge(ms(40), Some(ms(10)), 3.0, ms(50)), "never before the floor");
+        assert!(!should_hedge(ms(9000), None, 3.0, ms(50)), "unknown cost: no hedge");
+    }
+}
