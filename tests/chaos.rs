@@ -42,7 +42,7 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
         max_tabs: TABS,
         max_queue: 4096,
         max_batch: 8,
-        retries: 6,
+        retries: 8,
         kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
         ..PoolConfig::default()
     };

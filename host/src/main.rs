@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
-use tabpool::commands::{bench, bench_pool, doctor, embed, matmul, serve};
+use tabpool::commands::{bench, bench_pool, bench_recovery, doctor, embed, matmul, serve};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
@@ -154,6 +154,19 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Failover to a warm replica, tab replacement with the model re-loaded, success under faults.
+    Recovery {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// Requests in the fault stream.
+        #[arg(long, default_value_t = 300)]
+        stream: usize,
+        /// A fault every this many requests.
+        #[arg(long, default_value_t = 50)]
+        every: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of the register-blocked, tiled and naive kernels.
     Matmul {
         #[arg(long, value_delimiter = ',', default_values_t = vec![64, 128, 256, 512])]
@@ -198,7 +211,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
-        Command::Serve { .. } | Command::Status { .. } | Command::Bench { what: BenchWhat::Pool { .. } } => {
+        Command::Serve { .. }
+        | Command::Status { .. }
+        | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } } => {
             unreachable!("runs without a pre-started host")
         }
     }
@@ -234,6 +249,13 @@ async fn main() -> ExitCode {
                     Ok(())
                 }
                 e => e,
+            }
+        }
+        Command::Bench { what: BenchWhat::Recovery { trials, stream, every, json } } => {
+            let args = bench_recovery::Args { trials, stream, every, json };
+            tokio::select! {
+                r = bench_recovery::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
         Command::Bench { what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, json } } => {

@@ -102,6 +102,8 @@ impl Tab {
         s.pending.lock().expect("pending lock").insert(id, tx);
         if s.closed.load(Ordering::SeqCst) || s.outbox.send(Message::Binary(bytes.into())).is_err() {
             s.pending.lock().expect("pending lock").remove(&id);
+            // The writer is gone: the socket is dead even if the reader has not noticed yet.
+            s.fail_all();
             return Err(TabError::Closed(s.id));
         }
         match tokio::time::timeout(timeout, rx).await {

@@ -116,7 +116,15 @@ mod tests {
     fn finds_processes_by_an_argument() {
         let marker = format!("tabpool-marker-{}", std::process::id());
         let mut child = std::process::Command::new("sh").args(["-c", "sleep 30; :", &marker]).spawn().unwrap();
-        let found = with_cmdline_containing(&marker);
+        // Until the child has exec'd, its command line is still ours.
+        let mut found = with_cmdline_containing(&marker);
+        for _ in 0..200 {
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = with_cmdline_containing(&marker);
+        }
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [child.id() as i32]);
         let sleeper: Vec<ProcId> = descendants(child.id() as i32).into_iter().map(|(p, _)| p).collect();
         kill_all(&sleeper);

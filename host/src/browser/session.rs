@@ -163,9 +163,11 @@ impl BrowserSession {
         self.client.title().await.unwrap_or_else(|e| format!("<no title: {e}>"))
     }
 
-    /// Load `url` again in this browser's tab (after a renderer crash or a dropped socket).
+    /// Load `url` again in this browser's tab (after a dropped socket). chromedriver refuses
+    /// every command on a tab whose renderer crashed ("tab crashed"), even opening a new tab, so
+    /// that case fails here and recovery restarts the browser.
     pub async fn reopen(&self, url: &str) -> anyhow::Result<()> {
-        self.client.goto(url).await.context("reopening the page (WebDriver session lost?)")
+        self.client.goto(url).await.context("reopening the page (renderer crashed or WebDriver session lost?)")
     }
 
     /// Close the tab's window through WebDriver, as a user closing the tab would.

@@ -141,7 +141,7 @@ impl Default for PoolConfig {
             batch_wait_ms: 2,
             in_flight_per_tab: 1,
             min_samples: 20,
-            retries: 2,
+            retries: 8,
             backend: Backend::Auto,
             call_timeout_s: 60.0,
             hedge_factor: 4.0,

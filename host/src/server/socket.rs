@@ -163,12 +163,17 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
         last_heard: Mutex::new(std::time::Instant::now()),
     });
     // Writer: everything for this tab goes through one task, in order.
+    let writer_shared = Arc::downgrade(&shared);
     let mut writer = tokio::spawn(async move {
         while let Some(msg) = outbox_rx.recv().await {
             let is_close = matches!(msg, Message::Close(_));
             if sink.send(msg).await.is_err() || is_close {
                 break;
             }
+        }
+        // A dead socket fails its waiting requests now, not at their timeouts.
+        if let Some(s) = writer_shared.upgrade() {
+            s.fail_all();
         }
         let _ = sink.close().await;
     });
