@@ -1,4 +1,5 @@
-//! Chaos with real tabs: 360 embed requests stream into a pool of three WebNN tabs while, at
+//! Chaos with real tabs: 360 embed requests and 8 multi-tab jobs (48 texts in 6 shards) stream
+//! into a pool of three WebNN tabs while, at
 //! random (seeded), renderer processes are SIGKILLed, tab windows closed through WebDriver, whole
 //! browsers killed and sockets dropped. Every request must come back exactly once with vectors
 //! equal to the CPU executor's within tolerance, and the pool must return to its full size.
@@ -79,6 +80,18 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
         }));
     }
 
+    // Multi-tab jobs in the same storm: 48 texts in 6 shards each, merged all-or-nothing.
+    let mut groups = Vec::new();
+    for g in 0..8u64 {
+        let picks: Vec<usize> = (0..48).map(|_| rng.random_range(0..texts.len())).collect();
+        let (pool, name, texts) = (pool.clone(), name.clone(), texts.clone());
+        groups.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500 + 2800 * g)).await;
+            let batch: Vec<&str> = picks.iter().map(|&k| texts[k].as_str()).collect();
+            (picks.clone(), pool.embed_many(&name, &batch, Some(Duration::from_secs(120))).await)
+        }));
+    }
+
     // Chaos while the stream runs: every kind of fault at least twice, in a seeded order.
     let mut faults = [Chaos::KillRenderer, Chaos::DropSocket, Chaos::CloseWindow, Chaos::KillBrowser].repeat(2);
     faults.push(Chaos::KillRenderer);
@@ -89,6 +102,10 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
     let mut done: Vec<(Chaos, u64)> = Vec::new();
     for fault in &faults {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1500..2500))).await;
+        let wait = Instant::now();
+        while pool.tabs().is_empty() && wait.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let tabs = pool.tabs();
         if tabs.is_empty() {
             continue;
@@ -130,6 +147,26 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
             }
         }
     }
+    let mut shards_retried = 0;
+    for g in groups {
+        let (picks, res) = g.await.unwrap();
+        match res {
+            Ok(many) => {
+                assert_eq!(many.vectors.len(), picks.len());
+                shards_retried += many.retried_shards;
+                for (v, &k) in many.vectors.iter().zip(&picks) {
+                    let (cos, diff) = (support::cosine(v, &expected[k]), support::max_abs_diff(v, &expected[k]));
+                    if cos < support::MIN_COSINE || diff > support::MAX_ABS {
+                        wrong += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                lost += 1;
+                eprintln!("multi-tab job lost: {e}");
+            }
+        }
+    }
     let stream_s = started.elapsed().as_secs_f64();
 
     // Back to full size: every faulted tab reloaded or replaced.
@@ -146,13 +183,14 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
     let q = |p: f64| tabpool::stats::quantile(&ms, p);
     println!(
         "chaos: {REQUESTS} requests in {stream_s:.1} s, {} faults {:?}, lost {lost}, wrong {wrong}, retried {retried}, \
-         recoveries {} (p50 {:.0} ms, p95 {:.0} ms), hedged {}",
+         recoveries {} (p50 {:.0} ms, p95 {:.0} ms), hedged {}, multi-tab jobs 8 (shards retried {shards_retried}, coordinated recoveries {})",
         done.len(),
         done.iter().map(|(f, t)| format!("{f:?}@{t}")).collect::<Vec<_>>(),
         m.recoveries.len(),
         q(0.5),
         q(0.95),
-        m.hedged
+        m.hedged,
+        m.coordinated
     );
     assert_eq!(lost, 0, "no request lost");
     assert_eq!(wrong, 0, "no wrong answer");
@@ -161,6 +199,29 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
     assert!(healed(&m), "the pool healed to full size, the model on every tab: {}", m.render());
     assert!(m.recoveries.iter().filter(|r| r.ok).count() >= done.len() / 2, "{:?}", m.recoveries);
     let served: u64 = m.models.iter().map(|x| x.served).sum();
-    assert_eq!(served as usize, REQUESTS, "answered exactly once each");
+    assert_eq!(served as usize, REQUESTS + 8 * 6, "answered exactly once each (stream + shards)");
+
+    // Coordinated recovery, on purpose: drop the socket of a tab running a shard of a multi-tab
+    // job; the job still completes, in order, correct, with its shards kept off that tab.
+    let picks: Vec<usize> = (0..192).map(|i| i % texts.len()).collect();
+    let job = {
+        let (pool, name, texts, picks) = (pool.clone(), name.clone(), texts.clone(), picks.clone());
+        tokio::spawn(async move {
+            let batch: Vec<&str> = picks.iter().map(|&k| texts[k].as_str()).collect();
+            pool.embed_many(&name, &batch, Some(Duration::from_secs(120))).await
+        })
+    };
+    let busy = loop {
+        if let Some(t) = pool.metrics().tabs.iter().find(|t| t.in_flight > 0) {
+            break t.id;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    };
+    pool.disconnect_tab(busy);
+    let many = job.await.unwrap().expect("the multi-tab job survives a lost tab");
+    for (v, &k) in many.vectors.iter().zip(&picks) {
+        assert!(support::max_abs_diff(v, &expected[k]) <= support::MAX_ABS);
+    }
+    assert!(many.retried_shards >= 1 && pool.metrics().coordinated >= 1, "{:?}", pool.metrics().scaling_events);
     pool.shutdown().await;
 }

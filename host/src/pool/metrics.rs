@@ -36,6 +36,8 @@ pub struct PoolMetrics {
     pub recoveries: Vec<RecoveryEvent>,
     /// Batches hedged to a second replica.
     pub hedged: u64,
+    /// Coordinated recoveries of multi-tab jobs.
+    pub coordinated: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +230,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
         failures: shared.failures.lock().expect("failures").iter().map(|(c, n)| (format!("{c:?}"), *n)).collect(),
         recoveries: shared.recoveries.lock().expect("recoveries").iter().cloned().collect(),
         hedged: shared.hedged.load(Ordering::Relaxed),
+        coordinated: shared.coordinated.load(Ordering::Relaxed),
         tabs,
     }
 }
@@ -321,7 +324,11 @@ impl PoolMetrics {
             }
         }
         if !self.failures.is_empty() || !self.recoveries.is_empty() || self.hedged > 0 {
-            let _ = writeln!(o, "\nfailed batches by category: {:?}; hedged batches: {}", self.failures, self.hedged);
+            let _ = writeln!(
+                o,
+                "\nfailed batches by category: {:?}; hedged batches: {}; coordinated recoveries: {}",
+                self.failures, self.hedged, self.coordinated
+            );
             for r in self.recoveries.iter().rev().take(10).rev() {
                 let _ = writeln!(
                     o,

@@ -78,6 +78,20 @@ pub struct Served {
     pub attempts: u32,
 }
 
+/// A multi-tab job's merged answer (`Pool::embed_many`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ManyServed {
+    pub model: String,
+    pub vectors: Vec<Vec<f32>>,
+    pub lengths: Vec<usize>,
+    pub truncated: Vec<bool>,
+    pub shards: usize,
+    /// Tabs that served a shard.
+    pub tabs: Vec<u64>,
+    /// Shards that needed more than one attempt.
+    pub retried_shards: usize,
+}
+
 /// A model to load: a sentence-encoder folder (default: all-MiniLM-L6-v2 from the model cache).
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
@@ -199,7 +213,7 @@ impl Pool {
     /// Embed with the first loaded model.
     pub async fn embed(&self, texts: &[&str]) -> Result<Served, PoolError> {
         let model = self.shared.default_model().ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
-        scheduler::submit(&self.shared, &model, texts, None).await
+        scheduler::submit(&self.shared, &model, texts, None, None).await
     }
 
     /// Embed with `model`, failing with `Deadline` if no result arrives within `deadline`. A
@@ -211,7 +225,42 @@ impl Pool {
         deadline: Option<Duration>,
     ) -> Result<Served, PoolError> {
         let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
-        scheduler::submit(&self.shared, &m, texts, deadline).await
+        scheduler::submit(&self.shared, &m, texts, deadline, None).await
+    }
+
+    /// Embed many texts as one multi-tab job: shards of `max_batch` run on every replica at once
+    /// and are merged in order. All or nothing: a shard whose tab fails is reassigned (with the
+    /// job's other queued shards kept off that tab: coordinated recovery); if a shard still fails
+    /// after its retries, the whole call fails.
+    pub async fn embed_many(
+        &self,
+        model: &str,
+        texts: &[&str],
+        deadline: Option<Duration>,
+    ) -> Result<ManyServed, PoolError> {
+        let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
+        if texts.is_empty() {
+            return Err(PoolError::BadInput("no texts to embed".into()));
+        }
+        let group = self.shared.next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shards = texts.chunks(self.shared.cfg.max_batch.max(1));
+        let results = futures_util::future::join_all(
+            shards.map(|shard| scheduler::submit(&self.shared, &m, shard, deadline, Some(group))),
+        )
+        .await;
+        let mut out = ManyServed { model: m.name.clone(), ..ManyServed::default() };
+        for r in results {
+            let s = r?;
+            out.shards += 1;
+            out.retried_shards += (s.attempts > 1) as usize;
+            if !out.tabs.contains(&s.tab) {
+                out.tabs.push(s.tab);
+            }
+            out.vectors.extend(s.vectors);
+            out.lengths.extend(s.lengths);
+            out.truncated.extend(s.truncated);
+        }
+        Ok(out)
     }
 
     /// Run every (model, texts) request at once across the pool; results in request order.

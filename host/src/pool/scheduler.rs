@@ -29,6 +29,7 @@ pub(crate) async fn submit(
     m: &Arc<ModelEntry>,
     texts: &[&str],
     deadline: Option<Duration>,
+    group: Option<u64>,
 ) -> Result<Served, PoolError> {
     if shared.closed.load(Ordering::SeqCst) {
         return Err(PoolError::ShutDown);
@@ -59,6 +60,7 @@ pub(crate) async fn submit(
             attempts: 0,
             avoid: vec![],
             pin: None,
+            group,
             reply: tx,
         });
     }
@@ -446,6 +448,28 @@ async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>,
     } else if recovery::tab_step(category, true, true, 0) == TabStep::ReloadModel {
         // The tab re-creates its device; load the model again in place before the retry.
         shared.add_replica(m, &r.slot).await;
+    }
+    let infra = matches!(category, Category::Connection | Category::Crash | Category::Timeout);
+    let mut groups: Vec<u64> = jobs.iter().filter_map(|j| j.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if infra && !groups.is_empty() {
+        // Coordinated: the other queued shards of the same multi-tab jobs are kept away from the
+        // failed tab too, so the job resumes as a whole on healthy tabs.
+        let mut moved = 0;
+        for job in m.queue.lock().expect("queue").iter_mut() {
+            if job.group.is_some_and(|g| groups.contains(&g)) && !job.avoid.contains(&r.slot.serial) {
+                job.avoid.push(r.slot.serial);
+                moved += 1;
+            }
+        }
+        shared.coordinated.fetch_add(1, Ordering::Relaxed);
+        let reason = format!(
+            "{category:?} on tab {} during multi-tab job(s) {groups:?}: {} failed shard(s) reassigned, {moved} queued shard(s) kept off it",
+            r.slot.id,
+            jobs.iter().filter(|j| j.group.is_some()).count()
+        );
+        shared.log("coordinated", Some(&r.slot.kind.name), Some(r.slot.id), &reason);
     }
     let mut again: Vec<(Job, Duration)> = Vec::new();
     for mut job in jobs {

@@ -130,6 +130,8 @@ pub(crate) struct Job {
     pub avoid: Vec<u64>,
     /// Retry on this slot only (a lost device reloaded in place).
     pub pin: Option<u64>,
+    /// The multi-tab job this request is a shard of (`Pool::embed_many`).
+    pub group: Option<u64>,
     pub reply: tokio::sync::oneshot::Sender<Result<Served, PoolError>>,
 }
 
@@ -181,6 +183,9 @@ pub(crate) struct Shared {
     pub next_serial: AtomicU64,
     /// Batches hedged to a second replica.
     pub hedged: AtomicU64,
+    /// Multi-tab jobs: ids, and coordinated recoveries done.
+    pub next_group: AtomicU64,
+    pub coordinated: AtomicU64,
     /// Failed batches by category.
     pub failures: Mutex<BTreeMap<Category, u64>>,
     /// Tab recoveries, latest last.
@@ -221,6 +226,8 @@ impl Shared {
             started: Instant::now(),
             next_serial: AtomicU64::new(1),
             hedged: AtomicU64::new(0),
+            next_group: AtomicU64::new(1),
+            coordinated: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             recoveries: Mutex::new(VecDeque::new()),
         }
