@@ -102,6 +102,6 @@ async fn serve_answers_status_and_embed_then_stops_on_ctrl_c() {
         assert!(Instant::now() < deadline, "serve did not stop on Ctrl-C");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(code.success(), "serve exited {code}");
+    assert_eq!(code.code(), Some(130), "serve exits as interrupted: {code}");
     assert!(!status(&api, false).0, "the endpoint is gone");
 }

@@ -39,17 +39,32 @@ fn ctrl_c_closes_an_attached_webnn_browser_too() {
 
 fn ctrl_c_leaves_nothing(kind: &str) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--tabs", "1", "--browser", kind])
+        // Port 0: the tests in this file run at once.
+        .args(["serve", "--tabs", "1", "--browser", kind, "--api", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Read on a thread so a serve that never gets ready fails the test instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Drain to the end: a closed pipe would make serve's next println fail.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let line = lines.next().expect("serve prints until ready").unwrap();
-        if line.contains("tab(s) ready") {
-            break;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("tab(s) ready") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("serve --browser {kind} was not ready within 180 s ({e})");
+            }
         }
     }
     let seen: HashMap<ProcId, String> = procs::descendants(pid).into_iter().collect();

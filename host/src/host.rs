@@ -290,7 +290,14 @@ impl Host {
         let (tx, rx) = oneshot::channel();
         self.registry.expected.lock().expect("registry lock").insert(id, Expected { token, arrived: tx });
         let session = &self.browsers.iter().find(|(t, _, _)| *t == id).expect("found above").2;
-        if let Err(e) = session.reopen(&url).await {
+        // A hung renderer never finishes a navigation; don't hold the host for WebDriver's 300 s
+        // (a healthy reload takes 1-4 s here, even under load).
+        let limit = self.cfg.tab_timeout.min(Duration::from_secs(10));
+        let reopened = match tokio::time::timeout(limit, session.reopen(&url)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("the page did not reload within {limit:?} (renderer hung?)")),
+        };
+        if let Err(e) = reopened {
             self.forget(id);
             return Err(e);
         }

@@ -244,11 +244,11 @@ async fn main() -> ExitCode {
         Command::Serve { pool, models, no_default_model, api } => {
             let args = serve::Args { pool, models, no_default_model, api };
             match serve::run(cfg, args, interrupted()).await {
-                Ok(()) => {
-                    eprintln!("tabpool serve: stopped; tabs, browsers and drivers closed");
-                    Ok(())
+                Ok(true) => {
+                    eprintln!("interrupted: tabs, browsers and driver closed");
+                    return ExitCode::from(130);
                 }
-                e => e,
+                r => r.map(|_| ()),
             }
         }
         Command::Bench { what: BenchWhat::Recovery { trials, stream, every, json } } => {

@@ -254,10 +254,14 @@ impl Starting {
     }
 
     async fn close(mut self) {
-        if let Some(c) = self.client.take()
-            && let Err(e) = c.close().await
-        {
-            tracing::debug!("closing browser session: {e}");
+        if let Some(c) = self.client.take() {
+            // A hung renderer can stall WebDriver's close forever; local processes are killed
+            // below anyway.
+            match tokio::time::timeout(Duration::from_secs(5), c.close()).await {
+                Ok(Err(e)) => tracing::debug!("closing browser session: {e}"),
+                Err(_) => tracing::debug!("closing browser session: no answer within 5 s"),
+                Ok(Ok(())) => {}
+            }
         }
         self.kill_local().await;
         if let Some(p) = &self.profile {

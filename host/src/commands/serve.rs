@@ -22,14 +22,19 @@ pub struct Args {
     pub api: SocketAddr,
 }
 
-pub async fn run(host_cfg: HostConfig, args: Args, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs until `stop` resolves (Ok(true): stopped by it) or fails.
+pub async fn run(
+    host_cfg: HostConfig,
+    args: Args,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<bool> {
     let cfg = args.pool.resolve()?;
     let host = Host::start(host_cfg).await?;
     let mut stop = std::pin::pin!(stop);
     let pool = tokio::select! {
         p = Pool::with_host(host, cfg) => Arc::new(p?),
         // Dropping the half-built pool drops its host, which kills what it started.
-        _ = &mut stop => return Ok(()),
+        _ = &mut stop => return Ok(true),
     };
     let work = async {
         if !args.no_default_model {
@@ -40,6 +45,7 @@ pub async fn run(host_cfg: HostConfig, args: Args, stop: impl std::future::Futur
         }
         let (addr, _api) = api::serve(pool.clone(), args.api).await?;
         println!("{}", pool.metrics().render());
+        println!("tabpool serve: {} tab(s) ready", pool.metrics().connections);
         println!(
             "tabpool serve: models {:?}; `tabpool status --api {addr}`; POST http://{addr}/embed {{\"texts\": [...]}}; Ctrl-C to stop",
             pool.models()
@@ -48,8 +54,8 @@ pub async fn run(host_cfg: HostConfig, args: Args, stop: impl std::future::Futur
         anyhow::Ok(())
     };
     let result = tokio::select! {
-        r = work => r,
-        _ = &mut stop => Ok(()),
+        r = work => r.map(|()| false),
+        _ = &mut stop => Ok(true),
     };
     pool.shutdown().await;
     result

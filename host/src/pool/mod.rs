@@ -290,6 +290,20 @@ impl Pool {
         self.shared.host.lock().await.as_mut().context("shutting down")?.close_window(id).await
     }
 
+    /// Hang tab `id`: stop its renderer process(es) (SIGSTOP), as a renderer stuck in a loop
+    /// would be. The socket stays open (the network service is another process), so only
+    /// heartbeats can tell. Local tabs only; returns how many processes were stopped.
+    pub async fn freeze_tab(&self, id: u64) -> anyhow::Result<usize> {
+        let renderers: Vec<i32> =
+            self.tab_processes(id).await.into_iter().filter(|(_, r)| *r).map(|(p, _)| p).collect();
+        anyhow::ensure!(!renderers.is_empty(), "tab {id} has no local renderer process to stop");
+        for pid in &renderers {
+            // SAFETY: kill(2) with a pid of a process this host started.
+            unsafe { libc::kill(*pid, libc::SIGSTOP) };
+        }
+        Ok(renderers.len())
+    }
+
     /// Local processes of tab `id`'s browser: (pid, is a renderer/content process).
     pub async fn tab_processes(&self, id: u64) -> Vec<(i32, bool)> {
         self.shared.host.lock().await.as_ref().map(|h| h.tab_processes(id)).unwrap_or_default()
