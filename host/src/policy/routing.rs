@@ -237,21 +237,3 @@ mod dispatch_tests {
         assert_eq!(dispatch(&[], &[], 4, 4), None);
     }
 }
-
-/// The replica with the fewest requests in flight (the first on a tie). Panics on no replicas.
-pub fn least_loaded(in_flight: &[usize]) -> usize {
-    assert!(!in_flight.is_empty(), "no replicas");
-    in_flight.iter().enumerate().min_by_key(|(i, n)| (**n, *i)).map(|(i, _)| i).expect("non-empty")
-}
-
-#[cfg(test)]
-mod least_loaded_tests {
-    use super::least_loaded;
-
-    #[test]
-    fn picks_fewest_in_flight_first_on_ties() {
-        assert_eq!(least_loaded(&[2, 0, 1]), 1);
-        assert_eq!(least_loaded(&[1, 1, 1]), 0);
-        assert_eq!(least_loaded(&[0]), 0);
-    }
-}
