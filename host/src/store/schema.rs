@@ -1,0 +1,105 @@
+//! The history database's schema, as an ordered list of migrations. A database records the
+//! version it is at (`schema_version`); opening it applies the missing steps in one transaction.
+//! Append a step to change the schema; never edit a released one.
+
+/// (version, SQL). Versions are 1, 2, … in order.
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
+CREATE TABLE runs (
+    run_id      VARCHAR PRIMARY KEY,   -- one pool start
+    started_at  TIMESTAMP NOT NULL,
+    hostname    VARCHAR,
+    version     VARCHAR,               -- tabpool version
+    config      VARCHAR                -- the pool configuration, TOML
+);
+-- One row per batch run on a tab (a hedged batch: one row per replica it ran on).
+CREATE TABLE executions (
+    ts             TIMESTAMP NOT NULL,  -- when the batch finished
+    run_id         VARCHAR NOT NULL,
+    model          VARCHAR NOT NULL,
+    browser_kind   VARCHAR NOT NULL,
+    backend        VARCHAR NOT NULL,
+    tab            UBIGINT NOT NULL,
+    batch_rows     INTEGER NOT NULL,    -- texts in the batch
+    tokens         INTEGER NOT NULL,    -- real (unpadded) tokens in the batch
+    latency_ms     DOUBLE NOT NULL,     -- tab round trip of the batch
+    queue_ms       DOUBLE NOT NULL,     -- mean queue wait of its requests
+    success        BOOLEAN NOT NULL,
+    error_category VARCHAR,             -- connection | crash | timeout | device_lost | model_error | bad_input
+    hedge          BOOLEAN NOT NULL     -- the duplicate run of a hedged batch
+);
+-- Tab lifecycle: launched (with its capabilities), launch_failed, retired, replaced.
+CREATE TABLE tab_events (
+    ts           TIMESTAMP NOT NULL,
+    run_id       VARCHAR NOT NULL,
+    tab          UBIGINT,
+    browser_kind VARCHAR NOT NULL,
+    event        VARCHAR NOT NULL,
+    detail       VARCHAR,
+    capabilities VARCHAR              -- JSON
+);
+CREATE TABLE breaker_transitions (
+    ts           TIMESTAMP NOT NULL,
+    run_id       VARCHAR NOT NULL,
+    tab          UBIGINT NOT NULL,
+    browser_kind VARCHAR NOT NULL,
+    scope        VARCHAR NOT NULL,    -- 'tab', or the model of a (tab, model) breaker
+    from_state   VARCHAR NOT NULL,
+    to_state     VARCHAR NOT NULL,
+    reason       VARCHAR
+);
+CREATE TABLE health_samples (
+    ts                TIMESTAMP NOT NULL,
+    run_id            VARCHAR NOT NULL,
+    tab               UBIGINT NOT NULL,
+    browser_kind      VARCHAR NOT NULL,
+    health            UTINYINT NOT NULL,   -- 0..100
+    breaker           VARCHAR NOT NULL,
+    missed_heartbeats INTEGER NOT NULL,
+    in_flight         INTEGER NOT NULL
+);
+CREATE TABLE scaling_decisions (
+    ts           TIMESTAMP NOT NULL,
+    run_id       VARCHAR NOT NULL,
+    action       VARCHAR NOT NULL,    -- grow | shrink | hold | launch-failed | load-failed | coordinated
+    browser_kind VARCHAR,
+    tab          UBIGINT,
+    tabs_after   INTEGER NOT NULL,
+    reason       VARCHAR NOT NULL
+);
+CREATE TABLE recoveries (
+    ts           TIMESTAMP NOT NULL,
+    run_id       VARCHAR NOT NULL,
+    tab          UBIGINT NOT NULL,
+    browser_kind VARCHAR NOT NULL,
+    category     VARCHAR NOT NULL,
+    step         VARCHAR NOT NULL,    -- reload_page | restart_browser | reload_model | retired
+    ok           BOOLEAN NOT NULL,
+    ms           DOUBLE NOT NULL,
+    detail       VARCHAR
+);
+"#,
+    ),
+    (
+        2,
+        r#"
+-- What routing reads, and what people query first: per (model, kind, backend) outcomes.
+CREATE VIEW backend_summary AS
+SELECT model, browser_kind, backend,
+       count(*) FILTER (WHERE success)                       AS ok,
+       count(*) FILTER (WHERE NOT success)                   AS failed,
+       avg(latency_ms / batch_rows) FILTER (WHERE success)   AS mean_ms_per_text,
+       sum(batch_rows) FILTER (WHERE success)                AS texts,
+       max(ts)                                               AS last_seen
+FROM executions
+GROUP BY ALL;
+"#,
+    ),
+];
+
+/// The version a fresh database ends at.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
