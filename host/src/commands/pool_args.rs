@@ -41,6 +41,14 @@ pub struct PoolArgs {
     /// Keep the pool at --min-tabs (still replacing tabs that die).
     #[arg(long)]
     pub no_scaling: bool,
+    /// Record executions, tab events, breaker transitions, scaling decisions and recoveries in
+    /// this DuckDB file, and read its history back into routing at start. `serve` default:
+    /// $TABPOOL_HISTORY or ~/.local/share/tabpool/history.duckdb.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Record nothing (and start with no measured history).
+    #[arg(long, conflicts_with = "history")]
+    pub no_history: bool,
 }
 
 /// `chromium=2` → the chromium kind capped at 2 tabs.
@@ -76,7 +84,14 @@ pub fn parse_remote(s: &str, n: usize) -> anyhow::Result<KindSpec> {
 }
 
 impl PoolArgs {
+    /// The configuration, recording history only where asked (`bench`).
     pub fn resolve(&self) -> anyhow::Result<PoolConfig> {
+        self.resolve_recording(false)
+    }
+
+    /// The configuration; `by_default`: record in `Store::default_path()` unless the file, a flag
+    /// or `--no-history` says otherwise (`serve`).
+    pub fn resolve_recording(&self, by_default: bool) -> anyhow::Result<PoolConfig> {
         let mut cfg = match &self.config {
             Some(p) => PoolConfig::from_file(p)?,
             None => PoolConfig::default(),
@@ -111,6 +126,13 @@ impl PoolArgs {
         }
         if self.no_scaling {
             cfg.scaling.enabled = false;
+        }
+        if let Some(p) = &self.history {
+            cfg.history.path = Some(p.clone());
+        } else if self.no_history {
+            cfg.history.path = None;
+        } else if by_default && cfg.history.path.is_none() {
+            cfg.history.path = Some(crate::store::Store::default_path());
         }
         cfg.validate()?;
         Ok(cfg)

@@ -28,7 +28,7 @@ pub async fn run(
     args: Args,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<bool> {
-    let cfg = args.pool.resolve()?;
+    let cfg = args.pool.resolve_recording(true)?;
     let host = Host::start(host_cfg).await?;
     let mut stop = std::pin::pin!(stop);
     let pool = tokio::select! {

@@ -7,3 +7,4 @@ pub mod health;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;
+pub mod trend;

@@ -25,6 +25,20 @@ pub enum Category {
     BadInput,
 }
 
+impl Category {
+    /// The name the history database and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Connection => "connection",
+            Category::Crash => "crash",
+            Category::Timeout => "timeout",
+            Category::DeviceLost => "device_lost",
+            Category::ModelError => "model_error",
+            Category::BadInput => "bad_input",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {

@@ -42,6 +42,7 @@ pub struct PoolConfig {
     pub hedge: bool,
     pub scaling: ScalingToml,
     pub health: HealthToml,
+    pub history: HistoryToml,
     /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
     pub kinds: Vec<KindSpec>,
 }
@@ -63,6 +64,25 @@ pub struct ScalingToml {
     pub window_s: f64,
     /// Off: the pool stays at min_tabs (still replacing tabs that die).
     pub enabled: bool,
+}
+
+/// The performance history (DuckDB, `crate::store`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryToml {
+    /// The database file. Unset: nothing is recorded (the library default; `tabpool serve` uses
+    /// `Store::default_path()` unless `--no-history`).
+    pub path: Option<std::path::PathBuf>,
+    /// History older than this is not read back into routing at start.
+    pub window_days: f64,
+    /// How often each tab's health score is sampled into the history.
+    pub health_sample_s: f64,
+}
+
+impl Default for HistoryToml {
+    fn default() -> Self {
+        HistoryToml { path: None, window_days: 30.0, health_sample_s: 5.0 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +169,7 @@ impl Default for PoolConfig {
             hedge: true,
             scaling: ScalingToml::default(),
             health: HealthToml::default(),
+            history: HistoryToml::default(),
             kinds: Vec::new(),
         }
     }
@@ -171,6 +192,10 @@ impl PoolConfig {
         anyhow::ensure!(self.min_tabs <= self.max_tabs, "min_tabs {} > max_tabs {}", self.min_tabs, self.max_tabs);
         anyhow::ensure!(self.max_queue >= 1 && self.max_batch >= 1, "max_queue and max_batch must be at least 1");
         anyhow::ensure!(self.in_flight_per_tab >= 1, "in_flight_per_tab must be at least 1");
+        anyhow::ensure!(
+            self.history.window_days > 0.0 && self.history.health_sample_s > 0.0,
+            "history.window_days and history.health_sample_s must be positive"
+        );
         anyhow::ensure!(self.backend != Backend::Cpu, "backend cpu runs on the host; tabs take auto, webnn or webgpu");
         let mut names = std::collections::HashSet::new();
         for k in &self.kinds {

@@ -38,6 +38,18 @@ pub struct PoolMetrics {
     pub hedged: u64,
     /// Coordinated recoveries of multi-tab jobs.
     pub coordinated: u64,
+    /// The history database, when the pool records.
+    pub history_db: Option<HistoryDb>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryDb {
+    pub path: String,
+    pub run_id: String,
+    pub rows_written: u64,
+    /// Rows dropped because the writer fell a whole channel behind.
+    pub rows_dropped: u64,
+    pub write_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,6 +243,13 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
         recoveries: shared.recoveries.lock().expect("recoveries").iter().cloned().collect(),
         hedged: shared.hedged.load(Ordering::Relaxed),
         coordinated: shared.coordinated.load(Ordering::Relaxed),
+        history_db: shared.store.as_ref().zip(shared.recorder.as_ref()).map(|(st, r)| HistoryDb {
+            path: st.path().display().to_string(),
+            run_id: r.run_id().to_string(),
+            rows_written: r.stats().written.load(Ordering::Relaxed),
+            rows_dropped: r.stats().dropped.load(Ordering::Relaxed),
+            write_errors: r.stats().write_errors.load(Ordering::Relaxed),
+        }),
         tabs,
     }
 }

@@ -190,7 +190,14 @@ impl Pool {
             !kinds.is_empty(),
             "no browser kind is installed or configured (run `bash scripts/setup.sh`, or add [[kinds]] to the config)"
         );
-        let shared = Arc::new(Shared::new(host, cfg, kinds));
+        let store = match &cfg.history.path {
+            Some(p) => {
+                let p = p.clone();
+                Some(Arc::new(tokio::task::spawn_blocking(move || crate::store::Store::open(&p)).await??))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(host, cfg, kinds, store)?);
         // Start at min_tabs before anything is served, so a bad setup fails here, loudly.
         let started = Instant::now();
         while shared.live_tabs() < shared.cfg.min_tabs {
@@ -311,6 +318,19 @@ impl Pool {
 
     pub fn metrics(&self) -> PoolMetrics {
         metrics::snapshot(&self.shared)
+    }
+
+    /// The history database this pool records into (`history.path`), for reports.
+    pub fn store(&self) -> Option<Arc<crate::store::Store>> {
+        self.shared.store.clone()
+    }
+
+    /// Wait until every row recorded so far is in the history database.
+    pub fn flush_history(&self) -> anyhow::Result<()> {
+        match &self.shared.recorder {
+            Some(r) => r.flush(),
+            None => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &PoolConfig {

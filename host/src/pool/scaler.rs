@@ -9,15 +9,22 @@ use std::time::{Duration, Instant};
 
 use super::state::{ModelEntry, Shared, Slot};
 use crate::policy::scaling::{self, Decision, Observation};
+use crate::store::Record;
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.cfg.scaling.interval_ms.max(10));
     let policy = shared.cfg.scaling_policy();
     let mut last_hold = String::new();
+    let sample_every = Duration::from_secs_f64(shared.cfg.history.health_sample_s);
+    let mut last_sample = Instant::now();
     loop {
         tokio::time::sleep(interval).await;
         if shared.closed.load(Ordering::SeqCst) {
             return;
+        }
+        if shared.recorder.is_some() && last_sample.elapsed() >= sample_every {
+            last_sample = Instant::now();
+            sample_health(&shared);
         }
         let obs = observe(&shared);
         let decision = if shared.cfg.scaling.enabled {
@@ -52,6 +59,21 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Record every live tab's health score and breaker state in the history.
+fn sample_health(shared: &Shared) {
+    let free = super::metrics::system_memory().map(|m| m.available_fraction()).unwrap_or(1.0);
+    for s in live(shared) {
+        shared.keep(Record::Health {
+            tab: s.id,
+            kind: s.kind.name.clone(),
+            health: s.health(free),
+            breaker: format!("{:?}", s.breaker.lock().expect("breaker").state()),
+            missed_heartbeats: s.missed_heartbeats.load(Ordering::SeqCst),
+            in_flight: s.in_flight.load(Ordering::SeqCst) as u32,
+        });
     }
 }
 

@@ -19,6 +19,7 @@ use crate::policy::batching::{self, Take};
 use crate::policy::breaker::{self, Outcome};
 use crate::policy::recovery::{self, Category, RequestStep, TabStep};
 use crate::policy::routing::{self, Candidate, History, ReplicaLoad};
+use crate::store::Record;
 use shared_proto::{ErrorKind, Tensor};
 
 /// Queued requests fail after this long without any replica (all tabs lost and none replaced).
@@ -264,6 +265,14 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
 
 fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: &breaker::Transition) {
     let scope = if which == "tab" { format!("tab {}", r.slot.id) } else { format!("tab {} × {}", r.slot.id, m.name) };
+    shared.keep(Record::Breaker {
+        tab: r.slot.id,
+        kind: r.slot.kind.name.clone(),
+        scope: if which == "tab" { "tab".into() } else { m.name.clone() },
+        from: format!("{:?}", t.from),
+        to: format!("{:?}", t.to),
+        reason: t.reason.to_string(),
+    });
     shared.log(
         "breaker",
         Some(&r.slot.kind.name),
@@ -297,8 +306,30 @@ async fn run_on(shared: &Shared, m: &ModelEntry, r: &Replica, inputs: Vec<Tensor
     Ok(flat)
 }
 
-/// Book the outcome of a run on `r`: breakers, history, latency baseline, the slot's place.
-fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize, took: Duration, result: &RunResult) {
+/// What the history keeps of a batch besides its outcome.
+#[derive(Clone, Copy)]
+struct BatchInfo {
+    rows: usize,
+    tokens: usize,
+    queue_ms: f64,
+}
+
+/// Book the outcome of a run on `r`: breakers, history (in memory and in the database), latency
+/// baseline, the slot's place. `hedge`: this run is the duplicate of a hedged batch.
+fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, b: BatchInfo, hedge: bool, took: Duration, result: &RunResult) {
+    let rows = b.rows;
+    shared.keep(Record::Execution {
+        model: m.name.clone(),
+        kind: r.slot.kind.name.clone(),
+        backend: r.backend.clone(),
+        tab: r.slot.id,
+        batch_rows: rows as u32,
+        tokens: b.tokens as u32,
+        latency_ms: took.as_secs_f64() * 1e3,
+        queue_ms: b.queue_ms,
+        error: result.as_ref().err().map(|e| categorise(e).name().to_string()),
+        hedge,
+    });
     r.slot.release();
     r.slot.batches.fetch_add(1, Ordering::Relaxed);
     let now = Instant::now();
@@ -336,6 +367,11 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     let rows = ids.len();
     let inputs = minilm::inputs_from_ids(&ids);
     let t = Instant::now();
+    let info = BatchInfo {
+        rows,
+        tokens: ids.iter().map(Vec::len).sum(),
+        queue_ms: jobs.iter().map(|j| (t - j.enqueued).as_secs_f64() * 1e3).sum::<f64>() / jobs.len().max(1) as f64,
+    };
     let expected = {
         let h = shared.history.lock().expect("history");
         let h = h.get(&(m.name.clone(), r.slot.kind.name.clone(), r.backend.clone())).copied().unwrap_or_default();
@@ -357,7 +393,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     };
     let (result, winner) = tokio::select! {
         res = &mut primary => {
-            settle(&shared, &m, &r, rows, t.elapsed(), &res);
+            settle(&shared, &m, &r, info, false, t.elapsed(), &res);
             (res, r.clone())
         }
         _ = hedge_wait => {
@@ -367,7 +403,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
             match second.filter(|x| take(&shared, &m, x, rows)) {
                 None => {
                     let res = primary.await;
-                    settle(&shared, &m, &r, rows, t.elapsed(), &res);
+                    settle(&shared, &m, &r, info, false, t.elapsed(), &res);
                     (res, r.clone())
                 }
                 Some(h) => {
@@ -379,24 +415,24 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                     // First success wins; if the first to finish failed, wait for the other.
                     tokio::select! {
                         a = &mut primary => {
-                            settle(&shared, &m, &r, rows, t.elapsed(), &a);
+                            settle(&shared, &m, &r, info, false, t.elapsed(), &a);
                             if a.is_ok() {
                                 h.slot.release(); // the loser: its late reply is dropped
                                 (a, r.clone())
                             } else {
                                 let b = secondary.await;
-                                settle(&shared, &m, &h, rows, th.elapsed(), &b);
+                                settle(&shared, &m, &h, info, true, th.elapsed(), &b);
                                 (b, h.clone())
                             }
                         }
                         b = &mut secondary => {
-                            settle(&shared, &m, &h, rows, th.elapsed(), &b);
+                            settle(&shared, &m, &h, info, true, th.elapsed(), &b);
                             if b.is_ok() {
                                 r.slot.release();
                                 (b, h.clone())
                             } else {
                                 let a = primary.await;
-                                settle(&shared, &m, &r, rows, t.elapsed(), &a);
+                                settle(&shared, &m, &r, info, false, t.elapsed(), &a);
                                 (a, r.clone())
                             }
                         }

@@ -19,6 +19,7 @@ use crate::policy::breaker::Breaker;
 use crate::policy::health;
 use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
+use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
 use shared_proto::ExecBackend;
 
@@ -190,6 +191,9 @@ pub(crate) struct Shared {
     pub failures: Mutex<BTreeMap<Category, u64>>,
     /// Tab recoveries, latest last.
     pub recoveries: Mutex<VecDeque<RecoveryEvent>>,
+    /// The history database and its writer, when the pool records (`history.path`).
+    pub store: Option<Arc<Store>>,
+    pub recorder: Option<Recorder>,
 }
 
 /// One tab recovery, for the log, `metrics()` and `bench recovery`.
@@ -210,14 +214,30 @@ pub struct RecoveryEvent {
 const EVENTS_KEPT: usize = 200;
 
 impl Shared {
-    pub fn new(host: Host, cfg: PoolConfig, kinds: Vec<KindSpec>) -> Shared {
-        Shared {
+    /// `store`: the opened history database; its measured history seeds routing, and a
+    /// recorder tagged with a new run id writes this pool's rows.
+    pub fn new(host: Host, cfg: PoolConfig, kinds: Vec<KindSpec>, store: Option<Arc<Store>>) -> anyhow::Result<Shared> {
+        let (history, recorder) = match &store {
+            Some(st) => {
+                let history = st.history(cfg.history.window_days)?;
+                let run_id = st.start_run(&serde_json::to_string(&cfg).unwrap_or_default())?;
+                tracing::info!(
+                    path = %st.path().display(),
+                    run_id,
+                    "history: {} (model, kind, backend) records read back",
+                    history.len()
+                );
+                (history, Some(Recorder::start(st, run_id)?))
+            }
+            None => (HashMap::new(), None),
+        };
+        Ok(Shared {
             cfg,
             kinds,
             host: tokio::sync::Mutex::new(Some(host)),
             tabs: Mutex::new(Vec::new()),
             models: Mutex::new(Vec::new()),
-            history: Mutex::new(HashMap::new()),
+            history: Mutex::new(history),
             events: Mutex::new(VecDeque::new()),
             waits: Mutex::new(VecDeque::new()),
             utilisation: Mutex::new(VecDeque::new()),
@@ -230,6 +250,15 @@ impl Shared {
             coordinated: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             recoveries: Mutex::new(VecDeque::new()),
+            store,
+            recorder,
+        })
+    }
+
+    /// Queue a row for the history database (no-op when the pool does not record).
+    pub fn keep(&self, rec: Record) {
+        if let Some(r) = &self.recorder {
+            r.record(rec);
         }
     }
 
@@ -265,6 +294,16 @@ impl Shared {
             reason: reason.into(),
         };
         tracing::info!(action, kind, tab, tabs = ev.tabs_after, "scaling: {reason}");
+        // Breaker transitions and recoveries have tables of their own.
+        if action != "breaker" && action != "recover" {
+            self.keep(Record::Scaling {
+                action: action.into(),
+                kind: ev.kind.clone(),
+                tab,
+                tabs_after: ev.tabs_after as u32,
+                reason: reason.into(),
+            });
+        }
         let mut events = self.events.lock().expect("events");
         events.push_back(ev);
         while events.len() > EVENTS_KEPT {
@@ -342,6 +381,13 @@ impl Shared {
             };
             match launched {
                 Ok(tab) => {
+                    self.keep(Record::Tab {
+                        tab: Some(tab.id()),
+                        kind: kind.name.clone(),
+                        event: "launched".into(),
+                        detail: format!("WebGPU: {}; WebNN: {}", crate::commands::adapter_line(tab.caps()), crate::commands::webnn_line(tab.caps())),
+                        capabilities: serde_json::to_string(tab.caps()).ok(),
+                    });
                     let slot = self.new_slot(tab, kind.clone());
                     // Routable once the caller has loaded its models (grow / finish_recovery).
                     slot.recovering.store(true, Ordering::SeqCst);
@@ -350,6 +396,13 @@ impl Shared {
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
+                    self.keep(Record::Tab {
+                        tab: None,
+                        kind: kind.name.clone(),
+                        event: "launch_failed".into(),
+                        detail: why.clone(),
+                        capabilities: None,
+                    });
                     if let Some(m) = focus {
                         self.record(&m.name, &kind.name, "launch", false, 0.0);
                     }
@@ -423,6 +476,13 @@ impl Shared {
             };
             match reloaded {
                 Ok(tab) => {
+                    self.keep(Record::Tab {
+                        tab: Some(tab.id()),
+                        kind: old.kind.name.clone(),
+                        event: "reloaded".into(),
+                        detail: detail.into(),
+                        capabilities: serde_json::to_string(tab.caps()).ok(),
+                    });
                     let slot = self.new_slot(tab, old.kind.clone());
                     // Not routable until its models are loaded again, but counted as a tab.
                     slot.recovering.store(true, Ordering::SeqCst);
@@ -493,6 +553,15 @@ impl Shared {
             ms: t.elapsed().as_secs_f64() * 1e3,
             detail: detail.into(),
         };
+        self.keep(Record::Recovery {
+            tab: ev.tab,
+            kind: ev.kind.clone(),
+            category: category.name().into(),
+            step: ev.step.clone(),
+            ok,
+            ms: ev.ms,
+            detail: ev.detail.clone(),
+        });
         self.log(
             "recover",
             Some(&slot.kind.name),
@@ -569,6 +638,13 @@ impl Shared {
             host.close_tab(slot.id).await;
         }
         self.tabs.lock().expect("tabs").retain(|s| !Arc::ptr_eq(s, slot));
+        self.keep(Record::Tab {
+            tab: Some(slot.id),
+            kind: slot.kind.name.clone(),
+            event: "retired".into(),
+            detail: format!("{action}: {reason}"),
+            capabilities: None,
+        });
         self.log(action, Some(&slot.kind.name), Some(slot.id), reason);
         self.wake_all();
     }
@@ -632,6 +708,9 @@ impl Shared {
         }
         if let Some(host) = self.host.lock().await.take() {
             host.shutdown().await;
+        }
+        if let Some(r) = &self.recorder {
+            r.close();
         }
     }
 }

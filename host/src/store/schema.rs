@@ -12,7 +12,7 @@ CREATE TABLE runs (
     started_at  TIMESTAMP NOT NULL,
     hostname    VARCHAR,
     version     VARCHAR,               -- tabpool version
-    config      VARCHAR                -- the pool configuration, TOML
+    config      VARCHAR                -- the pool configuration, JSON
 );
 -- One row per batch run on a tab (a hedged batch: one row per replica it ran on).
 CREATE TABLE executions (
