@@ -11,6 +11,7 @@ pub mod host;
 pub mod models;
 pub mod paths;
 pub mod policy;
+pub mod report;
 pub mod pool;
 pub mod server;
 pub mod stats;

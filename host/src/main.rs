@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
-use tabpool::commands::{bench, bench_pool, bench_recovery, doctor, embed, matmul, serve};
+use tabpool::commands::{bench, bench_pool, bench_recovery, doctor, embed, matmul, report, serve};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
@@ -95,6 +95,25 @@ enum Command {
         no_default_model: bool,
         #[arg(long, default_value = serve::DEFAULT_API)]
         api: std::net::SocketAddr,
+    },
+    /// The performance history as a report: browser/backend comparison, latency percentiles,
+    /// error categories, breaker events, recoveries, scaling, regressions (Markdown, or HTML with
+    /// charts).
+    Report {
+        /// The DuckDB file (default: $TABPOOL_HISTORY or ~/.local/share/tabpool/history.duckdb).
+        #[arg(long, value_name = "FILE")]
+        history: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = report::Format::Md)]
+        format: report::Format,
+        /// Only what happened since: a span (30m, 24h, 7d) or a date (2026-11-20).
+        #[arg(long)]
+        since: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Ask a running `serve` at this address (it holds the database open).
+        #[arg(long)]
+        api: Option<String>,
     },
     /// Print a running pool's metrics: tabs, kinds, capabilities, queues, memory, history, scaling log.
     Status {
@@ -213,6 +232,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
         Command::Serve { .. }
         | Command::Status { .. }
+        | Command::Report { .. }
         | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } } => {
             unreachable!("runs without a pre-started host")
         }
@@ -241,6 +261,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor { json } => doctor::run(cfg, json).await,
         Command::Status { api, json } => serve::status(&api, json).await,
+        Command::Report { history, format, since, out, api } => {
+            report::run(report::Args { history, format, since, out, api }).await
+        }
         Command::Serve { pool, models, no_default_model, api } => {
             let args = serve::Args { pool, models, no_default_model, api };
             match serve::run(cfg, args, interrupted()).await {

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod embed;
 pub mod matmul;
 pub mod pool_args;
+pub mod report;
 pub mod serve;
 
 use std::time::Duration;

@@ -1,18 +1,20 @@
 //! The pool's control endpoint for `tabpool serve`: `GET /status` (JSON metrics), `GET
-//! /status.txt` (the table `tabpool status` prints) and `POST /embed`. Errors are JSON
+//! /status.txt` (the table `tabpool status` prints), `POST /embed`, `GET /dashboard` (a live
+//! page over /status) and `GET /report.{md,html,json}[?since=24h]` (from the history database). Errors are JSON
 //! `{"error", "kind"}` with a 4xx/5xx status; request bodies are capped by axum (2 MB → 413).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::commands::report::{Format, render_as};
 use crate::pool::{Pool, PoolError};
 
 #[derive(serde::Deserialize)]
@@ -32,6 +34,11 @@ pub async fn serve(pool: Arc<Pool>, addr: SocketAddr) -> anyhow::Result<(SocketA
         .route("/status", get(|State(p): State<Arc<Pool>>| async move { Json(p.metrics()) }))
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
         .route("/embed", post(embed))
+        .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
+        .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
+        .route("/report.md", get(|s, q| report(s, q, Format::Md)))
+        .route("/report.html", get(|s, q| report(s, q, Format::Html)))
+        .route("/report.json", get(|s, q| report(s, q, Format::Json)))
         .with_state(pool);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -39,6 +46,36 @@ pub async fn serve(pool: Arc<Pool>, addr: SocketAddr) -> anyhow::Result<(SocketA
         }
     });
     Ok((addr, task))
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    since: Option<String>,
+}
+
+async fn report(State(pool): State<Arc<Pool>>, Query(q): Query<ReportQuery>, format: Format) -> Response {
+    let Some(store) = pool.store() else {
+        return error(StatusCode::NOT_FOUND, "no_history", "this pool records no history (--no-history)".into());
+    };
+    // What was recorded so far, including the last moments.
+    if let Err(e) = pool.flush_history() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "history", format!("{e:#}"));
+    }
+    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let since = q.since.map(|s| crate::report::parse_since(&store, &s)).transpose()?;
+        Ok(render_as(&crate::report::Report::build(&store, since)?, format))
+    })
+    .await;
+    let content_type = match format {
+        Format::Md => "text/markdown; charset=utf-8",
+        Format::Html => "text/html; charset=utf-8",
+        Format::Json => "application/json",
+    };
+    match built {
+        Ok(Ok(text)) => ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_report_request", format!("{e:#}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 fn error(status: StatusCode, kind: &str, message: String) -> Response {

@@ -1,0 +1,66 @@
+//! `tabpool report`: the history database as Markdown or HTML (with SVG charts). Reads the file
+//! directly; while a `serve` holds it (DuckDB allows one writing process), ask that pool's API.
+
+use std::path::PathBuf;
+
+use crate::report::{Report, render};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Md,
+    Html,
+    Json,
+}
+
+pub struct Args {
+    pub history: Option<PathBuf>,
+    pub format: Format,
+    pub since: Option<String>,
+    pub out: Option<PathBuf>,
+    /// A running `serve`'s API: fetch its report instead of opening the file.
+    pub api: Option<String>,
+}
+
+/// The report as text in `format`.
+pub fn render_as(report: &Report, format: Format) -> String {
+    match format {
+        Format::Md => render::markdown(report),
+        Format::Html => render::html(report),
+        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let text = match &args.api {
+        Some(api) => {
+            let ext = match args.format {
+                Format::Md => "md",
+                Format::Html => "html",
+                Format::Json => "json",
+            };
+            let q = args.since.as_deref().map(|s| format!("?since={s}")).unwrap_or_default();
+            let (code, body) = crate::server::api::get_text(api, &format!("/report.{ext}{q}")).await?;
+            anyhow::ensure!(code == 200, "{api} answered {code}: {body}");
+            body
+        }
+        None => {
+            let path = args.history.clone().unwrap_or_else(Store::default_path);
+            let (format, since) = (args.format, args.since.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+                let store = Store::open_read_only(&path)?;
+                let since = since.map(|s| crate::report::parse_since(&store, &s)).transpose()?;
+                Ok(render_as(&Report::build(&store, since)?, format))
+            })
+            .await??
+        }
+    };
+    match &args.out {
+        Some(p) => {
+            std::fs::write(p, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+            eprintln!("report written to {}", p.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
