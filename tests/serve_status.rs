@@ -41,8 +41,11 @@ fn status(api: &str, json: bool) -> (bool, String) {
 async fn serve_answers_status_and_embed_then_stops_on_ctrl_c() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let api = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
     let mut serve = Command::new(BIN)
         .args(["serve", "--min-tabs", "1", "--max-tabs", "2", "--kind", "chromium-webnn", "--api", &api])
+        .arg("--history")
+        .arg(dir.path().join("h.duckdb"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

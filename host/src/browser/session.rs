@@ -163,6 +163,16 @@ impl BrowserSession {
         self.client.title().await.unwrap_or_else(|e| format!("<no title: {e}>"))
     }
 
+    /// A PNG of the visible page (the dashboard test checks what a person would see).
+    pub async fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
+        self.client.screenshot().await.context("taking a screenshot")
+    }
+
+    /// How many elements match `css` on the page now.
+    pub async fn count(&self, css: &str) -> anyhow::Result<usize> {
+        Ok(self.client.find_all(fantoccini::Locator::Css(css)).await.with_context(|| format!("finding {css}"))?.len())
+    }
+
     /// Load `url` again in this browser's tab (after a dropped socket). chromedriver refuses
     /// every command on a tab whose renderer crashed ("tab crashed"), even opening a new tab, so
     /// that case fails here and recovery restarts the browser.

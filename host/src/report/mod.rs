@@ -28,6 +28,7 @@ pub struct Report {
     pub since_ms: Option<i64>,
     pub runs: i64,
     pub executions: i64,
+    /// Texts in successful batches.
     pub texts: i64,
     pub success_rate: f64,
     pub first_ms: Option<i64>,
@@ -122,7 +123,7 @@ impl Report {
         let (runs, executions, texts, ok, first_ms, last_ms): (i64, i64, i64, i64, Option<i64>, Option<i64>) = conn
             .query_row(
                 &format!(
-                    "SELECT count(DISTINCT run_id), count(*), coalesce(sum(batch_rows), 0),
+                    "SELECT count(DISTINCT run_id), count(*), coalesce(sum(batch_rows) FILTER (WHERE success), 0),
                             count(*) FILTER (WHERE success), min(epoch_ms(ts)), max(epoch_ms(ts))
                      FROM executions WHERE {w}"
                 ),
