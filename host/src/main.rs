@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
-use tabpool::commands::{bench, bench_pool, bench_recovery, doctor, embed, matmul, report, serve};
+use tabpool::commands::{bench, bench_history, bench_pool, bench_recovery, doctor, embed, matmul, report, serve};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
@@ -186,6 +186,22 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// What recording history costs: the recorder alone, and pool throughput with and without it.
+    History {
+        #[arg(long, default_value_t = 2)]
+        tabs: usize,
+        #[arg(long, default_value = "chromium-webnn")]
+        kind: String,
+        #[arg(long, default_value_t = 512)]
+        requests: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Rows for the recorder-alone measurement.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of the register-blocked, tiled and naive kernels.
     Matmul {
         #[arg(long, value_delimiter = ',', default_values_t = vec![64, 128, 256, 512])]
@@ -233,7 +249,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Serve { .. }
         | Command::Status { .. }
         | Command::Report { .. }
-        | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } } => {
+        | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } | BenchWhat::History { .. } } => {
             unreachable!("runs without a pre-started host")
         }
     }
@@ -278,6 +294,13 @@ async fn main() -> ExitCode {
             let args = bench_recovery::Args { trials, stream, every, json };
             tokio::select! {
                 r = bench_recovery::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
+        Command::Bench { what: BenchWhat::History { tabs, kind, requests, rounds, rows, json } } => {
+            let args = bench_history::Args { tabs, kind, requests, rounds, rows, json };
+            tokio::select! {
+                r = bench_history::run(cfg, args) => r,
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }

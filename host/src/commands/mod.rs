@@ -2,6 +2,7 @@
 //! missing before a host can start) and prints human text or `--json`.
 
 pub mod bench;
+pub mod bench_history;
 pub mod bench_pool;
 pub mod bench_recovery;
 pub mod doctor;
