@@ -108,7 +108,8 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     assert_eq!(code, 200, "{md}");
     assert!(md.contains("| all-MiniLM-L6-v2 | chromium-webnn | webnn-cpu |"), "{md}");
     assert!(md.contains("over 2 run(s)"), "{md}");
-    let (code, _) = tabpool::server::api::get_text(&addr.to_string(), "/report.html?since=yesterday-ish").await.unwrap();
+    let (code, _) =
+        tabpool::server::api::get_text(&addr.to_string(), "/report.html?since=yesterday-ish").await.unwrap();
     assert_eq!(code, 400);
 
     let driver = DriverProcess::chromedriver(std::path::Path::new("/usr/bin/chromedriver")).await.unwrap();
@@ -138,9 +139,20 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     let background = pixels.iter().filter(|p| p[..3] == [0xfa, 0xfa, 0xfa] || p[..3] == [0xff, 0xff, 0xff]).count();
     let inked = 1.0 - background as f64 / pixels.len() as f64;
     let colours: std::collections::HashSet<&[u8]> = pixels.iter().map(|p| &p[..3]).collect();
-    println!("dashboard screenshot: {}×{}, {:.1} % inked, {} colours", info.width, info.height, inked * 100.0, colours.len());
+    println!(
+        "dashboard screenshot: {}×{}, {:.1} % inked, {} colours",
+        info.width,
+        info.height,
+        inked * 100.0,
+        colours.len()
+    );
     assert!(info.width >= 600 && info.height >= 400, "{}×{}", info.width, info.height);
-    assert!(inked > 0.03 && colours.len() > 20, "a blank-looking dashboard: {:.1} % inked, {} colours", inked * 100.0, colours.len());
+    assert!(
+        inked > 0.03 && colours.len() > 20,
+        "a blank-looking dashboard: {:.1} % inked, {} colours",
+        inked * 100.0,
+        colours.len()
+    );
     match std::sync::Arc::try_unwrap(pool) {
         Ok(p) => p.shutdown().await,
         Err(p) => p.shutdown().await,
@@ -156,7 +168,8 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     let html = render::html(&report);
     assert!(html.contains("<svg") && html.contains("<polyline") && html.contains("chromium-webnn"));
     drop(store);
-    let out = Command::new(BIN).args(["report", "--format", "md", "--since", "1d", "--history"]).arg(&db).output().unwrap();
+    let out =
+        Command::new(BIN).args(["report", "--format", "md", "--since", "1d", "--history"]).arg(&db).output().unwrap();
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(md.contains("## Regressions") && md.contains("## Recoveries") && md.contains("reload_page"), "{md}");

@@ -176,12 +176,9 @@ mod tests {
     fn synthetic_series_get_their_known_classes() {
         let base = series(200, 10.0, 0.5, 1);
         // Known slowdowns, tight noise: significant, classified by size.
-        for (factor, want) in [
-            (1.30, Severity::Critical),
-            (1.20, Severity::Severe),
-            (1.10, Severity::Moderate),
-            (1.03, Severity::Minor),
-        ] {
+        for (factor, want) in
+            [(1.30, Severity::Critical), (1.20, Severity::Severe), (1.10, Severity::Moderate), (1.03, Severity::Minor)]
+        {
             let recent = series(60, 10.0 * factor, 0.5, 2);
             match classify(&base, &recent, 0.01, 10) {
                 Verdict::Regressed { severity, change_pct, test } => {

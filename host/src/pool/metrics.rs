@@ -342,6 +342,18 @@ impl PoolMetrics {
                 );
             }
         }
+        match &self.history_db {
+            Some(h) => {
+                let _ = writeln!(
+                    o,
+                    "\nhistory: {} (run {}): {} rows written, {} dropped, {} write errors",
+                    h.path, h.run_id, h.rows_written, h.rows_dropped, h.write_errors
+                );
+            }
+            None => {
+                let _ = writeln!(o, "\nhistory: not recorded (--no-history)");
+            }
+        }
         if !self.failures.is_empty() || !self.recoveries.is_empty() || self.hedged > 0 {
             let _ = writeln!(
                 o,

@@ -333,6 +333,15 @@ impl Pool {
         }
     }
 
+    /// CPU time the history writer thread has spent (0 when not recording).
+    pub fn recorder_cpu_ns(&self) -> u64 {
+        self.shared
+            .recorder
+            .as_ref()
+            .map(|r| r.stats().writer_cpu_ns.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
     pub fn config(&self) -> &PoolConfig {
         &self.shared.cfg
     }

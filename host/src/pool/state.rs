@@ -385,7 +385,11 @@ impl Shared {
                         tab: Some(tab.id()),
                         kind: kind.name.clone(),
                         event: "launched".into(),
-                        detail: format!("WebGPU: {}; WebNN: {}", crate::commands::adapter_line(tab.caps()), crate::commands::webnn_line(tab.caps())),
+                        detail: format!(
+                            "WebGPU: {}; WebNN: {}",
+                            crate::commands::adapter_line(tab.caps()),
+                            crate::commands::webnn_line(tab.caps())
+                        ),
                         capabilities: serde_json::to_string(tab.caps()).ok(),
                     });
                     let slot = self.new_slot(tab, kind.clone());

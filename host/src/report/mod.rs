@@ -160,7 +160,9 @@ impl Report {
             .collect::<Result<Vec<_>, _>>()?;
         let errors = pairs(
             &conn,
-            &format!("SELECT error_category, count(*) FROM executions WHERE {w} AND NOT success GROUP BY 1 ORDER BY 2 DESC"),
+            &format!(
+                "SELECT error_category, count(*) FROM executions WHERE {w} AND NOT success GROUP BY 1 ORDER BY 2 DESC"
+            ),
             since,
         )?;
         let scaling = pairs(
@@ -208,7 +210,11 @@ impl Report {
         ))?;
         let mut series: Vec<((String, String, String), Vec<(i64, f64)>)> = Vec::new();
         let rows = stmt.query_map(params![since], |r| {
-            Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?), r.get::<_, i64>(3)?, r.get(4)?))
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                r.get::<_, i64>(3)?,
+                r.get(4)?,
+            ))
         })?;
         for row in rows {
             let (key, t, v) = row?;
@@ -269,6 +275,7 @@ pub fn recent_window(n: usize) -> usize {
 
 fn pairs(conn: &duckdb::Connection, sql: &str, since: i64) -> anyhow::Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map(params![since], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get(1)?)))?;
+    let rows =
+        stmt.query_map(params![since], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get(1)?)))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

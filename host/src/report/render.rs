@@ -184,11 +184,18 @@ fn headline(r: &Report) -> String {
 }
 
 pub fn markdown(r: &Report) -> String {
-    let mut s = format!("# tabpool report\n\nDatabase `{}`, generated {}.\n\n{}.\n", r.db, when(Some(r.generated_at_ms)), headline(r));
+    let mut s = format!(
+        "# tabpool report\n\nDatabase `{}`, generated {}.\n\n{}.\n",
+        r.db,
+        when(Some(r.generated_at_ms)),
+        headline(r)
+    );
     for (title, head, rows) in sections(r) {
         s += &format!("\n## {title}\n\n{}", md_table(&head, &rows));
     }
-    s += &format!("\nRegressions are classified only when significant at α = {ALPHA} (two-sided): CRITICAL > 25 %, SEVERE 15–25 %, MODERATE 5–15 %, MINOR < 5 % slower.\n");
+    s += &format!(
+        "\nRegressions are classified only when significant at α = {ALPHA} (two-sided): CRITICAL > 25 %, SEVERE 15–25 %, MODERATE 5–15 %, MINOR < 5 % slower.\n"
+    );
     s
 }
 
@@ -214,7 +221,8 @@ pub fn html(r: &Report) -> String {
         }
         body += "</tr>";
         for row in &rows {
-            let class = if row.get(1).is_some_and(|c| ["CRITICAL", "SEVERE", "MODERATE", "MINOR"].contains(&c.as_str())) {
+            let class = if row.get(1).is_some_and(|c| ["CRITICAL", "SEVERE", "MODERATE", "MINOR"].contains(&c.as_str()))
+            {
                 " class=\"regressed\""
             } else {
                 ""

@@ -144,7 +144,11 @@ impl Store {
         let rows = stmt.query_map([], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
-                History { successes: r.get::<_, i64>(3)? as u64, failures: r.get::<_, i64>(4)? as u64, mean_latency_ms: r.get(5)? },
+                History {
+                    successes: r.get::<_, i64>(3)? as u64,
+                    failures: r.get::<_, i64>(4)? as u64,
+                    mean_latency_ms: r.get(5)?,
+                },
             ))
         })?;
         for row in rows {
@@ -183,11 +187,45 @@ pub enum Record {
         error: Option<String>,
         hedge: bool,
     },
-    Tab { tab: Option<u64>, kind: String, event: String, detail: String, capabilities: Option<String> },
-    Breaker { tab: u64, kind: String, scope: String, from: String, to: String, reason: String },
-    Health { tab: u64, kind: String, health: u8, breaker: String, missed_heartbeats: u32, in_flight: u32 },
-    Scaling { action: String, kind: Option<String>, tab: Option<u64>, tabs_after: u32, reason: String },
-    Recovery { tab: u64, kind: String, category: String, step: String, ok: bool, ms: f64, detail: String },
+    Tab {
+        tab: Option<u64>,
+        kind: String,
+        event: String,
+        detail: String,
+        capabilities: Option<String>,
+    },
+    Breaker {
+        tab: u64,
+        kind: String,
+        scope: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+    Health {
+        tab: u64,
+        kind: String,
+        health: u8,
+        breaker: String,
+        missed_heartbeats: u32,
+        in_flight: u32,
+    },
+    Scaling {
+        action: String,
+        kind: Option<String>,
+        tab: Option<u64>,
+        tabs_after: u32,
+        reason: String,
+    },
+    Recovery {
+        tab: u64,
+        kind: String,
+        category: String,
+        step: String,
+        ok: bool,
+        ms: f64,
+        detail: String,
+    },
 }
 
 enum Msg {
@@ -210,6 +248,16 @@ pub struct RecorderStats {
     pub dropped: AtomicU64,
     pub write_errors: AtomicU64,
     pub flushes: AtomicU64,
+    /// CPU time the writer thread spent appending (what recording costs the host, directly).
+    pub writer_cpu_ns: AtomicU64,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Rows the channel holds before `record` drops (and counts) new ones.
@@ -303,9 +351,13 @@ fn writer(conn: Connection, rx: Receiver<Msg>, run_id: &str, stats: &RecorderSta
                 Err(_) => break,
             }
         }
-        if !rows.is_empty() && (!waiting.is_empty() || !open || rows.len() >= FLUSH_ROWS || last.elapsed() >= FLUSH_EVERY)
+        if !rows.is_empty()
+            && (!waiting.is_empty() || !open || rows.len() >= FLUSH_ROWS || last.elapsed() >= FLUSH_EVERY)
         {
-            match append(&conn, run_id, &rows) {
+            let cpu = thread_cpu_ns();
+            let appended = append(&conn, run_id, &rows);
+            stats.writer_cpu_ns.fetch_add(thread_cpu_ns().saturating_sub(cpu), Ordering::Relaxed);
+            match appended {
                 Ok(()) => {
                     stats.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 }
@@ -350,8 +402,8 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
         }
         let app = apps.get_mut(table).expect("inserted");
         match rec {
-            Record::Execution { model, kind, backend, tab, batch_rows, tokens, latency_ms, queue_ms, error, hedge } => app
-                .append_row(params![
+            Record::Execution { model, kind, backend, tab, batch_rows, tokens, latency_ms, queue_ms, error, hedge } => {
+                app.append_row(params![
                     ts(*t),
                     run,
                     model,
@@ -365,7 +417,8 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
                     error.is_none(),
                     error,
                     hedge
-                ])?,
+                ])?
+            }
             Record::Tab { tab, kind, event, detail, capabilities } => {
                 app.append_row(params![ts(*t), run, tab, kind, event, detail, capabilities])?
             }
