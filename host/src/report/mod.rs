@@ -11,7 +11,7 @@ use anyhow::Context;
 use duckdb::params;
 
 use crate::policy::trend::{self, Verdict};
-use crate::store::Store;
+use crate::store::{HistKey, Store};
 
 /// Regression test settings: significance level, and points per window.
 pub const ALPHA: f64 = 0.01;
@@ -208,7 +208,7 @@ impl Report {
             "SELECT model, browser_kind, backend, epoch_ms(ts), latency_ms / batch_rows
              FROM executions WHERE {w} AND success ORDER BY model, browser_kind, backend, ts"
         ))?;
-        let mut series: Vec<((String, String, String), Vec<(i64, f64)>)> = Vec::new();
+        let mut series: Vec<(HistKey, Vec<(i64, f64)>)> = Vec::new();
         let rows = stmt.query_map(params![since], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),

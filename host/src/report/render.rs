@@ -102,7 +102,10 @@ fn md_table(head: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
-fn sections(r: &Report) -> Vec<(&'static str, Vec<&'static str>, Vec<Vec<String>>)> {
+/// A titled table: (title, column heads, rows of cells).
+type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+
+fn sections(r: &Report) -> Vec<Section> {
     let regress = r
         .regressions
         .iter()

@@ -262,8 +262,9 @@ fn thread_cpu_ns() -> u64 {
 
 /// Rows the channel holds before `record` drops (and counts) new ones.
 const CHANNEL_ROWS: usize = 65_536;
-/// The writer appends at least this often while rows arrive.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// The writer appends at least this often while rows arrive (each append commits: a fixed cost
+/// of about 2 ms measured here, so fewer, larger appends are cheaper).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_ROWS: usize = 4_096;
 
 impl Recorder {
