@@ -14,7 +14,7 @@ use crate::policy::trend::{self, Verdict};
 use crate::store::{HistKey, Store};
 
 /// Regression test settings: significance level, and points per window.
-pub const ALPHA: f64 = 0.01;
+pub const ALPHA: f64 = 0.05;
 pub const MIN_POINTS: usize = 10;
 const BASELINE_MAX: usize = 2_000;
 /// Points per series kept for the latency-over-time chart.
@@ -86,6 +86,9 @@ pub struct TrendRow {
     pub model: String,
     pub kind: String,
     pub backend: String,
+    /// Batch sizes compared (a power-of-two class: per-text latency depends on batch size, so
+    /// only like is compared with like).
+    pub batch: String,
     pub baseline_n: usize,
     pub recent_n: usize,
     pub verdict: Verdict,
@@ -205,46 +208,51 @@ impl Report {
             .collect::<Result<Vec<_>, _>>()?;
         // Time series of ms per text, per (model, kind, backend), successful batches in order.
         let mut stmt = conn.prepare(&format!(
-            "SELECT model, browser_kind, backend, epoch_ms(ts), latency_ms / batch_rows
+            "SELECT model, browser_kind, backend, epoch_ms(ts), latency_ms / batch_rows, batch_rows
              FROM executions WHERE {w} AND success ORDER BY model, browser_kind, backend, ts"
         ))?;
-        let mut series: Vec<(HistKey, Vec<(i64, f64)>)> = Vec::new();
+        let mut series: Vec<(HistKey, Vec<(i64, f64, u32)>)> = Vec::new();
         let rows = stmt.query_map(params![since], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
                 r.get::<_, i64>(3)?,
                 r.get(4)?,
+                r.get::<_, u32>(5)?,
             ))
         })?;
         for row in rows {
-            let (key, t, v) = row?;
+            let (key, t, v, n) = row?;
             match series.last_mut() {
-                Some((k, pts)) if *k == key => pts.push((t, v)),
-                _ => series.push((key, vec![(t, v)])),
+                Some((k, pts)) if *k == key => pts.push((t, v, n)),
+                _ => series.push((key, vec![(t, v, n)])),
             }
         }
         drop(stmt);
         drop(conn);
-        let regressions = series
-            .iter()
-            .map(|((model, kind, backend), pts)| {
-                let values: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        let mut regressions = Vec::new();
+        for ((model, kind, backend), pts) in &series {
+            let mut classes: Vec<u32> = pts.iter().map(|p| batch_class(p.2)).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            for class in classes {
+                let values: Vec<f64> = pts.iter().filter(|p| batch_class(p.2) == class).map(|p| p.1).collect();
                 let (base, recent) = trend::split(&values, recent_window(values.len()), BASELINE_MAX);
-                TrendRow {
+                regressions.push(TrendRow {
                     model: model.clone(),
                     kind: kind.clone(),
                     backend: backend.clone(),
+                    batch: if class == 1 { "1".into() } else { format!("{class}–{}", 2 * class - 1) },
                     baseline_n: base.len(),
                     recent_n: recent.len(),
                     verdict: trend::classify(base, recent, ALPHA, MIN_POINTS),
-                }
-            })
-            .collect();
+                });
+            }
+        }
         let latency_series = series
             .into_iter()
             .map(|((model, kind, backend), pts)| {
                 let step = pts.len().div_ceil(CHART_POINTS).max(1);
-                (format!("{model} · {kind} · {backend}"), pts.into_iter().step_by(step).collect())
+                (format!("{model} · {kind} · {backend}"), pts.into_iter().step_by(step).map(|p| (p.0, p.1)).collect())
             })
             .collect();
         Ok(Report {
@@ -268,9 +276,24 @@ impl Report {
     }
 }
 
+/// The power-of-two class of a batch size: 1, 2, 4, 8, …
+pub fn batch_class(rows: u32) -> u32 {
+    1 << (31 - rows.max(1).leading_zeros())
+}
+
 /// The recent window of a series of `n` points: a quarter of it, at least `MIN_POINTS`, at most 200.
 pub fn recent_window(n: usize) -> usize {
     (n / 4).clamp(MIN_POINTS, 200)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batch_classes_are_powers_of_two() {
+        let got: Vec<u32> = [1, 2, 3, 4, 7, 8, 31, 32, 33].iter().map(|&n| super::batch_class(n)).collect();
+        assert_eq!(got, [1, 2, 2, 4, 4, 8, 16, 32, 32]);
+        assert_eq!(super::batch_class(0), 1);
+    }
 }
 
 fn pairs(conn: &duckdb::Connection, sql: &str, since: i64) -> anyhow::Result<Vec<(String, i64)>> {

@@ -113,6 +113,7 @@ fn sections(r: &Report) -> Vec<Section> {
             let (class, detail) = verdict_text(&t.verdict);
             vec![
                 format!("{} · {} · {}", t.model, t.kind, t.backend),
+                t.batch.clone(),
                 class,
                 format!("{} / {}", t.baseline_n, t.recent_n),
                 detail,
@@ -123,7 +124,7 @@ fn sections(r: &Report) -> Vec<Section> {
         ("Browsers and backends", BACKEND_HEAD.to_vec(), backend_cells(r)),
         (
             "Regressions (recent window vs baseline, Welch's t-test)",
-            vec!["series", "class", "points (baseline / recent)", "detail"],
+            vec!["series", "batch size", "class", "points (baseline / recent)", "detail"],
             regress,
         ),
         (
@@ -224,7 +225,7 @@ pub fn html(r: &Report) -> String {
         }
         body += "</tr>";
         for row in &rows {
-            let class = if row.get(1).is_some_and(|c| ["CRITICAL", "SEVERE", "MODERATE", "MINOR"].contains(&c.as_str()))
+            let class = if row.get(2).is_some_and(|c| ["CRITICAL", "SEVERE", "MODERATE", "MINOR"].contains(&c.as_str()))
             {
                 " class=\"regressed\""
             } else {
