@@ -211,7 +211,7 @@ impl Report {
             "SELECT model, browser_kind, backend, epoch_ms(ts), latency_ms / batch_rows, batch_rows
              FROM executions WHERE {w} AND success ORDER BY model, browser_kind, backend, ts"
         ))?;
-        let mut series: Vec<(HistKey, Vec<(i64, f64, u32)>)> = Vec::new();
+        let mut series: Vec<(HistKey, Vec<Point>)> = Vec::new();
         let rows = stmt.query_map(params![since], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
@@ -276,6 +276,9 @@ impl Report {
     }
 }
 
+/// One successful batch: (ms since the epoch, ms per text, texts).
+type Point = (i64, f64, u32);
+
 /// The power-of-two class of a batch size: 1, 2, 4, 8, …
 pub fn batch_class(rows: u32) -> u32 {
     1 << (31 - rows.max(1).leading_zeros())
@@ -286,6 +289,13 @@ pub fn recent_window(n: usize) -> usize {
     (n / 4).clamp(MIN_POINTS, 200)
 }
 
+fn pairs(conn: &duckdb::Connection, sql: &str, since: i64) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows =
+        stmt.query_map(params![since], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -294,11 +304,4 @@ mod tests {
         assert_eq!(got, [1, 2, 2, 4, 4, 8, 16, 32, 32]);
         assert_eq!(super::batch_class(0), 1);
     }
-}
-
-fn pairs(conn: &duckdb::Connection, sql: &str, since: i64) -> anyhow::Result<Vec<(String, i64)>> {
-    let mut stmt = conn.prepare(sql)?;
-    let rows =
-        stmt.query_map(params![since], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get(1)?)))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
