@@ -198,6 +198,11 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
     assert!(retried > 0, "some requests were in flight on a faulted tab and retried elsewhere");
     assert!(healed(&m), "the pool healed to full size, the model on every tab: {}", m.render());
     assert!(m.recoveries.iter().filter(|r| r.ok).count() >= done.len() / 2, "{:?}", m.recoveries);
+    // Replacements reuse the kind's calibration (kept on the model, not on a replica): only the
+    // first tabs calibrate. Before, once no live replica held a calibration, a replacement
+    // compiled and timed every backend again (seconds more per recovery).
+    assert_eq!(m.models[0].calibrations, TABS as u64, "replacements reuse the calibration: {}", m.render());
+    assert!(m.tabs.iter().all(|t| t.calibration.values().all(|c| !c.is_empty())), "{:?}", m.tabs);
     let served: u64 = m.models.iter().map(|x| x.served).sum();
     assert_eq!(served as usize, REQUESTS + 8 * 6, "answered exactly once each (stream + shards)");
 

@@ -91,6 +91,9 @@ pub struct ModelMetrics {
     pub failed: u64,
     pub busy_refusals: u64,
     pub retried: u64,
+    /// Full calibrations run (every backend compiled and timed); a tab of a kind already
+    /// calibrated reuses that answer, so this stays at the first tabs' count through recoveries.
+    pub calibrations: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +165,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 failed: m.failed.load(Ordering::Relaxed),
                 busy_refusals: m.busy.load(Ordering::Relaxed),
                 retried: m.retried.load(Ordering::Relaxed),
+                calibrations: m.calibrations.load(Ordering::Relaxed),
             }
         })
         .collect();
@@ -316,14 +320,14 @@ impl PoolMetrics {
         }
         let _ = writeln!(
             o,
-            "\n{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7}",
-            "model", "replicas", "queue", "served", "failed", "busy", "retried"
+            "\n{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7} | {:>10}",
+            "model", "replicas", "queue", "served", "failed", "busy", "retried", "calibrated"
         );
         for m in &self.models {
             let _ = writeln!(
                 o,
-                "{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7}",
-                m.name, m.replicas, m.queue_depth, m.served, m.failed, m.busy_refusals, m.retried
+                "{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7} | {:>10}",
+                m.name, m.replicas, m.queue_depth, m.served, m.failed, m.busy_refusals, m.retried, m.calibrations
             );
         }
         if !self.history.is_empty() {

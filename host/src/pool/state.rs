@@ -149,6 +149,12 @@ pub(crate) struct ModelEntry {
     pub failed: AtomicU64,
     pub busy: AtomicU64,
     pub retried: AtomicU64,
+    /// Browser kind → the backend calibration chose there and the figures it chose by. Kept on
+    /// the model, not on a replica, so it outlives every replica of that kind (recovery replaces
+    /// them all in turn) and a replacement never pays a full calibration again.
+    pub calibrated: Mutex<HashMap<String, (Backend, Vec<Measured>)>>,
+    /// Full calibrations run for this model (for metrics).
+    pub calibrations: AtomicU64,
 }
 
 /// One scaling (or launch) decision, with its reason, for the log and `metrics()`.
@@ -587,15 +593,32 @@ impl Shared {
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
     pub async fn add_replica(&self, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
         let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        let mut known_calibration = None;
         if backend == Backend::Auto
-            && let Some(known) = self.calibrated_backend(m, &slot.kind.name)
+            && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
         {
-            // Another tab of this kind already calibrated this model: reuse its answer rather
-            // than compile every backend again (seconds on a software WebGPU adapter).
+            // A tab of this kind already calibrated this model: reuse its answer rather than
+            // compile every backend again (seconds on a software WebGPU adapter).
             backend = known;
+            known_calibration = Some(measured);
         }
         match load_in_tab(&slot.tab, &m.model, backend, &()).await {
-            Ok((tm, calibration)) => {
+            Ok((tm, measured)) => {
+                let calibration = match known_calibration {
+                    Some(c) => c,
+                    None => {
+                        if !measured.is_empty() {
+                            m.calibrations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(chosen) = calibrated_as(&tm.backend).filter(|_| !measured.is_empty()) {
+                            m.calibrated
+                                .lock()
+                                .expect("calibrated")
+                                .insert(slot.kind.name.clone(), (chosen, measured.clone()));
+                        }
+                        measured
+                    }
+                };
                 let backend = tm.backend.to_string();
                 tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
                 let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
@@ -612,17 +635,6 @@ impl Shared {
                 self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
                 false
             }
-        }
-    }
-
-    /// The backend an earlier calibration chose for `m` on a tab of kind `kind`, if any.
-    fn calibrated_backend(&self, m: &ModelEntry, kind: &str) -> Option<Backend> {
-        let replicas = m.replicas.lock().expect("replicas");
-        let r = replicas.iter().find(|r| r.slot.kind.name == kind && !r.calibration.is_empty())?;
-        match r.tm.backend {
-            ExecBackend::WebGpu => Some(Backend::Webgpu),
-            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
-            ExecBackend::Cpu => None,
         }
     }
 
@@ -670,6 +682,8 @@ impl Shared {
             failed: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            calibrated: Mutex::new(HashMap::new()),
+            calibrations: AtomicU64::new(0),
         });
         // Replicas on the tabs whose kinds rank best for this model, all loading at once.
         let order: Vec<String> = self.kind_order_all(&name, spec.model_type).into_iter().map(|k| k.name).collect();
@@ -716,5 +730,15 @@ impl Shared {
         if let Some(r) = &self.recorder {
             r.close();
         }
+    }
+}
+
+/// The forced backend that loads `exec` again without calibrating (the host CPU is not a tab
+/// backend).
+fn calibrated_as(exec: &ExecBackend) -> Option<Backend> {
+    match exec {
+        ExecBackend::WebGpu => Some(Backend::Webgpu),
+        ExecBackend::WebNn { .. } => Some(Backend::Webnn),
+        ExecBackend::Cpu => None,
     }
 }
