@@ -170,6 +170,12 @@ enum BenchWhat {
         /// Kinds of the mixed-pool row, one tab each (empty: skip).
         #[arg(long, value_delimiter = ',', default_values_t = vec!["chromium-webnn".to_string(), "chromium".to_string()])]
         mixed: Vec<String>,
+        /// Kinds measured alone, one tab each, with the backend calibration chose (empty: skip).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["chromium-webnn".to_string(), "chromium".to_string(), "firefox".to_string()])]
+        per_kind: Vec<String>,
+        /// Requests per timed pass of the per-kind rows (software WebGPU runs ~10 texts/s).
+        #[arg(long, default_value_t = 64)]
+        per_kind_requests: usize,
         #[arg(long)]
         json: bool,
     },
@@ -304,8 +310,10 @@ async fn main() -> ExitCode {
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
-        Command::Bench { what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, json } } => {
-            let args = bench_pool::Args { tabs, kind, requests, sentences, mixed, json };
+        Command::Bench {
+            what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, per_kind, per_kind_requests, json },
+        } => {
+            let args = bench_pool::Args { tabs, kind, requests, sentences, mixed, per_kind, per_kind_requests, json };
             tokio::select! {
                 r = bench_pool::run(cfg, args) => r,
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),

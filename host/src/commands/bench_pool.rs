@@ -24,7 +24,19 @@ pub struct Args {
     pub sentences: Option<PathBuf>,
     /// Kinds of the mixed row (empty: skip it).
     pub mixed: Vec<String>,
+    /// Kinds measured alone, one tab each (empty: skip).
+    pub per_kind: Vec<String>,
+    pub per_kind_requests: usize,
     pub json: bool,
+}
+
+/// One browser kind alone: the backend its calibration chose, the calibration figures, and the
+/// throughput of one tab.
+struct KindRow {
+    kind: String,
+    backend: String,
+    calibration: Vec<crate::policy::backend_choice::Measured>,
+    pass: Pass,
 }
 
 struct Pass {
@@ -70,7 +82,10 @@ fn second_model() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
+pub async fn run(host_cfg: HostConfig, mut args: Args) -> anyhow::Result<()> {
+    // `--mixed ""` / `--per-kind ""` skip those sections.
+    args.mixed.retain(|k| !k.is_empty());
+    args.per_kind.retain(|k| !k.is_empty());
     let (sentences, source) = super::bench::bench_sentences(args.sentences.as_deref())?;
     let texts: Vec<&str> = sentences.iter().map(String::as_str).cycle().take(args.requests).collect();
     let kind = parse_kind(&args.kind)?;
@@ -150,6 +165,33 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
         mixed = Some(r?);
     }
 
+    // 4. Each kind alone: what one tab of it achieves with the backend calibration picked.
+    let mut kind_rows = Vec::new();
+    let few: Vec<(&str, Vec<&str>)> =
+        sentences.iter().map(String::as_str).cycle().take(args.per_kind_requests).map(|t| (minilm, vec![t])).collect();
+    for k in &args.per_kind {
+        let spec = parse_kind(k)?;
+        let pool = Pool::with_host(crate::Host::start(host_cfg.clone()).await?, fixed_pool(vec![spec], 1, few.len()))
+            .await
+            .with_context(|| format!("starting one {k} tab"))?;
+        let r = async {
+            pool.load(ModelSpec::minilm()).await?;
+            pass(&pool, &few).await?;
+            let p = pass(&pool, &few).await?;
+            let m = pool.metrics();
+            let tab = m.tabs.first().context("the tab is gone")?;
+            anyhow::Ok(KindRow {
+                kind: k.clone(),
+                backend: tab.models.get(minilm).cloned().unwrap_or_default(),
+                calibration: tab.calibration.get(minilm).cloned().unwrap_or_default(),
+                pass: p,
+            })
+        }
+        .await;
+        pool.shutdown().await;
+        kind_rows.push(r?);
+    }
+
     let one = scaling_rows.first().map(|(_, p)| p.per_s).unwrap_or(f64::NAN);
     if args.json {
         let rows: Vec<_> = scaling_rows
@@ -161,9 +203,16 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
             .collect();
         let mixed_json =
             mixed.as_ref().map(|(p, m)| json!({ "sent_per_s": p.per_s, "by_kind": p.by_kind, "history": m.history }));
+        let kinds_json: Vec<_> = kind_rows
+            .iter()
+            .map(|r| {
+                json!({ "kind": r.kind, "backend": r.backend, "sent_per_s": r.pass.per_s, "p50_ms": r.pass.p50_ms,
+                        "calibration": r.calibration.iter().map(|c| json!({ "backend": c.backend, "median_ms": c.median_ms, "error": c.error })).collect::<Vec<_>>() })
+            })
+            .collect();
         println!(
             "{}",
-            json!({ "kind": kind.name, "requests": args.requests, "cores": cores, "source": source, "scaling": rows,
+            json!({ "per_kind": kinds_json, "kind": kind.name, "requests": args.requests, "cores": cores, "source": source, "scaling": rows,
                     "two_models": { "second": other, "sequential_per_s": sequential, "concurrent_per_s": concurrent.per_s,
                                     "ratio": concurrent.per_s / sequential },
                     "mixed": mixed_json })
@@ -205,6 +254,32 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
             println!(
                 "  {:<16} {:<10} ok {:>5} fail {:>3}  {:>7.2} ms/text",
                 h.kind, h.backend, h.successes, h.failures, h.mean_ms_per_text
+            );
+        }
+    }
+    if !kind_rows.is_empty() {
+        println!(
+            "\none tab of each kind ({} one-sentence requests at once; backend chosen by calibration, one 16-token sentence):",
+            args.per_kind_requests
+        );
+        println!("{:<16} | {:<10} | {:>8} | {:>13} | calibration ms", "kind", "backend", "sent/s", "p50/p99 ms");
+        for r in &kind_rows {
+            let cal: Vec<String> = r
+                .calibration
+                .iter()
+                .map(|c| match (c.median_ms, &c.error) {
+                    (Some(ms), _) => format!("{} {ms:.1}", c.backend),
+                    (None, Some(e)) => format!("{} failed: {e}", c.backend),
+                    (None, None) => c.backend.clone(),
+                })
+                .collect();
+            println!(
+                "{:<16} | {:<10} | {:>8.1} | {:>13} | {}",
+                r.kind,
+                r.backend,
+                r.pass.per_s,
+                format!("{:.0}/{:.0}", r.pass.p50_ms, r.pass.p99_ms),
+                cal.join(", ")
             );
         }
     }

@@ -179,12 +179,19 @@ pub struct ReplicaLoad {
     pub busy_remaining_ms: f64,
 }
 
+/// How much slower replicas may run while they help each other with a backlog. Tabs of one
+/// machine share its cores: measured on 2 cores, a SwiftShader tab helping a WebNN tab with a
+/// 512-text backlog halved the pool (221 → 108 sent/s), although the estimate without contention
+/// promised a small gain.
+pub const SHARED_SLOWDOWN: f64 = 2.0;
+
 /// Which free replica takes a batch of `rows` texts now, or `None` to wait for a busy one.
 ///
-/// Among free replicas the soonest finisher wins (ties: `rank`, the routing order). It is used
-/// only if it finishes the batch no later than the best replica would finish *all* queued work
-/// (`queued_rows`, this batch included): a slow free tab helps with a backlog but must not hold
-/// a batch a busy fast tab would finish sooner.
+/// Among free replicas the soonest finisher wins (ties: `rank`, the routing order). It takes the
+/// batch if no replica, busy ones included, would finish this batch sooner. Otherwise it only
+/// helps with a backlog: its finish, slowed by `SHARED_SLOWDOWN`, must still come before the best
+/// replica would finish *all* queued work (`queued_rows`, this batch included). So a slow free tab
+/// never holds a batch a busy fast tab finishes sooner, and helps only where the gain is clear.
 pub fn dispatch(replicas: &[ReplicaLoad], rank: &[usize], rows: usize, queued_rows: usize) -> Option<usize> {
     let known_fastest = replicas.iter().filter_map(|r| r.ms_per_text).fold(f64::INFINITY, f64::min);
     // Unknown costs are optimistic (the fastest known, or zero) so new replicas get measured.
@@ -194,11 +201,12 @@ pub fn dispatch(replicas: &[ReplicaLoad], rank: &[usize], rows: usize, queued_ro
         .filter(|&i| replicas[i].free)
         .map(|i| (i, rows as f64 * ms(&replicas[i])))
         .min_by(|a, b| a.1.total_cmp(&b.1).then(pos(a.0).cmp(&pos(b.0))).then(a.0.cmp(&b.0)))?;
-    let backlog_bound = replicas
-        .iter()
-        .map(|r| r.busy_remaining_ms + queued_rows.max(rows) as f64 * ms(r))
-        .fold(f64::INFINITY, f64::min);
-    (best_free.1 <= backlog_bound).then_some(best_free.0)
+    let soonest =
+        |n: usize| replicas.iter().map(|r| r.busy_remaining_ms + n as f64 * ms(r)).fold(f64::INFINITY, f64::min);
+    if best_free.1 <= soonest(rows) {
+        return Some(best_free.0);
+    }
+    (best_free.1 * SHARED_SLOWDOWN <= soonest(queued_rows.max(rows))).then_some(best_free.0)
 }
 
 #[cfg(test)]
@@ -223,8 +231,20 @@ mod dispatch_tests {
         // Fast: 13 ms/text, busy 100 ms more. Slow: 174 ms/text, free. 32 texts queued.
         let reps = [r(false, Some(13.0), 100.0), r(true, Some(174.0), 0.0)];
         assert_eq!(dispatch(&reps, &[0, 1], 32, 32), None, "wait for the fast tab");
-        // A deep backlog: the fast tab needs ~6.7 s for it all; the slow one helps.
-        assert_eq!(dispatch(&reps, &[0, 1], 32, 512), Some(1));
+        // A backlog the fast tab needs ~6.8 s for: the slow one's 5.6 s would help only if the
+        // two did not slow each other down; not a clear gain, so wait.
+        assert_eq!(dispatch(&reps, &[0, 1], 32, 512), None);
+        // A deep backlog (~13.4 s for the fast tab): the slow one helps even at half speed.
+        assert_eq!(dispatch(&reps, &[0, 1], 32, 1024), Some(1));
+    }
+
+    #[test]
+    fn regression_mixed_pool_swiftshader_beside_webnn_waits_for_webnn() {
+        // Measured in `bench pool` (mixed row, 2 cores): webnn-cpu 10.4 ms/text busy with a batch
+        // of 32, SwiftShader WebGPU 151 ms/text free, 512 texts queued. Handing 32 to the slow tab
+        // halved the pool's throughput; it must wait for the WebNN tab.
+        let reps = [r(false, Some(10.4), 330.0), r(true, Some(151.0), 0.0)];
+        assert_eq!(dispatch(&reps, &[0, 1], 32, 512), None);
     }
 
     #[test]
