@@ -289,8 +289,8 @@ impl PoolMetrics {
         }
         let _ = writeln!(
             o,
-            "\n{:>4} | {:<19} | {:>4} | {:>7} | {:>7} | {:>7} | {:<28} | capabilities",
-            "tab", "kind", "busy", "batches", "texts", "idle s", "models (backend)"
+            "\n{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7} | {:<28} | capabilities",
+            "tab", "kind", "health", "breaker", "busy", "batches", "texts", "idle s", "models (backend)"
         );
         for t in &self.tabs {
             let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
