@@ -136,4 +136,13 @@ impl Tab {
             (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to Kernel") }),
         }
     }
+
+    /// Destroy the tab's WebGPU device, as a driver reset would lose it (fault injection).
+    /// Returns whether the tab had a device.
+    pub async fn lose_device(&self, timeout: Duration) -> Result<bool, TabError> {
+        match self.call(Request::LoseDevice, Vec::new(), timeout).await? {
+            (Reply::DeviceDestroyed { had_device }, _) => Ok(had_device),
+            (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to LoseDevice") }),
+        }
+    }
 }

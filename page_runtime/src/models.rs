@@ -18,7 +18,9 @@ pub struct CpuLoading {
 }
 
 pub enum TabModel {
-    Gpu(Rc<GpuModel>),
+    /// With the executor (device) it was built on: after a device loss the tab gets a new
+    /// executor, and models of the old one fail with `DeviceLost` until loaded again.
+    Gpu(Rc<GpuModel>, Rc<WebGpuExecutor>),
     Nn(Rc<NnModel>),
     Cpu(Rc<CpuLoading>),
 }
@@ -31,13 +33,14 @@ impl TabModel {
     pub fn new(
         graph: Graph,
         backend: &ExecBackend,
-        gpu: Option<&WebGpuExecutor>,
+        gpu: Option<Rc<WebGpuExecutor>>,
         nn: Option<Rc<WebNn>>,
     ) -> Result<TabModel, RemoteError> {
         Ok(match backend {
             ExecBackend::WebGpu => {
-                gpu.ok_or_else(|| unsupported("this tab has no WebGPU device (see its capabilities)".into()))?;
-                TabModel::Gpu(Rc::new(GpuModel::new(graph)?))
+                let ex =
+                    gpu.ok_or_else(|| unsupported("this tab has no WebGPU device (see its capabilities)".into()))?;
+                TabModel::Gpu(Rc::new(GpuModel::new(graph)?), ex)
             }
             ExecBackend::WebNn { device } => {
                 let nn = nn.ok_or_else(|| unsupported(format!("this tab has no WebNN {device} context")))?;
@@ -57,22 +60,16 @@ impl TabModel {
 
     pub fn clone_handle(&self) -> TabModel {
         match self {
-            TabModel::Gpu(m) => TabModel::Gpu(m.clone()),
+            TabModel::Gpu(m, ex) => TabModel::Gpu(m.clone(), ex.clone()),
             TabModel::Nn(m) => TabModel::Nn(m.clone()),
             TabModel::Cpu(m) => TabModel::Cpu(m.clone()),
         }
     }
 
     /// Store weights; returns (bytes stored, weights still missing).
-    pub fn put_weights(
-        &self,
-        gpu: Option<&WebGpuExecutor>,
-        first: usize,
-        t: &[Tensor],
-    ) -> Result<(u64, usize), RemoteError> {
+    pub fn put_weights(&self, first: usize, t: &[Tensor]) -> Result<(u64, usize), RemoteError> {
         match self {
-            TabModel::Gpu(m) => {
-                let ex = gpu.ok_or_else(|| unsupported("no WebGPU device".into()))?;
+            TabModel::Gpu(m, ex) => {
                 let b = m.put_weights(ex, first, t)?;
                 Ok((b, m.missing_weights()))
             }
@@ -99,9 +96,9 @@ impl TabModel {
     }
 
     /// Compile (WebGPU pipelines, the smallest WebNN graph) with a warm-up run; ms taken.
-    pub async fn prepare(&self, gpu: Option<&WebGpuExecutor>) -> Result<f64, RemoteError> {
+    pub async fn prepare(&self) -> Result<f64, RemoteError> {
         match self {
-            TabModel::Gpu(m) => m.prepare(gpu.ok_or_else(|| unsupported("no WebGPU device".into()))?).await,
+            TabModel::Gpu(m, ex) => m.prepare(ex).await,
             TabModel::Nn(m) => m.prepare().await,
             TabModel::Cpu(c) => {
                 let t0 = js_sys::Date::now();
@@ -112,9 +109,9 @@ impl TabModel {
         }
     }
 
-    pub async fn run(&self, gpu: Option<&WebGpuExecutor>, inputs: &[Tensor]) -> Result<RunOutput, RemoteError> {
+    pub async fn run(&self, inputs: &[Tensor]) -> Result<RunOutput, RemoteError> {
         match self {
-            TabModel::Gpu(m) => m.run(gpu.ok_or_else(|| unsupported("no WebGPU device".into()))?, inputs).await,
+            TabModel::Gpu(m, ex) => m.run(ex, inputs).await,
             TabModel::Nn(m) => m.run(inputs).await,
             TabModel::Cpu(c) => {
                 let t0 = js_sys::Date::now();

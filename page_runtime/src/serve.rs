@@ -13,7 +13,7 @@ use shared_proto::{
 };
 
 use crate::caps;
-use crate::executors::webgpu::WebGpuExecutor;
+use crate::executors::webgpu::{self, WebGpuExecutor};
 use crate::executors::webnn::{self, WebNn};
 use crate::models::TabModel;
 use crate::socket::{self, Event, Socket};
@@ -79,7 +79,11 @@ async fn serve() -> Result<(), String> {
         caps,
     }));
     send(&socket, Frame::new(hello))?;
-    let state = Rc::new(TabState { executor, models: RefCell::default(), webnn: RefCell::default() });
+    let state = Rc::new(TabState {
+        executor: RefCell::new(executor.map(Rc::new)),
+        models: RefCell::default(),
+        webnn: RefCell::default(),
+    });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
         let bytes = match event {
@@ -121,7 +125,8 @@ async fn serve() -> Result<(), String> {
 
 /// What a tab holds between requests.
 struct TabState {
-    executor: Option<WebGpuExecutor>,
+    /// Replaced by a new device when the old one was lost (see `gpu`).
+    executor: RefCell<Option<Rc<WebGpuExecutor>>>,
     models: RefCell<HashMap<String, TabModel>>,
     /// WebNN contexts by device type, created on first use.
     webnn: RefCell<HashMap<String, Rc<WebNn>>>,
@@ -149,8 +154,28 @@ async fn webnn_context(state: &TabState, device: &str) -> Result<Rc<WebNn>, Remo
     Ok(c)
 }
 
+/// The tab's WebGPU executor. With `renew`, a lost device is replaced by a new one first (a
+/// device loss is recovered by loading the model again, not by reloading the page); if no new
+/// device can be had, the lost one stays and its work fails with `DeviceLost`.
+async fn gpu(state: &TabState, renew: bool) -> Option<Rc<WebGpuExecutor>> {
+    let current = state.executor.borrow().clone();
+    match current {
+        Some(ex) if renew && ex.lost().is_some() => match webgpu::init().await {
+            Ok(g) => {
+                let fresh = Rc::new(WebGpuExecutor::new(g));
+                *state.executor.borrow_mut() = Some(fresh.clone());
+                Some(fresh)
+            }
+            Err(caps) => {
+                web_sys::console::error_1(&format!("no new WebGPU device: {:?}", caps.error).into());
+                Some(ex)
+            }
+        },
+        other => other,
+    }
+}
+
 async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Result<Answer, RemoteError> {
-    let gpu = state.executor.as_ref();
     let model =
         |name: &str| {
             state.models.borrow().get(name).map(TabModel::clone_handle).ok_or_else(|| {
@@ -161,34 +186,42 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         Request::Ping => (Ok(Reply::Pong), Vec::new()),
         Request::Sink => (Ok(Reply::Sunk { bytes: inputs.iter().map(|t| t.data.len() as u64).sum() }), Vec::new()),
         Request::Kernel(kernel) => {
-            let ex = gpu.ok_or_else(|| {
+            let ex = gpu(state, true).await.ok_or_else(|| {
                 RemoteError::new(ErrorKind::Unsupported, "this tab has no WebGPU device (see its capabilities)")
             })?;
             let run = ex.run_kernel(&kernel, &inputs).await?;
             (Ok(Reply::KernelDone { device_ms: run.device_ms }), run.outputs)
         }
         Request::LoadModel { model, graph, backend } => {
-            let nn = match &backend {
-                shared_proto::ExecBackend::WebNn { device } => Some(webnn_context(state, device).await?),
-                _ => None,
+            let (nn, ex) = match &backend {
+                shared_proto::ExecBackend::WebNn { device } => (Some(webnn_context(state, device).await?), None),
+                shared_proto::ExecBackend::WebGpu => (None, gpu(state, true).await),
+                shared_proto::ExecBackend::Cpu => (None, None),
             };
-            let m = TabModel::new(graph, &backend, gpu, nn)?;
+            let m = TabModel::new(graph, &backend, ex, nn)?;
             state.models.borrow_mut().insert(model, m);
             (Ok(Reply::ModelDeclared), Vec::new())
         }
         Request::PutWeights { model: name, first } => {
             let m = model(&name)?;
-            let (bytes, missing) = m.put_weights(gpu, first as usize, &inputs)?;
-            let prepare_ms = if missing == 0 { Some(m.prepare(gpu).await?) } else { None };
+            let (bytes, missing) = m.put_weights(first as usize, &inputs)?;
+            let prepare_ms = if missing == 0 { Some(m.prepare().await?) } else { None };
             (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
         }
         Request::Run { model: name } => {
-            let run = model(&name)?.run(gpu, &inputs).await?;
+            let run = model(&name)?.run(&inputs).await?;
             (Ok(Reply::Ran { device_ms: run.device_ms }), run.outputs)
         }
         Request::UnloadModel { model } => {
             state.models.borrow_mut().remove(&model);
             (Ok(Reply::Unloaded), Vec::new())
+        }
+        Request::LoseDevice => {
+            let ex = state.executor.borrow().clone();
+            if let Some(ex) = &ex {
+                ex.lose_device();
+            }
+            (Ok(Reply::DeviceDestroyed { had_device: ex.is_some() }), Vec::new())
         }
     })
 }

@@ -72,6 +72,10 @@ pub enum Request {
     UnloadModel {
         model: String,
     },
+    /// Destroy the tab's WebGPU device (`GPUDevice.destroy()`), as a driver reset or a crashed
+    /// GPU process loses it: fault injection for recovery tests. Later WebGPU work fails with
+    /// `DeviceLost`; the next `LoadModel` on WebGPU requests a new device.
+    LoseDevice,
 }
 
 /// A single kernel on the tab's WebGPU device (the operator graph comes later).
@@ -139,4 +143,8 @@ pub enum Reply {
         device_ms: f64,
     },
     Unloaded,
+    /// The WebGPU device was destroyed (`false`: the tab had none).
+    DeviceDestroyed {
+        had_device: bool,
+    },
 }

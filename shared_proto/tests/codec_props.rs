@@ -26,6 +26,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Ping),
         Just(Request::Sink),
         Just(Request::Kernel(Kernel::Add)),
+        Just(Request::LoseDevice),
         (0..3u8, any::<u32>()).prop_map(|(v, repeats)| Request::Kernel(Kernel::MatMul {
             variant: [MatMulVariant::Tiled, MatMulVariant::Naive, MatMulVariant::Register][v as usize],
             repeats

@@ -292,6 +292,14 @@ impl Pool {
         slot.map(|s| s.tab.disconnect()).is_some()
     }
 
+    /// Lose tab `id`'s WebGPU device (`GPUDevice.destroy()` in the tab, as a driver reset would):
+    /// its WebGPU models fail with `DeviceLost` until the pool reloads them on a new device
+    /// (simple recovery). Returns whether the tab had a device.
+    pub async fn lose_device(&self, id: u64) -> anyhow::Result<bool> {
+        let slot = self.shared.slots().into_iter().find(|s| s.id == id && s.usable()).context("no such tab")?;
+        Ok(slot.tab.lose_device(std::time::Duration::from_secs(10)).await?)
+    }
+
     /// Close tab `id`'s window through WebDriver (as a user closing it would).
     pub async fn close_tab_window(&self, id: u64) -> anyhow::Result<()> {
         self.shared.host.lock().await.as_mut().context("shutting down")?.close_window(id).await

@@ -482,8 +482,11 @@ async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>,
         let detail = format!("socket closed during a batch: {e:#}");
         tokio::spawn(async move { shared.recover(slot, Category::Connection, &detail).await });
     } else if recovery::tab_step(category, true, true, 0) == TabStep::ReloadModel {
-        // The tab re-creates its device; load the model again in place before the retry.
-        shared.add_replica(m, &r.slot).await;
+        // Simple recovery: loading the model again makes the tab request a new device; the
+        // requests retry in place after it.
+        let t = std::time::Instant::now();
+        let ok = shared.add_replica(m, &r.slot).await;
+        shared.note_recovery(&r.slot, category, "reload_model", ok, t, &message);
     }
     let infra = matches!(category, Category::Connection | Category::Crash | Category::Timeout);
     let mut groups: Vec<u64> = jobs.iter().filter_map(|j| j.group).collect();

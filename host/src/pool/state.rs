@@ -552,7 +552,7 @@ impl Shared {
         self.wake_all();
     }
 
-    fn note_recovery(&self, slot: &Slot, category: Category, step: &str, ok: bool, t: Instant, detail: &str) {
+    pub fn note_recovery(&self, slot: &Slot, category: Category, step: &str, ok: bool, t: Instant, detail: &str) {
         let ev = RecoveryEvent {
             at_s: self.started.elapsed().as_secs_f64(),
             tab: slot.id,

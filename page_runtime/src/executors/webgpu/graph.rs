@@ -124,6 +124,7 @@ impl GpuModel {
     /// Store weights `first..first + tensors.len()`, each checked against its declared dtype,
     /// shape and content hash. Returns the bytes stored.
     pub fn put_weights(&self, ex: &WebGpuExecutor, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+        ex.alive()?;
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             let idx = first + i;

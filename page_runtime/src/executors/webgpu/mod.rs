@@ -16,6 +16,7 @@ mod unary;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use shared_proto::{AdapterInfo, DType, ErrorKind, Kernel, MatMulVariant, Op, RemoteError, Tensor, WebGpuCaps};
@@ -30,6 +31,9 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub caps: WebGpuCaps,
+    /// Why the device was lost (`GPUDevice.lost` resolved), once it was. A lost device never
+    /// comes back: the tab requests a new one (`serve.rs`).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// Request an adapter and a device with the adapter's own limits. On failure the error text is
@@ -64,6 +68,13 @@ pub async fn init() -> Result<Gpu, WebGpuCaps> {
         })
         .await
         .map_err(|e| fail(format!("requestDevice: {e}")))?;
+    let lost = Arc::new(Mutex::new(None));
+    let seen = lost.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        if let Ok(mut l) = seen.lock() {
+            l.get_or_insert(format!("{reason:?}: {message}"));
+        }
+    });
     let caps = WebGpuCaps {
         api_present,
         adapter: Some(AdapterInfo {
@@ -88,7 +99,7 @@ pub async fn init() -> Result<Gpu, WebGpuCaps> {
         ],
         features: adapter.features().iter_names().map(|(name, _)| name.to_ascii_lowercase()).collect(),
     };
-    Ok(Gpu { device, queue, caps })
+    Ok(Gpu { device, queue, caps, lost })
 }
 
 #[derive(Default)]
@@ -202,6 +213,30 @@ impl WebGpuExecutor {
         &self.gpu.caps
     }
 
+    /// Why the device was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.gpu.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Destroy the device (`GPUDevice.destroy()`), as a driver reset would lose it.
+    pub fn lose_device(&self) {
+        if let Ok(mut l) = self.gpu.lost.lock() {
+            l.get_or_insert_with(|| "Destroyed: LoseDevice requested by the host".into());
+        }
+        self.gpu.device.destroy();
+    }
+
+    /// `DeviceLost` once the device is gone: nothing is submitted to a dead device.
+    pub(crate) fn alive(&self) -> Result<(), RemoteError> {
+        match self.lost() {
+            Some(why) => Err(RemoteError::new(
+                ErrorKind::DeviceLost,
+                format!("the WebGPU device was lost ({why}); loading a model again requests a new one"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Buffers parked in the pool, ready for reuse.
     pub fn pooled_buffers(&self) -> usize {
         self.pool.idle_buffers()
@@ -215,6 +250,7 @@ impl WebGpuExecutor {
     /// One standalone kernel: upload, run, read back.
     pub async fn run_kernel(&self, kernel: &Kernel, inputs: &[Tensor]) -> Result<KernelRun, RemoteError> {
         check::kernel(kernel, inputs)?;
+        self.alive()?;
         let args: Vec<GpuValue> = inputs.iter().map(|t| self.upload_value(t)).collect();
         let mut rec = Recorder::default();
         let (out, repeats) = match kernel {
@@ -376,6 +412,7 @@ impl WebGpuExecutor {
         outputs: &[&GpuValue],
         repeats: u32,
     ) -> Result<(Vec<Bytes>, f64), RemoteError> {
+        self.alive()?;
         let device = &self.gpu.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
