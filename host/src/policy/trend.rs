@@ -48,7 +48,8 @@ pub fn welch(baseline: &[f64], recent: &[f64]) -> Option<Welch> {
     let df = (sa + sb).powi(2) / (sa.powi(2) / (na - 1.0) + sb.powi(2) / (nb - 1.0));
     let t = diff / se;
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
-    let p = 2.0 * (1.0 - dist.cdf(t.abs()));
+    // The survival function keeps tiny p-values (1 - cdf rounds them to 0).
+    let p = 2.0 * dist.sf(t.abs());
     let q = dist.inverse_cdf(0.975);
     Some(Welch { baseline_mean: ma, recent_mean: mb, diff, t, df, p, ci95: (diff - q * se, diff + q * se) })
 }
@@ -144,6 +145,15 @@ mod tests {
         // t = 3 on 8 df: two-sided p = 0.017071 (Student's t table); t(0.975, 8) = 2.306004.
         assert!((w.p - 0.017071).abs() < 2e-5, "{w:?}");
         assert!((w.ci95.0 - (3.0 - 2.306004)).abs() < 1e-5 && (w.ci95.1 - (3.0 + 2.306004)).abs() < 1e-5, "{w:?}");
+    }
+
+    #[test]
+    fn overwhelming_evidence_keeps_a_positive_p() {
+        // t ≈ 27 on 30 df: two-sided p ≈ 1e-21, which 1 - cdf rounded to exactly 0.
+        let a: Vec<f64> = (0..16).map(|i| 5.0 + 0.1 * (i % 4) as f64).collect();
+        let b: Vec<f64> = (0..16).map(|i| 6.0 + 0.1 * (i % 4) as f64).collect();
+        let w = welch(&a, &b).unwrap();
+        assert!(w.p > 0.0 && w.p < 1e-15, "{w:?}");
     }
 
     #[test]
