@@ -137,11 +137,11 @@ impl Tab {
         }
     }
 
-    /// Destroy the tab's WebGPU device, as a driver reset would lose it (fault injection).
-    /// Returns whether the tab had a device.
-    pub async fn lose_device(&self, timeout: Duration) -> Result<bool, TabError> {
+    /// Destroy the tab's WebGPU device and WebNN contexts, as a driver reset would lose them
+    /// (fault injection). Returns how many were destroyed.
+    pub async fn lose_device(&self, timeout: Duration) -> Result<u32, TabError> {
         match self.call(Request::LoseDevice, Vec::new(), timeout).await? {
-            (Reply::DeviceDestroyed { had_device }, _) => Ok(had_device),
+            (Reply::DeviceDestroyed { webgpu, webnn_contexts }, _) => Ok(webgpu as u32 + webnn_contexts),
             (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to LoseDevice") }),
         }
     }

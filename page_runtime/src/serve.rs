@@ -142,7 +142,8 @@ async fn handle(state: &TabState, req: Request, inputs: Vec<Tensor>) -> Answer {
 }
 
 async fn webnn_context(state: &TabState, device: &str) -> Result<Rc<WebNn>, RemoteError> {
-    if let Some(c) = state.webnn.borrow().get(device) {
+    // A lost context is replaced (models on it fail with `DeviceLost` until loaded again).
+    if let Some(c) = state.webnn.borrow().get(device).filter(|c| c.lost().is_none()) {
         return Ok(c.clone());
     }
     let c = Rc::new(
@@ -221,7 +222,11 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             if let Some(ex) = &ex {
                 ex.lose_device();
             }
-            (Ok(Reply::DeviceDestroyed { had_device: ex.is_some() }), Vec::new())
+            let contexts: Vec<Rc<WebNn>> = state.webnn.borrow().values().cloned().collect();
+            for c in &contexts {
+                c.destroy();
+            }
+            (Ok(Reply::DeviceDestroyed { webgpu: ex.is_some(), webnn_contexts: contexts.len() as u32 }), Vec::new())
         }
     })
 }

@@ -72,9 +72,10 @@ pub enum Request {
     UnloadModel {
         model: String,
     },
-    /// Destroy the tab's WebGPU device (`GPUDevice.destroy()`), as a driver reset or a crashed
-    /// GPU process loses it: fault injection for recovery tests. Later WebGPU work fails with
-    /// `DeviceLost`; the next `LoadModel` on WebGPU requests a new device.
+    /// Destroy the tab's WebGPU device (`GPUDevice.destroy()`) and WebNN contexts
+    /// (`MLContext.destroy()`), as a driver reset or a crashed GPU/ML service loses them: fault
+    /// injection for recovery tests. Models on them fail with `DeviceLost`; the next `LoadModel`
+    /// gets a new device or context.
     LoseDevice,
 }
 
@@ -143,8 +144,10 @@ pub enum Reply {
         device_ms: f64,
     },
     Unloaded,
-    /// The WebGPU device was destroyed (`false`: the tab had none).
+    /// What `LoseDevice` destroyed: the WebGPU device (`false`: the tab had none) and how many
+    /// WebNN contexts.
     DeviceDestroyed {
-        had_device: bool,
+        webgpu: bool,
+        webnn_contexts: u32,
     },
 }

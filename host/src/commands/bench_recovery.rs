@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::HostConfig;
 use crate::browser::{BrowserKind, KindSpec};
+use crate::exec::Backend;
 use crate::pool::{ModelSpec, Pool, PoolConfig, PoolMetrics};
 use crate::stats::quantile;
 
@@ -78,7 +79,11 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     let result = measure(&pool, &sentences, &args).await;
     pool.shutdown().await;
     let (failover, overhead, reload, restart, stream) = result?;
-    let (lost_answer, lost_reload) = device_loss(host_cfg, &sentences, args.trials.min(5)).await?;
+    let mut lost = Vec::new();
+    for (kind, backend) in [(BrowserKind::Chromium, Backend::Webgpu), (BrowserKind::ChromiumWebnn, Backend::Webnn)] {
+        let (answer, reload) = device_loss(host_cfg.clone(), kind, backend, &sentences, args.trials.min(5)).await?;
+        lost.push((kind, backend, answer, reload));
+    }
 
     let p = |v: &[f64], q: f64| quantile(v, q);
     let (ok, total, retried, faults) = stream;
@@ -91,8 +96,11 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
                 "failover_overhead_ms": { "p50": p(&overhead, 0.5), "p95": p(&overhead, 0.95), "target_p50": 100.0 },
                 "replace_reload_page_ms": { "p50": p(&reload, 0.5), "p95": p(&reload, 0.95), "n": reload.len(), "target": 2000.0 },
                 "replace_restart_browser_ms": { "p50": p(&restart, 0.5), "p95": p(&restart, 0.95), "n": restart.len(), "target": 2000.0 },
-                "device_lost_fault_to_answer_ms": { "p50": p(&lost_answer, 0.5), "p95": p(&lost_answer, 0.95), "n": lost_answer.len() },
-                "device_lost_reload_model_ms": { "p50": p(&lost_reload, 0.5), "p95": p(&lost_reload, 0.95), "n": lost_reload.len() },
+                "device_lost": lost.iter().map(|(kind, backend, answer, reload)| json!({
+                    "kind": kind.name(), "backend": format!("{backend:?}").to_lowercase(),
+                    "fault_to_answer_ms": { "p50": p(answer, 0.5), "p95": p(answer, 0.95), "n": answer.len() },
+                    "reload_model_ms": { "p50": p(reload, 0.5), "p95": p(reload, 0.95), "n": reload.len() },
+                })).collect::<Vec<_>>(),
                 "stream": { "requests": total, "ok": ok, "success_rate": ok as f64 / total as f64, "retried": retried, "faults": faults, "every": args.every }
             })
         );
@@ -110,16 +118,22 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     row("  … fault → answer, including the re-run of 32 texts", &failover, 1, None);
     row("replace a tab, model re-loaded: page reload (socket drop)", &reload, 0, Some((2000.0, "≤ 2000 ms")));
     row("replace a tab, model re-loaded: browser restart (kill -9)", &restart, 0, Some((2000.0, "≤ 2000 ms")));
-    let label = format!("lost WebGPU device², model re-loaded in place ({} trials)", lost_reload.len());
-    row(&label, &lost_reload, 0, None);
-    row("  … device lost → answer (1 sentence, retried in place)", &lost_answer, 0, None);
+    for (kind, backend, answer, reload) in &lost {
+        let what = if *backend == Backend::Webgpu { "WebGPU device" } else { "WebNN context" };
+        let label = format!("lost {what}² ({}): model re-loaded in place", kind.name());
+        row(&label, reload, 0, None);
+        row("  … lost → answer (1 sentence, retried in the same tab)", answer, 0, None);
+    }
     println!(
         "stream of {total} requests with a fault every {} ({faults} faults: renderer kills and socket drops alternating): {ok}/{total} succeeded ({:.1}%), {retried} retried on another tab",
         args.every,
         100.0 * ok as f64 / total as f64
     );
     println!("¹ detection + backoff + re-dispatch: fault → answer minus the replica's own run time");
-    println!("² one chromium tab, MiniLM on WebGPU (SwiftShader); GPUDevice.destroy() in the tab, then a request");
+    println!(
+        "² one tab, MiniLM on that backend (WebGPU: SwiftShader), {} trials; GPUDevice.destroy() / MLContext.destroy() in the tab, then a request",
+        args.trials.min(5)
+    );
     Ok(())
 }
 
@@ -214,16 +228,19 @@ async fn measure(pool: &Arc<Pool>, sentences: &[String], args: &Args) -> anyhow:
     Ok((failover, overhead, reload, restart, (ok, args.stream, retried, faults)))
 }
 
-/// Simple recovery of a lost device: one chromium tab with MiniLM on WebGPU; its device is
-/// destroyed, then one request must be answered after the model is re-loaded on a new device in
-/// the same tab. Returns (device lost → answer, the reload's own time), in ms.
+/// Simple recovery of a lost device or context: one tab of `kind` with MiniLM on `backend`; its
+/// device/context is destroyed, then one request must be answered after the model is re-loaded
+/// on a new one in the same tab. Returns (lost → answer, the reload's own time), in ms.
 async fn device_loss(
     host_cfg: HostConfig,
+    kind: BrowserKind,
+    backend: Backend,
     sentences: &[String],
     trials: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let webgpu = KindSpec { backend: Some(crate::exec::Backend::Webgpu), ..KindSpec::local(BrowserKind::Chromium) };
-    let mut cfg = PoolConfig { min_tabs: 1, max_tabs: 1, kinds: vec![webgpu], ..PoolConfig::default() };
+    let spec = KindSpec { backend: Some(backend), ..KindSpec::local(kind) };
+    let kinds = vec![spec];
+    let mut cfg = PoolConfig { min_tabs: 1, max_tabs: 1, kinds, ..PoolConfig::default() };
     cfg.scaling.enabled = false;
     let pool = Pool::with_host(crate::Host::start(host_cfg).await?, cfg).await?;
     let result = async {
@@ -239,7 +256,7 @@ async fn device_loss(
                 pool.embed(&text).await?;
             }
             let before = pool.metrics().recoveries.len();
-            anyhow::ensure!(pool.lose_device(tab).await?, "tab {tab} has no WebGPU device");
+            anyhow::ensure!(pool.lose_device(tab).await? > 0, "tab {tab} had nothing to lose");
             let t = Instant::now();
             let served = pool.embed(&text).await?;
             answer.push(t.elapsed().as_secs_f64() * 1e3);

@@ -292,10 +292,10 @@ impl Pool {
         slot.map(|s| s.tab.disconnect()).is_some()
     }
 
-    /// Lose tab `id`'s WebGPU device (`GPUDevice.destroy()` in the tab, as a driver reset would):
-    /// its WebGPU models fail with `DeviceLost` until the pool reloads them on a new device
-    /// (simple recovery). Returns whether the tab had a device.
-    pub async fn lose_device(&self, id: u64) -> anyhow::Result<bool> {
+    /// Lose tab `id`'s WebGPU device and WebNN contexts (`destroy()` in the tab, as a driver
+    /// reset would): its models fail with `DeviceLost` until the pool reloads them on a new
+    /// device or context (simple recovery). Returns how many were destroyed.
+    pub async fn lose_device(&self, id: u64) -> anyhow::Result<u32> {
         let slot = self.shared.slots().into_iter().find(|s| s.id == id && s.usable()).context("no such tab")?;
         Ok(slot.tab.lose_device(std::time::Duration::from_secs(10)).await?)
     }

@@ -20,6 +20,12 @@ extern "C" {
     pub fn dispatch(this: &MLContext, graph: &MLGraph, inputs: &Object, outputs: &Object) -> Result<(), JsValue>;
     #[wasm_bindgen(method, catch, js_name = readTensor)]
     pub fn read_tensor(this: &MLContext, tensor: &MLTensor) -> Result<Promise, JsValue>;
+    /// `MLContext.destroy()`: the context is lost, its graphs and tensors with it.
+    #[wasm_bindgen(method, catch)]
+    pub fn destroy(this: &MLContext) -> Result<(), JsValue>;
+    /// `MLContext.lost`: a promise of `MLContextLostInfo`; undefined in builds without it.
+    #[wasm_bindgen(method, getter)]
+    pub fn lost(this: &MLContext) -> JsValue;
 
     #[wasm_bindgen(constructor, catch)]
     pub fn new(context: &MLContext) -> Result<MLGraphBuilder, JsValue>;

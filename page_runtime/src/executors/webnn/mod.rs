@@ -33,6 +33,32 @@ fn internal(what: &str, e: JsValue) -> RemoteError {
 pub struct WebNn {
     pub context: MLContext,
     pub device: String,
+    /// Why the context was lost (`MLContext.lost` resolved), once it was; a lost context never
+    /// comes back: the tab creates a new one (`serve.rs`).
+    lost: Rc<RefCell<Option<String>>>,
+}
+
+impl WebNn {
+    pub fn lost(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
+    /// Destroy the context (`MLContext.destroy()`), as a crashed ML service would lose it.
+    pub fn destroy(&self) {
+        self.lost.borrow_mut().get_or_insert_with(|| "destroy() requested by the host".into());
+        let _ = self.context.destroy();
+    }
+
+    /// `DeviceLost` once the context is gone.
+    pub(crate) fn alive(&self) -> Result<(), RemoteError> {
+        match self.lost() {
+            Some(why) => Err(RemoteError::new(
+                ErrorKind::DeviceLost,
+                format!("the WebNN {} context was lost ({why}); loading a model again creates a new one", self.device),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `navigator.ml.createContext({deviceType})`.
@@ -48,7 +74,18 @@ pub async fn context(device: &str) -> Result<WebNn, String> {
     Reflect::set(&opts, &"deviceType".into(), &device.into()).map_err(js_text)?;
     let p: Promise = f.call1(&ml, &opts).map_err(js_text)?.dyn_into().map_err(js_text)?;
     let context = JsFuture::from(p).await.map_err(js_text)?.unchecked_into::<MLContext>();
-    Ok(WebNn { context, device: device.into() })
+    let lost = Rc::new(RefCell::new(None));
+    if let Ok(promise) = context.lost().dyn_into::<Promise>() {
+        let seen = lost.clone();
+        let on_lost = wasm_bindgen::closure::Closure::once(move |info: JsValue| {
+            let message = Reflect::get(&info, &"message".into()).ok().and_then(|m| m.as_string());
+            seen.borrow_mut().get_or_insert(message.unwrap_or_else(|| "lost".into()));
+        });
+        let _ = promise.then(&on_lost);
+        // The promise settles at most once; JS owns the closure from here.
+        on_lost.forget();
+    }
+    Ok(WebNn { context, device: device.into(), lost })
 }
 
 /// `{dataType, shape}` (also `dimensions`, the older spelling some builds still read).
@@ -121,6 +158,7 @@ impl NnModel {
     }
 
     pub fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+        self.nn.alive()?;
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             inputs::check_weight(&self.graph, first + i, t)?;
@@ -186,7 +224,15 @@ impl NnModel {
         Ok(g)
     }
 
+    /// Run on `inputs`; a failure on a lost context is reported as `DeviceLost`, whatever call
+    /// noticed it first.
     pub async fn run(&self, inputs: &[Tensor]) -> Result<super::RunOutput, RemoteError> {
+        self.nn.alive()?;
+        let result = self.run_on_context(inputs).await;
+        result.map_err(|e| self.nn.alive().err().unwrap_or(e))
+    }
+
+    async fn run_on_context(&self, inputs: &[Tensor]) -> Result<super::RunOutput, RemoteError> {
         let g = &self.graph;
         if self.missing_weights() > 0 {
             return Err(unsupported(format!("{} weights not uploaded yet", self.missing_weights())));
