@@ -55,6 +55,14 @@ async fn a_hung_tab_is_hedged_around_then_found_by_heartbeats_and_replaced() {
         (victim, (served, started.elapsed()))
     };
     let (served, took) = served;
+    // A hedged loser keeps its tab busy until its run really ends (a dispatched run cannot be
+    // aborted): while the hung tab is still in the pool, unrecovered, it must not look free.
+    let m = pool.metrics();
+    if let Some(t) = m.tabs.iter().find(|t| t.id == frozen && !t.recovering)
+        && m.hedged >= 1
+    {
+        assert_eq!(t.in_flight, 1, "the hung tab still runs the hedged batch: {}", m.render());
+    }
     for (v, r) in served.vectors.iter().zip(refs.iter().cycle()) {
         support::check_against_reference(v, r);
     }

@@ -360,8 +360,36 @@ fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, b: BatchInfo, hedge: boo
     }
 }
 
+/// A run on `r` that owns what it needs, so a hedged batch's loser can finish on its own.
+fn run_owned(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, inputs: Vec<Tensor>, rows: usize) -> Running {
+    let (shared, m, r) = (shared.clone(), m.clone(), r.clone());
+    Box::pin(async move { run_on(&shared, &m, &r, inputs, rows).await })
+}
+
+type Running = std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>;
+
+/// The loser of a hedged batch: its answer is not used, but its tab stays busy until it really
+/// finishes (a tab cannot abort a dispatched run), and its real latency and outcome are booked so
+/// routing and the breakers learn how slow it was.
+fn finish_loser(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    r: &Arc<Replica>,
+    b: BatchInfo,
+    hedge: bool,
+    started: Instant,
+    run: Running,
+) {
+    let (shared, m, r) = (shared.clone(), m.clone(), r.clone());
+    tokio::spawn(async move {
+        let res = run.await;
+        settle(&shared, &m, &r, b, hedge, started.elapsed(), &res);
+        shared.wake_all();
+    });
+}
+
 /// Run a batch on `r`; if it runs past the hedge point and another replica is free, run it there
-/// too: the first success wins, the loser's reply is dropped (parallel recovery).
+/// too: the first success answers, the loser runs out in the background (parallel recovery).
 async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs: Vec<Job>) {
     let ids: Vec<Vec<u32>> = jobs.iter().flat_map(|j| j.ids.iter().cloned()).collect();
     let rows = ids.len();
@@ -383,8 +411,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
         }
         _ => None,
     };
-    let primary = run_on(&shared, &m, &r, inputs.clone(), rows);
-    tokio::pin!(primary);
+    let mut primary = run_owned(&shared, &m, &r, inputs.clone(), rows);
     let hedge_wait = async {
         match hedge_at {
             Some(d) => tokio::time::sleep(d).await,
@@ -410,14 +437,13 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                     shared.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a slow batch of {rows}");
                     let th = Instant::now();
-                    let secondary = run_on(&shared, &m, &h, inputs, rows);
-                    tokio::pin!(secondary);
+                    let mut secondary = run_owned(&shared, &m, &h, inputs, rows);
                     // First success wins; if the first to finish failed, wait for the other.
                     tokio::select! {
                         a = &mut primary => {
                             settle(&shared, &m, &r, info, false, t.elapsed(), &a);
                             if a.is_ok() {
-                                h.slot.release(); // the loser: its late reply is dropped
+                                finish_loser(&shared, &m, &h, info, true, th, secondary);
                                 (a, r.clone())
                             } else {
                                 let b = secondary.await;
@@ -428,7 +454,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                         b = &mut secondary => {
                             settle(&shared, &m, &h, info, true, th.elapsed(), &b);
                             if b.is_ok() {
-                                r.slot.release();
+                                finish_loser(&shared, &m, &r, info, false, t, primary);
                                 (b, h.clone())
                             } else {
                                 let a = primary.await;
