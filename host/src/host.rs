@@ -201,6 +201,12 @@ impl Host {
                     Some(b) => b.clone(),
                     None => self.browser_binary(spec.browser)?,
                 };
+                if self.driver.as_mut().is_some_and(DriverProcess::exited) {
+                    // Its sessions are gone (tabs still serve; their page reloads fail and fall
+                    // back to a browser restart, which lands here): start a new one.
+                    tracing::warn!("chromedriver exited; starting a new one");
+                    self.driver = None;
+                }
                 if self.driver.is_none() {
                     let driver = paths::find_binary(self.cfg.chromedriver.as_deref(), CHROMEDRIVER_NAMES)?;
                     self.driver = Some(DriverProcess::chromedriver(&driver).await?);
@@ -317,6 +323,11 @@ impl Host {
     }
 
     /// Local processes of tab `id`'s browser: (pid, is a renderer/content process).
+    /// The shared chromedriver's pid, once one was started.
+    pub fn driver_pid(&self) -> Option<i32> {
+        self.driver.as_ref().and_then(DriverProcess::pid)
+    }
+
     pub fn tab_processes(&self, id: u64) -> Vec<(i32, bool)> {
         self.browsers.iter().find(|(t, _, _)| *t == id).map(|(_, _, s)| s.processes()).unwrap_or_default()
     }

@@ -65,6 +65,11 @@ impl DriverProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The driver has exited (killed, crashed): its WebDriver sessions are gone with it.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> Option<i32> {
         self.child.id().map(|p| p as i32)
     }

@@ -319,6 +319,11 @@ impl Pool {
         Ok(renderers.len())
     }
 
+    /// The shared chromedriver's pid (to kill it in tests: a lost WebDriver session).
+    pub async fn driver_pid(&self) -> Option<i32> {
+        self.shared.host.lock().await.as_ref().and_then(|h| h.driver_pid())
+    }
+
     /// Local processes of tab `id`'s browser: (pid, is a renderer/content process).
     pub async fn tab_processes(&self, id: u64) -> Vec<(i32, bool)> {
         self.shared.host.lock().await.as_ref().map(|h| h.tab_processes(id)).unwrap_or_default()
