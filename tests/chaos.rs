@@ -209,24 +209,41 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
     // Coordinated recovery, on purpose: drop the socket of a tab running a shard of a multi-tab
     // job; the job still completes, in order, correct, with its shards kept off that tab.
     let picks: Vec<usize> = (0..192).map(|i| i % texts.len()).collect();
-    let job = {
-        let (pool, name, texts, picks) = (pool.clone(), name.clone(), texts.clone(), picks.clone());
-        tokio::spawn(async move {
-            let batch: Vec<&str> = picks.iter().map(|&k| texts[k].as_str()).collect();
-            pool.embed_many(&name, &batch, Some(Duration::from_secs(120))).await
-        })
-    };
-    let busy = loop {
-        if let Some(t) = pool.metrics().tabs.iter().find(|t| t.in_flight > 0) {
-            break t.id;
+    // The tab read as busy may finish its shard before the socket drops (a shard takes ~40 ms):
+    // then nothing needed reassigning; try again, up to three jobs.
+    let mut reassigned = 0;
+    for _ in 0..3 {
+        let job = {
+            let (pool, name, texts, picks) = (pool.clone(), name.clone(), texts.clone(), picks.clone());
+            tokio::spawn(async move {
+                let batch: Vec<&str> = picks.iter().map(|&k| texts[k].as_str()).collect();
+                pool.embed_many(&name, &batch, Some(Duration::from_secs(120))).await
+            })
+        };
+        let busy = loop {
+            // A tab running one of the job's shards (not the losing copy of a hedged batch,
+            // whose answer was already given).
+            if let Some(t) = pool.metrics().tabs.iter().find(|t| t.in_flight > 0 && !t.draining) {
+                break t.id;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        pool.disconnect_tab(busy);
+        let many = job.await.unwrap().expect("the multi-tab job survives a lost tab");
+        assert_eq!(many.vectors.len(), picks.len());
+        for (v, &k) in many.vectors.iter().zip(&picks) {
+            assert!(support::max_abs_diff(v, &expected[k]) <= support::MAX_ABS);
         }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    };
-    pool.disconnect_tab(busy);
-    let many = job.await.unwrap().expect("the multi-tab job survives a lost tab");
-    for (v, &k) in many.vectors.iter().zip(&picks) {
-        assert!(support::max_abs_diff(v, &expected[k]) <= support::MAX_ABS);
+        reassigned = many.retried_shards;
+        if reassigned >= 1 {
+            break;
+        }
+        let heal = Instant::now();
+        while !healed(&pool.metrics()) && heal.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    assert!(many.retried_shards >= 1 && pool.metrics().coordinated >= 1, "{:?}", pool.metrics().scaling_events);
+    let m = pool.metrics();
+    assert!(reassigned >= 1 && m.coordinated >= 1, "no shard reassigned in 3 jobs: {}", m.render());
     pool.shutdown().await;
 }

@@ -54,7 +54,7 @@ fn kill_all(pids: &[(i32, bool)]) {
 async fn busy_tab(pool: &Pool) -> anyhow::Result<u64> {
     let t = Instant::now();
     loop {
-        if let Some(tab) = pool.metrics().tabs.iter().find(|t| t.in_flight > 0) {
+        if let Some(tab) = pool.metrics().tabs.iter().find(|t| t.in_flight > 0 && !t.draining) {
             return Ok(tab.id);
         }
         anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "no batch started");

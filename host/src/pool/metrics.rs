@@ -79,6 +79,8 @@ pub struct TabMetrics {
     pub model_breakers: BTreeMap<String, crate::policy::breaker::State>,
     pub missed_heartbeats: u32,
     pub recovering: bool,
+    /// Busy finishing the losing copy of a hedged batch (no request waits on it).
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,6 +197,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 model_breakers: breakers.remove(&s.id).unwrap_or_default(),
                 missed_heartbeats: s.missed_heartbeats.load(Ordering::SeqCst),
                 recovering: s.recovering.load(Ordering::SeqCst),
+                draining: s.draining.load(Ordering::SeqCst),
             }
         })
         .collect();

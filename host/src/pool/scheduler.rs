@@ -381,8 +381,10 @@ fn finish_loser(
     run: Running,
 ) {
     let (shared, m, r) = (shared.clone(), m.clone(), r.clone());
+    r.slot.draining.store(true, Ordering::SeqCst);
     tokio::spawn(async move {
         let res = run.await;
+        r.slot.draining.store(false, Ordering::SeqCst);
         settle(&shared, &m, &r, b, hedge, started.elapsed(), &res);
         shared.wake_all();
     });

@@ -41,6 +41,8 @@ pub(crate) struct Slot {
     pub retired: AtomicBool,
     /// Being recovered (page reload / browser restart): no work, but still counted as a tab.
     pub recovering: AtomicBool,
+    /// Finishing the losing copy of a hedged batch: busy, but no request waits on it.
+    pub draining: AtomicBool,
     pub breaker: Mutex<Breaker>,
     pub missed_heartbeats: AtomicU32,
     pub pinging: AtomicBool,
@@ -438,6 +440,7 @@ impl Shared {
             running: Mutex::new(None),
             retired: AtomicBool::new(false),
             recovering: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             breaker: Mutex::new(Breaker::new(self.cfg.health.breaker())),
             missed_heartbeats: AtomicU32::new(0),
             pinging: AtomicBool::new(false),
