@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use tabpool::browser::{BrowserKind, KindSpec};
+use tabpool::browser::{BrowserKind, KindSpec, procs};
 use tabpool::pool::{ModelSpec, Pool, PoolConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,15 +31,11 @@ async fn a_killed_chromedriver_is_replaced_when_a_tab_needs_it() {
     };
 
     let driver = pool.driver_pid().await.expect("a chromedriver runs the chromium tabs");
+    let id = procs::proc_id(driver).expect("chromedriver is running");
     // SAFETY: kill(2) on the chromedriver this pool started.
     unsafe { libc::kill(driver, libc::SIGKILL) };
     let t = Instant::now();
-    // Dead: gone, or a zombie until the host reaps it.
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{driver}/stat"))
-            .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|rest| !rest.starts_with('Z')))
-    };
-    while alive() {
+    while procs::alive(id) {
         assert!(t.elapsed() < Duration::from_secs(10), "chromedriver {driver} did not die");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -155,13 +155,13 @@ async fn webnn_context(state: &TabState, device: &str) -> Result<Rc<WebNn>, Remo
     Ok(c)
 }
 
-/// The tab's WebGPU executor. With `renew`, a lost device is replaced by a new one first (a
-/// device loss is recovered by loading the model again, not by reloading the page); if no new
-/// device can be had, the lost one stays and its work fails with `DeviceLost`.
-async fn gpu(state: &TabState, renew: bool) -> Option<Rc<WebGpuExecutor>> {
+/// The tab's WebGPU executor for new work (a kernel, a model load). A lost device is replaced by
+/// a new one first (a device loss is recovered by loading the model again, not by reloading the
+/// page); if no new device can be had, the lost one stays and its work fails with `DeviceLost`.
+async fn gpu(state: &TabState) -> Option<Rc<WebGpuExecutor>> {
     let current = state.executor.borrow().clone();
     match current {
-        Some(ex) if renew && ex.lost().is_some() => match webgpu::init().await {
+        Some(ex) if ex.lost().is_some() => match webgpu::init().await {
             Ok(g) => {
                 let fresh = Rc::new(WebGpuExecutor::new(g));
                 *state.executor.borrow_mut() = Some(fresh.clone());
@@ -187,7 +187,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         Request::Ping => (Ok(Reply::Pong), Vec::new()),
         Request::Sink => (Ok(Reply::Sunk { bytes: inputs.iter().map(|t| t.data.len() as u64).sum() }), Vec::new()),
         Request::Kernel(kernel) => {
-            let ex = gpu(state, true).await.ok_or_else(|| {
+            let ex = gpu(state).await.ok_or_else(|| {
                 RemoteError::new(ErrorKind::Unsupported, "this tab has no WebGPU device (see its capabilities)")
             })?;
             let run = ex.run_kernel(&kernel, &inputs).await?;
@@ -196,7 +196,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         Request::LoadModel { model, graph, backend } => {
             let (nn, ex) = match &backend {
                 shared_proto::ExecBackend::WebNn { device } => (Some(webnn_context(state, device).await?), None),
-                shared_proto::ExecBackend::WebGpu => (None, gpu(state, true).await),
+                shared_proto::ExecBackend::WebGpu => (None, gpu(state).await),
                 shared_proto::ExecBackend::Cpu => (None, None),
             };
             let m = TabModel::new(graph, &backend, ex, nn)?;

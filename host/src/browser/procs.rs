@@ -63,6 +63,11 @@ pub fn with_cmdline_containing(needle: &str) -> Vec<ProcId> {
         .collect()
 }
 
+/// The identity of the running process `pid`, if there is one.
+pub fn proc_id(pid: i32) -> Option<ProcId> {
+    stat(pid).map(|(_, start, _)| ProcId { pid, start })
+}
+
 /// Whether this exact process (not a later one reusing the pid) still exists and is not a zombie.
 pub fn alive(p: ProcId) -> bool {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)) else { return false };

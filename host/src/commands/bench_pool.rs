@@ -207,7 +207,7 @@ pub async fn run(host_cfg: HostConfig, mut args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 json!({ "kind": r.kind, "backend": r.backend, "sent_per_s": r.pass.per_s, "p50_ms": r.pass.p50_ms,
-                        "calibration": r.calibration.iter().map(|c| json!({ "backend": c.backend, "median_ms": c.median_ms, "error": c.error })).collect::<Vec<_>>() })
+                        "calibration": r.calibration })
             })
             .collect();
         println!(

@@ -27,6 +27,18 @@ pub enum Backend {
     Cpu,
 }
 
+impl Backend {
+    /// The forced backend that loads a model on `exec` again without calibrating (the inverse
+    /// of `load_in_tab`'s choice; the host CPU is not a tab backend).
+    pub fn forcing(exec: &ExecBackend) -> Option<Backend> {
+        match exec {
+            ExecBackend::WebGpu => Some(Backend::Webgpu),
+            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
+            ExecBackend::Cpu => None,
+        }
+    }
+}
+
 enum Exec {
     Cpu(CpuModel),
     Tab(TabModel),

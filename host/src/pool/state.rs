@@ -21,7 +21,6 @@ use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
-use shared_proto::ExecBackend;
 
 /// One tab in the pool. A reloaded page is a new slot with the same tab id and a new serial.
 pub(crate) struct Slot {
@@ -607,21 +606,16 @@ impl Shared {
         }
         match load_in_tab(&slot.tab, &m.model, backend, &()).await {
             Ok((tm, measured)) => {
-                let calibration = match known_calibration {
-                    Some(c) => c,
-                    None => {
-                        if !measured.is_empty() {
-                            m.calibrations.fetch_add(1, Ordering::Relaxed);
+                let calibration = known_calibration.unwrap_or_else(|| {
+                    if !measured.is_empty() {
+                        m.calibrations.fetch_add(1, Ordering::Relaxed);
+                        if let Some(chosen) = Backend::forcing(&tm.backend) {
+                            let mut known = m.calibrated.lock().expect("calibrated");
+                            known.insert(slot.kind.name.clone(), (chosen, measured.clone()));
                         }
-                        if let Some(chosen) = calibrated_as(&tm.backend).filter(|_| !measured.is_empty()) {
-                            m.calibrated
-                                .lock()
-                                .expect("calibrated")
-                                .insert(slot.kind.name.clone(), (chosen, measured.clone()));
-                        }
-                        measured
                     }
-                };
+                    measured
+                });
                 let backend = tm.backend.to_string();
                 tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
                 let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
@@ -733,15 +727,5 @@ impl Shared {
         if let Some(r) = &self.recorder {
             r.close();
         }
-    }
-}
-
-/// The forced backend that loads `exec` again without calibrating (the host CPU is not a tab
-/// backend).
-fn calibrated_as(exec: &ExecBackend) -> Option<Backend> {
-    match exec {
-        ExecBackend::WebGpu => Some(Backend::Webgpu),
-        ExecBackend::WebNn { .. } => Some(Backend::Webnn),
-        ExecBackend::Cpu => None,
     }
 }
