@@ -55,3 +55,31 @@ fn long_text_is_truncated_at_256_tokens_and_said_so() {
     assert!(truncated[0]);
     assert!(m.tokenize(&["   "]).unwrap_err().to_string().contains("empty"));
 }
+
+#[test]
+fn tables_too_short_for_the_tokenizer_or_truncation_are_refused_at_load() {
+    use tabpool::models::generated::{Shape, write_bert};
+    let dir = tempfile::tempdir().unwrap();
+    let real = tabpool::models::minilm::default_dir();
+    let short_positions = Shape { positions: 128, ..Shape::TINY };
+    let p = write_bert(&dir.path().join("short-pos"), short_positions, 1, &real).unwrap();
+    let e = format!("{:#}", MiniLm::load(Some(&p)).err().expect("a 128-row position table is refused"));
+    assert!(e.contains("position_embeddings has 128 rows") && e.contains("256"), "{e}");
+    let small_vocab = Shape { vocab: 1000, ..Shape::TINY };
+    let p = write_bert(&dir.path().join("small-vocab"), small_vocab, 1, &real).unwrap();
+    let e = format!("{:#}", MiniLm::load(Some(&p)).err().expect("a 1000-row word table is refused"));
+    assert!(e.contains("word_embeddings has 1000 rows") && e.contains("30522"), "{e}");
+    // The generator's defaults load.
+    let p = write_bert(&dir.path().join("ok"), Shape::TINY, 1, &real).unwrap();
+    MiniLm::load(Some(&p)).unwrap();
+}
+
+#[test]
+fn out_of_range_token_ids_are_refused_by_the_cpu_executor() {
+    let (_, cpu) = model();
+    for bad in [30522u32, u32::MAX] {
+        let e = cpu.run(&inputs_from_ids(&[vec![101, bad, 102]])).err().expect("refused");
+        assert_eq!(e.kind, shared_proto::ErrorKind::BadInput, "{e:?}");
+        assert!(e.message.contains("outside 0..30522"), "{}", e.message);
+    }
+}

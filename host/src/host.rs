@@ -91,11 +91,11 @@ impl Host {
     pub async fn start(cfg: HostConfig) -> anyhow::Result<Host> {
         let www = paths::www_dir(cfg.www.as_deref())?;
         let (http_addr, http_task) = http::serve(www, cfg.bind).await.context("starting the HTTP server")?;
-        let advertised = match (&cfg.advertise, cfg.bind) {
+        let advertised = url_host(&match (&cfg.advertise, cfg.bind) {
             (Some(a), _) => a.clone(),
             (None, ip) if ip.is_unspecified() => "127.0.0.1".into(),
             (None, ip) => ip.to_string(),
-        };
+        });
         let registry = Arc::new(Registry {
             allowed_origin: format!("http://{advertised}:{}", http_addr.port()),
             expected: Mutex::new(HashMap::new()),
@@ -360,6 +360,14 @@ impl Host {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// A host as it goes into a URL: IPv6 literals in brackets (`--bind ::1` → `http://[::1]:port`).
+pub fn url_host(host: &str) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => host.to_string(),
     }
 }
 

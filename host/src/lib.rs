@@ -12,6 +12,7 @@ pub mod models;
 pub mod paths;
 pub mod policy;
 pub mod pool;
+pub mod redact;
 pub mod report;
 pub mod server;
 pub mod stats;

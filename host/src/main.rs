@@ -95,6 +95,12 @@ enum Command {
         no_default_model: bool,
         #[arg(long, default_value = serve::DEFAULT_API)]
         api: std::net::SocketAddr,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Host name the API also answers to (besides loopback names and the bound address);
+        /// repeatable. Other Host headers get 421 (DNS rebinding).
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
     },
     /// The performance history as a report: browser/backend comparison, latency percentiles,
     /// error categories, breaker events, recoveries, scaling, regressions (Markdown, or HTML with
@@ -114,6 +120,8 @@ enum Command {
         /// Ask a running `serve` at this address (it holds the database open).
         #[arg(long)]
         api: Option<String>,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Print a running pool's metrics: tabs, kinds, capabilities, queues, memory, history, scaling log.
     Status {
@@ -121,7 +129,39 @@ enum Command {
         api: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        key: KeyArgs,
     },
+}
+
+/// The API key: `--api-key`, else `--api-key-file`, else `$TABPOOL_API_KEY`.
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// API key clients send as `Authorization: Bearer KEY` (at least 16 characters). Visible
+    /// to other local users in the process list: prefer --api-key-file or TABPOOL_API_KEY.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_key: Option<String>,
+    /// File whose first line is the API key.
+    #[arg(long = "api-key-file", value_name = "FILE", conflicts_with = "api_key")]
+    api_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn resolve(&self) -> anyhow::Result<Option<String>> {
+        let key = match (&self.api_key, &self.api_key_file) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading the API key file {}: {e}", f.display()))?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => std::env::var("TABPOOL_API_KEY").ok().filter(|k| !k.is_empty()),
+        };
+        if key.as_deref() == Some("") {
+            anyhow::bail!("the API key is empty");
+        }
+        Ok(key)
+    }
 }
 
 #[derive(Subcommand)]
@@ -263,6 +303,10 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Everything this process creates — the history database and its write-ahead log, browser
+    // profiles (which hold the tabs' secrets), reports — is its user's alone.
+    // SAFETY: umask(2) only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -282,12 +326,23 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor { json } => doctor::run(cfg, json).await,
-        Command::Status { api, json } => serve::status(&api, json).await,
-        Command::Report { history, format, since, out, api } => {
-            report::run(report::Args { history, format, since, out, api }).await
-        }
-        Command::Serve { pool, models, no_default_model, api } => {
-            let args = serve::Args { pool, models, no_default_model, api };
+        Command::Status { api, json, key } => match key.resolve() {
+            Ok(key) => serve::status(&api, json, key.as_deref()).await,
+            Err(e) => Err(e),
+        },
+        Command::Report { history, format, since, out, api, key } => match key.resolve() {
+            Ok(key) => report::run(report::Args { history, format, since, out, api, key }).await,
+            Err(e) => Err(e),
+        },
+        Command::Serve { pool, models, no_default_model, api, key, allow_hosts } => {
+            let security = match key.resolve() {
+                Ok(key) => tabpool::server::api::Security { key, allow_hosts },
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let args = serve::Args { pool, models, no_default_model, api, security };
             match serve::run(cfg, args, interrupted()).await {
                 Ok(true) => {
                     eprintln!("interrupted: tabs, browsers and driver closed");

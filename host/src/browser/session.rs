@@ -42,7 +42,7 @@ pub struct BrowserSession {
     client: Client,
     /// A local profile directory (none for remote sessions): every process of this browser has it
     /// on its command line, which is how `close` finds them all.
-    profile: Option<PathBuf>,
+    profile: Option<Profile>,
     /// A process we started (attached Chromium, or Firefox's geckodriver); its group is ours.
     own: Option<tokio::process::Child>,
     /// geckodriver, when this session has its own.
@@ -77,11 +77,58 @@ fn firefox_caps(
     json!({ "browserName": "firefox", "moz:firefoxOptions": opts })
 }
 
-fn fresh_profile() -> anyhow::Result<PathBuf> {
-    let profile =
-        std::env::temp_dir().join(format!("tabpool-profile-{}-{:016x}", std::process::id(), rand::random::<u64>()));
-    std::fs::create_dir_all(&profile).with_context(|| format!("creating {}", profile.display()))?;
-    Ok(profile)
+/// The longest a WebDriver new-session or navigation call may take.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A browser's throwaway profile directory: private (0700: it holds the page URL with the tab's
+/// secret, cookies and, for the WebNN shell, the DevTools port), and removed on every exit path —
+/// also when a launch is abandoned half-way (Ctrl-C during start-up drops the launching future),
+/// after killing whatever process still names it.
+pub(crate) struct Profile(PathBuf);
+
+impl Profile {
+    fn fresh() -> anyhow::Result<Profile> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path =
+            std::env::temp_dir().join(format!("tabpool-profile-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Profile(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // Usually `close` has killed everything already; this catches abandoned launches.
+        let left = super::procs::with_cmdline_containing(&self.0.display().to_string());
+        super::procs::kill_all(&left);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while left.iter().any(|p| super::procs::alive(*p)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The DevTools port Chromium picked for `--remote-debugging-port=0`, read from the profile
+/// (`DevToolsActivePort`, first line). Letting the browser bind its own port means no other
+/// process can take a port we chose between our probe and its bind (chromedriver would then
+/// attach to an impostor), and only this user can read which port it is (the profile is 0700).
+async fn devtools_port(profile: &std::path::Path, timeout: Duration) -> anyhow::Result<u16> {
+    let file = profile.join("DevToolsActivePort");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Some(Ok(port)) = text.lines().next().map(str::parse::<u16>)
+        {
+            return Ok(port);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{} did not appear within {timeout:?}", file.display());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 impl BrowserSession {
@@ -89,13 +136,14 @@ impl BrowserSession {
     pub async fn open(launch: &Launch, page_url: &str) -> anyhow::Result<BrowserSession> {
         let session = match launch {
             Launch::Chromium { driver_url, binary, flags, attach } => {
-                let profile = fresh_profile()?;
-                let args = chromium_args(flags, Some(&profile));
+                let profile = Profile::fresh()?;
+                let args = chromium_args(flags, Some(profile.path()));
                 if *attach {
-                    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
                     let child = tokio::process::Command::new(binary)
                         .args(&args)
-                        .arg(format!("--remote-debugging-port={port}"))
+                        // Loopback only, a port of the browser's choosing (see devtools_port).
+                        .arg("--remote-debugging-address=127.0.0.1")
+                        .arg("--remote-debugging-port=0")
                         .arg("about:blank")
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
@@ -103,7 +151,15 @@ impl BrowserSession {
                         .kill_on_drop(true)
                         .spawn()
                         .with_context(|| format!("starting {}", binary.display()))?;
+                    let dir = profile.path().to_path_buf();
                     let mut s = BrowserSession::unconnected(Some(profile), Some(child), None);
+                    let port = match devtools_port(&dir, Duration::from_secs(20)).await {
+                        Ok(port) => port,
+                        Err(e) => {
+                            s.kill_local().await;
+                            return Err(e).with_context(|| format!("{} debugging port", binary.display()));
+                        }
+                    };
                     if let Err(e) = wait_for_port(port, Duration::from_secs(20)).await {
                         s.kill_local().await;
                         return Err(e).with_context(|| format!("{} debugging port", binary.display()));
@@ -117,10 +173,10 @@ impl BrowserSession {
                 }
             }
             Launch::Firefox { geckodriver, binary, flags } => {
-                let profile = fresh_profile()?;
+                let profile = Profile::fresh()?;
                 let driver = super::DriverProcess::geckodriver(geckodriver).await?;
                 let url = driver.url();
-                let caps = firefox_caps(Some(binary), flags, Some(&profile));
+                let caps = firefox_caps(Some(binary), flags, Some(profile.path()));
                 BrowserSession::unconnected(Some(profile), None, Some(driver)).connect(&url, caps).await?
             }
             Launch::Remote { url, engine, binary, flags } => {
@@ -137,15 +193,23 @@ impl BrowserSession {
                 BrowserSession::unconnected(None, None, None).connect(url, caps).await?
             }
         };
-        if let Err(e) = session.client.as_ref().expect("connected").goto(page_url).await {
-            session.close().await;
-            return Err(e).context("opening the page");
+        let opened = tokio::time::timeout(SESSION_TIMEOUT, session.client.as_ref().expect("connected").goto(page_url));
+        match opened.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                session.close().await;
+                return Err(e).context("opening the page");
+            }
+            Err(_) => {
+                session.close().await;
+                anyhow::bail!("opening the page: no answer from WebDriver within {SESSION_TIMEOUT:?}");
+            }
         }
         Ok(session.into_connected())
     }
 
     fn unconnected(
-        profile: Option<PathBuf>,
+        profile: Option<Profile>,
         own: Option<tokio::process::Child>,
         driver: Option<super::DriverProcess>,
     ) -> Starting {
@@ -190,7 +254,7 @@ impl BrowserSession {
     pub fn processes(&self) -> Vec<(i32, bool)> {
         let Some(p) = &self.profile else { return vec![] };
         let mut pids: Vec<i32> = Vec::new();
-        for main in super::procs::with_cmdline_containing(&p.display().to_string()) {
+        for main in super::procs::with_cmdline_containing(&p.path().display().to_string()) {
             pids.push(main.pid);
             pids.extend(super::procs::descendants(main.pid).into_iter().map(|(d, _)| d.pid));
         }
@@ -219,7 +283,7 @@ impl BrowserSession {
 /// A session being set up: every part optional, so a failure half-way cleans up what exists.
 pub struct Starting {
     client: Option<Client>,
-    profile: Option<PathBuf>,
+    profile: Option<Profile>,
     own: Option<tokio::process::Child>,
     driver: Option<super::DriverProcess>,
 }
@@ -227,14 +291,24 @@ pub struct Starting {
 impl Starting {
     async fn connect(mut self, url: &str, caps: serde_json::Value) -> anyhow::Result<Starting> {
         let caps = caps.as_object().expect("object").clone();
-        match ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(url).await {
-            Ok(c) => {
+        // A WebDriver endpoint that accepts and never answers (a hung Grid hub) must not hold
+        // the launch, and the host with it, for ever.
+        let mut builder = ClientBuilder::new(HttpConnector::new());
+        let connecting = builder.capabilities(caps).connect(url);
+        let shown = crate::redact::url(url);
+        match tokio::time::timeout(SESSION_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => {
                 self.client = Some(c);
                 Ok(self)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 self.close().await;
-                Err(e).with_context(|| format!("starting a browser session through {url}"))
+                Err(anyhow::anyhow!(crate::redact::text(&e.to_string())))
+                    .with_context(|| format!("starting a browser session through {shown}"))
+            }
+            Err(_) => {
+                self.close().await;
+                anyhow::bail!("{shown} did not start a browser session within {SESSION_TIMEOUT:?}")
             }
         }
     }
@@ -257,7 +331,7 @@ impl Starting {
         }
         if let Some(p) = &self.profile {
             // Renderers and helpers reparented to init still carry the profile path.
-            let left = super::procs::with_cmdline_containing(&p.display().to_string());
+            let left = super::procs::with_cmdline_containing(&p.path().display().to_string());
             super::procs::kill_all(&left);
             super::procs::wait_gone(&left, Duration::from_secs(5)).await;
         }
@@ -274,9 +348,8 @@ impl Starting {
             }
         }
         self.kill_local().await;
-        if let Some(p) = &self.profile {
-            let _ = std::fs::remove_dir_all(p);
-        }
+        // Dropping the profile removes its directory.
+        self.profile.take();
     }
 }
 

@@ -76,7 +76,8 @@ fn fixed_pool(kinds: Vec<KindSpec>, tabs: usize, queue: usize) -> PoolConfig {
 fn second_model() -> anyhow::Result<PathBuf> {
     let dir = crate::models::cache_dir().join("generated/bert-random-L6-H384");
     if !dir.join("model.safetensors").is_file() {
-        let shape = generated::Shape { layers: 6, hidden: 384, heads: 12, intermediate: 1536 };
+        let shape =
+            generated::Shape { layers: 6, hidden: 384, heads: 12, intermediate: 1536, ..generated::Shape::TINY };
         generated::write_bert(&dir, shape, 7, &crate::models::minilm::default_dir())?;
     }
     Ok(dir)

@@ -20,6 +20,8 @@ pub struct Args {
     pub out: Option<PathBuf>,
     /// A running `serve`'s API: fetch its report instead of opening the file.
     pub api: Option<String>,
+    /// Its API key, if it has one.
+    pub key: Option<String>,
 }
 
 /// The report as text in `format`.
@@ -40,7 +42,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Format::Json => "json",
             };
             let q = args.since.as_deref().map(|s| format!("?since={s}")).unwrap_or_default();
-            let (code, body) = crate::server::api::get_text(api, &format!("/report.{ext}{q}")).await?;
+            let (code, body) =
+                crate::server::api::get_text(api, &format!("/report.{ext}{q}"), args.key.as_deref()).await?;
             anyhow::ensure!(code == 200, "{api} answered {code}: {body}");
             body
         }

@@ -20,6 +20,8 @@ pub struct Args {
     /// Skip loading all-MiniLM-L6-v2.
     pub no_default_model: bool,
     pub api: SocketAddr,
+    /// API key and Host allow-list.
+    pub security: api::Security,
 }
 
 /// Runs until `stop` resolves (Ok(true): stopped by it) or fails.
@@ -29,6 +31,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<bool> {
     let cfg = args.pool.resolve_recording(true)?;
+    // Refuse an open API before any browser starts.
+    args.security.check_bind(args.api)?;
     let host = Host::start(host_cfg).await?;
     let mut stop = std::pin::pin!(stop);
     let pool = tokio::select! {
@@ -43,7 +47,7 @@ pub async fn run(
         for dir in &args.models {
             pool.load(ModelSpec::from_dir(dir)).await?;
         }
-        let (addr, _api) = api::serve(pool.clone(), args.api).await?;
+        let (addr, _api) = api::serve(pool.clone(), args.api, args.security.clone()).await?;
         println!("{}", pool.metrics().render());
         println!("tabpool serve: {} tab(s) ready", pool.metrics().connections);
         println!(
@@ -62,8 +66,8 @@ pub async fn run(
 }
 
 /// `tabpool status`: the metrics of a running `serve`.
-pub async fn status(api_addr: &str, json: bool) -> anyhow::Result<()> {
-    let (code, body) = api::get_text(api_addr, if json { "/status" } else { "/status.txt" }).await?;
+pub async fn status(api_addr: &str, json: bool, key: Option<&str>) -> anyhow::Result<()> {
+    let (code, body) = api::get_text(api_addr, if json { "/status" } else { "/status.txt" }, key).await?;
     anyhow::ensure!(code == 200, "{api_addr} answered {code}: {body}");
     print!("{body}");
     if json {

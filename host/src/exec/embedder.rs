@@ -233,6 +233,14 @@ impl Embedder {
         }
     }
 
+    /// Run the model on graph inputs as they are (tests feed ids no tokenizer would produce).
+    pub async fn run_inputs(&self, inputs: Vec<shared_proto::Tensor>) -> anyhow::Result<Vec<shared_proto::Tensor>> {
+        match &self.exec {
+            Exec::Cpu(cpu) => tokio::task::block_in_place(|| cpu.run(&inputs)).map_err(|e| anyhow::anyhow!("{e}")),
+            Exec::Tab(tm) => Ok(tm.run(inputs).await?.0),
+        }
+    }
+
     /// Embed `texts` as one batch (padded to its longest text, masked).
     pub async fn embed(&self, texts: &[&str]) -> anyhow::Result<Embeddings> {
         let batch = self.model.batch(texts)?;

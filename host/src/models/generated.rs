@@ -15,11 +15,15 @@ pub struct Shape {
     pub hidden: usize,
     pub heads: usize,
     pub intermediate: usize,
+    /// Rows of the position table (BERT's 512; tests shorten it to see it refused).
+    pub positions: usize,
+    /// Rows of the word table (the tokenizer's 30 522).
+    pub vocab: usize,
 }
 
 impl Shape {
     /// 2 layers, 128 wide, 4 heads: loads in well under a second.
-    pub const TINY: Shape = Shape { layers: 2, hidden: 128, heads: 4, intermediate: 512 };
+    pub const TINY: Shape = Shape { layers: 2, hidden: 128, heads: 4, intermediate: 512, positions: 512, vocab: 30522 };
 }
 
 /// Write an encoder of `shape` with weights from `seed` into `dir` (created), reusing the
@@ -28,12 +32,12 @@ pub fn write_bert(dir: &Path, shape: Shape, seed: u64, tokenizer_from: &Path) ->
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tok = tokenizer_from.join("tokenizer.json");
     std::fs::copy(&tok, dir.join("tokenizer.json")).with_context(|| format!("copying {}", tok.display()))?;
-    let vocab = 30522usize;
+    let vocab = shape.vocab;
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "hidden_size": shape.hidden,
         "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
         "intermediate_size": shape.intermediate, "layer_norm_eps": 1e-12, "vocab_size": vocab,
-        "max_position_embeddings": 512, "type_vocab_size": 2,
+        "max_position_embeddings": shape.positions, "type_vocab_size": 2,
         "_generated": format!("seeded random weights, seed {seed}")
     });
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
@@ -48,7 +52,7 @@ pub fn write_bert(dir: &Path, shape: Shape, seed: u64, tokenizer_from: &Path) ->
         tensors.push((name, dims, v));
     };
     random("embeddings.word_embeddings.weight".into(), vec![vocab, h], 0.1);
-    random("embeddings.position_embeddings.weight".into(), vec![512, h], 0.1);
+    random("embeddings.position_embeddings.weight".into(), vec![shape.positions, h], 0.1);
     random("embeddings.token_type_embeddings.weight".into(), vec![2, h], 0.1);
     let fixed = |name: String, n: usize, value: f32| (name, vec![n], vec![value; n]);
     let mut rest =

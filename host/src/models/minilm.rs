@@ -112,6 +112,7 @@ impl MiniLm {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
+        check_tables(&st, &tokenizer)?;
         let name = if dir == default_dir() {
             NAME.to_string()
         } else {
@@ -166,6 +167,31 @@ pub fn inputs_from_ids(ids: &[Vec<u32>]) -> Vec<Tensor> {
         data: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
     };
     vec![i32s(input_ids), i32s(vec![0; b * s]), i32s(positions), Tensor::from_f32(vec![b as u32, s as u32], &mask)]
+}
+
+/// Every id the tokenizer can produce, every position up to [`MAX_TOKENS`] and both token types
+/// must have a row: a short table would make kernels read past it (WebGPU clamps silently), so
+/// such a model is refused at load, naming the table.
+fn check_tables(st: &SafeTensors, tokenizer: &Tokenizer) -> anyhow::Result<()> {
+    let rows = |name: &str| -> anyhow::Result<usize> {
+        let t = st.tensor(name).with_context(|| format!("weight {name} missing from model.safetensors"))?;
+        Ok(t.shape().first().copied().unwrap_or(0))
+    };
+    let positions = rows("embeddings.position_embeddings.weight")?;
+    anyhow::ensure!(
+        positions >= MAX_TOKENS,
+        "embeddings.position_embeddings has {positions} rows, fewer than the {MAX_TOKENS} tokens texts are truncated to: \
+         this model cannot embed long texts"
+    );
+    let vocab = rows("embeddings.word_embeddings.weight")?;
+    let ids = tokenizer.get_vocab_size(true);
+    anyhow::ensure!(
+        vocab >= ids,
+        "embeddings.word_embeddings has {vocab} rows but tokenizer.json can produce {ids} token ids: they do not belong together"
+    );
+    let types = rows("embeddings.token_type_embeddings.weight")?;
+    anyhow::ensure!(types >= 1, "embeddings.token_type_embeddings has no rows");
+    Ok(())
 }
 
 /// The BERT encoder as an operator graph, ending in masked mean pooling and L2 normalisation.

@@ -5,6 +5,11 @@
 //! than `slow_call`) opens the breaker. OPEN: calls are refused until `open_wait` has passed, then
 //! the breaker goes HALF_OPEN and admits `half_open_probes` calls; when they are all back, it
 //! closes if their failure and slow rates are below the thresholds, otherwise it opens again.
+//!
+//! A half-open breaker always resolves: a probe taken but not used (the caller gave up before
+//! calling, or the call ended with an outcome that says nothing about the tab, such as bad input)
+//! is handed back with [`Breaker::release`], and a probe with no outcome after `slow_call` counts
+//! as failed (the breaker opens again and waits) instead of holding the breaker half-open forever.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -65,11 +70,21 @@ pub struct Breaker {
     /// HALF_OPEN: probes admitted, and the outcomes back so far.
     admitted: usize,
     probes: Vec<Outcome>,
+    /// HALF_OPEN: when the latest probe was admitted (outstanding probes time out from it).
+    probe_at: Option<Instant>,
 }
 
 impl Breaker {
     pub fn new(cfg: BreakerConfig) -> Breaker {
-        Breaker { cfg, state: State::Closed, window: VecDeque::new(), opened_at: None, admitted: 0, probes: Vec::new() }
+        Breaker {
+            cfg,
+            state: State::Closed,
+            window: VecDeque::new(),
+            opened_at: None,
+            admitted: 0,
+            probes: Vec::new(),
+            probe_at: None,
+        }
     }
 
     pub fn state(&self) -> State {
@@ -86,7 +101,7 @@ impl Breaker {
     /// Whether a call may go through now; may move OPEN → HALF_OPEN. An admitted half-open call
     /// counts as a probe, so callers ask only when they will really call.
     pub fn try_acquire(&mut self, now: Instant) -> (bool, Option<Transition>) {
-        let mut t = None;
+        let mut t = self.expire_probes(now);
         if self.state == State::Open && self.opened_at.is_some_and(|at| now.duration_since(at) >= self.cfg.open_wait) {
             t = Some(self.go(State::HalfOpen, format!("{:?} passed since opening", self.cfg.open_wait)));
         }
@@ -95,6 +110,7 @@ impl Breaker {
             State::Open => false,
             State::HalfOpen if self.admitted < self.cfg.half_open_probes => {
                 self.admitted += 1;
+                self.probe_at = Some(now);
                 true
             }
             State::HalfOpen => false,
@@ -102,12 +118,42 @@ impl Breaker {
         (ok, t)
     }
 
+    /// Hand back a call admitted by `try_acquire` that will not report an outcome (never made,
+    /// or ended in a way that says nothing about the tab). Without this a half-open breaker
+    /// would wait for that probe forever.
+    pub fn release(&mut self) {
+        if self.state == State::HalfOpen && self.admitted > self.probes.len() {
+            self.admitted -= 1;
+        }
+    }
+
+    /// HALF_OPEN probes out longer than `slow_call` with no outcome count as failed: the breaker
+    /// opens again (and half-opens after `open_wait`) rather than stay stuck.
+    pub fn expire_probes(&mut self, now: Instant) -> Option<Transition> {
+        let outstanding = self.admitted.saturating_sub(self.probes.len());
+        let deadline = self.probe_at.map(|at| at + self.cfg.slow_call);
+        if self.state != State::HalfOpen || outstanding == 0 || !deadline.is_some_and(|d| now >= d) {
+            return None;
+        }
+        // Opened when the probe expired (not when someone next looked), so `would_admit`, which
+        // cannot change state, agrees with `try_acquire` on when the next half-open starts.
+        self.opened_at = deadline;
+        Some(self.go(State::Open, format!("{outstanding} half-open probe(s) unanswered for {:?}", self.cfg.slow_call)))
+    }
+
     /// Whether a call would be admitted now, without taking a probe.
     pub fn would_admit(&self, now: Instant) -> bool {
         match self.state {
             State::Closed => true,
             State::Open => self.opened_at.is_some_and(|at| now.duration_since(at) >= self.cfg.open_wait),
-            State::HalfOpen => self.admitted < self.cfg.half_open_probes,
+            State::HalfOpen => {
+                let outstanding = self.admitted.saturating_sub(self.probes.len());
+                match self.probe_at.map(|at| at + self.cfg.slow_call) {
+                    // Expired probes reopen the breaker as of their deadline (see expire_probes).
+                    Some(d) if outstanding > 0 && now >= d => now >= d + self.cfg.open_wait,
+                    _ => self.admitted < self.cfg.half_open_probes,
+                }
+            }
         }
     }
 
@@ -159,6 +205,7 @@ impl Breaker {
         self.state = to;
         self.admitted = 0;
         self.probes.clear();
+        self.probe_at = None;
         Transition { from, to, reason }
     }
 }
@@ -285,6 +332,70 @@ mod tests {
         assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
         assert!(!b.try_acquire(later + Duration::from_secs(1)).0, "the wait starts again");
         assert!(b.try_acquire(later + Duration::from_secs(5)).0);
+    }
+
+    fn half_open(t0: Instant) -> Breaker {
+        let mut b = Breaker::new(cfg());
+        for _ in 0..4 {
+            b.record(Outcome::Failure, t0);
+        }
+        b
+    }
+
+    #[test]
+    fn a_released_probe_is_admitted_again_and_the_breaker_resolves() {
+        // The pool takes a probe on the tab breaker, then the (tab, model) breaker refuses: the
+        // unused probe must come back, or the tab breaker stays half-open for ever.
+        let t0 = Instant::now();
+        let mut b = half_open(t0);
+        let later = t0 + Duration::from_secs(6);
+        assert!(b.try_acquire(later).0);
+        assert!(b.try_acquire(later).0);
+        assert!(!b.try_acquire(later).0, "both probes out");
+        b.release();
+        assert!(b.would_admit(later), "a released probe frees its place");
+        assert!(b.try_acquire(later).0);
+        assert_eq!(b.record(OK, later), None);
+        let t = b.record(OK, later).expect("both probes answered");
+        assert_eq!(t.to, State::Closed);
+    }
+
+    #[test]
+    fn release_never_frees_a_probe_that_reported() {
+        let t0 = Instant::now();
+        let mut b = half_open(t0);
+        let later = t0 + Duration::from_secs(6);
+        b.try_acquire(later);
+        b.record(OK, later);
+        b.release();
+        b.release();
+        assert!(b.try_acquire(later).0, "the second probe place");
+        assert!(!b.try_acquire(later).0, "no third: the answered probe keeps its place");
+        // Releasing while closed or open changes nothing.
+        let mut c = Breaker::new(cfg());
+        c.release();
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn an_unanswered_probe_times_out_and_reopens() {
+        let t0 = Instant::now();
+        let mut b = half_open(t0);
+        let later = t0 + Duration::from_secs(6);
+        assert!(b.try_acquire(later).0);
+        assert!(b.try_acquire(later).0);
+        // Stuck before slow_call (30 s) has passed: nothing more is admitted.
+        assert!(!b.would_admit(later + Duration::from_secs(29)));
+        assert!(!b.would_admit(later + Duration::from_secs(31)), "expired: open until 30 s + the open wait");
+        assert!(b.would_admit(later + Duration::from_secs(36)), "routing sees it half-open again");
+        let (ok, t) = b.try_acquire(later + Duration::from_secs(31));
+        assert!(!ok);
+        let t = t.expect("the probes expired");
+        assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
+        assert!(t.reason.contains("unanswered"), "{}", t.reason);
+        // After the open wait it half-opens again: the breaker never sticks.
+        assert!(b.try_acquire(later + Duration::from_secs(37)).0);
+        assert_eq!(b.state(), State::HalfOpen);
     }
 
     #[test]

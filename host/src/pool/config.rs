@@ -22,6 +22,11 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// Most texts in one batch sent to a tab.
     pub max_batch: usize,
+    /// Most padded tokens (texts × the longest text's tokens) in one batch: bounds what a tab
+    /// allocates for one run (attention grows with batch × length²). Larger requests are split
+    /// into batches within this and `max_batch`, and answered as one. At least the model's
+    /// longest text (256 tokens for MiniLM).
+    pub max_batch_tokens: usize,
     /// How long a partial batch waits for more requests.
     pub batch_wait_ms: u64,
     /// Batches a tab runs at once (a tab executes one at a time; 2 hides the round trip).
@@ -158,6 +163,7 @@ impl Default for PoolConfig {
             max_tabs: 4,
             max_queue: 256,
             max_batch: 32,
+            max_batch_tokens: 8192,
             batch_wait_ms: 2,
             in_flight_per_tab: 1,
             min_samples: 20,
@@ -188,14 +194,44 @@ impl PoolConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        // Durations and rates are floats in the file: NaN, infinities and negatives would panic
+        // deep inside (Duration::from_secs_f64) or silently disable a policy; name them here.
+        const LONGEST_S: f64 = 10.0 * 365.0 * 86_400.0;
+        let secs = |name: &str, v: f64, zero_ok: bool| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= LONGEST_S,
+                "{name} = {v}: expected a {} number of seconds up to {LONGEST_S:e}",
+                if zero_ok { "non-negative" } else { "positive" }
+            );
+            Ok(())
+        };
+        let rate = |name: &str, v: f64| -> anyhow::Result<()> {
+            anyhow::ensure!(v.is_finite() && (0.0..=1.0).contains(&v), "{name} = {v}: expected a fraction in [0, 1]");
+            Ok(())
+        };
+        secs("call_timeout_s", self.call_timeout_s, false)?;
+        anyhow::ensure!(
+            self.hedge_factor.is_finite() && (1.0..=1e6).contains(&self.hedge_factor),
+            "hedge_factor = {}: expected a finite factor of at least 1 (the batch's expected time × it)",
+            self.hedge_factor
+        );
+        let sc = &self.scaling;
+        rate("scaling.utilisation_high", sc.utilisation_high)?;
+        rate("scaling.min_free_memory", sc.min_free_memory)?;
+        secs("scaling.idle_cooldown_s", sc.idle_cooldown_s, true)?;
+        secs("scaling.window_s", sc.window_s, false)?;
+        let h = &self.health;
+        rate("health.breaker_failure_rate", h.breaker_failure_rate)?;
+        rate("health.breaker_slow_rate", h.breaker_slow_rate)?;
+        secs("health.breaker_slow_call_s", h.breaker_slow_call_s, false)?;
+        secs("health.breaker_open_wait_s", h.breaker_open_wait_s, true)?;
+        secs("history.health_sample_s", self.history.health_sample_s, false)?;
+        secs("history.window_days (in seconds)", self.history.window_days * 86_400.0, false)?;
+        anyhow::ensure!(self.max_batch_tokens >= 1, "max_batch_tokens must be at least 1");
         anyhow::ensure!(self.max_tabs >= 1, "max_tabs must be at least 1");
         anyhow::ensure!(self.min_tabs <= self.max_tabs, "min_tabs {} > max_tabs {}", self.min_tabs, self.max_tabs);
         anyhow::ensure!(self.max_queue >= 1 && self.max_batch >= 1, "max_queue and max_batch must be at least 1");
         anyhow::ensure!(self.in_flight_per_tab >= 1, "in_flight_per_tab must be at least 1");
-        anyhow::ensure!(
-            self.history.window_days > 0.0 && self.history.health_sample_s > 0.0,
-            "history.window_days and history.health_sample_s must be positive"
-        );
         anyhow::ensure!(self.backend != Backend::Cpu, "backend cpu runs on the host; tabs take auto, webnn or webgpu");
         let mut names = std::collections::HashSet::new();
         for k in &self.kinds {
@@ -253,6 +289,34 @@ mod tests {
         assert!(e.contains("url"), "{e}");
         let twice = "[[kinds]]\nname = \"a\"\nbrowser = \"chromium\"\n[[kinds]]\nname = \"a\"\nbrowser = \"firefox\"";
         assert!(PoolConfig::from_toml(twice).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn nonsense_numbers_are_refused_with_their_name() {
+        for (text, name) in [
+            ("hedge_factor = nan", "hedge_factor"),
+            ("hedge_factor = -1.0", "hedge_factor"),
+            ("hedge_factor = inf", "hedge_factor"),
+            ("call_timeout_s = 0", "call_timeout_s"),
+            ("[scaling]\nidle_cooldown_s = -5", "idle_cooldown_s"),
+            ("[scaling]\nidle_cooldown_s = nan", "idle_cooldown_s"),
+            ("[scaling]\nwindow_s = inf", "window_s"),
+            ("[scaling]\nutilisation_high = 1.5", "utilisation_high"),
+            ("[health]\nbreaker_open_wait_s = -1", "breaker_open_wait_s"),
+            ("[health]\nbreaker_slow_call_s = 1e300", "breaker_slow_call_s"),
+            ("[health]\nbreaker_failure_rate = nan", "breaker_failure_rate"),
+            ("[history]\nhealth_sample_s = 0", "health_sample_s"),
+            ("[history]\nwindow_days = -inf", "window_days"),
+            ("max_batch_tokens = 0", "max_batch_tokens"),
+        ] {
+            let e = format!("{:#}", PoolConfig::from_toml(text).unwrap_err());
+            assert!(e.contains(name), "{text:?} → {e}");
+        }
+        // Every value the example file and the defaults use passes, and the breaker, scaling
+        // and sampling durations they make do not panic.
+        let cfg = PoolConfig::default();
+        cfg.validate().unwrap();
+        let _ = (cfg.health.breaker(), cfg.scaling_policy());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum PoolError {
     Deadline { after: Duration },
     #[error("bad input: {0}")]
     BadInput(String),
+    /// Beyond a request limit (texts per request); the message names the limit.
+    #[error("request too large: {0}")]
+    TooLarge(String),
     #[error("no model {0:?} is loaded in the pool")]
     UnknownModel(String),
     #[error("failed after {attempts} attempt(s): {message}")]
@@ -74,8 +77,11 @@ pub struct Served {
     pub queue_ms: f64,
     /// Host-measured round trip of the batch.
     pub run_ms: f64,
-    /// 1 unless a tab failed and the request was run again.
+    /// 1 unless a tab failed and the request was run again (the most of any part).
     pub attempts: u32,
+    /// Batches the request was split into (`max_batch`, `max_batch_tokens`); with more than
+    /// one, `batch_rows` and `run_ms` are summed over them and `queue_ms` is the longest wait.
+    pub parts: usize,
 }
 
 /// A multi-tab job's merged answer (`Pool::embed_many`).

@@ -39,41 +39,88 @@ pub(crate) async fn submit(
         return Err(PoolError::BadInput("no texts to embed".into()));
     }
     if texts.len() > MAX_TEXTS_PER_REQUEST {
-        return Err(PoolError::BadInput(format!(
-            "{} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} (split it)",
+        return Err(PoolError::TooLarge(format!(
+            "{} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} texts (split the request)",
             texts.len()
         )));
     }
     let (ids, truncated) = m.model.tokenize(texts).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A request bigger than one batch travels as several (each within max_batch texts and
+    // max_batch_tokens padded tokens), admitted together and answered as one.
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let parts = batching::split(&lens, batch_limits(shared));
     let now = Instant::now();
+    let mut answers = Vec::with_capacity(parts.len());
     {
         let mut q = m.queue.lock().expect("queue");
-        if q.len() >= shared.cfg.max_queue {
+        // Under the queue's lock: shutdown sets `closed` before it drains, so this request is
+        // either drained (and answered) or refused here; it is never left in a dead queue.
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::ShutDown);
+        }
+        if q.len() + parts.len() > shared.cfg.max_queue {
             m.busy.fetch_add(1, Ordering::Relaxed);
             return Err(PoolError::Busy { model: m.name.clone(), queued: q.len(), limit: shared.cfg.max_queue });
         }
-        q.push_back(Job {
-            ids,
-            truncated,
-            enqueued: now,
-            deadline: deadline.map(|d| now + d),
-            attempts: 0,
-            avoid: vec![],
-            pin: None,
-            group,
-            reply: tx,
-        });
+        for part in parts {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            q.push_back(Job {
+                ids: ids[part.clone()].to_vec(),
+                truncated: truncated[part].to_vec(),
+                enqueued: now,
+                deadline: deadline.map(|d| now + d),
+                attempts: 0,
+                avoid: vec![],
+                pin: None,
+                group,
+                reply: tx,
+            });
+            answers.push(rx);
+        }
     }
     m.wake.notify_one();
-    let answer = match deadline {
-        Some(d) => match tokio::time::timeout(d, rx).await {
-            Ok(a) => a,
-            Err(_) => return Err(PoolError::Deadline { after: d }),
-        },
-        None => rx.await,
+    let all = futures_util::future::join_all(answers.into_iter().map(|rx| async {
+        // A dropped sender means the pool went away with the job.
+        rx.await.unwrap_or(Err(PoolError::ShutDown))
+    }));
+    let mut abandoned = shared.abandon.subscribe();
+    let gave_up = async move {
+        let _ = abandoned.wait_for(|a| *a).await;
     };
-    answer.unwrap_or(Err(PoolError::ShutDown))
+    let results = tokio::select! {
+        r = async {
+            match deadline {
+                Some(d) => tokio::time::timeout(d, all).await.map_err(|_| PoolError::Deadline { after: d }),
+                None => Ok(all.await),
+            }
+        } => r?,
+        // Shutdown stopped waiting for running batches: answer now rather than never.
+        () = gave_up => return Err(PoolError::ShutDown),
+    };
+    merge(results)
+}
+
+/// One answer from the answers of a request's parts (in order); the first failure fails it.
+fn merge(results: Vec<Result<Served, PoolError>>) -> Result<Served, PoolError> {
+    let mut parts = results.into_iter();
+    let mut out = parts.next().expect("a request has at least one part")?;
+    out.parts = 1;
+    for p in parts {
+        let p = p?;
+        out.vectors.extend(p.vectors);
+        out.lengths.extend(p.lengths);
+        out.truncated.extend(p.truncated);
+        out.batch_rows += p.batch_rows;
+        out.queue_ms = out.queue_ms.max(p.queue_ms);
+        out.run_ms += p.run_ms;
+        out.attempts = out.attempts.max(p.attempts);
+        out.parts += 1;
+    }
+    Ok(out)
+}
+
+fn batch_limits(shared: &Shared) -> batching::Limits {
+    batching::Limits { max_rows: shared.cfg.max_batch, max_tokens: shared.cfg.max_batch_tokens }
 }
 
 /// The batcher of one model; runs until the pool shuts down.
@@ -84,16 +131,19 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
             return;
         }
         expire(&m);
-        let (rows, oldest) = {
+        let (queued, oldest) = {
             let q = m.queue.lock().expect("queue");
-            (q.iter().map(|j| j.ids.len()).collect::<Vec<_>>(), q.front().map(|j| j.enqueued.elapsed()))
+            let queued: Vec<(usize, usize)> =
+                q.iter().map(|j| (j.ids.len(), j.ids.iter().map(Vec::len).max().unwrap_or(0))).collect();
+            (queued, q.front().map(|j| j.enqueued.elapsed()))
         };
+        let rows: Vec<usize> = queued.iter().map(|(r, _)| *r).collect();
         let Some(oldest) = oldest else {
             // Idle; wake for new work, and now and then to expire deadlines.
             let _ = tokio::time::timeout(Duration::from_secs(1), m.wake.notified()).await;
             continue;
         };
-        let n = match batching::decide(&rows, shared.cfg.max_batch, oldest, budget) {
+        let n = match batching::decide(&queued, batch_limits(&shared), oldest, budget) {
             Take::Idle => continue,
             Take::Wait(d) => {
                 let _ = tokio::time::timeout(d, m.wake.notified()).await;
@@ -138,6 +188,7 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
                 waits.push_back((Instant::now(), j.enqueued.elapsed()));
             }
         }
+        shared.running_batches.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(execute(shared.clone(), m.clone(), replica, jobs));
     }
 }
@@ -169,17 +220,18 @@ pub(crate) struct Route {
 /// that leaves none while others exist: a request is never starved by its own history).
 fn eligible(m: &ModelEntry, route: &Route) -> Vec<Arc<Replica>> {
     let now = Instant::now();
-    let admitted: Vec<Arc<Replica>> = m
-        .replicas
-        .lock()
-        .expect("replicas")
-        .iter()
-        .filter(|r| r.slot.usable())
+    let usable: Vec<Arc<Replica>> =
+        m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
+    // A pin holds only while its slot can still serve: a tab that died during the in-place
+    // reload comes back (if at all) as a new slot with a new serial, so a pin to the old one
+    // would hold the queue's front, and everything behind it, for ever.
+    let pinned = route.pin.filter(|pin| usable.iter().any(|r| r.slot.serial == *pin));
+    let admitted: Vec<Arc<Replica>> = usable
+        .into_iter()
         .filter(|r| r.slot.breaker.lock().expect("breaker").would_admit(now))
         .filter(|r| r.breaker.lock().expect("breaker").would_admit(now))
-        .cloned()
         .collect();
-    if let Some(pin) = route.pin {
+    if let Some(pin) = pinned {
         return admitted.into_iter().filter(|r| r.slot.serial == pin).collect();
     }
     let preferred: Vec<Arc<Replica>> =
@@ -249,12 +301,18 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
         return false; // another model's batcher took it first; look again
     }
     let now = Instant::now();
-    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+    let breakers = [("tab", &r.slot.breaker), ("model", &r.breaker)];
+    for (i, (which, b)) in breakers.iter().enumerate() {
         let (ok, t) = b.lock().expect("breaker").try_acquire(now);
         if let Some(t) = t {
             log_transition(shared, m, r, which, &t);
         }
         if !ok {
+            // The breakers before this one admitted a call that will not happen: hand their
+            // (possibly half-open) probe back, or they stay half-open waiting for it.
+            for (_, earlier) in &breakers[..i] {
+                earlier.lock().expect("breaker").release();
+            }
             r.slot.release();
             return false;
         }
@@ -338,12 +396,20 @@ fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, b: BatchInfo, hedge: boo
         Err(e) if categorise(e) == Category::BadInput => None,
         Err(_) => Some(Outcome::Failure),
     };
-    if let Some(o) = outcome {
-        for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
-            let t = b.lock().expect("breaker").record(o, now);
-            if let Some(t) = t {
-                log_transition(shared, m, r, which, &t);
+    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+        let mut b = b.lock().expect("breaker");
+        let t = match outcome {
+            Some(o) => b.record(o, now),
+            // Bad input says nothing about the tab: no outcome, but the call's probe (if it was
+            // one) goes back so a half-open breaker still resolves.
+            None => {
+                b.release();
+                None
             }
+        };
+        drop(b);
+        if let Some(t) = t {
+            log_transition(shared, m, r, which, &t);
         }
     }
     let ms_per_text = took.as_secs_f64() * 1e3 / rows.max(1) as f64;
@@ -487,6 +553,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                     queue_ms: (t - job.enqueued).as_secs_f64() * 1e3,
                     run_ms,
                     attempts: job.attempts + 1,
+                    parts: 1,
                 };
                 m.served.fetch_add(1, Ordering::Relaxed);
                 let _ = job.reply.send(Ok(served));
@@ -494,6 +561,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
         }
         Err(e) => fail_batch(&shared, &m, &winner, jobs, e).await,
     }
+    shared.running_batches.fetch_sub(1, Ordering::SeqCst);
     shared.wake_all();
 }
 
@@ -508,7 +576,8 @@ async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>,
         // Routing stops using it at once; the watchdog reloads the page or restarts the browser.
         let (shared, slot) = (shared.clone(), r.slot.clone());
         let detail = format!("socket closed during a batch: {e:#}");
-        tokio::spawn(async move { shared.recover(slot, Category::Connection, &detail).await });
+        let s = shared.clone();
+        s.spawn_background(async move { shared.recover(slot, Category::Connection, &detail).await });
     } else if recovery::tab_step(category, true, true, 0) == TabStep::ReloadModel {
         // Simple recovery: loading the model again makes the tab request a new device; the
         // requests retry in place after it.
@@ -539,8 +608,14 @@ async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>,
         shared.log("coordinated", Some(&r.slot.kind.name), Some(r.slot.id), &reason);
     }
     let mut again: Vec<(Job, Duration)> = Vec::new();
+    let closing = shared.closed.load(Ordering::SeqCst);
     for mut job in jobs {
         job.attempts += 1;
+        if closing {
+            // Nothing serves the queues any more: a retry would wait for ever.
+            let _ = job.reply.send(Err(PoolError::ShutDown));
+            continue;
+        }
         match recovery::request_step(category, job.attempts, shared.cfg.retries) {
             RequestStep::RetrySameTab { backoff } => {
                 job.pin = Some(r.slot.serial);
@@ -562,12 +637,17 @@ async fn fail_batch(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>,
     }
     m.retried.fetch_add(again.len() as u64, Ordering::Relaxed);
     let backoff = again.iter().map(|(_, b)| *b).max().unwrap_or_default();
-    let m = m.clone();
+    let (m, shared) = (m.clone(), shared.clone());
     tokio::spawn(async move {
         tokio::time::sleep(backoff).await;
         let mut q = m.queue.lock().expect("queue");
         for (job, _) in again.into_iter().rev() {
-            q.push_front(job);
+            // Same rule as `submit`: checked under the queue lock that shutdown drains.
+            if shared.closed.load(Ordering::SeqCst) {
+                let _ = job.reply.send(Err(PoolError::ShutDown));
+            } else {
+                q.push_front(job);
+            }
         }
         drop(q);
         m.wake.notify_one();

@@ -186,6 +186,13 @@ pub(crate) struct Shared {
     /// Busy fraction of tabs, sampled by the scaler.
     pub utilisation: Mutex<VecDeque<(Instant, f64)>>,
     pub batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Recoveries and retirements running on their own tasks; shutdown aborts them, so one
+    /// stuck in a hung WebDriver call (holding the host) cannot hold shutdown too.
+    pub background: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Batches dispatched and not yet answered (shutdown lets them finish, within a bound).
+    pub running_batches: AtomicUsize,
+    /// Set once shutdown stops waiting: every request still waiting is answered `ShutDown`.
+    pub abandon: tokio::sync::watch::Sender<bool>,
     pub closed: AtomicBool,
     pub started: Instant,
     pub next_serial: AtomicU64,
@@ -219,6 +226,10 @@ pub struct RecoveryEvent {
 }
 
 const EVENTS_KEPT: usize = 200;
+/// How long shutdown lets running batches finish before answering their requests `ShutDown`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the host once background work is aborted.
+const HOST_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 impl Shared {
     /// `store`: the opened history database; its measured history seeds routing, and a
@@ -249,6 +260,9 @@ impl Shared {
             waits: Mutex::new(VecDeque::new()),
             utilisation: Mutex::new(VecDeque::new()),
             batchers: Mutex::new(Vec::new()),
+            background: Mutex::new(Vec::new()),
+            running_batches: AtomicUsize::new(0),
+            abandon: tokio::sync::watch::channel(false).0,
             closed: AtomicBool::new(false),
             started: Instant::now(),
             next_serial: AtomicU64::new(1),
@@ -292,6 +306,8 @@ impl Shared {
     }
 
     pub fn log(&self, action: &str, kind: Option<&str>, tab: Option<u64>, reason: &str) {
+        // Reasons quote errors, and errors may quote a WebDriver URL with credentials.
+        let reason = &crate::redact::text(reason);
         let ev = ScalingEvent {
             at_s: self.started.elapsed().as_secs_f64(),
             action: action.into(),
@@ -406,7 +422,7 @@ impl Shared {
                     return Ok(slot);
                 }
                 Err(e) => {
-                    let why = format!("{e:#}");
+                    let why = crate::redact::text(&format!("{e:#}"));
                     self.keep(Record::Tab {
                         tab: None,
                         kind: kind.name.clone(),
@@ -555,6 +571,7 @@ impl Shared {
     }
 
     pub fn note_recovery(&self, slot: &Slot, category: Category, step: &str, ok: bool, t: Instant, detail: &str) {
+        let detail = &crate::redact::text(detail);
         let ev = RecoveryEvent {
             at_s: self.started.elapsed().as_secs_f64(),
             tab: slot.id,
@@ -711,21 +728,57 @@ impl Shared {
         order
     }
 
+    /// Run `work` on its own task, aborted by shutdown (recoveries, retirements).
+    pub fn spawn_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(work).abort_handle();
+        let mut bg = self.background.lock().expect("background");
+        bg.retain(|h| !h.is_finished());
+        bg.push(handle);
+    }
+
+    /// Every accepted request gets exactly one answer, and this returns within a bound even if
+    /// a recovery is stuck in a hung WebDriver call: no new requests (checked under each queue's
+    /// lock, so a racing `submit` either lands before the drain or is refused); queued requests
+    /// answered `ShutDown`; running batches get `SHUTDOWN_GRACE` to deliver their results (their
+    /// failures are answered `ShutDown`, never re-queued); then everyone still waiting is
+    /// answered `ShutDown`, background recoveries are aborted and the browsers closed.
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
         for b in self.batchers.lock().expect("batchers").drain(..) {
             b.abort();
         }
+        self.fail_queued();
+        let grace = Instant::now() + SHUTDOWN_GRACE;
+        while self.running_batches.load(Ordering::SeqCst) > 0 && Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Retries scheduled before `closed` was seen land in a queue: answer them too.
+        self.fail_queued();
+        self.abandon.send_replace(true);
+        for h in self.background.lock().expect("background").drain(..) {
+            h.abort();
+        }
+        match tokio::time::timeout(HOST_LOCK_WAIT, self.host.lock()).await {
+            Ok(mut host) => {
+                if let Some(host) = host.take() {
+                    host.shutdown().await;
+                }
+            }
+            // Dropping the pool drops the host, whose driver kills its process tree.
+            Err(_) => {
+                tracing::error!("shutdown: the host stayed locked for {HOST_LOCK_WAIT:?}; browsers are left to drop")
+            }
+        }
+        if let Some(r) = &self.recorder {
+            r.close();
+        }
+    }
+
+    fn fail_queued(&self) {
         for m in self.models.lock().expect("models").iter() {
             for job in m.queue.lock().expect("queue").drain(..) {
                 let _ = job.reply.send(Err(PoolError::ShutDown));
             }
-        }
-        if let Some(host) = self.host.lock().await.take() {
-            host.shutdown().await;
-        }
-        if let Some(r) = &self.recorder {
-            r.close();
         }
     }
 }

@@ -26,9 +26,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             if !slot.tab.is_connected() {
                 let s = shared.clone();
-                tokio::spawn(async move { s.recover(slot, Category::Connection, "socket closed").await });
+                shared.spawn_background(async move { s.recover(slot, Category::Connection, "socket closed").await });
             } else if slot.tab.silent_for() >= interval && !slot.pinging.swap(true, Ordering::SeqCst) {
-                tokio::spawn(heartbeat(shared.clone(), slot));
+                shared.spawn_background(heartbeat(shared.clone(), slot));
             }
         }
     }

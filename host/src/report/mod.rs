@@ -107,10 +107,21 @@ pub fn parse_since(store: &Store, s: &str) -> anyhow::Result<i64> {
         _ => None,
     };
     if let Some(c) = s.chars().last()
-        && let (Some(u), Ok(n)) = (unit(c), s[..s.len() - 1].parse::<f64>())
+        && let (Some(u), Ok(n)) = (unit(c), s[..s.len() - c.len_utf8()].parse::<f64>())
     {
+        // A span back from now: positive and finite, and no further back than the epoch
+        // (`Duration::from_secs_f64` panics on NaN, negatives and overflow: `-1h`, `NaNh`, `1e20d`).
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        return Ok((now.saturating_sub(Duration::from_secs_f64(n * u))).as_millis() as i64);
+        let span = n * u;
+        anyhow::ensure!(
+            span.is_finite() && span > 0.0,
+            "--since {s:?}: a span must be a positive number followed by s, m, h, d or w (30m, 24h, 7d)"
+        );
+        anyhow::ensure!(
+            span <= now.as_secs_f64(),
+            "--since {s:?} reaches back before 1970; give a shorter span or a date (2026-11-20)"
+        );
+        return Ok((now - Duration::from_secs_f64(span)).as_millis() as i64);
     }
     store
         .conn()
@@ -298,6 +309,21 @@ fn pairs(conn: &duckdb::Connection, sql: &str, since: i64) -> anyhow::Result<Vec
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn since_refuses_spans_that_used_to_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("h.duckdb")).unwrap();
+        for bad in ["-1h", "NaNh", "nanh", "1e20d", "infd", "0h", "-0.5m", "h", "yesterday"] {
+            let e = super::parse_since(&store, bad).expect_err(bad).to_string();
+            assert!(e.contains("--since"), "{bad}: {e}");
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let day = super::parse_since(&store, "1d").unwrap();
+        assert!((now - day - 86_400_000).abs() < 5_000, "{}", now - day);
+        assert!(super::parse_since(&store, "1.5h").is_ok());
+        assert!(super::parse_since(&store, "2026-11-20").is_ok());
+    }
+
     #[test]
     fn batch_classes_are_powers_of_two() {
         let got: Vec<u32> = [1, 2, 3, 4, 7, 8, 31, 32, 33].iter().map(|&n| super::batch_class(n)).collect();

@@ -1,14 +1,19 @@
 //! The pool's control endpoint for `tabpool serve`: `GET /status` (JSON metrics), `GET
 //! /status.txt` (the table `tabpool status` prints), `POST /embed`, `GET /dashboard` (a live
 //! page over /status) and `GET /report.{md,html,json}[?since=24h]` (from the history database). Errors are JSON
-//! `{"error", "kind"}` with a 4xx/5xx status; request bodies are capped by axum (2 MB → 413).
+//! `{"error", "kind"}` with a 4xx/5xx status; request bodies are capped (2 MiB → 413 naming it).
+//!
+//! Locked (see `Security`): an optional API key on every route but `GET /health`, checked in
+//! constant time; a Host allow-list against DNS rebinding (421 otherwise); no keyless binding
+//! beyond loopback. Connections are bounded (`bounded::Bounds::API`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,10 +32,117 @@ struct EmbedBody {
     deadline_ms: Option<u64>,
 }
 
-pub async fn serve(pool: Arc<Pool>, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// Largest request body; a bigger one gets 413 naming this.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// Who may talk to the API. Without a key it answers any local client that names an allowed
+/// Host; `check_bind` refuses to run keyless on a non-loopback address.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Required as `Authorization: Bearer KEY` on every route but `GET /health` (and the
+    /// dashboard's data-free page shell, which sends the key from its URL fragment).
+    pub key: Option<String>,
+    /// Host names accepted besides loopback names and the bound address (`--allow-host`).
+    pub allow_hosts: Vec<String>,
+}
+
+/// Shortest API key accepted: a guessable key is no lock.
+pub const MIN_KEY_LEN: usize = 16;
+
+impl Security {
+    /// Refuse settings that would leave the API open: no key on a non-loopback address, or a
+    /// key too short to be a secret.
+    pub fn check_bind(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if let Some(k) = &self.key {
+            anyhow::ensure!(
+                k.chars().count() >= MIN_KEY_LEN && !k.chars().any(char::is_whitespace),
+                "the API key must be at least {MIN_KEY_LEN} characters without spaces (e.g. `openssl rand -hex 24`)"
+            );
+        }
+        anyhow::ensure!(
+            self.key.is_some() || addr.ip().is_loopback(),
+            "refusing to serve the API on {addr} without an API key: anyone who can reach that address could read \
+             /status and run models. Pass --api-key, --api-key-file or TABPOOL_API_KEY, or bind to 127.0.0.1"
+        );
+        Ok(())
+    }
+
+    /// Whether a request's Host header names this server. Loopback names and the bound address
+    /// always; any IP literal when bound to every interface (a DNS-rebinding page can only use
+    /// a name it controls, never an IP literal); `--allow-host` names. Everything else is what
+    /// DNS rebinding looks like.
+    fn host_allowed(&self, host: Option<&str>, bound: IpAddr) -> bool {
+        let Some(host) = host else { return false };
+        let name = host_name(host).to_ascii_lowercase();
+        let ip: Option<IpAddr> = name.trim_start_matches('[').trim_end_matches(']').parse().ok();
+        name == "localhost"
+            || ip.is_some_and(|ip| ip.is_loopback() || ip == bound || bound.is_unspecified())
+            || self.allow_hosts.iter().any(|a| host_name(a).eq_ignore_ascii_case(&name))
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → the host part (brackets kept for IPv6).
+fn host_name(h: &str) -> &str {
+    let h = h.trim();
+    if h.starts_with('[') {
+        return h.find(']').map(|i| &h[..=i]).unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => h,
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    security: Arc<Security>,
+    bound: IpAddr,
+}
+
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    if !g.security.host_allowed(host, g.bound) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!(
+                "Host {:?} is not served here (allowed: loopback names, the bound address, --allow-host)",
+                host.unwrap_or("")
+            ),
+        );
+    }
+    let open = req.uri().path() == "/health" || req.uri().path() == "/dashboard" || req.uri().path() == "/";
+    if let (Some(key), false) = (&g.security.key, open) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::server::socket::same_secret(given, key) {
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong API key: send `Authorization: Bearer KEY`".into(),
+            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+pub async fn serve(
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    security: Security,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    security.check_bind(addr)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let addr = listener.local_addr()?;
+    let guard_state = Guard { security: Arc::new(security), bound: addr.ip() };
     let app = Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/status", get(|State(p): State<Arc<Pool>>| async move { Json(p.metrics()) }))
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
         .route("/embed", post(embed))
@@ -39,12 +151,12 @@ pub async fn serve(pool: Arc<Pool>, addr: SocketAddr) -> anyhow::Result<(SocketA
         .route("/report.md", get(|s, q| report(s, q, Format::Md)))
         .route("/report.html", get(|s, q| report(s, q, Format::Html)))
         .route("/report.json", get(|s, q| report(s, q, Format::Json)))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        // Outermost: the Host and key checks see every request, unknown routes included.
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .with_state(pool);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("api server stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(super::bounded::serve(listener, app, super::bounded::Bounds::API, "api server"));
     Ok((addr, task))
 }
 
@@ -57,13 +169,16 @@ async fn report(State(pool): State<Arc<Pool>>, Query(q): Query<ReportQuery>, for
     let Some(store) = pool.store() else {
         return error(StatusCode::NOT_FOUND, "no_history", "this pool records no history (--no-history)".into());
     };
-    // What was recorded so far, including the last moments.
-    if let Err(e) = pool.flush_history() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "history", format!("{e:#}"));
-    }
-    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let since = q.since.map(|s| crate::report::parse_since(&store, &s)).transpose()?;
-        Ok(render_as(&crate::report::Report::build(&store, since)?, format))
+    // Off the async runtime, all of it: the flush waits for the writer thread, and the queries
+    // hold the store's connection; neither may stall the request path or the pool's tasks.
+    let built = tokio::task::spawn_blocking(move || -> Result<String, (StatusCode, String)> {
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}"));
+        let since = q.since.map(|s| crate::report::parse_since(&store, &s)).transpose().map_err(bad)?;
+        // What was recorded so far, including the last moments.
+        pool.flush_history().map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        let report = crate::report::Report::build(&store, since)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        Ok(render_as(&report, format))
     })
     .await;
     let content_type = match format {
@@ -73,7 +188,8 @@ async fn report(State(pool): State<Arc<Pool>>, Query(q): Query<ReportQuery>, for
     };
     match built {
         Ok(Ok(text)) => ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_report_request", format!("{e:#}")),
+        Ok(Err((status, e))) if status == StatusCode::BAD_REQUEST => error(status, "bad_report_request", e),
+        Ok(Err((status, e))) => error(status, "history", e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
@@ -88,6 +204,10 @@ async fn embed(
 ) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let msg = format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes (2 MiB); split it");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg);
+        }
         Err(e) => return error(e.status(), "bad_request", e.body_text()),
     };
     let model = match body.model.or_else(|| pool.models().into_iter().next()) {
@@ -101,6 +221,7 @@ async fn embed(
             let (status, kind) = match &e {
                 PoolError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
                 PoolError::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_input"),
+                PoolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                 PoolError::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown_model"),
                 PoolError::Deadline { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline"),
                 PoolError::Failed { .. } => (StatusCode::BAD_GATEWAY, "failed"),
@@ -111,13 +232,19 @@ async fn embed(
     }
 }
 
-/// `GET http://{addr}{path}` → (status, body). For `tabpool status`.
-pub async fn get_text(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// `GET http://{addr}{path}` → (status, body), with the API key if one is given. For `tabpool
+/// status` and `tabpool report --api`.
+pub async fn get_text(addr: &str, path: &str, key: Option<&str>) -> anyhow::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let uri: axum::http::Uri = format!("http://{addr}{path}").parse()?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+    let mut req = axum::http::Request::get(uri);
+    if let Some(k) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    let req = req.body(http_body_util::Empty::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| anyhow::anyhow!("{addr} did not answer within 10 s"))?
         .map_err(|e| anyhow::anyhow!("no tabpool serve at {addr} ({e}); start one with `tabpool serve`"))?;

@@ -17,11 +17,7 @@ pub async fn serve(root: PathBuf, ip: std::net::IpAddr) -> anyhow::Result<(Socke
         let root = root.clone();
         async move { file(&root, uri.path()).await }
     });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("http server stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(super::bounded::serve(listener, app, super::bounded::Bounds::PAGE, "page server"));
     Ok((addr, task))
 }
 

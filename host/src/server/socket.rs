@@ -15,14 +15,28 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, http};
 
 use crate::tab::{Tab, TabError, TabShared};
 
 /// How long a peer may take between TCP accept and its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What an unauthenticated peer may send: one `Hello` (a real one, capabilities included, is a
+/// few KiB). Tungstenite buffers a whole message before we see it, so without this any local
+/// process could make the host hold 256 MiB per connection before proving anything.
+const HELLO_MAX_BYTES: usize = 64 << 10;
+const HELLO_LIMITS: Limits = Limits {
+    max_frame_bytes: HELLO_MAX_BYTES,
+    max_header_bytes: HELLO_MAX_BYTES,
+    max_tensors: 0,
+    max_rank: 0,
+    max_elements: 0,
+};
+/// A non-binary first message is shown this long at most in the log.
+const LOGGED_BYTES: usize = 120;
 
 /// A tab the host launched and is waiting for.
 pub(crate) struct Expected {
@@ -71,7 +85,7 @@ fn refuse(registry: &Registry, peer: SocketAddr, why: &str) {
 }
 
 /// Constant-time comparison so the secret cannot be probed byte by byte through timing.
-fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -89,12 +103,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
             }
         }
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(Limits::DEFAULT.max_frame_bytes))
-        .max_frame_size(Some(Limits::DEFAULT.max_frame_bytes));
-    let ws = match tokio::time::timeout(
+    let small =
+        WebSocketConfig::default().max_message_size(Some(HELLO_MAX_BYTES)).max_frame_size(Some(HELLO_MAX_BYTES));
+    let mut ws = match tokio::time::timeout(
         HELLO_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check_origin, Some(config)),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_origin, Some(small)),
     )
     .await
     {
@@ -102,19 +115,28 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
         Ok(Err(e)) => return refuse(&registry, peer, &format!("upgrade failed: {e}")),
         Err(_) => return refuse(&registry, peer, "no upgrade in time"),
     };
-    let (mut sink, mut stream) = ws.split();
 
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
-        Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &Limits::DEFAULT) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &HELLO_LIMITS) {
             Ok(Frame { msg: ToHost::Hello(h), .. }) => *h,
             Ok(_) => return refuse(&registry, peer, "first frame is not Hello"),
             Err(e) => return refuse(&registry, peer, &format!("malformed first frame: {e}")),
         },
-        Ok(Some(Ok(other))) => return refuse(&registry, peer, &format!("non-binary first message {other:?}")),
+        Ok(Some(Ok(other))) => {
+            return refuse(&registry, peer, &format!("non-binary first message: {}", shorten(&other)));
+        }
         Ok(Some(Err(e))) => return refuse(&registry, peer, &format!("socket error before Hello: {e}")),
         Ok(None) => return refuse(&registry, peer, "closed before Hello"),
         Err(_) => return refuse(&registry, peer, "no Hello in time"),
     };
+    // Authenticated tabs get the protocol's full frame size. Tungstenite cannot change a
+    // socket's limits in place, so the stream is wrapped again; nothing is lost, because a tab
+    // sends nothing after `Hello` until our `Welcome`.
+    let full = WebSocketConfig::default()
+        .max_message_size(Some(Limits::DEFAULT.max_frame_bytes))
+        .max_frame_size(Some(Limits::DEFAULT.max_frame_bytes));
+    let (mut sink, mut stream) =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(ws.into_inner(), Role::Server, Some(full)).await.split();
 
     let verdict = if hello.protocol_version != PROTOCOL_VERSION {
         Err((
@@ -187,7 +209,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(other) => {
-                violation(&shared, &format!("unexpected message {other:?}"));
+                violation(&shared, &format!("unexpected message {}", shorten(&other)));
                 break;
             }
         };
@@ -220,6 +242,21 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
     // Let a queued Close go out, then stop: `Tab` clones may keep the channel open forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     writer.abort();
+}
+
+/// A message for the log: its kind and at most `LOGGED_BYTES` of it (a peer chooses its size).
+fn shorten(m: &Message) -> String {
+    let (kind, bytes): (&str, &[u8]) = match m {
+        Message::Text(t) => ("text", t.as_bytes()),
+        Message::Ping(b) => ("ping", b),
+        Message::Pong(b) => ("pong", b),
+        Message::Close(_) => ("close", &[]),
+        Message::Frame(f) => ("frame", f.payload()),
+        Message::Binary(b) => ("binary", b),
+    };
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_BYTES)]).into_owned();
+    let more = if bytes.len() > LOGGED_BYTES { format!("… ({} bytes in all)", bytes.len()) } else { String::new() };
+    format!("{kind} {shown:?}{more}")
 }
 
 fn violation(shared: &TabShared, why: &str) {

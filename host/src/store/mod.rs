@@ -38,10 +38,21 @@ impl Store {
 
     /// Open (creating it and its folder if needed) and bring the schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            // Folders we create are private: the history names tabs, kinds and timings.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        // Readable by its owner only (the `tabpool` binary also runs with umask 077, which
+        // covers the write-ahead log DuckDB creates beside it later).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
         let store = Store { path: path.to_path_buf(), conn: Mutex::new(conn) };
         store.migrate()?;
         Ok(store)
@@ -303,11 +314,11 @@ impl Recorder {
     /// Wait until everything recorded so far is in the database.
     pub fn flush(&self) -> anyhow::Result<()> {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        {
-            let tx = self.tx.lock().expect("recorder");
-            let tx = tx.as_ref().context("the recorder is closed")?;
-            tx.send(Msg::Flush(done_tx)).map_err(|_| anyhow::anyhow!("the recorder thread is gone"))?;
-        }
+        // A clone of the sender, so the lock is not held while `send` blocks on a full channel:
+        // `record` (on the request path) takes the same lock and must never wait behind a flush.
+        let tx = self.tx.lock().expect("recorder").clone().context("the recorder is closed")?;
+        tx.send(Msg::Flush(done_tx)).map_err(|_| anyhow::anyhow!("the recorder thread is gone"))?;
+        drop(tx);
         done_rx.recv().map_err(|_| anyhow::anyhow!("the recorder thread is gone"))?
     }
 
