@@ -113,3 +113,44 @@ async fn impostors_are_refused_and_the_host_keeps_serving() {
     tab.ping(T).await.expect("real tab still answers");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_peer_may_send_one_small_frame_only() {
+    let mut host = support::host().await;
+    let (url, origin) = (host.socket_url(), host.origin());
+    let refused = host.refused_peers();
+    // 1 MiB before any Hello (the limit for an unauthenticated peer is 64 KiB): cut off by the
+    // socket itself, never buffered whole, never answered.
+    for msg in [Message::Binary(vec![0u8; 1 << 20].into()), Message::Text("x".repeat(1 << 20).into())] {
+        let mut ws = connect(&url, Some(&origin)).await.unwrap();
+        let _ = ws.send(msg).await;
+        assert!(next_to_tab(&mut ws).await.is_none(), "closed without a reply");
+    }
+    let deadline = std::time::Instant::now() + T;
+    while host.refused_peers() < refused + 2 {
+        assert!(std::time::Instant::now() < deadline, "both counted as refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A real tab still joins, and frames far above 64 KiB flow both ways once it is
+    // authenticated: an element-wise add of two 2 MiB operands (4 MiB in, 2 MiB back).
+    let tab = host.launch_tab().await.expect("a real tab joins");
+    let n = 512 * 1024;
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let inputs =
+        vec![shared_proto::Tensor::from_f32(vec![n as u32], &a), shared_proto::Tensor::from_f32(vec![n as u32], &a)];
+    let (out, _) = tab.kernel(shared_proto::Kernel::Add, inputs, T).await.expect("a 4 MiB frame after Hello");
+    let sum = out[0].to_f32().unwrap();
+    assert_eq!((sum.len(), sum[n - 1]), (n, 2.0 * (n - 1) as f32));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_bound_to_ipv6_loopback_serves_tabs() {
+    let cfg = tabpool::HostConfig { bind: "::1".parse().unwrap(), ..tabpool::HostConfig::default() };
+    let mut host = tabpool::Host::start(cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(host.origin().starts_with("http://[::1]:"), "{}", host.origin());
+    assert!(host.socket_url().starts_with("ws://[::1]:"), "{}", host.socket_url());
+    let tab = host.launch_tab().await.unwrap_or_else(|e| panic!("a tab over [::1]: {e:#}"));
+    tab.ping(T).await.expect("the tab answers over IPv6 loopback");
+    host.shutdown().await;
+}

@@ -265,3 +265,17 @@ fn violation(shared: &TabShared, why: &str) {
         .outbox
         .send(Message::Close(Some(CloseFrame { code: CloseCode::Protocol, reason: "protocol violation".into() })));
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_a_peer_sent_is_logged_short() {
+        use tokio_tungstenite::tungstenite::Message;
+        let shown = super::shorten(&Message::Text("A".repeat(100_000).into()));
+        assert!(
+            shown.len() < 200 && shown.starts_with("text \"AAA") && shown.ends_with("(100000 bytes in all)"),
+            "{shown}"
+        );
+        assert_eq!(super::shorten(&Message::Text("hello?".into())), "text \"hello?\"");
+    }
+}
