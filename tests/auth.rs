@@ -114,6 +114,40 @@ async fn impostors_are_refused_and_the_host_keeps_serving() {
     host.shutdown().await;
 }
 
+/// Upgrade by hand, send the header of a 100 MiB binary frame and 1 KiB of it; how long until
+/// the host closes the connection.
+async fn announce_huge_frame(url: &str, origin: &str) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    );
+    s.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut frame = vec![0x82u8, 0x80 | 127];
+    frame.extend_from_slice(&(100u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]); // mask key (clients must mask)
+    frame.extend_from_slice(&[0u8; 1024]);
+    s.write_all(&frame).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+            Ok(Ok(_)) => continue, // a close frame, then EOF
+            Err(_) => return t.elapsed(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_peer_may_send_one_small_frame_only() {
     let mut host = support::host().await;
@@ -126,8 +160,13 @@ async fn an_unauthenticated_peer_may_send_one_small_frame_only() {
         let _ = ws.send(msg).await;
         assert!(next_to_tab(&mut ws).await.is_none(), "closed without a reply");
     }
+    // A frame announcing 100 MiB, of which 1 KiB arrives: the host hangs up on the header
+    // alone instead of waiting (and buffering) for the rest.
+    let closed_after = announce_huge_frame(&url, &origin).await;
+    eprintln!("a 100 MiB frame announced before Hello: closed after {closed_after:?}");
+    assert!(closed_after < Duration::from_secs(5), "closed on the header, not at the Hello timeout");
     let deadline = std::time::Instant::now() + T;
-    while host.refused_peers() < refused + 2 {
+    while host.refused_peers() < refused + 3 {
         assert!(std::time::Instant::now() < deadline, "both counted as refused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
