@@ -224,7 +224,9 @@ async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
     // holds the host.
     frozen.store(true, Ordering::SeqCst);
     assert!(pool.disconnect_tab(tab));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the page reload (given up after 10 s) and the session close (5 s): the recovery now
+    // holds the host while it starts a new browser session through the frozen endpoint.
+    tokio::time::sleep(Duration::from_secs(16)).await;
     let waiting: Vec<_> = (0..3)
         .map(|_| {
             let pool = pool.clone();
