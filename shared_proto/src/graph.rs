@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::tensor::DType;
+use crate::limits::Limits;
+use crate::tensor::{DType, element_count};
 
 /// A dimension of a graph input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +144,8 @@ pub enum GraphError {
     BadOutput(u32),
     #[error("weight {0:?}: {1}")]
     BadWeight(String, String),
+    #[error("input {0:?}: {1}")]
+    BadInput(String, String),
     #[error("node {node}: {message}")]
     BadAttr { node: usize, message: String },
 }
@@ -190,8 +193,32 @@ impl Graph {
         if self.inputs.len() > 64 {
             return Err(too_large("inputs", self.inputs.len(), 64));
         }
+        // Inputs and weights reach a tab as frame tensors, so a declaration no frame can carry is
+        // refused here: a tab builds minimal inputs (batch and sequence 1) from the declarations
+        // to compile a model, and all of them travel in one `Run` frame. Found by fuzzing: an
+        // input declared [2^29] made a tab allocate 2 GiB at load, and fixed dims whose product
+        // overflows u32 before reaching a 0 dim ([2^31, 2^31, 0]) made it panic. A 0 dim is
+        // refused as it is for weights: an empty input feeds no op.
+        let frame = Limits::DEFAULT;
+        let mut minimal_bytes = 0u64;
+        for d in &self.inputs {
+            let fixed: Vec<u32> = d.dims.iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).collect();
+            let elements = element_count(&fixed);
+            minimal_bytes = minimal_bytes.saturating_add(elements.saturating_mul(d.dtype.size() as u64));
+            if d.dims.len() > frame.max_rank
+                || fixed.contains(&0)
+                || elements > frame.max_elements
+                || minimal_bytes > frame.max_frame_bytes as u64
+            {
+                return Err(GraphError::BadInput(d.name.clone(), format!("dims {:?} exceed a frame", d.dims)));
+            }
+        }
         for w in &self.weights {
-            if w.shape.is_empty() || w.shape.len() > 8 || w.shape.contains(&0) {
+            if w.shape.is_empty()
+                || w.shape.len() > frame.max_rank
+                || w.shape.contains(&0)
+                || element_count(&w.shape) > frame.max_elements
+            {
                 return Err(GraphError::BadWeight(w.name.clone(), format!("shape {:?}", w.shape)));
             }
         }
@@ -269,5 +296,30 @@ mod tests {
         let mut g = tiny();
         g.nodes[1].op = Op::Transpose { perm: vec![0, 0] };
         assert!(matches!(g.validate(), Err(GraphError::BadAttr { node: 1, .. })));
+    }
+
+    #[test]
+    fn declarations_no_frame_can_carry_are_rejected() {
+        // The fuzzer's find (shared_proto/fuzz/corpus/graph/bug_*): one input of 2^29 elements.
+        let mut g = tiny();
+        g.inputs[0].dims = vec![Dim::Batch, Dim::Fixed(1 << 29)];
+        assert!(matches!(g.validate(), Err(GraphError::BadInput(..))));
+        // Fixed dims whose product overflows u32 (and u64 saturates), also before a 0.
+        g.inputs[0].dims = vec![Dim::Fixed(u32::MAX); 3];
+        assert!(matches!(g.validate(), Err(GraphError::BadInput(..))));
+        g.inputs[0].dims = vec![Dim::Fixed(1 << 31), Dim::Fixed(1 << 31), Dim::Fixed(0)];
+        assert!(matches!(g.validate(), Err(GraphError::BadInput(..))));
+        // Each input fits alone, but not all in one Run frame (4 × 2^26 f32 = 1 GiB > 256 MiB).
+        let x = g.inputs[0].clone();
+        g.inputs = vec![InputDecl { dims: vec![Dim::Fixed(1 << 26)], ..x }; 4];
+        assert!(matches!(g.validate(), Err(GraphError::BadInput(..))));
+        g.inputs.truncate(1);
+        g.inputs[0].dims = vec![Dim::Fixed(4)];
+        g.inputs[0].dims.push(Dim::Batch);
+        g.inputs[0].dims.extend([Dim::Seq; 7]);
+        assert!(matches!(g.validate(), Err(GraphError::BadInput(..))), "rank 9");
+        let mut g = tiny();
+        g.weights[0].shape = vec![1 << 14, 1 << 13];
+        assert!(matches!(g.validate(), Err(GraphError::BadWeight(..))), "2^27 elements");
     }
 }
