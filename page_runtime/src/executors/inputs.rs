@@ -60,10 +60,15 @@ pub fn minimal(g: &Graph) -> Vec<Tensor> {
         .iter()
         .map(|d| {
             let shape: Vec<u32> = d.dims.iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).collect();
-            let n = shape.iter().product::<u32>() as usize;
-            let fill: u32 =
-                if d.dtype == shared_proto::DType::F32 && d.name.contains("mask") { 1.0f32.to_bits() } else { 0 };
-            Tensor { dtype: d.dtype, shape, data: (0..n).flat_map(|_| fill.to_le_bytes()).collect::<Vec<u8>>().into() }
+            // `Graph::validate` bounds declared inputs, so this product cannot overflow.
+            let n = shape.iter().map(|&x| x as usize).product::<usize>();
+            let data: Vec<u8> = if d.dtype == shared_proto::DType::F32 && d.name.contains("mask") {
+                (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect()
+            } else {
+                // Zeros of the dtype's own width (f16 and u8 inputs are not 4 bytes an element).
+                vec![0u8; n * d.dtype.size()]
+            };
+            Tensor { dtype: d.dtype, shape, data: data.into() }
         })
         .collect()
 }
@@ -91,4 +96,23 @@ pub fn check_gather_ids(g: &Graph, inputs: &[Tensor]) -> Result<(), RemoteError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_proto::{DType, Dim, Graph, InputDecl};
+
+    #[test]
+    fn minimal_inputs_have_their_dtype_width() {
+        let decl = |name: &str, dtype| InputDecl { name: name.into(), dtype, dims: vec![Dim::Batch, Dim::Fixed(3)] };
+        let g = Graph {
+            inputs: vec![decl("ids", DType::I32), decl("mask", DType::F32), decl("half", DType::F16)],
+            weights: vec![],
+            nodes: vec![],
+            outputs: vec![],
+        };
+        let m = super::minimal(&g);
+        assert_eq!(m.iter().map(|t| t.data.len()).collect::<Vec<_>>(), [12, 12, 6], "f16 is 2 bytes an element");
+        assert_eq!(m[1].to_f32().unwrap(), vec![1.0; 3], "masks are ones");
+    }
 }

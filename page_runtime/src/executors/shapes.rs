@@ -7,8 +7,26 @@ fn bad(op: &Op, msg: String) -> RemoteError {
     RemoteError::new(ErrorKind::BadInput, format!("{}: {msg}", op.name()))
 }
 
+/// Most elements one value may have: 2^28 (1 GiB of f32, the largest buffer WebGPU offers here).
+/// Checked on every op's output, so no graph can make an executor size a buffer by a product
+/// that overflowed (the fuzzer found a Reshape whose element count wrapped past 2^64).
+pub const MAX_VALUE_ELEMENTS: u64 = 1 << 28;
+
+/// Elements of `shape`, or None past `MAX_VALUE_ELEMENTS` (overflow included).
+fn elements(shape: &[u32]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).filter(|&n| n <= MAX_VALUE_ELEMENTS)
+}
+
 /// Output shape and dtype of `op` given its arguments' shapes and dtypes.
 pub fn infer(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, DType), RemoteError> {
+    let (out, dtype) = infer_op(op, shapes, dtypes)?;
+    if elements(&out).is_none() {
+        return Err(bad(op, format!("output {out:?} has more than {MAX_VALUE_ELEMENTS} elements")));
+    }
+    Ok((out, dtype))
+}
+
+fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, DType), RemoteError> {
     let want_f32 = |idx: &[usize]| -> Result<(), RemoteError> {
         for &i in idx {
             if dtypes[i] != DType::F32 {
@@ -85,17 +103,19 @@ pub fn infer(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, 
             Ok((out, DType::F32))
         }
         Op::Reshape { shape } => {
-            let total: u64 = shapes[0].iter().map(|&d| d as u64).product();
-            let known: u64 = shape.iter().filter(|&&d| d > 0).map(|&d| d as u64).product();
+            let cannot = || bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0]));
+            let total = elements(shapes[0]).ok_or_else(cannot)?;
+            let known =
+                shape.iter().filter(|&&d| d > 0).try_fold(1u64, |n, &d| n.checked_mul(d as u64)).ok_or_else(cannot)?;
             let out: Vec<u32> = if shape.contains(&-1) {
                 if known == 0 || !total.is_multiple_of(known) {
-                    return Err(bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0])));
+                    return Err(cannot());
                 }
                 shape.iter().map(|&d| if d == -1 { (total / known) as u32 } else { d as u32 }).collect()
             } else {
                 shape.iter().map(|&d| d as u32).collect()
             };
-            if out.iter().map(|&d| d as u64).product::<u64>() != total {
+            if elements(&out) != Some(total) {
                 return Err(bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0])));
             }
             Ok((out, dtypes[0]))
@@ -140,4 +160,26 @@ pub fn graph_shapes(g: &shared_proto::Graph, input_shapes: &[Vec<u32>]) -> Resul
         dtypes.push(dtype);
     }
     Ok(shapes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_past_the_value_limit_are_bad_input_not_overflow() {
+        // The fuzzer's reproducer (corpus/graph/bug_infer_reshape_overflow): its target's known
+        // entries multiply past 2^64.
+        let op = Op::Reshape { shape: vec![1 << 29, 1 << 15, 1 << 30, 1, 1] };
+        let e = infer(&op, &[&[4, 4]], &[DType::F32]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadInput);
+        let e = infer(&Op::Reshape { shape: vec![-1] }, &[&[1 << 20, 1 << 20]], &[DType::F32]).unwrap_err();
+        assert!(e.message.contains("cannot reshape"), "{}", e.message);
+        // A value growing past MAX_VALUE_ELEMENTS through an op is refused where it appears.
+        let e = infer(&Op::Linear { bias: false }, &[&[1 << 20, 4], &[1 << 10, 4]], &[DType::F32; 2]).unwrap_err();
+        assert!(e.message.contains("more than 268435456 elements"), "{}", e.message);
+        // Within the limit, inference is unchanged.
+        let (out, _) = infer(&Op::Reshape { shape: vec![-1, 8] }, &[&[4, 4, 4]], &[DType::F32]).unwrap();
+        assert_eq!(out, vec![8, 8]);
+    }
 }
