@@ -132,7 +132,7 @@ impl Breaker {
     pub fn expire_probes(&mut self, now: Instant) -> Option<Transition> {
         let outstanding = self.admitted.saturating_sub(self.probes.len());
         let deadline = self.probe_at.map(|at| at + self.cfg.slow_call);
-        if self.state != State::HalfOpen || outstanding == 0 || !deadline.is_some_and(|d| now >= d) {
+        if self.state != State::HalfOpen || outstanding == 0 || deadline.is_none_or(|d| now < d) {
             return None;
         }
         // Opened when the probe expired (not when someone next looked), so `would_admit`, which
