@@ -78,7 +78,7 @@ fn tables_too_short_for_the_tokenizer_or_truncation_are_refused_at_load() {
 fn out_of_range_token_ids_are_refused_by_the_cpu_executor() {
     let (_, cpu) = model();
     for bad in [30522u32, u32::MAX] {
-        let e = cpu.run(&inputs_from_ids(&[vec![101, bad, 102]])).err().expect("refused");
+        let e = cpu.run(&inputs_from_ids(&[vec![101, bad, 102]])).expect_err("refused");
         assert_eq!(e.kind, shared_proto::ErrorKind::BadInput, "{e:?}");
         assert!(e.message.contains("outside 0..30522"), "{}", e.message);
     }

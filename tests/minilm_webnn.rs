@@ -32,7 +32,7 @@ async fn webnn_tab_matches_the_reference_and_batches_consistently() {
     // clamp them silently), and the tab keeps serving.
     for bad in [30522u32, 70000, u32::MAX] {
         let inputs = tabpool::models::minilm::inputs_from_ids(&[vec![101, bad, 102]]);
-        let err = format!("{:#}", e.run_inputs(inputs).await.err().expect("out-of-range id refused"));
+        let err = format!("{:#}", e.run_inputs(inputs).await.expect_err("out-of-range id refused"));
         assert!(err.contains("BadInput") && err.contains("outside 0..30522"), "{err}");
     }
     assert_eq!(e.embed(&[refs[0].text.as_str()]).await.unwrap().vectors.len(), 1, "still serving");
