@@ -55,6 +55,7 @@ async fn expect_reject(ws: &mut Ws, want: RejectReason) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impostors_are_refused_and_the_host_keeps_serving() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let url = host.socket_url();
     let origin = host.origin();
