@@ -81,6 +81,13 @@ impl Drop for ProcessGuard {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The profiles of browsers killed above (a clean shutdown removes its own).
+        let prefix = format!("tabpool-profile-{}-", std::process::id());
+        for dir in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            if dir.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
         *TURN.lock().unwrap_or_else(PoisonError::into_inner) = false;
         TURN_FREE.notify_one();
     }
