@@ -15,7 +15,7 @@ bin="${CARGO_TARGET_DIR:-$root/target}/debug/tabpool"
 if [ -x "$bin" ]; then
   echo "[demo] cargo build -p tabpool (up to date: a few seconds)" >&2
 else
-  echo "[demo] cargo build -p tabpool (the first time: about BUILD_MINUTES minutes on 2 cores; cargo shows its progress)" >&2
+  echo "[demo] cargo build -p tabpool (the first time: about 10 minutes on 2 cores; cargo shows its progress)" >&2
 fi
 cargo build -p tabpool
 echo "[demo] tabpool embed: a headless tab starts, loads MiniLM and embeds ${#} texts" >&2

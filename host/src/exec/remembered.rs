@@ -7,7 +7,8 @@
 //! it; opening it would also cost more than the lookup saves), and the history records pool
 //! batches, not calibrations. An entry's key names everything that decides which backend is
 //! fastest: the model (name and weight hashes), the browser kind, its binary (path, size and
-//! mtime, which an upgrade changes) and extra flags, the page build and this tabpool binary.
+//! mtime, which an upgrade changes) and extra flags, the page build (by content) and this
+//! tabpool binary (path, size, mtime).
 //! A stale entry never pins a backend: the caller checks the browser still reports the version
 //! measured, and if the remembered backend does not load it calibrates again and overwrites it.
 
@@ -32,6 +33,9 @@ pub struct Remembered {
     /// When, in Unix seconds.
     pub at: u64,
 }
+
+/// Entries a cache file keeps.
+pub const KEPT: usize = 16;
 
 /// The file of remembered choices, one per key.
 pub struct CalibrationCache {
@@ -62,11 +66,16 @@ impl CalibrationCache {
         self.entries().remove(key)
     }
 
-    /// Remember `r` under `key` (other keys kept); written to a temporary file and renamed, so a
-    /// concurrent reader never sees half a file.
+    /// Remember `r` under `key`, keeping the newest [`KEPT`] entries (every rebuild of tabpool or
+    /// the page, every browser upgrade is a new key); written to a temporary file and renamed, so
+    /// a concurrent reader never sees half a file.
     pub fn put(&self, key: &str, r: Remembered) -> anyhow::Result<()> {
         let mut all = self.entries();
         all.insert(key.to_string(), r);
+        while all.len() > KEPT {
+            let oldest = all.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()).expect("not empty");
+            all.remove(&oldest);
+        }
         self.write(&all)
     }
 
@@ -97,16 +106,22 @@ fn file_id(p: &Path) -> anyhow::Result<String> {
     Ok(format!("{}:{}:{mtime}", canon.display(), meta.len()))
 }
 
-/// FNV-1a over the model's weight hashes (each a blake3 of the weight's bytes): a short, stable
-/// fingerprint of exactly the weights that were loaded.
-fn weights_fingerprint(model: &MiniLm) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in &model.graph.weights {
-        for b in w.name.bytes().chain(w.hash.bytes()) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+/// 64-bit FNV-1a: a short, stable fingerprint (a cache key, not a security boundary).
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
+    let h = bytes.into_iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
     format!("{h:016x}")
+}
+
+/// The model's weight hashes (each a blake3 of the weight's bytes), fingerprinted: exactly the
+/// weights that were loaded.
+fn weights_fingerprint(model: &MiniLm) -> String {
+    fnv1a(model.graph.weights.iter().flat_map(|w| w.name.bytes().chain(w.hash.bytes())))
+}
+
+/// The page build by content: setup regenerates `www/pkg` on every run, so its mtime says nothing.
+fn page_fingerprint(wasm: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    Ok(format!("{}:{}", bytes.len(), fnv1a(bytes)))
 }
 
 /// The key of `model` on a tab of `kind` started from `binary` with `flags`, serving the page
@@ -120,7 +135,7 @@ pub fn key(model: &MiniLm, kind: BrowserKind, binary: &Path, flags: &[String], w
         kind.name(),
         file_id(binary)?,
         flags,
-        file_id(&www.join(crate::paths::PAGE_WASM))?,
+        page_fingerprint(&www.join(crate::paths::PAGE_WASM))?,
         env!("CARGO_PKG_VERSION"),
         file_id(&exe)?,
     ))
@@ -151,6 +166,11 @@ mod tests {
         assert_eq!(cache.get("b"), None, "a corrupt file is an empty cache, not an error");
         cache.put("c", r("webgpu")).unwrap();
         assert_eq!(cache.get("c"), Some(r("webgpu")), "and is replaced by the next write");
+        for i in 0..KEPT as u64 + 3 {
+            cache.put(&format!("k{i}"), Remembered { at: 100 + i, ..r("cpu") }).unwrap();
+        }
+        assert_eq!(cache.entries().len(), KEPT, "only the newest entries are kept");
+        assert!(cache.get("c").is_none() && cache.get(&format!("k{}", KEPT + 2)).is_some());
     }
 
     #[test]
@@ -162,5 +182,16 @@ mod tests {
         std::fs::write(&f, b"v2 longer").unwrap();
         assert_ne!(a, file_id(&f).unwrap(), "an upgraded binary is another key");
         assert!(file_id(&dir.path().join("absent")).is_err());
+    }
+
+    #[test]
+    fn the_page_is_known_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
+        std::fs::write(&a, b"\0asm page").unwrap();
+        std::fs::write(&b, b"\0asm page").unwrap();
+        assert_eq!(page_fingerprint(&a).unwrap(), page_fingerprint(&b).unwrap(), "a rebuild of the same page");
+        std::fs::write(&b, b"\0asm pagf").unwrap();
+        assert_ne!(page_fingerprint(&a).unwrap(), page_fingerprint(&b).unwrap());
     }
 }
