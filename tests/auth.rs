@@ -55,6 +55,7 @@ async fn expect_reject(ws: &mut Ws, want: RejectReason) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impostors_are_refused_and_the_host_keeps_serving() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let url = host.socket_url();
     let origin = host.origin();
@@ -150,6 +151,7 @@ async fn announce_huge_frame(url: &str, origin: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_peer_may_send_one_small_frame_only() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let (url, origin) = (host.socket_url(), host.origin());
     let refused = host.refused_peers();
@@ -185,6 +187,7 @@ async fn an_unauthenticated_peer_may_send_one_small_frame_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_bound_to_ipv6_loopback_serves_tabs() {
+    let _procs = support::process_guard();
     let cfg = tabpool::HostConfig { bind: "::1".parse().unwrap(), ..tabpool::HostConfig::default() };
     let mut host = tabpool::Host::start(cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert!(host.origin().starts_with("http://[::1]:"), "{}", host.origin());

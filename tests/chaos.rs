@@ -38,6 +38,7 @@ fn kill(pids: &[i32]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_loses_nothing_and_the_pool_heals() {
+    let _procs = support::process_guard();
     let mut cfg = PoolConfig {
         min_tabs: TABS,
         max_tabs: TABS,

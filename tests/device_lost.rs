@@ -45,10 +45,12 @@ async fn recovers_in_place(kind: BrowserKind, backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_webgpu_device_is_recovered_in_the_same_tab() {
+    let _procs = support::process_guard();
     recovers_in_place(BrowserKind::Chromium, Backend::Webgpu).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_webnn_context_is_recovered_in_the_same_tab() {
+    let _procs = support::process_guard();
     recovers_in_place(BrowserKind::ChromiumWebnn, Backend::Webnn).await;
 }

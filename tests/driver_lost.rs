@@ -13,6 +13,7 @@ use tabpool::pool::{ModelSpec, Pool, PoolConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_chromedriver_is_replaced_when_a_tab_needs_it() {
+    let _procs = support::process_guard();
     let mut cfg = PoolConfig {
         min_tabs: 2,
         max_tabs: 2,

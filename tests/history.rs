@@ -36,6 +36,7 @@ fn count(store: &Store, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashboard() {
+    let _procs = support::process_guard();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("history.duckdb");
     let refs = support::minilm_reference();

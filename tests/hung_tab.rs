@@ -12,6 +12,7 @@ use tabpool::pool::{ModelSpec, Pool, PoolConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_tab_is_hedged_around_then_found_by_heartbeats_and_replaced() {
+    let _procs = support::process_guard();
     let mut cfg = PoolConfig {
         min_tabs: 2,
         max_tabs: 2,

@@ -13,6 +13,7 @@ const T: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernels_in_a_real_tab_match_the_cpu_executor() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let tab = host.launch_tab().await.expect("a real tab joins");
     let adapter = tab.caps().webgpu.adapter.clone().expect("the tab has a WebGPU adapter");
@@ -49,6 +50,7 @@ async fn kernels_in_a_real_tab_match_the_cpu_executor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_typed_errors_and_the_tab_keeps_serving() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let tab = host.launch_tab().await.expect("a real tab joins");
 

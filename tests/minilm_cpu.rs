@@ -1,5 +1,5 @@
 //! MiniLM on the CPU executor against the independent float64 reference
-//! (`../shared/reference/minilm_embeddings.json`): tokenizer ids, then vectors.
+//! (`tests/data/minilm_embeddings.json`): tokenizer ids, then vectors.
 
 #[path = "support/mod.rs"]
 mod support;

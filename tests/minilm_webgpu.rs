@@ -8,6 +8,7 @@ use tabpool::exec::{Backend, Embedder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webgpu_tab_matches_the_reference_and_batches_consistently() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let e = Embedder::load(&mut host, Backend::Webgpu, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert!(e.load.prepare_ms > 0.0, "pipelines were compiled at load");

@@ -9,6 +9,7 @@ use tabpool::exec::{Backend, Embedder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webnn_tab_matches_the_reference_and_batches_consistently() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let e = Embedder::load(&mut host, Backend::Webnn, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(e.load.backend, "webnn-cpu");
@@ -41,6 +42,7 @@ async fn webnn_tab_matches_the_reference_and_batches_consistently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_calibrates_every_candidate_and_keeps_the_fastest() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let e = Embedder::load(&mut host, Backend::Auto, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let cal = &e.load.calibration;

@@ -23,10 +23,9 @@ fn fixed(kinds: Vec<KindSpec>, tabs: usize, max_queue: usize) -> PoolConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tabs_two_kinds_serve_two_models_concurrently() {
+    let _procs = support::process_guard();
     let webgpu = KindSpec { backend: Some(Backend::Webgpu), ..KindSpec::local(BrowserKind::Chromium).with_max_tabs(1) };
     let kinds = vec![KindSpec::local(BrowserKind::ChromiumWebnn).with_max_tabs(2), webgpu];
-    // Batches of at most 8: more batches than the two fast WebNN tabs can hold at once, so the
-    // least-loaded rule must also use the (slower) WebGPU tab.
     let cfg = PoolConfig { max_batch: 8, ..fixed(kinds, 3, 512) };
     let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
     let m = pool.metrics();
@@ -34,13 +33,23 @@ async fn three_tabs_two_kinds_serve_two_models_concurrently() {
     assert_eq!(m.browser_distribution.get("chromium-webnn"), Some(&2), "{:?}", m.browser_distribution);
     assert_eq!(m.browser_distribution.get("chromium"), Some(&1), "{:?}", m.browser_distribution);
 
-    let minilm_name = pool.load(ModelSpec::minilm()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    // Which tab takes a batch is routing's call (it may rightly keep everything on the fast WebNN
+    // tabs), so each kind is given a model of its own: MiniLM on the WebNN tabs, the second model
+    // on the WebGPU one.
+    let minilm_spec = ModelSpec::minilm().on_kinds(&["chromium-webnn"]);
+    let minilm_name = pool.load(minilm_spec).await.unwrap_or_else(|e| panic!("{e:#}"));
     let dir = std::env::temp_dir().join(format!("tabpool-test-bert-{}", std::process::id()));
     generated::write_bert(&dir, Shape::TINY, 11, &minilm::default_dir()).unwrap();
-    let tiny_name = pool.load(ModelSpec::from_dir(&dir).named("tiny-bert").replicas(2)).await.unwrap();
-    assert_eq!(pool.models(), [minilm_name.as_str(), "tiny-bert"]);
-    assert_eq!(pool.metrics().models[1].replicas, 2, "a model can ask for fewer replicas than tabs");
-    let _ = tiny_name;
+    let tiny = ModelSpec::from_dir(&dir).named("tiny-bert").on_kinds(&["chromium"]);
+    pool.load(tiny).await.unwrap_or_else(|e| panic!("{e:#}"));
+    pool.load(ModelSpec::from_dir(&dir).named("tiny-one").replicas(1)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(pool.models(), [minilm_name.as_str(), "tiny-bert", "tiny-one"]);
+    let m = pool.metrics();
+    assert_eq!(m.models[0].replicas, 2, "a model kept to a kind lives on every tab of it, and no other");
+    assert_eq!(m.models[1].replicas, 1, "a model kept to a kind lives on every tab of it, and no other");
+    assert_eq!(m.models[2].replicas, 1, "a model can ask for fewer replicas than tabs");
+    let unknown = pool.load(ModelSpec::from_dir(&dir).named("nowhere").on_kinds(&["safari"])).await;
+    assert!(unknown.is_err_and(|e| e.to_string().contains("safari")), "a kind the pool lacks is refused");
 
     // The second model's expected vectors come from the CPU executor on the same weights.
     let tiny = MiniLm::load(Some(&dir)).unwrap();
@@ -72,6 +81,7 @@ async fn three_tabs_two_kinds_serve_two_models_concurrently() {
         if i % 2 == 0 {
             support::check_against_reference(&served.vectors[0], r);
         } else {
+            assert_eq!(served.kind, "chromium", "tiny-bert is kept to the chromium kind");
             let want = &expected_tiny[(i / 2) % refs.len()];
             let diff = support::max_abs_diff(&served.vectors[0], want);
             assert!(
@@ -85,7 +95,7 @@ async fn three_tabs_two_kinds_serve_two_models_concurrently() {
         kinds_used.insert(served.kind.clone());
     }
     assert!(tabs_used.len() >= 2, "work spread over tabs: {tabs_used:?}");
-    assert!(kinds_used.len() >= 2, "both kinds served: {kinds_used:?}");
+    assert_eq!(kinds_used.len(), 2, "both kinds served: {kinds_used:?}");
     let m = pool.metrics();
     assert_eq!(m.models.iter().map(|x| x.served).sum::<u64>(), requests.len() as u64);
     assert!(m.history.iter().all(|h| h.failures == 0), "{:?}", m.history);
@@ -117,6 +127,7 @@ async fn three_tabs_two_kinds_serve_two_models_concurrently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_as_busy_and_nothing_is_lost() {
+    let _procs = support::process_guard();
     let mut cfg = fixed(vec![KindSpec::local(BrowserKind::ChromiumWebnn)], 1, 2);
     cfg.max_batch = 1;
     let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));

@@ -12,6 +12,7 @@ use tabpool::pool::{ModelSpec, Pool, PoolConfig, ScalingToml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grows_under_load_and_shrinks_when_idle() {
+    let _procs = support::process_guard();
     let cfg = PoolConfig {
         min_tabs: 1,
         max_tabs: 3,

@@ -39,6 +39,7 @@ fn status(api: &str, json: bool) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_status_and_embed_then_stops_on_ctrl_c() {
+    let _procs = support::process_guard();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let api = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();

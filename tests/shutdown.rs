@@ -28,11 +28,13 @@ fn assert_all_gone(seen: &HashMap<ProcId, String>) {
 
 #[test]
 fn ctrl_c_closes_tabs_browser_and_driver() {
+    let _procs = support::process_guard();
     ctrl_c_leaves_nothing("chromium");
 }
 
 #[test]
 fn ctrl_c_closes_an_attached_webnn_browser_too() {
+    let _procs = support::process_guard();
     // This browser is started by the host itself (attach mode), not by chromedriver.
     ctrl_c_leaves_nothing("chromium-webnn");
 }
@@ -85,6 +87,7 @@ fn ctrl_c_leaves_nothing(kind: &str) {
 
 #[test]
 fn normal_exit_leaves_no_browser_processes() {
+    let _procs = support::process_guard();
     let mut child = Command::new(BIN)
         .args(["matmul", "--m", "16", "--k", "16", "--n", "16", "--json"])
         .stdout(Stdio::piped())

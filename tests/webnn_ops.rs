@@ -14,6 +14,7 @@ use tabpool::exec::TabModel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_op_matches_the_cpu_executor_on_webnn() {
+    let _procs = support::process_guard();
     let mut host = support::host().await;
     let tab = host.launch(BrowserKind::ChromiumWebnn).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert!(tab.caps().webnn.api_present, "navigator.ml present: {:?}", tab.caps().webnn);

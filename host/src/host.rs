@@ -117,6 +117,11 @@ impl Host {
         })
     }
 
+    /// The configuration the host was started with.
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
     /// Where the page server listens.
     pub fn page_addr(&self) -> SocketAddr {
         self.http_addr

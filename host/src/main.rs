@@ -72,6 +72,9 @@ enum Command {
     Embed {
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
+        /// With --backend auto: time every backend again instead of loading the one calibration chose last time.
+        #[arg(long)]
+        recalibrate: bool,
         #[arg(long)]
         json: bool,
         /// Texts to embed; none (or "-") reads non-empty lines from standard input.
@@ -175,7 +178,7 @@ enum BenchWhat {
     },
     /// MiniLM: load time, sentences/s and p50/p99 at batch 1 and 32, per backend.
     Embed {
-        /// One sentence per line (default: ../shared/anchors/sentences.txt, else a built-in set).
+        /// One sentence per line (default: the built-in 64 sentences; with --peers, the peer harness's list).
         #[arg(long)]
         sentences: Option<PathBuf>,
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webnn, Backend::Webgpu, Backend::Cpu])]
@@ -186,7 +189,7 @@ enum BenchWhat {
         /// WebNN tabs in the pool row (0: none).
         #[arg(long, default_value_t = 2)]
         pool_tabs: usize,
-        /// Also measure the peers with ../shared/anchors/run.sh in the same run (minutes).
+        /// Also measure the peers in the same run (minutes) with the peer harness: ../shared/anchors or $TABPOOL_ANCHORS, not in the repository.
         #[arg(long)]
         peers: bool,
         /// With --peers: include their WebGPU run (about 11 minutes on SwiftShader).
@@ -283,7 +286,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             };
             matmul::run(host, matmul::Args { m, k, n, variant, seed, json }).await
         }
-        Command::Embed { backend, json, texts } => embed::run(host, embed::Args { backend, json, texts }).await,
+        Command::Embed { backend, recalibrate, json, texts } => {
+            embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
+        }
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
         Command::Bench {
             what: BenchWhat::Embed { sentences, backends, webgpu_sentences, pool_tabs, peers, peers_webgpu, json },

@@ -3,7 +3,95 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tabpool::browser::procs::{self, ProcId};
 use tabpool::{Host, HostConfig};
+
+/// Kills, when dropped — at the end of the test, or while a failed assert unwinds — every process
+/// the test started that is still running: browsers and drivers a host or pool launched, `tabpool`
+/// children and their browsers, a WebDriver server the test started itself. Create it first in
+/// every test that starts processes (`let _procs = support::process_guard();`).
+///
+/// "Started by this test" is every descendant of this test process that appeared after the guard
+/// was made, plus browser processes reparented to init that still name a profile of this process
+/// (`tabpool-profile-<pid>-…`). So that this is exact, guarded tests of one binary take turns:
+/// `process_guard` waits until no other guard is alive (cargo runs the test binaries themselves one by one).
+pub struct ProcessGuard {
+    before: HashSet<ProcId>,
+}
+
+/// Whether a guard is alive in this test binary, and its wake-up for the next one.
+static TURN: Mutex<bool> = Mutex::new(false);
+static TURN_FREE: Condvar = Condvar::new();
+
+/// A [`ProcessGuard`] for the calling test, once no other guarded test of this binary runs.
+pub fn process_guard() -> ProcessGuard {
+    let mut busy = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    while *busy {
+        busy = TURN_FREE.wait(busy).unwrap_or_else(PoisonError::into_inner);
+    }
+    *busy = true;
+    ProcessGuard { before: ours().into_iter().map(|(p, _)| p).collect() }
+}
+
+impl ProcessGuard {
+    fn started(&self) -> Vec<(ProcId, String)> {
+        ours().into_iter().filter(|(p, _)| !self.before.contains(p)).collect()
+    }
+}
+
+/// Live descendants of this process, and browser processes naming one of its profiles.
+fn ours() -> Vec<(ProcId, String)> {
+    let me = std::process::id() as i32;
+    let mut all = procs::descendants(me);
+    for p in procs::with_cmdline_containing(&format!("tabpool-profile-{me}-")) {
+        if !all.iter().any(|(q, _)| *q == p) {
+            all.push((p, "browser (reparented)".into()));
+        }
+    }
+    all.retain(|(p, _)| procs::alive(*p));
+    all
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        // Kill until a quiet spell: a pool still running (its tasks outlive a failed test's
+        // future until the runtime stops) may relaunch a browser it just lost.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_millis(400) {
+            let left = self.started();
+            if !left.is_empty() {
+                let why = if std::thread::panicking() { "the test failed" } else { "the test ended" };
+                let names: Vec<String> = left.iter().map(|(p, c)| format!("{} {c}", p.pid)).collect();
+                eprintln!(
+                    "ProcessGuard ({why}): killing {} process(es) left running: {}",
+                    left.len(),
+                    names.join(", ")
+                );
+                let ids: Vec<ProcId> = left.iter().map(|(p, _)| *p).collect();
+                procs::kill_all(&ids);
+                while ids.iter().any(|p| procs::alive(*p)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                quiet_since = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The profiles of browsers killed above (a clean shutdown removes its own).
+        let prefix = format!("tabpool-profile-{}-", std::process::id());
+        for dir in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            if dir.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
+        *TURN.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        TURN_FREE.notify_one();
+    }
+}
 
 /// Deterministic values in [-1, 1).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -17,7 +105,8 @@ pub async fn host() -> Host {
         .unwrap_or_else(|e| panic!("host did not start: {e:#} (run `bash scripts/setup.sh` first)"))
 }
 
-/// One sentence of `../shared/reference/minilm_embeddings.json` (float64 reference forward).
+/// One sentence of `tests/data/minilm_embeddings.json` (float64 reference forward; provenance in
+/// `tests/data/README.md`).
 pub struct RefSentence {
     pub text: String,
     pub input_ids: Vec<u32>,
@@ -25,7 +114,7 @@ pub struct RefSentence {
 }
 
 pub fn minilm_reference() -> Vec<RefSentence> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/minilm_embeddings.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/minilm_embeddings.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["sentences"]

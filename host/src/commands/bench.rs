@@ -136,30 +136,37 @@ async fn median_device_ms(
     Ok(median(&ms))
 }
 
-/// Sentences used when the peers' list (`../shared/anchors/sentences.txt`) is not beside the
-/// checkout: short English sentences of roughly 12–18 tokens.
-const SAMPLE_SENTENCES: &[&str] = &[
-    "The quick brown fox jumps over the lazy dog near the quiet river bank.",
-    "A small cat sleeps in the warm afternoon sun on the wooden porch.",
-    "Researchers measured the speed of the new model on ordinary laptops.",
-    "Browsers can run compute shaders through the WebGPU interface today.",
-    "The committee postponed its decision until the next quarterly meeting.",
-    "Fresh bread from the corner bakery sells out before nine every morning.",
-    "Heavy rain flooded several streets in the old part of the city.",
-    "She learned to play the violin during the long winter holidays.",
-    "Engineers replaced the failing pump before the summer heat arrived.",
-    "The museum opened a new exhibition about ancient navigation tools.",
-    "Our team shipped the release after fixing the last memory leak.",
-    "A gentle breeze carried the smell of pine trees across the valley.",
-    "The train to the coast leaves every hour from the central station.",
-    "Students compared three sorting algorithms on randomly shuffled lists.",
-    "The chef added a pinch of salt and stirred the soup slowly.",
-    "Satellite images show the glacier retreating faster than predicted.",
-];
+/// The default benchmark sentences: the 64 sentences (14–18 tokens) of the peer harness's
+/// `sentences.txt`, copied into the repository (`host/data/`) so a plain clone measures the same
+/// workload as the figures in the README.
+const BENCH_SENTENCES: &str = include_str!("../../data/bench_sentences.txt");
 
-pub fn bench_sentences(file: Option<&std::path::Path>) -> anyhow::Result<(Vec<String>, String)> {
-    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/sentences.txt");
-    let path = file.map(std::path::Path::to_path_buf).or_else(|| default.is_file().then_some(default));
+/// The peer harness (`run.sh`, `sentences.txt`): `$TABPOOL_ANCHORS`, else `../shared/anchors`
+/// beside the checkout. It exists on the developers' machines only; nothing but `--peers` uses it.
+pub fn anchors_dir() -> std::path::PathBuf {
+    match std::env::var_os("TABPOOL_ANCHORS") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors"),
+    }
+}
+
+/// `--peers` needs the peer harness; say so before anything is measured.
+pub fn check_peers() -> anyhow::Result<std::path::PathBuf> {
+    let script = anchors_dir().join("run.sh");
+    anyhow::ensure!(
+        script.is_file(),
+        "--peers needs the peer harness, which is not part of this repository: {} is absent \
+         (set TABPOOL_ANCHORS to its folder, or run without --peers)",
+        script.display()
+    );
+    Ok(script)
+}
+
+/// `file`, else the built-in 64 sentences (with `peers`, the harness's own `sentences.txt`, so
+/// ours and the peers run the same list even if it changed there).
+pub fn bench_sentences(file: Option<&std::path::Path>, peers: bool) -> anyhow::Result<(Vec<String>, String)> {
+    let anchors = anchors_dir().join("sentences.txt");
+    let path = file.map(std::path::Path::to_path_buf).or_else(|| (peers && anchors.is_file()).then_some(anchors));
     match path {
         Some(p) => {
             let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
@@ -167,7 +174,10 @@ pub fn bench_sentences(file: Option<&std::path::Path>) -> anyhow::Result<(Vec<St
             anyhow::ensure!(!lines.is_empty(), "{} has no sentences", p.display());
             Ok((lines, p.display().to_string()))
         }
-        None => Ok((SAMPLE_SENTENCES.iter().map(|s| s.to_string()).collect(), "built-in sample".into())),
+        None => Ok((
+            BENCH_SENTENCES.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
+            "the built-in 64 sentences (host/data/bench_sentences.txt)".into(),
+        )),
     }
 }
 
@@ -205,7 +215,8 @@ pub struct EmbedArgs {
     pub webgpu_sentences: usize,
     /// WebNN tabs in the pool row (0 or 1: no pool row).
     pub pool_tabs: usize,
-    /// Also run ../shared/anchors/run.sh (native onnxruntime, onnxruntime-web, transformers.js).
+    /// Also run the peer harness (`anchors_dir()/run.sh`: native onnxruntime, onnxruntime-web,
+    /// transformers.js); it is not part of the repository.
     pub peers: bool,
     /// Include the peers' WebGPU run (about 11 minutes on SwiftShader).
     pub peers_webgpu: bool,
@@ -247,10 +258,9 @@ async fn measure_pool(es: &[Embedder], sentences: &[&str], batch: usize) -> anyh
     Ok(Rate { batch, sentences: sentences.len(), per_s, p50_ms: quantile(&lat, 0.5), p99_ms: quantile(&lat, 0.99) })
 }
 
-/// Peers measured by ../shared/anchors/run.sh in this run: (method, batch) → sentences/s.
+/// Peers measured by the peer harness's run.sh in this run: (method, batch) → sentences/s.
 fn run_peers(webgpu: bool) -> anyhow::Result<Vec<(String, usize, f64)>> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/anchors/run.sh");
-    anyhow::ensure!(script.is_file(), "{} not found: peers are measured by the shared anchors", script.display());
+    let script = check_peers()?;
     let cache = std::env::var_os("ANCHORS_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
         std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors")
     });
@@ -285,7 +295,10 @@ fn run_peers(webgpu: bool) -> anyhow::Result<Vec<(String, usize, f64)>> {
 /// Model load, then sentences/s and p50/p99 at batch 1 and 32, per backend, a pool of WebNN
 /// tabs, and (with --peers) the peers — all in one run, with ratios.
 pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
-    let (all, source) = bench_sentences(args.sentences.as_deref())?;
+    if args.peers {
+        check_peers()?;
+    }
+    let (all, source) = bench_sentences(args.sentences.as_deref(), args.peers)?;
     let mut rows: Vec<Row> = Vec::new();
     for &backend in &args.backends {
         let e = Embedder::load(host, backend, &()).await?;
@@ -373,7 +386,7 @@ pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
     }
     println!("load ms = graph declare + weight upload + compile (warm-up run in parentheses); latency per call");
     if !peers.is_empty() {
-        println!("\npeers measured in this run (../shared/anchors/run.sh), sentences/s:");
+        println!("\npeers measured in this run ({}), sentences/s:", anchors_dir().join("run.sh").display());
         for (m, b, r) in &peers {
             println!("  {m:<60} bs{b:<3} {r:>8.1}");
         }

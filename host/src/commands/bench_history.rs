@@ -94,7 +94,7 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     })
     .await??;
 
-    let (sentences, source) = super::bench::bench_sentences(None)?;
+    let (sentences, source) = super::bench::bench_sentences(None, false)?;
     let texts: Vec<&str> = sentences.iter().map(String::as_str).cycle().take(args.requests).collect();
     let kind = parse_kind(&args.kind)?;
     let db = scratch("pool");

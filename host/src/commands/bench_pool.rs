@@ -87,7 +87,7 @@ pub async fn run(host_cfg: HostConfig, mut args: Args) -> anyhow::Result<()> {
     // `--mixed ""` / `--per-kind ""` skip those sections.
     args.mixed.retain(|k| !k.is_empty());
     args.per_kind.retain(|k| !k.is_empty());
-    let (sentences, source) = super::bench::bench_sentences(args.sentences.as_deref())?;
+    let (sentences, source) = super::bench::bench_sentences(args.sentences.as_deref(), false)?;
     let texts: Vec<&str> = sentences.iter().map(String::as_str).cycle().take(args.requests).collect();
     let kind = parse_kind(&args.kind)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

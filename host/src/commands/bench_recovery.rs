@@ -63,7 +63,7 @@ async fn busy_tab(pool: &Pool) -> anyhow::Result<u64> {
 }
 
 pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
-    let (sentences, _) = super::bench::bench_sentences(None)?;
+    let (sentences, _) = super::bench::bench_sentences(None, false)?;
     let mut cfg = PoolConfig {
         min_tabs: TABS,
         max_tabs: TABS,

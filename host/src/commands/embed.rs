@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::Host;
-use crate::exec::{Backend, Embedder, cosine};
+use crate::exec::{Backend, CalibrationCache, Embedder, cosine};
 use crate::models::minilm;
 
 /// Texts per batch sent to the executor.
@@ -14,6 +14,8 @@ const BATCH: usize = 32;
 
 pub struct Args {
     pub backend: Backend,
+    /// With `auto`: measure every backend again instead of loading the one remembered.
+    pub recalibrate: bool,
     pub json: bool,
     pub texts: Vec<String>,
 }
@@ -30,6 +32,16 @@ fn stdin_texts() -> anyhow::Result<Vec<String>> {
         bail!("no text given: pass TEXT arguments or lines on standard input");
     }
     Ok(lines)
+}
+
+/// "42 s", "7 min", "3 h", "2 d".
+fn humantime_s(s: u64) -> String {
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
 }
 
 fn progress(json: bool) -> indicatif::ProgressBar {
@@ -51,7 +63,13 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             bail!("text {} is empty: nothing to embed", i + 1);
         }
     }
-    let embedder = Embedder::load(host, args.backend, &progress(args.json)).await?;
+    let embedder = match args.backend {
+        Backend::Auto => {
+            let cache = CalibrationCache::new(CalibrationCache::default_path());
+            Embedder::load_remembered(host, &cache, args.recalibrate, &progress(args.json)).await?
+        }
+        forced => Embedder::load(host, forced, &progress(args.json)).await?,
+    };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let (mut vectors, mut lengths, mut truncated, mut compute_ms) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
     for chunk in refs.chunks(BATCH) {
@@ -60,6 +78,10 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         lengths.extend(e.lengths);
         truncated.extend(e.truncated);
         compute_ms += e.compute_ms;
+    }
+    if let Some(at) = embedder.load.remembered_at {
+        let ago = crate::exec::remembered::now_s().saturating_sub(at);
+        eprintln!("calibration: remembered from a run {} ago (--recalibrate measures again)", humantime_s(ago));
     }
     for m in &embedder.load.calibration {
         match (m.median_ms, &m.error) {

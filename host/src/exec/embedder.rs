@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
 use shared_proto::ExecBackend;
 
+use super::remembered::{self, CalibrationCache, Remembered};
 use super::tab_model::{TabModel, WeightUpload};
 use crate::browser::BrowserKind;
 use crate::models::minilm::{self, MiniLm};
@@ -66,6 +67,11 @@ pub struct LoadReport {
     pub adapter: Option<String>,
     /// Calibration medians per candidate (empty when a backend was forced).
     pub calibration: Vec<Measured>,
+    /// The user agent of the tab that runs the model or was calibrated.
+    pub user_agent: Option<String>,
+    /// Set when `calibration` was remembered from an earlier run (Unix seconds it was measured)
+    /// rather than measured now (`Embedder::load_remembered`).
+    pub remembered_at: Option<u64>,
 }
 
 pub struct Embeddings {
@@ -141,6 +147,8 @@ impl Embedder {
             weight_bytes: model.weights.iter().map(|w| w.data.len() as u64).sum(),
             adapter: None,
             calibration: vec![],
+            user_agent: None,
+            remembered_at: None,
         };
         Ok(Embedder { model, exec: Exec::Cpu(cpu), load })
     }
@@ -180,17 +188,79 @@ impl Embedder {
             weight_bytes: tm.weight_bytes,
             adapter,
             calibration,
+            user_agent: Some(tm.tab.caps().user_agent.clone()),
+            remembered_at: None,
         };
         Embedder { model, exec: Exec::Tab(tm), load }
     }
 
+    /// `--backend auto` as `tabpool embed` runs it: the backend calibration chose on an earlier
+    /// run for this model, browser, page and binary (`cache`, see `remembered.rs`) is loaded
+    /// directly, without starting every backend and timing it. A full calibration, remembered for
+    /// next time, when nothing is remembered, when `recalibrate`, or when the remembered backend
+    /// does not load or the browser reports another version than it did (never pinned to a
+    /// backend that stopped working).
+    pub async fn load_remembered(
+        host: &mut Host,
+        cache: &CalibrationCache,
+        recalibrate: bool,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<Embedder> {
+        let t = Instant::now();
+        let model = MiniLm::load(None)?;
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
+        let kind = auto_kind(host);
+        // No key (the browser binary is missing, say): calibrate, and remember nothing.
+        let key = host.browser_binary(kind).and_then(|bin| {
+            let www = crate::paths::www_dir(host.config().www.as_deref())?;
+            remembered::key(&model, kind, &bin, &host.config().extra_flags, &www)
+        });
+        let hit = match (&key, recalibrate) {
+            (Ok(k), false) => cache.get(k),
+            _ => None,
+        };
+        if let Some(r) = hit {
+            match load_as_remembered(host, &model, kind, &r, progress).await {
+                Ok(Some((tm, tab_start_ms))) => {
+                    let mut e = Self::with_tab(model, tm, kind, tab_start_ms, r.measured);
+                    e.load.read_ms = read_ms;
+                    e.load.remembered_at = Some(r.at);
+                    return Ok(e);
+                }
+                Ok(None) => {
+                    let mut e = Self::on_cpu(model)?;
+                    e.load.read_ms = read_ms;
+                    e.load.calibration = r.measured;
+                    e.load.user_agent = r.user_agent;
+                    e.load.remembered_at = Some(r.at);
+                    return Ok(e);
+                }
+                Err(why) => eprintln!(
+                    "note: the remembered backend {} no longer loads ({why:#}); calibrating every backend again",
+                    r.backend
+                ),
+            }
+        }
+        let mut e = Self::calibrated(host, model, progress).await?;
+        e.load.read_ms = read_ms;
+        // Nothing measured (no tab could start: the CPU fallback) is not a choice to remember.
+        if let (Ok(k), false) = (&key, e.load.calibration.is_empty()) {
+            let r = Remembered {
+                backend: e.load.backend.clone(),
+                user_agent: e.load.user_agent.clone(),
+                measured: e.load.calibration.clone(),
+                at: remembered::now_s(),
+            };
+            if let Err(why) = cache.put(k, r) {
+                eprintln!("note: could not remember the calibration ({why:#}); the next run calibrates again");
+            }
+        }
+        Ok(e)
+    }
+
     /// Measure every backend this machine offers on the calibration input; keep the fastest.
     async fn calibrated(host: &mut Host, model: MiniLm, progress: &dyn WeightUpload) -> anyhow::Result<Embedder> {
-        let kind = if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() {
-            BrowserKind::ChromiumWebnn
-        } else {
-            BrowserKind::Chromium
-        };
+        let kind = auto_kind(host);
         let t = Instant::now();
         let tab = match host.launch(kind).await {
             Ok(tab) => tab,
@@ -200,6 +270,7 @@ impl Embedder {
             }
         };
         let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
+        let user_agent = Some(tab.caps().user_agent.clone());
         let (mut measured, loaded) = calibrate_tab(&tab, &model, progress).await?;
         let cpu = Self::on_cpu(model)?;
         let Exec::Cpu(cpu_model) = &cpu.exec else { unreachable!("on_cpu") };
@@ -217,7 +288,7 @@ impl Embedder {
         let chosen = backend_choice::choose(&measured).context("no backend could run the model")?;
         Ok(match keep_only(loaded, chosen).await? {
             Some(tm) => Self::with_tab(cpu.model, tm, kind, tab_start_ms, measured),
-            None => Embedder { load: LoadReport { calibration: measured, ..cpu.load }, ..cpu },
+            None => Embedder { load: LoadReport { calibration: measured, user_agent, ..cpu.load }, ..cpu },
         })
     }
 
@@ -263,6 +334,54 @@ impl Embedder {
             truncated: batch.truncated,
             compute_ms,
         })
+    }
+}
+
+/// The browser `auto` calibrates in: the WebNN headless shell when it is installed.
+fn auto_kind(host: &Host) -> BrowserKind {
+    if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() {
+        BrowserKind::ChromiumWebnn
+    } else {
+        BrowserKind::Chromium
+    }
+}
+
+/// Load `model` as `r` remembers: `Some` (with the tab start in ms) in a new tab of `kind`, `None`
+/// for the host CPU (nothing to start). Fails, closing the tab, if the browser reports another
+/// version than when `r` was measured or the backend does not load.
+async fn load_as_remembered(
+    host: &mut Host,
+    model: &MiniLm,
+    kind: BrowserKind,
+    r: &Remembered,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<Option<(TabModel, f64)>> {
+    let exec = match r.backend.as_str() {
+        "cpu" => return Ok(None),
+        "webgpu" => ExecBackend::WebGpu,
+        "wasm-cpu" => ExecBackend::Cpu,
+        other => match other.strip_prefix("webnn-") {
+            Some(device) => ExecBackend::WebNn { device: device.into() },
+            None => bail!("unknown backend {other:?}"),
+        },
+    };
+    let t = Instant::now();
+    let tab = host.launch(kind).await?;
+    let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
+    let loaded = async {
+        let ua = &tab.caps().user_agent;
+        if let Some(then) = r.user_agent.as_ref().filter(|then| *then != ua) {
+            bail!("the browser reports {ua:?}, not {then:?} as when it was measured");
+        }
+        load_on(&tab, model, exec, progress).await
+    }
+    .await;
+    match loaded {
+        Ok(tm) => Ok(Some((tm, tab_start_ms))),
+        Err(e) => {
+            host.close_tab(tab.id()).await;
+            Err(e)
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! or on the host's CPU executor; [`Embedder`] puts MiniLM on either.
 
 mod embedder;
+pub mod remembered;
 mod tab_model;
 
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, load_in_tab};
+pub use remembered::CalibrationCache;
 pub use tab_model::{TabModel, WeightUpload};

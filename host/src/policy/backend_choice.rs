@@ -2,7 +2,7 @@
 //! load — not a fixed table. A backend that failed to load or run is never chosen.
 
 /// One calibration measurement: median ms of the calibration input, or why it failed.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
     pub backend: String,
     pub median_ms: Option<f64>,

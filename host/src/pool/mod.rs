@@ -107,11 +107,14 @@ pub struct ModelSpec {
     pub model_type: ModelType,
     /// Replicas to keep; every tab when absent.
     pub replicas: Option<usize>,
+    /// Browser kinds (configured kind names) its replicas may live on; every kind when absent.
+    /// Directs a model's work to chosen kinds: routing only ever picks among its replicas.
+    pub kinds: Option<Vec<String>>,
 }
 
 impl ModelSpec {
     pub fn minilm() -> ModelSpec {
-        ModelSpec { dir: None, name: None, model_type: ModelType::TextEmbedding, replicas: None }
+        ModelSpec { dir: None, name: None, model_type: ModelType::TextEmbedding, replicas: None, kinds: None }
     }
     pub fn from_dir(dir: impl Into<PathBuf>) -> ModelSpec {
         ModelSpec { dir: Some(dir.into()), ..ModelSpec::minilm() }
@@ -122,6 +125,12 @@ impl ModelSpec {
     }
     pub fn replicas(mut self, n: usize) -> ModelSpec {
         self.replicas = Some(n);
+        self
+    }
+    /// Keep replicas on tabs of these kinds only (by kind name, e.g. "firefox"): to serve a model
+    /// from a chosen browser, or to measure or test each kind whatever routing would prefer.
+    pub fn on_kinds(mut self, kinds: &[&str]) -> ModelSpec {
+        self.kinds = Some(kinds.iter().map(|k| k.to_string()).collect());
         self
     }
 }

@@ -142,6 +142,8 @@ pub(crate) struct ModelEntry {
     pub model_type: ModelType,
     pub model: Arc<MiniLm>,
     pub want_replicas: Option<usize>,
+    /// Kinds its replicas may live on (`ModelSpec::on_kinds`); any when `None`.
+    pub kinds: Option<Vec<String>>,
     pub replicas: Mutex<Vec<Arc<Replica>>>,
     pub queue: Mutex<VecDeque<Job>>,
     /// A job arrived or a tab freed up: the batcher looks again.
@@ -156,6 +158,13 @@ pub(crate) struct ModelEntry {
     pub calibrated: Mutex<HashMap<String, (Backend, Vec<Measured>)>>,
     /// Full calibrations run for this model (for metrics).
     pub calibrations: AtomicU64,
+}
+
+impl ModelEntry {
+    /// Whether a replica may live on a tab of kind `kind`.
+    pub fn allows(&self, kind: &str) -> bool {
+        self.kinds.as_ref().is_none_or(|ks| ks.iter().any(|k| k == kind))
+    }
 }
 
 /// One scaling (or launch) decision, with its reason, for the log and `metrics()`.
@@ -374,13 +383,15 @@ impl Shared {
     /// list), then load every model that wants a replica there.
     pub async fn grow(self: &Arc<Self>, pressured: Option<&Arc<ModelEntry>>, reason: &str) -> anyhow::Result<u64> {
         let focus = pressured.cloned().or_else(|| self.default_model());
-        let order = self.kind_order(focus.as_ref().map(|m| (m.name.as_str(), m.model_type)));
+        let mut order = self.kind_order(focus.as_ref().map(|m| (m.name.as_str(), m.model_type)));
+        // A model kept to some kinds (`ModelSpec::on_kinds`) is only helped by a tab of those.
+        order.retain(|k| pressured.is_none_or(|p| p.allows(&k.name)));
         anyhow::ensure!(!order.is_empty(), "every browser kind is at its max_tabs");
         let slot = self.launch_first(&order, focus.as_ref()).await?;
         let models: Vec<Arc<ModelEntry>> = self.models.lock().expect("models").clone();
         for m in models {
             let wanted = m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n);
-            if wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m)) {
+            if m.allows(&slot.kind.name) && (wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m))) {
                 self.add_replica(&m, &slot).await;
             }
         }
@@ -684,11 +695,15 @@ impl Shared {
         let model = tokio::task::spawn_blocking(move || MiniLm::load(dir.as_deref())).await??;
         let name = spec.name.clone().unwrap_or_else(|| model.name.clone());
         anyhow::ensure!(self.model(&name).is_none(), "a model named {name:?} is already loaded");
+        for k in spec.kinds.iter().flatten() {
+            anyhow::ensure!(self.kinds.iter().any(|c| c.name == *k), "{name}: no browser kind {k:?} in this pool");
+        }
         let entry = Arc::new(ModelEntry {
             name: name.clone(),
             model_type: spec.model_type,
             model: Arc::new(model),
             want_replicas: spec.replicas,
+            kinds: spec.kinds.clone(),
             replicas: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
@@ -701,7 +716,8 @@ impl Shared {
         });
         // Replicas on the tabs whose kinds rank best for this model, all loading at once.
         let order: Vec<String> = self.kind_order_all(&name, spec.model_type).into_iter().map(|k| k.name).collect();
-        let mut slots: Vec<Arc<Slot>> = self.slots().into_iter().filter(|s| s.usable()).collect();
+        let mut slots: Vec<Arc<Slot>> =
+            self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
         slots.truncate(spec.replicas.unwrap_or(usize::MAX));
         let loaded = futures_util::future::join_all(slots.iter().map(|s| self.add_replica(&entry, s))).await;
