@@ -79,6 +79,9 @@ fn auto_remembers_its_choice_and_calibrates_again_when_it_is_stale() {
     assert_calibrated(&third);
 
     // Another browser version than the one measured: calibrate again, remember the new entry.
+    // (A remembered tab backend: a remembered host `cpu` starts no browser, so there is no version
+    // to compare — calibration may pick the host CPU on a busy machine.)
+    edit(dir.path(), "backend", "webnn-cpu");
     edit(dir.path(), "user_agent", "HeadlessChrome/1.0");
     let (fourth, err) = embed(dir.path(), &[]);
     assert!(err.contains("calibrating every backend again") && err.contains("HeadlessChrome/1.0"), "{err}");
