@@ -22,6 +22,9 @@ fn config(path: &std::path::Path) -> PoolConfig {
         max_tabs: 2,
         max_batch: 8,
         kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
+        // A hedged batch is recorded once per replica it ran on (both may succeed), and this
+        // test counts texts: on a loaded machine a slow batch got hedged and 36 of 32 were seen.
+        hedge: false,
         ..PoolConfig::default()
     };
     cfg.scaling.enabled = false;
