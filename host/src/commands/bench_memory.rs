@@ -12,7 +12,7 @@ use page_runtime::executors::cpu::CpuModel;
 use serde_json::json;
 use shared_proto::Tensor;
 
-use crate::browser::BrowserKind;
+use crate::browser::{BrowserKind, procs};
 use crate::exec::{Backend, load_in_tab};
 use crate::models::minilm::{self, MAX_TOKENS, MiniLm};
 use crate::{Host, Tab};
@@ -27,18 +27,16 @@ const TARGET_RATIO: f64 = 2.0;
 /// Largest batch measured (the pool's default `max_batch`, `bench embed`'s bs 32).
 const MAX_BATCH: u32 = 32;
 
-/// PSS of one process in bytes (`Pss:` of smaps_rollup, in kB); None once it is gone.
-fn pss_bytes(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb: u64 = s.lines().find_map(|l| l.strip_prefix("Pss:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Chromium's process role from its command line: `--type=…` (utilities with their sub-type),
 /// none for the browser process itself.
 fn role(pid: i32) -> String {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    // Chromium rewrites its children's argv into one space-separated string.
+    let args: Vec<String> = raw
+        .split(|b| *b == 0 || *b == b' ')
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(name).map(str::to_string));
     match (flag("--type="), flag("--utility-sub-type=")) {
         (Some(t), Some(sub)) => format!("{t}:{}", sub.split('.').next().unwrap_or(&sub)),
@@ -47,19 +45,21 @@ fn role(pid: i32) -> String {
     }
 }
 
-/// PSS summed over processes, with the split by role.
+/// PSS summed over processes (see [`procs::Memory`]), with the split by role.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 struct Sample {
     bytes: u64,
+    anon: u64,
     by_role: BTreeMap<String, u64>,
 }
 
 fn sample(pids: &[i32]) -> Sample {
     let mut s = Sample::default();
     for &pid in pids {
-        if let Some(b) = pss_bytes(pid) {
-            s.bytes += b;
-            *s.by_role.entry(role(pid)).or_default() += b;
+        if let Some(m) = procs::memory(pid) {
+            s.bytes += m.pss;
+            s.anon += m.anon;
+            *s.by_role.entry(role(pid)).or_default() += m.pss;
         }
     }
     s
@@ -75,7 +75,40 @@ async fn settled(pids: impl Fn() -> Vec<i32>) -> Sample {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     samples.sort_by_key(|s| s.bytes);
+    if std::env::var_os("TABPOOL_MEMORY_TRACE").is_some() {
+        for pid in pids() {
+            trace_mappings(pid);
+        }
+    }
     samples.swap_remove(samples.len() / 2)
+}
+
+/// The largest mappings of `pid` by PSS (diagnosis only).
+fn trace_mappings(pid: i32) {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return };
+    let mut maps: Vec<(u64, u64, String)> = Vec::new();
+    let mut cur = String::new();
+    let mut size = 0;
+    for l in s.lines() {
+        if let Some(v) = l.strip_prefix("Pss:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            maps.push((kb, size, cur.clone()));
+        } else if let Some(v) = l.strip_prefix("Size:") {
+            size = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        } else if l.contains('-') && !l.contains(':')
+            || l.split_whitespace()
+                .next()
+                .is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        {
+            cur = l.to_string();
+        }
+    }
+    maps.sort_by(|a, b| b.0.cmp(&a.0));
+    let total: u64 = maps.iter().map(|m| m.0).sum();
+    eprintln!("pid {pid} ({}): {} MiB PSS", role(pid), total / 1024);
+    for (kb, size, name) in maps.iter().take(14) {
+        eprintln!("   {:>8} kB pss of {:>10} kB  {name}", kb, size);
+    }
 }
 
 /// Every (batch, seq) bucket the WebNN executor compiles a graph for (`buckets.rs`), for
@@ -132,8 +165,14 @@ impl Row {
     fn above(&self, s: &Sample) -> i64 {
         s.bytes as i64 - self.empty.bytes as i64
     }
+    fn anon_above(&self, s: &Sample) -> i64 {
+        s.anon as i64 - self.empty.anon as i64
+    }
     fn ratio(&self) -> f64 {
         self.above(&self.served) as f64 / self.weight_bytes as f64
+    }
+    fn anon_ratio(&self) -> f64 {
+        self.anon_above(&self.served) as f64 / self.weight_bytes as f64
     }
 }
 
@@ -182,7 +221,19 @@ async fn tab_row(host: &mut Host, model: &MiniLm, backend: Backend) -> anyhow::R
         let shapes = if backend == Backend::Webnn { webnn_buckets() } else { size_ladder() };
         let t = Instant::now();
         for &(b, s) in &shapes {
+            let t0 = Instant::now();
             tm.run(inputs(&ids, b, s)).await.map_err(|e| e.context(format!("serving {b}×{s}")))?;
+            if std::env::var_os("TABPOOL_MEMORY_TRACE").is_some() {
+                let first = t0.elapsed().as_secs_f64() * 1e3;
+                let t1 = Instant::now();
+                tm.run(inputs(&ids, b, s)).await?;
+                let second = t1.elapsed().as_secs_f64() * 1e3;
+                let now = sample(&pids(host, id));
+                eprintln!(
+                    "after {b}×{s}: {:.1} MiB above empty; first run {first:.0} ms, second {second:.0} ms",
+                    mib(now.bytes as i64 - empty.bytes as i64)
+                );
+            }
         }
         let serve_s = t.elapsed().as_secs_f64();
         let served = settled(|| pids(host, id)).await;
@@ -239,22 +290,27 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                     "backend": r.backend, "weight_bytes": r.weight_bytes, "empty_tab_bytes": r.empty.bytes,
                     "loaded_above_empty_bytes": r.above(&r.loaded), "served_above_empty_bytes": r.above(&r.served),
                     "ratio": r.ratio(), "target_met": r.ratio() <= TARGET_RATIO, "measured": r.what,
+                    "empty_tab_anon_bytes": r.empty.anon, "loaded_above_empty_anon_bytes": r.anon_above(&r.loaded),
+                    "served_above_empty_anon_bytes": r.anon_above(&r.served), "anon_ratio": r.anon_ratio(),
                     "shapes_served": r.shapes, "serve_s": r.serve_s,
                     "by_process": { "empty": r.empty.by_role, "loaded": r.loaded.by_role, "served": r.served.by_role },
                 })
             })
             .collect();
-        println!("{}", json!({ "model": "all-MiniLM-L6-v2", "unit": "bytes (PSS)", "target_ratio": TARGET_RATIO, "rows": r }));
+        println!(
+            "{}",
+            json!({ "model": "all-MiniLM-L6-v2", "unit": "bytes (PSS)", "target_ratio": TARGET_RATIO, "rows": r })
+        );
         return Ok(());
     }
     println!("bench memory — all-MiniLM-L6-v2, PSS in MiB (smaps_rollup, summed over the process tree)");
     println!(
-        "{:<10} | {:>8} | {:>9} | {:>12} | {:>12} | {:>6} | {:>9} | {:>8}",
-        "backend", "weights", "empty", "loaded above", "served above", "shapes", "served/w", "≤ 2×"
+        "{:<10} | {:>8} | {:>9} | {:>12} | {:>12} | {:>6} | {:>9} | {:>8} | {:>16}",
+        "backend", "weights", "empty", "loaded above", "served above", "shapes", "served/w", "≤ 2×", "anon served/w"
     );
     for r in &rows {
         println!(
-            "{:<10} | {:>8.1} | {:>9.1} | {:>12.1} | {:>12.1} | {:>6} | {:>8.2}× | {:>8}",
+            "{:<10} | {:>8.1} | {:>9.1} | {:>12.1} | {:>12.1} | {:>6} | {:>8.2}× | {:>8} | {:>6.1} = {:>5.2}×",
             r.backend,
             mib(r.weight_bytes as i64),
             mib(r.empty.bytes as i64),
@@ -262,9 +318,15 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             mib(r.above(&r.served)),
             r.shapes,
             r.ratio(),
-            if r.ratio() <= TARGET_RATIO { "met" } else { "NOT met" }
+            if r.ratio() <= TARGET_RATIO { "met" } else { "NOT met" },
+            mib(r.anon_above(&r.served)),
+            r.anon_ratio()
         );
     }
+    println!(
+        "above = above the empty tab (cpu: the host before loading); anon = without file-backed pages (the browser \
+         binary and libraries, shared with other browsers of the same build)"
+    );
     for r in &rows {
         println!("\n{}: {} ({:.1} s serving)", r.backend, r.what, r.serve_s);
         let roles: BTreeSet<&String> =
