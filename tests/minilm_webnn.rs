@@ -1,11 +1,14 @@
 //! MiniLM on WebNN in a real chromium-webnn tab against the float64 reference; batches across
-//! shape buckets agree with one-at-a-time; calibration measures every candidate and keeps the
-//! fastest.
+//! shape buckets (cached graphs and one past the cache's budget) agree with one-at-a-time;
+//! unloading frees the model's memory in the tab; calibration measures every candidate and
+//! keeps the fastest.
 
 #[path = "support/mod.rs"]
 mod support;
 
-use tabpool::exec::{Backend, Embedder};
+use tabpool::browser::{BrowserKind, procs};
+use tabpool::exec::{Backend, Embedder, load_in_tab};
+use tabpool::models::minilm::MiniLm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webnn_tab_matches_the_reference_and_batches_consistently() {
@@ -37,6 +40,59 @@ async fn webnn_tab_matches_the_reference_and_batches_consistently() {
         assert!(err.contains("BadInput") && err.contains("outside 0..30522"), "{err}");
     }
     assert_eq!(e.embed(&[refs[0].text.as_str()]).await.unwrap().vectors.len(), 1, "still serving");
+    // With a long text the bucket (8 × 224) is past the graph cache's budget: its graph is
+    // built for each run and destroyed after it. Twice, so the second run builds it again.
+    let long = texts.iter().cycle().take(24).copied().collect::<Vec<_>>().join(" ");
+    let mut with_long = texts.clone();
+    with_long.push(&long);
+    for pass in 0..2 {
+        let batch = e.embed(&with_long).await.unwrap();
+        assert!(batch.lengths[6] > 192, "the long text has {} tokens", batch.lengths[6]);
+        for (i, (b, s)) in batch.vectors.iter().zip(&singles).enumerate() {
+            let diff = support::max_abs_diff(b, s);
+            assert!(diff <= 1e-5, "pass {pass}, text {i}: batch with a long text vs single max abs {diff}");
+        }
+    }
+    host.shutdown().await;
+}
+
+/// PSS of the tab's processes without file-backed pages (see `procs::Memory`), once settled.
+async fn tab_anon_bytes(host: &tabpool::Host, tab: u64) -> u64 {
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    host.tab_processes(tab).iter().filter_map(|&(pid, _)| procs::memory(pid)).map(|m| m.anon).sum()
+}
+
+/// A model's tensors and graphs live in the ML service until destroyed: unloading must free
+/// them (garbage collection does not see that memory, so nothing else would in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_frees_the_model_in_the_tab() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let tab = host.launch(BrowserKind::ChromiumWebnn).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let model = MiniLm::load(None).unwrap();
+    let texts: Vec<String> = support::minilm_reference().into_iter().map(|r| r.text).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let input = model.batch(&texts).unwrap().inputs;
+    let cycle = || async {
+        let (tm, _) = load_in_tab(&tab, &model, Backend::Webnn, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+        tm.run(input.clone()).await.unwrap();
+        let bytes = tm.weight_bytes;
+        tm.unload().await.unwrap();
+        bytes
+    };
+    let weights = cycle().await;
+    let before = tab_anon_bytes(&host, tab.id()).await;
+    for _ in 0..3 {
+        cycle().await;
+    }
+    let after = tab_anon_bytes(&host, tab.id()).await;
+    let grew = after as i64 - before as i64;
+    eprintln!(
+        "three load/run/unload cycles: {:+.1} MiB (weights {:.1} MiB)",
+        grew as f64 / 1048576.0,
+        weights as f64 / 1048576.0
+    );
+    assert!(grew < weights as i64 / 2, "the tab grew {grew} bytes over three reloads of a {weights}-byte model");
     host.shutdown().await;
 }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
-use tabpool::commands::{bench, bench_history, bench_pool, bench_recovery, doctor, embed, matmul, report, serve};
+use tabpool::commands::{
+    bench, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, matmul, report, serve,
+};
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
 
@@ -251,6 +253,14 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// A tab's memory (PSS of its process tree) empty, with MiniLM loaded and after serving every
+    /// shape bucket, per backend, beside the weight bytes.
+    Memory {
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webnn, Backend::Webgpu, Backend::Cpu])]
+        backends: Vec<Backend>,
+        #[arg(long)]
+        json: bool,
+    },
     /// GFLOP/s of the register-blocked, tiled and naive kernels.
     Matmul {
         #[arg(long, value_delimiter = ',', default_values_t = vec![64, 128, 256, 512])]
@@ -297,6 +307,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
+        Command::Bench { what: BenchWhat::Memory { backends, json } } => {
+            bench_memory::run(host, bench_memory::Args { backends, json }).await
+        }
         Command::Serve { .. }
         | Command::Status { .. }
         | Command::Report { .. }

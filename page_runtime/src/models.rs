@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use shared_proto::{ErrorKind, ExecBackend, Graph, RemoteError, Tensor};
+use shared_proto::{ContentHasher, ErrorKind, ExecBackend, Graph, RemoteError, Tensor};
 
 use crate::executors::cpu::CpuModel;
 use crate::executors::webgpu::{GpuModel, WebGpuExecutor};
@@ -27,6 +27,26 @@ pub enum TabModel {
 
 fn unsupported(msg: String) -> RemoteError {
     RemoteError::new(ErrorKind::Unsupported, msg)
+}
+
+fn bad(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::BadInput, msg)
+}
+
+/// A weight arriving in parts (`PutWeightPart`), hashed as it comes. For WebNN the bytes gather
+/// in a JS buffer its tensor is written from, so the weight never sits whole in wasm memory;
+/// the other executors take it whole from wasm.
+pub struct PartialWeight {
+    index: usize,
+    total: usize,
+    received: usize,
+    hasher: ContentHasher,
+    buf: PartBuf,
+}
+
+enum PartBuf {
+    Js(js_sys::Uint8Array),
+    Wasm(Vec<u8>),
 }
 
 impl TabModel {
@@ -67,14 +87,14 @@ impl TabModel {
     }
 
     /// Store weights; returns (bytes stored, weights still missing).
-    pub fn put_weights(&self, first: usize, t: &[Tensor]) -> Result<(u64, usize), RemoteError> {
+    pub async fn put_weights(&self, first: usize, t: &[Tensor]) -> Result<(u64, usize), RemoteError> {
         match self {
             TabModel::Gpu(m, ex) => {
                 let b = m.put_weights(ex, first, t)?;
                 Ok((b, m.missing_weights()))
             }
             TabModel::Nn(m) => {
-                let b = m.put_weights(first, t)?;
+                let b = m.put_weights(first, t).await?;
                 Ok((b, m.missing_weights()))
             }
             TabModel::Cpu(c) => {
@@ -92,6 +112,83 @@ impl TabModel {
                 }
                 Ok((bytes, missing))
             }
+        }
+    }
+
+    fn graph(&self) -> &Graph {
+        match self {
+            TabModel::Gpu(m, _) => m.graph(),
+            TabModel::Nn(m) => m.graph(),
+            TabModel::Cpu(c) => &c.graph,
+        }
+    }
+
+    /// Add bytes `offset..` of weight `index` (`total` bytes in all) to `pending`; once the
+    /// weight is whole, check it and store it. Returns (bytes taken, weights still missing).
+    pub async fn put_weight_part(
+        &self,
+        pending: &mut Option<PartialWeight>,
+        index: usize,
+        offset: usize,
+        total: usize,
+        bytes: &[u8],
+    ) -> Result<(u64, usize), RemoteError> {
+        let decl = self.graph().weights.get(index).ok_or_else(|| bad(format!("weight index {index} out of range")))?;
+        let expected = decl.shape.iter().map(|&d| d as usize).product::<usize>() * decl.dtype.size();
+        if total != expected {
+            return Err(bad(format!("weight {}: {total} bytes announced, its shape holds {expected}", decl.name)));
+        }
+        if offset == 0 {
+            let buf = match self {
+                TabModel::Nn(_) => PartBuf::Js(js_sys::Uint8Array::new_with_length(total as u32)),
+                _ => PartBuf::Wasm(Vec::with_capacity(total)),
+            };
+            *pending = Some(PartialWeight { index, total, received: 0, hasher: ContentHasher::default(), buf });
+        }
+        let p = pending
+            .as_mut()
+            .filter(|p| p.index == index && p.total == total && p.received == offset)
+            .ok_or_else(|| bad(format!("weight {}: part at byte {offset} out of order", decl.name)))?;
+        if offset + bytes.len() > total {
+            return Err(bad(format!("weight {}: part past its {total} bytes", decl.name)));
+        }
+        match &mut p.buf {
+            // SAFETY: `set` copies from the view at once; nothing allocates in between.
+            PartBuf::Js(js) => js.set(&unsafe { js_sys::Uint8Array::view(bytes) }.into(), offset as u32),
+            PartBuf::Wasm(v) => v.extend_from_slice(bytes),
+        }
+        p.hasher.update(bytes);
+        p.received += bytes.len();
+        if p.received < total {
+            return Ok((bytes.len() as u64, self.missing_weights()));
+        }
+        let p = pending.take().expect("present");
+        if p.hasher.finish() != decl.hash {
+            return Err(bad(format!("weight {}: content hash mismatch", decl.name)));
+        }
+        match (self, p.buf) {
+            (TabModel::Nn(m), PartBuf::Js(js)) => {
+                let stored = m.put_whole_weight(index, &js).await;
+                // Written (copied) into the tensor: detaching frees the buffer now, not at GC.
+                let _ = js.buffer().transfer_with_length(0);
+                stored?
+            }
+            (_, PartBuf::Wasm(v)) => {
+                let t = Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: v.into() };
+                self.put_weights(index, &[t]).await?;
+            }
+            (_, PartBuf::Js(_)) => unreachable!("JS buffers are made for WebNN models only"),
+        }
+        Ok((bytes.len() as u64, self.missing_weights()))
+    }
+
+    pub fn missing_weights(&self) -> usize {
+        match self {
+            TabModel::Gpu(m, _) => m.missing_weights(),
+            TabModel::Nn(m) => m.missing_weights(),
+            // Once complete, the weights moved into the built model.
+            TabModel::Cpu(c) if c.model.borrow().is_some() => 0,
+            TabModel::Cpu(c) => c.weights.borrow().iter().filter(|w| w.is_none()).count(),
         }
     }
 

@@ -15,7 +15,7 @@ use shared_proto::{
 use crate::caps;
 use crate::executors::webgpu::{self, WebGpuExecutor};
 use crate::executors::webnn::{self, WebNn};
-use crate::models::TabModel;
+use crate::models::{PartialWeight, TabModel};
 use crate::socket::{self, Event, Socket};
 
 /// WebSocket close code for a protocol violation (RFC 6455 §7.4.1).
@@ -83,6 +83,7 @@ async fn serve() -> Result<(), String> {
         executor: RefCell::new(executor.map(Rc::new)),
         models: RefCell::default(),
         webnn: RefCell::default(),
+        parts: RefCell::default(),
     });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
@@ -130,6 +131,8 @@ struct TabState {
     models: RefCell<HashMap<String, TabModel>>,
     /// WebNN contexts by device type, created on first use.
     webnn: RefCell<HashMap<String, Rc<WebNn>>>,
+    /// A weight arriving in parts, per model.
+    parts: RefCell<HashMap<String, PartialWeight>>,
 }
 
 type Answer = (Result<Reply, RemoteError>, Vec<Tensor>);
@@ -200,12 +203,28 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 shared_proto::ExecBackend::Cpu => (None, None),
             };
             let m = TabModel::new(graph, &backend, ex, nn)?;
+            state.parts.borrow_mut().remove(&model);
             state.models.borrow_mut().insert(model, m);
             (Ok(Reply::ModelDeclared), Vec::new())
         }
         Request::PutWeights { model: name, first } => {
             let m = model(&name)?;
-            let (bytes, missing) = m.put_weights(first as usize, &inputs)?;
+            let (bytes, missing) = m.put_weights(first as usize, &inputs).await?;
+            let prepare_ms = if missing == 0 { Some(m.prepare().await?) } else { None };
+            (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
+        }
+        Request::PutWeightPart { model: name, index, offset, total } => {
+            let m = model(&name)?;
+            let [part] = inputs.as_slice() else {
+                return Err(RemoteError::new(ErrorKind::BadInput, "PutWeightPart carries one tensor"));
+            };
+            // Out of the map across the awaits; back in unless the weight is complete (or failed).
+            let mut pending = state.parts.borrow_mut().remove(&name);
+            let (bytes, missing) =
+                m.put_weight_part(&mut pending, index as usize, offset as usize, total as usize, &part.data).await?;
+            if let Some(p) = pending {
+                state.parts.borrow_mut().insert(name, p);
+            }
             let prepare_ms = if missing == 0 { Some(m.prepare().await?) } else { None };
             (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
         }
@@ -214,6 +233,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             (Ok(Reply::Ran { device_ms: run.device_ms }), run.outputs)
         }
         Request::UnloadModel { model } => {
+            state.parts.borrow_mut().remove(&model);
             state.models.borrow_mut().remove(&model);
             (Ok(Reply::Unloaded), Vec::new())
         }

@@ -47,7 +47,13 @@ pub async fn connect(url: &str) -> Result<(Socket, mpsc::UnboundedReceiver<Event
         let tx = tx.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             let ev = match e.data().dyn_into::<ArrayBuffer>() {
-                Ok(buf) => Event::Frame(Uint8Array::new(&buf).to_vec()),
+                Ok(buf) => {
+                    let frame = Uint8Array::new(&buf).to_vec();
+                    // Detaching frees the JS copy now rather than at some later garbage collection
+                    // (weight frames are megabytes each).
+                    let _ = buf.transfer_with_length(0);
+                    Event::Frame(frame)
+                }
                 Err(_) => Event::Text,
             };
             let _ = tx.unbounded_send(ev);

@@ -20,5 +20,5 @@ pub use error::{ErrorKind, ProtoError, RemoteError};
 pub use graph::{Dim, Graph, GraphError, InputDecl, Node, Op, ValueRef, WeightDecl};
 pub use limits::Limits;
 pub use messages::{ExecBackend, Hello, Kernel, MatMulVariant, RejectReason, Reply, Request, ToHost, ToTab};
-pub use tensor::{DType, Tensor, content_hash};
+pub use tensor::{ContentHasher, DType, Tensor, content_hash};
 pub use version::PROTOCOL_VERSION;

@@ -72,6 +72,17 @@ pub enum Request {
     UnloadModel {
         model: String,
     },
+    /// Bytes `offset..offset + len` of weight `index` of `model` (`total` bytes in all), as the
+    /// frame's one U8 tensor, parts in order. A weight larger than a frame travels this way, so
+    /// the tab never holds it whole in wasm memory (which cannot shrink once grown): WebNN
+    /// assembles it outside wasm and writes its tensor when the last part lands. The whole
+    /// weight is checked against its declared shape and content hash.
+    PutWeightPart {
+        model: String,
+        index: u32,
+        offset: u64,
+        total: u64,
+    },
     /// Destroy the tab's WebGPU device (`GPUDevice.destroy()`) and WebNN contexts
     /// (`MLContext.destroy()`), as a driver reset or a crashed GPU/ML service loses them: fault
     /// injection for recovery tests. Models on them fail with `DeviceLost`; the next `LoadModel`

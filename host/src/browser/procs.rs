@@ -76,6 +76,27 @@ pub fn alive(p: ProcId) -> bool {
     stat(p.pid).is_some_and(|(_, start, _)| start == p.start) && state != "Z"
 }
 
+/// A process's memory from /proc/PID/smaps_rollup, in bytes. PSS (proportional set size) splits
+/// each page among the processes mapping it, so a sum over a process tree counts shared pages
+/// once. `anon` is PSS without file-backed pages (binary, libraries): those are shared with any
+/// other process of the same build on the machine, so their share moves as others come and go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub pss: u64,
+    pub anon: u64,
+}
+
+/// `pid`'s memory; None once it is gone.
+pub fn memory(pid: i32) -> Option<Memory> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let kb: u64 =
+            s.lines().find_map(|l| l.strip_prefix(name))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Memory { pss: field("Pss:")?, anon: field("Pss_Anon:")? + field("Pss_Shmem:")? })
+}
+
 /// SIGKILL each process of `procs` that is still the same process.
 pub fn kill_all(procs: &[ProcId]) {
     for p in procs {
@@ -115,6 +136,17 @@ mod tests {
         kill_all(&found);
         child.wait().unwrap();
         assert!(!alive(found[0]));
+    }
+
+    #[test]
+    fn reads_its_own_memory() {
+        let m = memory(std::process::id() as i32).expect("our own smaps_rollup");
+        assert!(m.pss > 0 && m.anon > 0 && m.anon <= m.pss, "{m:?}");
+        // 64 MiB written (not just reserved) shows up as anonymous memory.
+        let block = vec![1u8; 64 << 20];
+        let after = memory(std::process::id() as i32).unwrap();
+        assert!(after.anon >= m.anon + (60 << 20), "{m:?} → {after:?}");
+        drop(std::hint::black_box(block));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_history;
+pub mod bench_memory;
 pub mod bench_pool;
 pub mod bench_recovery;
 pub mod doctor;

@@ -3,12 +3,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shared_proto::{ExecBackend, Graph, Reply, Request, Tensor};
+use shared_proto::{DType, ExecBackend, Graph, Reply, Request, Tensor};
 
 use crate::Tab;
 
-/// Weights are grouped into frames of about this many bytes (one larger tensor travels alone).
-const CHUNK_BYTES: usize = 16 << 20;
+/// Weights are grouped into frames of about this many bytes; a larger weight travels in parts
+/// of this size (`PutWeightPart`). The tab copies each frame into wasm memory, which never
+/// shrinks: the largest frame stays resident for the tab's life (a whole 47 MB embedding
+/// table did), so frames are kept small; a frame is a round trip of a few ms.
+const CHUNK_BYTES: usize = 4 << 20;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -48,6 +51,40 @@ pub struct TabModel {
     pub weight_bytes: u64,
 }
 
+/// Send weight `index` in parts of `CHUNK_BYTES`; the tab's last answer: weights still missing
+/// and, if none, its prepare time.
+async fn put_in_parts(
+    tab: &Tab,
+    name: &str,
+    index: usize,
+    weight: &Tensor,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<(u32, Option<f64>)> {
+    let total = weight.data.len();
+    let (mut missing, mut prepare_ms) = (u32::MAX, None);
+    for offset in (0..total).step_by(CHUNK_BYTES) {
+        let end = (offset + CHUNK_BYTES).min(total);
+        let part =
+            Tensor { dtype: DType::U8, shape: vec![(end - offset) as u32], data: weight.data.slice(offset..end) };
+        let req = Request::PutWeightPart {
+            model: name.into(),
+            index: index as u32,
+            offset: offset as u64,
+            total: total as u64,
+        };
+        let (reply, _) = tab
+            .call(req, vec![part], LOAD_TIMEOUT)
+            .await
+            .with_context(|| format!("uploading weight {index} bytes {offset}..{end} to tab {}", tab.id()))?;
+        match reply {
+            Reply::WeightsStored { missing: m, prepare_ms: p, .. } => (missing, prepare_ms) = (m, p),
+            other => bail!("tab {} answered {other:?} to PutWeightPart", tab.id()),
+        }
+        progress.advance((end - offset) as u64);
+    }
+    Ok((missing, prepare_ms))
+}
+
 impl TabModel {
     pub async fn load(
         tab: &Tab,
@@ -68,6 +105,15 @@ impl TabModel {
         let mut first = 0usize;
         let mut prepare_ms = None;
         while first < weights.len() {
+            if weights[first].data.len() > CHUNK_BYTES {
+                let (missing, p) = put_in_parts(tab, name, first, &weights[first], progress).await?;
+                if first + 1 == weights.len() && missing != 0 {
+                    bail!("tab {} still misses {missing} weights after the upload", tab.id());
+                }
+                prepare_ms = p;
+                first += 1;
+                continue;
+            }
             let mut end = first + 1;
             let mut bytes = weights[first].data.len();
             while end < weights.len() && bytes + weights[end].data.len() <= CHUNK_BYTES {

@@ -20,6 +20,54 @@ pub fn batch_bucket(b: u32) -> u32 {
     if b <= 32 { b.next_power_of_two() } else { b.div_ceil(32) * 32 }
 }
 
+/// Peak bytes of intermediate values alive at once when `g` runs with every value shaped as in
+/// `shapes` (from `shapes::graph_shapes`): values are born at their node and die after their last
+/// use; outputs live to the end. A fused attention node also holds its `[B, heads, S, S]` scores
+/// and probabilities, which backends composing it from primitives (WebNN) materialise. A backend
+/// that compiles a graph per shape keeps about this much per compiled graph, so it is what a cache
+/// of compiled graphs is budgeted by. Elements are counted as 4 bytes (the executors' f32/i32).
+pub fn activation_bytes(g: &shared_proto::Graph, shapes: &[Vec<u32>]) -> u64 {
+    use shared_proto::{Op, ValueRef};
+    let bytes = |v: usize| shapes[v].iter().map(|&d| d as u64).product::<u64>() * 4;
+    let end = g.nodes.len();
+    let mut last_use = vec![0usize; g.value_count()];
+    for (ni, n) in g.nodes.iter().enumerate() {
+        for &a in &n.args {
+            last_use[a as usize] = ni;
+        }
+    }
+    for &o in &g.outputs {
+        last_use[o as usize] = end;
+    }
+    let (mut live, mut peak) = (0u64, 0u64);
+    for (ni, n) in g.nodes.iter().enumerate() {
+        let v = g.node_value(ni) as usize;
+        let scratch = match (&n.op, n.args.first()) {
+            (Op::Attention { heads }, Some(&q)) => {
+                let s = &shapes[q as usize];
+                let (b, seq) = (s.first().copied().unwrap_or(1) as u64, s.get(1).copied().unwrap_or(1) as u64);
+                2 * b * *heads as u64 * seq * seq * 4
+            }
+            _ => 0,
+        };
+        live += bytes(v);
+        peak = peak.max(live + scratch);
+        let mut args: Vec<u32> = n.args.clone();
+        args.sort_unstable();
+        args.dedup();
+        for a in args {
+            if matches!(g.value(a), ValueRef::Node(_)) && last_use[a as usize] == ni {
+                live -= bytes(a as usize);
+            }
+        }
+        if last_use[v] == 0 {
+            // Never used (a node's value can only be used by a later node): dead at once.
+            live -= bytes(v);
+        }
+    }
+    peak
+}
+
 fn strides(shape: &[u32]) -> Vec<usize> {
     let mut s = vec![1usize; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
@@ -82,6 +130,36 @@ mod tests {
         assert_eq!(seq, [4, 16, 20, 40, 80, 256, 288]);
         let batch: Vec<u32> = [1, 3, 32, 33].iter().map(|&b| batch_bucket(b)).collect();
         assert_eq!(batch, [1, 4, 32, 64]);
+    }
+
+    #[test]
+    fn activation_peak_follows_liveness() {
+        use shared_proto::{DType, Dim, Graph, InputDecl, Node, Op};
+        // x[B, S, 8] → gelu → a; a + x → b; gelu(b) → c (output). At node 1, x, a and b are
+        // alive (x and a die there); the peak is 3 values of B·S·8 floats.
+        let input = InputDecl { name: "x".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Seq, Dim::Fixed(8)] };
+        let node = |op, args: Vec<u32>| Node { op, args };
+        let g = Graph {
+            inputs: vec![input],
+            weights: vec![],
+            nodes: vec![node(Op::Gelu, vec![0]), node(Op::Add, vec![1, 0]), node(Op::Gelu, vec![2])],
+            outputs: vec![3],
+        };
+        let shapes = crate::executors::shapes::graph_shapes(&g, &[vec![2, 4, 8]]).unwrap();
+        let one = 2 * 4 * 8 * 4;
+        // The input is not counted (its tensor is not the graph's): a, then a + b, then b + c.
+        assert_eq!(activation_bytes(&g, &shapes), 2 * one);
+        // Attention adds its [B, heads, S, S] scores and probabilities while it runs.
+        let q = InputDecl { name: "q".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Seq, Dim::Fixed(8)] };
+        let m = InputDecl { name: "m".into(), dtype: DType::F32, dims: vec![Dim::Batch, Dim::Seq] };
+        let g = Graph {
+            inputs: vec![q, m],
+            weights: vec![],
+            nodes: vec![node(Op::Attention { heads: 2 }, vec![0, 0, 0, 1])],
+            outputs: vec![2],
+        };
+        let shapes = crate::executors::shapes::graph_shapes(&g, &[vec![2, 4, 8], vec![2, 4]]).unwrap();
+        assert_eq!(activation_bytes(&g, &shapes), one + 2 * 2 * 2 * 4 * 4 * 4);
     }
 
     #[test]

@@ -27,6 +27,14 @@ extern "C" {
     #[wasm_bindgen(method, getter)]
     pub fn lost(this: &MLContext) -> JsValue;
 
+    /// `MLGraph.destroy()`: frees the compiled graph (its intermediate buffers) now instead of at
+    /// garbage collection, which does not see memory held by the ML service.
+    #[wasm_bindgen(method, catch, js_name = destroy)]
+    pub fn destroy_graph(this: &MLGraph) -> Result<(), JsValue>;
+    /// `MLTensor.destroy()`: frees the tensor's buffer now.
+    #[wasm_bindgen(method, catch, js_name = destroy)]
+    pub fn destroy_tensor(this: &MLTensor) -> Result<(), JsValue>;
+
     #[wasm_bindgen(constructor, catch)]
     pub fn new(context: &MLContext) -> Result<MLGraphBuilder, JsValue>;
     #[wasm_bindgen(method, catch)]

@@ -17,7 +17,7 @@ use wasm_bindgen_futures::JsFuture;
 
 pub use bindings::{MLContext, MLGraph, MLGraphBuilder, MLOperand, MLTensor};
 
-use super::buckets::{batch_bucket, crop, pad, seq_bucket};
+use super::buckets::{activation_bytes, batch_bucket, crop, pad, seq_bucket};
 use super::{inputs, shapes};
 use crate::caps::js_text;
 
@@ -118,20 +118,71 @@ pub(crate) fn typed(dtype: DType, bytes: &[u8]) -> Object {
     }
 }
 
+/// A view of wasm memory for a call that copies it at once (`writeTensor`): no JS copy of the
+/// bytes. Valid only until wasm memory grows, so it never outlives the call it is made for.
+fn wasm_view(bytes: &[u8]) -> Uint8Array {
+    // SAFETY: the view is passed straight to a synchronous copy; nothing allocates in between.
+    unsafe { Uint8Array::view(bytes) }
+}
+
 /// Input shapes of one bucket (one entry per graph input).
 type Bucket = Vec<Vec<u32>>;
 
-/// Bucket graphs kept per model (least recently used evicted first).
+/// Compiled bucket graphs kept per model, least recently used destroyed first: at most this
+/// many, holding at most `GRAPH_BUDGET_BYTES` of estimated memory between them. A graph holds
+/// its intermediate buffers for as long as it lives (the largest bucket's, 32 × 256 tokens,
+/// ~250 MB), while building one takes 10–100 ms: a graph larger than the whole budget is built
+/// for its run and destroyed after it.
 const MAX_GRAPHS: usize = 8;
+const GRAPH_BUDGET_BYTES: u64 = 24 << 20;
+/// Measured cost of a compiled graph beyond its activations (~4–5 MB for the smallest buckets).
+const GRAPH_FIXED_BYTES: u64 = 4 << 20;
 
-/// A model on WebNN: weights kept to build a graph per bucket; graphs cached.
+/// Weights up to this size stay constants in every bucket graph (biases, norms: a few KiB each,
+/// ~0.3 MB for MiniLM); larger ones are one shared `MLTensor` per model bound as a graph input.
+const CONSTANT_MAX_BYTES: usize = 64 << 10;
+
+/// An `MLTensor` destroyed when dropped: the ML service's buffer is freed at once, not whenever
+/// the garbage collector (which does not see that memory) finalises the JS wrapper.
+struct NnTensor(MLTensor);
+
+impl Drop for NnTensor {
+    fn drop(&mut self) {
+        let _ = self.0.destroy_tensor();
+    }
+}
+
+/// A model weight as the tab holds it.
+enum Weight {
+    /// Embedded in each bucket graph (small weights: the bytes stay in wasm memory to build with).
+    Constant(Tensor),
+    /// Written once into the context; every bucket graph takes it as an input.
+    Shared { dtype: DType, shape: Vec<u32>, tensor: NnTensor },
+}
+
+/// One bucket's compiled graph, destroyed when dropped (evicted, or the model unloaded) — after
+/// any run still holding it has finished.
+struct BucketGraph {
+    graph: MLGraph,
+    /// `dispatch` inputs: the shared weights under their input names; the model inputs are set
+    /// on it before each dispatch (synchronously, so concurrent runs cannot interleave).
+    inputs: Object,
+}
+
+impl Drop for BucketGraph {
+    fn drop(&mut self) {
+        let _ = self.graph.destroy_graph();
+    }
+}
+
+/// A model on WebNN: small weights kept to build each bucket's graph with, large ones in shared
+/// tensors; graphs cached by bucket.
 pub struct NnModel {
     graph: Graph,
     nn: Rc<WebNn>,
-    weights: RefCell<Vec<Option<Tensor>>>,
-    /// Built graphs by bucket, with a last-use tick for eviction (each holds its own copy of
-    /// the weights inside the browser, so only the most recent few are kept).
-    compiled: RefCell<HashMap<Bucket, (Rc<MLGraph>, u64)>>,
+    weights: RefCell<Vec<Option<Weight>>>,
+    /// Built graphs by bucket, with a last-use tick for eviction and their estimated bytes.
+    compiled: RefCell<HashMap<Bucket, Cached>>,
     tick: std::cell::Cell<u64>,
     /// Idle input/output tensors per bucket: creating MLTensors costs a round trip to the ML
     /// service per tensor, so runs borrow a set and give it back (concurrent runs take
@@ -139,16 +190,22 @@ pub struct NnModel {
     tensors: RefCell<HashMap<Bucket, Vec<TensorSet>>>,
 }
 
+struct Cached {
+    graph: Rc<BucketGraph>,
+    used: u64,
+    bytes: u64,
+}
+
 struct TensorSet {
-    inputs: Vec<MLTensor>,
-    outputs: Vec<MLTensor>,
+    inputs: Vec<NnTensor>,
+    outputs: Vec<NnTensor>,
 }
 
 impl NnModel {
     pub fn new(graph: Graph, nn: Rc<WebNn>) -> Result<NnModel, RemoteError> {
         graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
         Ok(NnModel {
-            weights: RefCell::new(vec![None; graph.weights.len()]),
+            weights: RefCell::new((0..graph.weights.len()).map(|_| None).collect()),
             graph,
             nn,
             compiled: RefCell::default(),
@@ -157,15 +214,53 @@ impl NnModel {
         })
     }
 
-    pub fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+    /// Check and store weights: large ones are written into their shared tensor now, so the
+    /// frame that carried them can be freed (wasm memory holds one frame, not the model).
+    pub async fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
         self.nn.alive()?;
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             inputs::check_weight(&self.graph, first + i, t)?;
-            self.weights.borrow_mut()[first + i] = Some(t.clone());
             bytes += t.data.len() as u64;
         }
+        let ctx = &self.nn.context;
+        let large = tensors.iter().filter(|t| t.data.len() > CONSTANT_MAX_BYTES);
+        let created =
+            futures_util::future::try_join_all(large.map(|t| create_tensor(ctx, t.dtype, &t.shape, "writable")))
+                .await?;
+        let mut created = created.into_iter();
+        for (i, t) in tensors.iter().enumerate() {
+            let w = if t.data.len() > CONSTANT_MAX_BYTES {
+                let tensor = created.next().expect("one per large weight");
+                ctx.write_tensor(&tensor.0, &wasm_view(&t.data)).map_err(|e| internal("writeTensor", e))?;
+                Weight::Shared { dtype: t.dtype, shape: t.shape.clone(), tensor }
+            } else {
+                // A copy: a slice would keep the whole frame it arrived in alive.
+                Weight::Constant(Tensor { dtype: t.dtype, shape: t.shape.clone(), data: t.data.to_vec().into() })
+            };
+            self.weights.borrow_mut()[first + i] = Some(w);
+        }
         Ok(bytes)
+    }
+
+    /// Store weight `index` from a JS buffer holding all its bytes (checked by the caller):
+    /// written into its shared tensor without passing through wasm memory.
+    pub async fn put_whole_weight(&self, index: usize, bytes: &Uint8Array) -> Result<(), RemoteError> {
+        self.nn.alive()?;
+        let decl = &self.graph.weights[index];
+        let w = if bytes.length() as usize > CONSTANT_MAX_BYTES {
+            let tensor = create_tensor(&self.nn.context, decl.dtype, &decl.shape, "writable").await?;
+            self.nn.context.write_tensor(&tensor.0, bytes).map_err(|e| internal("writeTensor", e))?;
+            Weight::Shared { dtype: decl.dtype, shape: decl.shape.clone(), tensor }
+        } else {
+            Weight::Constant(Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: bytes.to_vec().into() })
+        };
+        self.weights.borrow_mut()[index] = Some(w);
+        Ok(())
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     pub fn missing_weights(&self) -> usize {
@@ -204,24 +299,52 @@ impl NnModel {
             .collect()
     }
 
-    async fn graph_for(&self, bucket: &[Vec<u32>]) -> Result<Rc<MLGraph>, RemoteError> {
+    /// The graph for `bucket` (all value shapes in `shapes`), and whether it stays cached.
+    async fn graph_for(
+        &self,
+        bucket: &[Vec<u32>],
+        shapes: &[Vec<u32>],
+    ) -> Result<(Rc<BucketGraph>, bool), RemoteError> {
         self.tick.set(self.tick.get() + 1);
-        if let Some((g, used)) = self.compiled.borrow_mut().get_mut(bucket) {
-            *used = self.tick.get();
-            return Ok(g.clone());
+        if let Some(c) = self.compiled.borrow_mut().get_mut(bucket) {
+            c.used = self.tick.get();
+            return Ok((c.graph.clone(), true));
         }
-        let weights = self.weights.borrow().clone();
-        let g = Rc::new(ops::build(&self.nn.context, &self.graph, &weights, bucket).await?);
-        let mut compiled = self.compiled.borrow_mut();
-        if compiled.len() >= MAX_GRAPHS {
-            let oldest = compiled.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                compiled.remove(&k);
-                self.tensors.borrow_mut().remove(&k);
+        let building = {
+            let weights = self.weights.borrow();
+            let uses: Vec<ops::WeightUse> = weights
+                .iter()
+                .map(|w| match w.as_ref().expect("checked complete") {
+                    Weight::Constant(t) => ops::WeightUse::Constant(t),
+                    Weight::Shared { dtype, shape, .. } => ops::WeightUse::Input { dtype: *dtype, shape },
+                })
+                .collect();
+            ops::build(&self.nn.context, &self.graph, &uses, bucket)?
+        };
+        let weight_inputs = building.weight_inputs.clone();
+        let graph = building.graph().await?;
+        let inputs = Object::new();
+        for &w in &weight_inputs {
+            if let Some(Weight::Shared { tensor, .. }) = &self.weights.borrow()[w] {
+                Reflect::set(&inputs, &ops::weight_input(w).into(), &tensor.0).map_err(|e| internal("inputs", e))?;
             }
         }
-        compiled.insert(bucket.to_vec(), (g.clone(), self.tick.get()));
-        Ok(g)
+        let g = Rc::new(BucketGraph { graph, inputs });
+        let bytes = activation_bytes(&self.graph, shapes) + GRAPH_FIXED_BYTES;
+        if bytes > GRAPH_BUDGET_BYTES {
+            return Ok((g, false));
+        }
+        let mut compiled = self.compiled.borrow_mut();
+        while compiled.len() >= MAX_GRAPHS
+            || compiled.values().map(|c| c.bytes).sum::<u64>() + bytes > GRAPH_BUDGET_BYTES
+        {
+            let Some(oldest) = compiled.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) else { break };
+            // Dropping the last handle destroys the graph (a run still using it keeps it alive).
+            compiled.remove(&oldest);
+            self.tensors.borrow_mut().remove(&oldest);
+        }
+        compiled.insert(bucket.to_vec(), Cached { graph: g.clone(), used: self.tick.get(), bytes });
+        Ok((g, true))
     }
 
     /// Run on `inputs`; a failure on a lost context is reported as `DeviceLost`, whatever call
@@ -243,25 +366,25 @@ impl NnModel {
         let bucket = self.bucket_shapes(inputs);
         let out_real = shapes::graph_shapes(g, &real)?;
         let out_padded = shapes::graph_shapes(g, &bucket)?;
-        let graph = self.graph_for(&bucket).await?;
+        let (graph, cached) = self.graph_for(&bucket, &out_padded).await?;
         let set = self.borrow_tensors(&bucket, &out_padded).await?;
         let t0 = js_sys::Date::now();
         let ctx = &self.nn.context;
-        let ins = Object::new();
+        let ins = &graph.inputs;
         for (((d, t), shape), tensor) in g.inputs.iter().zip(inputs).zip(&bucket).zip(&set.inputs) {
             let padded = pad(&t.data, &t.shape, shape);
-            ctx.write_tensor(tensor, &typed(t.dtype, &padded)).map_err(|e| internal("writeTensor", e))?;
-            Reflect::set(&ins, &d.name.as_str().into(), tensor).map_err(|e| internal("inputs", e))?;
+            ctx.write_tensor(&tensor.0, &wasm_view(&padded)).map_err(|e| internal("writeTensor", e))?;
+            Reflect::set(ins, &d.name.as_str().into(), &tensor.0).map_err(|e| internal("inputs", e))?;
         }
         let outs = Object::new();
         for (i, tensor) in set.outputs.iter().enumerate() {
-            Reflect::set(&outs, &format!("out{i}").into(), tensor).map_err(|e| internal("outputs", e))?;
+            Reflect::set(&outs, &format!("out{i}").into(), &tensor.0).map_err(|e| internal("outputs", e))?;
         }
-        ctx.dispatch(&graph, &ins, &outs).map_err(|e| internal("dispatch", e))?;
+        ctx.dispatch(&graph.graph, ins, &outs).map_err(|e| internal("dispatch", e))?;
         let reads: Vec<JsFuture> = set
             .outputs
             .iter()
-            .map(|t| ctx.read_tensor(t).map(JsFuture::from).map_err(|e| internal("readTensor", e)))
+            .map(|t| ctx.read_tensor(&t.0).map(JsFuture::from).map_err(|e| internal("readTensor", e)))
             .collect::<Result<_, _>>()?;
         let mut outputs = Vec::new();
         for (read, &o) in reads.into_iter().zip(&g.outputs) {
@@ -270,7 +393,10 @@ impl NnModel {
             let data = crop(&bytes, &out_padded[o as usize], &out_real[o as usize]);
             outputs.push(Tensor { dtype: DType::F32, shape: out_real[o as usize].clone(), data: data.into() });
         }
-        self.tensors.borrow_mut().entry(bucket).or_default().push(set);
+        // An uncached bucket's tensors go with its graph (dropped: destroyed).
+        if cached && self.compiled.borrow().contains_key(&bucket) {
+            self.tensors.borrow_mut().entry(bucket).or_default().push(set);
+        }
         Ok(super::RunOutput { outputs, device_ms: js_sys::Date::now() - t0 })
     }
 }
@@ -291,9 +417,9 @@ impl NnModel {
     }
 }
 
-async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &str) -> Result<MLTensor, RemoteError> {
+async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &str) -> Result<NnTensor, RemoteError> {
     let d = desc(dtype, shape);
     let _ = Reflect::set(&d, &usage.into(), &JsValue::TRUE);
     let p = ctx.create_tensor(&d).map_err(|e| internal("createTensor", e))?;
-    Ok(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into())
+    Ok(NnTensor(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into()))
 }

@@ -41,12 +41,41 @@ impl Builder<'_> {
     }
 }
 
-pub(super) async fn build(
+/// How a bucket graph gets weight `i`: its bytes embedded as a constant (a copy per graph), or
+/// a graph input the model's one shared `MLTensor` is bound to at dispatch.
+pub(super) enum WeightUse<'a> {
+    Constant(&'a Tensor),
+    Input { dtype: DType, shape: &'a [u32] },
+}
+
+/// The graph input name of a shared weight (model inputs never start with `__`).
+pub(super) fn weight_input(i: usize) -> String {
+    format!("__w{i}")
+}
+
+/// A graph being compiled: `MLGraphBuilder.build`'s promise and the weights it takes as inputs.
+pub(super) struct Building {
+    promise: JsFuture,
+    pub weight_inputs: Vec<usize>,
+}
+
+impl Building {
+    pub async fn graph(self) -> Result<MLGraph, RemoteError> {
+        let graph = self.promise.await.map_err(|e| {
+            RemoteError::new(ErrorKind::Unsupported, format!("WebNN cannot build graph: {}", js_text(e)))
+        })?;
+        Ok(graph.unchecked_into())
+    }
+}
+
+/// Describe the graph for one bucket and start compiling it. Synchronous up to the promise: the
+/// builder copies constants when they are declared, so no weight is borrowed across an await.
+pub(super) fn build(
     ctx: &MLContext,
     g: &Graph,
-    weights: &[Option<Tensor>],
+    weights: &[WeightUse<'_>],
     input_shapes: &[Vec<u32>],
-) -> Result<MLGraph, RemoteError> {
+) -> Result<Building, RemoteError> {
     let shapes = shapes::graph_shapes(g, input_shapes)?;
     let b = MLGraphBuilder::new(ctx)
         .map_err(|e| RemoteError::new(ErrorKind::Unsupported, format!("MLGraphBuilder: {}", js_text(e))))?;
@@ -55,16 +84,22 @@ pub(super) async fn build(
     for (i, d) in g.inputs.iter().enumerate() {
         vals[i] = Some(bl.b.input(&d.name, &desc(d.dtype, &input_shapes[i])).map_err(|e| bl.fail(e))?);
     }
-    // Weights become constants when first used (a bucket graph embeds only what it needs).
+    let mut weight_inputs = Vec::new();
+    // Weights are declared when first used (a bucket graph takes only what it needs).
     for (ni, node) in g.nodes.iter().enumerate() {
         bl.op = node.op.name();
         for &a in &node.args {
             if let ValueRef::Weight(w) = g.value(a)
                 && vals[a as usize].is_none()
             {
-                let t = weights[w].as_ref().expect("checked complete");
-                vals[a as usize] =
-                    Some(bl.b.constant(&desc(t.dtype, &t.shape), &typed(t.dtype, &t.data)).map_err(|e| bl.fail(e))?);
+                let operand = match &weights[w] {
+                    WeightUse::Constant(t) => bl.b.constant(&desc(t.dtype, &t.shape), &typed(t.dtype, &t.data)),
+                    WeightUse::Input { dtype, shape } => {
+                        weight_inputs.push(w);
+                        bl.b.input(&weight_input(w), &desc(*dtype, shape))
+                    }
+                };
+                vals[a as usize] = Some(operand.map_err(|e| bl.fail(e))?);
             }
         }
         let args: Vec<&MLOperand> = node.args.iter().map(|&a| vals[a as usize].as_ref().expect("defined")).collect();
@@ -79,8 +114,7 @@ pub(super) async fn build(
     }
     bl.op = "graph";
     let p = bl.b.build(&outs).map_err(|e| bl.fail(e))?;
-    let graph = JsFuture::from(p).await.map_err(|e| bl.fail(e))?;
-    Ok(graph.unchecked_into())
+    Ok(Building { promise: JsFuture::from(p), weight_inputs })
 }
 
 fn translate(
