@@ -103,7 +103,7 @@ fn trace_mappings(pid: i32) {
             cur = l.to_string();
         }
     }
-    maps.sort_by(|a, b| b.0.cmp(&a.0));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
     let total: u64 = maps.iter().map(|m| m.0).sum();
     eprintln!("pid {pid} ({}): {} MiB PSS", role(pid), total / 1024);
     for (kb, size, name) in maps.iter().take(14) {
@@ -143,7 +143,7 @@ fn inputs(text_ids: &[u32], batch: u32, seq: u32) -> Vec<Tensor> {
 
 /// A long text's ids, truncated to `MAX_TOKENS` by the tokenizer.
 fn long_text_ids(model: &MiniLm) -> anyhow::Result<Vec<u32>> {
-    let (sentences, _) = super::bench::bench_sentences(None)?;
+    let (sentences, _) = super::bench::bench_sentences(None, false)?;
     let text: String = sentences.iter().cycle().take(64).cloned().collect::<Vec<_>>().join(" ");
     let ids = model.tokenize(&[&text])?.0.remove(0);
     anyhow::ensure!(ids.len() == MAX_TOKENS, "the long text has {} tokens, not {MAX_TOKENS}", ids.len());
