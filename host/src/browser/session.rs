@@ -102,14 +102,31 @@ impl Profile {
 
 impl Drop for Profile {
     fn drop(&mut self) {
-        // Usually `close` has killed everything already; this catches abandoned launches.
-        let left = super::procs::with_cmdline_containing(&self.0.display().to_string());
-        super::procs::kill_all(&left);
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while left.iter().any(|p| super::procs::alive(*p)) && std::time::Instant::now() < deadline {
+        // Usually `close` has killed everything already; this catches abandoned launches. A browser
+        // interrupted mid-start can still fork a helper after one listing, and a dying helper can
+        // write into the profile while it is being removed (remove_dir_all then fails with
+        // ENOTEMPTY), so list, kill and remove again until nothing names the profile and it is gone.
+        let needle = self.0.display().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<_> = super::procs::with_cmdline_containing(&needle)
+                .into_iter()
+                .filter(|p| super::procs::alive(*p))
+                .collect();
+            if left.is_empty() {
+                let _ = std::fs::remove_dir_all(&self.0);
+                if !self.0.exists() {
+                    return;
+                }
+            } else {
+                super::procs::kill_all(&left);
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("could not remove browser profile {}", self.0.display());
+                return;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
