@@ -4,5 +4,5 @@
 mod embedder;
 mod tab_model;
 
-pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, load_in_tab};
+pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
 pub use tab_model::{TabModel, WeightUpload};
