@@ -33,9 +33,9 @@ fn bad(msg: String) -> RemoteError {
     RemoteError::new(ErrorKind::BadInput, msg)
 }
 
-/// A weight arriving in parts (`PutWeightPart`), hashed as it comes. For WebNN the bytes gather
-/// in a JS buffer its tensor is written from, so the weight never sits whole in wasm memory;
-/// the other executors take it whole from wasm.
+/// A weight arriving in parts (`PutWeightPart`), hashed as it comes, so it never sits whole in
+/// wasm memory: WebNN gathers the bytes in a JS buffer its tensor is written from, WebGPU
+/// writes each part into the weight's buffer; the CPU executor takes it whole from wasm.
 pub struct PartialWeight {
     index: usize,
     total: usize,
@@ -46,6 +46,7 @@ pub struct PartialWeight {
 
 enum PartBuf {
     Js(js_sys::Uint8Array),
+    Gpu(Rc<wgpu::Buffer>),
     Wasm(Vec<u8>),
 }
 
@@ -141,7 +142,8 @@ impl TabModel {
         if offset == 0 {
             let buf = match self {
                 TabModel::Nn(_) => PartBuf::Js(js_sys::Uint8Array::new_with_length(total as u32)),
-                _ => PartBuf::Wasm(Vec::with_capacity(total)),
+                TabModel::Gpu(_, ex) => PartBuf::Gpu(ex.empty_weight_buffer(total as u64)),
+                TabModel::Cpu(_) => PartBuf::Wasm(Vec::with_capacity(total)),
             };
             *pending = Some(PartialWeight { index, total, received: 0, hasher: ContentHasher::default(), buf });
         }
@@ -152,10 +154,26 @@ impl TabModel {
         if offset + bytes.len() > total {
             return Err(bad(format!("weight {}: part past its {total} bytes", decl.name)));
         }
-        match &mut p.buf {
+        match (&mut p.buf, self) {
             // SAFETY: `set` copies from the view at once; nothing allocates in between.
-            PartBuf::Js(js) => js.set(&unsafe { js_sys::Uint8Array::view(bytes) }.into(), offset as u32),
-            PartBuf::Wasm(v) => v.extend_from_slice(bytes),
+            (PartBuf::Js(js), _) => js.set(&unsafe { js_sys::Uint8Array::view(bytes) }.into(), offset as u32),
+            (PartBuf::Gpu(buf), TabModel::Gpu(_, ex)) => {
+                // Buffer writes go in multiples of 4 bytes at 4-aligned offsets.
+                if !offset.is_multiple_of(4) || (!bytes.len().is_multiple_of(4) && offset + bytes.len() != total) {
+                    return Err(bad(format!("weight {}: parts must be 4-byte aligned", decl.name)));
+                }
+                let mut padded;
+                let data = if bytes.len().is_multiple_of(4) {
+                    bytes
+                } else {
+                    padded = bytes.to_vec();
+                    padded.resize(bytes.len().next_multiple_of(4), 0);
+                    &padded
+                };
+                ex.write_weight(buf, offset as u64, data);
+            }
+            (PartBuf::Wasm(v), _) => v.extend_from_slice(bytes),
+            (PartBuf::Gpu(_), _) => unreachable!("GPU buffers are made for WebGPU models only"),
         }
         p.hasher.update(bytes);
         p.received += bytes.len();
@@ -177,7 +195,8 @@ impl TabModel {
                 let t = Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: v.into() };
                 self.put_weights(index, &[t]).await?;
             }
-            (_, PartBuf::Js(_)) => unreachable!("JS buffers are made for WebNN models only"),
+            (TabModel::Gpu(m, ex), PartBuf::Gpu(buf)) => m.set_weight(ex, index, buf, total as u64)?,
+            (_, PartBuf::Js(_) | PartBuf::Gpu(_)) => unreachable!("made for WebNN and WebGPU models only"),
         }
         Ok((bytes.len() as u64, self.missing_weights()))
     }

@@ -8,12 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use page_runtime::executors::buckets::{batch_bucket, seq_bucket};
-use page_runtime::executors::cpu::CpuModel;
 use serde_json::json;
 use shared_proto::Tensor;
 
 use crate::browser::{BrowserKind, procs};
-use crate::exec::{Backend, load_in_tab};
+use crate::exec::{Backend, cpu_model, load_in_tab};
 use crate::models::minilm::{self, MAX_TOKENS, MiniLm};
 use crate::{Host, Tab};
 
@@ -75,40 +74,7 @@ async fn settled(pids: impl Fn() -> Vec<i32>) -> Sample {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     samples.sort_by_key(|s| s.bytes);
-    if std::env::var_os("TABPOOL_MEMORY_TRACE").is_some() {
-        for pid in pids() {
-            trace_mappings(pid);
-        }
-    }
     samples.swap_remove(samples.len() / 2)
-}
-
-/// The largest mappings of `pid` by PSS (diagnosis only).
-fn trace_mappings(pid: i32) {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return };
-    let mut maps: Vec<(u64, u64, String)> = Vec::new();
-    let mut cur = String::new();
-    let mut size = 0;
-    for l in s.lines() {
-        if let Some(v) = l.strip_prefix("Pss:") {
-            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-            maps.push((kb, size, cur.clone()));
-        } else if let Some(v) = l.strip_prefix("Size:") {
-            size = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-        } else if l.contains('-') && !l.contains(':')
-            || l.split_whitespace()
-                .next()
-                .is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-        {
-            cur = l.to_string();
-        }
-    }
-    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
-    let total: u64 = maps.iter().map(|m| m.0).sum();
-    eprintln!("pid {pid} ({}): {} MiB PSS", role(pid), total / 1024);
-    for (kb, size, name) in maps.iter().take(14) {
-        eprintln!("   {:>8} kB pss of {:>10} kB  {name}", kb, size);
-    }
 }
 
 /// Every (batch, seq) bucket the WebNN executor compiles a graph for (`buckets.rs`), for
@@ -179,24 +145,28 @@ impl Row {
 /// The host's own memory around loading MiniLM on the CPU executor and serving the ladder.
 /// Runs before any other row: once the host has loaded (and freed) a model, its allocator reuses
 /// those pages and a later measurement would understate the growth.
-async fn host_cpu_row(text_ids_model: &mut Option<MiniLm>) -> anyhow::Result<Row> {
-    let me = || vec![std::process::id() as i32];
-    let empty = settled(me).await;
-    let model = MiniLm::load(None)?;
+async fn host_cpu_row() -> anyhow::Result<Row> {
+    let me = || async {
+        let mut s = settled(|| vec![std::process::id() as i32]).await;
+        s.by_role = BTreeMap::from([("tabpool (this process)".to_string(), s.bytes)]);
+        s
+    };
+    let empty = me().await;
+    let mut model = MiniLm::load(None)?;
     let weight_bytes = model.weights.iter().map(|w| w.data.len() as u64).sum();
-    let cpu = CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // As `embed --backend cpu` holds it: the executor takes the loader's weights.
+    let cpu = cpu_model(&mut model)?;
     let ids = long_text_ids(&model)?;
     let run = |b, s| tokio::task::block_in_place(|| cpu.run(&inputs(&ids, b, s))).map_err(|e| anyhow::anyhow!("{e}"));
     run(1, seq_bucket(3))?;
-    let loaded = settled(me).await;
+    let loaded = me().await;
     let shapes = size_ladder();
     let t = Instant::now();
     for &(b, s) in &shapes {
         run(b, s)?;
     }
     let serve_s = t.elapsed().as_secs_f64();
-    let served = settled(me).await;
-    *text_ids_model = Some(model);
+    let served = me().await;
     Ok(Row {
         backend: "cpu".into(),
         what: "the host process itself (PSS of /proc/self): MiniLM read, CPU executor built, ladder served".into(),
@@ -221,19 +191,7 @@ async fn tab_row(host: &mut Host, model: &MiniLm, backend: Backend) -> anyhow::R
         let shapes = if backend == Backend::Webnn { webnn_buckets() } else { size_ladder() };
         let t = Instant::now();
         for &(b, s) in &shapes {
-            let t0 = Instant::now();
             tm.run(inputs(&ids, b, s)).await.map_err(|e| e.context(format!("serving {b}×{s}")))?;
-            if std::env::var_os("TABPOOL_MEMORY_TRACE").is_some() {
-                let first = t0.elapsed().as_secs_f64() * 1e3;
-                let t1 = Instant::now();
-                tm.run(inputs(&ids, b, s)).await?;
-                let second = t1.elapsed().as_secs_f64() * 1e3;
-                let now = sample(&pids(host, id));
-                eprintln!(
-                    "after {b}×{s}: {:.1} MiB above empty; first run {first:.0} ms, second {second:.0} ms",
-                    mib(now.bytes as i64 - empty.bytes as i64)
-                );
-            }
         }
         let serve_s = t.elapsed().as_secs_f64();
         let served = settled(|| pids(host, id)).await;
@@ -268,14 +226,10 @@ fn mib(b: i64) -> f64 {
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    let mut model = None;
     if args.backends.contains(&Backend::Cpu) {
-        rows.push(host_cpu_row(&mut model).await?);
+        rows.push(host_cpu_row().await?);
     }
-    let model = match model {
-        Some(m) => m,
-        None => MiniLm::load(None)?,
-    };
+    let model = MiniLm::load(None)?;
     for b in [Backend::Webnn, Backend::Webgpu] {
         if args.backends.contains(&b) {
             eprintln!("bench memory: {b:?} tab…");

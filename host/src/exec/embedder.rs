@@ -134,9 +134,10 @@ impl Embedder {
         }
     }
 
-    fn on_cpu(model: MiniLm) -> anyhow::Result<Embedder> {
+    fn on_cpu(mut model: MiniLm) -> anyhow::Result<Embedder> {
         let t = Instant::now();
-        let cpu = CpuModel::new(model.graph.clone(), model.weights.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let weight_bytes = model.weights.iter().map(|w| w.data.len() as u64).sum();
+        let cpu = cpu_model(&mut model)?;
         let load = LoadReport {
             backend: "cpu".into(),
             browser: None,
@@ -144,7 +145,7 @@ impl Embedder {
             tab_start_ms: 0.0,
             load_ms: t.elapsed().as_secs_f64() * 1e3,
             prepare_ms: 0.0,
-            weight_bytes: model.weights.iter().map(|w| w.data.len() as u64).sum(),
+            weight_bytes,
             adapter: None,
             calibration: vec![],
             user_agent: None,
@@ -383,6 +384,12 @@ async fn load_as_remembered(
             Err(e)
         }
     }
+}
+
+/// The CPU executor for `model`, taking its weights: the executor keeps them as f32 arrays, so
+/// the loader's bytes are dropped and the host holds the model once, not twice.
+pub fn cpu_model(model: &mut MiniLm) -> anyhow::Result<CpuModel> {
+    CpuModel::new(model.graph.clone(), std::mem::take(&mut model.weights)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Keep the calibrated model at `chosen` (if it is one of the tab's); unload every other one.

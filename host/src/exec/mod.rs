@@ -5,6 +5,6 @@ mod embedder;
 pub mod remembered;
 mod tab_model;
 
-pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, load_in_tab};
+pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
 pub use remembered::CalibrationCache;
 pub use tab_model::{TabModel, WeightUpload};

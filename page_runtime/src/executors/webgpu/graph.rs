@@ -139,6 +139,23 @@ impl GpuModel {
         Ok(bytes)
     }
 
+    /// Store weight `index` from a buffer already written (`PutWeightPart`; checked by the caller).
+    pub(crate) fn set_weight(
+        &self,
+        ex: &WebGpuExecutor,
+        index: usize,
+        buf: Rc<wgpu::Buffer>,
+        bytes: u64,
+    ) -> Result<(), RemoteError> {
+        ex.alive()?;
+        let mut weights = self.weights.borrow_mut();
+        if weights[index].is_none() {
+            self.weight_bytes.set(self.weight_bytes.get() + bytes);
+        }
+        weights[index] = Some(buf);
+        Ok(())
+    }
+
     pub fn missing_weights(&self) -> usize {
         self.weights.borrow().iter().filter(|w| w.is_none()).count()
     }

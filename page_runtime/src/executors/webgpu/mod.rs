@@ -204,9 +204,15 @@ fn unsupported(msg: String) -> RemoteError {
     RemoteError::new(ErrorKind::Unsupported, msg)
 }
 
+/// Idle pooled buffers kept between runs. A batch of 32 typical sentences (~600 tokens) works
+/// in buffers of at most 4 MB; the largest (32 × 256 tokens) in hundreds of MB that are cheaper
+/// to allocate again than to keep (on software adapters buffers are host memory of the GPU
+/// process, and a run of that size takes minutes there).
+const POOL_BYTES: u64 = 32 << 20;
+
 impl WebGpuExecutor {
     pub fn new(gpu: Gpu) -> Self {
-        WebGpuExecutor { gpu, pipelines: RefCell::default(), pool: BufferPool::new(512 << 20) }
+        WebGpuExecutor { gpu, pipelines: RefCell::default(), pool: BufferPool::new(POOL_BYTES) }
     }
 
     pub fn caps(&self) -> &WebGpuCaps {
@@ -317,15 +323,30 @@ impl WebGpuExecutor {
 
     /// A model-owned buffer for a weight (outlives any run; not pooled).
     pub(crate) fn weight_buffer(&self, t: &Tensor) -> Rc<wgpu::Buffer> {
-        let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let buf = self.empty_weight_buffer(t.data.len() as u64);
+        self.write_weight(&buf, 0, &t.data);
+        buf
+    }
+
+    /// A model-owned buffer of `bytes` for a weight, written later (`write_weight`).
+    pub(crate) fn empty_weight_buffer(&self, bytes: u64) -> Rc<wgpu::Buffer> {
+        Rc::new(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             // Multiple of 16 so kernels may view it as array<vec4<f32>>.
-            size: (t.data.len() as u64).max(16).next_multiple_of(16),
+            size: bytes.max(16).next_multiple_of(16),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        });
-        self.gpu.queue.write_buffer(&buf, 0, &t.data);
-        Rc::new(buf)
+        }))
+    }
+
+    /// Write `data` at `offset` of a weight buffer, at most `WRITE_CHUNK` bytes per call: the
+    /// browser's WebGPU command channel grows to its largest command and keeps that size (a
+    /// whole 47 MB embedding table written at once held 47 MB of shared memory for good).
+    pub(crate) fn write_weight(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        const WRITE_CHUNK: usize = 1 << 20;
+        for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
+            self.gpu.queue.write_buffer(buf, offset + (i * WRITE_CHUNK) as u64, chunk);
+        }
     }
 
     /// A model-owned buffer holding `parts` back to back (copied on the device, submitted now so
@@ -436,6 +457,9 @@ impl WebGpuExecutor {
         }
         let t0 = now_ms();
         self.gpu.queue.submit([encoder.finish()]);
+        // Recording and submitting have no await between them, so every dispatch that could
+        // bind an idle buffer is in this submission (or an earlier one).
+        self.pool.trim();
         let mut waits = Vec::with_capacity(staged.len());
         for (staging, bytes) in &staged {
             let (tx, rx) = futures_channel::oneshot::channel();

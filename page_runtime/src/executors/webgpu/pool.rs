@@ -35,7 +35,10 @@ struct Free {
     bytes: u64,
 }
 
-/// Free buffers by (kind, bucket size), capped at `max_bytes` so idle memory stays bounded.
+/// Free buffers by (kind, bucket size). A run takes back what it releases while it records
+/// (however much), and after each submission the pool is trimmed to `max_bytes` so idle memory
+/// stays bounded: a buffer released mid-recording may still be bound by a dispatch not yet
+/// submitted, and destroying it then would fail that submission.
 pub struct BufferPool {
     free: Rc<RefCell<Free>>,
     max_bytes: u64,
@@ -46,7 +49,6 @@ pub struct Pooled {
     buffer: Option<wgpu::Buffer>,
     key: Key,
     free: Rc<RefCell<Free>>,
-    max_bytes: u64,
 }
 
 impl Deref for Pooled {
@@ -70,12 +72,8 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let Some(buffer) = self.buffer.take() else { return };
         let mut free = self.free.borrow_mut();
-        if free.bytes + self.key.1 <= self.max_bytes {
-            free.bytes += self.key.1;
-            free.buffers.entry(self.key).or_default().push(buffer);
-        } else {
-            buffer.destroy();
-        }
+        free.bytes += self.key.1;
+        free.buffers.entry(self.key).or_default().push(buffer);
     }
 }
 
@@ -107,7 +105,24 @@ impl BufferPool {
                 mapped_at_creation: false,
             })
         });
-        Pooled { buffer: Some(buffer), key, free: self.free.clone(), max_bytes: self.max_bytes }
+        Pooled { buffer: Some(buffer), key, free: self.free.clone() }
+    }
+
+    /// Destroy idle buffers, largest first, until at most `max_bytes` are kept. Call right after
+    /// a submission: nothing unsubmitted binds an idle buffer then, and work already submitted
+    /// may still use one (WebGPU keeps it alive until that work completes).
+    pub fn trim(&self) {
+        let mut free = self.free.borrow_mut();
+        while free.bytes > self.max_bytes {
+            let Some(key) = free.buffers.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| *k).max_by_key(|k| k.1)
+            else {
+                break;
+            };
+            if let Some(b) = free.buffers.get_mut(&key).and_then(Vec::pop) {
+                b.destroy();
+                free.bytes -= key.1;
+            }
+        }
     }
 
     /// Buffers currently parked in the pool (for tests and metrics).

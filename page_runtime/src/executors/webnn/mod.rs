@@ -1,7 +1,9 @@
 //! The WebNN executor: the operator graph translated to an `MLGraph` per shape bucket (batch and
-//! sequence rounded up, inputs zero-padded, outputs cropped), built once and cached. Tensors go
-//! through createTensor / writeTensor / dispatch / readTensor. An op or shape WebNN rejects is
-//! reported as `Unsupported` naming the op, so the host can run the model elsewhere.
+//! sequence rounded up, inputs zero-padded, outputs cropped), cached within a memory budget.
+//! The weights are written once into shared `MLTensor`s every bucket graph takes as inputs (as
+//! constants, each graph would hold its own copy of them). Tensors go through createTensor /
+//! writeTensor / dispatch / readTensor. An op or shape WebNN rejects is reported as
+//! `Unsupported` naming the op, so the host can run the model elsewhere.
 
 mod bindings;
 mod ops;
