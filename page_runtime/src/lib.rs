@@ -3,6 +3,7 @@
 //! host uses it as its fallback and as the reference in tests.
 
 pub mod executors;
+pub mod sessions;
 
 #[cfg(target_arch = "wasm32")]
 mod caps;

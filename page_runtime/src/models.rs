@@ -116,7 +116,7 @@ impl TabModel {
         }
     }
 
-    fn graph(&self) -> &Graph {
+    pub fn graph(&self) -> &Graph {
         match self {
             TabModel::Gpu(m, _) => m.graph(),
             TabModel::Nn(m) => m.graph(),
@@ -135,7 +135,7 @@ impl TabModel {
         bytes: &[u8],
     ) -> Result<(u64, usize), RemoteError> {
         let decl = self.graph().weights.get(index).ok_or_else(|| bad(format!("weight index {index} out of range")))?;
-        let expected = decl.shape.iter().map(|&d| d as usize).product::<usize>() * decl.dtype.size();
+        let expected = decl.dtype.byte_len(&decl.shape).unwrap_or(u64::MAX) as usize;
         if total != expected {
             return Err(bad(format!("weight {}: {total} bytes announced, its shape holds {expected}", decl.name)));
         }

@@ -16,6 +16,7 @@ use crate::caps;
 use crate::executors::webgpu::{self, WebGpuExecutor};
 use crate::executors::webnn::{self, WebNn};
 use crate::models::{PartialWeight, TabModel};
+use crate::sessions::{self, Sessions};
 use crate::socket::{self, Event, Socket};
 
 /// WebSocket close code for a protocol violation (RFC 6455 §7.4.1).
@@ -84,6 +85,7 @@ async fn serve() -> Result<(), String> {
         models: RefCell::default(),
         webnn: RefCell::default(),
         parts: RefCell::default(),
+        sessions: RefCell::default(),
     });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
@@ -133,6 +135,10 @@ struct TabState {
     webnn: RefCell<HashMap<String, Rc<WebNn>>>,
     /// A weight arriving in parts, per model.
     parts: RefCell<HashMap<String, PartialWeight>>,
+    /// Generation sessions per stateful model (their KV rows live in the model's executor), and
+    /// whether a step of that model is running: steps of one model go one at a time (the host
+    /// batches sessions into one step; two interleaved steps would plan from the same lengths).
+    sessions: RefCell<HashMap<String, (Sessions, bool)>>,
 }
 
 type Answer = (Result<Reply, RemoteError>, Vec<Tensor>);
@@ -202,8 +208,14 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 shared_proto::ExecBackend::WebGpu => (None, gpu(state).await),
                 shared_proto::ExecBackend::Cpu => (None, None),
             };
+            let kv = graph.kv;
             let m = TabModel::new(graph, &backend, ex, nn)?;
             state.parts.borrow_mut().remove(&model);
+            // A reloaded model starts with an empty cache: its old sessions are gone.
+            match kv {
+                Some(kv) => state.sessions.borrow_mut().insert(model.clone(), (Sessions::new(kv), false)),
+                None => state.sessions.borrow_mut().remove(&model),
+            };
             state.models.borrow_mut().insert(model, m);
             (Ok(Reply::ModelDeclared), Vec::new())
         }
@@ -234,6 +246,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         }
         Request::UnloadModel { model } => {
             state.parts.borrow_mut().remove(&model);
+            state.sessions.borrow_mut().remove(&model);
             state.models.borrow_mut().remove(&model);
             (Ok(Reply::Unloaded), Vec::new())
         }
@@ -248,7 +261,59 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             }
             (Ok(Reply::DeviceDestroyed { webgpu: ex.is_some(), webnn_contexts: contexts.len() as u32 }), Vec::new())
         }
+        Request::OpenSession { model: name, session, capacity } => {
+            model(&name)?;
+            let mut all = state.sessions.borrow_mut();
+            let (s, _) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+            (Ok(Reply::SessionOpened { kv_bytes: s.open(session, capacity)? }), Vec::new())
+        }
+        Request::CloseSession { model: name, session } => {
+            let mut all = state.sessions.borrow_mut();
+            let (s, _) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+            if !s.close(session) {
+                return Err(RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")));
+            }
+            (Ok(Reply::SessionClosed), Vec::new())
+        }
+        Request::Step { model: name, rows } => {
+            let m = model(&name)?;
+            let plan = {
+                let mut all = state.sessions.borrow_mut();
+                let (s, busy) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+                if *busy {
+                    return Err(RemoteError::new(
+                        ErrorKind::BadInput,
+                        format!("a step of {name:?} is already running: send one step at a time"),
+                    ));
+                }
+                let plan = s.plan(&rows, sessions::vocab(m.graph()))?;
+                *busy = true;
+                plan
+            };
+            let run = m.run(&plan.inputs).await;
+            let mut all = state.sessions.borrow_mut();
+            // The model may have been unloaded or reloaded meanwhile: then its sessions are gone.
+            let entry = all.get_mut(&name);
+            if let Some((_, busy)) = entry {
+                *busy = false;
+            }
+            let run = run?;
+            let tokens: Vec<u32> = run
+                .outputs
+                .first()
+                .filter(|t| t.dtype == shared_proto::DType::I32 && t.shape == [rows.len() as u32])
+                .map(|t| t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect())
+                .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "a step must output one i32 token per row"))?;
+            if let Some((s, _)) = all.get_mut(&name) {
+                s.commit(&plan);
+            }
+            (Ok(Reply::Stepped { tokens, device_ms: run.device_ms }), Vec::new())
+        }
     })
+}
+
+fn not_stateful(name: &str) -> RemoteError {
+    RemoteError::new(ErrorKind::BadInput, format!("model {name:?} keeps no sessions (its graph has no KV cache)"))
 }
 
 fn send(socket: &Socket, frame: Frame<ToHost>) -> Result<(), String> {

@@ -87,7 +87,10 @@ fn check_tensor_meta(dtype: DType, shape: &[u32], byte_len: u64, limits: &Limits
     if elements > limits.max_elements {
         return Err(ProtoError::TooManyElements { got: elements, limit: limits.max_elements });
     }
-    let expected = elements * dtype.size() as u64;
+    // Block dtypes: the last axis must be whole blocks, and the payload is checked per block.
+    let Some(expected) = dtype.byte_len(shape) else {
+        return Err(ProtoError::PartialBlock { dtype, shape: shape.to_vec() });
+    };
     if byte_len != expected {
         return Err(ProtoError::PayloadSize { got: byte_len, expected });
     }

@@ -24,6 +24,8 @@ pub enum ProtoError {
     TooManyElements { got: u64, limit: u64 },
     #[error("tensor payload is {got} bytes, its shape and dtype need {expected}")]
     PayloadSize { got: u64, expected: u64 },
+    #[error("a {dtype:?} tensor of shape {shape:?} is not a whole number of blocks along its last axis")]
+    PartialBlock { dtype: crate::tensor::DType, shape: Vec<u32> },
     #[error("{0} trailing bytes after the last tensor")]
     TrailingBytes(usize),
     #[error("header does not encode: {0}")]
@@ -41,6 +43,9 @@ pub enum ErrorKind {
     /// The GPU device was lost; the tab may recover by re-creating it.
     DeviceLost,
     OutOfMemory,
+    /// A limit of the tab is full (sessions per model, KV-cache tokens): another replica, or this
+    /// one later, may have room. Nothing was changed.
+    Capacity,
     /// A bug or an unexpected browser error.
     Internal,
 }

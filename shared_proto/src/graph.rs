@@ -42,13 +42,16 @@ pub enum Op {
     // --- matmul family ---
     /// `a[.., M, K] · b[K, N]`.
     MatMul,
-    /// `x[.., K] · w[N, K]ᵀ (+ bias[N])`: weights stored as PyTorch does.
+    /// `x[.., K] · w[N, K]ᵀ (+ bias[N])`: weights stored as PyTorch does. `w` may be F32 or a
+    /// block dtype (Q4_1, Q8_0), dequantized inside the kernel.
     Linear {
         bias: bool,
     },
     // --- binary family: `b`'s shape must be a suffix of `a`'s (broadcast over leading dims) ---
     Add,
     Mul,
+    /// `silu(gate) · up` (SwiGLU's gating), same shapes: `gate, up`.
+    SiluMul,
     // --- unary family ---
     /// Exact GELU: `x · Φ(x)` with the error function.
     Gelu,
@@ -58,6 +61,10 @@ pub enum Op {
         eps: f32,
     },
     Softmax,
+    /// `x / sqrt(mean(x²) + eps) · gamma`: `x[.., H]`, `gamma[H]`.
+    RmsNorm {
+        eps: f32,
+    },
     /// `x[B, S, H]`, `mask[B, S]` (1 keep / 0 pad) → `[B, H]`: mean over kept positions.
     MeanPool,
     /// `x / max(‖x‖₂, eps)` per row.
@@ -65,7 +72,8 @@ pub enum Op {
         eps: f32,
     },
     // --- reindex family ---
-    /// `table[V, H]`, `ids[..]` (i32) → `[.., H]`.
+    /// `table[V, H]`, `ids[..]` (i32) → `[.., H]`. The table may be a block dtype (rows
+    /// dequantized as they are gathered).
     Gather,
     /// New shape; one entry may be -1 (inferred).
     Reshape {
@@ -74,6 +82,34 @@ pub enum Op {
     /// Permutation of the axes.
     Transpose {
         perm: Vec<u8>,
+    },
+    /// Rotary position embedding on interleaved pairs (GGUF's layout, ggml "normal" mode):
+    /// `x[T, heads·d]`, `pos[T]` (i32) → same shape; pair `(2i, 2i+1)` of each head rotated by
+    /// `pos · base^(-2i/d)`.
+    Rope {
+        heads: u32,
+        base: f32,
+    },
+    // --- sampling: logits in, token ids out (so only ids cross the socket) ---
+    /// `logits[R, V]` → `[R]` i32: index of the largest (the first among equals).
+    Argmax,
+    /// `logits[R, V]`, `params[R, 4]` = (temperature, top_k, top_p, u) → `[R]` i32. Temperature
+    /// ≤ 0 is argmax; otherwise softmax(logits / temperature) restricted to the `top_k` most
+    /// likely (0: all), then to the smallest prefix whose mass reaches `top_p`, renormalised, and
+    /// the token where the cumulative mass first exceeds `u · mass` (`u` in [0, 1): drawn by the
+    /// caller from its seed, so a replay draws the same token).
+    Sample,
+    // --- stateful: reads and writes the model's KV cache (`Graph::kv`) ---
+    /// Causal grouped-query attention over the KV cache of layer `layer`:
+    /// `q[T, heads·d]`, `k, v[T, kv_heads·d]`, `pos[T]`, `kv_start[T]` (i32) → `[T, heads·d]`.
+    /// First every row `t` writes its `k, v` at cache row `kv_start[t] + pos[t]`; then row `t`
+    /// attends (scale `1/√d`) over cache rows `kv_start[t] ..= kv_start[t] + pos[t]`, query head
+    /// `h` reading kv head `h / (heads / kv_heads)`. Rows of different sessions (different
+    /// `kv_start`) run in one dispatch: that is continuous batching.
+    CachedAttention {
+        layer: u32,
+        heads: u32,
+        kv_heads: u32,
     },
     // --- fused ---
     /// Multi-head self-attention core: `q, k, v [B, S, H]`, `mask [B, S]` →
@@ -87,7 +123,10 @@ impl Op {
     /// Number of arguments the op takes.
     pub fn arity(&self) -> usize {
         match self {
-            Op::MatMul | Op::Add | Op::Mul | Op::MeanPool | Op::Gather => 2,
+            Op::MatMul | Op::Add | Op::Mul | Op::MeanPool | Op::Gather | Op::SiluMul | Op::RmsNorm { .. } => 2,
+            Op::Rope { .. } | Op::Sample => 2,
+            Op::Argmax => 1,
+            Op::CachedAttention { .. } => 5,
             Op::Linear { bias } => 2 + *bias as usize,
             Op::Gelu | Op::Softmax | Op::L2Normalize { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1,
             Op::LayerNorm { .. } => 3,
@@ -110,6 +149,12 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Transpose { .. } => "transpose",
             Op::Attention { .. } => "attention",
+            Op::SiluMul => "silu_mul",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Rope { .. } => "rope",
+            Op::Argmax => "argmax",
+            Op::Sample => "sample",
+            Op::CachedAttention { .. } => "cached_attention",
         }
     }
 }
@@ -120,12 +165,43 @@ pub struct Node {
     pub args: Vec<u32>,
 }
 
+/// The KV cache a stateful graph keeps in the tab between runs: per layer, `max_tokens` rows of
+/// `kv_heads · head_dim` keys and as many values (f32). Sessions own contiguous row ranges of it
+/// (the tab allocates them at `OpenSession`), so its size is the tab's KV memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvDecl {
+    pub layers: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub max_tokens: u32,
+    /// Most sessions open at once on one copy of the model.
+    pub max_sessions: u32,
+}
+
+/// The inputs of a stateful graph, in this order; the tab builds them from its sessions for each
+/// `Step` (T tokens over R sessions): `ids[T]`, `pos[T]`, `kv_start[T]`, `rows[R]` (the token row
+/// each session samples after) and `sampling[R, 4]` (see `Op::Sample`).
+pub const STEP_INPUTS: [(&str, DType); 5] =
+    [("ids", DType::I32), ("pos", DType::I32), ("kv_start", DType::I32), ("rows", DType::I32), ("sampling", DType::F32)];
+
+impl KvDecl {
+    /// Bytes of the whole cache (keys and values of every layer).
+    pub fn bytes(&self) -> u64 {
+        2 * 4 * self.layers as u64 * self.kv_heads as u64 * self.head_dim as u64 * self.max_tokens as u64
+    }
+}
+
+/// Largest KV cache a graph may declare (bytes).
+pub const MAX_KV_BYTES: u64 = 4 << 30;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     pub inputs: Vec<InputDecl>,
     pub weights: Vec<WeightDecl>,
     pub nodes: Vec<Node>,
     pub outputs: Vec<u32>,
+    /// The KV cache of a stateful (generation) graph; `None` for stateless ones.
+    pub kv: Option<KvDecl>,
 }
 
 /// Largest graph accepted (MiniLM-L6 has ~120 nodes; SmolLM2 ~600).
@@ -146,6 +222,8 @@ pub enum GraphError {
     BadWeight(String, String),
     #[error("input {0:?}: {1}")]
     BadInput(String, String),
+    #[error("KV cache {0}")]
+    BadKv(String),
     #[error("node {node}: {message}")]
     BadAttr { node: usize, message: String },
 }
@@ -218,6 +296,7 @@ impl Graph {
                 || w.shape.len() > frame.max_rank
                 || w.shape.contains(&0)
                 || element_count(&w.shape) > frame.max_elements
+                || w.dtype.byte_len(&w.shape).is_none()
             {
                 return Err(GraphError::BadWeight(w.name.clone(), format!("shape {:?}", w.shape)));
             }
@@ -237,10 +316,40 @@ impl Graph {
                 Op::Transpose { perm } if !is_permutation(perm) => {
                     return Err(bad(format!("transpose perm {perm:?} is not a permutation")));
                 }
-                Op::LayerNorm { eps } | Op::L2Normalize { eps } if !(eps.is_finite() && *eps >= 0.0) => {
+                Op::LayerNorm { eps } | Op::L2Normalize { eps } | Op::RmsNorm { eps }
+                    if !(eps.is_finite() && *eps >= 0.0) =>
+                {
                     return Err(bad(format!("eps {eps}")));
                 }
+                Op::Rope { heads, base } if *heads == 0 || !(base.is_finite() && *base > 1.0) => {
+                    return Err(bad(format!("rope heads {heads}, base {base}")));
+                }
+                Op::CachedAttention { layer, heads, kv_heads } => {
+                    let Some(kv) = &self.kv else { return Err(bad("cached attention in a graph without a KV cache".into())) };
+                    if *layer >= kv.layers || *kv_heads != kv.kv_heads || *heads == 0 || heads % kv_heads != 0 {
+                        return Err(bad(format!(
+                            "cached attention layer {layer}, heads {heads}/{kv_heads}: cache has {} layers of {} kv heads",
+                            kv.layers, kv.kv_heads
+                        )));
+                    }
+                }
                 _ => {}
+            }
+        }
+        if let Some(kv) = &self.kv
+            && (kv.layers == 0
+                || kv.kv_heads == 0
+                || kv.head_dim == 0
+                || kv.max_tokens == 0
+                || kv.max_sessions == 0
+                || kv.bytes() > MAX_KV_BYTES)
+        {
+            return Err(GraphError::BadKv(format!("{kv:?} (limit {MAX_KV_BYTES} bytes)")));
+        }
+        if self.kv.is_some() {
+            let names: Vec<(&str, DType)> = self.inputs.iter().map(|d| (d.name.as_str(), d.dtype)).collect();
+            if names != STEP_INPUTS {
+                return Err(GraphError::BadKv(format!("a stateful graph takes inputs {STEP_INPUTS:?}, got {names:?}")));
             }
         }
         let total = self.value_count() as u32;
@@ -274,6 +383,7 @@ mod tests {
                 Node { op: Op::Gelu, args: vec![2] },
             ],
             outputs: vec![3],
+            kv: None,
         }
     }
 

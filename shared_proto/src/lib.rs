@@ -11,14 +11,17 @@ pub mod error;
 pub mod graph;
 pub mod limits;
 pub mod messages;
+pub mod quant;
 pub mod tensor;
 pub mod version;
 
 pub use caps::{AdapterInfo, Capabilities, WebGpuCaps, WebNnCaps, WebNnContextProbe};
 pub use codec::{Frame, decode, encode};
 pub use error::{ErrorKind, ProtoError, RemoteError};
-pub use graph::{Dim, Graph, GraphError, InputDecl, Node, Op, ValueRef, WeightDecl};
+pub use graph::{Dim, Graph, GraphError, InputDecl, KvDecl, Node, Op, STEP_INPUTS, ValueRef, WeightDecl};
 pub use limits::Limits;
-pub use messages::{ExecBackend, Hello, Kernel, MatMulVariant, RejectReason, Reply, Request, ToHost, ToTab};
+pub use messages::{
+    ExecBackend, Hello, Kernel, MatMulVariant, RejectReason, Reply, Request, Sampling, StepRow, ToHost, ToTab,
+};
 pub use tensor::{ContentHasher, DType, Tensor, content_hash};
 pub use version::PROTOCOL_VERSION;

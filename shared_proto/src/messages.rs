@@ -88,6 +88,43 @@ pub enum Request {
     /// injection for recovery tests. Models on them fail with `DeviceLost`; the next `LoadModel`
     /// gets a new device or context.
     LoseDevice,
+    /// Open generation session `session` on stateful `model`, reserving `capacity` tokens of its
+    /// KV cache (prompt plus everything it may generate). Refused with `Capacity` when the
+    /// model's session limit or KV cache is full; nothing is reserved then.
+    OpenSession {
+        model: String,
+        session: u64,
+        capacity: u32,
+    },
+    /// Advance sessions of `model` together in one run (continuous batching): each row appends
+    /// its `tokens` (a prompt, a prompt chunk, or the last sampled token) to its session's KV
+    /// cache and samples one next token from the logits after its last token.
+    Step {
+        model: String,
+        rows: Vec<StepRow>,
+    },
+    /// Free a session's KV rows (finished, cancelled, or abandoned by its client).
+    CloseSession {
+        model: String,
+        session: u64,
+    },
+}
+
+/// One session's share of a [`Request::Step`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    pub session: u64,
+    pub tokens: Vec<u32>,
+    pub sampling: Sampling,
+}
+
+/// How a row's next token is chosen. Sampling draws its uniform number from
+/// `(seed, the position of the token it samples)`, so a session replayed elsewhere after a
+/// recovery samples the same tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Sampling {
+    Greedy,
+    TopKP { temperature: f32, top_k: u32, top_p: f32, seed: u64 },
 }
 
 /// A single kernel on the tab's WebGPU device (the operator graph comes later).
@@ -161,4 +198,14 @@ pub enum Reply {
         webgpu: bool,
         webnn_contexts: u32,
     },
+    /// `kv_bytes` of the model's KV cache reserved for the session.
+    SessionOpened {
+        kv_bytes: u64,
+    },
+    /// One sampled token per row of the `Step`, in row order; `device_ms` as in `Ran`.
+    Stepped {
+        tokens: Vec<u32>,
+        device_ms: f64,
+    },
+    SessionClosed,
 }

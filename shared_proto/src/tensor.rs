@@ -11,14 +11,44 @@ pub enum DType {
     I32 = 2,
     U32 = 3,
     U8 = 4,
+    /// GGUF/ggml Q4_1 blocks along the last axis: 32 weights in 20 bytes
+    /// ([`crate::quant::BlockQ4_1`]). The shape counts weights, not bytes.
+    Q4_1 = 5,
+    /// GGUF/ggml Q8_0 blocks along the last axis: 32 weights in 34 bytes ([`crate::quant::BlockQ8_0`]).
+    Q8_0 = 6,
 }
 
 impl DType {
+    /// Bytes per element of a plain dtype; for a block dtype, bytes per block (see [`DType::block`]).
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 => 2,
             DType::U8 => 1,
+            DType::Q4_1 => crate::quant::BlockQ4_1::BYTES,
+            DType::Q8_0 => crate::quant::BlockQ8_0::BYTES,
+        }
+    }
+
+    /// `(weights per block, bytes per block)` of a block-quantized dtype; `None` for plain ones.
+    pub fn block(self) -> Option<(usize, usize)> {
+        match self {
+            DType::Q4_1 => Some((crate::quant::QK, crate::quant::BlockQ4_1::BYTES)),
+            DType::Q8_0 => Some((crate::quant::QK, crate::quant::BlockQ8_0::BYTES)),
+            _ => None,
+        }
+    }
+
+    /// Bytes a tensor of `shape` takes, or `None` when a block dtype's last axis is not a whole
+    /// number of blocks (or the shape is empty). Saturating, like [`element_count`].
+    pub fn byte_len(self, shape: &[u32]) -> Option<u64> {
+        let elements = element_count(shape);
+        match self.block() {
+            None => Some(elements.saturating_mul(self.size() as u64)),
+            Some((per, bytes)) => {
+                let last = *shape.last()? as usize;
+                (last % per == 0).then(|| (elements / per as u64).saturating_mul(bytes as u64))
+            }
         }
     }
 
@@ -29,6 +59,8 @@ impl DType {
             2 => DType::I32,
             3 => DType::U32,
             4 => DType::U8,
+            5 => DType::Q4_1,
+            6 => DType::Q8_0,
             _ => return None,
         })
     }

@@ -348,6 +348,9 @@ fn categorise(e: &anyhow::Error) -> Category {
             ErrorKind::BadInput => Category::BadInput,
             ErrorKind::DeviceLost | ErrorKind::OutOfMemory => Category::DeviceLost,
             ErrorKind::Unsupported | ErrorKind::Internal => Category::ModelError,
+            // Only generation sessions can hit a tab's session or KV limits, and they do not take
+            // this embedding path; should one arrive here, retrying elsewhere is right.
+            ErrorKind::Capacity => Category::ModelError,
         },
         _ => Category::ModelError,
     }

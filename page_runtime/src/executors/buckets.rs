@@ -144,6 +144,7 @@ mod tests {
             weights: vec![],
             nodes: vec![node(Op::Gelu, vec![0]), node(Op::Add, vec![1, 0]), node(Op::Gelu, vec![2])],
             outputs: vec![3],
+            kv: None,
         };
         let shapes = crate::executors::shapes::graph_shapes(&g, &[vec![2, 4, 8]]).unwrap();
         let one = 2 * 4 * 8 * 4;
@@ -157,6 +158,7 @@ mod tests {
             weights: vec![],
             nodes: vec![node(Op::Attention { heads: 2 }, vec![0, 0, 0, 1])],
             outputs: vec![2],
+            kv: None,
         };
         let shapes = crate::executors::shapes::graph_shapes(&g, &[vec![2, 4, 8], vec![2, 4]]).unwrap();
         assert_eq!(activation_bytes(&g, &shapes), one + 2 * 2 * 2 * 4 * 4 * 4);

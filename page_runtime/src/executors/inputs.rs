@@ -110,6 +110,7 @@ mod tests {
             weights: vec![],
             nodes: vec![],
             outputs: vec![],
+            kv: None,
         };
         let m = super::minimal(&g);
         assert_eq!(m.iter().map(|t| t.data.len()).collect::<Vec<_>>(), [12, 12, 6], "f16 is 2 bytes an element");

@@ -35,6 +35,21 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
         }
         Ok(())
     };
+    // A weight operand: f32, or a block dtype whose kernels dequantize it.
+    let want_weight = |i: usize| -> Result<(), RemoteError> {
+        if dtypes[i] != DType::F32 && dtypes[i].block().is_none() {
+            return Err(bad(op, format!("argument {i} must be f32 or block-quantized, got {:?}", dtypes[i])));
+        }
+        Ok(())
+    };
+    let want_i32 = |idx: &[usize]| -> Result<(), RemoteError> {
+        for &i in idx {
+            if dtypes[i] != DType::I32 {
+                return Err(bad(op, format!("argument {i} must be i32, got {:?}", dtypes[i])));
+            }
+        }
+        Ok(())
+    };
     let last = |s: &[u32]| s.last().copied().unwrap_or(0);
     match op {
         Op::MatMul => {
@@ -48,7 +63,8 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
             Ok((out, DType::F32))
         }
         Op::Linear { bias } => {
-            want_f32(if *bias { &[0, 1, 2] } else { &[0, 1] })?;
+            want_f32(if *bias { &[0, 2] } else { &[0] })?;
+            want_weight(1)?;
             let (x, w) = (shapes[0], shapes[1]);
             if x.is_empty() || w.len() != 2 || last(x) != w[1] {
                 return Err(bad(op, format!("needs x[.., K] and w[N, K], got {x:?} and {w:?}")));
@@ -91,7 +107,7 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
             }
         }
         Op::Gather => {
-            want_f32(&[0])?;
+            want_weight(0)?;
             if dtypes[1] != DType::I32 {
                 return Err(bad(op, format!("ids must be i32, got {:?}", dtypes[1])));
             }
@@ -125,6 +141,66 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
                 return Err(bad(op, format!("perm {perm:?} for rank {}", shapes[0].len())));
             }
             Ok((perm.iter().map(|&p| shapes[0][p as usize]).collect(), dtypes[0]))
+        }
+        Op::SiluMul => {
+            want_f32(&[0, 1])?;
+            if shapes[0].is_empty() || shapes[0] != shapes[1] {
+                return Err(bad(op, format!("needs gate and up of one shape, got {shapes:?}")));
+            }
+            Ok((shapes[0].to_vec(), DType::F32))
+        }
+        Op::RmsNorm { .. } => {
+            want_f32(&[0, 1])?;
+            let h = last(shapes[0]);
+            if shapes[0].is_empty() || shapes[1] != [h] {
+                return Err(bad(op, format!("needs x[.., {h}] and gamma[{h}], got {shapes:?}")));
+            }
+            Ok((shapes[0].to_vec(), DType::F32))
+        }
+        Op::Rope { heads, .. } => {
+            want_f32(&[0])?;
+            want_i32(&[1])?;
+            match (shapes[0], shapes[1]) {
+                (&[t, w], &[pt]) if t == pt && w % heads == 0 && (w / heads) % 2 == 0 => Ok((vec![t, w], DType::F32)),
+                _ => Err(bad(op, format!("needs x[T, {heads}·d] with d even and pos[T], got {shapes:?}"))),
+            }
+        }
+        Op::Argmax => {
+            want_f32(&[0])?;
+            match shapes[0] {
+                &[r, v] if v > 0 => Ok((vec![r], DType::I32)),
+                s => Err(bad(op, format!("needs logits[R, V], got {s:?}"))),
+            }
+        }
+        Op::Sample => {
+            want_f32(&[0, 1])?;
+            match (shapes[0], shapes[1]) {
+                (&[r, v], &[pr, 4]) if v > 0 && r == pr => Ok((vec![r], DType::I32)),
+                _ => Err(bad(op, format!("needs logits[R, V] and params[R, 4], got {shapes:?}"))),
+            }
+        }
+        Op::CachedAttention { heads, kv_heads, .. } => {
+            want_f32(&[0, 1, 2])?;
+            want_i32(&[3, 4])?;
+            match (shapes[0], shapes[1]) {
+                (&[t, qw], &[kt, kw])
+                    if qw % heads == 0
+                        && kw % kv_heads == 0
+                        && qw / heads == kw / kv_heads
+                        && kt == t
+                        && shapes[2] == shapes[1]
+                        && shapes[3] == [t]
+                        && shapes[4] == [t] =>
+                {
+                    Ok((vec![t, qw], DType::F32))
+                }
+                _ => Err(bad(
+                    op,
+                    format!(
+                        "needs q[T, {heads}·d], k = v [T, {kv_heads}·d], pos[T], kv_start[T]; got {shapes:?}"
+                    ),
+                )),
+            }
         }
         Op::Attention { heads } => {
             want_f32(&[0, 1, 2, 3])?;

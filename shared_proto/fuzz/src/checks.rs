@@ -316,7 +316,7 @@ pub fn arb_graph(u: &mut Unstructured) -> ArbResult<Graph> {
     let outputs = (0..n_out)
         .map(|_| if total > 0 && !rarely(u, 32)? { u.int_in_range(0..=total - 1) } else { u.arbitrary() })
         .collect::<ArbResult<_>>()?;
-    Ok(Graph { inputs, weights, nodes, outputs })
+    Ok(Graph { inputs, weights, nodes, outputs, kv: None })
 }
 
 // --- seeds -----------------------------------------------------------------------------------------

@@ -190,6 +190,12 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError
             let dims = attention::AttnDims { b, s, h, heads: *heads as usize };
             f(attention::attention(q.f32(), args[1].f32(), args[2].f32(), args[3].f32(), dims))
         }
+        Op::SiluMul | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Argmax | Op::Sample | Op::CachedAttention { .. } => {
+            return Err(RemoteError::new(
+                ErrorKind::Unsupported,
+                format!("{} is not implemented on the CPU executor yet", op.name()),
+            ));
+        }
     })
     .inspect(|_| debug_assert!(!out_shape.is_empty() || matches!(op, Op::Reshape { .. })))
 }

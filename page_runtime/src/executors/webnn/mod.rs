@@ -98,7 +98,7 @@ pub(crate) fn desc(dtype: DType, shape: &[u32]) -> Object {
         DType::F16 => "float16",
         DType::I32 => "int32",
         DType::U32 => "uint32",
-        DType::U8 => "uint8",
+        DType::U8 | DType::Q4_1 | DType::Q8_0 => "uint8",
     };
     let dims: Array = shape.iter().map(|&d| JsValue::from(d)).collect();
     let _ = Reflect::set(&o, &"dataType".into(), &t.into());
@@ -116,7 +116,7 @@ pub(crate) fn typed(dtype: DType, bytes: &[u8]) -> Object {
         DType::I32 => js_sys::Int32Array::new(&buf).into(),
         DType::U32 => js_sys::Uint32Array::new(&buf).into(),
         DType::F16 => js_sys::Uint16Array::new(&buf).into(),
-        DType::U8 => u8s.into(),
+        DType::U8 | DType::Q4_1 | DType::Q8_0 => u8s.into(),
     }
 }
 

@@ -198,5 +198,11 @@ fn translate(
             let ctx = b.transpose(&ctx, &opts(&[("permutation", perm.into())])).map_err(f)?;
             b.reshape(&ctx, &arr(&[bb, ss, hh])).map_err(f)?
         }
+        Op::SiluMul | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Argmax | Op::Sample | Op::CachedAttention { .. } => {
+            return Err(RemoteError::new(
+                shared_proto::ErrorKind::Unsupported,
+                format!("{} is not implemented on WebNN yet", op.name()),
+            ));
+        }
     })
 }

@@ -1,0 +1,279 @@
+//! Generation sessions of one stateful model in a tab: which rows of the model's KV cache each
+//! session owns, how long it is, and how a `Step` becomes the graph's inputs. Pure (no browser),
+//! so the policy is unit-tested natively; the executors own the cache memory itself.
+//!
+//! Each session owns one contiguous range of cache rows, reserved at open for its whole capacity
+//! (prompt plus everything it may generate), so a step never allocates and a full cache refuses
+//! at open — with a typed `Capacity` error — rather than mid-stream.
+
+use std::collections::BTreeMap;
+
+use shared_proto::{DType, ErrorKind, KvDecl, RemoteError, Sampling, StepRow, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Session {
+    start: u32,
+    capacity: u32,
+    len: u32,
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    kv: KvDecl,
+    open: BTreeMap<u64, Session>,
+}
+
+/// A planned step: the graph inputs (in `STEP_INPUTS` order) and what to commit once it ran.
+pub struct StepPlan {
+    pub inputs: Vec<Tensor>,
+    advance: Vec<(u64, u32)>,
+}
+
+fn capacity(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::Capacity, msg)
+}
+
+fn bad(msg: String) -> RemoteError {
+    RemoteError::new(ErrorKind::BadInput, msg)
+}
+
+impl Sessions {
+    pub fn new(kv: KvDecl) -> Sessions {
+        Sessions { kv, open: BTreeMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Bytes of KV cache one token row takes (keys and values of every layer).
+    pub fn bytes_per_token(&self) -> u64 {
+        self.kv.bytes() / self.kv.max_tokens as u64
+    }
+
+    /// Reserve `capacity` rows for `id` (first fit); returns the KV bytes reserved.
+    pub fn open(&mut self, id: u64, capacity_tokens: u32) -> Result<u64, RemoteError> {
+        if self.open.contains_key(&id) {
+            return Err(bad(format!("session {id} is already open")));
+        }
+        if capacity_tokens == 0 {
+            return Err(bad("a session needs a capacity of at least one token".into()));
+        }
+        if self.open.len() >= self.kv.max_sessions as usize {
+            return Err(capacity(format!("{} sessions open, the limit of this model", self.open.len())));
+        }
+        if capacity_tokens > self.kv.max_tokens {
+            return Err(capacity(format!(
+                "a session of {capacity_tokens} tokens exceeds the KV cache of {} tokens",
+                self.kv.max_tokens
+            )));
+        }
+        let mut ranges: Vec<(u32, u32)> = self.open.values().map(|s| (s.start, s.start + s.capacity)).collect();
+        ranges.sort_unstable();
+        let mut at = 0u32;
+        for (start, end) in ranges {
+            if start.saturating_sub(at) >= capacity_tokens {
+                break;
+            }
+            at = at.max(end);
+        }
+        if self.kv.max_tokens - at < capacity_tokens {
+            let used: u32 = self.open.values().map(|s| s.capacity).sum();
+            return Err(capacity(format!(
+                "no room for {capacity_tokens} tokens in the KV cache ({used} of {} tokens reserved)",
+                self.kv.max_tokens
+            )));
+        }
+        self.open.insert(id, Session { start: at, capacity: capacity_tokens, len: 0 });
+        Ok(capacity_tokens as u64 * self.bytes_per_token())
+    }
+
+    /// Free `id`'s rows; false if it was not open.
+    pub fn close(&mut self, id: u64) -> bool {
+        self.open.remove(&id).is_some()
+    }
+
+    /// The graph inputs for `rows` (each an open session, each at most once, with tokens that fit
+    /// its capacity and ids below `vocab`). Nothing changes until [`Sessions::commit`].
+    pub fn plan(&self, rows: &[StepRow], vocab: u32) -> Result<StepPlan, RemoteError> {
+        if rows.is_empty() {
+            return Err(bad("a step needs at least one row".into()));
+        }
+        let (mut ids, mut pos, mut start, mut last, mut params) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut advance = Vec::with_capacity(rows.len());
+        for r in rows {
+            let s = self.open.get(&r.session).ok_or_else(|| bad(format!("session {} is not open", r.session)))?;
+            if advance.iter().any(|(id, _)| *id == r.session) {
+                return Err(bad(format!("session {} appears twice in one step", r.session)));
+            }
+            let n = r.tokens.len() as u32;
+            if n == 0 {
+                return Err(bad(format!("session {}: a row needs at least one token", r.session)));
+            }
+            if s.len + n > s.capacity {
+                return Err(capacity(format!(
+                    "session {}: {} + {n} tokens exceed its capacity of {}",
+                    r.session, s.len, s.capacity
+                )));
+            }
+            if let Some(t) = r.tokens.iter().find(|&&t| t >= vocab) {
+                return Err(bad(format!("session {}: token {t} is outside the vocabulary of {vocab}", r.session)));
+            }
+            for (i, &t) in r.tokens.iter().enumerate() {
+                ids.push(t as i32);
+                pos.push((s.len + i as u32) as i32);
+                start.push(s.start as i32);
+            }
+            last.push(ids.len() as i32 - 1);
+            // The sampled token takes position len + n: its draw depends on that and the seed only.
+            params.extend(sampling_params(r.sampling, s.len + n));
+            advance.push((r.session, n));
+        }
+        let (t, r) = (ids.len() as u32, rows.len() as u32);
+        let i32s = |shape: Vec<u32>, v: &[i32]| Tensor {
+            dtype: DType::I32,
+            shape,
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+        };
+        let inputs = vec![
+            i32s(vec![t], &ids),
+            i32s(vec![t], &pos),
+            i32s(vec![t], &start),
+            i32s(vec![r], &last),
+            Tensor::from_f32(vec![r, 4], &params),
+        ];
+        Ok(StepPlan { inputs, advance })
+    }
+
+    /// Record that a planned step ran: each session grew by its row's tokens.
+    pub fn commit(&mut self, plan: &StepPlan) {
+        for (id, n) in &plan.advance {
+            if let Some(s) = self.open.get_mut(id) {
+                s.len += n;
+            }
+        }
+    }
+
+    /// Tokens session `id` holds, if open.
+    pub fn length(&self, id: u64) -> Option<u32> {
+        self.open.get(&id).map(|s| s.len)
+    }
+}
+
+/// The vocabulary of a stateful graph: rows of the table its token ids (input 0) are gathered
+/// from. `u32::MAX` if the graph gathers them otherwise (the executors still bound-check ids).
+pub fn vocab(g: &shared_proto::Graph) -> u32 {
+    g.nodes
+        .iter()
+        .find(|n| matches!(n.op, shared_proto::Op::Gather) && n.args[1] == 0)
+        .and_then(|n| match g.value(n.args[0]) {
+            shared_proto::ValueRef::Weight(w) => g.weights[w].shape.first().copied(),
+            _ => None,
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// `(temperature, top_k, top_p, u)` for `Op::Sample`.
+fn sampling_params(s: Sampling, position: u32) -> [f32; 4] {
+    match s {
+        Sampling::Greedy => [0.0, 0.0, 1.0, 0.0],
+        Sampling::TopKP { temperature, top_k, top_p, seed } => {
+            [temperature, top_k as f32, top_p, uniform(seed, position)]
+        }
+    }
+}
+
+/// A uniform draw in [0, 1) from `(seed, position)` (splitmix64): the same on every tab and
+/// every replay.
+pub fn uniform(seed: u64, position: u32) -> f32 {
+    let mut z = seed ^ (position as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // 24 bits: exactly representable in f32, so the value is < 1.
+    (z >> 40) as f32 / (1u64 << 24) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(max_tokens: u32, max_sessions: u32) -> KvDecl {
+        KvDecl { layers: 2, kv_heads: 1, head_dim: 4, max_tokens, max_sessions }
+    }
+
+    fn row(session: u64, tokens: &[u32]) -> StepRow {
+        StepRow { session, tokens: tokens.to_vec(), sampling: Sampling::Greedy }
+    }
+
+    fn i32s(t: &Tensor) -> Vec<i32> {
+        t.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn sessions_get_disjoint_ranges_and_freed_ranges_are_reused() {
+        let mut s = Sessions::new(kv(100, 4));
+        assert_eq!(s.open(1, 40).unwrap(), 40 * 2 * 2 * 4 * 4);
+        s.open(2, 40).unwrap();
+        let e = s.open(3, 40).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Capacity, "{}", e.message);
+        assert!(s.close(1));
+        s.open(3, 30).unwrap();
+        s.open(4, 10).unwrap();
+        let p = s.plan(&[row(3, &[5]), row(4, &[6]), row(2, &[7])], 10).unwrap();
+        assert_eq!(i32s(&p.inputs[2]), vec![0, 30, 40], "first fit: 3 and 4 in 1's old range");
+        s.open(5, 1).unwrap();
+        assert_eq!(s.open(6, 1).unwrap_err().kind, ErrorKind::Capacity, "4 sessions is the limit");
+        assert_eq!(s.open(2, 1).unwrap_err().kind, ErrorKind::BadInput, "already open");
+        assert_eq!(s.open(9, 101).unwrap_err().kind, ErrorKind::Capacity);
+    }
+
+    #[test]
+    fn a_step_lays_out_prompts_and_decodes_in_one_batch() {
+        let mut s = Sessions::new(kv(64, 4));
+        s.open(7, 16).unwrap();
+        s.open(8, 16).unwrap();
+        let p = s.plan(&[row(7, &[1, 2, 3])], 10).unwrap();
+        s.commit(&p);
+        let p = s.plan(&[row(8, &[4, 5]), row(7, &[9])], 10).unwrap();
+        assert_eq!(i32s(&p.inputs[0]), vec![4, 5, 9]);
+        assert_eq!(i32s(&p.inputs[1]), vec![0, 1, 3], "session 7 continues at position 3");
+        assert_eq!(i32s(&p.inputs[2]), vec![16, 16, 0]);
+        assert_eq!(i32s(&p.inputs[3]), vec![1, 2], "each session samples after its last token");
+        assert_eq!(p.inputs[4].shape, vec![2, 4]);
+        s.commit(&p);
+        assert_eq!((s.length(7), s.length(8)), (Some(4), Some(2)));
+    }
+
+    #[test]
+    fn bad_steps_are_refused_and_change_nothing() {
+        let mut s = Sessions::new(kv(64, 4));
+        s.open(1, 4).unwrap();
+        assert_eq!(s.plan(&[row(2, &[1])], 10).err().unwrap().kind, ErrorKind::BadInput, "not open");
+        assert_eq!(s.plan(&[row(1, &[1]), row(1, &[2])], 10).err().unwrap().kind, ErrorKind::BadInput, "twice");
+        assert_eq!(s.plan(&[row(1, &[])], 10).err().unwrap().kind, ErrorKind::BadInput, "empty row");
+        assert_eq!(s.plan(&[row(1, &[10])], 10).err().unwrap().kind, ErrorKind::BadInput, "outside the vocabulary");
+        assert_eq!(s.plan(&[row(1, &[1; 5])], 10).err().unwrap().kind, ErrorKind::Capacity, "past capacity");
+        assert_eq!(s.plan(&[], 10).err().unwrap().kind, ErrorKind::BadInput);
+        assert_eq!(s.length(1), Some(0));
+    }
+
+    #[test]
+    fn draws_are_uniform_and_depend_on_seed_and_position_only() {
+        assert_eq!(uniform(42, 7), uniform(42, 7));
+        assert_ne!(uniform(42, 7), uniform(42, 8));
+        assert_ne!(uniform(42, 7), uniform(43, 7));
+        let n = 100_000;
+        let draws: Vec<f32> = (0..n).map(|i| uniform(1, i)).collect();
+        assert!(draws.iter().all(|&u| (0.0..1.0).contains(&u)));
+        let mean = draws.iter().map(|&u| u as f64).sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
+        let low = draws.iter().filter(|&&u| u < 0.1).count() as f64 / n as f64;
+        assert!((low - 0.1).abs() < 0.01, "P(u < 0.1) = {low}");
+    }
+}
