@@ -1,10 +1,14 @@
 //! Running models: in a tab (graph + weights uploaded once, then token-id tensors per request)
 //! or on the host's CPU executor; [`Embedder`] puts MiniLM on either.
 
+pub mod decoder;
 mod embedder;
 pub mod remembered;
+pub mod stepper;
 mod tab_model;
 
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
 pub use remembered::CalibrationCache;
+pub use decoder::{Decoder, Finish, GenEvent, GenParams, StepLimits};
+pub use stepper::Stepper;
 pub use tab_model::{TabModel, WeightUpload};

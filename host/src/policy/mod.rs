@@ -7,4 +7,5 @@ pub mod health;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;
+pub mod step_batching;
 pub mod trend;
