@@ -13,6 +13,8 @@ mod models;
 mod serve;
 #[cfg(target_arch = "wasm32")]
 mod socket;
+#[cfg(target_arch = "wasm32")]
+mod weight_cache;
 
 #[cfg(target_arch = "wasm32")]
 pub use executors::webgpu;

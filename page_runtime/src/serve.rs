@@ -18,6 +18,7 @@ use crate::executors::webnn::{self, WebNn};
 use crate::models::{PartialWeight, TabModel};
 use crate::sessions::{self, Sessions};
 use crate::socket::{self, Event, Socket};
+use crate::weight_cache::WeightCache;
 
 /// WebSocket close code for a protocol violation (RFC 6455 §7.4.1).
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -86,6 +87,8 @@ async fn serve() -> Result<(), String> {
         webnn: RefCell::default(),
         parts: RefCell::default(),
         sessions: RefCell::default(),
+        cache: WeightCache::open().await.map(Rc::new),
+        caching: RefCell::default(),
     });
     let mut welcomed = false;
     while let Some(event) = events.next().await {
@@ -139,6 +142,10 @@ struct TabState {
     /// whether a step of that model is running: steps of one model go one at a time (the host
     /// batches sessions into one step; two interleaved steps would plan from the same lengths).
     sessions: RefCell<HashMap<String, (Sessions, bool)>>,
+    /// Weights by content hash on disk (absent outside secure contexts).
+    cache: Option<Rc<WeightCache>>,
+    /// Piece offsets of weights being stored in the cache as their parts arrive, by hash.
+    caching: RefCell<HashMap<String, Vec<usize>>>,
 }
 
 type Answer = (Result<Reply, RemoteError>, Vec<Tensor>);
@@ -216,12 +223,24 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 Some(kv) => state.sessions.borrow_mut().insert(model.clone(), (Sessions::new(kv), false)),
                 None => state.sessions.borrow_mut().remove(&model),
             };
+            let handle = m.clone_handle();
             state.models.borrow_mut().insert(model, m);
-            (Ok(Reply::ModelDeclared), Vec::new())
+            let held = match &state.cache {
+                Some(cache) => load_held(cache, &handle).await,
+                None => Vec::new(),
+            };
+            let prepare_ms = if handle.missing_weights() == 0 { Some(handle.prepare().await?) } else { None };
+            (Ok(Reply::ModelDeclared { held, prepare_ms }), Vec::new())
         }
         Request::PutWeights { model: name, first } => {
             let m = model(&name)?;
             let (bytes, missing) = m.put_weights(first as usize, &inputs).await?;
+            if let Some(cache) = &state.cache {
+                for (i, t) in inputs.iter().enumerate() {
+                    let hash = &m.graph().weights[first as usize + i].hash;
+                    store(cache.put_piece(hash, 0, &t.data).await.and(cache.put_marker(hash, &[0]).await));
+                }
+            }
             let prepare_ms = if missing == 0 { Some(m.prepare().await?) } else { None };
             (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
         }
@@ -236,6 +255,23 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 m.put_weight_part(&mut pending, index as usize, offset as usize, total as usize, &part.data).await?;
             if let Some(p) = pending {
                 state.parts.borrow_mut().insert(name, p);
+            }
+            if let Some(cache) = &state.cache {
+                // The part passed the order checks; the whole weight's hash was checked if it is complete.
+                let hash = m.graph().weights[index as usize].hash.clone();
+                store(cache.put_piece(&hash, offset as usize, &part.data).await);
+                let offsets = {
+                    let mut caching = state.caching.borrow_mut();
+                    let list = caching.entry(hash.clone()).or_default();
+                    if offset == 0 {
+                        list.clear();
+                    }
+                    list.push(offset as usize);
+                    (offset as usize + part.data.len() == total as usize).then(|| caching.remove(&hash)).flatten()
+                };
+                if let Some(offsets) = offsets {
+                    store(cache.put_marker(&hash, &offsets).await);
+                }
             }
             let prepare_ms = if missing == 0 { Some(m.prepare().await?) } else { None };
             (Ok(Reply::WeightsStored { bytes, missing: missing as u32, prepare_ms }), Vec::new())
@@ -310,6 +346,51 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             (Ok(Reply::Stepped { tokens, device_ms: run.device_ms }), Vec::new())
         }
     })
+}
+
+/// A failed cache write only costs a re-send later: log it and go on.
+fn store(r: Result<(), wasm_bindgen::JsValue>) {
+    if let Err(e) = r {
+        web_sys::console::warn_1(&format!("weight cache: {}", caps::js_text(e)).into());
+    }
+}
+
+/// Feed `m` every weight the cache holds, piece by piece (each copied into wasm memory alone);
+/// the indices it took. A piece missing or failing its checks leaves that weight to the host.
+async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
+    let decls = m.graph().weights.clone();
+    let mut held = Vec::new();
+    for (i, d) in decls.iter().enumerate() {
+        let Some(offsets) = cache.pieces(&d.hash).await else { continue };
+        let total = d.dtype.byte_len(&d.shape).unwrap_or(0) as usize;
+        let ok = if offsets == [0] {
+            match cache.piece(&d.hash, 0).await {
+                Some(b) if b.length() as usize == total => {
+                    let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: b.to_vec().into() };
+                    m.put_weights(i, &[t]).await.is_ok()
+                }
+                _ => false,
+            }
+        } else {
+            let mut pending = None;
+            let mut ok = true;
+            for &offset in &offsets {
+                let Some(b) = cache.piece(&d.hash, offset).await else {
+                    ok = false;
+                    break;
+                };
+                if m.put_weight_part(&mut pending, i, offset, total, &b.to_vec()).await.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            ok && pending.is_none()
+        };
+        if ok {
+            held.push(i as u32);
+        }
+    }
+    held
 }
 
 fn not_stateful(name: &str) -> RemoteError {

@@ -179,7 +179,13 @@ pub enum Reply {
     KernelDone {
         device_ms: f64,
     },
-    ModelDeclared,
+    /// The model is declared. `held`: weights (indices) the tab already had by content hash and
+    /// loaded itself — the host sends only the others; if that was all of them, the tab has
+    /// compiled the model too (`prepare_ms`).
+    ModelDeclared {
+        held: Vec<u32>,
+        prepare_ms: Option<f64>,
+    },
     /// `missing` weights still to come; when it reaches 0 the tab compiles the model's
     /// pipelines (a warm-up run) and reports how long that took.
     WeightsStored {

@@ -33,7 +33,11 @@ pub enum Finish {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     Token(u32),
-    Done { finish: Finish, prompt_tokens: usize, generated: usize },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        generated: usize,
+    },
     /// The session failed; nothing more follows.
     Failed(String),
 }
@@ -113,7 +117,12 @@ impl Decoder {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-async fn run(stepper: Arc<Stepper>, limits: StepLimits, mut jobs: mpsc::UnboundedReceiver<Job>, stats: Arc<DecoderStats>) {
+async fn run(
+    stepper: Arc<Stepper>,
+    limits: StepLimits,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    stats: Arc<DecoderStats>,
+) {
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
     loop {
@@ -143,8 +152,7 @@ async fn run(stepper: Arc<Stepper>, limits: StepLimits, mut jobs: mpsc::Unbounde
             }
             continue;
         }
-        let pending: Vec<Pending> =
-            active.iter().map(|a| Pending { prompt_left: a.prompt.len() - a.fed }).collect();
+        let pending: Vec<Pending> = active.iter().map(|a| Pending { prompt_left: a.prompt.len() - a.fed }).collect();
         let plan = step_batching::plan(&pending, limits.max_tokens, limits.max_rows);
         let rows: Vec<StepRow> = plan
             .iter()

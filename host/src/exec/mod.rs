@@ -7,8 +7,8 @@ pub mod remembered;
 pub mod stepper;
 mod tab_model;
 
+pub use decoder::{Decoder, Finish, GenEvent, GenParams, StepLimits};
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
 pub use remembered::CalibrationCache;
-pub use decoder::{Decoder, Finish, GenEvent, GenParams, StepLimits};
 pub use stepper::Stepper;
 pub use tab_model::{TabModel, WeightUpload};

@@ -14,7 +14,11 @@ use crate::Tab;
 
 pub enum Stepper {
     /// The host's CPU executor; its sessions are kept here as a tab keeps them.
-    Host { model: Arc<CpuModel>, sessions: Arc<Mutex<Sessions>>, vocab: u32 },
+    Host {
+        model: Arc<CpuModel>,
+        sessions: Arc<Mutex<Sessions>>,
+        vocab: u32,
+    },
     Tab(TabModel),
 }
 
@@ -83,7 +87,10 @@ impl Stepper {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
                     sessions.lock().expect("sessions").commit(&plan);
                     let ids = out.first().context("a step outputs token ids")?;
-                    Ok((ids.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect(), ms))
+                    Ok((
+                        ids.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect(),
+                        ms,
+                    ))
                 })
                 .await?
             }

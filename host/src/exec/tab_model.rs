@@ -49,6 +49,8 @@ pub struct TabModel {
     /// The tab's warm-up run that compiled the pipelines.
     pub prepare_ms: f64,
     pub weight_bytes: u64,
+    /// Of those, the bytes sent (the rest the tab held by content hash).
+    pub sent_bytes: u64,
 }
 
 /// Send weight `index` in parts of `CHUNK_BYTES`; the tab's last answer: weights still missing
@@ -95,28 +97,43 @@ impl TabModel {
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<TabModel> {
         let t0 = Instant::now();
-        let total: u64 = weights.iter().map(|w| w.data.len() as u64).sum();
         let req = Request::LoadModel { model: name.into(), graph: graph.clone(), backend: backend.clone() };
-        match tab.call(req, vec![], LOAD_TIMEOUT).await? {
-            (Reply::ModelDeclared, _) => {}
+        let (held, mut prepare_ms) = match tab.call(req, vec![], LOAD_TIMEOUT).await? {
+            (Reply::ModelDeclared { held, prepare_ms }, _) => (held, prepare_ms),
             (other, _) => bail!("tab {} answered {other:?} to LoadModel", tab.id()),
+        };
+        // Weights the tab holds by content hash (its cache) are not sent again.
+        let mut send = vec![true; weights.len()];
+        for &i in &held {
+            if let Some(s) = send.get_mut(i as usize) {
+                *s = false;
+            }
         }
+        let total: u64 = weights.iter().zip(&send).filter(|(_, s)| **s).map(|(w, _)| w.data.len() as u64).sum();
+        let held_bytes: u64 = weights.iter().map(|w| w.data.len() as u64).sum::<u64>() - total;
         progress.start(total);
+        let last = send.iter().rposition(|&s| s);
         let mut first = 0usize;
-        let mut prepare_ms = None;
-        while first < weights.len() {
+        while let Some(l) = last
+            && first <= l
+        {
+            if !send[first] {
+                first += 1;
+                continue;
+            }
             if weights[first].data.len() > CHUNK_BYTES {
                 let (missing, p) = put_in_parts(tab, name, first, &weights[first], progress).await?;
-                if first + 1 == weights.len() && missing != 0 {
+                if first == l && missing != 0 {
                     bail!("tab {} still misses {missing} weights after the upload", tab.id());
                 }
                 prepare_ms = p;
                 first += 1;
                 continue;
             }
+            // A run of consecutive weights to send, up to a frame's size.
             let mut end = first + 1;
             let mut bytes = weights[first].data.len();
-            while end < weights.len() && bytes + weights[end].data.len() <= CHUNK_BYTES {
+            while end < weights.len() && send[end] && bytes + weights[end].data.len() <= CHUNK_BYTES {
                 bytes += weights[end].data.len();
                 end += 1;
             }
@@ -127,7 +144,7 @@ impl TabModel {
                 .with_context(|| format!("uploading weights {first}..{end} to tab {}", tab.id()))?;
             match reply {
                 Reply::WeightsStored { missing, prepare_ms: p, .. } => {
-                    if end == weights.len() && missing != 0 {
+                    if end > l && missing != 0 {
                         bail!("tab {} still misses {missing} weights after the upload", tab.id());
                     }
                     prepare_ms = p;
@@ -138,13 +155,19 @@ impl TabModel {
             first = end;
         }
         progress.finish();
+        tracing::info!(
+            "{name} on {backend} in tab {}: sent {total} weight bytes, {held_bytes} held by the tab ({} weights)",
+            tab.id(),
+            held.len()
+        );
         Ok(TabModel {
             tab: tab.clone(),
             name: name.into(),
             backend,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             prepare_ms: prepare_ms.unwrap_or(0.0),
-            weight_bytes: total,
+            weight_bytes: total + held_bytes,
+            sent_bytes: total,
         })
     }
 

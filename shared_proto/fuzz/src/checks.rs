@@ -359,6 +359,7 @@ pub fn every_op_graph() -> Graph {
             node(Op::L2Normalize { eps: 1e-12 }, &[19]),        // 20
         ],
         outputs: vec![20, 18],
+        kv: None,
     }
 }
 
@@ -403,6 +404,23 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("run", Request::Run { model: "m".into() }, tensors()[1..2].to_vec()),
         ("unload", Request::UnloadModel { model: "m".into() }, vec![]),
         ("lose_device", Request::LoseDevice, vec![]),
+        ("open_session", Request::OpenSession { model: "m".into(), session: 7, capacity: 512 }, vec![]),
+        ("close_session", Request::CloseSession { model: "m".into(), session: 7 }, vec![]),
+        (
+            "step",
+            Request::Step {
+                model: "m".into(),
+                rows: vec![
+                    StepRow { session: 7, tokens: vec![1, 9690, 198], sampling: Sampling::Greedy },
+                    StepRow {
+                        session: 8,
+                        tokens: vec![42],
+                        sampling: Sampling::TopKP { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 3 },
+                    },
+                ],
+            },
+            vec![],
+        ),
     ];
     for (name, variant) in [
         ("matmul_tiled", MatMulVariant::Tiled),
@@ -461,7 +479,11 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("pong", Reply::Pong, vec![]),
         ("sunk", Reply::Sunk { bytes: 1 << 20 }, vec![]),
         ("kernel_done", Reply::KernelDone { device_ms: 1.5 }, tensors()[..1].to_vec()),
-        ("model_declared", Reply::ModelDeclared, vec![]),
+        ("model_declared", Reply::ModelDeclared { held: vec![], prepare_ms: None }, vec![]),
+        ("model_declared_held", Reply::ModelDeclared { held: vec![0, 2, 5], prepare_ms: Some(3.5) }, vec![]),
+        ("session_opened", Reply::SessionOpened { kv_bytes: 47_185_920 }, vec![]),
+        ("stepped", Reply::Stepped { tokens: vec![504, 2], device_ms: 12.5 }, vec![]),
+        ("session_closed", Reply::SessionClosed, vec![]),
         ("weights_stored", Reply::WeightsStored { bytes: 4096, missing: 0, prepare_ms: Some(12.0) }, vec![]),
         ("weights_pending", Reply::WeightsStored { bytes: 4096, missing: 3, prepare_ms: None }, vec![]),
         ("ran", Reply::Ran { device_ms: 0.25 }, tensors()),
@@ -477,6 +499,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ErrorKind::DeviceLost,
         ErrorKind::OutOfMemory,
         ErrorKind::Internal,
+        ErrorKind::Capacity,
     ]
     .into_iter()
     .enumerate()
