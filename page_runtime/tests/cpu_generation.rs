@@ -12,8 +12,16 @@ use page_runtime::executors::cpu::CpuModel;
 use page_runtime::sessions::Sessions;
 use shared_proto::{Sampling, StepRow, Tensor};
 
-const TINY: llama::Config =
-    llama::Config { layers: 2, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, vocab: 96, max_tokens: 64, max_sessions: 4 };
+const TINY: llama::Config = llama::Config {
+    layers: 2,
+    hidden: 64,
+    heads: 4,
+    kv_heads: 2,
+    ffn: 128,
+    vocab: 96,
+    max_tokens: 64,
+    max_sessions: 4,
+};
 
 /// |got − want| ≤ 1e-4 (absolute; logits here are O(1..10)).
 const ATOL: f32 = 1e-4;
@@ -31,10 +39,8 @@ impl Gen {
 
     /// One step; per row: (sampled token, logits of its last token), and the kv_start input.
     fn step(&mut self, rows: &[(u64, &[u32])]) -> (Vec<(u32, Vec<f32>)>, Vec<i32>) {
-        let rows: Vec<StepRow> = rows
-            .iter()
-            .map(|(s, t)| StepRow { session: *s, tokens: t.to_vec(), sampling: Sampling::Greedy })
-            .collect();
+        let rows: Vec<StepRow> =
+            rows.iter().map(|(s, t)| StepRow { session: *s, tokens: t.to_vec(), sampling: Sampling::Greedy }).collect();
         let plan = self.sessions.plan(&rows, TINY.vocab).unwrap();
         let out = self.model.run(&plan.inputs).unwrap();
         self.sessions.commit(&plan);
