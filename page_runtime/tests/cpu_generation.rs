@@ -53,7 +53,7 @@ impl Gen {
     }
 
     /// Logits after `tokens` in a session opened and closed just for this.
-    fn from_scratch(&mut self, id: u64, tokens: &[u32]) -> Vec<f32> {
+    fn recompute(&mut self, id: u64, tokens: &[u32]) -> Vec<f32> {
         self.sessions.open(id, tokens.len() as u32).unwrap();
         let (r, _) = self.step(&[(id, tokens)]);
         assert!(self.sessions.close(id));
@@ -88,7 +88,7 @@ fn prefill_then_decode_equals_recomputing_each_prefix() {
     assert!(spread > 1.0, "random weights give informative logits (spread {spread})");
     for step in 0..6 {
         assert_greedy(next, &logits);
-        let want = g.from_scratch(100 + step, &seq);
+        let want = g.recompute(100 + step, &seq);
         assert_close(&logits, &want, &format!("after {} tokens", seq.len()));
         seq.push(next);
         let (r, _) = g.step(&[(1, &[next])]);
@@ -96,7 +96,7 @@ fn prefill_then_decode_equals_recomputing_each_prefix() {
     }
     assert_eq!(g.sessions.length(1), Some(11));
     // The history matters: without it the same token gives other logits.
-    let alone = g.from_scratch(200, &[next]);
+    let alone = g.recompute(200, &[next]);
     let diff = logits.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff > 0.1, "the context changed the logits by only {diff}");
 }
@@ -142,11 +142,11 @@ fn a_closed_sessions_rows_do_not_leak_into_the_next() {
     let (r, start2) = g.step(&[(2, prompt)]);
     assert_eq!(start1[0], start2[0], "first fit hands session 2 the rows session 1 left");
     let mut fresh = Gen::new();
-    assert_close(&r[0].1, &fresh.from_scratch(7, prompt), "reused rows, prefill");
+    assert_close(&r[0].1, &fresh.recompute(7, prompt), "reused rows, prefill");
     // A decode step reads only rows session 2 wrote, not session 1's stale row 3 onward.
     let next = r[0].0;
     let r = g.step(&[(2, &[next])]).0.remove(0);
     let mut seq = prompt.to_vec();
     seq.push(next);
-    assert_close(&r.1, &fresh.from_scratch(8, &seq), "reused rows, decode");
+    assert_close(&r.1, &fresh.recompute(8, &seq), "reused rows, decode");
 }
