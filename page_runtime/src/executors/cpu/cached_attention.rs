@@ -54,7 +54,17 @@ pub fn cached_attention(
     let (w, max_tokens) = (cache.width, cache.max_tokens);
     let t = pos.len();
     let d = w / kv_heads;
-    assert_eq!(k.len(), t * w, "k rows of the cache's width");
+    // The shape rules tie q to k but not k to the cache: a graph may declare other head sizes.
+    if k.len() != t * w || v.len() != t * w || q.len() != t * heads * d {
+        return Err(RemoteError::new(
+            ErrorKind::BadInput,
+            format!(
+                "cached attention: k, v rows of {} values and q rows of {} do not fit a cache of {kv_heads}×{d}",
+                k.len() / t.max(1),
+                q.len() / t.max(1)
+            ),
+        ));
+    }
     let mut rows = Vec::with_capacity(t);
     for (&p, &s) in pos.iter().zip(kv_start) {
         let row = s as i64 + p as i64;
@@ -210,5 +220,8 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::BadInput);
         assert!(cached_attention(&mut cache, dims, &x, &x, &x, &[-1], &[0]).is_err());
         assert!(cached_attention(&mut cache, dims, &x, &x, &x, &[2], &[5]).is_ok());
+        let wide = [0.5f32; 8];
+        let e = cached_attention(&mut cache, dims, &wide, &wide, &wide, &[0], &[0]).unwrap_err();
+        assert!(e.message.contains("do not fit"), "{}", e.message);
     }
 }
