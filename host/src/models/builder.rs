@@ -46,7 +46,8 @@ impl GraphBuilder {
         let nodes =
             self.nodes.iter().map(|(op, args)| Node { op: op.clone(), args: args.iter().map(id).collect() }).collect();
         let (decls, tensors) = self.weights.into_iter().unzip();
-        let graph = Graph { inputs: self.inputs, weights: decls, nodes, outputs: outputs.iter().map(id).collect(), kv: None };
+        let graph =
+            Graph { inputs: self.inputs, weights: decls, nodes, outputs: outputs.iter().map(id).collect(), kv: None };
         (graph, tensors)
     }
 }

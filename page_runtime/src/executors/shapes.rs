@@ -196,9 +196,7 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
                 }
                 _ => Err(bad(
                     op,
-                    format!(
-                        "needs q[T, {heads}·d], k = v [T, {kv_heads}·d], pos[T], kv_start[T]; got {shapes:?}"
-                    ),
+                    format!("needs q[T, {heads}·d], k = v [T, {kv_heads}·d], pos[T], kv_start[T]; got {shapes:?}"),
                 )),
             }
         }
