@@ -115,11 +115,20 @@ mod tests {
     use super::*;
 
     fn noise(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40503)) % 2000) as f32 / 1000.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40503)) % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
     }
 
     /// Causal GQA over explicit per-row key/value histories, in f64.
-    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], heads: usize, kv_heads: usize, d: usize) -> Vec<f64> {
+    fn reference(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+    ) -> Vec<f64> {
         let mut out = vec![0.0f64; heads * d];
         for h in 0..heads {
             let kvh = h / (heads / kv_heads);
@@ -143,7 +152,13 @@ mod tests {
     fn prefill_then_decode_of_two_sessions_matches_f64() {
         let (heads, kv_heads, d, layers) = (4, 2, 8, 2);
         let w = kv_heads * d;
-        let decl = KvDecl { layers: layers as u32, kv_heads: kv_heads as u32, head_dim: d as u32, max_tokens: 64, max_sessions: 2 };
+        let decl = KvDecl {
+            layers: layers as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: d as u32,
+            max_tokens: 64,
+            max_sessions: 2,
+        };
         let mut cache = KvCache::new(&decl);
         assert_eq!(cache.rows(1), 0, "nothing allocated before use");
         let dims = CachedDims { layer: 1, heads, kv_heads };
@@ -165,7 +180,14 @@ mod tests {
             for ti in 0..t {
                 let sess = (start[ti] == 32) as usize;
                 let n = pos[ti] as usize + 1;
-                let want = reference(&q[ti * heads * d..(ti + 1) * heads * d], &hist[sess].0[..n], &hist[sess].1[..n], heads, kv_heads, d);
+                let want = reference(
+                    &q[ti * heads * d..(ti + 1) * heads * d],
+                    &hist[sess].0[..n],
+                    &hist[sess].1[..n],
+                    heads,
+                    kv_heads,
+                    d,
+                );
                 for (g, w) in got[ti * heads * d..(ti + 1) * heads * d].iter().zip(&want) {
                     assert!((*g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "step {si} row {ti}: {g} vs {w}");
                 }

@@ -123,8 +123,7 @@ impl CpuModel {
             values[i] = Some(Value { shape: t.shape.clone(), data });
         }
         for (i, decl) in g.weights.iter().enumerate() {
-            values[g.inputs.len() + i] =
-                Some(Value { shape: decl.shape.clone(), data: self.weights[i].clone() });
+            values[g.inputs.len() + i] = Some(Value { shape: decl.shape.clone(), data: self.weights[i].clone() });
         }
         for (ni, node) in g.nodes.iter().enumerate() {
             let args: Vec<&Value> =
@@ -230,7 +229,8 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
         Op::Argmax => Data::I32(sample::argmax(args[0].f32(), last(args[0])).into()),
         Op::Sample => Data::I32(sample::sample(args[0].f32(), args[1].f32(), last(args[0])).into()),
         Op::CachedAttention { layer, heads, kv_heads } => {
-            let cache = cache.ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "cached attention without a KV cache"))?;
+            let cache =
+                cache.ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "cached attention without a KV cache"))?;
             let dims = CachedDims { layer: *layer as usize, heads: *heads as usize, kv_heads: *kv_heads as usize };
             let [q, k, v, pos, start] = args else { unreachable!("arity 5") };
             f(cached_attention::cached_attention(cache, dims, q.f32(), k.f32(), v.f32(), pos.i32(), start.i32())?)

@@ -20,9 +20,9 @@ pub use cached_attention::{CachedDims, KvCache, cached_attention};
 pub use graph::{CpuModel, last_uses};
 pub use matmul::{dot, linear, matmul};
 pub use reduce::{l2_normalize, layer_norm, mean_pool, rms_norm, softmax};
+pub use reindex::{gather, transpose};
 pub use rope::rope;
 pub use sample::{argmax, sample};
-pub use reindex::{gather, transpose};
 pub use unary::gelu;
 
 use shared_proto::{Kernel, RemoteError, Tensor};

@@ -160,7 +160,10 @@ mod tests {
                         let want: f64 = bias[j] as f64
                             + wr.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, &b)| a * b as f64).sum::<f64>();
                         let g = got[i * n + j] as f64;
-                        assert!((g - want).abs() <= 1e-5 + 1e-5 * want.abs(), "{dtype:?} {m}x{k}x{n} [{i},{j}]: {g} vs {want}");
+                        assert!(
+                            (g - want).abs() <= 1e-5 + 1e-5 * want.abs(),
+                            "{dtype:?} {m}x{k}x{n} [{i},{j}]: {g} vs {want}"
+                        );
                     }
                 }
             }

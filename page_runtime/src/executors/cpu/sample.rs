@@ -32,7 +32,8 @@ fn sample_row(row: &[f32], temperature: f32, top_k: f32, top_p: f32, u: f32) -> 
     let t = temperature as f64;
     // Unnormalised probabilities: every later step only compares and sums them relatively.
     let mut cand: Vec<(usize, f64)> = row.iter().enumerate().map(|(i, &x)| (i, ((x - max) as f64 / t).exp())).collect();
-    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0));
+    let order =
+        |a: &(usize, f64), b: &(usize, f64)| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0));
     let k = if top_k >= 1.0 { (top_k as usize).min(cand.len()) } else { cand.len() };
     if k < cand.len() {
         cand.select_nth_unstable_by(k - 1, order);

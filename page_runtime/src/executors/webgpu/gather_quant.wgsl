@@ -1,4 +1,4 @@
-// y[r, c] = dequant(table)[ids[r], c] from a Q4_1/Q8_0 table held as raw block bytes ({{FORMAT}}
+// y[r, c] = dequant(table)[ids[r], c] from a Q4_1/Q8_0 table held as raw block bytes (the format file
 // supplies q_one). Ids are range-checked on the CPU before upload; the clamp only keeps a bad id
 // from reading outside the table.
 

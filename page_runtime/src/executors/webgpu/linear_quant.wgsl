@@ -1,5 +1,5 @@
-// y[m,n] = x[m,k] · dequant(w)[n,k]ᵀ (+ bias[n]) with w as raw Q4_1/Q8_0 block bytes ({{FORMAT}}
-// supplies q_head/q_quad). Each invocation owns a {{ROWS}}×{{COLS}} output block: it decodes each of
+// y[m,n] = x[m,k] · dequant(w)[n,k]ᵀ (+ bias[n]) with w as raw Q4_1/Q8_0 block bytes (the format
+// file supplies q_head/q_quad). Each invocation owns a {{ROWS}}×{{COLS}} output block: it decodes each of
 // its {{COLS}} weight blocks once and applies it to {{ROWS}} rows of x. No workgroup memory and no
 // barrier (software adapters pay most for those): for decode (M ≤ 4) an invocation is one output
 // column over every row, so each weight block is read exactly once per step.

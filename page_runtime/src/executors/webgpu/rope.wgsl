@@ -19,7 +19,11 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let i = (p % half_w) % (params.d / 2u);
     let at = t * params.width + 2u * (p % half_w);
     let theta = pow(params.base, -f32(2u * i) / f32(params.d));
-    let angle = f32(pos[t]) * theta;
+    // Reduced to [-π, π] first (2π split in two so the product by n stays exact for n < 2^16):
+    // WGSL only bounds sin/cos error inside that range.
+    let raw = f32(pos[t]) * theta;
+    let n = round(raw * 0.15915494);
+    let angle = (raw - n * 6.28125) - n * 0.0019353072;
     let c = cos(angle);
     let s = sin(angle);
     let x0 = x[at];
