@@ -142,6 +142,10 @@ pub struct WebGpuExecutor {
     gpu: Gpu,
     pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
     pool: BufferPool,
+    /// Rope's θ tables by (base bits, head width), written once: a table uploaded into a pooled
+    /// buffer while recording could overwrite an input that an earlier dispatch of the same
+    /// submission has yet to read (released buffers are reused within a submission).
+    rope_tables: RefCell<HashMap<(u32, u32), Rc<wgpu::Buffer>>>,
 }
 
 /// Output of one kernel or graph run (device time: submit → results mapped, per repeat).
@@ -216,7 +220,12 @@ const POOL_BYTES: u64 = 32 << 20;
 
 impl WebGpuExecutor {
     pub fn new(gpu: Gpu) -> Self {
-        WebGpuExecutor { gpu, pipelines: RefCell::default(), pool: BufferPool::new(POOL_BYTES) }
+        WebGpuExecutor {
+            gpu,
+            pipelines: RefCell::default(),
+            pool: BufferPool::new(POOL_BYTES),
+            rope_tables: RefCell::default(),
+        }
     }
 
     pub fn caps(&self) -> &WebGpuCaps {

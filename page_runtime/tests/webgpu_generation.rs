@@ -1,0 +1,83 @@
+//! A tiny llama-shaped stateful graph driven through `Sessions` steps on WebGPU (KV cache on the
+//! device) and on the CPU executor: prefill of two sessions in one step, then decode steps with
+//! both sessions batched and with one alone; logits compared per step with
+//! |gpu − cpu| ≤ atol + rtol·|cpu|. Runs in headless Chromium (`cargo test-wasm`).
+#![cfg(target_arch = "wasm32")]
+
+#[path = "common/op_cases.rs"]
+mod op_cases;
+#[path = "common/tiny_llama.rs"]
+mod tiny_llama;
+
+use page_runtime::executors::cpu::CpuModel;
+use page_runtime::sessions::Sessions;
+use page_runtime::webgpu::{self, WebGpuExecutor};
+use shared_proto::{Sampling, StepRow};
+use tiny_llama::{VOCAB, tiny_llama};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+async fn executor() -> WebGpuExecutor {
+    match webgpu::init().await {
+        Ok(gpu) => WebGpuExecutor::new(gpu),
+        Err(caps) => panic!("no WebGPU device: {:?}", caps.error),
+    }
+}
+
+const ATOL: f32 = 5e-5;
+const RTOL: f32 = 1e-5;
+
+#[wasm_bindgen_test]
+async fn sessions_on_webgpu_match_the_cpu_executor() {
+    let (graph, weights) = tiny_llama(2, 40, 4);
+    let kv = graph.kv.expect("stateful");
+    let cpu = CpuModel::new(graph.clone(), weights.clone()).unwrap();
+    let ex = executor().await;
+    let gpu = ex.load_model(graph, &weights).await.unwrap();
+    let mut sessions = Sessions::new(kv);
+    sessions.open(1, 16).unwrap();
+    sessions.open(2, 16).unwrap();
+    let row = |session, tokens: Vec<u32>| StepRow { session, tokens, sampling: Sampling::Greedy };
+    // Prefill (5 and 3 tokens) in one step, then decodes: both, session 2 alone, both again.
+    let mut steps: Vec<Vec<StepRow>> = vec![vec![row(1, vec![3, 17, 42, 8, 90]), row(2, vec![5, 5, 61])]];
+    let mut next = [0u32; 2];
+    let mut max_err = 0f32;
+    for step in 0..5 {
+        let rows = match step {
+            0 => steps.remove(0),
+            2 => vec![row(2, vec![next[1]])],
+            _ => vec![row(1, vec![next[0]]), row(2, vec![next[1]])],
+        };
+        let plan = sessions.plan(&rows, VOCAB).unwrap();
+        let want = cpu.run(&plan.inputs).unwrap();
+        let got = gpu.run(&ex, &plan.inputs).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+        let (w, g) = (want[0].to_f32().unwrap(), got.outputs[0].to_f32().unwrap());
+        assert_eq!(got.outputs[0].shape, want[0].shape, "step {step}");
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let err = (a - b).abs();
+            assert!(err <= ATOL + RTOL * b.abs(), "step {step}, logit {i}: gpu {a} cpu {b}");
+            max_err = max_err.max(err);
+        }
+        // Both continue from the CPU's choice, so a near tie cannot split the two runs.
+        let toks = op_cases::ints(&want[1]);
+        for (r, t) in rows.iter().zip(toks) {
+            next[(r.session - 1) as usize] = t as u32;
+        }
+        sessions.commit(&plan);
+    }
+    assert_eq!((sessions.length(1), sessions.length(2)), (Some(8), Some(7)));
+    web_sys::console::log_1(&format!("tiny llama sessions: max |gpu − cpu| logit error {max_err:e}").into());
+}
+
+#[wasm_bindgen_test]
+async fn a_cache_larger_than_one_binding_is_refused_at_load() {
+    let ex = executor().await;
+    let limit = ex.caps().limits.iter().find(|(n, _)| n == "maxStorageBufferBindingSize").expect("probed").1;
+    // Rows of kv_heads · head_dim = 32 f32 = 128 bytes: one row past the limit.
+    let tokens = (limit / 128 + 1) as u32;
+    let (graph, _) = tiny_llama(1, tokens, 1);
+    let e = page_runtime::webgpu::GpuModel::new(&ex, graph).err().expect("cache too large for one binding");
+    assert_eq!(e.kind, shared_proto::ErrorKind::Capacity, "{e}");
+    assert!(e.message.contains("tokens"), "{e}");
+}
