@@ -81,3 +81,36 @@ async fn a_cache_larger_than_one_binding_is_refused_at_load() {
     assert_eq!(e.kind, shared_proto::ErrorKind::Capacity, "{e}");
     assert!(e.message.contains("tokens"), "{e}");
 }
+
+/// Device time of the quantized matvec at SmolLM2's decode shapes (printed; each result is also
+/// checked against the CPU executor so the timed kernel is the right one). Median of 15 runs of
+/// a one-node graph: submit → logits mapped, so readback is included.
+#[wasm_bindgen_test]
+async fn quantized_matvec_decode_timings() {
+    use shared_proto::DType::{Q4_1, Q8_0};
+    let ex = executor().await;
+    for (dtype, k, n) in
+        [(Q4_1, 576, 1536), (Q4_1, 1536, 576), (Q8_0, 576, 1536), (Q8_0, 1536, 576), (Q8_0, 576, 49152)]
+    {
+        let case = op_cases::Case {
+            name: "matvec",
+            op: shared_proto::Op::Linear { bias: false },
+            args: vec![op_cases::f32s(&[1, k], 60, 1.0), op_cases::quantized(dtype, &[n, k], 61, 0.1)],
+            atol: 2e-4,
+            rtol: 1e-4,
+        };
+        let (g, weights, inputs) = op_cases::split(&case);
+        let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+        let m = ex.load_model(g, &weights).await.unwrap();
+        let mut times = Vec::new();
+        for _ in 0..15 {
+            let got = m.run(&ex, &inputs).await.unwrap();
+            op_cases::check(&case, &got.outputs[0], &want[0]).unwrap();
+            times.push(got.device_ms);
+        }
+        times.sort_by(f64::total_cmp);
+        web_sys::console::log_1(
+            &format!("matvec {dtype:?} K={k} N={n}: median {:.3} ms, min {:.3} ms", times[7], times[0]).into(),
+        );
+    }
+}

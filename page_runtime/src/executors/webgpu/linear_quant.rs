@@ -9,7 +9,7 @@ use super::{GpuValue, Recorder, WebGpuExecutor, unsupported};
 
 const TEMPLATE: &str = include_str!("linear_quant.wgsl");
 
-/// The WGSL helpers (`q_head`, `q_quad`, `q_one`) reading `dtype`'s blocks from `w: array<u32>`.
+/// The WGSL helpers (`q_head`, `q_block`, `q_one`) reading `dtype`'s blocks from `w: array<u32>`.
 pub(super) fn format_source(dtype: DType) -> &'static str {
     match dtype {
         DType::Q4_1 => include_str!("q4_1.wgsl"),
@@ -37,18 +37,16 @@ fn source(dtype: DType, rows: u32, cols: u32, bias: bool) -> String {
             acc += &format!("    var acc{i}_{j} = 0.0;\n");
         }
     }
-    let mut heads = String::new();
-    for j in 0..cols {
-        heads += &format!("        let h{j} = q_head(w{j} + b);\n");
-    }
     let mut body = String::new();
     for j in 0..cols {
-        body += &format!("            let b{j} = q_quad(w{j} + b, c, h{j});\n");
+        body += &format!("        let q{j} = q_block(w{j} + b);\n");
     }
-    for i in 0..rows {
-        body += &format!("            let a{i} = x[x{i} + t];\n");
-        for j in 0..cols {
-            body += &format!("            acc{i}_{j} += dot(a{i}, b{j});\n");
+    for c in 0..8 {
+        for i in 0..rows {
+            body += &format!("        let a{i}_{c} = x[x{i} + t + {c}u];\n");
+            for j in 0..cols {
+                body += &format!("        acc{i}_{j} += dot(a{i}_{c}, q{j}[{c}]);\n");
+            }
         }
     }
     let mut store = String::new();
@@ -66,7 +64,6 @@ fn source(dtype: DType, rows: u32, cols: u32, bias: bool) -> String {
         .replace("{{COLS}}", &cols.to_string())
         .replace("{{INDICES}}", &idx)
         .replace("{{ACCUMULATORS}}", &acc)
-        .replace("{{HEADS}}", &heads)
         .replace("{{BODY}}", &body)
         .replace("{{STORE}}", &store)
 }
@@ -82,16 +79,16 @@ pub(super) fn encode(
     let (x, w) = (args[0], args[1]);
     let (n, k) = (w.shape[0], w.shape[1]);
     let m = x.elements() / k;
+    let bias = args.get(2).is_some();
+    let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();
+    let out = ex.output(out_shape);
     let (rows, cols) = block_shape(m);
     let groups = (n.div_ceil(64 * cols), m.div_ceil(rows), 1);
     if groups.0 > 65535 || groups.1 > 65535 {
         return Err(unsupported(format!("linear {m}×{k}→{n}: too many workgroups for one dispatch")));
     }
-    let bias = args.get(2).is_some();
     let key = format!("linear_{:?}_{rows}x{cols}{}", w.dtype, if bias { "_bias" } else { "" });
     let p = ex.pipeline(&key, || source(w.dtype, rows, cols, bias));
-    let out = ex.output(out_shape);
-    let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();
     ex.dispatch_with_tail(rec, p, &[&x.buf, &w.buf, &out.buf], &[m, k, n, 0], &tail, groups)?;
     Ok(out)
 }

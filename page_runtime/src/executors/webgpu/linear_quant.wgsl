@@ -1,6 +1,6 @@
 // y[m,n] = x[m,k] · dequant(w)[n,k]ᵀ (+ bias[n]) with w as raw Q4_1/Q8_0 block bytes (the format
-// file supplies q_head/q_quad). Each invocation owns a {{ROWS}}×{{COLS}} output block: it decodes each of
-// its {{COLS}} weight blocks once and applies it to {{ROWS}} rows of x. No workgroup memory and no
+// file supplies q_block). Each invocation owns a {{ROWS}}×{{COLS}} output block: it decodes each of
+// its {{COLS}} weight blocks once (into registers: the 8 quads are unrolled) and applies it to {{ROWS}} rows of x. No workgroup memory and no
 // barrier (software adapters pay most for those): for decode (M ≤ 4) an invocation is one output
 // column over every row, so each weight block is read exactly once per step.
 
@@ -28,8 +28,6 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let nb = dims.k / 32u;
     let k4 = dims.k / 4u;
 {{INDICES}}{{ACCUMULATORS}}    for (var b = 0u; b < nb; b++) {
-{{HEADS}}        for (var c = 0u; c < 8u; c++) {
-            let t = b * 8u + c;
-{{BODY}}        }
-    }
+        let t = b * 8u;
+{{BODY}}    }
 {{STORE}}}

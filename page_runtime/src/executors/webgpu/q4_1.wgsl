@@ -7,11 +7,18 @@ fn q_head(blk: u32) -> vec2<f32> {
     return unpack2x16float(w[blk * 5u]);
 }
 
-// Weights 4c..4c+3 (c < 8) of block `blk`, given its head.
-fn q_quad(blk: u32, c: u32, h: vec2<f32>) -> vec4<f32> {
-    let q = w[blk * 5u + 1u + (c & 3u)] >> ((c >> 2u) * 4u);
-    let v = vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu));
-    return v * h.x + h.y;
+// All 32 weights of block `blk`, as 8 quads (quad c holds weights 4c..4c+3).
+fn q_block(blk: u32) -> array<vec4<f32>, 8> {
+    let h = q_head(blk);
+    var r: array<vec4<f32>, 8>;
+    for (var c = 0u; c < 4u; c++) {
+        let q = w[blk * 5u + 1u + c];
+        let lo = vec4<f32>(f32(q & 0xfu), f32((q >> 8u) & 0xfu), f32((q >> 16u) & 0xfu), f32((q >> 24u) & 0xfu));
+        let hi = vec4<f32>(f32((q >> 4u) & 0xfu), f32((q >> 12u) & 0xfu), f32((q >> 20u) & 0xfu), f32(q >> 28u));
+        r[c] = lo * h.x + h.y;
+        r[c + 4u] = hi * h.x + h.y;
+    }
+    return r;
 }
 
 // Weight j (< 32) of block `blk`.
