@@ -128,6 +128,8 @@ pub fn generation_cases() -> Vec<Case> {
     tied[2 * 49152 + 7] = 9.0; // row 2: two equal maxima, the first must win
     tied[2 * 49152 + 40000] = 9.0;
     let linear = |x: Tensor, w: Tensor| vec![x, w];
+    // Top-k 200 then top-p 0.9 at temperature 1.1, u from 0.05 to 0.925.
+    let sweep: Vec<f32> = (0..8).flat_map(|i| [1.1, 200.0, 0.9, 0.05 + 0.125 * i as f32]).collect();
     vec![
         c("rms_norm", Op::RmsNorm { eps: 1e-5 }, vec![f32s(&[5, 576], 31, 3.0), f32s(&[576], 32, 1.0)], 1e-5, 1e-5),
         c("silu_mul", Op::SiluMul, vec![f32s(&[3, 1536], 33, 8.0), f32s(&[3, 1536], 34, 2.0)], 1e-6, 1e-5),
@@ -197,7 +199,32 @@ pub fn generation_cases() -> Vec<Case> {
             1e-6,
         ),
         c("argmax", Op::Argmax, vec![Tensor::from_f32(vec![3, 49152], &tied)], 0.0, 0.0),
+        c("sample", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &SAMPLE_PARAMS.concat())], 0.0, 0.0),
+        c("sample u sweep", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &sweep)], 0.0, 0.0),
     ]
+}
+
+/// (temperature, top_k, top_p, u) per row of [`sample_logits`]: greedy, top-k only, top-p only,
+/// both, top-k 1, a tie cut by top_k, u at its ends.
+pub const SAMPLE_PARAMS: [[f32; 4]; 8] = [
+    [0.0, 0.0, 1.0, 0.5],
+    [0.8, 40.0, 1.0, 0.37],
+    [1.0, 0.0, 0.9, 0.61],
+    [0.7, 50.0, 0.8, 0.93],
+    [1.3, 1.0, 1.0, 0.99],
+    [1.0, 3.0, 1.0, 0.8],
+    [1.0, 0.0, 1.0, 0.0],
+    [0.5, 0.0, 0.95, 0.999],
+];
+
+/// Logits over SmolLM2's vocabulary, 8 rows; row 5 has its top 4 equal (top_k 3 cuts the tie).
+pub fn sample_logits() -> Tensor {
+    let v = 49152;
+    let mut l = values(8 * v, 53, 4.0);
+    for &j in &[100, 7000, 20000, 49000] {
+        l[5 * v + j] = 9.0;
+    }
+    Tensor::from_f32(vec![8, v as u32], &l)
 }
 
 /// `case` as a graph whose block-dtype arguments are weights and the rest inputs: `(graph,

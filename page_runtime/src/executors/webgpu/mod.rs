@@ -304,9 +304,7 @@ impl WebGpuExecutor {
             Op::Attention { heads } => attention::encode(self, rec, *heads, args),
             Op::Rope { heads, base } => rope::encode(self, rec, *heads, *base, args[0], args[1]),
             Op::Argmax => sampling::encode_argmax(self, rec, args[0]),
-            Op::Sample => {
-                Err(RemoteError::new(ErrorKind::Unsupported, format!("{} is not implemented on WebGPU yet", op.name())))
-            }
+            Op::Sample => sampling::encode_sample(self, rec, args[0], args[1]),
             // Needs the model's cache: encoded by `GpuModel::run`.
             Op::CachedAttention { .. } => {
                 Err(RemoteError::new(ErrorKind::Unsupported, "cached attention runs only inside a stateful model"))
