@@ -114,3 +114,33 @@ async fn quantized_matvec_decode_timings() {
         );
     }
 }
+
+/// Device time of Sample and Argmax over SmolLM2's vocabulary for one row (printed; ids checked
+/// against the CPU executor).
+#[wasm_bindgen_test]
+async fn sampling_timings() {
+    let ex = executor().await;
+    let logits = op_cases::sample_logits();
+    let v = logits.shape[1] as usize;
+    let one_row = shared_proto::Tensor::from_f32(vec![1, v as u32], &logits.to_f32().unwrap()[3 * v..4 * v]);
+    for (name, op, params) in [
+        ("argmax", shared_proto::Op::Argmax, None),
+        ("sample top-k 50 top-p 0.8", shared_proto::Op::Sample, Some(op_cases::SAMPLE_PARAMS[3])),
+        ("sample top-p 0.9 (all tokens)", shared_proto::Op::Sample, Some(op_cases::SAMPLE_PARAMS[2])),
+    ] {
+        let mut args = vec![one_row.clone()];
+        args.extend(params.map(|p| shared_proto::Tensor::from_f32(vec![1, 4], &p)));
+        let case = op_cases::Case { name, op, args, atol: 0.0, rtol: 0.0 };
+        let (g, weights, inputs) = op_cases::split(&case);
+        let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+        let m = ex.load_model(g, &weights).await.unwrap();
+        let mut times = Vec::new();
+        for _ in 0..9 {
+            let got = m.run(&ex, &inputs).await.unwrap();
+            op_cases::check(&case, &got.outputs[0], &want[0]).unwrap();
+            times.push(got.device_ms);
+        }
+        times.sort_by(f64::total_cmp);
+        web_sys::console::log_1(&format!("{name} V={v}: median {:.3} ms, min {:.3} ms", times[4], times[0]).into());
+    }
+}
