@@ -120,6 +120,9 @@ mod tests {
             .collect()
     }
 
+    /// Per session: the key rows and the value rows written so far.
+    type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
     /// Causal GQA over explicit per-row key/value histories, in f64.
     fn reference(
         q: &[f32],
@@ -165,7 +168,7 @@ mod tests {
         // Session A at rows 0.., session B at rows 32..; step 1 prefills A (3) and B (2) together,
         // step 2 decodes one token of each.
         let steps: [(&[i32], &[i32]); 2] = [(&[0, 1, 2, 0, 1], &[0, 0, 0, 32, 32]), (&[3, 2], &[0, 32])];
-        let mut hist: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = vec![(vec![], vec![]), (vec![], vec![])];
+        let mut hist: [History; 2] = Default::default();
         for (si, (pos, start)) in steps.iter().enumerate() {
             let t = pos.len();
             let q = noise(t * heads * d, 10 + si as u32);

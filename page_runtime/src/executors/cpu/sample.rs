@@ -25,7 +25,8 @@ pub fn sample(logits: &[f32], params: &[f32], v: usize) -> Vec<i32> {
 }
 
 fn sample_row(row: &[f32], temperature: f32, top_k: f32, top_p: f32, u: f32) -> i32 {
-    if !(temperature > 0.0) {
+    // NaN too.
+    if temperature.is_nan() || temperature <= 0.0 {
         return argmax_row(row);
     }
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
