@@ -1,19 +1,23 @@
-//! A tiny llama-shaped stateful graph driven through `Sessions` steps on WebGPU (KV cache on the
-//! device) and on the CPU executor: prefill of two sessions in one step, then decode steps with
-//! both sessions batched and with one alone; logits compared per step with
-//! |gpu − cpu| ≤ atol + rtol·|cpu|. Runs in headless Chromium (`cargo test-wasm`).
+//! A tiny llama-shaped stateful graph (tests/common/llama.rs) driven through `Sessions` steps on
+//! WebGPU (KV cache on the device) and on the CPU executor: prefill of two sessions in one step,
+//! then decode steps with both sessions batched and with one alone; logits compared per step with
+//! |gpu − cpu| ≤ atol + rtol·|cpu|, sampled tokens (one session greedy, one top-k/top-p) exactly. Runs in headless Chromium (`cargo test-wasm`).
 #![cfg(target_arch = "wasm32")]
 
+#[path = "common/llama.rs"]
+mod llama;
 #[path = "common/op_cases.rs"]
 mod op_cases;
-#[path = "common/tiny_llama.rs"]
-mod tiny_llama;
 
 use page_runtime::executors::cpu::CpuModel;
 use page_runtime::sessions::Sessions;
 use page_runtime::webgpu::{self, WebGpuExecutor};
 use shared_proto::{Sampling, StepRow};
-use tiny_llama::{VOCAB, tiny_llama};
+
+/// 2 layers, hidden 64, 4 query / 2 kv heads of 16.
+fn tiny(layers: u32, max_tokens: u32) -> llama::Config {
+    llama::Config { layers, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, vocab: 96, max_tokens, max_sessions: 4 }
+}
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -30,7 +34,7 @@ const RTOL: f32 = 1e-5;
 
 #[wasm_bindgen_test]
 async fn sessions_on_webgpu_match_the_cpu_executor() {
-    let (graph, weights) = tiny_llama(2, 40, 4);
+    let (graph, weights) = llama::build(&tiny(2, 40), 11, true);
     let kv = graph.kv.expect("stateful");
     let cpu = CpuModel::new(graph.clone(), weights.clone()).unwrap();
     let ex = executor().await;
@@ -38,7 +42,11 @@ async fn sessions_on_webgpu_match_the_cpu_executor() {
     let mut sessions = Sessions::new(kv);
     sessions.open(1, 16).unwrap();
     sessions.open(2, 16).unwrap();
-    let row = |session, tokens: Vec<u32>| StepRow { session, tokens, sampling: Sampling::Greedy };
+    let sampling = |session| match session {
+        1 => Sampling::Greedy,
+        _ => Sampling::TopKP { temperature: 0.9, top_k: 20, top_p: 0.9, seed: 7 },
+    };
+    let row = |session, tokens: Vec<u32>| StepRow { session, tokens, sampling: sampling(session) };
     // Prefill (5 and 3 tokens) in one step, then decodes: both, session 2 alone, both again.
     let mut steps: Vec<Vec<StepRow>> = vec![vec![row(1, vec![3, 17, 42, 8, 90]), row(2, vec![5, 5, 61])]];
     let mut next = [0u32; 2];
@@ -49,18 +57,19 @@ async fn sessions_on_webgpu_match_the_cpu_executor() {
             2 => vec![row(2, vec![next[1]])],
             _ => vec![row(1, vec![next[0]]), row(2, vec![next[1]])],
         };
-        let plan = sessions.plan(&rows, VOCAB).unwrap();
+        let plan = sessions.plan(&rows, 96).unwrap();
         let want = cpu.run(&plan.inputs).unwrap();
         let got = gpu.run(&ex, &plan.inputs).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
-        let (w, g) = (want[0].to_f32().unwrap(), got.outputs[0].to_f32().unwrap());
-        assert_eq!(got.outputs[0].shape, want[0].shape, "step {step}");
+        // Outputs: tokens, logits.
+        let (w, g) = (want[1].to_f32().unwrap(), got.outputs[1].to_f32().unwrap());
+        assert_eq!(got.outputs[1].shape, want[1].shape, "step {step}");
         for (i, (a, b)) in g.iter().zip(&w).enumerate() {
             let err = (a - b).abs();
             assert!(err <= ATOL + RTOL * b.abs(), "step {step}, logit {i}: gpu {a} cpu {b}");
             max_err = max_err.max(err);
         }
-        // Both continue from the CPU's choice, so a near tie cannot split the two runs.
-        let toks = op_cases::ints(&want[1]);
+        let toks = op_cases::ints(&want[0]);
+        assert_eq!(op_cases::ints(&got.outputs[0]), toks, "step {step}: sampled tokens");
         for (r, t) in rows.iter().zip(toks) {
             next[(r.session - 1) as usize] = t as u32;
         }
@@ -76,7 +85,7 @@ async fn a_cache_larger_than_one_binding_is_refused_at_load() {
     let limit = ex.caps().limits.iter().find(|(n, _)| n == "maxStorageBufferBindingSize").expect("probed").1;
     // Rows of kv_heads · head_dim = 32 f32 = 128 bytes: one row past the limit.
     let tokens = (limit / 128 + 1) as u32;
-    let (graph, _) = tiny_llama(1, tokens, 1);
+    let (graph, _) = llama::build(&tiny(1, tokens), 11, false);
     let e = page_runtime::webgpu::GpuModel::new(&ex, graph).err().expect("cache too large for one binding");
     assert_eq!(e.kind, shared_proto::ErrorKind::Capacity, "{e}");
     assert!(e.message.contains("tokens"), "{e}");
