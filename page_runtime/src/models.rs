@@ -61,7 +61,7 @@ impl TabModel {
             ExecBackend::WebGpu => {
                 let ex =
                     gpu.ok_or_else(|| unsupported("this tab has no WebGPU device (see its capabilities)".into()))?;
-                TabModel::Gpu(Rc::new(GpuModel::new(graph)?), ex)
+                TabModel::Gpu(Rc::new(GpuModel::new(&ex, graph)?), ex)
             }
             ExecBackend::WebNn { device } => {
                 let nn = nn.ok_or_else(|| unsupported(format!("this tab has no WebNN {device} context")))?;

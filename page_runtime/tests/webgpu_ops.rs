@@ -34,6 +34,42 @@ async fn every_op_matches_the_cpu_executor() {
 }
 
 #[wasm_bindgen_test]
+async fn generation_ops_match_the_cpu_executor() {
+    let ex = executor().await;
+    for case in op_cases::generation_cases() {
+        let (g, weights, inputs) = op_cases::split(&case);
+        let want = CpuModel::new(g.clone(), weights.clone())
+            .and_then(|m| m.run(&inputs))
+            .unwrap_or_else(|e| panic!("{}: cpu: {e}", case.name));
+        let model = ex.load_model(g, &weights).await.unwrap_or_else(|e| panic!("{}: load: {e}", case.name));
+        let got = model.run(&ex, &inputs).await.unwrap_or_else(|e| panic!("{}: run: {e}", case.name));
+        check(&case, &got.outputs[0], &want[0]).unwrap();
+        if case.name.starts_with("sample") {
+            // The rows must draw more than the argmax, or the comparison shows little.
+            let ids = op_cases::ints(&got.outputs[0]);
+            let argmax = CpuModel::new(
+                shared_proto::Graph {
+                    nodes: vec![Node { op: Op::Argmax, args: vec![0] }],
+                    outputs: vec![2],
+                    ..g_args(&case)
+                },
+                vec![],
+            )
+            .unwrap()
+            .run(&inputs)
+            .unwrap();
+            let differ = ids.iter().zip(op_cases::ints(&argmax[0])).filter(|(a, b)| **a != *b).count();
+            assert!(differ >= 3, "{}: only {differ} rows drew other than the argmax: {ids:?}", case.name);
+        }
+    }
+}
+
+/// The case's graph (its inputs as declared), for variants on the same inputs.
+fn g_args(case: &op_cases::Case) -> Graph {
+    op_cases::split(case).0
+}
+
+#[wasm_bindgen_test]
 async fn out_of_range_ids_are_refused_not_clamped() {
     let ex = executor().await;
     let table = f32s(&[10, 4], 1, 1.0);

@@ -107,6 +107,165 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// A tensor of `shape` quantized row by row to `dtype` (Q4_1 or Q8_0) from seeded values.
+pub fn quantized(dtype: DType, shape: &[u32], seed: u32, scale: f32) -> Tensor {
+    let x = values(shape.iter().product::<u32>() as usize, seed, scale);
+    let data = match dtype {
+        DType::Q4_1 => shared_proto::quant::quantize_row_q4_1(&x),
+        DType::Q8_0 => shared_proto::quant::quantize_row_q8_0(&x),
+        other => panic!("{other:?} is not a block dtype"),
+    };
+    Tensor { dtype, shape: shape.to_vec(), data: data.into() }
+}
+
+/// Rows for the generation ops (SmolLM2-135M's widths: hidden 576, MLP 1536, 9 heads of 64,
+/// vocabulary 49152). Block-dtype arguments become weights (see [`split`]); the table is kept
+/// apart from [`cases`] until every executor runs these ops.
+pub fn generation_cases() -> Vec<Case> {
+    use DType::{Q4_1, Q8_0};
+    let c = |name, op, args, atol, rtol| Case { name, op, args, atol, rtol };
+    let mut tied = values(3 * 49152, 40, 8.0);
+    tied[2 * 49152 + 7] = 9.0; // row 2: two equal maxima, the first must win
+    tied[2 * 49152 + 40000] = 9.0;
+    let linear = |x: Tensor, w: Tensor| vec![x, w];
+    // Top-k 200 then top-p 0.9 at temperature 1.1, u from 0.05 to 0.925.
+    let sweep: Vec<f32> = (0..8).flat_map(|i| [1.1, 200.0, 0.9, 0.05 + 0.125 * i as f32]).collect();
+    vec![
+        c("rms_norm", Op::RmsNorm { eps: 1e-5 }, vec![f32s(&[5, 576], 31, 3.0), f32s(&[576], 32, 1.0)], 1e-5, 1e-5),
+        c("silu_mul", Op::SiluMul, vec![f32s(&[3, 1536], 33, 8.0), f32s(&[3, 1536], 34, 2.0)], 1e-6, 1e-5),
+        // Angles up to 300 rad: f32 rounding of pos·θ differs by ~1e-5 rad between libms.
+        c(
+            "rope",
+            Op::Rope { heads: 9, base: 10000.0 },
+            vec![f32s(&[4, 576], 35, 1.0), i32s(&[4], &[0, 1, 17, 300])],
+            1e-4,
+            1e-4,
+        ),
+        c(
+            "linear q4_1 decode",
+            Op::Linear { bias: false },
+            linear(f32s(&[1, 576], 36, 1.0), quantized(Q4_1, &[1536, 576], 37, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "linear q8_0 decode",
+            Op::Linear { bias: false },
+            linear(f32s(&[1, 576], 38, 1.0), quantized(Q8_0, &[1536, 576], 39, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "linear q8_0 decode 1536→576",
+            Op::Linear { bias: false },
+            linear(f32s(&[1, 1536], 41, 1.0), quantized(Q8_0, &[576, 1536], 42, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "linear q4_1 two rows",
+            Op::Linear { bias: false },
+            linear(f32s(&[2, 576], 43, 1.0), quantized(Q4_1, &[192, 576], 44, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "linear q4_1 prefill ragged + bias",
+            Op::Linear { bias: true },
+            vec![f32s(&[37, 576], 45, 1.0), quantized(Q4_1, &[203, 576], 46, 0.1), f32s(&[203], 47, 1.0)],
+            2e-4,
+            1e-4,
+        ),
+        // 3 blocks per row: Q8_0 rows of 102 bytes, so blocks straddle words both ways.
+        c(
+            "linear q8_0 prefill ragged",
+            Op::Linear { bias: false },
+            linear(f32s(&[13, 96], 48, 1.0), quantized(Q8_0, &[70, 96], 49, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "gather q4_1",
+            Op::Gather,
+            vec![quantized(Q4_1, &[100, 64], 50, 1.0), i32s(&[5], &[0, 99, 3, 3, 57])],
+            1e-6,
+            1e-6,
+        ),
+        c(
+            "gather q8_0",
+            Op::Gather,
+            vec![quantized(Q8_0, &[101, 96], 51, 1.0), i32s(&[5], &[0, 100, 3, 3, 57])],
+            1e-6,
+            1e-6,
+        ),
+        c("argmax", Op::Argmax, vec![Tensor::from_f32(vec![3, 49152], &tied)], 0.0, 0.0),
+        c("sample", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &SAMPLE_PARAMS.concat())], 0.0, 0.0),
+        c("sample u sweep", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &sweep)], 0.0, 0.0),
+    ]
+}
+
+/// (temperature, top_k, top_p, u) per row of [`sample_logits`]: greedy, top-k only, top-p only,
+/// both, top-k 1, a tie cut by top_k, u at its ends.
+pub const SAMPLE_PARAMS: [[f32; 4]; 8] = [
+    [0.0, 0.0, 1.0, 0.5],
+    [0.8, 40.0, 1.0, 0.37],
+    [1.0, 0.0, 0.9, 0.61],
+    [0.7, 50.0, 0.8, 0.93],
+    [1.3, 1.0, 1.0, 0.99],
+    [1.0, 3.0, 1.0, 0.8],
+    [1.0, 0.0, 1.0, 0.0],
+    [0.5, 0.0, 0.95, 0.999],
+];
+
+/// Logits over SmolLM2's vocabulary, 8 rows; row 5 has its top 4 equal (top_k 3 cuts the tie).
+pub fn sample_logits() -> Tensor {
+    let v = 49152;
+    let mut l = values(8 * v, 53, 4.0);
+    for &j in &[100, 7000, 20000, 49000] {
+        l[5 * v + j] = 9.0;
+    }
+    Tensor::from_f32(vec![8, v as u32], &l)
+}
+
+/// `case` as a graph whose block-dtype arguments are weights and the rest inputs: `(graph,
+/// weights, inputs)`.
+pub fn split(case: &Case) -> (Graph, Vec<Tensor>, Vec<Tensor>) {
+    let (mut inputs, mut weights, mut decls, mut args) = (vec![], vec![], vec![], vec![]);
+    let quantized: Vec<bool> = case.args.iter().map(|t| t.dtype.block().is_some()).collect();
+    let n_inputs = quantized.iter().filter(|&&q| !q).count() as u32;
+    for (t, &q) in case.args.iter().zip(&quantized) {
+        if q {
+            args.push(n_inputs + weights.len() as u32);
+            decls.push(shared_proto::WeightDecl {
+                name: format!("w{}", weights.len()),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                hash: shared_proto::content_hash(&t.data),
+            });
+            weights.push(t.clone());
+        } else {
+            args.push(inputs.len() as u32);
+            inputs.push(t.clone());
+        }
+    }
+    let g = Graph {
+        inputs: inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| InputDecl {
+                name: format!("arg{i}"),
+                dtype: t.dtype,
+                dims: t.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+            })
+            .collect(),
+        weights: decls,
+        nodes: vec![Node { op: case.op.clone(), args }],
+        outputs: vec![n_inputs + weights.len() as u32],
+        kv: None,
+    };
+    (g, weights, inputs)
+}
+
 /// A one-node graph whose inputs are the case's arguments.
 pub fn graph(case: &Case) -> Graph {
     let inputs = case
@@ -138,6 +297,16 @@ pub fn check(case: &Case, got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.shape != want.shape {
         return Err(format!("{}: shape {:?} vs {:?}", case.name, got.shape, want.shape));
     }
+    if got.dtype != want.dtype {
+        return Err(format!("{}: dtype {:?} vs {:?}", case.name, got.dtype, want.dtype));
+    }
+    if got.dtype == DType::I32 {
+        return if got.data == want.data {
+            Ok(())
+        } else {
+            Err(format!("{}: ids {:?} vs {:?}", case.name, ints(got), ints(want)))
+        };
+    }
     let (g, w) = (got.to_f32().unwrap(), want.to_f32().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let tol = case.atol + case.rtol * b.abs();
@@ -146,4 +315,8 @@ pub fn check(case: &Case, got: &Tensor, want: &Tensor) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+pub fn ints(t: &Tensor) -> Vec<i32> {
+    t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

@@ -10,6 +10,8 @@ fn expr(op: &Op) -> (&'static str, &'static str) {
     match op {
         Op::Add => ("binary_add", "x + y"),
         Op::Mul => ("binary_mul", "x * y"),
+        // silu(gate) · up; shapes are equal, so b never wraps.
+        Op::SiluMul => ("binary_silu_mul", "x / (1.0 + exp(-x)) * y"),
         other => unreachable!("{} is not binary", other.name()),
     }
 }

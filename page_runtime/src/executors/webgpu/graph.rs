@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
+use super::cached_attention::{self, LayerCache};
 use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, attention, matmul, reduce};
 use crate::executors::cpu::last_uses;
 use crate::executors::{inputs, shapes};
@@ -20,6 +21,8 @@ pub struct GpuModel {
     last_use: Vec<usize>,
     weight_bytes: Cell<u64>,
     plan: Vec<Fuse>,
+    /// Per-layer KV cache of a stateful graph (`Graph::kv`), allocated at load, zero-filled.
+    kv: Vec<LayerCache>,
 }
 
 /// Kernel fusion decided once per model: a node whose only consumer is the next node may be done
@@ -103,11 +106,16 @@ fn bad(msg: String) -> RemoteError {
 }
 
 impl GpuModel {
-    pub fn new(graph: Graph) -> Result<GpuModel, RemoteError> {
+    pub fn new(ex: &WebGpuExecutor, graph: Graph) -> Result<GpuModel, RemoteError> {
         graph.validate().map_err(|e| bad(e.to_string()))?;
         let last_use = last_uses(&graph);
         let plan = fusion_plan(&graph);
+        let kv = match &graph.kv {
+            Some(decl) => ex.kv_cache(decl)?,
+            None => Vec::new(),
+        };
         Ok(GpuModel {
+            kv,
             qkv: RefCell::default(),
             plan,
             weights: RefCell::new(vec![None; graph.weights.len()]),
@@ -183,6 +191,9 @@ impl GpuModel {
         }
         inputs::check(g, inputs)?;
         inputs::check_gather_ids(g, inputs)?;
+        if let Some(kv) = &g.kv {
+            check_cache_rows(kv, inputs)?;
+        }
         let mut values: Vec<Option<GpuValue>> = vec![None; g.value_count()];
         for (i, t) in inputs.iter().enumerate() {
             values[i] = Some(ex.upload_value(t));
@@ -229,6 +240,11 @@ impl GpuModel {
                     largs.extend(bias.as_ref());
                     let qkv = matmul::encode_linear(ex, &mut rec, &largs, &qkv_shape)?;
                     attention::encode_packed(ex, &mut rec, heads, &qkv, arg(node.args[3]), h)?
+                }
+                Fuse::Alone if matches!(node.op, Op::CachedAttention { .. }) => {
+                    let Op::CachedAttention { layer, heads, kv_heads } = node.op else { unreachable!("matched") };
+                    let args: Vec<&GpuValue> = node.args.iter().map(|&a| arg(a)).collect();
+                    cached_attention::encode(ex, &mut rec, heads, kv_heads, &args, &self.kv[layer as usize])?
                 }
                 Fuse::AddLayerNorm => {
                     let add = &g.nodes[ni - 1];
@@ -301,10 +317,56 @@ impl GpuModel {
     }
 }
 
+/// Every token row's cache row `kv_start[t] + pos[t]` must lie inside the cache: the kernels
+/// index the cache buffers with it.
+fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<(), RemoteError> {
+    let ints = |t: &Tensor| -> Vec<i64> {
+        t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+    };
+    let (pos, start) = (ints(&inputs[1]), ints(&inputs[2]));
+    for (t, (&p, &s)) in pos.iter().zip(&start).enumerate() {
+        if p < 0 || s < 0 || p + s >= kv.max_tokens as i64 {
+            return Err(bad(format!(
+                "token row {t}: kv_start {s} + pos {p} is outside the KV cache of {} rows",
+                kv.max_tokens
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl WebGpuExecutor {
+    /// Zero-filled K and V buffers per layer for `kv`, each checked against the device's largest
+    /// storage binding (a layer's buffer is bound whole).
+    pub(crate) fn kv_cache(&self, kv: &shared_proto::KvDecl) -> Result<Vec<LayerCache>, RemoteError> {
+        let bytes = kv.max_tokens as u64 * kv.kv_heads as u64 * kv.head_dim as u64 * 4;
+        let limits = self.gpu.device.limits();
+        let limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if bytes > limit {
+            return Err(RemoteError::new(
+                ErrorKind::Capacity,
+                format!(
+                    "KV cache of {} tokens needs {bytes} bytes per layer for keys (and as many for values); this \
+                     device binds at most {limit} bytes per buffer, i.e. {} tokens",
+                    kv.max_tokens,
+                    limit / (kv.kv_heads as u64 * kv.head_dim as u64 * 4)
+                ),
+            ));
+        }
+        let make = |label| {
+            self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.next_multiple_of(16),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        Ok((0..kv.layers).map(|_| LayerCache { k: make("kv_k"), v: make("kv_v") }).collect())
+    }
+
     /// Convenience for tests and single-op graphs: create, upload all weights, prepare.
     pub async fn load_model(&self, graph: Graph, weights: &[Tensor]) -> Result<GpuModel, RemoteError> {
-        let m = GpuModel::new(graph)?;
+        let m = GpuModel::new(self, graph)?;
         m.put_weights(self, 0, weights)?;
         if m.missing_weights() > 0 {
             return Err(bad(format!("{} weights missing", m.missing_weights())));

@@ -6,11 +6,15 @@
 
 pub(crate) mod attention;
 mod binary;
+mod cached_attention;
 pub mod graph;
+mod linear_quant;
 mod matmul;
 mod pool;
 mod reduce;
 mod reindex;
+mod rope;
+mod sampling;
 mod unary;
 
 use std::cell::RefCell;
@@ -138,6 +142,10 @@ pub struct WebGpuExecutor {
     gpu: Gpu,
     pipelines: RefCell<HashMap<String, Rc<wgpu::ComputePipeline>>>,
     pool: BufferPool,
+    /// Rope's θ tables by (base bits, head width), written once: a table uploaded into a pooled
+    /// buffer while recording could overwrite an input that an earlier dispatch of the same
+    /// submission has yet to read (released buffers are reused within a submission).
+    rope_tables: RefCell<HashMap<(u32, u32), Rc<wgpu::Buffer>>>,
 }
 
 /// Output of one kernel or graph run (device time: submit → results mapped, per repeat).
@@ -212,7 +220,12 @@ const POOL_BYTES: u64 = 32 << 20;
 
 impl WebGpuExecutor {
     pub fn new(gpu: Gpu) -> Self {
-        WebGpuExecutor { gpu, pipelines: RefCell::default(), pool: BufferPool::new(POOL_BYTES) }
+        WebGpuExecutor {
+            gpu,
+            pipelines: RefCell::default(),
+            pool: BufferPool::new(POOL_BYTES),
+            rope_tables: RefCell::default(),
+        }
     }
 
     pub fn caps(&self) -> &WebGpuCaps {
@@ -281,21 +294,20 @@ impl WebGpuExecutor {
         match op {
             Op::MatMul => matmul::encode_matmul(self, rec, args[0], args[1], MatMulVariant::Tiled),
             Op::Linear { .. } => matmul::encode_linear(self, rec, args, out_shape),
-            Op::Add | Op::Mul => binary::encode(self, rec, op, args[0], args[1]),
+            Op::Add | Op::Mul | Op::SiluMul => binary::encode(self, rec, op, args[0], args[1]),
             Op::Gelu => unary::encode(self, rec, op, args[0]),
-            Op::LayerNorm { .. } | Op::Softmax | Op::L2Normalize { .. } | Op::MeanPool => {
+            Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax | Op::L2Normalize { .. } | Op::MeanPool => {
                 reduce::encode(self, rec, op, args, out_shape)
             }
             Op::Gather | Op::Transpose { .. } => reindex::encode(self, rec, op, args, out_shape),
             Op::Reshape { .. } => Ok(GpuValue { shape: out_shape.to_vec(), ..args[0].clone() }),
             Op::Attention { heads } => attention::encode(self, rec, *heads, args),
-            Op::SiluMul
-            | Op::RmsNorm { .. }
-            | Op::Rope { .. }
-            | Op::Argmax
-            | Op::Sample
-            | Op::CachedAttention { .. } => {
-                Err(RemoteError::new(ErrorKind::Unsupported, format!("{} is not implemented on WebGPU yet", op.name())))
+            Op::Rope { heads, base } => rope::encode(self, rec, *heads, *base, args[0], args[1]),
+            Op::Argmax => sampling::encode_argmax(self, rec, args[0]),
+            Op::Sample => sampling::encode_sample(self, rec, args[0], args[1]),
+            // Needs the model's cache: encoded by `GpuModel::run`.
+            Op::CachedAttention { .. } => {
+                Err(RemoteError::new(ErrorKind::Unsupported, "cached attention runs only inside a stateful model"))
             }
         }
     }
@@ -353,7 +365,15 @@ impl WebGpuExecutor {
     pub(crate) fn write_weight(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
         const WRITE_CHUNK: usize = 1 << 20;
         for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
-            self.gpu.queue.write_buffer(buf, offset + (i * WRITE_CHUNK) as u64, chunk);
+            let at = offset + (i * WRITE_CHUNK) as u64;
+            if chunk.len() % 4 == 0 {
+                self.gpu.queue.write_buffer(buf, at, chunk);
+            } else {
+                // Block dtypes (Q8_0: 34-byte blocks) may end mid-word; WebGPU writes whole words.
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(4), 0);
+                self.gpu.queue.write_buffer(buf, at, &padded);
+            }
         }
     }
 

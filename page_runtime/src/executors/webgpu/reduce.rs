@@ -1,4 +1,4 @@
-//! Reduce family: layer norm, softmax and L2 normalise (one invocation per row: no barriers,
+//! Reduce family: layer norm, RMS norm, softmax and L2 normalise (one invocation per row: no barriers,
 //! which software adapters pay dearly for), masked mean pooling (one invocation per output).
 
 use shared_proto::{Op, RemoteError};
@@ -26,6 +26,10 @@ pub(super) fn encode(
             let p = ex.pipeline("layer_norm", || layer_norm_source(false));
             let bufs: [&wgpu::Buffer; 4] = [&x.buf, &args[1].buf, &args[2].buf, &out.buf];
             ex.dispatch(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], row_groups)?;
+        }
+        Op::RmsNorm { eps } => {
+            let p = ex.pipeline("rms_norm", || include_str!("rms_norm.wgsl").into());
+            ex.dispatch(rec, p, &[&x.buf, &args[1].buf, &out.buf], &[rows, h, eps.to_bits(), 0], row_groups)?;
         }
         Op::Softmax => {
             let p = ex.pipeline("softmax", || include_str!("softmax.wgsl").into());

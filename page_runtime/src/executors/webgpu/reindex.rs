@@ -1,4 +1,4 @@
-//! Reindex family: gather (embedding lookup) and transpose. Reshape needs no kernel.
+//! Reindex family: gather (embedding lookup; f32 or block-quantized tables) and transpose. Reshape needs no kernel.
 
 use shared_proto::{Op, RemoteError};
 
@@ -17,7 +17,15 @@ pub(super) fn encode(
     match op {
         Op::Gather => {
             let (table, ids) = (args[0], args[1]);
-            let p = ex.pipeline("gather", || include_str!("gather.wgsl").into());
+            let p = if table.dtype.block().is_some() {
+                let key = format!("gather_{:?}", table.dtype);
+                ex.pipeline(&key, || {
+                    include_str!("gather_quant.wgsl")
+                        .replace("{{FORMAT}}", super::linear_quant::format_source(table.dtype))
+                })
+            } else {
+                ex.pipeline("gather", || include_str!("gather.wgsl").into())
+            };
             let words = [len, stride, table.shape[1], table.shape[0]];
             ex.dispatch(rec, p, &[&table.buf, &ids.buf, &out.buf], &words, groups)?;
         }
