@@ -47,6 +47,7 @@ async fn out_of_range_ids_are_refused_not_clamped() {
         }],
         nodes: vec![Node { op: Op::Gather, args: vec![1, 0] }],
         outputs: vec![2],
+        kv: None,
     };
     let m = ex.load_model(g, &[table]).await.unwrap();
     let e = m.run(&ex, &[i32s(&[2], &[3, 10])]).await.err().expect("id 10 is outside 0..10");
@@ -67,6 +68,7 @@ async fn a_loaded_model_compiles_once_and_reuses_buffers() {
         }],
         nodes: vec![Node { op: Op::Linear { bias: false }, args: vec![0, 1] }, Node { op: Op::Gelu, args: vec![2] }],
         outputs: vec![3],
+        kv: None,
     };
     let m = ex.load_model(g, &[w]).await.unwrap();
     let compiled = ex.compiled_pipelines();
@@ -104,6 +106,7 @@ async fn fused_pairs_match_the_cpu_executor() {
             Node { op: Op::LayerNorm { eps: 1e-5 }, args: vec![9, 4, 5] }, // 10
         ],
         outputs: vec![10],
+        kv: None,
     };
     let plan = fusion_plan(&graph);
     assert_eq!(plan, [Fuse::Alone, Fuse::IntoNext, Fuse::LinearGelu, Fuse::IntoNext, Fuse::AddLayerNorm]);
@@ -144,6 +147,7 @@ async fn fused_qkv_attention_matches_the_cpu_executor() {
             Node { op: Op::Attention { heads: 4 }, args: vec![8, 9, 10, 1] },
         ],
         outputs: vec![11],
+        kv: None,
     };
     assert_eq!(fusion_plan(&graph), [Fuse::IntoNext, Fuse::IntoNext, Fuse::IntoNext, Fuse::QkvAttention]);
     let mut mask = vec![1.0f32; 2 * 9];

@@ -181,8 +181,13 @@ pub struct KvDecl {
 /// The inputs of a stateful graph, in this order; the tab builds them from its sessions for each
 /// `Step` (T tokens over R sessions): `ids[T]`, `pos[T]`, `kv_start[T]`, `rows[R]` (the token row
 /// each session samples after) and `sampling[R, 4]` (see `Op::Sample`).
-pub const STEP_INPUTS: [(&str, DType); 5] =
-    [("ids", DType::I32), ("pos", DType::I32), ("kv_start", DType::I32), ("rows", DType::I32), ("sampling", DType::F32)];
+pub const STEP_INPUTS: [(&str, DType); 5] = [
+    ("ids", DType::I32),
+    ("pos", DType::I32),
+    ("kv_start", DType::I32),
+    ("rows", DType::I32),
+    ("sampling", DType::F32),
+];
 
 impl KvDecl {
     /// Bytes of the whole cache (keys and values of every layer).
@@ -325,7 +330,9 @@ impl Graph {
                     return Err(bad(format!("rope heads {heads}, base {base}")));
                 }
                 Op::CachedAttention { layer, heads, kv_heads } => {
-                    let Some(kv) = &self.kv else { return Err(bad("cached attention in a graph without a KV cache".into())) };
+                    let Some(kv) = &self.kv else {
+                        return Err(bad("cached attention in a graph without a KV cache".into()));
+                    };
                     if *layer >= kv.layers || *kv_heads != kv.kv_heads || *heads == 0 || heads % kv_heads != 0 {
                         return Err(bad(format!(
                             "cached attention layer {layer}, heads {heads}/{kv_heads}: cache has {} layers of {} kv heads",

@@ -47,7 +47,7 @@ impl DType {
             None => Some(elements.saturating_mul(self.size() as u64)),
             Some((per, bytes)) => {
                 let last = *shape.last()? as usize;
-                (last % per == 0).then(|| (elements / per as u64).saturating_mul(bytes as u64))
+                last.is_multiple_of(per).then(|| (elements / per as u64).saturating_mul(bytes as u64))
             }
         }
     }

@@ -118,6 +118,11 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
             out.push(shapes[0][1]);
             Ok((out, DType::F32))
         }
+        // Blocks run along the last axis of the weight they came with: regrouping or permuting
+        // axes would cut them, so quantized values only feed Linear and Gather.
+        Op::Reshape { .. } | Op::Transpose { .. } if dtypes[0].block().is_some() => {
+            Err(bad(op, format!("cannot move the axes of a {:?} value", dtypes[0])))
+        }
         Op::Reshape { shape } => {
             let cannot = || bad(op, format!("cannot reshape {:?} to {shape:?}", shapes[0]));
             let total = elements(shapes[0]).ok_or_else(cannot)?;
@@ -196,9 +201,7 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
                 }
                 _ => Err(bad(
                     op,
-                    format!(
-                        "needs q[T, {heads}·d], k = v [T, {kv_heads}·d], pos[T], kv_start[T]; got {shapes:?}"
-                    ),
+                    format!("needs q[T, {heads}·d], k = v [T, {kv_heads}·d], pos[T], kv_start[T]; got {shapes:?}"),
                 )),
             }
         }
@@ -257,5 +260,14 @@ mod tests {
         // Within the limit, inference is unchanged.
         let (out, _) = infer(&Op::Reshape { shape: vec![-1, 8] }, &[&[4, 4, 4]], &[DType::F32]).unwrap();
         assert_eq!(out, vec![8, 8]);
+    }
+
+    #[test]
+    fn quantized_values_keep_their_axes() {
+        for op in [Op::Reshape { shape: vec![-1, 16] }, Op::Transpose { perm: vec![1, 0] }] {
+            let e = infer(&op, &[&[2, 32]], &[DType::Q4_1]).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadInput, "{op:?}");
+            assert!(infer(&op, &[&[2, 32]], &[DType::F32]).is_ok());
+        }
     }
 }

@@ -359,6 +359,7 @@ pub fn every_op_graph() -> Graph {
             node(Op::L2Normalize { eps: 1e-12 }, &[19]),        // 20
         ],
         outputs: vec![20, 18],
+        kv: None,
     }
 }
 

@@ -1,10 +1,12 @@
 //! Interprets an operator graph on the CPU: the host's fallback and every test's reference.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
-use super::{attention, binary, matmul, reduce, reindex, unary};
+use super::cached_attention::{self, CachedDims, KvCache};
+use super::{attention, binary, matmul, quantized, reduce, reindex, rope, sample, unary};
 use crate::executors::{inputs, shapes};
 
 /// A value during a run: shared so reshapes and weights cost no copy.
@@ -12,6 +14,8 @@ use crate::executors::{inputs, shapes};
 enum Data {
     F32(Arc<[f32]>),
     I32(Arc<[i32]>),
+    /// A block-quantized weight, its bytes as they arrived (only weights are quantized).
+    Blocks(DType, Bytes),
 }
 
 #[derive(Clone)]
@@ -25,25 +29,36 @@ impl Value {
         match self.data {
             Data::F32(_) => DType::F32,
             Data::I32(_) => DType::I32,
+            Data::Blocks(dt, _) => dt,
         }
     }
     fn f32(&self) -> &[f32] {
         match &self.data {
             Data::F32(d) => d,
-            Data::I32(_) => unreachable!("dtype checked by shapes::infer"),
+            _ => unreachable!("dtype checked by shapes::infer"),
+        }
+    }
+    fn i32(&self) -> &[i32] {
+        match &self.data {
+            Data::I32(d) => d,
+            _ => unreachable!("dtype checked by shapes::infer"),
         }
     }
 }
 
-/// A graph with its weights resident, ready to run many times.
+/// A graph with its weights resident, ready to run many times. A stateful graph (`Graph::kv`)
+/// also owns its KV cache; runs of it take turns on the cache's lock, which is what keeps `run`
+/// `&self` for a host that shares the model across threads.
 pub struct CpuModel {
     graph: Graph,
-    weights: Vec<Arc<[f32]>>,
+    weights: Vec<Data>,
     last_use: Vec<usize>,
+    kv: Option<Mutex<KvCache>>,
 }
 
 impl CpuModel {
-    /// `weights` in the graph's declared order, as f32 tensors of the declared shapes.
+    /// `weights` in the graph's declared order, of the declared dtypes (f32, or Q4_1/Q8_0 blocks
+    /// kept as they are) and shapes.
     pub fn new(graph: Graph, weights: Vec<Tensor>) -> Result<CpuModel, RemoteError> {
         graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
         if weights.len() != graph.weights.len() {
@@ -54,7 +69,9 @@ impl CpuModel {
         }
         let mut ws = Vec::with_capacity(weights.len());
         for (decl, t) in graph.weights.iter().zip(&weights) {
-            if t.shape != decl.shape || t.dtype != DType::F32 || decl.dtype != DType::F32 {
+            let plain = t.dtype == DType::F32 || t.dtype.block().is_some();
+            let len_ok = decl.dtype.byte_len(&decl.shape) == Some(t.data.len() as u64);
+            if t.shape != decl.shape || t.dtype != decl.dtype || !plain || !len_ok {
                 return Err(RemoteError::new(
                     ErrorKind::BadInput,
                     format!(
@@ -63,10 +80,14 @@ impl CpuModel {
                     ),
                 ));
             }
-            ws.push(Arc::from(t.to_f32().expect("f32")));
+            ws.push(match t.dtype {
+                DType::F32 => Data::F32(Arc::from(t.to_f32().expect("f32"))),
+                dt => Data::Blocks(dt, t.data.clone()),
+            });
         }
         let last_use = last_uses(&graph);
-        Ok(CpuModel { graph, weights: ws, last_use })
+        let kv = graph.kv.as_ref().map(|kv| Mutex::new(KvCache::new(kv)));
+        Ok(CpuModel { graph, weights: ws, last_use, kv })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -77,6 +98,10 @@ impl CpuModel {
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RemoteError> {
         let g = &self.graph;
         inputs::check(g, inputs)?;
+        // Held for the whole run: a step's layers must see one consistent cache. A panic in an
+        // earlier run leaves at worst rows of that step half written, which no session reads
+        // before writing them again.
+        let mut cache = self.kv.as_ref().map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
         let mut values: Vec<Option<Value>> = vec![None; g.value_count()];
         for (i, t) in inputs.iter().enumerate() {
             let data = match t.dtype {
@@ -98,8 +123,7 @@ impl CpuModel {
             values[i] = Some(Value { shape: t.shape.clone(), data });
         }
         for (i, decl) in g.weights.iter().enumerate() {
-            values[g.inputs.len() + i] =
-                Some(Value { shape: decl.shape.clone(), data: Data::F32(self.weights[i].clone()) });
+            values[g.inputs.len() + i] = Some(Value { shape: decl.shape.clone(), data: self.weights[i].clone() });
         }
         for (ni, node) in g.nodes.iter().enumerate() {
             let args: Vec<&Value> =
@@ -108,7 +132,7 @@ impl CpuModel {
             let dtypes: Vec<DType> = args.iter().map(|v| v.dtype()).collect();
             let (shape, _) = shapes::infer(&node.op, &shapes_, &dtypes)
                 .map_err(|e| RemoteError::new(e.kind, format!("node {ni}: {}", e.message)))?;
-            let data = eval(&node.op, &args, &shape)?;
+            let data = eval(&node.op, &args, &shape, cache.as_deref_mut())?;
             let own = g.node_value(ni) as usize;
             values[own] = Some(Value { shape, data });
             // Free what no later node or output needs.
@@ -129,6 +153,7 @@ impl CpuModel {
                         shape: v.shape.clone(),
                         data: d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
                     },
+                    Data::Blocks(dt, b) => Tensor { dtype: *dt, shape: v.shape.clone(), data: b.clone() },
                 })
             })
             .collect()
@@ -149,7 +174,7 @@ pub fn last_uses(g: &Graph) -> Vec<usize> {
     last
 }
 
-fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError> {
+fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>) -> Result<Data, RemoteError> {
     let dim = |v: &Value, i: usize| v.shape[i] as usize;
     let last = |v: &Value| *v.shape.last().expect("rank ≥ 1") as usize;
     let f = |v: Vec<f32>| Data::F32(v.into());
@@ -163,7 +188,11 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError
         Op::Linear { bias } => {
             let (x, w) = (args[0], args[1]);
             let (n, k) = (dim(w, 0), dim(w, 1));
-            f(matmul::linear(x.f32(), w.f32(), bias.then(|| args[2].f32()), x.f32().len() / k, k, n))
+            let (bias, m) = (bias.then(|| args[2].f32()), x.f32().len() / k);
+            f(match &w.data {
+                Data::Blocks(dt, b) => quantized::linear(x.f32(), b, *dt, bias, m, k, n),
+                _ => matmul::linear(x.f32(), w.f32(), bias, m, k, n),
+            })
         }
         Op::Add => f(binary::add(args[0].f32(), args[1].f32())),
         Op::Mul => f(binary::mul(args[0].f32(), args[1].f32())),
@@ -176,13 +205,17 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError
         }
         Op::L2Normalize { eps } => f(reduce::l2_normalize(args[0].f32(), last(args[0]), *eps)),
         Op::Gather => {
-            let Data::I32(ids) = &args[1].data else { unreachable!("checked i32") };
-            f(reindex::gather(args[0].f32(), dim(args[0], 1), ids)?)
+            let (table, h) = (args[0], dim(args[0], 1));
+            f(match &table.data {
+                Data::Blocks(dt, b) => quantized::gather(b, *dt, h, args[1].i32())?,
+                _ => reindex::gather(table.f32(), h, args[1].i32())?,
+            })
         }
         Op::Reshape { .. } => args[0].data.clone(),
         Op::Transpose { perm } => match &args[0].data {
             Data::F32(d) => Data::F32(reindex::transpose(d, &args[0].shape, perm).into()),
             Data::I32(d) => Data::I32(reindex::transpose(d, &args[0].shape, perm).into()),
+            Data::Blocks(..) => unreachable!("shapes::infer refuses block operands here"),
         },
         Op::Attention { heads } => {
             let q = args[0];
@@ -190,11 +223,17 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32]) -> Result<Data, RemoteError
             let dims = attention::AttnDims { b, s, h, heads: *heads as usize };
             f(attention::attention(q.f32(), args[1].f32(), args[2].f32(), args[3].f32(), dims))
         }
-        Op::SiluMul | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Argmax | Op::Sample | Op::CachedAttention { .. } => {
-            return Err(RemoteError::new(
-                ErrorKind::Unsupported,
-                format!("{} is not implemented on the CPU executor yet", op.name()),
-            ));
+        Op::SiluMul => f(binary::silu_mul(args[0].f32(), args[1].f32())),
+        Op::RmsNorm { eps } => f(reduce::rms_norm(args[0].f32(), args[1].f32(), *eps)),
+        Op::Rope { heads, base } => f(rope::rope(args[0].f32(), args[1].i32(), *heads as usize, *base)),
+        Op::Argmax => Data::I32(sample::argmax(args[0].f32(), last(args[0])).into()),
+        Op::Sample => Data::I32(sample::sample(args[0].f32(), args[1].f32(), last(args[0])).into()),
+        Op::CachedAttention { layer, heads, kv_heads } => {
+            let cache =
+                cache.ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "cached attention without a KV cache"))?;
+            let dims = CachedDims { layer: *layer as usize, heads: *heads as usize, kv_heads: *kv_heads as usize };
+            let [q, k, v, pos, start] = args else { unreachable!("arity 5") };
+            f(cached_attention::cached_attention(cache, dims, q.f32(), k.f32(), v.f32(), pos.i32(), start.i32())?)
         }
     })
     .inspect(|_| debug_assert!(!out_shape.is_empty() || matches!(op, Op::Reshape { .. })))

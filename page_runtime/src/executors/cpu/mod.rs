@@ -3,18 +3,26 @@
 
 mod attention;
 mod binary;
+mod cached_attention;
 mod graph;
 mod matmul;
+mod par;
+pub mod quantized;
 mod reduce;
 mod reindex;
+mod rope;
+mod sample;
 mod unary;
 
 pub use attention::{AttnDims, attention};
-pub use binary::{add, mul};
+pub use binary::{add, mul, silu_mul};
+pub use cached_attention::{CachedDims, KvCache, cached_attention};
 pub use graph::{CpuModel, last_uses};
 pub use matmul::{dot, linear, matmul};
-pub use reduce::{l2_normalize, layer_norm, mean_pool, softmax};
+pub use reduce::{l2_normalize, layer_norm, mean_pool, rms_norm, softmax};
 pub use reindex::{gather, transpose};
+pub use rope::rope;
+pub use sample::{argmax, sample};
 pub use unary::gelu;
 
 use shared_proto::{Kernel, RemoteError, Tensor};

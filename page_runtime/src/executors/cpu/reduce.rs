@@ -56,3 +56,35 @@ pub fn l2_normalize(x: &[f32], h: usize, eps: f32) -> Vec<f32> {
     }
     out
 }
+
+/// `x / sqrt(mean(x²) + eps) · gamma` per row of `gamma.len()`.
+pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let h = gamma.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(h) {
+        let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / h as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        out.extend(row.iter().zip(gamma).map(|(&v, &g)| v * inv * g));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_f64() {
+        let x = [3.0f32, -4.0, 0.5, 1e-3, 2.0, 2.0];
+        let gamma = [1.0f32, 0.5, -2.0];
+        let got = rms_norm(&x, &gamma, 1e-5);
+        for (r, row) in x.chunks(3).enumerate() {
+            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 3.0;
+            for c in 0..3 {
+                let want = row[c] as f64 / (ms + 1e-5).sqrt() * gamma[c] as f64;
+                let g = got[r * 3 + c] as f64;
+                assert!((g - want).abs() <= 1e-6 + 1e-6 * want.abs(), "{g} vs {want}");
+            }
+        }
+    }
+}

@@ -289,7 +289,12 @@ impl WebGpuExecutor {
             Op::Gather | Op::Transpose { .. } => reindex::encode(self, rec, op, args, out_shape),
             Op::Reshape { .. } => Ok(GpuValue { shape: out_shape.to_vec(), ..args[0].clone() }),
             Op::Attention { heads } => attention::encode(self, rec, *heads, args),
-            Op::SiluMul | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Argmax | Op::Sample | Op::CachedAttention { .. } => {
+            Op::SiluMul
+            | Op::RmsNorm { .. }
+            | Op::Rope { .. }
+            | Op::Argmax
+            | Op::Sample
+            | Op::CachedAttention { .. } => {
                 Err(RemoteError::new(ErrorKind::Unsupported, format!("{} is not implemented on WebGPU yet", op.name())))
             }
         }

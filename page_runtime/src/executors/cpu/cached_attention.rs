@@ -1,0 +1,227 @@
+//! The KV cache of a stateful model and causal grouped-query attention over it.
+
+use shared_proto::{ErrorKind, KvDecl, RemoteError};
+
+use super::{matmul::dot, par};
+
+/// Keys and values of every layer: rows of `kv_heads · head_dim` f32, up to `max_tokens` rows.
+/// Storage grows as rows are first written, so a model declared with a large cache costs only
+/// what its sessions have used.
+pub struct KvCache {
+    width: usize,
+    max_tokens: usize,
+    /// Per layer: (keys, values), each `rows · width` long.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl KvCache {
+    pub fn new(kv: &KvDecl) -> KvCache {
+        KvCache {
+            width: (kv.kv_heads * kv.head_dim) as usize,
+            max_tokens: kv.max_tokens as usize,
+            layers: (0..kv.layers).map(|_| (Vec::new(), Vec::new())).collect(),
+        }
+    }
+
+    /// Rows currently backed by memory in `layer`.
+    pub fn rows(&self, layer: usize) -> usize {
+        self.layers[layer].0.len() / self.width
+    }
+}
+
+/// Shape of one `CachedAttention` call.
+#[derive(Clone, Copy, Debug)]
+pub struct CachedDims {
+    pub layer: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+/// `q[T, heads·d]`, `k, v[T, kv_heads·d]`, `pos[T]`, `kv_start[T]` → `[T, heads·d]` (see
+/// `Op::CachedAttention`). Every row's k, v are written first, so a prefill of T tokens attends
+/// to the rows written in the same call.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_attention(
+    cache: &mut KvCache,
+    dims: CachedDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos: &[i32],
+    kv_start: &[i32],
+) -> Result<Vec<f32>, RemoteError> {
+    let CachedDims { layer, heads, kv_heads } = dims;
+    let (w, max_tokens) = (cache.width, cache.max_tokens);
+    let t = pos.len();
+    let d = w / kv_heads;
+    // The shape rules tie q to k but not k to the cache: a graph may declare other head sizes.
+    if k.len() != t * w || v.len() != t * w || q.len() != t * heads * d {
+        return Err(RemoteError::new(
+            ErrorKind::BadInput,
+            format!(
+                "cached attention: k, v rows of {} values and q rows of {} do not fit a cache of {kv_heads}×{d}",
+                k.len() / t.max(1),
+                q.len() / t.max(1)
+            ),
+        ));
+    }
+    let mut rows = Vec::with_capacity(t);
+    for (&p, &s) in pos.iter().zip(kv_start) {
+        let row = s as i64 + p as i64;
+        if p < 0 || s < 0 || row >= max_tokens as i64 {
+            return Err(RemoteError::new(
+                ErrorKind::BadInput,
+                format!("cached attention: kv_start {s} + pos {p} outside the cache of {max_tokens} rows"),
+            ));
+        }
+        rows.push(row as usize);
+    }
+    let (keys, values) = &mut cache.layers[layer];
+    let need = (rows.iter().max().copied().unwrap_or(0) + 1) * w;
+    if keys.len() < need {
+        // Grow geometrically (capped at the declared cache) so a long decode reallocates rarely.
+        let target = need.max((keys.len() * 2).min(max_tokens * w));
+        keys.reserve_exact(target - keys.len());
+        values.reserve_exact(target - values.len());
+        keys.resize(need, 0.0);
+        values.resize(need, 0.0);
+    }
+    for (i, &r) in rows.iter().enumerate() {
+        keys[r * w..(r + 1) * w].copy_from_slice(&k[i * w..(i + 1) * w]);
+        values[r * w..(r + 1) * w].copy_from_slice(&v[i * w..(i + 1) * w]);
+    }
+    let (keys, values) = (&keys[..], &values[..]);
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; t * heads * d];
+    let work: usize = pos.iter().map(|&p| (p as usize + 1) * 2 * d * heads).sum();
+    par::rows(&mut out, d, work, |th, o| {
+        let (ti, h) = (th / heads, th % heads);
+        let kvh = h / group;
+        let first = kv_start[ti] as usize;
+        let last = rows[ti];
+        let qh = &q[ti * heads * d + h * d..ti * heads * d + (h + 1) * d];
+        let mut scores: Vec<f32> =
+            (first..=last).map(|r| dot(qh, &keys[r * w + kvh * d..r * w + (kvh + 1) * d]) * scale).collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        for (r, &p) in (first..=last).zip(&scores) {
+            let p = p * inv;
+            for (a, &x) in o.iter_mut().zip(&values[r * w + kvh * d..r * w + (kvh + 1) * d]) {
+                *a += p * x;
+            }
+        }
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40503)) % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Per session: the key rows and the value rows written so far.
+    type History = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+    /// Causal GQA over explicit per-row key/value histories, in f64.
+    fn reference(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0f64; heads * d];
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|kr| (0..d).map(|i| q[h * d + i] as f64 * kr[kvh * d + i] as f64).sum::<f64>() / (d as f64).sqrt())
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for (p, vr) in e.iter().zip(values) {
+                for i in 0..d {
+                    out[h * d + i] += p / z * vr[kvh * d + i] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn prefill_then_decode_of_two_sessions_matches_f64() {
+        let (heads, kv_heads, d, layers) = (4, 2, 8, 2);
+        let w = kv_heads * d;
+        let decl = KvDecl {
+            layers: layers as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: d as u32,
+            max_tokens: 64,
+            max_sessions: 2,
+        };
+        let mut cache = KvCache::new(&decl);
+        assert_eq!(cache.rows(1), 0, "nothing allocated before use");
+        let dims = CachedDims { layer: 1, heads, kv_heads };
+        // Session A at rows 0.., session B at rows 32..; step 1 prefills A (3) and B (2) together,
+        // step 2 decodes one token of each.
+        let steps: [(&[i32], &[i32]); 2] = [(&[0, 1, 2, 0, 1], &[0, 0, 0, 32, 32]), (&[3, 2], &[0, 32])];
+        let mut hist: [History; 2] = Default::default();
+        for (si, (pos, start)) in steps.iter().enumerate() {
+            let t = pos.len();
+            let q = noise(t * heads * d, 10 + si as u32);
+            let k = noise(t * w, 20 + si as u32);
+            let v = noise(t * w, 30 + si as u32);
+            let got = cached_attention(&mut cache, dims, &q, &k, &v, pos, start).unwrap();
+            for ti in 0..t {
+                let sess = (start[ti] == 32) as usize;
+                hist[sess].0.push(k[ti * w..(ti + 1) * w].to_vec());
+                hist[sess].1.push(v[ti * w..(ti + 1) * w].to_vec());
+            }
+            for ti in 0..t {
+                let sess = (start[ti] == 32) as usize;
+                let n = pos[ti] as usize + 1;
+                let want = reference(
+                    &q[ti * heads * d..(ti + 1) * heads * d],
+                    &hist[sess].0[..n],
+                    &hist[sess].1[..n],
+                    heads,
+                    kv_heads,
+                    d,
+                );
+                for (g, w) in got[ti * heads * d..(ti + 1) * heads * d].iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "step {si} row {ti}: {g} vs {w}");
+                }
+            }
+        }
+        assert_eq!(cache.rows(1), 35, "grown to the highest row written (B's row 32 + 2)");
+        assert_eq!(cache.rows(0), 0, "other layers untouched");
+    }
+
+    #[test]
+    fn rows_outside_the_cache_are_refused() {
+        let decl = KvDecl { layers: 1, kv_heads: 1, head_dim: 4, max_tokens: 8, max_sessions: 1 };
+        let mut cache = KvCache::new(&decl);
+        let dims = CachedDims { layer: 0, heads: 1, kv_heads: 1 };
+        let x = [0.5f32; 4];
+        let e = cached_attention(&mut cache, dims, &x, &x, &x, &[3], &[5]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadInput);
+        assert!(cached_attention(&mut cache, dims, &x, &x, &x, &[-1], &[0]).is_err());
+        assert!(cached_attention(&mut cache, dims, &x, &x, &x, &[2], &[5]).is_ok());
+        let wide = [0.5f32; 8];
+        let e = cached_attention(&mut cache, dims, &wide, &wide, &wide, &[0], &[0]).unwrap_err();
+        assert!(e.message.contains("do not fit"), "{}", e.message);
+    }
+}
