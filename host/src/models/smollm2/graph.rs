@@ -50,7 +50,11 @@ pub fn build(
     limits: KvLimits,
     outputs: Outputs,
 ) -> anyhow::Result<(Graph, Vec<Tensor>)> {
-    if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.hidden % cfg.heads != 0 || cfg.heads % cfg.kv_heads != 0 {
+    if cfg.heads == 0
+        || cfg.kv_heads == 0
+        || !cfg.hidden.is_multiple_of(cfg.heads)
+        || !cfg.heads.is_multiple_of(cfg.kv_heads)
+    {
         bail!("{} heads / {} kv heads do not divide a width of {}", cfg.heads, cfg.kv_heads, cfg.hidden);
     }
     let (h, hd, kvw) = (cfg.hidden, cfg.head_dim(), cfg.kv_heads * cfg.head_dim());
