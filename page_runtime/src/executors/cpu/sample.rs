@@ -33,37 +33,62 @@ fn sample_row(row: &[f32], temperature: f32, top_k: f32, top_p: f32, u: f32) -> 
     let t = temperature as f64;
     // Unnormalised probabilities: every later step only compares and sums them relatively.
     let mut cand: Vec<(usize, f64)> = row.iter().enumerate().map(|(i, &x)| (i, ((x - max) as f64 / t).exp())).collect();
-    let order =
-        |a: &(usize, f64), b: &(usize, f64)| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0));
     let k = if top_k >= 1.0 { (top_k as usize).min(cand.len()) } else { cand.len() };
     if k < cand.len() {
         cand.select_nth_unstable_by(k - 1, order);
         cand.truncate(k);
+        cand.sort_unstable_by_key(|c| c.0);
     }
-    cand.sort_unstable_by(order);
+    // Masses summed in a defined order (index order for the top-k set, probability order for a
+    // top-p prefix) so the cut and the draw do not depend on how the candidates were shuffled.
+    let mut mass: f64 = cand.iter().map(|c| c.1).sum();
     if top_p < 1.0 {
-        let goal = top_p as f64 * cand.iter().map(|c| c.1).sum::<f64>();
-        let mut cum = 0.0;
-        let mut keep = cand.len();
-        for (n, c) in cand.iter().enumerate() {
+        let goal = top_p as f64 * mass;
+        if let Some((keep, cum)) = sorted_prefix(&mut cand, |cum| cum >= goal) {
+            cand.truncate(keep);
+            mass = cum;
+        }
+    }
+    let target = u.clamp(0.0, 1.0) as f64 * mass;
+    match sorted_prefix(&mut cand, |cum| cum > target) {
+        Some((n, _)) => cand[n - 1].0 as i32,
+        // Rounding left the target at the very top: the least likely kept token.
+        None => cand.iter().copied().max_by(order).expect("a candidate").0 as i32,
+    }
+}
+
+/// Most likely first, then the lower index: a total order, so every executor walks the
+/// candidates alike.
+fn order(a: &(usize, f64), b: &(usize, f64)) -> Ordering {
+    b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal).then(a.0.cmp(&b.0))
+}
+
+/// The shortest prefix of `cand` in [`order`] whose cumulative mass satisfies `done`: its length
+/// and mass, with that prefix sorted in place (`None`: not even all of them). Sorts only as much
+/// of the head as it needs, growing it 4× at a time: a top-p cut or a draw over a 49152-token
+/// vocabulary usually ends within the first few dozen, where a full sort costs milliseconds.
+/// The sums are those of a full sort (same order, same additions).
+fn sorted_prefix(cand: &mut [(usize, f64)], done: impl Fn(f64) -> bool) -> Option<(usize, f64)> {
+    let mut head = cand.len().min(64);
+    let mut cum = 0.0;
+    let mut at = 0;
+    loop {
+        if head < cand.len() {
+            cand[at..].select_nth_unstable_by(head - at - 1, order);
+        }
+        cand[at..head].sort_unstable_by(order);
+        for (n, c) in cand[at..head].iter().enumerate() {
             cum += c.1;
-            if cum >= goal {
-                keep = n + 1;
-                break;
+            if done(cum) {
+                return Some((at + n + 1, cum));
             }
         }
-        cand.truncate(keep.max(1));
-    }
-    let mass: f64 = cand.iter().map(|c| c.1).sum();
-    let target = u.clamp(0.0, 1.0) as f64 * mass;
-    let mut cum = 0.0;
-    for c in &cand {
-        cum += c.1;
-        if cum > target {
-            return c.0 as i32;
+        if head == cand.len() {
+            return None;
         }
+        at = head;
+        head = (head * 4).min(cand.len());
     }
-    cand.last().expect("at least one candidate").0 as i32
 }
 
 #[cfg(test)]
@@ -134,6 +159,54 @@ mod tests {
                 let got = ci as f64 / n as f64;
                 // A grid of n u's quantises each token's share to 1/n.
                 assert!((got - want).abs() <= 2.0 / n as f64, "t {t} k {k} p {p} token {i}: {got} vs {want}");
+            }
+        }
+    }
+
+    /// The spec read literally: sort everything, cut, walk (masses summed as documented).
+    fn naive(l: &[f32], t: f32, k: f32, p: f32, u: f32) -> i32 {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let all: Vec<(usize, f64)> =
+            l.iter().enumerate().map(|(i, &x)| (i, ((x - max) as f64 / t as f64).exp())).collect();
+        let mut c = all.clone();
+        c.sort_by(order);
+        if k >= 1.0 {
+            c.truncate(k as usize);
+        }
+        let mut kept = vec![false; l.len()];
+        c.iter().for_each(|x| kept[x.0] = true);
+        let mut mass: f64 = all.iter().filter(|a| kept[a.0]).map(|a| a.1).sum();
+        if p < 1.0 {
+            let goal = p as f64 * mass;
+            let mut cum = 0.0;
+            if let Some(n) = c.iter().position(|x| {
+                cum += x.1;
+                cum >= goal
+            }) {
+                c.truncate(n + 1);
+                mass = cum;
+            }
+        }
+        let target = u as f64 * mass;
+        let mut cum = 0.0;
+        c.iter()
+            .find(|x| {
+                cum += x.1;
+                cum > target
+            })
+            .unwrap_or(c.last().unwrap())
+            .0 as i32
+    }
+
+    #[test]
+    fn partial_sorting_picks_what_a_full_sort_picks() {
+        let v = 3000;
+        // Rounded logits so ties occur, over a wide range so the head is sometimes long.
+        let l: Vec<f32> = (0..v).map(|i| ((i * 7919 % 997) as f32 / 50.0).round() / 4.0).collect();
+        for (t, k, p) in [(1.0, 0.0, 1.0), (0.5, 0.0, 0.9), (3.0, 0.0, 0.99), (1.0, 200.0, 0.5), (10.0, 0.0, 1.0)] {
+            for i in 0..200 {
+                let u = (i as f32 + 0.25) / 200.0;
+                assert_eq!(sample(&l, &[t, k, p, u], v)[0], naive(&l, t, k, p, u), "t {t} k {k} p {p} u {u}");
             }
         }
     }
