@@ -47,6 +47,7 @@ async fn out_of_range_ids_are_refused_not_clamped() {
         }],
         nodes: vec![Node { op: Op::Gather, args: vec![1, 0] }],
         outputs: vec![2],
+        kv: None,
     };
     let m = ex.load_model(g, &[table]).await.unwrap();
     let e = m.run(&ex, &[i32s(&[2], &[3, 10])]).await.err().expect("id 10 is outside 0..10");
@@ -67,6 +68,7 @@ async fn a_loaded_model_compiles_once_and_reuses_buffers() {
         }],
         nodes: vec![Node { op: Op::Linear { bias: false }, args: vec![0, 1] }, Node { op: Op::Gelu, args: vec![2] }],
         outputs: vec![3],
+        kv: None,
     };
     let m = ex.load_model(g, &[w]).await.unwrap();
     let compiled = ex.compiled_pipelines();
@@ -104,6 +106,7 @@ async fn fused_pairs_match_the_cpu_executor() {
             Node { op: Op::LayerNorm { eps: 1e-5 }, args: vec![9, 4, 5] }, // 10
         ],
         outputs: vec![10],
+        kv: None,
     };
     let plan = fusion_plan(&graph);
     assert_eq!(plan, [Fuse::Alone, Fuse::IntoNext, Fuse::LinearGelu, Fuse::IntoNext, Fuse::AddLayerNorm]);
@@ -144,6 +147,7 @@ async fn fused_qkv_attention_matches_the_cpu_executor() {
             Node { op: Op::Attention { heads: 4 }, args: vec![8, 9, 10, 1] },
         ],
         outputs: vec![11],
+        kv: None,
     };
     assert_eq!(fusion_plan(&graph), [Fuse::IntoNext, Fuse::IntoNext, Fuse::IntoNext, Fuse::QkvAttention]);
     let mut mask = vec![1.0f32; 2 * 9];
@@ -152,8 +156,10 @@ async fn fused_qkv_attention_matches_the_cpu_executor() {
     let want = CpuModel::new(graph.clone(), ws.clone()).unwrap().run(&inputs).unwrap();
     let ex = executor().await;
     let m = ex.load_model(graph, &ws).await.unwrap();
+    // Loading ran the graph once: the six q/k/v parts live only in the concatenation now.
+    assert_eq!((m.folded_weights(), m.missing_weights()), (6, 0));
     for _ in 0..2 {
-        // Second run reuses the concatenated weights.
+        // Later runs use the concatenated weights; the parts' buffers are gone.
         let got = m.run(&ex, &inputs).await.unwrap();
         let case =
             op_cases::Case { name: "q|k|v linear + attention", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-4 };

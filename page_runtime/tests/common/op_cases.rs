@@ -129,6 +129,7 @@ pub fn graph(case: &Case) -> Graph {
         weights: vec![],
         nodes: vec![Node { op: case.op.clone(), args: (0..n).collect() }],
         outputs: vec![n],
+        kv: None,
     }
 }
 
