@@ -192,8 +192,10 @@ async fn fused_qkv_attention_matches_the_cpu_executor() {
     let want = CpuModel::new(graph.clone(), ws.clone()).unwrap().run(&inputs).unwrap();
     let ex = executor().await;
     let m = ex.load_model(graph, &ws).await.unwrap();
+    // Loading ran the graph once: the six q/k/v parts live only in the concatenation now.
+    assert_eq!((m.folded_weights(), m.missing_weights()), (6, 0));
     for _ in 0..2 {
-        // Second run reuses the concatenated weights.
+        // Later runs use the concatenated weights; the parts' buffers are gone.
         let got = m.run(&ex, &inputs).await.unwrap();
         let case =
             op_cases::Case { name: "q|k|v linear + attention", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-4 };

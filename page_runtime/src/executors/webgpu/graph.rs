@@ -18,6 +18,9 @@ pub struct GpuModel {
     qkv: RefCell<std::collections::HashMap<usize, (GpuValue, Option<GpuValue>)>>,
     graph: Graph,
     weights: RefCell<Vec<Option<Rc<wgpu::Buffer>>>>,
+    /// Weights only the fused q/k/v linears read: once concatenated into `qkv` their own
+    /// buffers are destroyed (a second copy of 1.7 MiB per layer otherwise).
+    folded: RefCell<Vec<bool>>,
     last_use: Vec<usize>,
     weight_bytes: Cell<u64>,
     plan: Vec<Fuse>,
@@ -119,6 +122,7 @@ impl GpuModel {
             qkv: RefCell::default(),
             plan,
             weights: RefCell::new(vec![None; graph.weights.len()]),
+            folded: RefCell::new(vec![false; graph.weights.len()]),
             graph,
             last_use,
             weight_bytes: Cell::new(0),
@@ -138,7 +142,7 @@ impl GpuModel {
             let idx = first + i;
             inputs::check_weight(&self.graph, idx, t)?;
             let mut weights = self.weights.borrow_mut();
-            if weights[idx].is_none() {
+            if weights[idx].is_none() && !self.folded.borrow()[idx] {
                 self.weight_bytes.set(self.weight_bytes.get() + t.data.len() as u64);
             }
             weights[idx] = Some(ex.weight_buffer(t));
@@ -157,7 +161,7 @@ impl GpuModel {
     ) -> Result<(), RemoteError> {
         ex.alive()?;
         let mut weights = self.weights.borrow_mut();
-        if weights[index].is_none() {
+        if weights[index].is_none() && !self.folded.borrow()[index] {
             self.weight_bytes.set(self.weight_bytes.get() + bytes);
         }
         weights[index] = Some(buf);
@@ -165,7 +169,13 @@ impl GpuModel {
     }
 
     pub fn missing_weights(&self) -> usize {
-        self.weights.borrow().iter().filter(|w| w.is_none()).count()
+        let folded = self.folded.borrow();
+        self.weights.borrow().iter().zip(folded.iter()).filter(|(w, f)| w.is_none() && !**f).count()
+    }
+
+    /// Weights whose buffers were destroyed once concatenated for a fused q/k/v linear.
+    pub fn folded_weights(&self) -> usize {
+        self.folded.borrow().iter().filter(|f| **f).count()
     }
 
     pub fn weight_bytes(&self) -> u64 {
@@ -200,14 +210,21 @@ impl GpuModel {
         }
         let weights = self.weights.borrow().clone();
         for (i, decl) in g.weights.iter().enumerate() {
-            let buf = weights[i].clone().expect("checked complete");
-            values[g.inputs.len() + i] =
-                Some(GpuValue { shape: decl.shape.clone(), dtype: decl.dtype, buf: Rc::new(Buf::Weight(buf)) });
+            // A folded weight has no buffer: only the q/k/v concatenation reads it.
+            values[g.inputs.len() + i] = weights[i].clone().map(|buf| GpuValue {
+                shape: decl.shape.clone(),
+                dtype: decl.dtype,
+                buf: Rc::new(Buf::Weight(buf)),
+            });
         }
         let mut rec = Recorder::default();
         let mut shapes: Vec<Option<(Vec<u32>, DType)>> = vec![None; g.value_count()];
         for (i, v) in values.iter().enumerate() {
             shapes[i] = v.as_ref().map(|v| (v.shape.clone(), v.dtype));
+        }
+        for (i, decl) in g.weights.iter().enumerate() {
+            // Folded weights have no value but still have a shape (the fused linears infer theirs).
+            shapes[g.inputs.len() + i] = Some((decl.shape.clone(), decl.dtype));
         }
         for (ni, node) in g.nodes.iter().enumerate() {
             // Shapes are inferred for every node, fused or not, so errors name the right node.
@@ -313,6 +330,7 @@ impl GpuModel {
             .then(|| concat(&(0..3).map(|j| part(2, j)).collect::<Vec<_>>()));
         let fused = (concat(&w), bias);
         self.qkv.borrow_mut().insert(ni, fused.clone());
+        self.fold_weights(ni);
         Ok(fused)
     }
 }
@@ -333,6 +351,32 @@ fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+impl GpuModel {
+    /// Destroy the q/k/v weights (and biases) of attention node `ni` that nothing but its three
+    /// fused linears reads, now that they live in the concatenation. The copy into it was
+    /// submitted already, and `destroy` waits for submitted work that uses the buffer.
+    fn fold_weights(&self, ni: usize) {
+        let g = &self.graph;
+        let mut weights = self.weights.borrow_mut();
+        let mut folded = self.folded.borrow_mut();
+        for lin in &g.nodes[ni - 3..ni] {
+            for &a in &lin.args[1..] {
+                let elsewhere =
+                    g.nodes.iter().enumerate().any(|(n, node)| !(ni - 3..ni).contains(&n) && node.args.contains(&a))
+                        || g.outputs.contains(&a);
+                let ValueRef::Weight(idx) = g.value(a) else { continue };
+                if elsewhere || folded[idx] {
+                    continue;
+                }
+                if let Some(buf) = weights[idx].take() {
+                    buf.destroy();
+                }
+                folded[idx] = true;
+            }
+        }
+    }
 }
 
 impl WebGpuExecutor {

@@ -487,7 +487,7 @@ impl WebGpuExecutor {
         self.gpu.queue.submit([encoder.finish()]);
         // Recording and submitting have no await between them, so every dispatch that could
         // bind an idle buffer is in this submission (or an earlier one).
-        self.pool.trim();
+        let destroyed = self.pool.trim();
         let mut waits = Vec::with_capacity(staged.len());
         for (staging, bytes) in &staged {
             let (tx, rx) = futures_channel::oneshot::channel();
@@ -531,7 +531,27 @@ impl WebGpuExecutor {
             results.push(data);
         }
         drop(rec);
+        if destroyed > 0 {
+            self.release_destroyed().await;
+        }
         Ok((results, elapsed / repeats.max(1) as f64))
+    }
+
+    /// Make the browser free the memory of buffers destroyed during the last submission. As
+    /// measured (Chromium 156, SwiftShader), their memory was freed only after a *later*
+    /// submission completed: the largest run's buffers (~156 MiB after 32 × 256 tokens) stayed
+    /// in the GPU process until the next run. A one-command submission (an empty one may not
+    /// advance Dawn's serial) and its completion free them; only runs that trimmed pay it.
+    async fn release_destroyed(&self) {
+        let scratch = self.pool.acquire(&self.gpu.device, 256, pool::Kind::Uniform);
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.clear_buffer(&scratch, 0, None);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
     }
 }
 

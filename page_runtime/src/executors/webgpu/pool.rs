@@ -111,8 +111,10 @@ impl BufferPool {
     /// Destroy idle buffers, largest first, until at most `max_bytes` are kept. Call right after
     /// a submission: nothing unsubmitted binds an idle buffer then, and work already submitted
     /// may still use one (WebGPU keeps it alive until that work completes).
-    pub fn trim(&self) {
+    /// Returns the bytes destroyed.
+    pub fn trim(&self) -> u64 {
         let mut free = self.free.borrow_mut();
+        let mut destroyed = 0;
         while free.bytes > self.max_bytes {
             let Some(key) = free.buffers.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| *k).max_by_key(|k| k.1)
             else {
@@ -121,8 +123,10 @@ impl BufferPool {
             if let Some(b) = free.buffers.get_mut(&key).and_then(Vec::pop) {
                 b.destroy();
                 free.bytes -= key.1;
+                destroyed += key.1;
             }
         }
+        destroyed
     }
 
     /// Buffers currently parked in the pool (for tests and metrics).
