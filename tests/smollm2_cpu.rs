@@ -2,31 +2,16 @@
 //! session bookkeeping, against the independent float64 reference
 //! (`tests/data/smollm2_greedy.json`): the generated ids must equal `greedy_ids` exactly.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use page_runtime::executors::cpu::CpuModel;
 use page_runtime::sessions::Sessions;
 use shared_proto::{Sampling, StepRow};
 use tabpool::models::smollm2::{KvLimits, Outputs, SmolLm2};
 
-#[derive(serde::Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    text: String,
-}
-
 /// The reference stops at token 2 or after 24 tokens.
 const MAX_NEW: usize = 24;
-
-fn reference() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/smollm2_greedy.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str::<Reference>(&text).unwrap().cases
-}
 
 fn tokens(t: &shared_proto::Tensor) -> Vec<u32> {
     t.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect()
@@ -34,7 +19,7 @@ fn tokens(t: &shared_proto::Tensor) -> Vec<u32> {
 
 /// Both prompts prefilled in one step, then decoded together (continuous batching) until each
 /// hits the reference's stop rule; returns each session's generated ids.
-fn generate_batched(m: &SmolLm2, cpu: &CpuModel, sessions: &mut Sessions, cases: &[Case]) -> Vec<Vec<u32>> {
+fn generate_batched(m: &SmolLm2, cpu: &CpuModel, sessions: &mut Sessions, cases: &[support::GenCase]) -> Vec<Vec<u32>> {
     for (i, c) in cases.iter().enumerate() {
         sessions.open(i as u64, (c.prompt_ids.len() + MAX_NEW) as u32).unwrap();
     }
@@ -68,7 +53,7 @@ fn generate_batched(m: &SmolLm2, cpu: &CpuModel, sessions: &mut Sessions, cases:
 #[test]
 fn greedy_generation_equals_the_reference() {
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
-    let cases = reference();
+    let cases = support::smollm2_reference();
     let limits = KvLimits { max_tokens: 256, max_sessions: 4 };
     let (graph, weights) = m.graph(limits, Outputs::default()).unwrap();
     let kv = graph.kv.unwrap();

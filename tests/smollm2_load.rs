@@ -2,28 +2,11 @@
 //! (`tests/data/smollm2_greedy.json`): hyper-parameters, weight dtypes and sizes, the chat prompt
 //! and its token ids, decoding, and the step graph built from the real file.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use shared_proto::{DType, Op};
 use tabpool::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(serde::Deserialize)]
-struct Case {
-    user: String,
-    prompt: String,
-    prompt_ids: Vec<u32>,
-    greedy_ids: Vec<u32>,
-    text: String,
-}
-
-fn reference() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/smollm2_greedy.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str::<Reference>(&text).unwrap().cases
-}
 
 fn model() -> SmolLm2 {
     SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"))
@@ -32,7 +15,7 @@ fn model() -> SmolLm2 {
 #[test]
 fn chat_prompts_tokenize_and_greedy_ids_decode_as_the_reference() {
     let m = model();
-    let cases = reference();
+    let cases = support::smollm2_reference();
     assert_eq!(cases.len(), 2);
     for c in &cases {
         let messages = [Message::new("user", &c.user)];

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
+use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, matmul, report, serve,
+    bench, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul, report, serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -81,6 +82,34 @@ enum Command {
         json: bool,
         /// Texts to embed; none (or "-") reads non-empty lines from standard input.
         texts: Vec<String>,
+    },
+    /// Text generation (SmolLM2-135M-Instruct, 4-bit) streamed token by token, its KV cache in a
+    /// real tab (or on the host's CPU executor).
+    Generate {
+        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
+        backend: GenBackend,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// With a temperature: sample among the K most likely (0: all).
+        #[arg(long, default_value_t = 40)]
+        top_k: u32,
+        /// With a temperature: sample among the most likely tokens whose mass reaches P.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// With a temperature: the seed of the draws (same seed, same text).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Continue PROMPT as plain text instead of answering it as a chat user turn.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        json: bool,
+        /// The question (or, with --raw, the text to continue).
+        prompt: String,
     },
     /// Benchmarks measured in a real tab.
     Bench {
@@ -298,6 +327,10 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
+        }
+        Command::Generate { backend, max_tokens, temperature, top_k, top_p, seed, raw, json, prompt } => {
+            let args = generate::Args { backend, prompt, raw, max_tokens, temperature, top_k, top_p, seed, json };
+            generate::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
         Command::Bench {

@@ -129,6 +129,27 @@ pub fn minilm_reference() -> Vec<RefSentence> {
         .collect()
 }
 
+/// One case of `tests/data/smollm2_greedy.json` (float64 reference forward of SmolLM2 with its
+/// weights dequantized; greedy ids stop at token 2 or after 24 tokens; provenance in the README).
+#[derive(serde::Deserialize)]
+pub struct GenCase {
+    pub user: String,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub text: String,
+}
+
+pub fn smollm2_reference() -> Vec<GenCase> {
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        cases: Vec<GenCase>,
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/smollm2_greedy.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_json::from_str::<Reference>(&text).unwrap().cases
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

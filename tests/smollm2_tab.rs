@@ -1,0 +1,115 @@
+//! SmolLM2-135M-Instruct generating in real tabs, its KV cache kept in the tab between steps:
+//! greedy ids equal the float64 reference (`tests/data/smollm2_greedy.json`) on the tab's CPU
+//! executor and on WebGPU; concurrent generations batched into shared steps give each the ids
+//! it gets alone; seeded sampling is reproducible; a cancelled stream frees its KV rows; the
+//! tab refuses sessions beyond its limits with a typed error.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use shared_proto::Sampling;
+use tabpool::commands::generate::{self, GenBackend};
+use tabpool::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits};
+use tabpool::models::smollm2::{Message, SmolLm2};
+
+fn params(m: &SmolLm2, max_tokens: u32, sampling: Sampling) -> GenParams {
+    GenParams { max_tokens, sampling, stop_ids: m.eos_ids.clone() }
+}
+
+/// Up to 24 tokens of each case, greedy (the reference's stop rule), all cases at once.
+async fn greedy_all(m: &SmolLm2, d: &Decoder, cases: &[support::GenCase]) -> Vec<Vec<u32>> {
+    let runs =
+        cases.iter().map(|c| generate::generate(m, d, c.prompt_ids.clone(), params(m, 24, Sampling::Greedy), |_| {}));
+    futures_util::future::join_all(runs).await.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{e:#}")).ids).collect()
+}
+
+fn with_stop(c: &support::GenCase) -> Vec<u32> {
+    // The stream leaves the stop id out; the reference ends with it when it stopped.
+    c.greedy_ids.iter().copied().take_while(|&t| t != 2).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    // Two sessions of up to 2048 tokens fit; a third does not.
+    let stepper =
+        generate::stepper(&mut host, &m, GenBackend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(stepper.backend(), "wasm-cpu");
+    let stepper = Arc::new(stepper);
+    let d = Decoder::start(stepper.clone(), StepLimits::default());
+
+    // Each case alone, then both at once (their prompts and decodes share steps).
+    for c in &cases {
+        let run = generate::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(run.ids, with_stop(c), "greedy ids of {:?}", c.user);
+        assert_eq!(m.decode(&run.ids).unwrap(), c.text);
+        assert_eq!(run.finish, Some(Finish::Stop));
+    }
+    let steps_before = d.stats.steps.load(std::sync::atomic::Ordering::Relaxed);
+    let both = greedy_all(&m, &d, &cases).await;
+    for (ids, c) in both.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "batched greedy ids of {:?}", c.user);
+    }
+    let steps = d.stats.steps.load(std::sync::atomic::Ordering::Relaxed) - steps_before;
+    let longest = cases.iter().map(|c| with_stop(c).len() + 1).max().unwrap() as u64;
+    assert!(steps <= longest + 1, "the two sessions shared steps: {steps} steps for at most {longest} tokens each");
+
+    // Seeded sampling: the same seed gives the same text; max_tokens ends with `length`.
+    let prompt = m.chat_ids(&[Message::new("user", "Tell me a story about a dragon.")]).unwrap();
+    let sampled = |seed| {
+        let p = params(&m, 12, Sampling::TopKP { temperature: 0.9, top_k: 40, top_p: 0.95, seed });
+        generate::generate(&m, &d, prompt.clone(), p, |_| {})
+    };
+    let (a, b, c) = (sampled(7).await.unwrap(), sampled(7).await.unwrap(), sampled(8).await.unwrap());
+    assert_eq!(a.ids, b.ids, "same seed, same tokens");
+    assert_eq!((a.ids.len(), a.finish), (12, Some(Finish::Length)));
+    eprintln!("seed 7: {:?}\nseed 8: {:?}", m.decode(&a.ids).unwrap(), m.decode(&c.ids).unwrap());
+
+    // A stream dropped mid-generation is cancelled and its rows freed: afterwards two sessions
+    // of the whole capacity each still fit.
+    let mut events = d.generate(prompt.clone(), params(&m, 2000, Sampling::Greedy));
+    assert!(matches!(events.recv().await, Some(GenEvent::Token(_))));
+    drop(events);
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if stepper.open(900, 2048).await.is_ok() {
+            break;
+        }
+    }
+    stepper.open(901, 2048).await.expect("the cancelled session's rows were freed");
+    // Beyond the limits: a typed Capacity error from the tab, and nothing changes.
+    let err = format!("{:#}", stepper.open(902, 16).await.expect_err("the session limit is 2"));
+    assert!(err.contains("Capacity"), "{err}");
+    stepper.close(900).await.unwrap();
+    let err = format!("{:#}", stepper.open(903, 4096).await.expect_err("more than the free rows"));
+    assert!(err.contains("Capacity"), "{err}");
+    stepper.close(901).await.unwrap();
+    d.stop().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_on_webgpu_equals_the_reference() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    let stepper =
+        generate::stepper(&mut host, &m, GenBackend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(stepper.backend(), "webgpu");
+    let d = Decoder::start(Arc::new(stepper), StepLimits::default());
+    // Both cases in shared steps (SwiftShader is slow: ~0.5 s a step).
+    let both = greedy_all(&m, &d, &cases).await;
+    for (ids, c) in both.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "webgpu greedy ids of {:?}", c.user);
+    }
+    d.stop().await;
+    host.shutdown().await;
+}
