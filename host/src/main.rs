@@ -7,7 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul, report, serve,
+    bench, bench_gen, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul, report,
+    serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -282,6 +283,24 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// SmolLM2 generation per backend: load, prefill tok/s, TTFT, decode tok/s, and several
+    /// streams in shared steps; --peers runs llama.cpp native and in wasm in the same run.
+    Gen {
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![GenBackend::Cpu, GenBackend::WasmCpu, GenBackend::Webgpu])]
+        backends: Vec<GenBackend>,
+        #[arg(long, default_value_t = 128)]
+        decode: usize,
+        /// Tokens decoded on WebGPU (SwiftShader is slow).
+        #[arg(long, default_value_t = 16)]
+        webgpu_decode: usize,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        /// Also measure native llama.cpp and llama.cpp-in-wasm with the peer harness ($TABPOOL_ANCHORS/gen, not in the repository; ~10 min).
+        #[arg(long)]
+        peers: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// A tab's memory (PSS of its process tree) empty, with MiniLM loaded and after serving every
     /// shape bucket, per backend, beside the weight bytes.
     Memory {
@@ -340,6 +359,10 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
+        Command::Bench { what: BenchWhat::Gen { backends, decode, webgpu_decode, streams, peers, json } } => {
+            let args = bench_gen::Args { backends, decode, webgpu_decode, streams, peers, json };
+            bench_gen::run(host, args).await
+        }
         Command::Bench { what: BenchWhat::Memory { backends, json } } => {
             bench_memory::run(host, bench_memory::Args { backends, json }).await
         }
