@@ -136,8 +136,11 @@ async fn measure(
     })
 }
 
-/// The generation peers (`anchors/gen/run.sh`) run now: (method, load s, prefill tok/s, TTFT ms, decode tok/s).
-fn run_peers(decode: usize) -> anyhow::Result<Vec<(String, f64, f64, f64, f64)>> {
+/// A peer's row: (method, load s, prefill tok/s, TTFT ms, decode tok/s).
+type PeerRow = (String, f64, f64, f64, f64);
+
+/// The generation peers (`anchors/gen/run.sh`), run now.
+fn run_peers(decode: usize) -> anyhow::Result<Vec<PeerRow>> {
     let script = super::bench::anchors_dir().join("gen/run.sh");
     anyhow::ensure!(
         script.is_file(),
