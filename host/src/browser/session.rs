@@ -115,10 +115,13 @@ impl Drop for Profile {
         let needle = self.0.display().to_string();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let left: Vec<_> = super::procs::with_cmdline_containing(&needle)
-                .into_iter()
-                .filter(|p| super::procs::alive(*p))
-                .collect();
+            // With their descendants: a helper (the network service, say) need not name the
+            // profile on its command line, yet writes into it as it exits, recreating what was
+            // removed; killed outright, it writes nothing.
+            let mut left: Vec<_> = super::procs::with_cmdline_containing(&needle);
+            let tree: Vec<_> = left.iter().flat_map(|p| super::procs::descendants(p.pid)).map(|(p, _)| p).collect();
+            left.extend(tree);
+            left.retain(|p| super::procs::alive(*p));
             if left.is_empty() {
                 let _ = std::fs::remove_dir_all(&self.0);
                 if !self.0.exists() {
