@@ -14,7 +14,7 @@ step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo clippy -p page_runtime -p shared_proto --target wasm32-unknown-unknown --all-targets -- -D warnings
-step cargo test --workspace
+step cargo test --workspace --no-fail-fast
 step cargo test -p page_runtime --target wasm32-unknown-unknown
 
 # One closing line over every cargo test run above.

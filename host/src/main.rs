@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_gen, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul, report,
-    serve,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul,
+    report, serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -107,6 +107,9 @@ enum Command {
         /// Continue PROMPT as plain text instead of answering it as a chat user turn.
         #[arg(long)]
         raw: bool,
+        /// A system prompt instead of the model's default one.
+        #[arg(long)]
+        system: Option<String>,
         #[arg(long)]
         json: bool,
         /// The question (or, with --raw, the text to continue).
@@ -285,7 +288,8 @@ enum BenchWhat {
     },
     /// SmolLM2 generation per backend: load, prefill tok/s, TTFT, decode tok/s, and several
     /// streams in shared steps; --peers runs llama.cpp native and in wasm in the same run.
-    Gen {
+    #[command(alias = "gen")]
+    Generate {
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![GenBackend::Cpu, GenBackend::WasmCpu, GenBackend::Webgpu])]
         backends: Vec<GenBackend>,
         #[arg(long, default_value_t = 128)]
@@ -293,8 +297,12 @@ enum BenchWhat {
         /// Tokens decoded on WebGPU (SwiftShader is slow).
         #[arg(long, default_value_t = 16)]
         webgpu_decode: usize,
-        #[arg(long, default_value_t = 4)]
-        streams: usize,
+        /// Concurrent streams in the batching rows.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![4, 16])]
+        streams: Vec<usize>,
+        /// Also run the streams over two tabs of each in-tab backend.
+        #[arg(long)]
+        two_tabs: bool,
         /// Also measure native llama.cpp and llama.cpp-in-wasm with the peer harness ($TABPOOL_ANCHORS/gen, not in the repository; ~10 min).
         #[arg(long)]
         peers: bool,
@@ -347,8 +355,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Generate { backend, max_tokens, temperature, top_k, top_p, seed, raw, json, prompt } => {
-            let args = generate::Args { backend, prompt, raw, max_tokens, temperature, top_k, top_p, seed, json };
+        Command::Generate { backend, max_tokens, temperature, top_k, top_p, seed, raw, system, json, prompt } => {
+            let args =
+                generate::Args { backend, prompt, raw, system, max_tokens, temperature, top_k, top_p, seed, json };
             generate::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
@@ -359,9 +368,11 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench::embed(host, args).await
         }
         Command::Bench { what: BenchWhat::Matmul { sizes, json } } => bench::matmul(host, &sizes, json).await,
-        Command::Bench { what: BenchWhat::Gen { backends, decode, webgpu_decode, streams, peers, json } } => {
-            let args = bench_gen::Args { backends, decode, webgpu_decode, streams, peers, json };
-            bench_gen::run(host, args).await
+        Command::Bench {
+            what: BenchWhat::Generate { backends, decode, webgpu_decode, streams, two_tabs, peers, json },
+        } => {
+            let args = bench_generate::Args { backends, decode, webgpu_decode, streams, two_tabs, peers, json };
+            bench_generate::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Memory { backends, json } } => {
             bench_memory::run(host, bench_memory::Args { backends, json }).await

@@ -46,8 +46,8 @@ fn role(pid: i32) -> String {
 
 /// PSS summed over processes (see [`procs::Memory`]), with the split by role.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-struct Sample {
-    bytes: u64,
+pub(crate) struct Sample {
+    pub(crate) bytes: u64,
     anon: u64,
     by_role: BTreeMap<String, u64>,
 }
@@ -66,7 +66,7 @@ fn sample(pids: &[i32]) -> Sample {
 
 /// Memory settles after work (garbage collection, freed graphs, the allocator returning pages):
 /// wait, then take the median of a few samples so one transient spike does not decide a row.
-async fn settled(pids: impl Fn() -> Vec<i32>) -> Sample {
+pub(crate) async fn settled(pids: impl Fn() -> Vec<i32>) -> Sample {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut samples = Vec::new();
     for _ in 0..5 {
@@ -216,7 +216,7 @@ async fn tab_row(host: &mut Host, model: &MiniLm, backend: Backend) -> anyhow::R
     result
 }
 
-fn pids(host: &Host, id: u64) -> Vec<i32> {
+pub(crate) fn pids(host: &Host, id: u64) -> Vec<i32> {
     host.tab_processes(id).into_iter().map(|(p, _)| p).collect()
 }
 

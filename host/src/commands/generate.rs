@@ -29,6 +29,8 @@ pub struct Args {
     pub prompt: String,
     /// Feed the prompt as it is instead of as a chat user turn.
     pub raw: bool,
+    /// A system prompt instead of the model's default one.
+    pub system: Option<String>,
     pub max_tokens: u32,
     pub temperature: f32,
     pub top_k: u32,
@@ -37,8 +39,8 @@ pub struct Args {
     pub json: bool,
 }
 
-/// KV cache of a `generate` run: one session, the model's context.
-const KV_TOKENS: u32 = 2048;
+/// Tokens one session may hold (prompt + generated): the KV rows reserved per session.
+pub const CONTEXT_LIMIT: u32 = 2048;
 
 /// What a finished generation measured.
 pub struct Run {
@@ -75,20 +77,46 @@ pub async fn stepper(
     max_sessions: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    let limits = KvLimits { max_tokens: KV_TOKENS.min(model.context_length) * max_sessions.min(8), max_sessions };
-    let (graph, weights) = model.graph(limits, Outputs::default())?;
-    let exec = match backend {
-        GenBackend::Cpu => return Stepper::on_host(graph, weights),
-        GenBackend::Webgpu => ExecBackend::WebGpu,
-        GenBackend::WasmCpu => ExecBackend::Cpu,
-    };
+    let limits = kv_limits(model, max_sessions);
+    if backend == GenBackend::Cpu {
+        let (graph, weights) = model.graph(limits, Outputs::default())?;
+        return Stepper::on_host(graph, weights);
+    }
+    let tab = launch_for(host, backend).await?;
+    load_in(&tab, model, backend, limits, progress).await
+}
+
+/// The KV cache for `max_sessions` sessions of up to [`CONTEXT_LIMIT`] tokens.
+pub fn kv_limits(model: &SmolLm2, max_sessions: u32) -> KvLimits {
+    KvLimits { max_tokens: CONTEXT_LIMIT.min(model.context_length) * max_sessions.clamp(1, 8), max_sessions }
+}
+
+/// A tab for an in-tab backend: WebGPU in Debian Chromium, the wasm CPU executor in the WebNN
+/// shell when installed (either has it).
+pub async fn launch_for(host: &mut Host, backend: GenBackend) -> anyhow::Result<crate::Tab> {
     let kind = match backend {
         GenBackend::Webgpu => BrowserKind::Chromium,
         _ if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() => BrowserKind::ChromiumWebnn,
         _ => BrowserKind::Chromium,
     };
-    let tab = host.launch(kind).await?;
-    Stepper::in_tab(&tab, &model.name, &graph, &weights, exec.clone(), progress)
+    host.launch(kind).await
+}
+
+/// Load `model` into `tab` on `backend` (not `Cpu`: that runs on the host).
+pub async fn load_in(
+    tab: &crate::Tab,
+    model: &SmolLm2,
+    backend: GenBackend,
+    limits: KvLimits,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let exec = match backend {
+        GenBackend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
+        GenBackend::Webgpu => ExecBackend::WebGpu,
+        GenBackend::WasmCpu => ExecBackend::Cpu,
+    };
+    let (graph, weights) = model.graph(limits, Outputs::default())?;
+    Stepper::in_tab(tab, &model.name, &graph, &weights, exec.clone(), progress)
         .await
         .with_context(|| format!("loading {} on {exec} in tab {}", model.name, tab.id()))
 }
@@ -143,8 +171,24 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let sampling = args.sampling()?;
     let t = Instant::now();
     let model = SmolLm2::load(None)?;
-    let prompt_ids =
-        if args.raw { model.encode(&args.prompt)? } else { model.chat_ids(&[Message::new("user", &args.prompt)])? };
+    let prompt_ids = if args.raw {
+        model.encode(&args.prompt)?
+    } else {
+        let mut messages: Vec<Message> = args.system.iter().map(|s| Message::new("system", s)).collect();
+        messages.push(Message::new("user", &args.prompt));
+        model.chat_ids(&messages)?
+    };
+    let limit = CONTEXT_LIMIT.min(model.context_length) as usize;
+    if args.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    if prompt_ids.len() + args.max_tokens as usize > limit {
+        bail!(
+            "the prompt ({} tokens) plus --max-tokens {} exceeds the context limit of {limit} tokens",
+            prompt_ids.len(),
+            args.max_tokens
+        );
+    }
     let pb = if args.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
     pb.set_style(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
@@ -152,6 +196,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     );
     let stepper = stepper(host, &model, args.backend, 1, &pb).await?;
     let backend = stepper.backend();
+    let tab = stepper.tab_id();
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
     let params = GenParams { max_tokens: args.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
@@ -176,7 +221,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             json!({
                 "model": model.name, "backend": backend, "prompt_ids": run.prompt_ids, "ids": run.ids,
                 "text": model.decode(&run.ids)?, "finish_reason": finish, "load_ms": load_ms,
-                "ttft_ms": run.ttft_ms, "decode_tok_s": run.decode_tok_s,
+                "ttft_ms": run.ttft_ms, "tokens_per_s": run.decode_tok_s, "tab": tab,
             })
         );
     } else {

@@ -2,7 +2,7 @@
 //! missing before a host can start) and prints human text or `--json`.
 
 pub mod bench;
-pub mod bench_gen;
+pub mod bench_generate;
 pub mod bench_history;
 pub mod bench_memory;
 pub mod bench_pool;

@@ -52,6 +52,14 @@ impl Stepper {
         }
     }
 
+    /// The tab it runs in (`None` on the host).
+    pub fn tab_id(&self) -> Option<u64> {
+        match self {
+            Stepper::Host { .. } => None,
+            Stepper::Tab(tm) => Some(tm.tab.id()),
+        }
+    }
+
     /// Host-side time of the load (0 on the host: nothing to upload).
     pub fn load_ms(&self) -> f64 {
         match self {

@@ -1,4 +1,4 @@
-//! `tabpool bench gen`: SmolLM2-135M generation per backend — load, prefill of a ~190-token chat
+//! `tabpool bench generate`: SmolLM2-135M generation per backend — load, prefill of a ~190-token chat
 //! prompt, time to first token, decode tokens/s, and the aggregate rate of several streams in
 //! shared steps (continuous batching) — with, under `--peers`, native llama.cpp and llama.cpp in
 //! wasm measured by the peer harness in the same run, and ratios.
@@ -9,18 +9,21 @@ use anyhow::Context;
 use serde_json::json;
 use shared_proto::{Sampling, StepRow};
 
+use super::bench_memory::{pids, settled};
 use super::generate::{self, GenBackend};
 use crate::Host;
 use crate::exec::Stepper;
-use crate::models::smollm2::{Message, SmolLm2};
+use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
 
 pub struct Args {
     pub backends: Vec<GenBackend>,
     /// Tokens decoded after the prompt (fewer on WebGPU: SwiftShader is slow).
     pub decode: usize,
     pub webgpu_decode: usize,
-    /// Concurrent streams in the batching row.
-    pub streams: usize,
+    /// Concurrent streams in the batching rows.
+    pub streams: Vec<usize>,
+    /// Also run the streams over two tabs of the backend.
+    pub two_tabs: bool,
     pub peers: bool,
     pub json: bool,
 }
@@ -63,12 +66,50 @@ struct Row {
     prefill_tok_s: f64,
     ttft_ms: f64,
     decode_tok_s: f64,
-    streams: usize,
-    streams_tok_s: f64,
+    /// (streams, tabs, aggregate tokens/s).
+    streams: Vec<(usize, usize, f64)>,
+    /// The tab's PSS above the empty tab after the runs (None on the host).
+    tab_mib_above_empty: Option<f64>,
 }
 
 async fn step1(s: &Stepper, session: u64, tokens: Vec<u32>) -> anyhow::Result<u32> {
     Ok(s.step(vec![StepRow { session, tokens, sampling: Sampling::Greedy }]).await?.0[0])
+}
+
+/// `n` streams after a short prompt, decoding `steps` tokens each in shared steps, split evenly
+/// over `steppers` (each its own tab, stepping concurrently); aggregate tokens/s.
+async fn streams(steppers: &[&Stepper], n: usize, prompt: &[u32], steps: usize) -> anyhow::Result<f64> {
+    let short = &prompt[prompt.len() - 12..];
+    let per = n.div_ceil(steppers.len());
+    let t = Instant::now();
+    let runs = steppers.iter().enumerate().map(|(k, s)| async move {
+        let ids: Vec<u64> = (0..per as u64).map(|i| 1000 + 100 * k as u64 + i).collect();
+        for &id in &ids {
+            s.open(id, (short.len() + steps + 1) as u32).await?;
+        }
+        let rows = |toks: Vec<Vec<u32>>| -> Vec<StepRow> {
+            ids.iter()
+                .zip(toks)
+                .map(|(&session, tokens)| StepRow { session, tokens, sampling: Sampling::Greedy })
+                .collect()
+        };
+        let mut toks = s.step(rows(vec![short.to_vec(); per])).await?.0;
+        for _ in 0..steps {
+            toks = s.step(rows(toks.iter().map(|&t| vec![t]).collect())).await?.0;
+        }
+        for &id in &ids {
+            s.close(id).await?;
+        }
+        anyhow::Ok(per * steps)
+    });
+    let tokens: usize = futures_util::future::try_join_all(runs).await?.into_iter().sum();
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+}
+
+/// KV rows for the bench: the long single stream and the most streams of one tab.
+fn bench_limits(prompt: usize, decode: usize, max_streams: usize, steps: usize) -> KvLimits {
+    let rows = prompt + decode + 1 + max_streams * (12 + steps + 1) + 8;
+    KvLimits { max_tokens: rows.next_multiple_of(256) as u32, max_sessions: max_streams as u32 + 2 }
 }
 
 async fn measure(
@@ -78,10 +119,20 @@ async fn measure(
     prompt: &[u32],
     args: &Args,
 ) -> anyhow::Result<Row> {
-    let decode = if backend == GenBackend::Webgpu { args.webgpu_decode } else { args.decode };
-    let streams = args.streams.max(1);
+    let webgpu = backend == GenBackend::Webgpu;
+    let decode = if webgpu { args.webgpu_decode } else { args.decode };
+    let steps = if webgpu { 4 } else { 16 };
+    let max_streams = args.streams.iter().copied().max().unwrap_or(1).max(1);
+    let limits = bench_limits(prompt.len(), decode, max_streams, steps);
     let t = Instant::now();
-    let s = generate::stepper(host, m, backend, streams as u32, &()).await?;
+    let (s, tab, empty) = if backend == GenBackend::Cpu {
+        let (graph, weights) = m.graph(limits, Outputs::default())?;
+        (Stepper::on_host(graph, weights)?, None, 0)
+    } else {
+        let tab = generate::launch_for(host, backend).await?;
+        let empty = settled(|| pids(host, tab.id())).await.bytes;
+        (generate::load_in(&tab, m, backend, limits, &()).await?, Some(tab), empty)
+    };
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     // Warm-up: compile/tier up on a short session.
     s.open(0, 8).await?;
@@ -89,8 +140,7 @@ async fn measure(
     s.close(0).await?;
     // One stream: the prompt in one step (prefill and the first token), then single-token steps.
     // Decoding goes on past an end token: the count is fixed, as the peers do.
-    let capacity = (prompt.len() + decode + 1) as u32;
-    s.open(1, capacity).await?;
+    s.open(1, (prompt.len() + decode + 1) as u32).await?;
     let t = Instant::now();
     let mut tok = step1(&s, 1, prompt.to_vec()).await?;
     let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -100,29 +150,20 @@ async fn measure(
     }
     let decode_tok_s = (decode - 1) as f64 / t.elapsed().as_secs_f64();
     s.close(1).await?;
-    // Several streams decoding in shared steps.
-    let short = &prompt[prompt.len() - 12..];
-    let steps = decode.min(32);
-    for i in 0..streams as u64 {
-        s.open(10 + i, (short.len() + steps + 1) as u32).await?;
+    let mut rates = Vec::new();
+    for &n in &args.streams {
+        rates.push((n, 1, streams(&[&s], n, prompt, steps).await?));
     }
-    let rows = |toks: &[u32]| -> Vec<StepRow> {
-        toks.iter()
-            .enumerate()
-            .map(|(i, &t)| StepRow { session: 10 + i as u64, tokens: vec![t], sampling: Sampling::Greedy })
-            .collect()
+    let tab_mib_above_empty = match &tab {
+        Some(tab) => Some((settled(|| pids(host, tab.id())).await.bytes as f64 - empty as f64) / (1u64 << 20) as f64),
+        None => None,
     };
-    let first: Vec<StepRow> = (0..streams as u64)
-        .map(|i| StepRow { session: 10 + i, tokens: short.to_vec(), sampling: Sampling::Greedy })
-        .collect();
-    let mut toks = s.step(first).await?.0;
-    let t = Instant::now();
-    for _ in 0..steps {
-        toks = s.step(rows(&toks)).await?.0;
-    }
-    let streams_tok_s = (steps * streams) as f64 / t.elapsed().as_secs_f64();
-    for i in 0..streams as u64 {
-        s.close(10 + i).await?;
+    if args.two_tabs && backend != GenBackend::Cpu {
+        let tab2 = generate::launch_for(host, backend).await?;
+        let s2 = generate::load_in(&tab2, m, backend, limits, &()).await?;
+        for &n in &args.streams {
+            rates.push((n, 2, streams(&[&s, &s2], n, prompt, steps).await?));
+        }
     }
     Ok(Row {
         backend: s.backend(),
@@ -131,13 +172,16 @@ async fn measure(
         prefill_tok_s: prompt.len() as f64 / (ttft_ms / 1e3),
         ttft_ms,
         decode_tok_s,
-        streams,
-        streams_tok_s,
+        streams: rates,
+        tab_mib_above_empty,
     })
 }
 
-/// The generation peers (`anchors/gen/run.sh`) run now: (method, load s, prefill tok/s, TTFT ms, decode tok/s).
-fn run_peers(decode: usize) -> anyhow::Result<Vec<(String, f64, f64, f64, f64)>> {
+/// A peer's row: (method, load s, prefill tok/s, TTFT ms, decode tok/s).
+type PeerRow = (String, f64, f64, f64, f64);
+
+/// The generation peers (`anchors/gen/run.sh`), run now.
+fn run_peers(decode: usize) -> anyhow::Result<Vec<PeerRow>> {
     let script = super::bench::anchors_dir().join("gen/run.sh");
     anyhow::ensure!(
         script.is_file(),
@@ -181,35 +225,49 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let prompt = prefill_prompt(&m)?;
     let mut rows = Vec::new();
     for &b in &args.backends {
-        eprintln!("bench gen: {b:?}…");
+        eprintln!("bench generate: {b:?}…");
         rows.push(measure(host, &m, b, &prompt, &args).await.with_context(|| format!("measuring {b:?}"))?);
     }
     let peers = if args.peers { run_peers(args.decode)? } else { vec![] };
+    let gguf_mib = std::fs::metadata(&m.path).map(|md| md.len() as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN);
     if args.json {
         let r: Vec<_> = rows
             .iter()
             .map(|r| {
+                let st: Vec<_> = r
+                    .streams
+                    .iter()
+                    .map(|(n, tabs, rate)| json!({"streams": n, "tabs": tabs, "tok_s": rate}))
+                    .collect();
                 json!({"backend": r.backend, "load_ms": r.load_ms, "prefill_tokens": r.prefill_tokens,
                        "prefill_tok_s": r.prefill_tok_s, "ttft_ms": r.ttft_ms, "decode_tok_s": r.decode_tok_s,
-                       "streams": r.streams, "streams_tok_s": r.streams_tok_s})
+                       "streams": st, "tab_mib_above_empty": r.tab_mib_above_empty})
             })
             .collect();
         let p: Vec<_> = peers
             .iter()
             .map(|p| json!({"method": p.0, "load_s": p.1, "prefill_tok_s": p.2, "ttft_ms": p.3, "decode_tok_s": p.4}))
             .collect();
-        println!("{}", json!({"model": m.name, "rows": r, "peers": p}));
+        println!("{}", json!({"model": m.name, "gguf_mib": gguf_mib, "rows": r, "peers": p}));
         return Ok(());
     }
-    println!("bench gen — {} (Q4_1), prompt {} tokens, greedy", m.name, prompt.len());
+    println!("bench generate — {} (Q4_1 GGUF {gguf_mib:.1} MiB), prompt {} tokens, greedy", m.name, prompt.len());
     println!(
-        "{:<12} | {:>8} | {:>12} | {:>8} | {:>11} | {:>22}",
-        "backend", "load ms", "prefill t/s", "TTFT ms", "decode t/s", "streams: aggregate t/s"
+        "{:<10} | {:>8} | {:>11} | {:>8} | {:>10} | {:>16} | streams: aggregate tok/s",
+        "backend", "load ms", "prefill t/s", "TTFT ms", "decode t/s", "tab above empty"
     );
     for r in &rows {
+        let mem = r.tab_mib_above_empty.map(|b| format!("{b:.0} MiB = {:.2}×", b / gguf_mib)).unwrap_or("-".into());
+        let st: Vec<String> = r.streams.iter().map(|(n, tabs, rate)| format!("{n} on {tabs} tab: {rate:.1}")).collect();
         println!(
-            "{:<12} | {:>8.0} | {:>12.1} | {:>8.0} | {:>11.1} | {:>2} × = {:>13.1}",
-            r.backend, r.load_ms, r.prefill_tok_s, r.ttft_ms, r.decode_tok_s, r.streams, r.streams_tok_s
+            "{:<10} | {:>8.0} | {:>11.1} | {:>8.0} | {:>10.1} | {:>16} | {}",
+            r.backend,
+            r.load_ms,
+            r.prefill_tok_s,
+            r.ttft_ms,
+            r.decode_tok_s,
+            mem,
+            st.join(", ")
         );
     }
     for p in &peers {
