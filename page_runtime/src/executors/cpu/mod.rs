@@ -8,6 +8,8 @@ mod graph;
 mod matmul;
 mod par;
 pub mod quantized;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod quantized_simd128;
 mod reduce;
 mod reindex;
 mod rope;

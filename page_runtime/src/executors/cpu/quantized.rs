@@ -196,7 +196,8 @@ mod avx2 {
     }
 }
 
-/// Whether the wide kernel may run (checked once; std caches the CPUID answer).
+/// Whether the wide kernel (AVX2 on x86-64, SIMD128 on wasm32) may run (std caches the CPUID
+/// answer).
 fn wide_vectors() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -204,7 +205,13 @@ fn wide_vectors() -> bool {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "wasm32")]
+    {
+        // Fixed when the module is compiled: a wasm module with SIMD instructions does not
+        // validate where SIMD is missing, so there is nothing to detect at run time.
+        cfg!(target_feature = "simd128")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
     {
         false
     }
@@ -213,6 +220,21 @@ fn wide_vectors() -> bool {
 /// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with `W` given as `n` rows of `k / 32` blocks.
 pub fn linear(x: &[f32], w: &[u8], dtype: DType, bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     linear_with(x, w, dtype, bias, (m, k, n), wide_vectors())
+}
+
+/// [`linear`] on the portable kernel only: the reference the vector kernels are tested against
+/// in a browser.
+#[doc(hidden)]
+pub fn linear_portable(
+    x: &[f32],
+    w: &[u8],
+    dtype: DType,
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    linear_with(x, w, dtype, bias, (m, k, n), false)
 }
 
 fn linear_with(
@@ -243,7 +265,13 @@ fn linear_with(
         } else {
             output_row::<false>(dtype, row, x, &xsum, acc);
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if wide {
+            super::quantized_simd128::output_row(dtype, row, x, &xsum, acc);
+        } else {
+            output_row::<false>(dtype, row, x, &xsum, acc);
+        }
+        #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
         {
             let _ = wide;
             output_row::<false>(dtype, row, x, &xsum, acc);

@@ -1,0 +1,119 @@
+//! The quantized block dots of [`super::quantized`] in wasm32 SIMD128 (a tab's CPU executor).
+//! Autovectorisation of the portable kernel leaves the nibble unpacking and the int → float
+//! conversions scalar, and those dominate a decode step in a tab.
+
+use core::arch::wasm32::*;
+
+use shared_proto::DType;
+use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK};
+
+/// Halves held one per u32 lane → f32, bit-exact for every half. The magnitude bits shifted into
+/// place read as a float 2¹¹² too small (a half subnormal becomes an f32 subnormal, which wasm
+/// keeps), so one multiply rescales without a branch; ±inf/NaN get the f32 all-ones exponent.
+#[inline(always)]
+fn halves(v: v128) -> v128 {
+    let abs = v128_and(v, u32x4_splat(0x7fff));
+    let sign = u32x4_shl(v128_xor(v, abs), 16);
+    let shifted = u32x4_shl(abs, 13);
+    let finite = f32x4_mul(shifted, f32x4_splat(f32::from_bits((127 + 112) << 23)));
+    let special = v128_or(shifted, u32x4_splat(0x7f80_0000));
+    v128_or(v128_bitselect(special, finite, u32x4_ge(abs, u32x4_splat(0x7c00))), sign)
+}
+
+/// Four u8 (or i8 when `signed`) lanes of a 16-lane vector widened to f32x4.
+#[inline(always)]
+fn widen(v: v128, signed: bool) -> [v128; 4] {
+    if signed {
+        let (a, b) = (i16x8_extend_low_i8x16(v), i16x8_extend_high_i8x16(v));
+        [i32x4_extend_low_i16x8(a), i32x4_extend_high_i16x8(a), i32x4_extend_low_i16x8(b), i32x4_extend_high_i16x8(b)]
+            .map(|v| f32x4_convert_i32x4(v))
+    } else {
+        let (a, b) = (u16x8_extend_low_u8x16(v), u16x8_extend_high_u8x16(v));
+        [u32x4_extend_low_u16x8(a), u32x4_extend_high_u16x8(a), u32x4_extend_low_u16x8(b), u32x4_extend_high_u16x8(b)]
+            .map(|v| f32x4_convert_i32x4(v))
+    }
+}
+
+/// The 32 weights' `q` of the block at `b` as eight f32x4, and `(d, m)`.
+///
+/// # Safety
+/// `b` points at one whole block of `dtype`.
+#[inline(always)]
+unsafe fn unpack(dtype: DType, b: *const u8) -> ([v128; 8], f32, f32) {
+    // SAFETY (whole body): unaligned loads inside the block (wasm loads need no alignment).
+    unsafe {
+        if dtype == DType::Q4_1 {
+            let dm = halves(u32x4_extend_low_u16x8(v128_load32_zero(b as *const u32)));
+            let qs = v128_load(b.add(4) as *const v128);
+            let nib = u8x16_splat(0x0f);
+            // Byte j holds weight j (low nibble) and weight j + 16 (high nibble).
+            let [a, b, c, d] = widen(v128_and(qs, nib), false);
+            let [e, f, g, h] = widen(v128_and(u16x8_shr(qs, 4), nib), false);
+            ([a, b, c, d, e, f, g, h], f32x4_extract_lane::<0>(dm), f32x4_extract_lane::<1>(dm))
+        } else {
+            let d = halves(u32x4_splat(u16::from_le_bytes([*b, *b.add(1)]) as u32));
+            let [a, b0, c, e] = widen(v128_load(b.add(2) as *const v128), true);
+            let [f, g, h, i] = widen(v128_load(b.add(18) as *const v128), true);
+            ([a, b0, c, e, f, g, h, i], f32x4_extract_lane::<0>(d), 0.0)
+        }
+    }
+}
+
+/// `Σ q ⊙ x` of one block in four lanes, two independent chains (wasm SIMD has no fused
+/// multiply-add, so each step is a multiply and an add).
+///
+/// # Safety
+/// `x` points at 32 floats.
+#[inline(always)]
+unsafe fn lanes(q: &[v128; 8], x: *const f32) -> v128 {
+    // SAFETY: the caller passes a pointer to a whole block of x.
+    unsafe {
+        let l = |i: usize| f32x4_mul(q[i], v128_load(x.add(4 * i) as *const v128));
+        let a = f32x4_add(f32x4_add(l(0), l(2)), f32x4_add(l(4), l(6)));
+        let b = f32x4_add(f32x4_add(l(1), l(3)), f32x4_add(l(5), l(7)));
+        f32x4_add(a, b)
+    }
+}
+
+#[inline(always)]
+fn sum(v: v128) -> f32 {
+    let s = f32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<1>(s)
+}
+
+/// See [`super::output_row`]: `acc[i] = x_i · w` for one output row `w` of whole blocks.
+pub fn output_row(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32], acc: &mut [f32]) {
+    let bb = dtype.block().expect("a block dtype").1;
+    debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
+    let nb = row.len() / bb;
+    let k = nb * QK;
+    assert!(row.len() == nb * bb, "whole blocks");
+    assert!(x.len() >= acc.len() * k && xsum.len() >= acc.len() * nb, "x covers the rows");
+    // SAFETY: block b < nb lies inside `row` and every x pointer inside row i < acc.len() of x
+    // (both asserted above).
+    unsafe {
+        if let [a] = acc {
+            let (mut lane, mut mins) = (f32x4_splat(0.0), 0.0f32);
+            for (b, &s) in xsum[..nb].iter().enumerate() {
+                let (q, d, m) = unpack(dtype, row.as_ptr().add(b * bb));
+                lane = f32x4_add(lane, f32x4_mul(f32x4_splat(d), lanes(&q, x.as_ptr().add(b * QK))));
+                mins += m * s;
+            }
+            *a = sum(lane) + mins;
+            return;
+        }
+        let mut lane = vec![f32x4_splat(0.0); acc.len()];
+        let mut mins = vec![0.0f32; acc.len()];
+        for b in 0..nb {
+            let (q, d, m) = unpack(dtype, row.as_ptr().add(b * bb));
+            let d = f32x4_splat(d);
+            for (i, (l, mn)) in lane.iter_mut().zip(mins.iter_mut()).enumerate() {
+                *l = f32x4_add(*l, f32x4_mul(d, lanes(&q, x.as_ptr().add(i * k + b * QK))));
+                *mn += m * xsum[i * nb + b];
+            }
+        }
+        for ((a, l), mn) in acc.iter_mut().zip(lane).zip(mins) {
+            *a = sum(l) + mn;
+        }
+    }
+}

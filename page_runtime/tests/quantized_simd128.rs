@@ -1,0 +1,109 @@
+//! The SIMD128 build of the quantized Linear (what a tab runs) against the portable kernel and an
+//! f64 reference, at SmolLM2's decode shapes (M = 1) and a small prefill (M = 3), and with every
+//! finite f16 as a block scale (the kernel converts halves without branches). Tolerance per
+//! output: |got − ref| ≤ 1e-6 + 4e-6·Σ|wⱼ·xⱼ| (f32 accumulation in another order; a wrong nibble,
+//! lane or scale is off by the size of the value itself). Runs in headless Chromium
+//! (`cargo test -p page_runtime --target wasm32-unknown-unknown --test quantized_simd128`).
+#![cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+
+use page_runtime::executors::cpu::quantized;
+use shared_proto::DType;
+use shared_proto::quant::{f16_to_f32, quantize_row_q4_1, quantize_row_q8_0};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// Deterministic values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Weights of one row, ggml formulas in f64.
+fn dequant_f64(dtype: DType, row: &[u8]) -> Vec<f64> {
+    let bb = dtype.block().unwrap().1;
+    let mut out = vec![];
+    for b in row.chunks_exact(bb) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64;
+        if dtype == DType::Q4_1 {
+            let m = f16_to_f32(u16::from_le_bytes([b[2], b[3]])) as f64;
+            out.extend(b[4..20].iter().map(|q| d * (q & 15) as f64 + m));
+            out.extend(b[4..20].iter().map(|q| d * (q >> 4) as f64 + m));
+        } else {
+            out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f64));
+        }
+    }
+    out
+}
+
+/// Checks both kernels' `[m, n]` outputs against f64.
+fn check(dtype: DType, w: &[u8], x: &[f32], (m, k, n): (usize, usize, usize)) {
+    let bias = noise(n, 9);
+    let simd = quantized::linear(x, w, dtype, Some(&bias), m, k, n);
+    let portable = quantized::linear_portable(x, w, dtype, Some(&bias), m, k, n);
+    let rb = w.len() / n;
+    for j in 0..n {
+        let wr = dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
+        for i in 0..m {
+            let terms = wr.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, &b)| a * b as f64);
+            let want = bias[j] as f64 + terms.clone().sum::<f64>();
+            let tol = 1e-6 + 4e-6 * (bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>());
+            for (name, got) in [("simd128", &simd), ("portable", &portable)] {
+                let g = got[i * n + j] as f64;
+                assert!((g - want).abs() <= tol, "{name} {dtype:?} {m}x{k}x{n} [{i},{j}]: {g} vs {want} (tol {tol})");
+            }
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+fn simd128_quantized_linear_matches_portable_and_f64() {
+    for dtype in [DType::Q4_1, DType::Q8_0] {
+        // SmolLM2's q/k/v/o, gate/up and down shapes at decode, then a 3-token prefill.
+        for (m, k, n) in [(1, 576, 64), (1, 1536, 40), (1, 64, 5), (3, 576, 24), (2, 96, 7)] {
+            let w: Vec<u8> = noise(n * k, 1 + n as u64)
+                .chunks_exact(k)
+                .flat_map(|r| if dtype == DType::Q4_1 { quantize_row_q4_1(r) } else { quantize_row_q8_0(r) })
+                .collect();
+            check(dtype, &w, &noise(m * k, 7 + k as u64), (m, k, n));
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+fn simd128_quantized_linear_converts_every_finite_half_scale() {
+    // Every finite half (subnormals, ±0, 65504) in turn as d (and, in Q4_1, as m).
+    let finite: Vec<u16> = (0..=u16::MAX).filter(|h| (h >> 10) & 0x1f != 0x1f).collect();
+    let q = noise(finite.len() * 32, 11);
+    for dtype in [DType::Q4_1, DType::Q8_0] {
+        let per_block = if dtype == DType::Q4_1 { 2 } else { 1 };
+        let mut w = vec![];
+        for (b, scales) in finite.chunks(per_block).enumerate() {
+            let d = scales[0];
+            let mn = scales.get(1).copied().unwrap_or(d ^ 0x8000);
+            w.extend(d.to_le_bytes());
+            let qs = &q[b * 32..(b + 1) * 32];
+            if dtype == DType::Q4_1 {
+                w.extend(mn.to_le_bytes());
+                w.extend(
+                    (0..16)
+                        .map(|j| (((qs[j] + 1.0) * 8.0) as u8 & 15) | ((((qs[j + 16] + 1.0) * 8.0) as u8 & 15) << 4)),
+                );
+            } else {
+                w.extend(qs.iter().map(|v| (v * 127.0) as i8 as u8));
+            }
+        }
+        // Rows of 32 blocks; the tail short of a whole row is dropped.
+        let k = 32 * 32;
+        let n = w.len() / (k / 32 * dtype.block().unwrap().1);
+        w.truncate(n * k / 32 * dtype.block().unwrap().1);
+        check(dtype, &w, &noise(k, 5), (1, k, n));
+    }
+}
