@@ -72,18 +72,20 @@ async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
     assert_eq!((a.ids.len(), a.finish), (12, Some(Finish::Length)));
     eprintln!("seed 7: {:?}\nseed 8: {:?}", m.decode(&a.ids).unwrap(), m.decode(&c.ids).unwrap());
 
-    // A stream dropped mid-generation is cancelled and its rows freed: afterwards two sessions
-    // of the whole capacity each still fit.
+    // A stream dropped mid-generation is cancelled and its rows freed: afterwards a session of
+    // the whole cache fits (the decoder notices at its next step boundary, which can take
+    // seconds on a loaded machine).
     let mut events = d.generate(prompt.clone(), params(&m, 2000, Sampling::Greedy));
     assert!(matches!(events.recv().await, Some(GenEvent::Token(_))));
     drop(events);
-    // The decoder notices at its next step boundary (a step can take seconds on a loaded machine).
     let t = std::time::Instant::now();
-    while stepper.open(900, 2048).await.is_err() {
+    while stepper.open(900, 4096).await.is_err() {
         assert!(t.elapsed() < std::time::Duration::from_secs(60), "the dropped stream's rows were not freed");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    stepper.open(901, 2048).await.expect("the cancelled session's rows were freed");
+    stepper.close(900).await.unwrap();
+    stepper.open(900, 2048).await.unwrap();
+    stepper.open(901, 2048).await.unwrap();
     // Beyond the limits: a typed Capacity error from the tab, and nothing changes.
     let err = format!("{:#}", stepper.open(902, 16).await.expect_err("the session limit is 2"));
     assert!(err.contains("Capacity"), "{err}");
