@@ -141,7 +141,8 @@ struct TabState {
     /// Generation sessions per stateful model (their KV rows live in the model's executor), and
     /// whether a step of that model is running: steps of one model go one at a time (the host
     /// batches sessions into one step; two interleaved steps would plan from the same lengths).
-    sessions: RefCell<HashMap<String, (Sessions, bool)>>,
+    /// The vocabulary size (derived from the graph once, at load) rides along for the id checks.
+    sessions: RefCell<HashMap<String, StepState>>,
     /// Weights by content hash on disk (absent outside secure contexts).
     cache: Option<Rc<WeightCache>>,
     /// Piece offsets of weights being stored in the cache as their parts arrive, by hash.
@@ -216,11 +217,15 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 shared_proto::ExecBackend::Cpu => (None, None),
             };
             let kv = graph.kv;
+            let vocab = sessions::vocab(&graph);
             let m = TabModel::new(graph, &backend, ex, nn)?;
             state.parts.borrow_mut().remove(&model);
             // A reloaded model starts with an empty cache: its old sessions are gone.
             match kv {
-                Some(kv) => state.sessions.borrow_mut().insert(model.clone(), (Sessions::new(kv), false)),
+                Some(kv) => state
+                    .sessions
+                    .borrow_mut()
+                    .insert(model.clone(), StepState { sessions: Sessions::new(kv), vocab, busy: false }),
                 None => state.sessions.borrow_mut().remove(&model),
             };
             let handle = m.clone_handle();
@@ -300,13 +305,13 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         Request::OpenSession { model: name, session, capacity } => {
             model(&name)?;
             let mut all = state.sessions.borrow_mut();
-            let (s, _) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
-            (Ok(Reply::SessionOpened { kv_bytes: s.open(session, capacity)? }), Vec::new())
+            let st = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+            (Ok(Reply::SessionOpened { kv_bytes: st.sessions.open(session, capacity)? }), Vec::new())
         }
         Request::CloseSession { model: name, session } => {
             let mut all = state.sessions.borrow_mut();
-            let (s, _) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
-            if !s.close(session) {
+            let st = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+            if !st.sessions.close(session) {
                 return Err(RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")));
             }
             (Ok(Reply::SessionClosed), Vec::new())
@@ -315,23 +320,22 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             let m = model(&name)?;
             let plan = {
                 let mut all = state.sessions.borrow_mut();
-                let (s, busy) = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
-                if *busy {
+                let st = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
+                if st.busy {
                     return Err(RemoteError::new(
                         ErrorKind::BadInput,
                         format!("a step of {name:?} is already running: send one step at a time"),
                     ));
                 }
-                let plan = s.plan(&rows, sessions::vocab(m.graph()))?;
-                *busy = true;
+                let plan = st.sessions.plan(&rows, st.vocab)?;
+                st.busy = true;
                 plan
             };
             let run = m.run(&plan.inputs).await;
             let mut all = state.sessions.borrow_mut();
             // The model may have been unloaded or reloaded meanwhile: then its sessions are gone.
-            let entry = all.get_mut(&name);
-            if let Some((_, busy)) = entry {
-                *busy = false;
+            if let Some(st) = all.get_mut(&name) {
+                st.busy = false;
             }
             let run = run?;
             let tokens: Vec<u32> = run
@@ -340,8 +344,8 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                 .filter(|t| t.dtype == shared_proto::DType::I32 && t.shape == [rows.len() as u32])
                 .map(|t| t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect())
                 .ok_or_else(|| RemoteError::new(ErrorKind::Internal, "a step must output one i32 token per row"))?;
-            if let Some((s, _)) = all.get_mut(&name) {
-                s.commit(&plan);
+            if let Some(st) = all.get_mut(&name) {
+                st.sessions.commit(&plan);
             }
             (Ok(Reply::Stepped { tokens, device_ms: run.device_ms }), Vec::new())
         }
@@ -391,6 +395,13 @@ async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
         }
     }
     held
+}
+
+/// A stateful model's sessions, its vocabulary, and whether a step of it is running.
+struct StepState {
+    sessions: Sessions,
+    vocab: u32,
+    busy: bool,
 }
 
 fn not_stateful(name: &str) -> RemoteError {
