@@ -152,7 +152,13 @@ mod tests {
     #[test]
     fn finds_processes_by_an_argument() {
         let marker = format!("tabpool-marker-{}", std::process::id());
-        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30; :", &marker]).spawn().unwrap();
+        // `read` is a shell builtin: the shell never forks, so no short-lived copy of it (a forked
+        // child that has not exec'd yet still shows the marker) can be found beside it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _", &marker])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         // Until the child has exec'd, its command line is still ours.
         let mut found = with_cmdline_containing(&marker);
         for _ in 0..200 {
@@ -163,8 +169,6 @@ mod tests {
             found = with_cmdline_containing(&marker);
         }
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [child.id() as i32]);
-        let sleeper: Vec<ProcId> = descendants(child.id() as i32).into_iter().map(|(p, _)| p).collect();
-        kill_all(&sleeper);
         kill_all(&found);
         child.wait().unwrap();
         assert!(with_cmdline_containing(&marker).is_empty());
