@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared_proto::{Capabilities, Frame, Limits, ProtoError, RemoteError, Reply, Request, Tensor, ToTab, encode};
+use shared_proto::{
+    Capabilities, ErrorKind, Frame, Limits, ProtoError, RemoteError, Reply, Request, Tensor, ToTab, encode,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::policy::recovery::Category;
 
 #[derive(Debug, Error)]
 pub enum TabError {
@@ -22,6 +26,33 @@ pub enum TabError {
     Encode(#[from] ProtoError),
     #[error("tab {tab} sent a bad reply: {message}")]
     BadReply { tab: u64, message: String },
+}
+
+impl TabError {
+    /// The failure category of a call's error, for recovery policy: how the tab failed (lost,
+    /// slow, device gone, model broken) or whether the request itself was wrong.
+    pub fn category(e: &anyhow::Error) -> Category {
+        match e.downcast_ref::<TabError>() {
+            Some(TabError::Closed(_)) => Category::Connection,
+            Some(TabError::Timeout { .. }) => Category::Timeout,
+            Some(TabError::Remote { error, .. }) => match error.kind {
+                ErrorKind::BadInput => Category::BadInput,
+                ErrorKind::DeviceLost | ErrorKind::OutOfMemory => Category::DeviceLost,
+                ErrorKind::Unsupported | ErrorKind::Internal => Category::ModelError,
+                // A tab's session or KV limits: the tab is fine, another replica (or later) helps.
+                ErrorKind::Capacity => Category::ModelError,
+            },
+            _ => Category::ModelError,
+        }
+    }
+
+    /// The tab's own error kind, when the tab answered with an error.
+    pub fn remote_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+        match e.downcast_ref::<TabError>() {
+            Some(TabError::Remote { error, .. }) => Some(error.kind),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) type ReplySender = oneshot::Sender<Result<(Reply, Vec<Tensor>), TabError>>;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use shared_proto::{Sampling, StepRow};
+use shared_proto::{ErrorKind, Sampling, StepRow};
 use tokio::sync::mpsc;
 
 use super::stepper::Stepper;
+use crate::TabError;
+use crate::policy::recovery::Category;
 use crate::policy::step_batching::{self, Pending};
 
 /// What a caller asks for.
@@ -22,12 +24,23 @@ pub struct GenParams {
     pub stop_ids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Finish {
     /// A stop id was sampled.
     Stop,
     /// `max_tokens` were generated.
     Length,
+}
+
+impl Finish {
+    /// The name APIs use (OpenAI's `finish_reason`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +52,36 @@ pub enum GenEvent {
         generated: usize,
     },
     /// The session failed; nothing more follows.
-    Failed(String),
+    Failed(GenFailure),
+}
+
+/// Why a session failed: the category says whether another replica could help.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenFailure {
+    pub category: Category,
+    /// The tab's own error kind when it refused (e.g. `Capacity`: its KV cache is full).
+    pub remote: Option<ErrorKind>,
+    pub message: String,
+}
+
+impl GenFailure {
+    fn bad_input(message: impl Into<String>) -> GenFailure {
+        GenFailure { category: Category::BadInput, remote: None, message: message.into() }
+    }
+
+    fn from_error(e: &anyhow::Error, context: &str) -> GenFailure {
+        GenFailure {
+            category: TabError::category(e),
+            remote: TabError::remote_kind(e),
+            message: format!("{context}: {e:#}"),
+        }
+    }
+}
+
+impl std::fmt::Display for GenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Limits of one step.
@@ -101,9 +143,13 @@ impl Decoder {
     pub fn generate(&self, prompt: Vec<u32>, params: GenParams) -> mpsc::UnboundedReceiver<GenEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         if prompt.is_empty() {
-            let _ = tx.send(GenEvent::Failed("an empty prompt: there is nothing to continue".into()));
+            let _ = tx.send(GenEvent::Failed(GenFailure::bad_input("an empty prompt: there is nothing to continue")));
         } else if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { prompt, params, tx }) {
-            let _ = job.tx.send(GenEvent::Failed("the decoder has stopped".into()));
+            let _ = job.tx.send(GenEvent::Failed(GenFailure {
+                category: Category::ModelError,
+                remote: None,
+                message: "the decoder has stopped".into(),
+            }));
         }
         rx
     }
@@ -176,9 +222,9 @@ async fn run(
             Ok((tokens, _)) => tokens,
             Err(e) => {
                 // The replica failed: every session on it ends (their KV cache is in doubt).
-                let msg = format!("step failed on {}: {e:#}", stepper.backend());
+                let failure = GenFailure::from_error(&e, &format!("step failed on {}", stepper.backend()));
                 for a in active.drain(..) {
-                    let _ = a.tx.send(GenEvent::Failed(msg.clone()));
+                    let _ = a.tx.send(GenEvent::Failed(failure.clone()));
                     let _ = stepper.close(a.session).await;
                 }
                 continue;
@@ -219,7 +265,8 @@ async fn admit(stepper: &Stepper, active: &mut Vec<Active>, job: Job) {
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let capacity = job.prompt.len() as u64 + job.params.max_tokens as u64;
     let Ok(capacity) = u32::try_from(capacity) else {
-        let _ = job.tx.send(GenEvent::Failed(format!("{capacity} tokens of context is too many")));
+        let _ =
+            job.tx.send(GenEvent::Failed(GenFailure::bad_input(format!("{capacity} tokens of context is too many"))));
         return;
     };
     if job.params.max_tokens == 0 {
@@ -237,7 +284,7 @@ async fn admit(stepper: &Stepper, active: &mut Vec<Active>, job: Job) {
             tx: job.tx,
         }),
         Err(e) => {
-            let _ = job.tx.send(GenEvent::Failed(format!("{e:#}")));
+            let _ = job.tx.send(GenEvent::Failed(GenFailure::from_error(&e, "opening a session")));
         }
     }
 }

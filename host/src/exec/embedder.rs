@@ -14,31 +14,7 @@ use crate::models::minilm::{self, MiniLm};
 use crate::policy::backend_choice::{self, Measured};
 use crate::{Host, Tab};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Calibrate at load: WebNN and WebGPU in a real tab and the host CPU executor, keep the
-    /// fastest. If no tab can start, the CPU executor, with a warning saying why.
-    Auto,
-    /// WebNN (cpu device) in a `chromium-webnn` tab; fails if unavailable.
-    Webnn,
-    /// WebGPU in a Debian Chromium tab; fails if there is no adapter.
-    Webgpu,
-    /// The CPU executor in this process.
-    Cpu,
-}
-
-impl Backend {
-    /// The forced backend that loads a model on `exec` again without calibrating (the inverse
-    /// of `load_in_tab`'s choice; the host CPU is not a tab backend).
-    pub fn forcing(exec: &ExecBackend) -> Option<Backend> {
-        match exec {
-            ExecBackend::WebGpu => Some(Backend::Webgpu),
-            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
-            ExecBackend::Cpu => None,
-        }
-    }
-}
+pub use crate::policy::backend_choice::Backend;
 
 enum Exec {
     Cpu(CpuModel),

@@ -7,7 +7,7 @@ pub mod remembered;
 pub mod stepper;
 mod tab_model;
 
-pub use decoder::{Decoder, Finish, GenEvent, GenParams, StepLimits};
+pub use decoder::{Decoder, Finish, GenEvent, GenFailure, GenParams, StepLimits};
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
 pub use remembered::CalibrationCache;
 pub use stepper::Stepper;

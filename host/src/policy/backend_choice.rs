@@ -1,6 +1,34 @@
 //! Which backend runs a model on a tab: the fastest one measured by a short calibration run at
 //! load — not a fixed table. A backend that failed to load or run is never chosen.
 
+use shared_proto::{AdapterInfo, Capabilities, ExecBackend};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Calibrate at load: WebNN and WebGPU in a real tab and the host CPU executor, keep the
+    /// fastest. If no tab can start, the CPU executor, with a warning saying why.
+    Auto,
+    /// WebNN (cpu device) in a `chromium-webnn` tab; fails if unavailable.
+    Webnn,
+    /// WebGPU in a Debian Chromium tab; fails if there is no adapter.
+    Webgpu,
+    /// The CPU executor in this process.
+    Cpu,
+}
+
+impl Backend {
+    /// The forced backend that loads a model on `exec` again without calibrating (the inverse
+    /// of `load_in_tab`'s choice; the host CPU is not a tab backend).
+    pub fn forcing(exec: &ExecBackend) -> Option<Backend> {
+        match exec {
+            ExecBackend::WebGpu => Some(Backend::Webgpu),
+            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
+            ExecBackend::Cpu => None,
+        }
+    }
+}
+
 /// One calibration measurement: median ms of the calibration input, or why it failed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
@@ -32,6 +60,41 @@ pub fn choose(measured: &[Measured]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// A WebGPU adapter that computes on the CPU (SwiftShader, lavapipe/llvmpipe, a fallback
+/// adapter): memory-bound decode there is ~9× slower than the tab's wasm CPU executor (measured:
+/// SmolLM2 1.9 vs 16.8 tok/s), so generation does not use it unless asked to.
+pub fn software_adapter(a: &AdapterInfo) -> bool {
+    let text = format!("{} {} {} {}", a.name, a.architecture, a.description, a.driver).to_lowercase();
+    a.is_fallback
+        || a.device_type.eq_ignore_ascii_case("cpu")
+        || ["swiftshader", "llvmpipe", "lavapipe", "softpipe"].iter().any(|s| text.contains(s))
+}
+
+/// Where a generation replica runs in a tab: the asked backend, or for `Auto` WebGPU on a real
+/// GPU adapter and the wasm CPU executor otherwise. `Cpu` means the CPU executor inside the tab
+/// (the host's own is not a replica). WebNN generation is not built yet: asking for it fails.
+pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<ExecBackend> {
+    match wanted {
+        Backend::Webgpu => {
+            anyhow::ensure!(
+                caps.webgpu.adapter.is_some(),
+                "this tab has no WebGPU adapter: {}",
+                caps.webgpu.error.as_deref().unwrap_or("none reported")
+            );
+            Ok(ExecBackend::WebGpu)
+        }
+        Backend::Webnn => anyhow::bail!(
+            "text generation on WebNN is not built yet (its KV cache needs MLTensor writes between graphs); \
+             use webgpu or the tab's CPU executor"
+        ),
+        Backend::Cpu => Ok(ExecBackend::Cpu),
+        Backend::Auto => Ok(match &caps.webgpu.adapter {
+            Some(a) if !software_adapter(a) => ExecBackend::WebGpu,
+            _ => ExecBackend::Cpu,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +123,35 @@ mod tests {
     fn ties_keep_preference_order() {
         let m = [Measured::ok("webnn-cpu", 5.0), Measured::ok("cpu", 5.0)];
         assert_eq!(choose(&m), Some(0));
+    }
+
+    fn caps_with(adapter: Option<AdapterInfo>) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.webgpu.adapter = adapter;
+        c
+    }
+
+    #[test]
+    fn generation_avoids_software_webgpu_unless_asked() {
+        let swiftshader =
+            AdapterInfo { architecture: "swiftshader".into(), vendor: "google".into(), ..AdapterInfo::default() };
+        let lavapipe = AdapterInfo { description: "llvmpipe (LLVM 19.1.7, 256 bits)".into(), ..AdapterInfo::default() };
+        let gpu = AdapterInfo {
+            vendor: "nvidia".into(),
+            architecture: "ampere".into(),
+            device_type: "discrete".into(),
+            ..AdapterInfo::default()
+        };
+        let auto = |a: Option<AdapterInfo>| for_generation(Backend::Auto, &caps_with(a)).unwrap();
+        assert_eq!(auto(Some(swiftshader.clone())), ExecBackend::Cpu);
+        assert_eq!(auto(Some(lavapipe)), ExecBackend::Cpu);
+        assert_eq!(auto(Some(AdapterInfo { is_fallback: true, ..gpu.clone() })), ExecBackend::Cpu);
+        assert_eq!(auto(None), ExecBackend::Cpu);
+        assert_eq!(auto(Some(gpu)), ExecBackend::WebGpu);
+        assert_eq!(for_generation(Backend::Webgpu, &caps_with(Some(swiftshader))).unwrap(), ExecBackend::WebGpu);
+        assert!(for_generation(Backend::Webgpu, &caps_with(None)).is_err(), "no adapter, no WebGPU");
+        let e = for_generation(Backend::Webnn, &caps_with(None)).unwrap_err().to_string();
+        assert!(e.contains("WebNN"), "{e}");
+        assert_eq!(for_generation(Backend::Cpu, &caps_with(None)).unwrap(), ExecBackend::Cpu);
     }
 }

@@ -48,6 +48,7 @@ pub struct PoolConfig {
     pub scaling: ScalingToml,
     pub health: HealthToml,
     pub history: HistoryToml,
+    pub generation: GenerationToml,
     /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
     pub kinds: Vec<KindSpec>,
 }
@@ -82,6 +83,28 @@ pub struct HistoryToml {
     pub window_days: f64,
     /// How often each tab's health score is sampled into the history.
     pub health_sample_s: f64,
+}
+
+/// Text generation (stateful models: sessions whose KV cache lives in the tab).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationToml {
+    /// Most tokens one session holds (prompt + generated); longer prompts are refused naming it.
+    pub context_limit: u32,
+    /// Sessions one replica runs at once (each decode step advances all of them together); its
+    /// KV cache is reserved for this many full contexts (46 KiB per token for SmolLM2-135M).
+    pub sessions_per_tab: u32,
+    /// Most tokens (decode rows + prompt chunks) in one step: bounds a step's latency, so a long
+    /// prompt joining delays the other streams' next token by at most one such step.
+    pub step_tokens: usize,
+    /// Streams waiting for a free session place per model before new ones are refused as busy.
+    pub max_waiting: usize,
+}
+
+impl Default for GenerationToml {
+    fn default() -> Self {
+        GenerationToml { context_limit: 2048, sessions_per_tab: 8, step_tokens: 256, max_waiting: 256 }
+    }
 }
 
 impl Default for HistoryToml {
@@ -176,6 +199,7 @@ impl Default for PoolConfig {
             scaling: ScalingToml::default(),
             health: HealthToml::default(),
             history: HistoryToml::default(),
+            generation: GenerationToml::default(),
             kinds: Vec::new(),
         }
     }
@@ -214,6 +238,22 @@ impl PoolConfig {
             self.hedge_factor.is_finite() && (1.0..=1e6).contains(&self.hedge_factor),
             "hedge_factor = {}: expected a finite factor of at least 1 (the batch's expected time × it)",
             self.hedge_factor
+        );
+        let g = &self.generation;
+        anyhow::ensure!(
+            (16..=1 << 20).contains(&g.context_limit),
+            "generation.context_limit = {}: expected 16 to 1048576 tokens",
+            g.context_limit
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&g.sessions_per_tab),
+            "generation.sessions_per_tab = {}: expected 1 to 256",
+            g.sessions_per_tab
+        );
+        anyhow::ensure!(
+            g.step_tokens >= 1 && g.step_tokens <= 1 << 16,
+            "generation.step_tokens = {}: expected 1 to 65536",
+            g.step_tokens
         );
         let sc = &self.scaling;
         rate("scaling.utilisation_high", sc.utilisation_high)?;

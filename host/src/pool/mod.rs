@@ -20,6 +20,7 @@
 //! Decisions themselves are pure functions in `crate::policy`.
 
 pub mod config;
+pub mod generation;
 pub mod metrics;
 mod scaler;
 mod scheduler;
@@ -34,7 +35,9 @@ use anyhow::Context;
 use thiserror::Error;
 
 pub use config::{PoolConfig, ScalingToml};
+pub use generation::{GenRequest, GenSummary, StreamEvent};
 pub use metrics::PoolMetrics;
+pub use state::Generator;
 
 use crate::browser::KindSpec;
 use crate::policy::routing::ModelType;
@@ -115,6 +118,10 @@ pub struct ModelSpec {
 impl ModelSpec {
     pub fn minilm() -> ModelSpec {
         ModelSpec { dir: None, name: None, model_type: ModelType::TextEmbedding, replicas: None, kinds: None }
+    }
+    /// SmolLM2-135M-Instruct (Q4_1 GGUF from the model cache): text generation.
+    pub fn smollm2() -> ModelSpec {
+        ModelSpec { model_type: ModelType::TextGeneration, ..ModelSpec::minilm() }
     }
     pub fn from_dir(dir: impl Into<PathBuf>) -> ModelSpec {
         ModelSpec { dir: Some(dir.into()), ..ModelSpec::minilm() }
@@ -234,7 +241,8 @@ impl Pool {
 
     /// Embed with the first loaded model.
     pub async fn embed(&self, texts: &[&str]) -> Result<Served, PoolError> {
-        let model = self.shared.default_model().ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
+        let model =
+            self.shared.default_model(Some(true)).ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
         scheduler::submit(&self.shared, &model, texts, None, None).await
     }
 
@@ -283,6 +291,41 @@ impl Pool {
             out.truncated.extend(s.truncated);
         }
         Ok(out)
+    }
+
+    /// Start generating with `model` (default: the first generation model loaded). Events
+    /// stream on the receiver; dropping it cancels the session and frees its KV cache in the
+    /// tab. A replica lost mid-stream is replayed on another and the stream goes on.
+    pub fn generate(
+        &self,
+        model: Option<&str>,
+        req: GenRequest,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<StreamEvent>, PoolError> {
+        let (_, m) = self.generation_entry(model)?;
+        generation::start(&self.shared, &m, req)
+    }
+
+    /// A generation model by name (default: the first loaded), to tokenise prompts and decode
+    /// tokens: (its name, the model).
+    pub fn generation_model(&self, model: Option<&str>) -> Result<(String, Arc<Generator>), PoolError> {
+        let (name, m) = self.generation_entry(model)?;
+        match &m.family {
+            state::Family::Generation(g) => Ok((name, g.clone())),
+            state::Family::Embedding(_) => {
+                Err(PoolError::BadInput(format!("{name} embeds texts; it does not generate")))
+            }
+        }
+    }
+
+    fn generation_entry(&self, model: Option<&str>) -> Result<(String, Arc<state::ModelEntry>), PoolError> {
+        let m = match model {
+            Some(name) => self.shared.model(name).ok_or_else(|| PoolError::UnknownModel(name.into()))?,
+            None => self
+                .shared
+                .default_model(Some(false))
+                .ok_or_else(|| PoolError::UnknownModel("(no generation model loaded)".into()))?,
+        };
+        Ok((m.name.clone(), m))
     }
 
     /// Run every (model, texts) request at once across the pool; results in request order.

@@ -8,6 +8,8 @@
 //! (bounded attempts) for another replica; every request gets exactly one answer.
 
 use std::sync::Arc;
+
+use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use crate::policy::breaker::{self, Outcome};
 use crate::policy::recovery::{self, Category, RequestStep, TabStep};
 use crate::policy::routing::{self, Candidate, History, ReplicaLoad};
 use crate::store::Record;
-use shared_proto::{ErrorKind, Tensor};
+use shared_proto::Tensor;
 
 /// Queued requests fail after this long without any replica (all tabs lost and none replaced).
 const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
@@ -44,7 +46,7 @@ pub(crate) async fn submit(
             texts.len()
         )));
     }
-    let (ids, truncated) = m.model.tokenize(texts).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
+    let (ids, truncated) = m.encoder()?.tokenize(texts).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
     // A request bigger than one batch travels as several (each within max_batch texts and
     // max_batch_tokens padded tokens), admitted together and answered as one.
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
@@ -300,6 +302,16 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
     if !r.slot.try_reserve(shared.cfg.in_flight_per_tab) {
         return false; // another model's batcher took it first; look again
     }
+    if !acquire_breakers(shared, m, r) {
+        r.slot.release();
+        return false;
+    }
+    *r.slot.running.lock().expect("slot") = Some((Instant::now(), rows));
+    true
+}
+
+/// Ask the tab's and then the (tab, model) breaker for one call; both or neither.
+pub(crate) fn acquire_breakers(shared: &Shared, m: &ModelEntry, r: &Replica) -> bool {
     let now = Instant::now();
     let breakers = [("tab", &r.slot.breaker), ("model", &r.breaker)];
     for (i, (which, b)) in breakers.iter().enumerate() {
@@ -313,15 +325,13 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
             for (_, earlier) in &breakers[..i] {
                 earlier.lock().expect("breaker").release();
             }
-            r.slot.release();
             return false;
         }
     }
-    *r.slot.running.lock().expect("slot") = Some((now, rows));
     true
 }
 
-fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: &breaker::Transition) {
+pub(crate) fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: &breaker::Transition) {
     let scope = if which == "tab" { format!("tab {}", r.slot.id) } else { format!("tab {} × {}", r.slot.id, m.name) };
     shared.keep(Record::Breaker {
         tab: r.slot.id,
@@ -341,29 +351,19 @@ fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: 
 
 /// The failure category of a batch error.
 fn categorise(e: &anyhow::Error) -> Category {
-    match e.downcast_ref::<TabError>() {
-        Some(TabError::Closed(_)) => Category::Connection,
-        Some(TabError::Timeout { .. }) => Category::Timeout,
-        Some(TabError::Remote { error, .. }) => match error.kind {
-            ErrorKind::BadInput => Category::BadInput,
-            ErrorKind::DeviceLost | ErrorKind::OutOfMemory => Category::DeviceLost,
-            ErrorKind::Unsupported | ErrorKind::Internal => Category::ModelError,
-            // Only generation sessions can hit a tab's session or KV limits, and they do not take
-            // this embedding path; should one arrive here, retrying elsewhere is right.
-            ErrorKind::Capacity => Category::ModelError,
-        },
-        _ => Category::ModelError,
-    }
+    TabError::category(e)
 }
 
 type RunResult = anyhow::Result<Vec<f32>>;
 
 async fn run_on(shared: &Shared, m: &ModelEntry, r: &Replica, inputs: Vec<Tensor>, rows: usize) -> RunResult {
     let timeout = Duration::from_secs_f64(shared.cfg.call_timeout_s.max(0.001));
-    let (outputs, _) = r.tm.run_within(inputs, timeout).await?;
+    let tm = r.batches().context("a generation replica got a batch of texts")?;
+    let hidden = m.encoder()?.hidden;
+    let (outputs, _) = tm.run_within(inputs, timeout).await?;
     let flat =
         outputs.first().and_then(|t| t.to_f32()).ok_or_else(|| anyhow::anyhow!("model returned no f32 output"))?;
-    anyhow::ensure!(flat.len() == rows * m.model.hidden, "model returned {} values for {rows} texts", flat.len());
+    anyhow::ensure!(flat.len() == rows * hidden, "model returned {} values for {rows} texts", flat.len());
     Ok(flat)
 }
 
@@ -541,7 +541,8 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(flat) => {
-            let mut vectors = flat.chunks_exact(m.model.hidden).map(<[f32]>::to_vec);
+            let hidden = flat.len() / rows.max(1);
+            let mut vectors = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec);
             for job in jobs {
                 let n = job.ids.len();
                 let served = Served {

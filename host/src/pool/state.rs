@@ -7,14 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use shared_proto::{Graph, Tensor};
 use tokio::sync::Notify;
 
 use super::config::PoolConfig;
 use super::{ModelSpec, PoolError, Served, scheduler};
 use crate::browser::KindSpec;
-use crate::exec::{Backend, TabModel, load_in_tab};
+use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
 use crate::models::minilm::MiniLm;
-use crate::policy::backend_choice::Measured;
+use crate::models::smollm2::{KvLimits, Outputs, SmolLm2};
+use crate::policy::backend_choice::{self, Measured};
 use crate::policy::breaker::Breaker;
 use crate::policy::health;
 use crate::policy::recovery::{self, Category, TabStep};
@@ -47,6 +49,9 @@ pub(crate) struct Slot {
     pub pinging: AtomicBool,
     /// ms per text: (count, mean) of its first calls (the baseline), and a recent moving average.
     pub latency: Mutex<Latency>,
+    /// Generation streams running here (they hold no execution place between steps, but the tab
+    /// is not idle while they last).
+    pub streams: AtomicUsize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -104,7 +109,7 @@ impl Slot {
     }
 
     pub fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 || self.streams.load(Ordering::SeqCst) > 0 {
             Duration::ZERO
         } else {
             self.last_active.lock().expect("slot").elapsed()
@@ -115,7 +120,7 @@ impl Slot {
 /// A model loaded in one tab.
 pub(crate) struct Replica {
     pub slot: Arc<Slot>,
-    pub tm: TabModel,
+    pub run: Runner,
     pub backend: String,
     pub calibration: Vec<Measured>,
     /// The (tab, model) breaker.
@@ -137,10 +142,47 @@ pub(crate) struct Job {
     pub reply: tokio::sync::oneshot::Sender<Result<Served, PoolError>>,
 }
 
+/// How a replica runs requests; which one follows from the model's [`Family`].
+pub(crate) enum Runner {
+    /// Stateless batches sent whole (`scheduler`).
+    Batches(TabModel),
+    /// Sessions stepped together by the replica's decoder (`generation`); `streams`: how many
+    /// run on it now, for routing and its session limit.
+    Sessions { decoder: Decoder, streams: AtomicUsize },
+}
+
+impl Replica {
+    /// The replica's model for stateless batches (`None` for a generation replica).
+    pub fn batches(&self) -> Option<&TabModel> {
+        match &self.run {
+            Runner::Batches(tm) => Some(tm),
+            Runner::Sessions { .. } => None,
+        }
+    }
+}
+
+/// What kind of model an entry holds. Routing, breakers, recovery, scaling and the history are
+/// the same for every family; only how a request is prepared, run and answered differs.
+pub(crate) enum Family {
+    /// Texts → vectors (MiniLM): tokenised at admission, queued, batched by `scheduler`.
+    Embedding(Arc<MiniLm>),
+    /// Prompt → streamed tokens (SmolLM2): a session per request on one replica's decoder,
+    /// routed and replayed by `generation`.
+    Generation(Arc<Generator>),
+}
+
+/// A generation model as the pool loads it into tabs: its graph and weights built once.
+pub struct Generator {
+    /// Tokenizer, chat template, stop ids, context length.
+    pub model: SmolLm2,
+    pub(crate) graph: Graph,
+    pub(crate) weights: Vec<Tensor>,
+}
+
 pub(crate) struct ModelEntry {
     pub name: String,
     pub model_type: ModelType,
-    pub model: Arc<MiniLm>,
+    pub family: Family,
     pub want_replicas: Option<usize>,
     /// Kinds its replicas may live on (`ModelSpec::on_kinds`); any when `None`.
     pub kinds: Option<Vec<String>>,
@@ -148,6 +190,8 @@ pub(crate) struct ModelEntry {
     pub queue: Mutex<VecDeque<Job>>,
     /// A job arrived or a tab freed up: the batcher looks again.
     pub wake: Notify,
+    /// Generation streams admitted and not yet on a replica (bounded by `generation.max_waiting`).
+    pub waiting: AtomicUsize,
     pub served: AtomicU64,
     pub failed: AtomicU64,
     pub busy: AtomicU64,
@@ -161,6 +205,17 @@ pub(crate) struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// The sentence encoder, or a clear refusal for a model that does not embed.
+    pub fn encoder(&self) -> Result<&MiniLm, PoolError> {
+        match &self.family {
+            Family::Embedding(m) => Ok(m),
+            Family::Generation(_) => Err(PoolError::BadInput(format!(
+                "{} generates text; it does not embed (ask for generation)",
+                self.name
+            ))),
+        }
+    }
+
     /// Whether a replica may live on a tab of kind `kind`.
     pub fn allows(&self, kind: &str) -> bool {
         self.kinds.as_ref().is_none_or(|ks| ks.iter().any(|k| k == kind))
@@ -301,8 +356,10 @@ impl Shared {
         self.tabs.lock().expect("tabs").clone()
     }
 
-    pub fn default_model(&self) -> Option<Arc<ModelEntry>> {
-        self.models.lock().expect("models").first().cloned()
+    /// The first model loaded of `family` (`None`: of any family).
+    pub fn default_model(&self, embedding: Option<bool>) -> Option<Arc<ModelEntry>> {
+        let models = self.models.lock().expect("models");
+        models.iter().find(|m| embedding.is_none_or(|e| e == matches!(m.family, Family::Embedding(_)))).cloned()
     }
 
     pub fn model(&self, name: &str) -> Option<Arc<ModelEntry>> {
@@ -347,6 +404,7 @@ impl Shared {
     pub fn wake_all(&self) {
         for m in self.models.lock().expect("models").iter() {
             m.wake.notify_one();
+            m.wake.notify_waiters();
         }
     }
 
@@ -382,7 +440,7 @@ impl Shared {
     /// Launch one tab (kinds in routing order for the most pressured model, falling back down the
     /// list), then load every model that wants a replica there.
     pub async fn grow(self: &Arc<Self>, pressured: Option<&Arc<ModelEntry>>, reason: &str) -> anyhow::Result<u64> {
-        let focus = pressured.cloned().or_else(|| self.default_model());
+        let focus = pressured.cloned().or_else(|| self.default_model(None));
         let mut order = self.kind_order(focus.as_ref().map(|m| (m.name.as_str(), m.model_type)));
         // A model kept to some kinds (`ModelSpec::on_kinds`) is only helped by a tab of those.
         order.retain(|k| pressured.is_none_or(|p| p.allows(&k.name)));
@@ -471,6 +529,7 @@ impl Shared {
             missed_heartbeats: AtomicU32::new(0),
             pinging: AtomicBool::new(false),
             latency: Mutex::new(Latency::default()),
+            streams: AtomicUsize::new(0),
         })
     }
 
@@ -622,6 +681,37 @@ impl Shared {
 
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
     pub async fn add_replica(&self, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
+        let loaded = match &m.family {
+            Family::Embedding(model) => self.load_encoder(m, model, slot).await,
+            Family::Generation(g) => self.load_generator(g, slot).await,
+        };
+        match loaded {
+            Ok((run, backend, calibration)) => {
+                tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
+                let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
+                let mut reps = m.replicas.lock().expect("replicas");
+                // A reloaded model replaces the old replica on the same slot.
+                reps.retain(|r| !Arc::ptr_eq(&r.slot, slot));
+                reps.push(Arc::new(Replica { slot: slot.clone(), run, backend, calibration, breaker }));
+                drop(reps);
+                m.wake.notify_waiters();
+                m.wake.notify_one();
+                true
+            }
+            Err((backend, e)) => {
+                self.record(&m.name, &slot.kind.name, &backend, false, 0.0);
+                self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
+                false
+            }
+        }
+    }
+
+    async fn load_encoder(
+        &self,
+        m: &ModelEntry,
+        model: &MiniLm,
+        slot: &Slot,
+    ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
         let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
         let mut known_calibration = None;
         if backend == Backend::Auto
@@ -632,35 +722,39 @@ impl Shared {
             backend = known;
             known_calibration = Some(measured);
         }
-        match load_in_tab(&slot.tab, &m.model, backend, &()).await {
-            Ok((tm, measured)) => {
-                let calibration = known_calibration.unwrap_or_else(|| {
-                    if !measured.is_empty() {
-                        m.calibrations.fetch_add(1, Ordering::Relaxed);
-                        if let Some(chosen) = Backend::forcing(&tm.backend) {
-                            let mut known = m.calibrated.lock().expect("calibrated");
-                            known.insert(slot.kind.name.clone(), (chosen, measured.clone()));
-                        }
-                    }
-                    measured
-                });
-                let backend = tm.backend.to_string();
-                tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
-                let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
-                let mut reps = m.replicas.lock().expect("replicas");
-                // A reloaded model replaces the old replica on the same slot.
-                reps.retain(|r| !Arc::ptr_eq(&r.slot, slot));
-                reps.push(Arc::new(Replica { slot: slot.clone(), tm, backend, calibration, breaker }));
-                drop(reps);
-                m.wake.notify_one();
-                true
+        let (tm, measured) = load_in_tab(&slot.tab, model, backend, &())
+            .await
+            .map_err(|e| (format!("{backend:?}").to_lowercase(), e))?;
+        let calibration = known_calibration.unwrap_or_else(|| {
+            if !measured.is_empty() {
+                m.calibrations.fetch_add(1, Ordering::Relaxed);
+                if let Some(chosen) = Backend::forcing(&tm.backend) {
+                    let mut known = m.calibrated.lock().expect("calibrated");
+                    known.insert(slot.kind.name.clone(), (chosen, measured.clone()));
+                }
             }
-            Err(e) => {
-                self.record(&m.name, &slot.kind.name, &format!("{backend:?}").to_lowercase(), false, 0.0);
-                self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
-                false
-            }
-        }
+            measured
+        });
+        let backend = tm.backend.to_string();
+        Ok((Runner::Batches(tm), backend, calibration))
+    }
+
+    /// A generation replica: the model in the tab (weights it already holds are not sent again)
+    /// and a decoder stepping its sessions.
+    async fn load_generator(
+        &self,
+        g: &Generator,
+        slot: &Slot,
+    ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
+        let wanted = slot.kind.backend.unwrap_or(self.cfg.backend);
+        let exec = backend_choice::for_generation(wanted, slot.tab.caps()).map_err(|e| (format!("{wanted:?}"), e))?;
+        let stepper = Stepper::in_tab(&slot.tab, &g.model.name, &g.graph, &g.weights, exec.clone(), &())
+            .await
+            .map_err(|e| (exec.to_string(), e))?;
+        let gen_cfg = &self.cfg.generation;
+        let limits = StepLimits { max_tokens: gen_cfg.step_tokens, max_rows: gen_cfg.sessions_per_tab as usize };
+        let decoder = Decoder::start(Arc::new(stepper), limits);
+        Ok((Runner::Sessions { decoder, streams: AtomicUsize::new(0) }, exec.to_string(), vec![]))
     }
 
     /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.
@@ -692,8 +786,30 @@ impl Shared {
 
     pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<String> {
         let dir = spec.dir.clone();
-        let model = tokio::task::spawn_blocking(move || MiniLm::load(dir.as_deref())).await??;
-        let name = spec.name.clone().unwrap_or_else(|| model.name.clone());
+        let family = match spec.model_type {
+            ModelType::TextEmbedding => {
+                Family::Embedding(Arc::new(tokio::task::spawn_blocking(move || MiniLm::load(dir.as_deref())).await??))
+            }
+            ModelType::TextGeneration => {
+                let g = &self.cfg.generation;
+                let limits =
+                    KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
+                Family::Generation(Arc::new(
+                    tokio::task::spawn_blocking(move || -> anyhow::Result<Generator> {
+                        let model = SmolLm2::load(dir.as_deref())?;
+                        let (graph, weights) = model.graph(limits, Outputs::default())?;
+                        Ok(Generator { model, graph, weights })
+                    })
+                    .await??,
+                ))
+            }
+            other => anyhow::bail!("no {other:?} model is built into tabpool yet"),
+        };
+        let own_name = match &family {
+            Family::Embedding(m) => m.name.clone(),
+            Family::Generation(g) => g.model.name.clone(),
+        };
+        let name = spec.name.clone().unwrap_or(own_name);
         anyhow::ensure!(self.model(&name).is_none(), "a model named {name:?} is already loaded");
         for k in spec.kinds.iter().flatten() {
             anyhow::ensure!(self.kinds.iter().any(|c| c.name == *k), "{name}: no browser kind {k:?} in this pool");
@@ -701,12 +817,13 @@ impl Shared {
         let entry = Arc::new(ModelEntry {
             name: name.clone(),
             model_type: spec.model_type,
-            model: Arc::new(model),
+            family,
             want_replicas: spec.replicas,
             kinds: spec.kinds.clone(),
             replicas: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            waiting: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -728,7 +845,10 @@ impl Shared {
             slots.len(),
             self.events.lock().expect("events").back()
         );
-        self.batchers.lock().expect("batchers").push(tokio::spawn(scheduler::run(self.clone(), entry.clone())));
+        // Embeddings queue for a batcher; generation streams are placed on replicas directly.
+        if matches!(entry.family, Family::Embedding(_)) {
+            self.batchers.lock().expect("batchers").push(tokio::spawn(scheduler::run(self.clone(), entry.clone())));
+        }
         self.models.lock().expect("models").push(entry);
         Ok(name)
     }

@@ -237,6 +237,19 @@ pub enum Record {
         ms: f64,
         detail: String,
     },
+    Generation {
+        model: String,
+        /// Where it ended: (browser kind, backend, tab); `None` if never placed.
+        place: Option<(String, String, u64)>,
+        prompt_tokens: u32,
+        generated: u32,
+        queue_ms: f64,
+        ttft_ms: Option<f64>,
+        decode_tok_s: Option<f64>,
+        finish: String,
+        replays: u32,
+        error: Option<String>,
+    },
 }
 
 enum Msg {
@@ -408,6 +421,7 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
             Record::Health { .. } => "health_samples",
             Record::Scaling { .. } => "scaling_decisions",
             Record::Recovery { .. } => "recoveries",
+            Record::Generation { .. } => "generations",
         };
         if !apps.contains_key(table) {
             apps.insert(table, conn.appender(table)?);
@@ -445,6 +459,39 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
             }
             Record::Recovery { tab, kind, category, step, ok, ms, detail } => {
                 app.append_row(params![ts(*t), run, tab, kind, category, step, ok, ms, detail])?
+            }
+            Record::Generation {
+                model,
+                place,
+                prompt_tokens,
+                generated,
+                queue_ms,
+                ttft_ms,
+                decode_tok_s,
+                finish,
+                replays,
+                error,
+            } => {
+                let (kind, backend, tab) = match place {
+                    Some((k, b, t)) => (Some(k), Some(b), Some(t)),
+                    None => (None, None, None),
+                };
+                app.append_row(params![
+                    ts(*t),
+                    run,
+                    model,
+                    kind,
+                    backend,
+                    tab,
+                    prompt_tokens,
+                    generated,
+                    queue_ms,
+                    ttft_ms,
+                    decode_tok_s,
+                    finish,
+                    replays,
+                    error
+                ])?
             }
         }
     }

@@ -97,6 +97,30 @@ FROM executions
 GROUP BY ALL;
 "#,
     ),
+    (
+        3,
+        r#"
+-- One row per generation stream through the pool (text generation models). A stream that lost
+-- its replica mid-way and was replayed on another is still one row, with `replays` > 0 and the
+-- tab that finished it.
+CREATE TABLE generations (
+    ts             TIMESTAMP NOT NULL,  -- when the stream ended
+    run_id         VARCHAR NOT NULL,
+    model          VARCHAR NOT NULL,
+    browser_kind   VARCHAR,             -- NULL when no replica ever took it
+    backend        VARCHAR,
+    tab            UBIGINT,
+    prompt_tokens  INTEGER NOT NULL,
+    generated      INTEGER NOT NULL,    -- tokens streamed to the client
+    queue_ms       DOUBLE NOT NULL,     -- admission → placed on a replica
+    ttft_ms        DOUBLE,              -- admission → first token (NULL: none)
+    decode_tok_s   DOUBLE,              -- tokens after the first, per second after the first
+    finish         VARCHAR NOT NULL,    -- stop | length | cancelled | failed
+    replays        INTEGER NOT NULL,    -- replicas lost mid-stream and replayed elsewhere
+    error_category VARCHAR
+);
+"#,
+    ),
 ];
 
 /// The version a fresh database ends at.

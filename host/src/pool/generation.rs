@@ -1,0 +1,405 @@
+//! Generation streams through the pool.
+//!
+//! A request becomes one session on one replica's decoder (continuous batching happens there:
+//! every session on a replica advances in one step). This module admits the request, places it
+//! on the least-loaded replica its breakers admit, streams tokens back, books the outcome in the
+//! breakers, routing history and the history database, and — when the replica is lost
+//! mid-stream — replays the session (prompt + the tokens streamed so far) on another replica,
+//! so the client sees one uninterrupted stream. Greedy decoding gives the same tokens after a
+//! replay; seeded sampling too, because a draw is a function of (seed, position) only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use shared_proto::ErrorKind;
+use tokio::sync::mpsc;
+
+use super::PoolError;
+use super::state::{Family, ModelEntry, Replica, Runner, Shared};
+use crate::exec::{Finish, GenEvent, GenFailure, GenParams};
+use crate::policy::breaker::Outcome;
+use crate::policy::recovery::Category;
+use crate::store::Record;
+
+/// Streams fail after this long without any usable replica (all tabs lost and none replaced).
+const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
+/// How often a waiting stream looks again even without a wake-up (a breaker half-opening).
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// A generation request: token ids to continue (chat template already applied) and how.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: GenParams,
+}
+
+/// What a stream carries, in order: `Placed`, then tokens (with another `Placed` after a
+/// replay), then exactly one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The session runs on this replica now (again after a replay).
+    Placed {
+        tab: u64,
+        kind: String,
+        backend: String,
+        replay: u32,
+    },
+    Token(u32),
+    Done(GenSummary),
+    Failed(PoolError),
+}
+
+/// How a finished stream went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenSummary {
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    pub generated: usize,
+    /// Replicas lost mid-stream and replayed elsewhere.
+    pub replays: u32,
+    /// Admission → placed on the replica that started it.
+    pub queue_ms: f64,
+    /// Admission → first token.
+    pub ttft_ms: Option<f64>,
+    /// Tokens after the first per second after the first.
+    pub decode_tok_s: Option<f64>,
+    pub tab: u64,
+    pub kind: String,
+    pub backend: String,
+}
+
+/// Check a request against the model and the pool's limits, then start its stream.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    req: GenRequest,
+) -> Result<mpsc::UnboundedReceiver<StreamEvent>, PoolError> {
+    if shared.closed.load(Ordering::SeqCst) {
+        return Err(PoolError::ShutDown);
+    }
+    let Family::Generation(g) = &m.family else {
+        return Err(PoolError::BadInput(format!("{} embeds texts; it does not generate", m.name)));
+    };
+    if req.prompt.is_empty() {
+        return Err(PoolError::BadInput("an empty prompt: there is nothing to continue".into()));
+    }
+    let vocab = g.model.config.vocab;
+    if let Some(bad) = req.prompt.iter().find(|&&t| t >= vocab) {
+        return Err(PoolError::BadInput(format!("token id {bad} is outside the vocabulary of {vocab}")));
+    }
+    if req.params.max_tokens == 0 {
+        return Err(PoolError::BadInput("max_tokens must be at least 1".into()));
+    }
+    let limit = shared.cfg.generation.context_limit.min(g.model.context_length) as usize;
+    if req.prompt.len() + req.params.max_tokens as usize > limit {
+        return Err(PoolError::TooLarge(format!(
+            "the prompt ({} tokens) plus max_tokens {} exceeds the context limit of {limit} tokens",
+            req.prompt.len(),
+            req.params.max_tokens
+        )));
+    }
+    let waiting = m.waiting.fetch_add(1, Ordering::SeqCst);
+    if waiting >= shared.cfg.generation.max_waiting {
+        m.waiting.fetch_sub(1, Ordering::SeqCst);
+        m.busy.fetch_add(1, Ordering::Relaxed);
+        return Err(PoolError::Busy {
+            model: m.name.clone(),
+            queued: waiting,
+            limit: shared.cfg.generation.max_waiting,
+        });
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(supervise(shared.clone(), m.clone(), req, tx));
+    Ok(rx)
+}
+
+/// Why one replica's part of a stream ended.
+enum Leg {
+    Finished(Finish),
+    Cancelled,
+    ShutDown,
+    Failed(GenFailure),
+}
+
+/// Why a whole stream ended without finishing.
+enum Ended {
+    Cancelled,
+    Error(PoolError),
+}
+
+/// Drive one stream to its end: place, stream, replay on loss.
+async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx: mpsc::UnboundedSender<StreamEvent>) {
+    let t0 = Instant::now();
+    let mut out: Vec<u32> = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, t0);
+    let mut replays = 0u32;
+    let mut avoid: Vec<u64> = Vec::new();
+    let mut queue_ms = None::<f64>;
+    let mut place_of: Option<(String, String, u64)> = None;
+    let mut waiting = true;
+    let mut abandoned = shared.abandon.subscribe();
+    let ended: Result<Finish, Ended> = loop {
+        let placed = tokio::select! {
+            r = place(&shared, &m, &avoid) => r,
+            () = tx.closed() => break Err(Ended::Cancelled),
+            _ = abandoned.wait_for(|a| *a) => break Err(Ended::Error(PoolError::ShutDown)),
+        };
+        let r = match placed {
+            Ok(r) => r,
+            Err(e) => break Err(Ended::Error(e)),
+        };
+        if std::mem::take(&mut waiting) {
+            m.waiting.fetch_sub(1, Ordering::SeqCst);
+            let waited = t0.elapsed();
+            queue_ms = Some(waited.as_secs_f64() * 1e3);
+            shared.waits.lock().expect("waits").push_back((Instant::now(), waited));
+        }
+        place_of = Some((r.slot.kind.name.clone(), r.backend.clone(), r.slot.id));
+        let _ = tx.send(StreamEvent::Placed {
+            tab: r.slot.id,
+            kind: r.slot.kind.name.clone(),
+            backend: r.backend.clone(),
+            replay: replays,
+        });
+        let Runner::Sessions { decoder, .. } = &r.run else { unreachable!("place() only returns generation replicas") };
+        let mut prompt = req.prompt.clone();
+        prompt.extend(&out);
+        let params = GenParams { max_tokens: req.params.max_tokens - out.len() as u32, ..req.params.clone() };
+        let started = Instant::now();
+        let had = out.len();
+        let mut events = decoder.generate(prompt, params);
+        let leg = loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                () = tx.closed() => break Leg::Cancelled,
+                _ = abandoned.wait_for(|a| *a) => break Leg::ShutDown,
+            };
+            match ev {
+                Some(GenEvent::Token(t)) => {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                    out.push(t);
+                    let _ = tx.send(StreamEvent::Token(t));
+                }
+                Some(GenEvent::Done { finish, .. }) => break Leg::Finished(finish),
+                Some(GenEvent::Failed(f)) => break Leg::Failed(f),
+                None => {
+                    break Leg::Failed(GenFailure {
+                        category: Category::ModelError,
+                        remote: None,
+                        message: "the replica's decoder stopped".into(),
+                    });
+                }
+            }
+        };
+        // Dropping the events cancels the session on the replica (its KV rows are freed).
+        drop(events);
+        leave(&m, &r);
+        match leg {
+            Leg::Finished(finish) => {
+                // Per generated token: a long stream is not a slow call.
+                let tokens = (out.len() - had).max(1);
+                let per_token = started.elapsed() / tokens as u32;
+                book(&shared, &m, &r, Some(Outcome::Success { took: per_token }));
+                shared.record(&m.name, &r.slot.kind.name, &r.backend, true, per_token.as_secs_f64() * 1e3);
+                break Ok(finish);
+            }
+            Leg::Cancelled => {
+                book(&shared, &m, &r, None);
+                break Err(Ended::Cancelled);
+            }
+            Leg::ShutDown => {
+                book(&shared, &m, &r, None);
+                break Err(Ended::Error(PoolError::ShutDown));
+            }
+            Leg::Failed(f) if f.category == Category::BadInput => {
+                book(&shared, &m, &r, None);
+                break Err(Ended::Error(PoolError::BadInput(f.message)));
+            }
+            Leg::Failed(f) if f.remote == Some(ErrorKind::Capacity) => {
+                // The tab's KV cache had no room (fragmented first-fit rows): not a fault; wait
+                // for a stream to end, here or on another replica.
+                book(&shared, &m, &r, None);
+                tracing::debug!(model = m.name, tab = r.slot.id, "no KV room: {}", f.message);
+                let _ = tokio::time::timeout(RECHECK, m.wake.notified()).await;
+            }
+            Leg::Failed(f) => {
+                book(&shared, &m, &r, Some(Outcome::Failure));
+                shared.count_failure(f.category);
+                shared.record(&m.name, &r.slot.kind.name, &r.backend, false, 0.0);
+                recover(&shared, &m, &r, &f);
+                replays += 1;
+                if shared.closed.load(Ordering::SeqCst) {
+                    break Err(Ended::Error(PoolError::ShutDown));
+                }
+                if replays > shared.cfg.retries {
+                    break Err(Ended::Error(PoolError::Failed { attempts: replays, message: f.message }));
+                }
+                m.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    model = m.name,
+                    tab = r.slot.id,
+                    "a stream lost its replica after {} tokens; replaying it elsewhere: {}",
+                    out.len(),
+                    f.message
+                );
+                avoid.push(r.slot.serial);
+            }
+        }
+    };
+    if waiting {
+        m.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+    m.wake.notify_waiters();
+    let ttft_ms = first.map(|f| (f - t0).as_secs_f64() * 1e3);
+    let decode_tok_s =
+        first.filter(|f| out.len() > 1 && last > *f).map(|f| (out.len() - 1) as f64 / (last - f).as_secs_f64());
+    let (finish_name, error) = match &ended {
+        Ok(Finish::Stop) => ("stop", None),
+        Ok(Finish::Length) => ("length", None),
+        Err(Ended::Cancelled) => ("cancelled", None),
+        Err(Ended::Error(e)) => ("failed", Some(error_name(e).to_string())),
+    };
+    shared.keep(Record::Generation {
+        model: m.name.clone(),
+        place: place_of.clone(),
+        prompt_tokens: req.prompt.len() as u32,
+        generated: out.len() as u32,
+        queue_ms: queue_ms.unwrap_or(t0.elapsed().as_secs_f64() * 1e3),
+        ttft_ms,
+        decode_tok_s,
+        finish: finish_name.into(),
+        replays,
+        error,
+    });
+    match ended {
+        Ok(finish) => {
+            m.served.fetch_add(1, Ordering::Relaxed);
+            let (kind, backend, tab) = place_of.unwrap_or_default();
+            let _ = tx.send(StreamEvent::Done(GenSummary {
+                finish,
+                prompt_tokens: req.prompt.len(),
+                generated: out.len(),
+                replays,
+                queue_ms: queue_ms.unwrap_or_default(),
+                ttft_ms,
+                decode_tok_s,
+                tab,
+                kind,
+                backend,
+            }));
+        }
+        Err(Ended::Cancelled) => {}
+        Err(Ended::Error(e)) => {
+            m.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(StreamEvent::Failed(e));
+        }
+    }
+}
+
+fn error_name(e: &PoolError) -> &'static str {
+    match e {
+        PoolError::Busy { .. } => "busy",
+        PoolError::Deadline { .. } => "deadline",
+        PoolError::BadInput(_) => "bad_input",
+        PoolError::TooLarge(_) => "too_large",
+        PoolError::UnknownModel(_) => "unknown_model",
+        PoolError::Failed { .. } => "failed",
+        PoolError::ShutDown => "shut_down",
+    }
+}
+
+/// The replica to run a session on: among usable replicas with a free session place whose
+/// breakers admit a call, the one running fewest streams (then the one not failed before).
+/// Waits while all are busy; fails when no replica is usable for [`NO_REPLICA_WAIT`].
+async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Result<Arc<Replica>, PoolError> {
+    let mut no_replica_since: Option<Instant> = None;
+    let per_tab = shared.cfg.generation.sessions_per_tab as usize;
+    loop {
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(PoolError::ShutDown);
+        }
+        let mut usable: Vec<Arc<Replica>> =
+            m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
+        usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), streams(r), r.slot.id));
+        for r in &usable {
+            if streams(r) < per_tab && super::scheduler::acquire_breakers(shared, m, r) {
+                enter(r);
+                return Ok(r.clone());
+            }
+        }
+        if usable.is_empty() {
+            let since = *no_replica_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > NO_REPLICA_WAIT {
+                return Err(PoolError::Failed {
+                    attempts: 0,
+                    message: format!("no replica of {} was usable for {NO_REPLICA_WAIT:?}", m.name),
+                });
+            }
+        } else {
+            no_replica_since = None;
+        }
+        let _ = tokio::time::timeout(RECHECK, m.wake.notified()).await;
+    }
+}
+
+fn streams(r: &Replica) -> usize {
+    match &r.run {
+        Runner::Sessions { streams, .. } => streams.load(Ordering::SeqCst),
+        Runner::Batches(_) => usize::MAX,
+    }
+}
+
+fn enter(r: &Replica) {
+    if let Runner::Sessions { streams, .. } = &r.run {
+        streams.fetch_add(1, Ordering::SeqCst);
+    }
+    r.slot.streams.fetch_add(1, Ordering::SeqCst);
+}
+
+fn leave(m: &ModelEntry, r: &Replica) {
+    if let Runner::Sessions { streams, .. } = &r.run {
+        streams.fetch_sub(1, Ordering::SeqCst);
+    }
+    r.slot.streams.fetch_sub(1, Ordering::SeqCst);
+    *r.slot.last_active.lock().expect("slot") = Instant::now();
+    m.wake.notify_waiters();
+}
+
+/// Book a leg's outcome in the tab's and the (tab, model) breakers; `None` hands back the
+/// call's probe without an outcome (a cancelled stream says nothing about the tab).
+fn book(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>) {
+    let now = Instant::now();
+    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+        let mut b = b.lock().expect("breaker");
+        let t = match outcome {
+            Some(o) => b.record(o, now),
+            None => {
+                b.release();
+                None
+            }
+        };
+        drop(b);
+        if let Some(t) = t {
+            super::scheduler::log_transition(shared, m, r, which, &t);
+        }
+    }
+}
+
+/// A replica failed a stream: a lost socket sends its tab to recovery (page reload, browser
+/// restart, models reloaded); a lost device reloads the model in place.
+fn recover(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, f: &GenFailure) {
+    if !r.slot.tab.is_connected() || matches!(f.category, Category::Connection | Category::Crash) {
+        let (s, slot, detail) = (shared.clone(), r.slot.clone(), format!("lost during a generation step: {f}"));
+        shared.spawn_background(async move { s.recover(slot, Category::Connection, &detail).await });
+    } else if f.category == Category::DeviceLost {
+        let (s, m, slot, detail) = (shared.clone(), m.clone(), r.slot.clone(), f.message.clone());
+        shared.spawn_background(async move {
+            let t = Instant::now();
+            let ok = s.add_replica(&m, &slot).await;
+            s.note_recovery(&slot, Category::DeviceLost, "reload_model", ok, t, &detail);
+        });
+    }
+}
