@@ -28,6 +28,9 @@ impl Serve {
         let api = format!("127.0.0.1:{port}");
         let child = Command::new(BIN)
             .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--api", &api])
+            // Embeddings are what these tests send; loading the generation model too would only
+            // make each start slower.
+            .args(["--model", "minilm"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

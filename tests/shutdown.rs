@@ -42,7 +42,7 @@ fn ctrl_c_closes_an_attached_webnn_browser_too() {
 fn ctrl_c_leaves_nothing(kind: &str) {
     let mut child = Command::new(BIN)
         // Port 0: the tests in this file run at once.
-        .args(["serve", "--tabs", "1", "--browser", kind, "--api", "127.0.0.1:0", "--no-history"])
+        .args(["serve", "--tabs", "1", "--browser", kind, "--api", "127.0.0.1:0", "--no-history", "--model", "minilm"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

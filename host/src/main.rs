@@ -125,10 +125,12 @@ enum Command {
     Serve {
         #[command(flatten)]
         pool: PoolArgs,
-        /// Also load this sentence-encoder folder (config.json, model.safetensors, tokenizer.json).
-        #[arg(long = "model")]
-        models: Vec<PathBuf>,
-        /// Do not load all-MiniLM-L6-v2.
+        /// A model to serve (repeatable): `minilm` (embeddings), `smollm2` (text generation), a
+        /// sentence-encoder folder (config.json, model.safetensors, tokenizer.json) or a llama
+        /// `.gguf` file. Default: minilm, and smollm2 when installed.
+        #[arg(long = "model", value_name = "NAME|PATH")]
+        models: Vec<String>,
+        /// Load no model (only those given with --model).
         #[arg(long)]
         no_default_model: bool,
         #[arg(long, default_value = serve::DEFAULT_API)]

@@ -15,9 +15,9 @@ pub const DEFAULT_API: &str = "127.0.0.1:7878";
 
 pub struct Args {
     pub pool: PoolArgs,
-    /// Extra sentence-encoder folders (config.json + model.safetensors + tokenizer.json).
-    pub models: Vec<PathBuf>,
-    /// Skip loading all-MiniLM-L6-v2.
+    /// Models by name (`minilm`, `smollm2`) or path (an encoder folder, a `.gguf` file).
+    pub models: Vec<String>,
+    /// Load only the models named in `models` (none by default).
     pub no_default_model: bool,
     pub api: SocketAddr,
     /// API key and Host allow-list.
@@ -41,17 +41,15 @@ pub async fn run(
         _ = &mut stop => return Ok(true),
     };
     let work = async {
-        if !args.no_default_model {
-            pool.load(ModelSpec::minilm()).await?;
-        }
-        for dir in &args.models {
-            pool.load(ModelSpec::from_dir(dir)).await?;
+        for spec in specs(&args.models, args.no_default_model)? {
+            pool.load(spec).await?;
         }
         let (addr, _api) = api::serve(pool.clone(), args.api, args.security.clone()).await?;
         println!("{}", pool.metrics().render());
         println!("tabpool serve: {} tab(s) ready", pool.metrics().connections);
         println!(
-            "tabpool serve: models {:?}; `tabpool status --api {addr}`; POST http://{addr}/embed {{\"texts\": [...]}}; Ctrl-C to stop",
+            "tabpool serve: models {:?}; `tabpool status --api {addr}`; POST http://{addr}/embed {{\"texts\": [...]}}; \
+             POST http://{addr}/generate {{\"prompt\": \"...\"}} (server-sent events); Ctrl-C to stop",
             pool.models()
         );
         std::future::pending::<()>().await;
@@ -63,6 +61,39 @@ pub async fn run(
     };
     pool.shutdown().await;
     result
+}
+
+/// The models to load: those named, else MiniLM and (when its GGUF is installed) SmolLM2.
+pub fn specs(models: &[String], none_by_default: bool) -> anyhow::Result<Vec<ModelSpec>> {
+    if models.is_empty() {
+        if none_by_default {
+            return Ok(vec![]);
+        }
+        let mut specs = vec![ModelSpec::minilm()];
+        if crate::models::smollm2::default_path().is_file() {
+            specs.push(ModelSpec::smollm2());
+        } else {
+            tracing::info!("SmolLM2 is not installed (bash scripts/setup.sh): serving embeddings only");
+        }
+        return Ok(specs);
+    }
+    models
+        .iter()
+        .map(|m| match m.as_str() {
+            "minilm" => Ok(ModelSpec::minilm()),
+            "smollm2" => Ok(ModelSpec::smollm2()),
+            path => {
+                let p = PathBuf::from(path);
+                if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
+                    Ok(ModelSpec { dir: Some(p), ..ModelSpec::smollm2() })
+                } else if p.is_dir() {
+                    Ok(ModelSpec::from_dir(p))
+                } else {
+                    anyhow::bail!("--model {path:?}: not minilm, smollm2, an encoder folder or a .gguf file")
+                }
+            }
+        })
+        .collect()
 }
 
 /// `tabpool status`: the metrics of a running `serve`.

@@ -260,7 +260,7 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
         Ok(Finish::Stop) => ("stop", None),
         Ok(Finish::Length) => ("length", None),
         Err(Ended::Cancelled) => ("cancelled", None),
-        Err(Ended::Error(e)) => ("failed", Some(error_name(e).to_string())),
+        Err(Ended::Error(e)) => ("failed", Some(e.kind().to_string())),
     };
     shared.keep(Record::Generation {
         model: m.name.clone(),
@@ -299,18 +299,6 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
     }
 }
 
-fn error_name(e: &PoolError) -> &'static str {
-    match e {
-        PoolError::Busy { .. } => "busy",
-        PoolError::Deadline { .. } => "deadline",
-        PoolError::BadInput(_) => "bad_input",
-        PoolError::TooLarge(_) => "too_large",
-        PoolError::UnknownModel(_) => "unknown_model",
-        PoolError::Failed { .. } => "failed",
-        PoolError::ShutDown => "shut_down",
-    }
-}
-
 /// The replica to run a session on: among usable replicas with a free session place whose
 /// breakers admit a call, the one running fewest streams (then the one not failed before).
 /// Waits while all are busy; fails when no replica is usable for [`NO_REPLICA_WAIT`].
@@ -321,11 +309,17 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
         if shared.closed.load(Ordering::SeqCst) {
             return Err(PoolError::ShutDown);
         }
-        let mut usable: Vec<Arc<Replica>> =
-            m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
-        usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), streams(r), r.slot.id));
+        let mut usable: Vec<Arc<Replica>> = m
+            .replicas
+            .lock()
+            .expect("replicas")
+            .iter()
+            .filter(|r| r.slot.usable() && matches!(r.run, Runner::Sessions { .. }))
+            .cloned()
+            .collect();
+        usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), r.streams(), r.slot.id));
         for r in &usable {
-            if streams(r) < per_tab && super::scheduler::acquire_breakers(shared, m, r) {
+            if r.streams() < per_tab && super::scheduler::acquire_breakers(shared, m, r) {
                 enter(r);
                 return Ok(r.clone());
             }
@@ -342,13 +336,6 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
             no_replica_since = None;
         }
         let _ = tokio::time::timeout(RECHECK, m.wake.notified()).await;
-    }
-}
-
-fn streams(r: &Replica) -> usize {
-    match &r.run {
-        Runner::Sessions { streams, .. } => streams.load(Ordering::SeqCst),
-        Runner::Batches(_) => usize::MAX,
     }
 }
 

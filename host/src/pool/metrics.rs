@@ -96,6 +96,9 @@ pub struct ModelMetrics {
     /// Full calibrations run (every backend compiled and timed); a tab of a kind already
     /// calibrated reuses that answer, so this stays at the first tabs' count through recoveries.
     pub calibrations: u64,
+    /// Generation: streams running on replicas now, and admitted ones waiting for a place.
+    pub streams_running: usize,
+    pub streams_waiting: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +171,8 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 busy_refusals: m.busy.load(Ordering::Relaxed),
                 retried: m.retried.load(Ordering::Relaxed),
                 calibrations: m.calibrations.load(Ordering::Relaxed),
+                streams_running: replicas.iter().map(|r| r.streams()).sum(),
+                streams_waiting: m.waiting.load(Ordering::SeqCst),
             }
         })
         .collect();

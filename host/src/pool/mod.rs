@@ -63,6 +63,21 @@ pub enum PoolError {
     ShutDown,
 }
 
+impl PoolError {
+    /// A short stable name (API error kinds, the history's error column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolError::Busy { .. } => "busy",
+            PoolError::Deadline { .. } => "deadline",
+            PoolError::BadInput(_) => "bad_input",
+            PoolError::TooLarge(_) => "too_large",
+            PoolError::UnknownModel(_) => "unknown_model",
+            PoolError::Failed { .. } => "failed",
+            PoolError::ShutDown => "shutting_down",
+        }
+    }
+}
+
 /// A served request: one vector per text, and where and how it ran.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Served {
@@ -331,6 +346,11 @@ impl Pool {
     /// Run every (model, texts) request at once across the pool; results in request order.
     pub async fn execute_concurrent(&self, requests: &[(&str, Vec<&str>)]) -> Vec<Result<Served, PoolError>> {
         futures_util::future::join_all(requests.iter().map(|(m, texts)| self.embed_with(m, texts, None))).await
+    }
+
+    /// The first embedding model loaded, if any.
+    pub fn embedding_model(&self) -> Option<String> {
+        self.shared.default_model(Some(true)).map(|m| m.name.clone())
     }
 
     /// Names of the loaded models, in load order.

@@ -152,6 +152,14 @@ pub(crate) enum Runner {
 }
 
 impl Replica {
+    /// Generation streams running on it (0 for a batch replica).
+    pub fn streams(&self) -> usize {
+        match &self.run {
+            Runner::Sessions { streams, .. } => streams.load(Ordering::SeqCst),
+            Runner::Batches(_) => 0,
+        }
+    }
+
     /// The replica's model for stateless batches (`None` for a generation replica).
     pub fn batches(&self) -> Option<&TabModel> {
         match &self.run {

@@ -146,6 +146,7 @@ pub async fn serve(
         .route("/status", get(|State(p): State<Arc<Pool>>| async move { Json(p.metrics()) }))
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
         .route("/embed", post(embed))
+        .route("/generate", post(super::generate::generate))
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
         .route("/report.md", get(|s, q| report(s, q, Format::Md)))
@@ -194,7 +195,7 @@ async fn report(State(pool): State<Arc<Pool>>, Query(q): Query<ReportQuery>, for
     }
 }
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+pub(super) fn error(status: StatusCode, kind: &str, message: String) -> Response {
     (status, Json(json!({ "error": message, "kind": kind }))).into_response()
 }
 
@@ -202,33 +203,44 @@ async fn embed(
     State(pool): State<Arc<Pool>>,
     body: Result<Json<EmbedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(body) = match body {
+    let body = match json_body(body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let msg = format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes (2 MiB); split it");
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg);
-        }
-        Err(e) => return error(e.status(), "bad_request", e.body_text()),
+        Err(refused) => return refused,
     };
-    let model = match body.model.or_else(|| pool.models().into_iter().next()) {
+    let model = match body.model.or_else(|| pool.embedding_model()) {
         Some(m) => m,
         None => return error(StatusCode::SERVICE_UNAVAILABLE, "no_model", "no model is loaded".into()),
     };
     let texts: Vec<&str> = body.texts.iter().map(String::as_str).collect();
     match pool.embed_with(&model, &texts, body.deadline_ms.map(Duration::from_millis)).await {
         Ok(served) => Json(served).into_response(),
-        Err(e) => {
-            let (status, kind) = match &e {
-                PoolError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
-                PoolError::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_input"),
-                PoolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                PoolError::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown_model"),
-                PoolError::Deadline { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline"),
-                PoolError::Failed { .. } => (StatusCode::BAD_GATEWAY, "failed"),
-                PoolError::ShutDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            };
-            error(status, kind, e.to_string())
+        Err(e) => pool_error(&e),
+    }
+}
+
+/// A pool's refusal or failure as a status and a JSON error.
+pub(super) fn pool_error(e: &PoolError) -> Response {
+    let status = match e {
+        PoolError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        PoolError::BadInput(_) => StatusCode::BAD_REQUEST,
+        PoolError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        PoolError::UnknownModel(_) => StatusCode::NOT_FOUND,
+        PoolError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PoolError::Failed { .. } => StatusCode::BAD_GATEWAY,
+        PoolError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.kind(), e.to_string())
+}
+
+/// A JSON body, or the response refusing it (413 naming the limit for an oversized one).
+pub(super) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Response> {
+    match body {
+        Ok(Json(b)) => Ok(b),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let msg = format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes (2 MiB); split it");
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg))
         }
+        Err(e) => Err(error(e.status(), "bad_request", e.body_text())),
     }
 }
 

@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod bounded;
+mod generate;
 pub mod http;
 pub mod socket;

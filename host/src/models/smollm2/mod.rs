@@ -123,3 +123,38 @@ impl SmolLm2 {
         self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))
     }
 }
+
+/// The text of a growing token stream, piece by piece: `push` returns only what is new, holding
+/// back a character still incomplete (byte-level BPE splits a UTF-8 sequence across tokens), and
+/// `finish` returns what was held back.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    sent: usize,
+}
+
+impl TextStream {
+    pub fn push(&mut self, model: &SmolLm2, id: u32) -> anyhow::Result<String> {
+        self.ids.push(id);
+        // Decoding the whole stream each time keeps merges across token boundaries exact.
+        let text = model.decode(&self.ids)?;
+        if text.len() > self.sent && text.is_char_boundary(self.sent) && !text.ends_with('\u{fffd}') {
+            let piece = text[self.sent..].to_string();
+            self.sent = text.len();
+            return Ok(piece);
+        }
+        Ok(String::new())
+    }
+
+    pub fn finish(&mut self, model: &SmolLm2) -> anyhow::Result<String> {
+        let text = model.decode(&self.ids)?;
+        let piece = text.get(self.sent..).unwrap_or_default().to_string();
+        self.sent = text.len();
+        Ok(piece)
+    }
+
+    /// Every id so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
