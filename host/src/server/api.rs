@@ -205,7 +205,7 @@ async fn embed(
 ) -> Response {
     let body = match json_body(body) {
         Ok(b) => b,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let model = match body.model.or_else(|| pool.embedding_model()) {
         Some(m) => m,
@@ -233,14 +233,14 @@ pub(super) fn pool_error(e: &PoolError) -> Response {
 }
 
 /// A JSON body, or the response refusing it (413 naming the limit for an oversized one).
-pub(super) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Response> {
+pub(super) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Box<Response>> {
     match body {
         Ok(Json(b)) => Ok(b),
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let msg = format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes (2 MiB); split it");
-            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg))
+            Err(Box::new(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)))
         }
-        Err(e) => Err(error(e.status(), "bad_request", e.body_text())),
+        Err(e) => Err(Box::new(error(e.status(), "bad_request", e.body_text()))),
     }
 }
 

@@ -62,17 +62,13 @@ fn yes() -> bool {
     true
 }
 
-fn bad(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, "bad_input", message.into())
-}
-
-/// The request's token ids and sampling, or the 400 saying what is wrong with it.
-fn prepare(g: &Generator, b: &GenerateBody) -> Result<(Vec<u32>, Sampling), Response> {
+/// The request's token ids and sampling, or what is wrong with it (a 400).
+fn prepare(g: &Generator, b: &GenerateBody) -> Result<(Vec<u32>, Sampling), String> {
     if !(b.temperature.is_finite() && b.temperature >= 0.0) {
-        return Err(bad(format!("temperature must be ≥ 0, got {}", b.temperature)));
+        return Err(format!("temperature must be ≥ 0, got {}", b.temperature));
     }
     if !(b.top_p > 0.0 && b.top_p <= 1.0) {
-        return Err(bad(format!("top_p must be in (0, 1], got {}", b.top_p)));
+        return Err(format!("top_p must be in (0, 1], got {}", b.top_p));
     }
     let sampling = if b.temperature == 0.0 {
         Sampling::Greedy
@@ -89,17 +85,17 @@ fn prepare(g: &Generator, b: &GenerateBody) -> Result<(Vec<u32>, Sampling), Resp
         (None, Some(ms)) if !b.raw && !ms.is_empty() => {
             for m in ms {
                 if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                    return Err(bad(format!("message role {:?}: expected system, user or assistant", m.role)));
+                    return Err(format!("message role {:?}: expected system, user or assistant", m.role));
                 }
                 messages.push(Message::new(&m.role, &m.content));
             }
             g.model.chat_ids(&messages)
         }
-        _ => return Err(bad("give either `prompt` (optionally `raw`) or a non-empty `messages` list, not both")),
+        _ => return Err("give either `prompt` (optionally `raw`) or a non-empty `messages` list, not both".into()),
     };
-    let ids = ids.map_err(|e| bad(format!("{e:#}")))?;
+    let ids = ids.map_err(|e| format!("{e:#}"))?;
     if ids.is_empty() {
-        return Err(bad("an empty prompt: there is nothing to continue"));
+        return Err("an empty prompt: there is nothing to continue".into());
     }
     Ok((ids, sampling))
 }
@@ -110,7 +106,7 @@ pub(super) async fn generate(
 ) -> Response {
     let body = match json_body(body) {
         Ok(b) => b,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (name, g) = match pool.generation_model(body.model.as_deref()) {
         Ok(found) => found,
@@ -118,7 +114,7 @@ pub(super) async fn generate(
     };
     let (prompt, sampling) = match prepare(&g, &body) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_input", why),
     };
     let params = GenParams { max_tokens: body.max_tokens, sampling, stop_ids: g.model.eos_ids.clone() };
     let prompt_tokens = prompt.len();
