@@ -129,7 +129,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         })
         .await?;
         writeln!(out)?;
-        if run.finish.is_none() && interactive {
+        if run.finish.is_none() {
             eprintln!("(reply stopped)");
         }
         history.push(Message::new("assistant", &l.model.decode(&run.ids)?));
