@@ -133,7 +133,10 @@ fn ctrl_c_ends_the_reply_not_the_chat_and_keeps_what_was_said() {
     wait_for("'(reply stopped)'", Duration::from_secs(30), || text(&err).contains("(reply stopped)"), &mut child);
     // The reply's end (its newline) was written before the notice; let the reader catch up.
     std::thread::sleep(Duration::from_millis(300));
-    let partial = text(&out).strip_suffix('\n').unwrap_or_else(|| panic!("no newline after the reply: {}", text(&out))).to_string();
+    let partial = text(&out)
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("no newline after the reply: {}", text(&out)))
+        .to_string();
     writeln!(stdin, "{q2}").unwrap();
     drop(stdin);
     let status = child.wait().unwrap();
@@ -141,7 +144,10 @@ fn ctrl_c_ends_the_reply_not_the_chat_and_keeps_what_was_said() {
     assert!(status.success(), "{status}: {}", text(&err));
 
     let full = generate("cpu", 200, false, q1);
-    assert!(full.starts_with(&partial) && partial.len() < full.len(), "cut reply {partial:?} is not a prefix of {full:?}");
+    assert!(
+        full.starts_with(&partial) && partial.len() < full.len(),
+        "cut reply {partial:?} is not a prefix of {full:?}"
+    );
     let convo = [turn("system", SYSTEM), turn("user", q1), turn("assistant", &partial), turn("user", q2)].concat();
     let reply2 = generate("cpu", 200, true, &format!("{convo}<|im_start|>assistant\n"));
     assert_eq!(text(&out), format!("{partial}\n{reply2}\n"), "stderr: {}", text(&err));

@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, chat, doctor, embed, generate, matmul,
-    report, serve,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, chat, doctor, embed, generate,
+    matmul, report, serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -321,7 +321,7 @@ enum BenchWhat {
 #[derive(clap::Args)]
 struct GenFlags {
     /// auto launches a tab and picks WebGPU when its adapter is a real GPU, else (no WebGPU, or a
-    /// software adapter such as SwiftShader, measured 1.9 vs 16.8 tok/s) the wasm CPU executor.
+    /// software adapter such as SwiftShader: decode measured WebGPU 1.9, wasm CPU 16.8 tok/s) the wasm CPU executor.
     /// WebNN generation is not built yet: webnn is refused with an error, and auto never picks it.
     #[arg(long, value_enum, default_value_t = GenBackend::Auto)]
     backend: GenBackend,
@@ -488,8 +488,8 @@ async fn main() -> ExitCode {
         Command::Chat { gen_flags } => match Host::start(cfg).await {
             Err(e) => Err(e),
             Ok(mut host) => {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
                 let r = tokio::select! {
                     r = chat::run(&mut host, chat::Args { opts: gen_flags.into_opts() }) => r,
                     _ = term.recv() => Err(anyhow::anyhow!("terminated")),

@@ -59,7 +59,8 @@ pub fn fit_history(
 }
 
 fn prompt_ids(model: &SmolLm2, system: Option<&str>, history: &[Message]) -> anyhow::Result<Vec<u32>> {
-    let messages: Vec<Message> = system.map(|s| Message::new("system", s)).into_iter().chain(history.iter().cloned()).collect();
+    let messages: Vec<Message> =
+        system.map(|s| Message::new("system", s)).into_iter().chain(history.iter().cloned()).collect();
     model.chat_ids(&messages)
 }
 
@@ -110,7 +111,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         match fit_history(&mut history, args.opts.max_tokens as usize, limit, count) {
             Ok(0) => {}
             Ok(n) => eprintln!(
-                "(the conversation outgrew the context limit of {limit} tokens: its {} oldest turn(s) were dropped)",
+                "(the history and --max-tokens outgrew the context limit of {limit} tokens: dropped its {} oldest exchange(s))",
                 n.div_ceil(2)
             ),
             Err(e) => {

@@ -67,7 +67,10 @@ pub fn choose(caps: &Capabilities) -> GenChoice {
                 describe(adapter)
             ),
         },
-        None => GenChoice { target: GenTarget::WebGpu, reason: format!("WebGPU adapter {} is a GPU, so WebGPU", describe(adapter)) },
+        None => GenChoice {
+            target: GenTarget::WebGpu,
+            reason: format!("WebGPU adapter {} is a GPU, so WebGPU", describe(adapter)),
+        },
     }
 }
 
