@@ -237,7 +237,8 @@ fn run_peers(decode: usize) -> anyhow::Result<Peers> {
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     if let Some(b) = args.backends.iter().find(|b| matches!(b, GenBackend::Auto | GenBackend::Webnn)) {
-        anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu), not {b:?}");
+        let name = clap::ValueEnum::to_possible_value(b).map(|v| v.get_name().to_string()).unwrap_or_default();
+        anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu), not {name}");
     }
     let m = SmolLm2::load(None)?;
     let prompt = prefill_prompt(&m)?;
