@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, doctor, embed, generate, matmul,
-    report, serve,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, chat, doctor, embed, generate,
+    matmul, report, serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -87,33 +87,24 @@ enum Command {
     /// Text generation (SmolLM2-135M-Instruct, 4-bit) streamed token by token, its KV cache in a
     /// real tab (or on the host's CPU executor).
     Generate {
-        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
-        backend: GenBackend,
-        /// Most tokens to generate.
-        #[arg(long, default_value_t = 128)]
-        max_tokens: u32,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// With a temperature: sample among the K most likely (0: all).
-        #[arg(long, default_value_t = 40)]
-        top_k: u32,
-        /// With a temperature: sample among the most likely tokens whose mass reaches P.
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f32,
-        /// With a temperature: the seed of the draws (same seed, same text).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        gen_flags: GenFlags,
         /// Continue PROMPT as plain text instead of answering it as a chat user turn.
         #[arg(long)]
         raw: bool,
-        /// A system prompt instead of the model's default one.
-        #[arg(long)]
-        system: Option<String>,
+        /// Also reports `backend` and, with auto, `backend_reason`.
         #[arg(long)]
         json: bool,
         /// The question (or, with --raw, the text to continue).
         prompt: String,
+    },
+    /// A conversation with SmolLM2-135M-Instruct: each line of standard input is a user turn,
+    /// answered with the history in mind and streamed. Ctrl-C stops a reply; Ctrl-C, end of
+    /// input or /exit at the prompt ends the chat. Oldest turns are dropped when the history
+    /// outgrows the context. Without a terminal on stdin no prompt is printed (scriptable).
+    Chat {
+        #[command(flatten)]
+        gen_flags: GenFlags,
     },
     /// Benchmarks measured in a real tab.
     Bench {
@@ -328,6 +319,41 @@ enum BenchWhat {
     },
 }
 
+/// The options `generate` and `chat` share.
+#[derive(clap::Args)]
+struct GenFlags {
+    /// auto launches a tab and picks WebGPU when its adapter is a real GPU, else (no WebGPU, or a
+    /// software adapter such as SwiftShader: decode measured WebGPU 1.9, wasm CPU 16.8 tok/s) the wasm CPU executor.
+    /// WebNN generation is not built yet: webnn is refused with an error, and auto never picks it.
+    #[arg(long, value_enum, default_value_t = GenBackend::Auto)]
+    backend: GenBackend,
+    /// Most tokens to generate (per reply).
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// With a temperature: sample among the K most likely (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// With a temperature: sample among the most likely tokens whose mass reaches P.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// With a temperature: the seed of the draws (same seed, same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A system prompt instead of the model's default one.
+    #[arg(long)]
+    system: Option<String>,
+}
+
+impl GenFlags {
+    fn into_opts(self) -> generate::GenOptions {
+        let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system } = self;
+        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Variant {
     Tiled,
@@ -357,10 +383,8 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Generate { backend, max_tokens, temperature, top_k, top_p, seed, raw, system, json, prompt } => {
-            let args =
-                generate::Args { backend, prompt, raw, system, max_tokens, temperature, top_k, top_p, seed, json };
-            generate::run(host, args).await
+        Command::Generate { gen_flags, raw, json, prompt } => {
+            generate::run(host, generate::Args { opts: gen_flags.into_opts(), prompt, raw, json }).await
         }
         Command::Bench { what: BenchWhat::Proto { pings, json } } => bench::proto(host, pings, json).await,
         Command::Bench {
@@ -380,6 +404,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench_memory::run(host, bench_memory::Args { backends, json }).await
         }
         Command::Serve { .. }
+        | Command::Chat { .. }
         | Command::Status { .. }
         | Command::Report { .. }
         | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } | BenchWhat::History { .. } } => {
@@ -461,6 +486,20 @@ async fn main() -> ExitCode {
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
+        // Ctrl-C is the chat's own (it stops a reply); SIGTERM still ends everything.
+        Command::Chat { gen_flags } => match Host::start(cfg).await {
+            Err(e) => Err(e),
+            Ok(mut host) => {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                let r = tokio::select! {
+                    r = chat::run(&mut host, chat::Args { opts: gen_flags.into_opts() }) => r,
+                    _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+                };
+                host.shutdown().await;
+                r
+            }
+        },
         command => match Host::start(cfg).await {
             Err(e) => Err(e),
             Ok(mut host) => {

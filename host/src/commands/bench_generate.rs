@@ -180,8 +180,31 @@ async fn measure(
 /// A peer's row: (method, load s, prefill tok/s, TTFT ms, decode tok/s).
 type PeerRow = (String, f64, f64, f64, f64);
 
+/// What the peer harness wrote: the peers' rows, and its "limits" record's memory-bandwidth bound
+/// on decode tok/s (a property of the machine and the file, not a peer).
+#[derive(Default)]
+struct Peers {
+    rows: Vec<PeerRow>,
+    decode_upper_tok_s: Option<f64>,
+}
+
+fn parse_peers(jsonl: &str) -> anyhow::Result<Peers> {
+    let mut out = Peers::default();
+    for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let Some(method) = v["method"].as_str() else { continue };
+        if method == "limits" {
+            out.decode_upper_tok_s = v["decode_upper_tok_s"].as_f64();
+            continue;
+        }
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        out.rows.push((method.to_string(), f("load_s"), f("prefill_tok_s"), f("ttft_ms"), f("decode_tok_s")));
+    }
+    Ok(out)
+}
+
 /// The generation peers (`anchors/gen/run.sh`), run now.
-fn run_peers(decode: usize) -> anyhow::Result<Vec<PeerRow>> {
+fn run_peers(decode: usize) -> anyhow::Result<Peers> {
     let script = super::bench::anchors_dir().join("gen/run.sh");
     anyhow::ensure!(
         script.is_file(),
@@ -209,18 +232,14 @@ fn run_peers(decode: usize) -> anyhow::Result<Vec<PeerRow>> {
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
         .max()
         .context("the generation anchors wrote no results file")?;
-    let mut out = Vec::new();
-    for line in std::fs::read_to_string(&newest)?.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        if let Some(m) = v["method"].as_str() {
-            out.push((m.to_string(), f("load_s"), f("prefill_tok_s"), f("ttft_ms"), f("decode_tok_s")));
-        }
-    }
-    Ok(out)
+    parse_peers(&std::fs::read_to_string(&newest)?).with_context(|| format!("reading {}", newest.display()))
 }
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
+    if let Some(b) = args.backends.iter().find(|b| matches!(b, GenBackend::Auto | GenBackend::Webnn)) {
+        let name = clap::ValueEnum::to_possible_value(b).map(|v| v.get_name().to_string()).unwrap_or_default();
+        anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu), not {name}");
+    }
     let m = SmolLm2::load(None)?;
     let prompt = prefill_prompt(&m)?;
     let mut rows = Vec::new();
@@ -228,7 +247,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         eprintln!("bench generate: {b:?}…");
         rows.push(measure(host, &m, b, &prompt, &args).await.with_context(|| format!("measuring {b:?}"))?);
     }
-    let peers = if args.peers { run_peers(args.decode)? } else { vec![] };
+    let Peers { rows: peers, decode_upper_tok_s } = if args.peers { run_peers(args.decode)? } else { Peers::default() };
     let gguf_mib = std::fs::metadata(&m.path).map(|md| md.len() as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN);
     if args.json {
         let r: Vec<_> = rows
@@ -248,7 +267,10 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|p| json!({"method": p.0, "load_s": p.1, "prefill_tok_s": p.2, "ttft_ms": p.3, "decode_tok_s": p.4}))
             .collect();
-        println!("{}", json!({"model": m.name, "gguf_mib": gguf_mib, "rows": r, "peers": p}));
+        println!(
+            "{}",
+            json!({"model": m.name, "gguf_mib": gguf_mib, "rows": r, "peers": p, "decode_upper_tok_s": decode_upper_tok_s})
+        );
         return Ok(());
     }
     println!("bench generate — {} (Q4_1 GGUF {gguf_mib:.1} MiB), prompt {} tokens, greedy", m.name, prompt.len());
@@ -276,6 +298,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             p.0, p.1, p.2, p.3, p.4
         );
     }
+    if let Some(bound) = decode_upper_tok_s {
+        println!("decode bound by memory bandwidth (the peer harness's limits): {bound:.0} tok/s");
+    }
     for p in &peers {
         for r in &rows {
             println!(
@@ -288,4 +313,23 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limits_record_is_a_bound_not_a_peer_row() {
+        // The shapes `anchors/gen/run.sh` writes (abridged from a run on this machine).
+        let jsonl = r#"{"method": "limits", "file_bytes": 98362432, "decode_upper_tok_s": 468.5}
+{"method": "llama.cpp native (node-llama-cpp 3.21.1), 2 thr", "load_s": 0.484, "prefill_tok_s": 1435.1, "ttft_ms": 151.9, "decode_tok_s": 62.6}
+"#;
+        let p = parse_peers(jsonl).unwrap();
+        assert_eq!(p.decode_upper_tok_s, Some(468.5));
+        assert_eq!(p.rows.len(), 1);
+        let (method, load, prefill, ttft, decode) = p.rows[0].clone();
+        assert!(method.starts_with("llama.cpp native"));
+        assert_eq!((load, prefill, ttft, decode), (0.484, 1435.1, 151.9, 62.6));
+    }
 }

@@ -13,22 +13,26 @@ use crate::Host;
 use crate::browser::BrowserKind;
 use crate::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
+use crate::policy::gen_backend::{self, GenTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GenBackend {
+    /// Launch a tab and choose from what it probed: WebGPU on a real GPU, the wasm CPU executor
+    /// when WebGPU is absent or a software adapter (SwiftShader). Never WebNN.
+    Auto,
     /// WebGPU in a Chromium tab (4-bit weights dequantized in the kernels).
     Webgpu,
+    /// WebNN: generation is not built yet (refused with an error).
+    Webnn,
     /// The CPU executor inside a tab's wasm.
     WasmCpu,
     /// The CPU executor on the host (every core), no browser.
     Cpu,
 }
 
-pub struct Args {
+/// What `generate` and `chat` share: where to run and how to sample.
+pub struct GenOptions {
     pub backend: GenBackend,
-    pub prompt: String,
-    /// Feed the prompt as it is instead of as a chat user turn.
-    pub raw: bool,
     /// A system prompt instead of the model's default one.
     pub system: Option<String>,
     pub max_tokens: u32,
@@ -36,6 +40,13 @@ pub struct Args {
     pub top_k: u32,
     pub top_p: f32,
     pub seed: u64,
+}
+
+pub struct Args {
+    pub opts: GenOptions,
+    pub prompt: String,
+    /// Feed the prompt as it is instead of as a chat user turn.
+    pub raw: bool,
     pub json: bool,
 }
 
@@ -46,6 +57,7 @@ pub const CONTEXT_LIMIT: u32 = 2048;
 pub struct Run {
     pub prompt_ids: Vec<u32>,
     pub ids: Vec<u32>,
+    /// `None` when the caller cancelled it.
     pub finish: Option<Finish>,
     /// Request → first token (prefill + first sample).
     pub ttft_ms: f64,
@@ -53,7 +65,7 @@ pub struct Run {
     pub decode_tok_s: f64,
 }
 
-impl Args {
+impl GenOptions {
     pub fn sampling(&self) -> anyhow::Result<Sampling> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             bail!("--temperature must be ≥ 0, got {}", self.temperature);
@@ -67,6 +79,55 @@ impl Args {
             Sampling::TopKP { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
         })
     }
+
+    /// Checked before anything is loaded, so a bad option fails at once.
+    pub fn check(&self) -> anyhow::Result<Sampling> {
+        if self.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
+        if self.backend == GenBackend::Webnn {
+            bail!("{WEBNN_NOT_BUILT}");
+        }
+        self.sampling()
+    }
+}
+
+const WEBNN_NOT_BUILT: &str = "generation on WebNN is not built yet (the WebNN executor has no kernels for its ops: RmsNorm, Rope, CachedAttention, …); use --backend auto, webgpu, wasm-cpu or cpu";
+
+/// The model loaded on a backend, with its decode loop running.
+pub struct Loaded {
+    pub model: SmolLm2,
+    pub decoder: Decoder,
+    pub backend: String,
+    /// Why `--backend auto` chose `backend`.
+    pub reason: Option<String>,
+    pub tab: Option<u64>,
+    pub load_ms: f64,
+    pub params: GenParams,
+}
+
+/// Put `model` (read from disk since `started`) on `opts.backend` for one session at a time (a
+/// progress bar on stderr unless `quiet`).
+pub async fn load(
+    host: &mut Host,
+    model: SmolLm2,
+    started: Instant,
+    opts: &GenOptions,
+    quiet: bool,
+) -> anyhow::Result<Loaded> {
+    let sampling = opts.check()?;
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template"),
+    );
+    let (stepper, reason) = place(host, &model, opts.backend, 1, &pb).await?;
+    pb.finish_and_clear();
+    let (backend, tab) = (stepper.backend(), stepper.tab_id());
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
+    let params = GenParams { max_tokens: opts.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
+    Ok(Loaded { model, decoder, backend, reason, tab, load_ms, params })
 }
 
 /// Put `model` on `backend` for up to `max_sessions` sessions (a tab is launched for in-tab backends).
@@ -77,13 +138,40 @@ pub async fn stepper(
     max_sessions: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
+    Ok(place(host, model, backend, max_sessions, progress).await?.0)
+}
+
+/// [`stepper`], and for `Auto` why it chose the backend it did.
+pub async fn place(
+    host: &mut Host,
+    model: &SmolLm2,
+    backend: GenBackend,
+    max_sessions: u32,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<(Stepper, Option<String>)> {
     let limits = kv_limits(model, max_sessions);
-    if backend == GenBackend::Cpu {
-        let (graph, weights) = model.graph(limits, Outputs::default())?;
-        return Stepper::on_host(graph, weights);
+    match backend {
+        GenBackend::Cpu => {
+            let (graph, weights) = model.graph(limits, Outputs::default())?;
+            Ok((Stepper::on_host(graph, weights)?, None))
+        }
+        GenBackend::Webnn => bail!("{WEBNN_NOT_BUILT}"),
+        GenBackend::Auto => {
+            // Debian Chromium: it probes WebGPU and also runs the wasm CPU executor, so the tab
+            // that was probed is the one used.
+            let tab = host.launch(BrowserKind::Chromium).await?;
+            let choice = gen_backend::choose(tab.caps());
+            let chosen = match choice.target {
+                GenTarget::WebGpu => GenBackend::Webgpu,
+                GenTarget::WasmCpu => GenBackend::WasmCpu,
+            };
+            Ok((load_in(&tab, model, chosen, limits, progress).await?, Some(choice.reason)))
+        }
+        GenBackend::Webgpu | GenBackend::WasmCpu => {
+            let tab = launch_for(host, backend).await?;
+            Ok((load_in(&tab, model, backend, limits, progress).await?, None))
+        }
     }
-    let tab = launch_for(host, backend).await?;
-    load_in(&tab, model, backend, limits, progress).await
 }
 
 /// The KV cache for `max_sessions` sessions of up to [`CONTEXT_LIMIT`] tokens.
@@ -112,6 +200,8 @@ pub async fn load_in(
 ) -> anyhow::Result<Stepper> {
     let exec = match backend {
         GenBackend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
+        GenBackend::Auto => bail!("backend auto is resolved to a backend before loading"),
+        GenBackend::Webnn => bail!("{WEBNN_NOT_BUILT}"),
         GenBackend::Webgpu => ExecBackend::WebGpu,
         GenBackend::WasmCpu => ExecBackend::Cpu,
     };
@@ -127,13 +217,34 @@ pub async fn generate(
     decoder: &Decoder,
     prompt_ids: Vec<u32>,
     params: GenParams,
+    on_text: impl FnMut(&str),
+) -> anyhow::Result<Run> {
+    generate_until(model, decoder, prompt_ids, params, std::future::pending(), on_text).await
+}
+
+/// [`generate`], ended early when `cancel` completes: the event stream is dropped, which closes
+/// the session in the decoder (its KV rows are freed); the text so far is kept.
+pub async fn generate_until(
+    model: &SmolLm2,
+    decoder: &Decoder,
+    prompt_ids: Vec<u32>,
+    params: GenParams,
+    cancel: impl std::future::Future<Output = ()>,
     mut on_text: impl FnMut(&str),
 ) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let mut events = decoder.generate(prompt_ids.clone(), params);
     let (mut ids, mut printed, mut first, mut last) = (Vec::new(), 0usize, None, t0);
     let mut finish = None;
-    while let Some(ev) = events.recv().await {
+    tokio::pin!(cancel);
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = &mut cancel => break,
+        };
         match ev {
             GenEvent::Token(id) => {
                 let now = Instant::now();
@@ -154,6 +265,7 @@ pub async fn generate(
             GenEvent::Failed(e) => bail!("{e}"),
         }
     }
+    drop(events);
     let text = model.decode(&ids)?;
     if text.len() > printed {
         on_text(&text[printed..]);
@@ -164,63 +276,69 @@ pub async fn generate(
     Ok(Run { prompt_ids, ids, finish, ttft_ms, decode_tok_s })
 }
 
+/// The prompt's ids, refused when it and `max_tokens` do not fit one session.
+fn prompt_ids(model: &SmolLm2, args: &Args) -> anyhow::Result<Vec<u32>> {
+    let ids = if args.raw {
+        model.encode(&args.prompt)?
+    } else {
+        let mut messages: Vec<Message> = args.opts.system.iter().map(|s| Message::new("system", s)).collect();
+        messages.push(Message::new("user", &args.prompt));
+        model.chat_ids(&messages)?
+    };
+    let limit = context_limit(model);
+    if ids.len() + args.opts.max_tokens as usize > limit {
+        bail!(
+            "the prompt ({} tokens) plus --max-tokens {} exceeds the context limit of {limit} tokens",
+            ids.len(),
+            args.opts.max_tokens
+        );
+    }
+    Ok(ids)
+}
+
+/// Tokens a session may hold: prompt + generated.
+pub fn context_limit(model: &SmolLm2) -> usize {
+    CONTEXT_LIMIT.min(model.context_length) as usize
+}
+
+pub fn finish_name(finish: Option<Finish>) -> &'static str {
+    match finish {
+        Some(Finish::Stop) => "stop",
+        Some(Finish::Length) => "length",
+        None => "cancelled",
+    }
+}
+
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     if args.prompt.trim().is_empty() {
         bail!("an empty prompt: give the text to continue or a question");
     }
-    let sampling = args.sampling()?;
-    let t = Instant::now();
+    args.opts.check()?;
+    let started = Instant::now();
     let model = SmolLm2::load(None)?;
-    let prompt_ids = if args.raw {
-        model.encode(&args.prompt)?
-    } else {
-        let mut messages: Vec<Message> = args.system.iter().map(|s| Message::new("system", s)).collect();
-        messages.push(Message::new("user", &args.prompt));
-        model.chat_ids(&messages)?
-    };
-    let limit = CONTEXT_LIMIT.min(model.context_length) as usize;
-    if args.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
+    let prompt_ids = prompt_ids(&model, &args)?;
+    let l = load(host, model, started, &args.opts, args.json).await?;
+    if let Some(reason) = l.reason.as_ref().filter(|_| !args.json) {
+        eprintln!("backend auto: {} — {reason}", l.backend);
     }
-    if prompt_ids.len() + args.max_tokens as usize > limit {
-        bail!(
-            "the prompt ({} tokens) plus --max-tokens {} exceeds the context limit of {limit} tokens",
-            prompt_ids.len(),
-            args.max_tokens
-        );
-    }
-    let pb = if args.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template"),
-    );
-    let stepper = stepper(host, &model, args.backend, 1, &pb).await?;
-    let backend = stepper.backend();
-    let tab = stepper.tab_id();
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
-    let params = GenParams { max_tokens: args.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
     let mut out = std::io::stdout();
     let json = args.json;
-    let run = generate(&model, &decoder, prompt_ids, params, |piece| {
+    let run = generate(&l.model, &l.decoder, prompt_ids, l.params.clone(), |piece| {
         if !json {
             let _ = write!(out, "{piece}");
             let _ = out.flush();
         }
     })
     .await?;
+    let Loaded { model, decoder, backend, reason, tab, load_ms, .. } = l;
     decoder.stop().await;
-    let finish = match run.finish {
-        Some(Finish::Stop) => "stop",
-        Some(Finish::Length) => "length",
-        None => "none",
-    };
+    let finish = finish_name(run.finish);
     if args.json {
         println!(
             "{}",
             json!({
-                "model": model.name, "backend": backend, "prompt_ids": run.prompt_ids, "ids": run.ids,
-                "text": model.decode(&run.ids)?, "finish_reason": finish, "load_ms": load_ms,
+                "model": model.name, "backend": backend, "backend_reason": reason, "prompt_ids": run.prompt_ids,
+                "ids": run.ids, "text": model.decode(&run.ids)?, "finish_reason": finish, "load_ms": load_ms,
                 "ttft_ms": run.ttft_ms, "tokens_per_s": run.decode_tok_s, "tab": tab,
             })
         );

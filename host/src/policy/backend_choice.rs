@@ -1,7 +1,9 @@
 //! Which backend runs a model on a tab: the fastest one measured by a short calibration run at
 //! load — not a fixed table. A backend that failed to load or run is never chosen.
 
-use shared_proto::{AdapterInfo, Capabilities, ExecBackend};
+use shared_proto::{Capabilities, ExecBackend};
+
+use super::gen_backend::GenTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,18 +62,8 @@ pub fn choose(measured: &[Measured]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// A WebGPU adapter that computes on the CPU (SwiftShader, lavapipe/llvmpipe, a fallback
-/// adapter): memory-bound decode there is ~9× slower than the tab's wasm CPU executor (measured:
-/// SmolLM2 1.9 vs 16.8 tok/s), so generation does not use it unless asked to.
-pub fn software_adapter(a: &AdapterInfo) -> bool {
-    let text = format!("{} {} {} {}", a.name, a.architecture, a.description, a.driver).to_lowercase();
-    a.is_fallback
-        || a.device_type.eq_ignore_ascii_case("cpu")
-        || ["swiftshader", "llvmpipe", "lavapipe", "softpipe"].iter().any(|s| text.contains(s))
-}
-
-/// Where a generation replica runs in a tab: the asked backend, or for `Auto` WebGPU on a real
-/// GPU adapter and the wasm CPU executor otherwise. `Cpu` means the CPU executor inside the tab
+/// Where a generation replica runs in a tab: the asked backend, or for `Auto` what
+/// `gen_backend::choose` says (WebGPU on a real GPU adapter, else the wasm CPU executor). `Cpu` means the CPU executor inside the tab
 /// (the host's own is not a replica). WebNN generation is not built yet: asking for it fails.
 pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<ExecBackend> {
     match wanted {
@@ -88,9 +80,9 @@ pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<Ex
              use webgpu or the tab's CPU executor"
         ),
         Backend::Cpu => Ok(ExecBackend::Cpu),
-        Backend::Auto => Ok(match &caps.webgpu.adapter {
-            Some(a) if !software_adapter(a) => ExecBackend::WebGpu,
-            _ => ExecBackend::Cpu,
+        Backend::Auto => Ok(match super::gen_backend::choose(caps).target {
+            GenTarget::WebGpu => ExecBackend::WebGpu,
+            GenTarget::WasmCpu => ExecBackend::Cpu,
         }),
     }
 }
@@ -125,29 +117,18 @@ mod tests {
         assert_eq!(choose(&m), Some(0));
     }
 
-    fn caps_with(adapter: Option<AdapterInfo>) -> Capabilities {
+    fn caps_with(adapter: Option<shared_proto::AdapterInfo>) -> Capabilities {
         let mut c = Capabilities::default();
         c.webgpu.adapter = adapter;
         c
     }
 
     #[test]
-    fn generation_avoids_software_webgpu_unless_asked() {
+    fn generation_takes_the_asked_backend_and_auto_follows_gen_backend() {
         let swiftshader =
-            AdapterInfo { architecture: "swiftshader".into(), vendor: "google".into(), ..AdapterInfo::default() };
-        let lavapipe = AdapterInfo { description: "llvmpipe (LLVM 19.1.7, 256 bits)".into(), ..AdapterInfo::default() };
-        let gpu = AdapterInfo {
-            vendor: "nvidia".into(),
-            architecture: "ampere".into(),
-            device_type: "discrete".into(),
-            ..AdapterInfo::default()
-        };
-        let auto = |a: Option<AdapterInfo>| for_generation(Backend::Auto, &caps_with(a)).unwrap();
-        assert_eq!(auto(Some(swiftshader.clone())), ExecBackend::Cpu);
-        assert_eq!(auto(Some(lavapipe)), ExecBackend::Cpu);
-        assert_eq!(auto(Some(AdapterInfo { is_fallback: true, ..gpu.clone() })), ExecBackend::Cpu);
-        assert_eq!(auto(None), ExecBackend::Cpu);
-        assert_eq!(auto(Some(gpu)), ExecBackend::WebGpu);
+            shared_proto::AdapterInfo { architecture: "swiftshader".into(), ..shared_proto::AdapterInfo::default() };
+        let auto = for_generation(Backend::Auto, &caps_with(Some(swiftshader.clone()))).unwrap();
+        assert_eq!(auto, ExecBackend::Cpu, "a software adapter: the tab's CPU executor");
         assert_eq!(for_generation(Backend::Webgpu, &caps_with(Some(swiftshader))).unwrap(), ExecBackend::WebGpu);
         assert!(for_generation(Backend::Webgpu, &caps_with(None)).is_err(), "no adapter, no WebGPU");
         let e = for_generation(Backend::Webnn, &caps_with(None)).unwrap_err().to_string();

@@ -3,6 +3,7 @@
 pub mod backend_choice;
 pub mod batching;
 pub mod breaker;
+pub mod gen_backend;
 pub mod health;
 pub mod recovery;
 pub mod routing;
