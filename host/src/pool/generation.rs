@@ -355,24 +355,10 @@ fn leave(m: &ModelEntry, r: &Replica) {
     m.wake.notify_waiters();
 }
 
-/// Book a leg's outcome in the tab's and the (tab, model) breakers; `None` hands back the
-/// call's probe without an outcome (a cancelled stream says nothing about the tab).
+/// Book a leg's outcome in the breakers; `None` (a cancelled stream says nothing about the
+/// tab) only hands the call's probe back.
 fn book(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>) {
-    let now = Instant::now();
-    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
-        let mut b = b.lock().expect("breaker");
-        let t = match outcome {
-            Some(o) => b.record(o, now),
-            None => {
-                b.release();
-                None
-            }
-        };
-        drop(b);
-        if let Some(t) = t {
-            super::scheduler::log_transition(shared, m, r, which, &t);
-        }
-    }
+    super::scheduler::book_breakers(shared, m, r, outcome, Instant::now());
 }
 
 /// A replica failed a stream: a lost socket sends its tab to recovery (page reload, browser

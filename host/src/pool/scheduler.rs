@@ -310,6 +310,25 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
     true
 }
 
+/// Book a call's outcome in the tab's and the (tab, model) breakers; `None` books nothing but
+/// hands back the call's probe (if it was one), so a half-open breaker still resolves.
+pub(crate) fn book_breakers(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>, now: Instant) {
+    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
+        let mut b = b.lock().expect("breaker");
+        let t = match outcome {
+            Some(o) => b.record(o, now),
+            None => {
+                b.release();
+                None
+            }
+        };
+        drop(b);
+        if let Some(t) = t {
+            log_transition(shared, m, r, which, &t);
+        }
+    }
+}
+
 /// Ask the tab's and then the (tab, model) breaker for one call; both or neither.
 pub(crate) fn acquire_breakers(shared: &Shared, m: &ModelEntry, r: &Replica) -> bool {
     let now = Instant::now();
@@ -399,22 +418,8 @@ fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, b: BatchInfo, hedge: boo
         Err(e) if categorise(e) == Category::BadInput => None,
         Err(_) => Some(Outcome::Failure),
     };
-    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
-        let mut b = b.lock().expect("breaker");
-        let t = match outcome {
-            Some(o) => b.record(o, now),
-            // Bad input says nothing about the tab: no outcome, but the call's probe (if it was
-            // one) goes back so a half-open breaker still resolves.
-            None => {
-                b.release();
-                None
-            }
-        };
-        drop(b);
-        if let Some(t) = t {
-            log_transition(shared, m, r, which, &t);
-        }
-    }
+    // Bad input says nothing about the tab: no outcome, but the call's probe goes back.
+    book_breakers(shared, m, r, outcome, now);
     let ms_per_text = took.as_secs_f64() * 1e3 / rows.max(1) as f64;
     match result {
         Ok(_) => {
