@@ -115,3 +115,25 @@ async fn greedy_on_webgpu_equals_the_reference() {
     d.stop().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_on_firefox_webgpu_equals_the_reference() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    // Firefox ESR's WebGPU runs on Mesa's lavapipe here (Vulkan on the CPU): another browser's
+    // WGSL compiler and another adapter than Chromium's SwiftShader, same kernels.
+    let tab = host.launch(tabpool::browser::BrowserKind::Firefox).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let limits = generate::kv_limits(&m, 2);
+    let stepper =
+        generate::load_in(&tab, &m, GenBackend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(stepper.backend(), "webgpu");
+    let d = Decoder::start(Arc::new(stepper), StepLimits::default());
+    let both = greedy_all(&m, &d, &cases).await;
+    for (ids, c) in both.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "firefox webgpu greedy ids of {:?}", c.user);
+    }
+    d.stop().await;
+    host.shutdown().await;
+}

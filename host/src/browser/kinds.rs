@@ -96,7 +96,7 @@ pub struct KindSpec {
     pub remote_engine: Option<BrowserKind>,
     /// Backend for models on tabs of this kind; the pool's default (`auto`: calibrate) if absent.
     #[serde(default)]
-    pub backend: Option<crate::exec::Backend>,
+    pub backend: Option<crate::policy::backend_choice::Backend>,
 }
 
 impl KindSpec {

@@ -12,7 +12,7 @@ use shared_proto::{ExecBackend, Sampling};
 use crate::Host;
 use crate::browser::BrowserKind;
 use crate::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits, Stepper};
-use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
+use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
 use crate::policy::gen_backend::{self, GenTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -234,7 +234,7 @@ pub async fn generate_until(
 ) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let mut events = decoder.generate(prompt_ids.clone(), params);
-    let (mut ids, mut printed, mut first, mut last) = (Vec::new(), 0usize, None, t0);
+    let (mut text, mut first, mut last) = (TextStream::default(), None, t0);
     let mut finish = None;
     tokio::pin!(cancel);
     loop {
@@ -250,12 +250,9 @@ pub async fn generate_until(
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = now;
-                ids.push(id);
-                // Decode everything so far and print what is new: a character can span tokens.
-                let text = model.decode(&ids)?;
-                if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
-                    on_text(&text[printed..]);
-                    printed = text.len();
+                let piece = text.push(model, id)?;
+                if !piece.is_empty() {
+                    on_text(&piece);
                 }
             }
             GenEvent::Done { finish: f, .. } => {
@@ -266,10 +263,11 @@ pub async fn generate_until(
         }
     }
     drop(events);
-    let text = model.decode(&ids)?;
-    if text.len() > printed {
-        on_text(&text[printed..]);
+    let tail = text.finish(model)?;
+    if !tail.is_empty() {
+        on_text(&tail);
     }
+    let ids = text.ids().to_vec();
     let ttft_ms = first.map(|f| (f - t0).as_secs_f64() * 1e3).unwrap_or(0.0);
     let decode_s = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
     let decode_tok_s = if ids.len() > 1 && decode_s > 0.0 { (ids.len() - 1) as f64 / decode_s } else { 0.0 };

@@ -3,15 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::report::{Report, render};
+use crate::report::Report;
+pub use crate::report::render::{Format, render_as};
 use crate::store::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Md,
-    Html,
-    Json,
-}
 
 pub struct Args {
     pub history: Option<PathBuf>,
@@ -22,15 +16,6 @@ pub struct Args {
     pub api: Option<String>,
     /// Its API key, if it has one.
     pub key: Option<String>,
-}
-
-/// The report as text in `format`.
-pub fn render_as(report: &Report, format: Format) -> String {
-    match format {
-        Format::Md => render::markdown(report),
-        Format::Html => render::html(report),
-        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
-    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

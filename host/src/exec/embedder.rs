@@ -141,7 +141,7 @@ impl Embedder {
         let tab = host.launch(kind).await?;
         let tab_start_ms = t.elapsed().as_secs_f64() * 1e3;
         if exec == ExecBackend::WebGpu && tab.caps().webgpu.adapter.is_none() {
-            bail!("tab {} has no WebGPU device: {}", tab.id(), crate::commands::adapter_line(tab.caps()));
+            bail!("tab {} has no WebGPU device: {}", tab.id(), crate::tab::adapter_line(tab.caps()));
         }
         let tm = load_on(&tab, &model, exec, progress).await?;
         Ok(Self::with_tab(model, tm, kind, tab_start_ms, vec![]))
@@ -154,7 +154,7 @@ impl Embedder {
         tab_start_ms: f64,
         calibration: Vec<Measured>,
     ) -> Embedder {
-        let adapter = (tm.backend == ExecBackend::WebGpu).then(|| crate::commands::adapter_line(tm.tab.caps()));
+        let adapter = (tm.backend == ExecBackend::WebGpu).then(|| crate::tab::adapter_line(tm.tab.caps()));
         let load = LoadReport {
             backend: tm.backend.to_string(),
             browser: Some(kind),

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use shared_proto::ErrorKind;
 use tokio::sync::mpsc;
 
-use super::PoolError;
 use super::state::{Family, ModelEntry, Replica, Runner, Shared};
+use super::{PoolError, breakers};
 use crate::exec::{Finish, GenEvent, GenFailure, GenParams};
 use crate::policy::breaker::Outcome;
 use crate::policy::recovery::Category;
@@ -319,7 +319,7 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
             .collect();
         usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), r.streams(), r.slot.id));
         for r in &usable {
-            if r.streams() < per_tab && super::scheduler::acquire_breakers(shared, m, r) {
+            if r.streams() < per_tab && breakers::acquire(shared, m, r) {
                 enter(r);
                 return Ok(r.clone());
             }
@@ -358,7 +358,7 @@ fn leave(m: &ModelEntry, r: &Replica) {
 /// Book a leg's outcome in the breakers; `None` (a cancelled stream says nothing about the
 /// tab) only hands the call's probe back.
 fn book(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>) {
-    super::scheduler::book_breakers(shared, m, r, outcome, Instant::now());
+    breakers::book(shared, m, r, outcome, Instant::now());
 }
 
 /// A replica failed a stream: a lost socket sends its tab to recovery (page reload, browser

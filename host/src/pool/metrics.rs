@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::state::{RecoveryEvent, ScalingEvent, Shared};
-use crate::commands::{adapter_line, webnn_line};
+use crate::tab::{adapter_line, webnn_line};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolMetrics {

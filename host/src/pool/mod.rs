@@ -19,6 +19,7 @@
 //! tabs → `Shared::recover`), `metrics.rs` (the snapshot).
 //! Decisions themselves are pure functions in `crate::policy`.
 
+mod breakers;
 pub mod config;
 pub mod generation;
 pub mod metrics;
@@ -251,7 +252,13 @@ impl Pool {
 
     /// Load a model on its replicas (every tab unless `spec.replicas` says fewer); returns its name.
     pub async fn load(&self, spec: ModelSpec) -> anyhow::Result<String> {
-        self.shared.load_model(spec).await
+        let m = self.shared.load_model(spec).await?;
+        // Embeddings queue for a batcher; generation streams are placed on replicas directly.
+        if matches!(m.family, state::Family::Embedding(_)) {
+            let batcher = tokio::spawn(scheduler::run(self.shared.clone(), m.clone()));
+            self.shared.batchers.lock().expect("batchers").push(batcher);
+        }
+        Ok(m.name.clone())
     }
 
     /// Embed with the first loaded model.

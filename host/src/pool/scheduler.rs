@@ -13,12 +13,13 @@ use anyhow::Context;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::breakers;
 use super::state::{Job, ModelEntry, Replica, Shared};
 use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
 use crate::models::minilm;
 use crate::policy::batching::{self, Take};
-use crate::policy::breaker::{self, Outcome};
+use crate::policy::breaker::Outcome;
 use crate::policy::recovery::{self, Category, RequestStep, TabStep};
 use crate::policy::routing::{self, Candidate, History, ReplicaLoad};
 use crate::store::Record;
@@ -302,70 +303,12 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
     if !r.slot.try_reserve(shared.cfg.in_flight_per_tab) {
         return false; // another model's batcher took it first; look again
     }
-    if !acquire_breakers(shared, m, r) {
+    if !breakers::acquire(shared, m, r) {
         r.slot.release();
         return false;
     }
     *r.slot.running.lock().expect("slot") = Some((Instant::now(), rows));
     true
-}
-
-/// Book a call's outcome in the tab's and the (tab, model) breakers; `None` books nothing but
-/// hands back the call's probe (if it was one), so a half-open breaker still resolves.
-pub(crate) fn book_breakers(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>, now: Instant) {
-    for (which, b) in [("tab", &r.slot.breaker), ("model", &r.breaker)] {
-        let mut b = b.lock().expect("breaker");
-        let t = match outcome {
-            Some(o) => b.record(o, now),
-            None => {
-                b.release();
-                None
-            }
-        };
-        drop(b);
-        if let Some(t) = t {
-            log_transition(shared, m, r, which, &t);
-        }
-    }
-}
-
-/// Ask the tab's and then the (tab, model) breaker for one call; both or neither.
-pub(crate) fn acquire_breakers(shared: &Shared, m: &ModelEntry, r: &Replica) -> bool {
-    let now = Instant::now();
-    let breakers = [("tab", &r.slot.breaker), ("model", &r.breaker)];
-    for (i, (which, b)) in breakers.iter().enumerate() {
-        let (ok, t) = b.lock().expect("breaker").try_acquire(now);
-        if let Some(t) = t {
-            log_transition(shared, m, r, which, &t);
-        }
-        if !ok {
-            // The breakers before this one admitted a call that will not happen: hand their
-            // (possibly half-open) probe back, or they stay half-open waiting for it.
-            for (_, earlier) in &breakers[..i] {
-                earlier.lock().expect("breaker").release();
-            }
-            return false;
-        }
-    }
-    true
-}
-
-pub(crate) fn log_transition(shared: &Shared, m: &ModelEntry, r: &Replica, which: &str, t: &breaker::Transition) {
-    let scope = if which == "tab" { format!("tab {}", r.slot.id) } else { format!("tab {} × {}", r.slot.id, m.name) };
-    shared.keep(Record::Breaker {
-        tab: r.slot.id,
-        kind: r.slot.kind.name.clone(),
-        scope: if which == "tab" { "tab".into() } else { m.name.clone() },
-        from: format!("{:?}", t.from),
-        to: format!("{:?}", t.to),
-        reason: t.reason.to_string(),
-    });
-    shared.log(
-        "breaker",
-        Some(&r.slot.kind.name),
-        Some(r.slot.id),
-        &format!("{scope}: {:?} → {:?} ({})", t.from, t.to, t.reason),
-    );
 }
 
 /// The failure category of a batch error.
@@ -419,7 +362,7 @@ fn settle(shared: &Shared, m: &ModelEntry, r: &Replica, b: BatchInfo, hedge: boo
         Err(_) => Some(Outcome::Failure),
     };
     // Bad input says nothing about the tab: no outcome, but the call's probe goes back.
-    book_breakers(shared, m, r, outcome, now);
+    breakers::book(shared, m, r, outcome, now);
     let ms_per_text = took.as_secs_f64() * 1e3 / rows.max(1) as f64;
     match result {
         Ok(_) => {

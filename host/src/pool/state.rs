@@ -11,7 +11,7 @@ use shared_proto::{Graph, Tensor};
 use tokio::sync::Notify;
 
 use super::config::PoolConfig;
-use super::{ModelSpec, PoolError, Served, scheduler};
+use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
 use crate::models::minilm::MiniLm;
@@ -487,8 +487,8 @@ impl Shared {
                         event: "launched".into(),
                         detail: format!(
                             "WebGPU: {}; WebNN: {}",
-                            crate::commands::adapter_line(tab.caps()),
-                            crate::commands::webnn_line(tab.caps())
+                            crate::tab::adapter_line(tab.caps()),
+                            crate::tab::webnn_line(tab.caps())
                         ),
                         capabilities: serde_json::to_string(tab.caps()).ok(),
                     });
@@ -792,7 +792,8 @@ impl Shared {
         self.wake_all();
     }
 
-    pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<String> {
+    /// Load a model on its replicas and add it to the pool; the caller starts its batcher.
+    pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<Arc<ModelEntry>> {
         let dir = spec.dir.clone();
         let family = match spec.model_type {
             ModelType::TextEmbedding => {
@@ -853,12 +854,8 @@ impl Shared {
             slots.len(),
             self.events.lock().expect("events").back()
         );
-        // Embeddings queue for a batcher; generation streams are placed on replicas directly.
-        if matches!(entry.family, Family::Embedding(_)) {
-            self.batchers.lock().expect("batchers").push(tokio::spawn(scheduler::run(self.clone(), entry.clone())));
-        }
-        self.models.lock().expect("models").push(entry);
-        Ok(name)
+        self.models.lock().expect("models").push(entry.clone());
+        Ok(entry)
     }
 
     /// Every configured kind in routing order for `model` (caps ignored).

@@ -4,6 +4,23 @@ use super::svg::{self, escape};
 use super::{ALPHA, Report};
 use crate::policy::trend::Verdict;
 
+/// What a report is rendered as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Md,
+    Html,
+    Json,
+}
+
+/// The report as text in `format`.
+pub fn render_as(report: &Report, format: Format) -> String {
+    match format {
+        Format::Md => markdown(report),
+        Format::Html => html(report),
+        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+    }
+}
+
 fn when(ms: Option<i64>) -> String {
     ms.map(|ms| {
         let s = ms.div_euclid(1000);

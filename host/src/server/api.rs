@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::commands::report::{Format, render_as};
 use crate::pool::{Pool, PoolError};
+use crate::report::render::{Format, render_as};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
