@@ -108,13 +108,12 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     // The API: reports from the live database, and the dashboard in a real headless browser.
     let pool = std::sync::Arc::new(pool);
     let (addr, _api) =
-        tabpool::server::api::serve(pool.clone(), "127.0.0.1:0".parse().unwrap(), Default::default()).await.unwrap();
-    let (code, md) = tabpool::server::api::get_text(&addr.to_string(), "/report.md?since=1h", None).await.unwrap();
+        tabpool::api::serve(pool.clone(), "127.0.0.1:0".parse().unwrap(), Default::default()).await.unwrap();
+    let (code, md) = tabpool::api::get_text(&addr.to_string(), "/report.md?since=1h", None).await.unwrap();
     assert_eq!(code, 200, "{md}");
     assert!(md.contains("| all-MiniLM-L6-v2 | chromium-webnn | webnn-cpu |"), "{md}");
     assert!(md.contains("over 2 run(s)"), "{md}");
-    let (code, _) =
-        tabpool::server::api::get_text(&addr.to_string(), "/report.html?since=yesterday-ish", None).await.unwrap();
+    let (code, _) = tabpool::api::get_text(&addr.to_string(), "/report.html?since=yesterday-ish", None).await.unwrap();
     assert_eq!(code, 400);
 
     let driver = DriverProcess::chromedriver(std::path::Path::new("/usr/bin/chromedriver")).await.unwrap();

@@ -4,6 +4,7 @@
 //! Start with [`Host::start`], then [`Host::launch_tab`]; call [`Host::shutdown`] to close tabs,
 //! browsers and drivers (dropping a `Host` also kills what it started, as a last resort).
 
+pub mod api;
 pub mod browser;
 pub mod commands;
 pub mod exec;
@@ -18,6 +19,9 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod tab;
+
+#[cfg(test)]
+mod layers;
 
 pub use host::{Host, HostConfig, PendingTab};
 pub use tab::{Tab, TabError};

@@ -448,7 +448,7 @@ async fn main() -> ExitCode {
         },
         Command::Serve { pool, models, no_default_model, api, key, allow_hosts } => {
             let security = match key.resolve() {
-                Ok(key) => tabpool::server::api::Security { key, allow_hosts },
+                Ok(key) => tabpool::api::Security { key, allow_hosts },
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     return ExitCode::FAILURE;

@@ -27,8 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Format::Json => "json",
             };
             let q = args.since.as_deref().map(|s| format!("?since={s}")).unwrap_or_default();
-            let (code, body) =
-                crate::server::api::get_text(api, &format!("/report.{ext}{q}"), args.key.as_deref()).await?;
+            let (code, body) = crate::api::get_text(api, &format!("/report.{ext}{q}"), args.key.as_deref()).await?;
             anyhow::ensure!(code == 200, "{api} answered {code}: {body}");
             body
         }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::pool_args::PoolArgs;
+use crate::api;
 use crate::pool::{ModelSpec, Pool};
-use crate::server::api;
 use crate::{Host, HostConfig};
 
 /// Where `serve` listens and `status` asks unless told otherwise.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use shared_proto::Sampling;
 
-use super::api::{error, json_body, pool_error};
+use super::{error, json_body, pool_error};
 use crate::exec::GenParams;
 use crate::models::smollm2::{Message, TextStream};
 use crate::pool::{GenRequest, Generator, Pool, PoolError, StreamEvent};

@@ -7,6 +7,8 @@
 //! constant time; a Host allow-list against DNS rebinding (421 otherwise); no keyless binding
 //! beyond loopback. Connections are bounded (`bounded::Bounds::API`).
 
+mod generate;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +148,7 @@ pub async fn serve(
         .route("/status", get(|State(p): State<Arc<Pool>>| async move { Json(p.metrics()) }))
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
         .route("/embed", post(embed))
-        .route("/generate", post(super::generate::generate))
+        .route("/generate", post(generate::generate))
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
         .route("/report.md", get(|s, q| report(s, q, Format::Md)))
@@ -157,7 +159,8 @@ pub async fn serve(
         // Outermost: the Host and key checks see every request, unknown routes included.
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .with_state(pool);
-    let task = tokio::spawn(super::bounded::serve(listener, app, super::bounded::Bounds::API, "api server"));
+    let task =
+        tokio::spawn(crate::server::bounded::serve(listener, app, crate::server::bounded::Bounds::API, "api server"));
     Ok((addr, task))
 }
 
