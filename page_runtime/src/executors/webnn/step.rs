@@ -61,6 +61,19 @@ fn logits_slot(g: &Graph) -> Option<usize> {
     Some(g.outputs.iter().position(|&o| o == sample.args[0]).unwrap_or(g.outputs.len()))
 }
 
+/// Whether graph input `i` feeds the WebNN graph: positions, cache starts and sampling
+/// parameters reach it only through the step's extra inputs (an unused input must not be bound).
+fn feeds_graph(g: &Graph, i: u32) -> bool {
+    g.nodes.iter().any(|n| {
+        let read = match n.op {
+            Op::Rope { .. } | Op::Sample => &n.args[..1],
+            Op::CachedAttention { .. } => &n.args[..3],
+            _ => &n.args[..],
+        };
+        read.contains(&i)
+    })
+}
+
 fn rope_base(g: &Graph) -> f32 {
     g.nodes.iter().find_map(|n| if let Op::Rope { base, .. } = n.op { Some(base) } else { None }).unwrap_or(1e4)
 }
@@ -195,7 +208,11 @@ impl NnModel {
         let ins = &graph.inputs;
         let names = g.inputs.iter().map(|d| d.name.as_str()).chain(extra.iter().map(|e| e.0));
         let padded = inputs.iter().zip(&bucket).map(|(t, s)| pad(&t.data, &t.shape, s)).chain(extra_data);
-        for ((name, data), tensor) in names.zip(padded).zip(&set.inputs) {
+        let bound = (0..g.inputs.len() as u32).map(|i| feeds_graph(g, i)).chain([true; 5]);
+        for (((name, data), tensor), bound) in names.zip(padded).zip(&set.inputs).zip(bound) {
+            if !bound {
+                continue;
+            }
             ctx.write_tensor(&tensor.0, &wasm_view(&data)).map_err(|e| internal("writeTensor", e))?;
             Reflect::set(ins, &name.into(), &tensor.0).map_err(|e| internal("inputs", e))?;
         }
