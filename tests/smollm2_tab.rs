@@ -122,8 +122,7 @@ async fn greedy_on_webnn_equals_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let stepper =
-        generate::stepper(&mut host, &m, GenBackend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = generate::stepper(&mut host, &m, GenBackend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webnn-cpu");
     let stepper = Arc::new(stepper);
     let d = Decoder::start(stepper.clone(), StepLimits::default());

@@ -416,7 +416,8 @@ impl NnModel {
             let buf = read.await.map_err(|e| internal("readTensor", e))?;
             let bytes = Uint8Array::new(&buf).to_vec();
             let data = crop(&bytes, &out_padded[o as usize], &out_real[o as usize]);
-            outputs.push(Tensor { dtype: DType::F32, shape: out_real[o as usize].clone(), data: data.into() });
+            let dtype = step::out_dtype(g, o);
+            outputs.push(Tensor { dtype, shape: out_real[o as usize].clone(), data: data.into() });
         }
         // An uncached bucket's tensors go with its graph (dropped: destroyed).
         if cached && self.compiled.borrow().contains_key(&bucket) {
@@ -435,7 +436,8 @@ impl NnModel {
         let ctx = &self.nn.context;
         let g = &self.graph;
         let inputs = g.inputs.iter().zip(bucket).map(|(d, shape)| create_tensor(ctx, d.dtype, shape, "writable"));
-        let outputs = g.outputs.iter().map(|&o| create_tensor(ctx, DType::F32, &out_shapes[o as usize], "readable"));
+        let outputs =
+            g.outputs.iter().map(|&o| create_tensor(ctx, step::out_dtype(g, o), &out_shapes[o as usize], "readable"));
         let inputs = futures_util::future::try_join_all(inputs).await?;
         let outputs = futures_util::future::try_join_all(outputs).await?;
         Ok(TensorSet { inputs, outputs })

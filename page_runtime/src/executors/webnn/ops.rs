@@ -224,10 +224,10 @@ fn translate(
         }
         Op::Argmax => argmax(bl, a[0], rank(0))?,
         Op::Sample => {
-            // Greedy in the graph; rows that sample are drawn in wasm from the logits read back.
-            if let Some(st) = st {
-                st.logits = Some(JsValue::clone(a[0]).unchecked_into());
-            }
+            // Greedy in the graph; rows that sample are drawn in wasm from the logits read back
+            // (the step runner does that, so only a step graph has it).
+            let st = st.ok_or_else(|| stateful_only(op))?;
+            st.logits = Some(JsValue::clone(a[0]).unchecked_into());
             argmax(bl, a[0], rank(0))?
         }
         Op::Rope { heads, .. } => {

@@ -48,7 +48,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// The dtype of graph output value `o`: token ids from `Argmax` / `Sample`, else f32.
-fn out_dtype(g: &Graph, o: u32) -> DType {
+pub(super) fn out_dtype(g: &Graph, o: u32) -> DType {
     match g.value(o) {
         ValueRef::Node(n) if matches!(g.nodes[n].op, Op::Argmax | Op::Sample) => DType::I32,
         _ => DType::F32,
@@ -122,7 +122,8 @@ impl NnModel {
             debug_assert_eq!(slot, outs.len());
             outs.push((DType::F32, shape));
         }
-        let outs = outs.into_iter().map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, "readable").await });
+        let outs =
+            outs.into_iter().map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, "readable").await });
         let inputs = futures_util::future::try_join_all(ins).await?;
         let outputs = futures_util::future::try_join_all(outs).await?;
         Ok(TensorSet { inputs, outputs })
@@ -237,7 +238,8 @@ impl NnModel {
         // Dispatches run in order on the context's timeline: the next step reads what this wrote.
         kv.current.set(1 - cur);
 
-        let params: Vec<f32> = inputs[4].data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let params: Vec<f32> =
+            inputs[4].data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let sampled = params.chunks_exact(4).any(|p| p[0] > 0.0);
         let mut outputs = Vec::new();
         for (i, &o) in g.outputs.iter().enumerate() {
