@@ -460,7 +460,7 @@ fn stored_dtype(dtype: DType) -> DType {
 /// `bytes` of a block dtype as f32 values.
 fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     let (per, block_bytes) = dtype.block().expect("a block dtype");
-    let mut out = vec![0f32; bytes.len() / block_bytes as usize * per as usize];
+    let mut out = vec![0f32; bytes.len() / block_bytes * per];
     shared_proto::quant::dequantize_row(dtype, bytes, &mut out);
     out
 }
