@@ -1,6 +1,6 @@
 //! `tabpool chat` as a user runs it, stdin piped: each reply equals what `tabpool generate` gives
 //! for the same conversation written out by hand in ChatML (so the history really is sent), on
-//! the host CPU executor and in a real tab; Ctrl-C ends only the reply being streamed, and what
+//! the host CPU executor and in real tabs (wasm CPU, WebNN); Ctrl-C ends only the reply being streamed, and what
 //! was said so far stays in the history.
 
 #[path = "support/mod.rs"]
@@ -79,10 +79,12 @@ fn chat_in_a_wasm_tab_equals_the_host_cpu() {
 }
 
 #[test]
-fn webnn_generation_is_refused_clearly() {
-    let (code, _, err) = chat("webnn", 24, "hi\n");
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("WebNN is not built yet"), "{err}");
+fn chat_on_webnn_equals_the_host_cpu() {
+    let _procs = support::process_guard();
+    let (code, out, err) = chat("webnn", 24, &format!("{Q1}\n"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("on webnn-cpu"), "{err}");
+    assert_eq!(out, format!("{}\n", generate("cpu", 24, false, Q1)), "stderr: {err}");
 }
 
 /// A pipe read on its own thread into a shared buffer.

@@ -1,6 +1,6 @@
 //! SmolLM2-135M-Instruct generating in real tabs, its KV cache kept in the tab between steps:
 //! greedy ids equal the float64 reference (`tests/data/smollm2_greedy.json`) on the tab's CPU
-//! executor and on WebGPU; concurrent generations batched into shared steps give each the ids
+//! executor, on WebGPU and on WebNN (CPU device, chromium-webnn); concurrent generations batched into shared steps give each the ids
 //! it gets alone; seeded sampling is reproducible; a cancelled stream frees its KV rows; the
 //! tab refuses sessions beyond its limits with a typed error.
 
@@ -134,6 +134,41 @@ async fn greedy_on_firefox_webgpu_equals_the_reference() {
     for (ids, c) in both.iter().zip(&cases) {
         assert_eq!(*ids, with_stop(c), "firefox webgpu greedy ids of {:?}", c.user);
     }
+    d.stop().await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_on_webnn_equals_the_reference() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    let stepper = generate::stepper(&mut host, &m, GenBackend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(stepper.backend(), "webnn-cpu");
+    let stepper = Arc::new(stepper);
+    let d = Decoder::start(stepper.clone(), StepLimits::default());
+    // Each case alone (prefill of T tokens, then one-token decode steps), then both sharing steps
+    // (padded token and row buckets).
+    for c in &cases {
+        let run = generate::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(run.ids, with_stop(c), "webnn greedy ids of {:?}", c.user);
+    }
+    let both = greedy_all(&m, &d, &cases).await;
+    for (ids, c) in both.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "webnn batched greedy ids of {:?}", c.user);
+    }
+    // Sampled rows are drawn in wasm from the logits the graph read back: reproducible by seed.
+    let prompt = m.chat_ids(&[Message::new("user", "Tell me a story about a dragon.")]).unwrap();
+    let sampled = |seed| {
+        let p = params(&m, 8, Sampling::TopKP { temperature: 0.9, top_k: 40, top_p: 0.95, seed });
+        generate::generate(&m, &d, prompt.clone(), p, |_| {})
+    };
+    let (a, b) = (sampled(7).await.unwrap(), sampled(7).await.unwrap());
+    assert_eq!(a.ids, b.ids, "same seed, same tokens");
+    assert_eq!(a.ids.len(), 8);
     d.stop().await;
     host.shutdown().await;
 }

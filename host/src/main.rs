@@ -324,7 +324,8 @@ enum BenchWhat {
 struct GenFlags {
     /// auto launches a tab and picks WebGPU when its adapter is a real GPU, else (no WebGPU, or a
     /// software adapter such as SwiftShader: decode measured WebGPU 1.9, wasm CPU 16.8 tok/s) the wasm CPU executor.
-    /// WebNN generation is not built yet: webnn is refused with an error, and auto never picks it.
+    /// webnn runs in the chromium-webnn shell with the weights as f32 (≈540 MB): greedy equals the
+    /// reference, but it decodes slower than the wasm CPU executor here, so auto never picks it.
     #[arg(long, value_enum, default_value_t = GenBackend::Auto)]
     backend: GenBackend,
     /// Most tokens to generate (per reply).

@@ -236,9 +236,8 @@ fn run_peers(decode: usize) -> anyhow::Result<Peers> {
 }
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
-    if let Some(b) = args.backends.iter().find(|b| matches!(b, GenBackend::Auto | GenBackend::Webnn)) {
-        let name = clap::ValueEnum::to_possible_value(b).map(|v| v.get_name().to_string()).unwrap_or_default();
-        anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu), not {name}");
+    if args.backends.contains(&GenBackend::Auto) {
+        anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu, webnn), not auto");
     }
     let m = SmolLm2::load(None)?;
     let prompt = prefill_prompt(&m)?;

@@ -64,7 +64,8 @@ pub fn choose(measured: &[Measured]) -> Option<usize> {
 
 /// Where a generation replica runs in a tab: the asked backend, or for `Auto` what
 /// `gen_backend::choose` says (WebGPU on a real GPU adapter, else the wasm CPU executor). `Cpu` means the CPU executor inside the tab
-/// (the host's own is not a replica). WebNN generation is not built yet: asking for it fails.
+/// (the host's own is not a replica). `Webnn` needs the tab's WebNN cpu context (auto never picks
+/// it: on the CPU it decodes slower than the wasm CPU executor).
 pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<ExecBackend> {
     match wanted {
         Backend::Webgpu => {
@@ -75,10 +76,15 @@ pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<Ex
             );
             Ok(ExecBackend::WebGpu)
         }
-        Backend::Webnn => anyhow::bail!(
-            "text generation on WebNN is not built yet (its KV cache needs MLTensor writes between graphs); \
-             use webgpu or the tab's CPU executor"
-        ),
+        Backend::Webnn => {
+            let cpu = caps.webnn.contexts.iter().find(|c| c.device_type == "cpu");
+            anyhow::ensure!(
+                cpu.is_some_and(|c| c.ok),
+                "this tab has no WebNN cpu context: {}",
+                cpu.and_then(|c| c.error.as_deref()).unwrap_or("none probed")
+            );
+            Ok(ExecBackend::WebNn { device: "cpu".into() })
+        }
         Backend::Cpu => Ok(ExecBackend::Cpu),
         Backend::Auto => Ok(match super::gen_backend::choose(caps).target {
             GenTarget::WebGpu => ExecBackend::WebGpu,
@@ -132,7 +138,13 @@ mod tests {
         assert_eq!(for_generation(Backend::Webgpu, &caps_with(Some(swiftshader))).unwrap(), ExecBackend::WebGpu);
         assert!(for_generation(Backend::Webgpu, &caps_with(None)).is_err(), "no adapter, no WebGPU");
         let e = for_generation(Backend::Webnn, &caps_with(None)).unwrap_err().to_string();
-        assert!(e.contains("WebNN"), "{e}");
+        assert!(e.contains("WebNN cpu context"), "{e}");
+        let mut nn = caps_with(None);
+        let probe = |ok| shared_proto::WebNnContextProbe { device_type: "cpu".into(), ok, error: None };
+        nn.webnn.contexts.push(probe(false));
+        assert!(for_generation(Backend::Webnn, &nn).is_err(), "a failed context probe");
+        nn.webnn.contexts[0] = probe(true);
+        assert_eq!(for_generation(Backend::Webnn, &nn).unwrap(), ExecBackend::WebNn { device: "cpu".into() });
         assert_eq!(for_generation(Backend::Cpu, &caps_with(None)).unwrap(), ExecBackend::Cpu);
     }
 }

@@ -13,7 +13,7 @@ mod quantized_simd128;
 mod reduce;
 mod reindex;
 mod rope;
-mod sample;
+pub mod sample;
 mod unary;
 
 pub use attention::{AttnDims, attention};

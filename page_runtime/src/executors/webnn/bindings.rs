@@ -79,4 +79,28 @@ extern "C" {
     pub fn reshape(this: &MLGraphBuilder, x: &MLOperand, shape: &js_sys::Array) -> Result<MLOperand, JsValue>;
     #[wasm_bindgen(method, catch)]
     pub fn transpose(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn sigmoid(this: &MLGraphBuilder, x: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn sqrt(this: &MLGraphBuilder, x: &MLOperand) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = reduceMean)]
+    pub fn reduce_mean(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn slice(
+        this: &MLGraphBuilder,
+        x: &MLOperand,
+        starts: &js_sys::Array,
+        sizes: &js_sys::Array,
+    ) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    pub fn concat(this: &MLGraphBuilder, inputs: &js_sys::Array, axis: u32) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = scatterND)]
+    pub fn scatter_nd(
+        this: &MLGraphBuilder,
+        x: &MLOperand,
+        indices: &MLOperand,
+        updates: &MLOperand,
+    ) -> Result<MLOperand, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = argMax)]
+    pub fn arg_max(this: &MLGraphBuilder, x: &MLOperand, axis: u32, opts: &Object) -> Result<MLOperand, JsValue>;
 }

@@ -75,6 +75,7 @@ pub(super) fn build(
     g: &Graph,
     weights: &[WeightUse<'_>],
     input_shapes: &[Vec<u32>],
+    step: Option<StepShape>,
 ) -> Result<Building, RemoteError> {
     let shapes = shapes::graph_shapes(g, input_shapes)?;
     let b = MLGraphBuilder::new(ctx)
@@ -84,6 +85,10 @@ pub(super) fn build(
     for (i, d) in g.inputs.iter().enumerate() {
         vals[i] = Some(bl.b.input(&d.name, &desc(d.dtype, &input_shapes[i])).map_err(|e| bl.fail(e))?);
     }
+    let mut st = match (step, g.kv) {
+        (Some(shape), Some(kv)) => Some(StepCtx::declare(&bl, shape, kv, input_shapes[0][0])?),
+        _ => None,
+    };
     let mut weight_inputs = Vec::new();
     // Weights are declared when first used (a bucket graph takes only what it needs).
     for (ni, node) in g.nodes.iter().enumerate() {
@@ -105,12 +110,20 @@ pub(super) fn build(
         let args: Vec<&MLOperand> = node.args.iter().map(|&a| vals[a as usize].as_ref().expect("defined")).collect();
         let arg_shapes: Vec<&[u32]> = node.args.iter().map(|&a| shapes[a as usize].as_slice()).collect();
         let out_shape = &shapes[g.node_value(ni) as usize];
-        let out = translate(&bl, &node.op, &args, &arg_shapes, out_shape)?;
+        let out = translate(&bl, &node.op, &args, &arg_shapes, out_shape, st.as_mut())?;
         vals[g.node_value(ni) as usize] = Some(out);
     }
     let outs = Object::new();
     for (i, &o) in g.outputs.iter().enumerate() {
         let _ = Reflect::set(&outs, &format!("out{i}").into(), vals[o as usize].as_ref().expect("defined"));
+    }
+    if let Some(st) = st {
+        for (name, operand) in &st.outputs {
+            let _ = Reflect::set(&outs, &name.into(), operand);
+        }
+        if let Some(logits) = st.logits.filter(|_| !g.outputs.iter().any(|&o| is_logits_output(g, o))) {
+            let _ = Reflect::set(&outs, &LOGITS.into(), &logits);
+        }
     }
     bl.op = "graph";
     let p = bl.b.build(&outs).map_err(|e| bl.fail(e))?;
@@ -123,6 +136,7 @@ fn translate(
     a: &[&MLOperand],
     s: &[&[u32]],
     out_shape: &[u32],
+    st: Option<&mut StepCtx>,
 ) -> Result<MLOperand, RemoteError> {
     let b = &bl.b;
     let f = |e| bl.fail(e);
@@ -198,11 +212,170 @@ fn translate(
             let ctx = b.transpose(&ctx, &opts(&[("permutation", perm.into())])).map_err(f)?;
             b.reshape(&ctx, &arr(&[bb, ss, hh])).map_err(f)?
         }
-        Op::SiluMul | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Argmax | Op::Sample | Op::CachedAttention { .. } => {
-            return Err(RemoteError::new(
-                shared_proto::ErrorKind::Unsupported,
-                format!("{} is not implemented on WebNN yet", op.name()),
-            ));
+        Op::SiluMul => {
+            let silu = b.mul(a[0], &b.sigmoid(a[0]).map_err(f)?).map_err(f)?;
+            b.mul(&silu, a[1]).map_err(f)?
+        }
+        Op::RmsNorm { eps } => {
+            let o = opts(&[("axes", arr(&[rank(0) - 1]).into()), ("keepDimensions", JsValue::TRUE)]);
+            let ms = b.reduce_mean(&b.mul(a[0], a[0]).map_err(f)?, &o).map_err(f)?;
+            let rms = b.sqrt(&b.add(&ms, &bl.scalar(*eps)?).map_err(f)?).map_err(f)?;
+            b.mul(&b.div(a[0], &rms).map_err(f)?, a[1]).map_err(f)?
+        }
+        Op::Argmax => argmax(bl, a[0], rank(0))?,
+        Op::Sample => {
+            // Greedy in the graph; rows that sample are drawn in wasm from the logits read back
+            // (the step runner does that, so only a step graph has it).
+            let st = st.ok_or_else(|| stateful_only(op))?;
+            st.logits = Some(JsValue::clone(a[0]).unchecked_into());
+            argmax(bl, a[0], rank(0))?
+        }
+        Op::Rope { heads, .. } => {
+            let st = st.ok_or_else(|| stateful_only(op))?;
+            st.rope(bl, a[0], s[0], *heads)?
+        }
+        Op::CachedAttention { layer, heads, kv_heads } => {
+            let st = st.ok_or_else(|| stateful_only(op))?;
+            st.attention(bl, a, s, *layer, *heads, *kv_heads)?
         }
     })
+}
+
+fn stateful_only(op: &Op) -> RemoteError {
+    RemoteError::new(ErrorKind::Unsupported, format!("{} runs on WebNN only inside a stateful step graph", op.name()))
+}
+
+/// Index of the largest along the last axis, as int32 (the first among equals, as the CPU's).
+fn argmax(bl: &Builder, x: &MLOperand, rank: u32) -> Result<MLOperand, RemoteError> {
+    let o = opts(&[("keepDimensions", JsValue::FALSE), ("outputDataType", "int32".into())]);
+    bl.b.arg_max(x, rank - 1, &o).map_err(|e| bl.fail(e))
+}
+
+/// The dispatch output name of the logits a `Sample` node chose from (when the graph does not
+/// output them itself).
+pub(super) const LOGITS: &str = "__logits";
+
+/// Whether graph output `o` is the logits a `Sample` node reads.
+pub(super) fn is_logits_output(g: &Graph, o: u32) -> bool {
+    g.nodes.iter().any(|n| n.op == Op::Sample && n.args[0] == o)
+}
+
+/// The shape of a step graph beyond its inputs: `c` cache rows gathered per token (a power of
+/// two ≥ the longest context in the step) and `rows` rows in each KV tensor (the cache plus the
+/// scratch row padding tokens write to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct StepShape {
+    pub c: u32,
+    pub rows: u32,
+}
+
+/// Names of the extra inputs and outputs of a step graph (model inputs never start with `__`).
+pub(super) const KV_ROW: &str = "__kv_row";
+pub(super) const GIDX: &str = "__gidx";
+pub(super) const MASK: &str = "__mask";
+pub(super) const COS: &str = "__cos";
+pub(super) const SIN: &str = "__sin";
+
+pub(super) fn kv_name(kind: char, layer: u32, dir: &str) -> String {
+    format!("__{kind}{layer}_{dir}")
+}
+
+/// The step graph's view of the tab's KV cache: per layer the cache comes in as `__k{l}_in` /
+/// `__v{l}_in` and leaves, with this step's rows scattered in, as `__k{l}_out` / `__v{l}_out`
+/// (WebNN has no in-place update: the executor swaps two sets of tensors between steps). Each
+/// token reads its own rows through `__gidx [T, C]` (row indices, clamped to rows it wrote) under
+/// the additive `__mask [T, C]`; rope angles come in as `__cos` / `__sin [T, d/2]`, computed in
+/// f64 by the executor.
+struct StepCtx {
+    shape: StepShape,
+    head_dim: u32,
+    kv_row: MLOperand,
+    gidx: MLOperand,
+    mask: MLOperand,
+    cos: MLOperand,
+    sin: MLOperand,
+    outputs: Vec<(String, MLOperand)>,
+    logits: Option<MLOperand>,
+}
+
+impl StepCtx {
+    fn declare(bl: &Builder, shape: StepShape, kv: shared_proto::KvDecl, t: u32) -> Result<StepCtx, RemoteError> {
+        let b = &bl.b;
+        let f = |e| bl.fail(e);
+        let (c, half) = (shape.c, kv.head_dim / 2);
+        let mask = b.input(MASK, &desc(DType::F32, &[t, c])).map_err(f)?;
+        let cos = b.input(COS, &desc(DType::F32, &[t, half])).map_err(f)?;
+        let sin = b.input(SIN, &desc(DType::F32, &[t, half])).map_err(f)?;
+        Ok(StepCtx {
+            shape,
+            head_dim: kv.head_dim,
+            kv_row: b.input(KV_ROW, &desc(DType::I32, &[t, 1])).map_err(f)?,
+            gidx: b.input(GIDX, &desc(DType::I32, &[t, c])).map_err(f)?,
+            mask: b.reshape(&mask, &arr(&[t, 1, 1, c])).map_err(f)?,
+            cos: b.reshape(&cos, &arr(&[t, 1, half, 1])).map_err(f)?,
+            sin: b.reshape(&sin, &arr(&[t, 1, half, 1])).map_err(f)?,
+            outputs: Vec::new(),
+            logits: None,
+        })
+    }
+
+    /// Interleaved pairs (2i, 2i+1) of each head rotated by the angle of pair i.
+    fn rope(&self, bl: &Builder, x: &MLOperand, s: &[u32], heads: u32) -> Result<MLOperand, RemoteError> {
+        let b = &bl.b;
+        let f = |e| bl.fail(e);
+        let (t, w) = (s[0], s[1]);
+        if w / heads != self.head_dim {
+            return Err(RemoteError::new(
+                ErrorKind::Unsupported,
+                format!("WebNN rope: head size {} differs from the cache's {}", w / heads, self.head_dim),
+            ));
+        }
+        let half = self.head_dim / 2;
+        let x4 = b.reshape(x, &arr(&[t, heads, half, 2])).map_err(f)?;
+        let x0 = b.slice(&x4, &arr(&[0, 0, 0, 0]), &arr(&[t, heads, half, 1])).map_err(f)?;
+        let x1 = b.slice(&x4, &arr(&[0, 0, 0, 1]), &arr(&[t, heads, half, 1])).map_err(f)?;
+        let mul = |p: &MLOperand, q: &MLOperand| b.mul(p, q).map_err(f);
+        let o0 = b.sub(&mul(&x0, &self.cos)?, &mul(&x1, &self.sin)?).map_err(f)?;
+        let o1 = b.add(&mul(&x0, &self.sin)?, &mul(&x1, &self.cos)?).map_err(f)?;
+        let pair: Array = [o0, o1].into_iter().map(JsValue::from).collect();
+        let y = b.concat(&pair, 3).map_err(f)?;
+        b.reshape(&y, &arr(&[t, w])).map_err(f)
+    }
+
+    /// Writes this step's k, v rows into the layer's cache, then causal GQA for each token over
+    /// the rows `__gidx` names.
+    fn attention(
+        &mut self,
+        bl: &Builder,
+        a: &[&MLOperand],
+        s: &[&[u32]],
+        layer: u32,
+        heads: u32,
+        kv_heads: u32,
+    ) -> Result<MLOperand, RemoteError> {
+        let b = &bl.b;
+        let f = |e| bl.fail(e);
+        let (t, kvw) = (s[1][0], s[1][1]);
+        let d = kvw / kv_heads;
+        let (c, group) = (self.shape.c, heads / kv_heads);
+        let cache = desc(DType::F32, &[self.shape.rows, kvw]);
+        let mut kv = Vec::new();
+        for (kind, new) in [('k', a[1]), ('v', a[2])] {
+            let input = b.input(&kv_name(kind, layer, "in"), &cache).map_err(f)?;
+            let out = b.scatter_nd(&input, &self.kv_row, new).map_err(f)?;
+            let rows = b.gather(&out, &self.gidx, &opts(&[("axis", JsValue::from(0))])).map_err(f)?;
+            self.outputs.push((kv_name(kind, layer, "out"), out));
+            kv.push(b.reshape(&rows, &arr(&[t, c, kv_heads, d])).map_err(f)?);
+        }
+        let perm = |p: [u32; 4]| opts(&[("permutation", arr(&p).into())]);
+        let kt = b.transpose(&kv[0], &perm([0, 2, 3, 1])).map_err(f)?; // [T, kvh, d, C]
+        let v = b.transpose(&kv[1], &perm([0, 2, 1, 3])).map_err(f)?; // [T, kvh, C, d]
+        // Head h reads kv head h / group: q's heads grouped as [kvh, group].
+        let q = b.reshape(a[0], &arr(&[t, kv_heads, group, d])).map_err(f)?;
+        let scores = b.matmul(&q, &kt).map_err(f)?; // [T, kvh, group, C]
+        let scores = b.mul(&scores, &bl.scalar(1.0 / (d as f32).sqrt())?).map_err(f)?;
+        let p = b.softmax(&b.add(&scores, &self.mask).map_err(f)?, 3).map_err(f)?;
+        let ctx = b.matmul(&p, &v).map_err(f)?; // [T, kvh, group, d]
+        b.reshape(&ctx, &arr(&[t, heads * d])).map_err(f)
+    }
 }
