@@ -14,7 +14,9 @@ step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo clippy -p page_runtime -p shared_proto --target wasm32-unknown-unknown --all-targets -- -D warnings
-step cargo test --workspace --no-fail-fast
+# One test at a time: the end-to-end binary's tests share the machine's two cores with the
+# browsers they start, and a test that loads both cores slows a timing-sensitive neighbour.
+RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast
 step cargo test -p page_runtime --target wasm32-unknown-unknown
 
 # One closing line over every cargo test run above.

@@ -6,8 +6,7 @@
 //! - a request bigger than one batch is split by `max_batch`/`max_batch_tokens` and answered as
 //!   one, and one past the request limit is refused naming it.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

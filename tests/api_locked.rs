@@ -4,8 +4,7 @@
 //! path, slow and idle connections closed, open connections capped, private files, and browser
 //! profiles removed on every exit path (Ctrl-C during start-up included).
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};

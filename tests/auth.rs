@@ -1,8 +1,7 @@
 //! The socket endpoint refuses peers with a foreign Origin, a wrong token, a wrong protocol
 //! version or malformed frames — and keeps serving the real tab.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,8 +4,7 @@
 //! browsers killed and sockets dropped. Every request must come back exactly once with vectors
 //! equal to the CPU executor's within tolerance, and the pool must return to its full size.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

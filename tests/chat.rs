@@ -3,8 +3,7 @@
 //! the host CPU executor and in real tabs (wasm CPU, WebNN); Ctrl-C ends only the reply being streamed, and what
 //! was said so far stays in the history.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};

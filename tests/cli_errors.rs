@@ -1,5 +1,7 @@
 //! Bad input to the CLI gets a clear message and a non-zero exit, never a crash.
 
+use crate::support;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -19,6 +21,7 @@ fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String) {
 
 #[test]
 fn empty_text_is_refused() {
+    let _procs = support::process_guard();
     let (code, err) = run(&["embed", "--backend", "cpu", "fine", "  "], b"", &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("text 2 is empty"), "{err}");
@@ -26,6 +29,7 @@ fn empty_text_is_refused() {
 
 #[test]
 fn invalid_utf8_on_stdin_is_refused() {
+    let _procs = support::process_guard();
     let (code, err) = run(&["embed", "--backend", "cpu"], b"ok line\n\xff\xfe broken\n", &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not valid UTF-8") && err.contains("offset 8"), "{err}");
@@ -33,6 +37,7 @@ fn invalid_utf8_on_stdin_is_refused() {
 
 #[test]
 fn missing_model_cache_names_the_fix() {
+    let _procs = support::process_guard();
     let dir = std::env::temp_dir().join(format!("tabpool-empty-cache-{}", std::process::id()));
     let (code, err) = run(&["embed", "--backend", "cpu", "hello"], b"", &[("TABPOOL_MODELS", dir.to_str().unwrap())]);
     assert_eq!(code, 1, "{err}");
@@ -41,6 +46,7 @@ fn missing_model_cache_names_the_fix() {
 
 #[test]
 fn long_text_is_truncated_and_said_so() {
+    let _procs = support::process_guard();
     let long = "word ".repeat(600);
     let (code, err) = run(&["embed", "--backend", "cpu", "--json", &long], b"", &[]);
     assert_eq!(code, 0, "{err}");
@@ -49,6 +55,7 @@ fn long_text_is_truncated_and_said_so() {
 
 #[test]
 fn stdin_lines_are_embedded() {
+    let _procs = support::process_guard();
     let out = Command::new(BIN)
         .args(["embed", "--backend", "cpu", "--json"])
         .stdin(Stdio::piped())
@@ -69,6 +76,7 @@ fn stdin_lines_are_embedded() {
 
 #[test]
 fn no_browser_falls_back_to_the_cpu_executor_and_says_why() {
+    let _procs = support::process_guard();
     let out = Command::new(BIN)
         .args(["embed", "--json", "--chromium", "/nonexistent/chromium", "--chromium-webnn", "/nonexistent/webnn"])
         .arg("A cat sits outside")
@@ -85,6 +93,7 @@ fn no_browser_falls_back_to_the_cpu_executor_and_says_why() {
 
 #[test]
 fn pool_configuration_mistakes_are_named_before_any_browser_starts() {
+    let _procs = support::process_guard();
     let cfg = std::env::temp_dir().join(format!("tabpool-bad-{}.toml", std::process::id()));
     std::fs::write(&cfg, "max_tabs = 2\nmax_tab = 3\n").unwrap();
     let (code, err) = run(&["serve", "--config", cfg.to_str().unwrap()], b"", &[]);
@@ -105,6 +114,7 @@ fn pool_configuration_mistakes_are_named_before_any_browser_starts() {
 
 #[test]
 fn status_without_a_running_pool_says_how_to_start_one() {
+    let _procs = support::process_guard();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (code, err) = run(&["status", "--api", &format!("127.0.0.1:{port}")], b"", &[]);
     assert_eq!(code, 1, "{err}");

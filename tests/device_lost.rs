@@ -4,8 +4,7 @@
 //! on a new device or context and the failed requests retry there. Every answer still matches
 //! the float64 reference; nothing fails, no page reload, no browser restart.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use tabpool::browser::{BrowserKind, KindSpec};
 use tabpool::exec::Backend;

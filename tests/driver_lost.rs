@@ -3,8 +3,7 @@
 //! reload fails (the session is gone), the browser is restarted through a new chromedriver, and
 //! the pool is back to full size serving correct vectors.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,7 @@
 //! backend: when the browser reports another version, or the remembered backend does not load in
 //! the real tab, the run calibrates in full and remembers the new choice.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,8 +3,7 @@
 //! history in routing; reports are built from it (library, CLI, the API); the live dashboard
 //! renders in a real headless browser; the plain duckdb CLI reads the file.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,8 +2,7 @@
 //! there is hedged to the other replica and answered correctly, heartbeats find the hang, and the
 //! tab is replaced with its model loaded. Also: breakers and health are reported per tab.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! End to end: host → chromedriver → headless Chromium → page runtime → WebGPU, and back.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! MiniLM on the CPU executor against the independent float64 reference
 //! (`tests/data/minilm_embeddings.json`): tokenizer ids, then vectors.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use page_runtime::executors::cpu::CpuModel;
 use tabpool::models::minilm::{MiniLm, inputs_from_ids};

@@ -1,8 +1,7 @@
 //! MiniLM in a real headless Chromium tab on WebGPU against the float64 reference, and a
 //! mixed-length batch against one-at-a-time — through the same protocol the CLI uses.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use tabpool::exec::{Backend, Embedder};
 

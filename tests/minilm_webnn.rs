@@ -3,8 +3,7 @@
 //! unloading frees the model's memory in the tab; calibration measures every candidate and
 //! keeps the fastest.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use tabpool::browser::{BrowserKind, procs};
 use tabpool::exec::{Backend, Embedder, load_in_tab};

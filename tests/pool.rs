@@ -2,8 +2,7 @@
 //! correct results (MiniLM against the float64 reference, a second generated model against the
 //! CPU executor); deadlines; overload refused as busy at once, nothing lost, serving resumes.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -4,8 +4,7 @@
 //! without one token differing from the reference; a dropped stream frees its session in the
 //! tab; every stream is one row in the history database; bad requests get typed errors.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

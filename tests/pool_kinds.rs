@@ -3,8 +3,7 @@
 //! and serve MiniLM correctly. Each kind gets its own replica of the model (`ModelSpec::on_kinds`),
 //! so each is made to serve whichever one routing would prefer.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use tabpool::browser::{BrowserKind, KindSpec};
 use tabpool::pool::{ModelSpec, Pool, PoolConfig};

@@ -2,8 +2,7 @@
 //! the pool (logging why) and the new tabs serve; once idle past the cooldown, it shrinks back to
 //! min_tabs (logging why). Every result is checked against the float64 reference.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,7 @@
 //! its session and frees its KV cache in the tab (the tab holds ONE session, so the next request
 //! could never run otherwise); bad requests get 4xx naming what is wrong.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,8 +2,7 @@
 //! metrics, `POST /embed` serves correct vectors and refuses bad requests with 4xx, and Ctrl-C
 //! stops it cleanly.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

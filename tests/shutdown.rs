@@ -1,7 +1,6 @@
 //! No chromedriver or Chromium process survives the CLI: neither on Ctrl-C nor on normal exit.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -2,8 +2,7 @@
 //! session bookkeeping, against the independent float64 reference
 //! (`tests/data/smollm2_greedy.json`): the generated ids must equal `greedy_ids` exactly.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use page_runtime::executors::cpu::CpuModel;
 use page_runtime::sessions::Sessions;

@@ -2,8 +2,7 @@
 //! (`tests/data/smollm2_greedy.json`): hyper-parameters, weight dtypes and sizes, the chat prompt
 //! and its token ids, decoding, and the step graph built from the real file.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use shared_proto::{DType, Op};
 use tabpool::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};

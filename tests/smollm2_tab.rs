@@ -4,8 +4,7 @@
 //! it gets alone; seeded sampling is reproducible; a cancelled stream frees its KV rows; the
 //! tab refuses sessions beyond its limits with a typed error.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -5,8 +5,7 @@
 //! inside a stateful step graph (`tests/smollm2_tab.rs` checks those against the reference);
 //! standalone they must be refused as Unsupported, saying so.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 #[path = "../page_runtime/tests/common/op_cases.rs"]
 mod op_cases;

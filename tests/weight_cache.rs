@@ -3,8 +3,7 @@
 //! after its device was lost (the `reload_model` recovery) — is read back by the tab; the host
 //! sends nothing it holds. Each load still answers the float64 reference.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::time::Instant;
 
