@@ -60,6 +60,10 @@ async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>) -> R
     panic!("the stream ended without Done or Failed: {c:?}");
 }
 
+fn rows_replayed(store: &tabpool::store::Store) -> i64 {
+    store.conn().query_row("SELECT count(*) FROM generations WHERE replays > 0", [], |r| r.get(0)).unwrap()
+}
+
 fn kill_renderers(procs: &[(i32, bool)]) -> usize {
     let mut n = 0;
     for (pid, renderer) in procs {
@@ -173,6 +177,15 @@ async fn streams_match_the_reference_and_survive_a_killed_tab() {
         .unwrap();
     assert_eq!((rows, ok), (2 + 4, 2 + 4), "one history row per stream, all finished by a stop id");
     assert_eq!(replays, replayed as i64);
+    // The report reads the same rows: one generation line per (model, kind, backend).
+    let report = tabpool::report::Report::build(&store, None).unwrap();
+    let g: Vec<_> = report.generation.iter().filter(|g| g.backend == "wasm-cpu").collect();
+    assert_eq!(g.len(), 1, "{:?}", report.generation);
+    assert_eq!((g[0].streams, g[0].finished, g[0].failed), (6, 6, 0), "{:?}", g[0]);
+    assert_eq!(g[0].replayed, rows_replayed(&store));
+    assert!(g[0].p50_ttft_ms > 0.0 && g[0].mean_decode_tok_s > 0.0, "{:?}", g[0]);
+    let md = tabpool::report::render::markdown(&report);
+    assert!(md.contains("## Text generation (streams)"), "{md}");
     pool.shutdown().await;
 }
 
@@ -217,5 +230,40 @@ async fn a_dropped_stream_frees_its_session_and_bad_requests_are_typed() {
     assert!(matches!(pool.generate(None, out_of_vocab), Err(PoolError::BadInput(m)) if m.contains("49152")));
     let unknown = GenRequest { prompt, params: greedy(&stops, 4) };
     assert!(matches!(pool.generate(Some("gpt-9"), unknown), Err(PoolError::UnknownModel(_))));
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_token_is_hedged_on_another_tab() {
+    let _procs = support::process_guard();
+    let mut cfg = config(2, 2, None);
+    // Only the hedge can save the stream in time: heartbeats take minutes to call the tab hung.
+    cfg.health.heartbeat_interval_ms = 60_000;
+    cfg.health.heartbeat_timeout_ms = 60_000;
+    cfg.hedge_floor_ms = 500;
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, g) = pool.generation_model(None).unwrap();
+    let stops = g.model.eos_ids.clone();
+    let cases = support::smollm2_reference();
+    // One stream teaches the pool the model's time to first token.
+    let req = GenRequest { prompt: cases[0].prompt_ids.clone(), params: greedy(&stops, 24) };
+    collect(pool.generate(None, req).unwrap()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pool.metrics().hedged, 0, "a prompt answered in time is not hedged");
+    // Both tabs idle: the next stream is placed on the lowest tab id. Hang that tab's renderer.
+    let frozen = pool.tabs().iter().map(|t| t.0).min().unwrap();
+    assert!(pool.freeze_tab(frozen).await.unwrap() >= 1);
+    let t = std::time::Instant::now();
+    let req = GenRequest { prompt: cases[1].prompt_ids.clone(), params: greedy(&stops, 24) };
+    let got = tokio::time::timeout(Duration::from_secs(60), collect(pool.generate(None, req).unwrap()))
+        .await
+        .expect("the hedge answered within 60 s")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.ids, reference_ids(&cases[1]), "the hedge streams the reference's tokens");
+    assert_eq!(got.tabs.len(), 2, "placed on the frozen tab, then on the hedge's: {got:?}");
+    assert_eq!(got.tabs[0], frozen, "{got:?}");
+    assert_ne!(got.tabs[1], frozen, "{got:?}");
+    assert_eq!(pool.metrics().hedged, 1);
+    eprintln!("hedged stream done in {:.1} s", t.elapsed().as_secs_f64());
     pool.shutdown().await;
 }

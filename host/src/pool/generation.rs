@@ -168,13 +168,46 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
         let params = GenParams { max_tokens: req.params.max_tokens - out.len() as u32, ..req.params.clone() };
         let started = Instant::now();
         let had = out.len();
-        let mut events = decoder.generate(prompt, params);
-        let leg = loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                () = tx.closed() => break Leg::Cancelled,
-                _ = abandoned.wait_for(|a| *a) => break Leg::ShutDown,
+        let prompt_len = prompt.len();
+        let mut events = decoder.generate(prompt.clone(), params.clone());
+        // The first event may come from a hedged copy on another replica (then `r` is that one).
+        let mut r = r;
+        let mut pending: Option<Option<GenEvent>> = None;
+        if let Some(after) = hedge_delay(&shared, &m, prompt_len) {
+            let raced = tokio::select! {
+                raced = hedge_first(&shared, &m, r.clone(), events, after, (&prompt, &params)) => Some(raced),
+                () = tx.closed() => None,
+                _ = abandoned.wait_for(|a| *a) => None,
             };
+            let Some((winner, winner_events, first_event)) = raced else {
+                // Gone or shutting down while racing: the copies were dropped with the race.
+                leave(&m, &r);
+                book(&shared, &m, &r, None);
+                break if tx.is_closed() { Err(Ended::Cancelled) } else { Err(Ended::Error(PoolError::ShutDown)) };
+            };
+            if !Arc::ptr_eq(&winner, &r) {
+                place_of = Some((winner.slot.kind.name.clone(), winner.backend.clone(), winner.slot.id));
+                let _ = tx.send(StreamEvent::Placed {
+                    tab: winner.slot.id,
+                    kind: winner.slot.kind.name.clone(),
+                    backend: winner.backend.clone(),
+                    replay: replays,
+                });
+            }
+            (r, events, pending) = (winner, winner_events, first_event);
+        }
+        let leg = loop {
+            let ev = match pending.take() {
+                Some(ev) => ev,
+                None => tokio::select! {
+                    ev = events.recv() => ev,
+                    () = tx.closed() => break Leg::Cancelled,
+                    _ = abandoned.wait_for(|a| *a) => break Leg::ShutDown,
+                },
+            };
+            if matches!(ev, Some(GenEvent::Token(_))) && out.len() == had {
+                note_first_token(&m, started.elapsed(), prompt_len);
+            }
             match ev {
                 Some(GenEvent::Token(t)) => {
                     let now = Instant::now();
@@ -297,6 +330,139 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
             let _ = tx.send(StreamEvent::Failed(e));
         }
     }
+}
+
+/// How long a leg's first token may take before a copy is started on another replica: the
+/// model's expected time to first token for this prompt (measured) × `hedge_factor`, at least
+/// `hedge_floor_ms`. `None` without a measurement yet, or with hedging off.
+fn hedge_delay(shared: &Shared, m: &ModelEntry, prompt_len: usize) -> Option<Duration> {
+    let per_token = (*m.ttft_ms_per_token.lock().expect("ttft"))?;
+    if !shared.cfg.hedge {
+        return None;
+    }
+    let expected = Duration::from_secs_f64(per_token * prompt_len.max(1) as f64 / 1e3);
+    Some(expected.mul_f64(shared.cfg.hedge_factor).max(Duration::from_millis(shared.cfg.hedge_floor_ms)))
+}
+
+/// Learn the time to first token per prompt token (a moving average over the model's streams).
+fn note_first_token(m: &ModelEntry, took: Duration, prompt_len: usize) {
+    let ms = took.as_secs_f64() * 1e3 / prompt_len.max(1) as f64;
+    let mut t = m.ttft_ms_per_token.lock().expect("ttft");
+    *t = Some(match *t {
+        Some(old) => 0.8 * old + 0.2 * ms,
+        None => ms,
+    });
+}
+
+type Events = mpsc::UnboundedReceiver<GenEvent>;
+
+/// The first event of a leg on `r`, hedged: if none came within `after` and another replica has
+/// a free place, the same session starts there too, and the first copy to produce a token (or
+/// finish) goes on while the other is cancelled — both would stream the same tokens (greedy, or
+/// draws by (seed, position)). A copy that fails first leaves the race to the other. Returns the
+/// replica that goes on (whose place and breakers the caller then owns), its events, and its
+/// first event if the race read it (`None`: read it from the events).
+async fn hedge_first(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    r: Arc<Replica>,
+    mut events: Events,
+    after: Duration,
+    (prompt, params): (&[u32], &GenParams),
+) -> (Arc<Replica>, Events, Option<Option<GenEvent>>) {
+    tokio::select! {
+        ev = events.recv() => return (r, events, Some(ev)),
+        () = tokio::time::sleep(after) => {}
+    }
+    let Some(h) = try_place(shared, m, r.slot.serial) else { return (r, events, None) };
+    // Until the race is decided the hedge's place is this function's: dropped with it (the
+    // client left), the guard gives it back.
+    let guard = HedgeGuard { shared: shared.clone(), m: m.clone(), h: Some(h.clone()) };
+    let Runner::Sessions { decoder, .. } = &h.run else { unreachable!("try_place() only returns generation replicas") };
+    shared.hedged.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a stream's late first token");
+    let mut copy = decoder.generate(prompt.to_vec(), params.clone());
+    let failed = |ev: &Option<GenEvent>| matches!(ev, Some(GenEvent::Failed(_)) | None);
+    tokio::select! {
+        ev = events.recv() => {
+            if !failed(&ev) {
+                drop(copy);
+                drop(guard);
+                return (r, events, Some(ev));
+            }
+            // The first copy failed before the hedge answered: the hedge goes on alone.
+            guard.disarm();
+            settle_failed(shared, m, &r, &ev);
+            leave(m, &r);
+            (h, copy, None)
+        }
+        ev = copy.recv() => {
+            guard.disarm();
+            if !failed(&ev) {
+                // The slow copy is dropped: its session is cancelled when its replica next steps.
+                drop(events);
+                leave(m, &r);
+                book(shared, m, &r, None);
+                return (h, copy, Some(ev));
+            }
+            settle_failed(shared, m, &h, &ev);
+            leave(m, &h);
+            (r, events, None)
+        }
+    }
+}
+
+/// A hedge's place and breaker call, given back unless the hedge went on (or was settled).
+struct HedgeGuard {
+    shared: Arc<Shared>,
+    m: Arc<ModelEntry>,
+    h: Option<Arc<Replica>>,
+}
+
+impl HedgeGuard {
+    fn disarm(mut self) {
+        self.h = None;
+    }
+}
+
+impl Drop for HedgeGuard {
+    fn drop(&mut self) {
+        if let Some(h) = self.h.take() {
+            leave(&self.m, &h);
+            book(&self.shared, &self.m, &h, None);
+        }
+    }
+}
+
+/// A hedged copy that failed: its breakers and recovery, as for any failed leg.
+fn settle_failed(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, ev: &Option<GenEvent>) {
+    let f = match ev {
+        Some(GenEvent::Failed(f)) => f.clone(),
+        _ => {
+            GenFailure { category: Category::ModelError, remote: None, message: "the replica's decoder stopped".into() }
+        }
+    };
+    book(shared, m, r, Some(Outcome::Failure));
+    shared.count_failure(f.category);
+    recover(shared, m, r, &f);
+}
+
+/// A replica other than `not` with a free session place whose breakers admit a call, now or
+/// never (a hedge does not wait).
+fn try_place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, not: u64) -> Option<Arc<Replica>> {
+    let per_tab = shared.cfg.generation.sessions_per_tab as usize;
+    let mut usable: Vec<Arc<Replica>> = m
+        .replicas
+        .lock()
+        .expect("replicas")
+        .iter()
+        .filter(|r| r.slot.serial != not && r.slot.usable() && matches!(r.run, Runner::Sessions { .. }))
+        .cloned()
+        .collect();
+    usable.sort_by_key(|r| (r.streams(), r.slot.id));
+    let h = usable.into_iter().find(|r| r.streams() < per_tab && breakers::acquire(shared, m, r))?;
+    enter(&h);
+    Some(h)
 }
 
 /// The replica to run a session on: among usable replicas with a free session place whose

@@ -200,6 +200,9 @@ pub(crate) struct ModelEntry {
     pub wake: Notify,
     /// Generation streams admitted and not yet on a replica (bounded by `generation.max_waiting`).
     pub waiting: AtomicUsize,
+    /// Generation: measured ms to the first token per prompt token (moving average), from which
+    /// a stream's first token is expected — and hedged when late.
+    pub ttft_ms_per_token: Mutex<Option<f64>>,
     pub served: AtomicU64,
     pub failed: AtomicU64,
     pub busy: AtomicU64,
@@ -833,6 +836,7 @@ impl Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             waiting: AtomicUsize::new(0),
+            ttft_ms_per_token: Mutex::new(None),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             busy: AtomicU64::new(0),

@@ -34,6 +34,8 @@ pub struct Report {
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
     pub backends: Vec<BackendRow>,
+    /// Generation streams per (model, kind, backend).
+    pub generation: Vec<GenerationRow>,
     pub errors: Vec<(String, i64)>,
     pub breakers: Vec<BreakerRow>,
     pub recoveries: Vec<RecoveryRow>,
@@ -58,6 +60,26 @@ pub struct BackendRow {
     pub mean_queue_ms: f64,
     /// Texts per second of tab time.
     pub texts_per_s: f64,
+}
+
+/// Generation streams of one (model, kind, backend) — where each stream ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GenerationRow {
+    pub model: String,
+    pub kind: String,
+    pub backend: String,
+    pub streams: i64,
+    /// Ended by a stop id or max_tokens (not cancelled, not failed).
+    pub finished: i64,
+    pub cancelled: i64,
+    pub failed: i64,
+    pub prompt_tokens: i64,
+    pub generated: i64,
+    pub p50_ttft_ms: f64,
+    pub p95_ttft_ms: f64,
+    pub mean_decode_tok_s: f64,
+    /// Streams replayed on another replica after losing theirs.
+    pub replayed: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -172,6 +194,34 @@ impl Report {
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT model, coalesce(browser_kind, '(none)'), coalesce(backend, '(none)'), count(*),
+                    count(*) FILTER (WHERE finish IN ('stop', 'length')), count(*) FILTER (WHERE finish = 'cancelled'),
+                    count(*) FILTER (WHERE finish = 'failed'), sum(prompt_tokens), sum(generated),
+                    coalesce(quantile_cont(ttft_ms, 0.5), 0), coalesce(quantile_cont(ttft_ms, 0.95), 0),
+                    coalesce(avg(decode_tok_s), 0), count(*) FILTER (WHERE replays > 0)
+             FROM generations WHERE {w} GROUP BY ALL ORDER BY 1, 2, 3"
+        ))?;
+        let generation = stmt
+            .query_map(params![since], |r| {
+                Ok(GenerationRow {
+                    model: r.get(0)?,
+                    kind: r.get(1)?,
+                    backend: r.get(2)?,
+                    streams: r.get(3)?,
+                    finished: r.get(4)?,
+                    cancelled: r.get(5)?,
+                    failed: r.get(6)?,
+                    prompt_tokens: r.get(7)?,
+                    generated: r.get(8)?,
+                    p50_ttft_ms: r.get(9)?,
+                    p95_ttft_ms: r.get(10)?,
+                    mean_decode_tok_s: r.get(11)?,
+                    replayed: r.get(12)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading generations")?;
         let errors = pairs(
             &conn,
             &format!(
@@ -277,6 +327,7 @@ impl Report {
             first_ms,
             last_ms,
             backends,
+            generation,
             errors,
             breakers,
             recoveries,

@@ -140,6 +140,44 @@ fn sections(r: &Report) -> Vec<Section> {
     vec![
         ("Browsers and backends", BACKEND_HEAD.to_vec(), backend_cells(r)),
         (
+            "Text generation (streams)",
+            vec![
+                "model",
+                "kind",
+                "backend",
+                "streams",
+                "finished",
+                "cancelled",
+                "failed",
+                "replayed",
+                "prompt tokens",
+                "generated",
+                "p50 TTFT ms",
+                "p95 TTFT ms",
+                "mean decode tok/s",
+            ],
+            r.generation
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.model.clone(),
+                        g.kind.clone(),
+                        g.backend.clone(),
+                        g.streams.to_string(),
+                        g.finished.to_string(),
+                        g.cancelled.to_string(),
+                        g.failed.to_string(),
+                        g.replayed.to_string(),
+                        g.prompt_tokens.to_string(),
+                        g.generated.to_string(),
+                        format!("{:.0}", g.p50_ttft_ms),
+                        format!("{:.0}", g.p95_ttft_ms),
+                        format!("{:.1}", g.mean_decode_tok_s),
+                    ]
+                })
+                .collect(),
+        ),
+        (
             "Regressions (recent window vs baseline, Welch's t-test)",
             vec!["series", "batch size", "class", "points (baseline / recent)", "detail"],
             regress,
