@@ -808,8 +808,9 @@ impl Shared {
                     KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
                 Family::Generation(Arc::new(
                     tokio::task::spawn_blocking(move || -> anyhow::Result<Generator> {
-                        let model = SmolLm2::load(dir.as_deref())?;
-                        let (graph, weights) = model.graph(limits, Outputs::default())?;
+                        let mut model = SmolLm2::load(dir.as_deref())?;
+                        // Replicas load from the graph's weights: the loader's copy goes.
+                        let (graph, weights) = model.into_graph(limits, Outputs::default())?;
                         Ok(Generator { model, graph, weights })
                     })
                     .await??,

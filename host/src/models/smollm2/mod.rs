@@ -107,6 +107,14 @@ impl SmolLm2 {
         graph::build(&self.config, &self.weights, limits, outputs)
     }
 
+    /// The step graph, giving up the loaded tensors to it: the model keeps its tokenizer and
+    /// metadata but no second copy of the weights (~98 MB); `graph` fails afterwards.
+    pub fn into_graph(&mut self, limits: KvLimits, outputs: Outputs) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        let built = self.graph(limits, outputs)?;
+        self.weights = HashMap::new();
+        Ok(built)
+    }
+
     /// Token ids of `text`; control tokens written in it (`<|im_start|>`, ...) become their ids.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
