@@ -28,6 +28,7 @@ mod pool_kinds;
 mod pool_scaling;
 mod serve_generate;
 mod serve_status;
+mod shard_pipeline;
 mod shutdown;
 mod smollm2_cpu;
 mod smollm2_load;

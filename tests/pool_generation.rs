@@ -64,18 +64,6 @@ fn rows_replayed(store: &tabpool::store::Store) -> i64 {
     store.conn().query_row("SELECT count(*) FROM generations WHERE replays > 0", [], |r| r.get(0)).unwrap()
 }
 
-fn kill_renderers(procs: &[(i32, bool)]) -> usize {
-    let mut n = 0;
-    for (pid, renderer) in procs {
-        if *renderer {
-            // SAFETY: a plain kill(2) of a process this test's pool started.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-            n += 1;
-        }
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_match_the_reference_and_survive_a_killed_tab() {
     let _procs = support::process_guard();
@@ -144,7 +132,7 @@ async fn streams_match_the_reference_and_survive_a_killed_tab() {
             break tab;
         }
     };
-    let killed = kill_renderers(&pool.tab_processes(victim).await);
+    let killed = support::kill_renderers(&pool.tab_processes(victim).await);
     assert!(killed > 0, "tab {victim} has a renderer to kill");
     let results = futures_util::future::join_all(forwarded.into_iter().map(collect)).await;
     let mut replayed = 0;

@@ -346,12 +346,17 @@ struct GenFlags {
     /// A system prompt instead of the model's default one.
     #[arg(long)]
     system: Option<String>,
+    /// Split the model into N stages of contiguous layers, each in its own tab with only its own
+    /// weights (the hidden state passes through the host between them). On one machine the
+    /// tabs share its cores: this buys memory per tab, not speed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    shards: u32,
 }
 
 impl GenFlags {
     fn into_opts(self) -> generate::GenOptions {
-        let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system } = self;
-        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed }
+        let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system, shards } = self;
+        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed, shards }
     }
 }
 

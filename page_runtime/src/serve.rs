@@ -7,10 +7,12 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use js_sys::Reflect;
 use shared_proto::{
     ErrorKind, Frame, Hello, Limits, PROTOCOL_VERSION, RemoteError, Reply, Request, Tensor, ToHost, ToTab, decode,
     encode,
 };
+use wasm_bindgen::{JsCast, JsValue};
 
 use crate::caps;
 use crate::executors::webgpu::{self, WebGpuExecutor};
@@ -289,6 +291,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             state.parts.borrow_mut().remove(&model);
             state.sessions.borrow_mut().remove(&model);
             state.models.borrow_mut().remove(&model);
+            collect_garbage();
             (Ok(Reply::Unloaded), Vec::new())
         }
         Request::LoseDevice => {
@@ -327,7 +330,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                         format!("a step of {name:?} is already running: send one step at a time"),
                     ));
                 }
-                let plan = st.sessions.plan(&rows, st.vocab)?;
+                let plan = st.sessions.plan_stage(m.graph(), &rows, st.vocab, inputs)?;
                 st.busy = true;
                 plan
             };
@@ -337,7 +340,19 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             if let Some(st) = all.get_mut(&name) {
                 st.busy = false;
             }
-            let run = run?;
+            let mut run = run?;
+            // A stage of a sharded model that does not end with the head hands its hidden state
+            // on (to the host, for the next stage): every token's row, no ids.
+            if let Some(h) = run.outputs.first().filter(|t| t.dtype == shared_proto::DType::F32) {
+                if h.shape.first() != plan.inputs[0].shape.first() {
+                    return Err(RemoteError::new(ErrorKind::Internal, "a stage must output one row per token"));
+                }
+                if let Some(st) = all.get_mut(&name) {
+                    st.sessions.commit(&plan);
+                }
+                let hidden = run.outputs.swap_remove(0);
+                return Ok((Ok(Reply::Stepped { tokens: Vec::new(), device_ms: run.device_ms }), vec![hidden]));
+            }
             let tokens: Vec<u32> = run
                 .outputs
                 .first()
@@ -370,7 +385,7 @@ async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
         let ok = if offsets == [0] {
             match cache.piece(&d.hash, 0).await {
                 Some(b) if b.length() as usize == total => {
-                    let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: b.to_vec().into() };
+                    let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: detached(&b).into() };
                     m.put_weights(i, &[t]).await.is_ok()
                 }
                 _ => false,
@@ -383,7 +398,7 @@ async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
                     ok = false;
                     break;
                 };
-                if m.put_weight_part(&mut pending, i, offset, total, &b.to_vec()).await.is_err() {
+                if m.put_weight_part(&mut pending, i, offset, total, &detached(&b)).await.is_err() {
                     ok = false;
                     break;
                 }
@@ -395,6 +410,28 @@ async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
         }
     }
     held
+}
+
+/// A full garbage collection now, where the browser exposes one (`--js-flags=--expose-gc`, which
+/// the host passes to Chromium): an unloaded model's JS-side buffers — the weight pieces read
+/// back from the cache, the parts gathered for its tensors — are garbage, and V8 otherwise
+/// collects them only when its heap heuristics say so (measured: the renderer swung between
+/// 160 and 293 MiB across MiniLM reloads, a model's worth of garbage every other cycle).
+fn collect_garbage() {
+    if let Ok(gc) = Reflect::get(&js_sys::global(), &"gc".into())
+        && let Ok(gc) = gc.dyn_into::<js_sys::Function>()
+    {
+        let _ = gc.call0(&JsValue::UNDEFINED);
+    }
+}
+
+/// A cached piece's bytes copied into wasm memory, its `ArrayBuffer` detached: the copy is
+/// freed now, not at a garbage collection that may come long after (a model's worth of them —
+/// 64 MiB over three reloads of MiniLM — stayed in the renderer).
+fn detached(b: &js_sys::Uint8Array) -> Vec<u8> {
+    let bytes = b.to_vec();
+    let _ = b.buffer().transfer_with_length(0);
+    bytes
 }
 
 /// A stateful model's sessions, its vocabulary, and whether a step of it is running.

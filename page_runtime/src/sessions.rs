@@ -149,6 +149,43 @@ impl Sessions {
         Ok(StepPlan { inputs, advance })
     }
 
+    /// Plan a step of a stage of a sharded model (`StepPlan::inputs[0]` as the graph declares
+    /// it): a stage that starts with the embedding takes the rows' token ids; any other takes
+    /// `hidden`, the previous stage's output for the same rows, `[T, width]` f32 — the rows'
+    /// tokens still give each session's positions.
+    pub fn plan_stage(
+        &self,
+        g: &shared_proto::Graph,
+        rows: &[StepRow],
+        vocab: u32,
+        hidden: Vec<Tensor>,
+    ) -> Result<StepPlan, RemoteError> {
+        let mut plan = self.plan(rows, vocab)?;
+        let decl = &g.inputs[0];
+        if (decl.name.as_str(), decl.dtype) != shared_proto::STAGE_INPUT {
+            if !hidden.is_empty() {
+                return Err(bad(format!("a step of a graph that embeds ids takes no tensors, got {}", hidden.len())));
+            }
+            return Ok(plan);
+        }
+        let t = plan.inputs[0].shape[0];
+        let width = match decl.dims.get(1) {
+            Some(shared_proto::Dim::Fixed(w)) => *w,
+            _ => return Err(bad("a stage's hidden input must be [Seq, width]".into())),
+        };
+        let [h]: [Tensor; 1] = hidden
+            .try_into()
+            .map_err(|v: Vec<Tensor>| bad(format!("a stage step takes one hidden-state tensor, got {}", v.len())))?;
+        if h.dtype != DType::F32 || h.shape != [t, width] {
+            return Err(bad(format!(
+                "hidden state is {:?} {:?}, the step's {t} tokens need F32 [{t}, {width}]",
+                h.dtype, h.shape
+            )));
+        }
+        plan.inputs[0] = h;
+        Ok(plan)
+    }
+
     /// Record that a planned step ran: each session grew by its row's tokens.
     pub fn commit(&mut self, plan: &StepPlan) {
         for (id, n) in &plan.advance {

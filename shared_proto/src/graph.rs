@@ -189,6 +189,10 @@ pub const STEP_INPUTS: [(&str, DType); 5] = [
     ("sampling", DType::F32),
 ];
 
+/// Input 0 of a stage of a sharded stateful graph that does not start with the token
+/// embedding, in place of `ids`: the previous stage's hidden state `[T, width]`.
+pub const STAGE_INPUT: (&str, DType) = ("hidden", DType::F32);
+
 impl KvDecl {
     /// Bytes of the whole cache (keys and values of every layer).
     pub fn bytes(&self) -> u64 {
@@ -343,9 +347,10 @@ impl Graph {
                 _ => {}
             }
         }
+        // `layers` may be 0: a stage of a sharded model with no attention (the embedding or
+        // the head alone) keeps sessions — positions, lengths — but no cache.
         if let Some(kv) = &self.kv
-            && (kv.layers == 0
-                || kv.kv_heads == 0
+            && (kv.kv_heads == 0
                 || kv.head_dim == 0
                 || kv.max_tokens == 0
                 || kv.max_sessions == 0
@@ -354,9 +359,14 @@ impl Graph {
             return Err(GraphError::BadKv(format!("{kv:?} (limit {MAX_KV_BYTES} bytes)")));
         }
         if self.kv.is_some() {
-            let names: Vec<(&str, DType)> = self.inputs.iter().map(|d| (d.name.as_str(), d.dtype)).collect();
+            let mut names: Vec<(&str, DType)> = self.inputs.iter().map(|d| (d.name.as_str(), d.dtype)).collect();
+            if names.first() == Some(&STAGE_INPUT) {
+                names[0] = STEP_INPUTS[0];
+            }
             if names != STEP_INPUTS {
-                return Err(GraphError::BadKv(format!("a stateful graph takes inputs {STEP_INPUTS:?}, got {names:?}")));
+                return Err(GraphError::BadKv(format!(
+                    "a stateful graph takes inputs {STEP_INPUTS:?} (or {STAGE_INPUT:?} first), got {names:?}"
+                )));
             }
         }
         let total = self.value_count() as u32;

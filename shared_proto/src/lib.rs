@@ -18,7 +18,7 @@ pub mod version;
 pub use caps::{AdapterInfo, Capabilities, WebGpuCaps, WebNnCaps, WebNnContextProbe};
 pub use codec::{Frame, decode, encode};
 pub use error::{ErrorKind, ProtoError, RemoteError};
-pub use graph::{Dim, Graph, GraphError, InputDecl, KvDecl, Node, Op, STEP_INPUTS, ValueRef, WeightDecl};
+pub use graph::{Dim, Graph, GraphError, InputDecl, KvDecl, Node, Op, STAGE_INPUT, STEP_INPUTS, ValueRef, WeightDecl};
 pub use limits::Limits;
 pub use messages::{
     ExecBackend, Hello, Kernel, MatMulVariant, RejectReason, Reply, Request, Sampling, StepRow, ToHost, ToTab,

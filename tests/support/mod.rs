@@ -171,3 +171,17 @@ pub fn check_against_reference(v: &[f32], r: &RefSentence) {
     let (cos, diff) = (cosine(v, &r.embedding), max_abs_diff(v, &r.embedding));
     assert!(cos >= MIN_COSINE && diff <= MAX_ABS, "{:?}: cosine {cos}, max abs {diff}", r.text);
 }
+
+/// SIGKILL the renderers among a tab's processes (`(pid, is_renderer)`, from `tab_processes`),
+/// as a crashed tab; how many were killed.
+pub fn kill_renderers(procs: &[(i32, bool)]) -> usize {
+    let mut n = 0;
+    for (pid, renderer) in procs {
+        if *renderer {
+            // SAFETY: a plain kill(2) of a process this test started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            n += 1;
+        }
+    }
+    n
+}

@@ -39,7 +39,12 @@ impl BrowserKind {
 
     pub fn flags(self) -> Vec<String> {
         match self {
-            BrowserKind::ChromiumWebnn => vec!["--enable-features=WebMachineLearningNeuralNetwork".into()],
+            // `gc()` for the page runtime: it collects an unloaded model's garbage at once
+            // (page_runtime serve.rs `collect_garbage`).
+            BrowserKind::ChromiumWebnn => {
+                vec!["--enable-features=WebMachineLearningNeuralNetwork".into(), "--js-flags=--expose-gc".into()]
+            }
+            BrowserKind::Chromium => vec!["--js-flags=--expose-gc".into()],
             _ => vec![],
         }
     }

@@ -2,16 +2,18 @@
 //! (its KV cache lives there) or on the host's CPU executor.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
+use futures_util::future::BoxFuture;
 use serde_json::json;
 use shared_proto::{ExecBackend, Sampling};
 
 use crate::Host;
 use crate::browser::BrowserKind;
-use crate::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits, Stepper};
+use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
 use crate::policy::gen_backend::{self, GenTarget};
 
@@ -41,6 +43,8 @@ pub struct GenOptions {
     pub top_k: u32,
     pub top_p: f32,
     pub seed: u64,
+    /// Stages the model is split into, each in its own tab (1: not sharded).
+    pub shards: u32,
 }
 
 pub struct Args {
@@ -117,7 +121,7 @@ pub async fn load(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template"),
     );
-    let (stepper, reason) = place(host, &model, opts.backend, 1, &pb).await?;
+    let (stepper, reason) = place(host, &model, opts.backend, 1, opts.shards, &pb).await?;
     pb.finish_and_clear();
     let (backend, tab) = (stepper.backend(), stepper.tab_id());
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -134,7 +138,7 @@ pub async fn stepper(
     max_sessions: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    Ok(place(host, model, backend, max_sessions, progress).await?.0)
+    Ok(place(host, model, backend, max_sessions, 1, progress).await?.0)
 }
 
 /// [`stepper`], and for `Auto` why it chose the backend it did.
@@ -143,9 +147,13 @@ pub async fn place(
     model: &SmolLm2,
     backend: GenBackend,
     max_sessions: u32,
+    shards: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<(Stepper, Option<String>)> {
     let limits = kv_limits(model, max_sessions);
+    if shards > 1 {
+        return Ok((pipeline(host, model, backend, shards, max_sessions, 0, progress).await?, None));
+    }
     match backend {
         GenBackend::Cpu => {
             let (graph, weights) = model.graph(limits, Outputs::default())?;
@@ -167,6 +175,78 @@ pub async fn place(
             Ok((load_in(&tab, model, backend, limits, progress).await?, None))
         }
     }
+}
+
+/// `model` split into `shards` stages of contiguous layers, each loaded in its own tab (or, on
+/// `cpu`, its own host executor) with only its own weights, for up to `max_sessions` sessions.
+/// `spares` more tabs are started empty: a stage whose tab is lost is loaded into one of them
+/// and its sessions' KV caches rebuilt there (see [`Pipeline`]).
+pub async fn pipeline(
+    host: &mut Host,
+    model: &SmolLm2,
+    backend: GenBackend,
+    shards: u32,
+    max_sessions: u32,
+    spares: u32,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let limits = kv_limits(model, max_sessions);
+    let layers = model.config.layers;
+    if shards > layers {
+        bail!("--shards {shards}: the model has only {layers} layers");
+    }
+    let backend = match backend {
+        // Auto's choice needs a probed tab; a sharded run takes the CPU executor in tabs, which
+        // every tab has, unless a backend is named.
+        GenBackend::Auto => GenBackend::WasmCpu,
+        b => b,
+    };
+    let graphs = crate::policy::sharding::even_layers(layers, shards)
+        .iter()
+        .map(|parts| model.stage_graph(limits, parts, Outputs::default()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut stages = Vec::new();
+    for (i, (graph, weights)) in graphs.iter().enumerate() {
+        stages.push(if backend == GenBackend::Cpu {
+            Stepper::on_host(graph.clone(), weights.clone())?
+        } else {
+            let tab = launch_for(host, backend).await?;
+            load_stage(&tab, &model.name, i, graph, weights, backend, progress).await?
+        });
+    }
+    let replacer: Option<Replacer> = if spares > 0 && backend != GenBackend::Cpu {
+        let mut tabs = Vec::new();
+        for _ in 0..spares {
+            tabs.push(launch_for(host, backend).await?);
+        }
+        let (spares, graphs, name) = (Arc::new(Mutex::new(tabs)), Arc::new(graphs), model.name.clone());
+        Some(Arc::new(move |i: usize| {
+            let (spares, graphs, name) = (spares.clone(), graphs.clone(), name.clone());
+            Box::pin(async move {
+                let tab = spares.lock().expect("spares").pop().context("no spare tab left to replace a lost stage")?;
+                let (graph, weights) = &graphs[i];
+                load_stage(&tab, &name, i, graph, weights, backend, &()).await
+            }) as BoxFuture<'static, anyhow::Result<Stepper>>
+        }))
+    } else {
+        None
+    };
+    Ok(Stepper::Pipeline(Pipeline::new(stages, model.config.hidden, 1, replacer)?))
+}
+
+async fn load_stage(
+    tab: &crate::Tab,
+    name: &str,
+    i: usize,
+    graph: &shared_proto::Graph,
+    weights: &[shared_proto::Tensor],
+    backend: GenBackend,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let exec = exec_backend(backend)?;
+    Stepper::in_tab(tab, name, graph, weights, exec.clone(), progress)
+        .await
+        .with_context(|| format!("loading stage {i} of {name} on {exec} in tab {}", tab.id()))
 }
 
 /// The KV cache for `max_sessions` sessions of up to [`CONTEXT_LIMIT`] tokens.
@@ -194,17 +274,22 @@ pub async fn load_in(
     limits: KvLimits,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    let exec = match backend {
+    let exec = exec_backend(backend)?;
+    let (graph, weights) = model.graph(limits, Outputs::default())?;
+    Stepper::in_tab(tab, &model.name, &graph, &weights, exec.clone(), progress)
+        .await
+        .with_context(|| format!("loading {} on {exec} in tab {}", model.name, tab.id()))
+}
+
+/// Where an in-tab backend runs in the tab.
+fn exec_backend(backend: GenBackend) -> anyhow::Result<ExecBackend> {
+    Ok(match backend {
         GenBackend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
         GenBackend::Auto => bail!("backend auto is resolved to a backend before loading"),
         GenBackend::Webnn => ExecBackend::WebNn { device: "cpu".into() },
         GenBackend::Webgpu => ExecBackend::WebGpu,
         GenBackend::WasmCpu => ExecBackend::Cpu,
-    };
-    let (graph, weights) = model.graph(limits, Outputs::default())?;
-    Stepper::in_tab(tab, &model.name, &graph, &weights, exec.clone(), progress)
-        .await
-        .with_context(|| format!("loading {} on {exec} in tab {}", model.name, tab.id()))
+    })
 }
 
 /// Generate after `prompt_ids` on `decoder`, calling `on_text` with each new piece of text.

@@ -3,12 +3,14 @@
 
 pub mod decoder;
 mod embedder;
+pub mod pipeline;
 pub mod remembered;
 pub mod stepper;
 mod tab_model;
 
 pub use decoder::{Decoder, Finish, GenEvent, GenFailure, GenParams, StepLimits};
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
+pub use pipeline::{Pipeline, Replacer};
 pub use remembered::CalibrationCache;
-pub use stepper::Stepper;
+pub use stepper::{StepOut, Stepper};
 pub use tab_model::{TabModel, WeightUpload};

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
 use page_runtime::sessions::{self, Sessions};
-use shared_proto::{ExecBackend, Graph, Reply, Request, StepRow, Tensor};
+use shared_proto::{DType, ExecBackend, Graph, Reply, Request, StepRow, Tensor};
 
+use super::pipeline::Pipeline;
 use super::tab_model::{RUN_TIMEOUT, TabModel, WeightUpload};
 use crate::Tab;
 
@@ -20,6 +21,16 @@ pub enum Stepper {
         vocab: u32,
     },
     Tab(TabModel),
+    /// A model sharded into stages (each a `Host` or `Tab` stepper holding some of its parts).
+    Pipeline(Pipeline),
+}
+
+/// What a step of one stepper gave: sampled ids (a whole model, or a last stage) or the hidden
+/// state of every token (a stage before the last).
+#[derive(Debug)]
+pub enum StepOut {
+    Tokens(Vec<u32>),
+    Hidden(Tensor),
 }
 
 impl Stepper {
@@ -45,18 +56,33 @@ impl Stepper {
     }
 
     /// Where it runs: "cpu" (the host), or the tab's backend ("webgpu", "wasm-cpu", "webnn-cpu").
+    /// A pipeline names its stages' backends joined by `+` when they differ.
     pub fn backend(&self) -> String {
         match self {
             Stepper::Host { .. } => "cpu".into(),
             Stepper::Tab(tm) => tm.backend.to_string(),
+            Stepper::Pipeline(p) => {
+                let mut names: Vec<String> = p.stages().iter().map(|s| s.backend()).collect();
+                names.dedup();
+                names.join("+")
+            }
         }
     }
 
-    /// The tab it runs in (`None` on the host).
+    /// The tab it runs in (`None` on the host; a pipeline's first stage's tab).
     pub fn tab_id(&self) -> Option<u64> {
         match self {
             Stepper::Host { .. } => None,
             Stepper::Tab(tm) => Some(tm.tab.id()),
+            Stepper::Pipeline(p) => p.stages().iter().find_map(|s| s.tab_id()),
+        }
+    }
+
+    /// Every tab it runs in, in stage order.
+    pub fn tab_ids(&self) -> Vec<u64> {
+        match self {
+            Stepper::Pipeline(p) => p.stages().iter().flat_map(|s| s.tab_ids()).collect(),
+            other => other.tab_id().into_iter().collect(),
         }
     }
 
@@ -65,10 +91,12 @@ impl Stepper {
         match self {
             Stepper::Host { .. } => 0.0,
             Stepper::Tab(tm) => tm.load_ms,
+            Stepper::Pipeline(p) => p.stages().iter().map(|s| s.load_ms()).sum(),
         }
     }
 
-    /// Reserve `capacity` tokens of KV cache for `session`; the KV bytes reserved.
+    /// Reserve `capacity` tokens of KV cache for `session`; the KV bytes reserved (a pipeline:
+    /// on every stage, summed).
     pub async fn open(&self, session: u64, capacity: u32) -> anyhow::Result<u64> {
         match self {
             Stepper::Host { sessions, .. } => Ok(sessions.lock().expect("sessions").open(session, capacity)?),
@@ -79,41 +107,57 @@ impl Stepper {
                     (other, _) => bail!("tab {} answered {other:?} to OpenSession", tm.tab.id()),
                 }
             }
+            Stepper::Pipeline(p) => Box::pin(p.open(session, capacity)).await,
         }
     }
 
-    /// Advance `rows` together; one sampled token per row and the executor's time in ms.
+    /// Advance `rows` together; one sampled token per row and the executor's time in ms (a
+    /// pipeline: summed over its stages).
     pub async fn step(&self, rows: Vec<StepRow>) -> anyhow::Result<(Vec<u32>, f64)> {
+        let n = rows.len();
+        match self.step_with(rows, Vec::new()).await? {
+            (StepOut::Tokens(t), ms) if t.len() == n => Ok((t, ms)),
+            (other, _) => bail!("a step of {n} rows gave {other:?}"),
+        }
+    }
+
+    /// One step with `hidden` (a stage's input from the stage before it; empty for a model or
+    /// first stage that embeds the rows' ids).
+    pub async fn step_with(&self, rows: Vec<StepRow>, hidden: Vec<Tensor>) -> anyhow::Result<(StepOut, f64)> {
         match self {
             Stepper::Host { model, sessions, vocab } => {
                 let (model, sessions, vocab) = (model.clone(), sessions.clone(), *vocab);
                 // The CPU executor blocks for the whole step: keep it off the async workers.
                 tokio::task::spawn_blocking(move || {
-                    let plan = sessions.lock().expect("sessions").plan(&rows, vocab)?;
+                    let plan = sessions.lock().expect("sessions").plan_stage(model.graph(), &rows, vocab, hidden)?;
                     let t0 = std::time::Instant::now();
-                    let out = model.run(&plan.inputs)?;
+                    let mut out = model.run(&plan.inputs)?;
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
                     sessions.lock().expect("sessions").commit(&plan);
-                    let ids = out.first().context("a step outputs token ids")?;
-                    Ok((
-                        ids.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect(),
-                        ms,
-                    ))
+                    anyhow::ensure!(!out.is_empty(), "a step has an output");
+                    let first = out.swap_remove(0);
+                    Ok((step_out(first, rows.len())?, ms))
                 })
                 .await?
             }
             Stepper::Tab(tm) => {
                 let n = rows.len();
                 let req = Request::Step { model: tm.name.clone(), rows };
-                match tm.tab.call(req, vec![], RUN_TIMEOUT).await? {
-                    (Reply::Stepped { tokens, device_ms }, _) if tokens.len() == n => Ok((tokens, device_ms)),
+                match tm.tab.call(req, hidden, RUN_TIMEOUT).await? {
+                    (Reply::Stepped { tokens, device_ms }, _) if tokens.len() == n => {
+                        Ok((StepOut::Tokens(tokens), device_ms))
+                    }
+                    (Reply::Stepped { tokens, device_ms }, mut t) if tokens.is_empty() && t.len() == 1 => {
+                        Ok((StepOut::Hidden(t.swap_remove(0)), device_ms))
+                    }
                     (other, _) => bail!("tab {} answered {other:?} to a Step of {n} rows", tm.tab.id()),
                 }
             }
+            Stepper::Pipeline(p) => Box::pin(p.step(rows)).await,
         }
     }
 
-    /// Free `session`'s KV rows.
+    /// Free `session`'s KV rows (a pipeline: on every stage).
     pub async fn close(&self, session: u64) -> anyhow::Result<()> {
         match self {
             Stepper::Host { sessions, .. } => {
@@ -127,6 +171,18 @@ impl Stepper {
                     (other, _) => bail!("tab {} answered {other:?} to CloseSession", tm.tab.id()),
                 }
             }
+            Stepper::Pipeline(p) => Box::pin(p.close(session)).await,
         }
+    }
+}
+
+/// A step's first output: ids `[rows]` (i32) or a hidden state (f32).
+fn step_out(t: Tensor, rows: usize) -> anyhow::Result<StepOut> {
+    match t.dtype {
+        DType::I32 if t.shape == [rows as u32] => Ok(StepOut::Tokens(
+            t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u32).collect(),
+        )),
+        DType::F32 => Ok(StepOut::Hidden(t)),
+        _ => bail!("a step output {:?} {:?}: neither ids for {rows} rows nor a hidden state", t.dtype, t.shape),
     }
 }

@@ -8,5 +8,6 @@ pub mod health;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;
+pub mod sharding;
 pub mod step_batching;
 pub mod trend;

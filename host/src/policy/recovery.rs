@@ -48,6 +48,14 @@ pub enum Strategy {
     Coordinated,
 }
 
+/// Whether a stage of a sharded model that failed with `c` is lost, to be replaced by a new tab
+/// with its KV cache rebuilt from the host's history (the other stages keep theirs): its tab is
+/// gone, hung, or lost its device. Bad input, a full cache or a broken model are not helped by
+/// another tab running the same stage.
+pub fn stage_lost(c: Category) -> bool {
+    matches!(c, Category::Connection | Category::Crash | Category::Timeout | Category::DeviceLost)
+}
+
 /// The strategy for a category (multi-tab work always coordinates).
 pub fn strategy(c: Category, multi_tab: bool) -> Option<Strategy> {
     if multi_tab && c != Category::BadInput {
@@ -130,6 +138,16 @@ pub fn should_hedge(elapsed: Duration, expected: Option<Duration>, factor: f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_is_replaced_only_when_its_tab_failed() {
+        for c in [Category::Connection, Category::Crash, Category::Timeout, Category::DeviceLost] {
+            assert!(stage_lost(c), "{c:?}");
+        }
+        for c in [Category::BadInput, Category::ModelError] {
+            assert!(!stage_lost(c), "{c:?}");
+        }
+    }
 
     #[test]
     fn strategies_by_category() {

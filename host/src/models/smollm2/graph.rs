@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, bail};
-use shared_proto::{DType, Dim, Graph, KvDecl, Op, STEP_INPUTS, Tensor};
+use shared_proto::{DType, Dim, Graph, KvDecl, Op, STAGE_INPUT, STEP_INPUTS, Tensor};
 
 use crate::models::builder::{GraphBuilder, V};
+use crate::policy::sharding::Part;
 
 /// The hyper-parameters the graph needs (from the GGUF's `llama.*` metadata).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +51,22 @@ pub fn build(
     limits: KvLimits,
     outputs: Outputs,
 ) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+    build_stage(cfg, weights, limits, &Part::whole_model(cfg.layers), outputs)
+}
+
+/// Build the step graph of one stage of a sharded model: its `parts` in order (see
+/// [`Part`]). A stage that starts with the embedding takes token ids; any other takes the
+/// previous stage's hidden state (`hidden [T, width]`, f32). A stage that ends with the head
+/// samples ids; any other outputs the hidden state of every token it ran (the next stage needs
+/// each token's row for its own KV cache). The KV cache holds the stage's attention parts only,
+/// numbered from 0 in the stage.
+pub fn build_stage(
+    cfg: &Config,
+    weights: &HashMap<String, Tensor>,
+    limits: KvLimits,
+    parts: &[Part],
+    outputs: Outputs,
+) -> anyhow::Result<(Graph, Vec<Tensor>)> {
     if cfg.heads == 0
         || cfg.kv_heads == 0
         || !cfg.hidden.is_multiple_of(cfg.heads)
@@ -57,78 +74,134 @@ pub fn build(
     {
         bail!("{} heads / {} kv heads do not divide a width of {}", cfg.heads, cfg.kv_heads, cfg.hidden);
     }
+    check_parts(parts, cfg.layers)?;
     let (h, hd, kvw) = (cfg.hidden, cfg.head_dim(), cfg.kv_heads * cfg.head_dim());
     let mut g = GraphBuilder::default();
+    let attention_parts = parts.iter().filter(|p| matches!(p, Part::Attention(_))).count() as u32;
     g.kv(KvDecl {
-        layers: cfg.layers,
+        layers: attention_parts,
         kv_heads: cfg.kv_heads,
         head_dim: hd,
         max_tokens: limits.max_tokens,
         max_sessions: limits.max_sessions,
     });
-    let [ids, pos, kv_start, rows, sampling] = STEP_INPUTS.map(|(name, dtype)| {
-        let dims = match name {
-            "rows" => vec![Dim::Batch],
-            "sampling" => vec![Dim::Batch, Dim::Fixed(4)],
-            _ => vec![Dim::Seq],
+    let embeds = parts.first() == Some(&Part::Embed);
+    let [first, pos, kv_start, rows, sampling] = STEP_INPUTS.map(|(name, dtype)| {
+        let (name, dtype, dims) = match name {
+            "ids" if !embeds => (STAGE_INPUT.0, STAGE_INPUT.1, vec![Dim::Seq, Dim::Fixed(h)]),
+            "rows" => (name, dtype, vec![Dim::Batch]),
+            "sampling" => (name, dtype, vec![Dim::Batch, Dim::Fixed(4)]),
+            _ => (name, dtype, vec![Dim::Seq]),
         };
         g.input(name, dtype, dims)
     });
-    // A weight with the shape the graph needs: norms f32, matrices f32 or block-quantized.
-    let w = |g: &mut GraphBuilder, name: &str, shape: &[u32]| -> anyhow::Result<V> {
+    // A weight with the shape the graph needs: norms f32, matrices f32 or block-quantized;
+    // declared once however often it is used (the tied embedding serves as the LM head too).
+    let mut declared: HashMap<String, V> = HashMap::new();
+    let mut w = |g: &mut GraphBuilder, name: &str, shape: &[u32]| -> anyhow::Result<V> {
+        if let Some(&v) = declared.get(name) {
+            return Ok(v);
+        }
         let t = weights.get(name).with_context(|| format!("weight {name} missing"))?;
         let ok_dtype =
             if shape.len() == 1 { t.dtype == DType::F32 } else { t.dtype == DType::F32 || t.dtype.block().is_some() };
         if t.shape != shape || !ok_dtype {
             bail!("weight {name} is {:?} {:?}, expected {shape:?}", t.dtype, t.shape);
         }
-        Ok(g.weight(name, t.clone()))
+        let v = g.weight(name, t.clone());
+        declared.insert(name.to_string(), v);
+        Ok(v)
     };
     let linear = Op::Linear { bias: false };
     let norm = Op::RmsNorm { eps: cfg.rms_eps };
 
-    let embd = w(&mut g, "token_embd.weight", &[cfg.vocab, h])?;
-    let mut x = g.op(Op::Gather, &[embd, ids]);
-    for l in 0..cfg.layers {
-        let p = format!("blk.{l}");
-        let gamma = w(&mut g, &format!("{p}.attn_norm.weight"), &[h])?;
-        let xn = g.op(norm.clone(), &[x, gamma]);
-        let wq = w(&mut g, &format!("{p}.attn_q.weight"), &[h, h])?;
-        let wk = w(&mut g, &format!("{p}.attn_k.weight"), &[kvw, h])?;
-        let wv = w(&mut g, &format!("{p}.attn_v.weight"), &[kvw, h])?;
-        let q = g.op(linear.clone(), &[xn, wq]);
-        let k = g.op(linear.clone(), &[xn, wk]);
-        let v = g.op(linear.clone(), &[xn, wv]);
-        // GGUF's q/k rows are already permuted for interleaved pairs, which is what Rope rotates.
-        let q = g.op(Op::Rope { heads: cfg.heads, base: cfg.rope_base }, &[q, pos]);
-        let k = g.op(Op::Rope { heads: cfg.kv_heads, base: cfg.rope_base }, &[k, pos]);
-        let attn = Op::CachedAttention { layer: l, heads: cfg.heads, kv_heads: cfg.kv_heads };
-        let a = g.op(attn, &[q, k, v, pos, kv_start]);
-        let wo = w(&mut g, &format!("{p}.attn_output.weight"), &[h, h])?;
-        let o = g.op(linear.clone(), &[a, wo]);
-        x = g.op(Op::Add, &[o, x]);
-
-        let gamma = w(&mut g, &format!("{p}.ffn_norm.weight"), &[h])?;
-        let xn = g.op(norm.clone(), &[x, gamma]);
-        let wg = w(&mut g, &format!("{p}.ffn_gate.weight"), &[cfg.ffn, h])?;
-        let wu = w(&mut g, &format!("{p}.ffn_up.weight"), &[cfg.ffn, h])?;
-        let gate = g.op(linear.clone(), &[xn, wg]);
-        let up = g.op(linear.clone(), &[xn, wu]);
-        let act = g.op(Op::SiluMul, &[gate, up]);
-        let wd = w(&mut g, &format!("{p}.ffn_down.weight"), &[h, cfg.ffn])?;
-        let down = g.op(linear.clone(), &[act, wd]);
-        x = g.op(Op::Add, &[down, x]);
+    let mut x = first;
+    let mut kv_layer = 0;
+    let mut out = None;
+    for part in parts {
+        match *part {
+            Part::Embed => {
+                let embd = w(&mut g, "token_embd.weight", &[cfg.vocab, h])?;
+                x = g.op(Op::Gather, &[embd, first]);
+            }
+            Part::Attention(l) => {
+                let p = format!("blk.{l}");
+                let gamma = w(&mut g, &format!("{p}.attn_norm.weight"), &[h])?;
+                let xn = g.op(norm.clone(), &[x, gamma]);
+                let wq = w(&mut g, &format!("{p}.attn_q.weight"), &[h, h])?;
+                let wk = w(&mut g, &format!("{p}.attn_k.weight"), &[kvw, h])?;
+                let wv = w(&mut g, &format!("{p}.attn_v.weight"), &[kvw, h])?;
+                let q = g.op(linear.clone(), &[xn, wq]);
+                let k = g.op(linear.clone(), &[xn, wk]);
+                let v = g.op(linear.clone(), &[xn, wv]);
+                // GGUF's q/k rows are already permuted for interleaved pairs, which is what Rope rotates.
+                let q = g.op(Op::Rope { heads: cfg.heads, base: cfg.rope_base }, &[q, pos]);
+                let k = g.op(Op::Rope { heads: cfg.kv_heads, base: cfg.rope_base }, &[k, pos]);
+                let attn = Op::CachedAttention { layer: kv_layer, heads: cfg.heads, kv_heads: cfg.kv_heads };
+                kv_layer += 1;
+                let a = g.op(attn, &[q, k, v, pos, kv_start]);
+                let wo = w(&mut g, &format!("{p}.attn_output.weight"), &[h, h])?;
+                let o = g.op(linear.clone(), &[a, wo]);
+                x = g.op(Op::Add, &[o, x]);
+            }
+            Part::Ffn(l) => {
+                let p = format!("blk.{l}");
+                let gamma = w(&mut g, &format!("{p}.ffn_norm.weight"), &[h])?;
+                let xn = g.op(norm.clone(), &[x, gamma]);
+                let wg = w(&mut g, &format!("{p}.ffn_gate.weight"), &[cfg.ffn, h])?;
+                let wu = w(&mut g, &format!("{p}.ffn_up.weight"), &[cfg.ffn, h])?;
+                let gate = g.op(linear.clone(), &[xn, wg]);
+                let up = g.op(linear.clone(), &[xn, wu]);
+                let act = g.op(Op::SiluMul, &[gate, up]);
+                let wd = w(&mut g, &format!("{p}.ffn_down.weight"), &[h, cfg.ffn])?;
+                let down = g.op(linear.clone(), &[act, wd]);
+                x = g.op(Op::Add, &[down, x]);
+            }
+            Part::Head => {
+                let gamma = w(&mut g, "output_norm.weight", &[h])?;
+                let xn = g.op(norm.clone(), &[x, gamma]);
+                // Only each session's last token is sampled: its row is gathered before the LM head.
+                let last = g.op(Op::Gather, &[xn, rows]);
+                let embd = w(&mut g, "token_embd.weight", &[cfg.vocab, h])?;
+                let logits = g.op(linear.clone(), &[last, embd]);
+                let next = g.op(Op::Sample, &[logits, sampling]);
+                out = Some(if outputs.logits { vec![next, logits] } else { vec![next] });
+            }
+        }
     }
-    let gamma = w(&mut g, "output_norm.weight", &[h])?;
-    let xn = g.op(norm, &[x, gamma]);
-    // Only each session's last token is sampled: its row is gathered before the LM head.
-    let last = g.op(Op::Gather, &[xn, rows]);
-    let logits = g.op(linear, &[last, embd]);
-    let next = g.op(Op::Sample, &[logits, sampling]);
-    let outs = if outputs.logits { vec![next, logits] } else { vec![next] };
+    let outs = out.unwrap_or_else(|| vec![x]);
     let (graph, tensors) = g.finish(&outs);
     graph.validate()?;
     Ok((graph, tensors))
+}
+
+/// A stage's parts must run in model order: the embedding only first, the head only last, and
+/// the transformer parts in the order the model applies them (an attention part before the
+/// FFN of its layer, layers ascending, none twice) — the hidden state a stage reads is the one
+/// the previous part wrote.
+fn check_parts(parts: &[Part], layers: u32) -> anyhow::Result<()> {
+    let order = |p: &Part| match *p {
+        Part::Embed => Some(0),
+        Part::Attention(l) => Some(1 + 2 * l as u64),
+        Part::Ffn(l) => Some(2 + 2 * l as u64),
+        Part::Head => Some(2 + 2 * layers as u64),
+    };
+    if parts.is_empty() {
+        bail!("a stage needs at least one part");
+    }
+    for p in parts {
+        if let Part::Attention(l) | Part::Ffn(l) = *p
+            && l as u64 >= layers as u64
+        {
+            bail!("{p:?}: the model has {layers} layers");
+        }
+    }
+    for w in parts.windows(2) {
+        if order(&w[0]) >= order(&w[1]) {
+            bail!("stage parts out of model order: {:?} before {:?}", w[0], w[1]);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -266,5 +339,93 @@ mod tests {
         assert!(e.contains("blk.0.ffn_down.weight missing"), "{e}");
         let e = build(&TINY, &tiny_weights(&TINY), KvLimits { max_tokens: 0, max_sessions: 1 }, Outputs::default());
         assert!(e.is_err(), "an empty KV cache is refused by validate()");
+    }
+
+    /// Runs a step graph (or a chain of stage graphs) for one session's tokens on the CPU
+    /// executor: the sampled id and the logits.
+    fn forward(stages: &[(Graph, Vec<Tensor>)], tokens: &[u32]) -> (u32, Vec<f32>) {
+        use page_runtime::executors::cpu::CpuModel;
+        use page_runtime::sessions::Sessions;
+        use shared_proto::StepRow;
+        let rows = [StepRow { session: 1, tokens: tokens.to_vec(), sampling: shared_proto::Sampling::Greedy }];
+        let mut hidden = vec![];
+        for (i, (g, w)) in stages.iter().enumerate() {
+            let mut sessions = Sessions::new(g.kv.unwrap());
+            sessions.open(1, 64).unwrap();
+            let plan = sessions.plan_stage(g, &rows, page_runtime::sessions::vocab(g), hidden).unwrap();
+            let out = CpuModel::new(g.clone(), w.clone()).unwrap().run(&plan.inputs).unwrap();
+            if i + 1 == stages.len() {
+                let id = i32::from_le_bytes(out[0].data[..4].try_into().unwrap()) as u32;
+                return (id, out[1].to_f32().unwrap());
+            }
+            assert_eq!((out[0].dtype, out[0].shape.clone()), (DType::F32, vec![tokens.len() as u32, 64]));
+            hidden = vec![out[0].clone()];
+        }
+        unreachable!("no stages")
+    }
+
+    #[test]
+    fn stages_hold_only_their_weights_and_chain_to_the_whole_model() {
+        let weights = tiny_weights(&TINY);
+        let logits = Outputs { logits: true };
+        let whole = build(&TINY, &weights, LIMITS, logits).unwrap();
+        let tokens = [3, 17, 42, 8, 1];
+        let (id, expect) = forward(std::slice::from_ref(&whole), &tokens);
+        let layered = |shards| {
+            let plans = crate::policy::sharding::even_layers(TINY.layers, shards);
+            plans.iter().map(|p| build_stage(&TINY, &weights, LIMITS, p, logits).unwrap()).collect::<Vec<_>>()
+        };
+        let components = [
+            vec![Part::Embed],
+            vec![Part::Attention(0), Part::Ffn(0), Part::Attention(1), Part::Ffn(1)],
+            vec![Part::Head],
+        ];
+        let attn_ffn = [
+            vec![Part::Embed, Part::Attention(0)],
+            vec![Part::Ffn(0)],
+            vec![Part::Attention(1)],
+            vec![Part::Ffn(1), Part::Head],
+        ];
+        let split = [
+            layered(2),
+            components.iter().map(|p| build_stage(&TINY, &weights, LIMITS, p, logits).unwrap()).collect(),
+            attn_ffn.iter().map(|p| build_stage(&TINY, &weights, LIMITS, p, logits).unwrap()).collect(),
+        ];
+        for stages in &split {
+            // The same ops in the same order on the same executor: the same bits.
+            assert_eq!(forward(stages, &tokens), (id, expect.clone()));
+            // Every weight is somewhere, each stage holds only its own; the tied embedding is
+            // held by both ends when they are apart.
+            let mut names: Vec<&str> =
+                stages.iter().flat_map(|(g, _)| g.weights.iter().map(|w| w.name.as_str())).collect();
+            let embd = names.iter().filter(|n| **n == "token_embd.weight").count();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), weights.len());
+            assert_eq!(embd, 2, "embedding and head apart: both hold the tied table");
+            let attention: u32 = stages.iter().map(|(g, _)| g.kv.unwrap().layers).sum();
+            assert_eq!(attention, TINY.layers, "each layer's KV cache lives on the stage of its attention");
+        }
+        // The first stage takes ids, the others the hidden state; only the last samples.
+        let (first, last) = (&split[0][0].0, &split[0][1].0);
+        assert_eq!((first.inputs[0].name.as_str(), last.inputs[0].name.as_str()), ("ids", "hidden"));
+        assert_eq!(first.outputs.len(), 1);
+        assert!(matches!(op_of(last, last.outputs[0]), Op::Sample));
+    }
+
+    #[test]
+    fn stage_parts_out_of_model_order_are_refused() {
+        let w = tiny_weights(&TINY);
+        for parts in [
+            vec![],
+            vec![Part::Attention(0), Part::Embed],
+            vec![Part::Ffn(0), Part::Attention(0)],
+            vec![Part::Head, Part::Ffn(1)],
+            vec![Part::Attention(0), Part::Attention(0)],
+            vec![Part::Attention(2)],
+        ] {
+            let e = build_stage(&TINY, &w, LIMITS, &parts, Outputs::default());
+            assert!(e.is_err(), "{parts:?} was accepted");
+        }
     }
 }

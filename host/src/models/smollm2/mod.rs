@@ -107,6 +107,16 @@ impl SmolLm2 {
         graph::build(&self.config, &self.weights, limits, outputs)
     }
 
+    /// The step graph of one stage of a sharded model (see [`graph::build_stage`]).
+    pub fn stage_graph(
+        &self,
+        limits: KvLimits,
+        parts: &[crate::policy::sharding::Part],
+        outputs: Outputs,
+    ) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        graph::build_stage(&self.config, &self.weights, limits, parts, outputs)
+    }
+
     /// The step graph, giving up the loaded tensors to it: the model keeps its tokenizer and
     /// metadata but no second copy of the weights (~98 MB); `graph` fails afterwards.
     pub fn into_graph(&mut self, limits: KvLimits, outputs: Outputs) -> anyhow::Result<(Graph, Vec<Tensor>)> {

@@ -232,7 +232,7 @@ impl NnModel {
         let ctx = &self.nn.context;
         let shared = |t: &&Tensor| t.data.len() > CONSTANT_MAX_BYTES || t.dtype.block().is_some();
         let created = futures_util::future::try_join_all(
-            tensors.iter().filter(shared).map(|t| create_tensor(ctx, stored_dtype(t.dtype), &t.shape, "writable")),
+            tensors.iter().filter(shared).map(|t| create_tensor(ctx, stored_dtype(t.dtype), &t.shape, &["writable"])),
         )
         .await?;
         let mut created = created.into_iter();
@@ -262,14 +262,14 @@ impl NnModel {
         self.nn.alive()?;
         let decl = &self.graph.weights[index];
         let w = if decl.dtype.block().is_some() {
-            let tensor = create_tensor(&self.nn.context, DType::F32, &decl.shape, "writable").await?;
+            let tensor = create_tensor(&self.nn.context, DType::F32, &decl.shape, &["writable"]).await?;
             let f = dequantize_js(decl.dtype, bytes);
             self.nn.context.write_tensor(&tensor.0, &f).map_err(|e| internal("writeTensor", e))?;
             // Copied into the tensor: detaching frees the f32 buffer now, not at GC.
             let _ = f.buffer().transfer_with_length(0);
             Weight::Shared { dtype: DType::F32, shape: decl.shape.clone(), tensor }
         } else if bytes.length() as usize > CONSTANT_MAX_BYTES {
-            let tensor = create_tensor(&self.nn.context, decl.dtype, &decl.shape, "writable").await?;
+            let tensor = create_tensor(&self.nn.context, decl.dtype, &decl.shape, &["writable"]).await?;
             self.nn.context.write_tensor(&tensor.0, bytes).map_err(|e| internal("writeTensor", e))?;
             Weight::Shared { dtype: decl.dtype, shape: decl.shape.clone(), tensor }
         } else {
@@ -435,18 +435,22 @@ impl NnModel {
         }
         let ctx = &self.nn.context;
         let g = &self.graph;
-        let inputs = g.inputs.iter().zip(bucket).map(|(d, shape)| create_tensor(ctx, d.dtype, shape, "writable"));
-        let outputs =
-            g.outputs.iter().map(|&o| create_tensor(ctx, step::out_dtype(g, o), &out_shapes[o as usize], "readable"));
+        let inputs = g.inputs.iter().zip(bucket).map(|(d, shape)| create_tensor(ctx, d.dtype, shape, &["writable"]));
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|&o| create_tensor(ctx, step::out_dtype(g, o), &out_shapes[o as usize], &["readable"]));
         let inputs = futures_util::future::try_join_all(inputs).await?;
         let outputs = futures_util::future::try_join_all(outputs).await?;
         Ok(TensorSet { inputs, outputs })
     }
 }
 
-async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &str) -> Result<NnTensor, RemoteError> {
+async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &[&str]) -> Result<NnTensor, RemoteError> {
     let d = desc(dtype, shape);
-    let _ = Reflect::set(&d, &usage.into(), &JsValue::TRUE);
+    for u in usage {
+        let _ = Reflect::set(&d, &(*u).into(), &JsValue::TRUE);
+    }
     let p = ctx.create_tensor(&d).map_err(|e| internal("createTensor", e))?;
     Ok(NnTensor(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into()))
 }

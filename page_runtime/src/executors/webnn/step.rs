@@ -25,6 +25,20 @@ pub(super) struct KvTensors {
     sets: [Vec<(NnTensor, NnTensor)>; 2],
     /// The set holding the cache as of the last step.
     current: Cell<usize>,
+    /// Rows in each tensor: the highest row a step has written, plus one, plus the scratch row,
+    /// rounded up to a power of two (never past the declared cache). Every step's scatter copies
+    /// whole tensors (WebNN has no in-place update), so a cache sized for every session's full
+    /// context (16 385 rows in the pool: 755 MB copied per decode step) is grown only as it is used.
+    rows: u32,
+}
+
+/// The fewest rows a KV tensor is created with.
+const MIN_KV_ROWS: u32 = 64;
+
+/// Rows a KV tensor needs so that row `highest` and a scratch row above it fit: a power of two
+/// from `MIN_KV_ROWS`, at most the declared cache plus its scratch row.
+fn kv_rows(highest: u32, max_tokens: u32) -> u32 {
+    (highest + 2).next_power_of_two().max(MIN_KV_ROWS).min(max_tokens + 1)
 }
 
 /// The narrowest attention window a graph is built for: windows are powers of two from here,
@@ -79,25 +93,44 @@ fn rope_base(g: &Graph) -> f32 {
 }
 
 impl NnModel {
-    async fn kv_tensors(&self) -> Result<Rc<KvTensors>, RemoteError> {
-        if let Some(kv) = self.kv.borrow().clone() {
-            return Ok(kv);
+    /// The KV tensors, with at least `rows` rows: created at the first step, grown (the written
+    /// rows copied over through wasm; log2 times over a model's life) when a step writes past them.
+    async fn kv_tensors(&self, rows: u32) -> Result<Rc<KvTensors>, RemoteError> {
+        let old = self.kv.borrow().clone();
+        if let Some(kv) = &old
+            && kv.rows >= rows
+        {
+            return Ok(kv.clone());
         }
         let kv = self.graph.kv.expect("a stateful graph");
-        let shape = [kv.max_tokens + 1, kv.kv_heads * kv.head_dim];
+        let width = kv.kv_heads * kv.head_dim;
         let ctx = &self.nn.context;
+        let shape = [rows, width];
         let mut sets = Vec::new();
         for _ in 0..2 {
             let all = futures_util::future::try_join_all(
-                (0..kv.layers * 2).map(|_| create_tensor(ctx, DType::F32, &shape, "readable")),
+                (0..kv.layers * 2).map(|_| create_tensor(ctx, DType::F32, &shape, &["readable", "writable"])),
             )
             .await?;
             let mut it = all.into_iter();
-            sets.push((0..kv.layers).map(|_| (it.next().expect("k"), it.next().expect("v"))).collect());
+            sets.push((0..kv.layers).map(|_| (it.next().expect("k"), it.next().expect("v"))).collect::<Vec<_>>());
         }
         let [a, b]: [Vec<_>; 2] = sets.try_into().map_err(|_| internal("kv", "two sets".into()))?;
-        let made = Rc::new(KvTensors { sets: [a, b], current: Cell::new(0) });
-        Ok(self.kv.borrow_mut().get_or_insert(made).clone())
+        let made = KvTensors { sets: [a, b], current: Cell::new(0), rows };
+        if let Some(old) = old {
+            // The old rows move to the new current set; rows past them were never written.
+            let from = &old.sets[old.current.get()];
+            for ((ok, ov), (nk, nv)) in from.iter().zip(&made.sets[0]) {
+                for (src, dst) in [(ok, nk), (ov, nv)] {
+                    let mut bytes = read(ctx, src).await?;
+                    bytes.resize(rows as usize * width as usize * 4, 0);
+                    ctx.write_tensor(&dst.0, &wasm_view(&bytes)).map_err(|e| internal("writeTensor", e))?;
+                }
+            }
+        }
+        let made = Rc::new(made);
+        *self.kv.borrow_mut() = Some(made.clone());
+        Ok(made)
     }
 
     /// Input and output tensors of a step bucket: the graph's inputs, then the step's extra
@@ -115,15 +148,16 @@ impl NnModel {
         }
         let (ctx, g) = (&self.nn.context, &self.graph);
         let ins = g.inputs.iter().zip(bucket).map(|(d, s)| (d.dtype, s.clone())).chain(extra.iter().cloned());
-        let ins = ins.map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, "writable").await });
+        let ins = ins.map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, &["writable"]).await });
         let mut outs: Vec<(DType, Vec<u32>)> =
             g.outputs.iter().map(|&o| (out_dtype(g, o), out_shapes[o as usize].clone())).collect();
         if let Some((slot, shape)) = logits.filter(|(slot, _)| *slot == g.outputs.len()) {
             debug_assert_eq!(slot, outs.len());
             outs.push((DType::F32, shape));
         }
-        let outs =
-            outs.into_iter().map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, "readable").await });
+        let outs = outs
+            .into_iter()
+            .map(|(dtype, shape)| async move { create_tensor(ctx, dtype, &shape, &["readable"]).await });
         let inputs = futures_util::future::try_join_all(ins).await?;
         let outputs = futures_util::future::try_join_all(outs).await?;
         Ok(TensorSet { inputs, outputs })
@@ -153,14 +187,17 @@ impl NnModel {
         let tb = if t == 1 { 1 } else { seq_bucket(t) };
         let rb = batch_bucket(r);
         let window = pos.iter().map(|&p| p as u32 + 1).max().unwrap_or(1).next_power_of_two().max(MIN_WINDOW);
-        let shape = StepShape { c: window, rows: kvd.max_tokens + 1 };
-        let mut bucket: Vec<Vec<u32>> = vec![vec![tb], vec![tb], vec![tb], vec![rb], vec![rb, 4]];
+        let highest = pos.iter().zip(&start).map(|(&p, &s)| (p + s) as u32).max().unwrap_or(0);
+        let kv = self.kv_tensors(kv_rows(highest, kvd.max_tokens)).await?;
+        let shape = StepShape { c: window, rows: kv.rows };
+        // Input 0 is `ids [T]`, or a stage's `hidden [T, width]`.
+        let first: Vec<u32> = std::iter::once(tb).chain(inputs[0].shape.iter().skip(1).copied()).collect();
+        let mut bucket: Vec<Vec<u32>> = vec![first, vec![tb], vec![tb], vec![rb], vec![rb, 4]];
         let out_padded = shapes::graph_shapes(g, &bucket)?;
         let real: Vec<Vec<u32>> = inputs.iter().map(|t| t.shape.clone()).collect();
         let out_real = shapes::graph_shapes(g, &real)?;
         bucket.push(vec![shape.c, shape.rows]);
         let (graph, cached) = self.graph_for(&bucket, &out_padded, Some(shape)).await?;
-        let kv = self.kv_tensors().await?;
 
         let half = kvd.head_dim / 2;
         let extra = [
@@ -180,7 +217,7 @@ impl NnModel {
         let set = self.step_tensors(&bucket, &out_padded, &extra_decl, logits_shape.clone()).await?;
 
         // The step's extra inputs; padding tokens write the scratch row and read only it.
-        let scratch = kvd.max_tokens as i32;
+        let scratch = kv.rows as i32 - 1;
         let (mut kv_row, mut gidx, mut mask) = (vec![scratch; tb as usize], vec![], vec![]);
         let (mut cos, mut sin) = (vec![1f32; (tb * half) as usize], vec![0f32; (tb * half) as usize]);
         let inv_freq: Vec<f64> =

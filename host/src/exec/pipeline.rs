@@ -1,0 +1,275 @@
+//! A model sharded into a pipeline of stages, each a [`Stepper`] holding some of its parts (in
+//! its own tab, or on the host): a session is open on every stage, and a step runs the stages in
+//! order, each stage's hidden state passing through the host to the next.
+//!
+//! Recovery (Petals' approach): the host keeps, per session, what each stage has been given —
+//! the token ids for the first stage, the hidden rows for the others (2.3 KB per token per stage
+//! at width 576). A stage lost mid-step (its tab closed, crashed or timed out) is replaced by
+//! the pipeline's [`Replacer`] (a spare tab or a new one, the stage's weights loaded), every open
+//! session is re-opened on it and its inputs replayed through it alone — which rebuilds exactly
+//! the KV cache the lost stage had — and the step goes on from that stage. The other stages keep
+//! their caches, and the stream sees the same tokens it would have without the fault.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures_util::future::BoxFuture;
+use shared_proto::{Sampling, StepRow, Tensor};
+
+use super::stepper::{StepOut, Stepper};
+use crate::policy::recovery;
+use crate::tab::TabError;
+
+/// Makes a new stepper for stage `i` (its weights loaded), in place of a lost one.
+pub type Replacer = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Stepper>> + Send + Sync>;
+
+/// Tokens replayed per step when a replacement rebuilds a session's KV cache (the decoder's
+/// step size: one step's worth of prefill).
+const REPLAY_CHUNK: usize = 256;
+
+/// Replacements tried for one stage within one step before the step fails.
+const MAX_REPLACEMENTS: usize = 2;
+
+pub struct Pipeline {
+    stages: Mutex<Vec<Arc<Stepper>>>,
+    /// One turn per stage: a stage runs one call at a time (a tab refuses a second step of a
+    /// model while one runs), and a replacement holds the turn while it rebuilds the stage.
+    turns: Vec<tokio::sync::Mutex<()>>,
+    /// Groups a step's rows are split into, each going through the stages behind the one before
+    /// (1: the whole step goes stage by stage; more: stages work at once on different sessions).
+    micro_batches: usize,
+    /// Per open session: its capacity and the inputs each stage committed.
+    history: Mutex<HashMap<u64, History>>,
+    replacer: Option<Replacer>,
+    /// Width of the hidden state between stages.
+    width: u32,
+    pub stats: PipelineStats,
+}
+
+#[derive(Default)]
+pub struct PipelineStats {
+    /// Stages replaced after a loss.
+    pub recoveries: AtomicU64,
+    /// Loss seen → replacement loaded, sessions re-opened and replayed (ms), one per recovery.
+    pub recovery_ms: Mutex<Vec<f64>>,
+    /// Tokens replayed into replacements.
+    pub replayed_tokens: AtomicU64,
+}
+
+struct History {
+    capacity: u32,
+    /// Every token stage 0 committed, in order (stage i has committed a prefix of them).
+    tokens: Vec<u32>,
+    /// For stage i ≥ 1 (index i − 1): the hidden rows it committed, `width` floats each.
+    hidden: Vec<Vec<f32>>,
+}
+
+impl Pipeline {
+    /// `stages` in model order; hidden states of `width` floats pass between them; a step's rows
+    /// go through in up to `micro_batches` groups.
+    pub fn new(
+        stages: Vec<Stepper>,
+        width: u32,
+        micro_batches: usize,
+        replacer: Option<Replacer>,
+    ) -> anyhow::Result<Pipeline> {
+        if stages.is_empty() {
+            bail!("a pipeline needs at least one stage");
+        }
+        Ok(Pipeline {
+            turns: stages.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
+            micro_batches: micro_batches.max(1),
+            stages: Mutex::new(stages.into_iter().map(Arc::new).collect()),
+            history: Mutex::new(HashMap::new()),
+            replacer,
+            width,
+            stats: PipelineStats::default(),
+        })
+    }
+
+    /// The stages as of now (a replacement swaps one).
+    pub fn stages(&self) -> Vec<Arc<Stepper>> {
+        self.stages.lock().expect("stages").clone()
+    }
+
+    fn stage(&self, i: usize) -> Arc<Stepper> {
+        self.stages.lock().expect("stages")[i].clone()
+    }
+
+    /// Open `session` on every stage (a lost stage is replaced first); the KV bytes reserved
+    /// in all. A stage that refuses closes it on the ones opened.
+    pub async fn open(&self, session: u64, capacity: u32) -> anyhow::Result<u64> {
+        let n = self.stages.lock().expect("stages").len();
+        let mut total = 0;
+        for i in 0..n {
+            let mut replaced = 0;
+            let _turn = self.turns[i].lock().await;
+            loop {
+                match self.stage(i).open(session, capacity).await {
+                    Ok(b) => {
+                        total += b;
+                        break;
+                    }
+                    Err(e) => {
+                        if let Some(replacer) = self.replacer_for(&e, replaced) {
+                            replaced += 1;
+                            self.replace(i, replacer)
+                                .await
+                                .with_context(|| format!("replacing stage {i} after: {e:#}"))?;
+                            continue;
+                        }
+                        for (j, s) in self.stages()[..i].iter().enumerate() {
+                            let _turn = self.turns[j].lock().await;
+                            let _ = s.close(session).await;
+                        }
+                        return Err(e.context(format!("opening session {session} on stage {i} of {n}")));
+                    }
+                }
+            }
+        }
+        let hidden = vec![Vec::new(); n - 1];
+        self.history.lock().expect("history").insert(session, History { capacity, tokens: Vec::new(), hidden });
+        Ok(total)
+    }
+
+    /// Free `session` on every stage (all tried; the first error returned).
+    pub async fn close(&self, session: u64) -> anyhow::Result<()> {
+        self.history.lock().expect("history").remove(&session);
+        let mut first_err = None;
+        for (i, stage) in self.stages().iter().enumerate() {
+            let _turn = self.turns[i].lock().await;
+            if let Err(e) = stage.close(session).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// One step through every stage: the sampled ids of `rows` in order and the stages' time.
+    /// With micro-batches the rows go through in groups, a group entering a stage as the one
+    /// before it leaves, so the stages (tabs) compute at once.
+    pub async fn step(&self, rows: Vec<StepRow>) -> anyhow::Result<(StepOut, f64)> {
+        let groups = self.micro_batches.min(rows.len()).max(1);
+        if groups == 1 {
+            return self.step_group(rows).await;
+        }
+        let size = rows.len().div_ceil(groups);
+        let parts = rows.chunks(size).map(|g| self.step_group(g.to_vec()));
+        let (mut ids, mut total) = (Vec::with_capacity(rows.len()), 0.0);
+        for r in futures_util::future::join_all(parts).await {
+            match r? {
+                (StepOut::Tokens(t), ms) => {
+                    ids.extend(t);
+                    total += ms;
+                }
+                (other, _) => bail!("a pipeline's last stage gave {other:?}"),
+            }
+        }
+        Ok((StepOut::Tokens(ids), total))
+    }
+
+    /// `rows` through every stage; a lost stage is replaced and the rows go on from it.
+    async fn step_group(&self, rows: Vec<StepRow>) -> anyhow::Result<(StepOut, f64)> {
+        let n = self.turns.len();
+        let (mut hidden, mut total) = (Vec::new(), 0.0);
+        for i in 0..n {
+            let mut replaced = 0;
+            let _turn = self.turns[i].lock().await;
+            let (out, ms) = loop {
+                let stage = self.stage(i);
+                match stage.step_with(rows.clone(), hidden.clone()).await {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        let Some(replacer) = self.replacer_for(&e, replaced) else {
+                            return Err(e.context(format!("stage {i} of {n}")));
+                        };
+                        replaced += 1;
+                        tracing::warn!("stage {i} of {n} lost ({e:#}): replacing it and replaying its sessions");
+                        self.replace(i, replacer)
+                            .await
+                            .with_context(|| format!("replacing stage {i} of {n} after: {e:#}"))?;
+                    }
+                }
+            };
+            total += ms;
+            self.commit(i, &rows, &hidden);
+            match out {
+                StepOut::Hidden(h) if i + 1 < n => hidden = vec![h],
+                out if i + 1 == n => return Ok((out, total)),
+                other => bail!("stage {i} of {n} gave {other:?}"),
+            }
+        }
+        bail!("a pipeline without stages")
+    }
+
+    /// The replacer, when `e` lost a stage (`policy::recovery::stage_lost`) and fewer than
+    /// `MAX_REPLACEMENTS` were tried for it.
+    fn replacer_for(&self, e: &anyhow::Error, replaced: usize) -> Option<&Replacer> {
+        let lost = recovery::stage_lost(TabError::category(e));
+        self.replacer.as_ref().filter(|_| lost && replaced < MAX_REPLACEMENTS)
+    }
+
+    /// Record what stage `i` committed: `rows`' tokens (stage 0) or `hidden`'s rows.
+    fn commit(&self, i: usize, rows: &[StepRow], hidden: &[Tensor]) {
+        let mut history = self.history.lock().expect("history");
+        let w = self.width as usize;
+        let floats = hidden.first().and_then(Tensor::to_f32).unwrap_or_default();
+        let mut at = 0;
+        for r in rows {
+            let n = r.tokens.len();
+            if let Some(h) = history.get_mut(&r.session) {
+                if i == 0 {
+                    h.tokens.extend(&r.tokens);
+                } else if let Some(part) = floats.get(at * w..(at + n) * w) {
+                    h.hidden[i - 1].extend_from_slice(part);
+                }
+            }
+            at += n;
+        }
+    }
+
+    /// Put a new stepper in place of stage `i` and rebuild every open session's KV cache on it.
+    async fn replace(&self, i: usize, replacer: &Replacer) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let fresh = replacer(i).await?;
+        let sessions: Vec<(u64, u32, Vec<u32>, Vec<f32>)> = {
+            let history = self.history.lock().expect("history");
+            history
+                .iter()
+                .map(|(&id, h)| {
+                    let hidden = if i == 0 { Vec::new() } else { h.hidden[i - 1].clone() };
+                    // Stage i committed every token stage 0 did, or (its own step failing) one
+                    // step fewer: its own inputs say how many.
+                    let done = if i == 0 { h.tokens.len() } else { hidden.len() / self.width as usize };
+                    (id, h.capacity, h.tokens[..done].to_vec(), hidden)
+                })
+                .collect()
+        };
+        let mut replayed = 0;
+        for (id, capacity, tokens, hidden) in sessions {
+            fresh.open(id, capacity).await.with_context(|| format!("re-opening session {id}"))?;
+            let w = self.width as usize;
+            for (c, chunk) in tokens.chunks(REPLAY_CHUNK).enumerate() {
+                let row = StepRow { session: id, tokens: chunk.to_vec(), sampling: Sampling::Greedy };
+                let input = if i == 0 {
+                    Vec::new()
+                } else {
+                    let rows = &hidden[c * REPLAY_CHUNK * w..(c * REPLAY_CHUNK + chunk.len()) * w];
+                    vec![Tensor::from_f32(vec![chunk.len() as u32, self.width], rows)]
+                };
+                // The replayed step's output (a hidden state or a sampled id) was already used.
+                fresh.step_with(vec![row], input).await.with_context(|| format!("replaying session {id}"))?;
+                replayed += chunk.len();
+            }
+        }
+        self.stages.lock().expect("stages")[i] = Arc::new(fresh);
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.stats.replayed_tokens.fetch_add(replayed as u64, Ordering::Relaxed);
+        self.stats.recovery_ms.lock().expect("stats").push(t0.elapsed().as_secs_f64() * 1e3);
+        tracing::info!("stage {i} replaced in {:?}, {replayed} tokens replayed", t0.elapsed());
+        Ok(())
+    }
+}
