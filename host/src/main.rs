@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, chat, doctor, embed, generate,
-    matmul, report, serve,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, chat, doctor, embed,
+    generate, matmul, report, serve,
 };
 use tabpool::exec::Backend;
 use tabpool::{Host, HostConfig};
@@ -302,6 +302,22 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// SmolLM2 in one tab beside sharded plans (layer and pipeline ×2/×3, component,
+    /// attention-ffn): decode tok/s, aggregate tok/s of concurrent streams, the share of token
+    /// time outside the stages, each tab's memory, and kill → next token for a lost stage.
+    Shard {
+        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
+        backend: GenBackend,
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Stage renderers killed in the recovery row (each replaced from a spare tab).
+        #[arg(long, default_value_t = 6)]
+        kills: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// A tab's memory (PSS of its process tree) empty, with MiniLM loaded and after serving every
     /// shape bucket, per backend, beside the weight bytes.
     Memory {
@@ -408,6 +424,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Bench { what: BenchWhat::Memory { backends, json } } => {
             bench_memory::run(host, bench_memory::Args { backends, json }).await
+        }
+        Command::Bench { what: BenchWhat::Shard { backend, decode, streams, kills, json } } => {
+            bench_shard::run(host, bench_shard::Args { backend, decode, streams, kills, json }).await
         }
         Command::Serve { .. }
         | Command::Chat { .. }

@@ -48,7 +48,7 @@ fn role(pid: i32) -> String {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct Sample {
     pub(crate) bytes: u64,
-    anon: u64,
+    pub(crate) anon: u64,
     by_role: BTreeMap<String, u64>,
 }
 

@@ -16,6 +16,7 @@ use crate::browser::BrowserKind;
 use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
 use crate::policy::gen_backend::{self, GenTarget};
+use crate::policy::sharding::{self, Part};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GenBackend {
@@ -190,28 +191,49 @@ pub async fn pipeline(
     spares: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    let limits = kv_limits(model, max_sessions);
     let layers = model.config.layers;
     if shards > layers {
         bail!("--shards {shards}: the model has only {layers} layers");
     }
+    let stages: Vec<(usize, Vec<Part>)> = sharding::even_layers(layers, shards).into_iter().enumerate().collect();
+    pipeline_of(host, model, backend, &stages, 1, max_sessions, spares, progress).await
+}
+
+/// `model` as the pipeline `stages` describe — `(tab, parts)` in model order, tabs numbered
+/// from 0 (two stages may share a tab) — with a step's rows going through in up to
+/// `micro_batches` groups; see [`pipeline`].
+#[allow(clippy::too_many_arguments)]
+pub async fn pipeline_of(
+    host: &mut Host,
+    model: &SmolLm2,
+    backend: GenBackend,
+    stages: &[(usize, Vec<Part>)],
+    micro_batches: usize,
+    max_sessions: u32,
+    spares: u32,
+    progress: &dyn crate::exec::WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let limits = kv_limits(model, max_sessions);
     let backend = match backend {
         // Auto's choice needs a probed tab; a sharded run takes the CPU executor in tabs, which
         // every tab has, unless a backend is named.
         GenBackend::Auto => GenBackend::WasmCpu,
         b => b,
     };
-    let graphs = crate::policy::sharding::even_layers(layers, shards)
+    let graphs = stages
         .iter()
-        .map(|parts| model.stage_graph(limits, parts, Outputs::default()))
+        .map(|(_, parts)| model.stage_graph(limits, parts, Outputs::default()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut stages = Vec::new();
-    for (i, (graph, weights)) in graphs.iter().enumerate() {
-        stages.push(if backend == GenBackend::Cpu {
+    let mut tabs: Vec<crate::Tab> = Vec::new();
+    let mut steppers = Vec::new();
+    for (i, ((tab, _), (graph, weights))) in stages.iter().zip(&graphs).enumerate() {
+        steppers.push(if backend == GenBackend::Cpu {
             Stepper::on_host(graph.clone(), weights.clone())?
         } else {
-            let tab = launch_for(host, backend).await?;
-            load_stage(&tab, &model.name, i, graph, weights, backend, progress).await?
+            while tabs.len() <= *tab {
+                tabs.push(launch_for(host, backend).await?);
+            }
+            load_stage(&tabs[*tab], &model.name, i, graph, weights, backend, progress).await?
         });
     }
     let replacer: Option<Replacer> = if spares > 0 && backend != GenBackend::Cpu {
@@ -231,9 +253,11 @@ pub async fn pipeline(
     } else {
         None
     };
-    Ok(Stepper::Pipeline(Pipeline::new(stages, model.config.hidden, 1, replacer)?))
+    Ok(Stepper::Pipeline(Pipeline::new(steppers, model.config.hidden, micro_batches, replacer)?))
 }
 
+/// Stage `i` of `name` loaded into `tab`, as its own model (`name/stage i`: two stages may share
+/// a tab).
 async fn load_stage(
     tab: &crate::Tab,
     name: &str,
@@ -244,7 +268,7 @@ async fn load_stage(
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
     let exec = exec_backend(backend)?;
-    Stepper::in_tab(tab, name, graph, weights, exec.clone(), progress)
+    Stepper::in_tab(tab, &format!("{name}/stage {i}"), graph, weights, exec.clone(), progress)
         .await
         .with_context(|| format!("loading stage {i} of {name} on {exec} in tab {}", tab.id()))
 }

@@ -7,6 +7,7 @@ pub mod bench_history;
 pub mod bench_memory;
 pub mod bench_pool;
 pub mod bench_recovery;
+pub mod bench_shard;
 pub mod chat;
 pub mod doctor;
 pub mod embed;
