@@ -8,9 +8,10 @@ use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
     bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, chat, doctor, embed,
-    generate, matmul, report, serve,
+    generate, matmul, report, serve, shard_plan,
 };
 use tabpool::exec::Backend;
+use tabpool::policy::sharding::Strategy;
 use tabpool::{Host, HostConfig};
 
 #[derive(Parser)]
@@ -105,6 +106,11 @@ enum Command {
     Chat {
         #[command(flatten)]
         gen_flags: GenFlags,
+    },
+    /// Sharding plans for SmolLM2 (see also `generate --shards`).
+    Shard {
+        #[command(subcommand)]
+        what: ShardWhat,
     },
     /// Benchmarks measured in a real tab.
     Bench {
@@ -367,13 +373,42 @@ struct GenFlags {
     /// tabs share its cores: this buys memory per tab, not speed.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     shards: u32,
+    /// With --shards: layer (contiguous layer ranges), pipeline (the same, a step's sessions in
+    /// micro-batches so stages work at once), component (embedding + head apart from the body;
+    /// --shards 2), attention-ffn (each layer's attention and FFN on different tabs; --shards 2).
+    /// `tabpool shard plan` predicts each from measured speeds.
+    #[arg(long, value_enum, default_value_t = Strategy::Layer)]
+    strategy: Strategy,
 }
 
 impl GenFlags {
     fn into_opts(self) -> generate::GenOptions {
-        let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system, shards } = self;
-        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed, shards }
+        let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system, shards, strategy } = self;
+        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed, shards, strategy }
     }
+}
+
+#[derive(Subcommand)]
+enum ShardWhat {
+    /// The planner's plan and predictions for N tabs of a backend, and every strategy's
+    /// predictions beside it; its inputs (decode speeds, a hop, two tabs at once) are measured
+    /// first on the whole model. The plan itself is not run.
+    Plan {
+        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
+        backend: GenBackend,
+        /// Tabs available.
+        #[arg(long, default_value_t = 3)]
+        tabs: usize,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, value_enum, default_value_t = Strategy::Hybrid)]
+        strategy: Strategy,
+        /// Concurrent streams the aggregate is predicted for.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -424,6 +459,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Bench { what: BenchWhat::Memory { backends, json } } => {
             bench_memory::run(host, bench_memory::Args { backends, json }).await
+        }
+        Command::Shard { what: ShardWhat::Plan { backend, tabs, shards, strategy, streams, json } } => {
+            shard_plan::run(host, shard_plan::Args { backend, tabs, shards, strategy, streams, json }).await
         }
         Command::Bench { what: BenchWhat::Shard { backend, decode, streams, kills, json } } => {
             bench_shard::run(host, bench_shard::Args { backend, decode, streams, kills, json }).await

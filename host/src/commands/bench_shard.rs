@@ -15,7 +15,7 @@ use super::generate::{self, GenBackend};
 use crate::Host;
 use crate::exec::{StepOut, Stepper};
 use crate::models::smollm2::{Message, SmolLm2};
-use crate::policy::sharding::{self, Part};
+use crate::policy::sharding::{self, Machine, Strategy, TabProfile};
 
 pub struct Args {
     pub backend: GenBackend,
@@ -41,43 +41,22 @@ struct Row {
     hop_share: f64,
     tab_mib_above_empty: Vec<f64>,
     same_tokens: bool,
+    /// The planner's figures for the plan, from the one-tab row's measurements.
+    predicted_tok_s: Option<f64>,
+    predicted_aggregate_tok_s: Option<f64>,
 }
 
-/// Stages in model order as `(tab, parts)`.
-type Stages = Vec<(usize, Vec<Part>)>;
+/// The plans measured: (strategy, shards).
+const PLANS: [(Strategy, usize); 6] = [
+    (Strategy::Layer, 2),
+    (Strategy::Pipeline, 2),
+    (Strategy::Layer, 3),
+    (Strategy::Pipeline, 3),
+    (Strategy::Component, 2),
+    (Strategy::AttentionFfn, 2),
+];
 
-fn stage_list(plans: Vec<Vec<Part>>) -> Stages {
-    plans.into_iter().enumerate().collect()
-}
-
-/// The plans measured: `(name, stages as (tab, parts), micro-batches)`.
-fn plans(layers: u32) -> Vec<(String, Stages, usize)> {
-    let body: Vec<Part> = (0..layers).flat_map(|l| [Part::Attention(l), Part::Ffn(l)]).collect();
-    let mut out = Vec::new();
-    for n in [2, 3] {
-        out.push((format!("layer ×{n}"), stage_list(sharding::even_layers(layers, n)), 1));
-        out.push((format!("pipeline ×{n}"), stage_list(sharding::even_layers(layers, n)), n as usize));
-    }
-    // Embedding and head on tab 0, the transformer body on tab 1.
-    out.push(("component".into(), vec![(0, vec![Part::Embed]), (1, body), (0, vec![Part::Head])], 1));
-    // Every layer's attention on tab 0, its FFN on tab 1: two hops per layer.
-    let mut af = Vec::new();
-    for l in 0..layers {
-        let mut attn = vec![Part::Attention(l)];
-        if l == 0 {
-            attn.insert(0, Part::Embed);
-        }
-        let mut ffn = vec![Part::Ffn(l)];
-        if l + 1 == layers {
-            ffn.push(Part::Head);
-        }
-        af.extend([(0, attn), (1, ffn)]);
-    }
-    out.push(("attention-ffn".into(), af, 1));
-    out
-}
-
-fn chat_prompt(m: &SmolLm2) -> anyhow::Result<Vec<u32>> {
+pub(crate) fn chat_prompt(m: &SmolLm2) -> anyhow::Result<Vec<u32>> {
     m.chat_ids(&[Message::new("user", "Write a short story about a robot who learns to paint.")])
 }
 
@@ -94,7 +73,7 @@ fn row(session: u64, tokens: Vec<u32>) -> StepRow {
 
 /// One stream: the prompt, then `decode` single-token steps (past an end token: the count is
 /// fixed). The ids, decode tokens/s, and the share of decode wall time outside the stages.
-async fn single(s: &Stepper, prompt: &[u32], decode: usize) -> anyhow::Result<(Vec<u32>, f64, f64)> {
+pub(crate) async fn single(s: &Stepper, prompt: &[u32], decode: usize) -> anyhow::Result<(Vec<u32>, f64, f64)> {
     s.open(1, (prompt.len() + decode + 1) as u32).await?;
     let mut ids = vec![step(s, vec![row(1, prompt.to_vec())]).await?.0[0]];
     let (t, mut device_ms) = (Instant::now(), 0.0);
@@ -108,24 +87,29 @@ async fn single(s: &Stepper, prompt: &[u32], decode: usize) -> anyhow::Result<(V
     Ok((ids, (decode - 1) as f64 / wall, (1.0 - device_ms / 1e3 / wall).max(0.0)))
 }
 
-/// `n` streams after a short prompt, 16 decode steps each, in shared steps; tokens/s in all.
-async fn aggregate(s: &Stepper, prompt: &[u32], n: usize) -> anyhow::Result<f64> {
+/// `n` streams after a short prompt, 16 decode steps each, in shared steps, split evenly over
+/// `steppers` running at once; tokens/s in all.
+pub(crate) async fn aggregate(steppers: &[&Stepper], prompt: &[u32], n: usize) -> anyhow::Result<f64> {
     const STEPS: usize = 16;
     let short = &prompt[prompt.len() - 12..];
-    let ids: Vec<u64> = (0..n as u64).map(|i| 100 + i).collect();
-    for &id in &ids {
-        s.open(id, (short.len() + STEPS + 1) as u32).await?;
-    }
+    let per = n.div_ceil(steppers.len());
     let t = Instant::now();
-    let mut toks = step(s, ids.iter().map(|&id| row(id, short.to_vec())).collect()).await?.0;
-    for _ in 0..STEPS {
-        toks = step(s, ids.iter().zip(&toks).map(|(&id, &t)| row(id, vec![t])).collect()).await?.0;
-    }
-    let rate = (n * STEPS) as f64 / t.elapsed().as_secs_f64();
-    for &id in &ids {
-        s.close(id).await?;
-    }
-    Ok(rate)
+    let runs = steppers.iter().map(|s| async move {
+        let ids: Vec<u64> = (0..per as u64).map(|i| 100 + i).collect();
+        for &id in &ids {
+            s.open(id, (short.len() + STEPS + 1) as u32).await?;
+        }
+        let mut toks = step(s, ids.iter().map(|&id| row(id, short.to_vec())).collect()).await?.0;
+        for _ in 0..STEPS {
+            toks = step(s, ids.iter().zip(&toks).map(|(&id, &t)| row(id, vec![t])).collect()).await?.0;
+        }
+        for &id in &ids {
+            s.close(id).await?;
+        }
+        anyhow::Ok(per * STEPS)
+    });
+    let tokens: usize = futures_util::future::try_join_all(runs).await?.into_iter().sum();
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Each tab's anonymous memory (PSS of private pages: the file-backed pages browsers share fall
@@ -197,22 +181,63 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     eprintln!("bench shard: 1 tab…");
     let t = Instant::now();
-    let one = generate::place(host, &m, args.backend, sessions, 1, &()).await?.0;
+    let one = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let (base_ids, decode_tok_s, hop_share) = single(&one, &prompt, args.decode).await?;
+    let one_agg = aggregate(&[&one], &prompt, args.streams).await?;
     rows.push(Row {
         plan: "1 tab".into(),
         stages: 1,
         tabs: one.tab_ids().len(),
         load_ms,
         decode_tok_s,
-        aggregate_tok_s: aggregate(&one, &prompt, args.streams).await?,
+        aggregate_tok_s: one_agg,
         hop_share,
         tab_mib_above_empty: tab_memory(host, &one, empty).await,
         same_tokens: true,
+        predicted_tok_s: None,
+        predicted_aggregate_tok_s: None,
     });
-    drop(one);
-    for (name, stages, micro) in plans(m.config.layers) {
+    // A second whole copy beside it: the streams split over two tabs at once measure how much
+    // work this machine's tabs get done together (the planner's `parallel`).
+    eprintln!("bench shard: replicas ×2…");
+    let t = Instant::now();
+    let two = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
+    let two_load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let two_agg = aggregate(&[&one, &two], &prompt, args.streams).await?;
+    // The planner's inputs, all measured above.
+    let profile = TabProfile {
+        backend: one.backend(),
+        decode_tok_s,
+        batch_tok_s: one_agg,
+        batch: args.streams,
+        mem_budget: u64::MAX,
+    };
+    let hop_ms = hop_share * 1e3 / decode_tok_s;
+    let parallel = sharding::parallel_from(&profile, 2, args.streams, two_agg, hop_ms);
+    let machine = Machine { hop_ms, parallel, kv_tokens: 0 };
+    let costs = m.part_costs()?;
+    let tabs = vec![profile; 3];
+    rows.push(Row {
+        plan: "replicas ×2".into(),
+        stages: 1,
+        tabs: 2,
+        load_ms: two_load_ms,
+        decode_tok_s,
+        aggregate_tok_s: two_agg,
+        hop_share,
+        tab_mib_above_empty: tab_memory(host, &two, empty).await,
+        same_tokens: true,
+        predicted_tok_s: None,
+        predicted_aggregate_tok_s: None,
+    });
+    drop((one, two));
+    let hybrid = sharding::plan(Strategy::Hybrid, &costs, &tabs[..2], &machine, 2, args.streams)?;
+    for (strategy, shards) in PLANS {
+        let plan = sharding::plan(strategy, &costs, &tabs, &machine, shards, args.streams)?;
+        let name = format!("{} ×{shards}", strategy.name());
+        let stages: Vec<_> = plan.stages.iter().map(|s| (s.tab, s.parts.clone())).collect();
+        let micro = plan.micro_batches;
         eprintln!("bench shard: {name}…");
         let t = Instant::now();
         let s = generate::pipeline_of(host, &m, args.backend, &stages, micro, sessions, 0, &())
@@ -229,10 +254,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             tabs: tabs.len(),
             load_ms,
             decode_tok_s,
-            aggregate_tok_s: aggregate(&s, &prompt, args.streams).await?,
+            aggregate_tok_s: aggregate(&[&s], &prompt, args.streams).await?,
             hop_share,
             tab_mib_above_empty: tab_memory(host, &s, empty).await,
             same_tokens: ids == base_ids,
+            predicted_tok_s: Some(plan.predicted.stream_tok_s),
+            predicted_aggregate_tok_s: Some(plan.predicted.aggregate_tok_s),
         });
     }
     let (waits, recovered_ids) = if args.kills > 0 && args.backend != GenBackend::Cpu {
@@ -251,7 +278,8 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             json!({"model": m.name, "backend": format!("{:?}", args.backend), "prompt_tokens": prompt.len(),
                    "decode": args.decode, "streams": args.streams, "rows": rows,
                    "recovery_ms": waits, "recovery_p50_ms": p50, "recovery_p95_ms": p95,
-                   "recovery_tokens_compared": n, "recovery_same_tokens": recovered_same})
+                   "recovery_tokens_compared": n, "recovery_same_tokens": recovered_same,
+                   "planner_inputs": {"hop_ms": hop_ms, "parallel": parallel}, "hybrid": hybrid})
         );
         return Ok(());
     }
@@ -285,6 +313,21 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             if r.same_tokens { "" } else { "  (tokens differ from 1 tab!)" }
         );
     }
+    println!(
+        "planner (from the rows above: 1 tab {decode_tok_s:.1} / {one_agg:.1} tok/s, a hop {hop_ms:.2} ms, two tabs at once {parallel:.2}× one):"
+    );
+    for r in rows.iter().filter(|r| r.predicted_tok_s.is_some()) {
+        let (p, pa) = (r.predicted_tok_s.unwrap_or(f64::NAN), r.predicted_aggregate_tok_s.unwrap_or(f64::NAN));
+        println!(
+            "  {:<16} predicted {p:>6.1} / {pa:>6.1} tok/s, measured {:>6.1} / {:>6.1} (measured / predicted {:.2} / {:.2})",
+            r.plan,
+            r.decode_tok_s,
+            r.aggregate_tok_s,
+            r.decode_tok_s / p,
+            r.aggregate_tok_s / pa
+        );
+    }
+    println!("  {}", hybrid.notes.join("; "));
     if !waits.is_empty() {
         println!(
             "stage lost (renderer killed) → next token, 3-stage layer pipeline, {} kills: p50 {p50:.0} ms, p95 {p95:.0} ms ({}); {n} tokens {} one tab's",
@@ -299,15 +342,6 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_plan_covers_the_model_once_in_order() {
-        for (name, stages, _) in plans(30) {
-            let parts: Vec<Part> = stages.iter().flat_map(|(_, p)| p.clone()).collect();
-            let whole = Part::whole_model(30);
-            assert_eq!(parts, whole, "{name}");
-        }
-    }
 
     #[test]
     fn percentiles_pick_ranks() {

@@ -16,7 +16,7 @@ use crate::browser::BrowserKind;
 use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
 use crate::policy::gen_backend::{self, GenTarget};
-use crate::policy::sharding::{self, Part};
+use crate::policy::sharding::{self, Part, Strategy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GenBackend {
@@ -46,6 +46,8 @@ pub struct GenOptions {
     pub seed: u64,
     /// Stages the model is split into, each in its own tab (1: not sharded).
     pub shards: u32,
+    /// How a sharded model is split.
+    pub strategy: Strategy,
 }
 
 pub struct Args {
@@ -122,7 +124,7 @@ pub async fn load(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template"),
     );
-    let (stepper, reason) = place(host, &model, opts.backend, 1, opts.shards, &pb).await?;
+    let (stepper, reason) = place(host, &model, opts.backend, 1, (opts.shards, opts.strategy), &pb).await?;
     pb.finish_and_clear();
     let (backend, tab) = (stepper.backend(), stepper.tab_id());
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -139,7 +141,7 @@ pub async fn stepper(
     max_sessions: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    Ok(place(host, model, backend, max_sessions, 1, progress).await?.0)
+    Ok(place(host, model, backend, max_sessions, (1, Strategy::Layer), progress).await?.0)
 }
 
 /// [`stepper`], and for `Auto` why it chose the backend it did.
@@ -148,12 +150,14 @@ pub async fn place(
     model: &SmolLm2,
     backend: GenBackend,
     max_sessions: u32,
-    shards: u32,
+    (shards, strategy): (u32, Strategy),
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<(Stepper, Option<String>)> {
     let limits = kv_limits(model, max_sessions);
     if shards > 1 {
-        return Ok((pipeline(host, model, backend, shards, max_sessions, 0, progress).await?, None));
+        let (stages, micro) = sharding::layout(strategy, model.config.layers, None, shards as usize)?;
+        let p = pipeline_of(host, model, backend, &stages, micro, max_sessions, 0, progress).await?;
+        return Ok((p, None));
     }
     match backend {
         GenBackend::Cpu => {

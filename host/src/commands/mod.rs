@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod pool_args;
 pub mod report;
 pub mod serve;
+pub mod shard_plan;
 
 use std::time::Duration;
 

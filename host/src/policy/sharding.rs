@@ -1,11 +1,34 @@
-//! TEMPORARY: the planner (helper branch `plan`) replaces this file; only `Part` is used here.
+//! Sharding plans: which parts of a model each tab holds, and what that is predicted to give —
+//! pure functions of the model's per-part costs, the tabs' measured speed and memory, and the
+//! measured cost of a hop through the host.
+//!
+//! The prediction model (decode is memory-bound; every figure it uses is measured):
+//! - A tab's step over `b` rows of the whole model takes `t(b) = t1 + (b − 1)·slope`, from its
+//!   measured single-stream decode (`t1`) and its measured aggregate at `batch` rows.
+//! - A stage holding a share `f` of the model's per-token weight reads takes `f·t(b)` on its tab.
+//! - Every stage call is a round trip through the host: `hop_ms` each, per step.
+//! - One stream: the stages run one after the other, so its token takes `Σ f_s·t(1) + S·hop`.
+//!   Splitting a stream never makes it faster; it only buys memory per tab.
+//! - Many streams, one step: `Σ f_s·t(B) + S·hop` (layer, component, attention-ffn). A pipeline
+//!   splits the step's rows into `m` micro-batches following each other through the stages, so
+//!   stages work at once: the step is bounded below by its slowest stage's `m` groups, and, on a
+//!   shared machine, by all the stages' work divided by the parallelism the machine measured for
+//!   two tabs working at once (`parallel`).
+//! - Replicas: each of `R` tabs holds the whole model and takes `B/R` of the streams, at once,
+//!   within the same measured parallelism.
+
+use serde::Serialize;
 
 /// What a stage of a sharded model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Part {
+    /// The token embedding (a gather of the prompt's rows).
     Embed,
+    /// Layer l's attention: norm, q/k/v, rope, cached attention, output projection, residual.
     Attention(u32),
+    /// Layer l's feed-forward: norm, gate/up, SwiGLU, down, residual.
     Ffn(u32),
+    /// The output norm, the LM head over the tied embedding, and sampling.
     Head,
 }
 
@@ -21,7 +44,246 @@ impl Part {
     }
 }
 
-/// TEMPORARY: contiguous, even layer ranges; embedding with the first, head with the last.
+/// Stages in model order as `(tab, parts)`, tabs numbered from 0 (two stages may share one).
+pub type Layout = Vec<(usize, Vec<Part>)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Contiguous layer ranges, sized by each tab's measured speed.
+    Layer,
+    /// Layer ranges with a step's sessions in micro-batches, so stages work at once.
+    Pipeline,
+    /// Every layer's attention on one tab and its FFN on another (two hops per layer).
+    AttentionFfn,
+    /// Embedding and head on one tab, the transformer body on another.
+    Component,
+    /// Every tab a whole copy (no sharding), the streams split between them.
+    Replicas,
+    /// The best predicted aggregate among the others that fit.
+    Hybrid,
+}
+
+/// Bytes and work of one part.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PartCost {
+    /// Weight bytes the part's tab holds.
+    pub weight_bytes: u64,
+    /// Weight bytes read per decoded token (the embedding reads one row of its table).
+    pub read_bytes: u64,
+    /// KV cache bytes per token of context.
+    pub kv_bytes_per_token: u64,
+}
+
+/// A llama model's parts and their costs, from its real weight list.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCosts {
+    pub layers: u32,
+    pub hidden: u32,
+    /// The tied token-embedding table: held by the embedding and by the head.
+    pub embed_table: u64,
+    pub output_norm: u64,
+    /// Per layer: (attention weight bytes, FFN weight bytes).
+    pub per_layer: Vec<(u64, u64)>,
+    /// KV bytes per token of one layer (keys and values, f32).
+    pub kv_per_layer_token: u64,
+}
+
+impl ModelCosts {
+    /// From `(GGUF tensor name, bytes)` pairs: `token_embd.weight`, `output_norm.weight`,
+    /// `blk.{l}.attn_*` / `blk.{l}.ffn_*` (norms included with their part).
+    pub fn llama(layers: u32, hidden: u32, kv_width: u32, weights: &[(String, u64)]) -> Result<ModelCosts, PlanError> {
+        let mut c = ModelCosts {
+            layers,
+            hidden,
+            embed_table: 0,
+            output_norm: 0,
+            per_layer: vec![(0, 0); layers as usize],
+            kv_per_layer_token: 2 * 4 * kv_width as u64,
+        };
+        for (name, bytes) in weights {
+            if name == "token_embd.weight" {
+                c.embed_table = *bytes;
+            } else if name == "output_norm.weight" {
+                c.output_norm = *bytes;
+            } else if let Some(rest) = name.strip_prefix("blk.") {
+                let (l, kind) = rest.split_once('.').ok_or_else(|| PlanError::Weight(name.clone()))?;
+                let l: usize = l.parse().map_err(|_| PlanError::Weight(name.clone()))?;
+                let slot = c.per_layer.get_mut(l).ok_or_else(|| PlanError::Weight(name.clone()))?;
+                if kind.starts_with("attn_") {
+                    slot.0 += bytes;
+                } else if kind.starts_with("ffn_") {
+                    slot.1 += bytes;
+                } else {
+                    return Err(PlanError::Weight(name.clone()));
+                }
+            }
+        }
+        if c.embed_table == 0 {
+            return Err(PlanError::Weight("token_embd.weight missing".into()));
+        }
+        Ok(c)
+    }
+
+    pub fn part(&self, p: Part) -> PartCost {
+        let vocab_row = self.embed_table / self.embed_rows();
+        match p {
+            Part::Embed => PartCost { weight_bytes: self.embed_table, read_bytes: vocab_row, kv_bytes_per_token: 0 },
+            Part::Head => PartCost {
+                weight_bytes: self.embed_table + self.output_norm,
+                read_bytes: self.embed_table + self.output_norm,
+                kv_bytes_per_token: 0,
+            },
+            Part::Attention(l) => {
+                let b = self.per_layer[l as usize].0;
+                PartCost { weight_bytes: b, read_bytes: b, kv_bytes_per_token: self.kv_per_layer_token }
+            }
+            Part::Ffn(l) => {
+                let b = self.per_layer[l as usize].1;
+                PartCost { weight_bytes: b, read_bytes: b, kv_bytes_per_token: 0 }
+            }
+        }
+    }
+
+    /// Rows of the embedding table, estimated from its width (a row's size only weighs the
+    /// embedding's tiny per-token read).
+    fn embed_rows(&self) -> u64 {
+        // Quantized or not, a row is about `hidden` weights of ≥ 1 byte: an upper bound on rows
+        // keeps the per-token read a lower bound, and it is negligible either way.
+        (self.embed_table / self.hidden.max(1) as u64).max(1)
+    }
+
+    /// Weight bytes read per token by the whole model.
+    pub fn read_bytes(&self) -> u64 {
+        Part::whole_model(self.layers).iter().map(|&p| self.part(p).read_bytes).sum()
+    }
+
+    /// Weight bytes of the whole model (the tied table once).
+    pub fn weight_bytes(&self) -> u64 {
+        self.embed_table + self.output_norm + self.per_layer.iter().map(|(a, f)| a + f).sum::<u64>()
+    }
+}
+
+/// A tab's measured speed and memory room, for the model being planned.
+#[derive(Debug, Clone, Serialize)]
+pub struct TabProfile {
+    pub backend: String,
+    /// Single-stream decode of the whole model, measured.
+    pub decode_tok_s: f64,
+    /// Aggregate decode of `batch` streams in shared steps, measured.
+    pub batch_tok_s: f64,
+    pub batch: usize,
+    /// Bytes this tab may hold for the model (weights and KV cache).
+    pub mem_budget: u64,
+}
+
+impl TabProfile {
+    /// Step time of the whole model over `b` rows, ms (affine between the two measurements).
+    fn step_ms(&self, b: f64) -> f64 {
+        let t1 = 1e3 / self.decode_tok_s;
+        let tb = 1e3 * self.batch as f64 / self.batch_tok_s;
+        let slope = if self.batch > 1 { ((tb - t1) / (self.batch as f64 - 1.0)).max(0.0) } else { 0.0 };
+        t1 + (b - 1.0).max(0.0) * slope
+    }
+}
+
+/// The machine the tabs run on.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Machine {
+    /// A host ↔ tab round trip of a step's frames, measured (ms).
+    pub hop_ms: f64,
+    /// Work two tabs get done at once relative to one (measured: 1.0 = they only take turns; 2.0 =
+    /// fully parallel). Tabs on one machine share its cores.
+    pub parallel: f64,
+    /// KV tokens each tab must hold room for (sessions × context).
+    pub kv_tokens: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    /// Index into the tabs the plan was made for.
+    pub tab: usize,
+    pub parts: Vec<Part>,
+    pub weight_bytes: u64,
+    pub kv_bytes_per_token: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub stream_tok_s: f64,
+    /// With the plan's `streams` concurrent streams.
+    pub aggregate_tok_s: f64,
+    /// Of a single stream's token time, the part spent in hops.
+    pub hop_share: f64,
+    /// Per tab used: weights plus its KV room.
+    pub per_tab_bytes: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub strategy: Strategy,
+    /// Stages in model order (for `Replicas`: one whole-model stage per tab).
+    pub stages: Vec<Stage>,
+    pub micro_batches: usize,
+    pub streams: usize,
+    pub predicted: Prediction,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no tabs to plan for")]
+    NoTabs,
+    #[error("{shards} shards need {shards} tabs, {tabs} given")]
+    TooFewTabs { shards: usize, tabs: usize },
+    #[error("{0} shards: a plan needs at least 1")]
+    NoShards(usize),
+    #[error("{shards} shards of a {layers}-layer model: at most one layer range per layer")]
+    TooManyShards { shards: usize, layers: u32 },
+    #[error("{strategy:?} needs exactly {need} tabs, {got} given")]
+    WrongShardCount { strategy: Strategy, need: usize, got: usize },
+    #[error("tab {tab} ({backend}) would hold {need} bytes, over its budget of {budget}")]
+    OverBudget { tab: usize, backend: String, need: u64, budget: u64 },
+    #[error("hybrid chooses by the tabs' measured speed: plan it with `tabpool shard plan`")]
+    NeedsMeasurements,
+    #[error("no plan fits the tabs' memory budgets")]
+    NothingFits,
+    #[error("weight {0}: not a llama tensor name")]
+    Weight(String),
+}
+
+/// Contiguous layer ranges over `tabs` (in order), each sized to its tab's share of the speed:
+/// `shares[i]` of the layers' bytes; the embedding goes first, the head last.
+pub fn layer_ranges(costs: &ModelCosts, shares: &[f64]) -> Vec<Vec<Part>> {
+    let total: f64 = costs.per_layer.iter().map(|(a, f)| (a + f) as f64).sum();
+    let norm: f64 = shares.iter().sum();
+    let mut out: Vec<Vec<Part>> = vec![Vec::new(); shares.len()];
+    let (mut stage, mut done, mut goal) = (0, 0.0, total * shares[0] / norm);
+    for l in 0..costs.layers {
+        let bytes = {
+            let (a, f) = costs.per_layer[l as usize];
+            (a + f) as f64
+        };
+        let left = costs.layers - l;
+        let stages_left = shares.len() - stage;
+        // Move on when this stage reached its share (by the layer's midpoint), keeping at least
+        // one layer for every stage still to come.
+        if stage + 1 < shares.len()
+            && !out[stage].is_empty()
+            && (done + bytes / 2.0 > goal || (left as usize) < stages_left)
+        {
+            stage += 1;
+            goal += total * shares[stage] / norm;
+        }
+        out[stage].extend([Part::Attention(l), Part::Ffn(l)]);
+        done += bytes;
+    }
+    out[0].insert(0, Part::Embed);
+    out.last_mut().expect("a stage").push(Part::Head);
+    out
+}
+
+/// Even layer ranges (equal tabs): `layer_ranges` with equal shares.
 pub fn even_layers(layers: u32, shards: u32) -> Vec<Vec<Part>> {
     let shards = shards.clamp(1, layers.max(1));
     (0..shards)
@@ -40,4 +302,444 @@ pub fn even_layers(layers: u32, shards: u32) -> Vec<Vec<Part>> {
             parts
         })
         .collect()
+}
+
+/// Component: the embedding and head on tab 0, the body on tab 1.
+pub fn components(layers: u32) -> Layout {
+    let body = (0..layers).flat_map(|l| [Part::Attention(l), Part::Ffn(l)]).collect();
+    vec![(0, vec![Part::Embed]), (1, body), (0, vec![Part::Head])]
+}
+
+/// Attention-FFN: every layer's attention on tab 0 (with the embedding), its FFN on tab 1 (with
+/// the head).
+pub fn attention_ffn(layers: u32) -> Layout {
+    let mut out = Vec::new();
+    for l in 0..layers {
+        let mut attn = vec![Part::Attention(l)];
+        if l == 0 {
+            attn.insert(0, Part::Embed);
+        }
+        let mut ffn = vec![Part::Ffn(l)];
+        if l + 1 == layers {
+            ffn.push(Part::Head);
+        }
+        out.extend([(0, attn), (1, ffn)]);
+    }
+    out
+}
+
+fn stage(costs: &ModelCosts, tab: usize, parts: Vec<Part>) -> Stage {
+    let c: Vec<PartCost> = parts.iter().map(|&p| costs.part(p)).collect();
+    // A stage with both ends holds the tied table once.
+    let shared = if parts.contains(&Part::Embed) && parts.contains(&Part::Head) { costs.embed_table } else { 0 };
+    Stage {
+        tab,
+        weight_bytes: c.iter().map(|c| c.weight_bytes).sum::<u64>() - shared,
+        kv_bytes_per_token: c.iter().map(|c| c.kv_bytes_per_token).sum(),
+        parts,
+    }
+}
+
+/// Plan `strategy` for `shards` of `tabs` (the first `shards` are used; `Replicas` and `Hybrid`
+/// may use every tab) and `streams` concurrent streams.
+pub fn plan(
+    strategy: Strategy,
+    costs: &ModelCosts,
+    tabs: &[TabProfile],
+    machine: &Machine,
+    shards: usize,
+    streams: usize,
+) -> Result<Plan, PlanError> {
+    if tabs.is_empty() {
+        return Err(PlanError::NoTabs);
+    }
+    if shards == 0 {
+        return Err(PlanError::NoShards(shards));
+    }
+    let streams = streams.max(1);
+    if strategy == Strategy::Hybrid {
+        return hybrid(costs, tabs, machine, shards, streams);
+    }
+    if tabs.len() < shards && strategy != Strategy::Replicas {
+        return Err(PlanError::TooFewTabs { shards, tabs: tabs.len() });
+    }
+    let shares: Vec<f64> = tabs.iter().map(|t| t.decode_tok_s).collect();
+    let shares = if strategy == Strategy::Replicas { &shares[..] } else { &shares[..shards] };
+    let (list, micro) = layout(strategy, costs.layers, Some((costs, shares)), shards)?;
+    let stages = list.into_iter().map(|(t, p)| stage(costs, t, p)).collect();
+    predict(strategy, costs, tabs, machine, stages, micro, streams)
+}
+
+/// Where each part goes: stages `(tab, parts)` in model order and the micro-batches of a step,
+/// for `shards` tabs — sized by `speed` (the model's costs and each tab's relative speed) when
+/// given, else evenly. `Hybrid` has no layout of its own: it needs measured speeds (`plan`).
+pub fn layout(
+    strategy: Strategy,
+    layers: u32,
+    speed: Option<(&ModelCosts, &[f64])>,
+    shards: usize,
+) -> Result<(Layout, usize), PlanError> {
+    if shards == 0 {
+        return Err(PlanError::NoShards(shards));
+    }
+    Ok(match strategy {
+        Strategy::Hybrid => return Err(PlanError::NeedsMeasurements),
+        Strategy::Replicas => {
+            let n = speed.map_or(shards, |(_, s)| s.len());
+            ((0..n).map(|t| (t, Part::whole_model(layers))).collect(), 1)
+        }
+        Strategy::Layer | Strategy::Pipeline => {
+            if shards > layers as usize {
+                return Err(PlanError::TooManyShards { shards, layers });
+            }
+            let ranges = match speed {
+                Some((costs, shares)) => layer_ranges(costs, shares),
+                None => even_layers(layers, shards as u32),
+            };
+            let micro = if strategy == Strategy::Pipeline { shards } else { 1 };
+            (ranges.into_iter().enumerate().collect(), micro)
+        }
+        Strategy::Component | Strategy::AttentionFfn => {
+            if shards != 2 {
+                return Err(PlanError::WrongShardCount { strategy, need: 2, got: shards });
+            }
+            (if strategy == Strategy::Component { components(layers) } else { attention_ffn(layers) }, 1)
+        }
+    })
+}
+
+impl Strategy {
+    /// The name the CLI and tables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Layer => "layer",
+            Strategy::Pipeline => "pipeline",
+            Strategy::AttentionFfn => "attention-ffn",
+            Strategy::Component => "component",
+            Strategy::Replicas => "replicas",
+            Strategy::Hybrid => "hybrid",
+        }
+    }
+}
+
+fn predict(
+    strategy: Strategy,
+    costs: &ModelCosts,
+    tabs: &[TabProfile],
+    machine: &Machine,
+    stages: Vec<Stage>,
+    micro: usize,
+    streams: usize,
+) -> Result<Plan, PlanError> {
+    let used = stages.iter().map(|s| s.tab).max().map_or(0, |m| m + 1);
+    let mut per_tab = vec![0u64; used];
+    for s in &stages {
+        per_tab[s.tab] += s.weight_bytes + s.kv_bytes_per_token * machine.kv_tokens;
+    }
+    // Each stage is its own model in its tab: two stages of one tab both holding the tied table
+    // (component) hold two copies.
+    for (t, &need) in per_tab.iter().enumerate() {
+        if need > tabs[t].mem_budget {
+            return Err(PlanError::OverBudget {
+                tab: t,
+                backend: tabs[t].backend.clone(),
+                need,
+                budget: tabs[t].mem_budget,
+            });
+        }
+    }
+    let whole = costs.read_bytes() as f64;
+    let share = |s: &Stage| s.parts.iter().map(|&p| costs.part(p).read_bytes).sum::<u64>() as f64 / whole;
+    let hop = machine.hop_ms;
+    let b = streams as f64;
+    let mut notes = Vec::new();
+    let (stream_ms, step_ms, hops) = if strategy == Strategy::Replicas {
+        let r = stages.len() as f64;
+        let per = (b / r).ceil();
+        let slowest = stages.iter().map(|s| tabs[s.tab].step_ms(per)).fold(0.0, f64::max);
+        // R replicas at once on a machine that runs `parallel` tabs' worth of work at a time.
+        let step = slowest * (r / machine.parallel.max(1.0)).max(1.0) + hop;
+        let single = stages.iter().map(|s| tabs[s.tab].step_ms(1.0)).fold(f64::INFINITY, f64::min) + hop;
+        (single, step, 1.0)
+    } else {
+        let n = stages.len() as f64;
+        let single: f64 = stages.iter().map(|s| share(s) * tabs[s.tab].step_ms(1.0)).sum::<f64>() + n * hop;
+        let step = if micro > 1 {
+            let m = micro as f64;
+            let group = (b / m).ceil();
+            let work: Vec<f64> = stages.iter().map(|s| share(s) * tabs[s.tab].step_ms(group)).collect();
+            let slowest = work.iter().cloned().fold(0.0, f64::max);
+            let total: f64 = work.iter().sum();
+            // The groups fill the pipeline (one stage after another for the first), then the
+            // slowest stage paces; all the stages' work can go no faster than the machine runs
+            // tabs at once.
+            let fill = total + (m - 1.0) * slowest;
+            fill.max(m * total / machine.parallel.max(1.0)) + n * hop
+        } else {
+            stages.iter().map(|s| share(s) * tabs[s.tab].step_ms(b)).sum::<f64>() + n * hop
+        };
+        (single, step, n)
+    };
+    let one_tab = tabs[0].step_ms(1.0) + hop;
+    if stages.len() > 1 && strategy != Strategy::Replicas && stream_ms > one_tab {
+        notes.push(format!(
+            "one stream: {:.1} tok/s here vs {:.1} on one tab — splitting a stream buys memory per tab, not speed",
+            1e3 / stream_ms,
+            1e3 / one_tab
+        ));
+    }
+    if strategy == Strategy::AttentionFfn {
+        notes.push(format!(
+            "{hops:.0} hops per token: pays only when the two tabs differ by more than the hops cost (here {:.0} % of a token)",
+            100.0 * hops * hop / stream_ms
+        ));
+    }
+    Ok(Plan {
+        strategy,
+        micro_batches: micro,
+        streams,
+        predicted: Prediction {
+            stream_tok_s: 1e3 / stream_ms,
+            aggregate_tok_s: 1e3 * b / step_ms,
+            hop_share: hops * hop / stream_ms,
+            per_tab_bytes: per_tab,
+        },
+        stages,
+        notes,
+    })
+}
+
+/// The machine's parallelism (`Machine::parallel`) from a measurement: `replicas` whole-model
+/// tabs of `tab` together decoding `streams` streams at `measured_tok_s`, as `predict` models
+/// replicas (clamped to 1 ..= replicas).
+pub fn parallel_from(tab: &TabProfile, replicas: usize, streams: usize, measured_tok_s: f64, hop_ms: f64) -> f64 {
+    let r = replicas.max(1) as f64;
+    let per = (streams.max(1) as f64 / r).ceil();
+    let step = 1e3 * streams.max(1) as f64 / measured_tok_s - hop_ms;
+    (r * tab.step_ms(per) / step).clamp(1.0, r)
+}
+
+/// Every strategy that fits, ranked by predicted aggregate (ties: fewer hops); the best, with
+/// why in its notes.
+fn hybrid(
+    costs: &ModelCosts,
+    tabs: &[TabProfile],
+    machine: &Machine,
+    shards: usize,
+    streams: usize,
+) -> Result<Plan, PlanError> {
+    let mut candidates = Vec::new();
+    for s in [Strategy::Replicas, Strategy::Layer, Strategy::Pipeline, Strategy::Component, Strategy::AttentionFfn] {
+        if let Ok(p) = plan(s, costs, tabs, machine, shards, streams) {
+            candidates.push(p);
+        }
+    }
+    let hops = |p: &Plan| if p.strategy == Strategy::Replicas { 1 } else { p.stages.len() };
+    candidates.sort_by(|a, b| {
+        b.predicted.aggregate_tok_s.total_cmp(&a.predicted.aggregate_tok_s).then(hops(a).cmp(&hops(b)))
+    });
+    let mut best = candidates.first().cloned().ok_or(PlanError::NothingFits)?;
+    let others: Vec<String> =
+        candidates[1..].iter().map(|p| format!("{:?} {:.1}", p.strategy, p.predicted.aggregate_tok_s)).collect();
+    best.notes.insert(
+        0,
+        format!(
+            "hybrid chose {:?}: {:.1} tok/s predicted for {streams} streams (others: {})",
+            best.strategy,
+            best.predicted.aggregate_tok_s,
+            if others.is_empty() { "none fit".into() } else { others.join(", ") }
+        ),
+    );
+    best.strategy = Strategy::Hybrid;
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's shape with its real byte counts (Q4_1 matrices, Q8_0 table, f32 norms).
+    fn smollm2() -> ModelCosts {
+        ModelCosts::llama(30, 576, 192, &smollm2_weights()).unwrap()
+    }
+
+    fn smollm2_weights() -> Vec<(String, u64)> {
+        let q4 = |n: u64| n / 32 * 20;
+        let mut w =
+            vec![("token_embd.weight".to_string(), 49152 * 576 / 32 * 34), ("output_norm.weight".into(), 576 * 4)];
+        for l in 0..30 {
+            for (name, bytes) in [
+                ("attn_norm", 576 * 4),
+                ("attn_q", q4(576 * 576)),
+                ("attn_k", q4(192 * 576)),
+                ("attn_v", q4(192 * 576)),
+                ("attn_output", q4(576 * 576)),
+                ("ffn_norm", 576 * 4),
+                ("ffn_gate", q4(1536 * 576)),
+                ("ffn_up", q4(1536 * 576)),
+                ("ffn_down", q4(576 * 1536)),
+            ] {
+                w.push((format!("blk.{l}.{name}.weight"), bytes));
+            }
+        }
+        w
+    }
+
+    /// Measured on this VM (bench shard, 1 wasm-cpu tab): 42 tok/s alone, 59 with 8 streams.
+    fn tab(decode: f64) -> TabProfile {
+        TabProfile {
+            backend: "wasm-cpu".into(),
+            decode_tok_s: decode,
+            batch_tok_s: decode * 1.41,
+            batch: 8,
+            mem_budget: 1 << 30,
+        }
+    }
+
+    fn machine() -> Machine {
+        Machine { hop_ms: 0.5, parallel: 1.3, kv_tokens: 4096 }
+    }
+
+    #[test]
+    fn costs_come_from_the_weights() {
+        let c = smollm2();
+        assert_eq!(c.weight_bytes(), smollm2_weights().iter().map(|w| w.1).sum::<u64>());
+        let layer: u64 = smollm2_weights().iter().filter(|w| w.0.starts_with("blk.7.")).map(|w| w.1).sum();
+        assert_eq!(c.part(Part::Attention(7)).weight_bytes + c.part(Part::Ffn(7)).weight_bytes, layer);
+        assert_eq!(c.part(Part::Head).read_bytes, c.embed_table + 576 * 4);
+        assert!(c.part(Part::Embed).read_bytes < 1000, "the embedding reads one row per token");
+        assert_eq!(c.kv_per_layer_token, 2 * 4 * 192);
+        let e = ModelCosts::llama(2, 8, 8, &[("blk.0.mystery.weight".into(), 4), ("token_embd.weight".into(), 64)]);
+        assert_eq!(e.unwrap_err(), PlanError::Weight("blk.0.mystery.weight".into()));
+    }
+
+    #[test]
+    fn layer_ranges_follow_the_tabs_speed_and_cover_the_model_once() {
+        let c = smollm2();
+        for shares in [vec![1.0, 1.0], vec![1.0, 1.0, 1.0], vec![3.0, 1.0], vec![1.0, 2.0, 1.0]] {
+            let r = layer_ranges(&c, &shares);
+            let all: Vec<Part> = r.iter().flatten().copied().collect();
+            assert_eq!(all, Part::whole_model(30), "{shares:?}");
+            let layers: Vec<f64> =
+                r.iter().map(|p| p.iter().filter(|p| matches!(p, Part::Ffn(_))).count() as f64).collect();
+            let norm: f64 = shares.iter().sum();
+            for (n, s) in layers.iter().zip(&shares) {
+                assert!((n - 30.0 * s / norm).abs() <= 1.0, "{shares:?} gave {layers:?}");
+            }
+        }
+        assert_eq!(even_layers(30, 3), layer_ranges(&c, &[1.0, 1.0, 1.0]));
+    }
+
+    #[test]
+    fn each_strategy_places_every_part_and_counts_its_hops() {
+        let c = smollm2();
+        let tabs = [tab(42.0), tab(42.0), tab(42.0)];
+        for (s, shards, stages, tabs_used) in [
+            (Strategy::Layer, 2, 2, 2),
+            (Strategy::Layer, 3, 3, 3),
+            (Strategy::Pipeline, 3, 3, 3),
+            (Strategy::Component, 2, 3, 2),
+            (Strategy::AttentionFfn, 2, 60, 2),
+        ] {
+            let p = plan(s, &c, &tabs, &machine(), shards, 8).unwrap();
+            assert_eq!(p.stages.len(), stages, "{s:?}");
+            assert_eq!(p.predicted.per_tab_bytes.len(), tabs_used, "{s:?}");
+            let parts: Vec<Part> = p.stages.iter().flat_map(|s| s.parts.clone()).collect();
+            assert_eq!(parts, Part::whole_model(30), "{s:?}");
+            // Every weight is held; the tied table twice when the ends are on different stages.
+            let held: u64 = p.stages.iter().map(|s| s.weight_bytes).sum();
+            assert_eq!(held, c.weight_bytes() + c.embed_table, "{s:?}");
+            assert!((p.predicted.hop_share - stages as f64 * 0.5 / (1e3 / p.predicted.stream_tok_s)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn a_whole_copy_holds_the_tied_table_once() {
+        let c = smollm2();
+        let p = plan(Strategy::Replicas, &c, &[tab(42.0), tab(42.0)], &machine(), 1, 8).unwrap();
+        assert!(p.stages.iter().all(|s| s.weight_bytes == c.weight_bytes()));
+        assert_eq!(p.predicted.per_tab_bytes, vec![c.weight_bytes() + 4096 * 30 * 2 * 4 * 192; 2]);
+    }
+
+    #[test]
+    fn a_split_stream_is_never_faster_than_one_tab_and_says_so() {
+        let c = smollm2();
+        let tabs = [tab(42.0), tab(42.0), tab(42.0)];
+        let one = plan(Strategy::Replicas, &c, &tabs[..1], &machine(), 1, 1).unwrap();
+        for s in [Strategy::Layer, Strategy::Pipeline] {
+            let p = plan(s, &c, &tabs, &machine(), 3, 1).unwrap();
+            assert!(p.predicted.stream_tok_s < one.predicted.stream_tok_s);
+            assert!(p.notes.iter().any(|n| n.contains("buys memory")), "{:?}", p.notes);
+        }
+        // Attention-FFN pays 60 hops: slower than two layer ranges on equal tabs.
+        let af = plan(Strategy::AttentionFfn, &c, &tabs, &machine(), 2, 1).unwrap();
+        let layer = plan(Strategy::Layer, &c, &tabs, &machine(), 2, 1).unwrap();
+        assert!(af.predicted.stream_tok_s < layer.predicted.stream_tok_s);
+        assert!(af.notes.iter().any(|n| n.contains("60 hops")), "{:?}", af.notes);
+    }
+
+    #[test]
+    fn a_pipeline_lets_stages_work_at_once() {
+        let c = smollm2();
+        let tabs = [tab(42.0), tab(42.0)];
+        let parallel = Machine { parallel: 2.0, ..machine() };
+        let layer = plan(Strategy::Layer, &c, &tabs, &parallel, 2, 8).unwrap();
+        let pipe = plan(Strategy::Pipeline, &c, &tabs, &parallel, 2, 8).unwrap();
+        assert!(pipe.predicted.aggregate_tok_s > layer.predicted.aggregate_tok_s);
+        // On a machine that runs one tab at a time there is nothing to overlap.
+        let serial = Machine { parallel: 1.0, ..machine() };
+        let pipe1 = plan(Strategy::Pipeline, &c, &tabs, &serial, 2, 8).unwrap();
+        assert!(pipe1.predicted.aggregate_tok_s < pipe.predicted.aggregate_tok_s);
+    }
+
+    #[test]
+    fn hybrid_prefers_replicas_when_they_fit_and_shards_when_memory_forces_it() {
+        let c = smollm2();
+        let tabs = [tab(42.0), tab(42.0)];
+        let p = plan(Strategy::Hybrid, &c, &tabs, &machine(), 2, 16).unwrap();
+        assert_eq!(p.strategy, Strategy::Hybrid);
+        assert!(p.notes[0].contains("hybrid chose Replicas"), "{:?}", p.notes);
+        // Tabs that cannot hold the whole model: replicas do not fit, a split does.
+        let small: Vec<TabProfile> =
+            tabs.iter().map(|t| TabProfile { mem_budget: c.weight_bytes() * 3 / 4, ..t.clone() }).collect();
+        let m = Machine { kv_tokens: 0, ..machine() };
+        let p = plan(Strategy::Hybrid, &c, &small, &m, 2, 16).unwrap();
+        assert!(!p.notes[0].contains("chose Replicas"), "{:?}", p.notes);
+        assert!(p.predicted.per_tab_bytes.iter().all(|&b| b <= c.weight_bytes() * 3 / 4));
+        let e = plan(Strategy::Replicas, &c, &small, &m, 2, 16).unwrap_err();
+        assert!(matches!(e, PlanError::OverBudget { .. }), "{e}");
+    }
+
+    #[test]
+    fn parallelism_read_back_from_a_replicas_measurement_predicts_it() {
+        let c = smollm2();
+        let t = tab(42.0);
+        for parallel in [1.0, 1.3, 2.0] {
+            let m = Machine { parallel, ..machine() };
+            let p = plan(Strategy::Replicas, &c, &[t.clone(), t.clone()], &m, 2, 8).unwrap();
+            let back = parallel_from(&t, 2, 8, p.predicted.aggregate_tok_s, m.hop_ms);
+            assert!((back - parallel).abs() < 1e-9, "{parallel} → {back}");
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let c = smollm2();
+        let tabs = [tab(42.0), tab(42.0)];
+        assert_eq!(plan(Strategy::Layer, &c, &[], &machine(), 1, 1).unwrap_err(), PlanError::NoTabs);
+        assert_eq!(plan(Strategy::Layer, &c, &tabs, &machine(), 0, 1).unwrap_err(), PlanError::NoShards(0));
+        assert_eq!(
+            plan(Strategy::Layer, &c, &tabs, &machine(), 3, 1).unwrap_err(),
+            PlanError::TooFewTabs { shards: 3, tabs: 2 }
+        );
+        let many: Vec<TabProfile> = (0..31).map(|_| tab(42.0)).collect();
+        assert_eq!(
+            plan(Strategy::Layer, &c, &many, &machine(), 31, 1).unwrap_err(),
+            PlanError::TooManyShards { shards: 31, layers: 30 }
+        );
+        assert!(matches!(
+            plan(Strategy::Component, &c, &many, &machine(), 3, 1).unwrap_err(),
+            PlanError::WrongShardCount { need: 2, got: 3, .. }
+        ));
+    }
 }

@@ -117,6 +117,25 @@ impl SmolLm2 {
         graph::build_stage(&self.config, &self.weights, limits, parts, outputs)
     }
 
+    /// Each weight's name and stored bytes (quantized blocks as they are): the costs the
+    /// sharding planner splits (`policy::sharding::ModelCosts::llama`).
+    pub fn weight_sizes(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.weights.iter().map(|(n, t)| (n.clone(), t.data.len() as u64)).collect();
+        v.sort();
+        v
+    }
+
+    /// The model's per-part costs for the sharding planner.
+    pub fn part_costs(&self) -> anyhow::Result<crate::policy::sharding::ModelCosts> {
+        let c = &self.config;
+        Ok(crate::policy::sharding::ModelCosts::llama(
+            c.layers,
+            c.hidden,
+            c.kv_heads * c.head_dim(),
+            &self.weight_sizes(),
+        )?)
+    }
+
     /// The step graph, giving up the loaded tensors to it: the model keeps its tokenizer and
     /// metadata but no second copy of the weights (~98 MB); `graph` fails afterwards.
     pub fn into_graph(&mut self, limits: KvLimits, outputs: Outputs) -> anyhow::Result<(Graph, Vec<Tensor>)> {
