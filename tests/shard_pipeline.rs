@@ -160,3 +160,42 @@ async fn killed_stage_tabs_are_replaced_without_a_wrong_token() {
     d.stop().await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    // Three stages, no spare tab: a lost stage cannot be replaced, so the model is split anew
+    // over the two tabs left and the streams' tokens replayed through it.
+    let p =
+        generate::pipeline(&mut host, &m, GenBackend::WasmCpu, 3, 4, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = Arc::new(p);
+    let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
+    let before = p.tab_ids();
+    let d = Decoder::start(p.clone(), StepLimits::default());
+    let streams: Vec<_> = (0..4).map(|i| &cases[i % cases.len()]).collect();
+    let runs = futures_util::future::join_all(streams.iter().map(|c| first_then_rest(&m, &d, c)));
+    let stats = &d.stats;
+    let chaos = async {
+        while stats.steps.load(std::sync::atomic::Ordering::Relaxed) < 6 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");
+    };
+    let (got, ()) = tokio::join!(runs, chaos);
+    for (ids, c) in got.iter().zip(&streams) {
+        assert_eq!(*ids, with_stop(c), "greedy ids of {:?} across a re-plan", c.user);
+    }
+    let after = p.tab_ids();
+    eprintln!(
+        "stage tabs {before:?} → {after:?}; re-planned in {:?} ms, {} tokens replayed",
+        pipe.stats.recovery_ms.lock().unwrap(),
+        pipe.stats.replayed_tokens.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(pipe.stats.replans.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(after, vec![before[0], before[2]], "two stages on the tabs left");
+    d.stop().await;
+    host.shutdown().await;
+}

@@ -2,6 +2,7 @@
 //! (its KV cache lives there) or on the host's CPU executor.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use shared_proto::{ExecBackend, Sampling};
 
 use crate::Host;
 use crate::browser::BrowserKind;
-use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, StepLimits, Stepper};
+use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, Replanner, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
 use crate::policy::gen_backend::{self, GenTarget};
 use crate::policy::sharding::{self, Part, Strategy};
@@ -237,9 +238,29 @@ pub async fn pipeline_of(
             while tabs.len() <= *tab {
                 tabs.push(launch_for(host, backend).await?);
             }
-            load_stage(&tabs[*tab], &model.name, i, graph, weights, backend, progress).await?
+            load_stage(&tabs[*tab], &format!("{}/stage {i}", model.name), graph, weights, backend, progress).await?
         });
     }
+    // A stage no spare can take: contiguous layer ranges over the stage tabs still connected.
+    let replanner: Replanner = {
+        let (tabs, model, plans) = (tabs.clone(), model.clone(), Arc::new(AtomicU64::new(0)));
+        Arc::new(move |_lost: usize| {
+            let (tabs, model, plans) = (tabs.clone(), model.clone(), plans.clone());
+            Box::pin(async move {
+                let live: Vec<&crate::Tab> = tabs.iter().filter(|t| t.is_connected()).collect();
+                anyhow::ensure!(!live.is_empty(), "no stage tab is left to re-plan {} on", model.name);
+                let k = plans.fetch_add(1, Ordering::Relaxed) + 1;
+                let shards = live.len().min(model.config.layers as usize) as u32;
+                let mut stages = Vec::new();
+                for (j, parts) in sharding::even_layers(model.config.layers, shards).iter().enumerate() {
+                    let (graph, weights) = model.stage_graph(limits, parts, Outputs::default())?;
+                    let name = format!("{}/plan {k}/stage {j}", model.name);
+                    stages.push(load_stage(live[j], &name, &graph, &weights, backend, &()).await?);
+                }
+                Ok(stages)
+            }) as BoxFuture<'static, anyhow::Result<Vec<Stepper>>>
+        })
+    };
     let replacer: Option<Replacer> = if spares > 0 && backend != GenBackend::Cpu {
         let mut tabs = Vec::new();
         for _ in 0..spares {
@@ -251,30 +272,29 @@ pub async fn pipeline_of(
             Box::pin(async move {
                 let tab = spares.lock().expect("spares").pop().context("no spare tab left to replace a lost stage")?;
                 let (graph, weights) = &graphs[i];
-                load_stage(&tab, &name, i, graph, weights, backend, &()).await
+                load_stage(&tab, &format!("{name}/stage {i}"), graph, weights, backend, &()).await
             }) as BoxFuture<'static, anyhow::Result<Stepper>>
         }))
     } else {
         None
     };
-    Ok(Stepper::Pipeline(Pipeline::new(steppers, model.config.hidden, micro_batches, replacer)?))
+    let pipeline = Pipeline::new(steppers, model.config.hidden, micro_batches, replacer)?;
+    Ok(Stepper::Pipeline(if backend == GenBackend::Cpu { pipeline } else { pipeline.with_replanner(replanner) }))
 }
 
-/// Stage `i` of `name` loaded into `tab`, as its own model (`name/stage i`: two stages may share
-/// a tab).
+/// A stage loaded into `tab` as its own model `name` (`model/stage i`: two stages may share a tab).
 async fn load_stage(
     tab: &crate::Tab,
     name: &str,
-    i: usize,
     graph: &shared_proto::Graph,
     weights: &[shared_proto::Tensor],
     backend: GenBackend,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
     let exec = exec_backend(backend)?;
-    Stepper::in_tab(tab, &format!("{name}/stage {i}"), graph, weights, exec.clone(), progress)
+    Stepper::in_tab(tab, name, graph, weights, exec.clone(), progress)
         .await
-        .with_context(|| format!("loading stage {i} of {name} on {exec} in tab {}", tab.id()))
+        .with_context(|| format!("loading {name} on {exec} in tab {}", tab.id()))
 }
 
 /// The KV cache for `max_sessions` sessions of up to [`CONTEXT_LIMIT`] tokens.

@@ -26,6 +26,10 @@ use crate::tab::TabError;
 /// Makes a new stepper for stage `i` (its weights loaded), in place of a lost one.
 pub type Replacer = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Stepper>> + Send + Sync>;
 
+/// When a lost stage cannot be replaced: new stages for the whole model on the tabs left (a new
+/// plan, its weights loaded), in model order. Called with the lost stage's index.
+pub type Replanner = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Vec<Stepper>>> + Send + Sync>;
+
 /// Tokens replayed per step when a replacement rebuilds a session's KV cache (the decoder's
 /// step size: one step's worth of prefill).
 const REPLAY_CHUNK: usize = 256;
@@ -37,13 +41,14 @@ pub struct Pipeline {
     stages: Mutex<Vec<Arc<Stepper>>>,
     /// One turn per stage: a stage runs one call at a time (a tab refuses a second step of a
     /// model while one runs), and a replacement holds the turn while it rebuilds the stage.
-    turns: Vec<tokio::sync::Mutex<()>>,
+    turns: Mutex<Vec<Arc<tokio::sync::Mutex<()>>>>,
     /// Groups a step's rows are split into, each going through the stages behind the one before
     /// (1: the whole step goes stage by stage; more: stages work at once on different sessions).
     micro_batches: usize,
     /// Per open session: its capacity and the inputs each stage committed.
     history: Mutex<HashMap<u64, History>>,
     replacer: Option<Replacer>,
+    replanner: Option<Replanner>,
     /// Width of the hidden state between stages.
     width: u32,
     pub stats: PipelineStats,
@@ -57,6 +62,8 @@ pub struct PipelineStats {
     pub recovery_ms: Mutex<Vec<f64>>,
     /// Tokens replayed into replacements.
     pub replayed_tokens: AtomicU64,
+    /// New plans made on the tabs left, after a stage could not be replaced.
+    pub replans: AtomicU64,
 }
 
 struct History {
@@ -80,14 +87,32 @@ impl Pipeline {
             bail!("a pipeline needs at least one stage");
         }
         Ok(Pipeline {
-            turns: stages.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
+            turns: Mutex::new(stages.iter().map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect()),
             micro_batches: micro_batches.max(1),
             stages: Mutex::new(stages.into_iter().map(Arc::new).collect()),
             history: Mutex::new(HashMap::new()),
             replacer,
+            replanner: None,
             width,
             stats: PipelineStats::default(),
         })
+    }
+
+    /// Re-plan on the tabs left when a lost stage cannot be replaced. Only for pipelines without
+    /// micro-batches: a re-plan swaps every stage, which no step in flight may see.
+    pub fn with_replanner(mut self, replanner: Replanner) -> Pipeline {
+        if self.micro_batches == 1 {
+            self.replanner = Some(replanner);
+        }
+        self
+    }
+
+    fn turn(&self, i: usize) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns.lock().expect("turns")[i].clone()
+    }
+
+    fn len(&self) -> usize {
+        self.stages.lock().expect("stages").len()
     }
 
     /// The stages as of now (a replacement swaps one).
@@ -102,11 +127,12 @@ impl Pipeline {
     /// Open `session` on every stage (a lost stage is replaced first); the KV bytes reserved
     /// in all. A stage that refuses closes it on the ones opened.
     pub async fn open(&self, session: u64, capacity: u32) -> anyhow::Result<u64> {
-        let n = self.stages.lock().expect("stages").len();
+        let n = self.len();
         let mut total = 0;
         for i in 0..n {
             let mut replaced = 0;
-            let _turn = self.turns[i].lock().await;
+            let turn = self.turn(i);
+            let _turn = turn.lock().await;
             loop {
                 match self.stage(i).open(session, capacity).await {
                     Ok(b) => {
@@ -122,7 +148,8 @@ impl Pipeline {
                             continue;
                         }
                         for (j, s) in self.stages()[..i].iter().enumerate() {
-                            let _turn = self.turns[j].lock().await;
+                            let turn = self.turn(j);
+                            let _turn = turn.lock().await;
                             let _ = s.close(session).await;
                         }
                         return Err(e.context(format!("opening session {session} on stage {i} of {n}")));
@@ -140,7 +167,8 @@ impl Pipeline {
         self.history.lock().expect("history").remove(&session);
         let mut first_err = None;
         for (i, stage) in self.stages().iter().enumerate() {
-            let _turn = self.turns[i].lock().await;
+            let turn = self.turn(i);
+            let _turn = turn.lock().await;
             if let Err(e) = stage.close(session).await {
                 first_err.get_or_insert(e);
             }
@@ -171,38 +199,102 @@ impl Pipeline {
         Ok((StepOut::Tokens(ids), total))
     }
 
-    /// `rows` through every stage; a lost stage is replaced and the rows go on from it.
+    /// `rows` through every stage; a lost stage is replaced and the rows go on from it, or —
+    /// when it cannot be — the model is re-planned on the tabs left and the rows run again.
     async fn step_group(&self, rows: Vec<StepRow>) -> anyhow::Result<(StepOut, f64)> {
-        let n = self.turns.len();
-        let (mut hidden, mut total) = (Vec::new(), 0.0);
-        for i in 0..n {
-            let mut replaced = 0;
-            let _turn = self.turns[i].lock().await;
-            let (out, ms) = loop {
-                let stage = self.stage(i);
-                match stage.step_with(rows.clone(), hidden.clone()).await {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        let Some(replacer) = self.replacer_for(&e, replaced) else {
-                            return Err(e.context(format!("stage {i} of {n}")));
-                        };
-                        replaced += 1;
-                        tracing::warn!("stage {i} of {n} lost ({e:#}): replacing it and replaying its sessions");
-                        self.replace(i, replacer)
-                            .await
-                            .with_context(|| format!("replacing stage {i} of {n} after: {e:#}"))?;
+        let mut replanned = false;
+        'plan: loop {
+            let n = self.len();
+            let (mut hidden, mut total) = (Vec::new(), 0.0);
+            for i in 0..n {
+                let turn = self.turn(i);
+                let guard = turn.lock().await;
+                let (mut replaced, mut lost) = (0, false);
+                let result = loop {
+                    match self.stage(i).step_with(rows.clone(), hidden.clone()).await {
+                        Ok(r) => break Ok(r),
+                        Err(e) => {
+                            lost |= recovery::stage_lost(TabError::category(&e));
+                            let Some(replacer) = self.replacer_for(&e, replaced) else {
+                                break Err(e.context(format!("stage {i} of {n}")));
+                            };
+                            replaced += 1;
+                            tracing::warn!("stage {i} of {n} lost ({e:#}): replacing it and replaying its sessions");
+                            if let Err(re) = self.replace(i, replacer).await {
+                                break Err(re.context(format!("replacing stage {i} of {n} after: {e:#}")));
+                            }
+                        }
                     }
+                };
+                let (out, ms) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        drop(guard);
+                        let Some(replanner) = self.replanner.as_ref().filter(|_| lost && !replanned) else {
+                            return Err(e);
+                        };
+                        replanned = true;
+                        tracing::warn!("stage {i} of {n} could not be replaced ({e:#}): re-planning on the tabs left");
+                        self.replan(i, replanner, &rows).await.with_context(|| format!("re-planning after: {e:#}"))?;
+                        continue 'plan;
+                    }
+                };
+                total += ms;
+                self.commit(i, &rows, &hidden);
+                drop(guard);
+                match out {
+                    StepOut::Hidden(h) if i + 1 < n => hidden = vec![h],
+                    out if i + 1 == n => return Ok((out, total)),
+                    other => bail!("stage {i} of {n} gave {other:?}"),
                 }
-            };
-            total += ms;
-            self.commit(i, &rows, &hidden);
-            match out {
-                StepOut::Hidden(h) if i + 1 < n => hidden = vec![h],
-                out if i + 1 == n => return Ok((out, total)),
-                other => bail!("stage {i} of {n} gave {other:?}"),
+            }
+            bail!("a pipeline without stages")
+        }
+    }
+
+    /// New stages from `replanner` in place of every stage, the open sessions re-opened on them
+    /// and their tokens — all but this step's `rows`, which run again afterwards — replayed
+    /// through the new pipeline.
+    async fn replan(&self, lost: usize, replanner: &Replanner, rows: &[StepRow]) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let fresh = replanner(lost).await?;
+        anyhow::ensure!(!fresh.is_empty(), "a re-plan without stages");
+        let n = fresh.len();
+        let sessions: Vec<(u64, u32, Vec<u32>)> = {
+            let mut history = self.history.lock().expect("history");
+            history
+                .iter_mut()
+                .map(|(&id, h)| {
+                    let mut tokens = std::mem::take(&mut h.tokens);
+                    // Stage 0 committed this step's tokens when a later stage failed: they run again.
+                    if lost > 0
+                        && let Some(r) = rows.iter().find(|r| r.session == id)
+                    {
+                        tokens.truncate(tokens.len().saturating_sub(r.tokens.len()));
+                    }
+                    h.hidden = vec![Vec::new(); n - 1];
+                    (id, h.capacity, tokens)
+                })
+                .collect()
+        };
+        *self.stages.lock().expect("stages") = fresh.into_iter().map(Arc::new).collect();
+        *self.turns.lock().expect("turns") = (0..n).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect();
+        let mut replayed = 0;
+        for (id, capacity, tokens) in sessions {
+            for stage in self.stages() {
+                stage.open(id, capacity).await.with_context(|| format!("re-opening session {id}"))?;
+            }
+            for chunk in tokens.chunks(REPLAY_CHUNK) {
+                let row = StepRow { session: id, tokens: chunk.to_vec(), sampling: Sampling::Greedy };
+                Box::pin(self.step_group(vec![row])).await.with_context(|| format!("replaying session {id}"))?;
+                replayed += chunk.len();
             }
         }
-        bail!("a pipeline without stages")
+        self.stats.replans.fetch_add(1, Ordering::Relaxed);
+        self.stats.replayed_tokens.fetch_add(replayed as u64, Ordering::Relaxed);
+        self.stats.recovery_ms.lock().expect("stats").push(t0.elapsed().as_secs_f64() * 1e3);
+        tracing::info!("re-planned into {n} stages in {:?}, {replayed} tokens replayed", t0.elapsed());
+        Ok(())
     }
 
     /// The replacer, when `e` lost a stage (`policy::recovery::stage_lost`) and fewer than

@@ -27,6 +27,8 @@ pub fn default_path() -> PathBuf {
     super::cache_dir().join(FILE)
 }
 
+/// Cloning shares the weights (`Bytes`); the tokenizer is copied.
+#[derive(Clone)]
 pub struct SmolLm2 {
     pub name: String,
     pub path: PathBuf,
