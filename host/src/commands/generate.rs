@@ -156,7 +156,7 @@ pub async fn place(
 ) -> anyhow::Result<(Stepper, Option<String>)> {
     let limits = kv_limits(model, max_sessions);
     if shards > 1 {
-        let (stages, micro) = sharding::layout(strategy, model.config.layers, None, shards as usize)?;
+        let (stages, micro) = sharding::layout(strategy, &model.part_costs()?, None, shards as usize)?;
         let p = pipeline_of(host, model, backend, &stages, micro, max_sessions, 0, progress).await?;
         return Ok((p, None));
     }
@@ -200,7 +200,7 @@ pub async fn pipeline(
     if shards > layers {
         bail!("--shards {shards}: the model has only {layers} layers");
     }
-    let stages: Vec<(usize, Vec<Part>)> = sharding::even_layers(layers, shards).into_iter().enumerate().collect();
+    let (stages, _) = sharding::layout(Strategy::Layer, &model.part_costs()?, None, shards as usize)?;
     pipeline_of(host, model, backend, &stages, 1, max_sessions, spares, progress).await
 }
 
@@ -250,9 +250,10 @@ pub async fn pipeline_of(
                 let live: Vec<&crate::Tab> = tabs.iter().filter(|t| t.is_connected()).collect();
                 anyhow::ensure!(!live.is_empty(), "no stage tab is left to re-plan {} on", model.name);
                 let k = plans.fetch_add(1, Ordering::Relaxed) + 1;
-                let shards = live.len().min(model.config.layers as usize) as u32;
+                let shards = live.len().min(model.config.layers as usize);
+                let (layout, _) = sharding::layout(Strategy::Layer, &model.part_costs()?, None, shards)?;
                 let mut stages = Vec::new();
-                for (j, parts) in sharding::even_layers(model.config.layers, shards).iter().enumerate() {
+                for (j, (_, parts)) in layout.iter().enumerate() {
                     let (graph, weights) = model.stage_graph(limits, parts, Outputs::default())?;
                     let name = format!("{}/plan {k}/stage {j}", model.name);
                     stages.push(load_stage(live[j], &name, &graph, &weights, backend, &()).await?);

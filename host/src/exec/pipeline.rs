@@ -210,6 +210,7 @@ impl Pipeline {
                 let turn = self.turn(i);
                 let guard = turn.lock().await;
                 let (mut replaced, mut lost) = (0, false);
+                let t_stage = Instant::now();
                 let result = loop {
                     match self.stage(i).step_with(rows.clone(), hidden.clone()).await {
                         Ok(r) => break Ok(r),
@@ -240,6 +241,13 @@ impl Pipeline {
                     }
                 };
                 total += ms;
+                tracing::debug!(
+                    stage = i,
+                    rows = rows.len(),
+                    device_ms = ms,
+                    wall_ms = t_stage.elapsed().as_secs_f64() * 1e3,
+                    "stage stepped"
+                );
                 self.commit(i, &rows, &hidden);
                 drop(guard);
                 match out {

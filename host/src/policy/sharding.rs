@@ -252,13 +252,16 @@ pub enum PlanError {
     Weight(String),
 }
 
-/// Contiguous layer ranges over `tabs` (in order), each sized to its tab's share of the speed:
-/// `shares[i]` of the layers' bytes; the embedding goes first, the head last.
+/// Contiguous layer ranges over `tabs` (in order), the embedding with the first and the head
+/// with the last, each stage's per-token weight reads — the head's included: SmolLM2's tied
+/// 49 152-row table weighs as much as 14 of its layers — sized to `shares[i]` of the whole
+/// (a tab's share of the speed). Every stage keeps at least one layer.
 pub fn layer_ranges(costs: &ModelCosts, shares: &[f64]) -> Vec<Vec<Part>> {
-    let total: f64 = costs.per_layer.iter().map(|(a, f)| (a + f) as f64).sum();
+    let total = costs.read_bytes() as f64;
     let norm: f64 = shares.iter().sum();
     let mut out: Vec<Vec<Part>> = vec![Vec::new(); shares.len()];
-    let (mut stage, mut done, mut goal) = (0, 0.0, total * shares[0] / norm);
+    let first = costs.part(Part::Embed).read_bytes as f64;
+    let (mut stage, mut done, mut goal) = (0, first, total * shares[0] / norm);
     for l in 0..costs.layers {
         let bytes = {
             let (a, f) = costs.per_layer[l as usize];
@@ -283,7 +286,8 @@ pub fn layer_ranges(costs: &ModelCosts, shares: &[f64]) -> Vec<Vec<Part>> {
     out
 }
 
-/// Even layer ranges (equal tabs): `layer_ranges` with equal shares.
+/// The same number of layers per stage (the embedding first, the head last), whatever they
+/// weigh: for tests and toy models; plans use [`layer_ranges`].
 pub fn even_layers(layers: u32, shards: u32) -> Vec<Vec<Part>> {
     let shards = shards.clamp(1, layers.max(1));
     (0..shards)
@@ -365,27 +369,28 @@ pub fn plan(
     }
     let shares: Vec<f64> = tabs.iter().map(|t| t.decode_tok_s).collect();
     let shares = if strategy == Strategy::Replicas { &shares[..] } else { &shares[..shards] };
-    let (list, micro) = layout(strategy, costs.layers, Some((costs, shares)), shards)?;
+    let (list, micro) = layout(strategy, costs, Some(shares), shards)?;
     let stages = list.into_iter().map(|(t, p)| stage(costs, t, p)).collect();
     predict(strategy, costs, tabs, machine, stages, micro, streams)
 }
 
 /// Where each part goes: stages `(tab, parts)` in model order and the micro-batches of a step,
-/// for `shards` tabs — sized by `speed` (the model's costs and each tab's relative speed) when
-/// given, else evenly. `Hybrid` has no layout of its own: it needs measured speeds (`plan`).
+/// for `shards` tabs — layer ranges sized by each tab's relative `speed` when given, else
+/// equally — by per-token weight reads. `Hybrid` has no layout of its own: it needs measured speeds (`plan`).
 pub fn layout(
     strategy: Strategy,
-    layers: u32,
-    speed: Option<(&ModelCosts, &[f64])>,
+    costs: &ModelCosts,
+    speed: Option<&[f64]>,
     shards: usize,
 ) -> Result<(Layout, usize), PlanError> {
     if shards == 0 {
         return Err(PlanError::NoShards(shards));
     }
+    let layers = costs.layers;
     Ok(match strategy {
         Strategy::Hybrid => return Err(PlanError::NeedsMeasurements),
         Strategy::Replicas => {
-            let n = speed.map_or(shards, |(_, s)| s.len());
+            let n = speed.map_or(shards, |s| s.len());
             ((0..n).map(|t| (t, Part::whole_model(layers))).collect(), 1)
         }
         Strategy::Layer | Strategy::Pipeline => {
@@ -393,8 +398,8 @@ pub fn layout(
                 return Err(PlanError::TooManyShards { shards, layers });
             }
             let ranges = match speed {
-                Some((costs, shares)) => layer_ranges(costs, shares),
-                None => even_layers(layers, shards as u32),
+                Some(shares) => layer_ranges(costs, shares),
+                None => layer_ranges(costs, &vec![1.0; shards]),
             };
             let micro = if strategy == Strategy::Pipeline { shards } else { 1 };
             (ranges.into_iter().enumerate().collect(), micro)
@@ -616,18 +621,26 @@ mod tests {
     #[test]
     fn layer_ranges_follow_the_tabs_speed_and_cover_the_model_once() {
         let c = smollm2();
-        for shares in [vec![1.0, 1.0], vec![1.0, 1.0, 1.0], vec![3.0, 1.0], vec![1.0, 2.0, 1.0]] {
+        let layer = c.per_layer[0].0 + c.per_layer[0].1;
+        // Shares the head fits in (a last stage smaller than the head alone cannot be met).
+        for shares in [vec![1.0, 1.0], vec![1.0, 1.0, 1.0], vec![1.0, 3.0], vec![3.0, 2.0]] {
             let r = layer_ranges(&c, &shares);
             let all: Vec<Part> = r.iter().flatten().copied().collect();
             assert_eq!(all, Part::whole_model(30), "{shares:?}");
-            let layers: Vec<f64> =
-                r.iter().map(|p| p.iter().filter(|p| matches!(p, Part::Ffn(_))).count() as f64).collect();
             let norm: f64 = shares.iter().sum();
-            for (n, s) in layers.iter().zip(&shares) {
-                assert!((n - 30.0 * s / norm).abs() <= 1.0, "{shares:?} gave {layers:?}");
+            for (parts, s) in r.iter().zip(&shares) {
+                let reads: u64 = parts.iter().map(|&p| c.part(p).read_bytes).sum();
+                let goal = c.read_bytes() as f64 * s / norm;
+                assert!((reads as f64 - goal).abs() <= layer as f64, "{shares:?}: {reads} vs {goal:.0}");
             }
         }
-        assert_eq!(even_layers(30, 3), layer_ranges(&c, &[1.0, 1.0, 1.0]));
+        // Equal tabs: the last stage, holding the head, gets fewer layers.
+        let r = layer_ranges(&c, &[1.0, 1.0]);
+        let layers = |p: &[Part]| p.iter().filter(|p| matches!(p, Part::Ffn(_))).count();
+        assert!(layers(&r[1]) < layers(&r[0]), "{} vs {}", layers(&r[0]), layers(&r[1]));
+        // At least one layer each, however slow a tab.
+        let r = layer_ranges(&c, &[1.0, 1000.0]);
+        assert!(layers(&r[0]) >= 1 && layers(&r[1]) >= 1);
     }
 
     #[test]
