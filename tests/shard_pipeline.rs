@@ -12,6 +12,7 @@ use shared_proto::Sampling;
 use tabpool::commands::generate::{self, GenBackend};
 use tabpool::exec::{Decoder, GenEvent, GenParams, StepLimits, Stepper};
 use tabpool::models::smollm2::SmolLm2;
+use tabpool::policy::sharding::{self, Strategy};
 
 fn greedy(m: &SmolLm2) -> GenParams {
     GenParams { max_tokens: 24, sampling: Sampling::Greedy, stop_ids: m.eos_ids.clone() }
@@ -196,6 +197,64 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
     );
     assert_eq!(pipe.stats.replans.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(after, vec![before[0], before[2]], "two stages on the tabs left");
+    d.stop().await;
+    host.shutdown().await;
+}
+
+/// `strategy` over `shards` tabs of `backend`, laid out by the planner, with `spares` spare tabs.
+async fn planned(
+    host: &mut tabpool::Host,
+    m: &SmolLm2,
+    backend: GenBackend,
+    strategy: Strategy,
+    shards: usize,
+    spares: u32,
+) -> Arc<Stepper> {
+    let (stages, micro) = sharding::layout(strategy, &m.part_costs().unwrap(), None, shards).unwrap();
+    let p = generate::pipeline_of(host, m, backend, &stages, micro, 4, spares, &()).await;
+    Arc::new(p.unwrap_or_else(|e| panic!("{strategy:?} ×{shards}: {e:#}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_equals_the_reference_in_tabs() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    // Micro-batched pipelines (the batched half of the check runs both cases in two groups),
+    // the embedding and head apart from the body, and every attention apart from its FFN.
+    for (strategy, shards) in
+        [(Strategy::Pipeline, 2), (Strategy::Pipeline, 3), (Strategy::Component, 2), (Strategy::AttentionFfn, 2)]
+    {
+        let p = planned(&mut host, &m, GenBackend::WasmCpu, strategy, shards, 0).await;
+        check_reference(&m, p, &format!("{strategy:?} ×{shards}")).await;
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_webnn_stage_is_replaced_without_a_wrong_token() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    let p = planned(&mut host, &m, GenBackend::Webnn, Strategy::Layer, 2, 1).await;
+    let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
+    let before = p.tab_ids();
+    let d = Decoder::start(p.clone(), StepLimits::default());
+    let runs = futures_util::future::join_all(cases.iter().map(|c| first_then_rest(&m, &d, c)));
+    let stats = &d.stats;
+    let chaos = async {
+        while stats.steps.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");
+    };
+    let (got, ()) = tokio::join!(runs, chaos);
+    for (ids, c) in got.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "webnn greedy ids of {:?} with stage 1 killed", c.user);
+    }
+    assert_eq!(pipe.stats.recoveries.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_ne!(p.tab_ids()[1], before[1], "stage 1 runs in the spare tab");
     d.stop().await;
     host.shutdown().await;
 }
