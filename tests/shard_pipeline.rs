@@ -47,6 +47,24 @@ async fn pipeline(host: &mut tabpool::Host, m: &SmolLm2, backend: GenBackend, sh
     Arc::new(p)
 }
 
+/// Once the decoder has run `n` steps.
+async fn after_steps(d: &Decoder, n: u64) {
+    while d.stats.steps.load(std::sync::atomic::Ordering::Relaxed) < n {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Greedy streams of `cases` on `d` while `chaos` runs; each stream's ids.
+async fn streams_under(
+    m: &SmolLm2,
+    d: &Decoder,
+    cases: &[&support::GenCase],
+    chaos: impl std::future::Future<Output = ()>,
+) -> Vec<Vec<u32>> {
+    let runs = futures_util::future::join_all(cases.iter().map(|c| first_then_rest(m, d, c)));
+    tokio::join!(runs, chaos).0
+}
+
 /// The first token of a stream, then the rest of it.
 async fn first_then_rest(m: &SmolLm2, d: &Decoder, c: &support::GenCase) -> Vec<u32> {
     let mut events = d.generate(c.prompt_ids.clone(), greedy(m));
@@ -130,22 +148,15 @@ async fn killed_stage_tabs_are_replaced_without_a_wrong_token() {
     let before = p.tab_ids();
     let d = Decoder::start(p.clone(), StepLimits::default());
     let streams: Vec<_> = (0..6).map(|i| &cases[i % cases.len()]).collect();
-    let runs = futures_util::future::join_all(streams.iter().map(|c| first_then_rest(&m, &d, c)));
     // While they run: kill the middle stage's renderer once tokens flow, then the first's.
-    let stats = &d.stats;
-    let steps = |n| async move {
-        while stats.steps.load(std::sync::atomic::Ordering::Relaxed) < n {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
     let chaos = async {
-        steps(4).await;
+        after_steps(&d, 4).await;
         assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");
-        steps(12).await;
+        after_steps(&d, 12).await;
         let now = p.tab_ids();
         assert!(support::kill_renderers(&host.tab_processes(now[0])) > 0, "stage 0 has a renderer");
     };
-    let (got, ()) = tokio::join!(runs, chaos);
+    let got = streams_under(&m, &d, &streams, chaos).await;
     for (ids, c) in got.iter().zip(&streams) {
         assert_eq!(*ids, with_stop(c), "greedy ids of {:?} with two stages killed", c.user);
     }
@@ -177,15 +188,11 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
     let before = p.tab_ids();
     let d = Decoder::start(p.clone(), StepLimits::default());
     let streams: Vec<_> = (0..4).map(|i| &cases[i % cases.len()]).collect();
-    let runs = futures_util::future::join_all(streams.iter().map(|c| first_then_rest(&m, &d, c)));
-    let stats = &d.stats;
     let chaos = async {
-        while stats.steps.load(std::sync::atomic::Ordering::Relaxed) < 6 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        after_steps(&d, 6).await;
         assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");
     };
-    let (got, ()) = tokio::join!(runs, chaos);
+    let got = streams_under(&m, &d, &streams, chaos).await;
     for (ids, c) in got.iter().zip(&streams) {
         assert_eq!(*ids, with_stop(c), "greedy ids of {:?} across a re-plan", c.user);
     }
@@ -241,15 +248,11 @@ async fn a_killed_webnn_stage_is_replaced_without_a_wrong_token() {
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
     let d = Decoder::start(p.clone(), StepLimits::default());
-    let runs = futures_util::future::join_all(cases.iter().map(|c| first_then_rest(&m, &d, c)));
-    let stats = &d.stats;
     let chaos = async {
-        while stats.steps.load(std::sync::atomic::Ordering::Relaxed) < 4 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        after_steps(&d, 4).await;
         assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");
     };
-    let (got, ()) = tokio::join!(runs, chaos);
+    let got = streams_under(&m, &d, &cases.iter().collect::<Vec<_>>(), chaos).await;
     for (ids, c) in got.iter().zip(&cases) {
         assert_eq!(*ids, with_stop(c), "webnn greedy ids of {:?} with stage 1 killed", c.user);
     }

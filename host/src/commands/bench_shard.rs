@@ -15,7 +15,7 @@ use super::generate::{self, GenBackend};
 use crate::Host;
 use crate::exec::{StepOut, Stepper};
 use crate::models::smollm2::{Message, SmolLm2};
-use crate::policy::sharding::{self, Machine, Strategy, TabProfile};
+use crate::policy::sharding::{self, Measured, Strategy};
 
 pub struct Args {
     pub backend: GenBackend,
@@ -112,6 +112,43 @@ pub(crate) async fn aggregate(steppers: &[&Stepper], prompt: &[u32], n: usize) -
     Ok(tokens as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Two whole copies of the model in two tabs, and what they measured: the planner's inputs.
+pub(crate) struct WholeCopies {
+    pub one: Stepper,
+    pub two: Stepper,
+    /// Load of each, ms.
+    pub load_ms: (f64, f64),
+    /// The single stream's greedy ids on the first.
+    pub ids: Vec<u32>,
+    pub measured: Measured,
+}
+
+/// Load one copy, measure one stream (`decode` tokens) and `streams` streams on it, then load a
+/// second beside it and measure the streams split over both at once.
+pub(crate) async fn whole_copies(
+    host: &mut Host,
+    m: &SmolLm2,
+    backend: GenBackend,
+    prompt: &[u32],
+    decode: usize,
+    streams: usize,
+) -> anyhow::Result<WholeCopies> {
+    let sessions = streams as u32 + 1;
+    eprintln!("measuring one whole copy in a tab, then two at once…");
+    let t = Instant::now();
+    let one = generate::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
+    let load_one = t.elapsed().as_secs_f64() * 1e3;
+    let (ids, decode_tok_s, hop_share) = single(&one, prompt, decode).await?;
+    let batch_tok_s = aggregate(&[&one], prompt, streams).await?;
+    let t = Instant::now();
+    let two = generate::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
+    let load_two = t.elapsed().as_secs_f64() * 1e3;
+    let two_tabs_tok_s = aggregate(&[&one, &two], prompt, streams).await?;
+    let measured =
+        Measured { backend: one.backend(), decode_tok_s, hop_share, batch_tok_s, batch: streams, two_tabs_tok_s };
+    Ok(WholeCopies { one, two, load_ms: (load_one, load_two), ids, measured })
+}
+
 /// Each tab's anonymous memory (PSS of private pages: the file-backed pages browsers share fall
 /// in PSS as more browsers run, so whole PSS measured beside many tabs is not comparable with an
 /// empty tab measured alone) above an empty tab's, in MiB.
@@ -179,59 +216,41 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         settled(|| pids(host, tab.id())).await.anon
     };
     let mut rows = Vec::new();
-    eprintln!("bench shard: 1 tab…");
-    let t = Instant::now();
-    let one = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (base_ids, decode_tok_s, hop_share) = single(&one, &prompt, args.decode).await?;
-    let one_agg = aggregate(&[&one], &prompt, args.streams).await?;
+    let w = whole_copies(host, &m, args.backend, &prompt, args.decode, args.streams).await?;
+    let (profile, machine) = w.measured.inputs(0);
+    let (hop_ms, parallel) = (machine.hop_ms, machine.parallel);
+    let Measured { decode_tok_s, hop_share, batch_tok_s: one_agg, two_tabs_tok_s: two_agg, .. } = w.measured;
     rows.push(Row {
         plan: "1 tab".into(),
         stages: 1,
-        tabs: one.tab_ids().len(),
-        load_ms,
+        tabs: w.one.tab_ids().len(),
+        load_ms: w.load_ms.0,
         decode_tok_s,
         aggregate_tok_s: one_agg,
         hop_share,
-        tab_mib_above_empty: tab_memory(host, &one, empty).await,
+        tab_mib_above_empty: tab_memory(host, &w.one, empty).await,
         same_tokens: true,
         predicted_tok_s: None,
         predicted_aggregate_tok_s: None,
     });
-    // A second whole copy beside it: the streams split over two tabs at once measure how much
-    // work this machine's tabs get done together (the planner's `parallel`).
-    eprintln!("bench shard: replicas ×2…");
-    let t = Instant::now();
-    let two = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
-    let two_load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let two_agg = aggregate(&[&one, &two], &prompt, args.streams).await?;
-    // The planner's inputs, all measured above.
-    let profile = TabProfile {
-        backend: one.backend(),
-        decode_tok_s,
-        batch_tok_s: one_agg,
-        batch: args.streams,
-        mem_budget: u64::MAX,
-    };
-    let hop_ms = hop_share * 1e3 / decode_tok_s;
-    let parallel = sharding::parallel_from(&profile, 2, args.streams, two_agg, hop_ms);
-    let machine = Machine { hop_ms, parallel, kv_tokens: 0 };
+    let base_ids = w.ids;
     let costs = m.part_costs()?;
     let tabs = vec![profile; 3];
     rows.push(Row {
         plan: "replicas ×2".into(),
         stages: 1,
         tabs: 2,
-        load_ms: two_load_ms,
+        load_ms: w.load_ms.1,
         decode_tok_s,
         aggregate_tok_s: two_agg,
         hop_share,
-        tab_mib_above_empty: tab_memory(host, &two, empty).await,
+        tab_mib_above_empty: tab_memory(host, &w.two, empty).await,
         same_tokens: true,
         predicted_tok_s: None,
         predicted_aggregate_tok_s: None,
     });
-    drop((one, two));
+    drop(w.one);
+    drop(w.two);
     let hybrid = sharding::plan(Strategy::Hybrid, &costs, &tabs[..2], &machine, 2, args.streams)?;
     for (strategy, shards) in PLANS {
         let plan = sharding::plan(strategy, &costs, &tabs, &machine, shards, args.streams)?;

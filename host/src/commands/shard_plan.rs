@@ -5,11 +5,11 @@
 
 use serde_json::json;
 
-use super::bench_shard::{aggregate, chat_prompt, single};
-use super::generate::{self, GenBackend};
+use super::bench_shard::{chat_prompt, whole_copies};
+use super::generate::GenBackend;
 use crate::Host;
 use crate::models::smollm2::SmolLm2;
-use crate::policy::sharding::{self, Machine, Part, Plan, Strategy, TabProfile};
+use crate::policy::sharding::{self, Measured, Part, Plan, Strategy};
 
 pub struct Args {
     pub backend: GenBackend,
@@ -55,24 +55,10 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let m = SmolLm2::load(None)?;
     let costs = m.part_costs()?;
     let prompt = chat_prompt(&m)?;
-    let sessions = args.streams as u32 + 1;
-    eprintln!("measuring the planner's inputs on {:?}: one tab, then two at once…", args.backend);
-    let one = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
-    let (_, decode_tok_s, hop_share) = single(&one, &prompt, 32).await?;
-    let one_agg = aggregate(&[&one], &prompt, args.streams).await?;
-    let two = generate::place(host, &m, args.backend, sessions, (1, Strategy::Layer), &()).await?.0;
-    let two_agg = aggregate(&[&one, &two], &prompt, args.streams).await?;
-    let profile = TabProfile {
-        backend: one.backend(),
-        decode_tok_s,
-        batch_tok_s: one_agg,
-        batch: args.streams,
-        // The tab's room is not known without filling it: plans are not bounded by it here.
-        mem_budget: u64::MAX,
-    };
-    let hop_ms = hop_share * 1e3 / decode_tok_s;
-    let parallel = sharding::parallel_from(&profile, 2, args.streams, two_agg, hop_ms);
-    let machine = Machine { hop_ms, parallel, kv_tokens: 0 };
+    let w = whole_copies(host, &m, args.backend, &prompt, 32, args.streams).await?;
+    let (profile, machine) = w.measured.inputs(0);
+    let (hop_ms, parallel) = (machine.hop_ms, machine.parallel);
+    let Measured { decode_tok_s, batch_tok_s: one_agg, two_tabs_tok_s: two_agg, .. } = w.measured;
     let tabs = vec![profile.clone(); args.tabs];
     let chosen = sharding::plan(args.strategy, &costs, &tabs, &machine, args.shards, args.streams)?;
     let all: Vec<Plan> =
@@ -137,7 +123,6 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             a.predicted.hop_share * 100.0
         );
     }
-    drop((one, two));
     Ok(())
 }
 

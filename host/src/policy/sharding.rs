@@ -514,6 +514,38 @@ fn predict(
     })
 }
 
+/// What one tab of a backend measured, the planner's inputs come from.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub backend: String,
+    /// One stream's decode and the share of its token time outside the tab's run.
+    pub decode_tok_s: f64,
+    pub hop_share: f64,
+    /// `batch` streams in shared steps on the tab.
+    pub batch_tok_s: f64,
+    pub batch: usize,
+    /// The same `batch` streams split over two whole copies in two tabs at once.
+    pub two_tabs_tok_s: f64,
+}
+
+impl Measured {
+    /// The tab's profile (room unbounded: a tab's memory limit is not known without filling
+    /// it) and the machine: a hop is the time outside the tab per token, and the parallelism is
+    /// read back from the two-tab run.
+    pub fn inputs(&self, kv_tokens: u64) -> (TabProfile, Machine) {
+        let profile = TabProfile {
+            backend: self.backend.clone(),
+            decode_tok_s: self.decode_tok_s,
+            batch_tok_s: self.batch_tok_s,
+            batch: self.batch,
+            mem_budget: u64::MAX,
+        };
+        let hop_ms = self.hop_share * 1e3 / self.decode_tok_s;
+        let parallel = parallel_from(&profile, 2, self.batch, self.two_tabs_tok_s, hop_ms);
+        (profile, Machine { hop_ms, parallel, kv_tokens })
+    }
+}
+
 /// The machine's parallelism (`Machine::parallel`) from a measurement: `replicas` whole-model
 /// tabs of `tab` together decoding `streams` streams at `measured_tok_s`, as `predict` models
 /// replicas (clamped to 1 ..= replicas).
