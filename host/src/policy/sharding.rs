@@ -16,6 +16,10 @@
 //!   two tabs working at once (`parallel`).
 //! - Replicas: each of `R` tabs holds the whole model and takes `B/R` of the streams, at once,
 //!   within the same measured parallelism.
+//! - Two-sided splits (attention-ffn, component) put their heavier side on the faster tab.
+//!   Attention-ffn pays `n_a` hops a token against layer ranges' `n_l` on the same tabs, so it
+//!   wins only while `hop < (C_l − C_a) / (n_a − n_l)` (C: a stream's compute per token): never
+//!   on equal tabs, where C_l = C_a; its plan's notes give the figure.
 
 use serde::Serialize;
 
@@ -308,14 +312,15 @@ pub fn even_layers(layers: u32, shards: u32) -> Vec<Vec<Part>> {
         .collect()
 }
 
-/// Component: the embedding and head on tab 0, the body on tab 1.
+/// Component: the embedding and head on tab 0, the body on tab 1 (`layout` puts the heavier
+/// side on the faster tab).
 pub fn components(layers: u32) -> Layout {
     let body = (0..layers).flat_map(|l| [Part::Attention(l), Part::Ffn(l)]).collect();
     vec![(0, vec![Part::Embed]), (1, body), (0, vec![Part::Head])]
 }
 
 /// Attention-FFN: every layer's attention on tab 0 (with the embedding), its FFN on tab 1 (with
-/// the head).
+/// the head; `layout` puts the heavier side on the faster tab).
 pub fn attention_ffn(layers: u32) -> Layout {
     let mut out = Vec::new();
     for l in 0..layers {
@@ -330,6 +335,22 @@ pub fn attention_ffn(layers: u32) -> Layout {
         out.extend([(0, attn), (1, ffn)]);
     }
     out
+}
+
+/// A two-tab layout with its heavier side (per-token weight reads) on the faster tab: a token
+/// takes both sides' times one after the other, least with the bulk on the faster one. Equal
+/// speeds, or none, keep the layout's own order.
+fn heavier_on_faster(costs: &ModelCosts, list: Layout, speed: Option<&[f64]>) -> Layout {
+    let Some(&[s0, s1]) = speed else { return list };
+    let reads = |tab: usize| -> u64 {
+        list.iter().filter(|(t, _)| *t == tab).flat_map(|(_, p)| p).map(|&p| costs.part(p).read_bytes).sum()
+    };
+    let heavy = if reads(0) > reads(1) { 0 } else { 1 };
+    let speeds = [s0, s1];
+    if speeds[heavy] >= speeds[1 - heavy] {
+        return list;
+    }
+    list.into_iter().map(|(t, p)| (1 - t, p)).collect()
 }
 
 fn stage(costs: &ModelCosts, tab: usize, parts: Vec<Part>) -> Stage {
@@ -371,7 +392,40 @@ pub fn plan(
     let shares = if strategy == Strategy::Replicas { &shares[..] } else { &shares[..shards] };
     let (list, micro) = layout(strategy, costs, Some(shares), shards)?;
     let stages = list.into_iter().map(|(t, p)| stage(costs, t, p)).collect();
-    predict(strategy, costs, tabs, machine, stages, micro, streams)
+    let mut p = predict(strategy, costs, tabs, machine, stages, micro, streams)?;
+    if strategy == Strategy::AttentionFfn {
+        let layer = plan(Strategy::Layer, costs, tabs, machine, shards, streams).ok();
+        p.notes.push(attention_ffn_note(&p, layer.as_ref(), machine.hop_ms));
+    }
+    Ok(p)
+}
+
+/// When attention-ffn pays, from the one-stream predictions: against layer ranges on the same
+/// tabs it pays `n_a` hops a token instead of `n_l`, so it wins only if the compute it saves
+/// (`C_l − C_a`: the heavier FFN side on the faster tab, where speed-sized layer ranges balance
+/// the tabs instead) exceeds them: `hop < (C_l − C_a) / (n_a − n_l)`.
+fn attention_ffn_note(af: &Plan, layer: Option<&Plan>, hop_ms: f64) -> String {
+    let n_a = af.stages.len();
+    let Some(layer) = layer else {
+        return format!("{n_a} hops per token; layer ranges do not fit these tabs to compare with");
+    };
+    let n_l = layer.stages.len();
+    let compute = |p: &Plan| 1e3 / p.predicted.stream_tok_s * (1.0 - p.predicted.hop_share);
+    let saved = compute(layer) - compute(af);
+    // Equal tabs give the same compute both ways, up to rounding.
+    if saved <= compute(layer) * 1e-9 {
+        return format!(
+            "{n_a} hops per token against {n_l} for layer ranges on the same tabs, for no less compute: \
+             never worth it on tabs this alike — it pays only on tabs of different speeds, with hops \
+             cheaper than the compute it saves"
+        );
+    }
+    let even = saved / (n_a - n_l) as f64;
+    format!(
+        "{n_a} hops per token against {n_l} for layer ranges on the same tabs: it saves {saved:.2} ms of compute \
+         a token (its heavier FFN side on the faster tab), so it beats them only while a hop costs under {even:.3} ms — measured {hop_ms:.3} ms: {}",
+        if hop_ms < even { "it pays here" } else { "it does not pay here" }
+    )
 }
 
 /// Where each part goes: stages `(tab, parts)` in model order and the micro-batches of a step,
@@ -408,7 +462,8 @@ pub fn layout(
             if shards != 2 {
                 return Err(PlanError::WrongShardCount { strategy, need: 2, got: shards });
             }
-            (if strategy == Strategy::Component { components(layers) } else { attention_ffn(layers) }, 1)
+            let list = if strategy == Strategy::Component { components(layers) } else { attention_ffn(layers) };
+            (heavier_on_faster(costs, list, speed), 1)
         }
     })
 }
@@ -485,18 +540,13 @@ fn predict(
         };
         (single, step, n)
     };
-    let one_tab = tabs[0].step_ms(1.0) + hop;
+    // The whole model on the fastest tab the plan uses: what a split stream is up against.
+    let one_tab = stages.iter().map(|s| tabs[s.tab].step_ms(1.0)).fold(f64::INFINITY, f64::min) + hop;
     if stages.len() > 1 && strategy != Strategy::Replicas && stream_ms > one_tab {
         notes.push(format!(
-            "one stream: {:.1} tok/s here vs {:.1} on one tab — splitting a stream buys memory per tab, not speed",
+            "one stream: {:.1} tok/s here vs {:.1} with the whole model on its fastest tab — splitting a stream buys memory per tab, not speed",
             1e3 / stream_ms,
             1e3 / one_tab
-        ));
-    }
-    if strategy == Strategy::AttentionFfn {
-        notes.push(format!(
-            "{hops:.0} hops per token: pays only when the two tabs differ by more than the hops cost (here {:.0} % of a token)",
-            100.0 * hops * hop / stream_ms
         ));
     }
     Ok(Plan {
@@ -720,7 +770,88 @@ mod tests {
         let af = plan(Strategy::AttentionFfn, &c, &tabs, &machine(), 2, 1).unwrap();
         let layer = plan(Strategy::Layer, &c, &tabs, &machine(), 2, 1).unwrap();
         assert!(af.predicted.stream_tok_s < layer.predicted.stream_tok_s);
-        assert!(af.notes.iter().any(|n| n.contains("60 hops")), "{:?}", af.notes);
+        assert!(af.notes.iter().any(|n| n.contains("60 hops") && n.contains("never worth it")), "{:?}", af.notes);
+        // Measured against the fastest tab, not the first: 42 + 84 tok/s tabs split one stream
+        // faster than the first tab alone, slower than the second.
+        let p = plan(Strategy::Layer, &c, &[tab(42.0), tab(84.0)], &machine(), 2, 1).unwrap();
+        let fast = plan(Strategy::Replicas, &c, &[tab(84.0)], &machine(), 1, 1).unwrap();
+        assert!(p.predicted.stream_tok_s > 42.0 && p.predicted.stream_tok_s < fast.predicted.stream_tok_s);
+        let against = format!("vs {:.1} with the whole model on its fastest tab", fast.predicted.stream_tok_s);
+        assert!(p.notes.iter().any(|n| n.contains(&against)), "{:?}", p.notes);
+    }
+
+    /// Per-token weight reads of a stage.
+    fn reads(c: &ModelCosts, s: &Stage) -> f64 {
+        s.parts.iter().map(|&p| c.part(p).read_bytes).sum::<u64>() as f64
+    }
+
+    #[test]
+    fn unequal_tabs_get_layer_ranges_they_take_equally_long_over() {
+        let c = smollm2();
+        let (whole, layer) = (c.read_bytes() as f64, (c.per_layer[0].0 + c.per_layer[0].1) as f64);
+        // Speeds whose last tab can hold the head (its share is over the head's reads).
+        for speeds in [vec![84.0, 42.0], vec![42.0, 84.0], vec![42.0, 42.0, 84.0], vec![30.0, 60.0, 90.0]] {
+            let tabs: Vec<TabProfile> = speeds.iter().map(|&s| tab(s)).collect();
+            // Each stage's share of a token on its tab, were the split exact: 1 / Σ speeds.
+            let even_ms = 1e3 / speeds.iter().sum::<f64>();
+            for s in [Strategy::Layer, Strategy::Pipeline] {
+                let p = plan(s, &c, &tabs, &machine(), speeds.len(), 8).unwrap();
+                assert_eq!(p.stages.iter().map(|st| st.tab).collect::<Vec<_>>(), (0..speeds.len()).collect::<Vec<_>>());
+                for st in &p.stages {
+                    let t = tabs[st.tab].step_ms(1.0);
+                    let ms = reads(&c, st) / whole * t;
+                    assert!(
+                        (ms - even_ms).abs() <= layer / whole * t,
+                        "{s:?} {speeds:?}: tab {} {ms:.2} ms vs {even_ms:.2}",
+                        st.tab
+                    );
+                }
+            }
+        }
+        // Twice as fast, about twice the reads.
+        let p = plan(Strategy::Layer, &c, &[tab(84.0), tab(42.0)], &machine(), 2, 1).unwrap();
+        let ratio = reads(&c, &p.stages[0]) / reads(&c, &p.stages[1]);
+        assert!((1.7..2.3).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn a_two_sided_split_puts_its_heavier_side_on_the_faster_tab() {
+        let c = smollm2();
+        // FFN + head outweigh the attention side; the body outweighs embedding + head.
+        for (s, heavy) in [(Strategy::AttentionFfn, Part::Ffn(0)), (Strategy::Component, Part::Attention(0))] {
+            for (speeds, fast) in [([42.0, 84.0], 1), ([84.0, 42.0], 0)] {
+                let tabs = speeds.map(tab);
+                let p = plan(s, &c, &tabs, &machine(), 2, 8).unwrap();
+                let on = p.stages.iter().find(|st| st.parts.contains(&heavy)).unwrap().tab;
+                assert_eq!(on, fast, "{s:?} {speeds:?}");
+                let tab_reads = |t| p.stages.iter().filter(|st| st.tab == t).map(|st| reads(&c, st)).sum::<f64>();
+                assert!(tab_reads(fast) > tab_reads(1 - fast), "{s:?} {speeds:?}");
+                // The same stages on the other tabs are predicted slower.
+                let swapped = p.stages.iter().map(|st| stage(&c, 1 - st.tab, st.parts.clone())).collect();
+                let q = predict(s, &c, &tabs, &machine(), swapped, 1, 8).unwrap();
+                assert!(q.predicted.stream_tok_s < p.predicted.stream_tok_s, "{s:?} {speeds:?}");
+                assert!(q.predicted.aggregate_tok_s < p.predicted.aggregate_tok_s, "{s:?} {speeds:?}");
+            }
+        }
+        // Without speeds (generate's layouts) the order is the layout's own.
+        assert_eq!(layout(Strategy::AttentionFfn, &c, None, 2).unwrap().0, attention_ffn(30));
+        assert_eq!(layout(Strategy::Component, &c, Some(&[42.0, 42.0]), 2).unwrap().0, components(30));
+    }
+
+    #[test]
+    fn attention_ffn_pays_only_on_unequal_tabs_with_cheap_hops_and_says_which() {
+        let c = smollm2();
+        let verdict = |p: &Plan| p.notes.iter().find(|n| n.contains("hops per token")).cloned().unwrap();
+        let tabs = [tab(84.0), tab(42.0)];
+        for (hop_ms, pays) in [(0.005, true), (0.5, false)] {
+            let m = Machine { hop_ms, ..machine() };
+            let af = plan(Strategy::AttentionFfn, &c, &tabs, &m, 2, 1).unwrap();
+            let layer = plan(Strategy::Layer, &c, &tabs, &m, 2, 1).unwrap();
+            let (a, l) = (af.predicted.stream_tok_s, layer.predicted.stream_tok_s);
+            assert_eq!(a > l, pays, "hop {hop_ms} ms: attention-ffn {a:.2} vs layer {l:.2} tok/s");
+            let v = verdict(&af);
+            assert!(v.contains(if pays { "it pays here" } else { "it does not pay here" }), "{v}");
+        }
     }
 
     #[test]
