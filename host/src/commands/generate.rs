@@ -108,6 +108,8 @@ pub struct Loaded {
     pub tab: Option<u64>,
     pub load_ms: f64,
     pub params: GenParams,
+    /// A sharded model's stages in order: (tab, its parts, weight bytes); empty when whole.
+    pub stages: Vec<(Option<u64>, String, u64)>,
 }
 
 /// Put `model` (read from disk since `started`) on `opts.backend` for one session at a time (a
@@ -128,10 +130,21 @@ pub async fn load(
     let (stepper, reason) = place(host, &model, opts.backend, 1, (opts.shards, opts.strategy), &pb).await?;
     pb.finish_and_clear();
     let (backend, tab) = (stepper.backend(), stepper.tab_id());
+    let mut stages = Vec::new();
+    if opts.shards > 1 {
+        // The layout `place` ran (it is a pure function of the same arguments).
+        let costs = model.part_costs()?;
+        let (layout, _) = sharding::layout(opts.strategy, &costs, None, opts.shards as usize)?;
+        let tabs = stepper.tab_ids();
+        for (i, (_, parts)) in layout.iter().enumerate() {
+            let described = super::shard_plan::describe(parts);
+            stages.push((tabs.get(i).copied(), described, costs.stage_weight_bytes(parts)));
+        }
+    }
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
     let params = GenParams { max_tokens: opts.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
-    Ok(Loaded { model, decoder, backend, reason, tab, load_ms, params })
+    Ok(Loaded { model, decoder, backend, reason, tab, load_ms, params, stages })
 }
 
 /// Put `model` on `backend` for up to `max_sessions` sessions (a tab is launched for in-tab backends).
@@ -330,6 +343,10 @@ pub async fn load_in(
         .with_context(|| format!("loading {} on {exec} in tab {}", model.name, tab.id()))
 }
 
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
 /// Where an in-tab backend runs in the tab.
 fn exec_backend(backend: GenBackend) -> anyhow::Result<ExecBackend> {
     Ok(match backend {
@@ -449,6 +466,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     if let Some(reason) = l.reason.as_ref().filter(|_| !args.json) {
         eprintln!("backend auto: {} — {reason}", l.backend);
     }
+    if !args.json {
+        for (i, (tab, parts, bytes)) in l.stages.iter().enumerate() {
+            let tab = tab.map_or("the host".to_string(), |t| format!("tab {t}"));
+            eprintln!("stage {i} ({}) in {tab}: {parts}, {:.1} MiB of weights", args.opts.strategy.name(), mib(*bytes));
+        }
+    }
     let mut out = std::io::stdout();
     let json = args.json;
     let run = generate(&l.model, &l.decoder, prompt_ids, l.params.clone(), |piece| {
@@ -458,7 +481,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         }
     })
     .await?;
-    let Loaded { model, decoder, backend, reason, tab, load_ms, .. } = l;
+    let Loaded { model, decoder, backend, reason, tab, load_ms, stages, .. } = l;
+    let stages: Vec<_> =
+        stages.iter().map(|(tab, parts, bytes)| json!({"tab": tab, "parts": parts, "weight_bytes": bytes})).collect();
     decoder.stop().await;
     let finish = finish_name(run.finish);
     if args.json {
@@ -467,7 +492,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             json!({
                 "model": model.name, "backend": backend, "backend_reason": reason, "prompt_ids": run.prompt_ids,
                 "ids": run.ids, "text": model.decode(&run.ids)?, "finish_reason": finish, "load_ms": load_ms,
-                "ttft_ms": run.ttft_ms, "tokens_per_s": run.decode_tok_s, "tab": tab,
+                "ttft_ms": run.ttft_ms, "tokens_per_s": run.decode_tok_s, "tab": tab, "stages": stages,
             })
         );
     } else {

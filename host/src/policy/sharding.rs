@@ -354,14 +354,19 @@ fn heavier_on_faster(costs: &ModelCosts, list: Layout, speed: Option<&[f64]>) ->
 }
 
 fn stage(costs: &ModelCosts, tab: usize, parts: Vec<Part>) -> Stage {
-    let c: Vec<PartCost> = parts.iter().map(|&p| costs.part(p)).collect();
-    // A stage with both ends holds the tied table once.
-    let shared = if parts.contains(&Part::Embed) && parts.contains(&Part::Head) { costs.embed_table } else { 0 };
     Stage {
         tab,
-        weight_bytes: c.iter().map(|c| c.weight_bytes).sum::<u64>() - shared,
-        kv_bytes_per_token: c.iter().map(|c| c.kv_bytes_per_token).sum(),
+        weight_bytes: costs.stage_weight_bytes(&parts),
+        kv_bytes_per_token: parts.iter().map(|&p| costs.part(p).kv_bytes_per_token).sum(),
         parts,
+    }
+}
+
+impl ModelCosts {
+    /// Weight bytes a stage of `parts` holds (a stage with both ends holds the tied table once).
+    pub fn stage_weight_bytes(&self, parts: &[Part]) -> u64 {
+        let shared = if parts.contains(&Part::Embed) && parts.contains(&Part::Head) { self.embed_table } else { 0 };
+        parts.iter().map(|&p| self.part(p).weight_bytes).sum::<u64>() - shared
     }
 }
 
