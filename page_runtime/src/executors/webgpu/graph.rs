@@ -24,9 +24,15 @@ pub struct GpuModel {
     last_use: Vec<usize>,
     weight_bytes: Cell<u64>,
     plan: Vec<Fuse>,
-    /// Per-layer KV cache of a stateful graph (`Graph::kv`), allocated at load, zero-filled.
-    kv: Vec<LayerCache>,
+    /// Per-layer KV cache of a stateful graph (`Graph::kv`) and its rows: enough for the highest
+    /// row written so far (a power of two from `MIN_KV_ROWS`), grown by a copy on the device. The
+    /// cache the graph declares is for every session's whole context — 8 × 2048 rows in the pool,
+    /// 755 MB for SmolLM2 — and is not held before it is used.
+    kv: RefCell<Option<(u32, Rc<Vec<LayerCache>>)>>,
 }
+
+/// The fewest rows a KV cache buffer is created with.
+const MIN_KV_ROWS: u32 = 64;
 
 /// Kernel fusion decided once per model: a node whose only consumer is the next node may be done
 /// by that node's kernel, saving a dispatch and a round trip through memory.
@@ -113,12 +119,11 @@ impl GpuModel {
         graph.validate().map_err(|e| bad(e.to_string()))?;
         let last_use = last_uses(&graph);
         let plan = fusion_plan(&graph);
-        let kv = match &graph.kv {
-            Some(decl) => ex.kv_cache(decl)?,
-            None => Vec::new(),
-        };
+        if let Some(decl) = &graph.kv {
+            ex.check_kv(decl)?;
+        }
         Ok(GpuModel {
-            kv,
+            kv: RefCell::default(),
             qkv: RefCell::default(),
             plan,
             weights: RefCell::new(vec![None; graph.weights.len()]),
@@ -201,9 +206,10 @@ impl GpuModel {
         }
         inputs::check(g, inputs)?;
         inputs::check_gather_ids(g, inputs)?;
-        if let Some(kv) = &g.kv {
-            check_cache_rows(kv, inputs)?;
-        }
+        let kv = match &g.kv {
+            Some(decl) => self.kv_rows(ex, decl, check_cache_rows(decl, inputs)? + 1),
+            None => Rc::default(),
+        };
         let mut values: Vec<Option<GpuValue>> = vec![None; g.value_count()];
         for (i, t) in inputs.iter().enumerate() {
             values[i] = Some(ex.upload_value(t));
@@ -261,7 +267,7 @@ impl GpuModel {
                 Fuse::Alone if matches!(node.op, Op::CachedAttention { .. }) => {
                     let Op::CachedAttention { layer, heads, kv_heads } = node.op else { unreachable!("matched") };
                     let args: Vec<&GpuValue> = node.args.iter().map(|&a| arg(a)).collect();
-                    cached_attention::encode(ex, &mut rec, heads, kv_heads, &args, &self.kv[layer as usize])?
+                    cached_attention::encode(ex, &mut rec, heads, kv_heads, &args, &kv[layer as usize])?
                 }
                 Fuse::AddLayerNorm => {
                     let add = &g.nodes[ni - 1];
@@ -336,12 +342,13 @@ impl GpuModel {
 }
 
 /// Every token row's cache row `kv_start[t] + pos[t]` must lie inside the cache: the kernels
-/// index the cache buffers with it.
-fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<(), RemoteError> {
+/// index the cache buffers with it. The highest row.
+fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32, RemoteError> {
     let ints = |t: &Tensor| -> Vec<i64> {
         t.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
     };
     let (pos, start) = (ints(&inputs[1]), ints(&inputs[2]));
+    let mut highest = 0;
     for (t, (&p, &s)) in pos.iter().zip(&start).enumerate() {
         if p < 0 || s < 0 || p + s >= kv.max_tokens as i64 {
             return Err(bad(format!(
@@ -349,8 +356,29 @@ fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<(), 
                 kv.max_tokens
             )));
         }
+        highest = highest.max((p + s) as u32);
     }
-    Ok(())
+    Ok(highest)
+}
+
+impl GpuModel {
+    /// The KV cache with at least `need` rows: created at the first run, grown (the rows so far
+    /// copied on the device, ordered before this run's submission) when a run writes past it.
+    fn kv_rows(&self, ex: &WebGpuExecutor, decl: &shared_proto::KvDecl, need: u32) -> Rc<Vec<LayerCache>> {
+        let have = self.kv.borrow().clone();
+        if let Some((rows, layers)) = &have
+            && *rows >= need
+        {
+            return layers.clone();
+        }
+        let rows = need.next_power_of_two().max(MIN_KV_ROWS).min(decl.max_tokens);
+        let layers = Rc::new(ex.kv_cache(decl, rows));
+        if let Some((old_rows, old)) = have {
+            ex.copy_kv(&old, &layers, old_rows as u64 * decl.kv_heads as u64 * decl.head_dim as u64 * 4);
+        }
+        *self.kv.borrow_mut() = Some((rows, layers.clone()));
+        layers
+    }
 }
 
 impl GpuModel {
@@ -382,7 +410,8 @@ impl GpuModel {
 impl WebGpuExecutor {
     /// Zero-filled K and V buffers per layer for `kv`, each checked against the device's largest
     /// storage binding (a layer's buffer is bound whole).
-    pub(crate) fn kv_cache(&self, kv: &shared_proto::KvDecl) -> Result<Vec<LayerCache>, RemoteError> {
+    /// Refused at load with `Capacity` when the declared cache cannot fit one buffer per layer.
+    pub(crate) fn check_kv(&self, kv: &shared_proto::KvDecl) -> Result<(), RemoteError> {
         let bytes = kv.max_tokens as u64 * kv.kv_heads as u64 * kv.head_dim as u64 * 4;
         let limits = self.gpu.device.limits();
         let limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
@@ -397,15 +426,31 @@ impl WebGpuExecutor {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Zero-filled key and value buffers of `rows` rows for every layer.
+    pub(crate) fn kv_cache(&self, kv: &shared_proto::KvDecl, rows: u32) -> Vec<LayerCache> {
+        let bytes = rows as u64 * kv.kv_heads as u64 * kv.head_dim as u64 * 4;
         let make = |label| {
             self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes.next_multiple_of(16),
-                usage: wgpu::BufferUsages::STORAGE,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         };
-        Ok((0..kv.layers).map(|_| LayerCache { k: make("kv_k"), v: make("kv_v") }).collect())
+        (0..kv.layers).map(|_| LayerCache { k: make("kv_k"), v: make("kv_v") }).collect()
+    }
+
+    /// The first `bytes` of every layer's keys and values from `old` into `new`, submitted now.
+    pub(crate) fn copy_kv(&self, old: &[LayerCache], new: &[LayerCache], bytes: u64) {
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        for (o, n) in old.iter().zip(new) {
+            encoder.copy_buffer_to_buffer(&o.k, 0, &n.k, 0, bytes);
+            encoder.copy_buffer_to_buffer(&o.v, 0, &n.v, 0, bytes);
+        }
+        self.gpu.queue.submit([encoder.finish()]);
     }
 
     /// Convenience for tests and single-op graphs: create, upload all weights, prepare.
