@@ -220,35 +220,25 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let (profile, machine) = w.measured.inputs(0);
     let (hop_ms, parallel) = (machine.hop_ms, machine.parallel);
     let Measured { decode_tok_s, hop_share, batch_tok_s: one_agg, two_tabs_tok_s: two_agg, .. } = w.measured;
-    rows.push(Row {
-        plan: "1 tab".into(),
+    // The whole-model rows: the planner's inputs, so nothing is predicted for them.
+    let whole = |plan: &str, tabs, load_ms, aggregate_tok_s, tab_mib_above_empty| Row {
+        plan: plan.into(),
         stages: 1,
-        tabs: w.one.tab_ids().len(),
-        load_ms: w.load_ms.0,
+        tabs,
+        load_ms,
         decode_tok_s,
-        aggregate_tok_s: one_agg,
+        aggregate_tok_s,
         hop_share,
-        tab_mib_above_empty: tab_memory(host, &w.one, empty).await,
+        tab_mib_above_empty,
         same_tokens: true,
         predicted_tok_s: None,
         predicted_aggregate_tok_s: None,
-    });
+    };
+    rows.push(whole("1 tab", 1, w.load_ms.0, one_agg, tab_memory(host, &w.one, empty).await));
     let base_ids = w.ids;
     let costs = m.part_costs()?;
     let tabs = vec![profile; 3];
-    rows.push(Row {
-        plan: "replicas ×2".into(),
-        stages: 1,
-        tabs: 2,
-        load_ms: w.load_ms.1,
-        decode_tok_s,
-        aggregate_tok_s: two_agg,
-        hop_share,
-        tab_mib_above_empty: tab_memory(host, &w.two, empty).await,
-        same_tokens: true,
-        predicted_tok_s: None,
-        predicted_aggregate_tok_s: None,
-    });
+    rows.push(whole("replicas ×2", 2, w.load_ms.1, two_agg, tab_memory(host, &w.two, empty).await));
     drop(w.one);
     drop(w.two);
     let hybrid = sharding::plan(Strategy::Hybrid, &costs, &tabs[..2], &machine, 2, args.streams)?;

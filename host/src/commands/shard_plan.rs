@@ -132,9 +132,9 @@ mod tests {
 
     #[test]
     fn parts_are_described_as_ranges() {
-        let r = sharding::even_layers(30, 2);
-        assert_eq!(describe(&r[0]), "embed + layers 0–14");
-        assert_eq!(describe(&r[1]), "layers 15–29 + head");
+        let whole = Part::whole_model(30);
+        assert_eq!(describe(&whole[..31]), "embed + layers 0–14");
+        assert_eq!(describe(&whole[31..]), "layers 15–29 + head");
         assert_eq!(describe(&[Part::Attention(3)]), "attn 3");
         assert_eq!(describe(&[Part::Ffn(29), Part::Head]), "ffn 29 + head");
         assert_eq!(describe(&[Part::Attention(2), Part::Ffn(2)]), "layer 2");

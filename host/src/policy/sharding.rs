@@ -290,28 +290,6 @@ pub fn layer_ranges(costs: &ModelCosts, shares: &[f64]) -> Vec<Vec<Part>> {
     out
 }
 
-/// The same number of layers per stage (the embedding first, the head last), whatever they
-/// weigh: for tests and toy models; plans use [`layer_ranges`].
-pub fn even_layers(layers: u32, shards: u32) -> Vec<Vec<Part>> {
-    let shards = shards.clamp(1, layers.max(1));
-    (0..shards)
-        .map(|s| {
-            let (a, b) = (layers * s / shards, layers * (s + 1) / shards);
-            let mut parts = Vec::new();
-            if s == 0 {
-                parts.push(Part::Embed);
-            }
-            for l in a..b {
-                parts.extend([Part::Attention(l), Part::Ffn(l)]);
-            }
-            if s + 1 == shards {
-                parts.push(Part::Head);
-            }
-            parts
-        })
-        .collect()
-}
-
 /// Component: the embedding and head on tab 0, the body on tab 1 (`layout` puts the heavier
 /// side on the faster tab).
 pub fn components(layers: u32) -> Layout {
