@@ -5,58 +5,13 @@
 
 use crate::support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{http as request, http_send as send};
+use tokio::io::AsyncReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tabpool");
-
-struct Serve {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        let tree: Vec<_> = tabpool::browser::procs::descendants(pid).into_iter().map(|(p, _)| p).collect();
-        // SAFETY: kill(2) on our own child: Ctrl-C, so it closes its browsers itself.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        tabpool::browser::procs::kill_all(&tree);
-        let _ = self.child.wait();
-    }
-}
-
-/// Send a request over HTTP/1.0 (the body then ends when the connection does: no chunking to
-/// undo) and return the open socket.
-async fn send(api: &str, method: &str, path: &str, body: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    s
-}
-
-/// (status, body) of a whole response.
-async fn request(api: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = send(api, method, path, body).await;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(180), s.read_to_end(&mut out))
-        .await
-        .expect("an answer within 180 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
 
 /// The server-sent events of a body: (event, JSON data).
 fn events(body: &str) -> Vec<(String, serde_json::Value)> {
@@ -97,8 +52,7 @@ async fn generate_streams_tokens_and_a_disconnect_frees_the_session() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let serve = Serve { child, api };
-    let api = serve.api.clone();
+    let serve = support::Serve::new(child);
     let deadline = Instant::now() + Duration::from_secs(240);
     while tokio::net::TcpStream::connect(&api).await.is_err() {
         assert!(Instant::now() < deadline, "serve did not open its API within 240 s");

@@ -185,3 +185,58 @@ pub fn kill_renderers(procs: &[(i32, bool)]) -> usize {
     }
     n
 }
+
+/// A `tabpool serve` child: on drop (also while a failed assert unwinds) Ctrl-C, so it closes
+/// its browsers itself, then SIGKILL for it and its process tree if it has not stopped in 30 s.
+pub struct Serve {
+    pub child: std::process::Child,
+}
+
+impl Serve {
+    pub fn new(child: std::process::Child) -> Serve {
+        Serve { child }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        let tree: Vec<_> = tabpool::browser::procs::descendants(pid).into_iter().map(|(p, _)| p).collect();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        tabpool::browser::procs::kill_all(&tree);
+        let _ = self.child.wait();
+    }
+}
+
+/// Send a request over HTTP/1.0 (the body then ends when the connection does: no chunking to
+/// undo) and return the open socket.
+pub async fn http_send(api: &str, method: &str, path: &str, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+/// (status, body) of a whole HTTP/1.0 response.
+pub async fn http(api: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = http_send(api, method, path, body).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(180), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 180 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}

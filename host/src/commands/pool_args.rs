@@ -46,6 +46,13 @@ pub struct PoolArgs {
     /// $TABPOOL_HISTORY or ~/.local/share/tabpool/history.duckdb.
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
+    /// Tabs per generation replica: above 1 each replica is a pipeline of this many stage tabs,
+    /// each holding only its share of the model (`[generation] shards`).
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// How a sharded replica splits: layer, pipeline, component, attention-ffn (`[generation] strategy`).
+    #[arg(long, value_enum)]
+    pub strategy: Option<crate::policy::sharding::Strategy>,
     /// Record nothing (and start with no measured history).
     #[arg(long, conflicts_with = "history")]
     pub no_history: bool,
@@ -123,6 +130,12 @@ impl PoolArgs {
         }
         if let Some(s) = self.idle_cooldown_s {
             cfg.scaling.idle_cooldown_s = s;
+        }
+        if let Some(n) = self.shards {
+            cfg.generation.shards = n;
+        }
+        if let Some(s) = self.strategy {
+            cfg.generation.strategy = s;
         }
         if self.no_scaling {
             cfg.scaling.enabled = false;

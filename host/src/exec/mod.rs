@@ -10,7 +10,7 @@ mod tab_model;
 
 pub use decoder::{Decoder, Finish, GenEvent, GenFailure, GenParams, StepLimits};
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};
-pub use pipeline::{Pipeline, Replacer, Replanner};
+pub use pipeline::{Pipeline, Replacer, Replanner, StageObserver};
 pub use remembered::CalibrationCache;
 pub use stepper::{StepOut, Stepper};
 pub use tab_model::{TabModel, WeightUpload};

@@ -30,6 +30,11 @@ pub type Replacer = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Stepp
 /// plan, its weights loaded), in model order. Called with the lost stage's index.
 pub type Replanner = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Vec<Stepper>>> + Send + Sync>;
 
+/// Told each stage call's outcome: `(stage, Ok(device ms))` or `(stage, Err(lost))` — `lost`
+/// when the stage's tab went (`policy::recovery::stage_lost`). The pool books it in that stage
+/// tab's breaker, so breakers and health apply per stage.
+pub type StageObserver = Arc<dyn Fn(usize, Result<f64, bool>) + Send + Sync>;
+
 /// Tokens replayed per step when a replacement rebuilds a session's KV cache (the decoder's
 /// step size: one step's worth of prefill).
 const REPLAY_CHUNK: usize = 256;
@@ -49,6 +54,7 @@ pub struct Pipeline {
     history: Mutex<HashMap<u64, History>>,
     replacer: Option<Replacer>,
     replanner: Option<Replanner>,
+    observer: Option<StageObserver>,
     /// Width of the hidden state between stages.
     width: u32,
     pub stats: PipelineStats,
@@ -93,6 +99,7 @@ impl Pipeline {
             history: Mutex::new(HashMap::new()),
             replacer,
             replanner: None,
+            observer: None,
             width,
             stats: PipelineStats::default(),
         })
@@ -105,6 +112,18 @@ impl Pipeline {
             self.replanner = Some(replanner);
         }
         self
+    }
+
+    /// Tell `observer` every stage call's outcome.
+    pub fn with_observer(mut self, observer: StageObserver) -> Pipeline {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, i: usize, outcome: Result<f64, bool>) {
+        if let Some(o) = &self.observer {
+            o(i, outcome);
+        }
     }
 
     fn turn(&self, i: usize) -> Arc<tokio::sync::Mutex<()>> {
@@ -213,9 +232,14 @@ impl Pipeline {
                 let t_stage = Instant::now();
                 let result = loop {
                     match self.stage(i).step_with(rows.clone(), hidden.clone()).await {
-                        Ok(r) => break Ok(r),
+                        Ok(r) => {
+                            self.observe(i, Ok(r.1));
+                            break Ok(r);
+                        }
                         Err(e) => {
-                            lost |= recovery::stage_lost(TabError::category(&e));
+                            let gone = recovery::stage_lost(TabError::category(&e));
+                            self.observe(i, Err(gone));
+                            lost |= gone;
                             let Some(replacer) = self.replacer_for(&e, replaced) else {
                                 break Err(e.context(format!("stage {i} of {n}")));
                             };

@@ -21,7 +21,7 @@
 //!   wins only while `hop < (C_l − C_a) / (n_a − n_l)` (C: a stream's compute per token): never
 //!   on equal tabs, where C_l = C_a; its plan's notes give the figure.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a stage of a sharded model computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -51,7 +51,7 @@ impl Part {
 /// Stages in model order as `(tab, parts)`, tabs numbered from 0 (two stages may share one).
 pub type Layout = Vec<(usize, Vec<Part>)>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Contiguous layer ranges, sized by each tab's measured speed.

@@ -99,11 +99,25 @@ pub struct GenerationToml {
     pub step_tokens: usize,
     /// Streams waiting for a free session place per model before new ones are refused as busy.
     pub max_waiting: usize,
+    /// Tabs one replica spans (1: a whole model per tab). Above 1 a replica is a pipeline of
+    /// this many stage tabs, each holding only its share of the weights and KV cache.
+    pub shards: u32,
+    /// How a sharded replica is split: layer, pipeline (layer ranges, a step's sessions in
+    /// micro-batches), component or attention-ffn (both need shards = 2). Hybrid needs measured
+    /// tabs: `tabpool shard plan` prints its choice, to be set here.
+    pub strategy: crate::policy::sharding::Strategy,
 }
 
 impl Default for GenerationToml {
     fn default() -> Self {
-        GenerationToml { context_limit: 2048, sessions_per_tab: 8, step_tokens: 256, max_waiting: 256 }
+        GenerationToml {
+            context_limit: 2048,
+            sessions_per_tab: 8,
+            step_tokens: 256,
+            max_waiting: 256,
+            shards: 1,
+            strategy: crate::policy::sharding::Strategy::Layer,
+        }
     }
 }
 
@@ -255,6 +269,20 @@ impl PoolConfig {
             "generation.step_tokens = {}: expected 1 to 65536",
             g.step_tokens
         );
+        anyhow::ensure!((1..=64).contains(&g.shards), "generation.shards = {}: expected 1 to 64 tabs", g.shards);
+        use crate::policy::sharding::Strategy;
+        anyhow::ensure!(
+            !matches!(g.strategy, Strategy::Hybrid | Strategy::Replicas),
+            "generation.strategy = {}: a pool runs a fixed split (layer, pipeline, component, attention-ffn); \
+             `tabpool shard plan` measures the tabs and names the hybrid's choice",
+            g.strategy.name()
+        );
+        anyhow::ensure!(
+            g.shards as usize <= self.max_tabs,
+            "generation.shards = {} needs at least that many tabs, but max_tabs = {}",
+            g.shards,
+            self.max_tabs
+        );
         let sc = &self.scaling;
         rate("scaling.utilisation_high", sc.utilisation_high)?;
         rate("scaling.min_free_memory", sc.min_free_memory)?;
@@ -348,6 +376,10 @@ mod tests {
             ("[history]\nhealth_sample_s = 0", "health_sample_s"),
             ("[history]\nwindow_days = -inf", "window_days"),
             ("max_batch_tokens = 0", "max_batch_tokens"),
+            ("[generation]\nshards = 0", "generation.shards"),
+            ("max_tabs = 2\n[generation]\nshards = 3", "max_tabs = 2"),
+            ("[generation]\nshards = 2\nstrategy = \"hybrid\"", "shard plan"),
+            ("[generation]\nstrategy = \"diagonal\"", "diagonal"),
         ] {
             let e = format!("{:#}", PoolConfig::from_toml(text).unwrap_err());
             assert!(e.contains(name), "{text:?} → {e}");
@@ -356,6 +388,8 @@ mod tests {
         // and sampling durations they make do not panic.
         let cfg = PoolConfig::default();
         cfg.validate().unwrap();
+        let sharded = PoolConfig::from_toml("[generation]\nshards = 2\nstrategy = \"attention-ffn\"").unwrap();
+        assert_eq!((sharded.generation.shards, sharded.generation.strategy.name()), (2, "attention-ffn"));
         let _ = (cfg.health.breaker(), cfg.scaling_policy());
     }
 

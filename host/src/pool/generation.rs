@@ -457,6 +457,7 @@ fn try_place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, not: u64) -> Option<Arc<
         .expect("replicas")
         .iter()
         .filter(|r| r.slot.serial != not && r.slot.usable() && matches!(r.run, Runner::Sessions { .. }))
+        .filter(|r| stages_admit(r))
         .cloned()
         .collect();
     usable.sort_by_key(|r| (r.streams(), r.slot.id));
@@ -480,7 +481,7 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
             .lock()
             .expect("replicas")
             .iter()
-            .filter(|r| r.slot.usable() && matches!(r.run, Runner::Sessions { .. }))
+            .filter(|r| r.slot.usable() && matches!(r.run, Runner::Sessions { .. }) && stages_admit(r))
             .cloned()
             .collect();
         usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), r.streams(), r.slot.id));
@@ -505,19 +506,37 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
     }
 }
 
+/// A sharded replica takes streams while every stage tab's breaker admits calls.
+fn stages_admit(r: &Replica) -> bool {
+    r.stages.as_ref().is_none_or(|st| st.admit(Instant::now()))
+}
+
+/// The tabs a stream on `r` keeps busy: its own, and a pipeline's stage tabs.
+fn busy_slots(r: &Replica) -> Vec<Arc<super::state::Slot>> {
+    match &r.stages {
+        Some(st) => st.slots(),
+        None => vec![r.slot.clone()],
+    }
+}
+
 fn enter(r: &Replica) {
     if let Runner::Sessions { streams, .. } = &r.run {
         streams.fetch_add(1, Ordering::SeqCst);
     }
-    r.slot.streams.fetch_add(1, Ordering::SeqCst);
+    for s in busy_slots(r) {
+        s.streams.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn leave(m: &ModelEntry, r: &Replica) {
     if let Runner::Sessions { streams, .. } = &r.run {
         streams.fetch_sub(1, Ordering::SeqCst);
     }
-    r.slot.streams.fetch_sub(1, Ordering::SeqCst);
-    *r.slot.last_active.lock().expect("slot") = Instant::now();
+    for s in busy_slots(r) {
+        // A stage tab replaced mid-stream was never counted: never below zero.
+        let _ = s.streams.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        *s.last_active.lock().expect("slot") = Instant::now();
+    }
     m.wake.notify_waiters();
 }
 
@@ -530,7 +549,10 @@ fn book(shared: &Shared, m: &ModelEntry, r: &Replica, outcome: Option<Outcome>) 
 /// A replica failed a stream: a lost socket sends its tab to recovery (page reload, browser
 /// restart, models reloaded); a lost device reloads the model in place.
 fn recover(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, f: &GenFailure) {
-    if !r.slot.tab.is_connected() || matches!(f.category, Category::Connection | Category::Crash) {
+    // A pipeline's stage tabs are replaced by the pipeline itself: only its own tab's loss
+    // sends it to recovery.
+    let lost = matches!(f.category, Category::Connection | Category::Crash) && r.stages.is_none();
+    if !r.slot.tab.is_connected() || lost {
         let (s, slot, detail) = (shared.clone(), r.slot.clone(), format!("lost during a generation step: {f}"));
         shared.spawn_background(async move { s.recover(slot, Category::Connection, &detail).await });
     } else if f.category == Category::DeviceLost {

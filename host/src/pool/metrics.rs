@@ -99,6 +99,32 @@ pub struct ModelMetrics {
     /// Generation: streams running on replicas now, and admitted ones waiting for a place.
     pub streams_running: usize,
     pub streams_waiting: usize,
+    /// A sharded model's replicas: each pipeline's stage tabs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<PipelineMetrics>,
+}
+
+/// One sharded replica: its stage tabs in model order and its recoveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineMetrics {
+    pub strategy: String,
+    pub tabs: Vec<StageTab>,
+    /// Stages moved to another tab after their tab was lost, and the tokens replayed into them.
+    pub stage_recoveries: u64,
+    pub replayed_tokens: u64,
+}
+
+/// A tab of a pipeline: which parts it holds and how it is doing.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTab {
+    /// 0: the replica's own tab (it holds the first stage).
+    pub position: usize,
+    pub tab: u64,
+    pub kind: String,
+    pub parts: String,
+    pub connected: bool,
+    pub health: u8,
+    pub breaker: crate::policy::breaker::State,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,8 +179,39 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
         .iter()
         .map(|m| {
             let replicas = m.replicas.lock().expect("replicas");
+            let mut pipelines = Vec::new();
             for r in replicas.iter() {
                 per_tab.entry(r.slot.id).or_default().insert(m.name.clone(), r.backend.clone());
+                if let Some(st) = &r.stages {
+                    let tabs: Vec<StageTab> = st
+                        .slots()
+                        .iter()
+                        .zip(&st.labels)
+                        .enumerate()
+                        .map(|(position, (s, parts))| StageTab {
+                            position,
+                            tab: s.id,
+                            kind: s.kind.name.clone(),
+                            parts: parts.clone(),
+                            connected: s.tab.is_connected(),
+                            health: s.health(free_memory),
+                            breaker: s.breaker.lock().expect("breaker").state(),
+                        })
+                        .collect();
+                    for t in tabs.iter().skip(1) {
+                        per_tab
+                            .entry(t.tab)
+                            .or_default()
+                            .insert(format!("{} [{}]", m.name, t.parts), r.backend.clone());
+                    }
+                    let (stage_recoveries, replayed_tokens) = st.recoveries();
+                    pipelines.push(PipelineMetrics {
+                        strategy: st.strategy.name().into(),
+                        tabs,
+                        stage_recoveries,
+                        replayed_tokens,
+                    });
+                }
                 calibration.entry(r.slot.id).or_default().insert(m.name.clone(), r.calibration.clone());
                 breakers
                     .entry(r.slot.id)
@@ -173,6 +230,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 calibrations: m.calibrations.load(Ordering::Relaxed),
                 streams_running: replicas.iter().map(|r| r.streams()).sum(),
                 streams_waiting: m.waiting.load(Ordering::SeqCst),
+                pipelines,
             }
         })
         .collect();
@@ -337,6 +395,33 @@ impl PoolMetrics {
                 "{:<24} | {:>8} | {:>5} | {:>8} | {:>6} | {:>4} | {:>7} | {:>10}",
                 m.name, m.replicas, m.queue_depth, m.served, m.failed, m.busy_refusals, m.retried, m.calibrations
             );
+        }
+        for m in &self.models {
+            for (k, p) in m.pipelines.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "\n{} pipeline {} ({}, {} tabs): {} stage recoveries, {} tokens replayed",
+                    m.name,
+                    k + 1,
+                    p.strategy,
+                    p.tabs.len(),
+                    p.stage_recoveries,
+                    p.replayed_tokens
+                );
+                for t in &p.tabs {
+                    let _ = writeln!(
+                        o,
+                        "  {:>2} | tab {:>4} | {:<19} | {:<24} | health {:>3} | breaker {:<9}{}",
+                        t.position,
+                        t.tab,
+                        t.kind,
+                        t.parts,
+                        t.health,
+                        format!("{:?}", t.breaker),
+                        if t.connected { "" } else { " [disconnected]" }
+                    );
+                }
+            }
         }
         if !self.history.is_empty() {
             let _ = writeln!(o, "\nmeasured history (what routing reads):");

@@ -23,6 +23,7 @@ mod breakers;
 pub mod config;
 pub mod generation;
 pub mod metrics;
+mod pipelines;
 mod scaler;
 mod scheduler;
 mod state;

@@ -11,6 +11,7 @@ use shared_proto::{Graph, Tensor};
 use tokio::sync::Notify;
 
 use super::config::PoolConfig;
+use super::pipelines::{Sharded, StageSlots};
 use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
@@ -125,6 +126,8 @@ pub(crate) struct Replica {
     pub calibration: Vec<Measured>,
     /// The (tab, model) breaker.
     pub breaker: Mutex<Breaker>,
+    /// A sharded model's replica: its pipeline's stage tabs (`slot` is the first).
+    pub stages: Option<Arc<StageSlots>>,
 }
 
 pub(crate) struct Job {
@@ -185,6 +188,8 @@ pub struct Generator {
     pub model: SmolLm2,
     pub(crate) graph: Graph,
     pub(crate) weights: Vec<Tensor>,
+    /// With `[generation] shards` above 1: the model split into stages; replicas are pipelines.
+    pub(crate) sharded: Option<Sharded>,
 }
 
 pub(crate) struct ModelEntry {
@@ -213,6 +218,8 @@ pub(crate) struct ModelEntry {
     pub calibrated: Mutex<HashMap<String, (Backend, Vec<Measured>)>>,
     /// Full calibrations run for this model (for metrics).
     pub calibrations: AtomicU64,
+    /// Held while a sharded model's pipeline claims its stage tabs (`pipelines`).
+    pub claiming: tokio::sync::Mutex<()>,
 }
 
 impl ModelEntry {
@@ -474,7 +481,11 @@ impl Shared {
 
     /// Launch a tab of the first kind in `order` that starts; failures are recorded against the
     /// kind (routing reads them) and logged.
-    async fn launch_first(&self, order: &[KindSpec], focus: Option<&Arc<ModelEntry>>) -> anyhow::Result<Arc<Slot>> {
+    pub(crate) async fn launch_first(
+        &self,
+        order: &[KindSpec],
+        focus: Option<&Arc<ModelEntry>>,
+    ) -> anyhow::Result<Arc<Slot>> {
         let mut errors = Vec::new();
         for kind in order {
             let launched = {
@@ -633,7 +644,7 @@ impl Shared {
     }
 
     async fn finish_recovery(
-        &self,
+        self: &Arc<Self>,
         slot: &Arc<Slot>,
         had: &[Arc<ModelEntry>],
         category: Category,
@@ -691,9 +702,24 @@ impl Shared {
     }
 
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
-    pub async fn add_replica(&self, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
+    pub async fn add_replica(self: &Arc<Self>, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
+        let mut stages = None;
         let loaded = match &m.family {
             Family::Embedding(model) => self.load_encoder(m, model, slot).await,
+            Family::Generation(g) if g.sharded.is_some() => match self.load_pipeline(m, g, slot).await {
+                Ok(Some((run, backend, st))) => {
+                    stages = Some(st);
+                    Ok((run, backend, vec![]))
+                }
+                Ok(None) => {
+                    let n = g.sharded.as_ref().map_or(1, |s| s.tab_labels.len());
+                    let why =
+                        format!("{}: a pipeline needs {} more free tabs; this one waits as a spare", m.name, n - 1);
+                    self.log("spare", Some(&slot.kind.name), Some(slot.id), &why);
+                    return false;
+                }
+                Err(e) => Err(e),
+            },
             Family::Generation(g) => self.load_generator(g, slot).await,
         };
         match loaded {
@@ -703,7 +729,7 @@ impl Shared {
                 let mut reps = m.replicas.lock().expect("replicas");
                 // A reloaded model replaces the old replica on the same slot.
                 reps.retain(|r| !Arc::ptr_eq(&r.slot, slot));
-                reps.push(Arc::new(Replica { slot: slot.clone(), run, backend, calibration, breaker }));
+                reps.push(Arc::new(Replica { slot: slot.clone(), run, backend, calibration, breaker, stages }));
                 drop(reps);
                 m.wake.notify_waiters();
                 m.wake.notify_one();
@@ -806,12 +832,17 @@ impl Shared {
                 let g = &self.cfg.generation;
                 let limits =
                     KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
+                let (shards, strategy) = (g.shards, g.strategy);
                 Family::Generation(Arc::new(
                     tokio::task::spawn_blocking(move || -> anyhow::Result<Generator> {
                         let mut model = SmolLm2::load(dir.as_deref())?;
+                        let sharded = match shards {
+                            1 => None,
+                            n => Some(Sharded::build(&model, limits, n, strategy)?),
+                        };
                         // Replicas load from the graph's weights: the loader's copy goes.
                         let (graph, weights) = model.into_graph(limits, Outputs::default())?;
-                        Ok(Generator { model, graph, weights })
+                        Ok(Generator { model, graph, weights, sharded })
                     })
                     .await??,
                 ))
@@ -844,15 +875,34 @@ impl Shared {
             retried: AtomicU64::new(0),
             calibrated: Mutex::new(HashMap::new()),
             calibrations: AtomicU64::new(0),
+            claiming: tokio::sync::Mutex::new(()),
         });
         // Replicas on the tabs whose kinds rank best for this model, all loading at once.
         let order: Vec<String> = self.kind_order_all(&name, spec.model_type).into_iter().map(|k| k.name).collect();
         let mut slots: Vec<Arc<Slot>> =
             self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
-        slots.truncate(spec.replicas.unwrap_or(usize::MAX));
-        let loaded = futures_util::future::join_all(slots.iter().map(|s| self.add_replica(&entry, s))).await;
-        let ok = loaded.iter().filter(|b| **b).count();
+        let ok = if matches!(&entry.family, Family::Generation(g) if g.sharded.is_some()) {
+            // Pipelines one after another: each claims its stage tabs from those left (its
+            // stages load at once).
+            let count = || entry.replicas.lock().expect("replicas").len();
+            for s in &slots {
+                if count() >= spec.replicas.unwrap_or(usize::MAX) {
+                    break;
+                }
+                if Shared::slots_in_use(&entry).contains(&s.serial) {
+                    continue;
+                }
+                if !self.add_replica(&entry, s).await && self.free_for(&entry, s.serial).is_empty() {
+                    break;
+                }
+            }
+            count()
+        } else {
+            slots.truncate(spec.replicas.unwrap_or(usize::MAX));
+            let loaded = futures_util::future::join_all(slots.iter().map(|s| self.add_replica(&entry, s))).await;
+            loaded.iter().filter(|b| **b).count()
+        };
         anyhow::ensure!(
             ok > 0 || slots.is_empty(),
             "{name} loaded on none of {} tabs (see the scaling log: {:?})",

@@ -1,0 +1,182 @@
+//! A sharded SmolLM2 in the pool, in real tabs: with `[generation] shards = 2` each replica is a
+//! pipeline of two stage tabs; two pipelines run side by side; greedy ids equal the float64
+//! reference; a stage tab whose renderer is SIGKILLed mid-generation is replaced by the pool and
+//! its sessions replayed into the new stage, so no stream is replayed elsewhere and no token
+//! differs; `status` shows each pipeline's tabs, parts and health. And `tabpool serve --shards`
+//! as a user runs it, with a component split (the head's tab visited twice a token).
+
+use crate::support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared_proto::Sampling;
+use tabpool::browser::{BrowserKind, KindSpec};
+use tabpool::exec::GenParams;
+use tabpool::policy::sharding::Strategy;
+use tabpool::pool::{GenRequest, ModelSpec, Pool, PoolConfig, PoolError, StreamEvent};
+
+fn config(tabs: usize, shards: u32, strategy: Strategy) -> PoolConfig {
+    let kinds = vec![KindSpec::local(BrowserKind::ChromiumWebnn).with_max_tabs(tabs)];
+    let mut cfg = PoolConfig { min_tabs: tabs, max_tabs: tabs, kinds, ..PoolConfig::default() };
+    cfg.scaling.enabled = false;
+    cfg.generation.context_limit = 256;
+    cfg.generation.sessions_per_tab = 4;
+    cfg.generation.shards = shards;
+    cfg.generation.strategy = strategy;
+    cfg
+}
+
+fn reference_ids(c: &support::GenCase) -> Vec<u32> {
+    c.greedy_ids.iter().copied().take_while(|&t| t != 2).collect()
+}
+
+/// (ids, replays) of a stream, forwarding (stream, tokens so far) as tokens arrive.
+async fn collect(
+    i: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+    progress: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
+) -> Result<(Vec<u32>, u32, Vec<u64>), PoolError> {
+    let (mut ids, mut tabs) = (Vec::new(), Vec::new());
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            StreamEvent::Placed { tab, .. } => tabs.push(tab),
+            StreamEvent::Token(t) => {
+                ids.push(t);
+                let _ = progress.send((i, ids.len()));
+            }
+            StreamEvent::Done(s) => return Ok((ids, s.replays, tabs)),
+            StreamEvent::Failed(e) => return Err(e),
+        }
+    }
+    panic!("stream {i} ended without Done or Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pipelines_match_the_reference_and_a_killed_stage_tab_is_replaced() {
+    let _procs = support::process_guard();
+    let pool =
+        Pool::with_host(support::host().await, config(4, 2, Strategy::Layer)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, g) = pool.generation_model(None).unwrap();
+    let stops = g.model.eos_ids.clone();
+    let cases = support::smollm2_reference();
+    let greedy = GenParams { max_tokens: 24, sampling: Sampling::Greedy, stop_ids: stops };
+
+    // Two pipelines of two tabs each, on four different tabs, each tab with its share.
+    let m = pool.metrics();
+    let model = m.models.iter().find(|x| x.name == name).unwrap();
+    assert_eq!(model.pipelines.len(), 2, "{:?}", model.pipelines);
+    let mut all_tabs: Vec<u64> = model.pipelines.iter().flat_map(|p| p.tabs.iter().map(|t| t.tab)).collect();
+    all_tabs.sort();
+    all_tabs.dedup();
+    assert_eq!(all_tabs.len(), 4, "{:?}", model.pipelines);
+    for p in &model.pipelines {
+        assert_eq!(p.strategy, "layer");
+        assert!(p.tabs[0].parts.starts_with("embed, L0-"), "{p:?}");
+        assert!(p.tabs[1].parts.ends_with("-29, head"), "{p:?}");
+    }
+    let text = m.render();
+    assert!(text.contains("pipeline 1 (layer, 2 tabs)") && text.contains("pipeline 2 (layer, 2 tabs)"), "{text}");
+
+    // Each case alone: the reference's greedy ids through a pipeline.
+    for c in &cases {
+        let req = GenRequest { prompt: c.prompt_ids.clone(), params: greedy.clone() };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ids, replays, _) = collect(0, pool.generate(Some(&name), req).unwrap(), tx).await.unwrap();
+        assert_eq!((ids, replays), (reference_ids(c), 0), "greedy ids of {:?}", c.user);
+    }
+
+    // Four streams over both pipelines; once tokens flow, the renderer of pipeline 1's second
+    // tab is killed. That pipeline moves the stage to the tab the pool brings back and replays
+    // its sessions there: every stream equals the reference, none is replayed elsewhere.
+    let victim = model.pipelines[0].tabs[1].tab;
+    let (tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let streams: Vec<_> = (0..4)
+        .map(|i| {
+            let c = &cases[i % cases.len()];
+            let req = GenRequest { prompt: c.prompt_ids.clone(), params: greedy.clone() };
+            tokio::spawn(collect(i, pool.generate(Some(&name), req).unwrap(), tx.clone()))
+        })
+        .collect();
+    drop(tx);
+    loop {
+        let (_, n) = tokio::time::timeout(Duration::from_secs(120), progress.recv())
+            .await
+            .expect("tokens within 120 s")
+            .expect("streams running");
+        if n >= 3 {
+            break;
+        }
+    }
+    let killed = support::kill_renderers(&pool.tab_processes(victim).await);
+    assert!(killed > 0, "tab {victim} has a renderer to kill");
+    tokio::spawn(async move { while progress.recv().await.is_some() {} });
+    for (i, s) in streams.into_iter().enumerate() {
+        let (ids, replays, tabs) = s.await.unwrap().unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        let c = &cases[i % cases.len()];
+        assert_eq!(ids, reference_ids(c), "stream {i} ({:?}) after stage tab {victim} was killed", c.user);
+        assert_eq!(replays, 0, "stream {i} stayed on its pipeline (tabs {tabs:?})");
+    }
+    let m = pool.metrics();
+    let model = m.models.iter().find(|x| x.name == name).unwrap();
+    let p = &model.pipelines[0];
+    assert!(p.stage_recoveries >= 1 && p.replayed_tokens > 0, "{p:?}");
+    assert_ne!(p.tabs[1].tab, victim, "the stage moved off the killed tab: {p:?}");
+    let moved = m.recoveries.iter().find(|r| r.ok && r.step == "replace_stage");
+    let moved = moved.unwrap_or_else(|| panic!("a stage replacement is recorded: {:?}", m.recoveries));
+    eprintln!(
+        "stage tab {victim} killed: {} in {:.0} ms, {} tokens replayed",
+        moved.detail, moved.ms, p.replayed_tokens
+    );
+
+    // The repaired pipeline keeps serving: two more streams at once, one on each pipeline.
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let again: Vec<_> = cases
+        .iter()
+        .map(|c| {
+            let req = GenRequest { prompt: c.prompt_ids.clone(), params: greedy.clone() };
+            collect(0, pool.generate(Some(&name), req).unwrap(), tx.clone())
+        })
+        .collect();
+    for (c, r) in cases.iter().zip(futures_util::future::join_all(again).await) {
+        assert_eq!(r.unwrap().0, reference_ids(c), "after the repair: {:?}", c.user);
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_shards_streams_the_reference_and_status_lists_the_stages() {
+    let _procs = support::process_guard();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
+        .args(["serve", "--min-tabs", "2", "--max-tabs", "2", "--kind", "chromium-webnn", "--no-history"])
+        .args(["--model", "smollm2", "--no-default-model", "--shards", "2"])
+        .args(["--strategy", "component", "--api", &api])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut serve = support::Serve::new(child);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while tokio::net::TcpStream::connect(&api).await.is_err() {
+        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
+        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cases = support::smollm2_reference();
+    let body = serde_json::json!({ "prompt": cases[0].user, "max_tokens": 24, "stream": false }).to_string();
+    let (code, text) = support::http(&api, "POST", "/generate", &body).await;
+    assert_eq!(code, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<u32> = answer["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(ids, reference_ids(&cases[0]), "{text}");
+
+    // `tabpool status`: the pipeline, its two tabs and what each holds.
+    let out = Command::new(env!("CARGO_BIN_EXE_tabpool")).args(["status", "--api", &api]).output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains("pipeline 1 (component, 2 tabs)"), "{status}");
+    assert!(status.contains("embed, head") && status.contains("L0-29"), "{status}");
+}
