@@ -123,6 +123,7 @@ async fn two_pipelines_match_the_reference_and_a_killed_stage_tab_is_replaced() 
     let p = &model.pipelines[0];
     assert!(p.stage_recoveries >= 1 && p.replayed_tokens > 0, "{p:?}");
     assert_ne!(p.tabs[1].tab, victim, "the stage moved off the killed tab: {p:?}");
+    eprintln!("{}", m.render());
     let moved = m.recoveries.iter().find(|r| r.ok && r.step == "replace_stage");
     let moved = moved.unwrap_or_else(|| panic!("a stage replacement is recorded: {:?}", m.recoveries));
     eprintln!(

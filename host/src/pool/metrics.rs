@@ -411,13 +411,13 @@ impl PoolMetrics {
                 for t in &p.tabs {
                     let _ = writeln!(
                         o,
-                        "  {:>2} | tab {:>4} | {:<19} | {:<24} | health {:>3} | breaker {:<9}{}",
+                        "  {:>2} | tab {:>4} | {:<19} | {:<24} | health {:>3} | breaker {:?}{}",
                         t.position,
                         t.tab,
                         t.kind,
                         t.parts,
                         t.health,
-                        format!("{:?}", t.breaker),
+                        t.breaker,
                         if t.connected { "" } else { " [disconnected]" }
                     );
                 }

@@ -15,7 +15,7 @@
 //!
 //! Where things are: `config.rs` (TOML + defaults), `state.rs` (tabs, replicas, models, history,
 //! launching and retiring tabs), `scheduler.rs` (admission, batching, dispatch, retries),
-//! `scaler.rs` (observe → `policy::scaling::decide` → act), `watchdog.rs` (heartbeats, failed
+//! `pipelines.rs` (sharded generation replicas: pipelines of stage tabs), `scaler.rs` (observe → `policy::scaling::decide` → act), `watchdog.rs` (heartbeats, failed
 //! tabs → `Shared::recover`), `metrics.rs` (the snapshot).
 //! Decisions themselves are pure functions in `crate::policy`.
 
