@@ -240,11 +240,23 @@ async fn every_strategy_equals_the_reference_in_tabs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_webnn_stage_is_replaced_without_a_wrong_token() {
+    killed_stage_is_replaced(GenBackend::Webnn, "webnn-cpu").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_webgpu_stage_is_replaced_without_a_wrong_token() {
+    killed_stage_is_replaced(GenBackend::Webgpu, "webgpu").await;
+}
+
+/// Two stages on `backend` tabs and a spare; stage 1's renderer SIGKILLed after 4 steps of two
+/// streams: the spare takes the stage, every id equals the reference.
+async fn killed_stage_is_replaced(backend: GenBackend, what: &str) {
     let _procs = support::process_guard();
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let p = planned(&mut host, &m, GenBackend::Webnn, Strategy::Layer, 2, 1).await;
+    let p = planned(&mut host, &m, backend, Strategy::Layer, 2, 1).await;
+    assert_eq!(p.backend(), what);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
     let d = Decoder::start(p.clone(), StepLimits::default());
@@ -254,7 +266,7 @@ async fn a_killed_webnn_stage_is_replaced_without_a_wrong_token() {
     };
     let got = streams_under(&m, &d, &cases.iter().collect::<Vec<_>>(), chaos).await;
     for (ids, c) in got.iter().zip(&cases) {
-        assert_eq!(*ids, with_stop(c), "webnn greedy ids of {:?} with stage 1 killed", c.user);
+        assert_eq!(*ids, with_stop(c), "{what} greedy ids of {:?} with stage 1 killed", c.user);
     }
     assert_eq!(pipe.stats.recoveries.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_ne!(p.tab_ids()[1], before[1], "stage 1 runs in the spare tab");
