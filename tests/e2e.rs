@@ -22,6 +22,7 @@ mod matmul_in_tab;
 mod minilm_cpu;
 mod minilm_webgpu;
 mod minilm_webnn;
+mod openai_api;
 mod pool;
 mod pool_generation;
 mod pool_kinds;

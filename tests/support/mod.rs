@@ -217,10 +217,22 @@ impl Drop for Serve {
 /// Send a request over HTTP/1.0 (the body then ends when the connection does: no chunking to
 /// undo) and return the open socket.
 pub async fn http_send(api: &str, method: &str, path: &str, body: &str) -> tokio::net::TcpStream {
+    http_send_keyed(api, method, path, body, None).await
+}
+
+/// As `http_send`, with `Authorization: Bearer KEY` when a key is given.
+pub async fn http_send_keyed(
+    api: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {api}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -229,8 +241,13 @@ pub async fn http_send(api: &str, method: &str, path: &str, body: &str) -> tokio
 
 /// (status, body) of a whole HTTP/1.0 response.
 pub async fn http(api: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_keyed(api, method, path, body, None).await
+}
+
+/// As `http`, with `Authorization: Bearer KEY` when a key is given.
+pub async fn http_keyed(api: &str, method: &str, path: &str, body: &str, key: Option<&str>) -> (u16, String) {
     use tokio::io::AsyncReadExt;
-    let mut s = http_send(api, method, path, body).await;
+    let mut s = http_send_keyed(api, method, path, body, key).await;
     let mut out = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(180), s.read_to_end(&mut out))
         .await

@@ -8,6 +8,7 @@
 //! beyond loopback. Connections are bounded (`bounded::Bounds::API`).
 
 mod generate;
+mod openai;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -103,6 +104,11 @@ struct Guard {
 
 async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    // OpenAI clients read their own error envelope.
+    let openai = req.uri().path().starts_with("/v1/");
+    let error = |status, kind: &str, message: String| {
+        if openai { openai::error(status, message, None, Some(kind)) } else { error(status, kind, message) }
+    };
     if !g.security.host_allowed(host, g.bound) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
@@ -149,13 +155,20 @@ pub async fn serve(
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
         .route("/embed", post(embed))
         .route("/generate", post(generate::generate))
+        .merge(openai::routes())
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
         .route("/report.md", get(|s, q| report(s, q, Format::Md)))
         .route("/report.html", get(|s, q| report(s, q, Format::Html)))
         .route("/report.json", get(|s, q| report(s, q, Format::Json)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/v1/") {
+                openai::error(StatusCode::NOT_FOUND, format!("no route {}", uri.path()), None, Some("unknown_url"))
+            } else {
+                error(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+            }
+        })
         // Outermost: the Host and key checks see every request, unknown routes included.
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .with_state(pool);

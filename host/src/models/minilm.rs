@@ -136,6 +136,33 @@ impl MiniLm {
         Ok((ids, truncated))
     }
 
+    /// Token id lists of this model's vocabulary as the model takes them: [CLS] … [SEP],
+    /// truncated to [`MAX_TOKENS`] (and whether each was).
+    pub fn wrap_ids(&self, lists: &[Vec<u32>]) -> anyhow::Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let special =
+            |t: &str| self.tokenizer.token_to_id(t).ok_or_else(|| anyhow::anyhow!("the tokenizer has no {t}"));
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let vocab = self.tokenizer.get_vocab_size(true) as u32;
+        let mut out = Vec::with_capacity(lists.len());
+        let mut truncated = Vec::with_capacity(lists.len());
+        for (i, ids) in lists.iter().enumerate() {
+            if ids.is_empty() {
+                bail!("token list {} is empty: nothing to embed", i + 1);
+            }
+            if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                bail!("token id {bad} in list {} is outside the vocabulary of {vocab}", i + 1);
+            }
+            let keep = ids.len().min(MAX_TOKENS - 2);
+            truncated.push(keep < ids.len());
+            let mut v = Vec::with_capacity(keep + 2);
+            v.push(cls);
+            v.extend_from_slice(&ids[..keep]);
+            v.push(sep);
+            out.push(v);
+        }
+        Ok((out, truncated))
+    }
+
     /// Tokenise and pad `texts` into one batch (padded to its longest text).
     pub fn batch(&self, texts: &[&str]) -> anyhow::Result<Batch> {
         if texts.is_empty() {

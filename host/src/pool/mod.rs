@@ -281,6 +281,30 @@ impl Pool {
         scheduler::submit(&self.shared, &m, texts, deadline, None).await
     }
 
+    /// Embed texts given as token ids of the model's own vocabulary (without [CLS]/[SEP]: they
+    /// are added, and a text longer than the model takes is truncated).
+    pub async fn embed_ids(
+        &self,
+        model: &str,
+        ids: &[Vec<u32>],
+        deadline: Option<Duration>,
+    ) -> Result<Served, PoolError> {
+        let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
+        let (ids, truncated) = m.encoder()?.wrap_ids(ids).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
+        scheduler::submit_ids(&self.shared, &m, ids, truncated, deadline, None).await
+    }
+
+    /// When the pool started, in Unix seconds (OpenAI's `created` for its models).
+    pub fn started_unix(&self) -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.saturating_sub(self.shared.started.elapsed()).as_secs()
+    }
+
+    /// Most tokens a generation session holds (prompt + generated) for `g` in this pool.
+    pub fn context_limit(&self, g: &Generator) -> usize {
+        self.shared.cfg.generation.context_limit.min(g.model.context_length) as usize
+    }
+
     /// Embed many texts as one multi-tab job: shards of `max_batch` run on every replica at once
     /// and are merged in order. All or nothing: a shard whose tab fails is reassigned (with the
     /// job's other queued shards kept off that tab: coordinated recovery); if a shard still fails

@@ -48,6 +48,27 @@ pub(crate) async fn submit(
         )));
     }
     let (ids, truncated) = m.encoder()?.tokenize(texts).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
+    submit_ids(shared, m, ids, truncated, deadline, group).await
+}
+
+/// As `submit`, for texts already tokenised ([CLS]/[SEP] included, truncated).
+pub(crate) async fn submit_ids(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    ids: Vec<Vec<u32>>,
+    truncated: Vec<bool>,
+    deadline: Option<Duration>,
+    group: Option<u64>,
+) -> Result<Served, PoolError> {
+    if ids.is_empty() {
+        return Err(PoolError::BadInput("no texts to embed".into()));
+    }
+    if ids.len() > MAX_TEXTS_PER_REQUEST {
+        return Err(PoolError::TooLarge(format!(
+            "{} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} texts (split the request)",
+            ids.len()
+        )));
+    }
     // A request bigger than one batch travels as several (each within max_batch texts and
     // max_batch_tokens padded tokens), admitted together and answered as one.
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();

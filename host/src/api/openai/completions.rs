@@ -1,0 +1,517 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: one generation stream from the pool
+//! per request, answered whole or as server-sent chunks (`data: {chunk}` … `data: [DONE]`).
+//! Stop strings are matched on the streamed text (`stop::StopScan`: text that may start one is
+//! held back, the stop text never sent); meeting one drops the stream, which cancels the session
+//! in its tab. A client that disconnects drops it too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shared_proto::Sampling;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::stop::StopScan;
+use super::{bad, body, error, now_s, pool_error};
+use crate::exec::GenParams;
+use crate::models::smollm2::{Message, TextStream};
+use crate::pool::{GenRequest, Generator, Pool, PoolError, StreamEvent};
+
+/// Most stop strings a request may give (OpenAI's limit).
+const MAX_STOPS: usize = 4;
+
+#[derive(serde::Deserialize)]
+pub(super) struct ChatBody {
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    opts: Options,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct CompletionBody {
+    model: Option<String>,
+    prompt: Prompt,
+    #[serde(flatten)]
+    opts: Options,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Content,
+    /// A participant's name: accepted, not used by the chat template.
+    #[serde(default)]
+    #[allow(dead_code)]
+    name: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(serde::Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(serde::Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// The sampling and streaming parameters both endpoints share.
+#[derive(serde::Deserialize)]
+struct Options {
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u32>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<u32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    logit_bias: Option<BTreeMap<String, Value>>,
+    response_format: Option<Value>,
+    /// An end-user id (OpenAI's abuse tracking): accepted, not used.
+    #[allow(dead_code)]
+    user: Option<String>,
+    /// Anything else: refused by name unless null.
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// What a request asks for, checked.
+struct Plan {
+    sampling: Sampling,
+    max_tokens: Option<u32>,
+    stops: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Options {
+    fn check(self) -> Result<Plan, Box<Response>> {
+        let no = |param: &str, why: String| Err(Box::new(bad(param, why)));
+        if let Some((k, _)) = self.other.iter().find(|(_, v)| !v.is_null()) {
+            return no(k, format!("unsupported parameter `{k}`"));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return no(
+                "n",
+                format!("n = {}: this server generates one choice per request (n = 1)", self.n.unwrap_or(1)),
+            );
+        }
+        if self.logprobs.as_ref().is_some_and(|v| !(v.is_null() || *v == json!(false) || *v == json!(0))) {
+            return no("logprobs", "logprobs are not supported by this server".into());
+        }
+        if self.top_logprobs.is_some_and(|n| n > 0) {
+            return no("top_logprobs", "logprobs are not supported by this server".into());
+        }
+        for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return no(name, format!("{name} is not supported by this server (only 0)"));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return no("logit_bias", "logit_bias is not supported by this server".into());
+        }
+        if let Some(f) = &self.response_format
+            && f.get("type").and_then(Value::as_str) != Some("text")
+        {
+            return no("response_format", "only response_format {\"type\": \"text\"} is supported".into());
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+            return no("temperature", format!("temperature must be between 0 and 2, got {temperature}"));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return no("top_p", format!("top_p must be in (0, 1], got {top_p}"));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            return no("max_tokens", "max_tokens must be at least 1".into());
+        }
+        let stops = match self.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stops.len() > MAX_STOPS {
+            return no("stop", format!("{} stop strings; at most {MAX_STOPS}", stops.len()));
+        }
+        let stream = self.stream.unwrap_or(false);
+        let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        if self.stream_options.is_some() && !stream {
+            return no("stream_options", "stream_options is only allowed with stream: true".into());
+        }
+        let sampling = if temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            // Without a seed every request draws differently, as clients expect.
+            let seed = self.seed.unwrap_or_else(rand::random);
+            Sampling::TopKP { temperature, top_k: 0, top_p, seed }
+        };
+        Ok(Plan { sampling, max_tokens, stops, stream, include_usage })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+pub(super) async fn chat(
+    State(pool): State<Arc<Pool>>,
+    b: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let b = match body(b) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
+    let (name, g) = match pool.generation_model(b.model.as_deref()) {
+        Ok(found) => found,
+        Err(e) => return pool_error(&e, true),
+    };
+    if b.messages.is_empty() {
+        return bad("messages", "messages is empty: give at least one message");
+    }
+    let mut messages = Vec::with_capacity(b.messages.len());
+    for (i, m) in b.messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return bad(
+                    &format!("messages[{i}].role"),
+                    format!("role {other:?} is not supported: system, developer, user or assistant"),
+                );
+            }
+        };
+        let text = match &m.content {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => {
+                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                    return bad(&format!("messages[{i}].content"), format!("content part {:?}: only text", p.kind));
+                }
+                parts.iter().filter_map(|p| p.text.as_deref()).collect()
+            }
+        };
+        messages.push(Message::new(role, &text));
+    }
+    let prompt = match g.model.chat_ids(&messages) {
+        Ok(ids) => ids,
+        Err(e) => return bad("messages", format!("{e:#}")),
+    };
+    run(pool, name, g, prompt, b.opts, Kind::Chat).await
+}
+
+pub(super) async fn completions(
+    State(pool): State<Arc<Pool>>,
+    b: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let b = match body(b) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
+    let (name, g) = match pool.generation_model(b.model.as_deref()) {
+        Ok(found) => found,
+        Err(e) => return pool_error(&e, true),
+    };
+    let one = "one prompt per request (n = 1): give a string or a list of token ids";
+    let prompt = match b.prompt {
+        Prompt::Text(t) => g.model.encode(&t),
+        Prompt::Texts(v) if v.len() == 1 => g.model.encode(&v[0]),
+        Prompt::Ids(ids) => Ok(ids),
+        Prompt::IdLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        _ => return bad("prompt", one),
+    };
+    let prompt = match prompt {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return bad("prompt", "an empty prompt: there is nothing to continue"),
+        Err(e) => return bad("prompt", format!("{e:#}")),
+    };
+    run(pool, name, g, prompt, b.opts, Kind::Text).await
+}
+
+async fn run(
+    pool: Arc<Pool>,
+    model: String,
+    g: Arc<Generator>,
+    prompt: Vec<u32>,
+    opts: Options,
+    kind: Kind,
+) -> Response {
+    let plan = match opts.check() {
+        Ok(p) => p,
+        Err(refused) => return *refused,
+    };
+    let limit = pool.context_limit(&g);
+    let max_tokens = match plan.max_tokens {
+        Some(n) => n,
+        // Unset: as many as the context has room for.
+        None if prompt.len() < limit => (limit - prompt.len()) as u32,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the prompt has {} tokens; the context limit is {limit} tokens", prompt.len()),
+                Some("messages"),
+                Some("context_length_exceeded"),
+            );
+        }
+    };
+    let params = GenParams { max_tokens, sampling: plan.sampling, stop_ids: g.model.eos_ids.clone() };
+    let prompt_tokens = prompt.len();
+    let rx = match pool.generate(Some(&model), GenRequest { prompt, params }) {
+        Ok(rx) => rx,
+        Err(e) => return pool_error(&e, true),
+    };
+    let id = format!("{}-{:016x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
+    let out = Output {
+        rx,
+        g,
+        text: TextStream::default(),
+        scan: StopScan::new(plan.stops),
+        completion_tokens: 0,
+        prompt_tokens,
+        ready: VecDeque::new(),
+    };
+    let head = Head { id, created: now_s(), model, kind };
+    if plan.stream {
+        let chunks = Chunks {
+            out,
+            head,
+            include_usage: plan.include_usage,
+            queue: VecDeque::new(),
+            started: false,
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(chunks, |mut c| async move {
+            let ev = c.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(ev), c))
+        });
+        return Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    }
+    whole(out, head).await
+}
+
+/// Generated text as the client may see it: tokens → text → stop strings.
+struct Output {
+    rx: UnboundedReceiver<StreamEvent>,
+    g: Arc<Generator>,
+    text: TextStream,
+    scan: StopScan,
+    completion_tokens: usize,
+    prompt_tokens: usize,
+    /// Pieces decided and not yet taken (text, then the end).
+    ready: VecDeque<Piece>,
+}
+
+enum Piece {
+    Text(String),
+    /// The end, with its finish reason.
+    End(&'static str),
+    Failed(PoolError),
+}
+
+impl Output {
+    /// The next piece; after `End` or `Failed` there is nothing more to take.
+    async fn next(&mut self) -> Piece {
+        loop {
+            if let Some(p) = self.ready.pop_front() {
+                return p;
+            }
+            match self.rx.recv().await {
+                Some(StreamEvent::Placed { .. }) => {}
+                Some(StreamEvent::Token(id)) => {
+                    self.completion_tokens += 1;
+                    let piece = self.text.push(&self.g.model, id).unwrap_or_default();
+                    let s = self.scan.push(&piece);
+                    self.ready.extend((!s.text.is_empty()).then_some(Piece::Text(s.text)));
+                    if s.stopped {
+                        // Closing the receiver ends the stream, which cancels its session.
+                        self.rx.close();
+                        self.ready.push_back(Piece::End("stop"));
+                    }
+                }
+                Some(StreamEvent::Done(summary)) => {
+                    let tail = self.text.finish(&self.g.model).unwrap_or_default();
+                    let s = self.scan.push(&tail);
+                    let mut text = s.text;
+                    if !s.stopped {
+                        text.push_str(&self.scan.finish());
+                    }
+                    self.ready.extend((!text.is_empty()).then_some(Piece::Text(text)));
+                    self.ready.push_back(Piece::End(if s.stopped { "stop" } else { summary.finish.name() }));
+                }
+                Some(StreamEvent::Failed(e)) => return Piece::Failed(e),
+                None => return Piece::Failed(PoolError::ShutDown),
+            }
+        }
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+/// What every object of one response shares.
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+}
+
+impl Head {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    /// One choice of a chunk: `delta` for chat, `text` for completions.
+    fn choice(&self, delta: Value, text: &str, finish: Option<&str>) -> Value {
+        match self.kind {
+            Kind::Chat => json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }),
+            Kind::Text => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }),
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
+        let mut c = json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+            "system_fingerprint": null, "choices": choices,
+        });
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        c
+    }
+}
+
+/// The server-sent chunks of one streamed response: (chat: a role chunk), text chunks, a chunk
+/// with the finish reason, (asked: a usage chunk), `[DONE]` — or an error object, then the end.
+struct Chunks {
+    out: Output,
+    head: Head,
+    include_usage: bool,
+    /// Events decided and not yet sent.
+    queue: VecDeque<Event>,
+    started: bool,
+    done: bool,
+}
+
+impl Chunks {
+    async fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.queue.pop_front() {
+            return Some(e);
+        }
+        if self.done {
+            return None;
+        }
+        // With include_usage every chunk carries `usage: null` but the last (OpenAI's shape).
+        let usage = self.include_usage.then_some(Value::Null);
+        if !self.started && self.head.kind == Kind::Chat {
+            self.started = true;
+            let delta = json!({ "role": "assistant", "content": "" });
+            return Some(data(&self.head.chunk(vec![self.head.choice(delta, "", None)], usage)));
+        }
+        self.started = true;
+        match self.out.next().await {
+            Piece::Text(t) => {
+                let choice = self.head.choice(json!({ "content": t }), &t, None);
+                Some(data(&self.head.chunk(vec![choice], usage)))
+            }
+            Piece::End(reason) => {
+                self.done = true;
+                let choice = self.head.choice(json!({}), "", Some(reason));
+                let last = data(&self.head.chunk(vec![choice], usage));
+                if self.include_usage {
+                    self.queue.push_back(data(&self.head.chunk(vec![], Some(self.out.usage()))));
+                }
+                self.queue.push_back(Event::default().data("[DONE]"));
+                Some(last)
+            }
+            Piece::Failed(e) => {
+                self.done = true;
+                let resp = pool_error(&e, true);
+                let status = resp.status();
+                let body = json!({ "error": {
+                    "message": e.to_string(), "type": if status.is_server_error() { "server_error" } else { "invalid_request_error" },
+                    "param": null, "code": e.kind(),
+                }});
+                Some(data(&body))
+            }
+        }
+    }
+}
+
+fn data(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+/// A response whole (`stream` false or absent).
+async fn whole(mut out: Output, head: Head) -> Response {
+    let mut text = String::new();
+    let reason = loop {
+        match out.next().await {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::End(reason) => break reason,
+            Piece::Failed(e) => return pool_error(&e, true),
+        }
+    };
+    let choice = match head.kind {
+        Kind::Chat => json!({
+            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": reason,
+        }),
+        Kind::Text => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": reason }),
+    };
+    Json(json!({
+        "id": head.id, "object": head.object(false), "created": head.created, "model": head.model,
+        "system_fingerprint": null, "choices": [choice], "usage": out.usage(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,92 @@
+//! `POST /v1/embeddings`: `input` as a string, a list of strings, a list of token ids or a list
+//! of those; `encoding_format` `float` or `base64` (little-endian f32, what the official Python
+//! client asks for by default and decodes); `dimensions` only as the model's own.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+
+use super::{bad, body, pool_error};
+use crate::pool::Pool;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EmbeddingsBody {
+    input: Input,
+    model: Option<String>,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+    /// An end-user id (OpenAI's abuse tracking): accepted, not used.
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+pub(super) async fn embeddings(
+    State(pool): State<Arc<Pool>>,
+    b: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let b = match body(b) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
+    let base64 = match b.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return bad("encoding_format", format!("encoding_format {other:?}: expected float or base64")),
+    };
+    let Some(model) = b.model.clone().or_else(|| pool.embedding_model()) else {
+        return pool_error(&crate::pool::PoolError::UnknownModel("(no embedding model is loaded)".into()), false);
+    };
+    let served = match &b.input {
+        Input::Text(t) => pool.embed_with(&model, &[t.as_str()], None).await,
+        Input::Texts(ts) if ts.is_empty() => return bad("input", "input is an empty list: nothing to embed"),
+        Input::Texts(ts) => pool.embed_with(&model, &ts.iter().map(String::as_str).collect::<Vec<_>>(), None).await,
+        Input::Ids(ids) => pool.embed_ids(&model, std::slice::from_ref(ids), None).await,
+        Input::IdLists(lists) => pool.embed_ids(&model, lists, None).await,
+    };
+    let served = match served {
+        Ok(s) => s,
+        Err(e) => return pool_error(&e, false),
+    };
+    let dims = served.vectors.first().map_or(0, Vec::len);
+    if let Some(d) = b.dimensions
+        && d != dims
+    {
+        return bad("dimensions", format!("{model} gives {dims} dimensions; dimensions = {d} cannot be served"));
+    }
+    let data: Vec<_> = served
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    let tokens: usize = served.lengths.iter().sum();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response()
+}

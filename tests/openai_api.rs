@@ -1,0 +1,121 @@
+//! `tabpool serve` as an OpenAI-compatible server, driven by what users drive it with: the
+//! README's API examples (its curl block and its Python block, run as written there) and the
+//! official `openai` Python package (`tests/clients/openai_client.py`: embeddings in both formats
+//! against the float64 MiniLM reference, streamed greedy chat equal to the SmolLM2 reference,
+//! include_usage, stop strings, completions, every error class the client raises — 429 from a
+//! pool holding one session with one stream allowed to wait). Plus the envelope on refusals the
+//! client cannot provoke: unknown routes, malformed JSON, an oversized body.
+
+use crate::support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "k3y-for-tests-0123456789abcdef";
+
+/// The venv setup installs the clients into.
+fn pyclients() -> PathBuf {
+    let dir = std::env::var_os("TABPOOL_PYCLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabpool/pyclients"));
+    let python = dir.join("bin/python");
+    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh`", python.display());
+    python
+}
+
+/// The README's code blocks between `<!-- ci: api-examples -->` and `<!-- /ci -->`: (language, code).
+fn readme_examples() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("<!-- ci: api-examples -->").expect("the README's API examples");
+    let end = start + readme[start..].find("<!-- /ci -->").expect("their end marker");
+    let mut blocks = Vec::new();
+    let mut rest = &readme[start..end];
+    while let Some(open) = rest.find("```") {
+        let after = &rest[open + 3..];
+        let (lang, body) = after.split_once('\n').unwrap();
+        let close = body.find("```").expect("a closed code block");
+        blocks.push((lang.trim().to_string(), body[..close].to_string()));
+        rest = &body[close + 3..];
+    }
+    blocks
+}
+
+fn envelope(body: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let e = &v["error"];
+    assert!(e["message"].is_string() && e["type"].is_string(), "OpenAI's error envelope: {body}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "param and code present (null or not): {body}");
+    e.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_and_the_readme_examples_work_against_serve() {
+    let _procs = support::process_guard();
+    let python = pyclients();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pool.toml");
+    std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\nmax_waiting = 1\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
+        .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"])
+        .args(["--model", "minilm", "--model", "smollm2", "--api", &api, "--api-key", KEY, "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut serve = support::Serve::new(child);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while tokio::net::TcpStream::connect(&api).await.is_err() {
+        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
+        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let base = format!("http://{api}");
+
+    // The README's examples, as written there.
+    let examples = readme_examples();
+    assert_eq!(examples.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(), ["sh", "python"]);
+    let run = |cmd: &mut Command| {
+        let out = cmd.env("TABPOOL_API", &base).env("TABPOOL_API_KEY", KEY).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let sh = run(Command::new("bash").args(["-euo", "pipefail", "-c", &examples[0].1]));
+    assert!(sh.contains("\"object\":\"list\"") && sh.contains("SmolLM2-135M-Instruct"), "{sh}");
+    assert!(sh.contains("\"object\":\"embedding\""), "{sh}");
+    assert!(sh.contains("\" Paris\"") && sh.trim_end().ends_with("data: [DONE]"), "{sh}");
+    let py = run(Command::new(&python).args(["-c", &examples[1].1]));
+    assert_eq!(py, "384\nThe capital of France is Paris.\n");
+
+    // The official client, check by check.
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/openai_client.py");
+    let out = run(Command::new(&python).args([script, &format!("{base}/v1"), KEY, data]));
+    eprintln!("{out}");
+    assert!(out.trim_end().ends_with("ALL OK"), "{out}");
+
+    // Refusals in the envelope: unknown route, malformed JSON, oversized body, no key.
+    let (code, body) = support::http_keyed(&api, "GET", "/v1/nope", "", Some(KEY)).await;
+    assert_eq!((code, envelope(&body)["code"].as_str()), (404, Some("unknown_url")), "{body}");
+    let (code, body) = support::http_keyed(&api, "POST", "/v1/chat/completions", "{\"messages\": [", Some(KEY)).await;
+    assert_eq!((code, envelope(&body)["type"].as_str()), (400, Some("invalid_request_error")), "{body}");
+    let huge = format!("{{\"input\": \"{}\"}}", "a ".repeat(1_100_000));
+    let (code, body) = support::http_keyed(&api, "POST", "/v1/embeddings", &huge, Some(KEY)).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(envelope(&body)["message"].as_str().unwrap().contains("2 MiB"), "{body}");
+    let (code, body) = support::http(&api, "GET", "/v1/models", "").await;
+    assert_eq!((code, envelope(&body)["type"].as_str()), (401, Some("authentication_error")), "{body}");
+    let (code, body) = support::http_keyed(
+        &api,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}"#,
+        Some(KEY),
+    )
+    .await;
+    assert_eq!((code, envelope(&body)["param"].as_str()), (400, Some("tools")), "{body}");
+}
