@@ -118,4 +118,47 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     )
     .await;
     assert_eq!((code, envelope(&body)["param"].as_str()), (400, Some("tools")), "{body}");
+
+    // /metrics: needs the key; parsed by prometheus_client; counts what the clients above did.
+    let (code, _) = support::http(&api, "GET", "/metrics", "").await;
+    assert_eq!(code, 401, "/metrics without the key");
+    let t = Instant::now();
+    let scrapes = 50;
+    let mut text = String::new();
+    for _ in 0..scrapes {
+        let (code, body) = support::http_keyed(&api, "GET", "/metrics", "", Some(KEY)).await;
+        assert_eq!(code, 200, "{body}");
+        text = body;
+    }
+    eprintln!(
+        "/metrics: {} bytes, {:.2} ms per scrape over loopback ({scrapes} scrapes)",
+        text.len(),
+        t.elapsed().as_secs_f64() * 1e3 / scrapes as f64
+    );
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let parser = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/parse_metrics.py");
+    let parsed: serde_json::Value = serde_json::from_str(&run(Command::new(&python).arg(parser).arg(&file))).unwrap();
+    let samples = parsed["samples"].as_array().unwrap();
+    let sum = |name: &str, want: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s[0] == name && want.iter().all(|(k, v)| s[1][*k] == *v))
+            .map(|s| s[2].as_f64().unwrap())
+            .sum()
+    };
+    let chat = "/v1/chat/completions";
+    assert!(sum("tabpool_requests_total", &[("endpoint", chat), ("status", "200")]) >= 8.0, "{text}");
+    assert!(sum("tabpool_requests_total", &[("endpoint", chat), ("status", "429")]) >= 1.0, "{text}");
+    assert!(sum("tabpool_requests_total", &[("endpoint", chat), ("status", "400")]) >= 4.0, "{text}");
+    assert!(sum("tabpool_requests_total", &[("endpoint", "/v1/models"), ("status", "401")]) >= 2.0, "{text}");
+    assert!(sum("tabpool_requests_total", &[("endpoint", "/v1/embeddings"), ("model", "all-MiniLM-L6-v2")]) >= 4.0);
+    let smol = [("model", "SmolLM2-135M-Instruct")];
+    assert!(sum("tabpool_generation_tokens_total", &smol) >= 100.0, "{text}");
+    assert!(sum("tabpool_time_to_first_token_seconds_count", &smol) >= 8.0, "{text}");
+    assert!(sum("tabpool_inter_token_latency_seconds_count", &smol) >= 50.0, "{text}");
+    assert!(sum("tabpool_batch_size_count", &[("model", "all-MiniLM-L6-v2")]) >= 1.0, "{text}");
+    assert_eq!(sum("tabpool_tabs", &[("kind", "chromium-webnn")]), 1.0, "{text}");
+    assert_eq!(sum("tabpool_breaker_state", &[("scope", "tab")]), 0.0, "{text}");
+    eprintln!("{} samples in {} families", samples.len(), parsed["families"]);
 }

@@ -138,6 +138,9 @@ enum Command {
         /// repeatable. Other Host headers get 421 (DNS rebinding).
         #[arg(long = "allow-host")]
         allow_hosts: Vec<String>,
+        /// Serve GET /metrics (Prometheus) without the API key, for a scraper that cannot send one.
+        #[arg(long)]
+        metrics_public: bool,
     },
     /// The performance history as a report: browser/backend comparison, latency percentiles,
     /// error categories, breaker events, recoveries, scaling, regressions (Markdown, or HTML with
@@ -509,9 +512,9 @@ async fn main() -> ExitCode {
             Ok(key) => report::run(report::Args { history, format, since, out, api, key }).await,
             Err(e) => Err(e),
         },
-        Command::Serve { pool, models, no_default_model, api, key, allow_hosts } => {
+        Command::Serve { pool, models, no_default_model, api, key, allow_hosts, metrics_public } => {
             let security = match key.resolve() {
-                Ok(key) => tabpool::api::Security { key, allow_hosts },
+                Ok(key) => tabpool::api::Security { key, allow_hosts, metrics_public },
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     return ExitCode::FAILURE;

@@ -47,6 +47,8 @@ pub struct Security {
     pub key: Option<String>,
     /// Host names accepted besides loopback names and the bound address (`--allow-host`).
     pub allow_hosts: Vec<String>,
+    /// `GET /metrics` without the key (`--metrics-public`): the counts it shows, not the data.
+    pub metrics_public: bool,
 }
 
 /// Shortest API key accepted: a guessable key is no lock.
@@ -119,7 +121,9 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
             ),
         );
     }
-    let open = req.uri().path() == "/health" || req.uri().path() == "/dashboard" || req.uri().path() == "/";
+    let path = req.uri().path();
+    let open =
+        path == "/health" || path == "/dashboard" || path == "/" || (path == "/metrics" && g.security.metrics_public);
     if let (Some(key), false) = (&g.security.key, open) {
         let given = req
             .headers()
@@ -140,6 +144,27 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The model a response served, for the request counter's `model` label (set by handlers).
+#[derive(Clone)]
+pub(crate) struct ModelLabel(pub String);
+
+/// Count every request by endpoint (its route, never the raw path: bounded), model and status,
+/// and time it to the response head.
+async fn count(State(pool): State<Arc<Pool>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let model = resp.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str()).to_string();
+    let tm = pool.telemetry();
+    let status = resp.status().as_u16().to_string();
+    tm.count("tabpool_requests_total", &[("endpoint", &endpoint), ("model", &model), ("status", &status)], 1);
+    tm.observe("tabpool_request_duration_seconds", &[("endpoint", &endpoint)], t.elapsed().as_secs_f64());
+    resp
+}
+
 pub async fn serve(
     pool: Arc<Pool>,
     addr: SocketAddr,
@@ -153,6 +178,12 @@ pub async fn serve(
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/status", get(|State(p): State<Arc<Pool>>| async move { Json(p.metrics()) }))
         .route("/status.txt", get(|State(p): State<Arc<Pool>>| async move { p.metrics().render() }))
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Pool>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], p.prometheus())
+            }),
+        )
         .route("/embed", post(embed))
         .route("/generate", post(generate::generate))
         .merge(openai::routes())
@@ -171,6 +202,8 @@ pub async fn serve(
         })
         // Outermost: the Host and key checks see every request, unknown routes included.
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+        // Around the guard: refusals are counted too.
+        .layer(axum::middleware::from_fn_with_state(pool.clone(), count))
         .with_state(pool);
     let task =
         tokio::spawn(crate::server::bounded::serve(listener, app, crate::server::bounded::Bounds::API, "api server"));

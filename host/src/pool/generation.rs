@@ -153,6 +153,11 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
             m.waiting.fetch_sub(1, Ordering::SeqCst);
             let waited = t0.elapsed();
             queue_ms = Some(waited.as_secs_f64() * 1e3);
+            shared.telemetry.observe(
+                "tabpool_queue_duration_seconds",
+                &[("model", m.name.as_str())],
+                waited.as_secs_f64(),
+            );
             shared.waits.lock().expect("waits").push_back((Instant::now(), waited));
         }
         place_of = Some((r.slot.kind.name.clone(), r.backend.clone(), r.slot.id));
@@ -211,6 +216,19 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
             match ev {
                 Some(GenEvent::Token(t)) => {
                     let now = Instant::now();
+                    let model = [("model", m.name.as_str())];
+                    match first {
+                        None => shared.telemetry.observe(
+                            "tabpool_time_to_first_token_seconds",
+                            &model,
+                            (now - t0).as_secs_f64(),
+                        ),
+                        Some(_) => shared.telemetry.observe(
+                            "tabpool_inter_token_latency_seconds",
+                            &model,
+                            (now - last).as_secs_f64(),
+                        ),
+                    }
                     first.get_or_insert(now);
                     last = now;
                     out.push(t);
@@ -295,6 +313,12 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
         Err(Ended::Cancelled) => ("cancelled", None),
         Err(Ended::Error(e)) => ("failed", Some(e.kind().to_string())),
     };
+    let model = [("model", m.name.as_str())];
+    shared.telemetry.count("tabpool_prompt_tokens_total", &model, req.prompt.len() as u64);
+    shared.telemetry.count("tabpool_generation_tokens_total", &model, out.len() as u64);
+    if let Some(q) = queue_ms {
+        shared.telemetry.observe("tabpool_inference_duration_seconds", &model, t0.elapsed().as_secs_f64() - q / 1e3);
+    }
     shared.keep(Record::Generation {
         model: m.name.clone(),
         place: place_of.clone(),

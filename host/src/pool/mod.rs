@@ -27,6 +27,7 @@ mod pipelines;
 mod scaler;
 mod scheduler;
 mod state;
+pub mod telemetry;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -441,6 +442,16 @@ impl Pool {
 
     pub fn metrics(&self) -> PoolMetrics {
         metrics::snapshot(&self.shared)
+    }
+
+    /// The Prometheus text exposition of this pool (`GET /metrics`).
+    pub fn prometheus(&self) -> String {
+        self.shared.telemetry.render(&self.metrics())
+    }
+
+    /// Where the API records its requests.
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.shared.telemetry
     }
 
     /// The history database this pool records into (`history.path`), for reports.

@@ -510,6 +510,13 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(flat) => {
+            let tm = &shared.telemetry;
+            let model = [("model", m.name.as_str())];
+            tm.observe("tabpool_batch_size", &model, rows as f64);
+            tm.observe("tabpool_inference_duration_seconds", &model, run_ms / 1e3);
+            for job in &jobs {
+                tm.observe("tabpool_queue_duration_seconds", &model, (t - job.enqueued).as_secs_f64());
+            }
             let hidden = flat.len() / rows.max(1);
             let mut vectors = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec);
             for job in jobs {

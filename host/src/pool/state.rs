@@ -290,6 +290,8 @@ pub(crate) struct Shared {
     /// The history database and its writer, when the pool records (`history.path`).
     pub store: Option<Arc<Store>>,
     pub recorder: Option<Recorder>,
+    /// Prometheus counters and histograms (`GET /metrics`).
+    pub telemetry: super::telemetry::Telemetry,
 }
 
 /// One tab recovery, for the log, `metrics()` and `bench recovery`.
@@ -355,6 +357,7 @@ impl Shared {
             recoveries: Mutex::new(VecDeque::new()),
             store,
             recorder,
+            telemetry: super::telemetry::Telemetry::new(),
         })
     }
 
@@ -664,6 +667,8 @@ impl Shared {
 
     pub fn note_recovery(&self, slot: &Slot, category: Category, step: &str, ok: bool, t: Instant, detail: &str) {
         let detail = &crate::redact::text(detail);
+        let outcome = if ok { "ok" } else { "failed" };
+        self.telemetry.count("tabpool_recoveries_total", &[("strategy", step), ("outcome", outcome)], 1);
         let ev = RecoveryEvent {
             at_s: self.started.elapsed().as_secs_f64(),
             tab: slot.id,

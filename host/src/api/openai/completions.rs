@@ -270,7 +270,22 @@ pub(super) async fn completions(
     run(pool, name, g, prompt, b.opts, Kind::Text).await
 }
 
+/// `generate`, its response labelled with the model for the request counter.
 async fn run(
+    pool: Arc<Pool>,
+    model: String,
+    g: Arc<Generator>,
+    prompt: Vec<u32>,
+    opts: Options,
+    kind: Kind,
+) -> Response {
+    let label = crate::api::ModelLabel(model.clone());
+    let mut resp = generate(pool, model, g, prompt, opts, kind).await;
+    resp.extensions_mut().insert(label);
+    resp
+}
+
+async fn generate(
     pool: Arc<Pool>,
     model: String,
     g: Arc<Generator>,
