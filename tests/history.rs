@@ -130,6 +130,45 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     }
     assert_eq!(page.count("#tabs tbody tr").await.unwrap(), 2, "one row per tab");
     assert!(page.count("#thr polyline").await.unwrap() == 1, "the throughput chart is drawn");
+
+    // Live: once the page listens to /v1/events, a tab dropped from the host side shows in its
+    // event list (lost, then recovered) without waiting for a poll.
+    let t = Instant::now();
+    while page.count("body[data-live='1']").await.unwrap() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the dashboard did not subscribe to /v1/events");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut events = pool.subscribe_events();
+    let victim = pool.tabs()[0].0;
+    let t = Instant::now();
+    assert!(pool.disconnect_tab(victim));
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["event"].as_str(), first["tab"].as_u64()),
+        (Some("tab"), Some("lost"), Some(victim)),
+        "{first}"
+    );
+    while page.count("#live tbody tr").await.unwrap() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the dashboard did not show the lost tab");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "dashboard: tab {victim} dropped → shown in its live events after {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let mut seen = vec![first];
+    while !seen.iter().any(|e| e["type"] == "recovery" && e["ok"] == true) {
+        let e = tokio::time::timeout(Duration::from_secs(60), events.recv()).await.expect("a recovery event").unwrap();
+        seen.push(serde_json::from_str(&e).unwrap());
+    }
+    let recovery = seen.last().unwrap();
+    for field in ["tab", "kind", "category", "step", "ok", "ms", "detail", "at_s"] {
+        assert!(recovery.get(field).is_some(), "the recovery event has the history row's {field}: {recovery}");
+    }
+    let loads: Vec<_> =
+        seen.iter().filter(|e| e["type"] == "model_load").map(|e| e["phase"].as_str().unwrap()).collect();
+    assert!(loads.first() == Some(&"started") && loads.last() == Some(&"loaded"), "model load events: {seen:?}");
     let png = page.screenshot().await.unwrap();
     page.close().await;
     driver.stop().await;

@@ -7,6 +7,7 @@
 //! constant time; a Host allow-list against DNS rebinding (421 otherwise); no keyless binding
 //! beyond loopback. Connections are bounded (`bounded::Bounds::API`).
 
+mod events;
 mod generate;
 mod openai;
 
@@ -187,6 +188,7 @@ pub async fn serve(
         .route("/embed", post(embed))
         .route("/generate", post(generate::generate))
         .merge(openai::routes())
+        .route("/v1/events", get(events::events))
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
         .route("/report.md", get(|s, q| report(s, q, Format::Md)))

@@ -449,6 +449,11 @@ impl Pool {
         self.shared.telemetry.render(&self.metrics())
     }
 
+    /// The live event stream (`GET /v1/events`): JSON objects, each with its `type`.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.shared.live.subscribe()
+    }
+
     /// Where the API records its requests.
     pub fn telemetry(&self) -> &telemetry::Telemetry {
         &self.shared.telemetry

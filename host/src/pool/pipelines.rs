@@ -180,6 +180,7 @@ impl Shared {
         m: &Arc<ModelEntry>,
         g: &Arc<Generator>,
         lead: &Arc<Slot>,
+        progress: &dyn crate::exec::WeightUpload,
     ) -> Result<Option<(Runner, String, Arc<StageSlots>)>, (String, anyhow::Error)> {
         let sharded = g.sharded.as_ref().expect("a sharded model");
         let (n, tabs) = (sharded.stages.len(), sharded.tab_labels.len());
@@ -190,7 +191,7 @@ impl Shared {
         }
         let mut slots = vec![lead.clone()];
         slots.extend(free.into_iter().take(tabs - 1));
-        let loads = (0..n).map(|i| self.load_stage(m, g, i, &slots[sharded.stage_tab[i]]));
+        let loads = (0..n).map(|i| self.load_stage(m, g, i, &slots[sharded.stage_tab[i]], progress));
         let mut steppers = Vec::with_capacity(n);
         for (i, r) in futures_util::future::join_all(loads).await.into_iter().enumerate() {
             steppers.push(r.map_err(|e| (format!("stage {i}"), e))?);
@@ -225,12 +226,19 @@ impl Shared {
     }
 
     /// Stage `i` of `g` loaded into `slot` on the backend its kind (or the pool) asks for.
-    async fn load_stage(&self, m: &ModelEntry, g: &Generator, i: usize, slot: &Slot) -> anyhow::Result<Stepper> {
+    async fn load_stage(
+        &self,
+        m: &ModelEntry,
+        g: &Generator,
+        i: usize,
+        slot: &Slot,
+        progress: &dyn crate::exec::WeightUpload,
+    ) -> anyhow::Result<Stepper> {
         let stage = &g.sharded.as_ref().context("not a sharded model")?.stages[i];
         let wanted = slot.kind.backend.unwrap_or(self.cfg.backend);
         let exec = backend_choice::for_generation(wanted, slot.tab.caps())?;
         let name = format!("{}/stage {i}", m.name);
-        Stepper::in_tab(&slot.tab, &name, &stage.graph, &stage.weights, exec.clone(), &())
+        Stepper::in_tab(&slot.tab, &name, &stage.graph, &stage.weights, exec.clone(), progress)
             .await
             .with_context(|| format!("loading {name} on {exec} in tab {}", slot.id))
     }
@@ -272,7 +280,7 @@ impl Shared {
         let was_on = stages.loaded_on.lock().expect("stages")[i];
         if old.serial != was_on && old.usable() {
             // Another stage of the same lost tab has moved already: this one follows it.
-            let stepper = self.load_stage(m, g, i, &old).await?;
+            let stepper = self.load_stage(m, g, i, &old, &()).await?;
             stages.loaded_on.lock().expect("stages")[i] = old.serial;
             return Ok(stepper);
         }
@@ -320,7 +328,7 @@ impl Shared {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let loaded = self.load_stage(m, g, i, &slot).await;
+        let loaded = self.load_stage(m, g, i, &slot, &()).await;
         if loaded.is_ok() {
             stages.loaded_on.lock().expect("stages")[i] = slot.serial;
         }

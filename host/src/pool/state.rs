@@ -25,6 +25,9 @@ use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
 
+/// Live events a slow `/v1/events` listener may fall behind by before it is told how many it missed.
+const LIVE_EVENTS_BUFFERED: usize = 1024;
+
 /// One tab in the pool. A reloaded page is a new slot with the same tab id and a new serial.
 pub(crate) struct Slot {
     /// Unique per slot (tab ids survive a page reload; serials do not).
@@ -292,6 +295,9 @@ pub(crate) struct Shared {
     pub recorder: Option<Recorder>,
     /// Prometheus counters and histograms (`GET /metrics`).
     pub telemetry: super::telemetry::Telemetry,
+    /// Live events (`GET /v1/events`): tab, breaker, scaling and recovery rows as they are kept,
+    /// and model loads; JSON text, one per event.
+    pub live: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// One tab recovery, for the log, `metrics()` and `bench recovery`.
@@ -358,14 +364,30 @@ impl Shared {
             store,
             recorder,
             telemetry: super::telemetry::Telemetry::new(),
+            live: tokio::sync::broadcast::channel(LIVE_EVENTS_BUFFERED).0,
         })
     }
 
     /// Queue a row for the history database (no-op when the pool does not record).
     pub fn keep(&self, rec: Record) {
+        if matches!(rec, Record::Tab { .. } | Record::Breaker { .. } | Record::Scaling { .. } | Record::Recovery { .. })
+            && let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&rec)
+        {
+            self.emit(fields);
+        }
         if let Some(r) = &self.recorder {
             r.record(rec);
         }
+    }
+
+    /// Send a live event (its `type` and fields) to every `GET /v1/events` listener, stamped with
+    /// seconds since the pool started. Nobody listening costs nothing.
+    pub fn emit(&self, mut fields: serde_json::Map<String, serde_json::Value>) {
+        if self.live.receiver_count() == 0 {
+            return;
+        }
+        fields.insert("at_s".into(), self.started.elapsed().as_secs_f64().into());
+        let _ = self.live.send(serde_json::Value::Object(fields).to_string().into());
     }
 
     /// Tabs in the pool, serving or being recovered.
@@ -567,6 +589,13 @@ impl Shared {
             return;
         }
         let t = Instant::now();
+        self.keep(Record::Tab {
+            tab: Some(old.id),
+            kind: old.kind.name.clone(),
+            event: "lost".into(),
+            detail: format!("{category:?}: {detail}"),
+            capabilities: None,
+        });
         let mut had: Vec<Arc<ModelEntry>> = Vec::new();
         for m in self.models.lock().expect("models").iter() {
             let mut reps = m.replicas.lock().expect("replicas");
@@ -708,10 +737,12 @@ impl Shared {
 
     /// Load `m` into `slot`'s tab; a failure is logged and recorded, not fatal.
     pub async fn add_replica(self: &Arc<Self>, m: &Arc<ModelEntry>, slot: &Arc<Slot>) -> bool {
+        let progress = LoadProgress::new(self, &m.name, slot);
+        progress.phase("started", None);
         let mut stages = None;
         let loaded = match &m.family {
-            Family::Embedding(model) => self.load_encoder(m, model, slot).await,
-            Family::Generation(g) if g.sharded.is_some() => match self.load_pipeline(m, g, slot).await {
+            Family::Embedding(model) => self.load_encoder(m, model, slot, &progress).await,
+            Family::Generation(g) if g.sharded.is_some() => match self.load_pipeline(m, g, slot, &progress).await {
                 Ok(Some((run, backend, st))) => {
                     stages = Some(st);
                     Ok((run, backend, vec![]))
@@ -721,14 +752,16 @@ impl Shared {
                     let why =
                         format!("{}: a pipeline needs {} more free tabs; this one waits as a spare", m.name, n - 1);
                     self.log("spare", Some(&slot.kind.name), Some(slot.id), &why);
+                    progress.phase("spare", Some(&why));
                     return false;
                 }
                 Err(e) => Err(e),
             },
-            Family::Generation(g) => self.load_generator(g, slot).await,
+            Family::Generation(g) => self.load_generator(g, slot, &progress).await,
         };
         match loaded {
             Ok((run, backend, calibration)) => {
+                progress.phase("loaded", Some(&backend));
                 tracing::info!(model = m.name, tab = slot.id, kind = slot.kind.name, backend, "replica loaded");
                 let breaker = Mutex::new(Breaker::new(self.cfg.health.breaker()));
                 let mut reps = m.replicas.lock().expect("replicas");
@@ -741,6 +774,7 @@ impl Shared {
                 true
             }
             Err((backend, e)) => {
+                progress.phase("failed", Some(&format!("{backend}: {e:#}")));
                 self.record(&m.name, &slot.kind.name, &backend, false, 0.0);
                 self.log("load-failed", Some(&slot.kind.name), Some(slot.id), &format!("{}: {e:#}", m.name));
                 false
@@ -753,6 +787,7 @@ impl Shared {
         m: &ModelEntry,
         model: &MiniLm,
         slot: &Slot,
+        progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
         let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
         let mut known_calibration = None;
@@ -764,7 +799,7 @@ impl Shared {
             backend = known;
             known_calibration = Some(measured);
         }
-        let (tm, measured) = load_in_tab(&slot.tab, model, backend, &())
+        let (tm, measured) = load_in_tab(&slot.tab, model, backend, progress)
             .await
             .map_err(|e| (format!("{backend:?}").to_lowercase(), e))?;
         let calibration = known_calibration.unwrap_or_else(|| {
@@ -787,10 +822,11 @@ impl Shared {
         &self,
         g: &Generator,
         slot: &Slot,
+        progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
         let wanted = slot.kind.backend.unwrap_or(self.cfg.backend);
         let exec = backend_choice::for_generation(wanted, slot.tab.caps()).map_err(|e| (format!("{wanted:?}"), e))?;
-        let stepper = Stepper::in_tab(&slot.tab, &g.model.name, &g.graph, &g.weights, exec.clone(), &())
+        let stepper = Stepper::in_tab(&slot.tab, &g.model.name, &g.graph, &g.weights, exec.clone(), progress)
             .await
             .map_err(|e| (exec.to_string(), e))?;
         let gen_cfg = &self.cfg.generation;
@@ -982,4 +1018,50 @@ impl Shared {
             }
         }
     }
+}
+
+/// A model load's live events: `model_load` with phase started, weights (each tenth of the bytes
+/// sent), loaded, failed or spare.
+struct LoadProgress<'a> {
+    shared: &'a Shared,
+    model: &'a str,
+    slot: &'a Slot,
+    total: AtomicU64,
+    sent: AtomicU64,
+    tenths: AtomicU64,
+    t: Instant,
+}
+
+impl<'a> LoadProgress<'a> {
+    fn new(shared: &'a Shared, model: &'a str, slot: &'a Slot) -> LoadProgress<'a> {
+        let (total, sent, tenths) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        LoadProgress { shared, model, slot, total, sent, tenths, t: Instant::now() }
+    }
+
+    fn phase(&self, phase: &str, detail: Option<&str>) {
+        let v = serde_json::json!({
+            "type": "model_load", "model": self.model, "tab": self.slot.id, "kind": self.slot.kind.name,
+            "phase": phase, "detail": detail, "ms": self.t.elapsed().as_secs_f64() * 1e3,
+            "bytes": self.sent.load(Ordering::Relaxed), "total_bytes": self.total.load(Ordering::Relaxed),
+        });
+        if let serde_json::Value::Object(fields) = v {
+            self.shared.emit(fields);
+        }
+    }
+}
+
+impl crate::exec::WeightUpload for LoadProgress<'_> {
+    fn start(&self, total_bytes: u64) {
+        // A pipeline's stages each start their own upload: the totals add up.
+        self.total.fetch_add(total_bytes, Ordering::Relaxed);
+    }
+    fn advance(&self, bytes: u64) {
+        let sent = self.sent.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let total = self.total.load(Ordering::Relaxed).max(1);
+        let tenth = (sent * 10 / total).min(10);
+        if self.tenths.fetch_max(tenth, Ordering::Relaxed) < tenth {
+            self.phase("weights", None);
+        }
+    }
+    fn finish(&self) {}
 }

@@ -183,8 +183,10 @@ fn open_error(path: &Path, e: duckdb::Error) -> anyhow::Error {
     }
 }
 
-/// One row for the history, stamped when it is recorded.
-#[derive(Debug, Clone)]
+/// One row for the history, stamped when it is recorded. Serialized (tagged by `type`, its
+/// table's name) for the live event stream, so events carry the history rows' fields.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Execution {
         model: String,
