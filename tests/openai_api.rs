@@ -119,6 +119,19 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     .await;
     assert_eq!((code, envelope(&body)["param"].as_str()), (400, Some("tools")), "{body}");
 
+    // /openapi.json: a valid OpenAPI document (openapi-spec-validator) naming every /v1 route.
+    let (code, spec) = support::http_keyed(&api, "GET", "/openapi.json", "", Some(KEY)).await;
+    assert_eq!(code, 200, "{spec}");
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &spec).unwrap();
+    let check = "import json, sys\nfrom openapi_spec_validator import validate\nd = json.load(open(sys.argv[1]))\nvalidate(d)\nprint(' '.join(sorted(d['paths'])))";
+    let paths = run(Command::new(&python).args(["-c", check]).arg(&file));
+    assert_eq!(
+        paths.trim(),
+        "/v1/chat/completions /v1/completions /v1/embeddings /v1/events /v1/models /v1/models/{model}",
+        "{spec}"
+    );
+
     // /metrics: needs the key; parsed by prometheus_client; counts what the clients above did.
     let (code, _) = support::http(&api, "GET", "/metrics", "").await;
     assert_eq!(code, 401, "/metrics without the key");

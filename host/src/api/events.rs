@@ -15,6 +15,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::pool::Pool;
 
+/// The pool's live events (server-sent, one JSON object per `data:` line).
+#[utoipa::path(get, path = "/v1/events", tag = "pool",
+    responses((status = 200, description = "server-sent events: `{\"type\": \"tab\" | \"breaker\" | \"scaling\" | \"recovery\" | \"model_load\" | \"lagged\", ...}`",
+        content_type = "text/event-stream", body = String)))]
 pub(super) async fn events(State(pool): State<Arc<Pool>>) -> impl IntoResponse {
     let rx = pool.subscribe_events();
     let hello = serde_json::json!({ "type": "subscribed", "tabs": pool.tabs().len(), "models": pool.models() });

@@ -17,6 +17,7 @@ use shared_proto::Sampling;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::stop::StopScan;
+use super::types::{AssistantMessage, Choice, Chunk, ChunkChoice, Completion, Delta, ErrorBody, ErrorEnvelope, Usage};
 use super::{bad, body, error, now_s, pool_error};
 use crate::exec::GenParams;
 use crate::models::smollm2::{Message, TextStream};
@@ -25,7 +26,7 @@ use crate::pool::{GenRequest, Generator, Pool, PoolError, StreamEvent};
 /// Most stop strings a request may give (OpenAI's limit).
 const MAX_STOPS: usize = 4;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct ChatBody {
     model: Option<String>,
     messages: Vec<ChatMessage>,
@@ -33,7 +34,7 @@ pub(super) struct ChatBody {
     opts: Options,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct CompletionBody {
     model: Option<String>,
     prompt: Prompt,
@@ -41,7 +42,7 @@ pub(super) struct CompletionBody {
     opts: Options,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct ChatMessage {
     role: String,
     content: Content,
@@ -51,14 +52,14 @@ struct ChatMessage {
     name: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct ContentPart {
     #[serde(rename = "type")]
     kind: String,
@@ -66,7 +67,7 @@ struct ContentPart {
     text: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Prompt {
     Text(String),
@@ -75,21 +76,21 @@ enum Prompt {
     IdLists(Vec<Vec<u32>>),
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
 /// The sampling and streaming parameters both endpoints share.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct Options {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
@@ -100,17 +101,23 @@ struct Options {
     n: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    /// Only false / null: log-probabilities are not supported.
+    #[schema(value_type = Option<bool>)]
     logprobs: Option<Value>,
     top_logprobs: Option<u32>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
+    #[schema(value_type = Option<Object>)]
     logit_bias: Option<BTreeMap<String, Value>>,
+    /// Only `{"type": "text"}`.
+    #[schema(value_type = Option<Object>)]
     response_format: Option<Value>,
     /// An end-user id (OpenAI's abuse tracking): accepted, not used.
     #[allow(dead_code)]
     user: Option<String>,
     /// Anything else: refused by name unless null.
     #[serde(flatten)]
+    #[schema(ignore)]
     other: BTreeMap<String, Value>,
 }
 
@@ -196,6 +203,14 @@ enum Kind {
     Text,
 }
 
+/// A chat reply from a generation model (the chat template applied to `messages`).
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatBody, tag = "openai",
+    responses(
+        (status = 200, description = "the reply; with `stream`, server-sent `Chunk`s then `data: [DONE]`",
+            content((Completion = "application/json"), (Chunk = "text/event-stream"))),
+        (status = 400, body = ErrorEnvelope, description = "a bad or unsupported parameter; `context_length_exceeded`"),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope, description = "`model_not_found`"),
+        (status = 413, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn chat(
     State(pool): State<Arc<Pool>>,
     b: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
@@ -242,6 +257,13 @@ pub(super) async fn chat(
     run(pool, name, g, prompt, b.opts, Kind::Chat).await
 }
 
+/// Raw text continued (no chat template).
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionBody, tag = "openai",
+    responses(
+        (status = 200, description = "the continuation; with `stream`, server-sent `Chunk`s then `data: [DONE]`",
+            content((Completion = "application/json"), (Chunk = "text/event-stream"))),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn completions(
     State(pool): State<Arc<Pool>>,
     b: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
@@ -401,12 +423,9 @@ impl Output {
         }
     }
 
-    fn usage(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
+    fn usage(&self) -> Usage {
+        let (prompt_tokens, completion_tokens) = (self.prompt_tokens, self.completion_tokens);
+        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
     }
 }
 
@@ -428,22 +447,17 @@ impl Head {
     }
 
     /// One choice of a chunk: `delta` for chat, `text` for completions.
-    fn choice(&self, delta: Value, text: &str, finish: Option<&str>) -> Value {
-        match self.kind {
-            Kind::Chat => json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }),
-            Kind::Text => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }),
-        }
+    fn choice(&self, delta: Delta, finish: Option<&'static str>) -> ChunkChoice {
+        let (delta, text) = match self.kind {
+            Kind::Chat => (Some(delta), None),
+            Kind::Text => (None, Some(delta.content.unwrap_or_default())),
+        };
+        ChunkChoice { index: 0, delta, text, logprobs: None, finish_reason: finish }
     }
 
-    fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
-        let mut c = json!({
-            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
-            "system_fingerprint": null, "choices": choices,
-        });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        c
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Option<Usage>>) -> Chunk {
+        let (id, object, created, model) = (self.id.clone(), self.object(true), self.created, self.model.clone());
+        Chunk { id, object, created, model, system_fingerprint: None, choices, usage }
     }
 }
 
@@ -468,44 +482,45 @@ impl Chunks {
             return None;
         }
         // With include_usage every chunk carries `usage: null` but the last (OpenAI's shape).
-        let usage = self.include_usage.then_some(Value::Null);
+        let usage = self.include_usage.then_some(None);
         if !self.started && self.head.kind == Kind::Chat {
             self.started = true;
-            let delta = json!({ "role": "assistant", "content": "" });
-            return Some(data(&self.head.chunk(vec![self.head.choice(delta, "", None)], usage)));
+            let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
+            return Some(data(&self.head.chunk(vec![self.head.choice(delta, None)], usage)));
         }
         self.started = true;
         match self.out.next().await {
             Piece::Text(t) => {
-                let choice = self.head.choice(json!({ "content": t }), &t, None);
+                let choice = self.head.choice(Delta { role: None, content: Some(t) }, None);
                 Some(data(&self.head.chunk(vec![choice], usage)))
             }
             Piece::End(reason) => {
                 self.done = true;
-                let choice = self.head.choice(json!({}), "", Some(reason));
+                let choice = self.head.choice(Delta::default(), Some(reason));
                 let last = data(&self.head.chunk(vec![choice], usage));
                 if self.include_usage {
-                    self.queue.push_back(data(&self.head.chunk(vec![], Some(self.out.usage()))));
+                    self.queue.push_back(data(&self.head.chunk(vec![], Some(Some(self.out.usage())))));
                 }
                 self.queue.push_back(Event::default().data("[DONE]"));
                 Some(last)
             }
             Piece::Failed(e) => {
                 self.done = true;
-                let resp = pool_error(&e, true);
-                let status = resp.status();
-                let body = json!({ "error": {
-                    "message": e.to_string(), "type": if status.is_server_error() { "server_error" } else { "invalid_request_error" },
-                    "param": null, "code": e.kind(),
-                }});
-                Some(data(&body))
+                let status = pool_error(&e, true).status();
+                let error = ErrorBody {
+                    message: e.to_string(),
+                    kind: if status.is_server_error() { "server_error" } else { "invalid_request_error" },
+                    param: None,
+                    code: Some(e.kind().into()),
+                };
+                Some(data(&ErrorEnvelope { error }))
             }
         }
     }
 }
 
-fn data(v: &Value) -> Event {
-    Event::default().data(v.to_string())
+fn data(v: &impl serde::Serialize) -> Event {
+    Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
 /// A response whole (`stream` false or absent).
@@ -518,15 +533,19 @@ async fn whole(mut out: Output, head: Head) -> Response {
             Piece::Failed(e) => return pool_error(&e, true),
         }
     };
-    let choice = match head.kind {
-        Kind::Chat => json!({
-            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": reason,
-        }),
-        Kind::Text => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": reason }),
+    let (message, text) = match head.kind {
+        Kind::Chat => (Some(AssistantMessage { role: "assistant", content: text }), None),
+        Kind::Text => (None, Some(text)),
     };
-    Json(json!({
-        "id": head.id, "object": head.object(false), "created": head.created, "model": head.model,
-        "system_fingerprint": null, "choices": [choice], "usage": out.usage(),
-    }))
+    let choice = Choice { index: 0, message, text, logprobs: None, finish_reason: reason };
+    Json(Completion {
+        object: head.object(false),
+        id: head.id,
+        created: head.created,
+        model: head.model,
+        system_fingerprint: None,
+        choices: vec![choice],
+        usage: out.usage(),
+    })
     .into_response()
 }

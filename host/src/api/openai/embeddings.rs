@@ -8,12 +8,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde_json::json;
 
+use super::types::{Embedding, EmbeddingList, EmbeddingUsage, EmbeddingVector};
 use super::{bad, body, pool_error};
 use crate::pool::Pool;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmbeddingsBody {
     input: Input,
@@ -25,7 +25,7 @@ pub(super) struct EmbeddingsBody {
     user: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Input {
     Text(String),
@@ -34,6 +34,14 @@ enum Input {
     IdLists(Vec<Vec<u32>>),
 }
 
+/// Sentence embeddings (L2-normalised) from an embedding model.
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody, tag = "openai",
+    responses(
+        (status = 200, body = EmbeddingList),
+        (status = 400, body = super::types::ErrorEnvelope, description = "a bad input, format or `dimensions`"),
+        (status = 401, body = super::types::ErrorEnvelope), (status = 404, body = super::types::ErrorEnvelope),
+        (status = 413, body = super::types::ErrorEnvelope), (status = 429, body = super::types::ErrorEnvelope),
+        (status = 503, body = super::types::ErrorEnvelope)))]
 pub(super) async fn embeddings(
     State(pool): State<Arc<Pool>>,
     b: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
@@ -76,24 +84,19 @@ async fn embed(pool: &Pool, model: &str, b: &EmbeddingsBody, base64: bool) -> Re
     }
     let data: Vec<_> = served
         .vectors
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
+                EmbeddingVector::Float(v)
             };
-            json!({ "object": "embedding", "index": i, "embedding": embedding })
+            Embedding { object: "embedding", index, embedding }
         })
         .collect();
     let tokens: usize = served.lengths.iter().sum();
-    Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    }))
-    .into_response()
+    let usage = EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens };
+    Json(EmbeddingList { object: "list", data, model, usage }).into_response()
 }

@@ -8,6 +8,7 @@
 mod completions;
 mod embeddings;
 mod stop;
+pub mod types;
 
 use std::sync::Arc;
 
@@ -17,9 +18,30 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
 
 use crate::pool::{Pool, PoolError};
+
+/// The OpenAPI document of the `/v1` API (`GET /openapi.json`), from the handlers' own types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "tabpool", description = "An OpenAI-compatible API over a pool of browser tabs running models."),
+    paths(models, model, embeddings::embeddings, completions::chat, completions::completions, super::events::events),
+    components(schemas(types::Chunk)),
+    modifiers(&BearerKey),
+    security(("api_key" = []))
+)]
+pub struct ApiDoc;
+
+/// Every route but `/health` takes `Authorization: Bearer KEY` when `serve` has a key.
+struct BearerKey;
+
+impl utoipa::Modify for BearerKey {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("api_key", scheme);
+    }
+}
 
 pub(super) fn routes() -> Router<Arc<Pool>> {
     Router::new()
@@ -28,6 +50,7 @@ pub(super) fn routes() -> Router<Arc<Pool>> {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/completions", post(completions::completions))
+        .route("/openapi.json", get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }))
 }
 
 /// Who owns the models a pool serves (OpenAI's `owned_by`).
@@ -50,7 +73,14 @@ pub(super) fn error(
         s if s.is_server_error() => "server_error",
         _ => "invalid_request_error",
     };
-    let body = json!({ "error": { "message": message.into(), "type": kind, "param": param, "code": code } });
+    let body = types::ErrorEnvelope {
+        error: types::ErrorBody {
+            message: message.into(),
+            kind,
+            param: param.map(str::to_string),
+            code: code.map(str::to_string),
+        },
+    };
     (status, Json(body)).into_response()
 }
 
@@ -95,15 +125,21 @@ fn now_s() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn model_object(pool: &Pool, name: &str) -> serde_json::Value {
-    json!({ "id": name, "object": "model", "created": pool.started_unix(), "owned_by": OWNER })
+fn model_object(pool: &Pool, name: &str) -> types::ModelObject {
+    types::ModelObject { id: name.into(), object: "model", created: pool.started_unix(), owned_by: OWNER }
 }
 
+/// The loaded models.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = types::ModelList),
+    (status = 401, body = types::ErrorEnvelope)))]
 async fn models(State(pool): State<Arc<Pool>>) -> Response {
     let data: Vec<_> = pool.models().iter().map(|m| model_object(&pool, m)).collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    Json(types::ModelList { object: "list", data }).into_response()
 }
 
+/// One loaded model.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai", params(("model" = String, Path, description = "its id")),
+    responses((status = 200, body = types::ModelObject), (status = 404, body = types::ErrorEnvelope)))]
 async fn model(State(pool): State<Arc<Pool>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     if pool.models().contains(&name) {
         Json(model_object(&pool, &name)).into_response()
