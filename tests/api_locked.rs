@@ -149,6 +149,7 @@ async fn serve_is_locked_bounded_and_private() {
         history.to_str().unwrap(),
         "--allow-host",
         "tabpool.internal",
+        "--metrics-public",
     ]);
     let api = serve.api.clone();
     let t = Instant::now();
@@ -167,11 +168,16 @@ async fn serve_is_locked_bounded_and_private() {
     // Keys: every route but /health (and the data-free dashboard shell) needs one.
     let (code, body) = http(&api, "GET", "/health", &[], "").await;
     assert_eq!(code, 200, "{body}");
-    for path in ["/status", "/status.txt", "/report.md", "/nope"] {
+    for path in ["/status", "/status.txt", "/report.md", "/nope", "/openapi.json", "/v1/events"] {
         let (code, body) = http(&api, "GET", path, &[], "").await;
         assert_eq!(code, 401, "{path}: {body}");
-        assert!(body.contains("\"kind\":\"unauthorized\""), "{body}");
+        assert!(body.contains("\"kind\":\"unauthorized\"") || body.contains("\"authentication_error\""), "{body}");
     }
+    // --metrics-public: the counts, and only them, without the key.
+    let (code, body) = http(&api, "GET", "/metrics", &[], "").await;
+    assert!(code == 200 && body.contains("# TYPE tabpool_tabs gauge"), "{code}: {body}");
+    let (code, _) = http(&api, "POST", "/v1/embeddings", &[], r#"{"input": "hi"}"#).await;
+    assert_eq!(code, 401);
     let (code, _) = http(&api, "POST", "/embed", &[], r#"{"texts": ["hi"]}"#).await;
     assert_eq!(code, 401);
     let (code, _) =

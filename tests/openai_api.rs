@@ -175,3 +175,97 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     assert_eq!(sum("tabpool_breaker_state", &[("scope", "tab")]), 0.0, "{text}");
     eprintln!("{} samples in {} families", samples.len(), parsed["families"]);
 }
+
+/// Resident memory of process `pid` (the server alone: its browsers are other processes).
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_streaming_clients_each_end_with_done_or_an_error_and_memory_stays_bounded() {
+    let _procs = support::process_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pool.toml");
+    // 8 sessions run, 32 streams may wait: of 64 at once, the rest are refused (429) at once.
+    std::fs::write(&cfg, "[generation]\ncontext_limit = 256\nsessions_per_tab = 8\nmax_waiting = 32\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
+        .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"])
+        .args(["--model", "smollm2", "--no-default-model", "--api", &api, "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut serve = support::Serve::new(child);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while tokio::net::TcpStream::connect(&api).await.is_err() {
+        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
+        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pid = serve.child.id();
+    let cases = support::smollm2_reference();
+    let mut after = Vec::new();
+    for round in 0..2 {
+        let t = Instant::now();
+        let clients: Vec<_> = (0..64)
+            .map(|i| {
+                let api = api.clone();
+                let user = cases[i % cases.len()].user.clone();
+                tokio::spawn(async move {
+                    let body = serde_json::json!({
+                        "messages": [{ "role": "user", "content": user }], "max_tokens": 16, "temperature": 0,
+                        "stream": true, "stream_options": { "include_usage": true },
+                    });
+                    support::http(&api, "POST", "/v1/chat/completions", &body.to_string()).await
+                })
+            })
+            .collect();
+        let (mut done, mut refused, mut tokens) = (0, 0, 0u64);
+        for c in clients {
+            let (code, body) = c.await.unwrap();
+            match code {
+                200 => {
+                    assert!(body.ends_with("data: [DONE]\n\n"), "a stream was cut: {body}");
+                    let usage = body
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                        .find_map(|v| v["usage"]["completion_tokens"].as_u64());
+                    tokens += usage.expect("the usage chunk");
+                    done += 1;
+                }
+                429 => {
+                    assert_eq!(envelope(&body)["code"], "rate_limit_exceeded", "{body}");
+                    refused += 1;
+                }
+                other => panic!("status {other}: {body}"),
+            }
+        }
+        let rss = rss_mib(pid);
+        eprintln!(
+            "round {round}: 64 clients → {done} streams ended with [DONE] ({tokens} tokens), {refused} refused (429), \
+             in {:.1} s; serve RSS {rss:.0} MiB",
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(done + refused, 64);
+        assert!(done >= 40, "8 running + 32 waiting were admitted: {done}");
+        after.push(rss);
+    }
+    // The second round of the same load may not grow the server much past the first.
+    assert!(after[1] - after[0] < 64.0, "serve RSS grew from {:.0} to {:.0} MiB", after[0], after[1]);
+    let (code, status) = support::http(&api, "GET", "/status", "").await;
+    assert_eq!(code, 200);
+    let m: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let running: i64 = m["models"].as_array().unwrap().iter().map(|m| m["streams_running"].as_i64().unwrap()).sum();
+    assert_eq!(running, 0, "every stream ended");
+}
