@@ -9,8 +9,8 @@
 use crate::support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 const KEY: &str = "k3y-for-tests-0123456789abcdef";
 
@@ -56,23 +56,24 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
     std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\nmax_waiting = 1\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
-        .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"])
-        .args(["--model", "minilm", "--model", "smollm2", "--api", &api, "--api-key", KEY, "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut serve = support::Serve::new(child);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while tokio::net::TcpStream::connect(&api).await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
-        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (_serve, api) = support::start_serve(&[
+        "--min-tabs",
+        "1",
+        "--max-tabs",
+        "1",
+        "--kind",
+        "chromium-webnn",
+        "--no-history",
+        "--model",
+        "minilm",
+        "--model",
+        "smollm2",
+        "--api-key",
+        KEY,
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
     let base = format!("http://{api}");
 
     // The README's examples, as written there.
@@ -195,23 +196,21 @@ async fn sixty_four_streaming_clients_each_end_with_done_or_an_error_and_memory_
     let cfg = dir.path().join("pool.toml");
     // 8 sessions run, 32 streams may wait: of 64 at once, the rest are refused (429) at once.
     std::fs::write(&cfg, "[generation]\ncontext_limit = 256\nsessions_per_tab = 8\nmax_waiting = 32\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
-        .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"])
-        .args(["--model", "smollm2", "--no-default-model", "--api", &api, "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut serve = support::Serve::new(child);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while tokio::net::TcpStream::connect(&api).await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
-        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (serve, api) = support::start_serve(&[
+        "--min-tabs",
+        "1",
+        "--max-tabs",
+        "1",
+        "--kind",
+        "chromium-webnn",
+        "--no-history",
+        "--model",
+        "smollm2",
+        "--no-default-model",
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
     let pid = serve.child.id();
     let cases = support::smollm2_reference();
     let mut after = Vec::new();

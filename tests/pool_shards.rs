@@ -7,8 +7,8 @@
 
 use crate::support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use shared_proto::Sampling;
 use tabpool::browser::{BrowserKind, KindSpec};
@@ -149,23 +149,23 @@ async fn two_pipelines_match_the_reference_and_a_killed_stage_tab_is_replaced() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_shards_streams_the_reference_and_status_lists_the_stages() {
     let _procs = support::process_guard();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_tabpool"))
-        .args(["serve", "--min-tabs", "2", "--max-tabs", "2", "--kind", "chromium-webnn", "--no-history"])
-        .args(["--model", "smollm2", "--no-default-model", "--shards", "2"])
-        .args(["--strategy", "component", "--api", &api])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut serve = support::Serve::new(child);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while tokio::net::TcpStream::connect(&api).await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
-        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (_serve, api) = support::start_serve(&[
+        "--min-tabs",
+        "2",
+        "--max-tabs",
+        "2",
+        "--kind",
+        "chromium-webnn",
+        "--no-history",
+        "--model",
+        "smollm2",
+        "--no-default-model",
+        "--shards",
+        "2",
+        "--strategy",
+        "component",
+    ])
+    .await;
     let cases = support::smollm2_reference();
     let body = serde_json::json!({ "prompt": cases[0].user, "max_tokens": 24, "stream": false }).to_string();
     let (code, text) = support::http(&api, "POST", "/generate", &body).await;

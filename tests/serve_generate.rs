@@ -5,13 +5,10 @@
 
 use crate::support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{http as request, http_send as send};
 use tokio::io::AsyncReadExt;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tabpool");
 
 /// The server-sent events of a body: (event, JSON data).
 fn events(body: &str) -> Vec<(String, serde_json::Value)> {
@@ -42,22 +39,20 @@ async fn generate_streams_tokens_and_a_disconnect_frees_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
     std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = format!("127.0.0.1:{port}");
-    let child = Command::new(BIN)
-        .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"])
-        .args(["--model", "smollm2", "--api", &api, "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let serve = support::Serve::new(child);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while tokio::net::TcpStream::connect(&api).await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not open its API within 240 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (serve, api) = support::start_serve(&[
+        "--min-tabs",
+        "1",
+        "--max-tabs",
+        "1",
+        "--kind",
+        "chromium-webnn",
+        "--no-history",
+        "--model",
+        "smollm2",
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
     let cases = support::smollm2_reference();
 
     // A streamed chat reply: the reference's greedy tokens and text, then `done` with `stop`.

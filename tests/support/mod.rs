@@ -257,3 +257,37 @@ pub async fn http_keyed(api: &str, method: &str, path: &str, body: &str, key: Op
     let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
+
+/// `tabpool serve --api 127.0.0.1:0 ARGS…` started and waited for (up to 240 s, failing at once
+/// if it exits): the child and the API address it printed. Port 0, read back, because a port
+/// picked here and freed could be taken by one of serve's own browsers before serve binds it.
+pub async fn start_serve(args: &[&str]) -> (Serve, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tabpool"))
+        .args(["serve", "--api", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut serve = Serve::new(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads serve's stdout to its end (a full pipe would block serve), sending the address.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("`tabpool status --api ").nth(1).and_then(|r| r.split('`').next()) {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        if let Ok(api) = rx.try_recv() {
+            return (serve, api);
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not open its API within 240 s");
+        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
