@@ -56,23 +56,13 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
     std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\nmax_waiting = 1\n").unwrap();
-    let (_serve, api) = support::start_serve(&[
-        "--min-tabs",
-        "1",
-        "--max-tabs",
-        "1",
-        "--kind",
-        "chromium-webnn",
-        "--no-history",
-        "--model",
-        "minilm",
-        "--model",
-        "smollm2",
-        "--api-key",
-        KEY,
-        "--config",
-        cfg.to_str().unwrap(),
-    ])
+    let (_serve, api) = support::start_serve(
+        &[
+            support::ONE_TAB,
+            &["--model", "minilm", "--model", "smollm2", "--api-key", KEY, "--config", cfg.to_str().unwrap()],
+        ]
+        .concat(),
+    )
     .await;
     let base = format!("http://{api}");
 
@@ -196,20 +186,9 @@ async fn sixty_four_streaming_clients_each_end_with_done_or_an_error_and_memory_
     let cfg = dir.path().join("pool.toml");
     // 8 sessions run, 32 streams may wait: of 64 at once, the rest are refused (429) at once.
     std::fs::write(&cfg, "[generation]\ncontext_limit = 256\nsessions_per_tab = 8\nmax_waiting = 32\n").unwrap();
-    let (serve, api) = support::start_serve(&[
-        "--min-tabs",
-        "1",
-        "--max-tabs",
-        "1",
-        "--kind",
-        "chromium-webnn",
-        "--no-history",
-        "--model",
-        "smollm2",
-        "--no-default-model",
-        "--config",
-        cfg.to_str().unwrap(),
-    ])
+    let (serve, api) = support::start_serve(
+        &[support::ONE_TAB, &["--model", "smollm2", "--no-default-model", "--config", cfg.to_str().unwrap()]].concat(),
+    )
     .await;
     let pid = serve.child.id();
     let cases = support::smollm2_reference();

@@ -39,20 +39,9 @@ async fn generate_streams_tokens_and_a_disconnect_frees_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
     std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\n").unwrap();
-    let (serve, api) = support::start_serve(&[
-        "--min-tabs",
-        "1",
-        "--max-tabs",
-        "1",
-        "--kind",
-        "chromium-webnn",
-        "--no-history",
-        "--model",
-        "smollm2",
-        "--config",
-        cfg.to_str().unwrap(),
-    ])
-    .await;
+    let (serve, api) =
+        support::start_serve(&[support::ONE_TAB, &["--model", "smollm2", "--config", cfg.to_str().unwrap()]].concat())
+            .await;
     let cases = support::smollm2_reference();
 
     // A streamed chat reply: the reference's greedy tokens and text, then `done` with `stop`.

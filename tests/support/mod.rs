@@ -258,6 +258,9 @@ pub async fn http_keyed(api: &str, method: &str, path: &str, body: &str, key: Op
     (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
+/// `serve` flags for a pool of exactly one WebNN-shell tab that records no history.
+pub const ONE_TAB: &[&str] = &["--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--no-history"];
+
 /// `tabpool serve --api 127.0.0.1:0 ARGS…` started and waited for (up to 240 s, failing at once
 /// if it exits): the child and the API address it printed. Port 0, read back, because a port
 /// picked here and freed could be taken by one of serve's own browsers before serve binds it.

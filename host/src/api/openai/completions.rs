@@ -215,46 +215,95 @@ pub(super) async fn chat(
     State(pool): State<Arc<Pool>>,
     b: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    handle(pool, b).await
+}
+
+/// What the two endpoints' bodies have in common: a model, a prompt, the options.
+trait GenBody {
+    const KIND: Kind;
+    fn model(&self) -> Option<&str>;
+    /// The prompt's token ids and the options, or the 400 refusing them.
+    fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>>;
+}
+
+impl GenBody for ChatBody {
+    const KIND: Kind = Kind::Chat;
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+    fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
+        if self.messages.is_empty() {
+            return Err(refuse("messages", "messages is empty: give at least one message"));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    let why = format!("role {other:?} is not supported: system, developer, user or assistant");
+                    return Err(refuse(&format!("messages[{i}].role"), why));
+                }
+            };
+            let text = match &m.content {
+                Content::Text(t) => t.clone(),
+                Content::Parts(parts) => {
+                    if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                        let why = format!("content part {:?}: only text", p.kind);
+                        return Err(refuse(&format!("messages[{i}].content"), why));
+                    }
+                    parts.iter().filter_map(|p| p.text.as_deref()).collect()
+                }
+            };
+            messages.push(Message::new(role, &text));
+        }
+        let ids = g.model.chat_ids(&messages).map_err(|e| refuse("messages", format!("{e:#}")))?;
+        Ok((ids, self.opts))
+    }
+}
+
+impl GenBody for CompletionBody {
+    const KIND: Kind = Kind::Text;
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+    fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
+        let one = "one prompt per request (n = 1): give a string or a list of token ids";
+        let ids = match self.prompt {
+            Prompt::Text(t) => g.model.encode(&t),
+            Prompt::Texts(v) if v.len() == 1 => g.model.encode(&v[0]),
+            Prompt::Ids(ids) => Ok(ids),
+            Prompt::IdLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            _ => return Err(refuse("prompt", one)),
+        };
+        match ids {
+            Ok(p) if !p.is_empty() => Ok((p, self.opts)),
+            Ok(_) => Err(refuse("prompt", "an empty prompt: there is nothing to continue")),
+            Err(e) => Err(refuse("prompt", format!("{e:#}"))),
+        }
+    }
+}
+
+/// A body checked, its model found, its prompt built, then generated.
+async fn handle<B: GenBody>(pool: Arc<Pool>, b: Result<Json<B>, axum::extract::rejection::JsonRejection>) -> Response {
     let b = match body(b) {
         Ok(b) => b,
         Err(refused) => return *refused,
     };
-    let (name, g) = match pool.generation_model(b.model.as_deref()) {
+    let (name, g) = match pool.generation_model(b.model()) {
         Ok(found) => found,
         Err(e) => return pool_error(&e, true),
     };
-    if b.messages.is_empty() {
-        return bad("messages", "messages is empty: give at least one message");
+    match b.prompt(&g) {
+        Ok((prompt, opts)) => run(pool, name, g, prompt, opts, B::KIND).await,
+        Err(refused) => *refused,
     }
-    let mut messages = Vec::with_capacity(b.messages.len());
-    for (i, m) in b.messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            other => {
-                return bad(
-                    &format!("messages[{i}].role"),
-                    format!("role {other:?} is not supported: system, developer, user or assistant"),
-                );
-            }
-        };
-        let text = match &m.content {
-            Content::Text(t) => t.clone(),
-            Content::Parts(parts) => {
-                if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                    return bad(&format!("messages[{i}].content"), format!("content part {:?}: only text", p.kind));
-                }
-                parts.iter().filter_map(|p| p.text.as_deref()).collect()
-            }
-        };
-        messages.push(Message::new(role, &text));
-    }
-    let prompt = match g.model.chat_ids(&messages) {
-        Ok(ids) => ids,
-        Err(e) => return bad("messages", format!("{e:#}")),
-    };
-    run(pool, name, g, prompt, b.opts, Kind::Chat).await
+}
+
+/// A 400 naming the field at fault, boxed (clippy: a `Response` is large for an `Err`).
+fn refuse(param: &str, message: impl Into<String>) -> Box<Response> {
+    Box::new(bad(param, message))
 }
 
 /// Raw text continued (no chat template).
@@ -268,28 +317,7 @@ pub(super) async fn completions(
     State(pool): State<Arc<Pool>>,
     b: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let b = match body(b) {
-        Ok(b) => b,
-        Err(refused) => return *refused,
-    };
-    let (name, g) = match pool.generation_model(b.model.as_deref()) {
-        Ok(found) => found,
-        Err(e) => return pool_error(&e, true),
-    };
-    let one = "one prompt per request (n = 1): give a string or a list of token ids";
-    let prompt = match b.prompt {
-        Prompt::Text(t) => g.model.encode(&t),
-        Prompt::Texts(v) if v.len() == 1 => g.model.encode(&v[0]),
-        Prompt::Ids(ids) => Ok(ids),
-        Prompt::IdLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        _ => return bad("prompt", one),
-    };
-    let prompt = match prompt {
-        Ok(p) if !p.is_empty() => p,
-        Ok(_) => return bad("prompt", "an empty prompt: there is nothing to continue"),
-        Err(e) => return bad("prompt", format!("{e:#}")),
-    };
-    run(pool, name, g, prompt, b.opts, Kind::Text).await
+    handle(pool, b).await
 }
 
 /// `generate`, its response labelled with the model for the request counter.
