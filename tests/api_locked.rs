@@ -18,24 +18,28 @@ const KEY: &str = "k3y-for-tests-0123456789abcdef";
 /// A `tabpool serve` child, SIGKILLed with its browsers if the test fails before stopping it.
 struct Serve {
     child: Child,
-    api: String,
+    addr: std::sync::mpsc::Receiver<String>,
 }
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let api = format!("127.0.0.1:{port}");
-        let child = Command::new(BIN)
-            .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--api", &api])
+        let mut child = Command::new(BIN)
+            .args(["serve", "--min-tabs", "1", "--max-tabs", "1", "--kind", "chromium-webnn", "--api", "127.0.0.1:0"])
             // Embeddings are what these tests send; loading the generation model too would only
             // make each start slower.
             .args(["--model", "minilm"])
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Serve { child, api }
+        let addr = support::api_address(child.stdout.take().unwrap());
+        Serve { child, addr }
+    }
+
+    /// The API address, once serve is ready.
+    async fn api(&mut self) -> String {
+        support::wait_for_api(&mut self.child, &self.addr).await
     }
 
     fn pid(&self) -> i32 {
@@ -151,7 +155,7 @@ async fn serve_is_locked_bounded_and_private() {
         "tabpool.internal",
         "--metrics-public",
     ]);
-    let api = serve.api.clone();
+    let api = serve.api().await;
     let t = Instant::now();
     loop {
         let out = Command::new(BIN).args(["status", "--api", &api, "--api-key-file"]).arg(&key_file).output().unwrap();

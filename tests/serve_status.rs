@@ -39,17 +39,17 @@ fn status(api: &str, json: bool) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_status_and_embed_then_stops_on_ctrl_c() {
     let _procs = support::process_guard();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let mut serve = Command::new(BIN)
-        .args(["serve", "--min-tabs", "1", "--max-tabs", "2", "--kind", "chromium-webnn", "--api", &api])
+        .args(["serve", "--min-tabs", "1", "--max-tabs", "2", "--kind", "chromium-webnn", "--api", "127.0.0.1:0"])
         .arg("--history")
         .arg(dir.path().join("h.duckdb"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let addr = support::api_address(serve.stdout.take().unwrap());
+    let api = support::wait_for_api(&mut serve, &addr).await;
     let started = Instant::now();
     let text = loop {
         let (ok, text) = status(&api, false);

@@ -263,9 +263,9 @@ pub const ONE_TAB: &[&str] = &["--min-tabs", "1", "--max-tabs", "1", "--kind", "
 
 /// `tabpool serve --api 127.0.0.1:0 ARGS…` started and waited for (up to 240 s, failing at once
 /// if it exits): the child and the API address it printed. Port 0, read back, because a port
-/// picked here and freed could be taken by one of serve's own browsers before serve binds it.
+/// picked here and freed could be taken by one of serve's own browsers or drivers before serve
+/// binds it (a test then talks to the wrong listener).
 pub async fn start_serve(args: &[&str]) -> (Serve, String) {
-    use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tabpool"))
         .args(["serve", "--api", "127.0.0.1:0"])
         .args(args)
@@ -273,10 +273,17 @@ pub async fn start_serve(args: &[&str]) -> (Serve, String) {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let addr = api_address(child.stdout.take().unwrap());
     let mut serve = Serve::new(child);
+    let api = wait_for_api(&mut serve.child, &addr).await;
+    (serve, api)
+}
+
+/// Reads a `serve`'s stdout to its end (a full pipe would block it) and sends the API address
+/// it prints once ready.
+pub fn api_address(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel();
-    // Reads serve's stdout to its end (a full pipe would block serve), sending the address.
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("`tabpool status --api ").nth(1).and_then(|r| r.split('`').next()) {
@@ -284,13 +291,20 @@ pub async fn start_serve(args: &[&str]) -> (Serve, String) {
             }
         }
     });
+    rx
+}
+
+/// The address from `api_address`, within 240 s; panics at once if `child` exits first.
+pub async fn wait_for_api(child: &mut std::process::Child, addr: &std::sync::mpsc::Receiver<String>) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
     loop {
-        if let Ok(api) = rx.try_recv() {
-            return (serve, api);
+        if let Ok(api) = addr.try_recv() {
+            return api;
         }
         assert!(std::time::Instant::now() < deadline, "serve did not open its API within 240 s");
-        assert!(serve.child.try_wait().unwrap().is_none(), "serve exited (its error is above)");
+        if let Some(code) = child.try_wait().unwrap() {
+            panic!("serve exited with {code} (its error is above)");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
