@@ -33,8 +33,22 @@ impl DriverProcess {
         Self::start(binary, |port| vec!["--port".into(), port.to_string(), "--host".into(), "127.0.0.1".into()]).await
     }
 
-    /// Start `binary` with the arguments for a free port; return once it listens.
+    /// Start `binary` with the arguments for a free port; return once it answers WebDriver's
+    /// `GET /status`. A port found free here can be taken by another process before the driver
+    /// binds it (the driver then exits, or another server answers there): the driver is started
+    /// again on another port, up to three times.
     pub async fn start(binary: &Path, args: impl Fn(u16) -> Vec<String>) -> anyhow::Result<DriverProcess> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(binary, &args).await {
+                Ok(d) => return Ok(d),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    async fn start_once(binary: &Path, args: &impl Fn(u16) -> Vec<String>) -> anyhow::Result<DriverProcess> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(binary)
             .args(args(port))
@@ -48,14 +62,18 @@ impl DriverProcess {
         let mut driver = DriverProcess { child, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if let Some(status) = driver.child.try_wait()? {
+                bail!("{} exited with {status} before listening on port {port}", binary.display());
+            }
+            let answer = crate::api::get_text(&format!("127.0.0.1:{port}"), "/status", None).await;
+            if let Ok((200, body)) = &answer
+                && body.contains("\"ready\"")
+                && driver.child.try_wait()?.is_none()
+            {
                 return Ok(driver);
             }
-            if let Some(status) = driver.child.try_wait()? {
-                bail!("{} exited with {status} before listening", binary.display());
-            }
             if Instant::now() > deadline {
-                bail!("{} did not listen on port {port} within 15 s", binary.display());
+                bail!("{} did not answer GET /status on port {port} within 15 s", binary.display());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
