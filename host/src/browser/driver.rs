@@ -65,9 +65,7 @@ impl DriverProcess {
             if let Some(status) = driver.child.try_wait()? {
                 bail!("{} exited with {status} before listening on port {port}", binary.display());
             }
-            let answer = crate::api::get_text(&format!("127.0.0.1:{port}"), "/status", None).await;
-            if let Ok((200, body)) = &answer
-                && body.contains("\"ready\"")
+            if webdriver_status(port).await.is_some_and(|body| body.contains("\"ready\""))
                 && driver.child.try_wait()?.is_none()
             {
                 return Ok(driver);
@@ -105,6 +103,39 @@ impl DriverProcess {
             tracing::warn!("{} browser processes survived SIGKILL: {left:?}", left.len());
         }
     }
+}
+
+/// The body of a 200 answer to `GET /status` on `127.0.0.1:port`, within a second. Read up to
+/// its Content-Length: chromedriver keeps the connection open a while even when asked to close
+/// it (and closes an HTTP/1.0 request without answering).
+async fn webdriver_status(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let req = format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.ok()?;
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                });
+                if n == 0 || length.is_some_and(|len| body.len() >= len) {
+                    let ok = head.split(' ').nth(1) == Some("200");
+                    return ok.then(|| body.to_string());
+                }
+            }
+            if n == 0 || out.len() > 1 << 20 {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask).await.ok().flatten()
 }
 
 impl Drop for DriverProcess {
