@@ -147,7 +147,13 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 
 /// The model a response served, for the request counter's `model` label (set by handlers).
 #[derive(Clone)]
-pub(crate) struct ModelLabel(pub String);
+struct ModelLabel(String);
+
+/// `resp`, marked as served by `model` for the request counter.
+pub(crate) fn labelled(mut resp: Response, model: String) -> Response {
+    resp.extensions_mut().insert(ModelLabel(model));
+    resp
+}
 
 /// Count every request by endpoint (its route, never the raw path: bounded), model and status,
 /// and time it to the response head.

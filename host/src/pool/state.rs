@@ -370,7 +370,12 @@ impl Shared {
 
     /// Queue a row for the history database (no-op when the pool does not record).
     pub fn keep(&self, rec: Record) {
-        if matches!(rec, Record::Tab { .. } | Record::Breaker { .. } | Record::Scaling { .. } | Record::Recovery { .. })
+        // Serialised only when someone listens.
+        if self.live.receiver_count() > 0
+            && matches!(
+                rec,
+                Record::Tab { .. } | Record::Breaker { .. } | Record::Scaling { .. } | Record::Recovery { .. }
+            )
             && let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&rec)
         {
             self.emit(fields);

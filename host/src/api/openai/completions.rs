@@ -296,7 +296,7 @@ async fn handle<B: GenBody>(pool: Arc<Pool>, b: Result<Json<B>, axum::extract::r
         Err(e) => return pool_error(&e, true),
     };
     match b.prompt(&g) {
-        Ok((prompt, opts)) => run(pool, name, g, prompt, opts, B::KIND).await,
+        Ok((prompt, opts)) => crate::api::labelled(run(pool, name.clone(), g, prompt, opts, B::KIND).await, name),
         Err(refused) => *refused,
     }
 }
@@ -320,22 +320,7 @@ pub(super) async fn completions(
     handle(pool, b).await
 }
 
-/// `generate`, its response labelled with the model for the request counter.
 async fn run(
-    pool: Arc<Pool>,
-    model: String,
-    g: Arc<Generator>,
-    prompt: Vec<u32>,
-    opts: Options,
-    kind: Kind,
-) -> Response {
-    let label = crate::api::ModelLabel(model.clone());
-    let mut resp = generate(pool, model, g, prompt, opts, kind).await;
-    resp.extensions_mut().insert(label);
-    resp
-}
-
-async fn generate(
     pool: Arc<Pool>,
     model: String,
     g: Arc<Generator>,

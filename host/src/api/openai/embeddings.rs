@@ -58,13 +58,10 @@ pub(super) async fn embeddings(
     let Some(model) = b.model.clone().or_else(|| pool.embedding_model()) else {
         return pool_error(&crate::pool::PoolError::UnknownModel("(no embedding model is loaded)".into()), false);
     };
-    let mut resp = embed(&pool, &model, &b, base64).await;
-    resp.extensions_mut().insert(crate::api::ModelLabel(model));
-    resp
+    crate::api::labelled(embed(&pool, model.clone(), &b, base64).await, model)
 }
 
-async fn embed(pool: &Pool, model: &str, b: &EmbeddingsBody, base64: bool) -> Response {
-    let model = model.to_string();
+async fn embed(pool: &Pool, model: String, b: &EmbeddingsBody, base64: bool) -> Response {
     let served = match &b.input {
         Input::Text(t) => pool.embed_with(&model, &[t.as_str()], None).await,
         Input::Texts(ts) if ts.is_empty() => return bad("input", "input is an empty list: nothing to embed"),
