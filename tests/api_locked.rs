@@ -130,6 +130,14 @@ fn an_open_api_beyond_loopback_and_weak_keys_are_refused_before_anything_starts(
     assert!(!ok && err.contains("at least 16"), "{err}");
     let (ok, err, _) = run(&["serve", "--api-key-file", "/nonexistent/key"]);
     assert!(!ok && err.contains("/nonexistent/key"), "{err}");
+    // A key file others can read is refused, as ssh refuses such a private key.
+    let dir = tempfile::tempdir().unwrap();
+    let open_key = dir.path().join("key");
+    std::fs::write(&open_key, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, err, took) = run(&["serve", "--api-key-file", open_key.to_str().unwrap()]);
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // Configuration nonsense is named before anything starts too.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
@@ -145,6 +153,7 @@ async fn serve_is_locked_bounded_and_private() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let history = dir.path().join("private/h.duckdb");
     let mut serve = Serve::start(&[
         "--api-key-file",
@@ -187,6 +196,11 @@ async fn serve_is_locked_bounded_and_private() {
     let (code, _) =
         http(&api, "GET", "/status", &[("Authorization", "Bearer k3y-for-tests-0123456789abcdeX")], "").await;
     assert_eq!(code, 401, "a wrong key of the right length");
+    let (code, _) = http(&api, "GET", "/status", &[("Authorization", "Bearer k3y")], "").await;
+    assert_eq!(code, 401, "a prefix of the key");
+    let (code, _) =
+        http(&api, "GET", "/status", &[("Authorization", "bearer k3y-for-tests-0123456789abcdef")], "").await;
+    assert_eq!(code, 200, "the scheme is case-insensitive (RFC 7235)");
     let out = Command::new(BIN).args(["status", "--api", &api]).env_remove("TABPOOL_API_KEY").output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"));
     let out = Command::new(BIN).args(["status", "--api", &api]).env("TABPOOL_API_KEY", KEY).output().unwrap();

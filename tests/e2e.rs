@@ -8,6 +8,7 @@
 mod support;
 
 mod abuse;
+mod api_bounds;
 mod api_locked;
 mod auth;
 mod chaos;

@@ -107,7 +107,9 @@ async fn history_is_recorded_survives_a_restart_and_feeds_reports_and_the_dashbo
     // The API: reports from the live database, and the dashboard in a real headless browser.
     let pool = std::sync::Arc::new(pool);
     let (addr, _api) =
-        tabpool::api::serve(pool.clone(), "127.0.0.1:0".parse().unwrap(), Default::default()).await.unwrap();
+        tabpool::api::serve(pool.clone(), "127.0.0.1:0".parse().unwrap(), Default::default(), Default::default())
+            .await
+            .unwrap();
     let (code, md) = tabpool::api::get_text(&addr.to_string(), "/report.md?since=1h", None).await.unwrap();
     assert_eq!(code, 200, "{md}");
     assert!(md.contains("| all-MiniLM-L6-v2 | chromium-webnn | webnn-cpu |"), "{md}");

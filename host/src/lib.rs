@@ -15,6 +15,7 @@ pub mod policy;
 pub mod pool;
 pub mod redact;
 pub mod report;
+pub mod secret;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -141,6 +141,12 @@ enum Command {
         /// Serve GET /metrics (Prometheus) without the API key, for a scraper that cannot send one.
         #[arg(long)]
         metrics_public: bool,
+        /// Seconds a request may take to be answered (a stream: to start) before it gets 504.
+        #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+        request_timeout: f64,
+        /// Seconds an API connection may sit with no request in flight and no byte moved.
+        #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+        idle_timeout: f64,
     },
     /// The performance history as a report: browser/backend comparison, latency percentiles,
     /// error categories, breaker events, recoveries, scaling, regressions (Markdown, or HTML with
@@ -181,7 +187,7 @@ struct KeyArgs {
     /// to other local users in the process list: prefer --api-key-file or TABPOOL_API_KEY.
     #[arg(long = "api-key", value_name = "KEY")]
     api_key: Option<String>,
-    /// File whose first line is the API key.
+    /// File whose first line is the API key; refused unless private to its owner (chmod 600).
     #[arg(long = "api-key-file", value_name = "FILE", conflicts_with = "api_key")]
     api_key_file: Option<PathBuf>,
 }
@@ -190,11 +196,7 @@ impl KeyArgs {
     fn resolve(&self) -> anyhow::Result<Option<String>> {
         let key = match (&self.api_key, &self.api_key_file) {
             (Some(k), _) => Some(k.clone()),
-            (None, Some(f)) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| anyhow::anyhow!("reading the API key file {}: {e}", f.display()))?;
-                Some(text.lines().next().unwrap_or("").trim().to_string())
-            }
+            (None, Some(f)) => Some(tabpool::secret::read_key_file(f)?),
             (None, None) => std::env::var("TABPOOL_API_KEY").ok().filter(|k| !k.is_empty()),
         };
         if key.as_deref() == Some("") {
@@ -512,7 +514,17 @@ async fn main() -> ExitCode {
             Ok(key) => report::run(report::Args { history, format, since, out, api, key }).await,
             Err(e) => Err(e),
         },
-        Command::Serve { pool, models, no_default_model, api, key, allow_hosts, metrics_public } => {
+        Command::Serve {
+            pool,
+            models,
+            no_default_model,
+            api,
+            key,
+            allow_hosts,
+            metrics_public,
+            request_timeout,
+            idle_timeout,
+        } => {
             let security = match key.resolve() {
                 Ok(key) => tabpool::api::Security { key, allow_hosts, metrics_public },
                 Err(e) => {
@@ -520,7 +532,20 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let args = serve::Args { pool, models, no_default_model, api, security };
+            let secs = |name: &str, v: f64| match std::time::Duration::try_from_secs_f64(v) {
+                Ok(d) if v >= 0.01 && v <= 86_400.0 * 7.0 => Ok(d),
+                _ => Err(format!("--{name} {v}: expected 0.01 to 604800 seconds")),
+            };
+            let limits = match (secs("request-timeout", request_timeout), secs("idle-timeout", idle_timeout)) {
+                (Ok(request_timeout), Ok(idle)) => {
+                    tabpool::api::Limits { request_timeout, idle, ..tabpool::api::Limits::default() }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let args = serve::Args { pool, models, no_default_model, api, security, limits };
             match serve::run(cfg, args, interrupted()).await {
                 Ok(true) => {
                     eprintln!("interrupted: tabs, browsers and driver closed");

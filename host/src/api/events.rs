@@ -4,7 +4,8 @@
 //! and `model_load` (started, weights — each tenth of the bytes —, loaded, failed, spare).
 //! Server-sent events rather than a WebSocket: the stream only flows one way, any HTTP client
 //! (curl, `fetch`) reads it, and it passes the same key and Host checks as every route. A
-//! listener that falls more than 1024 events behind gets `{"type": "lagged", "missed": n}`.
+//! listener that falls more than 1024 events behind gets `{"type": "lagged", "missed": n}`; when
+//! the pool stops, `{"type": "shutdown"}` ends the stream.
 
 use std::sync::Arc;
 
@@ -25,13 +26,27 @@ pub(super) async fn events(State(pool): State<Arc<Pool>>) -> impl IntoResponse {
     let first = futures_util::stream::once(async move {
         Ok::<_, std::convert::Infallible>(Event::default().data(hello.to_string()))
     });
-    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-        let data = match rx.recv().await {
-            Ok(text) => text.to_string(),
-            Err(RecvError::Lagged(n)) => serde_json::json!({ "type": "lagged", "missed": n }).to_string(),
-            Err(RecvError::Closed) => return None,
+    // The stream ends (after a `shutdown` event) when the pool stops, so a stopping server can
+    // close its listeners' connections cleanly instead of cutting them.
+    let rest = futures_util::stream::unfold((rx, pool, false), |(mut rx, pool, ended)| async move {
+        if ended {
+            return None;
+        }
+        let data = loop {
+            if pool.is_shut_down() {
+                let bye = serde_json::json!({ "type": "shutdown" }).to_string();
+                return Some((Ok(Event::default().data(bye)), (rx, pool, true)));
+            }
+            match tokio::time::timeout(std::time::Duration::from_millis(250), rx.recv()).await {
+                Err(_) => continue,
+                Ok(Ok(text)) => break text.to_string(),
+                Ok(Err(RecvError::Lagged(n))) => {
+                    break serde_json::json!({ "type": "lagged", "missed": n }).to_string();
+                }
+                Ok(Err(RecvError::Closed)) => return None,
+            }
         };
-        Some((Ok(Event::default().data(data)), rx))
+        Some((Ok(Event::default().data(data)), (rx, pool, false)))
     });
     Sse::new(futures_util::StreamExt::chain(first, rest)).keep_alive(KeepAlive::default())
 }

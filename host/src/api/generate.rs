@@ -24,7 +24,7 @@ pub(super) struct GenerateBody {
     /// One user turn (chat template applied) — or, with `raw`, the text to continue as it is.
     prompt: Option<String>,
     /// A whole conversation instead of `prompt`: roles system / user / assistant.
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<crate::api::input::Bounded<ChatMessage, { crate::api::input::MAX_MESSAGES }>>,
     /// A system prompt instead of the model's default one.
     system: Option<String>,
     #[serde(default)]
@@ -82,8 +82,8 @@ fn prepare(g: &Generator, b: &GenerateBody) -> Result<(Vec<u32>, Sampling), Stri
             messages.push(Message::new("user", p));
             g.model.chat_ids(&messages)
         }
-        (None, Some(ms)) if !b.raw && !ms.is_empty() => {
-            for m in ms {
+        (None, Some(ms)) if !b.raw && !ms.0.is_empty() => {
+            for m in &ms.0 {
                 if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
                     return Err(format!("message role {:?}: expected system, user or assistant", m.role));
                 }
@@ -112,9 +112,13 @@ pub(super) async fn generate(
         Ok(found) => found,
         Err(e) => return pool_error(&e),
     };
-    let (prompt, sampling) = match prepare(&g, &body) {
-        Ok(p) => p,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_input", why),
+    // Tokenising up to 2 MiB: on a blocking thread, not on the runtime's workers.
+    let (gm, body) = (g.clone(), Arc::new(body));
+    let b = body.clone();
+    let (prompt, sampling) = match tokio::task::spawn_blocking(move || prepare(&gm, &b)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(why)) => return error(StatusCode::BAD_REQUEST, "bad_input", why),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("tokenising failed: {e}")),
     };
     let params = GenParams { max_tokens: body.max_tokens, sampling, stop_ids: g.model.eos_ids.clone() };
     let prompt_tokens = prompt.len();

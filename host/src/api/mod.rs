@@ -5,10 +5,13 @@
 //!
 //! Locked (see `Security`): an optional API key on every route but `GET /health`, checked in
 //! constant time; a Host allow-list against DNS rebinding (421 otherwise); no keyless binding
-//! beyond loopback. Connections are bounded (`bounded::Bounds::API`).
+//! beyond loopback. Connections are bounded (`bounded::Bounds::API`: a share per client address,
+//! `/health` answered even past the limits); event streams have their own budget (`Limits`), so
+//! listeners cannot starve plain requests; every request is answered within its deadline.
 
 mod events;
 mod generate;
+pub(crate) mod input;
 mod openai;
 
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +32,7 @@ use crate::report::render::{Format, render_as};
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmbedBody {
-    texts: Vec<String>,
+    texts: input::Bounded<String, { input::MAX_INPUTS }>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
@@ -50,6 +53,131 @@ pub struct Security {
     pub allow_hosts: Vec<String>,
     /// `GET /metrics` without the key (`--metrics-public`): the counts it shows, not the data.
     pub metrics_public: bool,
+}
+
+/// Budgets of the API beyond its connection bounds (`server::bounded::Bounds::API`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request is answered (a stream: its head sent) within this, else 504 with the limit
+    /// named. This, not the connection's idle timer, bounds a silent request.
+    pub request_timeout: Duration,
+    /// A connection with no request in flight and no byte moved for this long is closed.
+    pub idle: Duration,
+    /// Server-sent-event responses (`/v1/events`, streamed generations) open at once, in all
+    /// and per client address: listeners cannot take the places plain requests need.
+    pub max_streams: usize,
+    pub streams_per_client: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            request_timeout: Duration::from_secs(600),
+            idle: crate::server::bounded::Bounds::API.idle,
+            max_streams: 128,
+            streams_per_client: 64,
+        }
+    }
+}
+
+/// Open event streams, in all and per client address.
+#[derive(Clone)]
+struct Streams {
+    limits: Limits,
+    open: Arc<std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>>,
+}
+
+/// A stream's place, given back when its body is dropped (the stream ended or its client left).
+struct StreamPlace {
+    streams: Streams,
+    client: Option<IpAddr>,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().expect("streams");
+        open.0 -= 1;
+        if let Some(ip) = self.client
+            && let Some(n) = open.1.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Streams {
+    fn take(&self, client: Option<IpAddr>) -> Result<StreamPlace, String> {
+        let mut open = self.open.lock().expect("streams");
+        let mine = client.and_then(|ip| open.1.get(&ip).copied()).unwrap_or(0);
+        if mine >= self.limits.streams_per_client {
+            return Err(format!(
+                "this client already holds {mine} open streams (the limit per client is {})",
+                self.limits.streams_per_client
+            ));
+        }
+        if open.0 >= self.limits.max_streams {
+            return Err(format!("{} streams are open (the limit is {})", open.0, self.limits.max_streams));
+        }
+        open.0 += 1;
+        if let Some(ip) = client {
+            *open.1.entry(ip).or_default() += 1;
+        }
+        Ok(StreamPlace { streams: self.clone(), client })
+    }
+}
+
+/// A response that is a server-sent-event stream holds a stream place for as long as its body
+/// lives; without one it is answered 429 instead (its body dropped: a generation is cancelled).
+async fn stream_budget(State(streams): State<Streams>, req: Request, next: Next) -> Response {
+    let client = req.extensions().get::<crate::server::bounded::ClientAddr>().map(|c| c.0);
+    let openai = req.uri().path().starts_with("/v1/");
+    let resp = next.run(req).await;
+    let is_stream =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !is_stream {
+        return resp;
+    }
+    match streams.take(client) {
+        Ok(place) => {
+            use futures_util::StreamExt;
+            let (parts, body) = resp.into_parts();
+            let body = body.into_data_stream().map(move |chunk| {
+                let _held = &place;
+                chunk
+            });
+            Response::from_parts(parts, axum::body::Body::from_stream(body))
+        }
+        Err(why) => {
+            let mut resp = if openai {
+                openai::error(StatusCode::TOO_MANY_REQUESTS, why, None, Some("too_many_streams"))
+            } else {
+                error(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", why)
+            };
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+/// Every request answered within `Limits::request_timeout` (a stream: its head), else 504.
+async fn deadline(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let openai = req.uri().path().starts_with("/v1/");
+    let limit = limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let why =
+                format!("no answer within the request timeout of {} s (serve --request-timeout)", limit.as_secs_f64());
+            if openai {
+                openai::error(StatusCode::GATEWAY_TIMEOUT, why, None, Some("timeout"))
+            } else {
+                error(StatusCode::GATEWAY_TIMEOUT, "timeout", why)
+            }
+        }
+    }
 }
 
 /// Shortest API key accepted: a guessable key is no lock.
@@ -130,9 +258,9 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(crate::secret::bearer)
             .unwrap_or("");
-        if !crate::server::socket::same_secret(given, key) {
+        if !crate::secret::same(given, key) {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -164,7 +292,13 @@ async fn count(State(pool): State<Arc<Pool>>, req: Request, next: Next) -> Respo
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let t = std::time::Instant::now();
     let resp = next.run(req).await;
-    let model = resp.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str()).to_string();
+    // Only names the pool serves become label values: a client naming models without end
+    // would otherwise create series without end (memory, scrape size).
+    let model = match resp.extensions().get::<ModelLabel>() {
+        None => String::new(),
+        Some(m) if pool.models().iter().any(|known| *known == m.0) => m.0.clone(),
+        Some(_) => "other".to_string(),
+    };
     let tm = pool.telemetry();
     let status = resp.status().as_u16().to_string();
     tm.count("tabpool_requests_total", &[("endpoint", &endpoint), ("model", &model), ("status", &status)], 1);
@@ -176,7 +310,8 @@ pub async fn serve(
     pool: Arc<Pool>,
     addr: SocketAddr,
     security: Security,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    limits: Limits,
+) -> anyhow::Result<(SocketAddr, crate::server::bounded::Server)> {
     security.check_bind(addr)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let addr = listener.local_addr()?;
@@ -208,14 +343,16 @@ pub async fn serve(
                 error(StatusCode::NOT_FOUND, "not_found", "no such route".into())
             }
         })
+        .layer(axum::middleware::from_fn_with_state(Streams { limits, open: Default::default() }, stream_budget))
+        .layer(axum::middleware::from_fn_with_state(limits, deadline))
         // Outermost: the Host and key checks see every request, unknown routes included.
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         // Around the guard: refusals are counted too.
         .layer(axum::middleware::from_fn_with_state(pool.clone(), count))
         .with_state(pool);
-    let task =
-        tokio::spawn(crate::server::bounded::serve(listener, app, crate::server::bounded::Bounds::API, "api server"));
-    Ok((addr, task))
+    let bounds = crate::server::bounded::Bounds { idle: limits.idle, ..crate::server::bounded::Bounds::API };
+    let server = crate::server::bounded::serve(listener, app, bounds, "api server");
+    Ok((addr, server))
 }
 
 #[derive(serde::Deserialize)]
@@ -268,7 +405,7 @@ async fn embed(
         Some(m) => m,
         None => return error(StatusCode::SERVICE_UNAVAILABLE, "no_model", "no model is loaded".into()),
     };
-    let texts: Vec<&str> = body.texts.iter().map(String::as_str).collect();
+    let texts: Vec<&str> = body.texts.0.iter().map(String::as_str).collect();
     match pool.embed_with(&model, &texts, body.deadline_ms.map(Duration::from_millis)).await {
         Ok(served) => Json(served).into_response(),
         Err(e) => pool_error(&e),
@@ -296,6 +433,9 @@ pub(super) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonR
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let msg = format!("the request body exceeds the limit of {MAX_BODY_BYTES} bytes (2 MiB); split it");
             Err(Box::new(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)))
+        }
+        Err(e) if e.body_text().contains(input::LIMIT) => {
+            Err(Box::new(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())))
         }
         Err(e) => Err(Box::new(error(e.status(), "bad_request", e.body_text()))),
     }

@@ -22,7 +22,12 @@ pub struct Args {
     pub api: SocketAddr,
     /// API key and Host allow-list.
     pub security: api::Security,
+    /// Request deadline, idle timeout, stream budget.
+    pub limits: api::Limits,
 }
+
+/// How long a stopping `serve` waits for HTTP answers in flight to be written.
+pub const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs until `stop` resolves (Ok(true): stopped by it) or fails.
 pub async fn run(
@@ -40,11 +45,13 @@ pub async fn run(
         // Dropping the half-built pool drops its host, which kills what it started.
         _ = &mut stop => return Ok(true),
     };
+    let server = std::sync::Mutex::new(None);
     let work = async {
         for spec in specs(&args.models, args.no_default_model)? {
             pool.load(spec).await?;
         }
-        let (addr, _api) = api::serve(pool.clone(), args.api, args.security.clone()).await?;
+        let (addr, api) = api::serve(pool.clone(), args.api, args.security.clone(), args.limits).await?;
+        *server.lock().expect("server") = Some(api);
         println!("{}", pool.metrics().render());
         println!("tabpool serve: {} tab(s) ready", pool.metrics().connections);
         println!(
@@ -59,7 +66,17 @@ pub async fn run(
         r = work => r.map(|()| false),
         _ = &mut stop => Ok(true),
     };
+    // Stop taking requests first; then the pool answers every accepted one (a result, or
+    // "shutting down"); then the HTTP connections get to write those answers before we exit.
+    let api = server.lock().expect("server").take();
+    let draining = api.map(|api| tokio::spawn(api.drain(DRAIN_WITHIN)));
     pool.shutdown().await;
+    if let Some(d) = draining
+        && let Ok(cut) = d.await
+        && cut > 0
+    {
+        tracing::warn!("{cut} API connection(s) still open {DRAIN_WITHIN:?} after shutdown began: closed");
+    }
     result
 }
 

@@ -18,7 +18,9 @@ pub struct PoolConfig {
     pub min_tabs: usize,
     /// Most tabs over all kinds.
     pub max_tabs: usize,
-    /// Requests waiting per model before new ones are refused as busy.
+    /// Batches waiting per model before new requests are refused as busy (429). A request is
+    /// queued as its batches (see `max_batch_tokens`); one needing more than this is refused as
+    /// too large (413), since it could never be admitted.
     pub max_queue: usize,
     /// Most texts in one batch sent to a tab.
     pub max_batch: usize,
@@ -295,7 +297,19 @@ impl PoolConfig {
         secs("health.breaker_open_wait_s", h.breaker_open_wait_s, true)?;
         secs("history.health_sample_s", self.history.health_sample_s, false)?;
         secs("history.window_days (in seconds)", self.history.window_days * 86_400.0, false)?;
-        anyhow::ensure!(self.max_batch_tokens >= 1, "max_batch_tokens must be at least 1");
+        // A batch must hold one input of the longest length any embedding model is given;
+        // below that, a long text would form a batch alone that breaks the bound anyway.
+        let longest = crate::models::minilm::MAX_TOKENS;
+        anyhow::ensure!(
+            self.max_batch_tokens >= longest,
+            "max_batch_tokens = {}: a batch must hold at least one input of {longest} tokens (the longest an \
+             embedding model takes)",
+            self.max_batch_tokens
+        );
+        anyhow::ensure!(
+            g.max_waiting >= 1,
+            "generation.max_waiting = 0: no stream could ever wait for a session place (at least 1)"
+        );
         anyhow::ensure!(self.max_tabs >= 1, "max_tabs must be at least 1");
         anyhow::ensure!(self.min_tabs <= self.max_tabs, "min_tabs {} > max_tabs {}", self.min_tabs, self.max_tabs);
         anyhow::ensure!(self.max_queue >= 1 && self.max_batch >= 1, "max_queue and max_batch must be at least 1");
@@ -376,6 +390,8 @@ mod tests {
             ("[history]\nhealth_sample_s = 0", "health_sample_s"),
             ("[history]\nwindow_days = -inf", "window_days"),
             ("max_batch_tokens = 0", "max_batch_tokens"),
+            ("max_batch_tokens = 255", "at least one input of 256 tokens"),
+            ("[generation]\nmax_waiting = 0", "generation.max_waiting = 0"),
             ("[generation]\nshards = 0", "generation.shards"),
             ("max_tabs = 2\n[generation]\nshards = 3", "max_tabs = 2"),
             ("[generation]\nshards = 2\nstrategy = \"hybrid\"", "shard plan"),

@@ -291,6 +291,8 @@ impl Pool {
         deadline: Option<Duration>,
     ) -> Result<Served, PoolError> {
         let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
+        // Counted before wrapping: a list of a million ids is refused, not copied first.
+        scheduler::check_count(ids.len())?;
         let (ids, truncated) = m.encoder()?.wrap_ids(ids).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
         scheduler::submit_ids(&self.shared, &m, ids, truncated, deadline, None).await
     }
@@ -486,6 +488,11 @@ impl Pool {
     }
 
     /// Fail what is queued, close every tab, browser and driver.
+    /// Whether `shutdown` has begun (no new work is accepted).
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub async fn shutdown(&self) {
         for t in self.tasks.lock().expect("tasks").drain(..) {
             t.abort();

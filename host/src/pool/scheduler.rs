@@ -41,14 +41,29 @@ pub(crate) async fn submit(
     if texts.is_empty() {
         return Err(PoolError::BadInput("no texts to embed".into()));
     }
-    if texts.len() > MAX_TEXTS_PER_REQUEST {
+    check_count(texts.len())?;
+    m.encoder()?;
+    // Tokenising up to 2 MiB of text takes a while: on a blocking thread, so the runtime's
+    // workers keep serving tab sockets (heartbeats) and other clients.
+    let (owned, model): (Vec<String>, _) = (texts.iter().map(|t| t.to_string()).collect(), m.clone());
+    let tokenized = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        model.encoder()?.tokenize(&refs).map_err(|e| PoolError::BadInput(format!("{e:#}")))
+    })
+    .await
+    .map_err(|e| PoolError::Failed { attempts: 0, message: format!("tokenising failed: {e}") })?;
+    let (ids, truncated) = tokenized?;
+    submit_ids(shared, m, ids, truncated, deadline, group).await
+}
+
+/// Refuse a request with more inputs than one request may carry.
+pub(crate) fn check_count(n: usize) -> Result<(), PoolError> {
+    if n > MAX_TEXTS_PER_REQUEST {
         return Err(PoolError::TooLarge(format!(
-            "{} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} texts (split the request)",
-            texts.len()
+            "{n} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} texts (split the request)"
         )));
     }
-    let (ids, truncated) = m.encoder()?.tokenize(texts).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
-    submit_ids(shared, m, ids, truncated, deadline, group).await
+    Ok(())
 }
 
 /// As `submit`, for texts already tokenised ([CLS]/[SEP] included, truncated).
@@ -63,16 +78,22 @@ pub(crate) async fn submit_ids(
     if ids.is_empty() {
         return Err(PoolError::BadInput("no texts to embed".into()));
     }
-    if ids.len() > MAX_TEXTS_PER_REQUEST {
-        return Err(PoolError::TooLarge(format!(
-            "{} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST} texts (split the request)",
-            ids.len()
-        )));
-    }
+    check_count(ids.len())?;
     // A request bigger than one batch travels as several (each within max_batch texts and
     // max_batch_tokens padded tokens), admitted together and answered as one.
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
     let parts = batching::split(&lens, batch_limits(shared));
+    if parts.len() > shared.cfg.max_queue {
+        // More batches than the queue ever holds: waiting cannot help (429 would invite retries).
+        return Err(PoolError::TooLarge(format!(
+            "this request needs {} batches (max_batch {}, max_batch_tokens {}); the queue holds at most {} \
+             (max_queue): split it",
+            parts.len(),
+            shared.cfg.max_batch,
+            shared.cfg.max_batch_tokens,
+            shared.cfg.max_queue
+        )));
+    }
     let now = Instant::now();
     let mut answers = Vec::with_capacity(parts.len());
     {
@@ -203,7 +224,9 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
             q.drain(..n).collect()
         };
         if jobs.is_empty() {
-            replica.slot.release();
+            // The queue emptied under us (deadlines): hand back the slot and the breakers'
+            // probes, or a half-open breaker would wait for a call that never comes.
+            unreserve(&shared, &m, &replica);
             continue;
         }
         {
@@ -330,6 +353,13 @@ fn take(shared: &Shared, m: &ModelEntry, r: &Replica, rows: usize) -> bool {
     }
     *r.slot.running.lock().expect("slot") = Some((Instant::now(), rows));
     true
+}
+
+/// Undo `take` for a batch that will not run: the slot's place and both breakers' calls.
+fn unreserve(shared: &Shared, m: &ModelEntry, r: &Replica) {
+    *r.slot.running.lock().expect("slot") = None;
+    r.slot.release();
+    breakers::book(shared, m, r, None, Instant::now());
 }
 
 /// The failure category of a batch error.

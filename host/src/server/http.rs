@@ -17,8 +17,8 @@ pub async fn serve(root: PathBuf, ip: std::net::IpAddr) -> anyhow::Result<(Socke
         let root = root.clone();
         async move { file(&root, uri.path()).await }
     });
-    let task = tokio::spawn(super::bounded::serve(listener, app, super::bounded::Bounds::PAGE, "page server"));
-    Ok((addr, task))
+    let server = super::bounded::serve(listener, app, super::bounded::Bounds::PAGE, "page server");
+    Ok((addr, server.task))
 }
 
 fn content_type(path: &Path) -> &'static str {

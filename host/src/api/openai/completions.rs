@@ -4,7 +4,7 @@
 //! held back, the stop text never sent); meeting one drops the stream, which cancels the session
 //! in its tab. A client that disconnects drops it too.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::Json;
@@ -19,44 +19,95 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::stop::StopScan;
 use super::types::{AssistantMessage, Choice, Chunk, ChunkChoice, Completion, Delta, ErrorBody, ErrorEnvelope, Usage};
 use super::{bad, body, error, now_s, pool_error};
+use crate::api::input::{AnyEntries, Bounded, Content, MAX_MESSAGES, Stops, TextsOrIds, TextsOrIdsDoc};
 use crate::exec::GenParams;
 use crate::models::smollm2::{Message, TextStream};
 use crate::pool::{GenRequest, Generator, Pool, PoolError, StreamEvent};
 
-/// Most stop strings a request may give (OpenAI's limit).
-const MAX_STOPS: usize = 4;
+/// The sampling and streaming fields both bodies take, declared once for both (not through
+/// `serde(flatten)`, which buffers every field it meets before reading it: a body's allocation
+/// would follow its shape, not its limits). Unknown fields are refused by name.
+macro_rules! generation_body {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(serde::Deserialize, utoipa::ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {
+            $($(#[$fm])* $field: $ty,)*
+            max_tokens: Option<u32>,
+            max_completion_tokens: Option<u32>,
+            temperature: Option<f32>,
+            top_p: Option<f32>,
+            seed: Option<u64>,
+            /// A string or at most 4 strings, each at most 256 bytes.
+            #[schema(value_type = Option<Vec<String>>)]
+            stop: Option<Stops>,
+            n: Option<u32>,
+            stream: Option<bool>,
+            stream_options: Option<StreamOptions>,
+            /// Only false / null: log-probabilities are not supported.
+            #[schema(value_type = Option<bool>)]
+            logprobs: Option<Value>,
+            top_logprobs: Option<u32>,
+            frequency_penalty: Option<f32>,
+            presence_penalty: Option<f32>,
+            /// Only empty.
+            #[schema(value_type = Option<Object>)]
+            logit_bias: Option<AnyEntries>,
+            /// Only `{"type": "text"}`.
+            #[schema(value_type = Option<Object>)]
+            response_format: Option<ResponseFormat>,
+            /// An end-user id (OpenAI's abuse tracking): accepted, not used.
+            #[allow(dead_code)]
+            user: Option<String>,
+        }
 
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-pub(super) struct ChatBody {
-    model: Option<String>,
-    messages: Vec<ChatMessage>,
-    #[serde(flatten)]
-    opts: Options,
+        impl $name {
+            /// The options, moved out.
+            fn options(&mut self) -> Options {
+                Options {
+                    max_tokens: self.max_tokens.take(),
+                    max_completion_tokens: self.max_completion_tokens.take(),
+                    temperature: self.temperature.take(),
+                    top_p: self.top_p.take(),
+                    seed: self.seed.take(),
+                    stop: self.stop.take(),
+                    n: self.n.take(),
+                    stream: self.stream.take(),
+                    stream_options: self.stream_options.take(),
+                    logprobs: self.logprobs.take(),
+                    top_logprobs: self.top_logprobs.take(),
+                    frequency_penalty: self.frequency_penalty.take(),
+                    presence_penalty: self.presence_penalty.take(),
+                    logit_bias: self.logit_bias.take(),
+                    response_format: self.response_format.take(),
+                }
+            }
+        }
+    };
 }
 
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-pub(super) struct CompletionBody {
+generation_body!(ChatBody {
     model: Option<String>,
-    prompt: Prompt,
-    #[serde(flatten)]
-    opts: Options,
-}
+    #[schema(value_type = Vec<ChatMessage>)]
+    messages: Bounded<ChatMessage, MAX_MESSAGES>,
+});
+
+generation_body!(CompletionBody {
+    model: Option<String>,
+    #[schema(value_type = TextsOrIdsDoc)]
+    prompt: TextsOrIds,
+});
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 struct ChatMessage {
     role: String,
-    content: Content,
+    #[schema(value_type = String)]
+    content: Content<ContentPart>,
     /// A participant's name: accepted, not used by the chat template.
     #[serde(default)]
     #[allow(dead_code)]
     name: Option<String>,
-}
-
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -67,59 +118,41 @@ struct ContentPart {
     text: Option<String>,
 }
 
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-enum Prompt {
-    Text(String),
-    Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdLists(Vec<Vec<u32>>),
-}
-
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
 #[derive(serde::Deserialize, Default, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
-/// The sampling and streaming parameters both endpoints share.
+/// `response_format`: its type, the rest of it ignored (never buffered).
 #[derive(serde::Deserialize, utoipa::ToSchema)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// The sampling and streaming parameters both endpoints share.
 struct Options {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     top_p: Option<f32>,
     seed: Option<u64>,
-    stop: Option<Stop>,
+    stop: Option<Stops>,
     n: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
-    /// Only false / null: log-probabilities are not supported.
-    #[schema(value_type = Option<bool>)]
     logprobs: Option<Value>,
     top_logprobs: Option<u32>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
-    #[schema(value_type = Option<Object>)]
-    logit_bias: Option<BTreeMap<String, Value>>,
-    /// Only `{"type": "text"}`.
-    #[schema(value_type = Option<Object>)]
-    response_format: Option<Value>,
-    /// An end-user id (OpenAI's abuse tracking): accepted, not used.
-    #[allow(dead_code)]
-    user: Option<String>,
-    /// Anything else: refused by name unless null.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    other: BTreeMap<String, Value>,
+    logit_bias: Option<AnyEntries>,
+    response_format: Option<ResponseFormat>,
 }
+
+/// Longest stop string, in bytes: every streamed token scans the held text for each stop, so
+/// their length bounds the work per token.
+const MAX_STOP_BYTES: usize = 256;
 
 /// What a request asks for, checked.
 struct Plan {
@@ -133,9 +166,6 @@ struct Plan {
 impl Options {
     fn check(self) -> Result<Plan, Box<Response>> {
         let no = |param: &str, why: String| Err(Box::new(bad(param, why)));
-        if let Some((k, _)) = self.other.iter().find(|(_, v)| !v.is_null()) {
-            return no(k, format!("unsupported parameter `{k}`"));
-        }
         if self.n.is_some_and(|n| n != 1) {
             return no(
                 "n",
@@ -153,11 +183,11 @@ impl Options {
                 return no(name, format!("{name} is not supported by this server (only 0)"));
             }
         }
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+        if self.logit_bias.is_some_and(|b| b.0) {
             return no("logit_bias", "logit_bias is not supported by this server".into());
         }
         if let Some(f) = &self.response_format
-            && f.get("type").and_then(Value::as_str) != Some("text")
+            && f.kind.as_deref() != Some("text")
         {
             return no("response_format", "only response_format {\"type\": \"text\"} is supported".into());
         }
@@ -173,13 +203,9 @@ impl Options {
         if max_tokens == Some(0) {
             return no("max_tokens", "max_tokens must be at least 1".into());
         }
-        let stops = match self.stop {
-            None => vec![],
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        };
-        if stops.len() > MAX_STOPS {
-            return no("stop", format!("{} stop strings; at most {MAX_STOPS}", stops.len()));
+        let stops = self.stop.unwrap_or_default().0;
+        if let Some(s) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return no("stop", format!("a stop string of {} bytes; at most {MAX_STOP_BYTES}", s.len()));
         }
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -223,6 +249,7 @@ trait GenBody {
     const KIND: Kind;
     fn model(&self) -> Option<&str>;
     /// The prompt's token ids and the options, or the 400 refusing them.
+    /// Tokenises (up to 2 MiB of text): called off the async runtime.
     fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>>;
 }
 
@@ -231,12 +258,14 @@ impl GenBody for ChatBody {
     fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
-    fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
-        if self.messages.is_empty() {
+    fn prompt(mut self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
+        let opts = self.options();
+        let list = &self.messages.0;
+        if list.is_empty() {
             return Err(refuse("messages", "messages is empty: give at least one message"));
         }
-        let mut messages = Vec::with_capacity(self.messages.len());
-        for (i, m) in self.messages.iter().enumerate() {
+        let mut messages = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
             let role = match m.role.as_str() {
                 "system" | "developer" => "system",
                 "user" => "user",
@@ -259,7 +288,7 @@ impl GenBody for ChatBody {
             messages.push(Message::new(role, &text));
         }
         let ids = g.model.chat_ids(&messages).map_err(|e| refuse("messages", format!("{e:#}")))?;
-        Ok((ids, self.opts))
+        Ok((ids, opts))
     }
 }
 
@@ -268,17 +297,18 @@ impl GenBody for CompletionBody {
     fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
-    fn prompt(self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
+    fn prompt(mut self, g: &Generator) -> Result<(Vec<u32>, Options), Box<Response>> {
+        let opts = self.options();
         let one = "one prompt per request (n = 1): give a string or a list of token ids";
         let ids = match self.prompt {
-            Prompt::Text(t) => g.model.encode(&t),
-            Prompt::Texts(v) if v.len() == 1 => g.model.encode(&v[0]),
-            Prompt::Ids(ids) => Ok(ids),
-            Prompt::IdLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            TextsOrIds::Text(t) => g.model.encode(&t),
+            TextsOrIds::Texts(v) if v.len() == 1 => g.model.encode(&v[0]),
+            TextsOrIds::Ids(ids) => Ok(ids),
+            TextsOrIds::IdLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
             _ => return Err(refuse("prompt", one)),
         };
         match ids {
-            Ok(p) if !p.is_empty() => Ok((p, self.opts)),
+            Ok(p) if !p.is_empty() => Ok((p, opts)),
             Ok(_) => Err(refuse("prompt", "an empty prompt: there is nothing to continue")),
             Err(e) => Err(refuse("prompt", format!("{e:#}"))),
         }
@@ -286,7 +316,10 @@ impl GenBody for CompletionBody {
 }
 
 /// A body checked, its model found, its prompt built, then generated.
-async fn handle<B: GenBody>(pool: Arc<Pool>, b: Result<Json<B>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn handle<B: GenBody + Send + 'static>(
+    pool: Arc<Pool>,
+    b: Result<Json<B>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let b = match body(b) {
         Ok(b) => b,
         Err(refused) => return *refused,
@@ -295,7 +328,14 @@ async fn handle<B: GenBody>(pool: Arc<Pool>, b: Result<Json<B>, axum::extract::r
         Ok(found) => found,
         Err(e) => return pool_error(&e, true),
     };
-    match b.prompt(&g) {
+    // Tokenising 2 MiB takes a while: on a blocking thread, so the runtime's two workers keep
+    // serving tab sockets (heartbeats) and other clients meanwhile.
+    let gen_model = g.clone();
+    let prompt = match tokio::task::spawn_blocking(move || b.prompt(&gen_model)).await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenising failed: {e}"), None, None),
+    };
+    match prompt {
         Ok((prompt, opts)) => crate::api::labelled(run(pool, name.clone(), g, prompt, opts, B::KIND).await, name),
         Err(refused) => *refused,
     }

@@ -11,27 +11,21 @@ use base64::Engine;
 
 use super::types::{Embedding, EmbeddingList, EmbeddingUsage, EmbeddingVector};
 use super::{bad, body, pool_error};
+use crate::api::input::{TextsOrIds, TextsOrIdsDoc};
 use crate::pool::Pool;
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmbeddingsBody {
-    input: Input,
+    /// At most 1024 inputs; an id list at most 8192 ids (refused while parsing, 413).
+    #[schema(value_type = TextsOrIdsDoc)]
+    input: TextsOrIds,
     model: Option<String>,
     encoding_format: Option<String>,
     dimensions: Option<usize>,
     /// An end-user id (OpenAI's abuse tracking): accepted, not used.
     #[allow(dead_code)]
     user: Option<String>,
-}
-
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-enum Input {
-    Text(String),
-    Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdLists(Vec<Vec<u32>>),
 }
 
 /// Sentence embeddings (L2-normalised) from an embedding model.
@@ -63,11 +57,13 @@ pub(super) async fn embeddings(
 
 async fn embed(pool: &Pool, model: String, b: &EmbeddingsBody, base64: bool) -> Response {
     let served = match &b.input {
-        Input::Text(t) => pool.embed_with(&model, &[t.as_str()], None).await,
-        Input::Texts(ts) if ts.is_empty() => return bad("input", "input is an empty list: nothing to embed"),
-        Input::Texts(ts) => pool.embed_with(&model, &ts.iter().map(String::as_str).collect::<Vec<_>>(), None).await,
-        Input::Ids(ids) => pool.embed_ids(&model, std::slice::from_ref(ids), None).await,
-        Input::IdLists(lists) => pool.embed_ids(&model, lists, None).await,
+        TextsOrIds::Text(t) => pool.embed_with(&model, &[t.as_str()], None).await,
+        TextsOrIds::Texts(ts) if ts.is_empty() => return bad("input", "input is an empty list: nothing to embed"),
+        TextsOrIds::Texts(ts) => {
+            pool.embed_with(&model, &ts.iter().map(String::as_str).collect::<Vec<_>>(), None).await
+        }
+        TextsOrIds::Ids(ids) => pool.embed_ids(&model, std::slice::from_ref(ids), None).await,
+        TextsOrIds::IdLists(lists) => pool.embed_ids(&model, lists, None).await,
     };
     let served = match served {
         Ok(s) => s,

@@ -117,7 +117,19 @@ pub(super) fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection
             None,
             Some("too_large"),
         ))),
-        Err(e) => Err(Box::new(error(StatusCode::BAD_REQUEST, e.body_text(), None, Some("invalid_json")))),
+        Err(e) => {
+            let text = e.body_text();
+            // Limits met while parsing (`input::LIMIT`) are sizes: 413 naming the limit.
+            if text.contains(crate::api::input::LIMIT) {
+                return Err(Box::new(error(StatusCode::PAYLOAD_TOO_LARGE, text, None, Some("too_large"))));
+            }
+            // serde's "unknown field `x`, expected one of …": refused by name.
+            if let Some(name) = text.split("unknown field `").nth(1).and_then(|r| r.split('`').next()) {
+                let msg = format!("unsupported parameter `{name}`");
+                return Err(Box::new(error(StatusCode::BAD_REQUEST, msg, Some(name), Some("unsupported_parameter"))));
+            }
+            Err(Box::new(error(StatusCode::BAD_REQUEST, text, None, Some("invalid_json"))))
+        }
     }
 }
 

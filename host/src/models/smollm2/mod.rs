@@ -166,34 +166,107 @@ impl SmolLm2 {
 /// The text of a growing token stream, piece by piece: `push` returns only what is new, holding
 /// back a character still incomplete (byte-level BPE splits a UTF-8 sequence across tokens), and
 /// `finish` returns what was held back.
+///
+/// Incremental: each token decodes only a short window (the tokens since the last piece that
+/// ended cleanly, plus the ones before it as context), never the whole stream again — so a
+/// reply of n tokens costs O(n), not O(n²) (text-generation-inference's `decode_token`).
 #[derive(Debug, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
-    sent: usize,
+    /// Start of the window decoded as context (its text was already sent).
+    prefix: usize,
+    /// End of what was sent: ids[prefix..read] decode to text already sent.
+    read: usize,
 }
+
+/// Tokens a window may hold back (a UTF-8 character never spans more than 4 byte tokens): past
+/// this, whatever decodes is sent, so a run of undecodable ids cannot grow the window for ever.
+const MAX_HELD: usize = 8;
 
 impl TextStream {
     pub fn push(&mut self, model: &SmolLm2, id: u32) -> anyhow::Result<String> {
+        self.push_with(id, |ids| model.decode(ids))
+    }
+
+    pub fn finish(&mut self, model: &SmolLm2) -> anyhow::Result<String> {
+        self.finish_with(|ids| model.decode(ids))
+    }
+
+    /// `push` with any decoder (tests use a byte decoder).
+    pub fn push_with(&mut self, id: u32, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
         self.ids.push(id);
-        // Decoding the whole stream each time keeps merges across token boundaries exact.
-        let text = model.decode(&self.ids)?;
-        if text.len() > self.sent && text.is_char_boundary(self.sent) && !text.ends_with('\u{fffd}') {
-            let piece = text[self.sent..].to_string();
-            self.sent = text.len();
+        let sent = decode(&self.ids[self.prefix..self.read])?;
+        let text = decode(&self.ids[self.prefix..])?;
+        let held = self.ids.len() - self.read;
+        let clean = !text.ends_with('\u{fffd}') || held >= MAX_HELD;
+        if text.len() > sent.len() && text.is_char_boundary(sent.len()) && clean {
+            let piece = text[sent.len()..].to_string();
+            // The new window starts where this piece's tokens start: merges across the boundary
+            // still decode with their left context.
+            self.prefix = self.read;
+            self.read = self.ids.len();
             return Ok(piece);
         }
         Ok(String::new())
     }
 
-    pub fn finish(&mut self, model: &SmolLm2) -> anyhow::Result<String> {
-        let text = model.decode(&self.ids)?;
-        let piece = text.get(self.sent..).unwrap_or_default().to_string();
-        self.sent = text.len();
-        Ok(piece)
+    /// Whatever is held back, as text (the generation ended).
+    pub fn finish_with(&mut self, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
+        let sent = decode(&self.ids[self.prefix..self.read])?;
+        let text = decode(&self.ids[self.prefix..])?;
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(text.get(sent.len()..).unwrap_or_default().to_string())
     }
 
     /// Every id so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+}
+
+#[cfg(test)]
+mod text_stream_tests {
+    use super::TextStream;
+    use std::cell::Cell;
+
+    /// Ids are bytes; a cut UTF-8 sequence decodes to U+FFFD, as byte-level BPE does.
+    fn bytes(ids: &[u32], work: &Cell<usize>) -> anyhow::Result<String> {
+        work.set(work.get() + ids.len());
+        Ok(String::from_utf8_lossy(&ids.iter().map(|&i| i as u8).collect::<Vec<_>>()).into_owned())
+    }
+
+    fn stream(text: &[u8], work: &Cell<usize>) -> (Vec<String>, String) {
+        let mut s = TextStream::default();
+        let pieces = text.iter().map(|&b| s.push_with(b as u32, |ids| bytes(ids, work)).unwrap()).collect();
+        (pieces, s.finish_with(|ids| bytes(ids, work)).unwrap())
+    }
+
+    #[test]
+    fn pieces_add_up_to_the_whole_text_and_never_split_a_character() {
+        let text = "héllo wörld 😀 – ok".as_bytes();
+        let work = Cell::new(0);
+        let (pieces, tail) = stream(text, &work);
+        assert_eq!(pieces.concat() + &tail, std::str::from_utf8(text).unwrap());
+        assert!(pieces.iter().all(|p| !p.contains('\u{fffd}')), "{pieces:?}");
+        // The 4-byte emoji is held back until its last byte, then sent whole.
+        assert!(pieces.contains(&"😀".to_string()), "{pieces:?}");
+    }
+
+    #[test]
+    fn decoding_work_grows_linearly_with_the_reply() {
+        // 20 000 tokens: decoding the whole stream per token (the old way) is 2·10⁸ ids decoded.
+        let text: Vec<u8> = "abcé ".bytes().cycle().take(20_000).collect();
+        let work = Cell::new(0);
+        let (pieces, tail) = stream(&text, &work);
+        assert_eq!(pieces.concat() + &tail, String::from_utf8(text.clone()).unwrap());
+        assert!(work.get() <= 8 * text.len(), "{} ids decoded for {} tokens", work.get(), text.len());
+    }
+
+    #[test]
+    fn undecodable_ids_are_not_held_for_ever() {
+        let work = Cell::new(0);
+        let (pieces, _) = stream(&[0xff; 40], &work);
+        assert!(pieces.iter().filter(|p| !p.is_empty()).count() >= 4, "{pieces:?}");
     }
 }
