@@ -51,6 +51,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant (serve's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Report browsers, driver and page build, then WebGPU/WebNN from one real tab.
@@ -533,7 +535,7 @@ async fn main() -> ExitCode {
                 }
             };
             let secs = |name: &str, v: f64| match std::time::Duration::try_from_secs_f64(v) {
-                Ok(d) if v >= 0.01 && v <= 86_400.0 * 7.0 => Ok(d),
+                Ok(d) if (0.01..=86_400.0 * 7.0).contains(&v) => Ok(d),
                 _ => Err(format!("--{name} {v}: expected 0.01 to 604800 seconds")),
             };
             let limits = match (secs("request-timeout", request_timeout), secs("idle-timeout", idle_timeout)) {

@@ -296,7 +296,7 @@ async fn count(State(pool): State<Arc<Pool>>, req: Request, next: Next) -> Respo
     // would otherwise create series without end (memory, scrape size).
     let model = match resp.extensions().get::<ModelLabel>() {
         None => String::new(),
-        Some(m) if pool.models().iter().any(|known| *known == m.0) => m.0.clone(),
+        Some(m) if pool.models().contains(&m.0) => m.0.clone(),
         Some(_) => "other".to_string(),
     };
     let tm = pool.telemetry();
