@@ -4,7 +4,8 @@
 //! - shutdown answers every queued, running and racing request, also while a recovery is stuck
 //!   in a WebDriver endpoint that stopped answering;
 //! - a request bigger than one batch is split by `max_batch`/`max_batch_tokens` and answered as
-//!   one, and one past the request limit is refused naming it.
+//!   one; one needing more batches than `max_queue` holds, or past the request limit, is
+//!   refused as too large naming the limit (issue 20).
 
 use crate::support;
 
@@ -255,7 +256,7 @@ async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_bigger_than_a_batch_is_split_and_answered_as_one() {
     let _procs = support::process_guard();
-    let cfg = PoolConfig { max_batch: 16, max_batch_tokens: 512, ..webnn_pool_config(1) };
+    let cfg = PoolConfig { max_batch: 16, max_batch_tokens: 512, max_queue: 32, ..webnn_pool_config(1) };
     let pool = webnn_pool(cfg).await;
     let refs = support::minilm_reference();
     // 60 texts: the reference sentences (6–16 tokens) and long ones (~100 tokens), mixed.
@@ -273,6 +274,12 @@ async fn a_request_bigger_than_a_batch_is_split_and_answered_as_one() {
     }
     let batches: u64 = pool.metrics().tabs.iter().map(|t| t.batches).sum();
     assert!(batches >= served.parts as u64, "{batches} batches for {} parts", served.parts);
+    // More batches than the queue ever holds: too large (413), not busy (429) for ever.
+    let long_ones = vec![long.as_str(); 200];
+    match pool.embed(&long_ones).await {
+        Err(e @ PoolError::TooLarge(_)) => assert!(e.to_string().contains("max_queue"), "{e}"),
+        other => panic!("200 long texts, 32 places in the queue: {other:?}"),
+    }
     // Past the request limit: refused, naming it.
     let many = vec!["x"; 1025];
     match pool.embed(&many).await {
