@@ -3,7 +3,9 @@
 //! reference; a stage tab whose renderer is SIGKILLed mid-generation is replaced by the pool and
 //! its sessions replayed into the new stage, so no stream is replayed elsewhere and no token
 //! differs; `status` shows each pipeline's tabs, parts and health. And `tabpool serve --shards`
-//! as a user runs it, with a component split (the head's tab visited twice a token).
+//! as a user runs it, with a component split (the head's tab visited twice a token). A stage
+//! tab that fails (its WebNN context destroyed), then heals (the stage loaded into it again)
+//! ends with its breaker closed: stage breakers half-open like every other.
 
 use crate::support;
 
@@ -12,7 +14,8 @@ use std::time::Duration;
 
 use shared_proto::Sampling;
 use tabpool::browser::{BrowserKind, KindSpec};
-use tabpool::exec::GenParams;
+use tabpool::exec::{Backend, GenParams};
+use tabpool::policy::breaker::State;
 use tabpool::policy::sharding::Strategy;
 use tabpool::pool::{GenRequest, ModelSpec, Pool, PoolConfig, PoolError, StreamEvent};
 
@@ -180,4 +183,57 @@ async fn serve_with_shards_streams_the_reference_and_status_lists_the_stages() {
     assert!(out.status.success(), "{status} {}", String::from_utf8_lossy(&out.stderr));
     assert!(status.contains("pipeline 1 (component, 2 tabs)"), "{status}");
     assert!(status.contains("embed, head") && status.contains("L0-29"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_tab_that_fails_then_heals_ends_with_its_breaker_closed_and_serving() {
+    let _procs = support::process_guard();
+    // Three tabs: one pipeline (lead A, stage tab B) and a free tab C. One failure opens a
+    // breaker; it may half-open half a second later.
+    let mut cfg = config(3, 2, Strategy::Layer);
+    cfg.backend = Backend::Webnn;
+    cfg.health.breaker_min_calls = 1;
+    cfg.health.breaker_open_wait_s = 0.5;
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, g) = pool.generation_model(None).unwrap();
+    let case = &support::smollm2_reference()[0];
+    let greedy = GenParams { max_tokens: 12, sampling: Sampling::Greedy, stop_ids: g.model.eos_ids.clone() };
+    let want: Vec<u32> = reference_ids(case).into_iter().take(12).collect();
+    let stage_tab = |pool: &Pool| {
+        let m = pool.metrics();
+        let p = m.models.iter().find(|x| x.name == name).unwrap().pipelines[0].clone();
+        (p.tabs[1].tab, p.tabs[1].breaker)
+    };
+    let breaker_of = |pool: &Pool, tab: u64| pool.metrics().tabs.iter().find(|t| t.id == tab).unwrap().breaker;
+    let generate = async |pool: &Pool, what: &str| {
+        let req = GenRequest { prompt: case.prompt_ids.clone(), params: greedy.clone() };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ids, replays, _) = collect(0, pool.generate(Some(&name), req).unwrap(), tx).await.unwrap();
+        assert_eq!((ids, replays), (want.clone(), 0), "{what}");
+    };
+    let (b, _) = stage_tab(&pool);
+
+    // B fails: its context is destroyed, the next stage call fails (DeviceLost) and opens B's
+    // breaker; the stage moves to the free tab C and the stream goes on.
+    assert!(pool.lose_device(b).await.unwrap() >= 1);
+    generate(&pool, "B lost its device").await;
+    let (c, _) = stage_tab(&pool);
+    assert_ne!(c, b, "the stage moved off B");
+    assert_eq!(breaker_of(&pool, b), State::Open, "one failure opens B's breaker");
+
+    // C fails the same way: the stage comes back to B, the one free tab, loaded again (a new
+    // context) — B has healed. Its calls after the wait are half-open probes, which close it.
+    assert!(pool.lose_device(c).await.unwrap() >= 1);
+    generate(&pool, "C lost its device").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    generate(&pool, "on the healed B").await;
+    let (now_on, state) = stage_tab(&pool);
+    assert_eq!(now_on, b, "the stage is back on B");
+    let events = pool.metrics().scaling_events;
+    let log: Vec<String> =
+        events.iter().filter(|e| e.action == "breaker").map(|e| format!("tab {:?}: {}", e.tab, e.reason)).collect();
+    assert_eq!(state, State::Closed, "B served again, its breaker closed: {log:#?}");
+    generate(&pool, "B, closed").await;
+    pool.shutdown().await;
 }

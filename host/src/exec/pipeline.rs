@@ -30,10 +30,39 @@ pub type Replacer = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Stepp
 /// plan, its weights loaded), in model order. Called with the lost stage's index.
 pub type Replanner = Arc<dyn Fn(usize) -> BoxFuture<'static, anyhow::Result<Vec<Stepper>>> + Send + Sync>;
 
-/// Told each stage call's outcome: `(stage, Ok(device ms))` or `(stage, Err(lost))` — `lost`
-/// when the stage's tab went (`policy::recovery::stage_lost`). The pool books it in that stage
-/// tab's breaker, so breakers and health apply per stage.
-pub type StageObserver = Arc<dyn Fn(usize, Result<f64, bool>) + Send + Sync>;
+/// Told of each stage call as it starts (`stage`); the [`StageCall`] it gives back (none: nothing
+/// to book) is ended with the call's outcome. The pool takes the stage tab's breaker there — a
+/// probe when it is half-open — and books the outcome, so breakers and health apply per stage.
+pub type StageObserver = Arc<dyn Fn(usize) -> Option<StageCall> + Send + Sync>;
+
+/// A stage call under way, from [`StageObserver`]: [`StageCall::end`] reports how it went —
+/// `Ok(device ms)` or `Err(lost)`, `lost` when the stage's tab went
+/// (`policy::recovery::stage_lost`). Dropped without an outcome (the step was cancelled
+/// mid-call), it reports `None`: whatever its start took (a half-open probe) is handed back.
+pub struct StageCall(Option<OnEnd>);
+
+/// What a [`StageCall`] does when it ends: told the call's outcome, `None` if it had none.
+type OnEnd = Box<dyn FnOnce(Option<Result<f64, bool>>) + Send>;
+
+impl StageCall {
+    pub fn new(on_end: impl FnOnce(Option<Result<f64, bool>>) + Send + 'static) -> StageCall {
+        StageCall(Some(Box::new(on_end)))
+    }
+
+    pub fn end(mut self, outcome: Result<f64, bool>) {
+        if let Some(f) = self.0.take() {
+            f(Some(outcome));
+        }
+    }
+}
+
+impl Drop for StageCall {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(None);
+        }
+    }
+}
 
 /// Tokens replayed per step when a replacement rebuilds a session's KV cache (the decoder's
 /// step size: one step's worth of prefill).
@@ -114,16 +143,15 @@ impl Pipeline {
         self
     }
 
-    /// Tell `observer` every stage call's outcome.
+    /// Tell `observer` of every stage call, as it starts and as it ends.
     pub fn with_observer(mut self, observer: StageObserver) -> Pipeline {
         self.observer = Some(observer);
         self
     }
 
-    fn observe(&self, i: usize, outcome: Result<f64, bool>) {
-        if let Some(o) = &self.observer {
-            o(i, outcome);
-        }
+    /// Stage `i` is called now: what the observer needs to book the call's outcome.
+    fn begin(&self, i: usize) -> Option<StageCall> {
+        self.observer.as_ref().and_then(|o| o(i))
     }
 
     fn turn(&self, i: usize) -> Arc<tokio::sync::Mutex<()>> {
@@ -231,14 +259,20 @@ impl Pipeline {
                 let (mut replaced, mut lost) = (0, false);
                 let t_stage = Instant::now();
                 let result = loop {
-                    match self.stage(i).step_with(rows.clone(), hidden.clone()).await {
+                    let call = self.begin(i);
+                    let stepped = self.stage(i).step_with(rows.clone(), hidden.clone()).await;
+                    match stepped {
                         Ok(r) => {
-                            self.observe(i, Ok(r.1));
+                            if let Some(c) = call {
+                                c.end(Ok(r.1));
+                            }
                             break Ok(r);
                         }
                         Err(e) => {
                             let gone = recovery::stage_lost(TabError::category(&e));
-                            self.observe(i, Err(gone));
+                            if let Some(c) = call {
+                                c.end(Err(gone));
+                            }
                             lost |= gone;
                             let Some(replacer) = self.replacer_for(&e, replaced) else {
                                 break Err(e.context(format!("stage {i} of {n}")));

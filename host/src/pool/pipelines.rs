@@ -3,9 +3,12 @@
 //! and is what routing, hedging and replay see; the pool reserves one more slot per further
 //! stage. Each stage tab loads only its own share of the weights.
 //!
-//! Per stage: every stage call's outcome is booked in that stage tab's breaker (the lead's is
-//! booked per stream, as for any replica), and a replica whose stage breaker is open takes no
-//! new stream. A stage tab lost mid-generation is replaced by the pool — a free tab, or a new
+//! Per stage: every stage call takes that stage tab's breaker as it starts and books its
+//! outcome (or hands a probe back) as it ends, through the same `breakers::acquire_all` /
+//! `book_all` replicas use — so a stage breaker lives the same closed → open → half-open →
+//! closed life (the lead's is taken per stream, as for any replica). A replica whose stage
+//! breaker refuses takes no new stream; its streams already running still step through the
+//! stage, booked only while the breaker admits them (closed, or as a half-open probe). A stage tab lost mid-generation is replaced by the pool — a free tab, or a new
 //! one while below `max_tabs`, or the lost tab itself once the pool's recovery has reloaded it —
 //! and the pipeline replays its sessions' inputs through the new stage (see `exec::pipeline`).
 //! A lost lead is a lost replica: its streams are replayed on another one, and the lead's
@@ -20,11 +23,13 @@ use anyhow::Context;
 use futures_util::future::BoxFuture;
 use shared_proto::{Graph, Tensor};
 
+use super::breakers;
 use super::state::{Generator, ModelEntry, Runner, Shared, Slot};
+use crate::exec::pipeline::StageCall;
 use crate::exec::{Decoder, Pipeline, Replacer, StageObserver, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Outputs, SmolLm2};
 use crate::policy::backend_choice;
-use crate::policy::breaker::{self, Outcome};
+use crate::policy::breaker::{self, Breaker, Outcome};
 use crate::policy::recovery::Category;
 use crate::policy::sharding::{self, Part, Strategy};
 
@@ -342,31 +347,57 @@ impl Shared {
         loaded
     }
 
-    /// Books each stage call (after the lead) in that stage tab's breaker and latency.
+    /// Takes and books each stage call (after the lead) in that stage tab's breaker and latency
+    /// (`stage_begin` / `stage_end`).
     fn observer(self: &Arc<Self>, m: &Arc<ModelEntry>, stages: &Arc<StageSlots>) -> StageObserver {
         let (shared, name, stages): (Weak<Shared>, String, Weak<StageSlots>) =
             (Arc::downgrade(self), m.name.clone(), Arc::downgrade(stages));
-        Arc::new(move |i, outcome| {
-            let (Some(shared), Some(stages)) = (shared.upgrade(), stages.upgrade()) else { return };
+        Arc::new(move |i| {
+            let (shared, stages) = (shared.upgrade()?, stages.upgrade()?);
             let tab = stages.stage_tab.get(i).copied().unwrap_or(0);
             if tab == 0 {
-                return;
+                return None;
             }
-            let Some(slot) = stages.slots().get(tab).cloned() else { return };
-            let now = Instant::now();
-            let o = match outcome {
-                Ok(ms) => {
-                    slot.latency.lock().expect("latency").record(ms);
-                    *slot.last_active.lock().expect("slot") = now;
-                    Outcome::Success { took: Duration::from_secs_f64(ms.max(0.0) / 1e3) }
-                }
-                Err(_) => Outcome::Failure,
-            };
-            let t = slot.breaker.lock().expect("breaker").record(o, now);
-            if let Some(t) = t {
-                log_stage_transition(&shared, &name, i, &slot, &t);
-            }
+            let slot = stages.slots().get(tab).cloned()?;
+            let (name, at) = (name.clone(), slot.clone());
+            let log = move |t: &breaker::Transition| log_stage_transition(&shared, &name, i, &at, t);
+            let admitted = stage_begin(&slot.breaker, Instant::now(), &mut |_, t| log(t));
+            Some(StageCall::new(move |outcome| {
+                let now = Instant::now();
+                let o = outcome.map(|r| match r {
+                    Ok(ms) => {
+                        slot.latency.lock().expect("latency").record(ms);
+                        *slot.last_active.lock().expect("slot") = now;
+                        Outcome::Success { took: Duration::from_secs_f64(ms.max(0.0) / 1e3) }
+                    }
+                    Err(_) => Outcome::Failure,
+                });
+                stage_end(&slot.breaker, admitted, o, now, &mut |_, t| log(t));
+            }))
         })
+    }
+}
+
+/// A stage call starts: ask its tab's breaker (`breakers::acquire_all`, as for a replica: in
+/// HALF_OPEN it takes a probe, and an OPEN breaker whose wait has passed half-opens here). The
+/// call runs whatever the answer — it carries streams already placed, and `StageSlots::admit`
+/// keeps new ones off a stage whose breaker refuses — but only an admitted call is booked.
+fn stage_begin(b: &Mutex<Breaker>, now: Instant, changed: &mut dyn FnMut(&str, &breaker::Transition)) -> bool {
+    breakers::acquire_all(&[("tab", b)], now, changed)
+}
+
+/// A stage call ended (`None`: cancelled mid-call): an admitted call books its outcome or hands
+/// its probe back (`breakers::book_all`); a refused one books nothing (a half-open breaker would
+/// take its outcome for a probe's).
+fn stage_end(
+    b: &Mutex<Breaker>,
+    admitted: bool,
+    outcome: Option<Outcome>,
+    now: Instant,
+    changed: &mut dyn FnMut(&str, &breaker::Transition),
+) {
+    if admitted {
+        breakers::book_all(&[("tab", b)], outcome, now, changed);
     }
 }
 
@@ -390,6 +421,84 @@ fn log_stage_transition(shared: &Shared, model: &str, i: usize, slot: &Slot, t: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::breaker::{BreakerConfig, State};
+
+    fn stage_breaker() -> Mutex<Breaker> {
+        Mutex::new(Breaker::new(BreakerConfig {
+            window: 10,
+            min_calls: 2,
+            failure_rate: 0.5,
+            slow_call: Duration::from_secs(30),
+            slow_rate: 0.8,
+            open_wait: Duration::from_secs(5),
+            half_open_probes: 2,
+        }))
+    }
+
+    /// One stage call at `at` as the pipeline makes it: begun, run, ended with `outcome`.
+    fn call(b: &Mutex<Breaker>, at: Instant, outcome: Outcome, seen: &mut Vec<(State, State)>) {
+        let admitted = stage_begin(b, at, &mut |_, t| seen.push((t.from, t.to)));
+        stage_end(b, admitted, Some(outcome), at, &mut |_, t| seen.push((t.from, t.to)));
+    }
+
+    const OK: Outcome = Outcome::Success { took: Duration::from_millis(20) };
+
+    #[test]
+    fn a_stage_that_fails_then_heals_ends_closed_and_serving() {
+        let (b, t0, mut seen) = (stage_breaker(), Instant::now(), Vec::new());
+        let state = |b: &Mutex<Breaker>| b.lock().unwrap().state();
+        // The stage fails: its breaker opens, and no new stream is placed on its pipeline.
+        call(&b, t0, Outcome::Failure, &mut seen);
+        call(&b, t0, Outcome::Failure, &mut seen);
+        assert_eq!(state(&b), State::Open);
+        assert!(!b.lock().unwrap().would_admit(t0 + Duration::from_secs(1)), "admit() refuses new streams");
+        // Streams already placed keep stepping through it during the wait: those calls run
+        // but say nothing to the breaker.
+        call(&b, t0 + Duration::from_secs(1), OK, &mut seen);
+        assert_eq!(state(&b), State::Open);
+        // The wait passes and the stage has healed: its next calls are the half-open probes,
+        // and once both are back the breaker closes.
+        let later = t0 + Duration::from_secs(6);
+        assert!(b.lock().unwrap().would_admit(later), "admit() lets a stream try it");
+        call(&b, later, OK, &mut seen);
+        assert_eq!(state(&b), State::HalfOpen, "a stage breaker half-opens like any other: {seen:?}");
+        call(&b, later, OK, &mut seen);
+        assert_eq!(state(&b), State::Closed, "{seen:?}");
+        assert_eq!(
+            seen,
+            [(State::Closed, State::Open), (State::Open, State::HalfOpen), (State::HalfOpen, State::Closed)]
+        );
+        // And serving: closed calls count in a fresh window again (one failure of two opens
+        // it again, as before it had ever opened).
+        call(&b, later, OK, &mut seen);
+        call(&b, later, OK, &mut seen);
+        assert_eq!(state(&b), State::Closed);
+        assert_eq!(b.lock().unwrap().rates().0, 0.0);
+    }
+
+    #[test]
+    fn only_a_stage_call_its_breaker_admitted_is_booked_and_a_cancelled_probe_comes_back() {
+        let (b, t0, mut seen) = (stage_breaker(), Instant::now(), Vec::new());
+        call(&b, t0, Outcome::Failure, &mut seen);
+        call(&b, t0, Outcome::Failure, &mut seen);
+        let later = t0 + Duration::from_secs(6);
+        // Three calls at once in the half-open breaker (micro-batches): two are probes, the
+        // third runs unbooked — its failure is not taken for a probe's outcome.
+        let mut none = |_: &str, _: &breaker::Transition| {};
+        let p1 = stage_begin(&b, later, &mut none);
+        let p2 = stage_begin(&b, later, &mut none);
+        let extra = stage_begin(&b, later, &mut none);
+        assert_eq!((p1, p2, extra), (true, true, false));
+        stage_end(&b, extra, Some(Outcome::Failure), later, &mut none);
+        assert_eq!(b.lock().unwrap().state(), State::HalfOpen);
+        // A probe whose call was cancelled is handed back: its place is taken again.
+        stage_end(&b, p2, None, later, &mut none);
+        let p3 = stage_begin(&b, later, &mut none);
+        assert!(p3, "the cancelled probe's place");
+        stage_end(&b, p1, Some(OK), later, &mut none);
+        stage_end(&b, p3, Some(OK), later, &mut none);
+        assert_eq!(b.lock().unwrap().state(), State::Closed);
+    }
 
     #[test]
     fn labels_name_each_stage_in_short() {
