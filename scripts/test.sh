@@ -14,6 +14,8 @@ step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step cargo clippy -p page_runtime -p shared_proto --target wasm32-unknown-unknown --all-targets -- -D warnings
+# The libFuzzer targets are their own workspace that nothing else builds: check them so they cannot rot.
+step cargo check --manifest-path shared_proto/fuzz/Cargo.toml --all-targets
 # One test at a time: the end-to-end binary's tests share the machine's two cores with the
 # browsers they start, and a test that loads both cores slows a timing-sensitive neighbour.
 RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast

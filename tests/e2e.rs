@@ -36,5 +36,6 @@ mod shutdown;
 mod smollm2_cpu;
 mod smollm2_load;
 mod smollm2_tab;
+mod socket_flood;
 mod webnn_ops;
 mod weight_cache;

@@ -24,6 +24,13 @@ impl Limits {
         max_rank: 8,
         max_elements: 1 << 26,
     };
+
+    /// What a peer that has not yet authenticated may send: one `Hello` (a real one,
+    /// capabilities included, is a few KiB) and no tensors. The host reads a socket's first
+    /// frame under these, so an unknown local process can make it hold and decode 64 KiB, not
+    /// 256 MiB; the decoder's allocations follow the header it is given (see `codec::decode`).
+    pub const PRE_AUTH: Limits =
+        Limits { max_frame_bytes: 64 << 10, max_header_bytes: 64 << 10, max_tensors: 0, max_rank: 0, max_elements: 0 };
 }
 
 impl Default for Limits {

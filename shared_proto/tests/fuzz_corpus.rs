@@ -20,8 +20,12 @@ use shared_proto::*;
 static ALLOC: counting::Counting = counting::Counting;
 
 type Check = fn(&[u8]);
-const TARGETS: [(&str, Check); 3] =
-    [("decode_to_host", checks::decode_to_host), ("decode_to_tab", checks::decode_to_tab), ("graph", checks::graph)];
+const TARGETS: [(&str, Check); 4] = [
+    ("decode_to_host", checks::decode_to_host),
+    ("decode_to_tab", checks::decode_to_tab),
+    ("graph", checks::graph),
+    ("pre_auth", checks::pre_auth),
+];
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
@@ -58,13 +62,18 @@ fn fnv(b: &[u8]) -> u64 {
 #[test]
 fn seeds_of_every_message_kind_pass_and_are_in_the_corpus() {
     let (to_tab, to_host) = checks::seed_frames();
-    for (target, seeds) in [("decode_to_tab", &to_tab), ("decode_to_host", &to_host)] {
+    // Before authentication a peer's first frame is a `Hello`.
+    let hellos: checks::Seeds = to_host.iter().filter(|(name, _)| name.starts_with("hello")).cloned().collect();
+    assert!(!hellos.is_empty());
+    for (target, seeds) in [("decode_to_tab", &to_tab), ("decode_to_host", &to_host), ("pre_auth", &hellos)] {
         let check = TARGETS.iter().find(|t| t.0 == target).expect("target").1;
         for (name, bytes) in seeds {
             // The seeds must be accepted (else they would seed nothing deep).
+            let bytes_ = Bytes::from(bytes.clone());
             match target {
-                "decode_to_tab" => drop(decode::<ToTab>(Bytes::from(bytes.clone()), &Limits::DEFAULT).expect(name)),
-                _ => drop(decode::<ToHost>(Bytes::from(bytes.clone()), &Limits::DEFAULT).expect(name)),
+                "decode_to_tab" => drop(decode::<ToTab>(bytes_, &Limits::DEFAULT).expect(name)),
+                "pre_auth" => drop(decode::<ToHost>(bytes_, &Limits::PRE_AUTH).expect(name)),
+                _ => drop(decode::<ToHost>(bytes_, &Limits::DEFAULT).expect(name)),
             }
             run_keeping_failures(target, check, bytes, name);
             let file = corpus_dir(target).join(format!("seed_{name}"));
@@ -208,8 +217,8 @@ fn the_allocation_bound_can_fail() {
     let (_, peak) = counting::measure(|| vec![0u8; 1 << 20]);
     assert!(peak >= 1 << 20, "counted {peak}");
     // ...and the worst case the bound is derived from comes close to it: a Hello whose features
-    // are many empty strings (24 bytes of `String` per 1-byte element; 100 000 of them, since
-    // bincode's limit charges 8 bytes per length and stops at 1 MiB).
+    // are many empty strings (24 bytes of `String` per 1-byte element; 100 000 of them, past
+    // serde's 1 MiB preallocation, so the `Vec` grows by doubling as the bound assumes).
     let caps = Capabilities {
         webgpu: WebGpuCaps { features: vec![String::new(); 100_000], ..Default::default() },
         ..Default::default()
@@ -221,17 +230,30 @@ fn the_allocation_bound_can_fail() {
     let per_byte = peak as f64 / bytes.len() as f64;
     eprintln!("{} header bytes of empty strings: {peak} B at peak, {per_byte:.1} B per byte", bytes.len());
     assert!(per_byte > 24.0, "{per_byte} B per byte: the worst case is not what the bound assumes");
-    assert!(peak <= checks::alloc_bound(bytes.len()));
-    // A Hello whose token claims almost 1 MiB in an 8-byte header (variant 0, version 2, tab 1,
-    // then a u32 length of 2^20 - 64): bincode allocates the claim before reading, as long as it
-    // fits its 1 MiB limit with what it has decoded so far; this is the fixed part of the bound.
+    assert!(peak <= checks::alloc_bound(bytes.len(), &Limits::DEFAULT));
+    // The failing claim the bound is derived from: a `LoadModel` whose weight list claims 2^32 - 1
+    // entries, followed by R bytes of minimal (4-byte) weights, preallocates R of its 80-byte
+    // elements before the header runs out.
+    let minimal = WeightDecl { name: String::new(), dtype: DType::F32, shape: vec![], hash: String::new() };
+    let graph = Graph { inputs: vec![], weights: vec![minimal; 3000], nodes: vec![], outputs: vec![], kv: None };
+    let load =
+        ToTab::Request { id: 1, req: Request::LoadModel { model: "m".into(), graph, backend: ExecBackend::Cpu } };
+    let f = encode(&Frame::new(load), &Limits::DEFAULT).expect("encodes");
+    let header_len = u32::from_le_bytes(f[4..8].try_into().unwrap()) as usize;
+    let mut header = f[8..8 + header_len].to_vec();
+    let at = header.windows(3).position(|w| w == [251, 0xb8, 0x0b]).expect("the weight count 3000 as a varint");
+    header.splice(at..at + 3, [252, 0xff, 0xff, 0xff, 0xff]);
+    let left = header.len() - at - 5;
     let mut claim = b"TBP1".to_vec();
-    let header = [0u8, 2, 1, 252, 0xc0, 0xff, 0x0f, 0];
     claim.extend_from_slice(&(header.len() as u32).to_le_bytes());
     claim.extend_from_slice(&header);
-    let (res, peak) = counting::measure(|| decode::<ToHost>(Bytes::from(claim.clone()), &Limits::DEFAULT));
+    claim.extend_from_slice(&0u32.to_le_bytes());
+    let (res, peak) = counting::measure(|| decode::<ToTab>(Bytes::from(claim.clone()), &Limits::DEFAULT));
     assert!(matches!(res, Err(ProtoError::BadHeader(_))), "{res:?}");
-    eprintln!("a {}-byte frame claiming a 1 MiB string: {peak} B at peak", claim.len());
-    assert!(peak >= (1 << 20) - 64, "the claim was not allocated ({peak} B): the fixed bound's reason changed");
-    assert!(peak <= checks::alloc_bound(claim.len()));
+    let per_left = peak as f64 / left as f64;
+    eprintln!(
+        "a weight list claiming 2^32 - 1 entries, {left} bytes left: {peak} B at peak, {per_left:.1} B per byte left"
+    );
+    assert!(per_left > 72.0, "{per_left} B per byte left: the failing claim is not what the bound assumes");
+    assert!(peak <= checks::alloc_bound(claim.len(), &Limits::DEFAULT));
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use shared_proto::{Frame, Limits, PROTOCOL_VERSION, RejectReason, ToHost, ToTab, decode, encode};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -24,17 +24,18 @@ use crate::tab::{Tab, TabError, TabShared};
 /// How long a peer may take between TCP accept and its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What an unauthenticated peer may send: one `Hello` (a real one, capabilities included, is a
-/// few KiB). Tungstenite buffers a whole message before we see it, so without this any local
+/// What an unauthenticated peer may send: one `Hello`, under `Limits::PRE_AUTH` (64 KiB, no
+/// tensors). Tungstenite buffers a whole message before we see it, so without this any local
 /// process could make the host hold 256 MiB per connection before proving anything.
-const HELLO_MAX_BYTES: usize = 64 << 10;
-const HELLO_LIMITS: Limits = Limits {
-    max_frame_bytes: HELLO_MAX_BYTES,
-    max_header_bytes: HELLO_MAX_BYTES,
-    max_tensors: 0,
-    max_rank: 0,
-    max_elements: 0,
-};
+const HELLO_MAX_BYTES: usize = Limits::PRE_AUTH.max_frame_bytes;
+
+/// Connections the endpoint holds that have not yet authenticated (from accept until their
+/// `Hello` is judged). Past it a connection is closed at once and counted as refused, so a flood
+/// of idle connections cannot exhaust the host's descriptors or memory; each one held gives its
+/// place back within two `HELLO_TIMEOUT`s (upgrade, then `Hello`). Authenticated tabs are not
+/// counted: the pool bounds those.
+pub const PRE_AUTH_CONNECTIONS: usize = 64;
+
 /// A non-binary first message is shown this long at most in the log.
 const LOGGED_BYTES: usize = 120;
 
@@ -63,12 +64,31 @@ pub(crate) async fn listen(
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
+    let places = Arc::new(Semaphore::new(PRE_AUTH_CONNECTIONS));
     let task = tokio::spawn(async move {
+        // Over-cap refusals are logged at most once a second (a flood must not flood the log).
+        let mut over_cap = 0u64;
+        let mut logged: Option<std::time::Instant> = None;
         loop {
             match listener.accept().await {
-                Ok((stream, peer)) => {
-                    tokio::spawn(handle(stream, peer, registry.clone()));
-                }
+                Ok((stream, peer)) => match places.clone().try_acquire_owned() {
+                    Ok(place) => {
+                        tokio::spawn(handle(stream, peer, registry.clone(), place));
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        registry.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        over_cap += 1;
+                        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!(
+                                %peer,
+                                "refused socket peer: {PRE_AUTH_CONNECTIONS} connections are already waiting to \
+                                 authenticate ({over_cap} refused so far for this)"
+                            );
+                            logged = Some(std::time::Instant::now());
+                        }
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("socket accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,7 +100,7 @@ pub(crate) async fn listen(
 }
 
 fn refuse(registry: &Registry, peer: SocketAddr, why: &str) {
-    registry.counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    registry.counters.refused.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%peer, "refused socket peer: {why}");
 }
 
@@ -89,7 +109,9 @@ pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
+/// One connection, from accept; `place` (one of [`PRE_AUTH_CONNECTIONS`]) is held until its
+/// `Hello` is judged.
+async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, place: OwnedSemaphorePermit) {
     let allowed = registry.allowed_origin.clone();
     // The callback signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
@@ -117,7 +139,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
     };
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
-        Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &HELLO_LIMITS) {
+        Ok(Some(Ok(Message::Binary(b)))) => match decode::<ToHost>(b, &Limits::PRE_AUTH) {
             Ok(Frame { msg: ToHost::Hello(h), .. }) => *h,
             Ok(_) => return refuse(&registry, peer, "first frame is not Hello"),
             Err(e) => return refuse(&registry, peer, &format!("malformed first frame: {e}")),
@@ -154,7 +176,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
         }
     };
     let expected = match verdict {
-        Ok(e) => e,
+        Ok(e) => {
+            // Authenticated: the pool bounds tabs from here on.
+            drop(place);
+            e
+        }
         Err((reason, message)) => {
             refuse(&registry, peer, &message);
             let frame = Frame::new(ToTab::Reject { reason, message: message.clone() });
@@ -171,7 +197,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
     if sink.send(Message::Binary(welcome.into())).await.is_err() {
         return refuse(&registry, peer, "closed before Welcome");
     }
-    registry.counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    registry.counters.accepted.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%peer, tab = hello.tab_id, "tab joined");
 
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<Message>();

@@ -25,30 +25,36 @@ use crate::counting;
 pub const TIGHT: Limits =
     Limits { max_frame_bytes: 4096, max_header_bytes: 1024, max_tensors: 4, max_rank: 3, max_elements: 256 };
 
-/// Every decode is tried under both.
-pub const LIMITS: [Limits; 2] = [Limits::DEFAULT, TIGHT];
+/// Every decode is tried under each: the protocol's limits, the host's before `Hello` (what any
+/// local process can send it), and tight ones.
+pub const LIMITS: [Limits; 3] = [Limits::DEFAULT, Limits::PRE_AUTH, TIGHT];
 
 /// Bytes a decode may allocate per byte of its header. Only the header allocates in proportion
-/// to its size (tensor payloads are slices of the frame), and the worst it can do per byte is a
-/// sequence of minimal elements: a `Vec<String>` of empty strings holds a 24-byte `String` per
-/// 1-byte element (a `Vec<Node>` 48 bytes per 2, an `InputDecl` 56 per 3); `Vec` growth can
-/// leave the capacity twice the length, and a moving realloc briefly holds the old block too:
-/// 24 × 3 = 72, rounded up. (`the_allocation_bound_can_fail` measures 64.)
-pub const ALLOC_PER_BYTE: usize = 80;
+/// to its size (tensor payloads are slices of the frame). The codec bounds every claim by the
+/// header bytes left after it (`codec::bounded`): a string's claimed length must follow it, and
+/// a sequence preallocates at most one element per byte left. So per byte: a sequence of minimal
+/// elements that decodes, e.g. a `Vec<String>` of empty strings, holds a 24-byte `String` per
+/// 1-byte element, and past serde's 1 MiB preallocation cap `Vec` growth can leave the capacity
+/// twice the length while a moving realloc briefly holds the old block too: 24 × 3 = 72
+/// (`the_allocation_bound_can_fail` measures 64). A claim that fails preallocates at most
+/// (bytes left) × (element size) — 80 for a `WeightDecl`, the largest element of any sequence —
+/// and a failing claim nested in it at most 4 per byte left (`shape: Vec<u32>`, after the bytes
+/// of the outer claim's first element): below 96 per byte in all.
+pub const ALLOC_PER_BYTE: usize = 96;
 
-/// Bytes a decode may allocate whatever its size, and why it is not smaller: bincode's decode
-/// limit (`Limits::DEFAULT.max_header_bytes`, 1 MiB, a compile-time constant, so tighter runtime
-/// limits do not shrink it) lets strings claim up to 1 MiB in all before their bytes are read,
-/// and serde preallocates up to 1 MiB for each sequence whose claimed length it has not yet seen
-/// fail; at most two sequences nest in any message (`Graph.nodes[].args`, `.inputs[].dims`). Plus
-/// 1 MiB for error messages, the tensor list (≤ `max_tensors` entries) and shapes.
-pub const ALLOC_FIXED: usize = 4 << 20;
+/// Bytes any decode may allocate besides: its error message and bincode's bookkeeping. (Before
+/// the codec bounded claims by the bytes left this was 4 MiB, whatever the limits: bincode let a
+/// string claim 1 MiB and serde preallocated up to 1 MiB per claimed sequence, however short the
+/// header — `bug_pre_auth_*` in the corpus.)
+pub const ALLOC_FIXED: usize = 4 << 10;
 
-/// The most a decode of `frame_len` bytes may allocate. Its header is at most 1 MiB (both limit
-/// sets' `max_header_bytes`, and bincode's own limit), so no frame, even at the 256 MiB frame
-/// limit, may pass 84 MiB.
-pub fn alloc_bound(frame_len: usize) -> usize {
-    ALLOC_PER_BYTE * frame_len.min(Limits::DEFAULT.max_header_bytes) + ALLOC_FIXED
+/// The most a decode of `frame_len` bytes under `limits` may allocate: in proportion to its
+/// header (at most `limits.max_header_bytes`), plus the tensor list and shapes the limits allow,
+/// plus [`ALLOC_FIXED`]. Under `Limits::PRE_AUTH` 6 MiB at most; under `Limits::DEFAULT`, even
+/// at its 256 MiB frame limit, 96 MiB.
+pub fn alloc_bound(frame_len: usize, limits: &Limits) -> usize {
+    let tensors = limits.max_tensors * (size_of::<Tensor>() + 4 * limits.max_rank);
+    ALLOC_PER_BYTE * frame_len.min(limits.max_header_bytes) + tensors + ALLOC_FIXED
 }
 
 /// The largest peak seen so far in this process, and its share of the bound in ‰, for reports.
@@ -58,7 +64,7 @@ pub static MAX_PERMILLE_OF_BOUND: AtomicUsize = AtomicUsize::new(0);
 fn decode_measured<M: DeserializeOwned>(data: &[u8], limits: &Limits) -> Result<Frame<M>, shared_proto::ProtoError> {
     let bytes = Bytes::copy_from_slice(data);
     let (res, peak) = counting::measure(move || decode::<M>(bytes, limits));
-    let bound = alloc_bound(data.len());
+    let bound = alloc_bound(data.len(), limits);
     assert!(
         peak <= bound,
         "decoding {} bytes under {limits:?} allocated {peak} bytes at peak, over the bound of {bound}",
@@ -75,10 +81,14 @@ fn decode_measured<M: DeserializeOwned>(data: &[u8], limits: &Limits) -> Result<
     res
 }
 
-/// Decode `data` as a frame of `M` under each of [`LIMITS`]; what decodes must survive a round
+/// Decode `data` as a frame of `M` under each of `limits`; what decodes must survive a round
 /// trip. `inspect` sees each decoded message (graphs inside are checked further).
-fn frame<M: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(data: &[u8], inspect: impl Fn(&M)) {
-    for limits in &LIMITS {
+fn frame<M: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(
+    data: &[u8],
+    limits: &[Limits],
+    inspect: impl Fn(&M),
+) {
+    for limits in limits {
         let Ok(f) = decode_measured::<M>(data, limits) else { continue };
         // Decode and encode must agree on what is legal: a frame the decoder accepted that the
         // encoder refuses would mean the two check different limits.
@@ -93,13 +103,23 @@ fn frame<M: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(data: &[
 
 /// Target `decode_to_host`: frames a tab sends the host.
 pub fn decode_to_host(data: &[u8]) {
-    frame::<ToHost>(data, |_| {});
+    frame::<ToHost>(data, &LIMITS, |_| {});
+}
+
+/// Target `pre_auth`: a socket's first frame as the host decodes it, from a peer that has proven
+/// nothing yet: under `Limits::PRE_AUTH` only, so every run goes where an unauthenticated peer
+/// can reach. What decodes carries no tensors, and is a `Hello` or is refused by the host.
+pub fn pre_auth(data: &[u8]) {
+    frame::<ToHost>(data, &[Limits::PRE_AUTH], |_| {});
+    if let Ok(f) = decode::<ToHost>(Bytes::copy_from_slice(data), &Limits::PRE_AUTH) {
+        assert!(f.tensors.is_empty() && data.len() <= Limits::PRE_AUTH.max_frame_bytes, "{} bytes", data.len());
+    }
 }
 
 /// Target `decode_to_tab`: frames the host sends a tab; a `LoadModel`'s graph goes on to
 /// [`graph_consumers`] as a tab would use it.
 pub fn decode_to_tab(data: &[u8]) {
-    frame::<ToTab>(data, |msg| {
+    frame::<ToTab>(data, &LIMITS, |msg| {
         if let ToTab::Request { req: Request::LoadModel { graph, .. }, .. } = msg {
             graph_consumers(graph, &mut Unstructured::new(&[]));
         }
