@@ -5,21 +5,22 @@
 
 use crate::support;
 
-use tabpool::browser::{BrowserKind, KindSpec};
+use std::path::Path;
+
+use tabpool::browser::{BrowserKind, DriverProcess, KindSpec};
 use tabpool::pool::{ModelSpec, Pool, PoolConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_and_remote_webdriver_tabs_serve_minilm() {
     let _procs = support::process_guard();
     // The "remote" endpoint: a WebDriver server this test starts and the host only knows by URL.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut remote = std::process::Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver on PATH (scripts/setup.sh installs it)");
-    let url = format!("http://127.0.0.1:{port}");
+    // Started as the host starts its own drivers: ready once it answers `GET /status`, started
+    // again on another port if the free port it was given is taken first (then a connect alone
+    // could reach another server); its process tree is killed when stopped or dropped.
+    let remote = DriverProcess::start(Path::new("chromedriver"), |port| vec![format!("--port={port}")])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#} (scripts/setup.sh installs chromedriver)"));
+    let url = remote.url();
     let mut grid = KindSpec::remote("remote-chromedriver", &url, BrowserKind::Chromium).with_max_tabs(1);
     grid.binary = Some("/usr/bin/chromium".into());
     let firefox = KindSpec::local(BrowserKind::Firefox).with_max_tabs(1);
@@ -50,6 +51,5 @@ async fn firefox_and_remote_webdriver_tabs_serve_minilm() {
     let m = pool.metrics();
     println!("{}", m.render());
     pool.shutdown().await;
-    let _ = remote.kill();
-    let _ = remote.wait();
+    remote.stop().await;
 }
