@@ -156,41 +156,6 @@ async fn pipe(
     }
 }
 
-/// A chromedriver this test starts (the "remote" WebDriver server); killed with everything it
-/// started when dropped, also when the test fails.
-struct Chromedriver {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Chromedriver {
-    fn start() -> Chromedriver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver on PATH (scripts/setup.sh installs it)");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "chromedriver did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Chromedriver { child, port }
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let tree: Vec<_> =
-            tabpool::browser::procs::descendants(self.child.id() as i32).into_iter().map(|(p, _)| p).collect();
-        tabpool::browser::procs::kill_all(&tree);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A TCP proxy in front of a WebDriver server that can be frozen: once frozen it stops moving
 /// bytes (and accepts without forwarding), as a hung Grid hub would.
 async fn freezable_proxy(target: u16, frozen: Arc<AtomicBool>) -> u16 {
@@ -214,9 +179,17 @@ async fn freezable_proxy(target: u16, frozen: Arc<AtomicBool>) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
     let _procs = support::process_guard();
-    let guard = Chromedriver::start();
+    // The "remote" WebDriver server, started as the host starts its own drivers: ready once it
+    // answers `GET /status` (a pre-picked port could be taken by another server first), its
+    // process tree killed when dropped, also when the test fails.
+    let guard = tabpool::browser::DriverProcess::start(std::path::Path::new("chromedriver"), |port| {
+        vec![format!("--port={port}")]
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#} (scripts/setup.sh installs chromedriver)"));
+    let port: u16 = guard.url().rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap();
     let frozen = Arc::new(AtomicBool::new(false));
-    let proxy = freezable_proxy(guard.port, frozen.clone()).await;
+    let proxy = freezable_proxy(port, frozen.clone()).await;
     let mut grid =
         KindSpec::remote("hung-grid", &format!("http://127.0.0.1:{proxy}"), BrowserKind::Chromium).with_max_tabs(1);
     grid.binary = Some("/usr/bin/chromium".into());
@@ -250,7 +223,7 @@ async fn shutdown_is_bounded_while_a_recovery_hangs_in_webdriver() {
         let r = tokio::time::timeout(Duration::from_secs(5), h).await.expect("answered").unwrap();
         assert!(matches!(r, Err(PoolError::ShutDown)), "{r:?}");
     }
-    drop(guard);
+    guard.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
