@@ -104,11 +104,6 @@ fn refuse(registry: &Registry, peer: SocketAddr, why: &str) {
     tracing::warn!(%peer, "refused socket peer: {why}");
 }
 
-/// Constant-time comparison so the secret cannot be probed byte by byte through timing.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// One connection, from accept; `place` (one of [`PRE_AUTH_CONNECTIONS`]) is held until its
 /// `Hello` is judged.
 async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, place: OwnedSemaphorePermit) {
@@ -169,7 +164,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
         let mut expected = registry.expected.lock().expect("registry lock");
         match expected.get(&hello.tab_id) {
             None => Err((RejectReason::UnknownTab, format!("tab {} was not launched or already joined", hello.tab_id))),
-            Some(e) if !same_secret(&e.token, &hello.token) => {
+            Some(e) if !crate::secret::same(&hello.token, &e.token) => {
                 Err((RejectReason::BadToken, format!("wrong token for tab {}", hello.tab_id)))
             }
             Some(_) => Ok(expected.remove(&hello.tab_id).expect("present")),
