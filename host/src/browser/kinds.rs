@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::redact::SecretUrl;
+
 /// The browser engine (and how it is started) behind a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,9 +95,10 @@ pub struct KindSpec {
     /// Extra browser flags for this kind.
     #[serde(default)]
     pub flags: Vec<String>,
-    /// `remote` only: the WebDriver URL, e.g. `http://grid:4444` or `http://host:9515`.
+    /// `remote` only: the WebDriver URL, e.g. `http://grid:4444` or `http://host:9515`; may carry
+    /// credentials (`http://user:password@grid:4444`), so it is shown only redacted.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// `remote` only: the engine to ask for, `chromium` (default) or `firefox`.
     #[serde(default)]
     pub remote_engine: Option<BrowserKind>,
@@ -140,11 +143,12 @@ impl KindSpec {
         anyhow::ensure!(!self.name.trim().is_empty(), "a browser kind needs a name");
         match self.browser {
             BrowserKind::Remote => {
-                let url = self.url.as_deref().unwrap_or("");
+                let url = self.url.as_ref().map(SecretUrl::expose).unwrap_or("");
                 anyhow::ensure!(
                     url.starts_with("http://") || url.starts_with("https://"),
-                    "kind {:?}: remote needs `url = \"http://…\"` (a WebDriver endpoint), got {url:?}",
-                    self.name
+                    "kind {:?}: remote needs `url = \"http://…\"` (a WebDriver endpoint), got {:?}",
+                    self.name,
+                    crate::redact::url(url)
                 );
                 anyhow::ensure!(
                     !matches!(self.remote_engine, Some(BrowserKind::Remote | BrowserKind::ChromiumWebnn)),

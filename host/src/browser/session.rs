@@ -50,7 +50,7 @@ pub enum Launch {
     /// Firefox through its own geckodriver process (geckodriver serves one session at a time).
     Firefox { geckodriver: PathBuf, binary: PathBuf, flags: Vec<String> },
     /// A session on someone else's WebDriver endpoint: nothing local to start or kill.
-    Remote { url: String, engine: super::BrowserKind, binary: Option<PathBuf>, flags: Vec<String> },
+    Remote { url: crate::redact::SecretUrl, engine: super::BrowserKind, binary: Option<PathBuf>, flags: Vec<String> },
 }
 
 /// One browser with one tab, and its throwaway profile directory.
@@ -226,7 +226,8 @@ impl BrowserSession {
                         json!({ "browserName": "chrome", "goog:chromeOptions": opts })
                     }
                 };
-                BrowserSession::unconnected(None, None, None).connect(url, caps).await?
+                // The one place the URL is used whole: to connect.
+                BrowserSession::unconnected(None, None, None).connect(url.expose(), caps).await?
             }
         };
         let opened = tokio::time::timeout(SESSION_TIMEOUT, session.client.as_ref().expect("connected").goto(page_url));

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(cfg.kinds[0].max_tabs, Some(2));
         assert_eq!(cfg.kinds[1].browser, BrowserKind::Chromium);
         assert_eq!(cfg.kinds[2].remote_engine, Some(BrowserKind::Firefox));
-        assert_eq!(cfg.kinds[2].url.as_deref(), Some("http://10.0.0.9:4444"));
+        assert_eq!(cfg.kinds[2].url.as_ref().map(|u| u.expose()), Some("http://10.0.0.9:4444"));
         assert!(parse_kind("safari").is_err());
         assert!(parse_kind("chromium=x").is_err());
         assert_eq!(parse_remote("http://h:1", 1).unwrap().remote_engine, Some(BrowserKind::Chromium));

@@ -344,7 +344,7 @@ impl PoolConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(cfg.kinds.len(), 4);
         assert_eq!(cfg.kinds[0].browser, BrowserKind::ChromiumWebnn);
         assert_eq!(cfg.kinds[3].browser, BrowserKind::Remote);
-        assert!(cfg.kinds[3].url.as_deref().unwrap().starts_with("http://"));
+        assert!(cfg.kinds[3].url.as_ref().unwrap().expose().starts_with("http://"));
     }
 
     #[test]
@@ -407,6 +407,21 @@ mod tests {
         let sharded = PoolConfig::from_toml("[generation]\nshards = 2\nstrategy = \"attention-ffn\"").unwrap();
         assert_eq!((sharded.generation.shards, sharded.generation.strategy.name()), (2, "attention-ffn"));
         let _ = (cfg.health.breaker(), cfg.scaling_policy());
+    }
+
+    /// A remote kind whose WebDriver URL carries credentials.
+    pub(crate) const WITH_SECRET: &str =
+        "[[kinds]]\nname = \"grid\"\nbrowser = \"remote\"\nurl = \"http://user:s3cret@grid:4444\"\n";
+
+    #[test]
+    fn credentials_in_a_remote_url_never_show_in_debug_or_serialized_config() {
+        let cfg = PoolConfig::from_toml(WITH_SECRET).unwrap();
+        // What a debug log prints, and what `Store::start_run` stores (`Shared::new`).
+        let debug = format!("{cfg:?} {:#?} {:?}", cfg.kinds, cfg.kinds[0]);
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!debug.contains("s3cret") && !debug.contains("user:"), "{debug}");
+        assert!(!json.contains("s3cret") && !json.contains("user:"), "{json}");
+        assert!(debug.contains("http://***@grid:4444") && json.contains("http://***@grid:4444"), "{json}");
     }
 
     #[test]

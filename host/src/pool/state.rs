@@ -328,6 +328,7 @@ impl Shared {
         let (history, recorder) = match &store {
             Some(st) => {
                 let history = st.history(cfg.history.window_days)?;
+                // Credentials in remote URLs serialize redacted (`redact::SecretUrl`).
                 let run_id = st.start_run(&serde_json::to_string(&cfg).unwrap_or_default())?;
                 tracing::info!(
                     path = %st.path().display(),

@@ -557,6 +557,19 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_row_holds_no_credentials_of_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("h.duckdb")).unwrap();
+        let cfg = crate::pool::PoolConfig::from_toml(crate::pool::config::tests::WITH_SECRET).unwrap();
+        // As the pool starts a run (`Shared::new`).
+        let run = store.start_run(&serde_json::to_string(&cfg).unwrap_or_default()).unwrap();
+        let row: String =
+            store.conn().query_row("SELECT config FROM runs WHERE run_id = ?", [&run], |r| r.get(0)).unwrap();
+        assert!(!row.contains("s3cret"), "{row}");
+        assert!(row.contains("http://***@grid:4444"), "the kind is still there, its URL redacted: {row}");
+    }
+
+    #[test]
     fn an_old_file_is_migrated_and_a_newer_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.duckdb");
