@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::pool::{Pool, PoolError};
 use crate::report::render::{Format, render_as};
+use crate::server::bounded::{Admit, Places};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,58 +81,9 @@ impl Default for Limits {
     }
 }
 
-/// Open event streams, in all and per client address.
-#[derive(Clone)]
-struct Streams {
-    limits: Limits,
-    open: Arc<std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>>,
-}
-
-/// A stream's place, given back when its body is dropped (the stream ended or its client left).
-struct StreamPlace {
-    streams: Streams,
-    client: Option<IpAddr>,
-}
-
-impl Drop for StreamPlace {
-    fn drop(&mut self) {
-        let mut open = self.streams.open.lock().expect("streams");
-        open.0 -= 1;
-        if let Some(ip) = self.client
-            && let Some(n) = open.1.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&ip);
-            }
-        }
-    }
-}
-
-impl Streams {
-    fn take(&self, client: Option<IpAddr>) -> Result<StreamPlace, String> {
-        let mut open = self.open.lock().expect("streams");
-        let mine = client.and_then(|ip| open.1.get(&ip).copied()).unwrap_or(0);
-        if mine >= self.limits.streams_per_client {
-            return Err(format!(
-                "this client already holds {mine} open streams (the limit per client is {})",
-                self.limits.streams_per_client
-            ));
-        }
-        if open.0 >= self.limits.max_streams {
-            return Err(format!("{} streams are open (the limit is {})", open.0, self.limits.max_streams));
-        }
-        open.0 += 1;
-        if let Some(ip) = client {
-            *open.1.entry(ip).or_default() += 1;
-        }
-        Ok(StreamPlace { streams: self.clone(), client })
-    }
-}
-
 /// A response that is a server-sent-event stream holds a stream place for as long as its body
 /// lives; without one it is answered 429 instead (its body dropped: a generation is cancelled).
-async fn stream_budget(State(streams): State<Streams>, req: Request, next: Next) -> Response {
+async fn stream_budget(State(streams): State<Places>, req: Request, next: Next) -> Response {
     let client = req.extensions().get::<crate::server::bounded::ClientAddr>().map(|c| c.0);
     let openai = req.uri().path().starts_with("/v1/");
     let resp = next.run(req).await;
@@ -150,7 +102,13 @@ async fn stream_budget(State(streams): State<Streams>, req: Request, next: Next)
             });
             Response::from_parts(parts, axum::body::Body::from_stream(body))
         }
-        Err(why) => {
+        Err(refused) => {
+            let (max, per_client) = streams.limits();
+            let why = if refused == Admit::ClientFull {
+                format!("this client already holds {per_client} open streams (the limit per client)")
+            } else {
+                format!("{max} streams are open (the limit)")
+            };
             let mut resp = if openai {
                 openai::error(StatusCode::TOO_MANY_REQUESTS, why, None, Some("too_many_streams"))
             } else {
@@ -343,7 +301,10 @@ pub async fn serve(
                 error(StatusCode::NOT_FOUND, "not_found", "no such route".into())
             }
         })
-        .layer(axum::middleware::from_fn_with_state(Streams { limits, open: Default::default() }, stream_budget))
+        .layer(axum::middleware::from_fn_with_state(
+            Places::new(limits.max_streams, limits.streams_per_client),
+            stream_budget,
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, deadline))
         // Outermost: the Host and key checks see every request, unknown routes included.
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))

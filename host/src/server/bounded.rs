@@ -77,53 +77,78 @@ pub enum Admit {
     ClientFull,
 }
 
-/// Whether a new connection from a client holding `of_client` connections may take a place
-/// when `open` are taken.
-pub fn admit(open: usize, of_client: usize, bounds: &Bounds) -> Admit {
-    if of_client >= bounds.per_client {
+/// Whether a new holder from a client holding `of_client` places may take one when `open` of
+/// `max` are taken, with `per_client` the most one client may hold.
+pub fn admit(open: usize, of_client: usize, max: usize, per_client: usize) -> Admit {
+    if of_client >= per_client {
         Admit::ClientFull
-    } else if open >= bounds.max_connections {
+    } else if open >= max {
         Admit::Full
     } else {
         Admit::Yes
     }
 }
 
-/// Open connections, in all and per client address.
+/// Places (connections here, event streams in the API) counted in all and per client address,
+/// each given back when its `Place` is dropped.
+#[derive(Clone)]
+pub struct Places {
+    max: usize,
+    per_client: usize,
+    taken: Arc<Mutex<Taken>>,
+}
+
 #[derive(Default)]
-struct Places {
+struct Taken {
     open: usize,
     by_client: HashMap<IpAddr, usize>,
 }
 
 /// A place taken; given back on drop.
-struct Place {
-    places: Arc<Mutex<Places>>,
-    ip: IpAddr,
+pub struct Place {
+    taken: Arc<Mutex<Taken>>,
+    client: Option<IpAddr>,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut p = self.places.lock().expect("places");
-        p.open -= 1;
-        if let Some(n) = p.by_client.get_mut(&self.ip) {
+        let mut t = self.taken.lock().expect("places");
+        t.open -= 1;
+        if let Some(ip) = self.client
+            && let Some(n) = t.by_client.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                p.by_client.remove(&self.ip);
+                t.by_client.remove(&ip);
             }
         }
     }
 }
 
-fn take_place(places: &Arc<Mutex<Places>>, ip: IpAddr, bounds: &Bounds) -> Result<Place, Admit> {
-    let mut p = places.lock().expect("places");
-    match admit(p.open, p.by_client.get(&ip).copied().unwrap_or(0), bounds) {
-        Admit::Yes => {
-            p.open += 1;
-            *p.by_client.entry(ip).or_default() += 1;
-            Ok(Place { places: places.clone(), ip })
+impl Places {
+    pub fn new(max: usize, per_client: usize) -> Places {
+        Places { max, per_client, taken: Arc::default() }
+    }
+
+    /// The most places, and the most one client may hold.
+    pub fn limits(&self) -> (usize, usize) {
+        (self.max, self.per_client)
+    }
+
+    /// A place for `client` (no address: counted in all only), or why not (`admit`).
+    pub fn take(&self, client: Option<IpAddr>) -> Result<Place, Admit> {
+        let mut t = self.taken.lock().expect("places");
+        let mine = client.and_then(|ip| t.by_client.get(&ip).copied()).unwrap_or(0);
+        match admit(t.open, mine, self.max, self.per_client) {
+            Admit::Yes => {
+                t.open += 1;
+                if let Some(ip) = client {
+                    *t.by_client.entry(ip).or_default() += 1;
+                }
+                Ok(Place { taken: self.taken.clone(), client })
+            }
+            refused => Err(refused),
         }
-        refused => Err(refused),
     }
 }
 
@@ -164,7 +189,7 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
 ) {
-    let places = Arc::new(Mutex::new(Places::default()));
+    let places = Places::new(bounds.max_connections, bounds.per_client);
     let overflow = Arc::new(tokio::sync::Semaphore::new(OVERFLOW));
     let started = Instant::now();
     loop {
@@ -180,7 +205,7 @@ async fn accept_loop(
             // Draining: the listener closes with this loop; new clients are refused by the kernel.
             () = drained(&mut stopped) => return,
         };
-        let place = match take_place(&places, peer.ip(), &bounds) {
+        let place = match places.take(Some(peer.ip())) {
             Ok(p) => p,
             Err(why) => {
                 tracing::debug!(%peer, "{name}: connection over the limits ({why:?})");
@@ -374,26 +399,24 @@ mod tests {
 
     #[test]
     fn a_client_gets_its_share_and_no_more() {
-        let b = Bounds { max_connections: 10, per_client: 4, ..Bounds::API };
-        assert_eq!(admit(0, 0, &b), Admit::Yes);
-        assert_eq!(admit(3, 3, &b), Admit::Yes);
-        assert_eq!(admit(4, 4, &b), Admit::ClientFull, "its share is taken, others still get in");
-        assert_eq!(admit(9, 0, &b), Admit::Yes);
-        assert_eq!(admit(10, 0, &b), Admit::Full);
+        assert_eq!(admit(0, 0, 10, 4), Admit::Yes);
+        assert_eq!(admit(3, 3, 10, 4), Admit::Yes);
+        assert_eq!(admit(4, 4, 10, 4), Admit::ClientFull, "its share is taken, others still get in");
+        assert_eq!(admit(9, 0, 10, 4), Admit::Yes);
+        assert_eq!(admit(10, 0, 10, 4), Admit::Full);
     }
 
     #[test]
     fn places_are_given_back() {
-        let b = Bounds { max_connections: 3, per_client: 2, ..Bounds::API };
-        let places = Arc::new(Mutex::new(Places::default()));
+        let places = Places::new(3, 2);
         let (a, c): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let a1 = take_place(&places, a, &b).unwrap();
-        let _a2 = take_place(&places, a, &b).unwrap();
-        assert_eq!(take_place(&places, a, &b).err(), Some(Admit::ClientFull));
-        let _c1 = take_place(&places, c, &b).unwrap();
-        assert_eq!(take_place(&places, c, &b).err(), Some(Admit::Full));
+        let a1 = places.take(Some(a)).unwrap();
+        let _a2 = places.take(Some(a)).unwrap();
+        assert_eq!(places.take(Some(a)).err(), Some(Admit::ClientFull));
+        let _c1 = places.take(Some(c)).unwrap();
+        assert_eq!(places.take(Some(c)).err(), Some(Admit::Full));
         drop(a1);
-        take_place(&places, c, &b).unwrap();
-        assert_eq!(places.lock().unwrap().open, 2, "the last place dropped at the end of the statement");
+        places.take(Some(c)).unwrap();
+        assert_eq!(places.taken.lock().unwrap().open, 2, "the last place dropped at the end of the statement");
     }
 }
