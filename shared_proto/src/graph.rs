@@ -117,6 +117,24 @@ pub enum Op {
     Attention {
         heads: u32,
     },
+    // --- convolution family (images, NCHW) ---
+    /// 2-D convolution: `x[N, C, H, W]`, `w[O, C/groups, kh, kw]` (+ `bias[O]`) →
+    /// `[N, O, Ho, Wo]` with `Ho = (H + pad_top + pad_bottom - kh) / stride_h + 1` (floor), the
+    /// same for W. `pad` = [top, left, bottom, right] (TF "SAME" is asymmetric: the loader
+    /// computes it for the fixed input size). `groups == C == O` is a depthwise convolution.
+    Conv2d {
+        stride: [u32; 2],
+        pad: [u32; 4],
+        groups: u32,
+        bias: bool,
+    },
+    /// `min(max(x, min), max)` elementwise (ReLU6 is `min: 0, max: 6`).
+    Clamp {
+        min: f32,
+        max: f32,
+    },
+    /// `x[N, C, H, W]` → `[N, C]`: the mean over H·W.
+    GlobalAvgPool,
 }
 
 impl Op {
@@ -131,6 +149,8 @@ impl Op {
             Op::Gelu | Op::Softmax | Op::L2Normalize { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1,
             Op::LayerNorm { .. } => 3,
             Op::Attention { .. } => 4,
+            Op::Conv2d { bias, .. } => 2 + *bias as usize,
+            Op::Clamp { .. } | Op::GlobalAvgPool => 1,
         }
     }
 
@@ -155,6 +175,9 @@ impl Op {
             Op::Argmax => "argmax",
             Op::Sample => "sample",
             Op::CachedAttention { .. } => "cached_attention",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Clamp { .. } => "clamp",
+            Op::GlobalAvgPool => "global_avg_pool",
         }
     }
 }
@@ -329,6 +352,14 @@ impl Graph {
                     if !(eps.is_finite() && *eps >= 0.0) =>
                 {
                     return Err(bad(format!("eps {eps}")));
+                }
+                Op::Clamp { min, max } if !(min.is_finite() && max.is_finite() && min <= max) => {
+                    return Err(bad(format!("clamp to [{min}, {max}]")));
+                }
+                Op::Conv2d { stride, groups, pad, .. }
+                    if *groups == 0 || stride.contains(&0) || stride.iter().chain(pad).any(|&v| v > 1 << 16) =>
+                {
+                    return Err(bad(format!("conv2d stride {stride:?}, pad {pad:?}, groups {groups}")));
                 }
                 Op::Rope { heads, base } if *heads == 0 || !(base.is_finite() && *base > 1.0) => {
                     return Err(bad(format!("rope heads {heads}, base {base}")));

@@ -219,6 +219,38 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
                 )),
             }
         }
+        Op::Conv2d { stride, pad, groups, bias } => {
+            want_f32(if *bias { &[0, 1, 2] } else { &[0, 1] })?;
+            let (x, w) = (shapes[0], shapes[1]);
+            let (&[n, c, h, wd], &[o, cg, kh, kw]) = (x, w) else {
+                return Err(bad(op, format!("needs x[N, C, H, W] and w[O, C/groups, kh, kw], got {x:?} and {w:?}")));
+            };
+            let g = *groups;
+            if g == 0 || stride[0] == 0 || stride[1] == 0 || c % g != 0 || o % g != 0 || cg != c / g {
+                return Err(bad(op, format!("x {x:?}, w {w:?}, groups {g}, stride {stride:?} do not fit")));
+            }
+            if *bias && shapes[2] != [o] {
+                return Err(bad(op, format!("bias must be [{o}], got {:?}", shapes[2])));
+            }
+            let (ph, pw) = (h as u64 + pad[0] as u64 + pad[2] as u64, wd as u64 + pad[1] as u64 + pad[3] as u64);
+            if ph < kh as u64 || pw < kw as u64 || kh == 0 || kw == 0 {
+                return Err(bad(op, format!("kernel {kh}x{kw} larger than the padded input {ph}x{pw}")));
+            }
+            let ho = ((ph - kh as u64) / stride[0] as u64 + 1) as u32;
+            let wo = ((pw - kw as u64) / stride[1] as u64 + 1) as u32;
+            Ok((vec![n, o, ho, wo], DType::F32))
+        }
+        Op::Clamp { .. } => {
+            want_f32(&[0])?;
+            Ok((shapes[0].to_vec(), DType::F32))
+        }
+        Op::GlobalAvgPool => {
+            want_f32(&[0])?;
+            match shapes[0] {
+                &[n, c, h, w] if h > 0 && w > 0 => Ok((vec![n, c], DType::F32)),
+                other => Err(bad(op, format!("needs x[N, C, H, W] with H, W > 0, got {other:?}"))),
+            }
+        }
     }
 }
 

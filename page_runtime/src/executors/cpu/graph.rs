@@ -6,7 +6,7 @@ use bytes::Bytes;
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
 use super::cached_attention::{self, CachedDims, KvCache};
-use super::{attention, binary, matmul, quantized, reduce, reindex, rope, sample, unary};
+use super::{attention, binary, conv, matmul, quantized, reduce, reindex, rope, sample, unary};
 use crate::executors::{inputs, shapes};
 
 /// A value during a run: shared so reshapes and weights cost no copy.
@@ -222,6 +222,27 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
             let (b, s, h) = (dim(q, 0), dim(q, 1), dim(q, 2));
             let dims = attention::AttnDims { b, s, h, heads: *heads as usize };
             f(attention::attention(q.f32(), args[1].f32(), args[2].f32(), args[3].f32(), dims))
+        }
+        Op::Conv2d { stride, pad, groups, bias } => {
+            let (x, w) = (args[0], args[1]);
+            let d = conv::ConvDims {
+                n: dim(x, 0),
+                c: dim(x, 1),
+                h: dim(x, 2),
+                w: dim(x, 3),
+                o: dim(w, 0),
+                kh: dim(w, 2),
+                kw: dim(w, 3),
+                stride: [stride[0] as usize, stride[1] as usize],
+                pad: pad.map(|p| p as usize),
+                groups: *groups as usize,
+            };
+            f(conv::conv2d(x.f32(), w.f32(), bias.then(|| args[2].f32()), &d))
+        }
+        Op::Clamp { min, max } => f(unary::clamp(args[0].f32(), *min, *max)),
+        Op::GlobalAvgPool => {
+            let x = args[0];
+            f(conv::global_avg_pool(x.f32(), dim(x, 0) * dim(x, 1), dim(x, 2) * dim(x, 3)))
         }
         Op::SiluMul => f(binary::silu_mul(args[0].f32(), args[1].f32())),
         Op::RmsNorm { eps } => f(reduce::rms_norm(args[0].f32(), args[1].f32(), *eps)),

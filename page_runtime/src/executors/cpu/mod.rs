@@ -4,6 +4,7 @@
 mod attention;
 mod binary;
 mod cached_attention;
+mod conv;
 mod graph;
 mod matmul;
 mod par;
@@ -19,13 +20,14 @@ mod unary;
 pub use attention::{AttnDims, attention};
 pub use binary::{add, mul, silu_mul};
 pub use cached_attention::{CachedDims, KvCache, cached_attention};
+pub use conv::{ConvDims, conv2d, global_avg_pool};
 pub use graph::{CpuModel, last_uses};
 pub use matmul::{dot, linear, matmul};
 pub use reduce::{l2_normalize, layer_norm, mean_pool, rms_norm, softmax};
 pub use reindex::{gather, transpose};
 pub use rope::rope;
 pub use sample::{argmax, sample};
-pub use unary::gelu;
+pub use unary::{clamp, gelu};
 
 use shared_proto::{Kernel, RemoteError, Tensor};
 

@@ -296,6 +296,12 @@ impl WebGpuExecutor {
             Op::Linear { .. } => matmul::encode_linear(self, rec, args, out_shape),
             Op::Add | Op::Mul | Op::SiluMul => binary::encode(self, rec, op, args[0], args[1]),
             Op::Gelu => unary::encode(self, rec, op, args[0]),
+            Op::Conv2d { .. } | Op::Clamp { .. } | Op::GlobalAvgPool => {
+                return Err(RemoteError::new(
+                    ErrorKind::Unsupported,
+                    format!("no WebGPU kernel for {} yet", op.name()),
+                ));
+            }
             Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax | Op::L2Normalize { .. } | Op::MeanPool => {
                 reduce::encode(self, rec, op, args, out_shape)
             }

@@ -143,6 +143,9 @@ fn translate(
     let rank = |i: usize| s[i].len() as u32;
     Ok(match op {
         Op::MatMul => b.matmul(a[0], a[1]).map_err(f)?,
+        Op::Conv2d { .. } | Op::Clamp { .. } | Op::GlobalAvgPool => {
+            return Err(RemoteError::new(ErrorKind::Unsupported, format!("no WebNN lowering for {} yet", op.name())));
+        }
         Op::Linear { bias } => {
             // gemm wants 2-D: fold leading dims into rows, transpose the [N, K] weight in gemm.
             let k = *s[0].last().expect("rank ≥ 1");
