@@ -102,13 +102,13 @@ async fn quantized_matvec_decode_timings() {
     for (dtype, k, n) in
         [(Q4_1, 576, 1536), (Q4_1, 1536, 576), (Q8_0, 576, 1536), (Q8_0, 1536, 576), (Q8_0, 576, 49152)]
     {
-        let case = op_cases::Case {
-            name: "matvec",
-            op: shared_proto::Op::Linear { bias: false },
-            args: vec![op_cases::f32s(&[1, k], 60, 1.0), op_cases::quantized(dtype, &[n, k], 61, 0.1)],
-            atol: 2e-4,
-            rtol: 1e-4,
-        };
+        let case = op_cases::Case::new(
+            "matvec",
+            shared_proto::Op::Linear { bias: false },
+            vec![op_cases::f32s(&[1, k], 60, 1.0), op_cases::quantized(dtype, &[n, k], 61, 0.1)],
+            2e-4,
+            1e-4,
+        );
         let (g, weights, inputs) = op_cases::split(&case);
         let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
         let m = ex.load_model(g, &weights).await.unwrap();
@@ -158,7 +158,7 @@ async fn sampling_timings() {
     ] {
         let mut args = vec![one_row.clone()];
         args.extend(params.map(|p| shared_proto::Tensor::from_f32(vec![1, 4], &p)));
-        let case = op_cases::Case { name, op, args, atol: 0.0, rtol: 0.0 };
+        let case = op_cases::Case::new(name, op, args, 0.0, 0.0);
         let (g, weights, inputs) = op_cases::split(&case);
         let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
         let m = ex.load_model(g, &weights).await.unwrap();

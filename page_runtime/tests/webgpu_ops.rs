@@ -152,8 +152,7 @@ async fn fused_pairs_match_the_cpu_executor() {
     let ex = executor().await;
     let m = ex.load_model(graph, &weights).await.unwrap();
     let got = m.run(&ex, std::slice::from_ref(&x)).await.unwrap();
-    let case =
-        op_cases::Case { name: "linear+gelu, add+layer_norm", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-5 };
+    let case = op_cases::Case::new("linear+gelu, add+layer_norm", Op::Gelu, vec![], 1e-5, 1e-5);
     check(&case, &got.outputs[0], &want[0]).unwrap();
 }
 
@@ -197,8 +196,81 @@ async fn fused_qkv_attention_matches_the_cpu_executor() {
     for _ in 0..2 {
         // Later runs use the concatenated weights; the parts' buffers are gone.
         let got = m.run(&ex, &inputs).await.unwrap();
-        let case =
-            op_cases::Case { name: "q|k|v linear + attention", op: Op::Gelu, args: vec![], atol: 1e-5, rtol: 1e-4 };
+        let case = op_cases::Case::new("q|k|v linear + attention", Op::Gelu, vec![], 1e-5, 1e-4);
         check(&case, &got.outputs[0], &want[0]).unwrap();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn mbconv_chain_fuses_conv_clamp_and_matches_the_cpu_executor() {
+    use page_runtime::webgpu::graph::{Fuse, fusion_plan};
+    let case = op_cases::mbconv_chain();
+    // Filters and biases as model weights (as the loader declares them).
+    let (g, weights, inputs) = op_cases::split(&case);
+    use Fuse::{Alone, ConvClamp, IntoNext};
+    assert_eq!(fusion_plan(&g), [IntoNext, ConvClamp, IntoNext, ConvClamp, Alone, Alone, Alone]);
+    let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+    let ex = executor().await;
+    let m = ex.load_model(g, &weights).await.unwrap();
+    let got = m.run(&ex, &inputs).await.unwrap();
+    check(&case, &got.outputs[0], &want[0]).unwrap();
+}
+
+#[wasm_bindgen_test]
+fn conv_clamp_is_not_fused_when_the_conv_has_another_consumer() {
+    use page_runtime::webgpu::graph::{Fuse, fusion_plan};
+    let x = InputDecl {
+        name: "x".into(),
+        dtype: DType::F32,
+        dims: vec![Dim::Fixed(1), Dim::Fixed(4), Dim::Fixed(5), Dim::Fixed(5)],
+    };
+    let w = InputDecl {
+        name: "w".into(),
+        dtype: DType::F32,
+        dims: vec![Dim::Fixed(4), Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(3)],
+    };
+    let conv = Op::Conv2d { stride: [1, 1], pad: [1; 4], groups: 4, bias: false };
+    let g = Graph {
+        inputs: vec![x, w],
+        weights: vec![],
+        nodes: vec![
+            Node { op: conv, args: vec![0, 1] },                          // 2
+            Node { op: Op::Clamp { min: 0.0, max: 6.0 }, args: vec![2] }, // 3
+            Node { op: Op::Add, args: vec![3, 2] },                       // 4: the conv's value used again
+        ],
+        outputs: vec![4],
+        kv: None,
+    };
+    assert_eq!(fusion_plan(&g), [Fuse::Alone, Fuse::Alone, Fuse::Alone]);
+}
+
+/// Device time of EfficientNet-Lite0's convolution shapes at 224×224 (printed; checked against
+/// the CPU executor): the stem, an expand 1×1 + ReLU6, a depthwise 3×3/2 + ReLU6, the head 1×1.
+#[wasm_bindgen_test]
+async fn efficientnet_conv_timings() {
+    let ex = executor().await;
+    let relu6 = Op::Clamp { min: 0.0, max: 6.0 };
+    let shapes: [(&str, [u32; 4], [u32; 4], [u32; 2], [u32; 4], u32); 4] = [
+        ("stem 3x3/2 3→32 @224", [1, 3, 224, 224], [32, 3, 3, 3], [2, 2], [0, 0, 1, 1], 1),
+        ("expand 1x1 16→96 @112", [1, 16, 112, 112], [96, 16, 1, 1], [1, 1], [0; 4], 1),
+        ("depthwise 3x3/2 96 @112", [1, 96, 112, 112], [96, 1, 3, 3], [2, 2], [0, 0, 1, 1], 96),
+        ("head 1x1 320→1280 @7", [1, 320, 7, 7], [1280, 320, 1, 1], [1, 1], [0; 4], 1),
+    ];
+    for (name, xs, ws, stride, pad, groups) in shapes {
+        let conv = Op::Conv2d { stride, pad, groups, bias: true };
+        let args = vec![f32s(&xs, 90, 1.0), f32s(&ws, 91, 0.2), f32s(&[ws[0]], 92, 0.5)];
+        let body = vec![Node { op: conv, args: vec![0, 1, 2] }, Node { op: relu6.clone(), args: vec![3] }];
+        let case = op_cases::Case { weights: vec![1, 2], body, ..op_cases::Case::new(name, Op::Add, args, 1e-4, 1e-4) };
+        let (g, weights, inputs) = op_cases::split(&case);
+        let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+        let m = ex.load_model(g, &weights).await.unwrap();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let got = m.run(&ex, &inputs).await.unwrap();
+            check(&case, &got.outputs[0], &want[0]).unwrap();
+            times.push(got.device_ms);
+        }
+        times.sort_by(f64::total_cmp);
+        web_sys::console::log_1(&format!("{name} + relu6: median {:.2} ms (min {:.2})", times[2], times[0]).into());
     }
 }

@@ -35,6 +35,27 @@ pub struct Case {
     pub args: Vec<Tensor>,
     pub atol: f32,
     pub rtol: f32,
+    /// Indices of f32 arguments held as model weights by [`split`] (block-dtype ones always are),
+    /// as a loader would declare conv filters and biases.
+    pub weights: Vec<usize>,
+    /// Empty: one node of `op` over all arguments. Otherwise a small graph: value `i < args.len()`
+    /// is argument `i`, node `j` defines value `args.len() + j`; the last node is the output.
+    pub body: Vec<Node>,
+}
+
+impl Case {
+    pub fn new(name: &'static str, op: Op, args: Vec<Tensor>, atol: f32, rtol: f32) -> Case {
+        Case { name, op, args, atol, rtol, weights: vec![], body: vec![] }
+    }
+
+    /// The graph's nodes with values numbered as in [`Case::body`].
+    fn nodes(&self) -> Vec<Node> {
+        if self.body.is_empty() {
+            vec![Node { op: self.op.clone(), args: (0..self.args.len() as u32).collect() }]
+        } else {
+            self.body.clone()
+        }
+    }
 }
 
 pub fn cases() -> Vec<Case> {
@@ -43,7 +64,7 @@ pub fn cases() -> Vec<Case> {
     mask[22..33].iter_mut().for_each(|m| *m = 0.0); // row 2: all padding → zeros
     let mut amask = vec![1.0f32; 2 * 9];
     amask[9 + 5..].iter_mut().for_each(|m| *m = 0.0);
-    let c = |name, op, args, atol, rtol| Case { name, op, args, atol, rtol };
+    let c = Case::new;
     vec![
         c("matmul batched", Op::MatMul, vec![f32s(&[3, 37, 50], 1, 1.0), f32s(&[50, 70], 2, 1.0)], 1e-4, 1e-5),
         c(
@@ -104,7 +125,101 @@ pub fn cases() -> Vec<Case> {
             1e-5,
             1e-4,
         ),
+        // --- convolution family (EfficientNet-Lite0's shapes, smaller); filters and biases as
+        // weights, as the loader declares them ---
+        conv(
+            "conv2d 3x3/2 same pad (0,0,1,1) + bias",
+            [2, 2],
+            [0, 0, 1, 1],
+            1,
+            f32s(&[2, 3, 8, 8], 60, 1.0),
+            f32s(&[8, 3, 3, 3], 61, 0.3),
+            Some(f32s(&[8], 62, 0.5)),
+        ),
+        conv(
+            "depthwise 3x3/1 pad 1 + bias",
+            [1, 1],
+            [1, 1, 1, 1],
+            16,
+            f32s(&[1, 16, 10, 10], 63, 1.0),
+            f32s(&[16, 1, 3, 3], 64, 0.3),
+            Some(f32s(&[16], 65, 0.5)),
+        ),
+        conv(
+            "depthwise 5x5/2 pad (1,1,2,2) + bias",
+            [2, 2],
+            [1, 1, 2, 2],
+            24,
+            f32s(&[1, 24, 14, 14], 66, 1.0),
+            f32s(&[24, 1, 5, 5], 67, 0.2),
+            Some(f32s(&[24], 68, 0.5)),
+        ),
+        // 7×7 = 49 positions and 36 channels: ragged blocks of the pointwise kernel.
+        conv(
+            "pointwise 1x1 + bias",
+            [1, 1],
+            [0; 4],
+            1,
+            f32s(&[2, 24, 7, 7], 69, 1.0),
+            f32s(&[36, 24, 1, 1], 70, 0.2),
+            Some(f32s(&[36], 71, 0.5)),
+        ),
+        conv(
+            "grouped conv 2 groups, stride (1,2)",
+            [1, 2],
+            [1, 0, 1, 2],
+            2,
+            f32s(&[1, 8, 6, 6], 72, 1.0),
+            f32s(&[12, 4, 3, 3], 73, 0.3),
+            None,
+        ),
+        c("clamp (relu6)", Op::Clamp { min: 0.0, max: 6.0 }, vec![f32s(&[1000], 74, 8.0)], 0.0, 0.0),
+        c("global_avg_pool", Op::GlobalAvgPool, vec![f32s(&[2, 40, 7, 7], 75, 1.0)], 1e-6, 1e-5),
+        mbconv_chain(),
     ]
+}
+
+/// One `Conv2d` row: filter (and bias) as weights.
+fn conv(
+    name: &'static str,
+    stride: [u32; 2],
+    pad: [u32; 4],
+    groups: u32,
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+) -> Case {
+    let op = Op::Conv2d { stride, pad, groups, bias: bias.is_some() };
+    let mut args = vec![x, w];
+    args.extend(bias);
+    let weights = (1..args.len()).collect();
+    Case { weights, ..Case::new(name, op, args, 2e-5, 1e-4) }
+}
+
+/// An MBConv block, smaller: expand 1×1 96→192 + ReLU6, depthwise 3×3 + ReLU6, project 1×1
+/// 192→96, residual add, global average pool. The 1×1 filters are 72 KiB (WebNN binds them as
+/// graph inputs, not constants); the two Conv2d → Clamp pairs are fused on WebGPU.
+pub fn mbconv_chain() -> Case {
+    let conv = |stride, pad, groups, bias| Op::Conv2d { stride, pad, groups, bias };
+    let relu6 = Op::Clamp { min: 0.0, max: 6.0 };
+    let args = vec![
+        f32s(&[1, 96, 8, 8], 80, 1.0),
+        f32s(&[192, 96, 1, 1], 81, 0.2),
+        f32s(&[192], 82, 0.5),
+        f32s(&[192, 1, 3, 3], 83, 0.5),
+        f32s(&[192], 84, 0.5),
+        f32s(&[96, 192, 1, 1], 85, 0.1),
+    ];
+    let body = vec![
+        Node { op: conv([1, 1], [0; 4], 1, true), args: vec![0, 1, 2] }, // 6
+        Node { op: relu6.clone(), args: vec![6] },                       // 7
+        Node { op: conv([1, 1], [1; 4], 192, true), args: vec![7, 3, 4] }, // 8
+        Node { op: relu6, args: vec![8] },                               // 9
+        Node { op: conv([1, 1], [0; 4], 1, false), args: vec![9, 5] },   // 10
+        Node { op: Op::Add, args: vec![10, 0] },                         // 11
+        Node { op: Op::GlobalAvgPool, args: vec![11] },                  // 12
+    ];
+    Case { weights: (1..6).collect(), body, ..Case::new("mbconv chain", Op::Add, args, 1e-4, 1e-4) }
 }
 
 /// A tensor of `shape` quantized row by row to `dtype` (Q4_1 or Q8_0) from seeded values.
@@ -123,7 +238,7 @@ pub fn quantized(dtype: DType, shape: &[u32], seed: u32, scale: f32) -> Tensor {
 /// apart from [`cases`] until every executor runs these ops.
 pub fn generation_cases() -> Vec<Case> {
     use DType::{Q4_1, Q8_0};
-    let c = |name, op, args, atol, rtol| Case { name, op, args, atol, rtol };
+    let c = Case::new;
     let mut tied = values(3 * 49152, 40, 8.0);
     tied[2 * 49152 + 7] = 9.0; // row 2: two equal maxima, the first must win
     tied[2 * 49152 + 40000] = 9.0;
@@ -231,7 +346,8 @@ pub fn sample_logits() -> Tensor {
 /// weights, inputs)`.
 pub fn split(case: &Case) -> (Graph, Vec<Tensor>, Vec<Tensor>) {
     let (mut inputs, mut weights, mut decls, mut args) = (vec![], vec![], vec![], vec![]);
-    let quantized: Vec<bool> = case.args.iter().map(|t| t.dtype.block().is_some()).collect();
+    let quantized: Vec<bool> =
+        case.args.iter().enumerate().map(|(i, t)| t.dtype.block().is_some() || case.weights.contains(&i)).collect();
     let n_inputs = quantized.iter().filter(|&&q| !q).count() as u32;
     for (t, &q) in case.args.iter().zip(&quantized) {
         if q {
@@ -259,8 +375,12 @@ pub fn split(case: &Case) -> (Graph, Vec<Tensor>, Vec<Tensor>) {
             })
             .collect(),
         weights: decls,
-        nodes: vec![Node { op: case.op.clone(), args }],
-        outputs: vec![n_inputs + weights.len() as u32],
+        nodes: case
+            .nodes()
+            .into_iter()
+            .map(|n| Node { args: n.args.iter().map(|&a| args.get(a as usize).copied().unwrap_or(a)).collect(), ..n })
+            .collect(),
+        outputs: vec![(case.args.len() + case.nodes().len() - 1) as u32],
         kv: None,
     };
     (g, weights, inputs)
@@ -282,14 +402,8 @@ pub fn graph(case: &Case) -> Graph {
             dims: t.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
         })
         .collect();
-    let n = case.args.len() as u32;
-    Graph {
-        inputs,
-        weights: vec![],
-        nodes: vec![Node { op: case.op.clone(), args: (0..n).collect() }],
-        outputs: vec![n],
-        kv: None,
-    }
+    let nodes = case.nodes();
+    Graph { inputs, weights: vec![], outputs: vec![(case.args.len() + nodes.len() - 1) as u32], nodes, kv: None }
 }
 
 /// Check `got` against `want` with the case's tolerance; the message names the first offender.

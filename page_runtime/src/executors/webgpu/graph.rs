@@ -7,7 +7,7 @@ use std::rc::Rc;
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
 use super::cached_attention::{self, LayerCache};
-use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, attention, matmul, reduce};
+use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, attention, conv, matmul, reduce};
 use crate::executors::cpu::last_uses;
 use crate::executors::{inputs, shapes};
 
@@ -46,6 +46,8 @@ pub enum Fuse {
     LinearGelu,
     /// `Add → LayerNorm`: the residual sum read on the fly by the layer norm.
     AddLayerNorm,
+    /// `Conv2d → Clamp` (ReLU6): the clamp applied in the convolution kernel's store.
+    ConvClamp,
     /// Three `Linear`s of one input (q, k, v) feeding `Attention`: one linear over the
     /// concatenated weights, and attention reading q, k, v as column ranges of its output.
     QkvAttention,
@@ -55,7 +57,7 @@ impl Fuse {
     /// How many preceding nodes this node's kernel also does.
     fn absorbs(self) -> usize {
         match self {
-            Fuse::LinearGelu | Fuse::AddLayerNorm => 1,
+            Fuse::LinearGelu | Fuse::AddLayerNorm | Fuse::ConvClamp => 1,
             Fuse::QkvAttention => 3,
             Fuse::Alone | Fuse::IntoNext => 0,
         }
@@ -102,6 +104,7 @@ pub fn fusion_plan(g: &Graph) -> Vec<Fuse> {
         let fused = match (&g.nodes[i].op, &next.op) {
             (Op::Linear { .. }, Op::Gelu) => Fuse::LinearGelu,
             (Op::Add, Op::LayerNorm { .. }) => Fuse::AddLayerNorm,
+            (Op::Conv2d { .. }, Op::Clamp { .. }) => Fuse::ConvClamp,
             _ => continue,
         };
         plan[i] = Fuse::IntoNext;
@@ -251,6 +254,12 @@ impl GpuModel {
                     let lin = &g.nodes[ni - 1];
                     let args: Vec<&GpuValue> = lin.args.iter().map(|&a| arg(a)).collect();
                     matmul::encode_linear_act(ex, &mut rec, &args, &shape, true)?
+                }
+                Fuse::ConvClamp => {
+                    let conv = &g.nodes[ni - 1];
+                    let Op::Clamp { min, max } = node.op else { unreachable!("planned on Clamp") };
+                    let args: Vec<&GpuValue> = conv.args.iter().map(|&a| arg(a)).collect();
+                    conv::encode(ex, &mut rec, &conv.op, &args, &shape, Some((min, max)))?
                 }
                 Fuse::QkvAttention => {
                     let Op::Attention { heads } = node.op else { unreachable!("planned on Attention") };

@@ -7,6 +7,7 @@
 pub(crate) mod attention;
 mod binary;
 mod cached_attention;
+mod conv;
 pub mod graph;
 mod linear_quant;
 mod matmul;
@@ -295,16 +296,14 @@ impl WebGpuExecutor {
             Op::MatMul => matmul::encode_matmul(self, rec, args[0], args[1], MatMulVariant::Tiled),
             Op::Linear { .. } => matmul::encode_linear(self, rec, args, out_shape),
             Op::Add | Op::Mul | Op::SiluMul => binary::encode(self, rec, op, args[0], args[1]),
-            Op::Gelu => unary::encode(self, rec, op, args[0]),
-            Op::Conv2d { .. } | Op::Clamp { .. } | Op::GlobalAvgPool => {
-                return Err(RemoteError::new(
-                    ErrorKind::Unsupported,
-                    format!("no WebGPU kernel for {} yet", op.name()),
-                ));
-            }
-            Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Softmax | Op::L2Normalize { .. } | Op::MeanPool => {
-                reduce::encode(self, rec, op, args, out_shape)
-            }
+            Op::Gelu | Op::Clamp { .. } => unary::encode(self, rec, op, args[0]),
+            Op::Conv2d { .. } => conv::encode(self, rec, op, args, out_shape, None),
+            Op::LayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::Softmax
+            | Op::L2Normalize { .. }
+            | Op::MeanPool
+            | Op::GlobalAvgPool => reduce::encode(self, rec, op, args, out_shape),
             Op::Gather | Op::Transpose { .. } => reindex::encode(self, rec, op, args, out_shape),
             Op::Reshape { .. } => Ok(GpuValue { shape: out_shape.to_vec(), ..args[0].clone() }),
             Op::Attention { heads } => attention::encode(self, rec, *heads, args),

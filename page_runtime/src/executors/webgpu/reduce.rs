@@ -1,5 +1,6 @@
 //! Reduce family: layer norm, RMS norm, softmax and L2 normalise (one invocation per row: no barriers,
-//! which software adapters pay dearly for), masked mean pooling (one invocation per output).
+//! which software adapters pay dearly for), masked mean pooling (one invocation per output), global
+//! average pooling (one invocation per plane).
 
 use shared_proto::{Op, RemoteError};
 
@@ -13,6 +14,9 @@ pub(super) fn encode(
     out_shape: &[u32],
 ) -> Result<GpuValue, RemoteError> {
     let x = args[0];
+    if let Op::GlobalAvgPool = op {
+        return encode_global_avg_pool(ex, rec, x, out_shape);
+    }
     let out = ex.output(out_shape);
     let h = x.last_dim();
     let rows = x.elements() / h.max(1);
@@ -78,5 +82,21 @@ pub(super) fn encode_add_layer_norm(
     let p = ex.pipeline("add_layer_norm", || layer_norm_source(true));
     let bufs: [&wgpu::Buffer; 4] = [&a.buf, &gamma.buf, &beta.buf, &out.buf];
     ex.dispatch_with_tail(rec, p, &bufs, &[rows, h, eps.to_bits(), 0], &[&b.buf], groups)?;
+    Ok(out)
+}
+
+/// `x[N, C, H, W]` → `[N, C]`: each plane's mean, one invocation per plane.
+pub(super) fn encode_global_avg_pool(
+    ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    x: &GpuValue,
+    out_shape: &[u32],
+) -> Result<GpuValue, RemoteError> {
+    let rows = x.shape[0] * x.shape[1];
+    let len = x.shape[2] * x.shape[3];
+    let out = ex.output(out_shape);
+    let (groups, row_stride) = super::conv::wrapped_groups(rows, 64);
+    let p = ex.pipeline("global_avg_pool", || include_str!("global_avg_pool.wgsl").into());
+    ex.dispatch(rec, p, &[&x.buf, &out.buf], &[rows, len, row_stride, 0], groups)?;
     Ok(out)
 }

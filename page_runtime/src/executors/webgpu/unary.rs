@@ -11,6 +11,8 @@ pub(super) const GELU: &str = "0.5 * x * (1.0 + erf_approx(x * 0.707106781186547
 fn expr(op: &Op) -> (&'static str, &'static str) {
     match op {
         Op::Gelu => ("unary_gelu", GELU),
+        // As the CPU: min(max(x, lo), hi).
+        Op::Clamp { .. } => ("unary_clamp", "min(max(x, lo), hi)"),
         other => unreachable!("{} is not unary", other.name()),
     }
 }
@@ -21,6 +23,10 @@ pub(super) fn encode(ex: &WebGpuExecutor, rec: &mut Recorder, op: &Op, x: &GpuVa
     let out = ex.output(&x.shape);
     let len = x.elements();
     let (groups, stride) = flat_groups(len);
-    ex.dispatch(rec, pipeline, &[&x.buf, &out.buf], &[len, stride, 0, 0], groups)?;
+    let (lo, hi) = match op {
+        Op::Clamp { min, max } => (*min, *max),
+        _ => (0.0, 0.0),
+    };
+    ex.dispatch(rec, pipeline, &[&x.buf, &out.buf], &[len, stride, lo.to_bits(), hi.to_bits()], groups)?;
     Ok(out)
 }

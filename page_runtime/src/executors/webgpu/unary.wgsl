@@ -1,6 +1,7 @@
-// Element-wise y[i] = {{expr}} with x = a[i]. `{{expr}}` is substituted per op.
+// Element-wise y[i] = {{expr}} with x = a[i]. `{{expr}}` is substituted per op; `lo`/`hi` are
+// its two f32 parameters when it has any (clamp).
 
-struct Params { len: u32, row_stride: u32, pad0: u32, pad1: u32 }
+struct Params { len: u32, row_stride: u32, lo: f32, hi: f32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
@@ -13,5 +14,7 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
         return;
     }
     let x = a[i];
+    let lo = params.lo;
+    let hi = params.hi;
     c[i] = {{expr}};
 }
