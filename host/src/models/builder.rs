@@ -10,6 +10,16 @@ pub enum V {
     Node(u32),
 }
 
+/// The settings of [`GraphBuilder::conv`]: stride `[h, w]`, padding `[top, left, bottom, right]`,
+/// groups, and the clamp applied after it, if any.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conv {
+    pub stride: [u32; 2],
+    pub pad: [u32; 4],
+    pub groups: u32,
+    pub clamp: Option<(f32, f32)>,
+}
+
 #[derive(Default)]
 pub struct GraphBuilder {
     inputs: Vec<InputDecl>,
@@ -34,6 +44,23 @@ impl GraphBuilder {
     pub fn op(&mut self, op: Op, args: &[V]) -> V {
         self.nodes.push((op, args.to_vec()));
         V::Node(self.nodes.len() as u32 - 1)
+    }
+
+    /// One convolution block: `Conv2d` over `x` with `w` (`[O, C/groups, kh, kw]`) and an optional
+    /// `bias` (`[O]`), declared as weights `{name}.weight` / `{name}.bias`, then `Clamp` if
+    /// `conv.clamp` is set (ReLU6: `Some((0.0, 6.0))`).
+    pub fn conv(&mut self, x: V, name: &str, w: Tensor, bias: Option<Tensor>, conv: Conv) -> V {
+        let wv = self.weight(&format!("{name}.weight"), w);
+        let mut args = vec![x, wv];
+        if let Some(b) = bias {
+            args.push(self.weight(&format!("{name}.bias"), b));
+        }
+        let op = Op::Conv2d { stride: conv.stride, pad: conv.pad, groups: conv.groups, bias: args.len() == 3 };
+        let y = self.op(op, &args);
+        match conv.clamp {
+            Some((min, max)) => self.op(Op::Clamp { min, max }, &[y]),
+            None => y,
+        }
     }
 
     /// Makes the graph stateful: the KV cache its `CachedAttention` nodes read and write.

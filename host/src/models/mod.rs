@@ -2,6 +2,7 @@
 //! graph plus weight tensors.
 
 pub mod builder;
+pub mod efficientnet;
 pub mod generated;
 pub mod minilm;
 pub mod smollm2;
