@@ -8,6 +8,7 @@ pub mod api;
 pub mod browser;
 pub mod commands;
 pub mod exec;
+pub mod family;
 pub mod host;
 pub mod models;
 pub mod paths;

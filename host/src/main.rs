@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, chat, doctor, embed,
-    generate, matmul, report, serve, shard_plan,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, chat, classify,
+    doctor, embed, generate, matmul, report, serve, shard_plan,
 };
 use tabpool::exec::Backend;
 use tabpool::policy::sharding::Strategy;
@@ -86,6 +86,21 @@ enum Command {
         json: bool,
         /// Texts to embed; none (or "-") reads non-empty lines from standard input.
         texts: Vec<String>,
+    },
+    /// ImageNet labels for images (EfficientNet-Lite0) in a real tab, through the pool as `serve`
+    /// runs them (or on the host's CPU executor with --backend cpu).
+    Classify {
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+        /// Labels per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// One JSON object: per image its top labels, the 1000 logits and the 1280-d embedding.
+        #[arg(long)]
+        json: bool,
+        /// PNG, JPEG, WebP or GIF files.
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
     },
     /// Text generation (SmolLM2-135M-Instruct, 4-bit) streamed token by token, its KV cache in a
     /// real tab (or on the host's CPU executor).
@@ -474,6 +489,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench_shard::run(host, bench_shard::Args { backend, decode, streams, kills, json }).await
         }
         Command::Serve { .. }
+        | Command::Classify { .. }
         | Command::Chat { .. }
         | Command::Status { .. }
         | Command::Report { .. }
@@ -556,6 +572,10 @@ async fn main() -> ExitCode {
                 r => r.map(|_| ()),
             }
         }
+        Command::Classify { backend, top, json, images } => tokio::select! {
+            r = classify::run(cfg, classify::Args { backend, top, json, images }) => r,
+            _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+        },
         Command::Bench { what: BenchWhat::Recovery { trials, stream, every, json } } => {
             let args = bench_recovery::Args { trials, stream, every, json };
             tokio::select! {

@@ -11,7 +11,9 @@
 
 mod events;
 mod generate;
+mod images;
 pub(crate) mod input;
+mod oip;
 mod openai;
 
 use std::net::{IpAddr, SocketAddr};
@@ -287,6 +289,8 @@ pub async fn serve(
         .route("/embed", post(embed))
         .route("/generate", post(generate::generate))
         .merge(openai::routes())
+        .merge(oip::routes())
+        .merge(images::routes())
         .route("/v1/events", get(events::events))
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))
@@ -375,7 +379,12 @@ async fn embed(
 
 /// A pool's refusal or failure as a status and a JSON error.
 pub(super) fn pool_error(e: &PoolError) -> Response {
-    let status = match e {
+    error(status_of(e), e.kind(), e.to_string())
+}
+
+/// The status a pool's refusal or failure is answered with, on every API.
+pub(super) fn status_of(e: &PoolError) -> StatusCode {
+    match e {
         PoolError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         PoolError::BadInput(_) => StatusCode::BAD_REQUEST,
         PoolError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -383,8 +392,7 @@ pub(super) fn pool_error(e: &PoolError) -> Response {
         PoolError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
         PoolError::Failed { .. } => StatusCode::BAD_GATEWAY,
         PoolError::ShutDown => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error(status, e.kind(), e.to_string())
+    }
 }
 
 /// A JSON body, or the response refusing it (413 naming the limit for an oversized one).

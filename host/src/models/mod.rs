@@ -5,6 +5,7 @@ pub mod builder;
 pub mod efficientnet;
 pub mod generated;
 pub mod minilm;
+pub mod registry;
 pub mod smollm2;
 
 use std::path::PathBuf;

@@ -43,6 +43,7 @@ pub use metrics::PoolMetrics;
 pub use state::Generator;
 
 use crate::browser::KindSpec;
+pub use crate::family::Input;
 use crate::policy::routing::ModelType;
 use crate::{Host, HostConfig};
 use state::Shared;
@@ -85,8 +86,12 @@ impl PoolError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Served {
     pub model: String,
-    /// One L2-normalised vector per text.
+    /// Per row, the model's first output (an embedding: one L2-normalised vector per text; a
+    /// classifier: its logits).
     pub vectors: Vec<Vec<f32>>,
+    /// Per row, the further outputs in graph order (a classifier's pooled features).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<Vec<Vec<f32>>>,
     /// Tokens per text, [CLS]/[SEP] included.
     pub lengths: Vec<usize>,
     pub truncated: Vec<bool>,
@@ -119,6 +124,10 @@ pub struct ManyServed {
     pub retried_shards: usize,
 }
 
+fn texts_of(texts: &[&str]) -> Input {
+    Input::Texts(texts.iter().map(|t| t.to_string()).collect())
+}
+
 /// A model to load: a sentence-encoder folder (default: all-MiniLM-L6-v2 from the model cache).
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
@@ -140,6 +149,10 @@ impl ModelSpec {
     /// SmolLM2-135M-Instruct (Q4_1 GGUF from the model cache): text generation.
     pub fn smollm2() -> ModelSpec {
         ModelSpec { model_type: ModelType::TextGeneration, ..ModelSpec::minilm() }
+    }
+    /// The built-in model of type `ty` (EfficientNet-Lite0 for `Vision`), from the model cache.
+    pub fn of_type(ty: ModelType) -> ModelSpec {
+        ModelSpec { model_type: ty, ..ModelSpec::minilm() }
     }
     pub fn from_dir(dir: impl Into<PathBuf>) -> ModelSpec {
         ModelSpec { dir: Some(dir.into()), ..ModelSpec::minilm() }
@@ -256,7 +269,7 @@ impl Pool {
     pub async fn load(&self, spec: ModelSpec) -> anyhow::Result<String> {
         let m = self.shared.load_model(spec).await?;
         // Embeddings queue for a batcher; generation streams are placed on replicas directly.
-        if matches!(m.family, state::Family::Embedding(_)) {
+        if matches!(m.family, state::Family::Batches(_)) {
             let batcher = tokio::spawn(scheduler::run(self.shared.clone(), m.clone()));
             self.shared.batchers.lock().expect("batchers").push(batcher);
         }
@@ -265,9 +278,11 @@ impl Pool {
 
     /// Embed with the first loaded model.
     pub async fn embed(&self, texts: &[&str]) -> Result<Served, PoolError> {
-        let model =
-            self.shared.default_model(Some(true)).ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
-        scheduler::submit(&self.shared, &model, texts, None, None).await
+        let model = self
+            .shared
+            .default_model(Some(ModelType::TextEmbedding))
+            .ok_or_else(|| PoolError::UnknownModel("(none loaded)".into()))?;
+        scheduler::submit(&self.shared, &model, texts_of(texts), None, None).await
     }
 
     /// Embed with `model`, failing with `Deadline` if no result arrives within `deadline`. A
@@ -278,8 +293,20 @@ impl Pool {
         texts: &[&str],
         deadline: Option<Duration>,
     ) -> Result<Served, PoolError> {
+        self.submit(model, texts_of(texts), deadline).await
+    }
+
+    /// Run `input` on `model` (any model served in batches: texts, token ids, images, a
+    /// prepared tensor — as the model takes it), within `deadline`.
+    pub async fn submit(&self, model: &str, input: Input, deadline: Option<Duration>) -> Result<Served, PoolError> {
         let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
-        scheduler::submit(&self.shared, &m, texts, deadline, None).await
+        scheduler::submit(&self.shared, &m, input, deadline, None).await
+    }
+
+    /// The batch model named `model` (its signature, class names), or why there is none.
+    pub fn batch_model(&self, model: &str) -> Result<Arc<dyn crate::family::BatchModel>, PoolError> {
+        let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
+        m.batch_model().cloned()
     }
 
     /// Embed texts given as token ids of the model's own vocabulary (without [CLS]/[SEP]: they
@@ -290,11 +317,9 @@ impl Pool {
         ids: &[Vec<u32>],
         deadline: Option<Duration>,
     ) -> Result<Served, PoolError> {
-        let m = self.shared.model(model).ok_or_else(|| PoolError::UnknownModel(model.into()))?;
-        // Counted before wrapping: a list of a million ids is refused, not copied first.
+        // Counted before copying: a list of a million ids is refused, not copied first.
         scheduler::check_count(ids.len())?;
-        let (ids, truncated) = m.encoder()?.wrap_ids(ids).map_err(|e| PoolError::BadInput(format!("{e:#}")))?;
-        scheduler::submit_ids(&self.shared, &m, ids, truncated, deadline, None).await
+        self.submit(model, Input::TokenIds(ids.to_vec()), deadline).await
     }
 
     /// When the pool started, in Unix seconds (OpenAI's `created` for its models).
@@ -325,7 +350,7 @@ impl Pool {
         let group = self.shared.next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shards = texts.chunks(self.shared.cfg.max_batch.max(1));
         let results = futures_util::future::join_all(
-            shards.map(|shard| scheduler::submit(&self.shared, &m, shard, deadline, Some(group))),
+            shards.map(|shard| scheduler::submit(&self.shared, &m, texts_of(shard), deadline, Some(group))),
         )
         .await;
         let mut out = ManyServed { model: m.name.clone(), ..ManyServed::default() };
@@ -361,8 +386,8 @@ impl Pool {
         let (name, m) = self.generation_entry(model)?;
         match &m.family {
             state::Family::Generation(g) => Ok((name, g.clone())),
-            state::Family::Embedding(_) => {
-                Err(PoolError::BadInput(format!("{name} embeds texts; it does not generate")))
+            state::Family::Batches(_) => {
+                Err(PoolError::BadInput(format!("{name} does not generate text (ask it through its own route)")))
             }
         }
     }
@@ -372,7 +397,7 @@ impl Pool {
             Some(name) => self.shared.model(name).ok_or_else(|| PoolError::UnknownModel(name.into()))?,
             None => self
                 .shared
-                .default_model(Some(false))
+                .default_model(Some(ModelType::TextGeneration))
                 .ok_or_else(|| PoolError::UnknownModel("(no generation model loaded)".into()))?,
         };
         Ok((m.name.clone(), m))
@@ -383,9 +408,19 @@ impl Pool {
         futures_util::future::join_all(requests.iter().map(|(m, texts)| self.embed_with(m, texts, None))).await
     }
 
+    /// The first model of type `ty` loaded, if any.
+    pub fn model_of_type(&self, ty: ModelType) -> Option<String> {
+        self.shared.default_model(Some(ty)).map(|m| m.name.clone())
+    }
+
     /// The first embedding model loaded, if any.
     pub fn embedding_model(&self) -> Option<String> {
-        self.shared.default_model(Some(true)).map(|m| m.name.clone())
+        self.shared.default_model(Some(ModelType::TextEmbedding)).map(|m| m.name.clone())
+    }
+
+    /// Replicas loaded for `model` now (`None`: no such model).
+    pub fn replica_count(&self, model: &str) -> Option<usize> {
+        self.shared.model(model).map(|m| m.replicas.lock().expect("replicas").len())
     }
 
     /// Names of the loaded models, in load order.

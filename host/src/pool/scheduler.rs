@@ -17,7 +17,7 @@ use super::breakers;
 use super::state::{Job, ModelEntry, Replica, Shared};
 use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
-use crate::models::minilm;
+use crate::family::{self, Input, PrepareError, Prepared};
 use crate::policy::batching::{self, Take};
 use crate::policy::breaker::Outcome;
 use crate::policy::recovery::{self, Category, RequestStep, TabStep};
@@ -31,29 +31,28 @@ const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
 pub(crate) async fn submit(
     shared: &Arc<Shared>,
     m: &Arc<ModelEntry>,
-    texts: &[&str],
+    input: Input,
     deadline: Option<Duration>,
     group: Option<u64>,
 ) -> Result<Served, PoolError> {
     if shared.closed.load(Ordering::SeqCst) {
         return Err(PoolError::ShutDown);
     }
-    if texts.is_empty() {
-        return Err(PoolError::BadInput("no texts to embed".into()));
+    if input.is_empty() {
+        return Err(PoolError::BadInput("no inputs in the request".into()));
     }
-    check_count(texts.len())?;
-    m.encoder()?;
-    // Tokenising up to 2 MiB of text takes a while: on a blocking thread, so the runtime's
-    // workers keep serving tab sockets (heartbeats) and other clients.
-    let (owned, model): (Vec<String>, _) = (texts.iter().map(|t| t.to_string()).collect(), m.clone());
-    let tokenized = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-        model.encoder()?.tokenize(&refs).map_err(|e| PoolError::BadInput(format!("{e:#}")))
-    })
-    .await
-    .map_err(|e| PoolError::Failed { attempts: 0, message: format!("tokenising failed: {e}") })?;
-    let (ids, truncated) = tokenized?;
-    submit_ids(shared, m, ids, truncated, deadline, group).await
+    check_count(input.len())?;
+    let model = m.batch_model()?.clone();
+    // Preparing (tokenising up to 2 MiB of text, decoding images) takes a while: on a blocking
+    // thread, so the runtime's workers keep serving tab sockets (heartbeats) and other clients.
+    let prepared = tokio::task::spawn_blocking(move || model.prepare(input))
+        .await
+        .map_err(|e| PoolError::Failed { attempts: 0, message: format!("preparing the input failed: {e}") })?
+        .map_err(|e| match e {
+            PrepareError::BadInput(m) => PoolError::BadInput(m),
+            PrepareError::TooLarge(m) => PoolError::TooLarge(m),
+        })?;
+    submit_rows(shared, m, prepared, deadline, group).await
 }
 
 /// Refuse a request with more inputs than one request may carry.
@@ -66,22 +65,21 @@ pub(crate) fn check_count(n: usize) -> Result<(), PoolError> {
     Ok(())
 }
 
-/// As `submit`, for texts already tokenised ([CLS]/[SEP] included, truncated).
-pub(crate) async fn submit_ids(
+/// As `submit`, for rows already prepared.
+async fn submit_rows(
     shared: &Arc<Shared>,
     m: &Arc<ModelEntry>,
-    ids: Vec<Vec<u32>>,
-    truncated: Vec<bool>,
+    prepared: Prepared,
     deadline: Option<Duration>,
     group: Option<u64>,
 ) -> Result<Served, PoolError> {
-    if ids.is_empty() {
-        return Err(PoolError::BadInput("no texts to embed".into()));
+    let Prepared { rows, lens, truncated } = prepared;
+    if rows.is_empty() {
+        return Err(PoolError::BadInput("no inputs in the request".into()));
     }
-    check_count(ids.len())?;
-    // A request bigger than one batch travels as several (each within max_batch texts and
+    check_count(rows.len())?;
+    // A request bigger than one batch travels as several (each within max_batch rows and
     // max_batch_tokens padded tokens), admitted together and answered as one.
-    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
     let parts = batching::split(&lens, batch_limits(shared));
     if parts.len() > shared.cfg.max_queue {
         // More batches than the queue ever holds: waiting cannot help (429 would invite retries).
@@ -110,7 +108,8 @@ pub(crate) async fn submit_ids(
         for part in parts {
             let (tx, rx) = tokio::sync::oneshot::channel();
             q.push_back(Job {
-                ids: ids[part.clone()].to_vec(),
+                rows: rows[part.clone()].to_vec(),
+                lens: lens[part.clone()].to_vec(),
                 truncated: truncated[part].to_vec(),
                 enqueued: now,
                 deadline: deadline.map(|d| now + d),
@@ -153,6 +152,7 @@ fn merge(results: Vec<Result<Served, PoolError>>) -> Result<Served, PoolError> {
     for p in parts {
         let p = p?;
         out.vectors.extend(p.vectors);
+        out.extra.extend(p.extra);
         out.lengths.extend(p.lengths);
         out.truncated.extend(p.truncated);
         out.batch_rows += p.batch_rows;
@@ -179,7 +179,7 @@ pub(crate) async fn run(shared: Arc<Shared>, m: Arc<ModelEntry>) {
         let (queued, oldest) = {
             let q = m.queue.lock().expect("queue");
             let queued: Vec<(usize, usize)> =
-                q.iter().map(|j| (j.ids.len(), j.ids.iter().map(Vec::len).max().unwrap_or(0))).collect();
+                q.iter().map(|j| (j.rows.len(), j.lens.iter().copied().max().unwrap_or(0))).collect();
             (queued, q.front().map(|j| j.enqueued.elapsed()))
         };
         let rows: Vec<usize> = queued.iter().map(|(r, _)| *r).collect();
@@ -367,17 +367,15 @@ fn categorise(e: &anyhow::Error) -> Category {
     TabError::category(e)
 }
 
-type RunResult = anyhow::Result<Vec<f32>>;
+/// Per row, one vector per graph output.
+type RunResult = anyhow::Result<Vec<Vec<Vec<f32>>>>;
 
 async fn run_on(shared: &Shared, m: &ModelEntry, r: &Replica, inputs: Vec<Tensor>, rows: usize) -> RunResult {
     let timeout = Duration::from_secs_f64(shared.cfg.call_timeout_s.max(0.001));
-    let tm = r.batches().context("a generation replica got a batch of texts")?;
-    let hidden = m.encoder()?.hidden;
+    let tm = r.batches().context("a generation replica got a batch")?;
+    let widths = m.batch_model()?.output_widths();
     let (outputs, _) = tm.run_within(inputs, timeout).await?;
-    let flat =
-        outputs.first().and_then(|t| t.to_f32()).ok_or_else(|| anyhow::anyhow!("model returned no f32 output"))?;
-    anyhow::ensure!(flat.len() == rows * hidden, "model returned {} values for {rows} texts", flat.len());
-    Ok(flat)
+    family::split_rows(&outputs, rows, &widths)
 }
 
 /// What the history keeps of a batch besides its outcome.
@@ -461,13 +459,25 @@ fn finish_loser(
 /// Run a batch on `r`; if it runs past the hedge point and another replica is free, run it there
 /// too: the first success answers, the loser runs out in the background (parallel recovery).
 async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs: Vec<Job>) {
-    let ids: Vec<Vec<u32>> = jobs.iter().flat_map(|j| j.ids.iter().cloned()).collect();
-    let rows = ids.len();
-    let inputs = minilm::inputs_from_ids(&ids);
+    let all: Vec<&Tensor> = jobs.iter().flat_map(|j| &j.rows).collect();
+    let rows = all.len();
+    let inputs = match m.batch_model().map_err(anyhow::Error::from).and_then(|b| b.inputs(&all)) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            // Rows that passed `prepare` but make no batch: a defect, answered, never hung.
+            for job in jobs {
+                let _ = job.reply.send(Err(PoolError::Failed { attempts: job.attempts, message: format!("{e:#}") }));
+            }
+            r.slot.release();
+            shared.running_batches.fetch_sub(1, Ordering::SeqCst);
+            shared.wake_all();
+            return;
+        }
+    };
     let t = Instant::now();
     let info = BatchInfo {
         rows,
-        tokens: ids.iter().map(Vec::len).sum(),
+        tokens: jobs.iter().flat_map(|j| &j.lens).sum(),
         queue_ms: jobs.iter().map(|j| (t - j.enqueued).as_secs_f64() * 1e3).sum::<f64>() / jobs.len().max(1) as f64,
     };
     let expected = {
@@ -539,7 +549,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     };
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     match result {
-        Ok(flat) => {
+        Ok(per_row) => {
             let tm = &shared.telemetry;
             let model = [("model", m.name.as_str())];
             tm.observe("tabpool_batch_size", &model, rows as f64);
@@ -547,14 +557,14 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
             for job in &jobs {
                 tm.observe("tabpool_queue_duration_seconds", &model, (t - job.enqueued).as_secs_f64());
             }
-            let hidden = flat.len() / rows.max(1);
-            let mut vectors = flat.chunks_exact(hidden.max(1)).map(<[f32]>::to_vec);
+            let mut per_row = per_row.into_iter();
             for job in jobs {
-                let n = job.ids.len();
+                let (vectors, extra) = per_row.by_ref().take(job.rows.len()).map(first_and_rest).unzip();
                 let served = Served {
                     model: m.name.clone(),
-                    vectors: vectors.by_ref().take(n).collect(),
-                    lengths: job.ids.iter().map(Vec::len).collect(),
+                    vectors,
+                    extra,
+                    lengths: job.lens,
                     truncated: job.truncated,
                     tab: winner.slot.id,
                     kind: winner.slot.kind.name.clone(),
@@ -573,6 +583,12 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     }
     shared.running_batches.fetch_sub(1, Ordering::SeqCst);
     shared.wake_all();
+}
+
+/// A row's first output, and the rest.
+fn first_and_rest(mut outputs: Vec<Vec<f32>>) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let rest = outputs.split_off(1.min(outputs.len()));
+    (outputs.pop().unwrap_or_default(), rest)
 }
 
 /// A failed batch: each request is retried per `policy::recovery::request_step` or answered with

@@ -15,7 +15,7 @@ use super::pipelines::{Sharded, StageSlots};
 use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
-use crate::models::minilm::MiniLm;
+use crate::family::BatchModel;
 use crate::models::smollm2::{KvLimits, Outputs, SmolLm2};
 use crate::policy::backend_choice::{self, Measured};
 use crate::policy::breaker::Breaker;
@@ -134,7 +134,10 @@ pub(crate) struct Replica {
 }
 
 pub(crate) struct Job {
-    pub ids: Vec<Vec<u32>>,
+    /// One tensor per row, as the family prepared it.
+    pub rows: Vec<Tensor>,
+    /// Each row's cost for the batch limits (tokens; 1 per image).
+    pub lens: Vec<usize>,
     pub truncated: Vec<bool>,
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
@@ -178,8 +181,9 @@ impl Replica {
 /// What kind of model an entry holds. Routing, breakers, recovery, scaling and the history are
 /// the same for every family; only how a request is prepared, run and answered differs.
 pub(crate) enum Family {
-    /// Texts → vectors (MiniLM): tokenised at admission, queued, batched by `scheduler`.
-    Embedding(Arc<MiniLm>),
+    /// Stateless batches (embeddings, image classification, …): prepared at admission, queued,
+    /// batched by `scheduler`; the model is a plug-in (`family::BatchModel`).
+    Batches(Arc<dyn BatchModel>),
     /// Prompt → streamed tokens (SmolLM2): a session per request on one replica's decoder,
     /// routed and replayed by `generation`.
     Generation(Arc<Generator>),
@@ -226,12 +230,12 @@ pub(crate) struct ModelEntry {
 }
 
 impl ModelEntry {
-    /// The sentence encoder, or a clear refusal for a model that does not embed.
-    pub fn encoder(&self) -> Result<&MiniLm, PoolError> {
+    /// The batch model, or a clear refusal for a model that generates.
+    pub fn batch_model(&self) -> Result<&Arc<dyn BatchModel>, PoolError> {
         match &self.family {
-            Family::Embedding(m) => Ok(m),
+            Family::Batches(m) => Ok(m),
             Family::Generation(_) => Err(PoolError::BadInput(format!(
-                "{} generates text; it does not embed (ask for generation)",
+                "{} generates text; ask it for generation (chat or completions)",
                 self.name
             ))),
         }
@@ -405,10 +409,10 @@ impl Shared {
         self.tabs.lock().expect("tabs").clone()
     }
 
-    /// The first model loaded of `family` (`None`: of any family).
-    pub fn default_model(&self, embedding: Option<bool>) -> Option<Arc<ModelEntry>> {
+    /// The first model loaded of type `ty` (`None`: of any type).
+    pub fn default_model(&self, ty: Option<ModelType>) -> Option<Arc<ModelEntry>> {
         let models = self.models.lock().expect("models");
-        models.iter().find(|m| embedding.is_none_or(|e| e == matches!(m.family, Family::Embedding(_)))).cloned()
+        models.iter().find(|m| ty.is_none_or(|t| t == m.model_type)).cloned()
     }
 
     pub fn model(&self, name: &str) -> Option<Arc<ModelEntry>> {
@@ -747,7 +751,7 @@ impl Shared {
         progress.phase("started", None);
         let mut stages = None;
         let loaded = match &m.family {
-            Family::Embedding(model) => self.load_encoder(m, model, slot, &progress).await,
+            Family::Batches(model) => self.load_batches(m, model.as_ref(), slot, &progress).await,
             Family::Generation(g) if g.sharded.is_some() => match self.load_pipeline(m, g, slot, &progress).await {
                 Ok(Some((run, backend, st))) => {
                     stages = Some(st);
@@ -788,10 +792,10 @@ impl Shared {
         }
     }
 
-    async fn load_encoder(
+    async fn load_batches(
         &self,
         m: &ModelEntry,
-        model: &MiniLm,
+        model: &dyn BatchModel,
         slot: &Slot,
         progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
@@ -872,9 +876,6 @@ impl Shared {
     pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<Arc<ModelEntry>> {
         let dir = spec.dir.clone();
         let family = match spec.model_type {
-            ModelType::TextEmbedding => {
-                Family::Embedding(Arc::new(tokio::task::spawn_blocking(move || MiniLm::load(dir.as_deref())).await??))
-            }
             ModelType::TextGeneration => {
                 let g = &self.cfg.generation;
                 let limits =
@@ -894,10 +895,13 @@ impl Shared {
                     .await??,
                 ))
             }
-            other => anyhow::bail!("no {other:?} model is built into tabpool yet"),
+            other => Family::Batches(
+                tokio::task::spawn_blocking(move || crate::models::registry::load_batches(other, dir.as_deref()))
+                    .await??,
+            ),
         };
         let own_name = match &family {
-            Family::Embedding(m) => m.name.clone(),
+            Family::Batches(m) => m.name().to_string(),
             Family::Generation(g) => g.model.name.clone(),
         };
         let name = spec.name.clone().unwrap_or(own_name);

@@ -25,8 +25,9 @@ use crate::pool::{Pool, PoolError};
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "tabpool", description = "An OpenAI-compatible API over a pool of browser tabs running models."),
-    paths(models, model, embeddings::embeddings, completions::chat, completions::completions, super::events::events),
-    components(schemas(types::Chunk)),
+    paths(models, model, embeddings::embeddings, completions::chat, completions::completions, super::events::events,
+        super::oip::server_metadata, super::oip::model_metadata, super::oip::infer, super::images::classifications),
+    components(schemas(types::Chunk, crate::family::Signature, crate::family::TensorSpec, super::images::Classified)),
     modifiers(&BearerKey),
     security(("api_key" = []))
 )]
@@ -105,6 +106,11 @@ pub(super) fn pool_error(e: &PoolError, generation: bool) -> Response {
         PoolError::Failed { .. } => error(StatusCode::SERVICE_UNAVAILABLE, msg, None, Some("inference_failed")),
         PoolError::ShutDown => error(StatusCode::SERVICE_UNAVAILABLE, msg, None, Some("shutting_down")),
     }
+}
+
+/// A pool's refusal of a request that is not a generation, in the envelope.
+pub(super) fn pool_error_of(e: &PoolError) -> Response {
+    pool_error(e, false)
 }
 
 /// A JSON body, or its refusal in the envelope (413 naming the limit for an oversized one).

@@ -8,6 +8,7 @@
 //! convolution pads TF "SAME" for the fixed 224×224 input. Outputs: logits `[N, 1000]`, then the
 //! pooled features `[N, 1280]`. Images become inputs with [`preprocess`].
 
+mod batch;
 pub mod preprocess;
 pub mod pth;
 
