@@ -250,7 +250,9 @@ fn conv_clamp_is_not_fused_when_the_conv_has_another_consumer() {
 async fn efficientnet_conv_timings() {
     let ex = executor().await;
     let relu6 = Op::Clamp { min: 0.0, max: 6.0 };
-    let shapes: [(&str, [u32; 4], [u32; 4], [u32; 2], [u32; 4], u32); 4] = [
+    /// Name, x, w, stride, pad, groups.
+    type ConvShape = (&'static str, [u32; 4], [u32; 4], [u32; 2], [u32; 4], u32);
+    let shapes: [ConvShape; 4] = [
         ("stem 3x3/2 3→32 @224", [1, 3, 224, 224], [32, 3, 3, 3], [2, 2], [0, 0, 1, 1], 1),
         ("expand 1x1 16→96 @112", [1, 16, 112, 112], [96, 16, 1, 1], [1, 1], [0; 4], 1),
         ("depthwise 3x3/2 96 @112", [1, 96, 112, 112], [96, 1, 3, 3], [2, 2], [0, 0, 1, 1], 96),

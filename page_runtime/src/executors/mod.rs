@@ -5,6 +5,7 @@ pub mod buckets;
 pub mod check;
 pub mod cpu;
 pub mod inputs;
+pub mod layout;
 pub mod shapes;
 pub mod tolerance;
 #[cfg(target_arch = "wasm32")]

@@ -8,6 +8,7 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     pub type MLContext;
     pub type MLGraphBuilder;
+    #[derive(Clone)]
     pub type MLOperand;
     pub type MLGraph;
     pub type MLTensor;
@@ -26,6 +27,9 @@ extern "C" {
     /// `MLContext.lost`: a promise of `MLContextLostInfo`; undefined in builds without it.
     #[wasm_bindgen(method, getter)]
     pub fn lost(this: &MLContext) -> JsValue;
+    /// `MLContext.opSupportLimits()`: `preferredInputLayout` ("nchw" / "nhwc") among others.
+    #[wasm_bindgen(method, catch, js_name = opSupportLimits)]
+    pub fn op_support_limits(this: &MLContext) -> Result<JsValue, JsValue>;
 
     /// `MLGraph.destroy()`: frees the compiled graph (its intermediate buffers) now instead of at
     /// garbage collection, which does not see memory held by the ML service.
@@ -101,6 +105,20 @@ extern "C" {
         indices: &MLOperand,
         updates: &MLOperand,
     ) -> Result<MLOperand, JsValue>;
+    /// `conv2d(input, filter, {padding, strides, groups, inputLayout, filterLayout, bias})`.
+    #[wasm_bindgen(method, catch)]
+    pub fn conv2d(
+        this: &MLGraphBuilder,
+        x: &MLOperand,
+        filter: &MLOperand,
+        opts: &Object,
+    ) -> Result<MLOperand, JsValue>;
+    /// `clamp(x, {minValue, maxValue})`.
+    #[wasm_bindgen(method, catch)]
+    pub fn clamp(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
+    /// `averagePool2d(x, {windowDimensions, layout})`.
+    #[wasm_bindgen(method, catch, js_name = averagePool2d)]
+    pub fn average_pool2d(this: &MLGraphBuilder, x: &MLOperand, opts: &Object) -> Result<MLOperand, JsValue>;
     #[wasm_bindgen(method, catch, js_name = argMax)]
     pub fn arg_max(this: &MLGraphBuilder, x: &MLOperand, axis: u32, opts: &Object) -> Result<MLOperand, JsValue>;
 }

@@ -21,6 +21,7 @@ use wasm_bindgen_futures::JsFuture;
 pub use bindings::{MLContext, MLGraph, MLGraphBuilder, MLOperand, MLTensor};
 
 use super::buckets::{activation_bytes, batch_bucket, crop, pad, seq_bucket};
+use super::layout::{self, FilterLayout};
 use super::{inputs, shapes};
 use crate::caps::js_text;
 
@@ -36,6 +37,9 @@ fn internal(what: &str, e: JsValue) -> RemoteError {
 pub struct WebNn {
     pub context: MLContext,
     pub device: String,
+    /// The context prefers channels-last image values (`opSupportLimits().preferredInputLayout
+    /// == "nhwc"`: TFLite/XNNPACK): graphs keep conv values in NHWC, filters stored to match.
+    pub nhwc: bool,
     /// Why the context was lost (`MLContext.lost` resolved), once it was; a lost context never
     /// comes back: the tab creates a new one (`serve.rs`).
     lost: Rc<RefCell<Option<String>>>,
@@ -88,7 +92,13 @@ pub async fn context(device: &str) -> Result<WebNn, String> {
         // The promise settles at most once; JS owns the closure from here.
         on_lost.forget();
     }
-    Ok(WebNn { context, device: device.into(), lost })
+    let nhwc = context
+        .op_support_limits()
+        .ok()
+        .and_then(|l| Reflect::get(&l, &"preferredInputLayout".into()).ok())
+        .and_then(|v| v.as_string())
+        .is_some_and(|v| v == "nhwc");
+    Ok(WebNn { context, device: device.into(), nhwc, lost })
 }
 
 /// `{dataType, shape}` (also `dimensions`, the older spelling some builds still read).
@@ -193,6 +203,8 @@ pub struct NnModel {
     tensors: RefCell<HashMap<Bucket, Vec<TensorSet>>>,
     /// A stateful graph's KV cache (created at its first step).
     kv: RefCell<Option<Rc<step::KvTensors>>>,
+    /// Per weight: the layout a conv filter is stored in (channels-last contexts only).
+    prelaid: Vec<Option<FilterLayout>>,
 }
 
 struct Cached {
@@ -209,7 +221,9 @@ struct TensorSet {
 impl NnModel {
     pub fn new(graph: Graph, nn: Rc<WebNn>) -> Result<NnModel, RemoteError> {
         graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
+        let prelaid = if nn.nhwc { layout::filter_layouts(&graph) } else { vec![None; graph.weights.len()] };
         Ok(NnModel {
+            prelaid,
             weights: RefCell::new((0..graph.weights.len()).map(|_| None).collect()),
             graph,
             nn,
@@ -229,8 +243,23 @@ impl NnModel {
             inputs::check_weight(&self.graph, first + i, t)?;
             bytes += t.data.len() as u64;
         }
+        self.store(first, tensors).await?;
+        Ok(bytes)
+    }
+
+    /// Store checked weights `first..`: conv filters reordered into the layout their convs read
+    /// (once here, not per graph), large ones written into their shared tensor.
+    async fn store(&self, first: usize, tensors: &[Tensor]) -> Result<(), RemoteError> {
+        let tensors: Vec<std::borrow::Cow<Tensor>> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match self.prelaid[first + i] {
+                Some(l) => std::borrow::Cow::Owned(layout::reorder_filter(t, l)),
+                None => std::borrow::Cow::Borrowed(t),
+            })
+            .collect();
         let ctx = &self.nn.context;
-        let shared = |t: &&Tensor| t.data.len() > CONSTANT_MAX_BYTES || t.dtype.block().is_some();
+        let shared = |t: &&std::borrow::Cow<Tensor>| t.data.len() > CONSTANT_MAX_BYTES || t.dtype.block().is_some();
         let created = futures_util::future::try_join_all(
             tensors.iter().filter(shared).map(|t| create_tensor(ctx, stored_dtype(t.dtype), &t.shape, &["writable"])),
         )
@@ -253,7 +282,7 @@ impl NnModel {
             };
             self.weights.borrow_mut()[first + i] = Some(w);
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Store weight `index` from a JS buffer holding all its bytes (checked by the caller):
@@ -261,6 +290,11 @@ impl NnModel {
     pub async fn put_whole_weight(&self, index: usize, bytes: &Uint8Array) -> Result<(), RemoteError> {
         self.nn.alive()?;
         let decl = &self.graph.weights[index];
+        if self.prelaid[index].is_some() {
+            // A conv filter to reorder: through wasm memory (filters are at most a few MB).
+            let t = Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: bytes.to_vec().into() };
+            return self.store(index, &[t]).await;
+        }
         let w = if decl.dtype.block().is_some() {
             let tensor = create_tensor(&self.nn.context, DType::F32, &decl.shape, &["writable"]).await?;
             let f = dequantize_js(decl.dtype, bytes);
@@ -341,7 +375,8 @@ impl NnModel {
                 })
                 .collect();
             let inputs = &bucket[..self.graph.inputs.len()];
-            ops::build(&self.nn.context, &self.graph, &uses, inputs, step)?
+            let layout = ops::Layout { nhwc: self.nn.nhwc, prelaid: &self.prelaid };
+            ops::build(&self.nn.context, &self.graph, &uses, inputs, step, layout)?
         };
         let weight_inputs = building.weight_inputs.clone();
         let graph = building.graph().await?;

@@ -11,6 +11,7 @@ use wasm_bindgen_futures::JsFuture;
 use super::bindings::{MLContext, MLGraph, MLGraphBuilder, MLOperand};
 use super::{desc, typed};
 use crate::caps::js_text;
+use crate::executors::layout::FilterLayout;
 use crate::executors::shapes;
 
 fn opts(pairs: &[(&str, JsValue)]) -> Object {
@@ -76,14 +77,15 @@ pub(super) fn build(
     weights: &[WeightUse<'_>],
     input_shapes: &[Vec<u32>],
     step: Option<StepShape>,
+    layout: Layout<'_>,
 ) -> Result<Building, RemoteError> {
     let shapes = shapes::graph_shapes(g, input_shapes)?;
     let b = MLGraphBuilder::new(ctx)
         .map_err(|e| RemoteError::new(ErrorKind::Unsupported, format!("MLGraphBuilder: {}", js_text(e))))?;
     let mut bl = Builder { b, op: "input" };
-    let mut vals: Vec<Option<MLOperand>> = (0..g.value_count()).map(|_| None).collect();
+    let mut vals = Vals::new(g.value_count());
     for (i, d) in g.inputs.iter().enumerate() {
-        vals[i] = Some(bl.b.input(&d.name, &desc(d.dtype, &input_shapes[i])).map_err(|e| bl.fail(e))?);
+        vals.v[i] = Some(bl.b.input(&d.name, &desc(d.dtype, &input_shapes[i])).map_err(|e| bl.fail(e))?);
     }
     let mut st = match (step, g.kv) {
         (Some(shape), Some(kv)) => Some(StepCtx::declare(&bl, shape, kv, input_shapes[0][0])?),
@@ -95,7 +97,7 @@ pub(super) fn build(
         bl.op = node.op.name();
         for &a in &node.args {
             if let ValueRef::Weight(w) = g.value(a)
-                && vals[a as usize].is_none()
+                && vals.v[a as usize].is_none()
             {
                 let operand = match &weights[w] {
                     WeightUse::Constant(t) => bl.b.constant(&desc(t.dtype, &t.shape), &typed(t.dtype, &t.data)),
@@ -104,18 +106,28 @@ pub(super) fn build(
                         bl.b.input(&weight_input(w), &desc(*dtype, shape))
                     }
                 };
-                vals[a as usize] = Some(operand.map_err(|e| bl.fail(e))?);
+                vals.v[a as usize] = Some(operand.map_err(|e| bl.fail(e))?);
             }
         }
-        let args: Vec<&MLOperand> = node.args.iter().map(|&a| vals[a as usize].as_ref().expect("defined")).collect();
         let arg_shapes: Vec<&[u32]> = node.args.iter().map(|&a| shapes[a as usize].as_slice()).collect();
         let out_shape = &shapes[g.node_value(ni) as usize];
-        let out = translate(&bl, &node.op, &args, &arg_shapes, out_shape, st.as_mut())?;
-        vals[g.node_value(ni) as usize] = Some(out);
+        let (out, nhwc) = match image_op(&bl, g, node, &arg_shapes, &mut vals, layout)? {
+            Some(done) => done,
+            None => {
+                // Every other op reads its arguments as declared (NCHW).
+                let args: Vec<MLOperand> =
+                    node.args.iter().map(|&a| vals.get(&bl, a, false)).collect::<Result<_, _>>()?;
+                let args: Vec<&MLOperand> = args.iter().collect();
+                (translate(&bl, &node.op, &args, &arg_shapes, out_shape, st.as_mut())?, false)
+            }
+        };
+        vals.v[g.node_value(ni) as usize] = Some(out);
+        vals.nhwc[g.node_value(ni) as usize] = nhwc;
     }
     let outs = Object::new();
     for (i, &o) in g.outputs.iter().enumerate() {
-        let _ = Reflect::set(&outs, &format!("out{i}").into(), vals[o as usize].as_ref().expect("defined"));
+        bl.op = "output";
+        let _ = Reflect::set(&outs, &format!("out{i}").into(), &vals.get(&bl, o, false)?.into());
     }
     if let Some(st) = st {
         for (name, operand) in &st.outputs {
@@ -143,9 +155,7 @@ fn translate(
     let rank = |i: usize| s[i].len() as u32;
     Ok(match op {
         Op::MatMul => b.matmul(a[0], a[1]).map_err(f)?,
-        Op::Conv2d { .. } | Op::Clamp { .. } | Op::GlobalAvgPool => {
-            return Err(RemoteError::new(ErrorKind::Unsupported, format!("no WebNN lowering for {} yet", op.name())));
-        }
+        Op::Conv2d { .. } | Op::Clamp { .. } | Op::GlobalAvgPool => unreachable!("lowered by image_op"),
         Op::Linear { bias } => {
             // gemm wants 2-D: fold leading dims into rows, transpose the [N, K] weight in gemm.
             let k = *s[0].last().expect("rank ≥ 1");
@@ -242,6 +252,114 @@ fn translate(
             st.attention(bl, a, s, *layer, *heads, *kv_heads)?
         }
     })
+}
+
+/// How the graph lays out image values: `nhwc` when the context prefers channels-last
+/// (`opSupportLimits().preferredInputLayout`, TFLite/XNNPACK); `prelaid` per weight, the layout
+/// a conv filter was stored in at load (`layout::filter_layouts`, applied by `NnModel`).
+#[derive(Clone, Copy)]
+pub(super) struct Layout<'a> {
+    pub nhwc: bool,
+    pub prelaid: &'a [Option<FilterLayout>],
+}
+
+/// The graph's values, each as built (NCHW or, for image values of a channels-last graph, NHWC)
+/// and in the other layout once a consumer needed it (one transpose per value, kept).
+struct Vals {
+    v: Vec<Option<MLOperand>>,
+    nhwc: Vec<bool>,
+    other: Vec<Option<MLOperand>>,
+}
+
+impl Vals {
+    fn new(n: usize) -> Vals {
+        Vals { v: (0..n).map(|_| None).collect(), nhwc: vec![false; n], other: (0..n).map(|_| None).collect() }
+    }
+
+    fn built(&self, i: u32) -> MLOperand {
+        self.v[i as usize].clone().expect("defined earlier")
+    }
+
+    /// Value `i` in NHWC (`want_nhwc`, rank 4 only) or as declared.
+    fn get(&mut self, bl: &Builder, i: u32, want_nhwc: bool) -> Result<MLOperand, RemoteError> {
+        let at = i as usize;
+        if self.nhwc[at] == want_nhwc {
+            return Ok(self.built(i));
+        }
+        if let Some(o) = &self.other[at] {
+            return Ok(o.clone());
+        }
+        let perm = if want_nhwc { [0, 2, 3, 1] } else { [0, 3, 1, 2] };
+        let t = bl.b.transpose(&self.built(i), &opts(&[("permutation", arr(&perm).into())])).map_err(|e| bl.fail(e))?;
+        self.other[at] = Some(t.clone());
+        Ok(t)
+    }
+}
+
+/// The image ops (conv2d, clamp, global average pool, and an add / mul of two image values in a
+/// channels-last graph), which choose their layout: the operand and whether it is NHWC. `None`
+/// for every other op.
+fn image_op(
+    bl: &Builder,
+    g: &Graph,
+    node: &shared_proto::Node,
+    s: &[&[u32]],
+    vals: &mut Vals,
+    layout: Layout<'_>,
+) -> Result<Option<(MLOperand, bool)>, RemoteError> {
+    let b = &bl.b;
+    let f = |e| bl.fail(e);
+    let a = &node.args;
+    let cl = layout.nhwc;
+    Ok(Some(match &node.op {
+        Op::Conv2d { stride, pad, groups, bias } => {
+            let x = vals.get(bl, a[0], cl)?;
+            let fl = FilterLayout::for_filter(s[1], *groups);
+            let filter = match g.value(a[1]) {
+                ValueRef::Weight(w) if cl && layout.prelaid.get(w) == Some(&Some(fl)) => vals.built(a[1]),
+                _ if cl => {
+                    let oihw = vals.get(bl, a[1], false)?;
+                    let p = opts(&[("permutation", arr(&fl.perm_from_oihw()).into())]);
+                    b.transpose(&oihw, &p).map_err(f)?
+                }
+                _ => vals.get(bl, a[1], false)?,
+            };
+            // WebNN's padding is [begin_h, end_h, begin_w, end_w]; ours [top, left, bottom, right].
+            let mut o = vec![
+                ("padding", arr(&[pad[0], pad[2], pad[1], pad[3]]).into()),
+                ("strides", arr(stride).into()),
+                ("groups", JsValue::from(*groups)),
+                ("inputLayout", (if cl { "nhwc" } else { "nchw" }).into()),
+                ("filterLayout", (if cl { fl.name() } else { "oihw" }).into()),
+            ];
+            if *bias {
+                o.push(("bias", vals.get(bl, a[2], false)?.into()));
+            }
+            (b.conv2d(&x, &filter, &opts(&o)).map_err(f)?, cl)
+        }
+        Op::Clamp { min, max } => {
+            let o = opts(&[("minValue", JsValue::from(*min)), ("maxValue", JsValue::from(*max))]);
+            (b.clamp(&vals.built(a[0]), &o).map_err(f)?, vals.nhwc[a[0] as usize])
+        }
+        Op::GlobalAvgPool => {
+            let (n, c, h, w) = (s[0][0], s[0][1], s[0][2], s[0][3]);
+            let nhwc = vals.nhwc[a[0] as usize];
+            let o = opts(&[
+                ("windowDimensions", arr(&[h, w]).into()),
+                ("layout", (if nhwc { "nhwc" } else { "nchw" }).into()),
+            ]);
+            let pooled = b.average_pool2d(&vals.built(a[0]), &o).map_err(f)?;
+            (b.reshape(&pooled, &arr(&[n, c])).map_err(f)?, false)
+        }
+        Op::Add | Op::Mul
+            if s[0].len() == 4 && s[0] == s[1] && (vals.nhwc[a[0] as usize] || vals.nhwc[a[1] as usize]) =>
+        {
+            let (x, y) = (vals.get(bl, a[0], true)?, vals.get(bl, a[1], true)?);
+            let out = if node.op == Op::Add { b.add(&x, &y) } else { b.mul(&x, &y) };
+            (out.map_err(f)?, true)
+        }
+        _ => return Ok(None),
+    }))
 }
 
 fn stateful_only(op: &Op) -> RemoteError {
