@@ -126,12 +126,21 @@ pub fn tab_step(c: Category, connected: bool, browser_alive: bool, reloads: u32)
     }
 }
 
-/// Whether a batch running `elapsed` should be hedged to a second replica: past `factor` × its
-/// expected time, and never before `floor`.
-pub fn should_hedge(elapsed: Duration, expected: Option<Duration>, factor: f64, floor: Duration) -> bool {
+/// Hedging settings (`hedge`, `hedge_factor`, `hedge_floor_ms` of the pool's config).
+#[derive(Debug, Clone, Copy)]
+pub struct Hedging {
+    pub enabled: bool,
+    pub factor: f64,
+    pub floor: Duration,
+}
+
+/// When a call expected to take `expected` is copied to a second replica: past `factor` × its
+/// expected time and never before `floor`. `None`: never (hedging off, or no measurement yet).
+/// Every family's hedge — a batch, a stream's first token — waits by this rule.
+pub fn hedge_after(expected: Option<Duration>, h: Hedging) -> Option<Duration> {
     match expected {
-        Some(e) => elapsed >= floor.max(e.mul_f64(factor)),
-        None => false,
+        Some(e) if h.enabled => Some(e.mul_f64(h.factor).max(h.floor)),
+        _ => None,
     }
 }
 
@@ -193,9 +202,10 @@ mod tests {
     #[test]
     fn hedging_waits_for_a_multiple_of_the_expected_time() {
         let ms = Duration::from_millis;
-        assert!(!should_hedge(ms(250), Some(ms(100)), 3.0, ms(50)));
-        assert!(should_hedge(ms(300), Some(ms(100)), 3.0, ms(50)));
-        assert!(!should_hedge(ms(40), Some(ms(10)), 3.0, ms(50)), "never before the floor");
-        assert!(!should_hedge(ms(9000), None, 3.0, ms(50)), "unknown cost: no hedge");
+        let h = Hedging { enabled: true, factor: 3.0, floor: ms(50) };
+        assert_eq!(hedge_after(Some(ms(100)), h), Some(ms(300)));
+        assert_eq!(hedge_after(Some(ms(10)), h), Some(ms(50)), "never before the floor");
+        assert_eq!(hedge_after(None, h), None, "unknown cost: no hedge");
+        assert_eq!(hedge_after(Some(ms(100)), Hedging { enabled: false, ..h }), None, "off");
     }
 }

@@ -331,6 +331,15 @@ impl PoolConfig {
         BrowserKind::LOCAL.into_iter().filter(|k| installed(*k)).map(KindSpec::local).collect()
     }
 
+    /// The hedging rule's settings.
+    pub fn hedging(&self) -> crate::policy::recovery::Hedging {
+        crate::policy::recovery::Hedging {
+            enabled: self.hedge,
+            factor: self.hedge_factor,
+            floor: Duration::from_millis(self.hedge_floor_ms),
+        }
+    }
+
     pub fn scaling_policy(&self) -> ScalingConfig {
         ScalingConfig {
             min_tabs: self.min_tabs,

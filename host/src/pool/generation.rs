@@ -360,12 +360,9 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
 /// model's expected time to first token for this prompt (measured) × `hedge_factor`, at least
 /// `hedge_floor_ms`. `None` without a measurement yet, or with hedging off.
 fn hedge_delay(shared: &Shared, m: &ModelEntry, prompt_len: usize) -> Option<Duration> {
-    let per_token = (*m.ttft_ms_per_token.lock().expect("ttft"))?;
-    if !shared.cfg.hedge {
-        return None;
-    }
-    let expected = Duration::from_secs_f64(per_token * prompt_len.max(1) as f64 / 1e3);
-    Some(expected.mul_f64(shared.cfg.hedge_factor).max(Duration::from_millis(shared.cfg.hedge_floor_ms)))
+    let per_token = *m.ttft_ms_per_token.lock().expect("ttft");
+    let expected = per_token.map(|ms| Duration::from_secs_f64(ms * prompt_len.max(1) as f64 / 1e3));
+    crate::policy::recovery::hedge_after(expected, shared.cfg.hedging())
 }
 
 /// Learn the time to first token per prompt token (a moving average over the model's streams).

@@ -485,12 +485,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
         let h = h.get(&(m.name.clone(), r.slot.kind.name.clone(), r.backend.clone())).copied().unwrap_or_default();
         expected_ms_per_text(&r, &h).map(|ms| Duration::from_secs_f64(ms * rows as f64 / 1e3))
     };
-    let hedge_at = match expected {
-        Some(e) if shared.cfg.hedge => {
-            Some(e.mul_f64(shared.cfg.hedge_factor).max(Duration::from_millis(shared.cfg.hedge_floor_ms)))
-        }
-        _ => None,
-    };
+    let hedge_at = recovery::hedge_after(expected, shared.cfg.hedging());
     let mut primary = run_owned(&shared, &m, &r, inputs.clone(), rows);
     let hedge_wait = async {
         match hedge_at {
