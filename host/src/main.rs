@@ -7,8 +7,8 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, chat, classify,
-    doctor, embed, generate, matmul, report, serve, shard_plan,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_vision, chat,
+    classify, doctor, embed, generate, matmul, report, serve, shard_plan,
 };
 use tabpool::exec::Backend;
 use tabpool::policy::sharding::Strategy;
@@ -254,6 +254,25 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// EfficientNet-Lite0: images/s and p50/p99 at batch 1 and 8 on the host CPU executor, a WebNN
+    /// tab, a WebGPU tab (SwiftShader: 3 calls at batch 1, one at batch 8) and a pool of WebNN tabs;
+    /// tab memory above an empty tab; top-1 checked against the reference; --peers runs
+    /// onnxruntime native and onnxruntime-web in the same run, with ratios.
+    Vision {
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Cpu, Backend::Webnn, Backend::Webgpu])]
+        backends: Vec<Backend>,
+        /// Timed passes of 8 images per batch size (WebGPU: fixed, see above).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// WebNN tabs in the pool row (below 2: none).
+        #[arg(long, default_value_t = 2)]
+        pool_tabs: usize,
+        /// Also run the vision peer harness (../shared/anchors/vision/run.sh or $TABPOOL_ANCHORS/vision, not in the repository; ~4 min); skipped with a note when absent.
+        #[arg(long)]
+        peers: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
     Pool {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
@@ -493,7 +512,10 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         | Command::Chat { .. }
         | Command::Status { .. }
         | Command::Report { .. }
-        | Command::Bench { what: BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } | BenchWhat::History { .. } } => {
+        | Command::Bench {
+            what:
+                BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } | BenchWhat::History { .. } | BenchWhat::Vision { .. },
+        } => {
             unreachable!("runs without a pre-started host")
         }
     }
@@ -580,6 +602,13 @@ async fn main() -> ExitCode {
             let args = bench_recovery::Args { trials, stream, every, json };
             tokio::select! {
                 r = bench_recovery::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
+        Command::Bench { what: BenchWhat::Vision { backends, reps, pool_tabs, peers, json } } => {
+            let args = bench_vision::Args { backends, reps, pool_tabs, peers, json };
+            tokio::select! {
+                r = bench_vision::run(cfg, args) => r,
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
