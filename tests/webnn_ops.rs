@@ -51,3 +51,30 @@ async fn every_op_matches_the_cpu_executor_on_webnn() {
     assert!(failures.is_empty(), "WebNN op failures:\n{}", failures.join("\n"));
     host.shutdown().await;
 }
+
+/// Run time of an EfficientNet-Lite0-sized MBConv block (24 channels at 56×56, expand 6: 1×1
+/// 24→144 + ReLU6, depthwise 3×3 + ReLU6, 1×1 144→24, residual, pool) on WebNN (channels-last
+/// inside the graph), checked against the CPU executor; printed with the CPU's time in the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mbconv_block_timing_on_webnn() {
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let tab = host.launch(BrowserKind::ChromiumWebnn).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let case = op_cases::mbconv("mbconv 24@56 x6", 24, 56, 6, 1e-4);
+    let (g, weights, inputs) = op_cases::split(&case);
+    let cpu = CpuModel::new(g.clone(), weights.clone()).unwrap();
+    let t0 = std::time::Instant::now();
+    let want = cpu.run(&inputs).unwrap();
+    let cpu_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let backend = ExecBackend::WebNn { device: "cpu".into() };
+    let tm = TabModel::load(&tab, "mbconv", &g, &weights, backend, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let (got, ms) = tm.run(inputs.clone()).await.unwrap_or_else(|e| panic!("{e:#}"));
+        op_cases::check(&case, &got[0], &want[0]).unwrap();
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!("{}: WebNN median {:.2} ms (min {:.2}); host CPU executor {cpu_ms:.2} ms", case.name, times[3], times[0]);
+    host.shutdown().await;
+}

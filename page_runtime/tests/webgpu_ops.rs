@@ -275,4 +275,17 @@ async fn efficientnet_conv_timings() {
         times.sort_by(f64::total_cmp);
         web_sys::console::log_1(&format!("{name} + relu6: median {:.2} ms (min {:.2})", times[2], times[0]).into());
     }
+    // A whole MBConv block (as tests/webnn_ops.rs times on WebNN).
+    let case = op_cases::mbconv("mbconv 24@56 x6", 24, 56, 6, 1e-4);
+    let (g, weights, inputs) = op_cases::split(&case);
+    let want = CpuModel::new(g.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+    let m = ex.load_model(g, &weights).await.unwrap();
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let got = m.run(&ex, &inputs).await.unwrap();
+        check(&case, &got.outputs[0], &want[0]).unwrap();
+        times.push(got.device_ms);
+    }
+    times.sort_by(f64::total_cmp);
+    web_sys::console::log_1(&format!("{}: median {:.2} ms (min {:.2})", case.name, times[3], times[0]).into());
 }

@@ -200,26 +200,33 @@ fn conv(
 /// 192→96, residual add, global average pool. The 1×1 filters are 72 KiB (WebNN binds them as
 /// graph inputs, not constants); the two Conv2d → Clamp pairs are fused on WebGPU.
 pub fn mbconv_chain() -> Case {
+    mbconv("mbconv chain", 96, 8, 2, 1e-4)
+}
+
+/// An MBConv block of `c` channels at `hw`×`hw`: expand 1×1 c→c·`expand` + bias + ReLU6,
+/// depthwise 3×3 pad 1 + bias + ReLU6, project 1×1 back to c, residual add, global average pool.
+pub fn mbconv(name: &'static str, c: u32, hw: u32, expand: u32, tol: f32) -> Case {
     let conv = |stride, pad, groups, bias| Op::Conv2d { stride, pad, groups, bias };
     let relu6 = Op::Clamp { min: 0.0, max: 6.0 };
+    let e = c * expand;
     let args = vec![
-        f32s(&[1, 96, 8, 8], 80, 1.0),
-        f32s(&[192, 96, 1, 1], 81, 0.2),
-        f32s(&[192], 82, 0.5),
-        f32s(&[192, 1, 3, 3], 83, 0.5),
-        f32s(&[192], 84, 0.5),
-        f32s(&[96, 192, 1, 1], 85, 0.1),
+        f32s(&[1, c, hw, hw], 80, 1.0),
+        f32s(&[e, c, 1, 1], 81, 2.0 / (c as f32).sqrt()),
+        f32s(&[e], 82, 0.5),
+        f32s(&[e, 1, 3, 3], 83, 0.5),
+        f32s(&[e], 84, 0.5),
+        f32s(&[c, e, 1, 1], 85, 1.0 / (e as f32).sqrt()),
     ];
     let body = vec![
         Node { op: conv([1, 1], [0; 4], 1, true), args: vec![0, 1, 2] }, // 6
         Node { op: relu6.clone(), args: vec![6] },                       // 7
-        Node { op: conv([1, 1], [1; 4], 192, true), args: vec![7, 3, 4] }, // 8
+        Node { op: conv([1, 1], [1; 4], e, true), args: vec![7, 3, 4] }, // 8
         Node { op: relu6, args: vec![8] },                               // 9
         Node { op: conv([1, 1], [0; 4], 1, false), args: vec![9, 5] },   // 10
         Node { op: Op::Add, args: vec![10, 0] },                         // 11
         Node { op: Op::GlobalAvgPool, args: vec![11] },                  // 12
     ];
-    Case { weights: (1..6).collect(), body, ..Case::new("mbconv chain", Op::Add, args, 1e-4, 1e-4) }
+    Case { weights: (1..6).collect(), body, ..Case::new(name, Op::Add, args, tol, tol) }
 }
 
 /// A tensor of `shape` quantized row by row to `dtype` (Q4_1 or Q8_0) from seeded values.
