@@ -74,7 +74,7 @@ async fn streams_match_the_reference_and_survive_a_killed_tab() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let (_, g) = pool.generation_model(None).unwrap();
-    let stops = g.model.eos_ids.clone();
+    let stops = g.model.stop_ids().to_vec();
     let cases = support::smollm2_reference();
 
     // Each case alone: the reference's greedy ids, on the tab's CPU executor (auto: these tabs'
@@ -185,7 +185,7 @@ async fn a_dropped_stream_frees_its_session_and_bad_requests_are_typed() {
     let pool = Pool::with_host(support::host().await, config(1, 1, None)).await.unwrap_or_else(|e| panic!("{e:#}"));
     pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let (_, g) = pool.generation_model(None).unwrap();
-    let stops = g.model.eos_ids.clone();
+    let stops = g.model.stop_ids().to_vec();
     let cases = support::smollm2_reference();
     let long = GenRequest { prompt: cases[0].prompt_ids.clone(), params: greedy(&[], 200) };
     let mut rx = pool.generate(None, long).unwrap();
@@ -232,7 +232,7 @@ async fn a_late_first_token_is_hedged_on_another_tab() {
     let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
     pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let (_, g) = pool.generation_model(None).unwrap();
-    let stops = g.model.eos_ids.clone();
+    let stops = g.model.stop_ids().to_vec();
     let cases = support::smollm2_reference();
     // One stream teaches the pool the model's time to first token.
     let req = GenRequest { prompt: cases[0].prompt_ids.clone(), params: greedy(&stops, 24) };

@@ -62,7 +62,7 @@ async fn two_pipelines_match_the_reference_and_a_killed_stage_tab_is_replaced() 
         Pool::with_host(support::host().await, config(4, 2, Strategy::Layer)).await.unwrap_or_else(|e| panic!("{e:#}"));
     let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let (_, g) = pool.generation_model(None).unwrap();
-    let stops = g.model.eos_ids.clone();
+    let stops = g.model.stop_ids().to_vec();
     let cases = support::smollm2_reference();
     let greedy = GenParams { max_tokens: 24, sampling: Sampling::Greedy, stop_ids: stops };
 
@@ -198,7 +198,7 @@ async fn a_stage_tab_that_fails_then_heals_ends_with_its_breaker_closed_and_serv
     let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let (_, g) = pool.generation_model(None).unwrap();
     let case = &support::smollm2_reference()[0];
-    let greedy = GenParams { max_tokens: 12, sampling: Sampling::Greedy, stop_ids: g.model.eos_ids.clone() };
+    let greedy = GenParams { max_tokens: 12, sampling: Sampling::Greedy, stop_ids: g.model.stop_ids().to_vec() };
     let want: Vec<u32> = reference_ids(case).into_iter().take(12).collect();
     let stage_tab = |pool: &Pool| {
         let m = pool.metrics();

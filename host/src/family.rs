@@ -108,6 +108,58 @@ pub trait BatchModel: Send + Sync + 'static {
     }
 }
 
+/// The KV cache a copy of a session model is given: token rows shared by its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    pub max_tokens: u32,
+    pub max_sessions: u32,
+}
+
+/// A chat message: `role` is "system", "user" or "assistant".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// A model served in sessions: a request is a stream whose state (a KV cache, an encoder's
+/// output) stays in the tab between steps. The pool's generation path (`pool::generation`,
+/// `pool::pipelines`) holds it as `Box<dyn SessionModel>` inside its `Generator`.
+pub trait SessionModel: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn model_type(&self) -> ModelType;
+    /// Token ids run from 0 to this (exclusive): prompts with others are refused.
+    fn vocab(&self) -> usize;
+    /// Most tokens a session may hold (prompt and generated).
+    fn context_length(&self) -> u32;
+    /// Width of the hidden state a sharded replica's stages hand on.
+    fn hidden(&self) -> usize;
+    /// Ids that end a stream.
+    fn stop_ids(&self) -> &[u32];
+    /// A raw prompt's ids (control tokens written in it allowed: the writer owns all of it).
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>>;
+    /// A conversation's ids in the model's own template (control tokens in a message are text).
+    fn chat_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String>;
+    /// The model's parts (embed, attention l, FFN l, head) and their costs, for the sharding
+    /// planner: the model knows its anatomy, the planner only splits what it is given.
+    fn part_costs(&self) -> anyhow::Result<crate::policy::sharding::ModelCosts>;
+    /// The step graph of one stage holding `parts`, with a KV cache of `limits`.
+    fn stage_graph(
+        &self,
+        limits: KvLimits,
+        parts: &[crate::policy::sharding::Part],
+    ) -> anyhow::Result<(Graph, Vec<Tensor>)>;
+    /// The whole step graph, giving up the loader's weights to it (no second copy is kept).
+    fn take_graph(&mut self, limits: KvLimits) -> anyhow::Result<(Graph, Vec<Tensor>)>;
+}
+
 /// Split each graph output `[rows, width]` into rows: per row, one vector per output.
 pub fn split_rows(outputs: &[Tensor], rows: usize, widths: &[usize]) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     anyhow::ensure!(

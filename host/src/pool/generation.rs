@@ -79,19 +79,19 @@ pub(crate) fn start(
         return Err(PoolError::ShutDown);
     }
     let Family::Generation(g) = &m.family else {
-        return Err(PoolError::BadInput(format!("{} embeds texts; it does not generate", m.name)));
+        return Err(PoolError::BadInput(format!("{} does not generate text", m.name)));
     };
     if req.prompt.is_empty() {
         return Err(PoolError::BadInput("an empty prompt: there is nothing to continue".into()));
     }
-    let vocab = g.model.config.vocab;
-    if let Some(bad) = req.prompt.iter().find(|&&t| t >= vocab) {
+    let vocab = g.model.vocab();
+    if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
         return Err(PoolError::BadInput(format!("token id {bad} is outside the vocabulary of {vocab}")));
     }
     if req.params.max_tokens == 0 {
         return Err(PoolError::BadInput("max_tokens must be at least 1".into()));
     }
-    let limit = shared.cfg.generation.context_limit.min(g.model.context_length) as usize;
+    let limit = shared.cfg.generation.context_limit.min(g.model.context_length()) as usize;
     if req.prompt.len() + req.params.max_tokens as usize > limit {
         return Err(PoolError::TooLarge(format!(
             "the prompt ({} tokens) plus max_tokens {} exceeds the context limit of {limit} tokens",

@@ -330,7 +330,7 @@ impl Pool {
 
     /// Most tokens a generation session holds (prompt + generated) for `g` in this pool.
     pub fn context_limit(&self, g: &Generator) -> usize {
-        self.shared.cfg.generation.context_limit.min(g.model.context_length) as usize
+        self.shared.cfg.generation.context_limit.min(g.model.context_length()) as usize
     }
 
     /// Embed many texts as one multi-tab job: shards of `max_batch` run on every replica at once

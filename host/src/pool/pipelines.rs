@@ -27,7 +27,7 @@ use super::breakers;
 use super::state::{Generator, ModelEntry, Runner, Shared, Slot};
 use crate::exec::pipeline::StageCall;
 use crate::exec::{Decoder, Pipeline, Replacer, StageObserver, StepLimits, Stepper};
-use crate::models::smollm2::{KvLimits, Outputs, SmolLm2};
+use crate::family::{KvLimits, SessionModel};
 use crate::policy::backend_choice;
 use crate::policy::breaker::{self, Breaker, Outcome};
 use crate::policy::recovery::Category;
@@ -59,7 +59,12 @@ pub struct Sharded {
 impl Sharded {
     /// `model` split into `shards` stages by `strategy` on equal tabs (the pool has no measured
     /// speeds yet when it loads), each stage's graph with a KV cache of `limits`.
-    pub fn build(model: &SmolLm2, limits: KvLimits, shards: u32, strategy: Strategy) -> anyhow::Result<Sharded> {
+    pub fn build(
+        model: &dyn SessionModel,
+        limits: KvLimits,
+        shards: u32,
+        strategy: Strategy,
+    ) -> anyhow::Result<Sharded> {
         let (layout, micro_batches) = sharding::layout(strategy, &model.part_costs()?, None, shards as usize)?;
         let tabs = layout.iter().map(|(t, _)| t + 1).max().unwrap_or(1);
         let tab_labels = (0..tabs)
@@ -72,7 +77,7 @@ impl Sharded {
         let stages = layout
             .into_iter()
             .map(|(_, parts)| {
-                let (graph, weights) = model.stage_graph(limits, &parts, Outputs::default())?;
+                let (graph, weights) = model.stage_graph(limits, &parts)?;
                 Ok(StageSpec { graph, weights })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -212,7 +217,7 @@ impl Shared {
             stepper: OnceLock::new(),
         });
         let pipeline =
-            Pipeline::new(steppers, g.model.config.hidden, sharded.micro_batches, Some(self.replacer(m, g, &stages)))
+            Pipeline::new(steppers, g.model.hidden() as u32, sharded.micro_batches, Some(self.replacer(m, g, &stages)))
                 .map_err(|e| (backend.clone(), e))?
                 .with_observer(self.observer(m, &stages));
         let stepper = Arc::new(Stepper::Pipeline(pipeline));

@@ -16,7 +16,8 @@ use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
 use crate::family::BatchModel;
-use crate::models::smollm2::{KvLimits, Outputs, SmolLm2};
+use crate::family::{KvLimits, SessionModel};
+use crate::models::registry::Loaded;
 use crate::policy::backend_choice::{self, Measured};
 use crate::policy::breaker::Breaker;
 use crate::policy::health;
@@ -184,15 +185,15 @@ pub(crate) enum Family {
     /// Stateless batches (embeddings, image classification, …): prepared at admission, queued,
     /// batched by `scheduler`; the model is a plug-in (`family::BatchModel`).
     Batches(Arc<dyn BatchModel>),
-    /// Prompt → streamed tokens (SmolLM2): a session per request on one replica's decoder,
-    /// routed and replayed by `generation`.
+    /// Prompt → streamed tokens: a session per request on one replica's decoder, routed and
+    /// replayed by `generation`; the model is a plug-in (`family::SessionModel`).
     Generation(Arc<Generator>),
 }
 
 /// A generation model as the pool loads it into tabs: its graph and weights built once.
 pub struct Generator {
     /// Tokenizer, chat template, stop ids, context length.
-    pub model: SmolLm2,
+    pub model: Box<dyn SessionModel>,
     pub(crate) graph: Graph,
     pub(crate) weights: Vec<Tensor>,
     /// With `[generation] shards` above 1: the model split into stages; replicas are pipelines.
@@ -836,7 +837,7 @@ impl Shared {
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
         let wanted = slot.kind.backend.unwrap_or(self.cfg.backend);
         let exec = backend_choice::for_generation(wanted, slot.tab.caps()).map_err(|e| (format!("{wanted:?}"), e))?;
-        let stepper = Stepper::in_tab(&slot.tab, &g.model.name, &g.graph, &g.weights, exec.clone(), progress)
+        let stepper = Stepper::in_tab(&slot.tab, g.model.name(), &g.graph, &g.weights, exec.clone(), progress)
             .await
             .map_err(|e| (exec.to_string(), e))?;
         let gen_cfg = &self.cfg.generation;
@@ -875,34 +876,28 @@ impl Shared {
     /// Load a model on its replicas and add it to the pool; the caller starts its batcher.
     pub async fn load_model(self: &Arc<Self>, spec: ModelSpec) -> anyhow::Result<Arc<ModelEntry>> {
         let dir = spec.dir.clone();
-        let family = match spec.model_type {
-            ModelType::TextGeneration => {
-                let g = &self.cfg.generation;
-                let limits =
-                    KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
-                let (shards, strategy) = (g.shards, g.strategy);
-                Family::Generation(Arc::new(
-                    tokio::task::spawn_blocking(move || -> anyhow::Result<Generator> {
-                        let mut model = SmolLm2::load(dir.as_deref())?;
-                        let sharded = match shards {
-                            1 => None,
-                            n => Some(Sharded::build(&model, limits, n, strategy)?),
-                        };
-                        // Replicas load from the graph's weights: the loader's copy goes.
-                        let (graph, weights) = model.into_graph(limits, Outputs::default())?;
-                        Ok(Generator { model, graph, weights, sharded })
-                    })
-                    .await??,
-                ))
-            }
-            other => Family::Batches(
-                tokio::task::spawn_blocking(move || crate::models::registry::load_batches(other, dir.as_deref()))
-                    .await??,
-            ),
-        };
+        let g = &self.cfg.generation;
+        let limits = KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
+        let (shards, strategy, ty) = (g.shards, g.strategy, spec.model_type);
+        // The registry says which family a type is; the pool only knows the two ways to run one.
+        let family = tokio::task::spawn_blocking(move || -> anyhow::Result<Family> {
+            Ok(match crate::models::registry::load(ty, dir.as_deref())? {
+                Loaded::Batches(m) => Family::Batches(m),
+                Loaded::Sessions(mut model) => {
+                    let sharded = match shards {
+                        1 => None,
+                        n => Some(Sharded::build(model.as_ref(), limits, n, strategy)?),
+                    };
+                    // Replicas load from the graph's weights: the loader's copy goes.
+                    let (graph, weights) = model.take_graph(limits)?;
+                    Family::Generation(Arc::new(Generator { model, graph, weights, sharded }))
+                }
+            })
+        })
+        .await??;
         let own_name = match &family {
             Family::Batches(m) => m.name().to_string(),
-            Family::Generation(g) => g.model.name.clone(),
+            Family::Generation(g) => g.model.name().to_string(),
         };
         let name = spec.name.clone().unwrap_or(own_name);
         anyhow::ensure!(self.model(&name).is_none(), "a model named {name:?} is already loaded");

@@ -386,7 +386,7 @@ async fn run(
             );
         }
     };
-    let params = GenParams { max_tokens, sampling: plan.sampling, stop_ids: g.model.eos_ids.clone() };
+    let params = GenParams { max_tokens, sampling: plan.sampling, stop_ids: g.model.stop_ids().to_vec() };
     let prompt_tokens = prompt.len();
     let rx = match pool.generate(Some(&model), GenRequest { prompt, params }) {
         Ok(rx) => rx,
@@ -451,7 +451,7 @@ impl Output {
                 Some(StreamEvent::Placed { .. }) => {}
                 Some(StreamEvent::Token(id)) => {
                     self.completion_tokens += 1;
-                    let piece = self.text.push(&self.g.model, id).unwrap_or_default();
+                    let piece = self.text.push(self.g.model.as_ref(), id).unwrap_or_default();
                     let s = self.scan.push(&piece);
                     self.ready.extend((!s.text.is_empty()).then_some(Piece::Text(s.text)));
                     if s.stopped {
@@ -461,7 +461,7 @@ impl Output {
                     }
                 }
                 Some(StreamEvent::Done(summary)) => {
-                    let tail = self.text.finish(&self.g.model).unwrap_or_default();
+                    let tail = self.text.finish(self.g.model.as_ref()).unwrap_or_default();
                     let s = self.scan.push(&tail);
                     let mut text = s.text;
                     if !s.stopped {

@@ -29,12 +29,7 @@ impl Config {
     }
 }
 
-/// The KV cache the caller gives a copy of the model: token rows shared by its sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLimits {
-    pub max_tokens: u32,
-    pub max_sessions: u32,
-}
+pub use crate::family::KvLimits;
 
 /// Which outputs the graph has besides the sampled ids (output 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

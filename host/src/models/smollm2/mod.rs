@@ -220,11 +220,11 @@ pub struct TextStream {
 const MAX_HELD: usize = 8;
 
 impl TextStream {
-    pub fn push(&mut self, model: &SmolLm2, id: u32) -> anyhow::Result<String> {
+    pub fn push(&mut self, model: &dyn crate::family::SessionModel, id: u32) -> anyhow::Result<String> {
         self.push_with(id, |ids| model.decode(ids))
     }
 
-    pub fn finish(&mut self, model: &SmolLm2) -> anyhow::Result<String> {
+    pub fn finish(&mut self, model: &dyn crate::family::SessionModel) -> anyhow::Result<String> {
         self.finish_with(|ids| model.decode(ids))
     }
 
@@ -258,6 +258,50 @@ impl TextStream {
     /// Every id so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+}
+
+/// The pool's view of SmolLM2 (and any llama-architecture GGUF this loader reads).
+impl crate::family::SessionModel for SmolLm2 {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn model_type(&self) -> crate::policy::routing::ModelType {
+        crate::policy::routing::ModelType::TextGeneration
+    }
+    fn vocab(&self) -> usize {
+        self.config.vocab as usize
+    }
+    fn context_length(&self) -> u32 {
+        self.context_length
+    }
+    fn hidden(&self) -> usize {
+        self.config.hidden as usize
+    }
+    fn stop_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        SmolLm2::encode(self, text)
+    }
+    fn chat_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        SmolLm2::chat_ids(self, messages)
+    }
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        SmolLm2::decode(self, ids)
+    }
+    fn part_costs(&self) -> anyhow::Result<crate::policy::sharding::ModelCosts> {
+        SmolLm2::part_costs(self)
+    }
+    fn stage_graph(
+        &self,
+        limits: KvLimits,
+        parts: &[crate::policy::sharding::Part],
+    ) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        SmolLm2::stage_graph(self, limits, parts, Outputs::default())
+    }
+    fn take_graph(&mut self, limits: KvLimits) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        SmolLm2::into_graph(self, limits, Outputs::default())
     }
 }
 

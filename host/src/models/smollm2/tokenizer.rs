@@ -71,18 +71,7 @@ pub enum Piece {
     Text(String),
 }
 
-/// A chat message: `role` is "system", "user" or "assistant".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
-    }
-}
+pub use crate::family::Message;
 
 /// The GGUF's ChatML template, rendered natively: no Jinja engine for one fixed template; its
 /// default system prompt is read from the template itself.
