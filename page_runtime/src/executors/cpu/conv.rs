@@ -1,7 +1,7 @@
 //! Convolution family (NCHW): 2-D convolution with stride, groups and asymmetric padding, and
 //! global average pooling.
 
-use super::matmul;
+use super::{matmul, par};
 
 /// The sizes of one `Conv2d` (`pad` = [top, left, bottom, right]).
 #[derive(Debug, Clone, Copy)]
@@ -27,49 +27,63 @@ impl ConvDims {
 }
 
 /// `x[N, C, H, W]`, `w[O, C/groups, kh, kw]`, `bias[O]` → `[N, O, Ho, Wo]`; padding reads zeros.
+/// Output planes are computed independently (over threads natively, `par::rows`), each summing
+/// in the order (input channel, ky, kx) and adding the bias last, as the definition reads.
 pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: &ConvDims) -> Vec<f32> {
     let (ho, wo) = d.out_hw();
     let (cg, og) = (d.c / d.groups, d.o / d.groups);
     let mut out = vec![0f32; d.n * d.o * ho * wo];
+    if out.is_empty() {
+        return out;
+    }
     let pointwise = d.kh == 1 && d.kw == 1 && d.stride == [1, 1] && d.pad == [0; 4] && d.groups == 1;
-    for n in 0..d.n {
-        let xn = &x[n * d.c * d.h * d.w..][..d.c * d.h * d.w];
-        let on = &mut out[n * d.o * ho * wo..][..d.o * ho * wo];
-        if pointwise {
+    if pointwise {
+        for n in 0..d.n {
+            let xn = &x[n * d.c * d.h * d.w..][..d.c * d.h * d.w];
             // A 1×1 convolution is w[O, C] · x[C, H·W]: the matmul kernel.
-            on.copy_from_slice(&matmul::matmul(w, xn, d.o, d.c, ho * wo));
-        } else {
-            for oc in 0..d.o {
-                let g = oc / og;
-                let plane = &mut on[oc * ho * wo..][..ho * wo];
-                for ic in 0..cg {
-                    let xc = &xn[(g * cg + ic) * d.h * d.w..][..d.h * d.w];
-                    let wk = &w[(oc * cg + ic) * d.kh * d.kw..][..d.kh * d.kw];
-                    for oy in 0..ho {
-                        for ky in 0..d.kh {
-                            let iy = (oy * d.stride[0] + ky) as isize - d.pad[0] as isize;
-                            if iy < 0 || iy >= d.h as isize {
-                                continue;
-                            }
-                            let row = &xc[iy as usize * d.w..][..d.w];
-                            for kx in 0..d.kw {
-                                let wv = wk[ky * d.kw + kx];
-                                for ox in 0..wo {
-                                    let ix = (ox * d.stride[1] + kx) as isize - d.pad[1] as isize;
-                                    if ix >= 0 && ix < d.w as isize {
-                                        plane[oy * wo + ox] += wv * row[ix as usize];
-                                    }
-                                }
+            out[n * d.o * ho * wo..][..d.o * ho * wo].copy_from_slice(&matmul::matmul(w, xn, d.o, d.c, ho * wo));
+        }
+    } else {
+        // Per kx, the output columns whose input column lies inside the row: [lo, hi).
+        let cols: Vec<(usize, usize)> = (0..d.kw)
+            .map(|kx| {
+                let (pl, sw) = (d.pad[1], d.stride[1]);
+                let lo = pl.saturating_sub(kx).div_ceil(sw);
+                let hi = if d.w + pl > kx { ((d.w + pl - kx - 1) / sw + 1).min(wo) } else { 0 };
+                (lo, hi.max(lo))
+            })
+            .collect();
+        let work = d.n * d.o * ho * wo * cg * d.kh * d.kw;
+        par::rows(&mut out, ho * wo, work, |i, plane| {
+            let (n, oc) = (i / d.o, i % d.o);
+            let g = oc / og;
+            let xn = &x[n * d.c * d.h * d.w..][..d.c * d.h * d.w];
+            for ic in 0..cg {
+                let xc = &xn[(g * cg + ic) * d.h * d.w..][..d.h * d.w];
+                let wk = &w[(oc * cg + ic) * d.kh * d.kw..][..d.kh * d.kw];
+                for oy in 0..ho {
+                    let out_row = &mut plane[oy * wo..][..wo];
+                    for ky in 0..d.kh {
+                        let iy = (oy * d.stride[0] + ky) as isize - d.pad[0] as isize;
+                        if iy < 0 || iy >= d.h as isize {
+                            continue;
+                        }
+                        let row = &xc[iy as usize * d.w..][..d.w];
+                        for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                            let wv = wk[ky * d.kw + kx];
+                            for (ox, o) in out_row.iter_mut().enumerate().take(hi).skip(lo) {
+                                *o += wv * row[ox * d.stride[1] + kx - d.pad[1]];
                             }
                         }
                     }
                 }
             }
-        }
-        if let Some(b) = bias {
-            for (oc, plane) in on.chunks_exact_mut(ho * wo).enumerate() {
-                plane.iter_mut().for_each(|v| *v += b[oc]);
-            }
+        });
+    }
+    if let Some(b) = bias {
+        for (i, plane) in out.chunks_exact_mut(ho * wo).enumerate() {
+            let bv = b[i % d.o];
+            plane.iter_mut().for_each(|v| *v += bv);
         }
     }
     out
@@ -145,6 +159,64 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!((*g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{d:?}: {g} vs {w}");
             }
+        }
+    }
+
+    /// The loop the kernel was first written as (one thread, bounds checked per element).
+    fn plain_loops(x: &[f32], w: &[f32], b: &[f32], d: &ConvDims) -> Vec<f32> {
+        let (ho, wo) = d.out_hw();
+        let (cg, og) = (d.c / d.groups, d.o / d.groups);
+        let mut out = vec![0f32; d.n * d.o * ho * wo];
+        for n in 0..d.n {
+            let xn = &x[n * d.c * d.h * d.w..][..d.c * d.h * d.w];
+            let on = &mut out[n * d.o * ho * wo..][..d.o * ho * wo];
+            for oc in 0..d.o {
+                let g = oc / og;
+                let plane = &mut on[oc * ho * wo..][..ho * wo];
+                for ic in 0..cg {
+                    let xc = &xn[(g * cg + ic) * d.h * d.w..][..d.h * d.w];
+                    let wk = &w[(oc * cg + ic) * d.kh * d.kw..][..d.kh * d.kw];
+                    for oy in 0..ho {
+                        for ky in 0..d.kh {
+                            let iy = (oy * d.stride[0] + ky) as isize - d.pad[0] as isize;
+                            if iy < 0 || iy >= d.h as isize {
+                                continue;
+                            }
+                            for kx in 0..d.kw {
+                                for ox in 0..wo {
+                                    let ix = (ox * d.stride[1] + kx) as isize - d.pad[1] as isize;
+                                    if ix >= 0 && ix < d.w as isize {
+                                        plane[oy * wo + ox] += wk[ky * d.kw + kx] * xc[iy as usize * d.w + ix as usize];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (oc, plane) in on.chunks_exact_mut(ho * wo).enumerate() {
+                plane.iter_mut().for_each(|v| *v += b[oc]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn threaded_kernel_gives_the_plain_loops_bits() {
+        let cases = [
+            // above the parallel threshold: depthwise 5×5/2 and a full 3×3/2 with SAME padding
+            ConvDims { n: 2, c: 32, h: 40, w: 40, o: 32, kh: 5, kw: 5, stride: [2, 2], pad: [1, 1, 2, 2], groups: 32 },
+            ConvDims { n: 1, c: 3, h: 64, w: 64, o: 16, kh: 3, kw: 3, stride: [2, 2], pad: [0, 0, 1, 1], groups: 1 },
+            // padding wider than the kernel reach on one side, stride 3, groups 2
+            ConvDims { n: 1, c: 4, h: 7, w: 9, o: 6, kh: 3, kw: 4, stride: [1, 3], pad: [2, 3, 0, 4], groups: 2 },
+        ];
+        for d in cases {
+            let x = seq(d.n * d.c * d.h * d.w, 4);
+            let w = seq(d.o * (d.c / d.groups) * d.kh * d.kw, 5);
+            let b = seq(d.o, 6);
+            let got = conv2d(&x, &w, Some(&b), &d);
+            let want = plain_loops(&x, &w, &b, &d);
+            assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{d:?}");
         }
     }
 
