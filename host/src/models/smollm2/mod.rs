@@ -2,6 +2,7 @@
 //! everything generation needs from the one file — hyper-parameters, weights as raw quantized
 //! blocks, tokenizer, chat template, end-of-generation ids — and the step graph built from them.
 
+pub mod costs;
 pub mod gguf;
 pub mod graph;
 pub mod tokenizer;
@@ -134,7 +135,7 @@ impl SmolLm2 {
     }
 
     /// Each weight's name and stored bytes (quantized blocks as they are): the costs the
-    /// sharding planner splits (`policy::sharding::ModelCosts::llama`).
+    /// sharding planner splits (`costs::from_weights`).
     pub fn weight_sizes(&self) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.weights.iter().map(|(n, t)| (n.clone(), t.data.len() as u64)).collect();
         v.sort();
@@ -144,12 +145,7 @@ impl SmolLm2 {
     /// The model's per-part costs for the sharding planner.
     pub fn part_costs(&self) -> anyhow::Result<crate::policy::sharding::ModelCosts> {
         let c = &self.config;
-        Ok(crate::policy::sharding::ModelCosts::llama(
-            c.layers,
-            c.hidden,
-            c.kv_heads * c.head_dim(),
-            &self.weight_sizes(),
-        )?)
+        Ok(costs::from_weights(c.layers, c.hidden, c.kv_heads * c.head_dim(), &self.weight_sizes())?)
     }
 
     /// The step graph, giving up the loaded tensors to it: the model keeps its tokenizer and
