@@ -63,6 +63,40 @@ impl GraphBuilder {
         }
     }
 
+    /// `x · wᵀ (+ bias)`.
+    pub fn linear(&mut self, x: V, w: V, bias: Option<V>) -> V {
+        match bias {
+            Some(b) => self.op(Op::Linear { bias: true }, &[x, w, b]),
+            None => self.op(Op::Linear { bias: false }, &[x, w]),
+        }
+    }
+
+    /// The three attention projections of `x`: `[q, k, v]`, each `(weight, bias)`.
+    pub fn qkv(&mut self, x: V, proj: [(V, Option<V>); 3]) -> [V; 3] {
+        proj.map(|(w, b)| self.linear(x, w, b))
+    }
+
+    /// A post-norm residual (BERT): `LayerNorm(y + x)`.
+    pub fn add_layer_norm(&mut self, y: V, x: V, gamma: V, beta: V, eps: f32) -> V {
+        let sum = self.op(Op::Add, &[y, x]);
+        self.op(Op::LayerNorm { eps }, &[sum, gamma, beta])
+    }
+
+    /// A GELU MLP (BERT): `(gelu(x · w1ᵀ + b1)) · w2ᵀ + b2`.
+    pub fn gelu_mlp(&mut self, x: V, up: (V, V), down: (V, V)) -> V {
+        let h = self.linear(x, up.0, Some(up.1));
+        let h = self.op(Op::Gelu, &[h]);
+        self.linear(h, down.0, Some(down.1))
+    }
+
+    /// A SwiGLU MLP (llama): `(silu(x · gateᵀ) ⊙ (x · upᵀ)) · downᵀ`.
+    pub fn swiglu_mlp(&mut self, x: V, gate: V, up: V, down: V) -> V {
+        let g = self.linear(x, gate, None);
+        let u = self.linear(x, up, None);
+        let act = self.op(Op::SiluMul, &[g, u]);
+        self.linear(act, down, None)
+    }
+
     /// Makes the graph stateful: the KV cache its `CachedAttention` nodes read and write.
     pub fn kv(&mut self, kv: KvDecl) {
         self.kv = Some(kv);

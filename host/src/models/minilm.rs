@@ -247,29 +247,28 @@ fn build(st: &SafeTensors, cfg: &BertConfig) -> anyhow::Result<(Graph, Vec<Tenso
 
     for l in 0..cfg.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        let linear = |g: &mut GraphBuilder, x: V, name: &str| -> anyhow::Result<V> {
-            let wt = w(g, &format!("{p}.{name}.weight"))?;
-            let b = w(g, &format!("{p}.{name}.bias"))?;
-            Ok(g.op(Op::Linear { bias: true }, &[x, wt, b]))
+        let pair = |g: &mut GraphBuilder, name: &str| -> anyhow::Result<(V, V)> {
+            Ok((w(g, &format!("{p}.{name}.weight"))?, w(g, &format!("{p}.{name}.bias"))?))
         };
-        let q = linear(&mut g, x, "attention.self.query")?;
-        let k = linear(&mut g, x, "attention.self.key")?;
-        let v = linear(&mut g, x, "attention.self.value")?;
+        let proj = |g: &mut GraphBuilder, name: &str| -> anyhow::Result<(V, Option<V>)> {
+            let (wt, b) = pair(g, name)?;
+            Ok((wt, Some(b)))
+        };
+        let qkv = [
+            proj(&mut g, "attention.self.query")?,
+            proj(&mut g, "attention.self.key")?,
+            proj(&mut g, "attention.self.value")?,
+        ];
+        let [q, k, v] = g.qkv(x, qkv);
         let ctx = g.op(Op::Attention { heads: cfg.num_attention_heads }, &[q, k, v, mask]);
-        let o = linear(&mut g, ctx, "attention.output.dense")?;
-        let res = g.op(Op::Add, &[o, x]);
-        let (gm, bt) = (
-            w(&mut g, &format!("{p}.attention.output.LayerNorm.weight"))?,
-            w(&mut g, &format!("{p}.attention.output.LayerNorm.bias"))?,
-        );
-        x = g.op(Op::LayerNorm { eps: ln_eps }, &[res, gm, bt]);
-        let h = linear(&mut g, x, "intermediate.dense")?;
-        let h = g.op(Op::Gelu, &[h]);
-        let f = linear(&mut g, h, "output.dense")?;
-        let res = g.op(Op::Add, &[f, x]);
-        let (gm, bt) =
-            (w(&mut g, &format!("{p}.output.LayerNorm.weight"))?, w(&mut g, &format!("{p}.output.LayerNorm.bias"))?);
-        x = g.op(Op::LayerNorm { eps: ln_eps }, &[res, gm, bt]);
+        let (wo, bo) = pair(&mut g, "attention.output.dense")?;
+        let o = g.linear(ctx, wo, Some(bo));
+        let (gm, bt) = pair(&mut g, "attention.output.LayerNorm")?;
+        x = g.add_layer_norm(o, x, gm, bt, ln_eps);
+        let (up, down) = (pair(&mut g, "intermediate.dense")?, pair(&mut g, "output.dense")?);
+        let f = g.gelu_mlp(x, up, down);
+        let (gm, bt) = pair(&mut g, "output.LayerNorm")?;
+        x = g.add_layer_norm(f, x, gm, bt, ln_eps);
     }
     let pooled = g.op(Op::MeanPool, &[x, mask]);
     let out = g.op(Op::L2Normalize { eps: 1e-12 }, &[pooled]);

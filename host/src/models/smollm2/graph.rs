@@ -107,7 +107,6 @@ pub fn build_stage(
         declared.insert(name.to_string(), v);
         Ok(v)
     };
-    let linear = Op::Linear { bias: false };
     let norm = Op::RmsNorm { eps: cfg.rms_eps };
 
     let mut x = first;
@@ -126,9 +125,7 @@ pub fn build_stage(
                 let wq = w(&mut g, &format!("{p}.attn_q.weight"), &[h, h])?;
                 let wk = w(&mut g, &format!("{p}.attn_k.weight"), &[kvw, h])?;
                 let wv = w(&mut g, &format!("{p}.attn_v.weight"), &[kvw, h])?;
-                let q = g.op(linear.clone(), &[xn, wq]);
-                let k = g.op(linear.clone(), &[xn, wk]);
-                let v = g.op(linear.clone(), &[xn, wv]);
+                let [q, k, v] = g.qkv(xn, [(wq, None), (wk, None), (wv, None)]);
                 // GGUF's q/k rows are already permuted for interleaved pairs, which is what Rope rotates.
                 let q = g.op(Op::Rope { heads: cfg.heads, base: cfg.rope_base }, &[q, pos]);
                 let k = g.op(Op::Rope { heads: cfg.kv_heads, base: cfg.rope_base }, &[k, pos]);
@@ -136,7 +133,7 @@ pub fn build_stage(
                 kv_layer += 1;
                 let a = g.op(attn, &[q, k, v, pos, kv_start]);
                 let wo = w(&mut g, &format!("{p}.attn_output.weight"), &[h, h])?;
-                let o = g.op(linear.clone(), &[a, wo]);
+                let o = g.linear(a, wo, None);
                 x = g.op(Op::Add, &[o, x]);
             }
             Part::Ffn(l) => {
@@ -145,11 +142,8 @@ pub fn build_stage(
                 let xn = g.op(norm.clone(), &[x, gamma]);
                 let wg = w(&mut g, &format!("{p}.ffn_gate.weight"), &[cfg.ffn, h])?;
                 let wu = w(&mut g, &format!("{p}.ffn_up.weight"), &[cfg.ffn, h])?;
-                let gate = g.op(linear.clone(), &[xn, wg]);
-                let up = g.op(linear.clone(), &[xn, wu]);
-                let act = g.op(Op::SiluMul, &[gate, up]);
                 let wd = w(&mut g, &format!("{p}.ffn_down.weight"), &[h, cfg.ffn])?;
-                let down = g.op(linear.clone(), &[act, wd]);
+                let down = g.swiglu_mlp(xn, wg, wu, wd);
                 x = g.op(Op::Add, &[down, x]);
             }
             Part::Head => {
@@ -158,7 +152,7 @@ pub fn build_stage(
                 // Only each session's last token is sampled: its row is gathered before the LM head.
                 let last = g.op(Op::Gather, &[xn, rows]);
                 let embd = w(&mut g, "token_embd.weight", &[cfg.vocab, h])?;
-                let logits = g.op(linear.clone(), &[last, embd]);
+                let logits = g.linear(last, embd, None);
                 let next = g.op(Op::Sample, &[logits, sampling]);
                 out = Some(if outputs.logits { vec![next, logits] } else { vec![next] });
             }
