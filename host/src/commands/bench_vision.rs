@@ -832,7 +832,9 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
         );
     }
     for f in &failures {
-        println!("FAILED {f}");
+        // Tabs' errors can carry long dumps; --json keeps them whole.
+        let short: String = f.chars().take(400).collect();
+        println!("FAILED {short}{}", if short.len() < f.len() { " …" } else { "" });
     }
     println!("\n{peers_note}");
     if !peers.is_empty() {
