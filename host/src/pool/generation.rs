@@ -16,7 +16,7 @@ use shared_proto::ErrorKind;
 use tokio::sync::mpsc;
 
 use super::state::{Family, ModelEntry, Replica, Runner, Shared};
-use super::{PoolError, breakers};
+use super::{PoolError, breakers, hedge};
 use crate::exec::{Finish, GenEvent, GenFailure, GenParams};
 use crate::policy::breaker::Outcome;
 use crate::policy::recovery::Category;
@@ -387,49 +387,68 @@ async fn hedge_first(
     shared: &Arc<Shared>,
     m: &Arc<ModelEntry>,
     r: Arc<Replica>,
-    mut events: Events,
+    events: Events,
     after: Duration,
     (prompt, params): (&[u32], &GenParams),
 ) -> (Arc<Replica>, Events, Option<Option<GenEvent>>) {
-    tokio::select! {
-        ev = events.recv() => return (r, events, Some(ev)),
-        () = tokio::time::sleep(after) => {}
-    }
-    let Some(h) = try_place(shared, m, r.slot.serial) else { return (r, events, None) };
     // Until the race is decided the hedge's place is this function's: dropped with it (the
     // client left), the guard gives it back.
-    let guard = HedgeGuard { shared: shared.clone(), m: m.clone(), h: Some(h.clone()) };
-    let Runner::Sessions { decoder, .. } = &h.run else { unreachable!("try_place() only returns generation replicas") };
-    shared.hedged.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a stream's late first token");
-    let mut copy = decoder.generate(prompt.to_vec(), params.clone());
+    let mut guard: Option<HedgeGuard> = None;
+    let raced = hedge::race(NextEvent(events), Some(after), || {
+        let h = try_place(shared, m, r.slot.serial)?;
+        let Runner::Sessions { decoder, .. } = &h.run else {
+            unreachable!("try_place() only returns generation replicas")
+        };
+        shared.hedged.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a stream's late first token");
+        let copy = decoder.generate(prompt.to_vec(), params.clone());
+        guard = Some(HedgeGuard { shared: shared.clone(), m: m.clone(), h: Some(h) });
+        Some(NextEvent(copy))
+    })
+    .await;
     let failed = |ev: &Option<GenEvent>| matches!(ev, Some(GenEvent::Failed(_)) | None);
-    tokio::select! {
-        ev = events.recv() => {
-            if !failed(&ev) {
-                drop(copy);
-                drop(guard);
-                return (r, events, Some(ev));
-            }
+    let (first, ev, answered, other) = match raced {
+        hedge::Raced::Alone { answer, call } => return (r, call.0, Some(answer)),
+        hedge::Raced::Both { first, answer, answered, other } => (first, answer, answered, other),
+    };
+    let h = guard.expect("a copy ran").disarm();
+    match (first, failed(&ev)) {
+        (hedge::Side::Primary, false) => {
+            // The copy is dropped: its session is cancelled when its replica next steps.
+            drop(other);
+            leave(m, &h);
+            book(shared, m, &h, None);
+            (r, answered.0, Some(ev))
+        }
+        (hedge::Side::Primary, true) => {
             // The first copy failed before the hedge answered: the hedge goes on alone.
-            guard.disarm();
             settle_failed(shared, m, &r, &ev);
             leave(m, &r);
-            (h, copy, None)
+            (h, other.0, None)
         }
-        ev = copy.recv() => {
-            guard.disarm();
-            if !failed(&ev) {
-                // The slow copy is dropped: its session is cancelled when its replica next steps.
-                drop(events);
-                leave(m, &r);
-                book(shared, m, &r, None);
-                return (h, copy, Some(ev));
-            }
+        (hedge::Side::Backup, false) => {
+            // The slow copy is dropped: its session is cancelled when its replica next steps.
+            drop(other);
+            leave(m, &r);
+            book(shared, m, &r, None);
+            (h, answered.0, Some(ev))
+        }
+        (hedge::Side::Backup, true) => {
             settle_failed(shared, m, &h, &ev);
             leave(m, &h);
-            (r, events, None)
+            (r, other.0, None)
         }
+    }
+}
+
+/// A stream's next event as a future that keeps the stream: the hedge race reads one event
+/// from each copy and hands back the receivers unconsumed.
+struct NextEvent(Events);
+
+impl std::future::Future for NextEvent {
+    type Output = Option<GenEvent>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -441,8 +460,9 @@ struct HedgeGuard {
 }
 
 impl HedgeGuard {
-    fn disarm(mut self) {
-        self.h = None;
+    /// The hedge's replica, now the caller's to settle.
+    fn disarm(mut self) -> Arc<Replica> {
+        self.h.take().expect("armed")
     }
 }
 

@@ -22,6 +22,7 @@
 mod breakers;
 pub mod config;
 pub mod generation;
+mod hedge;
 pub mod metrics;
 mod pipelines;
 mod scaler;

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::breakers;
+use super::hedge;
 use super::state::{Job, ModelEntry, Replica, Shared};
 use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
@@ -486,59 +487,43 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
         expected_ms_per_text(&r, &h).map(|ms| Duration::from_secs_f64(ms * rows as f64 / 1e3))
     };
     let hedge_at = recovery::hedge_after(expected, shared.cfg.hedging());
-    let mut primary = run_owned(&shared, &m, &r, inputs.clone(), rows);
-    let hedge_wait = async {
-        match hedge_at {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let (result, winner) = tokio::select! {
-        res = &mut primary => {
+    let primary = run_owned(&shared, &m, &r, inputs.clone(), rows);
+    // The copy, if one starts: its replica and when it started.
+    let mut hedge: Option<(Arc<Replica>, Instant)> = None;
+    let raced = hedge::race(primary, hedge_at, || {
+        let route = Route { avoid: vec![r.slot.serial], pin: None };
+        let h = eligible(&m, &route).into_iter().find(|x| {
+            x.slot.serial != r.slot.serial
+                && x.slot.in_flight.load(Ordering::SeqCst) < shared.cfg.in_flight_per_tab
+                && take(&shared, &m, x, rows)
+        })?;
+        shared.hedged.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a slow batch of {rows}");
+        hedge = Some((h.clone(), Instant::now()));
+        Some(run_owned(&shared, &m, &h, inputs, rows))
+    })
+    .await;
+    let (result, winner) = match raced {
+        hedge::Raced::Alone { answer: res, .. } => {
             settle(&shared, &m, &r, info, false, t.elapsed(), &res);
             (res, r.clone())
         }
-        _ = hedge_wait => {
-            let route = Route { avoid: vec![r.slot.serial], pin: None };
-            let second = eligible(&m, &route).into_iter().find(|x| x.slot.serial != r.slot.serial
-                && x.slot.in_flight.load(Ordering::SeqCst) < shared.cfg.in_flight_per_tab);
-            match second.filter(|x| take(&shared, &m, x, rows)) {
-                None => {
-                    let res = primary.await;
-                    settle(&shared, &m, &r, info, false, t.elapsed(), &res);
-                    (res, r.clone())
-                }
-                Some(h) => {
-                    shared.hedged.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(model = m.name, slow = r.slot.id, hedge = h.slot.id, "hedging a slow batch of {rows}");
-                    let th = Instant::now();
-                    let mut secondary = run_owned(&shared, &m, &h, inputs, rows);
-                    // First success wins; if the first to finish failed, wait for the other.
-                    tokio::select! {
-                        a = &mut primary => {
-                            settle(&shared, &m, &r, info, false, t.elapsed(), &a);
-                            if a.is_ok() {
-                                finish_loser(&shared, &m, &h, info, true, th, secondary);
-                                (a, r.clone())
-                            } else {
-                                let b = secondary.await;
-                                settle(&shared, &m, &h, info, true, th.elapsed(), &b);
-                                (b, h.clone())
-                            }
-                        }
-                        b = &mut secondary => {
-                            settle(&shared, &m, &h, info, true, th.elapsed(), &b);
-                            if b.is_ok() {
-                                finish_loser(&shared, &m, &r, info, false, t, primary);
-                                (b, h.clone())
-                            } else {
-                                let a = primary.await;
-                                settle(&shared, &m, &r, info, false, t.elapsed(), &a);
-                                (a, r.clone())
-                            }
-                        }
-                    }
-                }
+        hedge::Raced::Both { first, answer, other, .. } => {
+            let (h, th) = hedge.expect("a copy ran");
+            // Each copy booked as it ends: (replica, is the copy, started).
+            let (done, rest) = match first {
+                hedge::Side::Primary => ((r.clone(), false, t), (h, true, th)),
+                hedge::Side::Backup => ((h, true, th), (r.clone(), false, t)),
+            };
+            settle(&shared, &m, &done.0, info, done.1, done.2.elapsed(), &answer);
+            if answer.is_ok() {
+                // First success wins; the other runs out in the background, still booked.
+                finish_loser(&shared, &m, &rest.0, info, rest.1, rest.2, other);
+                (answer, done.0)
+            } else {
+                let res = other.await;
+                settle(&shared, &m, &rest.0, info, rest.1, rest.2.elapsed(), &res);
+                (res, rest.0)
             }
         }
     };
