@@ -130,13 +130,9 @@ impl TabModel {
                 first += 1;
                 continue;
             }
-            // A run of consecutive weights to send, up to a frame's size.
-            let mut end = first + 1;
-            let mut bytes = weights[first].data.len();
-            while end < weights.len() && send[end] && bytes + weights[end].data.len() <= CHUNK_BYTES {
-                bytes += weights[end].data.len();
-                end += 1;
-            }
+            let sizes: Vec<usize> = weights.iter().map(|w| w.data.len()).collect();
+            let end = frame_end(&sizes, &send, first, CHUNK_BYTES, shared_proto::Limits::DEFAULT.max_tensors);
+            let bytes: usize = sizes[first..end].iter().sum();
             let req = Request::PutWeights { model: name.into(), first: first as u32 };
             let (reply, _) = tab
                 .call(req, weights[first..end].to_vec(), LOAD_TIMEOUT)
@@ -190,5 +186,35 @@ impl TabModel {
             (Reply::Ran { device_ms }, outputs) => Ok((outputs, device_ms)),
             (other, _) => bail!("tab {} answered {other:?} to Run", self.tab.id()),
         }
+    }
+}
+
+/// Where a frame of consecutive weights to send, starting at `first`, ends (exclusive): as many
+/// as fit in `max_bytes` and the protocol's tensor count per frame (a model of many small
+/// tensors — EfficientNet's biases — would otherwise build a frame the codec refuses).
+fn frame_end(sizes: &[usize], send: &[bool], first: usize, max_bytes: usize, max_tensors: usize) -> usize {
+    let mut end = first + 1;
+    let mut bytes = sizes[first];
+    while end < sizes.len() && send[end] && bytes + sizes[end] <= max_bytes && end - first < max_tensors {
+        bytes += sizes[end];
+        end += 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::frame_end;
+
+    #[test]
+    fn frames_stop_at_the_byte_size_the_tensor_count_and_held_weights() {
+        let send = vec![true; 200];
+        assert_eq!(frame_end(&[4; 200], &send, 0, 1 << 20, 64), 64, "count");
+        assert_eq!(frame_end(&[4; 200], &send, 64, 1 << 20, 64), 128);
+        assert_eq!(frame_end(&[400; 200], &send, 0, 1000, 64), 2, "bytes");
+        let mut held = send.clone();
+        held[3] = false;
+        assert_eq!(frame_end(&[4; 200], &held, 0, 1 << 20, 64), 3, "a held weight ends the run");
+        assert_eq!(frame_end(&[4; 200], &send, 199, 1 << 20, 64), 200);
     }
 }
