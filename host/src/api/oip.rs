@@ -321,7 +321,7 @@ async fn run_infer(pool: &Pool, model: &str, headers: &HeaderMap, body: Bytes) -
         return Err(bad(format!("{model} has no input {:?}; its input is {:?}", given.name, spec.name)));
     }
     if given.datatype != spec.datatype {
-        return Err(bad(format!("input {:?} is {}, not {}", spec.name, spec.datatype, given.datatype)));
+        return Err(bad(format!("input {:?} takes {}, not {}", spec.name, spec.datatype, given.datatype)));
     }
     let fits = given.shape.len() == spec.shape.len()
         && given.shape.iter().zip(&spec.shape).all(|(&g, &s)| g >= 0 && (s == -1 || g == s));

@@ -1,5 +1,7 @@
 //! `tabpool serve`: a pool of tabs with MiniLM (and any extra model folders) loaded, a control
 //! endpoint for `tabpool status` and `POST /embed`, until Ctrl-C. `tabpool status` asks it.
+//! `--model efficientnet-lite0` (or an EfficientNet-Lite0 `.pth`) serves image classification
+//! (`/v1/images/classifications`, `/v2` infer).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 
 use super::pool_args::PoolArgs;
 use crate::api;
+use crate::policy::routing::ModelType;
 use crate::pool::{ModelSpec, Pool};
 use crate::{Host, HostConfig};
 
@@ -15,7 +18,8 @@ pub const DEFAULT_API: &str = "127.0.0.1:7878";
 
 pub struct Args {
     pub pool: PoolArgs,
-    /// Models by name (`minilm`, `smollm2`) or path (an encoder folder, a `.gguf` file).
+    /// Models by name (`minilm`, `smollm2`, `efficientnet-lite0`) or path (an encoder folder, a
+    /// `.gguf` file, an EfficientNet-Lite0 `.pth`).
     pub models: Vec<String>,
     /// Load only the models named in `models` (none by default).
     pub no_default_model: bool,
@@ -99,14 +103,20 @@ pub fn specs(models: &[String], none_by_default: bool) -> anyhow::Result<Vec<Mod
         .map(|m| match m.as_str() {
             "minilm" => Ok(ModelSpec::minilm()),
             "smollm2" => Ok(ModelSpec::smollm2()),
+            "efficientnet-lite0" | "efficientnet" => Ok(ModelSpec::of_type(ModelType::Vision)),
             path => {
                 let p = PathBuf::from(path);
                 if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
                     Ok(ModelSpec { dir: Some(p), ..ModelSpec::smollm2() })
+                } else if p.extension().is_some_and(|e| e == "pth") && p.is_file() {
+                    Ok(ModelSpec { dir: Some(p), ..ModelSpec::of_type(ModelType::Vision) })
                 } else if p.is_dir() {
                     Ok(ModelSpec::from_dir(p))
                 } else {
-                    anyhow::bail!("--model {path:?}: not minilm, smollm2, an encoder folder or a .gguf file")
+                    anyhow::bail!(
+                        "--model {path:?}: not minilm, smollm2, efficientnet-lite0, an encoder folder, a .gguf or an \
+                         EfficientNet-Lite0 .pth file"
+                    )
                 }
             }
         })
