@@ -307,8 +307,11 @@ async fn triton_client_and_curl_classify_the_reference_images_and_bad_input_is_r
     let body = infer(IMAGE_MODEL, "pixels", "FP32", &[1, 3, 224, 224])["body"].to_string();
     let (code, resp) = support::http(&api, "POST", &format!("/v2/models/{IMAGE_MODEL}/infer"), &body).await;
     assert_eq!(code, 401, "{resp}");
+    // Probes need no key (they say nothing about data); the model routes do.
     let (code, resp) = support::http(&api, "GET", "/v2/health/ready", "").await;
-    assert_eq!(code, 401, "health/ready without the key: {resp}");
+    assert_eq!(code, 200, "health/ready without the key: {resp}");
+    let (code, resp) = support::http(&api, "GET", &format!("/v2/models/{IMAGE_MODEL}"), "").await;
+    assert_eq!(code, 401, "model metadata without the key: {resp}");
 
     // Still serving after all of that.
     let (code, resp) = support::http_keyed(&api, "GET", "/v2/health/ready", "", Some(KEY)).await;

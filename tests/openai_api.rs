@@ -110,7 +110,7 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     .await;
     assert_eq!((code, envelope(&body)["param"].as_str()), (400, Some("tools")), "{body}");
 
-    // /openapi.json: a valid OpenAPI document (openapi-spec-validator) naming every /v1 route.
+    // /openapi.json: a valid OpenAPI document (openapi-spec-validator) naming every /v1 and /v2 route.
     let (code, spec) = support::http_keyed(&api, "GET", "/openapi.json", "", Some(KEY)).await;
     assert_eq!(code, 200, "{spec}");
     let file = dir.path().join("openapi.json");
@@ -119,7 +119,8 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     let paths = run(Command::new(&python).args(["-c", check]).arg(&file));
     assert_eq!(
         paths.trim(),
-        "/v1/chat/completions /v1/completions /v1/embeddings /v1/events /v1/models /v1/models/{model}",
+        "/v1/chat/completions /v1/completions /v1/embeddings /v1/events /v1/images/classifications /v1/models \
+         /v1/models/{model} /v2 /v2/models/{model} /v2/models/{model}/infer",
         "{spec}"
     );
 

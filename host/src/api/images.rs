@@ -30,6 +30,7 @@ pub(super) fn routes() -> Router<Arc<Pool>> {
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Options {
     /// A `/v1/models` id (default: the first image model loaded).

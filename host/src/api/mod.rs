@@ -3,7 +3,8 @@
 //! page over /status) and `GET /report.{md,html,json}[?since=24h]` (from the history database). Errors are JSON
 //! `{"error", "kind"}` with a 4xx/5xx status; request bodies are capped (2 MiB → 413 naming it).
 //!
-//! Locked (see `Security`): an optional API key on every route but `GET /health`, checked in
+//! Locked (see `Security`): an optional API key on every route but `GET /health` (and the Open
+//! Inference Protocol's `/v2/health/live` and `/ready` probes), checked in
 //! constant time; a Host allow-list against DNS rebinding (421 otherwise); no keyless binding
 //! beyond loopback. Connections are bounded (`bounded::Bounds::API`: a share per client address,
 //! `/health` answered even past the limits); event streams have their own budget (`Limits`), so
@@ -212,7 +213,10 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     }
     let path = req.uri().path();
     let open =
-        path == "/health" || path == "/dashboard" || path == "/" || (path == "/metrics" && g.security.metrics_public);
+        // Liveness and readiness (ours and the Open Inference Protocol's, which Kubernetes-style
+        // probes call without credentials) say nothing about data.
+        matches!(path, "/health" | "/v2/health/live" | "/v2/health/ready" | "/dashboard" | "/")
+            || (path == "/metrics" && g.security.metrics_public);
     if let (Some(key), false) = (&g.security.key, open) {
         let given = req
             .headers()
