@@ -9,7 +9,8 @@ use crate::support;
 use std::sync::Arc;
 
 use shared_proto::Sampling;
-use tabpool::commands::generate::{self, GenBackend};
+use tabpool::commands::generate;
+use tabpool::exec::Backend;
 use tabpool::exec::{Decoder, GenEvent, GenParams, StepLimits, Stepper};
 use tabpool::models::smollm2::SmolLm2;
 use tabpool::policy::sharding::{self, Strategy};
@@ -42,7 +43,7 @@ async fn check_reference(m: &SmolLm2, stepper: Arc<Stepper>, what: &str) {
     d.stop().await;
 }
 
-async fn pipeline(host: &mut tabpool::Host, m: &SmolLm2, backend: GenBackend, shards: u32) -> Arc<Stepper> {
+async fn pipeline(host: &mut tabpool::Host, m: &SmolLm2, backend: Backend, shards: u32) -> Arc<Stepper> {
     let p = generate::pipeline(host, m, backend, shards, 2, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     Arc::new(p)
 }
@@ -84,7 +85,7 @@ async fn two_and_three_shards_on_the_host_cpu_equal_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     for shards in [2, 3] {
-        let p = pipeline(&mut host, &m, GenBackend::Cpu, shards).await;
+        let p = pipeline(&mut host, &m, Backend::Cpu, shards).await;
         assert!(matches!(&*p, Stepper::Pipeline(p) if p.stages().len() == shards as usize));
         check_reference(&m, p, &format!("{shards} host stages")).await;
     }
@@ -96,7 +97,7 @@ async fn three_shards_in_three_tabs_equal_the_reference_and_free_every_stage() {
     let _procs = support::process_guard();
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
-    let p = pipeline(&mut host, &m, GenBackend::WasmCpu, 3).await;
+    let p = pipeline(&mut host, &m, Backend::WasmCpu, 3).await;
     let tabs = p.tab_ids();
     assert_eq!(tabs.len(), 3, "one tab per stage");
     assert!(tabs[0] != tabs[1] && tabs[1] != tabs[2] && tabs[0] != tabs[2], "{tabs:?}");
@@ -117,7 +118,7 @@ async fn two_shards_on_webnn_equal_the_reference() {
     let _procs = support::process_guard();
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
-    let p = pipeline(&mut host, &m, GenBackend::Webnn, 2).await;
+    let p = pipeline(&mut host, &m, Backend::Webnn, 2).await;
     assert_eq!(p.backend(), "webnn-cpu");
     check_reference(&m, p, "2 webnn tabs").await;
     host.shutdown().await;
@@ -128,7 +129,7 @@ async fn two_shards_on_webgpu_equal_the_reference() {
     let _procs = support::process_guard();
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
-    let p = pipeline(&mut host, &m, GenBackend::Webgpu, 2).await;
+    let p = pipeline(&mut host, &m, Backend::Webgpu, 2).await;
     assert_eq!(p.backend(), "webgpu");
     check_reference(&m, p, "2 webgpu tabs").await;
     host.shutdown().await;
@@ -141,8 +142,7 @@ async fn killed_stage_tabs_are_replaced_without_a_wrong_token() {
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
     // Three stages in three tabs, two spare tabs; six streams at once.
-    let p =
-        generate::pipeline(&mut host, &m, GenBackend::WasmCpu, 3, 6, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = generate::pipeline(&mut host, &m, Backend::WasmCpu, 3, 6, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
@@ -181,8 +181,7 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
     let cases = support::smollm2_reference();
     // Three stages, no spare tab: a lost stage cannot be replaced, so the model is split anew
     // over the two tabs left and the streams' tokens replayed through it.
-    let p =
-        generate::pipeline(&mut host, &m, GenBackend::WasmCpu, 3, 4, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = generate::pipeline(&mut host, &m, Backend::WasmCpu, 3, 4, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
@@ -212,7 +211,7 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
 async fn planned(
     host: &mut tabpool::Host,
     m: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     strategy: Strategy,
     shards: usize,
     spares: u32,
@@ -232,7 +231,7 @@ async fn every_strategy_equals_the_reference_in_tabs() {
     for (strategy, shards) in
         [(Strategy::Pipeline, 2), (Strategy::Pipeline, 3), (Strategy::Component, 2), (Strategy::AttentionFfn, 2)]
     {
-        let p = planned(&mut host, &m, GenBackend::WasmCpu, strategy, shards, 0).await;
+        let p = planned(&mut host, &m, Backend::WasmCpu, strategy, shards, 0).await;
         check_reference(&m, p, &format!("{strategy:?} ×{shards}")).await;
     }
     host.shutdown().await;
@@ -240,17 +239,17 @@ async fn every_strategy_equals_the_reference_in_tabs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_webnn_stage_is_replaced_without_a_wrong_token() {
-    killed_stage_is_replaced(GenBackend::Webnn, "webnn-cpu").await;
+    killed_stage_is_replaced(Backend::Webnn, "webnn-cpu").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_webgpu_stage_is_replaced_without_a_wrong_token() {
-    killed_stage_is_replaced(GenBackend::Webgpu, "webgpu").await;
+    killed_stage_is_replaced(Backend::Webgpu, "webgpu").await;
 }
 
 /// Two stages on `backend` tabs and a spare; stage 1's renderer SIGKILLed after 4 steps of two
 /// streams: the spare takes the stage, every id equals the reference.
-async fn killed_stage_is_replaced(backend: GenBackend, what: &str) {
+async fn killed_stage_is_replaced(backend: Backend, what: &str) {
     let _procs = support::process_guard();
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));

@@ -9,7 +9,8 @@ use crate::support;
 use std::sync::Arc;
 
 use shared_proto::Sampling;
-use tabpool::commands::generate::{self, GenBackend};
+use tabpool::commands::generate;
+use tabpool::exec::Backend;
 use tabpool::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits};
 use tabpool::models::smollm2::{Message, SmolLm2};
 
@@ -36,8 +37,7 @@ async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
     // Two sessions of up to 2048 tokens fit; a third does not.
-    let stepper =
-        generate::stepper(&mut host, &m, GenBackend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = generate::stepper(&mut host, &m, Backend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "wasm-cpu");
     let stepper = Arc::new(stepper);
     let d = Decoder::start(stepper.clone(), StepLimits::default());
@@ -102,8 +102,7 @@ async fn greedy_on_webgpu_equals_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let stepper =
-        generate::stepper(&mut host, &m, GenBackend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = generate::stepper(&mut host, &m, Backend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
     let d = Decoder::start(Arc::new(stepper), StepLimits::default());
     // Both cases in shared steps (SwiftShader is slow: ~0.5 s a step).
@@ -125,8 +124,7 @@ async fn greedy_on_firefox_webgpu_equals_the_reference() {
     // WGSL compiler and another adapter than Chromium's SwiftShader, same kernels.
     let tab = host.launch(tabpool::browser::BrowserKind::Firefox).await.unwrap_or_else(|e| panic!("{e:#}"));
     let limits = generate::kv_limits(&m, 2);
-    let stepper =
-        generate::load_in(&tab, &m, GenBackend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = generate::load_in(&tab, &m, Backend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
     let d = Decoder::start(Arc::new(stepper), StepLimits::default());
     let both = greedy_all(&m, &d, &cases).await;
@@ -143,7 +141,7 @@ async fn greedy_on_webnn_equals_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let stepper = generate::stepper(&mut host, &m, GenBackend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = generate::stepper(&mut host, &m, Backend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webnn-cpu");
     let stepper = Arc::new(stepper);
     let d = Decoder::start(stepper.clone(), StepLimits::default());

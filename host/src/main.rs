@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
-use tabpool::commands::generate::GenBackend;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
     bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_vision, chat,
-    classify, doctor, embed, generate, matmul, report, serve, shard_plan,
+    classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan,
 };
 use tabpool::exec::Backend;
 use tabpool::policy::sharding::Strategy;
@@ -77,7 +76,7 @@ enum Command {
     },
     /// Sentence embeddings (all-MiniLM-L6-v2) in a real tab; TEXT... or lines on stdin.
     Embed {
-        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         backend: Backend,
         /// With --backend auto: time every backend again instead of loading the one calibration chose last time.
         #[arg(long)]
@@ -90,7 +89,7 @@ enum Command {
     /// ImageNet labels for images (EfficientNet-Lite0) in a real tab, through the pool as `serve`
     /// runs them (or on the host's CPU executor with --backend cpu).
     Classify {
-        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         backend: Backend,
         /// Labels per image.
         #[arg(long, default_value_t = 5)]
@@ -237,7 +236,7 @@ enum BenchWhat {
         /// One sentence per line (default: the built-in 64 sentences; with --peers, the peer harness's list).
         #[arg(long)]
         sentences: Option<PathBuf>,
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webnn, Backend::Webgpu, Backend::Cpu])]
+        #[arg(long, value_parser = cli::named::<Backend>(), value_delimiter = ',', default_values = ["webnn", "webgpu", "cpu"])]
         backends: Vec<Backend>,
         /// Sentences run on the WebGPU tab (software adapters are slow).
         #[arg(long, default_value_t = 32)]
@@ -259,7 +258,7 @@ enum BenchWhat {
     /// tab memory above an empty tab; top-1 checked against the reference; --peers runs
     /// onnxruntime native and onnxruntime-web in the same run, with ratios.
     Vision {
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Cpu, Backend::Webnn, Backend::Webgpu])]
+        #[arg(long, value_parser = cli::named::<Backend>(), value_delimiter = ',', default_values = ["cpu", "webnn", "webgpu"])]
         backends: Vec<Backend>,
         /// Timed passes of 8 images per batch size (WebGPU: fixed, see above).
         #[arg(long, default_value_t = 10)]
@@ -330,8 +329,8 @@ enum BenchWhat {
     /// streams in shared steps; --peers runs llama.cpp native and in wasm in the same run.
     #[command(alias = "gen")]
     Generate {
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![GenBackend::Cpu, GenBackend::WasmCpu, GenBackend::Webgpu])]
-        backends: Vec<GenBackend>,
+        #[arg(long, value_parser = cli::named::<Backend>(), value_delimiter = ',', default_values = ["cpu", "wasm-cpu", "webgpu"])]
+        backends: Vec<Backend>,
         #[arg(long, default_value_t = 128)]
         decode: usize,
         /// Tokens decoded on WebGPU (SwiftShader is slow).
@@ -353,8 +352,8 @@ enum BenchWhat {
     /// attention-ffn): decode tok/s, aggregate tok/s of concurrent streams, the share of token
     /// time outside the stages, each tab's memory, and kill → next token for a lost stage.
     Shard {
-        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
-        backend: GenBackend,
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "wasm-cpu")]
+        backend: Backend,
         #[arg(long, default_value_t = 64)]
         decode: usize,
         #[arg(long, default_value_t = 8)]
@@ -368,7 +367,7 @@ enum BenchWhat {
     /// A tab's memory (PSS of its process tree) empty, with MiniLM loaded and after serving every
     /// shape bucket, per backend, beside the weight bytes.
     Memory {
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Backend::Webnn, Backend::Webgpu, Backend::Cpu])]
+        #[arg(long, value_parser = cli::named::<Backend>(), value_delimiter = ',', default_values = ["webnn", "webgpu", "cpu"])]
         backends: Vec<Backend>,
         #[arg(long)]
         json: bool,
@@ -389,8 +388,8 @@ struct GenFlags {
     /// software adapter such as SwiftShader: decode measured WebGPU 1.9, wasm CPU 16.8 tok/s) the wasm CPU executor.
     /// webnn runs in the chromium-webnn shell with the weights as f32 (≈540 MB): greedy equals the
     /// reference, but it decodes slower than the wasm CPU executor here, so auto never picks it.
-    #[arg(long, value_enum, default_value_t = GenBackend::Auto)]
-    backend: GenBackend,
+    #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
+    backend: Backend,
     /// Most tokens to generate (per reply).
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
@@ -418,7 +417,7 @@ struct GenFlags {
     /// micro-batches so stages work at once), component (embedding + head apart from the body;
     /// --shards 2), attention-ffn (each layer's attention and FFN on different tabs; --shards 2).
     /// `tabpool shard plan` predicts each from measured speeds.
-    #[arg(long, value_enum, default_value_t = Strategy::Layer)]
+    #[arg(long, value_parser = cli::named::<Strategy>(), default_value = "layer")]
     strategy: Strategy,
 }
 
@@ -435,14 +434,14 @@ enum ShardWhat {
     /// predictions beside it; its inputs (decode speeds, a hop, two tabs at once) are measured
     /// first on the whole model. The plan itself is not run.
     Plan {
-        #[arg(long, value_enum, default_value_t = GenBackend::WasmCpu)]
-        backend: GenBackend,
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "wasm-cpu")]
+        backend: Backend,
         /// Tabs available.
         #[arg(long, default_value_t = 3)]
         tabs: usize,
         #[arg(long, default_value_t = 2)]
         shards: usize,
-        #[arg(long, value_enum, default_value_t = Strategy::Hybrid)]
+        #[arg(long, value_parser = cli::named::<Strategy>(), default_value = "hybrid")]
         strategy: Strategy,
         /// Concurrent streams the aggregate is predicted for.
         #[arg(long, default_value_t = 8)]

@@ -10,13 +10,14 @@ use serde_json::json;
 use shared_proto::{Sampling, StepRow};
 
 use super::bench_memory::{pids, settled};
-use super::generate::{self, GenBackend};
+use super::generate;
 use crate::Host;
 use crate::exec::Stepper;
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
+use crate::policy::backend_choice::Backend;
 
 pub struct Args {
-    pub backends: Vec<GenBackend>,
+    pub backends: Vec<Backend>,
     /// Tokens decoded after the prompt (fewer on WebGPU: SwiftShader is slow).
     pub decode: usize,
     pub webgpu_decode: usize,
@@ -112,20 +113,14 @@ fn bench_limits(prompt: usize, decode: usize, max_streams: usize, steps: usize) 
     KvLimits { max_tokens: rows.next_multiple_of(256) as u32, max_sessions: max_streams as u32 + 2 }
 }
 
-async fn measure(
-    host: &mut Host,
-    m: &SmolLm2,
-    backend: GenBackend,
-    prompt: &[u32],
-    args: &Args,
-) -> anyhow::Result<Row> {
-    let webgpu = backend == GenBackend::Webgpu;
+async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32], args: &Args) -> anyhow::Result<Row> {
+    let webgpu = backend == Backend::Webgpu;
     let decode = if webgpu { args.webgpu_decode } else { args.decode };
     let steps = if webgpu { 4 } else { 16 };
     let max_streams = args.streams.iter().copied().max().unwrap_or(1).max(1);
     let limits = bench_limits(prompt.len(), decode, max_streams, steps);
     let t = Instant::now();
-    let (s, tab, empty) = if backend == GenBackend::Cpu {
+    let (s, tab, empty) = if backend == Backend::Cpu {
         let (graph, weights) = m.graph(limits, Outputs::default())?;
         (Stepper::on_host(graph, weights)?, None, 0)
     } else {
@@ -158,7 +153,7 @@ async fn measure(
         Some(tab) => Some((settled(|| pids(host, tab.id())).await.bytes as f64 - empty as f64) / (1u64 << 20) as f64),
         None => None,
     };
-    if args.two_tabs && backend != GenBackend::Cpu {
+    if args.two_tabs && backend != Backend::Cpu {
         let tab2 = generate::launch_for(host, backend).await?;
         let s2 = generate::load_in(&tab2, m, backend, limits, &()).await?;
         for &n in &args.streams {
@@ -236,7 +231,7 @@ fn run_peers(decode: usize) -> anyhow::Result<Peers> {
 }
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
-    if args.backends.contains(&GenBackend::Auto) {
+    if args.backends.contains(&Backend::Auto) {
         anyhow::bail!("bench generate measures named backends (cpu, wasm-cpu, webgpu, webnn), not auto");
     }
     let m = SmolLm2::load(None)?;

@@ -11,14 +11,15 @@ use serde_json::json;
 use shared_proto::{Sampling, StepRow};
 
 use super::bench_memory::{pids, settled};
-use super::generate::{self, GenBackend};
+use super::generate;
 use crate::Host;
 use crate::exec::{StepOut, Stepper};
 use crate::models::smollm2::{Message, SmolLm2};
+use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::{self, Measured, Strategy};
 
 pub struct Args {
-    pub backend: GenBackend,
+    pub backend: Backend,
     /// Tokens decoded by the single stream.
     pub decode: usize,
     /// Concurrent streams of the aggregate row.
@@ -128,7 +129,7 @@ pub(crate) struct WholeCopies {
 pub(crate) async fn whole_copies(
     host: &mut Host,
     m: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     prompt: &[u32],
     decode: usize,
     streams: usize,
@@ -209,7 +210,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let prompt = chat_prompt(&m)?;
     let sessions = args.streams as u32 + 1;
     // An empty tab of the kind the plans use, for the memory baseline.
-    let empty = if args.backend == GenBackend::Cpu {
+    let empty = if args.backend == Backend::Cpu {
         0
     } else {
         let tab = generate::launch_for(host, args.backend).await?;
@@ -271,7 +272,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             predicted_aggregate_tok_s: Some(plan.predicted.aggregate_tok_s),
         });
     }
-    let (waits, recovered_ids) = if args.kills > 0 && args.backend != GenBackend::Cpu {
+    let (waits, recovered_ids) = if args.kills > 0 && args.backend != Backend::Cpu {
         eprintln!("bench shard: recovery, {} kills…", args.kills);
         recovery(host, &m, &args, &prompt).await?
     } else {

@@ -498,6 +498,7 @@ fn backend_label(b: Backend) -> String {
     match b {
         Backend::Webnn => "webnn-cpu",
         Backend::Webgpu => "webgpu",
+        Backend::WasmCpu => "wasm-cpu",
         Backend::Cpu => "cpu",
         Backend::Auto => "auto",
     }
@@ -655,8 +656,10 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
         eprintln!("bench vision: {b:?}…");
         let r = match b {
             Backend::Cpu => cpu_row(&prepared, &refs, args.reps).await,
-            Backend::Webnn | Backend::Webgpu => tab_row(&host_cfg, b, &prepared, &refs, args.reps, weight_bytes).await,
-            Backend::Auto => Err(anyhow::anyhow!("--backends takes cpu, webnn, webgpu")),
+            Backend::Webnn | Backend::Webgpu | Backend::WasmCpu => {
+                tab_row(&host_cfg, b, &prepared, &refs, args.reps, weight_bytes).await
+            }
+            Backend::Auto => Err(anyhow::anyhow!("--backends takes cpu, webnn, webgpu, wasm-cpu")),
         };
         match r {
             Ok(r) => rows.push(r),

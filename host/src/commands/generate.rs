@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::ValueEnum;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use shared_proto::{ExecBackend, Sampling};
@@ -16,28 +15,13 @@ use crate::Host;
 use crate::browser::BrowserKind;
 use crate::exec::{Decoder, Finish, GenEvent, GenParams, Pipeline, Replacer, Replanner, StepLimits, Stepper};
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2, TextStream};
-use crate::policy::gen_backend::{self, GenTarget};
+use crate::policy::backend_choice::Backend;
+use crate::policy::gen_backend;
 use crate::policy::sharding::{self, Part, Strategy};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GenBackend {
-    /// Launch a tab and choose from what it probed: WebGPU on a real GPU, the wasm CPU executor
-    /// when WebGPU is absent or a software adapter (SwiftShader). Never WebNN.
-    Auto,
-    /// WebGPU in a Chromium tab (4-bit weights dequantized in the kernels).
-    Webgpu,
-    /// WebNN on the CPU device in the WebNN Chromium shell (weights dequantized to f32 in the
-    /// tab: ~540 MB for SmolLM2-135M).
-    Webnn,
-    /// The CPU executor inside a tab's wasm.
-    WasmCpu,
-    /// The CPU executor on the host (every core), no browser.
-    Cpu,
-}
 
 /// What `generate` and `chat` share: where to run and how to sample.
 pub struct GenOptions {
-    pub backend: GenBackend,
+    pub backend: Backend,
     /// A system prompt instead of the model's default one.
     pub system: Option<String>,
     pub max_tokens: u32,
@@ -151,7 +135,7 @@ pub async fn load(
 pub async fn stepper(
     host: &mut Host,
     model: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     max_sessions: u32,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
@@ -162,7 +146,7 @@ pub async fn stepper(
 pub async fn place(
     host: &mut Host,
     model: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     max_sessions: u32,
     (shards, strategy): (u32, Strategy),
     progress: &dyn crate::exec::WeightUpload,
@@ -174,22 +158,18 @@ pub async fn place(
         return Ok((p, None));
     }
     match backend {
-        GenBackend::Cpu => {
+        Backend::Cpu => {
             let (graph, weights) = model.graph(limits, Outputs::default())?;
             Ok((Stepper::on_host(graph, weights)?, None))
         }
-        GenBackend::Auto => {
+        Backend::Auto => {
             // Debian Chromium: it probes WebGPU and also runs the wasm CPU executor, so the tab
             // that was probed is the one used.
             let tab = host.launch(BrowserKind::Chromium).await?;
             let choice = gen_backend::choose(tab.caps());
-            let chosen = match choice.target {
-                GenTarget::WebGpu => GenBackend::Webgpu,
-                GenTarget::WasmCpu => GenBackend::WasmCpu,
-            };
-            Ok((load_in(&tab, model, chosen, limits, progress).await?, Some(choice.reason)))
+            Ok((load_in(&tab, model, choice.target, limits, progress).await?, Some(choice.reason)))
         }
-        GenBackend::Webgpu | GenBackend::WasmCpu | GenBackend::Webnn => {
+        Backend::Webgpu | Backend::WasmCpu | Backend::Webnn => {
             let tab = launch_for(host, backend).await?;
             Ok((load_in(&tab, model, backend, limits, progress).await?, None))
         }
@@ -203,7 +183,7 @@ pub async fn place(
 pub async fn pipeline(
     host: &mut Host,
     model: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     shards: u32,
     max_sessions: u32,
     spares: u32,
@@ -224,7 +204,7 @@ pub async fn pipeline(
 pub async fn pipeline_of(
     host: &mut Host,
     model: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     stages: &[(usize, Vec<Part>)],
     micro_batches: usize,
     max_sessions: u32,
@@ -235,7 +215,7 @@ pub async fn pipeline_of(
     let backend = match backend {
         // Auto's choice needs a probed tab; a sharded run takes the CPU executor in tabs, which
         // every tab has, unless a backend is named.
-        GenBackend::Auto => GenBackend::WasmCpu,
+        Backend::Auto => Backend::WasmCpu,
         b => b,
     };
     let graphs = stages
@@ -245,7 +225,7 @@ pub async fn pipeline_of(
     let mut tabs: Vec<crate::Tab> = Vec::new();
     let mut steppers = Vec::new();
     for (i, ((tab, _), (graph, weights))) in stages.iter().zip(&graphs).enumerate() {
-        steppers.push(if backend == GenBackend::Cpu {
+        steppers.push(if backend == Backend::Cpu {
             Stepper::on_host(graph.clone(), weights.clone())?
         } else {
             while tabs.len() <= *tab {
@@ -275,7 +255,7 @@ pub async fn pipeline_of(
             }) as BoxFuture<'static, anyhow::Result<Vec<Stepper>>>
         })
     };
-    let replacer: Option<Replacer> = if spares > 0 && backend != GenBackend::Cpu {
+    let replacer: Option<Replacer> = if spares > 0 && backend != Backend::Cpu {
         let mut tabs = Vec::new();
         for _ in 0..spares {
             tabs.push(launch_for(host, backend).await?);
@@ -293,7 +273,7 @@ pub async fn pipeline_of(
         None
     };
     let pipeline = Pipeline::new(steppers, model.config.hidden, micro_batches, replacer)?;
-    Ok(Stepper::Pipeline(if backend == GenBackend::Cpu { pipeline } else { pipeline.with_replanner(replanner) }))
+    Ok(Stepper::Pipeline(if backend == Backend::Cpu { pipeline } else { pipeline.with_replanner(replanner) }))
 }
 
 /// A stage loaded into `tab` as its own model `name` (`model/stage i`: two stages may share a tab).
@@ -302,7 +282,7 @@ async fn load_stage(
     name: &str,
     graph: &shared_proto::Graph,
     weights: &[shared_proto::Tensor],
-    backend: GenBackend,
+    backend: Backend,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
     let exec = exec_backend(backend)?;
@@ -318,10 +298,10 @@ pub fn kv_limits(model: &SmolLm2, max_sessions: u32) -> KvLimits {
 
 /// A tab for an in-tab backend: WebGPU in Debian Chromium, WebNN in the WebNN shell, the wasm
 /// CPU executor in the WebNN shell when installed (either has it).
-pub async fn launch_for(host: &mut Host, backend: GenBackend) -> anyhow::Result<crate::Tab> {
+pub async fn launch_for(host: &mut Host, backend: Backend) -> anyhow::Result<crate::Tab> {
     let kind = match backend {
-        GenBackend::Webgpu => BrowserKind::Chromium,
-        GenBackend::Webnn => BrowserKind::ChromiumWebnn,
+        Backend::Webgpu => BrowserKind::Chromium,
+        Backend::Webnn => BrowserKind::ChromiumWebnn,
         _ if host.browser_binary(BrowserKind::ChromiumWebnn).is_ok() => BrowserKind::ChromiumWebnn,
         _ => BrowserKind::Chromium,
     };
@@ -332,7 +312,7 @@ pub async fn launch_for(host: &mut Host, backend: GenBackend) -> anyhow::Result<
 pub async fn load_in(
     tab: &crate::Tab,
     model: &SmolLm2,
-    backend: GenBackend,
+    backend: Backend,
     limits: KvLimits,
     progress: &dyn crate::exec::WeightUpload,
 ) -> anyhow::Result<Stepper> {
@@ -348,14 +328,12 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Where an in-tab backend runs in the tab.
-fn exec_backend(backend: GenBackend) -> anyhow::Result<ExecBackend> {
-    Ok(match backend {
-        GenBackend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
-        GenBackend::Auto => bail!("backend auto is resolved to a backend before loading"),
-        GenBackend::Webnn => ExecBackend::WebNn { device: "cpu".into() },
-        GenBackend::Webgpu => ExecBackend::WebGpu,
-        GenBackend::WasmCpu => ExecBackend::Cpu,
-    })
+fn exec_backend(backend: Backend) -> anyhow::Result<ExecBackend> {
+    match backend {
+        Backend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
+        Backend::Auto => bail!("backend auto is resolved to a backend before loading"),
+        b => Ok(b.in_tab().expect("a tab backend")),
+    }
 }
 
 /// Generate after `prompt_ids` on `decoder`, calling `on_text` with each new piece of text.

@@ -11,6 +11,7 @@ pub mod bench_shard;
 pub mod bench_vision;
 pub mod chat;
 pub mod classify;
+pub mod cli;
 pub mod doctor;
 pub mod embed;
 pub mod generate;

@@ -32,8 +32,8 @@ pub struct PoolArgs {
     pub max_batch: Option<usize>,
     #[arg(long)]
     pub batch_wait_ms: Option<u64>,
-    /// Backend for models in tabs: auto (calibrate per tab), webnn, webgpu.
-    #[arg(long, value_enum)]
+    /// Backend for models in tabs: auto (calibrate per tab), webnn, webgpu, wasm-cpu.
+    #[arg(long, value_parser = super::cli::named::<Backend>())]
     pub backend: Option<Backend>,
     /// Close tabs idle this many seconds (never below --min-tabs).
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct PoolArgs {
     #[arg(long)]
     pub shards: Option<u32>,
     /// How a sharded replica splits: layer, pipeline, component, attention-ffn (`[generation] strategy`).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::cli::named::<crate::policy::sharding::Strategy>())]
     pub strategy: Option<crate::policy::sharding::Strategy>,
     /// Record nothing (and start with no measured history).
     #[arg(long, conflicts_with = "history")]

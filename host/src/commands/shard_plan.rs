@@ -6,13 +6,13 @@
 use serde_json::json;
 
 use super::bench_shard::{chat_prompt, whole_copies};
-use super::generate::GenBackend;
 use crate::Host;
 use crate::models::smollm2::SmolLm2;
+use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::{self, Measured, Part, Plan, Strategy};
 
 pub struct Args {
-    pub backend: GenBackend,
+    pub backend: Backend,
     pub tabs: usize,
     pub shards: usize,
     pub strategy: Strategy,
@@ -51,7 +51,7 @@ fn mib(b: u64) -> f64 {
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.tabs >= 1 && args.shards >= 1, "--tabs and --shards must be at least 1");
-    anyhow::ensure!(args.backend != GenBackend::Auto, "name the tabs' backend (wasm-cpu, webnn, webgpu, cpu)");
+    anyhow::ensure!(args.backend != Backend::Auto, "name the tabs' backend (wasm-cpu, webnn, webgpu, cpu)");
     let m = SmolLm2::load(None)?;
     let costs = m.part_costs()?;
     let prompt = chat_prompt(&m)?;

@@ -71,8 +71,8 @@ impl Embedder {
             Backend::Webgpu => {
                 Self::in_new_tab(host, model, BrowserKind::Chromium, ExecBackend::WebGpu, progress).await?
             }
-            Backend::Webnn => {
-                let exec = ExecBackend::WebNn { device: "cpu".into() };
+            Backend::Webnn | Backend::WasmCpu => {
+                let exec = backend.in_tab().expect("a tab backend");
                 Self::in_new_tab(host, model, BrowserKind::ChromiumWebnn, exec, progress).await?
             }
             Backend::Auto => Self::calibrated(host, model, progress).await?,
@@ -93,8 +93,8 @@ impl Embedder {
         match backend {
             Backend::Cpu => Self::on_cpu(model),
             Backend::Webgpu => Self::in_new_tab(host, model, kind, ExecBackend::WebGpu, progress).await,
-            Backend::Webnn => {
-                Self::in_new_tab(host, model, kind, ExecBackend::WebNn { device: "cpu".into() }, progress).await
+            Backend::Webnn | Backend::WasmCpu => {
+                Self::in_new_tab(host, model, kind, backend.in_tab().expect("a tab backend"), progress).await
             }
             Backend::Auto => {
                 let t = Instant::now();
@@ -431,11 +431,11 @@ pub async fn load_in_tab(
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<(TabModel, Vec<Measured>)> {
     match backend {
-        Backend::Webgpu => Ok((load_on(tab, model, ExecBackend::WebGpu, progress).await?, vec![])),
-        Backend::Webnn => {
-            Ok((load_on(tab, model, ExecBackend::WebNn { device: "cpu".into() }, progress).await?, vec![]))
+        Backend::Webgpu | Backend::Webnn | Backend::WasmCpu => {
+            let exec = backend.in_tab().expect("a tab backend");
+            Ok((load_on(tab, model, exec, progress).await?, vec![]))
         }
-        Backend::Cpu => bail!("backend cpu runs on the host, not in a tab"),
+        Backend::Cpu => bail!("backend cpu runs on the host, not in a tab (the tab's own CPU executor is wasm-cpu)"),
         Backend::Auto => {
             let (measured, loaded) = calibrate_tab(tab, model, progress).await?;
             let best = backend_choice::choose(&measured)

@@ -3,30 +3,74 @@
 
 use shared_proto::{Capabilities, ExecBackend};
 
-use super::gen_backend::GenTarget;
+use super::Named;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+/// Where a model runs — the one enum every family, command and pool setting uses. The tab's
+/// own executors are `Webnn`, `Webgpu` and `WasmCpu`; `Cpu` is always the host's CPU executor
+/// (this process); `Auto` lets each family choose (calibration, or the generation rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Calibrate at load: WebNN and WebGPU in a real tab and the host CPU executor, keep the
-    /// fastest. If no tab can start, the CPU executor, with a warning saying why.
     Auto,
-    /// WebNN (cpu device) in a `chromium-webnn` tab; fails if unavailable.
     Webnn,
-    /// WebGPU in a Debian Chromium tab; fails if there is no adapter.
     Webgpu,
+    /// The CPU executor inside a tab's wasm.
+    #[serde(rename = "wasm-cpu")]
+    WasmCpu,
     /// The CPU executor in this process.
     Cpu,
 }
 
+impl Named for Backend {
+    const ALL: &'static [Backend] = &[Backend::Auto, Backend::Webnn, Backend::Webgpu, Backend::WasmCpu, Backend::Cpu];
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Webnn => "webnn",
+            Backend::Webgpu => "webgpu",
+            Backend::WasmCpu => "wasm-cpu",
+            Backend::Cpu => "cpu",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Backend::Auto => {
+                "choose per model: batch models calibrate every backend a tab offers and keep the fastest; \
+                 generation takes WebGPU on a real GPU, else the tab's wasm CPU executor"
+            }
+            Backend::Webnn => "WebNN (cpu device) in a chromium-webnn tab; fails if unavailable",
+            Backend::Webgpu => "WebGPU in a Chromium tab; fails if there is no adapter",
+            Backend::WasmCpu => "the CPU executor inside a tab's wasm",
+            Backend::Cpu => "the CPU executor in this process, no browser",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Backend {
     /// The forced backend that loads a model on `exec` again without calibrating (the inverse
-    /// of `load_in_tab`'s choice; the host CPU is not a tab backend).
-    pub fn forcing(exec: &ExecBackend) -> Option<Backend> {
+    /// of `load_in_tab`'s choice).
+    pub fn forcing(exec: &ExecBackend) -> Backend {
         match exec {
-            ExecBackend::WebGpu => Some(Backend::Webgpu),
-            ExecBackend::WebNn { .. } => Some(Backend::Webnn),
-            ExecBackend::Cpu => None,
+            ExecBackend::WebGpu => Backend::Webgpu,
+            ExecBackend::WebNn { .. } => Backend::Webnn,
+            ExecBackend::Cpu => Backend::WasmCpu,
+        }
+    }
+
+    /// What a tab runs for this backend; `None` for `Auto` (a family's choice) and `Cpu` (the
+    /// host, not a tab).
+    pub fn in_tab(self) -> Option<ExecBackend> {
+        match self {
+            Backend::Webgpu => Some(ExecBackend::WebGpu),
+            Backend::Webnn => Some(ExecBackend::WebNn { device: "cpu".into() }),
+            Backend::WasmCpu => Some(ExecBackend::Cpu),
+            Backend::Auto | Backend::Cpu => None,
         }
     }
 }
@@ -63,9 +107,9 @@ pub fn choose(measured: &[Measured]) -> Option<usize> {
 }
 
 /// Where a generation replica runs in a tab: the asked backend, or for `Auto` what
-/// `gen_backend::choose` says (WebGPU on a real GPU adapter, else the wasm CPU executor). `Cpu` means the CPU executor inside the tab
-/// (the host's own is not a replica). `Webnn` needs the tab's WebNN cpu context (auto never picks
-/// it: on the CPU it decodes slower than the wasm CPU executor).
+/// `gen_backend::choose` says (WebGPU on a real GPU adapter, else the wasm CPU executor). `Cpu`
+/// (the host's executor) is not a tab backend. `Webnn` needs the tab's WebNN cpu context (auto
+/// never picks it: on the CPU it decodes slower than the wasm CPU executor).
 pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<ExecBackend> {
     match wanted {
         Backend::Webgpu => {
@@ -85,11 +129,11 @@ pub fn for_generation(wanted: Backend, caps: &Capabilities) -> anyhow::Result<Ex
             );
             Ok(ExecBackend::WebNn { device: "cpu".into() })
         }
-        Backend::Cpu => Ok(ExecBackend::Cpu),
-        Backend::Auto => Ok(match super::gen_backend::choose(caps).target {
-            GenTarget::WebGpu => ExecBackend::WebGpu,
-            GenTarget::WasmCpu => ExecBackend::Cpu,
-        }),
+        Backend::WasmCpu => Ok(ExecBackend::Cpu),
+        Backend::Cpu => {
+            anyhow::bail!("backend cpu runs on the host, not in a tab (the tab's own CPU executor is wasm-cpu)")
+        }
+        Backend::Auto => for_generation(super::gen_backend::choose(caps).target, caps),
     }
 }
 
@@ -145,6 +189,7 @@ mod tests {
         assert!(for_generation(Backend::Webnn, &nn).is_err(), "a failed context probe");
         nn.webnn.contexts[0] = probe(true);
         assert_eq!(for_generation(Backend::Webnn, &nn).unwrap(), ExecBackend::WebNn { device: "cpu".into() });
-        assert_eq!(for_generation(Backend::Cpu, &caps_with(None)).unwrap(), ExecBackend::Cpu);
+        assert_eq!(for_generation(Backend::WasmCpu, &caps_with(None)).unwrap(), ExecBackend::Cpu);
+        assert!(for_generation(Backend::Cpu, &caps_with(None)).is_err(), "the host is not a tab");
     }
 }

@@ -8,16 +8,13 @@
 
 use shared_proto::{AdapterInfo, Capabilities};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenTarget {
-    WebGpu,
-    WasmCpu,
-}
+use super::backend_choice::Backend;
 
 /// The choice and why, in words for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenChoice {
-    pub target: GenTarget,
+    /// `Webgpu` or `WasmCpu`.
+    pub target: Backend,
     pub reason: String,
 }
 
@@ -58,18 +55,18 @@ pub fn choose(caps: &Capabilities) -> GenChoice {
             (None, false) => "no WebGPU in this browser".into(),
             (None, true) => "no WebGPU adapter".into(),
         };
-        return GenChoice { target: GenTarget::WasmCpu, reason: format!("{why}, so the wasm CPU executor") };
+        return GenChoice { target: Backend::WasmCpu, reason: format!("{why}, so the wasm CPU executor") };
     };
     match software(adapter) {
         Some(why) => GenChoice {
-            target: GenTarget::WasmCpu,
+            target: Backend::WasmCpu,
             reason: format!(
                 "WebGPU adapter {} is not a GPU ({why}), so the wasm CPU executor, faster there",
                 describe(adapter)
             ),
         },
         None => GenChoice {
-            target: GenTarget::WebGpu,
+            target: Backend::Webgpu,
             reason: format!("WebGPU adapter {} is a GPU, so WebGPU", describe(adapter)),
         },
     }
@@ -98,7 +95,7 @@ mod tests {
                 ..Default::default()
             };
             let c = choose(&with_adapter(a));
-            assert_eq!(c.target, GenTarget::WebGpu, "{vendor} {device_type}: {}", c.reason);
+            assert_eq!(c.target, Backend::Webgpu, "{vendor} {device_type}: {}", c.reason);
         }
     }
 
@@ -113,29 +110,29 @@ mod tests {
             ..Default::default()
         };
         let c = choose(&with_adapter(swiftshader.clone()));
-        assert_eq!(c.target, GenTarget::WasmCpu);
+        assert_eq!(c.target, Backend::WasmCpu);
         assert!(c.reason.contains("SwiftShader"), "{}", c.reason);
         // Each sign alone is enough.
         let named_only = AdapterInfo { device_type: "Other".into(), ..swiftshader };
-        assert_eq!(choose(&with_adapter(named_only)).target, GenTarget::WasmCpu);
+        assert_eq!(choose(&with_adapter(named_only)).target, Backend::WasmCpu);
         let fallback_only = AdapterInfo { is_fallback: true, device_type: "DiscreteGpu".into(), ..Default::default() };
-        assert_eq!(choose(&with_adapter(fallback_only)).target, GenTarget::WasmCpu);
+        assert_eq!(choose(&with_adapter(fallback_only)).target, Backend::WasmCpu);
         let cpu_only = AdapterInfo { vendor: "mesa".into(), device_type: "Cpu".into(), ..Default::default() };
-        assert_eq!(choose(&with_adapter(cpu_only)).target, GenTarget::WasmCpu);
+        assert_eq!(choose(&with_adapter(cpu_only)).target, Backend::WasmCpu);
         let llvmpipe = AdapterInfo { description: "llvmpipe (LLVM 19.1)".into(), ..Default::default() };
-        assert_eq!(choose(&with_adapter(llvmpipe)).target, GenTarget::WasmCpu);
+        assert_eq!(choose(&with_adapter(llvmpipe)).target, Backend::WasmCpu);
     }
 
     #[test]
     fn no_webgpu_gets_the_wasm_cpu_executor_and_says_why() {
         let c = choose(&Capabilities::default());
-        assert_eq!(c.target, GenTarget::WasmCpu);
+        assert_eq!(c.target, Backend::WasmCpu);
         assert!(c.reason.contains("no WebGPU in this browser"), "{}", c.reason);
         let mut caps = Capabilities::default();
         caps.webgpu.api_present = true;
         caps.webgpu.error = Some("requestAdapter returned null".into());
         let c = choose(&caps);
-        assert_eq!(c.target, GenTarget::WasmCpu);
+        assert_eq!(c.target, Backend::WasmCpu);
         assert!(c.reason.contains("requestAdapter returned null"), "{}", c.reason);
     }
 }

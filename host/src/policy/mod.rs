@@ -5,9 +5,12 @@ pub mod batching;
 pub mod breaker;
 pub mod gen_backend;
 pub mod health;
+pub mod names;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;
 pub mod sharding;
 pub mod step_batching;
 pub mod trend;
+
+pub use names::Named;

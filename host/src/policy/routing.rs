@@ -3,13 +3,34 @@
 //! decides: 0.7 · success rate + 0.3 · normalised latency (fastest candidate = 1).
 
 /// What kind of model is being routed (the prior depends on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelType {
     TextEmbedding,
     TextGeneration,
     Audio,
     Vision,
+}
+
+impl super::Named for ModelType {
+    const ALL: &'static [ModelType] =
+        &[ModelType::TextEmbedding, ModelType::TextGeneration, ModelType::Audio, ModelType::Vision];
+    fn name(self) -> &'static str {
+        match self {
+            ModelType::TextEmbedding => "text-embedding",
+            ModelType::TextGeneration => "text-generation",
+            ModelType::Audio => "audio",
+            ModelType::Vision => "vision",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            ModelType::TextEmbedding => "texts to vectors",
+            ModelType::TextGeneration => "prompts to streamed tokens",
+            ModelType::Audio => "speech to text",
+            ModelType::Vision => "images to labels and features",
+        }
+    }
 }
 
 /// Browser kinds in prior order for a model type: audio prefers Firefox, vision Chromium's

@@ -51,7 +51,7 @@ impl Part {
 /// Stages in model order as `(tab, parts)`, tabs numbered from 0 (two stages may share one).
 pub type Layout = Vec<(usize, Vec<Part>)>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Contiguous layer ranges, sized by each tab's measured speed.
@@ -66,6 +66,37 @@ pub enum Strategy {
     Replicas,
     /// The best predicted aggregate among the others that fit.
     Hybrid,
+}
+
+impl super::Named for Strategy {
+    const ALL: &'static [Strategy] = &[
+        Strategy::Layer,
+        Strategy::Pipeline,
+        Strategy::AttentionFfn,
+        Strategy::Component,
+        Strategy::Replicas,
+        Strategy::Hybrid,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Layer => "layer",
+            Strategy::Pipeline => "pipeline",
+            Strategy::AttentionFfn => "attention-ffn",
+            Strategy::Component => "component",
+            Strategy::Replicas => "replicas",
+            Strategy::Hybrid => "hybrid",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Strategy::Layer => "contiguous layer ranges, sized by each tab's measured speed",
+            Strategy::Pipeline => "layer ranges with a step's sessions in micro-batches, so stages work at once",
+            Strategy::AttentionFfn => "every layer's attention on one tab and its FFN on another",
+            Strategy::Component => "embedding and head on one tab, the transformer body on another",
+            Strategy::Replicas => "every tab a whole copy, the streams split between them",
+            Strategy::Hybrid => "the best predicted aggregate among the others that fit",
+        }
+    }
 }
 
 /// Bytes and work of one part.

@@ -810,16 +810,13 @@ impl Shared {
             backend = known;
             known_calibration = Some(measured);
         }
-        let (tm, measured) = load_in_tab(&slot.tab, model, backend, progress)
-            .await
-            .map_err(|e| (format!("{backend:?}").to_lowercase(), e))?;
+        let (tm, measured) =
+            load_in_tab(&slot.tab, model, backend, progress).await.map_err(|e| (backend.to_string(), e))?;
         let calibration = known_calibration.unwrap_or_else(|| {
             if !measured.is_empty() {
                 m.calibrations.fetch_add(1, Ordering::Relaxed);
-                if let Some(chosen) = Backend::forcing(&tm.backend) {
-                    let mut known = m.calibrated.lock().expect("calibrated");
-                    known.insert(slot.kind.name.clone(), (chosen, measured.clone()));
-                }
+                let chosen = Backend::forcing(&tm.backend);
+                m.calibrated.lock().expect("calibrated").insert(slot.kind.name.clone(), (chosen, measured.clone()));
             }
             measured
         });
@@ -836,7 +833,7 @@ impl Shared {
         progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
         let wanted = slot.kind.backend.unwrap_or(self.cfg.backend);
-        let exec = backend_choice::for_generation(wanted, slot.tab.caps()).map_err(|e| (format!("{wanted:?}"), e))?;
+        let exec = backend_choice::for_generation(wanted, slot.tab.caps()).map_err(|e| (wanted.to_string(), e))?;
         let stepper = Stepper::in_tab(&slot.tab, g.model.name(), &g.graph, &g.weights, exec.clone(), progress)
             .await
             .map_err(|e| (exec.to_string(), e))?;
