@@ -384,6 +384,11 @@ impl NnModel {
             h.used = self.tick.get();
             return Ok((h.graph.clone(), false));
         }
+        let bytes = activation_bytes(&self.graph, shapes) + GRAPH_FIXED_BYTES;
+        if bytes > GRAPH_BUDGET_BYTES {
+            // At most one oversized graph at a time: the previous one goes before this is built.
+            self.hot.borrow_mut().take();
+        }
         let building = {
             let weights = self.weights.borrow();
             let uses: Vec<ops::WeightUse> = weights
@@ -406,9 +411,7 @@ impl NnModel {
             }
         }
         let g = Rc::new(BucketGraph { graph, inputs });
-        let bytes = activation_bytes(&self.graph, shapes) + GRAPH_FIXED_BYTES;
         if bytes > GRAPH_BUDGET_BYTES {
-            // Replaces (destroys) the previous hot graph and its tensors.
             *self.hot.borrow_mut() =
                 Some(Hot { bucket: bucket.to_vec(), graph: g.clone(), sets: Vec::new(), used: self.tick.get() });
             return Ok((g, false));
@@ -493,15 +496,23 @@ impl NnModel {
         // An uncached bucket's tensors go with its graph (dropped: destroyed).
         if cached && self.compiled.borrow().contains_key(&bucket) {
             self.tensors.borrow_mut().entry(bucket).or_default().push(set);
-        } else if let Some(h) = self.hot.borrow_mut().as_mut().filter(|h| h.bucket == bucket) {
-            h.sets.push(set);
-            release_when_idle(&self.hot, h.used);
+        } else {
+            self.ran_hot(&bucket, Some(set));
         }
         Ok(super::RunOutput { outputs, device_ms: js_sys::Date::now() - t0 })
     }
 }
 
 impl NnModel {
+    /// After a run of an uncached bucket: when it is the hot graph, keep `set` with it and
+    /// destroy both once idle (`HOT_IDLE_MS`).
+    fn ran_hot(&self, bucket: &[Vec<u32>], set: Option<TensorSet>) {
+        if let Some(h) = self.hot.borrow_mut().as_mut().filter(|h| h.bucket == bucket) {
+            h.sets.extend(set);
+            release_when_idle(&self.hot, h.used);
+        }
+    }
+
     /// An idle tensor set for `bucket`, or a new one (all tensors requested at once).
     async fn borrow_tensors(&self, bucket: &[Vec<u32>], out_shapes: &[Vec<u32>]) -> Result<TensorSet, RemoteError> {
         if let Some(set) = self.tensors.borrow_mut().get_mut(bucket).and_then(Vec::pop) {

@@ -298,6 +298,9 @@ impl NnModel {
         }
         if cached && self.compiled.borrow().contains_key(&bucket) {
             self.tensors.borrow_mut().entry(bucket).or_default().push(set);
+        } else {
+            // A step's tensor set depends on more than the bucket: not kept with a hot graph.
+            self.ran_hot(&bucket, None);
         }
         Ok(RunOutput { outputs, device_ms: js_sys::Date::now() - t0 })
     }
