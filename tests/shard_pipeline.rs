@@ -9,8 +9,8 @@ use crate::support;
 use std::sync::Arc;
 
 use shared_proto::Sampling;
-use tabpool::commands::generate;
 use tabpool::exec::Backend;
+use tabpool::exec::placement;
 use tabpool::exec::{Decoder, GenEvent, GenParams, StepLimits, Stepper};
 use tabpool::models::smollm2::SmolLm2;
 use tabpool::policy::sharding::{self, Strategy};
@@ -29,12 +29,12 @@ async fn check_reference(m: &SmolLm2, stepper: Arc<Stepper>, what: &str) {
     let cases = support::smollm2_reference();
     let d = Decoder::start(stepper, StepLimits::default());
     for c in &cases {
-        let run = generate::generate(m, &d, c.prompt_ids.clone(), greedy(m), |_| {})
+        let run = placement::generate(m, &d, c.prompt_ids.clone(), greedy(m), |_| {})
             .await
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         assert_eq!(run.ids, with_stop(c), "{what}: greedy ids of {:?}", c.user);
     }
-    let runs = cases.iter().map(|c| generate::generate(m, &d, c.prompt_ids.clone(), greedy(m), |_| {}));
+    let runs = cases.iter().map(|c| placement::generate(m, &d, c.prompt_ids.clone(), greedy(m), |_| {}));
     let all = futures_util::future::join_all(runs).await;
     for (run, c) in all.into_iter().zip(&cases) {
         let run = run.unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -44,7 +44,7 @@ async fn check_reference(m: &SmolLm2, stepper: Arc<Stepper>, what: &str) {
 }
 
 async fn pipeline(host: &mut tabpool::Host, m: &SmolLm2, backend: Backend, shards: u32) -> Arc<Stepper> {
-    let p = generate::pipeline(host, m, backend, shards, 2, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p = placement::pipeline(host, m, backend, shards, 2, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     Arc::new(p)
 }
 
@@ -142,7 +142,8 @@ async fn killed_stage_tabs_are_replaced_without_a_wrong_token() {
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
     // Three stages in three tabs, two spare tabs; six streams at once.
-    let p = generate::pipeline(&mut host, &m, Backend::WasmCpu, 3, 6, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p =
+        placement::pipeline(&mut host, &m, Backend::WasmCpu, 3, 6, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
@@ -181,7 +182,8 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
     let cases = support::smollm2_reference();
     // Three stages, no spare tab: a lost stage cannot be replaced, so the model is split anew
     // over the two tabs left and the streams' tokens replayed through it.
-    let p = generate::pipeline(&mut host, &m, Backend::WasmCpu, 3, 4, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let p =
+        placement::pipeline(&mut host, &m, Backend::WasmCpu, 3, 4, 0, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
@@ -217,7 +219,7 @@ async fn planned(
     spares: u32,
 ) -> Arc<Stepper> {
     let (stages, micro) = sharding::layout(strategy, &m.part_costs().unwrap(), None, shards).unwrap();
-    let p = generate::pipeline_of(host, m, backend, &stages, micro, 4, spares, &()).await;
+    let p = placement::pipeline_of(host, m, backend, &stages, micro, 4, spares, &()).await;
     Arc::new(p.unwrap_or_else(|e| panic!("{strategy:?} ×{shards}: {e:#}")))
 }
 

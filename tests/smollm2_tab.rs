@@ -9,8 +9,8 @@ use crate::support;
 use std::sync::Arc;
 
 use shared_proto::Sampling;
-use tabpool::commands::generate;
 use tabpool::exec::Backend;
+use tabpool::exec::placement;
 use tabpool::exec::{Decoder, Finish, GenEvent, GenParams, StepLimits};
 use tabpool::models::smollm2::{Message, SmolLm2};
 
@@ -21,7 +21,7 @@ fn params(m: &SmolLm2, max_tokens: u32, sampling: Sampling) -> GenParams {
 /// Up to 24 tokens of each case, greedy (the reference's stop rule), all cases at once.
 async fn greedy_all(m: &SmolLm2, d: &Decoder, cases: &[support::GenCase]) -> Vec<Vec<u32>> {
     let runs =
-        cases.iter().map(|c| generate::generate(m, d, c.prompt_ids.clone(), params(m, 24, Sampling::Greedy), |_| {}));
+        cases.iter().map(|c| placement::generate(m, d, c.prompt_ids.clone(), params(m, 24, Sampling::Greedy), |_| {}));
     futures_util::future::join_all(runs).await.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{e:#}")).ids).collect()
 }
 
@@ -37,14 +37,14 @@ async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
     // Two sessions of up to 2048 tokens fit; a third does not.
-    let stepper = generate::stepper(&mut host, &m, Backend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = placement::stepper(&mut host, &m, Backend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "wasm-cpu");
     let stepper = Arc::new(stepper);
     let d = Decoder::start(stepper.clone(), StepLimits::default());
 
     // Each case alone, then both at once (their prompts and decodes share steps).
     for c in &cases {
-        let run = generate::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
+        let run = placement::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(run.ids, with_stop(c), "greedy ids of {:?}", c.user);
@@ -64,7 +64,7 @@ async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
     let prompt = m.chat_ids(&[Message::new("user", "Tell me a story about a dragon.")]).unwrap();
     let sampled = |seed| {
         let p = params(&m, 12, Sampling::TopKP { temperature: 0.9, top_k: 40, top_p: 0.95, seed });
-        generate::generate(&m, &d, prompt.clone(), p, |_| {})
+        placement::generate(&m, &d, prompt.clone(), p, |_| {})
     };
     let (a, b, c) = (sampled(7).await.unwrap(), sampled(7).await.unwrap(), sampled(8).await.unwrap());
     assert_eq!(a.ids, b.ids, "same seed, same tokens");
@@ -102,7 +102,7 @@ async fn greedy_on_webgpu_equals_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let stepper = generate::stepper(&mut host, &m, Backend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = placement::stepper(&mut host, &m, Backend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
     let d = Decoder::start(Arc::new(stepper), StepLimits::default());
     // Both cases in shared steps (SwiftShader is slow: ~0.5 s a step).
@@ -123,8 +123,8 @@ async fn greedy_on_firefox_webgpu_equals_the_reference() {
     // Firefox ESR's WebGPU runs on Mesa's lavapipe here (Vulkan on the CPU): another browser's
     // WGSL compiler and another adapter than Chromium's SwiftShader, same kernels.
     let tab = host.launch(tabpool::browser::BrowserKind::Firefox).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let limits = generate::kv_limits(&m, 2);
-    let stepper = generate::load_in(&tab, &m, Backend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let limits = placement::kv_limits(&m, 2);
+    let stepper = placement::load_in(&tab, &m, Backend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
     let d = Decoder::start(Arc::new(stepper), StepLimits::default());
     let both = greedy_all(&m, &d, &cases).await;
@@ -141,14 +141,14 @@ async fn greedy_on_webnn_equals_the_reference() {
     let mut host = support::host().await;
     let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
     let cases = support::smollm2_reference();
-    let stepper = generate::stepper(&mut host, &m, Backend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let stepper = placement::stepper(&mut host, &m, Backend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webnn-cpu");
     let stepper = Arc::new(stepper);
     let d = Decoder::start(stepper.clone(), StepLimits::default());
     // Each case alone (prefill of T tokens, then one-token decode steps), then both sharing steps
     // (padded token and row buckets).
     for c in &cases {
-        let run = generate::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
+        let run = placement::generate(&m, &d, c.prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(run.ids, with_stop(c), "webnn greedy ids of {:?}", c.user);
@@ -161,7 +161,7 @@ async fn greedy_on_webnn_equals_the_reference() {
     let prompt = m.chat_ids(&[Message::new("user", "Tell me a story about a dragon.")]).unwrap();
     let sampled = |seed| {
         let p = params(&m, 8, Sampling::TopKP { temperature: 0.9, top_k: 40, top_p: 0.95, seed });
-        generate::generate(&m, &d, prompt.clone(), p, |_| {})
+        placement::generate(&m, &d, prompt.clone(), p, |_| {})
     };
     let (a, b) = (sampled(7).await.unwrap(), sampled(7).await.unwrap());
     assert_eq!(a.ids, b.ids, "same seed, same tokens");

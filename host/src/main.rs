@@ -10,6 +10,7 @@ use tabpool::commands::{
     classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan,
 };
 use tabpool::exec::Backend;
+use tabpool::exec::placement;
 use tabpool::policy::sharding::Strategy;
 use tabpool::{Host, HostConfig};
 
@@ -422,9 +423,9 @@ struct GenFlags {
 }
 
 impl GenFlags {
-    fn into_opts(self) -> generate::GenOptions {
+    fn into_opts(self) -> placement::GenOptions {
         let GenFlags { backend, max_tokens, temperature, top_k, top_p, seed, system, shards, strategy } = self;
-        generate::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed, shards, strategy }
+        placement::GenOptions { backend, system, max_tokens, temperature, top_k, top_p, seed, shards, strategy }
     }
 }
 

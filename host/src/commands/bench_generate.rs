@@ -10,9 +10,9 @@ use serde_json::json;
 use shared_proto::{Sampling, StepRow};
 
 use super::bench_memory::{pids, settled};
-use super::generate;
 use crate::Host;
 use crate::exec::Stepper;
+use crate::exec::placement;
 use crate::models::smollm2::{KvLimits, Message, Outputs, SmolLm2};
 use crate::policy::backend_choice::Backend;
 
@@ -124,9 +124,9 @@ async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32],
         let (graph, weights) = m.graph(limits, Outputs::default())?;
         (Stepper::on_host(graph, weights)?, None, 0)
     } else {
-        let tab = generate::launch_for(host, backend).await?;
+        let tab = placement::launch_for(host, backend).await?;
         let empty = settled(|| pids(host, tab.id())).await.bytes;
-        (generate::load_in(&tab, m, backend, limits, &()).await?, Some(tab), empty)
+        (placement::load_in(&tab, m, backend, limits, &()).await?, Some(tab), empty)
     };
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     // Warm-up: compile/tier up on a short session.
@@ -154,8 +154,8 @@ async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32],
         None => None,
     };
     if args.two_tabs && backend != Backend::Cpu {
-        let tab2 = generate::launch_for(host, backend).await?;
-        let s2 = generate::load_in(&tab2, m, backend, limits, &()).await?;
+        let tab2 = placement::launch_for(host, backend).await?;
+        let s2 = placement::load_in(&tab2, m, backend, limits, &()).await?;
         for &n in &args.streams {
             rates.push((n, 2, streams(&[&s, &s2], n, prompt, steps).await?));
         }

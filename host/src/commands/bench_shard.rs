@@ -11,8 +11,8 @@ use serde_json::json;
 use shared_proto::{Sampling, StepRow};
 
 use super::bench_memory::{pids, settled};
-use super::generate;
 use crate::Host;
+use crate::exec::placement;
 use crate::exec::{StepOut, Stepper};
 use crate::models::smollm2::{Message, SmolLm2};
 use crate::policy::backend_choice::Backend;
@@ -137,12 +137,12 @@ pub(crate) async fn whole_copies(
     let sessions = streams as u32 + 1;
     eprintln!("measuring one whole copy in a tab, then two at once…");
     let t = Instant::now();
-    let one = generate::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
+    let one = placement::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
     let load_one = t.elapsed().as_secs_f64() * 1e3;
     let (ids, decode_tok_s, hop_share) = single(&one, prompt, decode).await?;
     let batch_tok_s = aggregate(&[&one], prompt, streams).await?;
     let t = Instant::now();
-    let two = generate::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
+    let two = placement::place(host, m, backend, sessions, (1, Strategy::Layer), &()).await?.0;
     let load_two = t.elapsed().as_secs_f64() * 1e3;
     let two_tabs_tok_s = aggregate(&[&one, &two], prompt, streams).await?;
     let measured =
@@ -168,7 +168,7 @@ async fn tab_memory(host: &Host, s: &Stepper, empty: u64) -> Vec<f64> {
 
 /// Kill a stage's renderer every few tokens of one stream: kill → next token, in ms each.
 async fn recovery(host: &mut Host, m: &SmolLm2, args: &Args, prompt: &[u32]) -> anyhow::Result<(Vec<f64>, Vec<u32>)> {
-    let s = generate::pipeline(host, m, args.backend, 3, 1, args.kills as u32, &()).await?;
+    let s = placement::pipeline(host, m, args.backend, 3, 1, args.kills as u32, &()).await?;
     let total = args.kills * 6 + 4;
     s.open(1, (prompt.len() + total + 1) as u32).await?;
     let mut tok = step(&s, vec![row(1, prompt.to_vec())]).await?.0[0];
@@ -213,7 +213,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let empty = if args.backend == Backend::Cpu {
         0
     } else {
-        let tab = generate::launch_for(host, args.backend).await?;
+        let tab = placement::launch_for(host, args.backend).await?;
         settled(|| pids(host, tab.id())).await.anon
     };
     let mut rows = Vec::new();
@@ -250,7 +250,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         let micro = plan.micro_batches;
         eprintln!("bench shard: {name}…");
         let t = Instant::now();
-        let s = generate::pipeline_of(host, &m, args.backend, &stages, micro, sessions, 0, &())
+        let s = placement::pipeline_of(host, &m, args.backend, &stages, micro, sessions, 0, &())
             .await
             .with_context(|| format!("loading plan {name}"))?;
         let load_ms = t.elapsed().as_secs_f64() * 1e3;

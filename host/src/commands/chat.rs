@@ -8,8 +8,8 @@ use std::time::Instant;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::generate::{self, GenOptions};
 use crate::Host;
+use crate::exec::placement::{self, GenOptions};
 use crate::models::smollm2::{Message, SmolLm2};
 
 pub struct Args {
@@ -71,7 +71,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let mut interrupts = signal(SignalKind::interrupt())?;
     let started = Instant::now();
     let model = SmolLm2::load(None)?;
-    let l = generate::load(host, model, started, &args.opts, false).await?;
+    let l = placement::load(host, model, started, &args.opts, false).await?;
     match &l.reason {
         Some(reason) => eprintln!("{} on {} (auto: {reason}), loaded in {:.0} ms", l.model.name, l.backend, l.load_ms),
         None => eprintln!("{} on {}, loaded in {:.0} ms", l.model.name, l.backend, l.load_ms),
@@ -80,7 +80,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         eprintln!("Type a message. Ctrl-C stops a reply; Ctrl-C, Ctrl-D or /exit at the prompt ends the chat.");
     }
     let system = args.opts.system.as_deref();
-    let limit = generate::context_limit(&l.model);
+    let limit = placement::context_limit(&l.model);
     let mut lines = stdin_lines();
     let mut history: Vec<Message> = Vec::new();
     let mut out = std::io::stdout();
@@ -124,7 +124,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         let cancel = async {
             interrupts.recv().await;
         };
-        let run = generate::generate_until(&l.model, &l.decoder, ids, l.params.clone(), cancel, |piece| {
+        let run = placement::generate_until(&l.model, &l.decoder, ids, l.params.clone(), cancel, |piece| {
             let _ = write!(out, "{piece}");
             let _ = out.flush();
         })

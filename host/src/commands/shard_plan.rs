@@ -9,7 +9,7 @@ use super::bench_shard::{chat_prompt, whole_copies};
 use crate::Host;
 use crate::models::smollm2::SmolLm2;
 use crate::policy::backend_choice::Backend;
-use crate::policy::sharding::{self, Measured, Part, Plan, Strategy};
+use crate::policy::sharding::{self, Measured, Plan, Strategy, describe};
 
 pub struct Args {
     pub backend: Backend,
@@ -18,31 +18,6 @@ pub struct Args {
     pub strategy: Strategy,
     pub streams: usize,
     pub json: bool,
-}
-
-/// "embed + layers 0–14", "attn 3", "ffn 3 + head": a stage's parts, runs of whole layers joined.
-pub fn describe(parts: &[Part]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < parts.len() {
-        match parts[i] {
-            Part::Embed => out.push("embed".into()),
-            Part::Head => out.push("head".into()),
-            Part::Attention(a) if parts.get(i + 1) == Some(&Part::Ffn(a)) => {
-                let mut b = a;
-                while parts.get(i + 2) == Some(&Part::Attention(b + 1)) && parts.get(i + 3) == Some(&Part::Ffn(b + 1)) {
-                    b += 1;
-                    i += 2;
-                }
-                i += 1;
-                out.push(if a == b { format!("layer {a}") } else { format!("layers {a}–{b}") });
-            }
-            Part::Attention(l) => out.push(format!("attn {l}")),
-            Part::Ffn(l) => out.push(format!("ffn {l}")),
-        }
-        i += 1;
-    }
-    out.join(" + ")
 }
 
 fn mib(b: u64) -> f64 {
@@ -129,6 +104,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::sharding::Part;
 
     #[test]
     fn parts_are_described_as_ranges() {

@@ -4,6 +4,7 @@
 pub mod decoder;
 mod embedder;
 pub mod pipeline;
+pub mod placement;
 pub mod remembered;
 pub mod stepper;
 mod tab_model;

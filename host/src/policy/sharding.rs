@@ -621,6 +621,31 @@ fn hybrid(
     Ok(best)
 }
 
+/// "embed + layers 0–14", "attn 3", "ffn 3 + head": a stage's parts, runs of whole layers joined.
+pub fn describe(parts: &[Part]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        match parts[i] {
+            Part::Embed => out.push("embed".into()),
+            Part::Head => out.push("head".into()),
+            Part::Attention(a) if parts.get(i + 1) == Some(&Part::Ffn(a)) => {
+                let mut b = a;
+                while parts.get(i + 2) == Some(&Part::Attention(b + 1)) && parts.get(i + 3) == Some(&Part::Ffn(b + 1)) {
+                    b += 1;
+                    i += 2;
+                }
+                i += 1;
+                out.push(if a == b { format!("layer {a}") } else { format!("layers {a}–{b}") });
+            }
+            Part::Attention(l) => out.push(format!("attn {l}")),
+            Part::Ffn(l) => out.push(format!("ffn {l}")),
+        }
+        i += 1;
+    }
+    out.join(" + ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
