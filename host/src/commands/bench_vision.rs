@@ -44,9 +44,13 @@ const PASS: usize = 8;
 /// Memory above an empty tab after serving, as a multiple of the weight bytes.
 const MEMORY_TARGET: f64 = 2.0;
 
-fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/efficientnet")
-}
+/// The reference images and their float64 answers (tests/data/efficientnet), built into the
+/// binary: a bench run must not depend on the source tree it was compiled from still being there.
+const IMAGE_BYTES: [&[u8]; 2] = [
+    include_bytes!("../../../tests/data/efficientnet/chelsea.png"),
+    include_bytes!("../../../tests/data/efficientnet/coffee.png"),
+];
+const REFERENCE_JSON: &str = include_str!("../../../tests/data/efficientnet/reference.json");
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
@@ -64,9 +68,7 @@ struct Reference {
 }
 
 fn references() -> anyhow::Result<Vec<Reference>> {
-    let path = data_dir().join("reference.json");
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    let v: serde_json::Value = serde_json::from_str(REFERENCE_JSON)?;
     let cases = v["cases"].as_array().context("reference.json: no cases")?;
     IMAGES
         .iter()
@@ -638,10 +640,7 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
     let load_start = loadavg();
     let refs = references()?;
-    let files: Vec<Vec<u8>> = IMAGES
-        .iter()
-        .map(|n| std::fs::read(data_dir().join(n)).with_context(|| format!("reading {n}")))
-        .collect::<Result<_, _>>()?;
+    let files: Vec<Vec<u8>> = IMAGE_BYTES.iter().map(|b| b.to_vec()).collect();
     let (prep_ms, prep_per_image, prepared) = tokio::task::spawn_blocking(move || preprocess_images(&files)).await??;
     let weight_bytes: u64 = tokio::task::spawn_blocking(|| EfficientNet::load(None))
         .await??
