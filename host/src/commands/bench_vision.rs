@@ -114,8 +114,8 @@ enum Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// Per row its logits, and the tab that served it with the rows of the batch it ran in.
-    async fn run(&self, c: &Call) -> anyhow::Result<(Vec<Vec<f32>>, Option<(u64, usize)>)> {
+    /// Per row its logits, and where it ran (pool rows).
+    async fn run(&self, c: &Call) -> anyhow::Result<(Vec<Vec<f32>>, Option<Where>)> {
         match self {
             Runner::Cpu { model, widths } => {
                 let (model, widths, input) = (model.clone(), widths.clone(), c.input.clone());
@@ -129,10 +129,20 @@ impl Runner<'_> {
             }
             Runner::Pool { pool, name } => {
                 let served = pool.submit(name, Input::Tensor(c.input.clone()), None).await?;
-                Ok((served.vectors, Some((served.tab, served.batch_rows))))
+                let at = Where { tab: served.tab, batch_rows: served.batch_rows, device_ms: served.device_ms };
+                Ok((served.vectors, Some(at)))
             }
         }
     }
+}
+
+/// Where a pool call ran: its tab, the rows of the batch it travelled in, and the tab's own time
+/// for that batch (the rest of the call's latency is transport, framing, queueing and the host).
+#[derive(Clone, Copy)]
+struct Where {
+    tab: u64,
+    batch_rows: usize,
+    device_ms: f64,
 }
 
 /// Warm-up and timed passes.
@@ -199,11 +209,14 @@ struct Rate {
     /// Calls per tab in the timed passes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     calls_by_tab: Vec<(u64, usize)>,
+    /// Median of the tabs' own time per call (pool rows), to set beside `p50_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tab_p50_ms: Option<f64>,
     check: Check,
 }
 
 /// One call: its latency (ms), rows and where it ran.
-type Timed = (f64, Vec<Vec<f32>>, Option<(u64, usize)>);
+type Timed = (f64, Vec<Vec<f32>>, Option<Where>);
 
 async fn timed(runner: &Runner<'_>, c: &Call) -> anyhow::Result<Timed> {
     let s = Instant::now();
@@ -226,7 +239,7 @@ async fn measure(
         calls: &[Call],
         concurrent: bool,
         refs: &[Reference],
-    ) -> anyhow::Result<(f64, Vec<f64>, Vec<Option<(u64, usize)>>, Check)> {
+    ) -> anyhow::Result<(f64, Vec<f64>, Vec<Option<Where>>, Check)> {
         let t = Instant::now();
         let results = if concurrent {
             futures_util::future::try_join_all(calls.iter().map(|c| timed(runner, c))).await?
@@ -277,11 +290,13 @@ async fn measure(
         tabs.extend(t);
         check.merge(&c);
     }
-    let served: Vec<(u64, usize)> = tabs.into_iter().flatten().collect();
+    let served: Vec<Where> = tabs.into_iter().flatten().collect();
     let mean_batch_rows =
-        (!served.is_empty()).then(|| served.iter().map(|s| s.1 as f64).sum::<f64>() / served.len() as f64);
+        (!served.is_empty()).then(|| served.iter().map(|s| s.batch_rows as f64).sum::<f64>() / served.len() as f64);
+    let device: Vec<f64> = served.iter().map(|s| s.device_ms).collect();
+    let tab_p50_ms = (!device.is_empty()).then(|| quantile(&device, 0.5));
     let mut calls_by_tab: Vec<(u64, usize)> = Vec::new();
-    for t in served.into_iter().map(|s| s.0) {
+    for t in served.into_iter().map(|s| s.tab) {
         match calls_by_tab.iter_mut().find(|(id, _)| *id == t) {
             Some(e) => e.1 += 1,
             None => calls_by_tab.push((t, 1)),
@@ -299,6 +314,7 @@ async fn measure(
         p99_ms: quantile(&lat, 0.99),
         mean_batch_rows,
         calls_by_tab,
+        tab_p50_ms,
         check,
     })
 }
@@ -345,6 +361,11 @@ impl Row {
         c.merge(&self.bs8.check);
         c
     }
+}
+
+/// The tab's median time per call, or "-" where no tab ran the calls.
+fn tab_ms(r: &Rate) -> String {
+    r.tab_p50_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
 }
 
 fn plan(reps: usize) -> Plan {
@@ -773,13 +794,15 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<40} | {:>8} | {:>9} | {:>15} | {:>9} | {:>15} | {:>5} | {:>9} | {:>14} | {:>9}",
+        "{:<40} | {:>8} | {:>9} | {:>15} | {:>9} | {:>9} | {:>15} | {:>9} | {:>5} | {:>9} | {:>14} | {:>9}",
         "row",
         "load ms",
         "bs1 img/s",
         "bs1 p50/p99 ms",
+        "bs1 tab",
         "bs8 img/s",
         "bs8 p50/p99 ms",
+        "bs8 tab",
         "top-1",
         "max |Δ|",
         "mem above MiB",
@@ -793,13 +816,15 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
             .map(|m| format!("{:.1} ({:.2}×)", m.served_above_empty_bytes as f64 / 1048576.0, m.ratio))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} | {:>8} | {:>9.2} | {:>15} | {:>9.2} | {:>15} | {:>5} | {:>9.2e} | {:>14} | {:>9}",
+            "{:<40} | {:>8} | {:>9.2} | {:>15} | {:>9} | {:>9.2} | {:>15} | {:>9} | {:>5} | {:>9.2e} | {:>14} | {:>9}",
             r.row,
             r.load_ms.map(|l| format!("{l:.0}")).unwrap_or_else(|| "-".into()),
             r.bs1.images_per_s,
             format!("{:.1}/{:.1}", r.bs1.p50_ms, r.bs1.p99_ms),
+            tab_ms(&r.bs1),
             r.bs8.images_per_s,
             format!("{:.1}/{:.1}", r.bs8.p50_ms, r.bs8.p99_ms),
+            tab_ms(&r.bs8),
             if c.ok() { "yes" } else { "NO" },
             c.max_abs_logit_diff,
             mem,
@@ -808,6 +833,8 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
     }
     println!(
         "latency per call (bs8: per call of 8); top-1 = both images' top-1 equal the reference on every timed call; \
+         tab = the tab's own median time per call (write inputs, dispatch, read outputs; the rest of p50 is \
+         transport, framing and the host); \
          max |Δ| = largest logit difference from the float64 reference; mem = PSS of the tab's process tree after \
          serving above the same tab before loading (× weight bytes)"
     );

@@ -104,6 +104,9 @@ pub struct Served {
     pub queue_ms: f64,
     /// Host-measured round trip of the batch.
     pub run_ms: f64,
+    /// The tab's own time for the batch (submit to results read, inside the tab): `run_ms`
+    /// minus this is transport, framing and the host's side.
+    pub device_ms: f64,
     /// 1 unless a tab failed and the request was run again (the most of any part).
     pub attempts: u32,
     /// Batches the request was split into (`max_batch`, `max_batch_tokens`); with more than

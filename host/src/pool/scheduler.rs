@@ -159,6 +159,7 @@ fn merge(results: Vec<Result<Served, PoolError>>) -> Result<Served, PoolError> {
         out.batch_rows += p.batch_rows;
         out.queue_ms = out.queue_ms.max(p.queue_ms);
         out.run_ms += p.run_ms;
+        out.device_ms += p.device_ms;
         out.attempts = out.attempts.max(p.attempts);
         out.parts += 1;
     }
@@ -369,14 +370,15 @@ fn categorise(e: &anyhow::Error) -> Category {
 }
 
 /// Per row, one vector per graph output.
-type RunResult = anyhow::Result<Vec<Vec<Vec<f32>>>>;
+/// Per row its outputs, and the tab's own time for the batch (submit to results read, in the tab).
+type RunResult = anyhow::Result<(Vec<Vec<Vec<f32>>>, f64)>;
 
 async fn run_on(shared: &Shared, m: &ModelEntry, r: &Replica, inputs: Vec<Tensor>, rows: usize) -> RunResult {
     let timeout = Duration::from_secs_f64(shared.cfg.call_timeout_s.max(0.001));
     let tm = r.batches().context("a generation replica got a batch")?;
     let widths = m.batch_model()?.output_widths();
-    let (outputs, _) = tm.run_within(inputs, timeout).await?;
-    family::split_rows(&outputs, rows, &widths)
+    let (outputs, device_ms) = tm.run_within(inputs, timeout).await?;
+    Ok((family::split_rows(&outputs, rows, &widths)?, device_ms))
 }
 
 /// What the history keeps of a batch besides its outcome.
@@ -529,7 +531,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     };
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     match result {
-        Ok(per_row) => {
+        Ok((per_row, device_ms)) => {
             let tm = &shared.telemetry;
             let model = [("model", m.name.as_str())];
             tm.observe("tabpool_batch_size", &model, rows as f64);
@@ -552,6 +554,7 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
                     batch_rows: rows,
                     queue_ms: (t - job.enqueued).as_secs_f64() * 1e3,
                     run_ms,
+                    device_ms,
                     attempts: job.attempts + 1,
                     parts: 1,
                 };
