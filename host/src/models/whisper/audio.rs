@@ -1,0 +1,1 @@
+//! The log-mel front end (filled in by the audio work).

@@ -1,0 +1,1 @@
+//! CTranslate2 `model.bin` reader (filled in by the reader work).
