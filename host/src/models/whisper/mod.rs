@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod ct2;
+pub mod encoder;
 
 use std::path::PathBuf;
 
