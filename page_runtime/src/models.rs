@@ -225,6 +225,19 @@ impl TabModel {
         }
     }
 
+    /// Write a session's fixed memory into the KV cache (`Request::PutMemory`); bytes written.
+    pub fn put_memory(&self, first_layer: usize, start: usize, memory: &Tensor) -> Result<u64, RemoteError> {
+        match self {
+            TabModel::Cpu(c) => {
+                let m = c.model.borrow().clone().ok_or_else(|| unsupported("weights incomplete".into()))?;
+                m.put_memory(first_layer, start, memory)
+            }
+            TabModel::Gpu(..) | TabModel::Nn(_) => {
+                Err(unsupported("cross-attention memory runs on the wasm CPU executor only so far".into()))
+            }
+        }
+    }
+
     pub async fn run(&self, inputs: &[Tensor]) -> Result<RunOutput, RemoteError> {
         match self {
             TabModel::Gpu(m, ex) => m.run(ex, inputs).await,

@@ -319,6 +319,27 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             }
             (Ok(Reply::SessionClosed), Vec::new())
         }
+        Request::PutMemory { model: name, session, first_layer } => {
+            let m = model(&name)?;
+            let (start, capacity) = {
+                let all = state.sessions.borrow();
+                let st = all.get(&name).ok_or_else(|| not_stateful(&name))?;
+                st.sessions
+                    .range(session)
+                    .ok_or_else(|| RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")))?
+            };
+            let [memory] = inputs.as_slice() else {
+                return Err(RemoteError::new(ErrorKind::BadInput, "PutMemory carries one tensor"));
+            };
+            if memory.shape.get(2).is_none_or(|&rows| rows > capacity) {
+                return Err(RemoteError::new(
+                    ErrorKind::BadInput,
+                    format!("a memory {:?} does not fit session {session}'s {capacity} rows", memory.shape),
+                ));
+            }
+            let bytes = m.put_memory(first_layer as usize, start as usize, memory)?;
+            (Ok(Reply::MemoryStored { bytes }), Vec::new())
+        }
         Request::Step { model: name, rows } => {
             let m = model(&name)?;
             let plan = {

@@ -199,6 +199,11 @@ impl Sessions {
     pub fn length(&self, id: u64) -> Option<u32> {
         self.open.get(&id).map(|s| s.len)
     }
+
+    /// The first KV row of session `id`'s range and its capacity, if open.
+    pub fn range(&self, id: u64) -> Option<(u32, u32)> {
+        self.open.get(&id).map(|s| (s.start, s.capacity))
+    }
 }
 
 /// The vocabulary of a stateful graph: rows of the table its token ids (input 0) are gathered

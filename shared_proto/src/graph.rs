@@ -111,6 +111,15 @@ pub enum Op {
         heads: u32,
         kv_heads: u32,
     },
+    /// Attention of every row over a fixed memory written into the KV cache by `PutMemory`
+    /// (an encoder–decoder model's cross-attention): `q[T, heads·d]`, `kv_start[T]` (i32) →
+    /// `[T, heads·d]`; row `t` attends (scale `1/√d`, no mask: every memory row) over cache rows
+    /// `kv_start[t] .. kv_start[t] + rows` of layer `layer`; heads equal the cache's kv heads.
+    CrossAttention {
+        layer: u32,
+        heads: u32,
+        rows: u32,
+    },
     // --- fused ---
     /// Multi-head self-attention core: `q, k, v [B, S, H]`, `mask [B, S]` →
     /// `softmax(q·kᵀ/√(H/heads) + mask_bias) · v`, heads split along H.
@@ -145,6 +154,7 @@ impl Op {
             Op::Rope { .. } | Op::Sample => 2,
             Op::Argmax => 1,
             Op::CachedAttention { .. } => 5,
+            Op::CrossAttention { .. } => 2,
             Op::Linear { bias } => 2 + *bias as usize,
             Op::Gelu | Op::Softmax | Op::L2Normalize { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1,
             Op::LayerNorm { .. } => 3,
@@ -175,6 +185,7 @@ impl Op {
             Op::Argmax => "argmax",
             Op::Sample => "sample",
             Op::CachedAttention { .. } => "cached_attention",
+            Op::CrossAttention { .. } => "cross_attention",
             Op::Conv2d { .. } => "conv2d",
             Op::Clamp { .. } => "clamp",
             Op::GlobalAvgPool => "global_avg_pool",
@@ -372,6 +383,17 @@ impl Graph {
                         return Err(bad(format!(
                             "cached attention layer {layer}, heads {heads}/{kv_heads}: cache has {} layers of {} kv heads",
                             kv.layers, kv.kv_heads
+                        )));
+                    }
+                }
+                Op::CrossAttention { layer, heads, rows } => {
+                    let Some(kv) = &self.kv else {
+                        return Err(bad("cross attention in a graph without a KV cache".into()));
+                    };
+                    if *layer >= kv.layers || *heads != kv.kv_heads || *rows == 0 || *rows > kv.max_tokens {
+                        return Err(bad(format!(
+                            "cross attention layer {layer}, {heads} heads over {rows} rows: cache has {} layers of {} kv heads, {} rows",
+                            kv.layers, kv.kv_heads, kv.max_tokens
                         )));
                     }
                 }

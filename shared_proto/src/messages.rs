@@ -108,6 +108,16 @@ pub enum Request {
         model: String,
         session: u64,
     },
+    /// Write a fixed memory into `session`'s KV rows of cache layers `first_layer..`: the frame's
+    /// one f32 tensor `[layers, 2, rows, kv_heads·head_dim]` (keys then values per layer), at rows
+    /// `start..start + rows` of the session's range. What `Op::CrossAttention` reads: an
+    /// encoder–decoder model's cross-attention keys and values, computed once per session where
+    /// the encoder runs and kept here for every step of the decoder.
+    PutMemory {
+        model: String,
+        session: u64,
+        first_layer: u32,
+    },
 }
 
 /// One session's share of a [`Request::Step`].
@@ -214,4 +224,8 @@ pub enum Reply {
         device_ms: f64,
     },
     SessionClosed,
+    /// The memory of a `PutMemory` is written (`bytes` of it).
+    MemoryStored {
+        bytes: u64,
+    },
 }

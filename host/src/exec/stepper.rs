@@ -111,6 +111,33 @@ impl Stepper {
         }
     }
 
+    /// Write `session`'s fixed memory (`[layers, 2, rows, width]`, an encoder–decoder model's
+    /// cross-attention keys and values) into KV layers `first_layer..` of its rows; bytes written.
+    pub async fn put_memory(&self, session: u64, first_layer: u32, memory: Tensor) -> anyhow::Result<u64> {
+        match self {
+            Stepper::Host { model, sessions, .. } => {
+                let (start, capacity) =
+                    sessions.lock().expect("sessions").range(session).context("the session is not open")?;
+                anyhow::ensure!(
+                    memory.shape.get(2).is_some_and(|&r| r <= capacity),
+                    "a memory {:?} does not fit the session's {capacity} rows",
+                    memory.shape
+                );
+                let model = model.clone();
+                Ok(tokio::task::spawn_blocking(move || model.put_memory(first_layer as usize, start as usize, &memory))
+                    .await??)
+            }
+            Stepper::Tab(tm) => {
+                let req = Request::PutMemory { model: tm.name.clone(), session, first_layer };
+                match tm.tab.call(req, vec![memory], RUN_TIMEOUT).await? {
+                    (Reply::MemoryStored { bytes }, _) => Ok(bytes),
+                    (other, _) => bail!("tab {} answered {other:?} to PutMemory", tm.tab.id()),
+                }
+            }
+            Stepper::Pipeline(_) => bail!("a sharded pipeline keeps no cross-attention memory"),
+        }
+    }
+
     /// Advance `rows` together; one sampled token per row and the executor's time in ms (a
     /// pipeline: summed over its stages).
     pub async fn step(&self, rows: Vec<StepRow>) -> anyhow::Result<(Vec<u32>, f64)> {

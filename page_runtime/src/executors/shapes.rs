@@ -205,6 +205,14 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
                 )),
             }
         }
+        Op::CrossAttention { heads, .. } => {
+            want_f32(&[0])?;
+            want_i32(&[1])?;
+            match (shapes[0], shapes[1]) {
+                (&[t, qw], &[st]) if qw % heads == 0 && st == t => Ok((vec![t, qw], DType::F32)),
+                _ => Err(bad(op, format!("needs q[T, {heads}·d], kv_start[T]; got {shapes:?}"))),
+            }
+        }
         Op::Attention { heads } => {
             want_f32(&[0, 1, 2, 3])?;
             match (shapes[0], shapes[3]) {

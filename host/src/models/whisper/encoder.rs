@@ -1,13 +1,15 @@
 //! Whisper's audio encoder as an operator graph, from ops every backend already has: the two
 //! conv1d stems are `Conv2d` over a height-1 image (`[B, 80, 1, 3000]`, kernel `1×3`), then
 //! sinusoidal positions (stored in the model), four pre-LN transformer layers and a final
-//! LayerNorm. Output: `[B, 1500, 384]`, what the decoder's cross-attention reads.
+//! LayerNorm. Outputs: the hidden state `[B, 1500, 384]`, then for each decoder layer the keys
+//! and values its cross-attention reads (the decoder's `attention/linear_1`, applied here).
 //!
 //! CTranslate2 fuses the self-attention projections (`linear_0` is `[3·d, d]`, q/k/v stacked);
 //! the graph keeps them as three weights so the ordinary `Linear` + `Attention` ops serve.
 
 use shared_proto::{DType, Dim, Graph, Op, Tensor};
 
+use super::blocks::{Fetch, layer_norm, linear, split, tensor, weight};
 use crate::models::builder::{Conv, GraphBuilder, V};
 
 /// Mel bins and frames of a 30-s window (the encoder's fixed input).
@@ -15,8 +17,6 @@ pub const N_MELS: usize = 80;
 pub const N_FRAMES: usize = 3000;
 /// Encoder positions: frames after the stride-2 convolution.
 pub const N_AUDIO_CTX: usize = N_FRAMES / 2;
-/// LayerNorm epsilon of every Whisper norm.
-const LN_EPS: f32 = 1e-5;
 
 /// Sizes read from the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,58 +24,9 @@ pub struct EncoderDims {
     pub d_model: usize,
     pub heads: usize,
     pub layers: usize,
-}
-
-/// A weight by its CTranslate2 name: shape and f32 values.
-pub type Fetch<'a> = dyn Fn(&str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> + 'a;
-
-fn tensor(shape: &[usize], data: &[f32]) -> Tensor {
-    Tensor::from_f32(shape.iter().map(|&d| d as u32).collect(), data)
-}
-
-/// Declare `name` as a graph weight, reshaped to `shape` when given (element count checked).
-fn weight(g: &mut GraphBuilder, get: &Fetch, name: &str, shape: Option<&[usize]>) -> anyhow::Result<V> {
-    let (s, data) = get(name)?;
-    let shape = shape.unwrap_or(&s);
-    anyhow::ensure!(
-        shape.iter().product::<usize>() == data.len(),
-        "{name}: {} values do not make {shape:?}",
-        data.len()
-    );
-    Ok(g.weight(name, tensor(shape, &data)))
-}
-
-/// A fused `[parts·d, d]` projection (and its `[parts·d]` bias) as `parts` separate `(w, b)`.
-fn split(g: &mut GraphBuilder, get: &Fetch, prefix: &str, parts: usize) -> anyhow::Result<Vec<(V, V)>> {
-    let (ws, w) = get(&format!("{prefix}/weight"))?;
-    let (_, b) = get(&format!("{prefix}/bias"))?;
-    anyhow::ensure!(
-        ws.len() == 2 && ws[0] % parts == 0 && b.len() == ws[0],
-        "{prefix}: {ws:?} is not {parts} stacked projections"
-    );
-    let (rows, cols) = (ws[0] / parts, ws[1]);
-    Ok((0..parts)
-        .map(|i| {
-            let wv = g.weight(
-                &format!("{prefix}/weight[{i}]"),
-                tensor(&[rows, cols], &w[i * rows * cols..(i + 1) * rows * cols]),
-            );
-            let bv = g.weight(&format!("{prefix}/bias[{i}]"), tensor(&[rows], &b[i * rows..(i + 1) * rows]));
-            (wv, bv)
-        })
-        .collect())
-}
-
-fn layer_norm(g: &mut GraphBuilder, get: &Fetch, x: V, prefix: &str) -> anyhow::Result<V> {
-    let gamma = weight(g, get, &format!("{prefix}/gamma"), None)?;
-    let beta = weight(g, get, &format!("{prefix}/beta"), None)?;
-    Ok(g.op(Op::LayerNorm { eps: LN_EPS }, &[x, gamma, beta]))
-}
-
-fn linear(g: &mut GraphBuilder, get: &Fetch, x: V, prefix: &str) -> anyhow::Result<V> {
-    let w = weight(g, get, &format!("{prefix}/weight"), None)?;
-    let b = weight(g, get, &format!("{prefix}/bias"), None)?;
-    Ok(g.linear(x, w, Some(b)))
+    /// Decoder layers whose cross-attention keys and values the encoder outputs (after the
+    /// hidden state: `k0, v0, k1, v1, …`, each `[B, 1500, d_model]`).
+    pub cross_layers: usize,
 }
 
 /// The encoder graph: inputs `mel [B, 80, 3000]` and `mask [B, 1500]` (all ones: every position
@@ -127,8 +78,18 @@ pub fn build(get: &Fetch, heads: usize) -> anyhow::Result<(Graph, Vec<Tensor>, E
     }
     anyhow::ensure!(layers > 0, "no encoder/layer_0 in the model");
     let out = layer_norm(&mut g, get, x, "encoder/layer_norm")?;
-    let (graph, weights) = g.finish(&[out]);
-    Ok((graph, weights, EncoderDims { d_model: d, heads, layers }))
+    // The decoder's cross-attention keys and values are a function of this output alone: they
+    // are computed here, once per window, and travel to the decoder's tab as its session memory.
+    let mut outputs = vec![out];
+    let mut cross = 0;
+    while get(&format!("decoder/layer_{cross}/attention/linear_1/weight")).is_ok() {
+        for (w, b) in split(&mut g, get, &format!("decoder/layer_{cross}/attention/linear_1"), 2)? {
+            outputs.push(g.linear(out, w, Some(b)));
+        }
+        cross += 1;
+    }
+    let (graph, weights) = g.finish(&outputs);
+    Ok((graph, weights, EncoderDims { d_model: d, heads, layers, cross_layers: cross }))
 }
 
 /// The encoder's inputs for a batch of mel windows (each `[80, 3000]` row-major).

@@ -27,6 +27,113 @@ impl KvCache {
     pub fn rows(&self, layer: usize) -> usize {
         self.layers[layer].0.len() / self.width
     }
+
+    /// Make rows `..end` of `layer` backed (zeros), growing geometrically up to the cache size.
+    fn reserve(&mut self, layer: usize, end: usize) {
+        let (w, max_tokens) = (self.width, self.max_tokens);
+        let (keys, values) = &mut self.layers[layer];
+        let need = end * w;
+        if keys.len() < need {
+            // Grow geometrically (capped at the declared cache) so a long decode reallocates rarely.
+            let target = need.max((keys.len() * 2).min(max_tokens * w));
+            keys.reserve_exact(target - keys.len());
+            values.reserve_exact(target - values.len());
+            keys.resize(need, 0.0);
+            values.resize(need, 0.0);
+        }
+    }
+
+    /// Write a fixed memory `[layers, 2, rows, width]` (keys then values per layer) into layers
+    /// `first_layer..` at rows `start..start + rows` (`Request::PutMemory`).
+    pub fn put_memory(
+        &mut self,
+        first_layer: usize,
+        start: usize,
+        shape: &[u32],
+        data: &[f32],
+    ) -> Result<(), RemoteError> {
+        let w = self.width;
+        let bad = |m: String| RemoteError::new(ErrorKind::BadInput, m);
+        let &[layers, two, rows, width] = shape else {
+            return Err(bad(format!("a memory is [layers, 2, rows, width], got {shape:?}")));
+        };
+        let (layers, rows) = (layers as usize, rows as usize);
+        if two != 2 || width as usize != w || data.len() != layers * 2 * rows * w {
+            return Err(bad(format!("a memory {shape:?} does not fit cache rows of {w} values")));
+        }
+        if first_layer + layers > self.layers.len() || start + rows > self.max_tokens {
+            return Err(bad(format!(
+                "a memory of {layers} layers × {rows} rows at layer {first_layer}, row {start} is outside the cache ({} layers × {} rows)",
+                self.layers.len(),
+                self.max_tokens
+            )));
+        }
+        for l in 0..layers {
+            self.reserve(first_layer + l, start + rows);
+            let (keys, values) = &mut self.layers[first_layer + l];
+            let block = rows * w;
+            let k = &data[(2 * l) * block..(2 * l + 1) * block];
+            let v = &data[(2 * l + 1) * block..(2 * l + 2) * block];
+            keys[start * w..(start + rows) * w].copy_from_slice(k);
+            values[start * w..(start + rows) * w].copy_from_slice(v);
+        }
+        Ok(())
+    }
+}
+
+/// `q[T, heads·d]`, `kv_start[T]` → `[T, heads·d]`: each row attends over cache rows
+/// `kv_start[t] .. kv_start[t] + rows` of `layer`, unmasked (see `Op::CrossAttention`).
+pub fn cross_attention(
+    cache: &mut KvCache,
+    layer: usize,
+    heads: usize,
+    rows: usize,
+    q: &[f32],
+    kv_start: &[i32],
+) -> Result<Vec<f32>, RemoteError> {
+    let w = cache.width;
+    let t = kv_start.len();
+    let d = w / heads;
+    if q.len() != t * w || d * heads != w {
+        return Err(RemoteError::new(
+            ErrorKind::BadInput,
+            format!("cross attention: q rows of {} values do not fit a cache of {heads}×{d}", q.len() / t.max(1)),
+        ));
+    }
+    for &s in kv_start {
+        if s < 0 || s as usize + rows > cache.max_tokens {
+            return Err(RemoteError::new(
+                ErrorKind::BadInput,
+                format!("cross attention: rows {s}..{s}+{rows} are outside the cache of {} rows", cache.max_tokens),
+            ));
+        }
+        // Rows no PutMemory wrote read as zeros: the warm-up run at load has no memory yet.
+        cache.reserve(layer, s as usize + rows);
+    }
+    let (keys, values) = (&cache.layers[layer].0[..], &cache.layers[layer].1[..]);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; t * w];
+    par::rows(&mut out, d, t * heads * rows * 2 * d, |th, o| {
+        let (ti, h) = (th / heads, th % heads);
+        let first = kv_start[ti] as usize;
+        let qh = &q[ti * w + h * d..ti * w + (h + 1) * d];
+        let mut scores: Vec<f32> =
+            (first..first + rows).map(|r| dot(qh, &keys[r * w + h * d..r * w + (h + 1) * d]) * scale).collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        for (r, &p) in (first..first + rows).zip(&scores) {
+            let p = p * inv;
+            for (a, &x) in o.iter_mut().zip(&values[r * w + h * d..r * w + (h + 1) * d]) {
+                *a += p * x;
+            }
+        }
+    });
+    Ok(out)
 }
 
 /// Shape of one `CachedAttention` call.
@@ -76,16 +183,8 @@ pub fn cached_attention(
         }
         rows.push(row as usize);
     }
+    cache.reserve(layer, rows.iter().max().copied().unwrap_or(0) + 1);
     let (keys, values) = &mut cache.layers[layer];
-    let need = (rows.iter().max().copied().unwrap_or(0) + 1) * w;
-    if keys.len() < need {
-        // Grow geometrically (capped at the declared cache) so a long decode reallocates rarely.
-        let target = need.max((keys.len() * 2).min(max_tokens * w));
-        keys.reserve_exact(target - keys.len());
-        values.reserve_exact(target - values.len());
-        keys.resize(need, 0.0);
-        values.resize(need, 0.0);
-    }
     for (i, &r) in rows.iter().enumerate() {
         keys[r * w..(r + 1) * w].copy_from_slice(&k[i * w..(i + 1) * w]);
         values[r * w..(r + 1) * w].copy_from_slice(&v[i * w..(i + 1) * w]);

@@ -94,6 +94,16 @@ impl CpuModel {
         &self.graph
     }
 
+    /// Write `memory` (`[layers, 2, rows, width]`: keys then values per layer) into cache layers
+    /// `first_layer..` at rows `start..start + rows` (see `Request::PutMemory`).
+    pub fn put_memory(&self, first_layer: usize, start: usize, memory: &Tensor) -> Result<u64, RemoteError> {
+        let m = self.kv.as_ref().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "the model has no KV cache"))?;
+        let mut cache = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let data = memory.to_f32().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "a memory is an f32 tensor"))?;
+        cache.put_memory(first_layer, start, &memory.shape, &data)?;
+        Ok(memory.data.len() as u64)
+    }
+
     /// Run on `inputs` (in declared order); returns the graph outputs.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RemoteError> {
         let g = &self.graph;
@@ -255,6 +265,12 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
             let dims = CachedDims { layer: *layer as usize, heads: *heads as usize, kv_heads: *kv_heads as usize };
             let [q, k, v, pos, start] = args else { unreachable!("arity 5") };
             f(cached_attention::cached_attention(cache, dims, q.f32(), k.f32(), v.f32(), pos.i32(), start.i32())?)
+        }
+        Op::CrossAttention { layer, heads, rows } => {
+            let cache =
+                cache.ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "cross attention without a KV cache"))?;
+            let (layer, heads, rows) = (*layer as usize, *heads as usize, *rows as usize);
+            f(cached_attention::cross_attention(cache, layer, heads, rows, args[0].f32(), args[1].i32())?)
         }
     })
     .inspect(|_| debug_assert!(!out_shape.is_empty() || matches!(op, Op::Reshape { .. })))

@@ -311,7 +311,7 @@ impl WebGpuExecutor {
             Op::Argmax => sampling::encode_argmax(self, rec, args[0]),
             Op::Sample => sampling::encode_sample(self, rec, args[0], args[1]),
             // Needs the model's cache: encoded by `GpuModel::run`.
-            Op::CachedAttention { .. } => {
+            Op::CachedAttention { .. } | Op::CrossAttention { .. } => {
                 Err(RemoteError::new(ErrorKind::Unsupported, "cached attention runs only inside a stateful model"))
             }
         }

@@ -1,0 +1,360 @@
+//! Sequential transcription, as faster-whisper runs it with `without_timestamps=True`: the audio's
+//! log-mel cut into 30-s windows; each window encoded once (the encoder's outputs include the
+//! decoder's cross keys and values, which become the decoder session's memory), then decoded
+//! greedily until end-of-text, conditioned on the text so far (`<|startofprev|>` + the last 223
+//! ids before the window's `<|startoftranscript|> <|notimestamps|>`).
+//!
+//! Not done (faster-whisper does it): skipping a window its no-speech probability calls silent
+//! (`no_speech_threshold` with `log_prob_threshold`); and temperature fallback, which the
+//! reference's settings (temperatures `[0.0]`) turn off too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use page_runtime::executors::cpu::CpuModel;
+use shared_proto::{ExecBackend, Sampling, StepRow, Tensor};
+
+use super::Whisper;
+use super::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
+use super::decoder::{self, DecoderLimits};
+use super::encoder;
+use crate::Tab;
+use crate::exec::{Stepper, TabModel, WeightUpload};
+
+/// `<|startofprev|>`: what precedes the previous text in a conditioned prompt.
+pub const SOT_PREV: u32 = 50360;
+
+/// Where the encoder runs: the host's CPU executor or a tab.
+pub enum EncoderRunner {
+    Host(Arc<CpuModel>),
+    Tab(TabModel),
+}
+
+impl EncoderRunner {
+    pub fn on_host(model: &Whisper) -> anyhow::Result<EncoderRunner> {
+        let (graph, weights, _) = model.encoder()?;
+        Ok(EncoderRunner::Host(Arc::new(CpuModel::new(graph, weights).map_err(|e| anyhow::anyhow!("{e}"))?)))
+    }
+
+    pub async fn in_tab(
+        tab: &Tab,
+        model: &Whisper,
+        backend: ExecBackend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<EncoderRunner> {
+        let (graph, weights, _) = model.encoder()?;
+        let name = format!("{}-encoder", model.name);
+        Ok(EncoderRunner::Tab(TabModel::load(tab, &name, &graph, &weights, backend, progress).await?))
+    }
+
+    /// "cpu" (the host) or the tab's backend.
+    pub fn backend(&self) -> String {
+        match self {
+            EncoderRunner::Host(_) => "cpu".into(),
+            EncoderRunner::Tab(tm) => tm.backend.to_string(),
+        }
+    }
+
+    pub fn tab_id(&self) -> Option<u64> {
+        match self {
+            EncoderRunner::Host(_) => None,
+            EncoderRunner::Tab(tm) => Some(tm.tab.id()),
+        }
+    }
+
+    /// One window: the hidden state `[1, 1500, d]`, then the cross keys and values per decoder
+    /// layer; and the executor's time in ms.
+    pub async fn encode(&self, mel: &Mel) -> anyhow::Result<(Vec<Tensor>, f64)> {
+        let inputs = encoder::inputs(&[&mel.data])?;
+        match self {
+            EncoderRunner::Host(m) => {
+                let m = m.clone();
+                tokio::task::spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    let out = m.run(&inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok((out, t0.elapsed().as_secs_f64() * 1e3))
+                })
+                .await?
+            }
+            EncoderRunner::Tab(tm) => tm.run(inputs).await,
+        }
+    }
+}
+
+/// One 30-s window's result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Window {
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Generated ids, end-of-text excluded.
+    pub ids: Vec<u32>,
+    pub text: String,
+}
+
+/// A whole file's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transcript {
+    pub ids: Vec<u32>,
+    /// The windows' texts joined, surrounding spaces trimmed.
+    pub text: String,
+    pub windows: Vec<Window>,
+    /// Seconds of audio.
+    pub duration_s: f64,
+    /// Seconds taken (front end, encoder and decoder).
+    pub elapsed_s: f64,
+    /// Encoder and decoder executor time, ms.
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Transcript {
+    /// Real-time factor: seconds of compute per second of audio.
+    pub fn rtf(&self) -> f64 {
+        if self.duration_s > 0.0 { self.elapsed_s / self.duration_s } else { 0.0 }
+    }
+}
+
+/// The encoder and the decoder, wherever each runs (one tab, two tabs, or the host).
+pub struct Transcriber {
+    pub model: Arc<Whisper>,
+    pub encoder: EncoderRunner,
+    pub decoder: Stepper,
+    sessions: AtomicU64,
+}
+
+impl Transcriber {
+    pub fn new(model: Arc<Whisper>, encoder: EncoderRunner, decoder: Stepper) -> Transcriber {
+        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1) }
+    }
+
+    /// Both on the host's CPU executor.
+    pub fn on_host(model: Arc<Whisper>) -> anyhow::Result<Transcriber> {
+        let encoder = EncoderRunner::on_host(&model)?;
+        let (graph, weights) = model.decoder(DecoderLimits::default())?;
+        let decoder = Stepper::on_host(graph, weights)?;
+        Ok(Transcriber::new(model, encoder, decoder))
+    }
+
+    /// The encoder in `enc_tab` and the decoder in `dec_tab` (the same tab or two).
+    pub async fn in_tabs(
+        model: Arc<Whisper>,
+        enc_tab: &Tab,
+        dec_tab: &Tab,
+        backend: ExecBackend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<Transcriber> {
+        let encoder = EncoderRunner::in_tab(enc_tab, &model, backend.clone(), progress)
+            .await
+            .with_context(|| format!("loading the Whisper encoder on {backend} in tab {}", enc_tab.id()))?;
+        let (graph, weights) = model.decoder(DecoderLimits::default())?;
+        let name = format!("{}-decoder", model.name);
+        let decoder = Stepper::in_tab(dec_tab, &name, &graph, &weights, backend.clone(), progress)
+            .await
+            .with_context(|| format!("loading the Whisper decoder on {backend} in tab {}", dec_tab.id()))?;
+        Ok(Transcriber::new(model, encoder, decoder))
+    }
+
+    /// Where each part runs: `"wasm-cpu"`, or `"cpu+wasm-cpu"` when they differ.
+    pub fn backend(&self) -> String {
+        let (e, d) = (self.encoder.backend(), self.decoder.backend());
+        if e == d { e } else { format!("{e}+{d}") }
+    }
+
+    /// The tabs used (encoder's first), without repeats.
+    pub fn tabs(&self) -> Vec<u64> {
+        let mut t: Vec<u64> = self.encoder.tab_id().into_iter().chain(self.decoder.tab_ids()).collect();
+        t.dedup();
+        t
+    }
+
+    /// Transcribe 16 kHz mono samples.
+    pub async fn transcribe(&self, samples: Arc<Vec<f32>>) -> anyhow::Result<Transcript> {
+        let t0 = Instant::now();
+        let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
+        let windows: Vec<(usize, Mel)> =
+            tokio::task::spawn_blocking(move || audio::MelWindows::new(&samples).collect()).await?;
+        let (mut all, mut out, mut encode_ms, mut decode_ms) = (Vec::new(), Vec::new(), 0.0, 0.0);
+        let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
+        for (seek, mel) in &windows {
+            let (outputs, ms) = self.encoder.encode(mel).await?;
+            encode_ms += ms;
+            let memory = decoder::memory(&outputs[1..])?;
+            let prompt = self.prompt(&all);
+            let (ids, ms) = self.decode_window(memory, prompt).await?;
+            decode_ms += ms;
+            let text = self.model.text(&ids)?;
+            all.extend_from_slice(&ids);
+            let frames = mel.content_frames.min(N_FRAMES);
+            out.push(Window { start_s: *seek as f64 * frame_s, end_s: (seek + frames) as f64 * frame_s, ids, text });
+        }
+        let text = out.iter().map(|w| w.text.as_str()).collect::<String>().trim().to_string();
+        Ok(Transcript {
+            ids: all,
+            text,
+            windows: out,
+            duration_s,
+            elapsed_s: t0.elapsed().as_secs_f64(),
+            encode_ms,
+            decode_ms,
+        })
+    }
+
+    /// faster-whisper's prompt: the previous ids (at most `n_text_ctx / 2 − 1`) after
+    /// `<|startofprev|>`, then `<|startoftranscript|> <|notimestamps|>`.
+    pub fn prompt(&self, previous: &[u32]) -> Vec<u32> {
+        let cfg = &self.model.cfg;
+        let mut p = Vec::new();
+        if !previous.is_empty() {
+            p.push(SOT_PREV);
+            let keep = cfg.n_text_ctx / 2 - 1;
+            p.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        p.extend([cfg.sot, cfg.no_timestamps]);
+        p
+    }
+
+    /// Greedy decoding of one window whose cross memory is `memory`; the ids before
+    /// end-of-text and the decoder's executor time in ms.
+    pub async fn decode_window(&self, memory: Tensor, prompt: Vec<u32>) -> anyhow::Result<(Vec<u32>, f64)> {
+        let cfg = &self.model.cfg;
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.decoder.open(session, cfg.n_audio_ctx as u32).await?;
+        let result = async {
+            self.decoder.put_memory(session, cfg.n_text_layer as u32, memory).await?;
+            let (mut ids, mut ms) = (Vec::new(), 0.0);
+            let mut feed = prompt.clone();
+            loop {
+                if prompt.len() + ids.len() >= cfg.n_text_ctx {
+                    break;
+                }
+                let row = StepRow { session, tokens: std::mem::take(&mut feed), sampling: Sampling::Greedy };
+                let (next, t) = self.decoder.step(vec![row]).await?;
+                ms += t;
+                let [next] = next[..] else { bail!("a step of one row gave {} ids", next.len()) };
+                if next == cfg.eot {
+                    break;
+                }
+                ids.push(next);
+                feed.push(next);
+            }
+            Ok((ids, ms))
+        }
+        .await;
+        // The session's rows are freed also when a step failed (the tab may be gone: ignored).
+        let _ = self.decoder.close(session).await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper/");
+
+    fn json(name: &str) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}{name}")).unwrap()).unwrap()
+    }
+
+    fn samples(file: &str) -> Vec<f32> {
+        audio::decode(&std::fs::read(format!("{DIR}{file}")).unwrap()).unwrap().samples
+    }
+
+    fn ids(v: &Value) -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    }
+
+    /// The encoder on the CPU executor against the float64 reference (same f16 weights widened):
+    /// whole rows within |Δ| ≤ 2e-3 + 1e-3·|x| (values reach ±12), and the output's mean/std.
+    #[test]
+    fn encoder_matches_the_float64_reference() {
+        let model = Whisper::load(None).unwrap();
+        let (graph, weights, dims) = model.encoder().unwrap();
+        assert_eq!((dims.d_model, dims.heads, dims.layers, dims.cross_layers), (384, 6, 4, 4));
+        let cpu = CpuModel::new(graph, weights).unwrap();
+        let fwd = json("forward_reference.json");
+        for case in fwd["cases"].as_array().unwrap() {
+            let mel = audio::log_mel(&samples(case["file"].as_str().unwrap()));
+            let out = cpu.run(&encoder::inputs(&[&mel.data]).unwrap()).unwrap();
+            assert_eq!(out.len(), 1 + 2 * 4);
+            assert_eq!(out[0].shape, [1, 1500, 384]);
+            let h = out[0].to_f32().unwrap();
+            let mut worst = 0f64;
+            for (row, want) in case["encoder"]["rows"].as_object().unwrap() {
+                let r: usize = row.parse().unwrap();
+                for (i, w) in want.as_array().unwrap().iter().enumerate() {
+                    let (g, w) = (h[r * 384 + i] as f64, w.as_f64().unwrap());
+                    worst = worst.max((g - w).abs());
+                    assert!((g - w).abs() <= 2e-3 + 1e-3 * w.abs(), "row {r}[{i}]: {g} vs {w}");
+                }
+            }
+            let n = h.len() as f64;
+            let mean = h.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let std = (h.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+            assert!((mean - case["encoder"]["mean"].as_f64().unwrap()).abs() < 1e-4, "mean {mean}");
+            assert!((std - case["encoder"]["std"].as_f64().unwrap()).abs() < 1e-4, "std {std}");
+            eprintln!("{}: encoder rows max |Δ| {worst:.2e}", case["file"]);
+        }
+    }
+
+    /// Greedy transcription on the host's CPU executor (encoder and decoder graphs, the decoder's
+    /// KV and cross memory in its cache) gives the reference's ids and transcript for both clips,
+    /// and the first step's suppressed logits match the float64 reference's top 5 within 2e-2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn host_transcription_equals_the_reference() {
+        let model = Arc::new(Whisper::load(None).unwrap());
+        let t = Transcriber::on_host(model.clone()).unwrap();
+        let refj = json("whisper_tiny_en.json");
+        let fwd = json("forward_reference.json");
+        for (case, f) in refj["cases"].as_array().unwrap().iter().zip(fwd["cases"].as_array().unwrap()) {
+            let out = t.transcribe(Arc::new(samples(case["file"].as_str().unwrap()))).await.unwrap();
+            assert_eq!(out.ids, ids(&case["token_ids"]), "{}", case["file"]);
+            assert_eq!(out.text, case["transcript"].as_str().unwrap());
+            assert_eq!(out.windows.len(), 1);
+            assert_eq!(out.windows[0].text, case["transcript_raw"].as_str().unwrap());
+            eprintln!("{}: rtf {:.3}", case["file"], out.rtf());
+            // First step's logits, from a decoder graph that also outputs them.
+            let (graph, weights) = model.decoder(DecoderLimits { max_sessions: 1, logits: true }).unwrap();
+            let cpu = CpuModel::new(graph, weights).unwrap();
+            let mel = audio::log_mel(&samples(case["file"].as_str().unwrap()));
+            let (enc, _) = t.encoder.encode(&mel).await.unwrap();
+            cpu.put_memory(4, 0, &decoder::memory(&enc[1..]).unwrap()).unwrap();
+            let mut sessions = page_runtime::sessions::Sessions::new(cpu.graph().kv.unwrap());
+            sessions.open(1, 1500).unwrap();
+            let row = StepRow { session: 1, tokens: t.prompt(&[]), sampling: Sampling::Greedy };
+            let plan = sessions.plan_stage(cpu.graph(), &[row], 51864, vec![]).unwrap();
+            let out = cpu.run(&plan.inputs).unwrap();
+            let logits = out[1].to_f32().unwrap();
+            let want = &f["first_step"];
+            for (id, l) in ids(&want["top5_ids"]).iter().zip(want["top5_logits"].as_array().unwrap()) {
+                let (g, w) = (logits[*id as usize] as f64, l.as_f64().unwrap());
+                assert!((g - w).abs() < 2e-2, "{}: logit of {id}: {g} vs {w}", case["file"]);
+            }
+        }
+    }
+
+    /// Longer than one window: the first clip, silence to 30 s, the second clip. Two windows,
+    /// the second conditioned on the first's text; each window's text is its clip's transcript.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_windows_each_transcribe_their_clip() {
+        let model = Arc::new(Whisper::load(None).unwrap());
+        let t = Transcriber::on_host(model).unwrap();
+        let refj = json("whisper_tiny_en.json");
+        let cases = refj["cases"].as_array().unwrap();
+        let mut s = samples(cases[0]["file"].as_str().unwrap());
+        s.resize(audio::N_SAMPLES, 0.0);
+        s.extend(samples(cases[1]["file"].as_str().unwrap()));
+        let out = t.transcribe(Arc::new(s)).await.unwrap();
+        assert_eq!(out.windows.len(), 2);
+        assert_eq!((out.windows[0].start_s, out.windows[0].end_s), (0.0, 30.0));
+        assert_eq!(out.windows[1].start_s, 30.0);
+        for (w, c) in out.windows.iter().zip(cases) {
+            eprintln!("window {:.0}–{:.2} s: {:?}", w.start_s, w.end_s, w.text);
+            assert_eq!(w.text.trim(), c["transcript"].as_str().unwrap());
+        }
+        assert_eq!(out.ids.len(), out.windows.iter().map(|w| w.ids.len()).sum::<usize>());
+    }
+}
