@@ -7,7 +7,7 @@ use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
     bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_vision, chat,
-    classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan,
+    classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan, transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -101,6 +101,25 @@ enum Command {
         /// PNG, JPEG, WebP or GIF files.
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
+    },
+    /// Speech to text (Whisper tiny.en, greedy, 30-s windows) in real tabs, or on the host's CPU
+    /// executor with --backend cpu.
+    Transcribe {
+        /// Where the encoder runs (auto: the tab's wasm CPU executor). The decoder runs there too
+        /// on cpu and wasm-cpu; with webgpu or webnn it runs on the same tab's wasm CPU executor.
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
+        backend: Backend,
+        /// 2: the encoder in one tab and the decoder in another (with --strategy component).
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, value_parser = cli::named::<Strategy>(), default_value = "component")]
+        strategy: Strategy,
+        /// One JSON object: per file its ids, text, windows and real-time factor.
+        #[arg(long)]
+        json: bool,
+        /// WAV, FLAC, MP3 or OGG/Vorbis files (any rate; stereo mixed to mono).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
     },
     /// Text generation (SmolLM2-135M-Instruct, 4-bit) streamed token by token, its KV cache in a
     /// real tab (or on the host's CPU executor).
@@ -480,6 +499,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
+        }
+        Command::Transcribe { backend, shards, strategy, json, files } => {
+            transcribe::run(host, transcribe::Args { backend, shards, strategy, json, files }).await
         }
         Command::Generate { gen_flags, raw, json, prompt } => {
             generate::run(host, generate::Args { opts: gen_flags.into_opts(), prompt, raw, json }).await

@@ -137,22 +137,22 @@ impl Transcriber {
         Ok(Transcriber::new(model, encoder, decoder))
     }
 
-    /// The encoder in `enc_tab` and the decoder in `dec_tab` (the same tab or two).
+    /// The encoder in `enc.0` on `enc.1`, the decoder in `dec.0` on `dec.1` (one tab or two).
     pub async fn in_tabs(
         model: Arc<Whisper>,
-        enc_tab: &Tab,
-        dec_tab: &Tab,
-        backend: ExecBackend,
+        enc: (&Tab, ExecBackend),
+        dec: (&Tab, ExecBackend),
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<Transcriber> {
-        let encoder = EncoderRunner::in_tab(enc_tab, &model, backend.clone(), progress)
+        let ((et, eb), (dt, db)) = (enc, dec);
+        let encoder = EncoderRunner::in_tab(et, &model, eb.clone(), progress)
             .await
-            .with_context(|| format!("loading the Whisper encoder on {backend} in tab {}", enc_tab.id()))?;
+            .with_context(|| format!("loading the Whisper encoder on {eb} in tab {}", et.id()))?;
         let (graph, weights) = model.decoder(DecoderLimits::default())?;
         let name = format!("{}-decoder", model.name);
-        let decoder = Stepper::in_tab(dec_tab, &name, &graph, &weights, backend.clone(), progress)
+        let decoder = Stepper::in_tab(dt, &name, &graph, &weights, db.clone(), progress)
             .await
-            .with_context(|| format!("loading the Whisper decoder on {backend} in tab {}", dec_tab.id()))?;
+            .with_context(|| format!("loading the Whisper decoder on {db} in tab {}", dt.id()))?;
         Ok(Transcriber::new(model, encoder, decoder))
     }
 

@@ -251,6 +251,12 @@ fn translate(
             let st = st.ok_or_else(|| stateful_only(op))?;
             st.attention(bl, a, s, *layer, *heads, *kv_heads)?
         }
+        Op::CrossAttention { .. } => {
+            return Err(RemoteError::new(
+                ErrorKind::Unsupported,
+                "cross attention has no WebNN lowering yet: run the decoder on the wasm CPU executor",
+            ));
+        }
     })
 }
 

@@ -1,0 +1,95 @@
+//! `tabpool transcribe FILE...`: speech to text with Whisper tiny.en in real tabs (or on the
+//! host's CPU executor with `--backend cpu`); `--shards 2 --strategy component` puts the encoder
+//! in one tab and the decoder in another, so only the encoder's outputs cross, once per window.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use shared_proto::ExecBackend;
+
+use crate::Host;
+use crate::exec::placement::launch_for;
+use crate::models::whisper::Whisper;
+use crate::models::whisper::audio;
+use crate::models::whisper::transcribe::{Transcriber, Transcript};
+use crate::policy::backend_choice::Backend;
+use crate::policy::sharding::Strategy;
+
+pub struct Args {
+    pub backend: Backend,
+    pub shards: u32,
+    pub strategy: Strategy,
+    pub json: bool,
+    pub files: Vec<PathBuf>,
+}
+
+/// Where the decoder runs when the encoder runs on `backend`: the same executor where it has
+/// cross-attention over a kept memory (the CPU executors so far); otherwise the tab's wasm CPU
+/// executor — real compute, named in the output as `encoder+decoder`.
+fn decoder_backend(backend: Backend) -> Backend {
+    match backend {
+        Backend::Cpu | Backend::WasmCpu => backend,
+        _ => Backend::WasmCpu,
+    }
+}
+
+pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.files.is_empty(), "no audio file given: pass FILE paths (WAV, FLAC, MP3, OGG/Vorbis)");
+    match (args.shards, args.strategy) {
+        (1, _) | (2, Strategy::Component) => {}
+        (2, other) => {
+            bail!("Whisper splits by component only (encoder | decoder): --strategy component, not {other:?}")
+        }
+        (n, _) => bail!("Whisper has two components: --shards 1 or 2, not {n}"),
+    }
+    // Bad files fail here, before any browser starts, naming the file.
+    let mut inputs = Vec::new();
+    for p in &args.files {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let a = tokio::task::spawn_blocking(move || audio::decode(&bytes)).await?;
+        inputs.push(Arc::new(a.with_context(|| p.display().to_string())?.samples));
+    }
+    let model = Arc::new(tokio::task::spawn_blocking(|| Whisper::load(None)).await??);
+    // `auto`: the tab's CPU executor runs every Whisper op today; WebGPU and WebNN serve only
+    // the encoder until cross-attention has their kernels.
+    let enc = if args.backend == Backend::Auto { Backend::WasmCpu } else { args.backend };
+    let dec = decoder_backend(enc);
+    let t = if enc == Backend::Cpu {
+        anyhow::ensure!(args.shards == 1, "--backend cpu runs on the host: no tabs to shard over");
+        Transcriber::on_host(model)?
+    } else {
+        let enc_tab = launch_for(host, enc).await?;
+        let dec_tab = if args.shards == 2 { launch_for(host, dec).await? } else { enc_tab.clone() };
+        let pb = indicatif::ProgressBar::new(0);
+        let in_tab = |b: Backend| -> anyhow::Result<ExecBackend> { b.in_tab().context("an in-tab backend") };
+        Transcriber::in_tabs(model, (&enc_tab, in_tab(enc)?), (&dec_tab, in_tab(dec)?), &pb).await?
+    };
+    let mut done: Vec<Transcript> = Vec::new();
+    for (p, samples) in args.files.iter().zip(inputs) {
+        let out = t.transcribe(samples).await.with_context(|| format!("transcribing {}", p.display()))?;
+        if !args.json {
+            println!("{}", out.text);
+        }
+        done.push(out);
+    }
+    if args.json {
+        let files: Vec<_> = args
+            .files
+            .iter()
+            .zip(&done)
+            .map(|(p, t)| {
+                let windows: Vec<_> =
+                    t.windows.iter().map(|w| json!({ "start_s": w.start_s, "end_s": w.end_s, "text": w.text })).collect();
+                json!({ "path": p.display().to_string(), "ids": t.ids, "text": t.text, "windows": windows, "rtf": t.rtf() })
+            })
+            .collect();
+        let out = json!({ "files": files, "backend": t.backend(), "tabs": t.tabs() });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        let rtf: Vec<String> = done.iter().map(|t| format!("{:.3}", t.rtf())).collect();
+        eprintln!("ran on {} (tabs {:?}); real-time factor {}", t.backend(), t.tabs(), rtf.join(", "));
+    }
+    Ok(())
+}
