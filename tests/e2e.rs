@@ -41,3 +41,4 @@ mod socket_flood;
 mod vision;
 mod webnn_ops;
 mod weight_cache;
+mod whisper;

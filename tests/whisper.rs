@@ -1,0 +1,81 @@
+//! Whisper tiny.en through the CLI as a user runs it, `tabpool transcribe --json`, in real
+//! headless tabs: both reference clips (`tests/data/whisper`) must give the reference's ids
+//! (faster-whisper's, equal to the float64 forward pass's) and transcript — on the tab's wasm
+//! CPU executor (encoder and decoder), with the encoder on WebNN, and split by component over two
+//! tabs (encoder in one, decoder with its KV cache and cross memory in the other). A file that
+//! is not audio fails before any browser starts, naming the file.
+
+use crate::support;
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tabpool");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper/");
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{DIR}whisper_tiny_en.json")).unwrap()).unwrap()
+}
+
+/// Runs `tabpool transcribe --json ARGS… both clips`; checks every file; returns (backend, tabs).
+fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
+    let refj = reference();
+    let cases = refj["cases"].as_array().unwrap();
+    let files: Vec<String> = cases.iter().map(|c| format!("{DIR}{}", c["file"].as_str().unwrap())).collect();
+    let out = Command::new(BIN).args(["transcribe", "--json"]).args(args).args(&files).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "transcribe {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let got = v["files"].as_array().unwrap();
+    assert_eq!(got.len(), cases.len());
+    for ((g, c), f) in got.iter().zip(cases).zip(&files) {
+        assert_eq!(g["path"].as_str(), Some(f.as_str()));
+        assert_eq!(g["ids"], c["token_ids"], "{f} with {args:?}");
+        assert_eq!(g["text"], c["transcript"]);
+        let w = g["windows"].as_array().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0]["text"], c["transcript_raw"]);
+        assert_eq!(w[0]["start_s"].as_f64(), Some(0.0));
+        assert!(g["rtf"].as_f64().is_some_and(|r| r > 0.0));
+        eprintln!("{args:?} {}: rtf {:.3} on {}", c["file"], g["rtf"].as_f64().unwrap(), v["backend"]);
+    }
+    (v["backend"].as_str().unwrap().to_string(), v["tabs"].as_array().unwrap().len())
+}
+
+#[test]
+fn wasm_cpu_tab_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    assert_eq!(transcribes_the_reference(&["--backend", "wasm-cpu"]), ("wasm-cpu".into(), 1));
+}
+
+#[test]
+fn webnn_encoder_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    assert_eq!(transcribes_the_reference(&["--backend", "webnn"]), ("webnn-cpu+wasm-cpu".into(), 1));
+}
+
+#[test]
+fn component_split_over_two_tabs_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    let args = ["--backend", "wasm-cpu", "--shards", "2", "--strategy", "component"];
+    assert_eq!(transcribes_the_reference(&args), ("wasm-cpu".into(), 2));
+}
+
+#[test]
+fn a_file_that_is_not_audio_is_refused_naming_it() {
+    let _procs = support::process_guard();
+    let bad = std::env::temp_dir().join(format!("tabpool-not-audio-{}.wav", std::process::id()));
+    std::fs::write(&bad, b"this is not a sound file").unwrap();
+    let out = Command::new(BIN).args(["transcribe"]).arg(&bad).output().unwrap();
+    let _ = std::fs::remove_file(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(bad.to_str().unwrap()), "names the file: {stderr}");
+    let out = Command::new(BIN).args(["transcribe", "--shards", "2", "--strategy", "layer", "x.wav"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("component"), "names the strategy it needs");
+}
