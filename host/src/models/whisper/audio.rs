@@ -126,7 +126,7 @@ impl Audio {
 
     /// Raw little-endian f32 mono 16 kHz bytes (as a browser's `Float32Array` sends them).
     pub fn from_f32le_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, AudioError> {
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(AudioError::Corrupt(format!("raw f32 samples: {} bytes is not a multiple of 4", bytes.len())));
         }
         let samples = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -176,15 +176,15 @@ pub fn decode_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, 
         .ok_or_else(|| AudioError::UnsupportedCodec("the container has no audio track".into()))?;
     let track_id = track.id;
     let params = track.codec_params.clone();
-    if let Some(ch) = params.channels {
-        if ch.count() > limits.max_channels {
-            return Err(AudioError::TooManyChannels { channels: ch.count(), max: limits.max_channels });
-        }
+    if let Some(ch) = params.channels
+        && ch.count() > limits.max_channels
+    {
+        return Err(AudioError::TooManyChannels { channels: ch.count(), max: limits.max_channels });
     }
-    if let (Some(n), Some(rate)) = (params.n_frames, params.sample_rate) {
-        if rate > 0 {
-            check_len(n, rate, limits)?;
-        }
+    if let (Some(n), Some(rate)) = (params.n_frames, params.sample_rate)
+        && rate > 0
+    {
+        check_len(n, rate, limits)?;
     }
     let codec_name =
         symphonia::default::get_codecs().get_codec(params.codec).map(|d| d.short_name).unwrap_or("unknown");
@@ -245,17 +245,16 @@ pub fn decode_with_limits(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, 
         frames = mono.len() as u64;
         check_len(frames, spec.rate, limits)?;
     }
-    if decoded_packets == 0 {
-        if let Some(m) = first_error {
-            return Err(AudioError::Corrupt(format!("no packet could be decoded: {m}")));
-        }
+    if decoded_packets == 0
+        && let Some(m) = first_error
+    {
+        return Err(AudioError::Corrupt(format!("no packet could be decoded: {m}")));
     }
-    if lossless {
-        if let Some(declared) = params.n_frames {
-            if frames < declared {
-                return Err(AudioError::Truncated { declared, decoded: frames });
-            }
-        }
+    if lossless
+        && let Some(declared) = params.n_frames
+        && frames < declared
+    {
+        return Err(AudioError::Truncated { declared, decoded: frames });
     }
     if mono.is_empty() {
         return Err(AudioError::Empty);

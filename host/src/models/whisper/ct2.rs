@@ -408,7 +408,7 @@ impl Ct2Model {
         if !(scale.len() == 1 || scale.len() == rows) {
             return Err(refuse(format!("{} scales for {rows} rows", scale.len())));
         }
-        let per_row = if rows == 0 { 0 } else { v.numel() / rows };
+        let per_row = v.numel().checked_div(rows).unwrap_or(0);
         let out = v
             .bytes
             .iter()
@@ -633,7 +633,7 @@ impl WhisperConfig {
             no_timestamps: special("<|notimestamps|>")?,
             timestamp_begin: special("<|0.00|>")?,
         };
-        if cfg.d_model % cfg.n_audio_head != 0 || cfg.d_model % cfg.n_text_head != 0 {
+        if !cfg.d_model.is_multiple_of(cfg.n_audio_head) || !cfg.d_model.is_multiple_of(cfg.n_text_head) {
             return Err(cfg_err(format!("d_model {} is not a multiple of the head counts", cfg.d_model)));
         }
         for id in cfg.suppress_ids.iter().chain(&cfg.suppress_ids_begin) {
@@ -775,23 +775,13 @@ mod tests {
         assert_eq!(shape, [384, 80, 3]);
         assert_eq!(
             w[..6],
-            [
-                0.028778076171875,
-                0.0286407470703125,
-                0.0300445556640625,
-                -0.0222930908203125,
-                -0.019744873046875,
-                -0.023834228515625
-            ]
+            [0.028_778_076, 0.028_640_747, 0.030_044_556, -0.022_293_09, -0.019_744_873, -0.023_834_229]
         );
         // Row 50257 (<|startoftranscript|>) of the token embedding, through the alias.
         let (_, e) = m.tensor_f32("decoder/projection/weight").unwrap();
-        assert_eq!(
-            e[50257 * 384..50257 * 384 + 4],
-            [0.03692626953125, 0.01526641845703125, -0.03472900390625, -0.0009016990661621094]
-        );
+        assert_eq!(e[50257 * 384..50257 * 384 + 4], [0.036_926_27, 0.015_266_418, -0.034_729_004, -0.000_901_699_07]);
         let (_, p) = m.tensor_f32("encoder/position_encodings/encodings").unwrap();
-        assert_eq!(p[p.len() - 4..], [0.98486328125, 0.986328125, 0.98779296875, 0.98876953125]);
+        assert_eq!(p[p.len() - 4..], [0.984_863_3, 0.986_328_1, 0.987_792_97, 0.988_769_53]);
         // The fused Q|K|V bias has a zero K part (Whisper's key projection has no bias).
         let (_, b) = m.tensor_f32("decoder/layer_0/self_attention/linear_0/bias").unwrap();
         assert!(b[384..768].iter().all(|&x| x == 0.0));

@@ -129,7 +129,7 @@ fn suppression(cfg: &WhisperConfig) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 /// The memory a session's decoder reads, from one window's encoder outputs `k0, v0, k1, v1, …`
 /// (each `[1, rows, d]`): `[layers, 2, rows, d]` for `PutMemory` at layer `layers`.
 pub fn memory(cross: &[Tensor]) -> anyhow::Result<Tensor> {
-    anyhow::ensure!(!cross.is_empty() && cross.len() % 2 == 0, "cross keys and values come in pairs");
+    anyhow::ensure!(!cross.is_empty() && cross.len().is_multiple_of(2), "cross keys and values come in pairs");
     let shape = &cross[0].shape;
     anyhow::ensure!(shape.len() == 3 && shape[0] == 1, "one window's keys are [1, rows, d], got {shape:?}");
     let mut data = Vec::with_capacity(cross.iter().map(|t| t.data.len()).sum());
