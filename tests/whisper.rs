@@ -79,3 +79,61 @@ fn a_file_that_is_not_audio_is_refused_naming_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("component"), "names the strategy it needs");
 }
+
+/// Component split over two wasm-cpu tabs on a two-window input (the first clip, silence to
+/// 30 s, the second clip): an undisturbed run, then one with the decoder tab's renderer killed
+/// halfway through, then one with the encoder tab's killed. Each lost tab is replaced once (a new
+/// tab for the part it held, the window re-encoded or the session replayed) and every run's ids
+/// equal the undisturbed run's, whose window texts are the clips' transcripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_encoder_and_decoder_tabs_are_replaced_with_the_same_transcript() {
+    use std::sync::Arc;
+    use tabpool::exec::Backend;
+    use tabpool::models::whisper::transcribe::{TabPlacement, Transcriber};
+    use tabpool::models::whisper::{Whisper, audio};
+
+    let _procs = support::process_guard();
+    let mut host = support::host().await;
+    let refj = reference();
+    let cases = refj["cases"].as_array().unwrap();
+    let clip = |i: usize| {
+        let bytes = std::fs::read(format!("{DIR}{}", cases[i]["file"].as_str().unwrap())).unwrap();
+        audio::decode(&bytes).unwrap().samples
+    };
+    let mut s = clip(0);
+    s.resize(audio::N_SAMPLES, 0.0);
+    s.extend(clip(1));
+    let samples = Arc::new(s);
+    let model = Arc::new(Whisper::load(None).unwrap());
+    let placement = TabPlacement { encoder: Backend::WasmCpu, decoder: Backend::WasmCpu, two_tabs: true };
+    let mut t = Transcriber::place(&mut host, model, placement).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let want = t.transcribe_recovering(&mut host, samples.clone()).await.unwrap();
+    assert_eq!(want.tabs_replaced, 0);
+    assert_eq!(want.windows.len(), 2);
+    for (w, c) in want.windows.iter().zip(cases) {
+        assert_eq!(w.text.trim(), c["transcript"].as_str().unwrap());
+    }
+    for part in ["decoder", "encoder"] {
+        let before = t.tabs();
+        assert_eq!(before.len(), 2);
+        let victim = if part == "encoder" { before[0] } else { before[1] };
+        let pids = host.tab_processes(victim);
+        let delay = std::time::Duration::from_secs_f64(want.elapsed_s / 2.0);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            support::kill_renderers(&pids)
+        });
+        let got = t.transcribe_recovering(&mut host, samples.clone()).await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(killer.join().unwrap() > 0, "the {part} tab had a renderer");
+        let after = t.tabs();
+        eprintln!(
+            "{part} tab {victim} killed after {delay:?}: tabs {before:?} → {after:?}, {} replaced, {:.1} s (undisturbed {:.1} s)",
+            got.tabs_replaced, got.elapsed_s, want.elapsed_s
+        );
+        assert_eq!(got.ids, want.ids, "the transcript with the {part} tab lost");
+        assert_eq!(got.text, want.text);
+        assert_eq!(got.tabs_replaced, 1, "the {part} tab replaced once");
+        assert!(!after.contains(&victim) && after.len() == 2, "{before:?} → {after:?}");
+    }
+    host.shutdown().await;
+}

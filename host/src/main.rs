@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_vision, chat,
-    classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan, transcribe,
+    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_transcribe,
+    bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan, transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -292,6 +292,20 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Whisper tiny.en: seconds and x realtime on the reference clips and a 29-s input, on the host
+    /// CPU executor, a wasm-cpu tab, a WebNN encoder, and the component split over two tabs.
+    Transcribe {
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also run the audio peer harness (../shared/anchors/audio/run.sh or $TABPOOL_ANCHORS/audio; ~5 min) and print ratios.
+        #[arg(long)]
+        peers: bool,
+        /// With --peers: also whisper.cpp-in-wasm in a tab (about 10 more minutes).
+        #[arg(long)]
+        peers_wasm: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
     Pool {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
@@ -502,6 +516,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Transcribe { backend, shards, strategy, json, files } => {
             transcribe::run(host, transcribe::Args { backend, shards, strategy, json, files }).await
+        }
+        Command::Bench { what: BenchWhat::Transcribe { reps, peers, peers_wasm, json } } => {
+            bench_transcribe::run(host, bench_transcribe::Args { reps, peers, peers_wasm, json }).await
         }
         Command::Generate { gen_flags, raw, json, prompt } => {
             generate::run(host, generate::Args { opts: gen_flags.into_opts(), prompt, raw, json }).await

@@ -8,6 +8,7 @@ pub mod bench_memory;
 pub mod bench_pool;
 pub mod bench_recovery;
 pub mod bench_shard;
+pub mod bench_transcribe;
 pub mod bench_vision;
 pub mod chat;
 pub mod classify;

@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use shared_proto::ExecBackend;
 
 use crate::Host;
-use crate::exec::placement::launch_for;
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
-use crate::models::whisper::transcribe::{Transcriber, Transcript};
+use crate::models::whisper::transcribe::{TabPlacement, Transcriber, Transcript};
 use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::Strategy;
 
@@ -56,19 +54,16 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     // the encoder until cross-attention has their kernels.
     let enc = if args.backend == Backend::Auto { Backend::WasmCpu } else { args.backend };
     let dec = decoder_backend(enc);
-    let t = if enc == Backend::Cpu {
+    let mut t = if enc == Backend::Cpu {
         anyhow::ensure!(args.shards == 1, "--backend cpu runs on the host: no tabs to shard over");
         Transcriber::on_host(model)?
     } else {
-        let enc_tab = launch_for(host, enc).await?;
-        let dec_tab = if args.shards == 2 { launch_for(host, dec).await? } else { enc_tab.clone() };
-        let pb = indicatif::ProgressBar::new(0);
-        let in_tab = |b: Backend| -> anyhow::Result<ExecBackend> { b.in_tab().context("an in-tab backend") };
-        Transcriber::in_tabs(model, (&enc_tab, in_tab(enc)?), (&dec_tab, in_tab(dec)?), &pb).await?
+        Transcriber::place(host, model, TabPlacement { encoder: enc, decoder: dec, two_tabs: args.shards == 2 }).await?
     };
     let mut done: Vec<Transcript> = Vec::new();
     for (p, samples) in args.files.iter().zip(inputs) {
-        let out = t.transcribe(samples).await.with_context(|| format!("transcribing {}", p.display()))?;
+        let out =
+            t.transcribe_recovering(host, samples).await.with_context(|| format!("transcribing {}", p.display()))?;
         if !args.json {
             println!("{}", out.text);
         }

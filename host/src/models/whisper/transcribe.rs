@@ -20,8 +20,12 @@ use super::Whisper;
 use super::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
 use super::decoder::{self, DecoderLimits};
 use super::encoder;
-use crate::Tab;
+use crate::exec::placement::launch_for;
 use crate::exec::{Stepper, TabModel, WeightUpload};
+use crate::policy::backend_choice::Backend;
+use crate::policy::recovery::Category;
+use crate::tab::TabError;
+use crate::{Host, Tab};
 
 /// `<|startofprev|>`: what precedes the previous text in a conditioned prompt.
 pub const SOT_PREV: u32 = 50360;
@@ -58,9 +62,13 @@ impl EncoderRunner {
     }
 
     pub fn tab_id(&self) -> Option<u64> {
+        self.tab().map(Tab::id)
+    }
+
+    pub fn tab(&self) -> Option<&Tab> {
         match self {
             EncoderRunner::Host(_) => None,
-            EncoderRunner::Tab(tm) => Some(tm.tab.id()),
+            EncoderRunner::Tab(tm) => Some(&tm.tab),
         }
     }
 
@@ -107,6 +115,8 @@ pub struct Transcript {
     /// Encoder and decoder executor time, ms.
     pub encode_ms: f64,
     pub decode_ms: f64,
+    /// Tabs replaced because they were lost on the way.
+    pub tabs_replaced: u32,
 }
 
 impl Transcript {
@@ -122,11 +132,24 @@ pub struct Transcriber {
     pub encoder: EncoderRunner,
     pub decoder: Stepper,
     sessions: AtomicU64,
+    /// How the parts were placed in tabs, so a lost tab can be replaced like for like.
+    placement: Option<TabPlacement>,
 }
+
+/// Where the parts of a tab placement run: backends, and whether they share one tab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TabPlacement {
+    pub encoder: Backend,
+    pub decoder: Backend,
+    pub two_tabs: bool,
+}
+
+/// A lost tab is replaced at most this often per window before the window fails.
+const MAX_REPLACEMENTS_PER_WINDOW: u32 = 3;
 
 impl Transcriber {
     pub fn new(model: Arc<Whisper>, encoder: EncoderRunner, decoder: Stepper) -> Transcriber {
-        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1) }
+        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1), placement: None }
     }
 
     /// Both on the host's CPU executor.
@@ -135,6 +158,17 @@ impl Transcriber {
         let (graph, weights) = model.decoder(DecoderLimits::default())?;
         let decoder = Stepper::on_host(graph, weights)?;
         Ok(Transcriber::new(model, encoder, decoder))
+    }
+
+    /// Launch the tabs of `placement` on `host` and load the parts there.
+    pub async fn place(host: &mut Host, model: Arc<Whisper>, placement: TabPlacement) -> anyhow::Result<Transcriber> {
+        let et = launch_for(host, placement.encoder).await?;
+        let dt = if placement.two_tabs { launch_for(host, placement.decoder).await? } else { et.clone() };
+        let b = |b: Backend| b.in_tab().context("an in-tab backend");
+        let mut t =
+            Transcriber::in_tabs(model, (&et, b(placement.encoder)?), (&dt, b(placement.decoder)?), &()).await?;
+        t.placement = Some(placement);
+        Ok(t)
     }
 
     /// The encoder in `enc.0` on `enc.1`, the decoder in `dec.0` on `dec.1` (one tab or two).
@@ -148,11 +182,7 @@ impl Transcriber {
         let encoder = EncoderRunner::in_tab(et, &model, eb.clone(), progress)
             .await
             .with_context(|| format!("loading the Whisper encoder on {eb} in tab {}", et.id()))?;
-        let (graph, weights) = model.decoder(DecoderLimits::default())?;
-        let name = format!("{}-decoder", model.name);
-        let decoder = Stepper::in_tab(dt, &name, &graph, &weights, db.clone(), progress)
-            .await
-            .with_context(|| format!("loading the Whisper decoder on {db} in tab {}", dt.id()))?;
+        let decoder = decoder_in(dt, &model, db, progress).await?;
         Ok(Transcriber::new(model, encoder, decoder))
     }
 
@@ -170,20 +200,59 @@ impl Transcriber {
     }
 
     /// Transcribe 16 kHz mono samples.
-    pub async fn transcribe(&self, samples: Arc<Vec<f32>>) -> anyhow::Result<Transcript> {
+    pub async fn transcribe(&mut self, samples: Arc<Vec<f32>>) -> anyhow::Result<Transcript> {
+        self.run(samples, None).await
+    }
+
+    /// Transcribe, replacing a tab lost on the way (`place`d transcribers only): a lost encoder
+    /// tab re-encodes the window in a new tab; a lost decoder tab is replaced and the window's
+    /// session replayed there (its memory sent again, prompt and ids so far re-run), so the
+    /// transcript is the one an undisturbed run gives.
+    pub async fn transcribe_recovering(
+        &mut self,
+        host: &mut Host,
+        samples: Arc<Vec<f32>>,
+    ) -> anyhow::Result<Transcript> {
+        self.run(samples, Some(host)).await
+    }
+
+    async fn run(&mut self, samples: Arc<Vec<f32>>, mut host: Option<&mut Host>) -> anyhow::Result<Transcript> {
         let t0 = Instant::now();
         let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
         let windows: Vec<(usize, Mel)> =
             tokio::task::spawn_blocking(move || audio::MelWindows::new(&samples).collect()).await?;
-        let (mut all, mut out, mut encode_ms, mut decode_ms) = (Vec::new(), Vec::new(), 0.0, 0.0);
+        let (mut all, mut out, mut encode_ms, mut decode_ms, mut replaced) = (Vec::new(), Vec::new(), 0.0, 0.0, 0);
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
         for (seek, mel) in &windows {
-            let (outputs, ms) = self.encoder.encode(mel).await?;
-            encode_ms += ms;
-            let memory = decoder::memory(&outputs[1..])?;
+            let mut tries = 0;
+            let memory = loop {
+                match self.encoder.encode(mel).await {
+                    Ok((outputs, ms)) => {
+                        encode_ms += ms;
+                        break decoder::memory(&outputs[1..])?;
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        self.replace_lost(host.as_deref_mut(), e, tries, Part::Encoder).await?;
+                        replaced += 1;
+                    }
+                }
+            };
             let prompt = self.prompt(&all);
-            let (ids, ms) = self.decode_window(memory, prompt).await?;
-            decode_ms += ms;
+            let mut ids = Vec::new();
+            loop {
+                match self.decode_window(memory.clone(), &prompt, &mut ids).await {
+                    Ok(ms) => {
+                        decode_ms += ms;
+                        break;
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        self.replace_lost(host.as_deref_mut(), e, tries, Part::Decoder).await?;
+                        replaced += 1;
+                    }
+                }
+            }
             let text = self.model.text(&ids)?;
             all.extend_from_slice(&ids);
             let frames = mel.content_frames.min(N_FRAMES);
@@ -198,7 +267,49 @@ impl Transcriber {
             elapsed_s: t0.elapsed().as_secs_f64(),
             encode_ms,
             decode_ms,
+            tabs_replaced: replaced,
         })
+    }
+
+    /// After `err` from `part`: when its tab is gone and a host can launch another, load the
+    /// part(s) that tab held into a new one; otherwise `err` stands.
+    async fn replace_lost(
+        &mut self,
+        host: Option<&mut Host>,
+        err: anyhow::Error,
+        tries: u32,
+        part: Part,
+    ) -> anyhow::Result<()> {
+        let (Some(host), Some(p)) = (host, self.placement) else { return Err(err) };
+        let lost = match part {
+            Part::Encoder => self.encoder.tab(),
+            Part::Decoder => self.decoder_tab(),
+        };
+        let connection = TabError::category(&err) == Category::Connection;
+        if tries > MAX_REPLACEMENTS_PER_WINDOW || !(connection || lost.is_some_and(|t| !t.is_connected())) {
+            return Err(err);
+        }
+        tracing::warn!("whisper: the {part:?} tab was lost ({err:#}); replacing it");
+        let b = |b: Backend| b.in_tab().context("an in-tab backend");
+        let model = self.model.clone();
+        if !p.two_tabs || part == Part::Encoder {
+            let tab = launch_for(host, p.encoder).await?;
+            self.encoder = EncoderRunner::in_tab(&tab, &model, b(p.encoder)?, &()).await?;
+            if !p.two_tabs {
+                self.decoder = decoder_in(&tab, &model, b(p.decoder)?, &()).await?;
+            }
+        } else {
+            let tab = launch_for(host, p.decoder).await?;
+            self.decoder = decoder_in(&tab, &model, b(p.decoder)?, &()).await?;
+        }
+        Ok(())
+    }
+
+    fn decoder_tab(&self) -> Option<&Tab> {
+        match &self.decoder {
+            Stepper::Tab(tm) => Some(&tm.tab),
+            _ => None,
+        }
     }
 
     /// faster-whisper's prompt: the previous ids (at most `n_text_ctx / 2 − 1`) after
@@ -215,20 +326,18 @@ impl Transcriber {
         p
     }
 
-    /// Greedy decoding of one window whose cross memory is `memory`; the ids before
-    /// end-of-text and the decoder's executor time in ms.
-    pub async fn decode_window(&self, memory: Tensor, prompt: Vec<u32>) -> anyhow::Result<(Vec<u32>, f64)> {
+    /// Greedy decoding of one window whose cross memory is `memory`, appending to `ids` until
+    /// end-of-text; the decoder's executor time in ms. Ids already in `ids` (from a session lost
+    /// on the way) are replayed after the prompt, so decoding resumes where it stopped.
+    pub async fn decode_window(&self, memory: Tensor, prompt: &[u32], ids: &mut Vec<u32>) -> anyhow::Result<f64> {
         let cfg = &self.model.cfg;
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         self.decoder.open(session, cfg.n_audio_ctx as u32).await?;
         let result = async {
             self.decoder.put_memory(session, cfg.n_text_layer as u32, memory).await?;
-            let (mut ids, mut ms) = (Vec::new(), 0.0);
-            let mut feed = prompt.clone();
-            loop {
-                if prompt.len() + ids.len() >= cfg.n_text_ctx {
-                    break;
-                }
+            let mut ms = 0.0;
+            let mut feed: Vec<u32> = prompt.iter().chain(ids.iter()).copied().collect();
+            while prompt.len() + ids.len() < cfg.n_text_ctx {
                 let row = StepRow { session, tokens: std::mem::take(&mut feed), sampling: Sampling::Greedy };
                 let (next, t) = self.decoder.step(vec![row]).await?;
                 ms += t;
@@ -239,13 +348,33 @@ impl Transcriber {
                 ids.push(next);
                 feed.push(next);
             }
-            Ok((ids, ms))
+            Ok(ms)
         }
         .await;
         // The session's rows are freed also when a step failed (the tab may be gone: ignored).
         let _ = self.decoder.close(session).await;
         result
     }
+}
+
+/// The two parts, for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Encoder,
+    Decoder,
+}
+
+async fn decoder_in(
+    tab: &Tab,
+    model: &Whisper,
+    backend: ExecBackend,
+    progress: &dyn WeightUpload,
+) -> anyhow::Result<Stepper> {
+    let (graph, weights) = model.decoder(DecoderLimits::default())?;
+    let name = format!("{}-decoder", model.name);
+    Stepper::in_tab(tab, &name, &graph, &weights, backend.clone(), progress)
+        .await
+        .with_context(|| format!("loading the Whisper decoder on {backend} in tab {}", tab.id()))
 }
 
 #[cfg(test)]
@@ -306,7 +435,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn host_transcription_equals_the_reference() {
         let model = Arc::new(Whisper::load(None).unwrap());
-        let t = Transcriber::on_host(model.clone()).unwrap();
+        let mut t = Transcriber::on_host(model.clone()).unwrap();
         let refj = json("whisper_tiny_en.json");
         let fwd = json("forward_reference.json");
         for (case, f) in refj["cases"].as_array().unwrap().iter().zip(fwd["cases"].as_array().unwrap()) {
@@ -341,7 +470,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_windows_each_transcribe_their_clip() {
         let model = Arc::new(Whisper::load(None).unwrap());
-        let t = Transcriber::on_host(model).unwrap();
+        let mut t = Transcriber::on_host(model).unwrap();
         let refj = json("whisper_tiny_en.json");
         let cases = refj["cases"].as_array().unwrap();
         let mut s = samples(cases[0]["file"].as_str().unwrap());

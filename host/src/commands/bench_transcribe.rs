@@ -1,0 +1,283 @@
+//! `tabpool bench transcribe`: Whisper tiny.en speed where it runs — the host's CPU executor, a
+//! tab's wasm CPU executor, a WebNN encoder with the decoder on the tab's wasm CPU, and the
+//! component split over two tabs — on the peers' protocol (`anchors/audio/README.md`): the two
+//! reference clips and a 29.2-s input of five clips (robert, 1 s of zeros, quarterly, 1 s, robert,
+//! 1 s, quarterly, 1 s, robert), timed from samples to text, one warm-up then `--reps` rounds, the
+//! median per input; ids checked against the reference (clips) and the cpu row (long input).
+//! `--peers` runs `anchors/audio/run.sh` (faster-whisper, whisper.cpp native and in a tab) and
+//! prints our rows' speed over each peer's, measured in the same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::Host;
+use crate::models::whisper::Whisper;
+use crate::models::whisper::audio;
+use crate::models::whisper::transcribe::{TabPlacement, Transcriber};
+use crate::policy::backend_choice::Backend;
+
+pub struct Args {
+    pub reps: usize,
+    pub peers: bool,
+    /// Also the peers' whisper.cpp-in-a-tab rows (≈10 min).
+    pub peers_wasm: bool,
+    pub json: bool,
+}
+
+const CLIPS: [(&str, &[u8]); 2] = [
+    ("robert_boston", include_bytes!("../../../tests/data/whisper/robert_boston.wav")),
+    ("quarterly_report", include_bytes!("../../../tests/data/whisper/quarterly_report.wav")),
+];
+const REFERENCE_JSON: &str = include_str!("../../../tests/data/whisper/whisper_tiny_en.json");
+
+/// One placement of the model.
+#[derive(Clone, Copy)]
+struct Setup {
+    name: &'static str,
+    encoder: Backend,
+    decoder: Backend,
+    two_tabs: bool,
+}
+
+const SETUPS: [Setup; 4] = [
+    Setup { name: "host cpu executor", encoder: Backend::Cpu, decoder: Backend::Cpu, two_tabs: false },
+    Setup { name: "tab wasm-cpu", encoder: Backend::WasmCpu, decoder: Backend::WasmCpu, two_tabs: false },
+    Setup {
+        name: "tab webnn encoder + wasm-cpu decoder",
+        encoder: Backend::Webnn,
+        decoder: Backend::WasmCpu,
+        two_tabs: false,
+    },
+    Setup {
+        name: "2 tabs: webnn encoder, wasm-cpu decoder",
+        encoder: Backend::Webnn,
+        decoder: Backend::WasmCpu,
+        two_tabs: true,
+    },
+];
+
+#[derive(serde::Serialize)]
+struct InputResult {
+    name: String,
+    audio_s: f64,
+    median_s: f64,
+    x_realtime: f64,
+    ids_match: Option<bool>,
+    text: String,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    setup: String,
+    backend: String,
+    load_s: f64,
+    inputs: Vec<InputResult>,
+}
+
+/// A timed input: name, samples, and the reference ids when it has them.
+type BenchInput = (String, Arc<Vec<f32>>, Option<Vec<u32>>);
+
+fn inputs() -> anyhow::Result<Vec<BenchInput>> {
+    let refj: serde_json::Value = serde_json::from_str(REFERENCE_JSON)?;
+    let mut out = Vec::new();
+    let mut clips = Vec::new();
+    for ((name, bytes), case) in CLIPS.iter().zip(refj["cases"].as_array().context("reference cases")?) {
+        let s = audio::decode(bytes)?.samples;
+        let ids =
+            case["token_ids"].as_array().context("token_ids")?.iter().filter_map(|v| v.as_u64()).map(|v| v as u32);
+        out.push((name.to_string(), Arc::new(s.clone()), Some(ids.collect())));
+        clips.push(s);
+    }
+    let gap = vec![0.0f32; audio::SAMPLE_RATE as usize];
+    let mut long = Vec::new();
+    for (i, c) in [0, 1, 0, 1, 0].into_iter().enumerate() {
+        if i > 0 {
+            long.extend_from_slice(&gap);
+        }
+        long.extend_from_slice(&clips[c]);
+    }
+    out.push(("long_5clips".into(), Arc::new(long), None));
+    Ok(out)
+}
+
+async fn place(host: &mut Host, model: Arc<Whisper>, s: Setup) -> anyhow::Result<Transcriber> {
+    if s.encoder == Backend::Cpu {
+        return Transcriber::on_host(model);
+    }
+    Transcriber::place(host, model, TabPlacement { encoder: s.encoder, decoder: s.decoder, two_tabs: s.two_tabs }).await
+}
+
+pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    let inputs = inputs()?;
+    let model = Arc::new(tokio::task::spawn_blocking(|| Whisper::load(None)).await??);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failures = Vec::new();
+    let mut long_ids: Option<Vec<u32>> = None;
+    for s in SETUPS {
+        eprintln!("bench transcribe: {}…", s.name);
+        let t0 = Instant::now();
+        let mut t = match place(host, model.clone(), s).await {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", s.name));
+                continue;
+            }
+        };
+        let load_s = t0.elapsed().as_secs_f64();
+        let mut results = Vec::new();
+        for (name, samples, want) in &inputs {
+            // One warm-up, then the timed rounds.
+            t.transcribe(samples.clone()).await?;
+            let mut secs = Vec::new();
+            let mut last = None;
+            for _ in 0..args.reps {
+                let t1 = Instant::now();
+                let out = t.transcribe(samples.clone()).await?;
+                secs.push(t1.elapsed().as_secs_f64());
+                last = Some(out);
+            }
+            let out = last.expect("reps ≥ 1");
+            secs.sort_by(f64::total_cmp);
+            let median_s = secs[secs.len() / 2];
+            let audio_s = samples.len() as f64 / audio::SAMPLE_RATE as f64;
+            let ids_match = match want {
+                Some(w) => Some(out.ids == *w),
+                None => match &long_ids {
+                    Some(l) => Some(out.ids == *l),
+                    None => {
+                        long_ids = Some(out.ids.clone());
+                        None
+                    }
+                },
+            };
+            results.push(InputResult {
+                name: name.clone(),
+                audio_s,
+                median_s,
+                x_realtime: audio_s / median_s,
+                ids_match,
+                text: out.text,
+            });
+        }
+        rows.push(Row { setup: s.name.into(), backend: t.backend(), load_s, inputs: results });
+    }
+    let peers = if args.peers { Some(run_peers(args.reps, args.peers_wasm)) } else { None };
+    let peer_rows = match &peers {
+        Some(Ok(p)) => p.clone(),
+        Some(Err(e)) => {
+            failures.push(format!("peers: {e:#}"));
+            vec![]
+        }
+        None => vec![],
+    };
+    if args.json {
+        let out = json!({ "rows": rows, "peers": peer_rows, "failures": failures, "reps": args.reps });
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!("Whisper tiny.en, greedy, median of {} rounds after one warm-up (s, x realtime):\n", args.reps);
+    let names: Vec<String> =
+        inputs.iter().map(|(n, s, _)| format!("{n} ({:.1} s)", s.len() as f64 / 16000.0)).collect();
+    println!("| row | where | load s | {} | ids = ref (clips) / = cpu row (long) |", names.join(" | "));
+    println!("|---|---|---:|{}---|", "---:|".repeat(names.len()));
+    for r in &rows {
+        let cells: Vec<String> = r.inputs.iter().map(|i| format!("{:.3} ({:.2}×)", i.median_s, i.x_realtime)).collect();
+        let ids: Vec<&str> = r
+            .inputs
+            .iter()
+            .map(|i| match i.ids_match {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "base",
+            })
+            .collect();
+        println!("| {} | {} | {:.2} | {} | {} |", r.setup, r.backend, r.load_s, cells.join(" | "), ids.join(" "));
+    }
+    for p in &peer_rows {
+        let cells: Vec<String> = p.inputs.iter().map(|(_, s, x)| format!("{s:.3} ({x:.2}×)")).collect();
+        println!("| peer: {} | | {:.2} | {} | |", p.method, p.load_s, cells.join(" | "));
+    }
+    if !peer_rows.is_empty() {
+        println!("\nSpeed ratios on the long input (ours x realtime / peer's, same run):\n");
+        println!("| ours | peer | ratio |");
+        println!("|---|---|---:|");
+        for r in &rows {
+            let ours = r.inputs.last().map(|i| i.x_realtime).unwrap_or(f64::NAN);
+            for p in &peer_rows {
+                let theirs = p.inputs.last().map(|i| i.2).unwrap_or(f64::NAN);
+                println!("| {} | {} | {:.2} |", r.setup, p.method, ours / theirs);
+            }
+        }
+    }
+    for f in &failures {
+        println!("\nFAILED {f}");
+    }
+    if let Some(t) = rows.first().and_then(|r| r.inputs.last()) {
+        println!("\nlong input transcript (cpu row): {:?}", t.text);
+    }
+    Ok(())
+}
+
+/// A peer harness row: method, load s, per input (name, median s, x realtime).
+#[derive(Clone, serde::Serialize)]
+struct PeerRow {
+    method: String,
+    load_s: f64,
+    inputs: Vec<(String, f64, f64)>,
+}
+
+fn run_peers(reps: usize, wasm: bool) -> anyhow::Result<Vec<PeerRow>> {
+    let script = super::bench::anchors_dir().join("audio/run.sh");
+    anyhow::ensure!(script.exists(), "the audio peer harness is not at {} (set TABPOOL_ANCHORS)", script.display());
+    let cache = std::env::var_os("ANCHORS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors"));
+    let results = cache.join("audio/results");
+    let before: Vec<_> =
+        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    eprintln!("bench transcribe: running the peers: bash {}", script.display());
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("REPS", reps.to_string())
+        .env("NICE", "0")
+        .env("WASM", if wasm { "1" } else { "0" })
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running the audio peers")?;
+    anyhow::ensure!(status.success(), "audio peers run.sh failed: {status}");
+    let newest = std::fs::read_dir(&results)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
+        .max()
+        .context("the audio peers wrote no results file")?;
+    let mut rows = Vec::new();
+    for line in std::fs::read_to_string(&newest)?.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v.get("error").is_some() {
+            continue;
+        }
+        let inputs = v["inputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        let n = x["name"].as_str().unwrap_or("?").to_string();
+                        (n, x["wall_s"].as_f64().unwrap_or(f64::NAN), x["x_realtime"].as_f64().unwrap_or(f64::NAN))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push(PeerRow {
+            method: v["method"].as_str().unwrap_or("?").to_string(),
+            load_s: v["load_s"].as_f64().unwrap_or(f64::NAN),
+            inputs,
+        });
+    }
+    Ok(rows)
+}
