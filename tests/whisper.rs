@@ -89,7 +89,7 @@ fn a_file_that_is_not_audio_is_refused_naming_it() {
 async fn lost_encoder_and_decoder_tabs_are_replaced_with_the_same_transcript() {
     use std::sync::Arc;
     use tabpool::exec::Backend;
-    use tabpool::models::whisper::transcribe::{TabPlacement, Transcriber};
+    use tabpool::exec::transcriber::{TabPlacement, Transcriber};
     use tabpool::models::whisper::{Whisper, audio};
 
     let _procs = support::process_guard();

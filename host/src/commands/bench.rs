@@ -150,6 +150,35 @@ pub fn anchors_dir() -> std::path::PathBuf {
     }
 }
 
+/// Run the peer harness `anchors/<sub>/run.sh` (normal priority, `env` added) and return the
+/// results file it wrote (`$ANCHORS_CACHE/<sub>/results/*.jsonl`, the newest that is new).
+pub fn run_peer_harness(sub: &str, env: &[(&str, String)]) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let script = anchors_dir().join(sub).join("run.sh");
+    anyhow::ensure!(script.exists(), "the {sub} peer harness is not at {} (set TABPOOL_ANCHORS)", script.display());
+    let cache = std::env::var_os("ANCHORS_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors")
+    });
+    let results = cache.join(sub).join("results");
+    let before: Vec<_> =
+        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    eprintln!("running the {sub} peers: bash {}", script.display());
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("NICE", "0")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running the {sub} peers"))?;
+    anyhow::ensure!(status.success(), "{sub} peers run.sh failed: {status}");
+    std::fs::read_dir(&results)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
+        .max()
+        .with_context(|| format!("the {sub} peers wrote no results file"))
+}
+
 /// `--peers` needs the peer harness; say so before anything is measured.
 pub fn check_peers() -> anyhow::Result<std::path::PathBuf> {
     let script = anchors_dir().join("run.sh");

@@ -7,7 +7,6 @@
 //! `--peers` runs `anchors/audio/run.sh` (faster-whisper, whisper.cpp native and in a tab) and
 //! prints our rows' speed over each peer's, measured in the same run.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,9 +14,9 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::Host;
+use crate::exec::transcriber::{TabPlacement, Transcriber};
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
-use crate::models::whisper::transcribe::{TabPlacement, Transcriber};
 use crate::policy::backend_choice::Backend;
 
 pub struct Args {
@@ -232,30 +231,8 @@ struct PeerRow {
 }
 
 fn run_peers(reps: usize, wasm: bool) -> anyhow::Result<Vec<PeerRow>> {
-    let script = super::bench::anchors_dir().join("audio/run.sh");
-    anyhow::ensure!(script.exists(), "the audio peer harness is not at {} (set TABPOOL_ANCHORS)", script.display());
-    let cache = std::env::var_os("ANCHORS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors"));
-    let results = cache.join("audio/results");
-    let before: Vec<_> =
-        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    eprintln!("bench transcribe: running the peers: bash {}", script.display());
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .env("REPS", reps.to_string())
-        .env("NICE", "0")
-        .env("WASM", if wasm { "1" } else { "0" })
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running the audio peers")?;
-    anyhow::ensure!(status.success(), "audio peers run.sh failed: {status}");
-    let newest = std::fs::read_dir(&results)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
-        .max()
-        .context("the audio peers wrote no results file")?;
+    let env = [("REPS", reps.to_string()), ("WASM", if wasm { "1" } else { "0" }.to_string())];
+    let newest = super::bench::run_peer_harness("audio", &env)?;
     let mut rows = Vec::new();
     for line in std::fs::read_to_string(&newest)?.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)?;

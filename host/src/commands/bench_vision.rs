@@ -591,29 +591,9 @@ fn peers_script() -> PathBuf {
 /// Runs the harness (same reps, normal priority like this process) and reads its new results
 /// file: the rows, and the steps that failed.
 fn run_peers(reps: usize) -> anyhow::Result<(Vec<Peer>, Vec<String>, PathBuf)> {
-    let script = peers_script();
-    let cache = std::env::var_os("ANCHORS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors"));
-    let results = cache.join("vision/results");
-    let before: Vec<_> =
-        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    eprintln!("bench vision: running the peers: bash {} (about 4 minutes)", script.display());
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .env("REPS", reps.to_string())
-        .env("NICE", "0")
-        .env("WEBGPU", "0")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running the vision peers")?;
-    anyhow::ensure!(status.success(), "vision peers run.sh failed: {status}");
-    let newest = std::fs::read_dir(&results)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
-        .max()
-        .context("the vision peers wrote no results file")?;
+    eprintln!("bench vision: the peers take about 4 minutes");
+    let env = [("REPS", reps.to_string()), ("WEBGPU", "0".to_string())];
+    let newest = super::bench::run_peer_harness("vision", &env)?;
     let (mut rows, mut failed) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(&newest)?.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)?;

@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::Host;
+use crate::exec::transcriber::{TabPlacement, Transcriber, Transcript};
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
-use crate::models::whisper::transcribe::{TabPlacement, Transcriber, Transcript};
 use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::Strategy;
 

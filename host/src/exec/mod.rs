@@ -8,6 +8,7 @@ pub mod placement;
 pub mod remembered;
 pub mod stepper;
 mod tab_model;
+pub mod transcriber;
 
 pub use decoder::{Decoder, Finish, GenEvent, GenFailure, GenParams, StepLimits};
 pub use embedder::{Backend, Embedder, Embeddings, LoadReport, calibrate_tab, cosine, cpu_model, load_in_tab};

@@ -59,3 +59,19 @@ pub fn linear(g: &mut GraphBuilder, get: &Fetch, x: V, prefix: &str) -> anyhow::
     let b = weight(g, get, &format!("{prefix}/bias"), None)?;
     Ok(g.linear(x, w, Some(b)))
 }
+
+/// A layer's pre-norm GELU feed-forward block with its residual: `x + mlp(norm(x))`, from the
+/// weights under `{layer}/ffn/`.
+pub fn ffn(g: &mut GraphBuilder, get: &Fetch, x: V, layer: &str) -> anyhow::Result<V> {
+    let h = layer_norm(g, get, x, &format!("{layer}/ffn/layer_norm"))?;
+    let up = (
+        weight(g, get, &format!("{layer}/ffn/linear_0/weight"), None)?,
+        weight(g, get, &format!("{layer}/ffn/linear_0/bias"), None)?,
+    );
+    let down = (
+        weight(g, get, &format!("{layer}/ffn/linear_1/weight"), None)?,
+        weight(g, get, &format!("{layer}/ffn/linear_1/bias"), None)?,
+    );
+    let f = g.gelu_mlp(h, up, down);
+    Ok(g.op(Op::Add, &[x, f]))
+}

@@ -12,7 +12,7 @@
 
 use shared_proto::{DType, Dim, Graph, KvDecl, Op, STEP_INPUTS, Tensor};
 
-use super::blocks::{Fetch, layer_norm, linear, split, tensor, weight};
+use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
 use super::ct2::WhisperConfig;
 use crate::models::builder::GraphBuilder;
 
@@ -76,17 +76,7 @@ pub fn build(get: &Fetch, cfg: &WhisperConfig, limits: DecoderLimits) -> anyhow:
         let c = g.op(cross, &[q, kv_start]);
         let c = linear(&mut g, get, c, &format!("{p}/attention/linear_2"))?;
         x = g.op(Op::Add, &[x, c]);
-        let h = layer_norm(&mut g, get, x, &format!("{p}/ffn/layer_norm"))?;
-        let up = (
-            weight(&mut g, get, &format!("{p}/ffn/linear_0/weight"), None)?,
-            weight(&mut g, get, &format!("{p}/ffn/linear_0/bias"), None)?,
-        );
-        let down = (
-            weight(&mut g, get, &format!("{p}/ffn/linear_1/weight"), None)?,
-            weight(&mut g, get, &format!("{p}/ffn/linear_1/bias"), None)?,
-        );
-        let f = g.gelu_mlp(h, up, down);
-        x = g.op(Op::Add, &[x, f]);
+        x = ffn(&mut g, get, x, &p)?;
     }
     let x = layer_norm(&mut g, get, x, "decoder/layer_norm")?;
     // Only each session's last token is sampled: its row is gathered before the (tied) head.

@@ -9,7 +9,7 @@
 
 use shared_proto::{DType, Dim, Graph, Op, Tensor};
 
-use super::blocks::{Fetch, layer_norm, linear, split, tensor, weight};
+use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
 use crate::models::builder::{Conv, GraphBuilder, V};
 
 /// Mel bins and frames of a 30-s window (the encoder's fixed input).
@@ -63,17 +63,7 @@ pub fn build(get: &Fetch, heads: usize) -> anyhow::Result<(Graph, Vec<Tensor>, E
         let a = g.op(Op::Attention { heads: heads as u32 }, &[q, k, v, mask]);
         let a = linear(&mut g, get, a, &format!("{p}/self_attention/linear_1"))?;
         x = g.op(Op::Add, &[x, a]);
-        let h = layer_norm(&mut g, get, x, &format!("{p}/ffn/layer_norm"))?;
-        let up = (
-            weight(&mut g, get, &format!("{p}/ffn/linear_0/weight"), None)?,
-            weight(&mut g, get, &format!("{p}/ffn/linear_0/bias"), None)?,
-        );
-        let down = (
-            weight(&mut g, get, &format!("{p}/ffn/linear_1/weight"), None)?,
-            weight(&mut g, get, &format!("{p}/ffn/linear_1/bias"), None)?,
-        );
-        let f = g.gelu_mlp(h, up, down);
-        x = g.op(Op::Add, &[x, f]);
+        x = ffn(&mut g, get, x, &p)?;
         layers += 1;
     }
     anyhow::ensure!(layers > 0, "no encoder/layer_0 in the model");

