@@ -150,8 +150,9 @@ pub fn anchors_dir() -> std::path::PathBuf {
     }
 }
 
-/// Run the peer harness `anchors/<sub>/run.sh` (normal priority, `env` added) and return the
-/// results file it wrote (`$ANCHORS_CACHE/<sub>/results/*.jsonl`, the newest that is new).
+/// Run the peer harness `anchors/<sub>/run.sh` (`sub` "" for the MiniLM one at the root) with
+/// `env` added, and return the results file it wrote (`$ANCHORS_CACHE/<sub>/results/*.jsonl`,
+/// the newest that is new).
 pub fn run_peer_harness(sub: &str, env: &[(&str, String)]) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     let script = anchors_dir().join(sub).join("run.sh");
@@ -165,7 +166,6 @@ pub fn run_peer_harness(sub: &str, env: &[(&str, String)]) -> anyhow::Result<std
     eprintln!("running the {sub} peers: bash {}", script.display());
     let status = std::process::Command::new("bash")
         .arg(&script)
-        .env("NICE", "0")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::null())
         .status()
@@ -289,28 +289,8 @@ async fn measure_pool(es: &[Embedder], sentences: &[&str], batch: usize) -> anyh
 
 /// Peers measured by the peer harness's run.sh in this run: (method, batch) → sentences/s.
 fn run_peers(webgpu: bool) -> anyhow::Result<Vec<(String, usize, f64)>> {
-    let script = check_peers()?;
-    let cache = std::env::var_os("ANCHORS_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors")
-    });
-    let results = cache.join("results");
-    let before: Vec<_> =
-        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    eprintln!("running the peers: bash {} (several minutes)", script.display());
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .env("TJS", "1")
-        .env("WEBGPU", if webgpu { "1" } else { "0" })
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running the anchors")?;
-    anyhow::ensure!(status.success(), "anchors run.sh failed: {status}");
-    let newest = std::fs::read_dir(&results)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
-        .max()
-        .context("anchors wrote no results file")?;
+    check_peers()?;
+    let newest = run_peer_harness("", &[("TJS", "1".into()), ("WEBGPU", if webgpu { "1" } else { "0" }.into())])?;
     let mut out = Vec::new();
     for line in std::fs::read_to_string(&newest)?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;

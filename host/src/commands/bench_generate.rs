@@ -206,27 +206,8 @@ fn run_peers(decode: usize) -> anyhow::Result<Peers> {
         "--peers needs the peer harness, which is not part of this repository: {} is absent (set TABPOOL_ANCHORS)",
         script.display()
     );
-    let cache = std::env::var_os("ANCHORS_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tabpool-anchors")
-    });
-    let results = cache.join("gen/results");
-    let before: Vec<_> =
-        std::fs::read_dir(&results).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-    eprintln!("running the generation peers: bash {} (about 10 minutes)", script.display());
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .env("REPS", "1")
-        .env("N_DECODE", decode.to_string())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running the generation anchors")?;
-    anyhow::ensure!(status.success(), "anchors gen/run.sh failed: {status}");
-    let newest = std::fs::read_dir(&results)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !before.contains(p))
-        .max()
-        .context("the generation anchors wrote no results file")?;
+    eprintln!("bench generate: the generation peers take about 10 minutes");
+    let newest = super::bench::run_peer_harness("gen", &[("REPS", "1".into()), ("N_DECODE", decode.to_string())])?;
     parse_peers(&std::fs::read_to_string(&newest)?).with_context(|| format!("reading {}", newest.display()))
 }
 

@@ -231,7 +231,7 @@ struct PeerRow {
 }
 
 fn run_peers(reps: usize, wasm: bool) -> anyhow::Result<Vec<PeerRow>> {
-    let env = [("REPS", reps.to_string()), ("WASM", if wasm { "1" } else { "0" }.to_string())];
+    let env = [("REPS", reps.to_string()), ("NICE", "0".into()), ("WASM", if wasm { "1" } else { "0" }.to_string())];
     let newest = super::bench::run_peer_harness("audio", &env)?;
     let mut rows = Vec::new();
     for line in std::fs::read_to_string(&newest)?.lines().filter(|l| !l.trim().is_empty()) {

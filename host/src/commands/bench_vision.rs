@@ -592,7 +592,7 @@ fn peers_script() -> PathBuf {
 /// file: the rows, and the steps that failed.
 fn run_peers(reps: usize) -> anyhow::Result<(Vec<Peer>, Vec<String>, PathBuf)> {
     eprintln!("bench vision: the peers take about 4 minutes");
-    let env = [("REPS", reps.to_string()), ("WEBGPU", "0".to_string())];
+    let env = [("REPS", reps.to_string()), ("NICE", "0".into()), ("WEBGPU", "0".to_string())];
     let newest = super::bench::run_peer_harness("vision", &env)?;
     let (mut rows, mut failed) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(&newest)?.lines().filter(|l| !l.trim().is_empty()) {

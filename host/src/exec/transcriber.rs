@@ -38,7 +38,7 @@ pub enum EncoderRunner {
 
 impl EncoderRunner {
     pub fn on_host(model: &Whisper) -> anyhow::Result<EncoderRunner> {
-        let (graph, weights, _) = model.encoder()?;
+        let (graph, weights, _) = model.encoder(false)?;
         Ok(EncoderRunner::Host(Arc::new(CpuModel::new(graph, weights).map_err(|e| anyhow::anyhow!("{e}"))?)))
     }
 
@@ -48,7 +48,7 @@ impl EncoderRunner {
         backend: ExecBackend,
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<EncoderRunner> {
-        let (graph, weights, _) = model.encoder()?;
+        let (graph, weights, _) = model.encoder(false)?;
         let name = format!("{}-encoder", model.name);
         Ok(EncoderRunner::Tab(TabModel::load(tab, &name, &graph, &weights, backend, progress).await?))
     }
@@ -72,8 +72,8 @@ impl EncoderRunner {
         }
     }
 
-    /// One window: the hidden state `[1, 1500, d]`, then the cross keys and values per decoder
-    /// layer; and the executor's time in ms.
+    /// One window: the cross keys and values per decoder layer (`k0, v0, …`), and the
+    /// executor's time in ms.
     pub async fn encode(&self, mel: &Mel) -> anyhow::Result<(Vec<Tensor>, f64)> {
         let inputs = encoder::inputs(&[&mel.data])?;
         match self {
@@ -229,7 +229,7 @@ impl Transcriber {
                 match self.encoder.encode(mel).await {
                     Ok((outputs, ms)) => {
                         encode_ms += ms;
-                        break decoder::memory(&outputs[1..])?;
+                        break decoder::memory(&outputs)?;
                     }
                     Err(e) => {
                         tries += 1;
@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn encoder_matches_the_float64_reference() {
         let model = Whisper::load(None).unwrap();
-        let (graph, weights, dims) = model.encoder().unwrap();
+        let (graph, weights, dims) = model.encoder(true).unwrap();
         assert_eq!((dims.d_model, dims.heads, dims.layers, dims.cross_layers), (384, 6, 4, 4));
         let cpu = CpuModel::new(graph, weights).unwrap();
         let fwd = json("forward_reference.json");
@@ -450,7 +450,7 @@ mod tests {
             let cpu = CpuModel::new(graph, weights).unwrap();
             let mel = audio::log_mel(&samples(case["file"].as_str().unwrap()));
             let (enc, _) = t.encoder.encode(&mel).await.unwrap();
-            cpu.put_memory(4, 0, &decoder::memory(&enc[1..]).unwrap()).unwrap();
+            cpu.put_memory(4, 0, &decoder::memory(&enc).unwrap()).unwrap();
             let mut sessions = page_runtime::sessions::Sessions::new(cpu.graph().kv.unwrap());
             sessions.open(1, 1500).unwrap();
             let row = StepRow { session: 1, tokens: t.prompt(&[]), sampling: Sampling::Greedy };

@@ -1,8 +1,9 @@
 //! Whisper's audio encoder as an operator graph, from ops every backend already has: the two
 //! conv1d stems are `Conv2d` over a height-1 image (`[B, 80, 1, 3000]`, kernel `1×3`), then
 //! sinusoidal positions (stored in the model), four pre-LN transformer layers and a final
-//! LayerNorm. Outputs: the hidden state `[B, 1500, 384]`, then for each decoder layer the keys
-//! and values its cross-attention reads (the decoder's `attention/linear_1`, applied here).
+//! LayerNorm. Outputs: for each decoder layer the keys and values its cross-attention reads (the
+//! decoder's `attention/linear_1`, applied here), after the hidden state `[B, 1500, 384]` when
+//! `build` is asked for it.
 //!
 //! CTranslate2 fuses the self-attention projections (`linear_0` is `[3·d, d]`, q/k/v stacked);
 //! the graph keeps them as three weights so the ordinary `Linear` + `Attention` ops serve.
@@ -24,15 +25,15 @@ pub struct EncoderDims {
     pub d_model: usize,
     pub heads: usize,
     pub layers: usize,
-    /// Decoder layers whose cross-attention keys and values the encoder outputs (after the
-    /// hidden state: `k0, v0, k1, v1, …`, each `[B, 1500, d_model]`).
+    /// Decoder layers whose cross-attention keys and values the encoder outputs (`k0, v0, k1,
+    /// v1, …`, each `[B, 1500, d_model]`, after the hidden state when asked for).
     pub cross_layers: usize,
 }
 
 /// The encoder graph: inputs `mel [B, 80, 3000]` and `mask [B, 1500]` (all ones: every position
 /// of a 30-s window is attended, padding frames included, as Whisper was trained), output
 /// `[B, 1500, d_model]`.
-pub fn build(get: &Fetch, heads: usize) -> anyhow::Result<(Graph, Vec<Tensor>, EncoderDims)> {
+pub fn build(get: &Fetch, heads: usize, hidden: bool) -> anyhow::Result<(Graph, Vec<Tensor>, EncoderDims)> {
     let (c1, _) = get("encoder/conv1/weight")?;
     anyhow::ensure!(c1.len() == 3 && c1[1] == N_MELS && c1[2] == 3, "encoder/conv1/weight is {c1:?}");
     let d = c1[0];
@@ -70,7 +71,9 @@ pub fn build(get: &Fetch, heads: usize) -> anyhow::Result<(Graph, Vec<Tensor>, E
     let out = layer_norm(&mut g, get, x, "encoder/layer_norm")?;
     // The decoder's cross-attention keys and values are a function of this output alone: they
     // are computed here, once per window, and travel to the decoder's tab as its session memory.
-    let mut outputs = vec![out];
+    // The hidden state itself is an output only when asked (tests): decoding needs only the
+    // keys and values, and it would add 2.3 MB per window to what crosses the socket.
+    let mut outputs = if hidden { vec![out] } else { vec![] };
     let mut cross = 0;
     while get(&format!("decoder/layer_{cross}/attention/linear_1/weight")).is_ok() {
         for (w, b) in split(&mut g, get, &format!("decoder/layer_{cross}/attention/linear_1"), 2)? {

@@ -44,9 +44,10 @@ impl Whisper {
         Ok(self.model.tensor_f32(name)?)
     }
 
-    /// The encoder graph (outputs: hidden state, then each decoder layer's cross keys and values).
-    pub fn encoder(&self) -> anyhow::Result<(Graph, Vec<Tensor>, encoder::EncoderDims)> {
-        encoder::build(&|n| self.fetch(n), self.cfg.n_audio_head)
+    /// The encoder graph: each decoder layer's cross keys and values, after the hidden state
+    /// when `hidden`.
+    pub fn encoder(&self, hidden: bool) -> anyhow::Result<(Graph, Vec<Tensor>, encoder::EncoderDims)> {
+        encoder::build(&|n| self.fetch(n), self.cfg.n_audio_head, hidden)
     }
 
     /// The decoder's step graph.
