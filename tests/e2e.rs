@@ -30,6 +30,7 @@ mod pool_generation;
 mod pool_kinds;
 mod pool_scaling;
 mod pool_shards;
+mod serve_audio;
 mod serve_generate;
 mod serve_status;
 mod shard_pipeline;

@@ -14,16 +14,6 @@ use std::time::Instant;
 const KEY: &str = "k3y-for-tests-0123456789abcdef";
 const IMAGE_MODEL: &str = "efficientnet-lite0";
 
-/// The venv setup installs the clients into.
-fn pyclients() -> PathBuf {
-    let dir = std::env::var_os("TABPOOL_PYCLIENTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabpool/pyclients"));
-    let python = dir.join("bin/python");
-    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh`", python.display());
-    python
-}
-
 /// `curl ARGS… URL` with the key (unless `keyed` is false): (status, body).
 fn curl(api: &str, path: &str, args: &[&str], keyed: bool) -> (u16, String) {
     let mut cmd = Command::new("curl");
@@ -95,7 +85,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_client_and_curl_classify_the_reference_images_and_bad_input_is_refused() {
     let _procs = support::process_guard();
-    let python = pyclients();
+    let python = support::pyclients();
     let refs = support::efficientnet_reference();
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();

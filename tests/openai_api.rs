@@ -8,21 +8,10 @@
 
 use crate::support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 const KEY: &str = "k3y-for-tests-0123456789abcdef";
-
-/// The venv setup installs the clients into.
-fn pyclients() -> PathBuf {
-    let dir = std::env::var_os("TABPOOL_PYCLIENTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabpool/pyclients"));
-    let python = dir.join("bin/python");
-    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh`", python.display());
-    python
-}
 
 /// The README's code blocks between `<!-- ci: api-examples -->` and `<!-- /ci -->`: (language, code).
 fn readme_examples() -> Vec<(String, String)> {
@@ -52,7 +41,7 @@ fn envelope(body: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_client_and_the_readme_examples_work_against_serve() {
     let _procs = support::process_guard();
-    let python = pyclients();
+    let python = support::pyclients();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pool.toml");
     std::fs::write(&cfg, "[generation]\ncontext_limit = 512\nsessions_per_tab = 1\nmax_waiting = 1\n").unwrap();
@@ -119,7 +108,7 @@ async fn the_official_client_and_the_readme_examples_work_against_serve() {
     let paths = run(Command::new(&python).args(["-c", check]).arg(&file));
     assert_eq!(
         paths.trim(),
-        "/v1/chat/completions /v1/completions /v1/embeddings /v1/events /v1/images/classifications /v1/models \
+        "/v1/audio/transcriptions /v1/chat/completions /v1/completions /v1/embeddings /v1/events /v1/images/classifications /v1/models \
          /v1/models/{model} /v2 /v2/models/{model} /v2/models/{model}/infer",
         "{spec}"
     );

@@ -102,6 +102,12 @@ pub trait BatchModel: Send + Sync + 'static {
     fn output_widths(&self) -> Vec<usize>;
     /// Inputs and outputs as the Open Inference Protocol describes them.
     fn signature(&self) -> Signature;
+    /// Whether calibration also times a software WebGPU adapter (SwiftShader and the like); a
+    /// model whose one run there takes minutes says no, and the tab's wasm CPU executor is timed
+    /// instead (`policy::backend_choice::calibration_candidates`).
+    fn time_software_gpu(&self) -> bool {
+        true
+    }
     /// Names of the output classes (a classifier), in index order.
     fn class_names(&self) -> Option<&[String]> {
         None

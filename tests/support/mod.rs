@@ -390,3 +390,13 @@ pub fn check_vision_top5(what: &str, top: &[(usize, String, f32)], r: &VisionRef
         assert!((p - rp).abs() <= VISION_MAX_PROB_DIFF, "{what} {}: {rl} probability {p} vs reference {rp}", r.file);
     }
 }
+
+/// The venv setup installs the clients into.
+pub fn pyclients() -> std::path::PathBuf {
+    let dir = std::env::var_os("TABPOOL_PYCLIENTS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tabpool/pyclients")
+    });
+    let python = dir.join("bin/python");
+    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh`", python.display());
+    python
+}

@@ -10,6 +10,7 @@
 //! `/health` answered even past the limits); event streams have their own budget (`Limits`), so
 //! listeners cannot starve plain requests; every request is answered within its deadline.
 
+mod audio;
 mod events;
 mod generate;
 mod images;
@@ -295,6 +296,7 @@ pub async fn serve(
         .merge(openai::routes())
         .merge(oip::routes())
         .merge(images::routes())
+        .merge(audio::routes())
         .route("/v1/events", get(events::events))
         .route("/", get(|| async { axum::response::Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(|| async { axum::response::Html(include_str!("dashboard.html")) }))

@@ -104,6 +104,7 @@ pub fn specs(models: &[String], none_by_default: bool) -> anyhow::Result<Vec<Mod
             "minilm" => Ok(ModelSpec::minilm()),
             "smollm2" => Ok(ModelSpec::smollm2()),
             "efficientnet-lite0" | "efficientnet" => Ok(ModelSpec::of_type(ModelType::Vision)),
+            "whisper-tiny.en" | "whisper" => Ok(ModelSpec::of_type(ModelType::Audio)),
             path => {
                 let p = PathBuf::from(path);
                 if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
@@ -114,8 +115,8 @@ pub fn specs(models: &[String], none_by_default: bool) -> anyhow::Result<Vec<Mod
                     Ok(ModelSpec::from_dir(p))
                 } else {
                     anyhow::bail!(
-                        "--model {path:?}: not minilm, smollm2, efficientnet-lite0, an encoder folder, a .gguf or an \
-                         EfficientNet-Lite0 .pth file"
+                        "--model {path:?}: not minilm, smollm2, efficientnet-lite0, whisper-tiny.en, an encoder folder, \
+                         a .gguf or an EfficientNet-Lite0 .pth file"
                     )
                 }
             }

@@ -386,17 +386,7 @@ pub async fn calibrate_tab(
     model: &dyn BatchModel,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<(Vec<Measured>, Vec<Option<TabModel>>)> {
-    let mut candidates = Vec::new();
-    for c in tab.caps().webnn.contexts.iter().filter(|c| c.ok && c.device_type == "cpu") {
-        candidates.push(ExecBackend::WebNn { device: c.device_type.clone() });
-    }
-    if tab.caps().webgpu.adapter.is_some() {
-        candidates.push(ExecBackend::WebGpu);
-    }
-    if candidates.is_empty() {
-        // Neither WebNN nor WebGPU here: the tab's own wasm CPU executor is still real compute.
-        candidates.push(ExecBackend::Cpu);
-    }
+    let candidates = backend_choice::calibration_candidates(tab.caps(), model.time_software_gpu());
     let input = model.inputs(&[&model.calibration_row()?])?;
     let mut measured = Vec::new();
     let mut loaded = Vec::new();

@@ -14,15 +14,16 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
-use shared_proto::{ExecBackend, Sampling, StepRow, Tensor};
+use shared_proto::{ExecBackend, Graph, Sampling, StepRow, Tensor};
 
 use crate::exec::placement::launch_for;
-use crate::exec::{Stepper, TabModel, WeightUpload};
+use crate::exec::{Stepper, TabModel, WeightUpload, load_in_tab};
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
 use crate::models::whisper::decoder::{self, DecoderLimits};
 use crate::models::whisper::encoder;
-use crate::policy::backend_choice::Backend;
+use crate::models::whisper::encoder_batch::EncoderModel;
+use crate::policy::backend_choice::{Backend, Measured};
 use crate::policy::recovery::Category;
 use crate::tab::TabError;
 use crate::{Host, Tab};
@@ -147,6 +148,40 @@ pub struct TabPlacement {
 /// A lost tab is replaced at most this often per window before the window fails.
 const MAX_REPLACEMENTS_PER_WINDOW: u32 = 3;
 
+/// A Whisper model made ready once for loading into many tabs (the pool's replicas): the encoder
+/// as a batch model, the decoder's step graph and weights.
+pub struct SpeechParts {
+    pub model: Arc<Whisper>,
+    pub encoder: EncoderModel,
+    decoder: (Graph, Vec<Tensor>),
+}
+
+impl SpeechParts {
+    pub fn build(model: Arc<Whisper>) -> anyhow::Result<SpeechParts> {
+        let encoder = EncoderModel::new(&model)?;
+        let decoder = model.decoder(DecoderLimits::default())?;
+        Ok(SpeechParts { model, encoder, decoder })
+    }
+
+    /// Both parts in `tab`: the encoder on `backend` — with `Auto`, every backend the tab offers
+    /// is timed on a real window and the fastest kept (the measurements are returned) — and the
+    /// decoder on the tab's wasm CPU executor, the one with cross-attention over a kept memory.
+    pub async fn load_in_tab(
+        &self,
+        tab: &Tab,
+        backend: Backend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<(Transcriber, Vec<Measured>)> {
+        let (tm, measured) = load_in_tab(tab, &self.encoder, backend, progress).await?;
+        let name = format!("{}-decoder", self.model.name);
+        let (graph, weights) = &self.decoder;
+        let decoder = Stepper::in_tab(tab, &name, graph, weights, ExecBackend::Cpu, progress)
+            .await
+            .with_context(|| format!("loading the Whisper decoder on wasm-cpu in tab {}", tab.id()))?;
+        Ok((Transcriber::new(self.model.clone(), EncoderRunner::Tab(tm), decoder), measured))
+    }
+}
+
 impl Transcriber {
     pub fn new(model: Arc<Whisper>, encoder: EncoderRunner, decoder: Stepper) -> Transcriber {
         Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1), placement: None }
@@ -192,6 +227,14 @@ impl Transcriber {
         if e == d { e } else { format!("{e}+{d}") }
     }
 
+    /// The encoder's executor when it runs in a tab.
+    pub fn encoder_backend(&self) -> Option<ExecBackend> {
+        match &self.encoder {
+            EncoderRunner::Host(_) => None,
+            EncoderRunner::Tab(tm) => Some(tm.backend.clone()),
+        }
+    }
+
     /// The tabs used (encoder's first), without repeats.
     pub fn tabs(&self) -> Vec<u64> {
         let mut t: Vec<u64> = self.encoder.tab_id().into_iter().chain(self.decoder.tab_ids()).collect();
@@ -201,7 +244,13 @@ impl Transcriber {
 
     /// Transcribe 16 kHz mono samples.
     pub async fn transcribe(&mut self, samples: Arc<Vec<f32>>) -> anyhow::Result<Transcript> {
-        self.run(samples, None).await
+        self.run(samples, &[], None).await
+    }
+
+    /// Transcribe with `context` (token ids of earlier text, e.g. OpenAI's `prompt`) as the text
+    /// before the first window, as faster-whisper's `initial_prompt`; it is not in the output.
+    pub async fn transcribe_after(&mut self, samples: Arc<Vec<f32>>, context: &[u32]) -> anyhow::Result<Transcript> {
+        self.run(samples, context, None).await
     }
 
     /// Transcribe, replacing a tab lost on the way (`place`d transcribers only): a lost encoder
@@ -213,14 +262,43 @@ impl Transcriber {
         host: &mut Host,
         samples: Arc<Vec<f32>>,
     ) -> anyhow::Result<Transcript> {
-        self.run(samples, Some(host)).await
+        self.run(samples, &[], Some(host)).await
     }
 
-    async fn run(&mut self, samples: Arc<Vec<f32>>, mut host: Option<&mut Host>) -> anyhow::Result<Transcript> {
+    async fn run(
+        &mut self,
+        samples: Arc<Vec<f32>>,
+        context: &[u32],
+        host: Option<&mut Host>,
+    ) -> anyhow::Result<Transcript> {
+        // Timed from here: the front end counts in the real-time factor.
         let t0 = Instant::now();
         let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
         let windows: Vec<(usize, Mel)> =
             tokio::task::spawn_blocking(move || audio::MelWindows::new(&samples).collect()).await?;
+        self.run_windows(t0, windows, duration_s, context, host).await
+    }
+
+    /// Transcribe log-mel windows already made (`(first frame, window)`, in order), each
+    /// conditioned on the text before it (`context` first).
+    pub async fn transcribe_windows(
+        &mut self,
+        windows: Vec<(usize, Mel)>,
+        duration_s: f64,
+        context: &[u32],
+    ) -> anyhow::Result<Transcript> {
+        self.run_windows(Instant::now(), windows, duration_s, context, None).await
+    }
+
+    async fn run_windows(
+        &mut self,
+        t0: Instant,
+        windows: Vec<(usize, Mel)>,
+        duration_s: f64,
+        context: &[u32],
+        mut host: Option<&mut Host>,
+    ) -> anyhow::Result<Transcript> {
+        let mut previous = context.to_vec();
         let (mut all, mut out, mut encode_ms, mut decode_ms, mut replaced) = (Vec::new(), Vec::new(), 0.0, 0.0, 0);
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
         for (seek, mel) in &windows {
@@ -238,7 +316,7 @@ impl Transcriber {
                     }
                 }
             };
-            let prompt = self.prompt(&all);
+            let prompt = self.prompt(&previous);
             let mut ids = Vec::new();
             loop {
                 match self.decode_window(memory.clone(), &prompt, &mut ids).await {
@@ -255,6 +333,7 @@ impl Transcriber {
             }
             let text = self.model.text(&ids)?;
             all.extend_from_slice(&ids);
+            previous.extend_from_slice(&ids);
             let frames = mel.content_frames.min(N_FRAMES);
             out.push(Window { start_s: *seek as f64 * frame_s, end_s: (seek + frames) as f64 * frame_s, ids, text });
         }

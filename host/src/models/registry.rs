@@ -12,12 +12,16 @@ use crate::policy::routing::ModelType;
 pub enum Loaded {
     Batches(Arc<dyn BatchModel>),
     Sessions(Box<dyn SessionModel>),
+    /// Speech to text: an encoder run once per 30-s window and a decoder session over its
+    /// output (`exec::transcriber` runs the two wherever they are placed).
+    Speech(Arc<super::whisper::Whisper>),
 }
 
 /// Load the built-in model of type `ty` from `dir` (its default install when `None`).
 pub fn load(ty: ModelType, dir: Option<&Path>) -> anyhow::Result<Loaded> {
     Ok(match ty {
-        ModelType::TextGeneration | ModelType::Audio => Loaded::Sessions(load_sessions(ty, dir)?),
+        ModelType::TextGeneration => Loaded::Sessions(load_sessions(ty, dir)?),
+        ModelType::Audio => Loaded::Speech(Arc::new(super::whisper::Whisper::load(dir)?)),
         ModelType::TextEmbedding | ModelType::Vision => Loaded::Batches(load_batches(ty, dir)?),
     })
 }

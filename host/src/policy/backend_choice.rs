@@ -92,6 +92,30 @@ impl Measured {
     }
 }
 
+/// The tab backends a calibration times, in preference order: WebNN's cpu context, WebGPU, and
+/// the tab's wasm CPU executor when neither is there. A model that says a software WebGPU adapter
+/// is not worth timing (`time_software_gpu` false: Whisper's encoder ran one window for over two
+/// minutes on SwiftShader here) skips such an adapter, and always times the wasm CPU executor.
+pub fn calibration_candidates(caps: &Capabilities, time_software_gpu: bool) -> Vec<ExecBackend> {
+    let mut out: Vec<ExecBackend> = caps
+        .webnn
+        .contexts
+        .iter()
+        .filter(|c| c.ok && c.device_type == "cpu")
+        .map(|c| ExecBackend::WebNn { device: c.device_type.clone() })
+        .collect();
+    if let Some(a) = &caps.webgpu.adapter
+        && (time_software_gpu || super::gen_backend::software(a).is_none())
+    {
+        out.push(ExecBackend::WebGpu);
+    }
+    if out.is_empty() || !time_software_gpu {
+        // Neither WebNN nor WebGPU here: the tab's own wasm CPU executor is still real compute.
+        out.push(ExecBackend::Cpu);
+    }
+    out
+}
+
 /// Index of the backend to use: the lowest finite median; on a tie the earlier candidate (the
 /// caller lists candidates in preference order). `None` when everything failed.
 pub fn choose(measured: &[Measured]) -> Option<usize> {
@@ -191,5 +215,23 @@ mod tests {
         assert_eq!(for_generation(Backend::Webnn, &nn).unwrap(), ExecBackend::WebNn { device: "cpu".into() });
         assert_eq!(for_generation(Backend::WasmCpu, &caps_with(None)).unwrap(), ExecBackend::Cpu);
         assert!(for_generation(Backend::Cpu, &caps_with(None)).is_err(), "the host is not a tab");
+    }
+
+    #[test]
+    fn calibration_times_what_the_tab_has_and_skips_a_software_gpu_when_asked() {
+        let swiftshader =
+            shared_proto::AdapterInfo { architecture: "swiftshader".into(), ..shared_proto::AdapterInfo::default() };
+        let gpu =
+            shared_proto::AdapterInfo { device_type: "DiscreteGpu".into(), ..shared_proto::AdapterInfo::default() };
+        let nn = shared_proto::WebNnContextProbe { device_type: "cpu".into(), ok: true, error: None };
+        let webnn = ExecBackend::WebNn { device: "cpu".into() };
+        let mut c = caps_with(Some(swiftshader));
+        c.webnn.contexts.push(nn.clone());
+        assert_eq!(calibration_candidates(&c, true), [webnn.clone(), ExecBackend::WebGpu]);
+        assert_eq!(calibration_candidates(&c, false), [webnn.clone(), ExecBackend::Cpu]);
+        let mut c = caps_with(Some(gpu));
+        c.webnn.contexts.push(nn);
+        assert_eq!(calibration_candidates(&c, false), [webnn, ExecBackend::WebGpu, ExecBackend::Cpu]);
+        assert_eq!(calibration_candidates(&caps_with(None), true), [ExecBackend::Cpu], "nothing else: wasm");
     }
 }

@@ -22,7 +22,7 @@ pub struct GenChoice {
 const SOFTWARE_ADAPTERS: [&str; 5] = ["swiftshader", "llvmpipe", "lavapipe", "softpipe", "microsoft basic render"];
 
 /// Why `adapter` is a software adapter, or `None` when it is a real GPU.
-fn software(adapter: &AdapterInfo) -> Option<String> {
+pub fn software(adapter: &AdapterInfo) -> Option<String> {
     if adapter.is_fallback {
         return Some("the browser marks it as a fallback adapter".into());
     }

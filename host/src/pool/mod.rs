@@ -27,6 +27,7 @@ pub mod metrics;
 mod pipelines;
 mod scaler;
 mod scheduler;
+pub mod speech;
 mod state;
 pub mod telemetry;
 mod watchdog;
@@ -280,6 +281,46 @@ impl Pool {
         Ok(m.name.clone())
     }
 
+    /// Transcribe `audio` with speech model `model` (the first loaded when `None`), with
+    /// `context` (token ids) as the text before it.
+    pub async fn transcribe(
+        &self,
+        model: Option<&str>,
+        audio: speech::Audio,
+        context: Vec<u32>,
+        deadline: Option<Duration>,
+    ) -> Result<speech::Transcribed, PoolError> {
+        let (_, m) = self.speech_entry(model)?;
+        speech::transcribe(&self.shared, &m, audio, context, deadline).await
+    }
+
+    /// The speech model `model` names (the first loaded when `None`): its name and the model
+    /// (tokenizer, language, limits) for the API.
+    pub fn speech_model(
+        &self,
+        model: Option<&str>,
+    ) -> Result<(String, Arc<crate::models::whisper::Whisper>), PoolError> {
+        let (name, m) = self.speech_entry(model)?;
+        match &m.family {
+            state::Family::Speech(p) => Ok((name, p.model.clone())),
+            _ => unreachable!("speech_entry returns speech models"),
+        }
+    }
+
+    fn speech_entry(&self, model: Option<&str>) -> Result<(String, Arc<state::ModelEntry>), PoolError> {
+        let m = match model {
+            Some(name) => self.shared.model(name).ok_or_else(|| PoolError::UnknownModel(name.into()))?,
+            None => self
+                .shared
+                .default_model(Some(ModelType::Audio))
+                .ok_or_else(|| PoolError::UnknownModel("(no speech model loaded)".into()))?,
+        };
+        if !matches!(m.family, state::Family::Speech(_)) {
+            return Err(PoolError::BadInput(format!("{} does not transcribe speech", m.name)));
+        }
+        Ok((m.name.clone(), m))
+    }
+
     /// Embed with the first loaded model.
     pub async fn embed(&self, texts: &[&str]) -> Result<Served, PoolError> {
         let model = self
@@ -390,7 +431,7 @@ impl Pool {
         let (name, m) = self.generation_entry(model)?;
         match &m.family {
             state::Family::Generation(g) => Ok((name, g.clone())),
-            state::Family::Batches(_) => {
+            state::Family::Batches(_) | state::Family::Speech(_) => {
                 Err(PoolError::BadInput(format!("{name} does not generate text (ask it through its own route)")))
             }
         }

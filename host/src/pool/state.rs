@@ -14,6 +14,7 @@ use super::config::PoolConfig;
 use super::pipelines::{Sharded, StageSlots};
 use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
+use crate::exec::transcriber::{SpeechParts, Transcriber};
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
 use crate::family::BatchModel;
 use crate::family::{KvLimits, SessionModel};
@@ -159,6 +160,9 @@ pub(crate) enum Runner {
     /// Sessions stepped together by the replica's decoder (`generation`); `streams`: how many
     /// run on it now, for routing and its session limit.
     Sessions { decoder: Decoder, streams: AtomicUsize },
+    /// Speech to text: the encoder and the decoder in this tab, one transcription at a time
+    /// (`speech`); its lock is held for a whole request, windows in order.
+    Speech(Box<tokio::sync::Mutex<Transcriber>>),
 }
 
 impl Replica {
@@ -166,7 +170,7 @@ impl Replica {
     pub fn streams(&self) -> usize {
         match &self.run {
             Runner::Sessions { streams, .. } => streams.load(Ordering::SeqCst),
-            Runner::Batches(_) => 0,
+            Runner::Batches(_) | Runner::Speech(_) => 0,
         }
     }
 
@@ -174,7 +178,7 @@ impl Replica {
     pub fn batches(&self) -> Option<&TabModel> {
         match &self.run {
             Runner::Batches(tm) => Some(tm),
-            Runner::Sessions { .. } => None,
+            Runner::Sessions { .. } | Runner::Speech(_) => None,
         }
     }
 }
@@ -188,6 +192,9 @@ pub(crate) enum Family {
     /// Prompt → streamed tokens: a session per request on one replica's decoder, routed and
     /// replayed by `generation`; the model is a plug-in (`family::SessionModel`).
     Generation(Arc<Generator>),
+    /// Audio → text: a request holds one replica (encoder and decoder in its tab) while its
+    /// windows run, queued and retried by `speech`; the model is loaded by the registry.
+    Speech(Arc<SpeechParts>),
 }
 
 /// A generation model as the pool loads it into tabs: its graph and weights built once.
@@ -237,6 +244,10 @@ impl ModelEntry {
             Family::Batches(m) => Ok(m),
             Family::Generation(_) => Err(PoolError::BadInput(format!(
                 "{} generates text; ask it for generation (chat or completions)",
+                self.name
+            ))),
+            Family::Speech(_) => Err(PoolError::BadInput(format!(
+                "{} transcribes speech; send it audio (/v1/audio/transcriptions)",
                 self.name
             ))),
         }
@@ -769,6 +780,7 @@ impl Shared {
                 Err(e) => Err(e),
             },
             Family::Generation(g) => self.load_generator(g, slot, &progress).await,
+            Family::Speech(w) => self.load_speech(m, w, slot, &progress).await,
         };
         match loaded {
             Ok((run, backend, calibration)) => {
@@ -843,6 +855,37 @@ impl Shared {
         Ok((Runner::Sessions { decoder, streams: AtomicUsize::new(0) }, exec.to_string(), vec![]))
     }
 
+    /// A speech replica: the encoder (calibrated like a batch model, per kind once) and the
+    /// decoder in the slot's tab.
+    async fn load_speech(
+        &self,
+        m: &ModelEntry,
+        parts: &SpeechParts,
+        slot: &Slot,
+        progress: &dyn crate::exec::WeightUpload,
+    ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
+        let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        let mut known_calibration = None;
+        if backend == Backend::Auto
+            && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
+        {
+            backend = known;
+            known_calibration = Some(measured);
+        }
+        let (t, measured) =
+            parts.load_in_tab(&slot.tab, backend, progress).await.map_err(|e| (backend.to_string(), e))?;
+        let calibration = known_calibration.unwrap_or_else(|| {
+            if let (false, Some(exec)) = (measured.is_empty(), t.encoder_backend()) {
+                m.calibrations.fetch_add(1, Ordering::Relaxed);
+                let chosen = Backend::forcing(&exec);
+                m.calibrated.lock().expect("calibrated").insert(slot.kind.name.clone(), (chosen, measured.clone()));
+            }
+            measured
+        });
+        let backend = t.backend();
+        Ok((Runner::Speech(Box::new(tokio::sync::Mutex::new(t))), backend, calibration))
+    }
+
     /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.
     pub async fn retire(&self, slot: &Arc<Slot>, action: &str, reason: &str) {
         if slot.retired.swap(true, Ordering::SeqCst) {
@@ -880,6 +923,7 @@ impl Shared {
         let family = tokio::task::spawn_blocking(move || -> anyhow::Result<Family> {
             Ok(match crate::models::registry::load(ty, dir.as_deref())? {
                 Loaded::Batches(m) => Family::Batches(m),
+                Loaded::Speech(w) => Family::Speech(Arc::new(SpeechParts::build(w)?)),
                 Loaded::Sessions(mut model) => {
                     let sharded = match shards {
                         1 => None,
@@ -895,6 +939,7 @@ impl Shared {
         let own_name = match &family {
             Family::Batches(m) => m.name().to_string(),
             Family::Generation(g) => g.model.name().to_string(),
+            Family::Speech(p) => p.model.name.clone(),
         };
         let name = spec.name.clone().unwrap_or(own_name);
         anyhow::ensure!(self.model(&name).is_none(), "a model named {name:?} is already loaded");

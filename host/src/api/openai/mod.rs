@@ -26,8 +26,10 @@ use crate::pool::{Pool, PoolError};
 #[openapi(
     info(title = "tabpool", description = "An OpenAI-compatible API over a pool of browser tabs running models."),
     paths(models, model, embeddings::embeddings, completions::chat, completions::completions, super::events::events,
-        super::oip::server_metadata, super::oip::model_metadata, super::oip::infer, super::images::classifications),
-    components(schemas(types::Chunk, crate::family::Signature, crate::family::TensorSpec, super::images::Classified)),
+        super::oip::server_metadata, super::oip::model_metadata, super::oip::infer, super::images::classifications,
+        super::audio::transcriptions),
+    components(schemas(types::Chunk, crate::family::Signature, crate::family::TensorSpec, super::images::Classified,
+        super::audio::Transcription)),
     modifiers(&BearerKey),
     security(("api_key" = []))
 )]

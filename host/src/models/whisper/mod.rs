@@ -8,6 +8,7 @@ mod blocks;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
+pub mod encoder_batch;
 
 use std::path::{Path, PathBuf};
 
