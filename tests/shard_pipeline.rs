@@ -27,7 +27,7 @@ fn with_stop(c: &support::GenCase) -> Vec<u32> {
 /// Each case alone, then all of them sharing steps: both equal the reference.
 async fn check_reference(m: &SmolLm2, stepper: Arc<Stepper>, what: &str) {
     let cases = support::smollm2_reference();
-    let d = Decoder::start(stepper, StepLimits::default());
+    let d = Decoder::start(stepper, StepLimits::default(), None);
     for c in &cases {
         let run = placement::generate(m, &d, c.prompt_ids.clone(), greedy(m), |_| {})
             .await
@@ -147,7 +147,7 @@ async fn killed_stage_tabs_are_replaced_without_a_wrong_token() {
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
-    let d = Decoder::start(p.clone(), StepLimits::default());
+    let d = Decoder::start(p.clone(), StepLimits::default(), None);
     let streams: Vec<_> = (0..6).map(|i| &cases[i % cases.len()]).collect();
     // While they run: kill the middle stage's renderer once tokens flow, then the first's.
     let chaos = async {
@@ -187,7 +187,7 @@ async fn a_lost_stage_without_a_spare_is_replanned_on_the_tabs_left() {
     let p = Arc::new(p);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
-    let d = Decoder::start(p.clone(), StepLimits::default());
+    let d = Decoder::start(p.clone(), StepLimits::default(), None);
     let streams: Vec<_> = (0..4).map(|i| &cases[i % cases.len()]).collect();
     let chaos = async {
         after_steps(&d, 6).await;
@@ -260,7 +260,7 @@ async fn killed_stage_is_replaced(backend: Backend, what: &str) {
     assert_eq!(p.backend(), what);
     let Stepper::Pipeline(pipe) = &*p else { unreachable!() };
     let before = p.tab_ids();
-    let d = Decoder::start(p.clone(), StepLimits::default());
+    let d = Decoder::start(p.clone(), StepLimits::default(), None);
     let chaos = async {
         after_steps(&d, 4).await;
         assert!(support::kill_renderers(&host.tab_processes(before[1])) > 0, "stage 1 has a renderer");

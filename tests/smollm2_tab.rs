@@ -40,7 +40,7 @@ async fn greedy_in_a_tab_equals_the_reference_and_sessions_batch_and_free() {
     let stepper = placement::stepper(&mut host, &m, Backend::WasmCpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "wasm-cpu");
     let stepper = Arc::new(stepper);
-    let d = Decoder::start(stepper.clone(), StepLimits::default());
+    let d = Decoder::start(stepper.clone(), StepLimits::default(), None);
 
     // Each case alone, then both at once (their prompts and decodes share steps).
     for c in &cases {
@@ -104,7 +104,7 @@ async fn greedy_on_webgpu_equals_the_reference() {
     let cases = support::smollm2_reference();
     let stepper = placement::stepper(&mut host, &m, Backend::Webgpu, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
-    let d = Decoder::start(Arc::new(stepper), StepLimits::default());
+    let d = Decoder::start(Arc::new(stepper), StepLimits::default(), None);
     // Both cases in shared steps (SwiftShader is slow: ~0.5 s a step).
     let both = greedy_all(&m, &d, &cases).await;
     for (ids, c) in both.iter().zip(&cases) {
@@ -126,7 +126,7 @@ async fn greedy_on_firefox_webgpu_equals_the_reference() {
     let limits = placement::kv_limits(&m, 2);
     let stepper = placement::load_in(&tab, &m, Backend::Webgpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webgpu");
-    let d = Decoder::start(Arc::new(stepper), StepLimits::default());
+    let d = Decoder::start(Arc::new(stepper), StepLimits::default(), None);
     let both = greedy_all(&m, &d, &cases).await;
     for (ids, c) in both.iter().zip(&cases) {
         assert_eq!(*ids, with_stop(c), "firefox webgpu greedy ids of {:?}", c.user);
@@ -144,7 +144,7 @@ async fn greedy_on_webnn_equals_the_reference() {
     let stepper = placement::stepper(&mut host, &m, Backend::Webnn, 2, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stepper.backend(), "webnn-cpu");
     let stepper = Arc::new(stepper);
-    let d = Decoder::start(stepper.clone(), StepLimits::default());
+    let d = Decoder::start(stepper.clone(), StepLimits::default(), None);
     // Each case alone (prefill of T tokens, then one-token decode steps), then both sharing steps
     // (padded token and row buckets).
     for c in &cases {

@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_pool, bench_recovery, bench_shard, bench_transcribe,
-    bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan, transcribe,
+    bench, bench_generate, bench_history, bench_memory, bench_multimodal, bench_pool, bench_recovery, bench_shard,
+    bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan,
+    transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -294,6 +295,7 @@ enum BenchWhat {
     },
     /// Whisper tiny.en: seconds and x realtime on the reference clips and a 29-s input, on the host
     /// CPU executor, a wasm-cpu tab, a WebNN encoder, and the component split over two tabs.
+    #[command(alias = "speech")]
     Transcribe {
         #[arg(long, default_value_t = 3)]
         reps: usize,
@@ -303,6 +305,18 @@ enum BenchWhat {
         /// With --peers: also whisper.cpp-in-wasm in a tab (about 10 more minutes).
         #[arg(long)]
         peers_wasm: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Four models (MiniLM, SmolLM2, EfficientNet-Lite0, Whisper) on the same tabs: the same mix of
+    /// embeddings, chats, images and clips one family after another vs all at once; throughput
+    /// ratio, CPU use and p50/p99 per family alone and in the mix.
+    Multimodal {
+        #[arg(long, default_value_t = 2)]
+        tabs: usize,
+        /// Rounds of the mix per phase.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -553,7 +567,11 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         | Command::Report { .. }
         | Command::Bench {
             what:
-                BenchWhat::Pool { .. } | BenchWhat::Recovery { .. } | BenchWhat::History { .. } | BenchWhat::Vision { .. },
+                BenchWhat::Pool { .. }
+                | BenchWhat::Recovery { .. }
+                | BenchWhat::History { .. }
+                | BenchWhat::Vision { .. }
+                | BenchWhat::Multimodal { .. },
         } => {
             unreachable!("runs without a pre-started host")
         }
@@ -641,6 +659,12 @@ async fn main() -> ExitCode {
             let args = bench_recovery::Args { trials, stream, every, json };
             tokio::select! {
                 r = bench_recovery::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
+        Command::Bench { what: BenchWhat::Multimodal { tabs, rounds, json } } => {
+            tokio::select! {
+                r = bench_multimodal::run(cfg, bench_multimodal::Args { tabs, rounds, json }) => r,
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }

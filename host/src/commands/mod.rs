@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_generate;
 pub mod bench_history;
 pub mod bench_memory;
+pub mod bench_multimodal;
 pub mod bench_pool;
 pub mod bench_recovery;
 pub mod bench_shard;

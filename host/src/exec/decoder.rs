@@ -10,6 +10,7 @@ use std::time::Instant;
 use shared_proto::{ErrorKind, Sampling, StepRow};
 use tokio::sync::mpsc;
 
+use super::gate::Gate;
 use super::stepper::Stepper;
 use crate::TabError;
 use crate::policy::recovery::Category;
@@ -132,10 +133,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn start(stepper: Arc<Stepper>, limits: StepLimits) -> Decoder {
+    /// Step sessions on `stepper`; with a `gate`, each step first lets pending short requests go.
+    pub fn start(stepper: Arc<Stepper>, limits: StepLimits, gate: Option<Arc<Gate>>) -> Decoder {
         let (jobs, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(DecoderStats::default());
-        let task = tokio::spawn(run(stepper, limits, rx, stats.clone()));
+        let task = tokio::spawn(run(stepper, limits, rx, stats.clone(), gate));
         Decoder { jobs, stats, task }
     }
 
@@ -168,6 +170,7 @@ async fn run(
     limits: StepLimits,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     stats: Arc<DecoderStats>,
+    gate: Option<Arc<Gate>>,
 ) {
     let mut active: Vec<Active> = Vec::new();
     let mut open = true;
@@ -212,6 +215,9 @@ async fn run(
                 StepRow { session: a.session, tokens, sampling: a.params.sampling }
             })
             .collect();
+        if let Some(g) = &gate {
+            g.yield_to_pending().await;
+        }
         let t0 = Instant::now();
         let result = stepper.step(rows).await;
         stats.steps.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 pub mod decoder;
 mod embedder;
+pub mod gate;
 pub mod pipeline;
 pub mod placement;
 pub mod remembered;

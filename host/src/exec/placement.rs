@@ -119,7 +119,7 @@ pub async fn load(
         }
     }
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default());
+    let decoder = Decoder::start(std::sync::Arc::new(stepper), StepLimits::default(), None);
     let params = GenParams { max_tokens: opts.max_tokens, sampling, stop_ids: model.eos_ids.clone() };
     Ok(Loaded { model, decoder, backend, reason, tab, load_ms, params, stages })
 }

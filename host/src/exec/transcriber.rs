@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use page_runtime::executors::cpu::CpuModel;
 use shared_proto::{ExecBackend, Graph, Sampling, StepRow, Tensor};
 
+use crate::exec::gate::Gate;
 use crate::exec::placement::launch_for;
 use crate::exec::{Stepper, TabModel, WeightUpload, load_in_tab};
 use crate::models::whisper::Whisper;
@@ -135,6 +136,8 @@ pub struct Transcriber {
     sessions: AtomicU64,
     /// How the parts were placed in tabs, so a lost tab can be replaced like for like.
     placement: Option<TabPlacement>,
+    /// In a pool: short requests go before each of this transcription's calls.
+    gate: Option<Arc<Gate>>,
 }
 
 /// Where the parts of a tab placement run: backends, and whether they share one tab.
@@ -184,7 +187,7 @@ impl SpeechParts {
 
 impl Transcriber {
     pub fn new(model: Arc<Whisper>, encoder: EncoderRunner, decoder: Stepper) -> Transcriber {
-        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1), placement: None }
+        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1), placement: None, gate: None }
     }
 
     /// Both on the host's CPU executor.
@@ -219,6 +222,18 @@ impl Transcriber {
             .with_context(|| format!("loading the Whisper encoder on {eb} in tab {}", et.id()))?;
         let decoder = decoder_in(dt, &model, db, progress).await?;
         Ok(Transcriber::new(model, encoder, decoder))
+    }
+
+    /// Let pending short requests go before each encoder window and decoder step.
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Transcriber {
+        self.gate = Some(gate);
+        self
+    }
+
+    async fn yield_to_pending(&self) {
+        if let Some(g) = &self.gate {
+            g.yield_to_pending().await;
+        }
     }
 
     /// Where each part runs: `"wasm-cpu"`, or `"cpu+wasm-cpu"` when they differ.
@@ -304,6 +319,7 @@ impl Transcriber {
         for (seek, mel) in &windows {
             let mut tries = 0;
             let memory = loop {
+                self.yield_to_pending().await;
                 match self.encoder.encode(mel).await {
                     Ok((outputs, ms)) => {
                         encode_ms += ms;
@@ -418,6 +434,7 @@ impl Transcriber {
             let mut feed: Vec<u32> = prompt.iter().chain(ids.iter()).copied().collect();
             while prompt.len() + ids.len() < cfg.n_text_ctx {
                 let row = StepRow { session, tokens: std::mem::take(&mut feed), sampling: Sampling::Greedy };
+                self.yield_to_pending().await;
                 let (next, t) = self.decoder.step(vec![row]).await?;
                 ms += t;
                 let [next] = next[..] else { bail!("a step of one row gave {} ids", next.len()) };

@@ -224,7 +224,10 @@ impl Shared {
         let _ = stages.stepper.set(stepper.clone());
         let gen_cfg = &self.cfg.generation;
         let limits = StepLimits { max_tokens: gen_cfg.step_tokens, max_rows: gen_cfg.sessions_per_tab as usize };
-        let run = Runner::Sessions { decoder: Decoder::start(stepper, limits), streams: Default::default() };
+        let run = Runner::Sessions {
+            decoder: Decoder::start(stepper, limits, Some(self.gate.clone())),
+            streams: Default::default(),
+        };
         let ids: Vec<String> = stages.slots().iter().map(|s| s.id.to_string()).collect();
         self.log(
             "pipeline",

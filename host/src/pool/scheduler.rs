@@ -124,6 +124,8 @@ async fn submit_rows(
         }
     }
     m.wake.notify_one();
+    // Until answered, this request goes before long streams' next calls.
+    let _first = shared.gate.enter();
     let all = futures_util::future::join_all(answers.into_iter().map(|rx| async {
         // A dropped sender means the pool went away with the job.
         rx.await.unwrap_or(Err(PoolError::ShutDown))

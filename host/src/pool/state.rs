@@ -14,6 +14,7 @@ use super::config::PoolConfig;
 use super::pipelines::{Sharded, StageSlots};
 use super::{ModelSpec, PoolError, Served};
 use crate::browser::KindSpec;
+use crate::exec::gate::Gate;
 use crate::exec::transcriber::{SpeechParts, Transcriber};
 use crate::exec::{Backend, Decoder, StepLimits, Stepper, TabModel, load_in_tab};
 use crate::family::BatchModel;
@@ -26,6 +27,10 @@ use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
+
+/// Longest a long stream's call waits for pending short requests (`exec::gate`): under a flood
+/// of embeddings a generation still steps at least every quarter second.
+const STREAM_DEFER: Duration = Duration::from_millis(250);
 
 /// Live events a slow `/v1/events` listener may fall behind by before it is told how many it missed.
 const LIVE_EVENTS_BUFFERED: usize = 1024;
@@ -292,6 +297,8 @@ pub(crate) struct Shared {
     pub background: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Batches dispatched and not yet answered (shutdown lets them finish, within a bound).
     pub running_batches: AtomicUsize,
+    /// Short requests (batches) go before the next call of a long stream (`exec::gate`).
+    pub gate: Arc<Gate>,
     /// Set once shutdown stops waiting: every request still waiting is answered `ShutDown`.
     pub abandon: tokio::sync::watch::Sender<bool>,
     pub closed: AtomicBool,
@@ -369,6 +376,7 @@ impl Shared {
             batchers: Mutex::new(Vec::new()),
             background: Mutex::new(Vec::new()),
             running_batches: AtomicUsize::new(0),
+            gate: Gate::new(STREAM_DEFER),
             abandon: tokio::sync::watch::channel(false).0,
             closed: AtomicBool::new(false),
             started: Instant::now(),
@@ -851,7 +859,7 @@ impl Shared {
             .map_err(|e| (exec.to_string(), e))?;
         let gen_cfg = &self.cfg.generation;
         let limits = StepLimits { max_tokens: gen_cfg.step_tokens, max_rows: gen_cfg.sessions_per_tab as usize };
-        let decoder = Decoder::start(Arc::new(stepper), limits);
+        let decoder = Decoder::start(Arc::new(stepper), limits, Some(self.gate.clone()));
         Ok((Runner::Sessions { decoder, streams: AtomicUsize::new(0) }, exec.to_string(), vec![]))
     }
 
@@ -883,7 +891,7 @@ impl Shared {
             measured
         });
         let backend = t.backend();
-        Ok((Runner::Speech(Box::new(tokio::sync::Mutex::new(t))), backend, calibration))
+        Ok((Runner::Speech(Box::new(tokio::sync::Mutex::new(t.with_gate(self.gate.clone())))), backend, calibration))
     }
 
     /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.
