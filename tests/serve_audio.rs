@@ -28,6 +28,39 @@ async fn the_official_client_transcribes_through_serve() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // /v2: the raw path, log-mel windows in, ids out; each row on its own.
+    let (code, body) = support::http_keyed(&api, "GET", "/v2/models/whisper-tiny.en", "", Some(KEY)).await;
+    assert!(code == 200 && body.contains("\"mel\"") && body.contains("\"ids\""), "{code} {body}");
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper/whisper_tiny_en.json")).unwrap())
+            .unwrap();
+    let cases = refj["cases"].as_array().unwrap();
+    let mut mels = Vec::new();
+    for c in cases {
+        let bytes = std::fs::read(format!("{data}/whisper/{}", c["file"].as_str().unwrap())).unwrap();
+        let samples = tabpool::models::whisper::audio::decode(&bytes).unwrap().samples;
+        mels.extend(tabpool::models::whisper::audio::log_mel(&samples).data);
+    }
+    let req = serde_json::json!({ "id": "two", "inputs": [{ "name": "mel", "datatype": "FP32", "shape": [2, 80, 3000], "data": mels }] });
+    let (code, body) =
+        support::http_keyed(&api, "POST", "/v2/models/whisper-tiny.en/infer", &req.to_string(), Some(KEY)).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], "two");
+    let (ids, texts) = (&v["outputs"][0], &v["outputs"][1]);
+    let width = ids["shape"][1].as_u64().unwrap() as usize;
+    for (i, c) in cases.iter().enumerate() {
+        let row: Vec<i64> =
+            ids["data"].as_array().unwrap()[i * width..(i + 1) * width].iter().map(|x| x.as_i64().unwrap()).collect();
+        let got: Vec<i64> = row.into_iter().filter(|&x| x >= 0).collect();
+        let want: Vec<i64> = c["token_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert_eq!(got, want, "/v2 ids of {}", c["file"]);
+        assert_eq!(texts["data"][i], c["transcript"]);
+    }
+    let bad = r#"{"inputs": [{"name": "mel", "datatype": "FP32", "shape": [1, 80, 100], "data": [0.0]}]}"#;
+    let (code, body) = support::http_keyed(&api, "POST", "/v2/models/whisper-tiny.en/infer", bad, Some(KEY)).await;
+    assert_eq!(code, 400, "{body}");
+
     // The model is listed, and status shows its replica and what it served.
     let (code, body) = support::http_keyed(&api, "GET", "/v1/models", "", Some(KEY)).await;
     assert!(code == 200 && body.contains("whisper-tiny.en"), "{code} {body}");

@@ -20,6 +20,8 @@ use serde_json::json;
 use shared_proto::{DType, Tensor};
 
 use crate::family::{Input, Signature, TensorSpec};
+use crate::models::whisper::audio::Mel;
+use crate::pool::speech::{Audio, Transcribed};
 use crate::pool::{Pool, PoolError};
 
 /// Largest `/v2` infer body (a batch of 8 preprocessed images is 4.8 MB binary, ~15 MB as JSON).
@@ -76,6 +78,7 @@ async fn server_ready(State(pool): State<Arc<Pool>>) -> StatusCode {
 fn signature_of(pool: &Pool, model: &str) -> Result<Signature, Box<Response>> {
     match pool.batch_model(model) {
         Ok(m) => Ok(m.signature()),
+        Err(_) if pool.speech_model(Some(model)).is_ok() => Ok(speech_signature()),
         Err(PoolError::UnknownModel(_)) => {
             Err(Box::new(error(StatusCode::NOT_FOUND, format!("no model {model:?} is served"))))
         }
@@ -282,14 +285,29 @@ impl From<Response> for Refused {
     }
 }
 
+/// A speech model over /v2: log-mel windows in (`[N, 80, 3000]`, the front end's output), each
+/// transcribed on its own (no text carried between rows); per row its ids (INT32, padded with −1
+/// to the longest) and text — always both, as JSON.
+fn speech_signature() -> Signature {
+    Signature {
+        inputs: vec![TensorSpec::new("mel", "FP32", &[-1, 80, 3000])],
+        outputs: vec![TensorSpec::new("ids", "INT32", &[-1, -1]), TensorSpec::new("text", "BYTES", &[-1])],
+    }
+}
+
 async fn run_infer(pool: &Pool, model: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, Refused> {
     let bad = |m: String| Refused::from(error(StatusCode::BAD_REQUEST, m));
     let refuse = |status: StatusCode, m: String| Refused::from(error(status, m));
-    let batch = pool.batch_model(model).map_err(|e| match e {
-        PoolError::UnknownModel(_) => refuse(StatusCode::NOT_FOUND, format!("no model {model:?} is served")),
-        _ => bad(format!("{model} generates text: use POST /v1/completions or /v1/chat/completions")),
-    })?;
-    let sig = batch.signature();
+    let speech = pool.speech_model(Some(model)).is_ok();
+    let batch = if speech {
+        None
+    } else {
+        Some(pool.batch_model(model).map_err(|e| match e {
+            PoolError::UnknownModel(_) => refuse(StatusCode::NOT_FOUND, format!("no model {model:?} is served")),
+            _ => bad(format!("{model} generates text: use POST /v1/completions or /v1/chat/completions")),
+        })?)
+    };
+    let sig = batch.as_ref().map_or_else(speech_signature, |b| b.signature());
     // The JSON part, and the binary part after it.
     let json_len = match headers.get(HEADER_LEN) {
         None => body.len(),
@@ -354,6 +372,9 @@ async fn run_infer(pool: &Pool, model: &str, headers: &HeaderMap, body: Bytes) -
     if !binary.is_empty() {
         return Err(bad(format!("{} bytes of binary data follow the last tensor", binary.len())));
     }
+    if speech {
+        return speech_infer(pool, model, input, req.id).await;
+    }
     let served = pool.submit(model, input, None).await.map_err(|e| Refused::from(pool_error(&e)))?;
     // Outputs: all, or those asked for; binary if asked (per output, or for all).
     let rows = served.vectors.len();
@@ -410,6 +431,50 @@ async fn run_infer(pool: &Pool, model: &str, headers: &HeaderMap, body: Bytes) -
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(HEADER_LEN, HeaderValue::from(json_len));
     Ok(resp)
+}
+
+/// Each mel row transcribed on its own, all at once (the pool queues them for its replicas).
+async fn speech_infer(pool: &Pool, model: &str, input: Input, id: Option<String>) -> Result<Response, Refused> {
+    let Input::Tensor(t) = input else { unreachable!("an FP32 input is a tensor") };
+    let rows = crate::family::unstack(&t);
+    if let Some(bad) = t.to_f32().and_then(|v| v.into_iter().find(|x| !x.is_finite())) {
+        return Err(Refused::from(error(
+            StatusCode::BAD_REQUEST,
+            format!("the mel tensor holds {bad}: values must be finite"),
+        )));
+    }
+    let runs = rows.iter().map(|r| {
+        let mel = Mel { data: r.to_f32().unwrap_or_default(), content_frames: 3000 };
+        pool.transcribe(Some(model), Audio::Windows(vec![(0, mel)], 30.0), vec![], None)
+    });
+    let done: Vec<_> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| Refused::from(pool_error(&e)))?;
+    let width = done.iter().map(|d: &Transcribed| d.transcript.ids.len()).max().unwrap_or(0);
+    let ids: Vec<i64> = done
+        .iter()
+        .flat_map(|d| {
+            let ids = &d.transcript.ids;
+            ids.iter().map(|&i| i as i64).chain(std::iter::repeat_n(-1, width - ids.len()))
+        })
+        .collect();
+    let texts: Vec<&str> = done.iter().map(|d| d.transcript.text.as_str()).collect();
+    let (tab, backend) = done.first().map_or((0, String::new()), |d| (d.tab, d.backend.clone()));
+    let mut head = json!({
+        "model_name": model,
+        "model_version": VERSION,
+        "outputs": [
+            { "name": "ids", "datatype": "INT32", "shape": [done.len(), width], "data": ids },
+            { "name": "text", "datatype": "BYTES", "shape": [done.len()], "data": texts },
+        ],
+        "parameters": { "tab": tab, "backend": backend },
+    });
+    if let Some(id) = id {
+        head["id"] = json!(id);
+    }
+    Ok(Json(head).into_response())
 }
 
 /// Dimensions as the pool's tensor shape.
