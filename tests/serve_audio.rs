@@ -71,3 +71,90 @@ async fn the_official_client_transcribes_through_serve() {
     let m = status["models"].as_array().unwrap().iter().find(|m| m["name"] == "whisper-tiny.en").expect("listed");
     assert!(m["served"].as_u64().unwrap() >= 14, "{m}");
 }
+
+/// A pool of two tabs, Whisper on both: a three-window transcription whose tab drops its socket
+/// mid-run is run again on the other tab (and the lost one recovered), and its transcript is the
+/// one an undisturbed run gave — every window its clip's reference text. Embeddings still answered
+/// during the transcription show the two families sharing tabs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcription_whose_tab_is_lost_is_answered_from_the_other_tab() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tabpool::browser::{BrowserKind, KindSpec};
+    use tabpool::models::whisper::audio;
+    use tabpool::policy::routing::ModelType;
+    use tabpool::pool::speech::Audio;
+    use tabpool::pool::{ModelSpec, Pool, PoolConfig};
+
+    let _procs = support::process_guard();
+    let mut cfg = PoolConfig {
+        min_tabs: 2,
+        max_tabs: 2,
+        kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
+        hedge: false,
+        ..PoolConfig::default()
+    };
+    cfg.scaling.enabled = false;
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    pool.load(ModelSpec::of_type(ModelType::Audio)).await.unwrap();
+    let embed = pool.load(ModelSpec::minilm()).await.unwrap();
+    assert_eq!(pool.replica_count("whisper-tiny.en"), Some(2));
+
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
+    let cases = refj["cases"].as_array().unwrap();
+    let clip = |i: usize| {
+        let f = cases[i]["file"].as_str().unwrap();
+        audio::decode(&std::fs::read(format!("{data}/{f}")).unwrap()).unwrap().samples
+    };
+    // Three windows: clip 0, clip 1, clip 0, each starting a 30-s window.
+    let mut samples = Vec::new();
+    for i in [0, 1, 0] {
+        samples.resize(samples.len().div_ceil(audio::N_SAMPLES) * audio::N_SAMPLES, 0.0);
+        samples.extend(clip(i));
+    }
+    let samples = Arc::new(samples);
+    let want: Vec<&str> = [0, 1, 0].iter().map(|&i| cases[i]["transcript"].as_str().unwrap()).collect();
+
+    let undisturbed = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None).await.unwrap();
+    let texts: Vec<&str> = undisturbed.transcript.windows.iter().map(|w| w.text.trim()).collect();
+    assert_eq!(texts, want);
+
+    let t = Instant::now();
+    let run = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None);
+    let kill = async {
+        // Wait until a tab runs the transcription, then cut its socket.
+        let victim = loop {
+            if let Some(tab) = pool.metrics().tabs.iter().find(|t| t.streams > 0) {
+                break tab.id;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "the transcription never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(pool.disconnect_tab(victim));
+        // The other family keeps being served meanwhile.
+        let e = pool.embed_with(&embed, &["a sentence during recovery"], None).await.unwrap();
+        assert_eq!(e.vectors[0].len(), 384);
+        victim
+    };
+    let (done, victim) = tokio::join!(run, kill);
+    let done = done.unwrap();
+    eprintln!(
+        "lost tab {victim}; answered by tab {} after {} attempts in {:.1} s",
+        done.tab,
+        done.attempts,
+        t.elapsed().as_secs_f64()
+    );
+    assert_ne!(done.tab, victim);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.transcript.ids, undisturbed.transcript.ids, "token-identical after the loss");
+    // The lost tab comes back with both parts loaded.
+    let t = Instant::now();
+    while pool.replica_count("whisper-tiny.en") != Some(2) {
+        assert!(t.elapsed() < Duration::from_secs(180), "not recovered: {}", pool.metrics().render());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pool.shutdown().await;
+}

@@ -59,6 +59,8 @@ pub struct TabMetrics {
     pub browser: String,
     pub connected: bool,
     pub in_flight: usize,
+    /// Streams (generations, transcriptions) running on it now; they hold no execution place.
+    pub streams: usize,
     pub batches: u64,
     pub rows: u64,
     pub idle_s: f64,
@@ -244,6 +246,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 browser: s.kind.browser.name().into(),
                 connected: s.tab.is_connected(),
                 in_flight: s.in_flight.load(Ordering::SeqCst),
+                streams: s.streams.load(Ordering::SeqCst),
                 batches: s.batches.load(Ordering::Relaxed),
                 rows: s.rows.load(Ordering::Relaxed),
                 idle_s: s.idle_for().as_secs_f64(),

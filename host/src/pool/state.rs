@@ -175,7 +175,8 @@ impl Replica {
     pub fn streams(&self) -> usize {
         match &self.run {
             Runner::Sessions { streams, .. } => streams.load(Ordering::SeqCst),
-            Runner::Batches(_) | Runner::Speech(_) => 0,
+            Runner::Speech(t) => usize::from(t.try_lock().is_err()),
+            Runner::Batches(_) => 0,
         }
     }
 
