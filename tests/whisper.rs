@@ -1,7 +1,7 @@
 //! Whisper tiny.en through the CLI as a user runs it, `tabpool transcribe --json`, in real
 //! headless tabs: both reference clips (`tests/data/whisper`) must give the reference's ids
 //! (faster-whisper's, equal to the float64 forward pass's) and transcript — on the tab's wasm
-//! CPU executor (encoder and decoder), with the encoder on WebNN, and split by component over two
+//! CPU executor (encoder and decoder), with the encoder on WebNN, the decoder on WebGPU, and split by component over two
 //! tabs (encoder in one, decoder with its KV cache and cross memory in the other). A file that
 //! is not audio fails before any browser starts, naming the file.
 
@@ -50,6 +50,15 @@ fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
 fn wasm_cpu_tab_transcribes_the_reference_clips() {
     let _procs = support::process_guard();
     assert_eq!(transcribes_the_reference(&["--backend", "wasm-cpu"]), ("wasm-cpu".into(), 1));
+}
+
+/// The decoder on WebGPU (SwiftShader here): its self-attention KV cache and the cross-attention
+/// memory `PutMemory` wrote live in the tab's GPU buffers; the encoder on WebNN in the same tab.
+#[test]
+fn webgpu_decoder_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    let args = ["--backend", "webnn", "--decoder-backend", "webgpu"];
+    assert_eq!(transcribes_the_reference(&args), ("webnn-cpu+webgpu".into(), 1));
 }
 
 #[test]

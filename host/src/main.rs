@@ -110,6 +110,10 @@ enum Command {
         /// on cpu and wasm-cpu; with webgpu or webnn it runs on the same tab's wasm CPU executor.
         #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         backend: Backend,
+        /// Where the decoder runs (auto: as described above; webgpu: WebGPU, its cross-attention
+        /// memory in the tab's GPU buffers).
+        #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
+        decoder_backend: Backend,
         /// 2: the encoder in one tab and the decoder in another (with --strategy component).
         #[arg(long, default_value_t = 1)]
         shards: u32,
@@ -528,8 +532,8 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Transcribe { backend, shards, strategy, json, files } => {
-            transcribe::run(host, transcribe::Args { backend, shards, strategy, json, files }).await
+        Command::Transcribe { backend, decoder_backend, shards, strategy, json, files } => {
+            transcribe::run(host, transcribe::Args { backend, decoder_backend, shards, strategy, json, files }).await
         }
         Command::Bench { what: BenchWhat::Transcribe { reps, peers, peers_wasm, json } } => {
             bench_transcribe::run(host, bench_transcribe::Args { reps, peers, peers_wasm, json }).await

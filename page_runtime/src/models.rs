@@ -232,9 +232,8 @@ impl TabModel {
                 let m = c.model.borrow().clone().ok_or_else(|| unsupported("weights incomplete".into()))?;
                 m.put_memory(first_layer, start, memory)
             }
-            TabModel::Gpu(..) | TabModel::Nn(_) => {
-                Err(unsupported("cross-attention memory runs on the wasm CPU executor only so far".into()))
-            }
+            TabModel::Gpu(m, ex) => m.put_memory(ex, first_layer, start, memory),
+            TabModel::Nn(_) => Err(unsupported("cross-attention memory has no WebNN lowering yet".into())),
         }
     }
 

@@ -17,15 +17,18 @@ use crate::policy::sharding::Strategy;
 
 pub struct Args {
     pub backend: Backend,
+    /// Where the decoder runs; `Auto`: as `decoder_backend` says for the encoder's backend.
+    pub decoder_backend: Backend,
     pub shards: u32,
     pub strategy: Strategy,
     pub json: bool,
     pub files: Vec<PathBuf>,
 }
 
-/// Where the decoder runs when the encoder runs on `backend`: the same executor where it has
-/// cross-attention over a kept memory (the CPU executors so far); otherwise the tab's wasm CPU
-/// executor — real compute, named in the output as `encoder+decoder`.
+/// Where the decoder runs by default when the encoder runs on `backend`: the same CPU executor;
+/// with WebNN (no cross-attention lowering yet) or WebGPU (whose decoder steps lose to the wasm
+/// CPU executor on a software adapter, as generation's do) the tab's wasm CPU executor — named in
+/// the output as `encoder+decoder`. `--decoder-backend webgpu` asks for WebGPU.
 fn decoder_backend(backend: Backend) -> Backend {
     match backend {
         Backend::Cpu | Backend::WasmCpu => backend,
@@ -53,7 +56,15 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     // `auto`: the tab's CPU executor runs every Whisper op today; WebGPU and WebNN serve only
     // the encoder until cross-attention has their kernels.
     let enc = if args.backend == Backend::Auto { Backend::WasmCpu } else { args.backend };
-    let dec = decoder_backend(enc);
+    let dec = if args.decoder_backend == Backend::Auto { decoder_backend(enc) } else { args.decoder_backend };
+    anyhow::ensure!(
+        (enc == Backend::Cpu) == (dec == Backend::Cpu),
+        "--backend cpu runs both parts on the host: a decoder in a tab needs an encoder in a tab"
+    );
+    anyhow::ensure!(
+        dec != Backend::Webnn,
+        "the decoder has no WebNN lowering yet (cross-attention): use wasm-cpu or webgpu"
+    );
     let mut t = if enc == Backend::Cpu {
         anyhow::ensure!(args.shards == 1, "--backend cpu runs on the host: no tabs to shard over");
         Transcriber::on_host(model)?

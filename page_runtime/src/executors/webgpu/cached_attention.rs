@@ -1,6 +1,8 @@
 //! Attention over the model's KV cache (`Op::CachedAttention`): one dispatch writes this step's
 //! k/v rows into the layer's cache buffers, the next attends over each row's session range (the
-//! pass orders the two, so the second sees the first's writes).
+//! pass orders the two, so the second sees the first's writes). Cross-attention
+//! (`Op::CrossAttention`) is the same kernel over a fixed count of rows a session's memory holds
+//! (written once by `PutMemory`), unmasked, with nothing written.
 
 use shared_proto::RemoteError;
 
@@ -42,5 +44,33 @@ pub(super) fn encode(
     let bufs: [&wgpu::Buffer; 6] = [&q.buf, &pos.buf, &kv_start.buf, &cache.k, &cache.v, &out.buf];
     let words = [rows, heads, d, scale.to_bits(), heads / kv_heads, kv_width, 0, 0];
     ex.dispatch(rec, p, &bufs, &words, (rows.div_ceil(64), 1, 1))?;
+    Ok(out)
+}
+
+/// `q[T, heads·d]`, `kv_start[T]` → `[T, heads·d]` over `rows` kept rows from each `kv_start`.
+pub(super) fn encode_cross(
+    ex: &WebGpuExecutor,
+    rec: &mut Recorder,
+    heads: u32,
+    rows: u32,
+    args: &[&GpuValue],
+    cache: &LayerCache,
+) -> Result<GpuValue, RemoteError> {
+    let (q, kv_start) = (args[0], args[1]);
+    let t = q.shape[0];
+    let d = q.shape[1] / heads;
+    if d > MAX_HEAD_DIM {
+        return Err(unsupported(format!("cross attention head width {d} (WebGPU kernel handles ≤ {MAX_HEAD_DIM})")));
+    }
+    if rows == 0 {
+        return Err(unsupported("cross attention over 0 rows".into()));
+    }
+    let out = ex.output(&q.shape);
+    let scale = 1.0f32 / (d as f32).sqrt();
+    let p = ex.pipeline("cached_attention", || include_str!("cached_attention.wgsl").into());
+    // `pos` is not read when `fixed_rows` is set: kv_start is bound in its place.
+    let bufs: [&wgpu::Buffer; 6] = [&q.buf, &kv_start.buf, &kv_start.buf, &cache.k, &cache.v, &out.buf];
+    let words = [t * heads, heads, d, scale.to_bits(), 1, heads * d, rows, 0];
+    ex.dispatch(rec, p, &bufs, &words, ((t * heads).div_ceil(64), 1, 1))?;
     Ok(out)
 }

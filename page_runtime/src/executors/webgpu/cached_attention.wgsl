@@ -1,8 +1,10 @@
 // Causal grouped-query attention over the KV cache: one invocation per (token row t, query head),
 // attending over cache rows kv_start[t] ..= kv_start[t] + pos[t] with an online softmax (as
 // attention.wgsl: no workgroup memory, no barrier). Query head h reads kv head h / group.
+// With `fixed_rows` > 0 it is cross-attention (`Op::CrossAttention`): every row attends, unmasked,
+// over the session's kept memory, rows kv_start[t] .. kv_start[t] + fixed_rows (`pos` unread).
 
-struct Params { rows: u32, heads: u32, d: u32, scale_bits: u32, group: u32, kv_width: u32, pad0: u32, pad1: u32 }
+struct Params { rows: u32, heads: u32, d: u32, scale_bits: u32, group: u32, kv_width: u32, fixed_rows: u32, pad1: u32 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> pos: array<i32>;
@@ -25,7 +27,10 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     let q_base = (t * params.heads + head) * d;
     let kv_col = (head / params.group) * d;
     let first = u32(kv_start[t]);
-    let last = first + u32(pos[t]);
+    var last = first + u32(pos[t]);
+    if (params.fixed_rows > 0u) {
+        last = first + params.fixed_rows - 1u;
+    }
 
     var acc: array<f32, 128>;
     var m = -3.4e38;

@@ -210,7 +210,10 @@ impl GpuModel {
         inputs::check(g, inputs)?;
         inputs::check_gather_ids(g, inputs)?;
         let kv = match &g.kv {
-            Some(decl) => self.kv_rows(ex, decl, check_cache_rows(decl, inputs)? + 1),
+            Some(decl) => {
+                let need = (check_cache_rows(decl, inputs)? + 1).max(cross_rows(g, decl, inputs)?);
+                self.kv_rows(ex, decl, need)
+            }
             None => Rc::default(),
         };
         let mut values: Vec<Option<GpuValue>> = vec![None; g.value_count()];
@@ -277,6 +280,11 @@ impl GpuModel {
                     let Op::CachedAttention { layer, heads, kv_heads } = node.op else { unreachable!("matched") };
                     let args: Vec<&GpuValue> = node.args.iter().map(|&a| arg(a)).collect();
                     cached_attention::encode(ex, &mut rec, heads, kv_heads, &args, &kv[layer as usize])?
+                }
+                Fuse::Alone if matches!(node.op, Op::CrossAttention { .. }) => {
+                    let Op::CrossAttention { layer, heads, rows } = node.op else { unreachable!("matched") };
+                    let args: Vec<&GpuValue> = node.args.iter().map(|&a| arg(a)).collect();
+                    cached_attention::encode_cross(ex, &mut rec, heads, rows, &args, &kv[layer as usize])?
                 }
                 Fuse::AddLayerNorm => {
                     let add = &g.nodes[ni - 1];
@@ -370,7 +378,67 @@ fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32,
     Ok(highest)
 }
 
+/// Rows cross-attention reads (`kv_start[t] + rows` at most), which must exist in the cache
+/// buffers: 0 for a graph without it.
+fn cross_rows(g: &Graph, kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32, RemoteError> {
+    let Some(rows) = g.nodes.iter().find_map(|n| match n.op {
+        Op::CrossAttention { rows, .. } => Some(rows),
+        _ => None,
+    }) else {
+        return Ok(0);
+    };
+    let starts = inputs[2].data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let end = starts.map(|s| s.max(0) as u32 + rows).max().unwrap_or(0);
+    if end > kv.max_tokens {
+        return Err(bad(format!("cross attention reads to row {end}, past the KV cache of {} rows", kv.max_tokens)));
+    }
+    Ok(end)
+}
+
 impl GpuModel {
+    /// Write a session's cross-attention memory (`[layers, 2, rows, width]`: per layer its keys,
+    /// then its values) into cache layers `first_layer..` at rows `start..start + rows`; the
+    /// bytes written.
+    pub fn put_memory(
+        &self,
+        ex: &WebGpuExecutor,
+        first_layer: usize,
+        start: usize,
+        memory: &Tensor,
+    ) -> Result<u64, RemoteError> {
+        ex.alive()?;
+        let decl = self.graph.kv.as_ref().ok_or_else(|| bad("the model has no KV cache".into()))?;
+        let width = (decl.kv_heads * decl.head_dim) as usize;
+        let &[layers, two, rows, w] = memory.shape.as_slice() else {
+            return Err(bad(format!("a memory is [layers, 2, rows, width], got {:?}", memory.shape)));
+        };
+        let (layers, rows) = (layers as usize, rows as usize);
+        if memory.dtype != DType::F32
+            || two != 2
+            || w as usize != width
+            || memory.data.len() != layers * 2 * rows * width * 4
+        {
+            return Err(bad(format!("a memory {:?} does not fit cache rows of {width} values", memory.shape)));
+        }
+        if first_layer + layers > decl.layers as usize || start + rows > decl.max_tokens as usize {
+            return Err(bad(format!(
+                "a memory of {layers} layers × {rows} rows at layer {first_layer}, row {start} is outside the cache ({} layers × {} rows)",
+                decl.layers, decl.max_tokens
+            )));
+        }
+        let kv = self.kv_rows(ex, decl, (start + rows) as u32);
+        let block = rows * width * 4;
+        let offset = (start * width * 4) as u64;
+        for l in 0..layers {
+            let cache = &kv[first_layer + l];
+            let k = &memory.data[2 * l * block..(2 * l + 1) * block];
+            let v = &memory.data[(2 * l + 1) * block..(2 * l + 2) * block];
+            ex.gpu.queue.write_buffer(&cache.k, offset, k);
+            ex.gpu.queue.write_buffer(&cache.v, offset, v);
+        }
+        Ok(memory.data.len() as u64)
+    }
+
     /// The KV cache with at least `need` rows: created at the first run, grown (the rows so far
     /// copied on the device, ordered before this run's submission) when a run writes past it.
     fn kv_rows(&self, ex: &WebGpuExecutor, decl: &shared_proto::KvDecl, need: u32) -> Rc<Vec<LayerCache>> {
