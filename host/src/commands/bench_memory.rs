@@ -298,6 +298,29 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Memory of the tab above the same tab before the model was loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Memory {
+    pub(crate) empty_tab_bytes: u64,
+    pub(crate) served_above_empty_bytes: i64,
+    pub(crate) anon_above_empty_bytes: i64,
+    pub(crate) weight_bytes: u64,
+    pub(crate) ratio: f64,
+}
+
+impl Memory {
+    pub(crate) fn of(empty: &Sample, served: &Sample, weight_bytes: u64) -> Memory {
+        let above = served.bytes as i64 - empty.bytes as i64;
+        Memory {
+            empty_tab_bytes: empty.bytes,
+            served_above_empty_bytes: above,
+            anon_above_empty_bytes: served.anon as i64 - empty.anon as i64,
+            weight_bytes,
+            ratio: above as f64 / weight_bytes as f64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,10 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 
+use super::bench_memory::{Memory, Sample, settled};
 use crate::Host;
-use crate::exec::transcriber::{TabPlacement, Transcriber};
+use crate::exec::placement::launch_for;
+use crate::exec::transcriber::Transcriber;
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
 use crate::policy::backend_choice::Backend;
@@ -75,6 +77,8 @@ struct Row {
     backend: String,
     load_s: f64,
     inputs: Vec<InputResult>,
+    /// The tab(s) after serving, above the same tabs empty, beside the model file's bytes.
+    memory: Option<Memory>,
 }
 
 /// A timed input: name, samples, and the reference ids when it has them.
@@ -103,11 +107,26 @@ fn inputs() -> anyhow::Result<Vec<BenchInput>> {
     Ok(out)
 }
 
-async fn place(host: &mut Host, model: Arc<Whisper>, s: Setup) -> anyhow::Result<Transcriber> {
+/// The setup's transcriber, and for one in tabs the tabs and their memory before loading.
+async fn place(
+    host: &mut Host,
+    model: Arc<Whisper>,
+    s: Setup,
+) -> anyhow::Result<(Transcriber, Vec<u64>, Option<Sample>)> {
     if s.encoder == Backend::Cpu {
-        return Transcriber::on_host(model);
+        return Ok((Transcriber::on_host(model)?, vec![], None));
     }
-    Transcriber::place(host, model, TabPlacement { encoder: s.encoder, decoder: s.decoder, two_tabs: s.two_tabs }).await
+    let et = launch_for(host, s.encoder).await?;
+    let dt = if s.two_tabs { launch_for(host, s.decoder).await? } else { et.clone() };
+    let tabs: Vec<u64> = if s.two_tabs { vec![et.id(), dt.id()] } else { vec![et.id()] };
+    let empty = settled(|| tab_pids(host, &tabs)).await;
+    let b = |b: Backend| b.in_tab().context("an in-tab backend");
+    let t = Transcriber::in_tabs(model, (&et, b(s.encoder)?), (&dt, b(s.decoder)?), &()).await?;
+    Ok((t, tabs, Some(empty)))
+}
+
+fn tab_pids(host: &Host, tabs: &[u64]) -> Vec<i32> {
+    tabs.iter().flat_map(|&t| host.tab_processes(t)).map(|(p, _)| p).collect()
 }
 
 pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
@@ -117,10 +136,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut failures = Vec::new();
     let mut long_ids: Option<Vec<u32>> = None;
+    // The weights as stored (f16): the bytes a user downloads.
+    let weight_bytes = std::fs::metadata(crate::models::whisper::default_dir().join("model.bin"))?.len();
     for s in SETUPS {
         eprintln!("bench transcribe: {}…", s.name);
         let t0 = Instant::now();
-        let mut t = match place(host, model.clone(), s).await {
+        let (mut t, tabs, empty) = match place(host, model.clone(), s).await {
             Ok(t) => t,
             Err(e) => {
                 failures.push(format!("{}: {e:#}", s.name));
@@ -163,7 +184,11 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                 text: out.text,
             });
         }
-        rows.push(Row { setup: s.name.into(), backend: t.backend(), load_s, inputs: results });
+        let memory = match empty {
+            Some(empty) => Some(Memory::of(&empty, &settled(|| tab_pids(host, &tabs)).await, weight_bytes)),
+            None => None,
+        };
+        rows.push(Row { setup: s.name.into(), backend: t.backend(), load_s, inputs: results, memory });
     }
     let peers = if args.peers { Some(run_peers(args.reps, args.peers_wasm)) } else { None };
     let peer_rows = match &peers {
@@ -211,6 +236,23 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                 let theirs = p.inputs.last().map(|i| i.2).unwrap_or(f64::NAN);
                 println!("| {} | {} | {:.2} |", r.setup, p.method, ours / theirs);
             }
+        }
+    }
+    println!(
+        "\nMemory of the tab(s) after serving, above the same tab(s) empty (weights as stored, f16: {:.1} MB):\n",
+        weight_bytes as f64 / 1e6
+    );
+    println!("| row | above empty MB | anonymous MB | × the weight bytes |");
+    println!("|---|---:|---:|---:|");
+    for r in &rows {
+        if let Some(m) = &r.memory {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} |",
+                r.setup,
+                m.served_above_empty_bytes as f64 / 1e6,
+                m.anon_above_empty_bytes as f64 / 1e6,
+                m.ratio
+            );
         }
     }
     for f in &failures {

@@ -18,7 +18,7 @@ use anyhow::Context;
 use serde_json::json;
 use shared_proto::Tensor;
 
-use super::bench_memory::{Sample, settled};
+use super::bench_memory::{Memory, settled};
 use crate::HostConfig;
 use crate::browser::{BrowserKind, KindSpec};
 use crate::exec::Backend;
@@ -317,29 +317,6 @@ async fn measure(
         tab_p50_ms,
         check,
     })
-}
-
-/// Memory of the tab above the same tab before the model was loaded.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Memory {
-    empty_tab_bytes: u64,
-    served_above_empty_bytes: i64,
-    anon_above_empty_bytes: i64,
-    weight_bytes: u64,
-    ratio: f64,
-}
-
-impl Memory {
-    fn of(empty: &Sample, served: &Sample, weight_bytes: u64) -> Memory {
-        let above = served.bytes as i64 - empty.bytes as i64;
-        Memory {
-            empty_tab_bytes: empty.bytes,
-            served_above_empty_bytes: above,
-            anon_above_empty_bytes: served.anon as i64 - empty.anon as i64,
-            weight_bytes,
-            ratio: above as f64 / weight_bytes as f64,
-        }
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
