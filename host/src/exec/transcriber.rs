@@ -319,11 +319,21 @@ impl Transcriber {
         let mut previous = context.to_vec();
         let (mut all, mut out, mut encode_ms, mut decode_ms, mut replaced) = (Vec::new(), Vec::new(), 0.0, 0.0, 0);
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
-        for (seek, mel) in &windows {
+        // The next window's encoding, run while this window decodes: its input does not depend
+        // on the text so far, and the encoder (WebNN, another tab, the host) runs beside the
+        // decoder's steps. A failed prefetch is simply encoded again in turn (with recovery).
+        let mut prefetched: Option<anyhow::Result<(Vec<Tensor>, f64)>> = None;
+        for (k, (seek, mel)) in windows.iter().enumerate() {
             let mut tries = 0;
             let memory = loop {
-                self.yield_to_pending().await;
-                match self.encoder.encode(mel).await {
+                let encoded = match prefetched.take() {
+                    Some(Ok(done)) => Ok(done),
+                    _ => {
+                        self.yield_to_pending().await;
+                        self.encoder.encode(mel).await
+                    }
+                };
+                match encoded {
                     Ok((outputs, ms)) => {
                         encode_ms += ms;
                         break decoder::memory(&outputs)?;
@@ -338,7 +348,18 @@ impl Transcriber {
             let prompt = self.prompt(&previous);
             let mut ids = Vec::new();
             loop {
-                match self.decode_window(memory.clone(), &prompt, &mut ids).await {
+                let decoded = match windows.get(k + 1) {
+                    Some((_, next)) if prefetched.is_none() => {
+                        let (d, e) = tokio::join!(
+                            self.decode_window(memory.clone(), &prompt, &mut ids),
+                            self.encoder.encode(next)
+                        );
+                        prefetched = Some(e);
+                        d
+                    }
+                    _ => self.decode_window(memory.clone(), &prompt, &mut ids).await,
+                };
+                match decoded {
                     Ok(ms) => {
                         decode_ms += ms;
                         break;
