@@ -814,6 +814,38 @@ impl Shared {
         }
     }
 
+    /// The backend to load `m` on in `slot`'s tab: the kind's or the pool's; for `Auto`, the
+    /// answer a tab of this kind already calibrated (with its figures), rather than compiling
+    /// every backend again (seconds on a software WebGPU adapter).
+    fn backend_for(&self, m: &ModelEntry, slot: &Slot) -> (Backend, Option<Vec<Measured>>) {
+        let backend = slot.kind.backend.unwrap_or(self.cfg.backend);
+        if backend == Backend::Auto
+            && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
+        {
+            return (known, Some(measured));
+        }
+        (backend, None)
+    }
+
+    /// The calibration a replica keeps: the known one, or the one just `measured` — which is
+    /// remembered for the kind, as the backend `chosen`, when a calibration ran.
+    fn remember_calibration(
+        m: &ModelEntry,
+        slot: &Slot,
+        known: Option<Vec<Measured>>,
+        chosen: Option<&shared_proto::ExecBackend>,
+        measured: Vec<Measured>,
+    ) -> Vec<Measured> {
+        known.unwrap_or_else(|| {
+            if let (false, Some(exec)) = (measured.is_empty(), chosen) {
+                m.calibrations.fetch_add(1, Ordering::Relaxed);
+                let chosen = Backend::forcing(exec);
+                m.calibrated.lock().expect("calibrated").insert(slot.kind.name.clone(), (chosen, measured.clone()));
+            }
+            measured
+        })
+    }
+
     async fn load_batches(
         &self,
         m: &ModelEntry,
@@ -821,26 +853,10 @@ impl Shared {
         slot: &Slot,
         progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
-        let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
-        let mut known_calibration = None;
-        if backend == Backend::Auto
-            && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
-        {
-            // A tab of this kind already calibrated this model: reuse its answer rather than
-            // compile every backend again (seconds on a software WebGPU adapter).
-            backend = known;
-            known_calibration = Some(measured);
-        }
+        let (backend, known) = self.backend_for(m, slot);
         let (tm, measured) =
             load_in_tab(&slot.tab, model, backend, progress).await.map_err(|e| (backend.to_string(), e))?;
-        let calibration = known_calibration.unwrap_or_else(|| {
-            if !measured.is_empty() {
-                m.calibrations.fetch_add(1, Ordering::Relaxed);
-                let chosen = Backend::forcing(&tm.backend);
-                m.calibrated.lock().expect("calibrated").insert(slot.kind.name.clone(), (chosen, measured.clone()));
-            }
-            measured
-        });
+        let calibration = Self::remember_calibration(m, slot, known, Some(&tm.backend), measured);
         let backend = tm.backend.to_string();
         Ok((Runner::Batches(tm), backend, calibration))
     }
@@ -873,24 +889,10 @@ impl Shared {
         slot: &Slot,
         progress: &dyn crate::exec::WeightUpload,
     ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
-        let mut backend = slot.kind.backend.unwrap_or(self.cfg.backend);
-        let mut known_calibration = None;
-        if backend == Backend::Auto
-            && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
-        {
-            backend = known;
-            known_calibration = Some(measured);
-        }
+        let (backend, known) = self.backend_for(m, slot);
         let (t, measured) =
             parts.load_in_tab(&slot.tab, backend, progress).await.map_err(|e| (backend.to_string(), e))?;
-        let calibration = known_calibration.unwrap_or_else(|| {
-            if let (false, Some(exec)) = (measured.is_empty(), t.encoder_backend()) {
-                m.calibrations.fetch_add(1, Ordering::Relaxed);
-                let chosen = Backend::forcing(&exec);
-                m.calibrated.lock().expect("calibrated").insert(slot.kind.name.clone(), (chosen, measured.clone()));
-            }
-            measured
-        });
+        let calibration = Self::remember_calibration(m, slot, known, t.encoder_backend().as_ref(), measured);
         let backend = t.backend();
         Ok((Runner::Speech(Box::new(tokio::sync::Mutex::new(t.with_gate(self.gate.clone())))), backend, calibration))
     }
