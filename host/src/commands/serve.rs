@@ -59,8 +59,9 @@ pub async fn run(
         println!("{}", pool.metrics().render());
         println!("tabpool serve: {} tab(s) ready", pool.metrics().connections);
         println!(
-            "tabpool serve: models {:?}; `tabpool status --api {addr}`; POST http://{addr}/embed {{\"texts\": [...]}}; \
-             POST http://{addr}/generate {{\"prompt\": \"...\"}} (server-sent events); Ctrl-C to stop",
+            "tabpool serve: models {:?}; `tabpool status --api {addr}`; OpenAI API at http://{addr}/v1 (embeddings, \
+             chat/completions, completions, images/classifications, audio/transcriptions), Open Inference Protocol at \
+             /v2; Ctrl-C to stop",
             pool.models()
         );
         std::future::pending::<()>().await;
