@@ -436,15 +436,16 @@ async fn run_infer(pool: &Pool, model: &str, headers: &HeaderMap, body: Bytes) -
 /// Each mel row transcribed on its own, all at once (the pool queues them for its replicas).
 async fn speech_infer(pool: &Pool, model: &str, input: Input, id: Option<String>) -> Result<Response, Refused> {
     let Input::Tensor(t) = input else { unreachable!("an FP32 input is a tensor") };
-    let rows = crate::family::unstack(&t);
-    if let Some(bad) = t.to_f32().and_then(|v| v.into_iter().find(|x| !x.is_finite())) {
+    // The shape was checked against the signature: rows of 80 × 3000 values.
+    let values = t.to_f32().unwrap_or_default();
+    if let Some(bad) = values.iter().find(|x| !x.is_finite()) {
         return Err(Refused::from(error(
             StatusCode::BAD_REQUEST,
             format!("the mel tensor holds {bad}: values must be finite"),
         )));
     }
-    let runs = rows.iter().map(|r| {
-        let mel = Mel { data: r.to_f32().unwrap_or_default(), content_frames: 3000 };
+    let runs = values.chunks_exact(80 * 3000).map(|row| {
+        let mel = Mel { data: row.to_vec(), content_frames: 3000 };
         pool.transcribe(Some(model), Audio::Windows(vec![(0, mel)], 30.0), vec![], None)
     });
     let done: Vec<_> = futures_util::future::join_all(runs)

@@ -34,18 +34,10 @@ pub struct Args {
     pub json: bool,
 }
 
-const IMAGES: [&[u8]; 2] = [
-    include_bytes!("../../../tests/data/efficientnet/chelsea.png"),
-    include_bytes!("../../../tests/data/efficientnet/coffee.png"),
-];
-const CLIPS: [&[u8]; 2] = [
-    include_bytes!("../../../tests/data/whisper/robert_boston.wav"),
-    include_bytes!("../../../tests/data/whisper/quarterly_report.wav"),
-];
-const TRANSCRIPTS: [&str; 2] = [
-    "Robert drove 250 miles to visit his grandmother in Boston.",
-    "Please send the quarterly report to the finance team before Friday afternoon.",
-];
+// The reference images and clips the vision and speech benches carry (built into the binary).
+use super::bench_transcribe::{CLIPS, REFERENCE_JSON};
+use super::bench_vision::IMAGE_BYTES as IMAGES;
+
 const SENTENCES: &str = include_str!("../../data/bench_sentences.txt");
 
 /// One round of the mix, per family.
@@ -93,6 +85,8 @@ struct Setup<'a> {
     chat_prompt: Vec<u32>,
     stop_ids: Vec<u32>,
     audio: Vec<Arc<Vec<f32>>>,
+    /// Each clip's reference transcript.
+    transcripts: Vec<String>,
 }
 
 /// `/proc/stat`'s first line: (busy, total) jiffies of all cores.
@@ -145,7 +139,7 @@ async fn one(s: &Setup<'_>, f: Family, i: usize) -> anyhow::Result<f64> {
         Family::Audio => {
             let k = i % CLIPS.len();
             let t = s.pool.transcribe(None, Audio::Samples(s.audio[k].clone()), vec![], None).await?;
-            anyhow::ensure!(t.transcript.text == TRANSCRIPTS[k], "transcript {:?}", t.transcript.text);
+            anyhow::ensure!(t.transcript.text == s.transcripts[k], "transcript {:?}", t.transcript.text);
         }
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
@@ -199,7 +193,14 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
         }])?;
         let audio = CLIPS
             .iter()
-            .map(|c| Ok(Arc::new(crate::models::whisper::audio::decode(c)?.samples)))
+            .map(|(_, c)| Ok(Arc::new(crate::models::whisper::audio::decode(c)?.samples)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let refj: serde_json::Value = serde_json::from_str(REFERENCE_JSON)?;
+        let transcripts = refj["cases"]
+            .as_array()
+            .context("the reference's cases")?
+            .iter()
+            .map(|c| c["transcript"].as_str().map(str::to_string).context("a transcript"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let s = Setup {
             sentences: SENTENCES.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
@@ -207,6 +208,7 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
             chat_prompt,
             stop_ids: g.model.stop_ids().to_vec(),
             audio,
+            transcripts,
             pool: &pool,
         };
         // Warm-up: every graph compiled, every backend calibrated, before anything is timed.

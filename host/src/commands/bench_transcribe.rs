@@ -29,11 +29,11 @@ pub struct Args {
     pub json: bool,
 }
 
-const CLIPS: [(&str, &[u8]); 2] = [
+pub(crate) const CLIPS: [(&str, &[u8]); 2] = [
     ("robert_boston", include_bytes!("../../../tests/data/whisper/robert_boston.wav")),
     ("quarterly_report", include_bytes!("../../../tests/data/whisper/quarterly_report.wav")),
 ];
-const REFERENCE_JSON: &str = include_str!("../../../tests/data/whisper/whisper_tiny_en.json");
+pub(crate) const REFERENCE_JSON: &str = include_str!("../../../tests/data/whisper/whisper_tiny_en.json");
 
 /// One placement of the model.
 #[derive(Clone, Copy)]

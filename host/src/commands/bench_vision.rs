@@ -46,7 +46,7 @@ const MEMORY_TARGET: f64 = 2.0;
 
 /// The reference images and their float64 answers (tests/data/efficientnet), built into the
 /// binary: a bench run must not depend on the source tree it was compiled from still being there.
-const IMAGE_BYTES: [&[u8]; 2] = [
+pub(crate) const IMAGE_BYTES: [&[u8]; 2] = [
     include_bytes!("../../../tests/data/efficientnet/chelsea.png"),
     include_bytes!("../../../tests/data/efficientnet/coffee.png"),
 ];

@@ -23,7 +23,7 @@ use crate::policy::recovery::Category;
 use crate::store::Record;
 
 /// Streams fail after this long without any usable replica (all tabs lost and none replaced).
-const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const NO_REPLICA_WAIT: Duration = Duration::from_secs(120);
 /// How often a waiting stream looks again even without a wake-up (a breaker half-opening).
 const RECHECK: Duration = Duration::from_millis(250);
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::PoolError;
 use super::breakers;
+use super::generation::NO_REPLICA_WAIT;
 use super::state::{ModelEntry, Replica, Runner, Shared};
 use crate::exec::transcriber::Transcript;
 use crate::models::whisper::audio::Mel;
@@ -72,6 +73,8 @@ pub(crate) async fn transcribe(
     let until = deadline.map(|d| started + d);
     let mut abandon = shared.abandon.subscribe();
     let (mut attempts, mut avoid) = (0u32, Vec::new());
+    // Since when no replica has been usable at all (busy ones are waited for, like a queue).
+    let mut none_usable: Option<Instant> = None;
     loop {
         if *abandon.borrow() || shared.closed.load(Ordering::SeqCst) {
             return Err(PoolError::ShutDown);
@@ -80,10 +83,16 @@ pub(crate) async fn transcribe(
             return Err(PoolError::Deadline { after: deadline.unwrap_or_default() });
         }
         let Some(r) = pick(shared, m, &avoid) else {
-            if m.replicas.lock().expect("replicas").is_empty() && attempts > 0 {
-                // Every replica is gone; the pool's recovery may bring one back: keep waiting
-                // within the deadline, but say why if it never does.
-                tracing::debug!(model = m.name, "no speech replica left; waiting for recovery");
+            // Every replica lost: the pool's recovery may bring one back, as for generation
+            // streams, but not waited for without end.
+            if m.replicas.lock().expect("replicas").iter().any(|r| r.slot.usable()) {
+                none_usable = None;
+            } else if none_usable.get_or_insert_with(Instant::now).elapsed() > NO_REPLICA_WAIT {
+                m.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::Failed {
+                    attempts,
+                    message: format!("no replica of {} was usable for {NO_REPLICA_WAIT:?}", m.name),
+                });
             }
             let wait = until.map_or(Duration::from_millis(200), |u| {
                 u.saturating_duration_since(Instant::now()).min(Duration::from_millis(200))

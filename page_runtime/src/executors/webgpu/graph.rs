@@ -29,6 +29,8 @@ pub struct GpuModel {
     /// cache the graph declares is for every session's whole context — 8 × 2048 rows in the pool,
     /// 755 MB for SmolLM2 — and is not held before it is used.
     kv: RefCell<Option<(u32, Rc<Vec<LayerCache>>)>>,
+    /// Rows a cross-attention node reads from each session's start (none in most graphs).
+    cross_rows: Option<u32>,
 }
 
 /// The fewest rows a KV cache buffer is created with.
@@ -125,7 +127,12 @@ impl GpuModel {
         if let Some(decl) = &graph.kv {
             ex.check_kv(decl)?;
         }
+        let cross_rows = graph.nodes.iter().find_map(|n| match n.op {
+            Op::CrossAttention { rows, .. } => Some(rows),
+            _ => None,
+        });
         Ok(GpuModel {
+            cross_rows,
             kv: RefCell::default(),
             qkv: RefCell::default(),
             plan,
@@ -211,7 +218,7 @@ impl GpuModel {
         inputs::check_gather_ids(g, inputs)?;
         let kv = match &g.kv {
             Some(decl) => {
-                let need = (check_cache_rows(decl, inputs)? + 1).max(cross_rows(g, decl, inputs)?);
+                let need = (check_cache_rows(decl, inputs)? + 1).max(cross_end(self.cross_rows, decl, inputs)?);
                 self.kv_rows(ex, decl, need)
             }
             None => Rc::default(),
@@ -378,15 +385,10 @@ fn check_cache_rows(kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32,
     Ok(highest)
 }
 
-/// Rows cross-attention reads (`kv_start[t] + rows` at most), which must exist in the cache
-/// buffers: 0 for a graph without it.
-fn cross_rows(g: &Graph, kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32, RemoteError> {
-    let Some(rows) = g.nodes.iter().find_map(|n| match n.op {
-        Op::CrossAttention { rows, .. } => Some(rows),
-        _ => None,
-    }) else {
-        return Ok(0);
-    };
+/// The cache rows cross-attention reads to (`kv_start[t] + rows` at most), which must exist in
+/// the cache buffers: 0 for a graph without it.
+fn cross_end(rows: Option<u32>, kv: &shared_proto::KvDecl, inputs: &[Tensor]) -> Result<u32, RemoteError> {
+    let Some(rows) = rows else { return Ok(0) };
     let starts = inputs[2].data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     let end = starts.map(|s| s.max(0) as u32 + rows).max().unwrap_or(0);
     if end > kv.max_tokens {
