@@ -158,3 +158,112 @@ async fn a_transcription_whose_tab_is_lost_is_answered_from_the_other_tab() {
     }
     pool.shutdown().await;
 }
+
+/// Speech split over two tabs in the pool (`[generation] shards = 2`, strategy component — what
+/// `serve --shards 2 --strategy component` sets): one replica, its encoder in one tab and its
+/// decoder in the other. A three-window transcription gives each window its clip's reference
+/// text; the decoder's tab lost mid-run is replaced while the request runs (its session replayed,
+/// the same request answered on its first attempt); the encoder's tab lost mid-run loses the
+/// replica, and the request is answered once the pool has rebuilt the split. Token-identical to
+/// the undisturbed run both times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_replica_survives_losing_either_tab() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tabpool::browser::{BrowserKind, KindSpec};
+    use tabpool::models::whisper::audio;
+    use tabpool::policy::routing::ModelType;
+    use tabpool::policy::sharding::Strategy;
+    use tabpool::pool::speech::Audio;
+    use tabpool::pool::{ModelSpec, Pool, PoolConfig};
+
+    let _procs = support::process_guard();
+    let mut cfg = PoolConfig {
+        min_tabs: 2,
+        max_tabs: 2,
+        kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
+        hedge: false,
+        ..PoolConfig::default()
+    };
+    cfg.scaling.enabled = false;
+    cfg.generation.shards = 2;
+    cfg.generation.strategy = Strategy::Component;
+    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    pool.load(ModelSpec::of_type(ModelType::Audio)).await.unwrap();
+    let name = "whisper-tiny.en";
+    assert_eq!(pool.replica_count(name), Some(1));
+    // Which tab holds which part, as the status shows it.
+    let parts = |pool: &Pool| -> Vec<(u64, String)> {
+        let m = pool.metrics();
+        let model = m.models.iter().find(|x| x.name == name).unwrap().clone();
+        assert_eq!(model.pipelines.len(), 1, "one split replica");
+        assert_eq!(model.pipelines[0].strategy, "component");
+        model.pipelines[0].tabs.iter().map(|t| (t.tab, t.parts.clone())).collect()
+    };
+    let before = parts(&pool);
+    assert_eq!(before.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(), ["encoder", "decoder"]);
+    assert_ne!(before[0].0, before[1].0);
+
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
+    let cases = refj["cases"].as_array().unwrap();
+    let clip = |i: usize| {
+        let f = cases[i]["file"].as_str().unwrap();
+        audio::decode(&std::fs::read(format!("{data}/{f}")).unwrap()).unwrap().samples
+    };
+    let mut samples = Vec::new();
+    for i in [0, 1, 0] {
+        samples.resize(samples.len().div_ceil(audio::N_SAMPLES) * audio::N_SAMPLES, 0.0);
+        samples.extend(clip(i));
+    }
+    let samples = Arc::new(samples);
+    let want: Vec<&str> = [0, 1, 0].iter().map(|&i| cases[i]["transcript"].as_str().unwrap()).collect();
+    let undisturbed = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None).await.unwrap();
+    let texts: Vec<&str> = undisturbed.transcript.windows.iter().map(|w| w.text.trim()).collect();
+    assert_eq!(texts, want);
+    assert!(undisturbed.backend.ends_with("×2 component"), "{}", undisturbed.backend);
+    // One clip alone: the reference's ids.
+    let one = pool.transcribe(None, Audio::Samples(Arc::new(clip(1))), vec![], None).await.unwrap();
+    let ids: Vec<u32> = cases[1]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(one.transcript.ids, ids);
+
+    // Cut `victim`'s socket 0.8 s into a transcription; its answer.
+    let cut_during = async |victim: u64| {
+        let t = Instant::now();
+        let run = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None);
+        let kill = async {
+            while !pool.metrics().tabs.iter().any(|t| t.streams > 0) {
+                assert!(t.elapsed() < Duration::from_secs(30), "the transcription never started");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            assert!(pool.disconnect_tab(victim));
+        };
+        let (done, ()) = tokio::join!(run, kill);
+        let done = done.unwrap();
+        eprintln!(
+            "cut tab {victim}: answered after {} attempt(s), {} tab(s) replaced, in {:.1} s",
+            done.attempts,
+            done.transcript.tabs_replaced,
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(done.transcript.ids, undisturbed.transcript.ids, "token-identical after losing tab {victim}");
+        done
+    };
+
+    // The decoder's tab: replaced in flight, the same attempt.
+    let done = cut_during(before[1].0).await;
+    assert_eq!(done.attempts, 1);
+    assert!(done.transcript.tabs_replaced >= 1);
+    let after = parts(&pool);
+    assert_eq!(after[0].0, before[0].0, "the encoder stayed");
+    assert!(pool.metrics().tabs.iter().any(|t| t.id == after[1].0), "the decoder is in a live tab");
+
+    // The encoder's tab (the replica's own): the replica is lost and rebuilt, the request run again.
+    let done = cut_during(after[0].0).await;
+    assert_eq!(done.attempts, 2);
+    assert_eq!(pool.replica_count(name), Some(1));
+    assert_eq!(parts(&pool).len(), 2);
+    pool.shutdown().await;
+}

@@ -1,9 +1,12 @@
 //! `tabpool bench transcribe`: Whisper tiny.en speed where it runs — the host's CPU executor, a
 //! tab's wasm CPU executor, a WebNN encoder with the decoder on the tab's wasm CPU, and the
-//! component split over two tabs — on the peers' protocol (`anchors/audio/README.md`): the two
+//! component split over two tabs, and a pool of two whole replicas given a file each at once — on
+//! the peers' protocol (`anchors/audio/README.md`): the two
 //! reference clips and a 29.2-s input of five clips (robert, 1 s of zeros, quarterly, 1 s, robert,
 //! 1 s, quarterly, 1 s, robert), timed from samples to text, one warm-up then `--reps` rounds, the
 //! median per input; ids checked against the reference (clips) and the cpu row (long input).
+//! The split's time per file is also predicted (`policy::speech_split`) from the one-tab row's
+//! measured parts and the parallelism the pool row measured, and shown beside what it measured.
 //! `--peers` runs `anchors/audio/run.sh` (faster-whisper, whisper.cpp native and in a tab) and
 //! prints our rows' speed over each peer's, measured in the same run.
 
@@ -16,10 +19,11 @@ use serde_json::json;
 use super::bench_memory::{Memory, Sample, settled};
 use crate::Host;
 use crate::exec::placement::launch_for;
-use crate::exec::transcriber::Transcriber;
+use crate::exec::transcriber::{Transcriber, Transcript};
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
 use crate::policy::backend_choice::Backend;
+use crate::policy::speech_split::{self, PartTimes};
 
 pub struct Args {
     pub reps: usize,
@@ -69,6 +73,8 @@ struct InputResult {
     x_realtime: f64,
     ids_match: Option<bool>,
     text: String,
+    /// The parts' measured times (tab rows).
+    parts: Option<PartTimes>,
 }
 
 #[derive(serde::Serialize)]
@@ -175,6 +181,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                     }
                 },
             };
+            let parts = (s.encoder != Backend::Cpu).then(|| part_times(&out, s.encoder != Backend::WasmCpu));
             results.push(InputResult {
                 name: name.clone(),
                 audio_s,
@@ -182,6 +189,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                 x_realtime: audio_s / median_s,
                 ids_match,
                 text: out.text,
+                parts,
             });
         }
         let memory = match empty {
@@ -190,6 +198,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         };
         rows.push(Row { setup: s.name.into(), backend: t.backend(), load_s, inputs: results, memory });
     }
+    eprintln!("bench transcribe: {POOL_ROW}…");
+    match pool_of_two(host, &model, &inputs, args.reps, &long_ids).await {
+        Ok(row) => rows.push(row),
+        Err(e) => failures.push(format!("{POOL_ROW}: {e:#}")),
+    }
+    let predictions = predictions(&rows);
     let peers = if args.peers { Some(run_peers(args.reps, args.peers_wasm)) } else { None };
     let peer_rows = match &peers {
         Some(Ok(p)) => p.clone(),
@@ -200,7 +214,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         None => vec![],
     };
     if args.json {
-        let out = json!({ "rows": rows, "peers": peer_rows, "failures": failures, "reps": args.reps });
+        let out = json!({ "rows": rows, "split_predictions": predictions, "peers": peer_rows, "failures": failures, "reps": args.reps });
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
@@ -225,6 +239,32 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     for p in &peer_rows {
         let cells: Vec<String> = p.inputs.iter().map(|(_, s, x)| format!("{s:.3} ({x:.2}×)")).collect();
         println!("| peer: {} | | {:.2} | {} | |", p.method, p.load_s, cells.join(" | "));
+    }
+    println!(
+        "\nThe {POOL_ROW} row: two files at once, one per tab; its time is both files', its speed both files' audio over it."
+    );
+    if !predictions.is_empty() {
+        println!(
+            "\nThe split predicted (policy::speech_split, from the one-tab row's parts and the pool row's parallelism) against measured:\n"
+        );
+        println!(
+            "| input | windows | encode / decode ms a window | parallel | one tab s | split predicted s | split measured s | verdict |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---|");
+        for p in &predictions {
+            println!(
+                "| {} | {} | {:.0} / {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {} |",
+                p.input,
+                p.parts.windows,
+                p.parts.encode_ms,
+                p.parts.decode_ms,
+                p.parallel,
+                p.one_tab_s,
+                p.predicted.split_ms / 1e3,
+                p.split_measured_s,
+                p.verdict
+            );
+        }
     }
     if !peer_rows.is_empty() {
         println!("\nSpeed ratios on the long input (ours x realtime / peer's, same run):\n");
@@ -262,6 +302,119 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         println!("\nlong input transcript (cpu row): {:?}", t.text);
     }
     Ok(())
+}
+
+const POOL_ROW: &str = "pool of 2 tabs: webnn encoder + wasm-cpu decoder each";
+const ONE_TAB_ROW: usize = 2;
+const SPLIT_ROW: usize = 3;
+
+/// A transcript's parts per window, for the planner.
+fn part_times(t: &Transcript, overlaps_in_one_tab: bool) -> PartTimes {
+    let w = t.windows.len().max(1) as f64;
+    PartTimes {
+        windows: t.windows.len(),
+        front_ms: t.front_ms,
+        encode_ms: t.encode_wall_ms / w,
+        decode_ms: t.decode_wall_ms / w,
+        overlaps_in_one_tab,
+    }
+}
+
+/// Two tabs, each with both parts (WebNN encoder, wasm decoder), given the same file at once:
+/// per input one warm-up, then `reps` rounds, the median wall time for both files.
+async fn pool_of_two(
+    host: &mut Host,
+    model: &Arc<Whisper>,
+    inputs: &[BenchInput],
+    reps: usize,
+    long_ids: &Option<Vec<u32>>,
+) -> anyhow::Result<Row> {
+    let t0 = Instant::now();
+    let mut ts = Vec::new();
+    for _ in 0..2 {
+        let tab = launch_for(host, Backend::Webnn).await?;
+        let b = |b: Backend| b.in_tab().context("an in-tab backend");
+        ts.push(
+            Transcriber::in_tabs(model.clone(), (&tab, b(Backend::Webnn)?), (&tab, b(Backend::WasmCpu)?), &()).await?,
+        );
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+    let backend = ts[0].backend();
+    let [a, b] = &mut ts[..] else { unreachable!("two transcribers") };
+    let mut results = Vec::new();
+    for (name, samples, want) in inputs {
+        let both = async |a: &mut Transcriber, b: &mut Transcriber| {
+            let (x, y) = tokio::join!(a.transcribe(samples.clone()), b.transcribe(samples.clone()));
+            anyhow::Ok((x?, y?))
+        };
+        both(a, b).await?;
+        let mut secs = Vec::new();
+        let mut last = None;
+        for _ in 0..reps {
+            let t1 = Instant::now();
+            let out = both(a, b).await?;
+            secs.push(t1.elapsed().as_secs_f64());
+            last = Some(out);
+        }
+        let (x, y) = last.expect("reps ≥ 1");
+        secs.sort_by(f64::total_cmp);
+        let median_s = secs[secs.len() / 2];
+        let audio_s = samples.len() as f64 / audio::SAMPLE_RATE as f64;
+        let want = want.as_ref().or(long_ids.as_ref());
+        results.push(InputResult {
+            name: name.clone(),
+            audio_s: 2.0 * audio_s,
+            median_s,
+            x_realtime: 2.0 * audio_s / median_s,
+            ids_match: want.map(|w| x.ids == *w && y.ids == *w),
+            text: x.text,
+            parts: None,
+        });
+    }
+    Ok(Row { setup: POOL_ROW.into(), backend, load_s, inputs: results, memory: None })
+}
+
+#[derive(serde::Serialize)]
+struct SplitPrediction {
+    input: String,
+    parts: PartTimes,
+    /// Two tabs at once against one: both files' time in the pool row over one file's in the
+    /// one-tab row, ×2.
+    parallel: f64,
+    one_tab_s: f64,
+    predicted: speech_split::SpeechPrediction,
+    split_measured_s: f64,
+    verdict: String,
+}
+
+/// Per input, the split predicted from the one-tab row and the pool row's parallelism.
+fn predictions(rows: &[Row]) -> Vec<SplitPrediction> {
+    let (Some(one), Some(split), Some(pool)) = (
+        rows.iter().find(|r| r.setup == SETUPS[ONE_TAB_ROW].name),
+        rows.iter().find(|r| r.setup == SETUPS[SPLIT_ROW].name),
+        rows.iter().find(|r| r.setup == POOL_ROW),
+    ) else {
+        return vec![];
+    };
+    one.inputs
+        .iter()
+        .zip(&split.inputs)
+        .zip(&pool.inputs)
+        .filter_map(|((o, s), p)| {
+            let parts = o.parts?;
+            let parallel = 2.0 * o.median_s / p.median_s;
+            let predicted = speech_split::predict(&parts, parallel);
+            Some(SplitPrediction {
+                input: o.name.clone(),
+                parts,
+                parallel,
+                one_tab_s: o.median_s,
+                predicted,
+                split_measured_s: s.median_s,
+                verdict: speech_split::verdict(&parts, &predicted),
+            })
+        })
+        .collect()
 }
 
 /// A peer harness row: method, load s, per input (name, median s, x realtime).

@@ -47,7 +47,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
     /// Tabs per generation replica: above 1 each replica is a pipeline of this many stage tabs,
-    /// each holding only its share of the model (`[generation] shards`).
+    /// each holding only its share of the model (`[generation] shards`). A speech model takes
+    /// 2 with strategy component: its encoder in one tab, its decoder in another.
     #[arg(long)]
     pub shards: Option<u32>,
     /// How a sharded replica splits: layer, pipeline, component, attention-ffn (`[generation] strategy`).

@@ -18,7 +18,7 @@ use shared_proto::{ExecBackend, Graph, Sampling, StepRow, Tensor};
 
 use crate::exec::gate::Gate;
 use crate::exec::placement::launch_for;
-use crate::exec::{Stepper, TabModel, WeightUpload, load_in_tab};
+use crate::exec::{Replacer, Stepper, TabModel, WeightUpload, load_in_tab};
 use crate::models::whisper::Whisper;
 use crate::models::whisper::audio::{self, HOP_LENGTH, Mel, N_FRAMES, SAMPLE_RATE};
 use crate::models::whisper::decoder::{self, DecoderLimits};
@@ -117,6 +117,11 @@ pub struct Transcript {
     /// Encoder and decoder executor time, ms.
     pub encode_ms: f64,
     pub decode_ms: f64,
+    /// Wall time of the front end, and of the encoder's and the decoder's calls (round trips and
+    /// the encoder output's crossing included; overlapped calls each count whole), ms.
+    pub front_ms: f64,
+    pub encode_wall_ms: f64,
+    pub decode_wall_ms: f64,
     /// Tabs replaced because they were lost on the way.
     pub tabs_replaced: u32,
 }
@@ -138,6 +143,9 @@ pub struct Transcriber {
     placement: Option<TabPlacement>,
     /// In a pool: short requests go before each of this transcription's calls.
     gate: Option<Arc<Gate>>,
+    /// In a pool whose replica spans two tabs: a new decoder in another tab when the decoder's
+    /// tab is lost (called with 1, the decoder's stage).
+    decoder_replacer: Option<Replacer>,
 }
 
 /// Where the parts of a tab placement run: backends, and whether they share one tab.
@@ -177,20 +185,53 @@ impl SpeechParts {
         backend: Backend,
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<(Transcriber, Vec<Measured>)> {
-        let (tm, measured) = load_in_tab(tab, &self.encoder, backend, progress).await?;
+        self.load_in_tabs(tab, tab, backend, progress).await
+    }
+
+    /// The encoder in `enc` (on `backend`, calibrated as in [`Self::load_in_tab`]) and the
+    /// decoder in `dec`, both loading at once: one tab when they are the same, else the
+    /// component split (the encoder's output crosses once per window, the steps stay in `dec`).
+    pub async fn load_in_tabs(
+        &self,
+        enc: &Tab,
+        dec: &Tab,
+        backend: Backend,
+        progress: &dyn WeightUpload,
+    ) -> anyhow::Result<(Transcriber, Vec<Measured>)> {
+        let ((tm, measured), decoder) = if enc.id() == dec.id() {
+            // In turn: the encoder's calibration is timed with nothing else in its tab.
+            let encoder = load_in_tab(enc, &self.encoder, backend, progress).await?;
+            (encoder, self.load_decoder(dec, progress).await?)
+        } else {
+            let (encoder, decoder) =
+                tokio::join!(load_in_tab(enc, &self.encoder, backend, progress), self.load_decoder(dec, progress));
+            (encoder?, decoder?)
+        };
+        Ok((Transcriber::new(self.model.clone(), EncoderRunner::Tab(tm), decoder), measured))
+    }
+
+    /// The decoder in `tab`, where generation's rule puts a decode loop.
+    pub async fn load_decoder(&self, tab: &Tab, progress: &dyn WeightUpload) -> anyhow::Result<Stepper> {
         let name = format!("{}-decoder", self.model.name);
         let (graph, weights) = &self.decoder;
         let exec = for_generation(Backend::Auto, tab.caps())?;
-        let decoder = Stepper::in_tab(tab, &name, graph, weights, exec.clone(), progress)
+        Stepper::in_tab(tab, &name, graph, weights, exec.clone(), progress)
             .await
-            .with_context(|| format!("loading the Whisper decoder on {exec} in tab {}", tab.id()))?;
-        Ok((Transcriber::new(self.model.clone(), EncoderRunner::Tab(tm), decoder), measured))
+            .with_context(|| format!("loading the Whisper decoder on {exec} in tab {}", tab.id()))
     }
 }
 
 impl Transcriber {
     pub fn new(model: Arc<Whisper>, encoder: EncoderRunner, decoder: Stepper) -> Transcriber {
-        Transcriber { model, encoder, decoder, sessions: AtomicU64::new(1), placement: None, gate: None }
+        Transcriber {
+            model,
+            encoder,
+            decoder,
+            sessions: AtomicU64::new(1),
+            placement: None,
+            gate: None,
+            decoder_replacer: None,
+        }
     }
 
     /// Both on the host's CPU executor.
@@ -230,6 +271,13 @@ impl Transcriber {
     /// Let pending short requests go before each encoder window and decoder step.
     pub fn with_gate(mut self, gate: Arc<Gate>) -> Transcriber {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Replace a lost decoder tab through `replacer` (the pool's: a free tab, a new one, or the
+    /// lost one once recovered), replaying the window's session there.
+    pub fn with_decoder_replacer(mut self, replacer: Replacer) -> Transcriber {
+        self.decoder_replacer = Some(replacer);
         self
     }
 
@@ -294,7 +342,10 @@ impl Transcriber {
         let duration_s = samples.len() as f64 / SAMPLE_RATE as f64;
         let windows: Vec<(usize, Mel)> =
             tokio::task::spawn_blocking(move || audio::MelWindows::new(&samples).collect()).await?;
-        self.run_windows(t0, windows, duration_s, context, host).await
+        let front_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut out = self.run_windows(t0, windows, duration_s, context, host).await?;
+        out.front_ms = front_ms;
+        Ok(out)
     }
 
     /// Transcribe log-mel windows already made (`(first frame, window)`, in order), each
@@ -318,6 +369,7 @@ impl Transcriber {
     ) -> anyhow::Result<Transcript> {
         let mut previous = context.to_vec();
         let (mut all, mut out, mut encode_ms, mut decode_ms, mut replaced) = (Vec::new(), Vec::new(), 0.0, 0.0, 0);
+        let (mut encode_wall_ms, mut decode_wall_ms) = (0.0, 0.0);
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
         // The next window's encoding, run while this window decodes: its input does not depend
         // on the text so far, and the encoder (WebNN, another tab, the host) runs beside the
@@ -330,7 +382,9 @@ impl Transcriber {
                     Some(Ok(done)) => Ok(done),
                     _ => {
                         self.yield_to_pending().await;
-                        self.encoder.encode(mel).await
+                        let (e, wall) = timed(self.encoder.encode(mel)).await;
+                        encode_wall_ms += wall;
+                        e
                     }
                 };
                 match encoded {
@@ -348,17 +402,19 @@ impl Transcriber {
             let prompt = self.prompt(&previous);
             let mut ids = Vec::new();
             loop {
-                let decoded = match windows.get(k + 1) {
+                let (decoded, wall) = match windows.get(k + 1) {
                     Some((_, next)) if prefetched.is_none() => {
-                        let (d, e) = tokio::join!(
-                            self.decode_window(memory.clone(), &prompt, &mut ids),
-                            self.encoder.encode(next)
+                        let ((d, d_wall), (e, e_wall)) = tokio::join!(
+                            timed(self.decode_window(memory.clone(), &prompt, &mut ids)),
+                            timed(self.encoder.encode(next))
                         );
                         prefetched = Some(e);
-                        d
+                        encode_wall_ms += e_wall;
+                        (d, d_wall)
                     }
-                    _ => self.decode_window(memory.clone(), &prompt, &mut ids).await,
+                    _ => timed(self.decode_window(memory.clone(), &prompt, &mut ids)).await,
                 };
+                decode_wall_ms += wall;
                 match decoded {
                     Ok(ms) => {
                         decode_ms += ms;
@@ -386,12 +442,16 @@ impl Transcriber {
             elapsed_s: t0.elapsed().as_secs_f64(),
             encode_ms,
             decode_ms,
+            front_ms: 0.0,
+            encode_wall_ms,
+            decode_wall_ms,
             tabs_replaced: replaced,
         })
     }
 
-    /// After `err` from `part`: when its tab is gone and a host can launch another, load the
-    /// part(s) that tab held into a new one; otherwise `err` stands.
+    /// After `err` from `part`: when its tab is gone and a host can launch another (or, for the
+    /// decoder, the pool's replacer gives one), load the part(s) that tab held into a new one;
+    /// otherwise `err` stands.
     async fn replace_lost(
         &mut self,
         host: Option<&mut Host>,
@@ -399,7 +459,6 @@ impl Transcriber {
         tries: u32,
         part: Part,
     ) -> anyhow::Result<()> {
-        let (Some(host), Some(p)) = (host, self.placement) else { return Err(err) };
         let lost = match part {
             Part::Encoder => self.encoder.tab(),
             Part::Decoder => self.decoder_tab(),
@@ -408,6 +467,13 @@ impl Transcriber {
         if tries > MAX_REPLACEMENTS_PER_WINDOW || !(connection || lost.is_some_and(|t| !t.is_connected())) {
             return Err(err);
         }
+        if let (Part::Decoder, Some(replace)) = (part, self.decoder_replacer.clone()) {
+            tracing::warn!("whisper: the decoder's tab was lost ({err:#}); replacing it");
+            self.decoder =
+                replace(1).await.with_context(|| format!("replacing the lost decoder tab after: {err:#}"))?;
+            return Ok(());
+        }
+        let (Some(host), Some(p)) = (host, self.placement) else { return Err(err) };
         tracing::warn!("whisper: the {part:?} tab was lost ({err:#}); replacing it");
         let b = |b: Backend| b.in_tab().context("an in-tab backend");
         let model = self.model.clone();
@@ -475,6 +541,13 @@ impl Transcriber {
         let _ = self.decoder.close(session).await;
         result
     }
+}
+
+/// `f`'s output and its wall time in ms.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let t = Instant::now();
+    let out = f.await;
+    (out, t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// The two parts, for recovery.

@@ -10,6 +10,7 @@ pub mod recovery;
 pub mod routing;
 pub mod scaling;
 pub mod sharding;
+pub mod speech_split;
 pub mod step_batching;
 pub mod trend;
 

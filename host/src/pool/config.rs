@@ -102,7 +102,8 @@ pub struct GenerationToml {
     /// Streams waiting for a free session place per model before new ones are refused as busy.
     pub max_waiting: usize,
     /// Tabs one replica spans (1: a whole model per tab). Above 1 a replica is a pipeline of
-    /// this many stage tabs, each holding only its share of the weights and KV cache.
+    /// this many stage tabs, each holding only its share of the weights and KV cache. Speech
+    /// models follow it too, but only as 2 by component (encoder | decoder).
     pub shards: u32,
     /// How a sharded replica is split: layer, pipeline (layer ranges, a step's sessions in
     /// micro-batches), component or attention-ffn (both need shards = 2). Hybrid needs measured

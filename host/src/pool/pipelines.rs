@@ -24,7 +24,7 @@ use futures_util::future::BoxFuture;
 use shared_proto::{Graph, Tensor};
 
 use super::breakers;
-use super::state::{Generator, ModelEntry, Runner, Shared, Slot};
+use super::state::{Generator, ModelEntry, Replica, Runner, Shared, Slot};
 use crate::exec::pipeline::StageCall;
 use crate::exec::{Decoder, Pipeline, Replacer, StageObserver, StepLimits, Stepper};
 use crate::family::{KvLimits, SessionModel};
@@ -161,10 +161,13 @@ pub fn label(parts: &[Part]) -> String {
 }
 
 impl Shared {
-    /// Serials of the slots `m`'s replicas use: their own slots and every pipeline stage's.
+    /// Serials of the slots `m`'s replicas use: their own slots and every pipeline stage's —
+    /// also of replicas taken out that a running request still holds (`ModelEntry::leaving`).
     pub(crate) fn slots_in_use(m: &ModelEntry) -> HashSet<u64> {
         let mut used = HashSet::new();
-        for r in m.replicas.lock().expect("replicas").iter() {
+        let leaving: Vec<Arc<Replica>> =
+            m.leaving.lock().expect("leaving").iter().filter_map(|w| w.upgrade()).collect();
+        for r in m.replicas.lock().expect("replicas").iter().chain(&leaving) {
             used.insert(r.slot.serial);
             if let Some(st) = &r.stages {
                 used.extend(st.slots().iter().map(|s| s.serial));
@@ -272,9 +275,7 @@ impl Shared {
         })
     }
 
-    /// A tab for lost stage `i` — a free one, else a new one below `max_tabs`, else wait (up to
-    /// [`REPLACE_WAIT`]) for one to come free, as the lost tab does once the pool's recovery
-    /// has reloaded it — claimed, and the stage loaded into it.
+    /// A tab for lost stage `i` ([`Self::claim_replacement`]), and the stage loaded into it.
     async fn replace_stage(
         self: &Arc<Self>,
         m: &Arc<ModelEntry>,
@@ -297,50 +298,9 @@ impl Shared {
             stages.loaded_on.lock().expect("stages")[i] = old.serial;
             return Ok(stepper);
         }
-        if !old.tab.is_connected() {
-            let (s, slot) = (self.clone(), old.clone());
-            self.spawn_background(async move {
-                s.recover(slot, Category::Connection, "a pipeline stage's tab was lost").await
-            });
-        }
-        let slot = loop {
-            anyhow::ensure!(!self.closed.load(Ordering::SeqCst), "the pool is shutting down");
-            let claim = m.claiming.lock().await;
-            let found = match self.free_for(m, old.serial).into_iter().next() {
-                Some(s) => Some(s),
-                None if self.live_tabs() < self.cfg.max_tabs => {
-                    let order: Vec<_> = self.kind_order(Some((&m.name, m.model_type)));
-                    let order: Vec<_> = order.into_iter().filter(|k| m.allows(&k.name)).collect();
-                    match self.launch_first(&order, Some(m)).await {
-                        Ok(s) => {
-                            s.recovering.store(false, Ordering::SeqCst);
-                            self.log(
-                                "grow",
-                                Some(&s.kind.name),
-                                Some(s.id),
-                                &format!("to replace stage {i} of {}", m.name),
-                            );
-                            Some(s)
-                        }
-                        Err(e) => {
-                            tracing::warn!("no new tab for stage {i} of {}: {e:#}", m.name);
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            if let Some(s) = found {
-                stages.slots.lock().expect("stages")[tab] = s.clone();
-                break s;
-            }
-            drop(claim);
-            if t.elapsed() > REPLACE_WAIT {
-                self.note_recovery(&old, Category::Connection, "replace_stage", false, t, "no free tab came");
-                anyhow::bail!("no tab came free within {REPLACE_WAIT:?} to replace stage {i} of {}", m.name);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let what = format!("stage {i} of {}", m.name);
+        let slot =
+            self.claim_replacement(m, &old, &what, |s| stages.slots.lock().expect("stages")[tab] = s.clone()).await?;
         let loaded = self.load_stage(m, g, i, &slot, &()).await;
         if loaded.is_ok() {
             stages.loaded_on.lock().expect("stages")[i] = slot.serial;
@@ -353,6 +313,57 @@ impl Shared {
             }
         }
         loaded
+    }
+
+    /// A tab to replace `old` (lost) for `what` of `m`: a free one, else a new one below
+    /// `max_tabs`, else wait (up to [`REPLACE_WAIT`]) for one to come free, as the lost tab does
+    /// once the pool's recovery has reloaded it. `take` records it as used while `m`'s claim is
+    /// held, so no other load gets it.
+    pub(crate) async fn claim_replacement(
+        self: &Arc<Self>,
+        m: &Arc<ModelEntry>,
+        old: &Arc<Slot>,
+        what: &str,
+        take: impl Fn(&Arc<Slot>),
+    ) -> anyhow::Result<Arc<Slot>> {
+        let t = Instant::now();
+        if !old.tab.is_connected() {
+            let (s, slot, why) = (self.clone(), old.clone(), format!("the tab of {what} was lost"));
+            self.spawn_background(async move { s.recover(slot, Category::Connection, &why).await });
+        }
+        loop {
+            anyhow::ensure!(!self.closed.load(Ordering::SeqCst), "the pool is shutting down");
+            let claim = m.claiming.lock().await;
+            let found = match self.free_for(m, old.serial).into_iter().next() {
+                Some(s) => Some(s),
+                None if self.live_tabs() < self.cfg.max_tabs => {
+                    let order: Vec<_> = self.kind_order(Some((&m.name, m.model_type)));
+                    let order: Vec<_> = order.into_iter().filter(|k| m.allows(&k.name)).collect();
+                    match self.launch_first(&order, Some(m)).await {
+                        Ok(s) => {
+                            s.recovering.store(false, Ordering::SeqCst);
+                            self.log("grow", Some(&s.kind.name), Some(s.id), &format!("to replace {what}"));
+                            Some(s)
+                        }
+                        Err(e) => {
+                            tracing::warn!("no new tab for {what}: {e:#}");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(s) = found {
+                take(&s);
+                return Ok(s);
+            }
+            drop(claim);
+            if t.elapsed() > REPLACE_WAIT {
+                self.note_recovery(old, Category::Connection, "replace_stage", false, t, "no free tab came");
+                anyhow::bail!("no tab came free within {REPLACE_WAIT:?} to replace {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Takes and books each stage call (after the lead) in that stage tab's breaker and latency

@@ -9,27 +9,48 @@
 //! image by at most one encoder window, never by the whole file. Transcriptions queue per model
 //! for a free replica (bounded by `max_queue`, then 429), first come first served.
 //!
-//! Recovery: a request whose tab fails is run again from its first window on another replica
-//! (greedy decoding is deterministic: the transcript is the one an undisturbed run gives); the
-//! failed tab goes to the pool's recovery, which reloads both parts into it.
+//! Split (`[generation] shards = 2`, strategy component; `serve --shards 2 --strategy
+//! component`): a replica is two tabs, the encoder in its own slot (the lead, calibrated there)
+//! and the decoder in a second one claimed from the free tabs (`StageSlots`, shown in the status
+//! like a pipeline's stages). A window's encoder output crosses to the decoder's tab once; the
+//! decoder's steps never leave it.
+//!
+//! Recovery: a lost decoder tab of a split replica is replaced while the request runs (a free
+//! tab, a new one, or the lost one once the pool's recovery has reloaded it) and the window's
+//! session replayed there — its memory sent again, prompt and ids so far re-run. Any other lost
+//! tab (one holding both parts, or a split's encoder) loses the replica: the request is run again
+//! from its first window on another replica. Either way the transcript is the one an undisturbed
+//! run gives (greedy decoding is deterministic), and the failed tab goes to the pool's recovery,
+//! which loads a replica into it again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use std::sync::{Mutex, OnceLock};
+
+use futures_util::future::BoxFuture;
+
 use super::PoolError;
 use super::breakers;
 use super::generation::NO_REPLICA_WAIT;
-use super::state::{ModelEntry, Replica, Runner, Shared};
-use crate::exec::transcriber::Transcript;
+use super::pipelines::StageSlots;
+use super::state::{ModelEntry, Replica, Runner, Shared, Slot};
+use crate::exec::transcriber::{SpeechParts, Transcript};
+use crate::exec::{Replacer, Stepper, WeightUpload};
 use crate::models::whisper::audio::Mel;
+use crate::policy::backend_choice::Measured;
 use crate::policy::breaker::Outcome;
 use crate::policy::recovery::Category;
+use crate::policy::sharding::Strategy;
 use crate::store::Record;
 use crate::tab::TabError;
 
 /// Attempts per request, each on a different replica when there is one.
 const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a split replica's load waits for a lost replica's request to let go of a tab.
+const DECODER_TAB_WAIT: Duration = Duration::from_secs(60);
 
 /// What to transcribe.
 pub enum Audio {
@@ -111,7 +132,12 @@ pub(crate) async fn transcribe(
         };
         attempts += 1;
         let queue_ms = started.elapsed().as_secs_f64() * 1e3;
-        r.slot.streams.fetch_add(1, Ordering::SeqCst);
+        // A split's other tab is busy too (the scaler must not take it for idle).
+        let tabs: Vec<Arc<Slot>> = match &r.stages {
+            Some(st) => st.slots(),
+            None => vec![r.slot.clone()],
+        };
+        tabs.iter().for_each(|s| _ = s.streams.fetch_add(1, Ordering::SeqCst));
         // Counted as running: shutdown gives it the grace running batches get.
         shared.running_batches.fetch_add(1, Ordering::SeqCst);
         let t0 = Instant::now();
@@ -127,8 +153,10 @@ pub(crate) async fn transcribe(
         };
         drop(t);
         shared.running_batches.fetch_sub(1, Ordering::SeqCst);
-        r.slot.streams.fetch_sub(1, Ordering::SeqCst);
-        *r.slot.last_active.lock().expect("slot") = Instant::now();
+        for s in &tabs {
+            s.streams.fetch_sub(1, Ordering::SeqCst);
+            *s.last_active.lock().expect("slot") = Instant::now();
+        }
         m.wake.notify_one();
         let took = t0.elapsed();
         let Some(result) = result else {
@@ -185,6 +213,7 @@ fn pick(shared: &Shared, m: &ModelEntry, avoid: &[u64]) -> Option<Arc<Replica>> 
         .filter(|r| matches!(&r.run, Runner::Speech(t) if t.try_lock().is_ok()))
         .filter(|r| r.slot.breaker.lock().expect("breaker").would_admit(now))
         .filter(|r| r.breaker.lock().expect("breaker").would_admit(now))
+        .filter(|r| r.stages.as_ref().is_none_or(|st| st.admit(now)))
         .cloned()
         .collect();
     if free.iter().any(|r| !avoid.contains(&r.slot.serial)) {
@@ -239,6 +268,117 @@ fn settle(
             shared.count_failure(c);
             shared.record(&m.name, &r.slot.kind.name, &r.backend, false, 0.0);
         }
+    }
+}
+
+/// A loaded speech replica: its runner, backend label, calibration, and its tabs when split.
+type Loaded = (Runner, String, Vec<Measured>, Option<Arc<StageSlots>>);
+
+impl Shared {
+    /// A speech replica led by `slot`: the encoder there (calibrated like a batch model, per kind
+    /// once) and the decoder there too, or — split — in a free tab claimed under `m.claiming`.
+    /// `Ok(None)`: split, and no free tab for the decoder; `slot` stays free for a later replica.
+    pub(super) async fn load_speech(
+        self: &Arc<Self>,
+        m: &Arc<ModelEntry>,
+        parts: &Arc<SpeechParts>,
+        slot: &Arc<Slot>,
+        progress: &dyn WeightUpload,
+    ) -> Result<Option<Loaded>, (String, anyhow::Error)> {
+        let (backend, known) = self.backend_for(m, slot);
+        let err = |e: anyhow::Error| (backend.to_string(), e);
+        let (t, measured, stages) = if self.speech_split() {
+            // A free tab for the decoder. One a lost replica's running request still holds (its
+            // decoder, when the lead was lost) comes free when that request ends: waited for.
+            let t0 = Instant::now();
+            let (_claim, dec) = loop {
+                let claim = m.claiming.lock().await;
+                if let Some(dec) = self.free_for(m, slot.serial).into_iter().next() {
+                    break (claim, dec);
+                }
+                drop(claim);
+                let held = m.leaving.lock().expect("leaving").iter().any(|w| w.strong_count() > 0);
+                if !held || t0.elapsed() > DECODER_TAB_WAIT || self.closed.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let (t, measured) = parts.load_in_tabs(&slot.tab, &dec.tab, backend, progress).await.map_err(err)?;
+            let stages = Arc::new(StageSlots {
+                slots: Mutex::new(vec![slot.clone(), dec.clone()]),
+                stage_tab: vec![0, 1],
+                loaded_on: Mutex::new(vec![slot.serial, dec.serial]),
+                labels: vec!["encoder".into(), "decoder".into()],
+                strategy: Strategy::Component,
+                stepper: OnceLock::new(),
+            });
+            self.log(
+                "split",
+                Some(&slot.kind.name),
+                Some(slot.id),
+                &format!("{}: encoder in tab {}, decoder in tab {}", m.name, slot.id, dec.id),
+            );
+            let t = t.with_decoder_replacer(self.decoder_replacer(m, parts, &stages));
+            (t, measured, Some(stages))
+        } else {
+            let (t, measured) = parts.load_in_tab(&slot.tab, backend, progress).await.map_err(err)?;
+            (t, measured, None)
+        };
+        let calibration = Self::remember_calibration(m, slot, known, t.encoder_backend().as_ref(), measured);
+        let label = match stages {
+            Some(_) => format!("{} ×2 component", t.backend()),
+            None => t.backend(),
+        };
+        let run = Runner::Speech(Box::new(tokio::sync::Mutex::new(t.with_gate(self.gate.clone()))));
+        Ok(Some((run, label, calibration, stages)))
+    }
+
+    /// The pool's replacement of a split replica's lost decoder tab, holding only weak
+    /// references (the transcriber lives inside the model entry and the pool).
+    fn decoder_replacer(
+        self: &Arc<Self>,
+        m: &Arc<ModelEntry>,
+        parts: &Arc<SpeechParts>,
+        stages: &Arc<StageSlots>,
+    ) -> Replacer {
+        let (shared, m, parts, stages) =
+            (Arc::downgrade(self), Arc::downgrade(m), Arc::downgrade(parts), Arc::downgrade(stages));
+        Arc::new(move |_| {
+            let (shared, m, parts, stages) = (shared.clone(), m.clone(), parts.clone(), stages.clone());
+            Box::pin(async move {
+                let gone = || anyhow::anyhow!("the pool or the model is gone");
+                let (shared, m) = (shared.upgrade().ok_or_else(gone)?, m.upgrade().ok_or_else(gone)?);
+                let (parts, stages) = (parts.upgrade().ok_or_else(gone)?, stages.upgrade().ok_or_else(gone)?);
+                shared.replace_decoder(&m, &parts, &stages).await
+            }) as BoxFuture<'static, anyhow::Result<Stepper>>
+        })
+    }
+
+    /// A tab for a split replica's lost decoder ([`Shared::claim_replacement`]), the decoder
+    /// loaded into it.
+    async fn replace_decoder(
+        self: &Arc<Self>,
+        m: &Arc<ModelEntry>,
+        parts: &SpeechParts,
+        stages: &StageSlots,
+    ) -> anyhow::Result<Stepper> {
+        let t = Instant::now();
+        let old = stages.slots()[1].clone();
+        let what = format!("the decoder of {}", m.name);
+        let slot =
+            self.claim_replacement(m, &old, &what, |s| stages.slots.lock().expect("stages")[1] = s.clone()).await?;
+        let loaded = parts.load_decoder(&slot.tab, &()).await;
+        let detail = format!("{what} moved from tab {} to tab {}", old.id, slot.id);
+        match &loaded {
+            Ok(_) => {
+                stages.loaded_on.lock().expect("stages")[1] = slot.serial;
+                self.note_recovery(&slot, Category::Connection, "replace_stage", true, t, &detail)
+            }
+            Err(e) => {
+                self.note_recovery(&slot, Category::Connection, "replace_stage", false, t, &format!("{detail}: {e:#}"))
+            }
+        }
+        loaded
     }
 }
 

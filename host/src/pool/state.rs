@@ -25,6 +25,7 @@ use crate::policy::breaker::Breaker;
 use crate::policy::health;
 use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
+use crate::policy::sharding::Strategy;
 use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
 
@@ -221,6 +222,10 @@ pub(crate) struct ModelEntry {
     /// Kinds its replicas may live on (`ModelSpec::on_kinds`); any when `None`.
     pub kinds: Option<Vec<String>>,
     pub replicas: Mutex<Vec<Arc<Replica>>>,
+    /// Replicas taken out (a lost tab) that a running request may still hold: their other tabs
+    /// stay theirs until it lets go (`Shared::slots_in_use`), so no new replica loads over a
+    /// part still in use.
+    pub leaving: Mutex<Vec<std::sync::Weak<Replica>>>,
     pub queue: Mutex<VecDeque<Job>>,
     /// A job arrived or a tab freed up: the batcher looks again.
     pub wake: Notify,
@@ -633,6 +638,10 @@ impl Shared {
             if reps.iter().any(|r| Arc::ptr_eq(&r.slot, &old)) {
                 had.push(m.clone());
             }
+            let mut leaving = m.leaving.lock().expect("leaving");
+            leaving.retain(|w| w.strong_count() > 0);
+            leaving.extend(reps.iter().filter(|r| Arc::ptr_eq(&r.slot, &old)).map(Arc::downgrade));
+            drop(leaving);
             reps.retain(|r| !Arc::ptr_eq(&r.slot, &old));
         }
         self.wake_all();
@@ -789,7 +798,22 @@ impl Shared {
                 Err(e) => Err(e),
             },
             Family::Generation(g) => self.load_generator(g, slot, &progress).await,
-            Family::Speech(w) => self.load_speech(m, w, slot, &progress).await,
+            Family::Speech(w) => match self.load_speech(m, w, slot, &progress).await {
+                Ok(Some((run, backend, calibration, st))) => {
+                    stages = st;
+                    Ok((run, backend, calibration))
+                }
+                Ok(None) => {
+                    let why = format!(
+                        "{}: its encoder | decoder split needs 1 more free tab; this one waits as a spare",
+                        m.name
+                    );
+                    self.log("spare", Some(&slot.kind.name), Some(slot.id), &why);
+                    progress.phase("spare", Some(&why));
+                    return false;
+                }
+                Err(e) => Err(e),
+            },
         };
         match loaded {
             Ok((run, backend, calibration)) => {
@@ -814,10 +838,26 @@ impl Shared {
         }
     }
 
+    /// Whether a replica of `family` spans more than one tab (a pipeline, or speech split into
+    /// encoder | decoder): such replicas load one after another, each claiming its other tabs.
+    pub(super) fn spans_tabs(&self, family: &Family) -> bool {
+        match family {
+            Family::Generation(g) => g.sharded.is_some(),
+            Family::Speech(_) => self.speech_split(),
+            Family::Batches(_) => false,
+        }
+    }
+
+    /// Speech replicas are encoder | decoder over two tabs (`[generation] shards = 2`, strategy
+    /// component; `load_model` refuses any other split for a speech model).
+    pub(super) fn speech_split(&self) -> bool {
+        self.cfg.generation.shards == 2 && self.cfg.generation.strategy == Strategy::Component
+    }
+
     /// The backend to load `m` on in `slot`'s tab: the kind's or the pool's; for `Auto`, the
     /// answer a tab of this kind already calibrated (with its figures), rather than compiling
     /// every backend again (seconds on a software WebGPU adapter).
-    fn backend_for(&self, m: &ModelEntry, slot: &Slot) -> (Backend, Option<Vec<Measured>>) {
+    pub(super) fn backend_for(&self, m: &ModelEntry, slot: &Slot) -> (Backend, Option<Vec<Measured>>) {
         let backend = slot.kind.backend.unwrap_or(self.cfg.backend);
         if backend == Backend::Auto
             && let Some((known, measured)) = m.calibrated.lock().expect("calibrated").get(&slot.kind.name).cloned()
@@ -829,7 +869,7 @@ impl Shared {
 
     /// The calibration a replica keeps: the known one, or the one just `measured` — which is
     /// remembered for the kind, as the backend `chosen`, when a calibration ran.
-    fn remember_calibration(
+    pub(super) fn remember_calibration(
         m: &ModelEntry,
         slot: &Slot,
         known: Option<Vec<Measured>>,
@@ -880,23 +920,6 @@ impl Shared {
         Ok((Runner::Sessions { decoder, streams: AtomicUsize::new(0) }, exec.to_string(), vec![]))
     }
 
-    /// A speech replica: the encoder (calibrated like a batch model, per kind once) and the
-    /// decoder in the slot's tab.
-    async fn load_speech(
-        &self,
-        m: &ModelEntry,
-        parts: &SpeechParts,
-        slot: &Slot,
-        progress: &dyn crate::exec::WeightUpload,
-    ) -> Result<(Runner, String, Vec<Measured>), (String, anyhow::Error)> {
-        let (backend, known) = self.backend_for(m, slot);
-        let (t, measured) =
-            parts.load_in_tab(&slot.tab, backend, progress).await.map_err(|e| (backend.to_string(), e))?;
-        let calibration = Self::remember_calibration(m, slot, known, t.encoder_backend().as_ref(), measured);
-        let backend = t.backend();
-        Ok((Runner::Speech(Box::new(tokio::sync::Mutex::new(t.with_gate(self.gate.clone())))), backend, calibration))
-    }
-
     /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.
     pub async fn retire(&self, slot: &Arc<Slot>, action: &str, reason: &str) {
         if slot.retired.swap(true, Ordering::SeqCst) {
@@ -934,7 +957,16 @@ impl Shared {
         let family = tokio::task::spawn_blocking(move || -> anyhow::Result<Family> {
             Ok(match crate::models::registry::load(ty, dir.as_deref())? {
                 Loaded::Batches(m) => Family::Batches(m),
-                Loaded::Speech(w) => Family::Speech(Arc::new(SpeechParts::build(w)?)),
+                Loaded::Speech(w) => {
+                    // Whisper has two components: the pool's split, if any, is encoder | decoder.
+                    anyhow::ensure!(
+                        shards == 1 || (shards == 2 && strategy == Strategy::Component),
+                        "{} splits by component only (encoder | decoder): shards 1, or 2 with strategy component, not {shards} by {}",
+                        w.name,
+                        strategy.name()
+                    );
+                    Family::Speech(Arc::new(SpeechParts::build(w)?))
+                }
                 Loaded::Sessions(mut model) => {
                     let sharded = match shards {
                         1 => None,
@@ -964,6 +996,7 @@ impl Shared {
             want_replicas: spec.replicas,
             kinds: spec.kinds.clone(),
             replicas: Mutex::new(Vec::new()),
+            leaving: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -981,7 +1014,7 @@ impl Shared {
         let mut slots: Vec<Arc<Slot>> =
             self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
-        let ok = if matches!(&entry.family, Family::Generation(g) if g.sharded.is_some()) {
+        let ok = if self.spans_tabs(&entry.family) {
             // Pipelines one after another: each claims its stage tabs from those left (its
             // stages load at once).
             let count = || entry.replicas.lock().expect("replicas").len();

@@ -309,6 +309,42 @@ mod tests {
         assert_eq!(cache.rows(0), 0, "other layers untouched");
     }
 
+    /// Cross attention of two sessions' rows over the memories `PutMemory` wrote for each (layer 1
+    /// of 2), against f64 over the same rows: every memory row, no mask, per head.
+    #[test]
+    fn cross_attention_over_put_memories_matches_f64() {
+        let (heads, d, rows) = (3, 8, 5);
+        let w = heads * d;
+        let decl = KvDecl { layers: 2, kv_heads: heads as u32, head_dim: d as u32, max_tokens: 16, max_sessions: 2 };
+        let mut cache = KvCache::new(&decl);
+        // One memory per session, for both layers ([layers, 2, rows, width]), at rows 0 and 8.
+        let memories = [noise(2 * 2 * rows * w, 41), noise(2 * 2 * rows * w, 42)];
+        for (m, start) in memories.iter().zip([0, 8]) {
+            cache.put_memory(0, start, &[2, 2, rows as u32, w as u32], m).unwrap();
+        }
+        // Three query rows: two of session 0, one of session 1.
+        let starts = [0, 0, 8];
+        let q = noise(starts.len() * w, 43);
+        let got = cross_attention(&mut cache, 1, heads, rows, &q, &starts).unwrap();
+        let mut worst = 0f64;
+        for (ti, &s) in starts.iter().enumerate() {
+            let m = &memories[(s == 8) as usize];
+            // Layer 1's keys and values in the memory's layout.
+            let layer = &m[2 * rows * w..];
+            let keys: Vec<Vec<f32>> = (0..rows).map(|r| layer[r * w..(r + 1) * w].to_vec()).collect();
+            let values: Vec<Vec<f32>> = (0..rows).map(|r| layer[(rows + r) * w..(rows + r + 1) * w].to_vec()).collect();
+            let want = reference(&q[ti * w..(ti + 1) * w], &keys, &values, heads, heads, d);
+            for (g, w) in got[ti * w..(ti + 1) * w].iter().zip(&want) {
+                worst = worst.max((*g as f64 - w).abs());
+                assert!((*g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "row {ti}: {g} vs {w}");
+            }
+        }
+        eprintln!("cross attention: max |Δ| against f64 {worst:.1e}");
+        // Rows past the cache are refused, not read.
+        let e = cross_attention(&mut cache, 1, heads, rows, &q[..w], &[12]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadInput);
+    }
+
     #[test]
     fn rows_outside_the_cache_are_refused() {
         let decl = KvDecl { layers: 1, kv_heads: 1, head_dim: 4, max_tokens: 8, max_sessions: 1 };
