@@ -383,7 +383,10 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             if let Some(st) = all.get_mut(&name) {
                 st.sessions.commit(&plan);
             }
-            (Ok(Reply::Stepped { tokens, device_ms: run.device_ms }), Vec::new())
+            // The graph's further outputs (e.g. Whisper's token probabilities) go back as the
+            // frame's tensors.
+            let extra = run.outputs.split_off(1);
+            (Ok(Reply::Stepped { tokens, device_ms: run.device_ms }), extra)
         }
     })
 }

@@ -319,6 +319,8 @@ fn render(format: Format, t: &Transcribed) -> Response {
                         "text": w.text,
                         "tokens": w.ids,
                         "temperature": 0.0,
+                        "avg_logprob": w.avg_logprob,
+                        "no_speech_prob": w.no_speech_prob,
                     })
                 })
                 .collect();

@@ -88,7 +88,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             .map(|(p, t)| {
                 let windows: Vec<_> =
                     t.windows.iter().map(|w| json!({ "start_s": w.start_s, "end_s": w.end_s, "text": w.text })).collect();
-                json!({ "path": p.display().to_string(), "ids": t.ids, "text": t.text, "windows": windows, "rtf": t.rtf() })
+                // Where the time went: executor time of each part, and each part's calls end to end.
+                let ms = json!({
+                    "front": t.front_ms, "encoder": t.encode_ms, "decoder": t.decode_ms,
+                    "encoder_calls": t.encode_wall_ms, "decoder_calls": t.decode_wall_ms,
+                });
+                json!({ "path": p.display().to_string(), "ids": t.ids, "text": t.text, "windows": windows, "rtf": t.rtf(), "ms": ms })
             })
             .collect();
         let out = json!({ "files": files, "backend": t.backend(), "tabs": t.tabs() });

@@ -148,6 +148,41 @@ impl Stepper {
         }
     }
 
+    /// One step of a whole model: the sampled ids, the graph's further outputs (after its ids),
+    /// and the executor's time.
+    pub async fn step_with_outputs(&self, rows: Vec<StepRow>) -> anyhow::Result<(Vec<u32>, Vec<Tensor>, f64)> {
+        let n = rows.len();
+        match self {
+            Stepper::Host { model, sessions, vocab } => {
+                let (model, sessions, vocab) = (model.clone(), sessions.clone(), *vocab);
+                tokio::task::spawn_blocking(move || {
+                    let plan = sessions.lock().expect("sessions").plan_stage(model.graph(), &rows, vocab, vec![])?;
+                    let t0 = std::time::Instant::now();
+                    let mut out = model.run(&plan.inputs)?;
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    sessions.lock().expect("sessions").commit(&plan);
+                    anyhow::ensure!(!out.is_empty(), "a step has an output");
+                    let extra = out.split_off(1);
+                    match step_out(out.swap_remove(0), n)? {
+                        StepOut::Tokens(t) => Ok((t, extra, ms)),
+                        other => bail!("a step of {n} rows gave {other:?}"),
+                    }
+                })
+                .await?
+            }
+            Stepper::Tab(tm) => {
+                let req = Request::Step { model: tm.name.clone(), rows };
+                match tm.tab.call(req, Vec::new(), RUN_TIMEOUT).await? {
+                    (Reply::Stepped { tokens, device_ms }, extra) if tokens.len() == n => {
+                        Ok((tokens, extra, device_ms))
+                    }
+                    (other, _) => bail!("tab {} answered {other:?} to a Step of {n} rows", tm.tab.id()),
+                }
+            }
+            Stepper::Pipeline(_) => bail!("a pipeline's steps give ids only"),
+        }
+    }
+
     /// One step with `hidden` (a stage's input from the stage before it; empty for a model or
     /// first stage that embeds the rows' ids).
     pub async fn step_with(&self, rows: Vec<StepRow>, hidden: Vec<Tensor>) -> anyhow::Result<(StepOut, f64)> {

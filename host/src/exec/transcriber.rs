@@ -4,9 +4,10 @@
 //! greedily until end-of-text, conditioned on the text so far (`<|startofprev|>` + the last 223
 //! ids before the window's `<|startoftranscript|> <|notimestamps|>`).
 //!
-//! Not done (faster-whisper does it): skipping a window its no-speech probability calls silent
-//! (`no_speech_threshold` with `log_prob_threshold`); and temperature fallback, which the
-//! reference's settings (temperatures `[0.0]`) turn off too.
+//! A window faster-whisper would judge silent (no-speech probability over 0.6 and an average
+//! log-probability not above −1: `Decoding::judged_silent`) is left out, and its text does not
+//! condition the next one. Not done: temperature fallback, which the reference's settings
+//! (temperatures `[0.0]`) turn off too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +102,10 @@ pub struct Window {
     /// Generated ids, end-of-text excluded.
     pub ids: Vec<u32>,
     pub text: String,
+    /// The no-speech probability and faster-whisper's average log-probability (none without
+    /// ids) the window was judged by ([`Decoding::judged_silent`]).
+    pub no_speech_prob: f64,
+    pub avg_logprob: Option<f64>,
 }
 
 /// A whole file's result.
@@ -124,6 +129,9 @@ pub struct Transcript {
     pub decode_wall_ms: f64,
     /// Tabs replaced because they were lost on the way.
     pub tabs_replaced: u32,
+    /// Windows judged silent and left out of the text and the ids, as faster-whisper skips them
+    /// ([`Decoding::judged_silent`]); what they decoded is kept here.
+    pub skipped: Vec<Window>,
 }
 
 impl Transcript {
@@ -369,7 +377,7 @@ impl Transcriber {
     ) -> anyhow::Result<Transcript> {
         let mut previous = context.to_vec();
         let (mut all, mut out, mut encode_ms, mut decode_ms, mut replaced) = (Vec::new(), Vec::new(), 0.0, 0.0, 0);
-        let (mut encode_wall_ms, mut decode_wall_ms) = (0.0, 0.0);
+        let (mut encode_wall_ms, mut decode_wall_ms, mut skipped) = (0.0, 0.0, Vec::new());
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
         // The next window's encoding, run while this window decodes: its input does not depend
         // on the text so far, and the encoder (WebNN, another tab, the host) runs beside the
@@ -400,19 +408,19 @@ impl Transcriber {
                 }
             };
             let prompt = self.prompt(&previous);
-            let mut ids = Vec::new();
+            let mut done = Decoding::default();
             loop {
                 let (decoded, wall) = match windows.get(k + 1) {
                     Some((_, next)) if prefetched.is_none() => {
                         let ((d, d_wall), (e, e_wall)) = tokio::join!(
-                            timed(self.decode_window(memory.clone(), &prompt, &mut ids)),
+                            timed(self.decode_window(memory.clone(), &prompt, &mut done)),
                             timed(self.encoder.encode(next))
                         );
                         prefetched = Some(e);
                         encode_wall_ms += e_wall;
                         (d, d_wall)
                     }
-                    _ => timed(self.decode_window(memory.clone(), &prompt, &mut ids)).await,
+                    _ => timed(self.decode_window(memory.clone(), &prompt, &mut done)).await,
                 };
                 decode_wall_ms += wall;
                 match decoded {
@@ -427,11 +435,22 @@ impl Transcriber {
                     }
                 }
             }
+            let silent = done.judged_silent();
+            let (no_speech_prob, avg_logprob) = (done.no_speech_prob, done.avg_logprob());
+            let ids = done.ids;
             let text = self.model.text(&ids)?;
-            all.extend_from_slice(&ids);
-            previous.extend_from_slice(&ids);
             let frames = mel.content_frames.min(N_FRAMES);
-            out.push(Window { start_s: *seek as f64 * frame_s, end_s: (seek + frames) as f64 * frame_s, ids, text });
+            let (start_s, end_s) = (*seek as f64 * frame_s, (seek + frames) as f64 * frame_s);
+            let window = Window { start_s, end_s, ids, text, no_speech_prob, avg_logprob };
+            if silent {
+                // As faster-whisper: no segment, and nothing for the next window's prompt.
+                tracing::debug!(window = k, no_speech_prob, "window judged silent: skipped");
+                skipped.push(window);
+                continue;
+            }
+            all.extend_from_slice(&window.ids);
+            previous.extend_from_slice(&window.ids);
+            out.push(window);
         }
         let text = out.iter().map(|w| w.text.as_str()).collect::<String>().trim().to_string();
         Ok(Transcript {
@@ -446,6 +465,7 @@ impl Transcriber {
             encode_wall_ms,
             decode_wall_ms,
             tabs_replaced: replaced,
+            skipped,
         })
     }
 
@@ -511,27 +531,43 @@ impl Transcriber {
         p
     }
 
-    /// Greedy decoding of one window whose cross memory is `memory`, appending to `ids` until
-    /// end-of-text; the decoder's executor time in ms. Ids already in `ids` (from a session lost
-    /// on the way) are replayed after the prompt, so decoding resumes where it stopped.
-    pub async fn decode_window(&self, memory: Tensor, prompt: &[u32], ids: &mut Vec<u32>) -> anyhow::Result<f64> {
+    /// Greedy decoding of one window whose cross memory is `memory`, appending to `done` until
+    /// end-of-text; the decoder's executor time in ms. Ids already in `done` (from a session
+    /// lost on the way) are replayed after the prompt, so decoding resumes where it stopped.
+    ///
+    /// The prompt runs in two steps, the first ending at `<|startoftranscript|>`: there the
+    /// graph's no-speech probability is read, as CTranslate2 reads it for faster-whisper. Every
+    /// later step also gives its chosen id's probability (end-of-text's included), for the
+    /// window's average log-probability.
+    pub async fn decode_window(&self, memory: Tensor, prompt: &[u32], done: &mut Decoding) -> anyhow::Result<f64> {
         let cfg = &self.model.cfg;
+        let sot = prompt.iter().position(|&t| t == cfg.sot).context("a Whisper prompt holds <|startoftranscript|>")?;
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         self.decoder.open(session, cfg.n_audio_ctx as u32).await?;
         let result = async {
             self.decoder.put_memory(session, cfg.n_text_layer as u32, memory).await?;
             let mut ms = 0.0;
-            let mut feed: Vec<u32> = prompt.iter().chain(ids.iter()).copied().collect();
-            while prompt.len() + ids.len() < cfg.n_text_ctx {
-                let row = StepRow { session, tokens: std::mem::take(&mut feed), sampling: Sampling::Greedy };
+            let mut step = async |tokens: Vec<u32>| {
+                let row = StepRow { session, tokens, sampling: Sampling::Greedy };
                 self.yield_to_pending().await;
-                let (next, t) = self.decoder.step(vec![row]).await?;
+                let (next, outputs, t) = self.decoder.step_with_outputs(vec![row]).await?;
                 ms += t;
-                let [next] = next[..] else { bail!("a step of one row gave {} ids", next.len()) };
+                let ([next], [chosen, no_speech, ..]) = (&next[..], &outputs[..]) else {
+                    bail!("a decoder step of one row gave {} ids and {} more outputs", next.len(), outputs.len())
+                };
+                let p = |t: &Tensor| t.to_f32().and_then(|v| v.first().copied()).context("a probability output");
+                anyhow::Ok((*next, p(chosen)?, p(no_speech)?))
+            };
+            let (_, _, no_speech) = step(prompt[..=sot].to_vec()).await?;
+            done.no_speech_prob = no_speech as f64;
+            let mut feed: Vec<u32> = prompt[sot + 1..].iter().chain(done.ids.iter()).copied().collect();
+            while done.ids.len() < max_new_tokens(cfg.n_text_ctx, prompt.len()) {
+                let (next, p, _) = step(std::mem::take(&mut feed)).await?;
+                done.logprobs.push((p as f64).ln());
                 if next == cfg.eot {
                     break;
                 }
-                ids.push(next);
+                done.ids.push(next);
                 feed.push(next);
             }
             Ok(ms)
@@ -541,6 +577,47 @@ impl Transcriber {
         let _ = self.decoder.close(session).await;
         result
     }
+}
+
+/// A window's decoding so far: what a replay resumes from, and what faster-whisper's no-speech
+/// rule reads.
+#[derive(Debug, Clone, Default)]
+pub struct Decoding {
+    /// Generated ids, end-of-text excluded.
+    pub ids: Vec<u32>,
+    /// The log-probability of each step's chosen id after suppression (end-of-text's included
+    /// when it came).
+    pub logprobs: Vec<f64>,
+    /// The no-speech token's probability after `<|startoftranscript|>`.
+    pub no_speech_prob: f64,
+}
+
+impl Decoding {
+    /// faster-whisper's skip of a window it judges silent (`no_speech_threshold` 0.6 with
+    /// `log_prob_threshold` −1.0, its defaults, which the reference's call keeps): no-speech
+    /// probability over 0.6 unless the average log-probability — CTranslate2's summed score
+    /// over (ids + 1) — is above −1. With no ids that average is NaN in faster-whisper, so the
+    /// no-speech probability alone decides (the window is empty either way).
+    pub fn judged_silent(&self) -> bool {
+        self.no_speech_prob > NO_SPEECH_THRESHOLD && self.avg_logprob().is_none_or(|avg| avg <= LOG_PROB_THRESHOLD)
+    }
+
+    /// faster-whisper's average log-probability: the summed log-probabilities over (ids + 1);
+    /// none without ids.
+    pub fn avg_logprob(&self) -> Option<f64> {
+        (!self.ids.is_empty()).then(|| self.logprobs.iter().sum::<f64>() / (self.ids.len() + 1) as f64)
+    }
+}
+
+/// faster-whisper's defaults for its window skip.
+const NO_SPEECH_THRESHOLD: f64 = 0.6;
+const LOG_PROB_THRESHOLD: f64 = -1.0;
+
+/// The most ids a window generates after a prompt of `prompt_len` ids, as CTranslate2's Whisper
+/// bounds faster-whisper's `max_length` (the text context, 448): half of it, and never past it —
+/// `min(448 / 2, 448 − (prompt_len − 1))`, the prompt's last id being the first step's input.
+fn max_new_tokens(n_text_ctx: usize, prompt_len: usize) -> usize {
+    (n_text_ctx / 2).min((n_text_ctx + 1).saturating_sub(prompt_len))
 }
 
 /// `f`'s output and its wall time in ms.
@@ -649,13 +726,106 @@ mod tests {
             let row = StepRow { session: 1, tokens: t.prompt(&[]), sampling: Sampling::Greedy };
             let plan = sessions.plan_stage(cpu.graph(), &[row], 51864, vec![]).unwrap();
             let out = cpu.run(&plan.inputs).unwrap();
-            let logits = out[1].to_f32().unwrap();
+            let logits = out[3].to_f32().unwrap();
             let want = &f["first_step"];
             for (id, l) in ids(&want["top5_ids"]).iter().zip(want["top5_logits"].as_array().unwrap()) {
                 let (g, w) = (logits[*id as usize] as f64, l.as_f64().unwrap());
                 assert!((g - w).abs() < 2e-2, "{}: logit of {id}: {g} vs {w}", case["file"]);
             }
         }
+    }
+
+    /// The samples of a `silence_reference.json` case (see `make_silence_reference.py`).
+    fn silence_case(parts: &[Value]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for p in parts {
+            let p = p.as_str().unwrap();
+            let (kind, arg) = p.split_once(':').unwrap_or((p, ""));
+            match kind {
+                "clip" => {
+                    let mut c = samples(&format!("{arg}.wav"));
+                    c.resize(audio::N_SAMPLES, 0.0);
+                    out.extend(c);
+                }
+                "zeros" => out.extend(std::iter::repeat_n(0.0, audio::N_SAMPLES)),
+                "noise" => {
+                    let (amp, seed) = arg.split_once(':').unwrap();
+                    let (amp, mut x): (u64, u64) = (amp.parse().unwrap(), seed.parse().unwrap());
+                    for _ in 0..audio::N_SAMPLES {
+                        x = (1_664_525 * x + 1_013_904_223) % (1 << 32);
+                        out.push((((x >> 16) % (2 * amp + 1)) as f32 - amp as f32) / 32768.0);
+                    }
+                }
+                "tail" => out.extend(samples(&format!("{arg}.wav"))),
+                other => panic!("unknown part {other}"),
+            }
+        }
+        out
+    }
+
+    /// Windows faster-whisper judges silent are skipped here too. Against its own decisions on
+    /// inputs with a window of zeros or of noise between speech (silence_reference.json, made by
+    /// faster-whisper 1.2.1 on the same model): every window's ids, its no-speech probability
+    /// within 2e-3 and its average log-probability within 5e-3, the same windows skipped (a
+    /// decision within 0.01 of a threshold is only reported), and the texts of the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn windows_judged_silent_are_skipped_as_faster_whisper_does() {
+        let model = Arc::new(Whisper::load(None).unwrap());
+        let mut t = Transcriber::on_host(model).unwrap();
+        let refj = json("silence_reference.json");
+        let mut skips = 0;
+        for case in refj["cases"].as_array().unwrap() {
+            let parts = case["parts"].as_array().unwrap();
+            let s = silence_case(parts);
+            assert_eq!(s.len() as u64, case["samples"].as_u64().unwrap(), "{parts:?}: samples");
+            let out = t.transcribe(Arc::new(s)).await.unwrap();
+            let mut ours: Vec<(&Window, bool)> =
+                out.windows.iter().map(|w| (w, false)).chain(out.skipped.iter().map(|w| (w, true))).collect();
+            ours.sort_by(|a, b| a.0.start_s.total_cmp(&b.0.start_s));
+            let want = case["windows"].as_array().unwrap();
+            assert_eq!(ours.len(), want.len(), "{parts:?}: windows");
+            for (k, ((w, skipped), r)) in ours.iter().zip(want).enumerate() {
+                let nsp = r["no_speech_prob"].as_f64().unwrap();
+                let avg = r["avg_logprob"].as_f64();
+                eprintln!(
+                    "{parts:?} window {k}: ids {}, no-speech {:.4} (ref {nsp:.4}), avg logprob {:?} (ref {avg:?}), skipped {skipped}",
+                    w.ids.len(),
+                    w.no_speech_prob,
+                    w.avg_logprob
+                );
+                assert_eq!(w.ids, ids(&r["tokens"]), "{parts:?} window {k}: ids");
+                assert!(
+                    (w.no_speech_prob - nsp).abs() <= 2e-3,
+                    "{parts:?} window {k}: no-speech {} vs {nsp}",
+                    w.no_speech_prob
+                );
+                if let (Some(a), Some(b)) = (w.avg_logprob, avg) {
+                    assert!((a - b).abs() <= 5e-3, "{parts:?} window {k}: avg logprob {a} vs {b}");
+                }
+                let ref_skip = nsp > 0.6 && avg.is_none_or(|a| a <= -1.0);
+                let near = (nsp - 0.6).abs() < 0.01 || avg.is_some_and(|a| (a + 1.0).abs() < 0.01);
+                if near {
+                    eprintln!("  within 0.01 of a threshold: decision not compared");
+                } else {
+                    assert_eq!(*skipped, ref_skip, "{parts:?} window {k}: skipped");
+                }
+                skips += usize::from(*skipped);
+            }
+            let texts: Vec<&str> =
+                out.windows.iter().map(|w| w.text.as_str()).filter(|t| !t.trim().is_empty()).collect();
+            let want_texts: Vec<&str> =
+                case["segments"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap()).collect();
+            assert_eq!(texts, want_texts, "{parts:?}: segments");
+        }
+        assert!(skips > 0, "no case had a window judged silent: the rule went untested");
+    }
+
+    /// CTranslate2's bound: 224 ids after a fresh prompt, fewer after a long previous text.
+    #[test]
+    fn a_window_generates_at_most_half_the_text_context() {
+        assert_eq!(max_new_tokens(448, 2), 224);
+        assert_eq!(max_new_tokens(448, 226), 223);
+        assert_eq!(max_new_tokens(448, 449), 0);
     }
 
     /// Longer than one window: the first clip, silence to 30 s, the second clip. Two windows,

@@ -518,6 +518,10 @@ pub struct WhisperConfig {
     pub no_timestamps: u32,
     /// `<|0.00|>` (50363), the first timestamp token.
     pub timestamp_begin: u32,
+    /// The token whose probability after `<|startoftranscript|>` says "no speech":
+    /// `<|nospeech|>`, or `<|nocaptions|>` (50361) in the English-only vocabulary, as
+    /// CTranslate2 looks it up.
+    pub no_speech: u32,
 }
 
 /// The flag values the Whisper graph assumes (name, required value). Anything else would need a
@@ -632,6 +636,7 @@ impl WhisperConfig {
             eot: special("<|endoftext|>")?,
             no_timestamps: special("<|notimestamps|>")?,
             timestamp_begin: special("<|0.00|>")?,
+            no_speech: special("<|nospeech|>").or_else(|_| special("<|nocaptions|>"))?,
         };
         if !cfg.d_model.is_multiple_of(cfg.n_audio_head) || !cfg.d_model.is_multiple_of(cfg.n_text_head) {
             return Err(cfg_err(format!("d_model {} is not a multiple of the head counts", cfg.d_model)));
@@ -760,6 +765,7 @@ mod tests {
         );
         assert_eq!((c.n_audio_layer, c.n_text_layer, c.n_vocab, c.n_text_ctx), (4, 4, 51864, 448));
         assert_eq!((c.sot, c.eot, c.no_timestamps, c.timestamp_begin), (50257, 50256, 50362, 50363));
+        assert_eq!(c.no_speech, 50361, "<|nocaptions|>");
         assert_eq!(c.suppress_ids_begin, [220, 50256]);
         assert_eq!(c.suppress_ids.len(), 90);
         assert_eq!(c.alignment_heads.len(), 8);

@@ -24,7 +24,8 @@ pub const SUPPRESSED: f32 = -1e9;
 pub struct DecoderLimits {
     /// Sessions open at once on one copy (each reserves `n_audio_ctx` rows of every layer).
     pub max_sessions: u32,
-    /// Also output the suppressed logits `[R, V]` (tests compare them with the reference).
+    /// Also output the suppressed logits `[R, V]`, after the ids, the chosen ids' probabilities
+    /// and the no-speech probabilities (tests compare them with the reference).
     pub logits: bool,
 }
 
@@ -82,6 +83,14 @@ pub fn build(get: &Fetch, cfg: &WhisperConfig, limits: DecoderLimits) -> anyhow:
     // Only each session's last token is sampled: its row is gathered before the (tied) head.
     let last = g.op(Op::Gather, &[x, rows]);
     let logits = g.linear(last, emb, None);
+    // faster-whisper's no-speech probability: the no-speech token's share of the softmax of the
+    // unsuppressed logits (read where the row's token is `<|startoftranscript|>`), as a
+    // product with its one-hot column: [R, 1].
+    let mut one_hot = vec![0.0f32; vocab];
+    one_hot[cfg.no_speech as usize] = 1.0;
+    let one_hot = g.weight("no_speech", tensor(&[vocab, 1], &one_hot));
+    let probs = g.op(Op::Softmax, &[logits]);
+    let no_speech = g.op(Op::MatMul, &[probs, one_hot]);
     let (always, begin, flag) = suppression(cfg);
     let always = g.weight("suppress", tensor(&[vocab], &always));
     let logits = g.op(Op::Add, &[logits, always]);
@@ -92,7 +101,16 @@ pub fn build(get: &Fetch, cfg: &WhisperConfig, limits: DecoderLimits) -> anyhow:
     let first = g.op(Op::MatMul, &[flags, begin]);
     let logits = g.op(Op::Add, &[logits, first]);
     let next = g.op(Op::Sample, &[logits, sampling]);
-    let outputs = if limits.logits { vec![next, logits] } else { vec![next] };
+    // Each chosen id's probability after suppression (faster-whisper's average log-probability
+    // is of these): the suppressed softmax transposed to [V, R], its rows of the chosen ids
+    // gathered — [R, R], row r's own at (r, r).
+    let probs = g.op(Op::Softmax, &[logits]);
+    let by_token = g.op(Op::Transpose { perm: vec![1, 0] }, &[probs]);
+    let chosen = g.op(Op::Gather, &[by_token, next]);
+    let mut outputs = vec![next, chosen, no_speech];
+    if limits.logits {
+        outputs.push(logits);
+    }
     let (graph, weights) = g.finish(&outputs);
     graph.validate()?;
     Ok((graph, weights))
