@@ -17,6 +17,7 @@ mod cli_errors;
 mod device_lost;
 mod driver_lost;
 mod embed_remembered;
+mod grid;
 mod history;
 mod hung_tab;
 mod matmul_in_tab;

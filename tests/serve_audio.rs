@@ -219,7 +219,10 @@ async fn a_split_replica_survives_losing_either_tab() {
     }
     let samples = Arc::new(samples);
     let want: Vec<&str> = [0, 1, 0].iter().map(|&i| cases[i]["transcript"].as_str().unwrap()).collect();
-    let undisturbed = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None).await.unwrap();
+    let undisturbed = pool
+        .transcribe(None, Audio::Samples(samples.clone()), vec![], None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pool.metrics().render()));
     let texts: Vec<&str> = undisturbed.transcript.windows.iter().map(|w| w.text.trim()).collect();
     assert_eq!(texts, want);
     assert!(undisturbed.backend.ends_with("×2 component"), "{}", undisturbed.backend);

