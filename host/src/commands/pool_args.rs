@@ -20,9 +20,10 @@ pub struct PoolArgs {
     /// Repeatable; replaces the file's kinds. Default: every installed kind.
     #[arg(long = "kind", visible_alias = "browser", value_name = "KIND[=MAX]")]
     pub kinds: Vec<String>,
-    /// A remote WebDriver endpoint as another kind: [firefox@]http://host:4444 (also needs
-    /// --bind/--advertise so its tabs can reach this host). Repeatable.
-    #[arg(long = "remote", value_name = "[ENGINE@]URL")]
+    /// A remote WebDriver endpoint as another kind: [firefox@]http://host:4444 — a chromedriver,
+    /// or a Selenium Grid 4 hub (`--grid`); also needs --bind/--advertise so its tabs can reach
+    /// this host. Repeatable.
+    #[arg(long = "remote", visible_alias = "grid", value_name = "[ENGINE@]URL")]
     pub remotes: Vec<String>,
     /// Requests waiting per model before new ones are refused as busy.
     #[arg(long)]
