@@ -78,44 +78,17 @@ async fn the_official_client_transcribes_through_serve() {
 /// during the transcription show the two families sharing tabs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transcription_whose_tab_is_lost_is_answered_from_the_other_tab() {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
-    use tabpool::browser::{BrowserKind, KindSpec};
-    use tabpool::models::whisper::audio;
     use tabpool::policy::routing::ModelType;
     use tabpool::pool::speech::Audio;
-    use tabpool::pool::{ModelSpec, Pool, PoolConfig};
+    use tabpool::pool::{ModelSpec, Pool};
 
     let _procs = support::process_guard();
-    let mut cfg = PoolConfig {
-        min_tabs: 2,
-        max_tabs: 2,
-        kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
-        hedge: false,
-        ..PoolConfig::default()
-    };
-    cfg.scaling.enabled = false;
-    let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let pool = Pool::with_host(support::host().await, two_webnn_tabs()).await.unwrap_or_else(|e| panic!("{e:#}"));
     pool.load(ModelSpec::of_type(ModelType::Audio)).await.unwrap();
     let embed = pool.load(ModelSpec::minilm()).await.unwrap();
     assert_eq!(pool.replica_count("whisper-tiny.en"), Some(2));
-
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
-    let refj: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
-    let cases = refj["cases"].as_array().unwrap();
-    let clip = |i: usize| {
-        let f = cases[i]["file"].as_str().unwrap();
-        audio::decode(&std::fs::read(format!("{data}/{f}")).unwrap()).unwrap().samples
-    };
-    // Three windows: clip 0, clip 1, clip 0, each starting a 30-s window.
-    let mut samples = Vec::new();
-    for i in [0, 1, 0] {
-        samples.resize(samples.len().div_ceil(audio::N_SAMPLES) * audio::N_SAMPLES, 0.0);
-        samples.extend(clip(i));
-    }
-    let samples = Arc::new(samples);
-    let want: Vec<&str> = [0, 1, 0].iter().map(|&i| cases[i]["transcript"].as_str().unwrap()).collect();
+    let (samples, want) = three_windows();
 
     let undisturbed = pool.transcribe(None, Audio::Samples(samples.clone()), vec![], None).await.unwrap();
     let texts: Vec<&str> = undisturbed.transcript.windows.iter().map(|w| w.text.trim()).collect();
@@ -170,22 +143,13 @@ async fn a_transcription_whose_tab_is_lost_is_answered_from_the_other_tab() {
 async fn a_split_replica_survives_losing_either_tab() {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
-    use tabpool::browser::{BrowserKind, KindSpec};
-    use tabpool::models::whisper::audio;
     use tabpool::policy::routing::ModelType;
     use tabpool::policy::sharding::Strategy;
     use tabpool::pool::speech::Audio;
-    use tabpool::pool::{ModelSpec, Pool, PoolConfig};
+    use tabpool::pool::{ModelSpec, Pool};
 
     let _procs = support::process_guard();
-    let mut cfg = PoolConfig {
-        min_tabs: 2,
-        max_tabs: 2,
-        kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
-        hedge: false,
-        ..PoolConfig::default()
-    };
-    cfg.scaling.enabled = false;
+    let mut cfg = two_webnn_tabs();
     cfg.generation.shards = 2;
     cfg.generation.strategy = Strategy::Component;
     let pool = Pool::with_host(support::host().await, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
@@ -204,21 +168,7 @@ async fn a_split_replica_survives_losing_either_tab() {
     assert_eq!(before.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(), ["encoder", "decoder"]);
     assert_ne!(before[0].0, before[1].0);
 
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
-    let refj: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
-    let cases = refj["cases"].as_array().unwrap();
-    let clip = |i: usize| {
-        let f = cases[i]["file"].as_str().unwrap();
-        audio::decode(&std::fs::read(format!("{data}/{f}")).unwrap()).unwrap().samples
-    };
-    let mut samples = Vec::new();
-    for i in [0, 1, 0] {
-        samples.resize(samples.len().div_ceil(audio::N_SAMPLES) * audio::N_SAMPLES, 0.0);
-        samples.extend(clip(i));
-    }
-    let samples = Arc::new(samples);
-    let want: Vec<&str> = [0, 1, 0].iter().map(|&i| cases[i]["transcript"].as_str().unwrap()).collect();
+    let (samples, want) = three_windows();
     let undisturbed = pool
         .transcribe(None, Audio::Samples(samples.clone()), vec![], None)
         .await
@@ -227,8 +177,8 @@ async fn a_split_replica_survives_losing_either_tab() {
     assert_eq!(texts, want);
     assert!(undisturbed.backend.ends_with("×2 component"), "{}", undisturbed.backend);
     // One clip alone: the reference's ids.
-    let one = pool.transcribe(None, Audio::Samples(Arc::new(clip(1))), vec![], None).await.unwrap();
-    let ids: Vec<u32> = cases[1]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let (clip, ids) = reference_clip(1);
+    let one = pool.transcribe(None, Audio::Samples(Arc::new(clip)), vec![], None).await.unwrap();
     assert_eq!(one.transcript.ids, ids);
 
     // Cut `victim`'s socket 0.8 s into a transcription; its answer.
@@ -269,4 +219,47 @@ async fn a_split_replica_survives_losing_either_tab() {
     assert_eq!(pool.replica_count(name), Some(1));
     assert_eq!(parts(&pool).len(), 2);
     pool.shutdown().await;
+}
+
+/// Two chromium-webnn tabs, no hedging, no scaling: the pool the speech recovery tests use.
+fn two_webnn_tabs() -> tabpool::pool::PoolConfig {
+    use tabpool::browser::{BrowserKind, KindSpec};
+    let mut cfg = tabpool::pool::PoolConfig {
+        min_tabs: 2,
+        max_tabs: 2,
+        kinds: vec![KindSpec::local(BrowserKind::ChromiumWebnn)],
+        hedge: false,
+        ..Default::default()
+    };
+    cfg.scaling.enabled = false;
+    cfg
+}
+
+/// Reference clip `i`: its samples and its reference ids.
+fn reference_clip(i: usize) -> (Vec<f32>, Vec<u32>) {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
+    let case = &refj["cases"][i];
+    let f = case["file"].as_str().unwrap();
+    let samples =
+        tabpool::models::whisper::audio::decode(&std::fs::read(format!("{data}/{f}")).unwrap()).unwrap().samples;
+    let ids = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    (samples, ids)
+}
+
+/// Three windows — clip 0, clip 1, clip 0, each starting a 30-s window — and each window's
+/// reference text.
+fn three_windows() -> (std::sync::Arc<Vec<f32>>, Vec<String>) {
+    use tabpool::models::whisper::audio::N_SAMPLES;
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/whisper");
+    let refj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/whisper_tiny_en.json")).unwrap()).unwrap();
+    let mut samples = Vec::new();
+    for i in [0, 1, 0] {
+        samples.resize(samples.len().div_ceil(N_SAMPLES) * N_SAMPLES, 0.0);
+        samples.extend(reference_clip(i).0);
+    }
+    let want = [0, 1, 0].iter().map(|&i| refj["cases"][i]["transcript"].as_str().unwrap().to_string()).collect();
+    (std::sync::Arc::new(samples), want)
 }

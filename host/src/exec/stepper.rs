@@ -154,21 +154,12 @@ impl Stepper {
         let n = rows.len();
         match self {
             Stepper::Host { model, sessions, vocab } => {
-                let (model, sessions, vocab) = (model.clone(), sessions.clone(), *vocab);
-                tokio::task::spawn_blocking(move || {
-                    let plan = sessions.lock().expect("sessions").plan_stage(model.graph(), &rows, vocab, vec![])?;
-                    let t0 = std::time::Instant::now();
-                    let mut out = model.run(&plan.inputs)?;
-                    let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    sessions.lock().expect("sessions").commit(&plan);
-                    anyhow::ensure!(!out.is_empty(), "a step has an output");
-                    let extra = out.split_off(1);
-                    match step_out(out.swap_remove(0), n)? {
-                        StepOut::Tokens(t) => Ok((t, extra, ms)),
-                        other => bail!("a step of {n} rows gave {other:?}"),
-                    }
-                })
-                .await?
+                let (mut out, ms) = host_step(model, sessions, *vocab, rows, Vec::new()).await?;
+                let extra = out.split_off(1);
+                match step_out(out.swap_remove(0), n)? {
+                    StepOut::Tokens(t) => Ok((t, extra, ms)),
+                    other => bail!("a step of {n} rows gave {other:?}"),
+                }
             }
             Stepper::Tab(tm) => {
                 let req = Request::Step { model: tm.name.clone(), rows };
@@ -188,19 +179,9 @@ impl Stepper {
     pub async fn step_with(&self, rows: Vec<StepRow>, hidden: Vec<Tensor>) -> anyhow::Result<(StepOut, f64)> {
         match self {
             Stepper::Host { model, sessions, vocab } => {
-                let (model, sessions, vocab) = (model.clone(), sessions.clone(), *vocab);
-                // The CPU executor blocks for the whole step: keep it off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    let plan = sessions.lock().expect("sessions").plan_stage(model.graph(), &rows, vocab, hidden)?;
-                    let t0 = std::time::Instant::now();
-                    let mut out = model.run(&plan.inputs)?;
-                    let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    sessions.lock().expect("sessions").commit(&plan);
-                    anyhow::ensure!(!out.is_empty(), "a step has an output");
-                    let first = out.swap_remove(0);
-                    Ok((step_out(first, rows.len())?, ms))
-                })
-                .await?
+                let n = rows.len();
+                let (mut out, ms) = host_step(model, sessions, *vocab, rows, hidden).await?;
+                Ok((step_out(out.swap_remove(0), n)?, ms))
             }
             Stepper::Tab(tm) => {
                 let n = rows.len();
@@ -239,6 +220,28 @@ impl Stepper {
 }
 
 /// A step's first output: ids `[rows]` (i32) or a hidden state (f32).
+/// One step on the host's CPU executor: every output of the graph (at least one), and the run's
+/// ms. The executor blocks for the whole step, so it runs off the async workers.
+async fn host_step(
+    model: &Arc<CpuModel>,
+    sessions: &Arc<Mutex<Sessions>>,
+    vocab: u32,
+    rows: Vec<StepRow>,
+    hidden: Vec<Tensor>,
+) -> anyhow::Result<(Vec<Tensor>, f64)> {
+    let (model, sessions) = (model.clone(), sessions.clone());
+    tokio::task::spawn_blocking(move || {
+        let plan = sessions.lock().expect("sessions").plan_stage(model.graph(), &rows, vocab, hidden)?;
+        let t0 = std::time::Instant::now();
+        let out = model.run(&plan.inputs)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        sessions.lock().expect("sessions").commit(&plan);
+        anyhow::ensure!(!out.is_empty(), "a step has an output");
+        Ok((out, ms))
+    })
+    .await?
+}
+
 fn step_out(t: Tensor, rows: usize) -> anyhow::Result<StepOut> {
     match t.dtype {
         DType::I32 if t.shape == [rows as u32] => Ok(StepOut::Tokens(
