@@ -11,13 +11,15 @@ use tabpool::browser::{BrowserKind, KindSpec};
 use tabpool::pool::{ModelSpec, Pool, PoolConfig};
 use tabpool::{Host, HostConfig};
 
-/// Two tabs, one per node, serve MiniLM equal to the reference; killing one node's JVM and
-/// browsers mid-load loses its tab, and every request still gets its right answer from the
-/// other node; when the pool stops, the Grid holds no session (no leaked slot).
+/// Two tabs, one per node (each knows its node), serve MiniLM equal to the reference; idle past
+/// the nodes' session timeout they keep their sessions (the pool touches them); killing one
+/// node's JVM and browsers mid-load loses its tab, and every request still gets its right answer
+/// from the other node; when the pool stops, the Grid holds no session (no leaked slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let _procs = support::process_guard();
-    let mut grid = Grid::start(2);
+    // Nodes end sessions idle for 15 s.
+    let mut grid = Grid::start_with(&[serde_json::json!({}), serde_json::json!({})], 15);
     let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
     kind.binary = Some("/usr/bin/chromium".into());
     let mut cfg = PoolConfig { min_tabs: 2, max_tabs: 2, max_batch: 4, kinds: vec![kind], ..PoolConfig::default() };
@@ -28,6 +30,13 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let pool = Pool::with_host(host, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(grid.sessions_in_use(), 2, "one session per node: {}", grid.status());
     let m = pool.metrics();
+    // Every tab knows its node: the two nodes, one tab each.
+    let mut on: Vec<String> =
+        m.tabs.iter().map(|t| t.node.as_ref().expect("a grid tab knows its node").uri.clone()).collect();
+    on.sort();
+    let mut nodes: Vec<String> = grid.nodes.iter().map(|n| n.uri.clone()).collect();
+    nodes.sort();
+    assert_eq!(on, nodes, "{}", m.render());
     for t in &m.tabs {
         // A secure context across the bridge: the host tells a remote Chromium to treat its
         // page's plain-http origin as secure, or WebGPU would not exist there.
@@ -45,6 +54,15 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     for (res, r) in pool.execute_concurrent(&requests).await.iter().zip(&refs) {
         support::check_against_reference(&res.as_ref().unwrap_or_else(|e| panic!("{e}")).vectors[0], r);
     }
+
+    // Idle for longer than the nodes' session timeout: the tabs talk over their sockets, not
+    // WebDriver, so only the pool's keepalive stops the nodes ending their sessions.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(grid.sessions_in_use(), 2, "sessions ended while idle: {}", grid.status());
+    for (res, r) in pool.execute_concurrent(&requests).await.iter().zip(&refs) {
+        support::check_against_reference(&res.as_ref().unwrap_or_else(|e| panic!("{e}")).vectors[0], r);
+    }
+    assert!(pool.metrics().recoveries.is_empty(), "{}", pool.metrics().render());
 
     // A node lost at once while requests keep coming: all answered right, by the other node.
     let t = Instant::now();
@@ -75,4 +93,100 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
         assert!(t.elapsed() < Duration::from_secs(60), "slots still held after shutdown: {}", grid.status());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Three nodes, two of them (lane "a") advertising what the pool's kind asks for: the pool's two
+/// tabs land on those two, never on the third. A SmolLM2 stream whose node is killed mid-stream
+/// is replayed on the other node's tab, token-identical to the reference. With one lane-a slot
+/// left and in use, the pool's attempts to get back to two tabs are refused by the pool itself
+/// (no free slot), so nothing waits in the Grid's queue and the lane-b node is never asked. The
+/// last node drained by the Grid has its tab retired and its session deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots() {
+    use shared_proto::Sampling;
+    use tabpool::exec::GenParams;
+    use tabpool::pool::{GenRequest, StreamEvent};
+
+    let _procs = support::process_guard();
+    let lane = |l: &str| serde_json::json!({ "tabpool:lane": l });
+    let mut grid = Grid::start_with(&[lane("a"), lane("a"), lane("b")], 60);
+    let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
+    kind.binary = Some("/usr/bin/chromium".into());
+    kind.capabilities.insert("tabpool:lane".into(), "a".into());
+    let mut cfg = PoolConfig { min_tabs: 2, max_tabs: 2, kinds: vec![kind], ..PoolConfig::default() };
+    cfg.scaling.interval_ms = 500;
+    cfg.generation.context_limit = 256;
+    let host = Host::start(HostConfig { bind: grid.host_ip.parse().unwrap(), ..HostConfig::default() })
+        .await
+        .unwrap_or_else(|e| panic!("host: {e:#}"));
+    let pool = Pool::with_host(host, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!((grid.sessions_on(0), grid.sessions_on(1), grid.sessions_on(2)), (1, 1, 0), "{}", grid.status());
+
+    let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(pool.replica_count(&name), Some(2));
+    let (_, g) = pool.generation_model(None).unwrap();
+    let case = &support::smollm2_reference()[0];
+    let want: Vec<u32> = case.greedy_ids.iter().copied().take_while(|&t| t != 2).collect();
+    let params = GenParams { max_tokens: 24, sampling: Sampling::Greedy, stop_ids: g.model.stop_ids().to_vec() };
+    let mut rx = pool.generate(None, GenRequest { prompt: case.prompt_ids.clone(), params }).unwrap();
+    let (mut ids, mut tabs, mut replays) = (Vec::new(), Vec::new(), None);
+    let mut killed = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(180), rx.recv()).await.expect("stream stalled") {
+        match ev {
+            StreamEvent::Placed { tab, .. } => tabs.push(tab),
+            StreamEvent::Token(t) => {
+                ids.push(t);
+                if ids.len() == 3 && killed.is_none() {
+                    // The streaming tab's whole node goes.
+                    let uri =
+                        pool.metrics().tabs.iter().find(|t| t.id == tabs[0]).and_then(|t| t.node.clone()).unwrap().uri;
+                    let i = grid.nodes.iter().position(|n| n.uri == uri).unwrap();
+                    grid.kill_node(i);
+                    killed = Some(i);
+                }
+            }
+            StreamEvent::Done(s) => {
+                replays = Some(s.replays);
+                break;
+            }
+            StreamEvent::Failed(e) => panic!("stream failed after node loss: {e}"),
+        }
+    }
+    assert_eq!(ids, want, "token-identical across the loss of node {killed:?}");
+    assert!(replays.unwrap() >= 1 && tabs.len() >= 2, "replayed on another tab: {tabs:?}");
+    let left = 1 - killed.unwrap();
+
+    // Below min_tabs with no free lane-a slot: refused by the pool, not queued at the Grid.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        assert_eq!(grid.queue_size(), 0, "a new-session request waits in the grid's queue");
+        assert_eq!(grid.sessions_on(2), 0, "the lane-b node was asked");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let m = pool.metrics();
+    assert!(
+        m.scaling_events.iter().any(|e| e.reason.contains("no free slot offering")),
+        "the scaler's refusals are logged: {}",
+        m.render()
+    );
+
+    // The Grid drains the last lane-a node: the pool retires its tab and deletes the session.
+    grid.drain(left);
+    let t = Instant::now();
+    while grid.node_status(left).is_some_and(|n| n["slots"].as_array().unwrap().iter().any(|s| !s["session"].is_null()))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the draining node's session is held: {}",
+            pool.metrics().render()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let m = pool.metrics();
+    assert!(m.scaling_events.iter().any(|e| e.action == "drain"), "{}", m.render());
+    pool.shutdown().await;
+    // No live node holds a session of the pool (the killed node, DOWN, still lists its dead one
+    // until the hub drops the node).
+    let held: usize = (0..grid.nodes.len()).filter(|&i| Some(i) != killed).map(|i| grid.sessions_on(i)).sum();
+    assert_eq!(held, 0, "{}", grid.status());
 }

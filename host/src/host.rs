@@ -233,7 +233,13 @@ impl Host {
                     // http at another machine's address is not one unless the browser is told so.
                     flags.push(format!("--unsafely-treat-insecure-origin-as-secure={}", self.registry.allowed_origin));
                 }
-                Launch::Remote { url: spec.url.clone().expect("validated"), engine, binary: spec.binary.clone(), flags }
+                Launch::Remote {
+                    url: spec.url.clone().expect("validated"),
+                    engine,
+                    binary: spec.binary.clone(),
+                    flags,
+                    caps: spec.capabilities.clone(),
+                }
             }
         };
         let mut pending = self.expect_tab();
@@ -286,6 +292,13 @@ impl Host {
             }
             None => false,
         }
+    }
+
+    /// Tab `id`'s WebDriver session: its id (a Grid names the node holding it by this id) and a
+    /// handle to keep it alive, for remote tabs.
+    pub async fn webdriver_session(&self, id: u64) -> Option<(Option<String>, crate::browser::session::KeepAlive)> {
+        let (_, _, s) = self.browsers.iter().find(|(t, _, _)| *t == id)?;
+        Some((s.session_id().await, s.keepalive()))
     }
 
     /// Tab ids with a browser open.

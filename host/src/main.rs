@@ -56,10 +56,18 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Report browsers, driver and page build, then WebGPU/WebNN from one real tab.
+    /// Report browsers, driver and page build, then WebGPU/WebNN from one real tab; with
+    /// `--grid URL`, a Selenium Grid's nodes and one tab per free slot.
     Doctor {
         #[arg(long)]
         json: bool,
+        /// A Selenium Grid 4 hub: list its nodes and what a tab on each measures (needs
+        /// --bind/--advertise so tabs on the nodes reach this host).
+        #[arg(long, value_name = "URL")]
+        grid: Option<String>,
+        /// A capability to ask the Grid for, KEY=JSON (e.g. tabpool:webnn=true); repeatable.
+        #[arg(long = "capability", value_name = "KEY=JSON", requires = "grid")]
+        capabilities: Vec<String>,
     },
     /// Multiply random matrices in a real tab on WebGPU and compare with the CPU.
     Matmul {
@@ -510,6 +518,18 @@ enum Variant {
     Register,
 }
 
+/// `KEY=JSON` pairs (a bare word that is not JSON is a string).
+fn parse_capabilities(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--capability {p:?}: expected KEY=JSON"))?;
+            let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+            Ok((k.to_string(), v))
+        })
+        .collect()
+}
+
 async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -606,7 +626,11 @@ async fn main() -> ExitCode {
         tab_timeout: Duration::from_secs(cli.tab_timeout),
     };
     let result = match cli.command {
-        Command::Doctor { json } => doctor::run(cfg, json).await,
+        Command::Doctor { json, grid: None, .. } => doctor::run(cfg, json).await,
+        Command::Doctor { json, grid: Some(url), capabilities } => match parse_capabilities(&capabilities) {
+            Ok(caps) => doctor::run_grid(cfg, &url, caps, json).await,
+            Err(e) => Err(e),
+        },
         Command::Status { api, json, key } => match key.resolve() {
             Ok(key) => serve::status(&api, json, key.as_deref()).await,
             Err(e) => Err(e),

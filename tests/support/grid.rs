@@ -49,8 +49,15 @@ fn free_port() -> u16 {
 
 impl Grid {
     /// A hub and `nodes` nodes, each with one slot of Chromium, node `i` pinned to core
-    /// `i % cores`; returns once the hub reports every node UP.
+    /// `i % cores`, sessions idle for 60 s ended; returns once the hub reports every node UP.
     pub fn start(nodes: usize) -> Grid {
+        Grid::start_with(&vec![serde_json::json!({}); nodes], 60)
+    }
+
+    /// As [`Grid::start`], node `i`'s stereotype carrying `extra[i]` (custom capabilities such as
+    /// `tabpool:lane`), its sessions ended after `session_timeout_s` without a WebDriver command.
+    pub fn start_with(extra: &[serde_json::Value], session_timeout_s: u64) -> Grid {
+        let nodes = extra.len();
         let jar = selenium_jar();
         assert!(jar.exists(), "no Selenium jar at {} (run `bash scripts/setup.sh`)", jar.display());
         let id = std::process::id() % 10_000;
@@ -89,7 +96,7 @@ impl Grid {
         grid.hub_url = format!("http://{host_ip}:{port}");
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..nodes {
+        for (i, extra) in extra.iter().enumerate() {
             let ns = format!("tp{id}n{i}");
             let veth = format!("tpv{id}x{i}");
             let ip = format!("{subnet}.{}", 11 + i);
@@ -100,10 +107,13 @@ impl Grid {
             run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
             run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
             let toml = grid.dir.join(format!("node{i}.toml"));
-            let stereotype = serde_json::json!({
+            let mut stereotype = serde_json::json!({
                 "browserName": "chrome",
                 "goog:chromeOptions": { "binary": "/usr/bin/chromium" },
             });
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                stereotype[k] = v.clone();
+            }
             std::fs::write(
                 &toml,
                 format!(
@@ -116,7 +126,8 @@ impl Grid {
             let child = Command::new("ip")
                 .args(["netns", "exec", &ns, "taskset", "-c", &(i % cores).to_string(), "java", "-Xmx256m", "-jar"])
                 .arg(&jar)
-                .args(["node", "--host", &ip, "--port", "5555", "--session-timeout", "60", "--heartbeat-period", "5"])
+                .args(["node", "--host", &ip, "--port", "5555", "--heartbeat-period", "5"])
+                .args(["--session-timeout", &session_timeout_s.to_string()])
                 .arg("--config")
                 .arg(&toml)
                 .args(&bus)
@@ -149,6 +160,47 @@ impl Grid {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// Sessions on node `i` now.
+    pub fn sessions_on(&self, i: usize) -> usize {
+        self.node_status(i)
+            .and_then(|n| n["slots"].as_array().cloned())
+            .map(|slots| slots.iter().filter(|s| !s["session"].is_null()).count())
+            .unwrap_or(0)
+    }
+
+    /// Node `i`'s entry in the hub's `/status`, while the hub lists it.
+    pub fn node_status(&self, i: usize) -> Option<serde_json::Value> {
+        let uri = &self.nodes[i].uri;
+        self.status()["nodes"].as_array()?.iter().find(|n| n["uri"].as_str() == Some(uri)).cloned()
+    }
+
+    /// Node `i`'s id as the hub knows it.
+    pub fn node_id(&self, i: usize) -> String {
+        self.node_status(i).and_then(|n| n["id"].as_str().map(str::to_string)).expect("node listed")
+    }
+
+    /// New-session requests waiting in the hub's queue (GraphQL).
+    pub fn queue_size(&self) -> u64 {
+        let q = r#"{"query": "{ grid { sessionQueueSize } }"}"#;
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-H", "Content-Type: application/json; charset=utf-8", "-d", q])
+            .arg(format!("{}/graphql", self.hub_url))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["data"]["grid"]["sessionQueueSize"].as_u64().expect("the hub's GraphQL answers")
+    }
+
+    /// Ask the hub to drain node `i`, as an operator taking the machine out would.
+    pub fn drain(&self, i: usize) {
+        let url = format!("{}/se/grid/distributor/node/{}/drain", self.hub_url, self.node_id(i));
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-X", "POST", "-H", "X-REGISTRATION-SECRET;", &url])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("draining"), "{}", String::from_utf8_lossy(&out.stdout));
     }
 
     fn wait_for_nodes(&self, n: usize, timeout: Duration) {

@@ -105,6 +105,11 @@ pub struct KindSpec {
     /// Backend for models on tabs of this kind; the pool's default (`auto`: calibrate) if absent.
     #[serde(default)]
     pub backend: Option<crate::policy::backend_choice::Backend>,
+    /// `remote` only: capabilities asked for beside the browser's, e.g. `{ "tabpool:webnn" =
+    /// true }`. On a Selenium Grid only nodes whose stereotype advertises every `tabpool:` one
+    /// with the same value are asked ([`super::grid::offers`]).
+    #[serde(default)]
+    pub capabilities: serde_json::Map<String, serde_json::Value>,
 }
 
 impl KindSpec {
@@ -119,7 +124,20 @@ impl KindSpec {
             url: None,
             remote_engine: None,
             backend: None,
+            capabilities: serde_json::Map::new(),
         }
+    }
+
+    /// What a session of this remote kind asks for, as a Grid matches it: the browser's name and
+    /// the kind's own capabilities.
+    pub fn asked_capabilities(&self) -> serde_json::Map<String, serde_json::Value> {
+        let browser = match self.remote_engine {
+            Some(BrowserKind::Firefox) => "firefox",
+            _ => "chrome",
+        };
+        let mut caps = self.capabilities.clone();
+        caps.insert("browserName".into(), browser.into());
+        caps
     }
 
     /// A remote WebDriver endpoint asked for `engine` tabs.

@@ -2,6 +2,7 @@
 //! clean up.
 
 pub mod driver;
+pub mod grid;
 pub mod kinds;
 pub mod procs;
 pub mod session;

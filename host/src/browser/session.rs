@@ -50,7 +50,14 @@ pub enum Launch {
     /// Firefox through its own geckodriver process (geckodriver serves one session at a time).
     Firefox { geckodriver: PathBuf, binary: PathBuf, flags: Vec<String> },
     /// A session on someone else's WebDriver endpoint: nothing local to start or kill.
-    Remote { url: crate::redact::SecretUrl, engine: super::BrowserKind, binary: Option<PathBuf>, flags: Vec<String> },
+    /// `caps` are asked for beside the browser's own (a Grid matches them to node stereotypes).
+    Remote {
+        url: crate::redact::SecretUrl,
+        engine: super::BrowserKind,
+        binary: Option<PathBuf>,
+        flags: Vec<String>,
+        caps: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// One browser with one tab, and its throwaway profile directory.
@@ -215,8 +222,8 @@ impl BrowserSession {
                 let caps = firefox_caps(Some(binary), flags, Some(profile.path()));
                 BrowserSession::unconnected(Some(profile), None, Some(driver)).connect(&url, caps).await?
             }
-            Launch::Remote { url, engine, binary, flags } => {
-                let caps = match engine {
+            Launch::Remote { url, engine, binary, flags, caps: asked } => {
+                let mut caps = match engine {
                     super::BrowserKind::Firefox => firefox_caps(binary.as_deref(), flags, None),
                     _ => {
                         let mut opts = json!({ "args": chromium_args(flags, None) });
@@ -226,6 +233,9 @@ impl BrowserSession {
                         json!({ "browserName": "chrome", "goog:chromeOptions": opts })
                     }
                 };
+                for (k, v) in asked {
+                    caps[k] = v.clone();
+                }
                 // The one place the URL is used whole: to connect.
                 BrowserSession::unconnected(None, None, None).connect(url.expose(), caps).await?
             }
@@ -257,6 +267,18 @@ impl BrowserSession {
     pub fn own_pids(&self) -> Vec<i32> {
         let own = self.own.as_ref().and_then(|c| c.id()).map(|p| p as i32);
         own.into_iter().chain(self.driver.as_ref().and_then(super::DriverProcess::pid)).collect()
+    }
+
+    /// The WebDriver session's id (a Grid names the node holding it by this id).
+    pub async fn session_id(&self) -> Option<String> {
+        self.client.session_id().await.ok().flatten()
+    }
+
+    /// A handle that keeps this session alive on an endpoint that ends idle sessions (a Grid
+    /// node's `--session-timeout`): the tab talks over its socket, not WebDriver, so without it
+    /// an idle pool would lose every Grid tab.
+    pub fn keepalive(&self) -> KeepAlive {
+        KeepAlive { client: self.client.clone() }
     }
 
     /// The page title: the runtime writes its state there (`tabpool: ready`, `tabpool: error: …`).
@@ -314,6 +336,22 @@ impl BrowserSession {
     pub async fn close(self) {
         let BrowserSession { client, profile, own, driver } = self;
         Starting { client: Some(client), profile, own, driver }.close().await
+    }
+}
+
+/// A cheap WebDriver command on a session, at the pool's pace ([`BrowserSession::keepalive`]).
+#[derive(Clone, Debug)]
+pub struct KeepAlive {
+    client: Client,
+}
+
+impl KeepAlive {
+    /// Read the page's title (the cheapest command every driver answers), bounded.
+    pub async fn touch(&self) -> anyhow::Result<()> {
+        match tokio::time::timeout(Duration::from_secs(10), self.client.title()).await {
+            Ok(r) => r.map(|_| ()).context("keeping the WebDriver session alive"),
+            Err(_) => anyhow::bail!("keeping the WebDriver session alive: no answer within 10 s"),
+        }
     }
 }
 

@@ -27,6 +27,96 @@ fn found(r: &anyhow::Result<std::path::PathBuf>) -> Value {
     }
 }
 
+/// `doctor --grid URL`: the Grid's nodes (availability, slots in use, session timeout, what
+/// their stereotypes offer), then one tab per free slot offering what `caps` ask for, all held at
+/// once so that each lands on a slot of its own: its node, what the browser there reports
+/// (WebGPU, WebNN, cores) and its MiniLM calibration. The host must be reachable from the nodes
+/// (`--bind`/`--advertise`). Err when the Grid cannot be read or no tab started.
+pub async fn run_grid(
+    cfg: HostConfig,
+    url: &str,
+    caps: serde_json::Map<String, Value>,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use crate::browser::KindSpec;
+    use crate::browser::grid::GridClient;
+    let mut kind = KindSpec::remote("grid", url, BrowserKind::Chromium);
+    kind.capabilities = caps;
+    kind.validate()?;
+    let client = GridClient::new(kind.url.as_ref().expect("remote"));
+    let view = client.view().await?;
+    let free = view.free_for(&kind.asked_capabilities());
+    let mut lines = vec![view.describe()];
+    let mut tabs = Vec::new();
+    let mut host = Host::start(cfg).await?;
+    let model = crate::models::minilm::MiniLm::load(None);
+    let mut held = Vec::new();
+    for _ in 0..free {
+        let t = Instant::now();
+        let tab = match host.launch_spec(&kind).await {
+            Ok(tab) => tab,
+            Err(e) => {
+                lines.push(format!("tab FAILED {e:#}"));
+                tabs.push(json!({ "error": format!("{e:#}") }));
+                continue;
+            }
+        };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let session = host.webdriver_session(tab.id()).await.and_then(|(s, _)| s);
+        let node = match (client.view().await, &session) {
+            (Ok(v), Some(s)) => v.session(s).map(|(n, _)| n.uri.clone()),
+            _ => None,
+        };
+        let caps = tab.caps().clone();
+        lines.push(format!(
+            "tab {} on node {}: joined in {ms:.0} ms; {} cores; WebGPU {}; WebNN {}",
+            tab.id(),
+            node.as_deref().unwrap_or("?"),
+            caps.hardware_concurrency,
+            adapter_line(&caps),
+            webnn_line(&caps)
+        ));
+        let calibration = match &model {
+            Ok(m) => match calibrate_tab(&tab, m, &()).await {
+                Ok((measured, loaded)) => {
+                    for tm in loaded.into_iter().flatten() {
+                        let _ = tm.unload().await;
+                    }
+                    for m in &measured {
+                        lines.push(match m.median_ms {
+                            Some(v) => {
+                                format!("  calibration {:<10} {v:8.2} ms (MiniLM, 1 sentence of 16 tokens)", m.backend)
+                            }
+                            None => {
+                                format!("  calibration {:<10} failed: {}", m.backend, m.error.as_deref().unwrap_or("?"))
+                            }
+                        });
+                    }
+                    json!(measured)
+                }
+                Err(e) => json!({ "error": format!("{e:#}") }),
+            },
+            Err(e) => json!({ "error": format!("{e:#}") }),
+        };
+        tabs.push(json!({ "tab": tab.id(), "node": node, "session": session, "start_ms": ms, "capabilities": caps, "calibration": calibration }));
+        held.push(tab);
+    }
+    host.shutdown().await;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({ "grid": view, "free_slots": free, "tabs": tabs }))?);
+    } else {
+        for l in &lines {
+            println!("{}", l.trim_end());
+        }
+    }
+    anyhow::ensure!(
+        !held.is_empty(),
+        "no tab could be started on the grid ({free} free slot(s) offering {})",
+        Value::Object(kind.asked_capabilities())
+    );
+    Ok(())
+}
+
 /// Returns Err when a tab could not be started (after printing everything it found).
 pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
     let chromium = paths::find_binary(cfg.chromium.as_deref(), CHROMIUM_NAMES);

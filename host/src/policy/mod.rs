@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod gen_backend;
 pub mod health;
 pub mod names;
+pub mod placement;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;

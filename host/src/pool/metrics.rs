@@ -25,6 +25,8 @@ pub struct PoolMetrics {
     /// Tabs per browser kind.
     pub browser_distribution: BTreeMap<String, usize>,
     pub tabs: Vec<TabMetrics>,
+    /// The Selenium Grids behind remote kinds as last read (nodes, slots, queue), by kind.
+    pub grids: BTreeMap<String, crate::browser::grid::GridView>,
     pub models: Vec<ModelMetrics>,
     pub memory: Option<Memory>,
     /// Measured per (model, kind, backend): what routing reads.
@@ -83,6 +85,9 @@ pub struct TabMetrics {
     pub recovering: bool,
     /// Busy finishing the losing copy of a hedged batch (no request waits on it).
     pub draining: bool,
+    /// A remote tab's WebDriver session id, and on a Selenium Grid the node holding it.
+    pub session: Option<String>,
+    pub node: Option<crate::pool::grid::NodeRef>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +245,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
         .iter()
         .map(|s| {
             let caps = s.tab.caps();
+            let placement = s.placement.lock().expect("placement").clone();
             TabMetrics {
                 id: s.id,
                 kind: s.kind.name.clone(),
@@ -264,6 +270,8 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 missed_heartbeats: s.missed_heartbeats.load(Ordering::SeqCst),
                 recovering: s.recovering.load(Ordering::SeqCst),
                 draining: s.draining.load(Ordering::SeqCst),
+                session: placement.as_ref().map(|p| p.session.clone()),
+                node: placement.and_then(|p| p.node()),
             }
         })
         .collect();
@@ -324,6 +332,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
             write_errors: r.stats().write_errors.load(Ordering::Relaxed),
         }),
         tabs,
+        grids: shared.grids.views().into_iter().collect(),
     }
 }
 
@@ -365,7 +374,7 @@ impl PoolMetrics {
             let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
             let _ = writeln!(
                 o,
-                "{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}",
+                "{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}{}",
                 t.id,
                 t.kind,
                 t.health,
@@ -378,6 +387,7 @@ impl PoolMetrics {
                 t.webgpu,
                 t.webnn,
                 t.hardware_concurrency,
+                t.node.as_ref().map(|n| format!("; grid node {}", n.uri)).unwrap_or_default(),
                 if t.recovering {
                     " [recovering]"
                 } else if t.connected {
@@ -473,6 +483,9 @@ impl PoolMetrics {
                     if r.ok { "" } else { " (failed)" }
                 );
             }
+        }
+        for (kind, g) in &self.grids {
+            let _ = write!(o, "\n{kind}: {}", g.describe());
         }
         if !self.scaling_events.is_empty() {
             let _ = writeln!(o, "\nscaling log (latest last):");

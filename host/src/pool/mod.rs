@@ -22,6 +22,7 @@
 mod breakers;
 pub mod config;
 pub mod generation;
+pub mod grid;
 mod hedge;
 pub mod metrics;
 mod pipelines;
@@ -266,7 +267,11 @@ impl Pool {
             }
         }
         tracing::info!("pool up with {} tabs in {:.1} s", shared.live_tabs(), started.elapsed().as_secs_f64());
-        let tasks = vec![tokio::spawn(scaler::run(shared.clone())), tokio::spawn(watchdog::run(shared.clone()))];
+        let tasks = vec![
+            tokio::spawn(scaler::run(shared.clone())),
+            tokio::spawn(watchdog::run(shared.clone())),
+            tokio::spawn(grid::run(shared.clone())),
+        ];
         Ok(Pool { shared, tasks: std::sync::Mutex::new(tasks) })
     }
 

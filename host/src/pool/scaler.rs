@@ -11,12 +11,18 @@ use super::state::{ModelEntry, Shared, Slot};
 use crate::policy::scaling::{self, Decision, Observation};
 use crate::store::Record;
 
+const GROW_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const GROW_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 pub(crate) async fn run(shared: Arc<Shared>) {
     let interval = Duration::from_millis(shared.cfg.scaling.interval_ms.max(10));
     let policy = shared.cfg.scaling_policy();
     let mut last_hold = String::new();
     let sample_every = Duration::from_secs_f64(shared.cfg.history.health_sample_s);
     let mut last_sample = Instant::now();
+    // After a failed grow (no browser starts, a Grid without a free slot) the next try waits,
+    // doubling up to GROW_BACKOFF_MAX: a pool that cannot grow does not hammer its endpoint.
+    let mut backoff: Option<(Instant, Duration)> = None;
     loop {
         tokio::time::sleep(interval).await;
         if shared.closed.load(Ordering::SeqCst) {
@@ -36,11 +42,24 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         };
         match decision {
             Decision::Grow { by, reason } => {
+                if backoff.is_some_and(|(at, wait)| at.elapsed() < wait) {
+                    continue;
+                }
                 let pressured = most_pressured(&shared);
                 for _ in 0..by {
-                    if let Err(e) = shared.grow(pressured.as_ref(), &reason).await {
-                        shared.log("hold", None, None, &format!("{reason}; could not grow: {e:#}"));
-                        break;
+                    match shared.grow(pressured.as_ref(), &reason).await {
+                        Ok(_) => backoff = None,
+                        Err(e) => {
+                            let wait = backoff.map_or(GROW_BACKOFF_MIN, |(_, w)| (w * 2).min(GROW_BACKOFF_MAX));
+                            backoff = Some((Instant::now(), wait));
+                            shared.log(
+                                "hold",
+                                None,
+                                None,
+                                &format!("{reason}; could not grow (next try in {wait:?}): {e:#}"),
+                            );
+                            break;
+                        }
                     }
                 }
                 last_hold.clear();

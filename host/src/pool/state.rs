@@ -64,6 +64,8 @@ pub(crate) struct Slot {
     /// Generation streams running here (they hold no execution place between steps, but the tab
     /// is not idle while they last).
     pub streams: AtomicUsize,
+    /// A remote tab's WebDriver session and, on a Grid, its node.
+    pub placement: Mutex<Option<Arc<super::grid::Placement>>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -312,6 +314,8 @@ pub(crate) struct Shared {
     pub next_serial: AtomicU64,
     /// Batches hedged to a second replica.
     pub hedged: AtomicU64,
+    /// Selenium Grids behind remote kinds, and their latest views.
+    pub grids: super::grid::Grids,
     /// Multi-tab jobs: ids, and coordinated recoveries done.
     pub next_group: AtomicU64,
     pub coordinated: AtomicU64,
@@ -370,6 +374,7 @@ impl Shared {
             None => (HashMap::new(), None),
         };
         Ok(Shared {
+            grids: super::grid::Grids::new(&kinds),
             cfg,
             kinds,
             host: tokio::sync::Mutex::new(Some(host)),
@@ -549,13 +554,29 @@ impl Shared {
     ) -> anyhow::Result<Arc<Slot>> {
         let mut errors = Vec::new();
         for kind in order {
-            let launched = {
-                let mut host = self.host.lock().await;
-                let host = host.as_mut().context("the pool is shutting down")?;
-                host.launch_spec(kind).await
+            let launched = match super::grid::may_ask(self, kind).await {
+                Ok(()) => {
+                    let mut host = self.host.lock().await;
+                    let host = host.as_mut().context("the pool is shutting down")?;
+                    host.launch_spec(kind).await
+                }
+                Err(e) => Err(e),
+            };
+            // A remote tab's session and node; a Grid's wrong landing closes the tab.
+            let launched = match launched {
+                Ok(tab) => match super::grid::place(self, kind, tab.id()).await {
+                    Ok(p) => Ok((tab, p)),
+                    Err(e) => {
+                        if let Some(h) = self.host.lock().await.as_mut() {
+                            h.close_tab(tab.id()).await;
+                        }
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
             };
             match launched {
-                Ok(tab) => {
+                Ok((tab, placement)) => {
                     self.keep(Record::Tab {
                         tab: Some(tab.id()),
                         kind: kind.name.clone(),
@@ -568,6 +589,7 @@ impl Shared {
                         capabilities: serde_json::to_string(tab.caps()).ok(),
                     });
                     let slot = self.new_slot(tab, kind.clone());
+                    *slot.placement.lock().expect("placement") = placement;
                     // Routable once the caller has loaded its models (grow / finish_recovery).
                     slot.recovering.store(true, Ordering::SeqCst);
                     self.tabs.lock().expect("tabs").push(slot.clone());
@@ -613,6 +635,7 @@ impl Shared {
             pinging: AtomicBool::new(false),
             latency: Mutex::new(Latency::default()),
             streams: AtomicUsize::new(0),
+            placement: Mutex::new(None),
         })
     }
 
@@ -676,6 +699,8 @@ impl Shared {
                         capabilities: serde_json::to_string(tab.caps()).ok(),
                     });
                     let slot = self.new_slot(tab, old.kind.clone());
+                    // The same browser: the same WebDriver session and node.
+                    *slot.placement.lock().expect("placement") = old.placement.lock().expect("placement").clone();
                     // Not routable until its models are loaded again, but counted as a tab.
                     slot.recovering.store(true, Ordering::SeqCst);
                     self.swap_slot(&old, Some(slot.clone()));
@@ -928,8 +953,11 @@ impl Shared {
         for m in self.models.lock().expect("models").iter() {
             m.replicas.lock().expect("replicas").retain(|r| !Arc::ptr_eq(&r.slot, slot));
         }
+        // Batches and streams running here finish first (a stream still running at the deadline
+        // is replayed elsewhere when the tab goes).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while slot.in_flight.load(Ordering::SeqCst) > 0 && slot.tab.is_connected() && Instant::now() < deadline {
+        let busy = || slot.in_flight.load(Ordering::SeqCst) > 0 || slot.streams.load(Ordering::SeqCst) > 0;
+        while busy() && slot.tab.is_connected() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some(host) = self.host.lock().await.as_mut() {
@@ -1014,6 +1042,13 @@ impl Shared {
         let mut slots: Vec<Arc<Slot>> =
             self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
+        // Then one per machine (Grid node) before any machine gets a second.
+        let nodes: Vec<Option<String>> = slots
+            .iter()
+            .map(|s| s.placement.lock().expect("placement").as_ref().and_then(|p| p.node()).map(|n| n.id))
+            .collect();
+        let spread = crate::policy::placement::spread(&nodes.iter().map(Option::as_deref).collect::<Vec<_>>());
+        let mut slots: Vec<Arc<Slot>> = spread.into_iter().map(|i| slots[i].clone()).collect();
         let ok = if self.spans_tabs(&entry.family) {
             // Pipelines one after another: each claims its stage tabs from those left (its
             // stages load at once).
