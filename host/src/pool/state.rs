@@ -314,6 +314,9 @@ pub(crate) struct Shared {
     pub next_serial: AtomicU64,
     /// Batches hedged to a second replica.
     pub hedged: AtomicU64,
+    /// Models being loaded (not yet in `models`): a tab recovered or launched meanwhile gets
+    /// them too, or a tab lost during a load would never hold the model.
+    pub loading: Mutex<Vec<Arc<ModelEntry>>>,
     /// Selenium Grids behind remote kinds, and their latest views.
     pub grids: super::grid::Grids,
     /// Multi-tab jobs: ids, and coordinated recoveries done.
@@ -375,6 +378,7 @@ impl Shared {
         };
         Ok(Shared {
             grids: super::grid::Grids::new(&kinds),
+            loading: Mutex::new(Vec::new()),
             cfg,
             kinds,
             host: tokio::sync::Mutex::new(Some(host)),
@@ -536,6 +540,9 @@ impl Shared {
             if m.allows(&slot.kind.name) && (wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m))) {
                 self.add_replica(&m, &slot).await;
             }
+        }
+        for m in self.loading_for(&slot, &[]) {
+            self.add_replica(&m, &slot).await;
         }
         // Idle time counts from when the tab is ready to serve, not from its launch.
         *slot.last_active.lock().expect("slot") = Instant::now();
@@ -752,6 +759,9 @@ impl Shared {
         let mut ok = true;
         for m in had {
             ok &= self.add_replica(m, slot).await;
+        }
+        for m in self.loading_for(slot, had) {
+            self.add_replica(&m, slot).await;
         }
         *slot.last_active.lock().expect("slot") = Instant::now();
         slot.recovering.store(false, Ordering::SeqCst);
@@ -1049,6 +1059,7 @@ impl Shared {
             .collect();
         let spread = crate::policy::placement::spread(&nodes.iter().map(Option::as_deref).collect::<Vec<_>>());
         let mut slots: Vec<Arc<Slot>> = spread.into_iter().map(|i| slots[i].clone()).collect();
+        self.loading.lock().expect("loading").push(entry.clone());
         let ok = if self.spans_tabs(&entry.family) {
             // Pipelines one after another: each claims its stage tabs from those left (its
             // stages load at once).
@@ -1070,6 +1081,7 @@ impl Shared {
             let loaded = futures_util::future::join_all(slots.iter().map(|s| self.add_replica(&entry, s))).await;
             loaded.iter().filter(|b| **b).count()
         };
+        self.loading.lock().expect("loading").retain(|m| !Arc::ptr_eq(m, &entry));
         anyhow::ensure!(
             ok > 0 || slots.is_empty(),
             "{name} loaded on none of {} tabs (see the scaling log: {:?})",
@@ -1078,6 +1090,21 @@ impl Shared {
         );
         self.models.lock().expect("models").push(entry.clone());
         Ok(entry)
+    }
+
+    /// Models still loading that want a replica on `slot` (its kind allowed, short of their
+    /// replica count, not among `done`).
+    fn loading_for(&self, slot: &Arc<Slot>, done: &[Arc<ModelEntry>]) -> Vec<Arc<ModelEntry>> {
+        self.loading
+            .lock()
+            .expect("loading")
+            .iter()
+            .filter(|m| {
+                !done.iter().any(|d| Arc::ptr_eq(d, m)) && m.allows(&slot.kind.name) && !self.spans_tabs(&m.family)
+            })
+            .filter(|m| m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n))
+            .cloned()
+            .collect()
     }
 
     /// Every configured kind in routing order for `model` (caps ignored).
