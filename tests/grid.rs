@@ -110,6 +110,30 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     let _procs = support::process_guard();
     let lane = |l: &str| serde_json::json!({ "tabpool:lane": l });
     let mut grid = Grid::start_with(&[lane("a"), lane("a"), lane("b")], 60);
+
+    // `doctor --grid` lists the three nodes and starts one tab per free lane-a slot: two, on the
+    // two lane-a nodes, each with what it measured; then the Grid holds no session.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tabpool"))
+        .args(["--bind", &grid.host_ip, "doctor", "--grid", &grid.hub_url, "--capability", "tabpool:lane=a", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --grid: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{doc}");
+    assert_eq!(doc["grid"]["nodes"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(doc["free_slots"], 2, "{doc}");
+    let mut on: Vec<&str> = doc["tabs"].as_array().unwrap().iter().map(|t| t["node"].as_str().expect("node")).collect();
+    on.sort();
+    assert_eq!(on, [grid.nodes[0].uri.as_str(), grid.nodes[1].uri.as_str()], "{doc}");
+    for t in doc["tabs"].as_array().unwrap() {
+        let measured = t["calibration"].as_array().unwrap_or_else(|| panic!("{t}"));
+        assert!(measured.iter().any(|m| m["median_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{t}");
+    }
+    let t = Instant::now();
+    while grid.sessions_in_use() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "doctor left a session: {}", grid.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
     kind.binary = Some("/usr/bin/chromium".into());
     kind.capabilities.insert("tabpool:lane".into(), "a".into());

@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_history, bench_memory, bench_multimodal, bench_pool, bench_recovery, bench_shard,
-    bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve, shard_plan,
-    transcribe,
+    bench, bench_generate, bench_grid, bench_history, bench_memory, bench_multimodal, bench_pool, bench_recovery,
+    bench_shard, bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve,
+    shard_plan, transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -332,6 +332,33 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// A pool on a Selenium Grid against the same pool on this machine: sent/s with 1, 2… Grid
+    /// tabs, the nodes they landed on and what each node served, beside local tabs (needs
+    /// --bind/--advertise so the nodes' tabs reach this host).
+    Grid {
+        /// The Grid hub's URL.
+        #[arg(long, value_name = "URL")]
+        grid: String,
+        /// A capability to ask the Grid for, KEY=JSON (e.g. tabpool:lane=a); repeatable.
+        #[arg(long = "capability", value_name = "KEY=JSON")]
+        capabilities: Vec<String>,
+        /// The browser binary on the nodes, when their stereotype names none.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2])]
+        tabs: Vec<usize>,
+        /// One-sentence requests per timed pass.
+        #[arg(long, default_value_t = 256)]
+        requests: usize,
+        /// A local kind measured with the same tab counts ("" skips).
+        #[arg(long, default_value = "chromium")]
+        local: String,
+        /// Backend of every tab, Grid and local: auto (calibrate), webnn, webgpu, wasm-cpu.
+        #[arg(long, default_value = "auto", value_parser = cli::named::<Backend>())]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
     Pool {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
@@ -592,6 +619,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         | Command::Bench {
             what:
                 BenchWhat::Pool { .. }
+                | BenchWhat::Grid { .. }
                 | BenchWhat::Recovery { .. }
                 | BenchWhat::History { .. }
                 | BenchWhat::Vision { .. }
@@ -710,6 +738,18 @@ async fn main() -> ExitCode {
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
+        Command::Bench {
+            what: BenchWhat::Grid { grid, capabilities, binary, tabs, requests, local, backend, json },
+        } => match parse_capabilities(&capabilities) {
+            Ok(capabilities) => {
+                let args = bench_grid::Args { grid, capabilities, binary, tabs, requests, local, backend, json };
+                tokio::select! {
+                    r = bench_grid::run(cfg, args) => r,
+                    _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+                }
+            }
+            Err(e) => Err(e),
+        },
         Command::Bench {
             what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, per_kind, per_kind_requests, json },
         } => {

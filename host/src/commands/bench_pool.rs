@@ -39,23 +39,26 @@ struct KindRow {
     pass: Pass,
 }
 
-struct Pass {
-    per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    mean_batch: f64,
-    by_kind: BTreeMap<String, usize>,
+pub(crate) struct Pass {
+    pub per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_batch: f64,
+    pub by_kind: BTreeMap<String, usize>,
+    /// Requests served per tab id.
+    pub by_tab: BTreeMap<u64, usize>,
 }
 
-async fn pass(pool: &Pool, requests: &[(&str, Vec<&str>)]) -> anyhow::Result<Pass> {
+pub(crate) async fn pass(pool: &Pool, requests: &[(&str, Vec<&str>)]) -> anyhow::Result<Pass> {
     let t = Instant::now();
     let results = pool.execute_concurrent(requests).await;
     let secs = t.elapsed().as_secs_f64();
     let served: Vec<Served> = results.into_iter().collect::<Result<_, _>>()?;
     let lat: Vec<f64> = served.iter().map(|s| s.queue_ms + s.run_ms).collect();
-    let mut by_kind = BTreeMap::new();
+    let (mut by_kind, mut by_tab) = (BTreeMap::new(), BTreeMap::new());
     for s in &served {
         *by_kind.entry(s.kind.clone()).or_insert(0) += 1;
+        *by_tab.entry(s.tab).or_insert(0) += 1;
     }
     Ok(Pass {
         per_s: requests.len() as f64 / secs,
@@ -63,10 +66,11 @@ async fn pass(pool: &Pool, requests: &[(&str, Vec<&str>)]) -> anyhow::Result<Pas
         p99_ms: crate::stats::quantile(&lat, 0.99),
         mean_batch: served.iter().map(|s| s.batch_rows as f64).sum::<f64>() / served.len().max(1) as f64,
         by_kind,
+        by_tab,
     })
 }
 
-fn fixed_pool(kinds: Vec<KindSpec>, tabs: usize, queue: usize) -> PoolConfig {
+pub(crate) fn fixed_pool(kinds: Vec<KindSpec>, tabs: usize, queue: usize) -> PoolConfig {
     let mut cfg = PoolConfig { min_tabs: tabs, max_tabs: tabs, max_queue: queue, kinds, ..PoolConfig::default() };
     cfg.scaling.enabled = false;
     cfg
