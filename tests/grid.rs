@@ -14,7 +14,8 @@ use tabpool::{Host, HostConfig};
 /// Two tabs, one per node (each knows its node), serve MiniLM equal to the reference; idle past
 /// the nodes' session timeout they keep their sessions (the pool touches them); killing one
 /// node's JVM and browsers mid-load loses its tab, and every request still gets its right answer
-/// from the other node; when the pool stops, the Grid holds no session (no leaked slot).
+/// from the other node; when the node is started again the pool gets its tab back there; when
+/// the pool stops, the Grid holds no session (no leaked slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let _procs = support::process_guard();
@@ -83,6 +84,30 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let (answered, ()) = tokio::join!(load, kill);
     eprintln!("{answered} requests answered across the loss of node 0");
     assert!(answered >= refs.len());
+
+    // The machine comes back: the pool, refused while no slot was free, asks again and is back
+    // at two tabs, one on each node.
+    grid.restart_node(0);
+    let t = Instant::now();
+    loop {
+        let m = pool.metrics();
+        let mut on: Vec<String> = m
+            .tabs
+            .iter()
+            .filter(|t| t.connected && !t.recovering)
+            .filter_map(|t| t.node.clone().map(|n| n.uri))
+            .collect();
+        on.sort();
+        if on == nodes {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "not back on both nodes: {}", m.render());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("back on both nodes {:.1} s after node 0 was started again", t.elapsed().as_secs_f64());
+    for (res, r) in pool.execute_concurrent(&requests).await.iter().zip(&refs) {
+        support::check_against_reference(&res.as_ref().unwrap_or_else(|e| panic!("{e}")).vectors[0], r);
+    }
     let m = pool.metrics();
     println!("{}", m.render());
     pool.shutdown().await;

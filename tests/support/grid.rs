@@ -25,6 +25,8 @@ pub struct GridNode {
     /// The node's URI as the Grid reports it.
     pub uri: String,
     child: Option<Child>,
+    /// The node's command line (program, arguments), to start it again.
+    argv: Vec<String>,
 }
 
 pub struct Grid {
@@ -123,19 +125,19 @@ impl Grid {
                 ),
             )
             .unwrap();
-            let child = Command::new("ip")
-                .args(["netns", "exec", &ns, "taskset", "-c", &(i % cores).to_string(), "java", "-Xmx256m", "-jar"])
-                .arg(&jar)
-                .args(["node", "--host", &ip, "--port", "5555", "--heartbeat-period", "5"])
-                .args(["--session-timeout", &session_timeout_s.to_string()])
-                .arg("--config")
-                .arg(&toml)
-                .args(&bus)
-                .stdout(Stdio::from(log(&format!("node{i}.log"))))
-                .stderr(Stdio::from(log(&format!("node{i}.err"))))
-                .spawn()
-                .unwrap();
-            grid.nodes.push(GridNode { ns, ip: ip.clone(), uri: format!("http://{ip}:5555"), child: Some(child) });
+            let core = (i % cores).to_string();
+            let mut argv: Vec<String> =
+                ["ip", "netns", "exec", &ns, "taskset", "-c", &core, "java", "-Xmx256m", "-jar"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            argv.push(jar.display().to_string());
+            argv.extend(["node", "--host", &ip, "--port", "5555", "--heartbeat-period", "5"].map(String::from));
+            argv.extend(["--session-timeout".to_string(), session_timeout_s.to_string()]);
+            argv.extend(["--config".to_string(), toml.display().to_string()]);
+            argv.extend(bus.iter().cloned());
+            grid.nodes.push(GridNode { ns, ip: ip.clone(), uri: format!("http://{ip}:5555"), child: None, argv });
+            grid.spawn_node(i);
         }
         grid.wait_for_nodes(nodes, Duration::from_secs(90));
         grid
@@ -173,7 +175,10 @@ impl Grid {
     /// Node `i`'s entry in the hub's `/status`, while the hub lists it.
     pub fn node_status(&self, i: usize) -> Option<serde_json::Value> {
         let uri = &self.nodes[i].uri;
-        self.status()["nodes"].as_array()?.iter().find(|n| n["uri"].as_str() == Some(uri)).cloned()
+        // A node started again may be listed beside its dead self for a while: the live one first.
+        let nodes = self.status()["nodes"].as_array()?.clone();
+        let mine = nodes.into_iter().filter(|n| n["uri"].as_str() == Some(uri));
+        mine.max_by_key(|n| n["availability"] == "UP")
     }
 
     /// Node `i`'s id as the hub knows it.
@@ -219,6 +224,29 @@ impl Grid {
                 "{up} of {n} grid nodes UP after {timeout:?} (logs in {})",
                 self.dir.display()
             );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn spawn_node(&mut self, i: usize) {
+        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name)).unwrap();
+        let (out, err) = (log(&format!("node{i}.log")), log(&format!("node{i}.err")));
+        let node = &mut self.nodes[i];
+        let child = Command::new(&node.argv[0])
+            .args(&node.argv[1..])
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        node.child = Some(child);
+    }
+
+    /// Start node `i` again after [`Grid::kill_node`] (a machine back), once the hub lists it UP.
+    pub fn restart_node(&mut self, i: usize) {
+        self.spawn_node(i);
+        let t = Instant::now();
+        while self.node_status(i).is_none_or(|n| n["availability"] != "UP") {
+            assert!(t.elapsed() < Duration::from_secs(90), "node {i} not UP again (logs in {})", self.dir.display());
             std::thread::sleep(Duration::from_millis(300));
         }
     }
