@@ -133,13 +133,15 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     use tabpool::pool::{GenRequest, StreamEvent};
 
     let _procs = support::process_guard();
-    let lane = |l: &str| serde_json::json!({ "tabpool:lane": l });
+    // Lane-a nodes also advertise WebGPU, which the kind asks for and each tab must then have.
+    let lane = |l: &str| serde_json::json!({ "tabpool:lane": l, "tabpool:webgpu": l == "a" });
     let mut grid = Grid::start_with(&[lane("a"), lane("a"), lane("b")], 60);
 
     // `doctor --grid` lists the three nodes and starts one tab per free lane-a slot: two, on the
     // two lane-a nodes, each with what it measured; then the Grid holds no session.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tabpool"))
-        .args(["--bind", &grid.host_ip, "doctor", "--grid", &grid.hub_url, "--capability", "tabpool:lane=a", "--json"])
+        .args(["--bind", &grid.host_ip, "doctor", "--grid", &grid.hub_url, "--capability", "tabpool:lane=a"])
+        .args(["--capability", "tabpool:webgpu=true", "--json"])
         .output()
         .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -151,6 +153,7 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     on.sort();
     assert_eq!(on, [grid.nodes[0].uri.as_str(), grid.nodes[1].uri.as_str()], "{doc}");
     for t in doc["tabs"].as_array().unwrap() {
+        assert!(t["unmet"].is_null(), "{t}");
         let measured = t["calibration"].as_array().unwrap_or_else(|| panic!("{t}"));
         assert!(measured.iter().any(|m| m["median_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{t}");
     }
@@ -162,6 +165,7 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
     kind.binary = Some("/usr/bin/chromium".into());
     kind.capabilities.insert("tabpool:lane".into(), "a".into());
+    kind.capabilities.insert("tabpool:webgpu".into(), true.into());
     let mut cfg = PoolConfig { min_tabs: 2, max_tabs: 2, kinds: vec![kind], ..PoolConfig::default() };
     cfg.scaling.interval_ms = 500;
     cfg.generation.context_limit = 256;

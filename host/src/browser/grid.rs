@@ -83,6 +83,23 @@ pub fn offers(stereotype: &Map<String, Value>, caps: &Map<String, Value>) -> boo
         && caps.iter().filter(|(k, _)| k.starts_with("tabpool:")).all(|(k, v)| stereotype.get(k) == Some(v))
 }
 
+/// What a tab measured against the `tabpool:webnn` / `tabpool:webgpu` capabilities it was asked
+/// for: a node that advertises an API its browser does not give (no secure context, a flag
+/// missing) is named, instead of a model landing on a tab that cannot run it. `None` when the
+/// tab has everything asked for.
+pub fn unmet(caps: &Map<String, Value>, tab: &shared_proto::Capabilities) -> Option<String> {
+    let asked = |k: &str| caps.get(k) == Some(&Value::Bool(true));
+    let mut missing = Vec::new();
+    if asked("tabpool:webnn") && !tab.webnn.contexts.iter().any(|c| c.ok) {
+        missing
+            .push(format!("WebNN (navigator.ml {})", if tab.webnn.api_present { "has no context" } else { "absent" }));
+    }
+    if asked("tabpool:webgpu") && tab.webgpu.adapter.is_none() {
+        missing.push(format!("WebGPU ({})", tab.webgpu.error.as_deref().unwrap_or("no adapter")));
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 impl GridView {
     /// Parse the hub's `/status` answer. Anything else — a plain WebDriver endpoint's status
     /// (no `nodes`), an HTML error page — is an error naming what was found.
@@ -365,6 +382,21 @@ mod tests {
         assert!(!offers(st, &caps(serde_json::json!({"browserName": "firefox"}))));
         // Other vendors' capabilities are the Grid's business.
         assert!(offers(st, &caps(serde_json::json!({"browserName": "chrome", "goog:chromeOptions": {"args": []}}))));
+    }
+
+    #[test]
+    fn a_tab_without_the_api_its_node_advertises_is_named() {
+        use shared_proto::{AdapterInfo, Capabilities, WebNnContextProbe};
+        let asked = caps(serde_json::json!({"browserName": "chrome", "tabpool:webnn": true, "tabpool:webgpu": true}));
+        let mut tab = Capabilities::default();
+        let why = unmet(&asked, &tab).unwrap();
+        assert!(why.contains("WebNN (navigator.ml absent)") && why.contains("WebGPU"), "{why}");
+        tab.webnn.api_present = true;
+        tab.webnn.contexts.push(WebNnContextProbe { device_type: "cpu".into(), ok: true, error: None });
+        tab.webgpu.adapter = Some(AdapterInfo::default());
+        assert_eq!(unmet(&asked, &tab), None);
+        // Nothing asked, nothing required.
+        assert_eq!(unmet(&caps(serde_json::json!({"browserName": "chrome"})), &Capabilities::default()), None);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub async fn run_grid(
             _ => None,
         };
         let caps = tab.caps().clone();
+        let unmet = crate::browser::grid::unmet(&kind.asked_capabilities(), &caps);
+        if let Some(why) = &unmet {
+            lines.push(format!("tab {} LACKS what its node advertises: {why}", tab.id()));
+        }
         lines.push(format!(
             "tab {} on node {}: joined in {ms:.0} ms; {} cores; WebGPU {}; WebNN {}",
             tab.id(),
@@ -98,7 +102,7 @@ pub async fn run_grid(
             },
             Err(e) => json!({ "error": format!("{e:#}") }),
         };
-        tabs.push(json!({ "tab": tab.id(), "node": node, "session": session, "start_ms": ms, "capabilities": caps, "calibration": calibration }));
+        tabs.push(json!({ "tab": tab.id(), "node": node, "session": session, "start_ms": ms, "unmet": unmet, "capabilities": caps, "calibration": calibration }));
         held.push(tab);
     }
     host.shutdown().await;

@@ -125,10 +125,16 @@ pub(crate) async fn may_ask(shared: &Shared, kind: &KindSpec) -> anyhow::Result<
 }
 
 /// After a remote tab of `kind` joined: its session id and keepalive handle, and on a Grid the
-/// node that holds it. A Grid may place a request naming a custom capability on a node that does
+/// node that holds it. A tab without an API its kind asks for (`tabpool:webnn = true`, measured
+/// in the tab) is an error. A Grid may place a request naming a custom capability on a node that does
 /// not advertise it (its matcher ignores names a stereotype lacks): such a landing is an error,
 /// and the caller closes the tab.
-pub(crate) async fn place(shared: &Shared, kind: &KindSpec, tab_id: u64) -> anyhow::Result<Option<Arc<Placement>>> {
+pub(crate) async fn place(
+    shared: &Shared,
+    kind: &KindSpec,
+    tab_id: u64,
+    caps: &shared_proto::Capabilities,
+) -> anyhow::Result<Option<Arc<Placement>>> {
     if kind.browser != BrowserKind::Remote {
         return Ok(None);
     }
@@ -137,6 +143,9 @@ pub(crate) async fn place(shared: &Shared, kind: &KindSpec, tab_id: u64) -> anyh
         None => None,
     };
     let Some((Some(session), keepalive)) = session else { return Ok(None) };
+    if let Some(why) = crate::browser::grid::unmet(&kind.asked_capabilities(), caps) {
+        anyhow::bail!("tab {tab_id} of kind {} was asked for what its browser lacks: {why}", kind.name);
+    }
     let placement =
         Arc::new(Placement { session, node: Mutex::new(None), keepalive, touched: Mutex::new(Instant::now()) });
     if let Some(view) = shared.grids.read(&kind.name).await.unwrap_or(None)

@@ -571,7 +571,7 @@ impl Shared {
             };
             // A remote tab's session and node; a Grid's wrong landing closes the tab.
             let launched = match launched {
-                Ok(tab) => match super::grid::place(self, kind, tab.id()).await {
+                Ok(tab) => match super::grid::place(self, kind, tab.id(), tab.caps()).await {
                     Ok(p) => Ok((tab, p)),
                     Err(e) => {
                         if let Some(h) = self.host.lock().await.as_mut() {
