@@ -53,12 +53,13 @@ impl Grid {
     /// A hub and `nodes` nodes, each with one slot of Chromium, node `i` pinned to core
     /// `i % cores`, sessions idle for 60 s ended; returns once the hub reports every node UP.
     pub fn start(nodes: usize) -> Grid {
-        Grid::start_with(&vec![serde_json::json!({}); nodes], 60)
+        Grid::start_with(&vec![(serde_json::json!({}), 1); nodes], 60)
     }
 
-    /// As [`Grid::start`], node `i`'s stereotype carrying `extra[i]` (custom capabilities such as
-    /// `tabpool:lane`), its sessions ended after `session_timeout_s` without a WebDriver command.
-    pub fn start_with(extra: &[serde_json::Value], session_timeout_s: u64) -> Grid {
+    /// As [`Grid::start`], node `i` given by `extra[i]`: custom capabilities its stereotype
+    /// carries (such as `tabpool:lane`) and its number of slots; sessions are ended after
+    /// `session_timeout_s` without a WebDriver command.
+    pub fn start_with(extra: &[(serde_json::Value, usize)], session_timeout_s: u64) -> Grid {
         let nodes = extra.len();
         let jar = selenium_jar();
         assert!(jar.exists(), "no Selenium jar at {} (run `bash scripts/setup.sh`)", jar.display());
@@ -98,7 +99,7 @@ impl Grid {
         grid.hub_url = format!("http://{host_ip}:{port}");
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for (i, extra) in extra.iter().enumerate() {
+        for (i, (extra, slots)) in extra.iter().enumerate() {
             let ns = format!("tp{id}n{i}");
             let veth = format!("tpv{id}x{i}");
             let ip = format!("{subnet}.{}", 11 + i);
@@ -119,8 +120,8 @@ impl Grid {
             std::fs::write(
                 &toml,
                 format!(
-                    "[node]\ndetect-drivers = false\nmax-sessions = 1\n\n[[node.driver-configuration]]\n\
-                     display-name = \"chromium\"\nwebdriver-executable = \"/usr/bin/chromedriver\"\nmax-sessions = 1\nstereotype = '{}'\n",
+                    "[node]\ndetect-drivers = false\nmax-sessions = {slots}\noverride-max-sessions = true\n\n[[node.driver-configuration]]\n\
+                     display-name = \"chromium\"\nwebdriver-executable = \"/usr/bin/chromedriver\"\nmax-sessions = {slots}\nstereotype = '{}'\n",
                     stereotype
                 ),
             )

@@ -26,9 +26,31 @@ pub fn spread(machines: &[Option<&str>]) -> Vec<usize> {
     rank.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Whether a node holding `tabs` of the pool's tabs, whose browsers report `cores` cores, is
+/// worth another tab: browsers on one machine share its cores, and a tab per core is what a
+/// node gives (wasm runs one thread per tab; more tabs than cores only split the same compute —
+/// on this 2-core box two local tabs gave 1.88× one, and each 1-core Grid node one tab's worth).
+/// A node without tabs of the pool, or whose cores are unknown, has room.
+pub fn node_has_room(tabs: usize, cores: Option<u32>) -> bool {
+    match cores {
+        Some(c) => tabs < (c as usize).max(1),
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::spread;
+    use super::{node_has_room, spread};
+
+    #[test]
+    fn a_node_has_room_for_a_tab_per_core() {
+        assert!(node_has_room(0, None));
+        assert!(node_has_room(0, Some(1)));
+        assert!(!node_has_room(1, Some(1)), "a 1-core node with a tab is full");
+        assert!(node_has_room(1, Some(2)));
+        assert!(!node_has_room(2, Some(2)));
+        assert!(!node_has_room(1, Some(0)), "a browser reporting no cores still has one");
+    }
 
     #[test]
     fn each_machine_gets_one_before_any_gets_two() {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::browser::grid::{Availability, GridClient, GridView};
 use crate::browser::session::KeepAlive;
 use crate::browser::{BrowserKind, KindSpec};
+use crate::policy::placement::node_has_room;
 
 use super::state::{Shared, Slot};
 
@@ -97,13 +98,35 @@ impl Grids {
 }
 
 /// Before asking a Grid for a session of `kind`: a slot that offers what the kind asks for must
-/// be free and nothing queued ahead, or the request would wait in the Grid's queue.
+/// be free and nothing queued ahead, or the request would wait in the Grid's queue; and it must
+/// be on a node with room — fewer of the pool's tabs than cores (`policy::placement`). The
+/// Grid's slot selector puts a session on the least loaded node that matches, so the pool lands
+/// on a node with room whenever one has a free slot.
 pub(crate) async fn may_ask(shared: &Shared, kind: &KindSpec) -> anyhow::Result<()> {
     let Some(view) = shared.grids.read(&kind.name).await? else { return Ok(()) };
     let caps = kind.asked_capabilities();
-    let free = view.free_for(&caps);
+    // The pool's tabs per node, and the cores their browsers report there.
+    let mut ours: HashMap<String, (usize, u32)> = HashMap::new();
+    for s in shared.slots() {
+        if let Some(node) = s.placement.lock().expect("placement").as_ref().and_then(|p| p.node()) {
+            let e = ours.entry(node.id).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(s.tab.caps().hardware_concurrency);
+        }
+    }
+    let room = |id: &str| ours.get(id).is_none_or(|&(tabs, cores)| node_has_room(tabs, Some(cores)));
+    let free: usize =
+        if view.queued > 0 { 0 } else { view.nodes.iter().filter(|n| room(&n.id)).map(|n| n.free(&caps)).sum() };
     if free > 0 {
         return Ok(());
+    }
+    let full = view.free_for(&caps);
+    if full > 0 {
+        anyhow::bail!(
+            "the grid at {}: its {full} free slot(s) offering {} are on nodes whose cores the pool's tabs already use (a tab per core); not asking",
+            kind.url.as_ref().map(|u| u.shown()).unwrap_or_default(),
+            serde_json::Value::Object(caps),
+        );
     }
     let up: Vec<&crate::browser::grid::GridNode> =
         view.nodes.iter().filter(|n| n.availability == Availability::Up).collect();
