@@ -27,6 +27,9 @@ pub struct GridNode {
     child: Option<Child>,
     /// The node's command line (program, arguments), to start it again.
     argv: Vec<String>,
+    /// The host side of its veth pair (a namespace kept alive by a dying process keeps the pair
+    /// too, so it is deleted by name).
+    veth: String,
 }
 
 pub struct Grid {
@@ -63,7 +66,11 @@ impl Grid {
         let nodes = extra.len();
         let jar = selenium_jar();
         assert!(jar.exists(), "no Selenium jar at {} (run `bash scripts/setup.sh`)", jar.display());
-        let id = std::process::id() % 10_000;
+        // Unique per grid, also between tests of one process (names of a dropped grid's links
+        // can outlive it for a moment).
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = (std::process::id() * 7 + n) % 10_000;
         let subnet = format!("10.77.{}", id % 250);
         let host_ip = format!("{subnet}.1");
         let bridge = format!("tpbr{id}");
@@ -104,6 +111,15 @@ impl Grid {
             let veth = format!("tpv{id}x{i}");
             let ip = format!("{subnet}.{}", 11 + i);
             run("ip", &["netns", "add", &ns]);
+            // Known to Drop from here on, so a failure below still removes it.
+            grid.nodes.push(GridNode {
+                ns: ns.clone(),
+                ip: ip.clone(),
+                uri: format!("http://{ip}:5555"),
+                child: None,
+                argv: vec![],
+                veth: veth.clone(),
+            });
             run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
             run("ip", &["link", "set", &veth, "master", &grid.bridge, "up"]);
             run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
@@ -137,7 +153,7 @@ impl Grid {
             argv.extend(["--session-timeout".to_string(), session_timeout_s.to_string()]);
             argv.extend(["--config".to_string(), toml.display().to_string()]);
             argv.extend(bus.iter().cloned());
-            grid.nodes.push(GridNode { ns, ip: ip.clone(), uri: format!("http://{ip}:5555"), child: None, argv });
+            grid.nodes[i].argv = argv;
             grid.spawn_node(i);
         }
         grid.wait_for_nodes(nodes, Duration::from_secs(90));
@@ -282,6 +298,7 @@ impl Drop for Grid {
         for i in 0..self.nodes.len() {
             self.kill_node(i);
             let _ = Command::new("ip").args(["netns", "del", &self.nodes[i].ns]).output();
+            let _ = Command::new("ip").args(["link", "del", &self.nodes[i].veth]).output();
         }
         if let Some(mut h) = self.hub.take() {
             let _ = h.kill();

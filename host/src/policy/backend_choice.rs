@@ -93,9 +93,12 @@ impl Measured {
 }
 
 /// The tab backends a calibration times, in preference order: WebNN's cpu context, WebGPU, and
-/// the tab's wasm CPU executor when neither is there. A model that says a software WebGPU adapter
-/// is not worth timing (`time_software_gpu` false: Whisper's encoder ran one window for over two
-/// minutes on SwiftShader here) skips such an adapter, and always times the wasm CPU executor.
+/// the tab's wasm CPU executor unless WebNN or a hardware GPU is there. On a tab whose only GPU is
+/// software (SwiftShader, lavapipe) the wasm executor is timed beside it: MiniLM on SwiftShader
+/// served 5.7 sent/s against the wasm executor's 41.9 on the same 1-core Grid node (`bench grid`,
+/// 2026-12-07). A model that says a software WebGPU adapter is not worth timing
+/// (`time_software_gpu` false: Whisper's encoder ran one window for over two minutes on
+/// SwiftShader here) skips such an adapter, and always times the wasm CPU executor.
 pub fn calibration_candidates(caps: &Capabilities, time_software_gpu: bool) -> Vec<ExecBackend> {
     let mut out: Vec<ExecBackend> = caps
         .webnn
@@ -109,8 +112,11 @@ pub fn calibration_candidates(caps: &Capabilities, time_software_gpu: bool) -> V
     {
         out.push(ExecBackend::WebGpu);
     }
-    if out.is_empty() || !time_software_gpu {
-        // Neither WebNN nor WebGPU here: the tab's own wasm CPU executor is still real compute.
+    let hardware_gpu = caps.webgpu.adapter.as_ref().is_some_and(|a| super::gen_backend::software(a).is_none());
+    let webnn = out.iter().any(|b| matches!(b, ExecBackend::WebNn { .. }));
+    if !time_software_gpu || !(webnn || hardware_gpu) {
+        // Nothing here that could beat it (or a model that always wants it timed): the tab's own
+        // wasm CPU executor is real compute too.
         out.push(ExecBackend::Cpu);
     }
     out
@@ -233,5 +239,18 @@ mod tests {
         c.webnn.contexts.push(nn);
         assert_eq!(calibration_candidates(&c, false), [webnn, ExecBackend::WebGpu, ExecBackend::Cpu]);
         assert_eq!(calibration_candidates(&caps_with(None), true), [ExecBackend::Cpu], "nothing else: wasm");
+        // A software adapter alone (Debian Chromium, a Grid node): wasm is timed beside it.
+        let soft = caps_with(Some(shared_proto::AdapterInfo {
+            architecture: "swiftshader".into(),
+            ..shared_proto::AdapterInfo::default()
+        }));
+        assert_eq!(calibration_candidates(&soft, true), [ExecBackend::WebGpu, ExecBackend::Cpu]);
+        let mut hw = caps_with(Some(shared_proto::AdapterInfo {
+            device_type: "DiscreteGpu".into(),
+            ..shared_proto::AdapterInfo::default()
+        }));
+        assert_eq!(calibration_candidates(&hw, true), [ExecBackend::WebGpu], "a hardware GPU alone");
+        hw.webgpu.adapter = None;
+        assert_eq!(calibration_candidates(&hw, true), [ExecBackend::Cpu]);
     }
 }
