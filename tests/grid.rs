@@ -1,11 +1,11 @@
-//! The pool on a real Selenium Grid 4 (tests/support/grid.rs): a hub and two nodes, each node in
+//! The pool on a real Selenium Grid 4 (`tabpool::browser::grid_local`, as `bench grid` starts it): a hub and two nodes, each node in
 //! a network namespace of its own, pinned to its own core. The host binds only the bridge's
 //! address, so the tabs on the nodes reach it across an interface, as from other machines.
 
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::grid::Grid;
+use tabpool::browser::grid_local::LocalGrid as Grid;
 
 use tabpool::browser::{BrowserKind, KindSpec};
 use tabpool::pool::{ModelSpec, Pool, PoolConfig};
@@ -20,7 +20,8 @@ use tabpool::{Host, HostConfig};
 async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
     let _procs = support::process_guard();
     // Nodes end sessions idle for 15 s.
-    let mut grid = Grid::start_with(&[(serde_json::json!({}), 1), (serde_json::json!({}), 1)], 15);
+    let mut grid = Grid::start_with(&[(serde_json::json!({}), 1), (serde_json::json!({}), 1)], 15)
+        .unwrap_or_else(|e| panic!("grid: {e:#}"));
     let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(2);
     kind.binary = Some("/usr/bin/chromium".into());
     let mut cfg = PoolConfig { min_tabs: 2, max_tabs: 2, max_batch: 4, kinds: vec![kind], ..PoolConfig::default() };
@@ -87,7 +88,7 @@ async fn a_pool_on_a_grid_serves_from_two_nodes_and_survives_losing_one() {
 
     // The machine comes back: the pool, refused while no slot was free, asks again and is back
     // at two tabs, one on each node.
-    grid.restart_node(0);
+    grid.restart_node(0).unwrap_or_else(|e| panic!("{e:#}"));
     let t = Instant::now();
     loop {
         let m = pool.metrics();
@@ -138,7 +139,8 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     // Lane-a nodes also advertise WebGPU, which the kind asks for and each tab must then have.
     let lane = |l: &str| serde_json::json!({ "tabpool:lane": l, "tabpool:webgpu": l == "a" });
     // Node 0 has two slots but, pinned to one core, room for one of the pool's tabs.
-    let mut grid = Grid::start_with(&[(lane("a"), 2), (lane("a"), 1), (lane("b"), 1)], 60);
+    let mut grid = Grid::start_with(&[(lane("a"), 2), (lane("a"), 1), (lane("b"), 1)], 60)
+        .unwrap_or_else(|e| panic!("grid: {e:#}"));
 
     // `doctor --grid` lists the three nodes and starts one tab per free lane-a slot: two, on the
     // two lane-a nodes, each with what it measured; then the Grid holds no session.
@@ -217,7 +219,7 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     // a core the pool's tab there already uses): refused by the pool, not queued at the Grid.
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
-        assert_eq!(grid.queue_size(), 0, "a new-session request waits in the grid's queue");
+        assert_eq!(grid.queue_size(), Some(0), "a new-session request waits in the grid's queue");
         assert_eq!(grid.sessions_on(2), 0, "the lane-b node was asked");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -229,7 +231,7 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     );
 
     // The Grid drains the last lane-a node: the pool retires its tab and deletes the session.
-    grid.drain(left);
+    grid.drain(left).unwrap_or_else(|e| panic!("{e:#}"));
     let t = Instant::now();
     while grid.node_status(left).is_some_and(|n| n["slots"].as_array().unwrap().iter().any(|s| !s["session"].is_null()))
     {

@@ -336,9 +336,13 @@ enum BenchWhat {
     /// tabs, the nodes they landed on and what each node served, beside local tabs (needs
     /// --bind/--advertise so the nodes' tabs reach this host).
     Grid {
-        /// The Grid hub's URL.
+        /// The Grid hub's URL; without it, a hub and --nodes nodes are started here (root:
+        /// network namespaces, each node pinned to its own core).
         #[arg(long, value_name = "URL")]
-        grid: String,
+        grid: Option<String>,
+        /// Nodes of the Grid started here when no --grid is given.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
         /// A capability to ask the Grid for, KEY=JSON (e.g. tabpool:lane=a); repeatable.
         #[arg(long = "capability", value_name = "KEY=JSON")]
         capabilities: Vec<String>,
@@ -739,10 +743,10 @@ async fn main() -> ExitCode {
             }
         }
         Command::Bench {
-            what: BenchWhat::Grid { grid, capabilities, binary, tabs, requests, local, backend, json },
+            what: BenchWhat::Grid { grid, nodes, capabilities, binary, tabs, requests, local, backend, json },
         } => match parse_capabilities(&capabilities) {
             Ok(capabilities) => {
-                let args = bench_grid::Args { grid, capabilities, binary, tabs, requests, local, backend, json };
+                let args = bench_grid::Args { grid, nodes, capabilities, binary, tabs, requests, local, backend, json };
                 tokio::select! {
                     r = bench_grid::run(cfg, args) => r,
                     _ = interrupted() => Err(anyhow::anyhow!("interrupted")),

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod grid;
-
 use std::collections::HashSet;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};

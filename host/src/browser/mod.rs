@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod grid;
+pub mod grid_local;
 pub mod kinds;
 pub mod procs;
 pub mod session;

@@ -20,7 +20,9 @@ use crate::browser::{BrowserKind, KindSpec};
 use crate::pool::{ModelSpec, Pool};
 
 pub struct Args {
-    pub grid: String,
+    /// A Grid hub; `None`: start one here with `nodes` nodes (`browser::grid_local`).
+    pub grid: Option<String>,
+    pub nodes: usize,
     pub capabilities: serde_json::Map<String, Value>,
     /// The browser binary on the nodes, if their stereotype does not name one.
     pub binary: Option<std::path::PathBuf>,
@@ -80,7 +82,29 @@ async fn measure(host_cfg: &HostConfig, kind: &KindSpec, n: usize, texts: &[&str
 }
 
 pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
-    let mut kind = KindSpec::remote("grid", &args.grid, BrowserKind::Chromium);
+    let (url, host_cfg, local_grid) = match &args.grid {
+        Some(url) => (url.clone(), host_cfg, None),
+        None => {
+            // A hub and nodes here, each node in its own network namespace pinned to its own
+            // core; the host binds the bridge the nodes reach it over.
+            let n = args.nodes;
+            let g =
+                tokio::task::spawn_blocking(move || crate::browser::grid_local::LocalGrid::start(n)).await?.context(
+                    "starting a local Selenium Grid (needs root, ip, taskset, java and the jar: scripts/setup.sh)",
+                )?;
+            let cfg = HostConfig { bind: g.host_ip.parse()?, ..host_cfg };
+            (g.hub_url.clone(), cfg, Some(g))
+        }
+    };
+    let result = measure_all(&host_cfg, &url, &args).await;
+    if let Some(g) = local_grid {
+        tokio::task::spawn_blocking(move || drop(g)).await?;
+    }
+    result
+}
+
+async fn measure_all(host_cfg: &HostConfig, url: &str, args: &Args) -> anyhow::Result<()> {
+    let mut kind = KindSpec::remote("grid", url, BrowserKind::Chromium);
     kind.capabilities = args.capabilities.clone();
     kind.binary = args.binary.clone();
     kind.backend = Some(args.backend);
@@ -104,13 +128,13 @@ pub async fn run(host_cfg: HostConfig, args: Args) -> anyhow::Result<()> {
             skipped.push(format!("{n} grid tabs: only {free} free slot(s)"));
             continue;
         }
-        rows.push(measure(&host_cfg, &kind.clone().with_max_tabs(n), n, &texts, "grid").await?);
+        rows.push(measure(host_cfg, &kind.clone().with_max_tabs(n), n, &texts, "grid").await?);
     }
     if !args.local.is_empty() {
         let mut local = parse_kind(&args.local)?;
         local.backend = Some(args.backend);
         for &n in &args.tabs {
-            rows.push(measure(&host_cfg, &local.clone().with_max_tabs(n), n, &texts, &local.name).await?);
+            rows.push(measure(host_cfg, &local.clone().with_max_tabs(n), n, &texts, &local.name).await?);
         }
     }
     let grid_one = rows.iter().find(|r| r.place == "grid" && r.tabs == 1).map(|r| r.pass.per_s);

@@ -27,6 +27,40 @@ fn found(r: &anyhow::Result<std::path::PathBuf>) -> Value {
     }
 }
 
+/// MiniLM timed on every backend `tab` offers (then unloaded): the figures as JSON, a line each
+/// in `lines`.
+async fn calibrate(
+    tab: &crate::Tab,
+    model: &anyhow::Result<crate::models::minilm::MiniLm>,
+    lines: &mut Vec<String>,
+) -> Value {
+    let m = match model {
+        Ok(m) => m,
+        Err(e) => {
+            lines.push(format!("  calibration skipped: {e:#}"));
+            return json!({ "error": format!("{e:#}") });
+        }
+    };
+    match calibrate_tab(tab, m, &()).await {
+        Ok((measured, loaded)) => {
+            for tm in loaded.into_iter().flatten() {
+                let _ = tm.unload().await;
+            }
+            for m in &measured {
+                lines.push(match m.median_ms {
+                    Some(v) => format!(
+                        "  calibration {:<10} {v:8.2} ms (MiniLM, 1 sentence of 16 tokens, median of 3)",
+                        m.backend
+                    ),
+                    None => format!("  calibration {:<10} failed: {}", m.backend, m.error.as_deref().unwrap_or("?")),
+                });
+            }
+            json!(measured)
+        }
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    }
+}
+
 /// `doctor --grid URL`: the Grid's nodes (availability, slots in use, session timeout, what
 /// their stereotypes offer), then one tab per free slot offering what `caps` ask for, all held at
 /// once so that each lands on a slot of its own: its node, what the browser there reports
@@ -80,28 +114,7 @@ pub async fn run_grid(
             adapter_line(&caps),
             webnn_line(&caps)
         ));
-        let calibration = match &model {
-            Ok(m) => match calibrate_tab(&tab, m, &()).await {
-                Ok((measured, loaded)) => {
-                    for tm in loaded.into_iter().flatten() {
-                        let _ = tm.unload().await;
-                    }
-                    for m in &measured {
-                        lines.push(match m.median_ms {
-                            Some(v) => {
-                                format!("  calibration {:<10} {v:8.2} ms (MiniLM, 1 sentence of 16 tokens)", m.backend)
-                            }
-                            None => {
-                                format!("  calibration {:<10} failed: {}", m.backend, m.error.as_deref().unwrap_or("?"))
-                            }
-                        });
-                    }
-                    json!(measured)
-                }
-                Err(e) => json!({ "error": format!("{e:#}") }),
-            },
-            Err(e) => json!({ "error": format!("{e:#}") }),
-        };
+        let calibration = calibrate(&tab, &model, &mut lines).await;
         tabs.push(json!({ "tab": tab.id(), "node": node, "session": session, "start_ms": ms, "unmet": unmet, "capabilities": caps, "calibration": calibration }));
         held.push(tab);
     }
@@ -162,27 +175,7 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
                         lines.push(format!("    {n:<36} {v}"));
                     }
                     lines.push(format!("  WebNN       {}", webnn_line(&caps)));
-                    let calibration = match &model {
-                        Ok(m) => match calibrate_tab(&tab, m, &()).await {
-                            Ok((measured, loaded)) => {
-                                for tm in loaded.into_iter().flatten() {
-                                    let _ = tm.unload().await;
-                                }
-                                for m in &measured {
-                                    lines.push(match m.median_ms {
-                                        Some(v) => format!("  calibration {:<10} {v:8.2} ms (MiniLM, 1 sentence of 16 tokens, median of 3)", m.backend),
-                                        None => format!("  calibration {:<10} failed: {}", m.backend, m.error.as_deref().unwrap_or("?")),
-                                    });
-                                }
-                                json!(measured)
-                            }
-                            Err(e) => json!({ "error": format!("{e:#}") }),
-                        },
-                        Err(e) => {
-                            lines.push(format!("  calibration skipped: {e:#}"));
-                            json!({ "error": format!("{e:#}") })
-                        }
-                    };
+                    let calibration = calibrate(&tab, &model, &mut lines).await;
                     tabs.insert(
                         name.into(),
                         json!({ "start_ms": ms, "capabilities": caps, "calibration": calibration }),
