@@ -50,7 +50,7 @@ pub(crate) struct Grids {
     clients: HashMap<String, GridClient>,
     /// Kinds whose endpoint answered `/status` without nodes: plain WebDriver, not a Grid.
     plain: Mutex<Vec<String>>,
-    views: Mutex<HashMap<String, (Instant, GridView)>>,
+    views: Mutex<HashMap<String, GridView>>,
 }
 
 impl Grids {
@@ -66,7 +66,7 @@ impl Grids {
     /// The latest view of every Grid, by kind (for `/status`).
     pub fn views(&self) -> Vec<(String, GridView)> {
         let mut v: Vec<(String, GridView)> =
-            self.views.lock().expect("views").iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect();
+            self.views.lock().expect("views").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -84,7 +84,7 @@ impl Grids {
         let Some(client) = self.client(kind) else { return Ok(None) };
         match client.view().await {
             Ok(v) => {
-                self.views.lock().expect("views").insert(kind.to_string(), (Instant::now(), v.clone()));
+                self.views.lock().expect("views").insert(kind.to_string(), v.clone());
                 Ok(Some(v))
             }
             Err(e) if format!("{e}").contains("not a Selenium Grid") => {
