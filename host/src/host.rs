@@ -75,6 +75,8 @@ pub struct Host {
     /// The address tabs use to reach the listeners.
     advertised: String,
     next_tab: u64,
+    /// This host's random id, asked of every Grid session as `tabpool:owner`.
+    owner: String,
 }
 
 /// A tab the host expects: its id, secret and page URL. [`Host::launch_tab`] uses this; tests use
@@ -114,6 +116,7 @@ impl Host {
             browsers: Vec::new(),
             advertised,
             next_tab: 1,
+            owner: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -233,12 +236,14 @@ impl Host {
                     // http at another machine's address is not one unless the browser is told so.
                     flags.push(format!("--unsafely-treat-insecure-origin-as-secure={}", self.registry.allowed_origin));
                 }
+                let mut caps = spec.capabilities.clone();
+                caps.insert(crate::browser::grid::OWNER_CAP.into(), self.owner.clone().into());
                 Launch::Remote {
                     url: spec.url.clone().expect("validated"),
                     engine,
                     binary: spec.binary.clone(),
                     flags,
-                    caps: spec.capabilities.clone(),
+                    caps,
                 }
             }
         };
@@ -299,6 +304,26 @@ impl Host {
     pub async fn webdriver_session(&self, id: u64) -> Option<(Option<String>, crate::browser::session::KeepAlive)> {
         let (_, _, s) = self.browsers.iter().find(|(t, _, _)| *t == id)?;
         Some((s.session_id().await, s.keepalive()))
+    }
+
+    /// This host's id, which every session it asks of a Grid carries (`browser::grid::OWNER_CAP`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The WebDriver session ids of every browser this host has open; `None` if one could not be
+    /// read at once (its client busy with a call to an unreachable node), as then the set is not
+    /// known.
+    pub async fn webdriver_sessions(&self) -> Option<std::collections::HashSet<String>> {
+        let mut ids = std::collections::HashSet::new();
+        for (_, _, s) in &self.browsers {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), s.session_id()).await {
+                Ok(Some(id)) => ids.insert(id),
+                Ok(None) => false,
+                Err(_) => return None,
+            };
+        }
+        Some(ids)
     }
 
     /// Tab ids with a browser open.

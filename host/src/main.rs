@@ -354,6 +354,19 @@ enum BenchWhat {
         /// One-sentence requests per timed pass.
         #[arg(long, default_value_t = 256)]
         requests: usize,
+        /// Concurrent greedy SmolLM2 streams per generation pass (and in the node loss).
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Tokens each stream generates.
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        /// Launch/retire cycles timing a new tab, Grid and local, then the slots left (0 skips).
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+        /// How the node-loss phase loses a node of the bench's own Grid: kill (JVM, driver and
+        /// browsers at once), cut (its network link down), none.
+        #[arg(long, value_enum, default_value = "kill")]
+        loss: bench_grid::Loss,
         /// A local kind measured with the same tab counts ("" skips).
         #[arg(long, default_value = "chromium")]
         local: String,
@@ -743,10 +756,39 @@ async fn main() -> ExitCode {
             }
         }
         Command::Bench {
-            what: BenchWhat::Grid { grid, nodes, capabilities, binary, tabs, requests, local, backend, json },
+            what:
+                BenchWhat::Grid {
+                    grid,
+                    nodes,
+                    capabilities,
+                    binary,
+                    tabs,
+                    requests,
+                    streams,
+                    tokens,
+                    cycles,
+                    loss,
+                    local,
+                    backend,
+                    json,
+                },
         } => match parse_capabilities(&capabilities) {
             Ok(capabilities) => {
-                let args = bench_grid::Args { grid, nodes, capabilities, binary, tabs, requests, local, backend, json };
+                let args = bench_grid::Args {
+                    grid,
+                    nodes,
+                    capabilities,
+                    binary,
+                    tabs,
+                    requests,
+                    streams,
+                    tokens,
+                    cycles,
+                    loss,
+                    local,
+                    backend,
+                    json,
+                };
                 tokio::select! {
                     r = bench_grid::run(cfg, args) => r,
                     _ = interrupted() => Err(anyhow::anyhow!("interrupted")),

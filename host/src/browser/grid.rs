@@ -35,7 +35,15 @@ pub enum Availability {
 pub struct GridSlot {
     pub stereotype: Map<String, Value>,
     pub session: Option<String>,
+    /// The session's [`OWNER_CAP`]: which host asked for it.
+    pub owner: Option<String>,
 }
+
+/// A capability every session the host asks of a Grid carries: its host's random id. The Grid
+/// echoes it in the session's capabilities (measured on 4.48), so sessions the host no longer
+/// holds — a new-session request abandoned at its timeout and served later, a delete that failed
+/// while a node's link was down — can be told apart from other users' and deleted.
+pub const OWNER_CAP: &str = "tabpool:owner";
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GridNode {
@@ -119,6 +127,7 @@ impl GridView {
                             .map(|s| GridSlot {
                                 stereotype: s["stereotype"].as_object().cloned().unwrap_or_default(),
                                 session: s["session"]["sessionId"].as_str().map(str::to_string),
+                                owner: s["session"]["capabilities"][OWNER_CAP].as_str().map(str::to_string),
                             })
                             .collect::<Vec<_>>()
                     })
@@ -143,6 +152,17 @@ impl GridView {
             nodes,
             queued: 0,
         })
+    }
+
+    /// Sessions `owner` asked for that are not in `held` (the sessions its host has open, read
+    /// while no launch runs): (session, node URI), to delete.
+    pub fn orphans(&self, owner: &str, held: &std::collections::HashSet<String>) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.slots.iter().map(move |s| (n, s)))
+            .filter(|(_, s)| s.owner.as_deref() == Some(owner))
+            .filter_map(|(n, s)| s.session.clone().filter(|id| !held.contains(id)).map(|id| (id, n.uri.clone())))
+            .collect()
     }
 
     /// The queue length from the hub's GraphQL answer to [`QUERY`].
@@ -262,6 +282,11 @@ impl GridClient {
         self.json("POST", &format!("/se/grid/distributor/node/{node_id}/drain"), None).await.map(|_| ())
     }
 
+    /// End session `id` through the hub (WebDriver `DELETE /session/{id}`): its slot is free.
+    pub async fn delete_session(&self, id: &str) -> anyhow::Result<()> {
+        self.json("DELETE", &format!("/session/{id}"), None).await.map(|_| ())
+    }
+
     async fn json(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<Value> {
         use http_body_util::BodyExt;
         let shown = self.url.shown();
@@ -352,6 +377,30 @@ mod tests {
         assert_eq!(view.session(&id).unwrap().0.id, n.id);
         assert!(view.session("no-such-session").is_none());
         assert_eq!(view.keepalive_every(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn sessions_a_host_asked_for_and_no_longer_holds_are_orphans() {
+        // The Grid echoes a requested custom capability in the session's capabilities: the
+        // recorded busy session carries `tabpool:webgpu`, asked for, advertised by no stereotype.
+        let mut status = data("status_busy.json");
+        let slots = status["value"]["nodes"][0]["slots"].as_array_mut().unwrap();
+        assert_eq!(slots[0]["session"]["capabilities"]["tabpool:webgpu"], true);
+        assert!(slots[0]["stereotype"].get("tabpool:webgpu").is_none());
+        // Both sessions asked by host "a1"; so the owner is recorded as the Grid would echo it.
+        let ids: Vec<String> = slots.iter().map(|s| s["session"]["sessionId"].as_str().unwrap().to_string()).collect();
+        for s in slots.iter_mut() {
+            s["session"]["capabilities"][OWNER_CAP] = "a1".into();
+        }
+        let view = GridView::from_status(&status).unwrap();
+        let held = |ids: &[&String]| ids.iter().map(|s| s.to_string()).collect();
+        // Held by the host: nothing to delete; one dropped: that one; another host's: none.
+        assert!(view.orphans("a1", &held(&[&ids[0], &ids[1]])).is_empty());
+        assert_eq!(view.orphans("a1", &held(&[&ids[1]])), vec![(ids[0].clone(), "http://127.0.0.1:5555".to_string())]);
+        assert!(view.orphans("b2", &held(&[])).is_empty());
+        // Sessions without the capability (other clients of the Grid) are never touched.
+        let plain = GridView::from_status(&data("status_busy.json")).unwrap();
+        assert!(plain.orphans("a1", &held(&[])).is_empty());
     }
 
     #[test]

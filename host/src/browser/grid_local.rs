@@ -314,6 +314,23 @@ impl LocalGrid {
         }
     }
 
+    /// Cut node `i`'s network link (its end of the bridge down): the node and its browsers run
+    /// on, but nothing they send arrives and nothing resets — a machine unplugged.
+    pub fn cut_link(&mut self, i: usize) {
+        let _ = Command::new("ip").args(["link", "set", &self.nodes[i].veth, "down"]).output();
+    }
+
+    /// Plug node `i` back in after [`LocalGrid::cut_link`], once the hub lists it UP again.
+    pub fn mend_link(&mut self, i: usize) -> anyhow::Result<()> {
+        run("ip", &["link", "set", &self.nodes[i].veth, "master", &self.bridge, "up"])?;
+        let t = Instant::now();
+        while self.node_status(i).is_none_or(|n| n["availability"] != "UP") {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(90), "node {i} not UP again after its link came back");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(())
+    }
+
     fn remove_network(&self) {
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
     }

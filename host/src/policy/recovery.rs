@@ -144,9 +144,31 @@ pub fn hedge_after(expected: Option<Duration>, h: Hedging) -> Option<Duration> {
     }
 }
 
+/// A stream's next token is never called late before this: the gaps between tokens vary with
+/// what else a tab runs (a batch of embeddings between two steps), and a copy re-reads the
+/// whole prompt on another replica.
+pub const STALL_FLOOR: Duration = Duration::from_secs(2);
+
+/// When a stream whose largest gap between tokens so far is `largest_gap` has waited long enough
+/// for its next token to be copied to another replica: the hedge rule on that gap, never before
+/// [`STALL_FLOOR`]. `None` with hedging off.
+pub fn stall_after(largest_gap: Duration, h: Hedging) -> Option<Duration> {
+    hedge_after(Some(largest_gap), h).map(|d| d.max(STALL_FLOOR))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_stalled_past_its_own_rhythm_and_never_within_the_floor() {
+        let h = Hedging { enabled: true, factor: 4.0, floor: Duration::from_millis(250) };
+        // Tokens every 100 ms: late past the floor, not at 400 ms.
+        assert_eq!(stall_after(Duration::from_millis(100), h), Some(STALL_FLOOR));
+        // A stream that has seen a 1.5 s gap (a batch between steps) waits 6 s.
+        assert_eq!(stall_after(Duration::from_millis(1500), h), Some(Duration::from_secs(6)));
+        assert_eq!(stall_after(Duration::from_secs(1), Hedging { enabled: false, ..h }), None);
+    }
 
     #[test]
     fn a_stage_is_replaced_only_when_its_tab_failed() {

@@ -133,13 +133,16 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
     let t0 = Instant::now();
     let mut out: Vec<u32> = Vec::new();
     let (mut first, mut last) = (None::<Instant>, t0);
+    // The largest gap between two tokens of one leg: how late a next token must be to count as
+    // stalled. `rehedged`: the gap just ended was a stall (not a measure of the replica).
+    let (mut largest_gap, mut rehedged) = (Duration::ZERO, false);
     let mut replays = 0u32;
     let mut avoid: Vec<u64> = Vec::new();
     let mut queue_ms = None::<f64>;
     let mut place_of: Option<(String, String, u64)> = None;
     let mut waiting = true;
     let mut abandoned = shared.abandon.subscribe();
-    let ended: Result<Finish, Ended> = loop {
+    let ended: Result<Finish, Ended> = 'stream: loop {
         let placed = tokio::select! {
             r = place(&shared, &m, &avoid) => r,
             () = tx.closed() => break Err(Ended::Cancelled),
@@ -204,11 +207,61 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
         let leg = loop {
             let ev = match pending.take() {
                 Some(ev) => ev,
-                None => tokio::select! {
-                    ev = events.recv() => ev,
-                    () = tx.closed() => break Leg::Cancelled,
-                    _ = abandoned.wait_for(|a| *a) => break Leg::ShutDown,
-                },
+                None => {
+                    // Mid-leg, a next token later than the stream's own rhythm allows: an
+                    // unplugged machine (no reset, only silence) or a stuck tab. Copy the stream
+                    // from here to another replica; the first to answer goes on, the tab's fate
+                    // is the heartbeats' call.
+                    let stall = if out.len() > had {
+                        crate::policy::recovery::stall_after(largest_gap, shared.cfg.hedging())
+                    } else {
+                        None
+                    };
+                    let next = tokio::select! {
+                        ev = events.recv() => Some(ev),
+                        () = tx.closed() => break Leg::Cancelled,
+                        _ = abandoned.wait_for(|a| *a) => break Leg::ShutDown,
+                        () = sleep_or_never(stall) => None,
+                    };
+                    match next {
+                        Some(ev) => ev,
+                        None => {
+                            let mut rest = req.prompt.clone();
+                            rest.extend(&out);
+                            let params = GenParams {
+                                max_tokens: req.params.max_tokens - out.len() as u32,
+                                ..req.params.clone()
+                            };
+                            tracing::info!(model = m.name, tab = r.slot.id, "a stream's next token is {stall:?} late");
+                            let raced = tokio::select! {
+                                raced = hedge_first(&shared, &m, r.clone(), events, Duration::ZERO, (&rest, &params)) => Some(raced),
+                                () = tx.closed() => None,
+                                _ = abandoned.wait_for(|a| *a) => None,
+                            };
+                            let Some((winner, winner_events, first_event)) = raced else {
+                                leave(&m, &r);
+                                book(&shared, &m, &r, None);
+                                break 'stream if tx.is_closed() {
+                                    Err(Ended::Cancelled)
+                                } else {
+                                    Err(Ended::Error(PoolError::ShutDown))
+                                };
+                            };
+                            if !Arc::ptr_eq(&winner, &r) {
+                                place_of =
+                                    Some((winner.slot.kind.name.clone(), winner.backend.clone(), winner.slot.id));
+                                let _ = tx.send(StreamEvent::Placed {
+                                    tab: winner.slot.id,
+                                    kind: winner.slot.kind.name.clone(),
+                                    backend: winner.backend.clone(),
+                                    replay: replays,
+                                });
+                            }
+                            (r, events, pending, rehedged) = (winner, winner_events, first_event, true);
+                            continue;
+                        }
+                    }
+                }
             };
             if matches!(ev, Some(GenEvent::Token(_))) && out.len() == had {
                 note_first_token(&m, started.elapsed(), prompt_len);
@@ -228,6 +281,9 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
                             &model,
                             (now - last).as_secs_f64(),
                         ),
+                    }
+                    if out.len() > had && !std::mem::take(&mut rehedged) {
+                        largest_gap = largest_gap.max(now - last);
                     }
                     first.get_or_insert(now);
                     last = now;
@@ -376,6 +432,14 @@ fn note_first_token(m: &ModelEntry, took: Duration, prompt_len: usize) {
 }
 
 type Events = mpsc::UnboundedReceiver<GenEvent>;
+
+/// Sleep for `d`; never wake without one.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The first event of a leg on `r`, hedged: if none came within `after` and another replica has
 /// a free place, the same session starts there too, and the first copy to produce a token (or

@@ -209,6 +209,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     continue;
                 }
             };
+            reap_orphans(&shared, kind, &view).await;
             let every = view.keepalive_every();
             let slots: Vec<Arc<Slot>> = shared.slots().into_iter().filter(|s| s.kind.name == *kind).collect();
             for slot in slots {
@@ -231,6 +232,27 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Delete the Grid sessions this host asked for and no longer holds (an abandoned new-session
+/// request served later, a delete that failed while the node was unreachable). Read while no
+/// launch runs (launches hold the host), so a session being set up is never taken for one.
+async fn reap_orphans(shared: &Shared, kind: &str, view: &GridView) {
+    let orphans = {
+        let Ok(host) = shared.host.try_lock() else { return };
+        let Some(host) = host.as_ref() else { return };
+        let Some(held) = host.webdriver_sessions().await else { return };
+        view.orphans(host.owner(), &held)
+    };
+    let Some(client) = shared.grids.clients.get(kind) else { return };
+    for (session, node) in orphans {
+        match client.delete_session(&session).await {
+            Ok(()) => {
+                shared.log("reap", Some(kind), None, &format!("deleted session {session} on {node}: no tab holds it"))
+            }
+            Err(e) => tracing::debug!(kind, "deleting orphaned session {session} on {node}: {e:#}"),
         }
     }
 }

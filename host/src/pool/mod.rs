@@ -483,6 +483,21 @@ impl Pool {
         self.shared.slots().iter().filter(|s| s.usable()).map(|s| (s.id, s.kind.name.clone())).collect()
     }
 
+    /// Launch one more tab now, as the scaler would (within the kinds' `max_tabs`; on a Grid only
+    /// when a matching slot is free), with a replica of every model that wants one. Returns its id
+    /// once it is ready to serve.
+    pub async fn add_tab(&self, reason: &str) -> anyhow::Result<u64> {
+        self.shared.grow(None, reason).await
+    }
+
+    /// Retire tab `id` as the scaler would: no new work, what runs there finishes (bounded), its
+    /// browser or Grid session is closed.
+    pub async fn retire_tab(&self, id: u64, reason: &str) -> anyhow::Result<()> {
+        let slot = self.shared.slots().into_iter().find(|s| s.id == id).context("no such tab")?;
+        self.shared.retire(&slot, "retire", reason).await;
+        Ok(())
+    }
+
     /// Drop tab `id`'s socket from the host side (operations and chaos testing); the pool
     /// recovers it like any lost connection.
     pub fn disconnect_tab(&self, id: u64) -> bool {
