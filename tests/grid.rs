@@ -250,3 +250,88 @@ async fn a_stream_survives_its_node_and_the_pool_asks_only_free_matching_slots()
     let held: usize = (0..grid.nodes.len()).filter(|&i| Some(i) != killed).map(|i| grid.sessions_on(i)).sum();
     assert_eq!(held, 0, "{}", grid.status());
 }
+
+/// A pipeline on a Grid: with `shards = 2` and three one-slot nodes, the pool's pipeline has
+/// its two stages on two different nodes and the third node's tab free. Killing the node of a stage mid-stream moves that stage to the free tab on
+/// the third node; the pipeline replays its sessions there, and every stream equals the
+/// reference without being replayed elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_spreads_its_stages_over_nodes_and_moves_a_lost_nodes_stage() {
+    use shared_proto::Sampling;
+    use tabpool::exec::GenParams;
+    use tabpool::pool::{GenRequest, StreamEvent};
+
+    let _procs = support::process_guard();
+    let mut grid =
+        Grid::start_with(&[(serde_json::json!({}), 1), (serde_json::json!({}), 1), (serde_json::json!({}), 1)], 60)
+            .unwrap_or_else(|e| panic!("grid: {e:#}"));
+    let mut kind = KindSpec::remote("grid", &grid.hub_url, BrowserKind::Chromium).with_max_tabs(3);
+    kind.binary = Some("/usr/bin/chromium".into());
+    let mut cfg = PoolConfig { min_tabs: 3, max_tabs: 3, kinds: vec![kind], ..PoolConfig::default() };
+    cfg.scaling.enabled = false;
+    cfg.generation.context_limit = 256;
+    cfg.generation.sessions_per_tab = 4;
+    cfg.generation.shards = 2;
+    let host = Host::start(HostConfig { bind: grid.host_ip.parse().unwrap(), ..HostConfig::default() })
+        .await
+        .unwrap_or_else(|e| panic!("host: {e:#}"));
+    let pool = Pool::with_host(host, cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let node_of = |m: &tabpool::pool::PoolMetrics, tab: u64| {
+        m.tabs.iter().find(|t| t.id == tab).and_then(|t| t.node.clone()).map(|n| n.uri)
+    };
+    let m = pool.metrics();
+    let model = m.models.iter().find(|x| x.name == name).unwrap();
+    assert_eq!(model.pipelines.len(), 1, "{}", m.render());
+    let stages: Vec<u64> = model.pipelines[0].tabs.iter().map(|t| t.tab).collect();
+    let on: Vec<String> = stages.iter().map(|&t| node_of(&m, t).expect("a grid tab knows its node")).collect();
+    assert_ne!(on[0], on[1], "the stages share a node: {}", m.render());
+
+    let (_, g) = pool.generation_model(None).unwrap();
+    let greedy = GenParams { max_tokens: 24, sampling: Sampling::Greedy, stop_ids: g.model.stop_ids().to_vec() };
+    let cases = support::smollm2_reference();
+    let mut streams: Vec<_> = cases
+        .iter()
+        .take(2)
+        .map(|c| {
+            pool.generate(Some(&name), GenRequest { prompt: c.prompt_ids.clone(), params: greedy.clone() }).unwrap()
+        })
+        .collect();
+    let mut got: Vec<(Vec<u32>, Option<u32>)> = vec![(Vec::new(), None); streams.len()];
+    let mut killed = None;
+    while got.iter().any(|g| g.1.is_none()) {
+        for (i, rx) in streams.iter_mut().enumerate() {
+            if got[i].1.is_some() {
+                continue;
+            }
+            let ev = tokio::time::timeout(Duration::from_secs(180), rx.recv()).await.expect("stream stalled");
+            match ev.expect("an answer") {
+                StreamEvent::Token(t) => got[i].0.push(t),
+                StreamEvent::Done(s) => got[i].1 = Some(s.replays),
+                StreamEvent::Failed(e) => panic!("stream {i} failed after its stage's node was lost: {e}"),
+                StreamEvent::Placed { .. } => {}
+            }
+        }
+        if killed.is_none() && got.iter().all(|g| g.0.len() >= 3) {
+            // Stage 1's whole node goes.
+            let i = grid.nodes.iter().position(|n| n.uri == on[1]).unwrap();
+            grid.kill_node(i);
+            killed = Some(i);
+        }
+    }
+    for ((ids, replays), c) in got.iter().zip(&cases) {
+        let want: Vec<u32> = c.greedy_ids.iter().copied().take_while(|&t| t != 2).collect();
+        assert_eq!(ids, &want, "token-identical across the loss of stage 1's node ({:?})", c.user);
+        assert_eq!(*replays, Some(0), "the stream stayed on its pipeline");
+    }
+    let m = pool.metrics();
+    let model = m.models.iter().find(|x| x.name == name).unwrap();
+    let p = &model.pipelines[0];
+    assert!(p.stage_recoveries >= 1 && p.replayed_tokens > 0, "{}", m.render());
+    let now: Vec<String> = p.tabs.iter().map(|t| node_of(&m, t.tab).unwrap_or_default()).collect();
+    assert_eq!(now[0], on[0], "stage 0 stayed: {}", m.render());
+    assert!(now[1] != on[1] && now[1] != on[0], "stage 1 moved to the third node: {}", m.render());
+    pool.shutdown().await;
+    let held: usize = (0..grid.nodes.len()).filter(|&i| Some(i) != killed).map(|i| grid.sessions_on(i)).sum();
+    assert_eq!(held, 0, "{}", grid.status());
+}

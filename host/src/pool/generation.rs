@@ -212,7 +212,8 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
                     // unplugged machine (no reset, only silence) or a stuck tab. Copy the stream
                     // from here to another replica; the first to answer goes on, the tab's fate
                     // is the heartbeats' call.
-                    let stall = if out.len() > had {
+                    // A pipeline repairs a lost stage itself and replays its sessions there.
+                    let stall = if out.len() > had && r.stages.is_none() {
                         crate::policy::recovery::stall_after(largest_gap, shared.cfg.hedging())
                     } else {
                         None

@@ -202,8 +202,13 @@ impl Shared {
         if free.len() + 1 < tabs {
             return Ok(None);
         }
+        // Stages on machines (Grid nodes) the pipeline has no stage on yet first: stages on one
+        // node share its cores, and the loss of one node should take as few as possible.
         let mut slots = vec![lead.clone()];
-        slots.extend(free.into_iter().take(tabs - 1));
+        slots.extend(free);
+        let nodes: Vec<Option<String>> = slots.iter().map(|s| s.node_id()).collect();
+        let order = crate::policy::placement::spread(&nodes.iter().map(Option::as_deref).collect::<Vec<_>>());
+        let slots: Vec<Arc<Slot>> = order.into_iter().take(tabs).map(|i| slots[i].clone()).collect();
         let loads = (0..n).map(|i| self.load_stage(m, g, i, &slots[sharded.stage_tab[i]], progress));
         let mut steppers = Vec::with_capacity(n);
         for (i, r) in futures_util::future::join_all(loads).await.into_iter().enumerate() {

@@ -92,6 +92,11 @@ impl Latency {
 }
 
 impl Slot {
+    /// The Grid node this tab runs on, once known (`None`: this machine, or not resolved yet).
+    pub fn node_id(&self) -> Option<String> {
+        self.placement.lock().expect("placement").as_ref().and_then(|p| p.node()).map(|n| n.id)
+    }
+
     pub fn usable(&self) -> bool {
         !self.retired.load(Ordering::SeqCst) && !self.recovering.load(Ordering::SeqCst) && self.tab.is_connected()
     }
@@ -1053,10 +1058,7 @@ impl Shared {
             self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
         // Then one per machine (Grid node) before any machine gets a second.
-        let nodes: Vec<Option<String>> = slots
-            .iter()
-            .map(|s| s.placement.lock().expect("placement").as_ref().and_then(|p| p.node()).map(|n| n.id))
-            .collect();
+        let nodes: Vec<Option<String>> = slots.iter().map(|s| s.node_id()).collect();
         let spread = crate::policy::placement::spread(&nodes.iter().map(Option::as_deref).collect::<Vec<_>>());
         let mut slots: Vec<Arc<Slot>> = spread.into_iter().map(|i| slots[i].clone()).collect();
         self.loading.lock().expect("loading").push(entry.clone());
