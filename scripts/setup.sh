@@ -58,6 +58,14 @@ if [ "$have" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want"
 fi
 
+# wasm-pack runs the runtime's in-browser tests as its users would (`wasm-pack test --headless
+# --chrome/--firefox`), in no-install mode: the pinned wasm-bindgen-cli above and the installed
+# drivers, never a download (tests only).
+if [ $full = 1 ] && [ "$(wasm-pack --version 2>/dev/null | awk '{print $2}')" != 0.15.1 ]; then
+  log "cargo install wasm-pack 0.15.1 (compiles it: about 2 minutes on 2 cores; cargo shows its progress)"
+  cargo install wasm-pack --version 0.15.1 --locked
+fi
+
 # geckodriver for the firefox kind (tests only), built from crates.io.
 if [ $full = 1 ] && ! command -v geckodriver >/dev/null; then
   log "cargo install geckodriver 0.37.1 (compiles it: about 2 minutes on 2 cores; cargo shows its progress)"

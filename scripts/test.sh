@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run every check: formatting, clippy (host and wasm32), unit + property tests,
-# end-to-end tests with real headless Chromium, and the WebGPU kernel tests inside Chromium.
+# end-to-end tests with real headless Chromium, and the runtime's kernel tests inside Chromium and
+# Firefox (wasm-pack).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,7 +20,11 @@ step cargo check --manifest-path shared_proto/fuzz/Cargo.toml --all-targets
 # One test at a time: the end-to-end binary's tests share the machine's two cores with the
 # browsers they start, and a test that loads both cores slows a timing-sensitive neighbour.
 RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast
-step cargo test -p page_runtime --target wasm32-unknown-unknown
+# The runtime's in-browser tests through wasm-pack, in headless Chromium (WebGPU on SwiftShader)
+# and headless Firefox (WebGPU over lavapipe); capabilities in page_runtime/webdriver.json.
+# `--mode no-install` with the drivers named: wasm-pack downloads nothing.
+step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install page_runtime
+step wasm-pack test --headless --firefox --geckodriver "$(command -v geckodriver)" --mode no-install page_runtime
 
 # One closing line over every cargo test run above.
 passed=$(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: .*FAILED\. \([0-9]*\) passed.*/\1/p' "$log" | awk "{s+=\$1} END {print s+0}")
