@@ -332,50 +332,10 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
-    /// A pool on a Selenium Grid against the same pool on this machine: sent/s with 1, 2… Grid
-    /// tabs, the nodes they landed on and what each node served, beside local tabs (needs
-    /// --bind/--advertise so the nodes' tabs reach this host).
-    Grid {
-        /// The Grid hub's URL; without it, a hub and --nodes nodes are started here (root:
-        /// network namespaces, each node pinned to its own core).
-        #[arg(long, value_name = "URL")]
-        grid: Option<String>,
-        /// Nodes of the Grid started here when no --grid is given.
-        #[arg(long, default_value_t = 2)]
-        nodes: usize,
-        /// A capability to ask the Grid for, KEY=JSON (e.g. tabpool:lane=a); repeatable.
-        #[arg(long = "capability", value_name = "KEY=JSON")]
-        capabilities: Vec<String>,
-        /// The browser binary on the nodes, when their stereotype names none.
-        #[arg(long)]
-        binary: Option<PathBuf>,
-        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2])]
-        tabs: Vec<usize>,
-        /// One-sentence requests per timed pass.
-        #[arg(long, default_value_t = 256)]
-        requests: usize,
-        /// Concurrent greedy SmolLM2 streams per generation pass (and in the node loss).
-        #[arg(long, default_value_t = 8)]
-        streams: usize,
-        /// Tokens each stream generates.
-        #[arg(long, default_value_t = 32)]
-        tokens: usize,
-        /// Launch/retire cycles timing a new tab, Grid and local, then the slots left (0 skips).
-        #[arg(long, default_value_t = 20)]
-        cycles: usize,
-        /// How the node-loss phase loses a node of the bench's own Grid: kill (JVM, driver and
-        /// browsers at once), cut (its network link down), none.
-        #[arg(long, value_enum, default_value = "kill")]
-        loss: bench_grid::Loss,
-        /// A local kind measured with the same tab counts ("" skips).
-        #[arg(long, default_value = "chromium")]
-        local: String,
-        /// Backend of every tab, Grid and local: auto (calibrate), webnn, webgpu, wasm-cpu.
-        #[arg(long, default_value = "auto", value_parser = cli::named::<Backend>())]
-        backend: Backend,
-        #[arg(long)]
-        json: bool,
-    },
+    /// A pool on a Selenium Grid against the same pool on this machine: sent/s and tok/s on one
+    /// node vs two, new-tab time, a node lost mid-load, slots left behind (needs
+    /// --bind/--advertise so the nodes' tabs reach this host, or root to start its own Grid).
+    Grid(bench_grid::Args),
     /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
     Pool {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
@@ -562,18 +522,6 @@ enum Variant {
     Register,
 }
 
-/// `KEY=JSON` pairs (a bare word that is not JSON is a string).
-fn parse_capabilities(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-    pairs
-        .iter()
-        .map(|p| {
-            let (k, v) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--capability {p:?}: expected KEY=JSON"))?;
-            let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
-            Ok((k.to_string(), v))
-        })
-        .collect()
-}
-
 async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -636,7 +584,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         | Command::Bench {
             what:
                 BenchWhat::Pool { .. }
-                | BenchWhat::Grid { .. }
+                | BenchWhat::Grid(_)
                 | BenchWhat::Recovery { .. }
                 | BenchWhat::History { .. }
                 | BenchWhat::Vision { .. }
@@ -672,7 +620,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor { json, grid: None, .. } => doctor::run(cfg, json).await,
-        Command::Doctor { json, grid: Some(url), capabilities } => match parse_capabilities(&capabilities) {
+        Command::Doctor { json, grid: Some(url), capabilities } => match cli::capabilities(&capabilities) {
             Ok(caps) => doctor::run_grid(cfg, &url, caps, json).await,
             Err(e) => Err(e),
         },
@@ -755,47 +703,12 @@ async fn main() -> ExitCode {
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }
-        Command::Bench {
-            what:
-                BenchWhat::Grid {
-                    grid,
-                    nodes,
-                    capabilities,
-                    binary,
-                    tabs,
-                    requests,
-                    streams,
-                    tokens,
-                    cycles,
-                    loss,
-                    local,
-                    backend,
-                    json,
-                },
-        } => match parse_capabilities(&capabilities) {
-            Ok(capabilities) => {
-                let args = bench_grid::Args {
-                    grid,
-                    nodes,
-                    capabilities,
-                    binary,
-                    tabs,
-                    requests,
-                    streams,
-                    tokens,
-                    cycles,
-                    loss,
-                    local,
-                    backend,
-                    json,
-                };
-                tokio::select! {
-                    r = bench_grid::run(cfg, args) => r,
-                    _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
-                }
+        Command::Bench { what: BenchWhat::Grid(args) } => {
+            tokio::select! {
+                r = bench_grid::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
-            Err(e) => Err(e),
-        },
+        }
         Command::Bench {
             what: BenchWhat::Pool { tabs, kind, requests, sentences, mixed, per_kind, per_kind_requests, json },
         } => {

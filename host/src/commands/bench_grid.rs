@@ -31,28 +31,48 @@ use crate::browser::{BrowserKind, KindSpec};
 use crate::exec::GenParams;
 use crate::pool::{GenRequest, ModelSpec, Pool, StreamEvent};
 
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A Grid hub; `None`: start one here with `nodes` nodes (`browser::grid_local`).
+    /// The Grid hub's URL; without it, a hub and --nodes nodes are started here (root: network
+    /// namespaces, each node pinned to its own core).
+    #[arg(long, value_name = "URL")]
     pub grid: Option<String>,
+    /// Nodes of the Grid started here when no --grid is given.
+    #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    pub capabilities: serde_json::Map<String, Value>,
-    /// The browser binary on the nodes, if their stereotype does not name one.
+    /// A capability to ask the Grid for, KEY=JSON (e.g. tabpool:lane=a); repeatable.
+    #[arg(long = "capability", value_name = "KEY=JSON")]
+    pub capabilities: Vec<String>,
+    /// The browser binary on the nodes, when their stereotype names none.
+    #[arg(long)]
     pub binary: Option<std::path::PathBuf>,
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2])]
     pub tabs: Vec<usize>,
+    /// One-sentence requests per timed pass.
+    #[arg(long, default_value_t = 256)]
     pub requests: usize,
-    /// Concurrent greedy streams per generation pass, and tokens each.
+    /// Concurrent greedy SmolLM2 streams per generation pass (and in the node loss).
+    #[arg(long, default_value_t = 8)]
     pub streams: usize,
+    /// Tokens each stream generates.
+    #[arg(long, default_value_t = 32)]
     pub tokens: usize,
-    /// Launch/retire cycles for the new-tab time and the leak check (0 skips).
+    /// Launch/retire cycles timing a new tab, Grid and local, then the slots left (0 skips).
+    #[arg(long, default_value_t = 20)]
     pub cycles: usize,
-    /// How the node-loss phase loses its node (own Grid only).
+    /// How the node-loss phase loses a node of the bench's own Grid: kill (JVM, driver and
+    /// browsers at once), cut (its network link down), none.
+    #[arg(long, value_enum, default_value = "kill")]
     pub loss: Loss,
     /// A local kind measured with the same tab counts ("" skips).
+    #[arg(long, default_value = "chromium")]
     pub local: String,
-    /// The backend of every tab, Grid and local alike (auto: each tab calibrates). Forcing one
-    /// compares like with like: a local tab served from a non-loopback `--bind` address is no
+    /// Backend of every tab, Grid and local: auto (calibrate), webnn, webgpu, wasm-cpu. Forcing
+    /// one compares like with like: a local tab served from a non-loopback `--bind` address is no
     /// secure context (no WebGPU, no WebNN), a Grid tab is told to treat the page as secure.
+    #[arg(long, default_value = "auto", value_parser = super::cli::named::<crate::policy::backend_choice::Backend>())]
     pub backend: crate::policy::backend_choice::Backend,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -480,7 +500,7 @@ async fn measure_all(
     args: &Args,
 ) -> anyhow::Result<()> {
     let mut kind = KindSpec::remote("grid", url, BrowserKind::Chromium);
-    kind.capabilities = args.capabilities.clone();
+    kind.capabilities = super::cli::capabilities(&args.capabilities)?;
     kind.binary = args.binary.clone();
     kind.backend = Some(args.backend);
     kind.validate()?;
