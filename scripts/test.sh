@@ -14,7 +14,7 @@ step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
 
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
-step cargo clippy -p page_runtime -p shared_proto --target wasm32-unknown-unknown --all-targets -- -D warnings
+step cargo clippy -p page_runtime -p shared_proto -p model_graphs --target wasm32-unknown-unknown --all-targets -- -D warnings
 # The libFuzzer targets are their own workspace that nothing else builds: check them so they cannot rot.
 step cargo check --manifest-path shared_proto/fuzz/Cargo.toml --all-targets
 # One test at a time: the end-to-end binary's tests share the machine's two cores with the
@@ -25,6 +25,8 @@ RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast
 # `--mode no-install` with the drivers named: wasm-pack downloads nothing.
 step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install page_runtime
 step wasm-pack test --headless --firefox --geckodriver "$(command -v geckodriver)" --mode no-install page_runtime
+# The model graphs a page builds equal the host's (same hash, same token ids).
+step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install model_graphs
 
 # One closing line over every cargo test run above.
 passed=$(sed -n 's/^test result: .*ok\. \([0-9]*\) passed.*/\1/p; s/^test result: .*FAILED\. \([0-9]*\) passed.*/\1/p' "$log" | awk "{s+=\$1} END {print s+0}")

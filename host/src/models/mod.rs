@@ -1,7 +1,8 @@
 //! Model loaders: weights and tokenizers read with maintained crates, turned into an operator
-//! graph plus weight tensors.
+//! graph plus weight tensors (the graph builder is `model_graphs::builder`, shared with the
+//! in-page runtime).
 
-pub mod builder;
+pub use model_graphs::builder;
 pub mod efficientnet;
 pub mod generated;
 pub mod minilm;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail, ensure};
 use shared_proto::{DType, Dim, Graph, Op, Tensor};
 
-use super::builder::{Conv, GraphBuilder, V};
+use model_graphs::builder::{Conv, GraphBuilder, V};
 pub use preprocess::ImageError;
 
 pub const NAME: &str = "efficientnet-lite0";

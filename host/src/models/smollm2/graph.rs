@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use anyhow::{Context, bail};
 use shared_proto::{DType, Dim, Graph, KvDecl, Op, STAGE_INPUT, STEP_INPUTS, Tensor};
 
-use crate::models::builder::{GraphBuilder, V};
 use crate::policy::sharding::Part;
+use model_graphs::builder::{GraphBuilder, V};
 
 /// The hyper-parameters the graph needs (from the GGUF's `llama.*` metadata).
 #[derive(Debug, Clone, Copy, PartialEq)]

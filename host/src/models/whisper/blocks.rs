@@ -3,7 +3,7 @@
 
 use shared_proto::{Op, Tensor};
 
-use crate::models::builder::{GraphBuilder, V};
+use model_graphs::builder::{GraphBuilder, V};
 
 /// LayerNorm epsilon of every Whisper norm.
 pub const LN_EPS: f32 = 1e-5;

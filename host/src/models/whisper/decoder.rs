@@ -14,7 +14,7 @@ use shared_proto::{DType, Dim, Graph, KvDecl, Op, STEP_INPUTS, Tensor};
 
 use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
 use super::ct2::WhisperConfig;
-use crate::models::builder::GraphBuilder;
+use model_graphs::builder::GraphBuilder;
 
 /// Added to a suppressed id's logit: finite, so `0 × bias` stays 0 in the flag product.
 pub const SUPPRESSED: f32 = -1e9;

@@ -11,7 +11,7 @@
 use shared_proto::{DType, Dim, Graph, Op, Tensor};
 
 use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
-use crate::models::builder::{Conv, GraphBuilder, V};
+use model_graphs::builder::{Conv, GraphBuilder, V};
 
 /// Mel bins and frames of a 30-s window (the encoder's fixed input).
 pub const N_MELS: usize = 80;
