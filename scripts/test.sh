@@ -14,17 +14,18 @@ step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$log"; }
 
 step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
-step cargo clippy -p page_runtime -p shared_proto -p model_graphs --target wasm32-unknown-unknown --all-targets -- -D warnings
+step cargo clippy -p page_runtime -p shared_proto -p model_graphs --features page_runtime/api --target wasm32-unknown-unknown --all-targets -- -D warnings
 # The libFuzzer targets are their own workspace that nothing else builds: check them so they cannot rot.
 step cargo check --manifest-path shared_proto/fuzz/Cargo.toml --all-targets
 # One test at a time: the end-to-end binary's tests share the machine's two cores with the
 # browsers they start, and a test that loads both cores slows a timing-sensitive neighbour.
 RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast
 # The runtime's in-browser tests through wasm-pack, in headless Chromium (WebGPU on SwiftShader)
-# and headless Firefox (WebGPU over lavapipe); capabilities in page_runtime/webdriver.json.
+# and headless Firefox (WebGPU over lavapipe), with the in-page library API (`--features api`);
+# capabilities in page_runtime/webdriver.json.
 # `--mode no-install` with the drivers named: wasm-pack downloads nothing.
-step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install page_runtime
-step wasm-pack test --headless --firefox --geckodriver "$(command -v geckodriver)" --mode no-install page_runtime
+step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install page_runtime --features api
+step wasm-pack test --headless --firefox --geckodriver "$(command -v geckodriver)" --mode no-install page_runtime --features api
 # The model graphs a page builds equal the host's (same hash, same token ids).
 step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install model_graphs
 

@@ -5,3 +5,6 @@
 
 pub mod builder;
 pub mod minilm;
+
+/// The tokenizer crate the graphs' tokenizers come from, for callers that keep one.
+pub use tokenizers;

@@ -5,6 +5,8 @@
 pub mod executors;
 pub mod sessions;
 
+#[cfg(all(target_arch = "wasm32", feature = "api"))]
+pub mod api;
 #[cfg(target_arch = "wasm32")]
 mod caps;
 #[cfg(target_arch = "wasm32")]
