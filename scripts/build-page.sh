@@ -26,3 +26,15 @@ if [ "$wasm_opt" = true ]; then
     -o "$out_dir/${crate}_bg.wasm" "$out_dir/${crate}_bg.wasm"
 fi
 echo "page built: $(du -h "$out_dir/${crate}_bg.wasm" | cut -f1) $out_dir/${crate}_bg.wasm"
+
+# The npm package @tabpool/runtime: the same crate with its library API (`--features api`: models
+# built in the page, the tokenizer with them), wrapped by page_runtime/npm/index.js, into
+# $out_dir/npm (www/examples import it from there; `npm pack` packs that folder).
+cargo build -p "$crate" --lib --target wasm32-unknown-unknown $flag --features api
+npm_dir="$out_dir/npm"
+wasm-bindgen --target "$target" --out-dir "$npm_dir" --out-name tabpool_runtime \
+  "$target_dir/wasm32-unknown-unknown/$dir/$crate.wasm"
+cp page_runtime/npm/index.js page_runtime/npm/index.d.ts page_runtime/npm/README.md "$npm_dir/"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+sed "s/@VERSION@/$version/" page_runtime/npm/package.json > "$npm_dir/package.json"
+echo "npm package built: $(du -h "$npm_dir/tabpool_runtime_bg.wasm" | cut -f1) $npm_dir (@tabpool/runtime $version)"

@@ -26,6 +26,7 @@ mod minilm_webgpu;
 mod minilm_webnn;
 mod oip_api;
 mod openai_api;
+mod page_library;
 mod pool;
 mod pool_generation;
 mod pool_kinds;

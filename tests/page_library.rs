@@ -1,0 +1,122 @@
+//! The runtime as a library in a web page of its own (the npm package `@tabpool/runtime` built
+//! into `www/pkg/npm/`): `www/examples/embed.html`, served with the MiniLM model folder from a
+//! plain static server — no tabpool host, no socket — embeds the reference sentences in headless
+//! Chromium, tokenised in the page, with the backend "auto" timed fastest, equal to the float64
+//! reference.
+
+use std::time::{Duration, Instant};
+
+use crate::support;
+use tabpool::browser::{BrowserSession, DriverProcess, Launch};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
+    let _procs = support::process_guard();
+    // What a site would serve: the built package with the example page, and the model's files.
+    let site = tempfile::tempdir().unwrap();
+    let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../www"));
+    assert!(www.join("pkg/npm/index.js").is_file(), "the npm package is not built: bash scripts/build-page.sh");
+    std::os::unix::fs::symlink(www, site.path().join("www")).unwrap();
+    std::fs::create_dir(site.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(tabpool::models::minilm::default_dir(), site.path().join("models/minilm")).unwrap();
+    let (addr, server) = tabpool::server::http::serve(site.path().to_path_buf(), [127, 0, 0, 1].into()).await.unwrap();
+
+    let refs = support::minilm_reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    // Query values percent-encoded byte by byte (all but unreserved characters).
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let query =
+        format!("model={}&backend=auto&texts={}", enc("/models/minilm/"), enc(&serde_json::to_string(&texts).unwrap()));
+    let page = format!("http://{addr}/www/examples/embed.html?{query}");
+    let driver = DriverProcess::chromedriver(std::path::Path::new("/usr/bin/chromedriver")).await.unwrap();
+    let launch =
+        Launch::Chromium { driver_url: driver.url(), binary: "/usr/bin/chromium".into(), flags: vec![], attach: false };
+    let session = BrowserSession::open(&launch, &page).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let t = Instant::now();
+    let title = loop {
+        let title = session.title().await;
+        if title.starts_with("done ") || title.starts_with("error ") {
+            break title;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "the page did not finish: {title:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let shot = session.screenshot().await.unwrap();
+    let shot_path = std::env::temp_dir().join("tabpool-page-library.png");
+    std::fs::write(&shot_path, shot).unwrap();
+    session.close().await;
+    server.abort();
+    let (status, json) = title.split_once(' ').unwrap();
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(status, "done", "{r}");
+    eprintln!(
+        "in-page: {} (calibration {}), load {:.0} ms, {} texts in {:.0} ms; screenshot {}",
+        r["backend"],
+        r["calibration"],
+        r["load_ms"].as_f64().unwrap(),
+        texts.len(),
+        r["embed_ms"].as_f64().unwrap(),
+        shot_path.display()
+    );
+    // "auto" timed every backend the tab has (SwiftShader WebGPU and the wasm CPU executor in
+    // Debian's Chromium) and kept the fastest.
+    let timed: Vec<(&str, f64)> = r["calibration"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| Some((c["backend"].as_str()?, c["ms"].as_f64()?)))
+        .collect();
+    assert!(timed.iter().any(|(b, _)| *b == "wasm-cpu") && timed.iter().any(|(b, _)| *b == "webgpu"), "{r}");
+    let fastest = timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+    assert_eq!(r["backend"], fastest);
+    let vectors = r["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), refs.len());
+    for (v, reference) in vectors.iter().zip(&refs) {
+        let v: Vec<f32> = v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        support::check_against_reference(&v, reference);
+    }
+}
+
+/// `npm pack` packs exactly the package's files (ES module, its wasm, TypeScript declarations,
+/// README, package.json with `exports`), nothing else from the build folder.
+#[test]
+fn npm_pack_packs_the_module_its_wasm_and_declarations() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../www/pkg/npm");
+    let out = std::process::Command::new("npm")
+        .args(["pack", "--dry-run", "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("npm: {e} (scripts/setup.sh installs Node.js)"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v[0];
+    let mut files: Vec<&str> = p["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "README.md",
+            "index.d.ts",
+            "index.js",
+            "package.json",
+            "tabpool_runtime.d.ts",
+            "tabpool_runtime.js",
+            "tabpool_runtime_bg.wasm",
+            "tabpool_runtime_bg.wasm.d.ts"
+        ]
+    );
+    assert_eq!(p["name"], "@tabpool/runtime");
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    let pkg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/package.json")).unwrap()).unwrap();
+    assert_eq!(pkg["exports"]["."]["import"], "./index.js");
+    assert_eq!(pkg["exports"]["."]["types"], "./index.d.ts");
+    eprintln!("npm pack: {} bytes packed, {} unpacked", p["size"], p["unpackedSize"]);
+}
