@@ -2,7 +2,8 @@
 //! into `www/pkg/npm/`): `www/examples/embed.html`, served with the MiniLM model folder from a
 //! plain static server — no tabpool host, no socket — embeds the reference sentences in headless
 //! Chromium, tokenised in the page, with the backend "auto" timed fastest, equal to the float64
-//! reference.
+//! reference; reloaded, it fetches no model file (Cache Storage); in the WebNN build of Chromium,
+//! asked for WebNN, equal to the reference too.
 
 use std::time::{Duration, Instant};
 
@@ -39,23 +40,27 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
     let launch =
         Launch::Chromium { driver_url: driver.url(), binary: "/usr/bin/chromium".into(), flags: vec![], attach: false };
     let session = BrowserSession::open(&launch, &page).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let t = Instant::now();
-    let title = loop {
-        let title = session.title().await;
-        if title.starts_with("done ") || title.starts_with("error ") {
-            break title;
-        }
-        assert!(t.elapsed() < Duration::from_secs(180), "the page did not finish: {title:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let shot = session.screenshot().await.unwrap();
+    let r = result(&session).await;
     let shot_path = std::env::temp_dir().join("tabpool-page-library.png");
-    std::fs::write(&shot_path, shot).unwrap();
+    std::fs::write(&shot_path, session.screenshot().await.unwrap()).unwrap();
+    // A reload fetches no model file again: Cache Storage has them.
+    session.reopen(&page).await.unwrap();
+    let again = result(&session).await;
+    session.close().await;
+
+    // The same page in the WebNN build of Chromium (npm @sparticuz/chromium), asked for WebNN.
+    let webnn_page = page.replace("backend=auto", "backend=webnn");
+    let launch = Launch::Chromium {
+        driver_url: driver.url(),
+        binary: tabpool::browser::BrowserKind::default_webnn_binary(),
+        flags: tabpool::browser::BrowserKind::ChromiumWebnn.flags(),
+        attach: true,
+    };
+    let session = BrowserSession::open(&launch, &webnn_page).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let webnn = result(&session).await;
     session.close().await;
     server.abort();
-    let (status, json) = title.split_once(' ').unwrap();
-    let r: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(status, "done", "{r}");
+    let r: serde_json::Value = r;
     eprintln!(
         "in-page: {} (calibration {}), load {:.0} ms, {} texts in {:.0} ms; screenshot {}",
         r["backend"],
@@ -76,9 +81,45 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
     assert!(timed.iter().any(|(b, _)| *b == "wasm-cpu") && timed.iter().any(|(b, _)| *b == "webgpu"), "{r}");
     let fastest = timed.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
     assert_eq!(r["backend"], fastest);
+    check_vectors(&r, &refs);
+    assert_eq!(r["model_fetches"], 3, "model.safetensors, tokenizer.json and config.json: {}", r["model_fetches"]);
+    check_vectors(&again, &refs);
+    assert_eq!(again["model_fetches"], 0, "the reload fetched model files again");
+    eprintln!("reload: load {:.0} ms, no model file fetched", again["load_ms"].as_f64().unwrap());
+    assert!(webnn["backend"].as_str().unwrap().starts_with("webnn-"), "{}", webnn["calibration"]);
+    check_vectors(&webnn, &refs);
+    eprintln!(
+        "WebNN build: {} (calibration {}), load {:.0} ms, {} texts in {:.0} ms",
+        webnn["backend"],
+        webnn["calibration"],
+        webnn["load_ms"].as_f64().unwrap(),
+        refs.len(),
+        webnn["embed_ms"].as_f64().unwrap()
+    );
+}
+
+/// The page's result (it sets its title to `done {json}` or `error {json}`), within 180 s.
+async fn result(session: &BrowserSession) -> serde_json::Value {
+    let t = Instant::now();
+    let title = loop {
+        let title = session.title().await;
+        if title.starts_with("done ") || title.starts_with("error ") {
+            break title;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "the page did not finish: {title:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (status, json) = title.split_once(' ').unwrap();
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(status, "done", "{r}");
+    r
+}
+
+/// Every vector of the page's result within the acceptance bar of the float64 reference.
+fn check_vectors(r: &serde_json::Value, refs: &[support::RefSentence]) {
     let vectors = r["vectors"].as_array().unwrap();
     assert_eq!(vectors.len(), refs.len());
-    for (v, reference) in vectors.iter().zip(&refs) {
+    for (v, reference) in vectors.iter().zip(refs) {
         let v: Vec<f32> = v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         support::check_against_reference(&v, reference);
     }
