@@ -3,7 +3,7 @@
 //! plain static server — no tabpool host, no socket — embeds the reference sentences in headless
 //! Chromium, tokenised in the page, with the backend "auto" timed fastest, equal to the float64
 //! reference; reloaded, it fetches no model file (Cache Storage); in the WebNN build of Chromium,
-//! asked for WebNN, equal to the reference too.
+//! asked for WebNN, and in Firefox, equal to the reference too.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,17 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
     let session = BrowserSession::open(&launch, &webnn_page).await.unwrap_or_else(|e| panic!("{e:#}"));
     let webnn = result(&session).await;
     session.close().await;
+
+    // And in Firefox (WebGPU over lavapipe, no WebNN), auto.
+    let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
+    let launch = Launch::Firefox {
+        geckodriver: home.join(".cargo/bin/geckodriver"),
+        binary: "/usr/bin/firefox-esr".into(),
+        flags: vec![],
+    };
+    let session = BrowserSession::open(&launch, &page).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let firefox = result(&session).await;
+    session.close().await;
     server.abort();
     let r: serde_json::Value = r;
     eprintln!(
@@ -88,6 +99,15 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
     eprintln!("reload: load {:.0} ms, no model file fetched", again["load_ms"].as_f64().unwrap());
     assert!(webnn["backend"].as_str().unwrap().starts_with("webnn-"), "{}", webnn["calibration"]);
     check_vectors(&webnn, &refs);
+    check_vectors(&firefox, &refs);
+    eprintln!(
+        "Firefox: {} (calibration {}), load {:.0} ms, {} texts in {:.0} ms",
+        firefox["backend"],
+        firefox["calibration"],
+        firefox["load_ms"].as_f64().unwrap(),
+        refs.len(),
+        firefox["embed_ms"].as_f64().unwrap()
+    );
     eprintln!(
         "WebNN build: {} (calibration {}), load {:.0} ms, {} texts in {:.0} ms",
         webnn["backend"],
