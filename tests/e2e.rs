@@ -20,6 +20,7 @@ mod embed_remembered;
 mod grid;
 mod history;
 mod hung_tab;
+mod lending;
 mod matmul_in_tab;
 mod minilm_cpu;
 mod minilm_webgpu;

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::browser::{BrowserKind, BrowserSession, DriverProcess, KindSpec, Launch, procs};
 use crate::paths;
-use crate::server::socket::{Counters, Expected, Registry};
+use crate::server::socket::{Counters, Expected, JOIN_PATH, JoinDoor, Registry};
 use crate::server::{http, socket};
 use crate::tab::Tab;
 
@@ -38,6 +38,8 @@ pub struct HostConfig {
     pub extra_flags: Vec<String>,
     /// How long a launched tab may take to load, probe and say `Hello`.
     pub tab_timeout: Duration,
+    /// Take tabs that pages lend (`serve --join`), admitted by the join tokens in this file.
+    pub join: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -53,6 +55,7 @@ impl Default for HostConfig {
             advertise: None,
             extra_flags: Vec::new(),
             tab_timeout: Duration::from_secs(60),
+            join: None,
         }
     }
 }
@@ -74,7 +77,8 @@ pub struct Host {
     browsers: Vec<(u64, String, BrowserSession)>,
     /// The address tabs use to reach the listeners.
     advertised: String,
-    next_tab: u64,
+    /// Lent tabs as they join, until the pool takes them ([`Self::take_joined`]).
+    joined: Option<tokio::sync::mpsc::UnboundedReceiver<crate::server::socket::Joined>>,
     /// This host's random id, asked of every Grid session as `tabpool:owner`.
     owner: String,
 }
@@ -98,10 +102,24 @@ impl Host {
             (None, ip) if ip.is_unspecified() => "127.0.0.1".into(),
             (None, ip) => ip.to_string(),
         });
+        let (door, joined) = match &cfg.join {
+            Some(file) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let door = JoinDoor {
+                    tokens: crate::server::join::TokenFile::at(file.clone()),
+                    arrivals: tx,
+                    joined: Mutex::default(),
+                };
+                (Some(door), Some(rx))
+            }
+            None => (None, None),
+        };
         let registry = Arc::new(Registry {
             allowed_origin: format!("http://{advertised}:{}", http_addr.port()),
             expected: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            next_tab: std::sync::atomic::AtomicU64::new(1),
+            door,
         });
         let (socket_addr, socket_task) =
             socket::listen(registry.clone(), cfg.bind).await.context("starting the socket endpoint")?;
@@ -115,7 +133,7 @@ impl Host {
             driver: None,
             browsers: Vec::new(),
             advertised,
-            next_tab: 1,
+            joined,
             owner: format!("{:016x}", rand::random::<u64>()),
         })
     }
@@ -144,10 +162,19 @@ impl Host {
         self.registry.counters.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Where a page lends its tab (`rt.join(url, { token })`), when the host takes lent tabs.
+    pub fn join_url(&self) -> Option<String> {
+        self.registry.door.as_ref().map(|_| format!("ws://{}:{}{JOIN_PATH}", self.advertised, self.socket_addr.port()))
+    }
+
+    /// The lent tabs as they join (once: the pool takes them).
+    pub fn take_joined(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::server::socket::Joined>> {
+        self.joined.take()
+    }
+
     /// Register a tab id with a fresh 128-bit secret; the page URL carries both.
     pub fn expect_tab(&mut self) -> PendingTab {
-        let id = self.next_tab;
-        self.next_tab += 1;
+        let id = self.registry.next_tab.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let token = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
         self.registry

@@ -8,7 +8,7 @@ use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
     bench, bench_generate, bench_grid, bench_history, bench_memory, bench_multimodal, bench_pool, bench_recovery,
     bench_shard, bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve,
-    shard_plan, transcribe,
+    shard_plan, token, transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -196,7 +196,16 @@ enum Command {
         /// Seconds an API connection may sit with no request in flight and no byte moved.
         #[arg(long, value_name = "SECS", default_value_t = 120.0)]
         idle_timeout: f64,
+        /// Take tabs that web pages lend (`rt.join(url, { token })` of the npm package), admitted
+        /// by join tokens (`tabpool token create`); their results are checked on trusted tabs.
+        #[arg(long)]
+        join: bool,
+        /// The join token file (default: $TABPOOL_JOIN_TOKENS or ~/.local/share/tabpool/join_tokens.json).
+        #[arg(long, value_name = "FILE", requires = "join")]
+        join_tokens: Option<PathBuf>,
     },
+    /// Join tokens for pages that lend their tab to a `serve --join`: create, list, revoke.
+    Token(token::Args),
     /// The performance history as a report: browser/backend comparison, latency percentiles,
     /// error categories, breaker events, recoveries, scaling, regressions (Markdown, or HTML with
     /// charts).
@@ -577,6 +586,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             bench_shard::run(host, bench_shard::Args { backend, decode, streams, kills, json }).await
         }
         Command::Serve { .. }
+        | Command::Token(_)
         | Command::Classify { .. }
         | Command::Chat { .. }
         | Command::Status { .. }
@@ -617,8 +627,10 @@ async fn main() -> ExitCode {
         advertise: cli.advertise,
         extra_flags: cli.browser_flags,
         tab_timeout: Duration::from_secs(cli.tab_timeout),
+        join: None,
     };
     let result = match cli.command {
+        Command::Token(args) => token::run(args),
         Command::Doctor { json, grid: None, .. } => doctor::run(cfg, json).await,
         Command::Doctor { json, grid: Some(url), capabilities } => match cli::capabilities(&capabilities) {
             Ok(caps) => doctor::run_grid(cfg, &url, caps, json).await,
@@ -642,7 +654,13 @@ async fn main() -> ExitCode {
             metrics_public,
             request_timeout,
             idle_timeout,
+            join,
+            join_tokens,
         } => {
+            let cfg = HostConfig {
+                join: join.then(|| join_tokens.unwrap_or_else(tabpool::server::join::TokenFile::default_path)),
+                ..cfg
+            };
             let security = match key.resolve() {
                 Ok(key) => tabpool::api::Security { key, allow_hosts, metrics_public },
                 Err(e) => {

@@ -112,9 +112,22 @@ impl Tab {
     /// Close this tab's socket from the host side (the page stays open). Requests waiting on it
     /// fail as `Closed`. Used when a tab is replaced, and by chaos tests to drop a socket.
     pub fn disconnect(&self) {
+        self.close_with(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+            "host closed the socket",
+        );
+    }
+
+    /// Send the tab away for breaking policy (a lent tab quarantined): `reason` (cut to 100
+    /// characters: a close frame holds 123 bytes) is its close reason.
+    pub fn disconnect_because(&self, reason: &str) {
+        let reason: String = reason.chars().take(100).collect();
+        self.close_with(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy, &reason);
+    }
+
+    fn close_with(&self, code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode, reason: &str) {
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-        let close = CloseFrame { code: CloseCode::Away, reason: "host closed the socket".into() };
+        let close = CloseFrame { code, reason: reason.to_string().into() };
         let _ = self.shared.outbox.send(Message::Close(Some(close)));
         self.shared.fail_all();
     }

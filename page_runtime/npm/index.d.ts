@@ -1,5 +1,5 @@
 /** Errors thrown by the runtime are `Error`s whose `name` is their kind. */
-export type ErrorKind = "BadInput" | "Unsupported" | "ModelError";
+export type ErrorKind = "BadInput" | "Unsupported" | "ModelError" | "Refused";
 
 export type Backend = "auto" | "webgpu" | "webnn" | "cpu";
 
@@ -28,6 +28,18 @@ export declare class Runtime {
   static create(options?: { backend?: Backend }): Promise<Runtime>;
   readonly capabilities: Capabilities;
   load(source: ModelSource): Promise<Model>;
+  /** Lend this tab to a pool (`tabpool serve --join`); a refused token throws `Refused`. */
+  join(url: string | URL, options: { token: string }): Promise<Lending>;
+}
+
+export declare class Lending {
+  private constructor();
+  /** The id the pool gave this tab. */
+  readonly tabId: number;
+  /** Settles when the lending ends: the pool let the tab go (its reason), or the page left. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+  /** Stop lending; the pool retries this tab's work elsewhere. */
+  leave(): void;
 }
 
 export declare class Model {

@@ -72,6 +72,19 @@ export class Runtime {
     return this.#rt.capabilities;
   }
 
+  /** Lend this tab to a pool: `url` is a `tabpool serve --join`'s ws://host:port/join, `token`
+   * a join token from `tabpool token create`. Resolves once admitted, with a Lending whose
+   * `closed` promise settles when the lending ends and whose `leave()` ends it. The pool sends
+   * the weights of the models the token names and the inputs of the work it routes here. */
+  async join(url, { token } = {}) {
+    if (typeof token !== "string" || !token) {
+      const e = new Error("join(url, { token }): a join token from `tabpool token create` is needed");
+      e.name = "BadInput";
+      throw e;
+    }
+    return this.#rt.join(String(url), token);
+  }
+
   /** Load a sentence encoder (BERT, sentence-transformers layout, e.g. all-MiniLM-L6-v2) from a
    * folder URL holding model.safetensors, tokenizer.json and config.json, or from their bytes. */
   async load(source) {

@@ -135,6 +135,64 @@ impl Runtime {
     }
 }
 
+#[wasm_bindgen]
+impl Runtime {
+    /// Lend this tab to a pool: connect to a `tabpool serve --join` at `url` (its
+    /// `ws://host:port/join`) with a join token from `tabpool token create`, and serve what the
+    /// pool sends — the models the token names, their batches and streams — until the pool or
+    /// the page (`leave()`, or closing the page) ends it. Resolves once the pool admitted the
+    /// tab; a refused token is a `Refused` error with the pool's reason.
+    pub async fn join(&self, url: String, token: String) -> Result<Lending, JsValue> {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(error("BadInput", format!("{url:?}: a pool's join URL is ws://host:port/join or wss://…")));
+        }
+        // A join token says who it is; the tab id is the pool's to give.
+        let session = crate::serve::open(&url, token, 0, false).await.map_err(|e| error("Refused", e))?;
+        let (tab_id, socket) = (session.tab_id, session.socket());
+        let closed = wasm_bindgen_futures::future_to_promise(async move {
+            match session.serve().await {
+                Ok((code, reason)) => {
+                    let o = js_sys::Object::new();
+                    js_sys::Reflect::set(&o, &"code".into(), &code.into())?;
+                    js_sys::Reflect::set(&o, &"reason".into(), &reason.into())?;
+                    Ok(o.into())
+                }
+                Err(e) => Err(error("ModelError", e)),
+            }
+        });
+        Ok(Lending { tab_id, socket, closed })
+    }
+}
+
+/// This tab lent to a pool.
+#[wasm_bindgen]
+pub struct Lending {
+    tab_id: u64,
+    socket: Rc<crate::socket::Socket>,
+    closed: js_sys::Promise,
+}
+
+#[wasm_bindgen]
+impl Lending {
+    /// The id the pool gave this tab.
+    #[wasm_bindgen(getter, js_name = tabId)]
+    pub fn tab_id(&self) -> f64 {
+        self.tab_id as f64
+    }
+
+    /// Resolves with `{ code, reason }` when the lending ends: the pool let the tab go (a
+    /// quarantine says why), the network dropped, or the page left.
+    #[wasm_bindgen(getter)]
+    pub fn closed(&self) -> js_sys::Promise {
+        self.closed.clone()
+    }
+
+    /// Stop lending: the pool retries what this tab was running elsewhere.
+    pub fn leave(&self) {
+        self.socket.close(1000, "the page left the pool");
+    }
+}
+
 impl Runtime {
     /// (label, backend) of every backend to try for `wanted`, fastest-first guesses first.
     fn candidates(&self) -> Vec<(String, ExecBackend)> {

@@ -61,7 +61,7 @@ fn status(text: &str) {
 }
 
 pub async fn run() -> Result<(), String> {
-    let result = serve().await;
+    let result = serve().await.map(|_| ());
     match &result {
         Ok(()) => status("closed"),
         Err(e) => status(&format!("error: {e}")),
@@ -69,19 +69,37 @@ pub async fn run() -> Result<(), String> {
     result
 }
 
-async fn serve() -> Result<(), String> {
+async fn serve() -> Result<(u16, String), String> {
     let params = launch_params()?;
+    let session = open(&params.socket_url, params.token, params.tab_id, true).await?;
+    session.serve().await
+}
+
+/// A connection the host welcomed: this tab serves it until either side closes it.
+pub(crate) struct Session {
+    socket: Rc<Socket>,
+    events: futures_channel::mpsc::UnboundedReceiver<Event>,
+    state: Rc<TabState>,
+    pub tab_id: u64,
+    /// Show progress in the page title (the host's own pages; never a page that lends its tab).
+    titles: bool,
+}
+
+/// Probe, connect to `socket_url`, say `Hello` with `token` (a launched tab's secret and id, or
+/// a join token with id 0), and wait for the host's `Welcome`: a `Reject` or a close before it is
+/// an error carrying the host's reason.
+pub(crate) async fn open(socket_url: &str, token: String, tab_id: u64, titles: bool) -> Result<Session, String> {
+    let status = |text: &str| {
+        if titles {
+            status(text)
+        }
+    };
     status("probing");
     let (caps, executor) = caps::probe().await;
     status("connecting");
-    let (socket, mut events) = socket::connect(&params.socket_url).await?;
+    let (socket, mut events) = socket::connect(socket_url).await?;
     let socket = Rc::new(socket);
-    let hello = ToHost::Hello(Box::new(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        tab_id: params.tab_id,
-        token: params.token,
-        caps,
-    }));
+    let hello = ToHost::Hello(Box::new(Hello { protocol_version: PROTOCOL_VERSION, tab_id, token, caps }));
     send(&socket, Frame::new(hello))?;
     let state = Rc::new(TabState {
         executor: RefCell::new(executor.map(Rc::new)),
@@ -92,43 +110,81 @@ async fn serve() -> Result<(), String> {
         cache: WeightCache::open().await.map(Rc::new),
         caching: RefCell::default(),
     });
-    let mut welcomed = false;
-    while let Some(event) = events.next().await {
-        let bytes = match event {
-            Event::Frame(b) => b,
-            Event::Text => {
-                socket.close(CLOSE_PROTOCOL_ERROR, "text frames are not part of the protocol");
-                return Err("host sent a text frame".into());
-            }
-            Event::Closed { code, reason } => {
-                return if welcomed { Ok(()) } else { Err(format!("closed during handshake: {code} {reason}")) };
-            }
-        };
-        let frame: Frame<ToTab> = match decode(Bytes::from(bytes), &Limits::DEFAULT) {
-            Ok(f) => f,
-            Err(e) => {
-                socket.close(CLOSE_PROTOCOL_ERROR, "malformed frame");
-                return Err(format!("malformed frame from host: {e}"));
-            }
-        };
-        match frame.msg {
-            ToTab::Welcome { tab_id } => {
-                welcomed = true;
-                status(&format!("ready (tab {tab_id})"));
-            }
-            ToTab::Reject { reason, message } => return Err(format!("rejected ({reason:?}): {message}")),
-            ToTab::Request { id, req } => {
-                let (socket, state) = (socket.clone(), state.clone());
-                wasm_bindgen_futures::spawn_local(async move {
-                    let (result, tensors) = handle(&state, req, frame.tensors).await;
-                    if let Err(e) = send(&socket, Frame::with_tensors(ToHost::Reply { id, result }, tensors)) {
-                        web_sys::console::error_1(&format!("reply {id} not sent: {e}").into());
-                    }
-                });
-            }
+    // The host's first frame: Welcome, or Reject (then it closes).
+    let bytes = match events.next().await {
+        Some(Event::Frame(b)) => b,
+        Some(Event::Text) => {
+            socket.close(CLOSE_PROTOCOL_ERROR, "text frames are not part of the protocol");
+            return Err("host sent a text frame".into());
+        }
+        Some(Event::Closed { code, reason }) => return Err(format!("closed during handshake: {code} {reason}")),
+        None => return Err("the socket ended during the handshake".into()),
+    };
+    match decode::<ToTab>(Bytes::from(bytes), &Limits::DEFAULT).map(|f| f.msg) {
+        Ok(ToTab::Welcome { tab_id }) => {
+            status(&format!("ready (tab {tab_id})"));
+            Ok(Session { socket, events, state, tab_id, titles })
+        }
+        Ok(ToTab::Reject { reason, message }) => Err(format!("rejected ({reason:?}): {message}")),
+        Ok(ToTab::Request { .. }) => {
+            socket.close(CLOSE_PROTOCOL_ERROR, "a request before Welcome");
+            Err("host sent a request before Welcome".into())
+        }
+        Err(e) => {
+            socket.close(CLOSE_PROTOCOL_ERROR, "malformed frame");
+            Err(format!("malformed frame from host: {e}"))
         }
     }
-    Ok(())
+}
+
+impl Session {
+    /// The socket, to close it from the page (`leave`).
+    pub fn socket(&self) -> Rc<Socket> {
+        self.socket.clone()
+    }
+
+    /// Answer requests until the socket closes. Ok with the close code and reason when the host
+    /// (or the page) closed it; Err on a protocol violation.
+    pub async fn serve(mut self) -> Result<(u16, String), String> {
+        while let Some(event) = self.events.next().await {
+            let bytes = match event {
+                Event::Frame(b) => b,
+                Event::Text => {
+                    self.socket.close(CLOSE_PROTOCOL_ERROR, "text frames are not part of the protocol");
+                    return Err("host sent a text frame".into());
+                }
+                Event::Closed { code, reason } => {
+                    if self.titles {
+                        status("closed");
+                    }
+                    return Ok((code, reason));
+                }
+            };
+            let frame: Frame<ToTab> = match decode(Bytes::from(bytes), &Limits::DEFAULT) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.socket.close(CLOSE_PROTOCOL_ERROR, "malformed frame");
+                    return Err(format!("malformed frame from host: {e}"));
+                }
+            };
+            match frame.msg {
+                ToTab::Welcome { .. } | ToTab::Reject { .. } => {
+                    self.socket.close(CLOSE_PROTOCOL_ERROR, "a second handshake frame");
+                    return Err("host sent a handshake frame after Welcome".into());
+                }
+                ToTab::Request { id, req } => {
+                    let (socket, state) = (self.socket.clone(), self.state.clone());
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let (result, tensors) = handle(&state, req, frame.tensors).await;
+                        if let Err(e) = send(&socket, Frame::with_tensors(ToHost::Reply { id, result }, tensors)) {
+                            web_sys::console::error_1(&format!("reply {id} not sent: {e}").into());
+                        }
+                    });
+                }
+            }
+        }
+        Ok((1006, "the socket ended".into()))
+    }
 }
 
 /// What a tab holds between requests.

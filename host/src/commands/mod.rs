@@ -23,6 +23,7 @@ pub mod pool_args;
 pub mod report;
 pub mod serve;
 pub mod shard_plan;
+pub mod token;
 pub mod transcribe;
 
 use std::time::Duration;

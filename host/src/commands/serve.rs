@@ -64,6 +64,11 @@ pub async fn run(
              /v2; Ctrl-C to stop",
             pool.models()
         );
+        if let Some(url) = pool.join_url() {
+            println!(
+                "tabpool serve: pages lend their tabs at {url} (`tabpool token create --models <names>` issues a join token)"
+            );
+        }
         std::future::pending::<()>().await;
         anyhow::Ok(())
     };

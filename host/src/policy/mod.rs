@@ -14,5 +14,6 @@ pub mod sharding;
 pub mod speech_split;
 pub mod step_batching;
 pub mod trend;
+pub mod verification;
 
 pub use names::Named;

@@ -51,6 +51,7 @@ pub struct PoolConfig {
     pub health: HealthToml,
     pub history: HistoryToml,
     pub generation: GenerationToml,
+    pub lending: LendingToml,
     /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
     pub kinds: Vec<KindSpec>,
 }
@@ -121,6 +122,32 @@ impl Default for GenerationToml {
             shards: 1,
             strategy: crate::policy::sharding::Strategy::Layer,
         }
+    }
+}
+
+/// Tabs that pages lend (`serve --join`): how their results are checked on trusted tabs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LendingToml {
+    /// Every result of a lent tab's first this many batches and streams is re-run on a trusted
+    /// tab before it is answered.
+    pub verify_first: u64,
+    /// After those, this fraction of its results, drawn at random.
+    pub verify_rate: f64,
+    /// Relative L2 error within which a lent tab's output row agrees with the trusted one
+    /// (`policy::verification::rows_agree`); generated tokens must be identical.
+    pub tolerance: f64,
+}
+
+impl Default for LendingToml {
+    fn default() -> Self {
+        LendingToml { verify_first: 16, verify_rate: 0.1, tolerance: 1e-2 }
+    }
+}
+
+impl LendingToml {
+    pub fn sampling(&self) -> crate::policy::verification::Sampling {
+        crate::policy::verification::Sampling { first: self.verify_first, rate: self.verify_rate }
     }
 }
 
@@ -217,6 +244,7 @@ impl Default for PoolConfig {
             health: HealthToml::default(),
             history: HistoryToml::default(),
             generation: GenerationToml::default(),
+            lending: LendingToml::default(),
             kinds: Vec::new(),
         }
     }
@@ -251,6 +279,12 @@ impl PoolConfig {
             Ok(())
         };
         secs("call_timeout_s", self.call_timeout_s, false)?;
+        rate("lending.verify_rate", self.lending.verify_rate)?;
+        anyhow::ensure!(
+            self.lending.tolerance.is_finite() && self.lending.tolerance > 0.0,
+            "lending.tolerance = {}: expected a positive relative error",
+            self.lending.tolerance
+        );
         anyhow::ensure!(
             self.hedge_factor.is_finite() && (1.0..=1e6).contains(&self.hedge_factor),
             "hedge_factor = {}: expected a finite factor of at least 1 (the batch's expected time × it)",

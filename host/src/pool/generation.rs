@@ -16,7 +16,7 @@ use shared_proto::ErrorKind;
 use tokio::sync::mpsc;
 
 use super::state::{Family, ModelEntry, Replica, Runner, Shared};
-use super::{PoolError, breakers, hedge};
+use super::{PoolError, breakers, hedge, lending};
 use crate::exec::{Finish, GenEvent, GenFailure, GenParams};
 use crate::policy::breaker::Outcome;
 use crate::policy::recovery::Category;
@@ -203,6 +203,28 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
                 });
             }
             (r, events, pending) = (winner, winner_events, first_event);
+        }
+        if lending::check_due(&shared, &r) {
+            // A lent tab's stream, checked: the same session runs on a trusted replica and a
+            // token goes out only when both produced it.
+            let trusted = tokio::select! {
+                t = place_where(&shared, &m, &[], |x| x.slot.lent.is_none()) => t,
+                () = tx.closed() => Err(PoolError::ShutDown),
+                _ = abandoned.wait_for(|a| *a) => Err(PoolError::ShutDown),
+            };
+            match trusted {
+                Ok(t) => {
+                    let Runner::Sessions { decoder: check, .. } = &t.run else { unreachable!("a generation replica") };
+                    let copy = check.generate(prompt.clone(), params.clone());
+                    events = shadow(&shared, &m, (r.clone(), events, pending.take()), (t, copy));
+                }
+                Err(e) => {
+                    drop(events);
+                    leave(&m, &r);
+                    book(&shared, &m, &r, None);
+                    break if tx.is_closed() { Err(Ended::Cancelled) } else { Err(Ended::Error(e)) };
+                }
+            }
         }
         let leg = loop {
             let ev = match pending.take() {
@@ -562,7 +584,9 @@ fn try_place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, not: u64) -> Option<Arc<
         .lock()
         .expect("replicas")
         .iter()
-        .filter(|r| r.slot.serial != not && r.slot.usable() && matches!(r.run, Runner::Sessions { .. }))
+        // A copy never goes to a lent tab: nothing would check it.
+        .filter(|r| r.slot.serial != not && r.slot.usable() && r.slot.lent.is_none())
+        .filter(|r| matches!(r.run, Runner::Sessions { .. }))
         .filter(|r| stages_admit(r))
         .cloned()
         .collect();
@@ -576,6 +600,17 @@ fn try_place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, not: u64) -> Option<Arc<
 /// breakers admit a call, the one running fewest streams (then the one not failed before).
 /// Waits while all are busy; fails when no replica is usable for [`NO_REPLICA_WAIT`].
 async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Result<Arc<Replica>, PoolError> {
+    // A lent tab works only while a trusted tab could check it.
+    place_where(shared, m, avoid, |r| lending::checkable(m, r)).await
+}
+
+/// [`place`] among the replicas `pick` accepts; a replica in `avoid` only when no other is usable.
+async fn place_where(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    avoid: &[u64],
+    pick: impl Fn(&Replica) -> bool,
+) -> Result<Arc<Replica>, PoolError> {
     let mut no_replica_since: Option<Instant> = None;
     let per_tab = shared.cfg.generation.sessions_per_tab as usize;
     loop {
@@ -590,6 +625,8 @@ async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Resu
             .filter(|r| r.slot.usable() && matches!(r.run, Runner::Sessions { .. }) && stages_admit(r))
             .cloned()
             .collect();
+        // Outside the replicas' lock: `pick` may look at the replicas itself.
+        usable.retain(|r| pick(r));
         usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), r.streams(), r.slot.id));
         for r in &usable {
             if r.streams() < per_tab && breakers::acquire(shared, m, r) {
@@ -669,4 +706,112 @@ fn recover(shared: &Arc<Shared>, m: &Arc<ModelEntry>, r: &Arc<Replica>, f: &GenF
             s.note_recovery(&slot, Category::DeviceLost, "reload_model", ok, t, &detail);
         });
     }
+}
+
+/// A lent replica's stream checked against a trusted copy of the same session: a token is
+/// passed on only once both produced it at that position. At the first difference (or a
+/// different length) the lent tab is quarantined and the stream goes on from the trusted copy,
+/// so the client never sees a token the check refused; if the lent copy fails, the trusted one
+/// simply goes on. The trusted copy's place and breaker call are given back when it ends.
+fn shadow(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    (lent, mut lent_events, first): (Arc<Replica>, Events, Option<Option<GenEvent>>),
+    (trusted, mut trusted_events): (Arc<Replica>, Events),
+) -> Events {
+    use std::collections::VecDeque;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (shared, m) = (shared.clone(), m.clone());
+    tokio::spawn(async move {
+        let (mut lq, mut tq) = (VecDeque::<u32>::new(), VecDeque::<u32>::new());
+        let (mut lent_done, mut trusted_done) = (None::<GenEvent>, None::<GenEvent>);
+        // After a disagreement, or once the lent copy failed: the trusted copy alone.
+        let mut alone = false;
+        let mut released = 0usize;
+        let mut first = first;
+        loop {
+            enum From {
+                Lent(Option<GenEvent>),
+                Trusted(Option<GenEvent>),
+            }
+            let from = match first.take() {
+                Some(ev) => From::Lent(ev),
+                None => tokio::select! {
+                    ev = lent_events.recv(), if !alone && lent_done.is_none() => From::Lent(ev),
+                    ev = trusted_events.recv(), if trusted_done.is_none() => From::Trusted(ev),
+                    () = tx.closed() => break,
+                },
+            };
+            match from {
+                From::Lent(Some(GenEvent::Token(t))) => lq.push_back(t),
+                From::Lent(Some(done @ GenEvent::Done { .. })) => lent_done = Some(done),
+                From::Lent(_) => {
+                    // The lent copy failed or stopped: no verdict on it; the trusted one goes on.
+                    alone = true;
+                    lq.clear();
+                }
+                From::Trusted(Some(GenEvent::Token(t))) => tq.push_back(t),
+                From::Trusted(Some(done @ GenEvent::Done { .. })) => trusted_done = Some(done),
+                From::Trusted(ev) => {
+                    // Without its check the stream cannot go on here: the supervisor replays it.
+                    let why = match ev {
+                        Some(GenEvent::Failed(f)) => f.message,
+                        _ => "its decoder stopped".into(),
+                    };
+                    let _ = tx.send(GenEvent::Failed(GenFailure {
+                        category: Category::ModelError,
+                        remote: None,
+                        message: format!("the trusted copy checking a lent tab's stream failed: {why}"),
+                    }));
+                    break;
+                }
+            }
+            if !alone {
+                while let (Some(&a), Some(&b)) = (lq.front(), tq.front()) {
+                    if a != b {
+                        lending::checked(
+                            &shared,
+                            &m,
+                            &lent.slot,
+                            Err(format!("token {released}: {a} where the trusted tab gave {b}")),
+                        );
+                        alone = true;
+                        break;
+                    }
+                    lq.pop_front();
+                    tq.pop_front();
+                    released += 1;
+                    let _ = tx.send(GenEvent::Token(a));
+                }
+                // One copy ended while the other still has (or had) tokens: they disagree.
+                let longer = (lent_done.is_some() && !tq.is_empty()) || (trusted_done.is_some() && !lq.is_empty());
+                if !alone && longer {
+                    let why = format!("the streams differ in length after {released} tokens");
+                    lending::checked(&shared, &m, &lent.slot, Err(why));
+                    alone = true;
+                }
+                if !alone && lent_done.is_some() && trusted_done.is_some() {
+                    lending::checked(&shared, &m, &lent.slot, Ok(()));
+                    let _ = tx.send(lent_done.take().expect("checked above"));
+                    break;
+                }
+            }
+            if alone {
+                // The trusted copy's tokens from the first one not yet released.
+                for t in tq.drain(..) {
+                    released += 1;
+                    let _ = tx.send(GenEvent::Token(t));
+                }
+                if let Some(done) = trusted_done.take() {
+                    let _ = tx.send(done);
+                    break;
+                }
+            }
+        }
+        drop(lent_events);
+        drop(trusted_events);
+        leave(&m, &trusted);
+        book(&shared, &m, &trusted, None);
+    });
+    rx
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod generation;
 pub mod grid;
 mod hedge;
+mod lending;
 pub mod metrics;
 mod pipelines;
 mod scaler;
@@ -230,10 +231,26 @@ impl PoolBuilder {
 }
 
 /// Cheap to share: clone the `Arc` it sits in, or use it by reference from many tasks.
+/// A lent tab as `Pool::lent_tabs` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LentTab {
+    pub tab: u64,
+    pub token: String,
+    pub origin: String,
+    /// Its models are loaded and it takes work.
+    pub serving: bool,
+    /// Results it produced (batches and streams), those checked on a trusted tab, those agreeing.
+    pub served: u64,
+    pub checked: u64,
+    pub agreed: u64,
+}
+
 pub struct Pool {
     shared: Arc<Shared>,
     /// The scaler and the watchdog.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where pages lend their tabs (`serve --join`).
+    join_url: Option<String>,
 }
 
 impl Pool {
@@ -242,7 +259,7 @@ impl Pool {
     }
 
     /// A pool over an already started host.
-    pub async fn with_host(host: Host, cfg: PoolConfig) -> anyhow::Result<Pool> {
+    pub async fn with_host(mut host: Host, cfg: PoolConfig) -> anyhow::Result<Pool> {
         cfg.validate()?;
         let kinds = cfg.kinds_or_installed(|k| host.browser_binary(k).is_ok());
         anyhow::ensure!(
@@ -256,6 +273,8 @@ impl Pool {
             }
             None => None,
         };
+        let joined = host.take_joined();
+        let join_url = host.join_url();
         let shared = Arc::new(Shared::new(host, cfg, kinds, store)?);
         // Start at min_tabs before anything is served, so a bad setup fails here, loudly.
         let started = Instant::now();
@@ -267,12 +286,15 @@ impl Pool {
             }
         }
         tracing::info!("pool up with {} tabs in {:.1} s", shared.live_tabs(), started.elapsed().as_secs_f64());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(scaler::run(shared.clone())),
             tokio::spawn(watchdog::run(shared.clone())),
             tokio::spawn(grid::run(shared.clone())),
         ];
-        Ok(Pool { shared, tasks: std::sync::Mutex::new(tasks) })
+        if let Some(arrivals) = joined {
+            tasks.push(tokio::spawn(lending::run(shared.clone(), arrivals)));
+        }
+        Ok(Pool { shared, tasks: std::sync::Mutex::new(tasks), join_url })
     }
 
     /// Load a model on its replicas (every tab unless `spec.replicas` says fewer); returns its name.
@@ -476,6 +498,32 @@ impl Pool {
     /// Names of the loaded models, in load order.
     pub fn models(&self) -> Vec<String> {
         self.shared.models.lock().expect("models").iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// Where a page lends its tab (`rt.join(url, { token })`), when the host takes lent tabs.
+    pub fn join_url(&self) -> Option<&str> {
+        self.join_url.as_deref()
+    }
+
+    /// Lent tabs now: (tab id, token id, origin, results served, checked, agreed).
+    pub fn lent_tabs(&self) -> Vec<LentTab> {
+        self.shared
+            .slots()
+            .iter()
+            .filter_map(|s| {
+                let l = s.lent.as_ref()?;
+                let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
+                Some(LentTab {
+                    tab: s.id,
+                    token: l.token.clone(),
+                    origin: l.origin.clone(),
+                    serving: s.usable(),
+                    served: n(&l.served),
+                    checked: n(&l.checked),
+                    agreed: n(&l.agreed),
+                })
+            })
+            .collect()
     }
 
     /// (tab id, kind) of the tabs serving now.

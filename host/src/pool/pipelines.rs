@@ -181,7 +181,9 @@ impl Shared {
         let used = Self::slots_in_use(m);
         self.slots()
             .into_iter()
-            .filter(|s| s.usable() && s.serial != not && !used.contains(&s.serial) && m.allows(&s.kind.name))
+            .filter(|s| {
+                s.usable() && s.lent.is_none() && s.serial != not && !used.contains(&s.serial) && m.allows(&s.kind.name)
+            })
             .collect()
     }
 

@@ -97,9 +97,9 @@ fn sample_health(shared: &Shared) {
 }
 
 /// The pool's tabs for scaling: serving or being recovered (a tab under recovery is not replaced
-/// twice).
+/// twice). Lent tabs come and go as their pages do: the scaler neither counts nor retires them.
 fn live(shared: &Shared) -> Vec<Arc<Slot>> {
-    shared.slots().into_iter().filter(|s| s.counted()).collect()
+    shared.slots().into_iter().filter(|s| s.counted() && s.lent.is_none()).collect()
 }
 
 /// The model with the longest queue, if any is queued.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::breakers;
 use super::hedge;
+use super::lending;
 use super::state::{Job, ModelEntry, Replica, Shared};
 use super::{MAX_TEXTS_PER_REQUEST, PoolError, Served};
 use crate::TabError;
@@ -273,6 +274,8 @@ fn eligible(m: &ModelEntry, route: &Route) -> Vec<Arc<Replica>> {
     let now = Instant::now();
     let usable: Vec<Arc<Replica>> =
         m.replicas.lock().expect("replicas").iter().filter(|r| r.slot.usable()).cloned().collect();
+    // A lent tab works only while a trusted tab could check it.
+    let usable: Vec<Arc<Replica>> = usable.into_iter().filter(|r| lending::checkable(m, r)).collect();
     // A pin holds only while its slot can still serve: a tab that died during the in-place
     // reload comes back (if at all) as a new slot with a new serial, so a pin to the old one
     // would hold the queue's front, and everything behind it, for ever.
@@ -492,6 +495,9 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     };
     let hedge_at = recovery::hedge_after(expected, shared.cfg.hedging());
     let primary = run_owned(&shared, &m, &r, inputs.clone(), rows);
+    // Kept only when a lent tab may answer: its result may need a trusted re-run.
+    let inputs_for_check =
+        m.replicas.lock().expect("replicas").iter().any(|x| x.slot.lent.is_some()).then(|| inputs.clone());
     // The copy, if one starts: its replica and when it started.
     let mut hedge: Option<(Arc<Replica>, Instant)> = None;
     let raced = hedge::race(primary, hedge_at, || {
@@ -531,6 +537,14 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
             }
         }
     };
+    // A lent tab's result, when due, is answered only after a trusted tab agreed with it —
+    // else the trusted result answers and the lent tab is quarantined.
+    let (result, winner) = match result {
+        Ok(res) if lending::check_due(&shared, &winner) => {
+            check_lent(&shared, &m, &winner, inputs_for_check, res).await
+        }
+        other => (other, winner),
+    };
     let run_ms = t.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok((per_row, device_ms)) => {
@@ -568,6 +582,46 @@ async fn execute(shared: Arc<Shared>, m: Arc<ModelEntry>, r: Arc<Replica>, jobs:
     }
     shared.running_batches.fetch_sub(1, Ordering::SeqCst);
     shared.wake_all();
+}
+
+/// Re-run a lent tab's batch on a trusted replica and compare row by row
+/// (`policy::verification::rows_agree`): agreeing, the lent result answers; disagreeing, the
+/// trusted one does and the lent tab is quarantined. A check that cannot run (no trusted replica
+/// left, or it failed) answers with the trusted side's error, so the batch is retried: an
+/// unchecked result that was due a check never reaches a client.
+async fn check_lent(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    lent: &Arc<Replica>,
+    inputs: Option<Vec<Tensor>>,
+    res: (Vec<Vec<Vec<f32>>>, f64),
+) -> (RunResult, Arc<Replica>) {
+    let rows = res.0.len();
+    let (Some(inputs), Some(trusted)) = (inputs, lending::trusted_replica(m, lent.slot.serial)) else {
+        return (Err(anyhow::anyhow!("no trusted tab to check a lent tab's batch")), lent.clone());
+    };
+    trusted.slot.in_flight.fetch_add(1, Ordering::SeqCst);
+    let t = Instant::now();
+    let checked = run_on(shared, m, &trusted, inputs, rows).await;
+    let info = BatchInfo { rows, tokens: 0, queue_ms: 0.0 };
+    settle(shared, m, &trusted, info, false, t.elapsed(), &checked);
+    let want = match checked {
+        Ok(w) => w,
+        Err(e) => return (Err(e.context("checking a lent tab's batch")), trusted),
+    };
+    let tolerance = shared.cfg.lending.tolerance;
+    let verdict = res.0.iter().zip(&want.0).enumerate().try_for_each(|(i, (got, want))| {
+        if got.len() != want.len() {
+            return Err(format!("row {i}: {} outputs where {} were expected", got.len(), want.len()));
+        }
+        got.iter()
+            .zip(want)
+            .try_for_each(|(g, w)| crate::policy::verification::rows_agree(g, w, tolerance))
+            .map_err(|e| format!("row {i}: {e}"))
+    });
+    let agreed = verdict.is_ok();
+    lending::checked(shared, m, &lent.slot, verdict);
+    if agreed { (Ok(res), lent.clone()) } else { (Ok(want), trusted) }
 }
 
 /// A row's first output, and the rest.

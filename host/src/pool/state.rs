@@ -66,6 +66,8 @@ pub(crate) struct Slot {
     pub streams: AtomicUsize,
     /// A remote tab's WebDriver session and, on a Grid, its node.
     pub placement: Mutex<Option<Arc<super::grid::Placement>>>,
+    /// A tab a page lent (`serve --join`): untrusted, its results checked (`lending`).
+    pub lent: Option<super::lending::Lent>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -274,6 +276,12 @@ impl ModelEntry {
     /// Whether a replica may live on a tab of kind `kind`.
     pub fn allows(&self, kind: &str) -> bool {
         self.kinds.as_ref().is_none_or(|ks| ks.iter().any(|k| k == kind))
+    }
+
+    /// Whether `slot` may hold a replica: its kind is allowed, and a lent tab's token names
+    /// this model (weights go to a lent tab only for the models its token allows).
+    pub fn may_hold(&self, slot: &Slot) -> bool {
+        self.allows(&slot.kind.name) && slot.lent.as_ref().is_none_or(|l| l.allows(&self.name))
     }
 }
 
@@ -542,7 +550,7 @@ impl Shared {
         let models: Vec<Arc<ModelEntry>> = self.models.lock().expect("models").clone();
         for m in models {
             let wanted = m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n);
-            if m.allows(&slot.kind.name) && (wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m))) {
+            if m.may_hold(&slot) && (wanted || pressured.is_some_and(|p| Arc::ptr_eq(p, &m))) {
                 self.add_replica(&m, &slot).await;
             }
         }
@@ -627,7 +635,11 @@ impl Shared {
         anyhow::bail!("no browser kind could launch a tab: {}", errors.join("; "))
     }
 
-    fn new_slot(&self, tab: Tab, kind: KindSpec) -> Arc<Slot> {
+    pub(super) fn new_slot(&self, tab: Tab, kind: KindSpec) -> Arc<Slot> {
+        self.new_slot_lent(tab, kind, None)
+    }
+
+    pub(super) fn new_slot_lent(&self, tab: Tab, kind: KindSpec, lent: Option<super::lending::Lent>) -> Arc<Slot> {
         Arc::new(Slot {
             serial: self.next_serial.fetch_add(1, Ordering::SeqCst),
             id: tab.id(),
@@ -648,6 +660,7 @@ impl Shared {
             latency: Mutex::new(Latency::default()),
             streams: AtomicUsize::new(0),
             placement: Mutex::new(None),
+            lent,
         })
     }
 
@@ -658,6 +671,11 @@ impl Shared {
     pub async fn recover(self: &Arc<Self>, old: Arc<Slot>, category: Category, detail: &str) {
         if old.retired.load(Ordering::SeqCst) || old.recovering.swap(true, Ordering::SeqCst) {
             return;
+        }
+        if old.lent.is_some() {
+            // Nothing of a lent tab is ours to restart: it left (page closed, network gone) or
+            // was sent away; its work is retried and its streams replayed on other tabs.
+            return super::lending::leave(self, &old, &format!("{category:?}: {detail}"));
         }
         let t = Instant::now();
         self.keep(Record::Tab {
@@ -1054,8 +1072,7 @@ impl Shared {
         });
         // Replicas on the tabs whose kinds rank best for this model, all loading at once.
         let order: Vec<String> = self.kind_order_all(&name, spec.model_type).into_iter().map(|k| k.name).collect();
-        let mut slots: Vec<Arc<Slot>> =
-            self.slots().into_iter().filter(|s| s.usable() && entry.allows(&s.kind.name)).collect();
+        let mut slots: Vec<Arc<Slot>> = self.slots().into_iter().filter(|s| s.usable() && entry.may_hold(s)).collect();
         slots.sort_by_key(|s| order.iter().position(|k| *k == s.kind.name).unwrap_or(usize::MAX));
         // Then one per machine (Grid node) before any machine gets a second.
         let nodes: Vec<Option<String>> = slots.iter().map(|s| s.node_id()).collect();
@@ -1101,9 +1118,7 @@ impl Shared {
             .lock()
             .expect("loading")
             .iter()
-            .filter(|m| {
-                !done.iter().any(|d| Arc::ptr_eq(d, m)) && m.allows(&slot.kind.name) && !self.spans_tabs(&m.family)
-            })
+            .filter(|m| !done.iter().any(|d| Arc::ptr_eq(d, m)) && m.may_hold(slot) && !self.spans_tabs(&m.family))
             .filter(|m| m.want_replicas.is_none_or(|n| m.replicas.lock().expect("replicas").len() < n))
             .cloned()
             .collect()
@@ -1147,6 +1162,9 @@ impl Shared {
         // Retries scheduled before `closed` was seen land in a queue: answer them too.
         self.fail_queued();
         self.abandon.send_replace(true);
+        for s in self.slots().iter().filter(|s| s.lent.is_some()) {
+            s.tab.disconnect();
+        }
         for h in self.background.lock().expect("background").drain(..) {
             h.abort();
         }

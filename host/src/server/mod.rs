@@ -2,4 +2,5 @@
 
 pub mod bounded;
 pub mod http;
+pub mod join;
 pub mod socket;

@@ -45,10 +45,33 @@ pub(crate) struct Expected {
     pub arrived: oneshot::Sender<Tab>,
 }
 
+/// The path a lending page connects to (`serve --join`); every other path is for launched tabs.
+pub const JOIN_PATH: &str = "/join";
+
 pub(crate) struct Registry {
     pub allowed_origin: String,
     pub expected: Mutex<HashMap<u64, Expected>>,
     pub counters: Counters,
+    /// Tab ids, for launched and joined tabs alike.
+    pub next_tab: AtomicU64,
+    /// Open only with `serve --join`.
+    pub door: Option<JoinDoor>,
+}
+
+/// Where lending pages come in: their tokens, and the pool's end of the tabs that joined.
+pub(crate) struct JoinDoor {
+    pub tokens: super::join::TokenFile,
+    pub arrivals: mpsc::UnboundedSender<Joined>,
+    /// Tabs joined now, by token id (a token's `max_tabs`).
+    pub joined: Mutex<HashMap<String, usize>>,
+}
+
+/// A tab a page lent: untrusted, from any origin, with what its token grants.
+pub struct Joined {
+    pub tab: Tab,
+    pub grant: super::join::Grant,
+    /// The lending page's Origin header, for the log and status.
+    pub origin: String,
 }
 
 /// What the endpoint refused, for tests and `doctor`.
@@ -108,10 +131,26 @@ fn refuse(registry: &Registry, peer: SocketAddr, why: &str) {
 /// `Hello` is judged.
 async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, place: OwnedSemaphorePermit) {
     let allowed = registry.allowed_origin.clone();
+    let door_open = registry.door.is_some();
+    // A lending page (`/join`) comes from any origin: its join token is what admits it. Every
+    // other path is for the pages this host opened, from its own page server only.
+    let lender_origin: Arc<Mutex<Option<String>>> = Arc::default();
+    let lender = lender_origin.clone();
     // The callback signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_origin = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match req.headers().get("origin").and_then(|o| o.to_str().ok()) {
+        let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
+        if req.uri().path() == JOIN_PATH {
+            if !door_open {
+                let mut e =
+                    ErrorResponse::new(Some("this host takes no lent tabs (start it with serve --join)".into()));
+                *e.status_mut() = http::StatusCode::NOT_FOUND;
+                return Err(e);
+            }
+            *lender.lock().expect("lender") = Some(origin.unwrap_or("none").to_string());
+            return Ok(resp);
+        }
+        match origin {
             Some(o) if o == allowed => Ok(resp),
             other => {
                 let mut e = ErrorResponse::new(Some(format!("origin {other:?} is not allowed")));
@@ -155,11 +194,24 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
     let (mut sink, mut stream) =
         tokio_tungstenite::WebSocketStream::from_raw_socket(ws.into_inner(), Role::Server, Some(full)).await.split();
 
+    let lender_origin = lender_origin.lock().expect("lender").take();
     let verdict = if hello.protocol_version != PROTOCOL_VERSION {
         Err((
             RejectReason::VersionMismatch,
             format!("tab speaks protocol {}, host speaks {PROTOCOL_VERSION}: rebuild the page", hello.protocol_version),
         ))
+    } else if let (Some(origin), Some(door)) = (&lender_origin, &registry.door) {
+        // Judged and counted under one lock: two pages racing for a token's last place cannot
+        // both get it.
+        let mut joined = door.joined.lock().expect("joined");
+        match door.tokens.check(&hello.token, |id| joined.get(id).copied().unwrap_or(0)) {
+            Ok(grant) => {
+                *joined.entry(grant.token_id.clone()).or_default() += 1;
+                let id = registry.next_tab.fetch_add(1, Ordering::SeqCst);
+                Ok(Arrival::Lent { id, grant, origin: origin.clone() })
+            }
+            Err(refusal) => Err((RejectReason::BadToken, refusal.to_string())),
+        }
     } else {
         let mut expected = registry.expected.lock().expect("registry lock");
         match expected.get(&hello.tab_id) {
@@ -167,10 +219,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
             Some(e) if !crate::secret::same(&hello.token, &e.token) => {
                 Err((RejectReason::BadToken, format!("wrong token for tab {}", hello.tab_id)))
             }
-            Some(_) => Ok(expected.remove(&hello.tab_id).expect("present")),
+            Some(_) => Ok(Arrival::Launched(hello.tab_id, expected.remove(&hello.tab_id).expect("present"))),
         }
     };
-    let expected = match verdict {
+    let arrival = match verdict {
         Ok(e) => {
             // Authenticated: the pool bounds tabs from here on.
             drop(place);
@@ -188,16 +240,24 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
         }
     };
 
-    let welcome = encode(&Frame::new(ToTab::Welcome { tab_id: hello.tab_id }), &Limits::DEFAULT).expect("small frame");
+    let tab_id = match &arrival {
+        Arrival::Launched(id, _) | Arrival::Lent { id, .. } => *id,
+    };
+    // A lent tab's place under its token is given back whenever this connection ends.
+    let _place = match &arrival {
+        Arrival::Lent { grant, .. } => Some(TokenPlace { registry: registry.clone(), token: grant.token_id.clone() }),
+        Arrival::Launched(..) => None,
+    };
+    let welcome = encode(&Frame::new(ToTab::Welcome { tab_id }), &Limits::DEFAULT).expect("small frame");
     if sink.send(Message::Binary(welcome.into())).await.is_err() {
         return refuse(&registry, peer, "closed before Welcome");
     }
     registry.counters.accepted.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%peer, tab = hello.tab_id, "tab joined");
+    tracing::info!(%peer, tab = tab_id, lent = matches!(arrival, Arrival::Lent { .. }), "tab joined");
 
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<Message>();
     let shared = Arc::new(TabShared {
-        id: hello.tab_id,
+        id: tab_id,
         caps: hello.caps,
         outbox,
         pending: Mutex::default(),
@@ -220,7 +280,22 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
         }
         let _ = sink.close().await;
     });
-    let _ = expected.arrived.send(Tab { shared: shared.clone() });
+    match arrival {
+        Arrival::Launched(_, expected) => {
+            let _ = expected.arrived.send(Tab { shared: shared.clone() });
+        }
+        Arrival::Lent { grant, origin, .. } => {
+            let tab = Tab { shared: shared.clone() };
+            let door = registry.door.as_ref().expect("a lent tab came through the door");
+            if door.arrivals.send(Joined { tab, grant, origin }).is_err() {
+                // No pool takes lent tabs any more (shutting down).
+                let _ = shared.outbox.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "the pool is shutting down".into(),
+                })));
+            }
+        }
+    }
 
     // Reader: route replies to their waiters; a protocol violation closes this socket only.
     while let Some(msg) = stream.next().await {
@@ -263,6 +338,29 @@ async fn handle(stream: TcpStream, peer: SocketAddr, registry: Arc<Registry>, pl
     // Let a queued Close go out, then stop: `Tab` clones may keep the channel open forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     writer.abort();
+}
+
+/// Who a good `Hello` came from.
+enum Arrival {
+    Launched(u64, Expected),
+    Lent { id: u64, grant: super::join::Grant, origin: String },
+}
+
+/// A lent tab's place under its token, held while its connection lasts.
+struct TokenPlace {
+    registry: Arc<Registry>,
+    token: String,
+}
+
+impl Drop for TokenPlace {
+    fn drop(&mut self) {
+        if let Some(door) = &self.registry.door {
+            let mut joined = door.joined.lock().expect("joined");
+            if let Some(n) = joined.get_mut(&self.token) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// A message for the log: its kind and at most `LOGGED_BYTES` of it (a peer chooses its size).
