@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shared_proto::MatMulVariant;
 use tabpool::commands::pool_args::PoolArgs;
 use tabpool::commands::{
-    bench, bench_generate, bench_grid, bench_history, bench_memory, bench_multimodal, bench_pool, bench_recovery,
-    bench_shard, bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul, report, serve,
-    shard_plan, token, transcribe,
+    bench, bench_generate, bench_grid, bench_history, bench_lending, bench_memory, bench_multimodal, bench_pool,
+    bench_recovery, bench_shard, bench_transcribe, bench_vision, chat, classify, cli, doctor, embed, generate, matmul,
+    report, serve, shard_plan, token, transcribe,
 };
 use tabpool::exec::Backend;
 use tabpool::exec::placement;
@@ -345,6 +345,9 @@ enum BenchWhat {
     /// node vs two, new-tab time, a node lost mid-load, slots left behind (needs
     /// --bind/--advertise so the nodes' tabs reach this host, or root to start its own Grid).
     Grid(bench_grid::Args),
+    /// Lending: one trusted tab alone, then with a tab a page lends (its results checked at the
+    /// default rate, then all), sent/s and ratios; and how fast a lying lender is quarantined.
+    Lending(bench_lending::Args),
     /// Pool throughput with 1, 2, 4 tabs; two models concurrently vs sequentially; a mixed pool.
     Pool {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2, 4])]
@@ -595,6 +598,7 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
             what:
                 BenchWhat::Pool { .. }
                 | BenchWhat::Grid(_)
+                | BenchWhat::Lending(_)
                 | BenchWhat::Recovery { .. }
                 | BenchWhat::History { .. }
                 | BenchWhat::Vision { .. }
@@ -718,6 +722,12 @@ async fn main() -> ExitCode {
             let args = bench_history::Args { tabs, kind, requests, rounds, rows, json };
             tokio::select! {
                 r = bench_history::run(cfg, args) => r,
+                _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
+        Command::Bench { what: BenchWhat::Lending(args) } => {
+            tokio::select! {
+                r = bench_lending::run(cfg, args) => r,
                 _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
             }
         }

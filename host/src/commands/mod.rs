@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_generate;
 pub mod bench_grid;
 pub mod bench_history;
+pub mod bench_lending;
 pub mod bench_memory;
 pub mod bench_multimodal;
 pub mod bench_pool;
