@@ -114,25 +114,7 @@ pub trait BatchModel: Send + Sync + 'static {
     }
 }
 
-/// The KV cache a copy of a session model is given: token rows shared by its sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLimits {
-    pub max_tokens: u32,
-    pub max_sessions: u32,
-}
-
-/// A chat message: `role` is "system", "user" or "assistant".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: content.into() }
-    }
-}
+pub use model_graphs::{KvLimits, Message};
 
 /// A model served in sessions: a request is a stream whose state (a KV cache, an encoder's
 /// output) stays in the tab between steps. The pool's generation path (`pool::generation`,

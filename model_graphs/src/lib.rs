@@ -5,6 +5,10 @@
 
 pub mod builder;
 pub mod minilm;
+pub mod session;
+pub mod smollm2;
+
+pub use session::{KvLimits, Message, Part};
 
 /// The tokenizer crate the graphs' tokenizers come from, for callers that keep one.
 pub use tokenizers;

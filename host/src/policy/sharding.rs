@@ -23,30 +23,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a stage of a sharded model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum Part {
-    /// The token embedding (a gather of the prompt's rows).
-    Embed,
-    /// Layer l's attention: norm, q/k/v, rope, cached attention, output projection, residual.
-    Attention(u32),
-    /// Layer l's feed-forward: norm, gate/up, SwiGLU, down, residual.
-    Ffn(u32),
-    /// The output norm, the LM head over the tied embedding, and sampling.
-    Head,
-}
-
-impl Part {
-    /// Every part of a `layers`-layer model, in order: one stage holding the whole model.
-    pub fn whole_model(layers: u32) -> Vec<Part> {
-        let mut parts = vec![Part::Embed];
-        for l in 0..layers {
-            parts.extend([Part::Attention(l), Part::Ffn(l)]);
-        }
-        parts.push(Part::Head);
-        parts
-    }
-}
+/// What a stage of a sharded model computes (defined with the graphs that are split by it).
+pub use model_graphs::Part;
 
 /// Stages in model order as `(tab, parts)`, tabs numbered from 0 (two stages may share one).
 pub type Layout = Vec<(usize, Vec<Part>)>;

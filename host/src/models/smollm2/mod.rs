@@ -3,9 +3,8 @@
 //! blocks, tokenizer, chat template, end-of-generation ids — and the step graph built from them.
 
 pub mod costs;
-pub mod gguf;
-pub mod graph;
-pub mod tokenizer;
+mod graph_tests;
+pub use model_graphs::smollm2::{gguf, graph, tokenizer};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,65 +56,15 @@ impl SmolLm2 {
                 path.display()
             );
         }
-        let g = gguf::Gguf::read(&path)?;
-        let arch = g.string("general.architecture")?;
-        if arch != "llama" {
-            bail!("{}: architecture {arch:?}, only llama is supported", path.display());
-        }
-        let u32_of = |key: &str| -> anyhow::Result<u32> {
-            u32::try_from(g.uint(key)?).with_context(|| format!("GGUF metadata {key} is too large"))
-        };
-        let tokenizer = tokenizer::from_gguf(&g)?;
-        let vocab = tokenizer.get_vocab_size(true) as u32;
-        let config = Config {
-            layers: u32_of("llama.block_count")?,
-            hidden: u32_of("llama.embedding_length")?,
-            heads: u32_of("llama.attention.head_count")?,
-            kv_heads: u32_of("llama.attention.head_count_kv")?,
-            ffn: u32_of("llama.feed_forward_length")?,
-            vocab,
-            rms_eps: g.float("llama.attention.layer_norm_rms_epsilon")? as f32,
-            rope_base: g.float("llama.rope.freq_base")? as f32,
-        };
-        if let Ok(n) = g.uint("llama.vocab_size") {
-            anyhow::ensure!(n == vocab as u64, "llama.vocab_size {n} but the tokenizer has {vocab} tokens");
-        }
-        if let Ok(d) = g.uint("llama.rope.dimension_count") {
-            // Partial rotary embeddings would need a Rope over part of each head.
-            anyhow::ensure!(
-                config.heads > 0 && d == (config.hidden / config.heads) as u64,
-                "rope over {d} of each head's dims is not supported"
-            );
-        }
-        let chat = ChatTemplate::from_source(g.string("tokenizer.chat_template")?)?;
-        let mut eos_ids = vec![u32_of("tokenizer.ggml.eos_token_id")?];
-        for t in ["<|im_end|>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(t)
-                && !eos_ids.contains(&id)
-            {
-                eos_ids.push(id);
-            }
-        }
-        let context_length = u32_of("llama.context_length")?;
+        let parsed = model_graphs::smollm2::Parsed::from_gguf(gguf::Gguf::read(&path)?, &path.display().to_string())?;
+        let model_graphs::smollm2::Parsed { config, context_length, tokenizer, chat, eos_ids, weights } = parsed;
         let name = if path == default_path() {
             NAME.to_string()
         } else {
             path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| NAME.into())
         };
         let text_tokenizer = Arc::new(tokenizer::as_text_only(&tokenizer));
-        let m = SmolLm2 {
-            name,
-            path,
-            config,
-            context_length,
-            tokenizer,
-            text_tokenizer,
-            chat,
-            eos_ids,
-            weights: g.tensors,
-        };
-        // Build once so a file missing a tensor or with a wrong shape is refused at load.
-        m.graph(KvLimits { max_tokens: 1, max_sessions: 1 }, Outputs::default())?;
+        let m = SmolLm2 { name, path, config, context_length, tokenizer, text_tokenizer, chat, eos_ids, weights };
         Ok(m)
     }
 

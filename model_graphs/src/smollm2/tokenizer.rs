@@ -71,7 +71,7 @@ pub enum Piece {
     Text(String),
 }
 
-pub use crate::family::Message;
+pub use crate::Message;
 
 /// The GGUF's ChatML template, rendered natively: no Jinja engine for one fixed template; its
 /// default system prompt is read from the template itself.

@@ -25,10 +25,19 @@ fn dtype(t: GGUFTensorType) -> Option<DType> {
 }
 
 impl Gguf {
+    /// The GGUF file at `path` (the host's model cache).
     pub fn read(path: &Path) -> anyhow::Result<Gguf> {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut r = GGUFFileReader::new(std::io::BufReader::new(file))
-            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+        Self::parse(std::io::BufReader::new(file), &path.display().to_string())
+    }
+
+    /// A GGUF file's bytes (a page's download).
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Gguf> {
+        Self::parse(std::io::Cursor::new(bytes), "the GGUF bytes")
+    }
+
+    fn parse<R: std::io::Read + std::io::Seek>(reader: R, what: &str) -> anyhow::Result<Gguf> {
+        let mut r = GGUFFileReader::new(reader).map_err(|e| anyhow::anyhow!("parsing {what}: {e}"))?;
         let infos: Vec<(String, GGUFTensorType, Vec<u64>)> = r
             .tensor_infos()
             .iter()
@@ -37,7 +46,7 @@ impl Gguf {
         let mut tensors = HashMap::with_capacity(infos.len());
         for (name, ty, dims) in infos {
             let Some(dtype) = dtype(ty) else {
-                bail!("{}: tensor {name} is {ty:?}; only F32, Q4_1 and Q8_0 are supported", path.display())
+                bail!("{what}: tensor {name} is {ty:?}; only F32, Q4_1 and Q8_0 are supported")
             };
             // ggml lists dims innermost first (ne[0] is contiguous); ours are outermost first, so
             // a ggml [K in, N out] matrix is our `Linear` weight [N, K].
