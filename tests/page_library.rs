@@ -181,3 +181,59 @@ fn npm_pack_packs_the_module_its_wasm_and_declarations() {
     assert_eq!(pkg["exports"]["."]["types"], "./index.d.ts");
     eprintln!("npm pack: {} bytes packed, {} unpacked", p["size"], p["unpackedSize"]);
 }
+
+/// `www/examples/chat.html` with the npm package and the SmolLM2 GGUF, from a plain static server
+/// in headless Debian Chromium: the chat template and tokenizer in the page give the reference's
+/// prompt ids, the stream in the page (KV cache in the tab) gives its greedy ids; a second turn
+/// aborted after three pieces ends with an AbortError.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_chats_with_smollm2_alone_equal_to_the_reference() {
+    let _procs = support::process_guard();
+    let site = tempfile::tempdir().unwrap();
+    let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../www"));
+    std::os::unix::fs::symlink(www, site.path().join("www")).unwrap();
+    std::fs::create_dir(site.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(tabpool::models::smollm2::default_path(), site.path().join("models/smollm2.gguf"))
+        .unwrap();
+    let (addr, server) = tabpool::server::http::serve(site.path().to_path_buf(), [127, 0, 0, 1].into()).await.unwrap();
+    let case = &support::smollm2_reference()[0];
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let page = format!(
+        "http://{addr}/www/examples/chat.html?model={}&say={}&maxTokens=24",
+        enc("/models/smollm2.gguf"),
+        enc(&case.user)
+    );
+    let driver = DriverProcess::chromedriver(std::path::Path::new("/usr/bin/chromedriver")).await.unwrap();
+    let launch =
+        Launch::Chromium { driver_url: driver.url(), binary: "/usr/bin/chromium".into(), flags: vec![], attach: false };
+    let session = BrowserSession::open(&launch, &page).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let r = result(&session).await;
+    let shot_path = std::env::temp_dir().join("tabpool-page-chat.png");
+    std::fs::write(&shot_path, session.screenshot().await.unwrap()).unwrap();
+    session.close().await;
+    server.abort();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    eprintln!(
+        "in-page chat on {}: load {:.0} ms, first token {:.0} ms, {:.1} tok/s, {:?}; screenshot {}",
+        r["backend"],
+        r["load_ms"].as_f64().unwrap(),
+        r["ttft_ms"].as_f64().unwrap(),
+        r["decode_tok_s"].as_f64().unwrap_or(0.0),
+        r["text"],
+        shot_path.display()
+    );
+    assert_eq!(ids(&r["prompt_ids"]), case.prompt_ids, "the chat template and tokenizer in the page");
+    let want: Vec<u32> = case.greedy_ids.iter().copied().take_while(|&t| t != 2).collect();
+    assert_eq!(ids(&r["ids"]), want, "greedy ids in the page");
+    assert_eq!(r["text"], case.text.trim_end_matches("<|im_end|>"), "{r}");
+    assert_eq!(r["abort_after_3"], true, "{r}");
+}

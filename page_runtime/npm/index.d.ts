@@ -28,6 +28,8 @@ export declare class Runtime {
   static create(options?: { backend?: Backend }): Promise<Runtime>;
   readonly capabilities: Capabilities;
   load(source: ModelSource): Promise<Model>;
+  /** A llama GGUF (SmolLM2): its URL (ending in .gguf) or its bytes. */
+  load(source: string | URL | Uint8Array | ArrayBuffer, options?: { context?: number }): Promise<Model | TextModel>;
   /** Lend this tab to a pool (`tabpool serve --join`); a refused token throws `Refused`. */
   join(url: string | URL, options: { token: string }): Promise<Lending>;
 }
@@ -49,4 +51,36 @@ export declare class Model {
   readonly dimensions: number;
   embed(texts: string | string[]): Promise<Float32Array[]>;
   unload(): void;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** 0 (default): greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  signal?: AbortSignal;
+}
+
+export declare class TextModel {
+  private constructor();
+  readonly backend: string;
+  tokenize(prompt: string | ChatMessage[]): Uint32Array;
+  generate(prompt: string | ChatMessage[], options?: GenerateOptions): Stream;
+  unload(): void;
+}
+
+export declare class Stream implements AsyncIterable<string> {
+  private constructor();
+  readonly promptIds: Uint32Array;
+  /** Generated ids so far (the stop id left out). */
+  readonly ids: number[];
+  readonly finish: "stop" | "length" | "aborted" | null;
+  [Symbol.asyncIterator](): AsyncIterator<string>;
 }

@@ -54,6 +54,13 @@ async function filesOf(source) {
   return { safetensors: bytes(source.safetensors), tokenizer: str(source.tokenizer), config: str(source.config) };
 }
 
+/** A GGUF file: a URL ending in .gguf, or bytes starting with the magic "GGUF". */
+function isGguf(source) {
+  if (typeof source === "string" || source instanceof URL) return new URL(String(source), location.href).pathname.endsWith(".gguf");
+  const b = source instanceof Uint8Array ? source : source instanceof ArrayBuffer ? new Uint8Array(source) : null;
+  return !!b && b.length >= 4 && b[0] === 0x47 && b[1] === 0x47 && b[2] === 0x55 && b[3] === 0x46;
+}
+
 export class Runtime {
   #rt;
   constructor(rt) {
@@ -85,9 +92,15 @@ export class Runtime {
     return this.#rt.join(String(url), token);
   }
 
-  /** Load a sentence encoder (BERT, sentence-transformers layout, e.g. all-MiniLM-L6-v2) from a
-   * folder URL holding model.safetensors, tokenizer.json and config.json, or from their bytes. */
-  async load(source) {
+  /** Load a model: a sentence encoder (BERT, sentence-transformers layout, e.g.
+   * all-MiniLM-L6-v2) from a folder URL holding model.safetensors, tokenizer.json and
+   * config.json, or from their bytes — or a text generator from a llama GGUF (SmolLM2), its URL
+   * (ending in .gguf) or its bytes; `context`: tokens per session (default 2048). */
+  async load(source, { context } = {}) {
+    if (isGguf(source)) {
+      const bytes = typeof source === "string" || source instanceof URL ? await cachedFetch(new URL(String(source), location.href)) : new Uint8Array(source);
+      return new TextModel(await this.#rt.loadGenerator(bytes, context));
+    }
     const f = await filesOf(source);
     return new Model(await this.#rt.loadEncoder(f.safetensors, f.tokenizer, f.config ?? undefined));
   }
@@ -123,5 +136,74 @@ export class Model {
   /** Free the model's memory (GPU buffers, WebNN tensors, wasm heap). */
   unload() {
     this.#m.free();
+  }
+}
+
+/** A text generator loaded in this tab. */
+export class TextModel {
+  #g;
+  constructor(g) {
+    this.#g = g;
+  }
+
+  /** The backend it runs on: "wasm-cpu", "webgpu", … */
+  get backend() {
+    return this.#g.backend;
+  }
+
+  /** Token ids of a prompt: messages `[{ role, content }]` through the chat template (the
+   * assistant's turn opened), or a string as written (a raw prompt). */
+  tokenize(prompt) {
+    return typeof prompt === "string" ? this.#g.encode(prompt) : this.#g.chatIds(prompt);
+  }
+
+  /** Stream the continuation of `prompt` (chat messages or a raw string) as text pieces:
+   * `for await (const piece of model.generate(messages, { maxTokens, signal }))`. Greedy unless
+   * `temperature` > 0 (then top-k / top-p from `seed`). Aborting `signal` ends it with its
+   * reason (an AbortError). After the loop, the stream's `ids` and `finish` ("stop", "length")
+   * say what was generated. */
+  generate(prompt, { maxTokens = 256, temperature = 0, topK = 0, topP = 1, seed = 0, signal } = {}) {
+    const ids = this.tokenize(prompt);
+    return new Stream(this.#g.start(Uint32Array.from(ids), maxTokens, temperature, topK, topP, seed), signal, ids);
+  }
+
+  /** Free the model's memory. */
+  unload() {
+    this.#g.free();
+  }
+}
+
+/** One generation: async-iterable text pieces; `ids` (generated, stop id left out) and
+ * `finish` are filled as it goes. */
+export class Stream {
+  #s;
+  #signal;
+  constructor(s, signal, promptIds) {
+    this.#s = s;
+    this.#signal = signal;
+    this.promptIds = promptIds;
+    this.ids = [];
+    this.finish = null;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    try {
+      for (;;) {
+        if (this.#signal?.aborted) {
+          this.finish = "aborted";
+          throw this.#signal.reason ?? new DOMException("aborted", "AbortError");
+        }
+        const r = await this.#s.next();
+        if (r === null) return;
+        if (r.id !== undefined) this.ids.push(r.id);
+        if (r.text) yield r.text;
+        if (r.done) {
+          this.finish = r.finish;
+          return;
+        }
+      }
+    } finally {
+      this.#s.close();
+    }
   }
 }

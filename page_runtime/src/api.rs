@@ -25,13 +25,13 @@ const CALIBRATION_TEXT: &str = "Calibration runs one ordinary sentence through e
 const CALIBRATION_RUNS: usize = 3;
 
 /// A JS `Error` named by its kind.
-fn error(kind: &str, message: impl std::fmt::Display) -> JsValue {
+pub(crate) fn error(kind: &str, message: impl std::fmt::Display) -> JsValue {
     let e = js_sys::Error::new(&message.to_string());
     e.set_name(kind);
     e.into()
 }
 
-fn remote(e: RemoteError) -> JsValue {
+pub(crate) fn remote(e: RemoteError) -> JsValue {
     let kind = match e.kind {
         ErrorKind::BadInput => "BadInput",
         ErrorKind::Unsupported => "Unsupported",
@@ -194,6 +194,23 @@ impl Lending {
 }
 
 impl Runtime {
+    pub(crate) fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub(crate) fn wanted(&self) -> &str {
+        &self.wanted
+    }
+
+    pub(crate) fn webgpu(&self) -> Option<Rc<WebGpuExecutor>> {
+        self.gpu.clone()
+    }
+
+    pub(crate) fn webnn_for(&self, backend: &ExecBackend) -> Option<Rc<WebNn>> {
+        let ExecBackend::WebNn { device } = backend else { return None };
+        self.nn.iter().find(|(d, _)| d == device).map(|(_, c)| c.clone())
+    }
+
     /// (label, backend) of every backend to try for `wanted`, fastest-first guesses first.
     fn candidates(&self) -> Vec<(String, ExecBackend)> {
         let mut out = Vec::new();

@@ -7,6 +7,8 @@ pub mod sessions;
 
 #[cfg(all(target_arch = "wasm32", feature = "api"))]
 pub mod api;
+#[cfg(all(target_arch = "wasm32", feature = "api"))]
+pub mod api_generate;
 #[cfg(target_arch = "wasm32")]
 mod caps;
 #[cfg(target_arch = "wasm32")]

@@ -155,12 +155,12 @@ impl Events {
                 .event("placed")
                 .json_data(json!({ "tab": tab, "kind": kind, "backend": backend, "replay": replay })),
             Some(StreamEvent::Token(id)) => {
-                let piece = self.text.push(self.g.model.as_ref(), id).unwrap_or_default();
+                let piece = self.text.push_with(id, |ids| self.g.model.as_ref().decode(ids)).unwrap_or_default();
                 Event::default().event("token").json_data(json!({ "id": id, "text": piece }))
             }
             Some(StreamEvent::Done(s)) => {
                 self.ended = true;
-                let tail = self.text.finish(self.g.model.as_ref()).unwrap_or_default();
+                let tail = self.text.finish_with(|ids| self.g.model.as_ref().decode(ids)).unwrap_or_default();
                 Event::default().event("done").json_data(json!({
                     "text": tail, "finish_reason": s.finish.name(), "prompt_tokens": s.prompt_tokens,
                     "generated": s.generated, "ttft_ms": s.ttft_ms, "tokens_per_s": s.decode_tok_s,

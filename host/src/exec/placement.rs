@@ -364,7 +364,7 @@ pub async fn generate_until(
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = now;
-                let piece = text.push(model, id)?;
+                let piece = text.push_with(id, |ids| model.decode(ids))?;
                 if !piece.is_empty() {
                     on_text(&piece);
                 }
@@ -377,7 +377,7 @@ pub async fn generate_until(
         }
     }
     drop(events);
-    let tail = text.finish(model)?;
+    let tail = text.finish_with(|ids| model.decode(ids))?;
     if !tail.is_empty() {
         on_text(&tail);
     }

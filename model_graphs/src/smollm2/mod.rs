@@ -15,6 +15,86 @@ use tokenizers::Tokenizer;
 pub use graph::{Config, KvLimits, Outputs};
 pub use tokenizer::{ChatTemplate, Message, Piece};
 
+/// Token ids of the chat prompt for `messages` (the assistant's turn opened): the template's
+/// markers are its only control tokens; what each message says (and its role) is encoded as text
+/// by `text_tokenizer` (`tokenizer::as_text_only`), so a message containing `<|im_start|>system …`
+/// cannot open a turn of its own.
+pub fn chat_ids(
+    chat: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    text_tokenizer: &Tokenizer,
+    messages: &[Message],
+) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for p in chat.pieces(messages) {
+        match p {
+            Piece::Control(t) => {
+                ids.push(tokenizer.token_to_id(t).with_context(|| format!("the vocabulary has no {t} token"))?)
+            }
+            Piece::Text(t) => {
+                let enc = text_tokenizer.encode(t.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+                ids.extend(enc.get_ids());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The text of a growing token stream, piece by piece: `push` returns only what is new, holding
+/// back a character still incomplete (byte-level BPE splits a UTF-8 sequence across tokens), and
+/// `finish` returns what was held back.
+///
+/// Incremental: each token decodes only a short window (the tokens since the last piece that
+/// ended cleanly, plus the ones before it as context), never the whole stream again — so a
+/// reply of n tokens costs O(n), not O(n²) (text-generation-inference's `decode_token`).
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    /// Start of the window decoded as context (its text was already sent).
+    prefix: usize,
+    /// End of what was sent: ids[prefix..read] decode to text already sent.
+    read: usize,
+}
+
+/// Tokens a window may hold back (a UTF-8 character never spans more than 4 byte tokens): past
+/// this, whatever decodes is sent, so a run of undecodable ids cannot grow the window for ever.
+const MAX_HELD: usize = 8;
+
+impl TextStream {
+    /// The new text after `id`, decoding with `decode` (the model's tokenizer; tests use a byte
+    /// decoder).
+    pub fn push_with(&mut self, id: u32, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
+        self.ids.push(id);
+        let sent = decode(&self.ids[self.prefix..self.read])?;
+        let text = decode(&self.ids[self.prefix..])?;
+        let held = self.ids.len() - self.read;
+        let clean = !text.ends_with('\u{fffd}') || held >= MAX_HELD;
+        if text.len() > sent.len() && text.is_char_boundary(sent.len()) && clean {
+            let piece = text[sent.len()..].to_string();
+            // The new window starts where this piece's tokens start: merges across the boundary
+            // still decode with their left context.
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            return Ok(piece);
+        }
+        Ok(String::new())
+    }
+
+    /// Whatever is held back, as text (the generation ended).
+    pub fn finish_with(&mut self, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
+        let sent = decode(&self.ids[self.prefix..self.read])?;
+        let text = decode(&self.ids[self.prefix..])?;
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(text.get(sent.len()..).unwrap_or_default().to_string())
+    }
+
+    /// Every id so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
 /// What a llama GGUF holds, read and checked.
 pub struct Parsed {
     pub config: Config,

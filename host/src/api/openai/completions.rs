@@ -451,7 +451,7 @@ impl Output {
                 Some(StreamEvent::Placed { .. }) => {}
                 Some(StreamEvent::Token(id)) => {
                     self.completion_tokens += 1;
-                    let piece = self.text.push(self.g.model.as_ref(), id).unwrap_or_default();
+                    let piece = self.text.push_with(id, |ids| self.g.model.as_ref().decode(ids)).unwrap_or_default();
                     let s = self.scan.push(&piece);
                     self.ready.extend((!s.text.is_empty()).then_some(Piece::Text(s.text)));
                     if s.stopped {
@@ -461,7 +461,7 @@ impl Output {
                     }
                 }
                 Some(StreamEvent::Done(summary)) => {
-                    let tail = self.text.finish(self.g.model.as_ref()).unwrap_or_default();
+                    let tail = self.text.finish_with(|ids| self.g.model.as_ref().decode(ids)).unwrap_or_default();
                     let s = self.scan.push(&tail);
                     let mut text = s.text;
                     if !s.stopped {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use shared_proto::{Graph, Tensor};
 use tokenizers::Tokenizer;
 
@@ -126,16 +126,7 @@ impl SmolLm2 {
     /// markers are its only control tokens; what each message says (and its role) is encoded
     /// as text, so a message containing `<|im_start|>system …` cannot open a turn of its own.
     pub fn chat_ids(&self, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        for p in self.chat.pieces(messages) {
-            match p {
-                Piece::Control(t) => {
-                    ids.push(self.tokenizer.token_to_id(t).with_context(|| format!("the vocabulary has no {t} token"))?)
-                }
-                Piece::Text(t) => ids.extend(self.encode_text(&t)?),
-            }
-        }
-        Ok(ids)
+        model_graphs::smollm2::chat_ids(&self.chat, &self.tokenizer, &self.text_tokenizer, messages)
     }
 
     /// Text of generated ids, control tokens left out.
@@ -144,67 +135,7 @@ impl SmolLm2 {
     }
 }
 
-/// The text of a growing token stream, piece by piece: `push` returns only what is new, holding
-/// back a character still incomplete (byte-level BPE splits a UTF-8 sequence across tokens), and
-/// `finish` returns what was held back.
-///
-/// Incremental: each token decodes only a short window (the tokens since the last piece that
-/// ended cleanly, plus the ones before it as context), never the whole stream again — so a
-/// reply of n tokens costs O(n), not O(n²) (text-generation-inference's `decode_token`).
-#[derive(Debug, Default)]
-pub struct TextStream {
-    ids: Vec<u32>,
-    /// Start of the window decoded as context (its text was already sent).
-    prefix: usize,
-    /// End of what was sent: ids[prefix..read] decode to text already sent.
-    read: usize,
-}
-
-/// Tokens a window may hold back (a UTF-8 character never spans more than 4 byte tokens): past
-/// this, whatever decodes is sent, so a run of undecodable ids cannot grow the window for ever.
-const MAX_HELD: usize = 8;
-
-impl TextStream {
-    pub fn push(&mut self, model: &dyn crate::family::SessionModel, id: u32) -> anyhow::Result<String> {
-        self.push_with(id, |ids| model.decode(ids))
-    }
-
-    pub fn finish(&mut self, model: &dyn crate::family::SessionModel) -> anyhow::Result<String> {
-        self.finish_with(|ids| model.decode(ids))
-    }
-
-    /// `push` with any decoder (tests use a byte decoder).
-    pub fn push_with(&mut self, id: u32, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
-        self.ids.push(id);
-        let sent = decode(&self.ids[self.prefix..self.read])?;
-        let text = decode(&self.ids[self.prefix..])?;
-        let held = self.ids.len() - self.read;
-        let clean = !text.ends_with('\u{fffd}') || held >= MAX_HELD;
-        if text.len() > sent.len() && text.is_char_boundary(sent.len()) && clean {
-            let piece = text[sent.len()..].to_string();
-            // The new window starts where this piece's tokens start: merges across the boundary
-            // still decode with their left context.
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            return Ok(piece);
-        }
-        Ok(String::new())
-    }
-
-    /// Whatever is held back, as text (the generation ended).
-    pub fn finish_with(&mut self, decode: impl Fn(&[u32]) -> anyhow::Result<String>) -> anyhow::Result<String> {
-        let sent = decode(&self.ids[self.prefix..self.read])?;
-        let text = decode(&self.ids[self.prefix..])?;
-        self.prefix = self.read;
-        self.read = self.ids.len();
-        Ok(text.get(sent.len()..).unwrap_or_default().to_string())
-    }
-
-    /// Every id so far.
-    pub fn ids(&self) -> &[u32] {
-        &self.ids
-    }
-}
+pub use model_graphs::smollm2::TextStream;
 
 /// The pool's view of SmolLM2 (and any llama-architecture GGUF this loader reads).
 impl crate::family::SessionModel for SmolLm2 {
