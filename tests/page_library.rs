@@ -96,6 +96,15 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
     assert_eq!(r["model_fetches"], 3, "model.safetensors, tokenizer.json and config.json: {}", r["model_fetches"]);
     check_vectors(&again, &refs);
     assert_eq!(again["model_fetches"], 0, "the reload fetched model files again");
+    // Kept by content: one entry per file named by its SHA-256 (and one per URL pointing at it).
+    let keys: Vec<&str> = again["cache_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    for file in ["model.safetensors", "tokenizer.json", "config.json"] {
+        use sha2::Digest;
+        let bytes = std::fs::read(tabpool::models::minilm::default_dir().join(file)).unwrap();
+        let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(keys.iter().any(|k| k.ends_with(&format!("/.tabpool-content/sha256-{sha}"))), "{file}: {keys:?}");
+    }
+    assert_eq!(keys.len(), 6, "3 files by content + 3 URLs: {keys:?}");
     eprintln!("reload: load {:.0} ms, no model file fetched", again["load_ms"].as_f64().unwrap());
     assert!(webnn["backend"].as_str().unwrap().starts_with("webnn-"), "{}", webnn["calibration"]);
     check_vectors(&webnn, &refs);

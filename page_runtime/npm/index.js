@@ -13,22 +13,43 @@ function start() {
 }
 
 /** Cache Storage bucket that keeps model files between page loads. */
-const CACHE = "tabpool-models-v1";
+const CACHE = "tabpool-models-v2";
 
-/** The bytes at `url`, from Cache Storage when a previous load kept them. */
+/** Where a file's bytes are kept: by the SHA-256 of its content, so the same file reached by two
+ * URLs (a mirror, a renamed copy) is stored once; a URL only points at its content's key. */
+const contentKey = (sha) => new URL(`/.tabpool-content/sha256-${sha}`, location.origin).href;
+const indexKey = (url) => new URL(`/.tabpool-index/${encodeURIComponent(url)}`, location.origin).href;
+
+async function sha256(bytes) {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The bytes at `url`, from Cache Storage when a previous load kept them (by content hash). */
 async function cachedFetch(url) {
-  const cache = typeof caches !== "undefined" ? await caches.open(CACHE).catch(() => null) : null;
-  let resp = cache ? await cache.match(url) : undefined;
-  if (!resp) {
-    resp = await fetch(url);
-    if (!resp.ok) {
-      const e = new Error(`fetching ${url}: HTTP ${resp.status}`);
-      e.name = "BadInput";
-      throw e;
-    }
-    if (cache) await cache.put(url, resp.clone()).catch(() => {});
+  url = String(url);
+  const cache = typeof caches !== "undefined" && globalThis.crypto?.subtle ? await caches.open(CACHE).catch(() => null) : null;
+  if (cache) {
+    const entry = await cache.match(indexKey(url));
+    const sha = entry && (await entry.json().catch(() => null))?.sha256;
+    const kept = sha && (await cache.match(contentKey(sha)));
+    if (kept) return new Uint8Array(await kept.arrayBuffer());
   }
-  return new Uint8Array(await resp.arrayBuffer());
+  const resp = await fetch(url);
+  if (!resp.ok) {
+    const e = new Error(`fetching ${url}: HTTP ${resp.status}`);
+    e.name = "BadInput";
+    throw e;
+  }
+  const bytes = new Uint8Array(await resp.arrayBuffer());
+  if (cache) {
+    const sha = await sha256(bytes);
+    const stored = (await cache.match(contentKey(sha))) ? Promise.resolve() : cache.put(contentKey(sha), new Response(bytes));
+    await stored
+      .then(() => cache.put(indexKey(url), new Response(JSON.stringify({ sha256: sha, bytes: bytes.length }))))
+      .catch(() => {});
+  }
+  return bytes;
 }
 
 const text = (bytes) => new TextDecoder().decode(bytes);
