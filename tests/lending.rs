@@ -95,6 +95,24 @@ async fn embed_round(pool: &Pool, refs: &[support::RefSentence]) -> Vec<u64> {
         .collect()
 }
 
+/// A stream's ids and the tabs it was placed on.
+async fn drain_noting(mut rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>) -> (Vec<u32>, Vec<u64>) {
+    let (mut ids, mut tabs) = (Vec::new(), Vec::new());
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            StreamEvent::Placed { tab, .. } => tabs.push(tab),
+            StreamEvent::Token(t) => ids.push(t),
+            StreamEvent::Done(_) => return (ids, tabs),
+            StreamEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    panic!("a stream ended without Done");
+}
+
+async fn drain(rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>) -> (Vec<u32>, Vec<u64>) {
+    drain_noting(rx).await
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A raw peer at the join URL (any Origin) saying `Hello` with `token`: the host's Reject
@@ -196,6 +214,16 @@ async fn pages_from_another_origin_lend_their_tabs_and_a_lying_one_is_quarantine
     assert!(r["message"].as_str().unwrap().contains("was revoked"), "{r}");
     session.close().await;
 
+    // A longer stream's ids on the trusted tab alone, for the page-closed-mid-stream check.
+    let (_, g) = pool.generation_model(None).unwrap();
+    let long_prompt = support::smollm2_reference()[1].prompt_ids.clone();
+    let long = |pool: &Pool| {
+        let params = GenParams { max_tokens: 48, sampling: shared_proto::Sampling::Greedy, stop_ids: vec![] };
+        pool.generate(Some(&smollm2), tabpool::pool::GenRequest { prompt: long_prompt.clone(), params })
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (expected_long, _) = drain(long(&pool)).await;
+
     // An honest lender: both models, every result checked while it is new.
     let (good_t, good) =
         file.create(Some(Duration::from_secs(3600)), 1, vec![minilm.clone(), smollm2.clone()]).unwrap();
@@ -222,7 +250,6 @@ async fn pages_from_another_origin_lend_their_tabs_and_a_lying_one_is_quarantine
     }
     assert!(by_lent > 0, "no embedding was answered by the lent tab");
     // Generation: streams spread over both replicas; the lent one's are checked token by token.
-    let (_, g) = pool.generation_model(None).unwrap();
     let stops = g.model.stop_ids().to_vec();
     let cases = support::smollm2_reference();
     let streams = cases.iter().take(2).cycle().take(4).map(|c| {
@@ -253,7 +280,21 @@ async fn pages_from_another_origin_lend_their_tabs_and_a_lying_one_is_quarantine
     let l = pool.lent_tabs().into_iter().find(|l| l.tab == lent).unwrap();
     eprintln!("honest lender: {by_lent} embeddings and {on_lent} streams answered; {l:?}");
     assert!(l.serving && l.checked >= 2 && l.agreed == l.checked && l.checked == l.served, "{l:?}");
+    // The page closes while streams run on its tab: they go on elsewhere, not one token
+    // different from the trusted tab's own run.
+    let streams: Vec<_> = (0..4).map(|_| long(&pool)).collect();
+    let watched: Vec<_> = streams.into_iter().map(|rx| tokio::spawn(drain_noting(rx))).collect();
+    // 48 tokens take ~3.5 s on these tabs: at 0.8 s every stream is mid-way.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     honest.close().await;
+    let mut on_lent_when_closed = 0;
+    for w in watched {
+        let (ids, tabs) = w.await.unwrap();
+        assert_eq!(ids, expected_long, "a stream across its lent tab's departure");
+        on_lent_when_closed += usize::from(tabs.contains(&lent));
+    }
+    eprintln!("page closed mid-stream: {on_lent_when_closed} of 4 streams had been on the lent tab; all equal");
+    assert!(on_lent_when_closed > 0, "no stream was on the lent tab when its page closed");
     let t = Instant::now();
     while pool.lent_tabs().iter().any(|l| l.tab == lent) {
         assert!(t.elapsed() < Duration::from_secs(60), "the closed page's tab is still in the pool");
