@@ -20,38 +20,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support;
 
-/// What a lying lender does: every frame it sends after its `Hello` that is large enough to
-/// carry floats gets +0.25 on each 4-byte word of its last KiB (the tensor payload ends the
-/// frame). The page is otherwise the repository's example, importing the same package.
-const LYING_PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>lying</title>
-<script type="module">
-const send = WebSocket.prototype.send;
-let sent = 0;
-WebSocket.prototype.send = function (data) {
-  if (sent++ > 0 && data && data.byteLength > 1024) {
-    const bytes = new Uint8Array(data.buffer ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) : data.slice(0));
-    const view = new DataView(bytes.buffer);
-    for (let o = bytes.length - 4; o >= bytes.length - 1024; o -= 4) {
-      const v = view.getFloat32(o, true);
-      if (Number.isFinite(v)) view.setFloat32(o, v + 0.25, true);
-    }
-    return send.call(this, bytes);
-  }
-  return send.call(this, data);
-};
-import { Runtime } from "/www/pkg/npm/index.js";
-const q = new URLSearchParams(location.search);
-const report = (state, r) => { document.title = `${state} ${JSON.stringify(r)}`; };
-try {
-  const rt = await Runtime.create({ backend: "cpu" });
-  const lending = await rt.join(q.get("pool"), { token: q.get("token") });
-  report("lent", { tab: lending.tabId });
-  const end = await lending.closed;
-  report("closed", { tab: lending.tabId, code: end.code, reason: end.reason });
-} catch (e) {
-  report("error", { name: e.name, message: e.message });
-}
-</script>"#;
+/// What a lying lender does (`host/data/lying_lend.html`, also `bench lending`'s): every frame
+/// it sends after its `Hello` that is large enough to carry floats gets +0.25 on each 4-byte word
+/// of its last KiB (the tensor payload ends the frame); otherwise it is the example's join.
+const LYING_PAGE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/lying_lend.html"));
 
 /// The page's state from its title (`lent {…}`, `closed {…}`, `error {…}`), once it is one of
 /// `want`, within 180 s.
@@ -204,7 +176,7 @@ async fn pages_from_another_origin_lend_their_tabs_and_a_lying_one_is_quarantine
     let driver = DriverProcess::chromedriver(std::path::Path::new("/usr/bin/chromedriver")).await.unwrap();
     let chromium =
         Launch::Chromium { driver_url: driver.url(), binary: "/usr/bin/chromium".into(), flags: vec![], attach: false };
-    let enc = |v: &str| v.replace(':', "%3A").replace('/', "%2F");
+    let enc = support::query_value;
 
     // A revoked token through the package: a `Refused` error naming why.
     let page = format!("http://{addr}/www/examples/lend.html?pool={}&token={revoked}", enc(&join_url));

@@ -24,15 +24,7 @@ async fn a_page_embeds_with_the_npm_package_alone_equal_to_the_reference() {
 
     let refs = support::minilm_reference();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
-    // Query values percent-encoded byte by byte (all but unreserved characters).
-    let enc = |v: &str| -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    let enc = support::query_value;
     let query =
         format!("model={}&backend=auto&texts={}", enc("/models/minilm/"), enc(&serde_json::to_string(&texts).unwrap()));
     let page = format!("http://{addr}/www/examples/embed.html?{query}");
@@ -206,14 +198,7 @@ async fn a_page_chats_with_smollm2_alone_equal_to_the_reference() {
         .unwrap();
     let (addr, server) = tabpool::server::http::serve(site.path().to_path_buf(), [127, 0, 0, 1].into()).await.unwrap();
     let case = &support::smollm2_reference()[0];
-    let enc = |v: &str| -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    let enc = support::query_value;
     let page = format!(
         "http://{addr}/www/examples/chat.html?model={}&say={}&maxTokens=24",
         enc("/models/smollm2.gguf"),

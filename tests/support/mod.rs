@@ -400,3 +400,13 @@ pub fn pyclients() -> std::path::PathBuf {
     assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh`", python.display());
     python
 }
+
+/// `v` as a URL query value: every byte but the unreserved characters percent-encoded.
+pub fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -28,34 +28,7 @@ pub struct Args {
 
 /// The lying page: the example's join, with every reply carrying floats perturbed (+0.25 on the
 /// last KiB of the frame, where the tensor payload is) — what a dishonest lender would do.
-const LYING_PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>lying</title>
-<script type="module">
-const send = WebSocket.prototype.send;
-let sent = 0;
-WebSocket.prototype.send = function (data) {
-  if (sent++ > 0 && data && data.byteLength > 1024) {
-    const bytes = new Uint8Array(data.buffer ? data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) : data.slice(0));
-    const view = new DataView(bytes.buffer);
-    for (let o = bytes.length - 4; o >= bytes.length - 1024; o -= 4) {
-      const v = view.getFloat32(o, true);
-      if (Number.isFinite(v)) view.setFloat32(o, v + 0.25, true);
-    }
-    return send.call(this, bytes);
-  }
-  return send.call(this, data);
-};
-import { Runtime } from "/www/pkg/npm/index.js";
-const q = new URLSearchParams(location.search);
-try {
-  const rt = await Runtime.create({ backend: "cpu" });
-  const lending = await rt.join(q.get("pool"), { token: q.get("token") });
-  document.title = `lent ${lending.tabId}`;
-  const end = await lending.closed;
-  document.title = `closed ${end.reason}`;
-} catch (e) {
-  document.title = `error ${e.name}: ${e.message}`;
-}
-</script>"#;
+const LYING_PAGE: &str = include_str!("../../data/lying_lend.html");
 
 struct Row {
     name: &'static str,
