@@ -58,3 +58,24 @@ pub fn find_binary(explicit: Option<&Path>, names: &[&str]) -> anyhow::Result<Pa
     }
     bail!("none of {names:?} found on PATH; install them (Debian: apt-get install chromium chromium-driver)")
 }
+
+/// Write `bytes` to `path` whole or not at all: into a temporary file beside it (named by this
+/// process, so two writers never share one), private to its owner (mode 600: these files hold
+/// hashes of secrets and what a machine measured), then renamed over `path`, so a reader never
+/// sees half a file. Creates the folder.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}

@@ -85,12 +85,7 @@ impl CalibrationCache {
     }
 
     fn write(&self, all: &BTreeMap<String, Remembered>) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(all)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+        crate::paths::write_private_atomically(&self.path, &serde_json::to_vec_pretty(all)?)
     }
 }
 

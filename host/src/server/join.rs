@@ -7,7 +7,7 @@
 //! a running `serve --join` reads it at every join, so a revocation takes effect at the next
 //! join without a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -125,13 +125,7 @@ impl TokenFile {
     }
 
     fn write(&self, tokens: &[JoinToken]) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        // Written beside and renamed: a `serve` reading it never sees half a file.
-        let tmp = self.path.with_extension("json.tmp");
-        write_private(&tmp, &serde_json::to_vec_pretty(tokens)?)?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+        crate::paths::write_private_atomically(&self.path, &serde_json::to_vec_pretty(tokens)?)
     }
 
     /// A new token; returns it as kept and the whole token string (shown once, never stored).
@@ -183,18 +177,6 @@ impl TokenFile {
         let tokens = self.list().map_err(|e| Refusal::Unreadable(format!("{e:#}")))?;
         judge(&tokens, token, now_unix(), joined)
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o.open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
