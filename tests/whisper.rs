@@ -114,7 +114,12 @@ async fn lost_encoder_and_decoder_tabs_are_replaced_with_the_same_transcript() {
     s.extend(clip(1));
     let samples = Arc::new(s);
     let model = Arc::new(Whisper::load(None).unwrap());
-    let placement = TabPlacement { encoder: Backend::WasmCpu, decoder: Backend::WasmCpu, two_tabs: true };
+    let placement = TabPlacement {
+        encoder: Backend::WasmCpu,
+        decoder: Backend::WasmCpu,
+        two_tabs: true,
+        weights: Default::default(),
+    };
     let mut t = Transcriber::place(&mut host, model, placement).await.unwrap_or_else(|e| panic!("{e:#}"));
     let want = t.transcribe_recovering(&mut host, samples.clone()).await.unwrap();
     assert_eq!(want.tabs_replaced, 0);

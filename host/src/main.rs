@@ -122,6 +122,10 @@ enum Command {
         /// memory in the tab's GPU buffers).
         #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         decoder_backend: Backend,
+        /// Keep the decoder's weights f16 (as stored) on a CPU executor too: half their memory,
+        /// a slower decode (the tab's wasm widens each half as it reads). Default: f32 there.
+        #[arg(long)]
+        compact_decoder: bool,
         /// 2: the encoder in one tab and the decoder in another (with --strategy component).
         #[arg(long, default_value_t = 1)]
         shards: u32,
@@ -556,8 +560,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Transcribe { backend, decoder_backend, shards, strategy, json, files } => {
-            transcribe::run(host, transcribe::Args { backend, decoder_backend, shards, strategy, json, files }).await
+        Command::Transcribe { backend, decoder_backend, compact_decoder, shards, strategy, json, files } => {
+            let args = transcribe::Args { backend, decoder_backend, compact_decoder, shards, strategy, json, files };
+            transcribe::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Transcribe { reps, peers, peers_wasm, json } } => {
             bench_transcribe::run(host, bench_transcribe::Args { reps, peers, peers_wasm, json }).await

@@ -107,3 +107,39 @@ fn simd128_quantized_linear_converts_every_finite_half_scale() {
         check(dtype, &w, &noise(k, 5), (1, k, n));
     }
 }
+
+/// The f16 Linear (`half`): the SIMD128 decode kernel (M ≤ 4: halves widened in registers, four
+/// rows at once) and the blocked prefill path (M > 4), against f64 over the same halves, at
+/// Whisper tiny's decoder shapes and a ragged one (N not a multiple of 4, K not of 8); and the
+/// widening itself bit-exact for every finite half (subnormals included).
+#[wasm_bindgen_test]
+fn simd128_f16_linear_matches_f64_and_widens_every_finite_half() {
+    use page_runtime::executors::cpu::half;
+    use shared_proto::quant::f32_to_f16;
+    for (m, k, n) in [(1, 384, 64), (1, 1536, 38), (3, 384, 13), (2, 44, 7), (6, 384, 21)] {
+        let w: Vec<u8> = noise(n * k, 3 + n as u64).iter().flat_map(|&v| f32_to_f16(v * 0.1).to_le_bytes()).collect();
+        let x = noise(m * k, 9 + k as u64);
+        let bias = noise(n, 4);
+        let got = half::linear(&x, &w, Some(&bias), m, k, n);
+        for j in 0..n {
+            let wr: Vec<f64> = w[2 * j * k..2 * (j + 1) * k]
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
+                .collect();
+            for i in 0..m {
+                let terms = wr.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, &b)| a * b as f64);
+                let want = bias[j] as f64 + terms.clone().sum::<f64>();
+                let tol = 1e-6 + 4e-6 * (bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>());
+                let g = got[i * n + j] as f64;
+                assert!((g - want).abs() <= tol, "f16 {m}x{k}x{n} [{i},{j}]: {g} vs {want} (tol {tol})");
+            }
+        }
+    }
+    let finite: Vec<u16> = (0..=u16::MAX).filter(|h| h & 0x7c00 != 0x7c00).collect();
+    let bytes: Vec<u8> = finite.iter().flat_map(|h| h.to_le_bytes()).collect();
+    let mut out = vec![0.0f32; finite.len()];
+    half::widen_into(&bytes, &mut out);
+    for (h, x) in finite.iter().zip(&out) {
+        assert_eq!(x.to_bits(), f16_to_f32(*h).to_bits(), "{h:#06x}");
+    }
+}

@@ -70,10 +70,16 @@ impl BlockQ8_0 {
 const _: () = assert!(BlockQ4_1::BYTES == 20 && std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(BlockQ8_0::BYTES == 34 && std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// Dequantize a whole row of `dtype` blocks (`bytes` holds exactly `out.len() / QK` blocks).
+/// Widen a whole row of a packed dtype to f32: `bytes` holds exactly `out.len() / QK` blocks,
+/// or `out.len()` halves for f16.
 pub fn dequantize_row(dtype: crate::DType, bytes: &[u8], out: &mut [f32]) {
     let mut tmp = [0f32; QK];
     match dtype {
+        crate::DType::F16 => {
+            for (c, o) in bytes.chunks_exact(2).zip(out.iter_mut()) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
         crate::DType::Q4_1 => {
             for (b, o) in bytes.chunks_exact(BlockQ4_1::BYTES).zip(out.chunks_exact_mut(QK)) {
                 BlockQ4_1::read(b).dequantize(&mut tmp);
@@ -86,7 +92,7 @@ pub fn dequantize_row(dtype: crate::DType, bytes: &[u8], out: &mut [f32]) {
                 o.copy_from_slice(&tmp);
             }
         }
-        other => panic!("{other:?} is not a block dtype"),
+        other => panic!("{other:?} is not a packed dtype"),
     }
 }
 

@@ -39,6 +39,18 @@ impl DType {
         }
     }
 
+    /// Stored narrower than f32 and widened by the kernels that read it: f16 and the block
+    /// dtypes. Values of these dtypes are weights and feed only Linear and Gather.
+    pub fn is_packed(self) -> bool {
+        self.packing().is_some()
+    }
+
+    /// `(elements, bytes)` of a packed dtype's unit — a block, or one half — for code that
+    /// widens any of them alike (`quant::dequantize_row`).
+    pub fn packing(self) -> Option<(usize, usize)> {
+        if self == DType::F16 { Some((1, 2)) } else { self.block() }
+    }
+
     /// Bytes a tensor of `shape` takes, or `None` when a block dtype's last axis is not a whole
     /// number of blocks (or the shape is empty). Saturating, like [`element_count`].
     pub fn byte_len(self, shape: &[u32]) -> Option<u64> {

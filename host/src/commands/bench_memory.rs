@@ -306,6 +306,8 @@ pub(crate) struct Memory {
     pub(crate) anon_above_empty_bytes: i64,
     pub(crate) weight_bytes: u64,
     pub(crate) ratio: f64,
+    /// Per process role (renderer, gpu-process, utility:…), served minus empty: where it went.
+    pub(crate) above_by_role: BTreeMap<String, i64>,
 }
 
 impl Memory {
@@ -317,6 +319,15 @@ impl Memory {
             anon_above_empty_bytes: served.anon as i64 - empty.anon as i64,
             weight_bytes,
             ratio: above as f64 / weight_bytes as f64,
+            above_by_role: served
+                .by_role
+                .keys()
+                .chain(empty.by_role.keys())
+                .map(|r| {
+                    let at = |s: &Sample| s.by_role.get(r).copied().unwrap_or(0) as i64;
+                    (r.clone(), at(served) - at(empty))
+                })
+                .collect(),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
 use crate::policy::backend_choice::Backend;
 use crate::policy::speech_split::{self, PartTimes};
+use crate::policy::weight_form::Preference;
 
 pub struct Args {
     pub reps: usize,
@@ -46,22 +47,40 @@ struct Setup {
     encoder: Backend,
     decoder: Backend,
     two_tabs: bool,
+    weights: Preference,
 }
 
-const SETUPS: [Setup; 4] = [
-    Setup { name: "host cpu executor", encoder: Backend::Cpu, decoder: Backend::Cpu, two_tabs: false },
-    Setup { name: "tab wasm-cpu", encoder: Backend::WasmCpu, decoder: Backend::WasmCpu, two_tabs: false },
+const FAST: Preference = Preference::Fastest;
+
+const SETUPS: [Setup; 5] = [
+    Setup { name: "host cpu executor", encoder: Backend::Cpu, decoder: Backend::Cpu, two_tabs: false, weights: FAST },
+    Setup {
+        name: "tab wasm-cpu",
+        encoder: Backend::WasmCpu,
+        decoder: Backend::WasmCpu,
+        two_tabs: false,
+        weights: FAST,
+    },
     Setup {
         name: "tab webnn encoder + wasm-cpu decoder",
         encoder: Backend::Webnn,
         decoder: Backend::WasmCpu,
         two_tabs: false,
+        weights: FAST,
     },
     Setup {
         name: "2 tabs: webnn encoder, wasm-cpu decoder",
         encoder: Backend::Webnn,
         decoder: Backend::WasmCpu,
         two_tabs: true,
+        weights: FAST,
+    },
+    Setup {
+        name: "tab webnn encoder + wasm-cpu decoder, f16 kept (--compact-decoder)",
+        encoder: Backend::Webnn,
+        decoder: Backend::WasmCpu,
+        two_tabs: false,
+        weights: Preference::Compact,
     },
 ];
 
@@ -127,7 +146,7 @@ async fn place(
     let tabs: Vec<u64> = if s.two_tabs { vec![et.id(), dt.id()] } else { vec![et.id()] };
     let empty = settled(|| tab_pids(host, &tabs)).await;
     let b = |b: Backend| b.in_tab().context("an in-tab backend");
-    let t = Transcriber::in_tabs(model, (&et, b(s.encoder)?), (&dt, b(s.decoder)?), &()).await?;
+    let t = Transcriber::in_tabs(model, (&et, b(s.encoder)?), (&dt, b(s.decoder)?), s.weights, &()).await?;
     Ok((t, tabs, Some(empty)))
 }
 
@@ -282,16 +301,23 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         "\nMemory of the tab(s) after serving, above the same tab(s) empty (weights as stored, f16: {:.1} MB):\n",
         weight_bytes as f64 / 1e6
     );
-    println!("| row | above empty MB | anonymous MB | × the weight bytes |");
-    println!("|---|---:|---:|---:|");
+    println!("| row | above empty MB | anonymous MB | × the weight bytes | by process, MB |");
+    println!("|---|---:|---:|---:|---|");
     for r in &rows {
         if let Some(m) = &r.memory {
+            let roles: Vec<String> = m
+                .above_by_role
+                .iter()
+                .filter(|(_, b)| b.abs() >= 1_000_000)
+                .map(|(role, b)| format!("{role} {:.1}", *b as f64 / 1e6))
+                .collect();
             println!(
-                "| {} | {:.1} | {:.1} | {:.2} |",
+                "| {} | {:.1} | {:.1} | {:.2} | {} |",
                 r.setup,
                 m.served_above_empty_bytes as f64 / 1e6,
                 m.anon_above_empty_bytes as f64 / 1e6,
-                m.ratio
+                m.ratio,
+                roles.join(", ")
             );
         }
     }
@@ -335,7 +361,8 @@ async fn pool_of_two(
         let tab = launch_for(host, Backend::Webnn).await?;
         let b = |b: Backend| b.in_tab().context("an in-tab backend");
         ts.push(
-            Transcriber::in_tabs(model.clone(), (&tab, b(Backend::Webnn)?), (&tab, b(Backend::WasmCpu)?), &()).await?,
+            Transcriber::in_tabs(model.clone(), (&tab, b(Backend::Webnn)?), (&tab, b(Backend::WasmCpu)?), FAST, &())
+                .await?,
         );
     }
     let load_s = t0.elapsed().as_secs_f64();

@@ -14,11 +14,14 @@ use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
 use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::Strategy;
+use crate::policy::weight_form::Preference;
 
 pub struct Args {
     pub backend: Backend,
     /// Where the decoder runs; `Auto`: as `decoder_backend` says for the encoder's backend.
     pub decoder_backend: Backend,
+    /// f16 decoder weights on a CPU executor too (`policy::weight_form`).
+    pub compact_decoder: bool,
     pub shards: u32,
     pub strategy: Strategy,
     pub json: bool,
@@ -67,9 +70,12 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     );
     let mut t = if enc == Backend::Cpu {
         anyhow::ensure!(args.shards == 1, "--backend cpu runs on the host: no tabs to shard over");
+        anyhow::ensure!(!args.compact_decoder, "--compact-decoder applies to a decoder in a tab");
         Transcriber::on_host(model)?
     } else {
-        Transcriber::place(host, model, TabPlacement { encoder: enc, decoder: dec, two_tabs: args.shards == 2 }).await?
+        let weights = if args.compact_decoder { Preference::Compact } else { Preference::Fastest };
+        let placement = TabPlacement { encoder: enc, decoder: dec, two_tabs: args.shards == 2, weights };
+        Transcriber::place(host, model, placement).await?
     };
     let mut done: Vec<Transcript> = Vec::new();
     for (p, samples) in args.files.iter().zip(inputs) {

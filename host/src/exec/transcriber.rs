@@ -27,6 +27,7 @@ use crate::models::whisper::encoder;
 use crate::models::whisper::encoder_batch::EncoderModel;
 use crate::policy::backend_choice::{Backend, Measured, for_generation};
 use crate::policy::recovery::Category;
+use crate::policy::weight_form::{self, Preference, WeightForm};
 use crate::tab::TabError;
 use crate::{Host, Tab};
 
@@ -162,6 +163,8 @@ pub struct TabPlacement {
     pub encoder: Backend,
     pub decoder: Backend,
     pub two_tabs: bool,
+    /// The decoder's weights: fastest for its executor or compact (`policy::weight_form`).
+    pub weights: Preference,
 }
 
 /// A lost tab is replaced at most this often per window before the window fails.
@@ -172,14 +175,23 @@ const MAX_REPLACEMENTS_PER_WINDOW: u32 = 3;
 pub struct SpeechParts {
     pub model: Arc<Whisper>,
     pub encoder: EncoderModel,
-    decoder: (Graph, Vec<Tensor>),
+    /// The decoder in each weight form, built when a tab first needs it.
+    decoders: [std::sync::OnceLock<(Graph, Vec<Tensor>)>; 2],
 }
 
 impl SpeechParts {
     pub fn build(model: Arc<Whisper>) -> anyhow::Result<SpeechParts> {
         let encoder = EncoderModel::new(&model)?;
-        let decoder = model.decoder(DecoderLimits::default())?;
-        Ok(SpeechParts { model, encoder, decoder })
+        Ok(SpeechParts { model, encoder, decoders: Default::default() })
+    }
+
+    fn decoder(&self, form: WeightForm) -> anyhow::Result<&(Graph, Vec<Tensor>)> {
+        let cell = &self.decoders[form as usize];
+        if let Some(d) = cell.get() {
+            return Ok(d);
+        }
+        let built = self.model.decoder(DecoderLimits::default(), form)?;
+        Ok(cell.get_or_init(|| built))
     }
 
     /// Both parts in `tab`: the encoder on `backend` — with `Auto`, every backend the tab offers
@@ -221,8 +233,8 @@ impl SpeechParts {
     /// The decoder in `tab`, where generation's rule puts a decode loop.
     pub async fn load_decoder(&self, tab: &Tab, progress: &dyn WeightUpload) -> anyhow::Result<Stepper> {
         let name = format!("{}-decoder", self.model.name);
-        let (graph, weights) = &self.decoder;
         let exec = for_generation(Backend::Auto, tab.caps())?;
+        let (graph, weights) = self.decoder(weight_form::for_decoder(&exec, Preference::Fastest))?;
         Stepper::in_tab(tab, &name, graph, weights, exec.clone(), progress)
             .await
             .with_context(|| format!("loading the Whisper decoder on {exec} in tab {}", tab.id()))
@@ -245,7 +257,8 @@ impl Transcriber {
     /// Both on the host's CPU executor.
     pub fn on_host(model: Arc<Whisper>) -> anyhow::Result<Transcriber> {
         let encoder = EncoderRunner::on_host(&model)?;
-        let (graph, weights) = model.decoder(DecoderLimits::default())?;
+        let form = weight_form::for_decoder(&ExecBackend::Cpu, Preference::Fastest);
+        let (graph, weights) = model.decoder(DecoderLimits::default(), form)?;
         let decoder = Stepper::on_host(graph, weights)?;
         Ok(Transcriber::new(model, encoder, decoder))
     }
@@ -255,8 +268,14 @@ impl Transcriber {
         let et = launch_for(host, placement.encoder).await?;
         let dt = if placement.two_tabs { launch_for(host, placement.decoder).await? } else { et.clone() };
         let b = |b: Backend| b.in_tab().context("an in-tab backend");
-        let mut t =
-            Transcriber::in_tabs(model, (&et, b(placement.encoder)?), (&dt, b(placement.decoder)?), &()).await?;
+        let mut t = Transcriber::in_tabs(
+            model,
+            (&et, b(placement.encoder)?),
+            (&dt, b(placement.decoder)?),
+            placement.weights,
+            &(),
+        )
+        .await?;
         t.placement = Some(placement);
         Ok(t)
     }
@@ -266,13 +285,14 @@ impl Transcriber {
         model: Arc<Whisper>,
         enc: (&Tab, ExecBackend),
         dec: (&Tab, ExecBackend),
+        weights: Preference,
         progress: &dyn WeightUpload,
     ) -> anyhow::Result<Transcriber> {
         let ((et, eb), (dt, db)) = (enc, dec);
         let encoder = EncoderRunner::in_tab(et, &model, eb.clone(), progress)
             .await
             .with_context(|| format!("loading the Whisper encoder on {eb} in tab {}", et.id()))?;
-        let decoder = decoder_in(dt, &model, db, progress).await?;
+        let decoder = decoder_in(dt, &model, db, weights, progress).await?;
         Ok(Transcriber::new(model, encoder, decoder))
     }
 
@@ -501,11 +521,11 @@ impl Transcriber {
             let tab = launch_for(host, p.encoder).await?;
             self.encoder = EncoderRunner::in_tab(&tab, &model, b(p.encoder)?, &()).await?;
             if !p.two_tabs {
-                self.decoder = decoder_in(&tab, &model, b(p.decoder)?, &()).await?;
+                self.decoder = decoder_in(&tab, &model, b(p.decoder)?, p.weights, &()).await?;
             }
         } else {
             let tab = launch_for(host, p.decoder).await?;
-            self.decoder = decoder_in(&tab, &model, b(p.decoder)?, &()).await?;
+            self.decoder = decoder_in(&tab, &model, b(p.decoder)?, p.weights, &()).await?;
         }
         Ok(())
     }
@@ -638,9 +658,10 @@ async fn decoder_in(
     tab: &Tab,
     model: &Whisper,
     backend: ExecBackend,
+    pref: Preference,
     progress: &dyn WeightUpload,
 ) -> anyhow::Result<Stepper> {
-    let (graph, weights) = model.decoder(DecoderLimits::default())?;
+    let (graph, weights) = model.decoder(DecoderLimits::default(), weight_form::for_decoder(&backend, pref))?;
     let name = format!("{}-decoder", model.name);
     Stepper::in_tab(tab, &name, &graph, &weights, backend.clone(), progress)
         .await
@@ -716,7 +737,8 @@ mod tests {
             assert_eq!(out.windows[0].text, case["transcript_raw"].as_str().unwrap());
             eprintln!("{}: rtf {:.3}", case["file"], out.rtf());
             // First step's logits, from a decoder graph that also outputs them.
-            let (graph, weights) = model.decoder(DecoderLimits { max_sessions: 1, logits: true }).unwrap();
+            let (graph, weights) =
+                model.decoder(DecoderLimits { max_sessions: 1, logits: true }, WeightForm::Stored).unwrap();
             let cpu = CpuModel::new(graph, weights).unwrap();
             let mel = audio::log_mel(&samples(case["file"].as_str().unwrap()));
             let (enc, _) = t.encoder.encode(&mel).await.unwrap();

@@ -15,5 +15,6 @@ pub mod speech_split;
 pub mod step_batching;
 pub mod trend;
 pub mod verification;
+pub mod weight_form;
 
 pub use names::Named;

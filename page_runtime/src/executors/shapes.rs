@@ -35,10 +35,10 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
         }
         Ok(())
     };
-    // A weight operand: f32, or a block dtype whose kernels dequantize it.
+    // A weight operand: f32, or a packed dtype (f16, block-quantized) whose kernels widen it.
     let want_weight = |i: usize| -> Result<(), RemoteError> {
-        if dtypes[i] != DType::F32 && dtypes[i].block().is_none() {
-            return Err(bad(op, format!("argument {i} must be f32 or block-quantized, got {:?}", dtypes[i])));
+        if dtypes[i] != DType::F32 && !dtypes[i].is_packed() {
+            return Err(bad(op, format!("argument {i} must be f32, f16 or block-quantized, got {:?}", dtypes[i])));
         }
         Ok(())
     };
@@ -119,8 +119,9 @@ fn infer_op(op: &Op, shapes: &[&[u32]], dtypes: &[DType]) -> Result<(Vec<u32>, D
             Ok((out, DType::F32))
         }
         // Blocks run along the last axis of the weight they came with: regrouping or permuting
-        // axes would cut them, so quantized values only feed Linear and Gather.
-        Op::Reshape { .. } | Op::Transpose { .. } if dtypes[0].block().is_some() => {
+        // axes would cut them, so packed values (f16 too: no kernel moves halves) only feed
+        // Linear and Gather.
+        Op::Reshape { .. } | Op::Transpose { .. } if dtypes[0].is_packed() => {
             Err(bad(op, format!("cannot move the axes of a {:?} value", dtypes[0])))
         }
         Op::Reshape { shape } => {

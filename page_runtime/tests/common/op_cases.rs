@@ -229,13 +229,14 @@ pub fn mbconv(name: &'static str, c: u32, hw: u32, expand: u32, tol: f32) -> Cas
     Case { weights: (1..6).collect(), body, ..Case::new(name, Op::Add, args, tol, tol) }
 }
 
-/// A tensor of `shape` quantized row by row to `dtype` (Q4_1 or Q8_0) from seeded values.
+/// A tensor of `shape` packed row by row to `dtype` (Q4_1, Q8_0 or f16) from seeded values.
 pub fn quantized(dtype: DType, shape: &[u32], seed: u32, scale: f32) -> Tensor {
     let x = values(shape.iter().product::<u32>() as usize, seed, scale);
     let data = match dtype {
         DType::Q4_1 => shared_proto::quant::quantize_row_q4_1(&x),
         DType::Q8_0 => shared_proto::quant::quantize_row_q8_0(&x),
-        other => panic!("{other:?} is not a block dtype"),
+        DType::F16 => x.iter().flat_map(|&v| shared_proto::quant::f32_to_f16(v).to_le_bytes()).collect(),
+        other => panic!("{other:?} is not a packed dtype"),
     };
     Tensor { dtype, shape: shape.to_vec(), data: data.into() }
 }
@@ -244,7 +245,7 @@ pub fn quantized(dtype: DType, shape: &[u32], seed: u32, scale: f32) -> Tensor {
 /// vocabulary 49152). Block-dtype arguments become weights (see [`split`]); the table is kept
 /// apart from [`cases`] until every executor runs these ops.
 pub fn generation_cases() -> Vec<Case> {
-    use DType::{Q4_1, Q8_0};
+    use DType::{F16, Q4_1, Q8_0};
     let c = Case::new;
     let mut tied = values(3 * 49152, 40, 8.0);
     tied[2 * 49152 + 7] = 9.0; // row 2: two equal maxima, the first must win
@@ -320,6 +321,30 @@ pub fn generation_cases() -> Vec<Case> {
             1e-6,
             1e-6,
         ),
+        // f16 weights (Whisper tiny's decoder widths): decode, a prefill with bias, a table.
+        // WGSL's unpack2x16float may flush a subnormal half (< 6.1e-5) to zero: the tolerances
+        // allow one such term; a wrong half or lane is off by the weight's size (~0.1).
+        c(
+            "linear f16 decode",
+            Op::Linear { bias: false },
+            linear(f32s(&[1, 384], 52, 1.0), quantized(F16, &[1536, 384], 53, 0.1)),
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "linear f16 prefill + bias",
+            Op::Linear { bias: true },
+            vec![f32s(&[9, 384], 54, 1.0), quantized(F16, &[70, 384], 55, 0.1), f32s(&[70], 56, 1.0)],
+            2e-4,
+            1e-4,
+        ),
+        c(
+            "gather f16",
+            Op::Gather,
+            vec![quantized(F16, &[100, 64], 57, 1.0), i32s(&[5], &[0, 99, 3, 3, 57])],
+            6.2e-5,
+            0.0,
+        ),
         c("argmax", Op::Argmax, vec![Tensor::from_f32(vec![3, 49152], &tied)], 0.0, 0.0),
         c("sample", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &SAMPLE_PARAMS.concat())], 0.0, 0.0),
         c("sample u sweep", Op::Sample, vec![sample_logits(), Tensor::from_f32(vec![8, 4], &sweep)], 0.0, 0.0),
@@ -349,12 +374,12 @@ pub fn sample_logits() -> Tensor {
     Tensor::from_f32(vec![8, v as u32], &l)
 }
 
-/// `case` as a graph whose block-dtype arguments are weights and the rest inputs: `(graph,
+/// `case` as a graph whose packed-dtype arguments are weights and the rest inputs: `(graph,
 /// weights, inputs)`.
 pub fn split(case: &Case) -> (Graph, Vec<Tensor>, Vec<Tensor>) {
     let (mut inputs, mut weights, mut decls, mut args) = (vec![], vec![], vec![], vec![]);
     let quantized: Vec<bool> =
-        case.args.iter().enumerate().map(|(i, t)| t.dtype.block().is_some() || case.weights.contains(&i)).collect();
+        case.args.iter().enumerate().map(|(i, t)| t.dtype.is_packed() || case.weights.contains(&i)).collect();
     let n_inputs = quantized.iter().filter(|&&q| !q).count() as u32;
     for (t, &q) in case.args.iter().zip(&quantized) {
         if q {

@@ -12,7 +12,7 @@
 
 use shared_proto::{DType, Dim, Graph, KvDecl, Op, STEP_INPUTS, Tensor};
 
-use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
+use super::blocks::{Fetch, ffn, layer_norm, linear, matrix, split, tensor};
 use super::ct2::WhisperConfig;
 use model_graphs::builder::GraphBuilder;
 
@@ -56,8 +56,8 @@ pub fn build(get: &Fetch, cfg: &WhisperConfig, limits: DecoderLimits) -> anyhow:
         };
         g.input(name, dtype, dims)
     });
-    let emb = weight(&mut g, get, "decoder/embeddings/weight", None)?;
-    let positions = weight(&mut g, get, "decoder/position_encodings/encodings", Some(&[cfg.n_text_ctx, d]))?;
+    let emb = matrix(&mut g, get, "decoder/embeddings/weight", None)?;
+    let positions = matrix(&mut g, get, "decoder/position_encodings/encodings", Some(&[cfg.n_text_ctx, d]))?;
     let tok = g.op(Op::Gather, &[emb, ids]);
     let at = g.op(Op::Gather, &[positions, pos]);
     let mut x = g.op(Op::Add, &[tok, at]);

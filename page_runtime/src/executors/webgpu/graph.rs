@@ -354,7 +354,7 @@ impl GpuModel {
         let concat = |parts: &[GpuValue]| {
             let mut shape = parts[0].shape.clone();
             shape[0] *= 3;
-            GpuValue { shape, dtype: DType::F32, buf: Rc::new(Buf::Weight(ex.concat_buffers(parts))) }
+            GpuValue { shape, dtype: parts[0].dtype, buf: Rc::new(Buf::Weight(ex.concat_buffers(parts))) }
         };
         let bias = matches!(linears[0].op, Op::Linear { bias: true })
             .then(|| concat(&(0..3).map(|j| part(2, j)).collect::<Vec<_>>()));

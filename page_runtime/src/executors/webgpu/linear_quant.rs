@@ -1,5 +1,5 @@
-//! Linear with block-quantized weights (Q4_1, Q8_0): the weight buffer holds the GGUF block bytes
-//! as uploaded and the kernel dequantizes as it reads. Decode (M ≤ 4 rows) takes one invocation per
+//! Linear with packed weights (Q4_1, Q8_0, f16): the weight buffer holds the bytes as uploaded
+//! (GGUF blocks; halves read as blocks of 32) and the kernel widens them as it reads. Decode (M ≤ 4 rows) takes one invocation per
 //! output column over all rows, so each weight block is decoded once per step; prefill takes
 //! 4×4 register blocks.
 
@@ -9,13 +9,23 @@ use super::{GpuValue, Recorder, WebGpuExecutor, unsupported};
 
 const TEMPLATE: &str = include_str!("linear_quant.wgsl");
 
-/// The WGSL helpers (`q_head`, `q_block`, `q_one`) reading `dtype`'s blocks from `w: array<u32>`.
+/// The WGSL helpers (`q_block`, `q_one`) reading `dtype`'s blocks from `w: array<u32>`.
 pub(super) fn format_source(dtype: DType) -> &'static str {
     match dtype {
         DType::Q4_1 => include_str!("q4_1.wgsl"),
         DType::Q8_0 => include_str!("q8_0.wgsl"),
-        other => unreachable!("{other:?} is not a block dtype"),
+        DType::F16 => include_str!("f16.wgsl"),
+        other => unreachable!("{other:?} is not a packed dtype"),
     }
+}
+
+/// The kernels walk a weight's rows in blocks of 32. A block dtype's rows are whole blocks by
+/// construction (checked when the weight was declared); an f16 row must be too.
+pub(super) fn check_rows(dtype: DType, k: u32) -> Result<(), RemoteError> {
+    if dtype == DType::F16 && !k.is_multiple_of(32) {
+        return Err(unsupported(format!("f16 weight rows of {k}: the WebGPU kernels need a multiple of 32")));
+    }
+    Ok(())
 }
 
 /// Rows of x per invocation for `m` rows: all of them up to 4 (decode), else 4 with 4 columns.
@@ -68,8 +78,7 @@ fn source(dtype: DType, rows: u32, cols: u32, bias: bool) -> String {
         .replace("{{STORE}}", &store)
 }
 
-/// `x[.., K] · w[N, K]ᵀ (+ bias[N])` for a Q4_1 or Q8_0 `w` (K a whole number of blocks, checked
-/// when the weight was declared).
+/// `x[.., K] · w[N, K]ᵀ (+ bias[N])` for a packed `w` (K a whole number of blocks).
 pub(super) fn encode(
     ex: &WebGpuExecutor,
     rec: &mut Recorder,
@@ -78,6 +87,7 @@ pub(super) fn encode(
 ) -> Result<GpuValue, RemoteError> {
     let (x, w) = (args[0], args[1]);
     let (n, k) = (w.shape[0], w.shape[1]);
+    check_rows(w.dtype, k)?;
     let m = x.elements() / k;
     let bias = args.get(2).is_some();
     let tail: Vec<&wgpu::Buffer> = args.get(2).map(|b| &**b.buf).into_iter().collect();

@@ -118,7 +118,7 @@ pub(super) fn encode_linear_act(
     gelu: bool,
 ) -> Result<GpuValue, RemoteError> {
     let (x, w) = (args[0], args[1]);
-    if w.dtype.block().is_some() {
+    if w.dtype.is_packed() {
         let y = super::linear_quant::encode(ex, rec, args, out_shape)?;
         return if gelu { super::unary::encode(ex, rec, &shared_proto::Op::Gelu, &y) } else { Ok(y) };
     }

@@ -385,7 +385,7 @@ impl WebGpuExecutor {
     /// A model-owned buffer holding `parts` back to back (copied on the device, submitted now so
     /// every later submission sees it).
     pub(crate) fn concat_buffers(&self, parts: &[GpuValue]) -> Rc<wgpu::Buffer> {
-        let sizes: Vec<u64> = parts.iter().map(|p| p.elements() as u64 * 4).collect();
+        let sizes: Vec<u64> = parts.iter().map(|p| p.dtype.byte_len(&p.shape).unwrap_or(0)).collect();
         let total: u64 = sizes.iter().sum();
         let buf = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("concat"),

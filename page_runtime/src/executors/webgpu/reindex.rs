@@ -1,4 +1,4 @@
-//! Reindex family: gather (embedding lookup; f32 or block-quantized tables) and transpose. Reshape needs no kernel.
+//! Reindex family: gather (embedding lookup; f32, f16 or block-quantized tables) and transpose. Reshape needs no kernel.
 
 use shared_proto::{Op, RemoteError};
 
@@ -17,7 +17,8 @@ pub(super) fn encode(
     match op {
         Op::Gather => {
             let (table, ids) = (args[0], args[1]);
-            let p = if table.dtype.block().is_some() {
+            let p = if table.dtype.is_packed() {
+                super::linear_quant::check_rows(table.dtype, table.shape[1])?;
                 let key = format!("gather_{:?}", table.dtype);
                 ex.pipeline(&key, || {
                     include_str!("gather_quant.wgsl")

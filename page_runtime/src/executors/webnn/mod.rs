@@ -290,7 +290,7 @@ impl NnModel {
             })
             .collect();
         let ctx = &self.nn.context;
-        let shared = |t: &&std::borrow::Cow<Tensor>| t.data.len() > self.constant_max || t.dtype.block().is_some();
+        let shared = |t: &&std::borrow::Cow<Tensor>| t.data.len() > self.constant_max || t.dtype.is_packed();
         let created = futures_util::future::try_join_all(
             tensors.iter().filter(shared).map(|t| create_tensor(ctx, stored_dtype(t.dtype), &t.shape, &["writable"])),
         )
@@ -299,7 +299,7 @@ impl NnModel {
         for (i, t) in tensors.iter().enumerate() {
             let w = if shared(&t) {
                 let tensor = created.next().expect("one per large weight");
-                if t.dtype.block().is_some() {
+                if t.dtype.is_packed() {
                     // One weight's f32 at a time (≤ a few MB of wasm memory), written and dropped.
                     let f = dequantize(t.dtype, &t.data);
                     ctx.write_tensor(&tensor.0, &wasm_view(f32_bytes(&f))).map_err(|e| internal("writeTensor", e))?;
@@ -326,7 +326,7 @@ impl NnModel {
             let t = Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: bytes.to_vec().into() };
             return self.store(index, &[t]).await;
         }
-        let w = if decl.dtype.block().is_some() {
+        let w = if decl.dtype.is_packed() {
             let tensor = create_tensor(&self.nn.context, DType::F32, &decl.shape, &["writable"]).await?;
             let f = dequantize_js(decl.dtype, bytes);
             self.nn.context.write_tensor(&tensor.0, &f).map_err(|e| internal("writeTensor", e))?;
@@ -589,15 +589,16 @@ async fn create_tensor(ctx: &MLContext, dtype: DType, shape: &[u32], usage: &[&s
     Ok(NnTensor(JsFuture::from(p).await.map_err(|e| internal("createTensor", e))?.unchecked_into()))
 }
 
-/// How a weight is held on WebNN: block-quantized weights as f32 (`dequantizeLinear` on int4
-/// measured 150× slower than f32 in Chromium 153's XNNPACK backend), others as they come.
+/// How a weight is held on WebNN: packed weights as f32 (`dequantizeLinear` on int4 measured
+/// 150× slower than f32 in Chromium 153's XNNPACK backend; f16 is widened too, as the graph's
+/// ops are built in f32), others as they come.
 fn stored_dtype(dtype: DType) -> DType {
-    if dtype.block().is_some() { DType::F32 } else { dtype }
+    if dtype.is_packed() { DType::F32 } else { dtype }
 }
 
-/// `bytes` of a block dtype as f32 values.
+/// `bytes` of a packed dtype as f32 values.
 fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    let (per, block_bytes) = dtype.block().expect("a block dtype");
+    let (per, block_bytes) = dtype.packing().expect("a packed dtype");
     let mut out = vec![0f32; bytes.len() / block_bytes * per];
     shared_proto::quant::dequantize_row(dtype, bytes, &mut out);
     out
@@ -611,7 +612,7 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 /// Dequantize a whole weight held in JS into a JS `Float32Array`, a few MB of blocks at a time
 /// through wasm memory (which never shrinks: the whole weight must not pass through it at once).
 fn dequantize_js(dtype: DType, bytes: &Uint8Array) -> js_sys::Float32Array {
-    let (per, block_bytes) = dtype.block().expect("a block dtype");
+    let (per, block_bytes) = dtype.packing().expect("a packed dtype");
     let (block_bytes, per) = (block_bytes as u32, per as u32);
     let blocks = bytes.length() / block_bytes;
     let out = js_sys::Float32Array::new_with_length(blocks * per);
