@@ -333,6 +333,14 @@ impl Host {
         Some((s.session_id().await, s.keepalive()))
     }
 
+    /// A full garbage collection in tab `id`'s page (see `BrowserSession::collect_garbage`).
+    pub async fn collect_garbage(&self, id: u64) -> bool {
+        match self.browsers.iter().find(|(t, _, _)| *t == id) {
+            Some((_, _, s)) => s.collect_garbage().await,
+            None => false,
+        }
+    }
+
     /// This host's id, which every session it asks of a Grid carries (`browser::grid::OWNER_CAP`).
     pub fn owner(&self) -> &str {
         &self.owner

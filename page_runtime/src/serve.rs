@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use js_sys::Reflect;
 use shared_proto::{
     ErrorKind, Frame, Hello, Limits, PROTOCOL_VERSION, RemoteError, Reply, Request, Tensor, ToHost, ToTab, decode,
-    encode,
 };
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -525,7 +524,23 @@ fn not_stateful(name: &str) -> RemoteError {
     RemoteError::new(ErrorKind::BadInput, format!("model {name:?} keeps no sessions (its graph has no KV cache)"))
 }
 
+/// Frames past this size are assembled in a JS buffer, piece by piece, instead of in wasm memory.
+const ASSEMBLE_IN_JS: usize = 1 << 20;
+
 fn send(socket: &Socket, frame: Frame<ToHost>) -> Result<(), String> {
-    let bytes = encode(&frame, &Limits::DEFAULT).map_err(|e| e.to_string())?;
-    socket.send(&bytes)
+    let pieces = shared_proto::codec::encode_pieces(&frame, &Limits::DEFAULT).map_err(|e| e.to_string())?;
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    if total <= ASSEMBLE_IN_JS {
+        return socket.send(&pieces.concat());
+    }
+    // A large reply (a Whisper window's 18 MB of cross keys and values) would otherwise exist
+    // twice in the wasm heap — its tensors and the frame — whose high-water mark never falls.
+    let buf = js_sys::Uint8Array::new_with_length(total as u32);
+    let mut at = 0u32;
+    for p in &pieces {
+        // SAFETY: `set` copies from the view at once; nothing allocates in wasm in between.
+        buf.set(&unsafe { js_sys::Uint8Array::view(p) }.into(), at);
+        at += p.len() as u32;
+    }
+    socket.send_js(&buf)
 }

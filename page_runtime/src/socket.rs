@@ -30,6 +30,11 @@ impl Socket {
         self.ws.send_with_u8_array(bytes).map_err(js_text)
     }
 
+    /// Send bytes already held by JS (no view into wasm memory).
+    pub fn send_js(&self, bytes: &Uint8Array) -> Result<(), String> {
+        self.ws.send_with_js_u8_array(bytes).map_err(js_text)
+    }
+
     pub fn close(&self, code: u16, reason: &str) {
         let _ = self.ws.close_with_code_and_reason(code, reason);
     }

@@ -12,6 +12,8 @@
 //! codec, so bincode can be swapped without touching callers.
 
 use bytes::Bytes;
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -48,6 +50,14 @@ fn pad_to_8(len: usize) -> usize {
 /// Encode a frame. Fails only if the frame would break `limits` (so a sender learns before its
 /// peer closes the socket) or the header cannot be encoded.
 pub fn encode<M: Serialize>(frame: &Frame<M>, limits: &Limits) -> Result<Vec<u8>, ProtoError> {
+    Ok(encode_pieces(frame, limits)?.concat())
+}
+
+/// The bytes of [`encode`] as pieces in order — the header and each tensor's description, then
+/// each tensor's payload borrowed, not copied — for a sender that assembles the frame outside its
+/// own memory (a tab writes a large reply straight into a JS buffer: its wasm heap, which never
+/// shrinks, would otherwise hold the payload twice).
+pub fn encode_pieces<'a, M: Serialize>(frame: &'a Frame<M>, limits: &Limits) -> Result<Vec<Cow<'a, [u8]>>, ProtoError> {
     let header =
         bincode::serde::encode_to_vec(&frame.msg, bincode_config()).map_err(|e| ProtoError::Encode(e.to_string()))?;
     if header.len() > limits.max_header_bytes {
@@ -56,27 +66,35 @@ pub fn encode<M: Serialize>(frame: &Frame<M>, limits: &Limits) -> Result<Vec<u8>
     if frame.tensors.len() > limits.max_tensors {
         return Err(ProtoError::TooManyTensors { got: frame.tensors.len(), limit: limits.max_tensors });
     }
-    let payload: usize = frame.tensors.iter().map(|t| t.data.len() + 16 + 4 * t.shape.len()).sum();
-    let mut out = Vec::with_capacity(12 + header.len() + payload);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&(frame.tensors.len() as u32).to_le_bytes());
+    let mut pieces = Vec::with_capacity(1 + 2 * frame.tensors.len());
+    let mut meta = Vec::with_capacity(16 + header.len());
+    meta.extend_from_slice(&MAGIC);
+    meta.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    meta.extend_from_slice(&header);
+    meta.extend_from_slice(&(frame.tensors.len() as u32).to_le_bytes());
+    // Bytes in the pieces already taken: payloads are padded to 8 from the frame's start.
+    let mut before = 0;
     for t in &frame.tensors {
         check_tensor_meta(t.dtype, &t.shape, t.data.len() as u64, limits)?;
-        out.push(t.dtype as u8);
-        out.push(t.shape.len() as u8);
+        meta.push(t.dtype as u8);
+        meta.push(t.shape.len() as u8);
         for d in &t.shape {
-            out.extend_from_slice(&d.to_le_bytes());
+            meta.extend_from_slice(&d.to_le_bytes());
         }
-        out.extend_from_slice(&(t.data.len() as u64).to_le_bytes());
-        out.resize(out.len() + pad_to_8(out.len()), 0);
-        out.extend_from_slice(&t.data);
+        meta.extend_from_slice(&(t.data.len() as u64).to_le_bytes());
+        meta.resize(meta.len() + pad_to_8(before + meta.len()), 0);
+        before += meta.len() + t.data.len();
+        pieces.push(Cow::Owned(std::mem::take(&mut meta)));
+        pieces.push(Cow::Borrowed(&t.data[..]));
     }
-    if out.len() > limits.max_frame_bytes {
-        return Err(ProtoError::FrameTooLarge { got: out.len(), limit: limits.max_frame_bytes });
+    before += meta.len();
+    if !meta.is_empty() {
+        pieces.push(Cow::Owned(meta));
     }
-    Ok(out)
+    if before > limits.max_frame_bytes {
+        return Err(ProtoError::FrameTooLarge { got: before, limit: limits.max_frame_bytes });
+    }
+    Ok(pieces)
 }
 
 fn check_tensor_meta(dtype: DType, shape: &[u32], byte_len: u64, limits: &Limits) -> Result<(), ProtoError> {

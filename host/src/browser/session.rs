@@ -291,6 +291,14 @@ impl BrowserSession {
         self.client.screenshot().await.context("taking a screenshot")
     }
 
+    /// A full garbage collection in the page, where the browser exposes `gc()` (our Chromium
+    /// kinds: `--js-flags=--expose-gc`): memory is measured without the garbage a collection
+    /// that happened to run or not would leave. Whether it ran.
+    pub async fn collect_garbage(&self) -> bool {
+        let js = "if (typeof gc === 'function') { gc(); return true; } return false;";
+        matches!(self.client.execute(js, vec![]).await, Ok(serde_json::Value::Bool(true)))
+    }
+
     /// How many elements match `css` on the page now.
     pub async fn count(&self, css: &str) -> anyhow::Result<usize> {
         Ok(self.client.find_all(fantoccini::Locator::Css(css)).await.with_context(|| format!("finding {css}"))?.len())

@@ -144,10 +144,19 @@ async fn place(
     let et = launch_for(host, s.encoder).await?;
     let dt = if s.two_tabs { launch_for(host, s.decoder).await? } else { et.clone() };
     let tabs: Vec<u64> = if s.two_tabs { vec![et.id(), dt.id()] } else { vec![et.id()] };
+    collect_garbage(host, &tabs).await;
     let empty = settled(|| tab_pids(host, &tabs)).await;
     let b = |b: Backend| b.in_tab().context("an in-tab backend");
     let t = Transcriber::in_tabs(model, (&et, b(s.encoder)?), (&dt, b(s.decoder)?), s.weights, &()).await?;
     Ok((t, tabs, Some(empty)))
+}
+
+/// Both samples after a full collection: with garbage left to chance, the same row measured
+/// 184 MB in one run and 300 MB in the next.
+async fn collect_garbage(host: &Host, tabs: &[u64]) {
+    for &t in tabs {
+        host.collect_garbage(t).await;
+    }
 }
 
 fn tab_pids(host: &Host, tabs: &[u64]) -> Vec<i32> {
@@ -212,7 +221,10 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             });
         }
         let memory = match empty {
-            Some(empty) => Some(Memory::of(&empty, &settled(|| tab_pids(host, &tabs)).await, weight_bytes)),
+            Some(empty) => {
+                collect_garbage(host, &tabs).await;
+                Some(Memory::of(&empty, &settled(|| tab_pids(host, &tabs)).await, weight_bytes))
+            }
             None => None,
         };
         rows.push(Row { setup: s.name.into(), backend: t.backend(), load_s, inputs: results, memory });

@@ -503,9 +503,9 @@ impl NnModel {
             .collect::<Result<_, _>>()?;
         let mut outputs = Vec::new();
         for (read, &o) in reads.into_iter().zip(&g.outputs) {
-            let buf = read.await.map_err(|e| internal("readTensor", e))?;
-            let bytes = Uint8Array::new(&buf).to_vec();
-            let data = crop(&bytes, &out_padded[o as usize], &out_real[o as usize]);
+            let bytes = step::take_bytes(read.await.map_err(|e| internal("readTensor", e))?);
+            let (padded, real) = (&out_padded[o as usize], &out_real[o as usize]);
+            let data = if padded == real { bytes } else { crop(&bytes, padded, real) };
             let dtype = step::out_dtype(g, o);
             outputs.push(Tensor { dtype, shape: out_real[o as usize].clone(), data: data.into() });
         }

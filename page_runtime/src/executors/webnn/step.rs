@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use js_sys::{Object, Reflect, Uint8Array};
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
 use super::ops::{self, StepShape};
@@ -308,6 +309,16 @@ impl NnModel {
 
 async fn read(ctx: &super::MLContext, t: &NnTensor) -> Result<Vec<u8>, RemoteError> {
     let p = ctx.read_tensor(&t.0).map_err(|e| internal("readTensor", e))?;
-    let buf = JsFuture::from(p).await.map_err(|e| internal("readTensor", e))?;
-    Ok(Uint8Array::new(&buf).to_vec())
+    Ok(take_bytes(JsFuture::from(p).await.map_err(|e| internal("readTensor", e))?))
+}
+
+/// The bytes of a `readTensor` result copied into wasm memory, the JS buffer detached at once:
+/// left to the garbage collector, a Whisper window's 18 MB of outputs piled up run after run
+/// (the tab's memory grew by about that much per window until a major GC).
+pub(super) fn take_bytes(buf: JsValue) -> Vec<u8> {
+    let bytes = Uint8Array::new(&buf).to_vec();
+    if let Some(b) = buf.dyn_ref::<js_sys::ArrayBuffer>() {
+        let _ = b.transfer_with_length(0);
+    }
+    bytes
 }
