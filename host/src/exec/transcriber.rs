@@ -177,12 +177,14 @@ pub struct SpeechParts {
     pub encoder: EncoderModel,
     /// The decoder in each weight form, built when a tab first needs it.
     decoders: [std::sync::OnceLock<(Graph, Vec<Tensor>)>; 2],
+    /// Fastest or compact decoder weights (`policy::weight_form`).
+    decoder_weights: Preference,
 }
 
 impl SpeechParts {
-    pub fn build(model: Arc<Whisper>) -> anyhow::Result<SpeechParts> {
+    pub fn build(model: Arc<Whisper>, decoder_weights: Preference) -> anyhow::Result<SpeechParts> {
         let encoder = EncoderModel::new(&model)?;
-        Ok(SpeechParts { model, encoder, decoders: Default::default() })
+        Ok(SpeechParts { model, encoder, decoders: Default::default(), decoder_weights })
     }
 
     fn decoder(&self, form: WeightForm) -> anyhow::Result<&(Graph, Vec<Tensor>)> {
@@ -234,7 +236,7 @@ impl SpeechParts {
     pub async fn load_decoder(&self, tab: &Tab, progress: &dyn WeightUpload) -> anyhow::Result<Stepper> {
         let name = format!("{}-decoder", self.model.name);
         let exec = for_generation(Backend::Auto, tab.caps())?;
-        let (graph, weights) = self.decoder(weight_form::for_decoder(&exec, Preference::Fastest))?;
+        let (graph, weights) = self.decoder(weight_form::for_decoder(&exec, self.decoder_weights))?;
         Stepper::in_tab(tab, &name, graph, weights, exec.clone(), progress)
             .await
             .with_context(|| format!("loading the Whisper decoder on {exec} in tab {}", tab.id()))

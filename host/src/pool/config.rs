@@ -51,6 +51,7 @@ pub struct PoolConfig {
     pub health: HealthToml,
     pub history: HistoryToml,
     pub generation: GenerationToml,
+    pub speech: SpeechToml,
     pub lending: LendingToml,
     /// Browser kinds tabs may be launched as, in no particular order (routing orders them).
     pub kinds: Vec<KindSpec>,
@@ -123,6 +124,15 @@ impl Default for GenerationToml {
             strategy: crate::policy::sharding::Strategy::Layer,
         }
     }
+}
+
+/// Speech models (Whisper).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechToml {
+    /// Keep the decoder's weights f16 (as stored) where it runs on a tab's wasm CPU executor:
+    /// about 57 MB less per replica, decode steps about 1.4× slower there (`policy::weight_form`).
+    pub compact_decoder: bool,
 }
 
 /// Tabs that pages lend (`serve --join`): how their results are checked on trusted tabs.
@@ -244,6 +254,7 @@ impl Default for PoolConfig {
             health: HealthToml::default(),
             history: HistoryToml::default(),
             generation: GenerationToml::default(),
+            speech: SpeechToml::default(),
             lending: LendingToml::default(),
             kinds: Vec::new(),
         }
@@ -399,6 +410,9 @@ pub(crate) mod tests {
         assert_eq!(cfg.kinds[0].browser, BrowserKind::ChromiumWebnn);
         assert_eq!(cfg.kinds[3].browser, BrowserKind::Remote);
         assert!(cfg.kinds[3].url.as_ref().unwrap().expose().starts_with("http://"));
+        assert!(!cfg.speech.compact_decoder, "speed by default");
+        let compact = PoolConfig::from_toml("[speech]\ncompact_decoder = true\n").unwrap();
+        assert!(compact.speech.compact_decoder);
     }
 
     #[test]

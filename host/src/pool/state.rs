@@ -26,6 +26,7 @@ use crate::policy::health;
 use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::policy::sharding::Strategy;
+use crate::policy::weight_form::Preference;
 use crate::store::{Record, Recorder, Store};
 use crate::{Host, Tab};
 
@@ -1014,6 +1015,7 @@ impl Shared {
         let g = &self.cfg.generation;
         let limits = KvLimits { max_tokens: g.context_limit * g.sessions_per_tab, max_sessions: g.sessions_per_tab };
         let (shards, strategy, ty) = (g.shards, g.strategy, spec.model_type);
+        let decoder_weights = if self.cfg.speech.compact_decoder { Preference::Compact } else { Preference::Fastest };
         // The registry says which family a type is; the pool only knows the two ways to run one.
         let family = tokio::task::spawn_blocking(move || -> anyhow::Result<Family> {
             Ok(match crate::models::registry::load(ty, dir.as_deref())? {
@@ -1026,7 +1028,7 @@ impl Shared {
                         w.name,
                         strategy.name()
                     );
-                    Family::Speech(Arc::new(SpeechParts::build(w)?))
+                    Family::Speech(Arc::new(SpeechParts::build(w, decoder_weights)?))
                 }
                 Loaded::Sessions(mut model) => {
                     let sharded = match shards {
