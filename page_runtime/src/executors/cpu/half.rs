@@ -8,7 +8,7 @@
 
 use shared_proto::{ErrorKind, RemoteError};
 
-use super::matmul::{self, dot};
+use super::matmul;
 
 /// Index of the first half in `w` that is ±inf or NaN, if any.
 pub fn first_not_finite(w: &[u8]) -> Option<usize> {
@@ -45,51 +45,47 @@ pub fn linear(x: &[f32], w: &[u8], bias: Option<&[f32]>, m: usize, k: usize, n: 
         return matmul::linear(x, &[], bias, m, k, n);
     }
     let mut y = vec![0.0f32; m * n];
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if m <= 4 {
-        // A decode step: halves widened in registers, four rows of W at a time, with no
-        // scratch to write and read back; the rows past a multiple of four go through the
-        // scratch below.
-        let quads = n / 4 * 4;
-        for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
-            for j in (0..quads).step_by(4) {
-                // SAFETY: row i of x has k floats, rows j..j + 4 of w (j + 4 ≤ n) have k halves
-                // each (lengths asserted above), and y_row[j..j + 4] is inside the row.
-                unsafe {
-                    simd128::dot4(x.as_ptr().add(i * k), w.as_ptr().add(2 * j * k), k, y_row.as_mut_ptr().add(j))
-                };
-            }
-            if let Some(b) = bias {
-                for (v, b) in y_row[..quads].iter_mut().zip(b) {
-                    *v += b;
-                }
-            }
-        }
-        let mut scratch = vec![0.0f32; k];
-        for j in quads..n {
-            widen_into(&w[2 * j * k..2 * (j + 1) * k], &mut scratch);
-            for i in 0..m {
-                y[i * n + j] = dot(&x[i * k..(i + 1) * k], &scratch) + bias.map_or(0.0, |b| b[j]);
-            }
-        }
-        return y;
-    }
-    // One row at a time for a decode step (each widened row is read by few rows of X); blocks
-    // of 64 KiB of f32 otherwise, as the f32 kernel blocks its rows.
-    let block = if m <= 4 { 1 } else { (64 * 1024 / (k * 4)).clamp(1, n.max(1)) };
+    let done = decode_rows(x, w, bias, &mut y, (m, k, n));
+    // The f32 kernel's blocks of rows, widened first: one row at a time for a decode step
+    // (each widened row is read by few rows of X).
+    let block = if m <= 4 { 1 } else { matmul::block_rows(k, n) };
     let mut scratch = vec![0.0f32; block * k];
-    for j0 in (0..n).step_by(block) {
+    for j0 in (done..n).step_by(block) {
         let j1 = (j0 + block).min(n);
         let rows = &mut scratch[..(j1 - j0) * k];
         widen_into(&w[2 * j0 * k..2 * j1 * k], rows);
-        for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
-            let x_row = &x[i * k..(i + 1) * k];
-            for j in j0..j1 {
-                y_row[j] = dot(x_row, &rows[(j - j0) * k..(j - j0 + 1) * k]) + bias.map_or(0.0, |b| b[j]);
+        matmul::linear_block(x, rows, j0, bias, &mut y, k, n);
+    }
+    y
+}
+
+/// A decode step in a tab (M ≤ 4): halves widened in registers, four rows of W at a time, with
+/// no scratch to write and read back. Returns the rows of W it did (a multiple of four); the
+/// rest, and every other case, go through [`linear`]'s widened blocks.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn decode_rows(x: &[f32], w: &[u8], bias: Option<&[f32]>, y: &mut [f32], (m, k, n): (usize, usize, usize)) -> usize {
+    if m > 4 {
+        return 0;
+    }
+    let quads = n / 4 * 4;
+    for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
+        for j in (0..quads).step_by(4) {
+            // SAFETY: row i of x has k floats, rows j..j + 4 of w (j + 4 ≤ n) have k halves each
+            // (lengths asserted by `linear`), and y_row[j..j + 4] is inside the row.
+            unsafe { simd128::dot4(x.as_ptr().add(i * k), w.as_ptr().add(2 * j * k), k, y_row.as_mut_ptr().add(j)) };
+        }
+        if let Some(b) = bias {
+            for (v, b) in y_row[..quads].iter_mut().zip(b) {
+                *v += b;
             }
         }
     }
-    y
+    quads
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn decode_rows(_: &[f32], _: &[u8], _: Option<&[f32]>, _: &mut [f32], _: (usize, usize, usize)) -> usize {
+    0
 }
 
 /// Rows `ids` of a `[V, h]` table of halves, as f32.

@@ -42,18 +42,37 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n:
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(w.len(), n * k, "W is not {n}x{k}");
     let mut y = vec![0.0f32; m * n];
-    // Blocks of weight rows small enough to stay in cache while every input row passes by.
-    let block = (64 * 1024 / (k * 4)).clamp(1, n.max(1));
+    let block = block_rows(k, n);
     for j0 in (0..n).step_by(block) {
         let j1 = (j0 + block).min(n);
-        for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
-            let x_row = &x[i * k..(i + 1) * k];
-            for j in j0..j1 {
-                y_row[j] = dot(x_row, &w[j * k..(j + 1) * k]) + bias.map_or(0.0, |b| b[j]);
-            }
-        }
+        linear_block(x, &w[j0 * k..j1 * k], j0, bias, &mut y, k, n);
     }
     y
+}
+
+/// Rows of W per block: small enough (64 KiB of f32) to stay in cache while every input row
+/// passes by.
+pub(super) fn block_rows(k: usize, n: usize) -> usize {
+    (64 * 1024 / (k * 4)).clamp(1, n.max(1))
+}
+
+/// Columns `j0..` of `Y` — one per row of `w_rows` (each `k` long) — for every row of `X`.
+#[inline]
+pub(super) fn linear_block(
+    x: &[f32],
+    w_rows: &[f32],
+    j0: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    k: usize,
+    n: usize,
+) {
+    for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
+        let x_row = &x[i * k..(i + 1) * k];
+        for (r, w_row) in w_rows.chunks_exact(k).enumerate() {
+            y_row[j0 + r] = dot(x_row, w_row) + bias.map_or(0.0, |b| b[j0 + r]);
+        }
+    }
 }
 
 #[cfg(test)]
