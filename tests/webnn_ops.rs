@@ -3,7 +3,8 @@
 //! arguments as weights, which WebNN holds dequantized to f32). Rope, CachedAttention and Sample
 //! take their angles, cache rows and draws from a step's extra inputs, so WebNN lowers them only
 //! inside a stateful step graph (`tests/smollm2_tab.rs` checks those against the reference);
-//! standalone they must be refused as Unsupported, saying so.
+//! standalone they must be refused as Unsupported, saying so. CrossAttention reads the memories
+//! `PutMemory` wrote: its row is a step graph of its own here, against the CPU executor.
 
 use crate::support;
 
@@ -76,5 +77,97 @@ async fn mbconv_block_timing_on_webnn() {
     }
     times.sort_by(f64::total_cmp);
     eprintln!("{}: WebNN median {:.2} ms (min {:.2}); host CPU executor {cpu_ms:.2} ms", case.name, times[3], times[0]);
+    host.shutdown().await;
+}
+
+/// `CrossAttention` (with `CachedAttention` beside it, as in Whisper's decoder) in a WebNN step
+/// graph against the host's CPU executor, through the same requests a transcription sends:
+/// three sessions' memories (`PutMemory`), steps batching two sessions (so tokens gather
+/// different memory slots), and a session opened where a closed one's rows were (its slot
+/// reused, not read stale). Each step's pre-head hidden rows must agree within 1e-4 relative
+/// + 1e-5 absolute, and the sampled ids exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_attention_steps_match_the_cpu_executor_on_webnn() {
+    use model_graphs::builder::GraphBuilder;
+    use shared_proto::{Dim, KvDecl, STEP_INPUTS, Sampling, StepRow, Tensor};
+    use tabpool::exec::Stepper;
+
+    let _procs = support::process_guard();
+    let (heads, d, mem_rows, vocab) = (2u32, 8u32, 24u32, 32usize);
+    let w = (heads * d) as usize;
+    let noise = |n: usize, seed: u64| -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let mut g = GraphBuilder::default();
+    g.kv(KvDecl { layers: 2, kv_heads: heads, head_dim: d, max_tokens: 2 * mem_rows, max_sessions: 2 });
+    let [ids, pos, kv_start, rows, sampling] = STEP_INPUTS.map(|(name, dtype)| {
+        let dims = match name {
+            "rows" => vec![Dim::Batch],
+            "sampling" => vec![Dim::Batch, Dim::Fixed(4)],
+            _ => vec![Dim::Seq],
+        };
+        g.input(name, dtype, dims)
+    });
+    let emb = g.weight("emb", Tensor::from_f32(vec![vocab as u32, w as u32], &noise(vocab * w, 1)));
+    let x = g.op(Op::Gather, &[emb, ids]);
+    let a = g.op(Op::CachedAttention { layer: 0, heads, kv_heads: heads }, &[x, x, x, pos, kv_start]);
+    let y = g.op(Op::Add, &[x, a]);
+    let c = g.op(Op::CrossAttention { layer: 1, heads, rows: mem_rows }, &[y, kv_start]);
+    let z = g.op(Op::Add, &[y, c]);
+    let last = g.op(Op::Gather, &[z, rows]);
+    let logits = g.linear(last, emb, None);
+    let next = g.op(Op::Sample, &[logits, sampling]);
+    let (graph, weights) = g.finish(&[next, last]);
+    graph.validate().unwrap();
+
+    let mut host = support::host().await;
+    let tab = host.launch(BrowserKind::ChromiumWebnn).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let backend = ExecBackend::WebNn { device: "cpu".into() };
+    let nn = Stepper::in_tab(&tab, "cross", &graph, &weights, backend, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let cpu = Stepper::on_host(graph, weights).unwrap();
+    let memory = |seed| Tensor::from_f32(vec![1, 2, mem_rows, w as u32], &noise(2 * mem_rows as usize * w, seed));
+    let row = |session, tokens: &[u32]| StepRow { session, tokens: tokens.to_vec(), sampling: Sampling::Greedy };
+    // (sessions to close, sessions to open with their memory seeds, the step's rows)
+    type Script = (Vec<u64>, Vec<(u64, u64)>, Vec<StepRow>);
+    let script: Vec<Script> = vec![
+        (vec![], vec![(1, 11), (2, 12)], vec![row(1, &[3, 7, 5]), row(2, &[9, 4])]),
+        (vec![], vec![], vec![row(1, &[20]), row(2, &[31])]),
+        (vec![], vec![], vec![row(2, &[2])]),
+        // Session 3 takes session 1's rows (and on WebNN its memory slot) with a new memory.
+        (vec![1], vec![(3, 13)], vec![row(3, &[6, 1]), row(2, &[17])]),
+        (vec![], vec![], vec![row(2, &[8]), row(3, &[12])]),
+    ];
+    let mut worst = 0f32;
+    for (k, (close, open, rows)) in script.into_iter().enumerate() {
+        for s in close {
+            nn.close(s).await.unwrap();
+            cpu.close(s).await.unwrap();
+        }
+        for (s, seed) in open {
+            for st in [&nn, &cpu] {
+                st.open(s, mem_rows).await.unwrap();
+                st.put_memory(s, 1, memory(seed)).await.unwrap_or_else(|e| panic!("PutMemory: {e:#}"));
+            }
+        }
+        let (got_ids, got, _) = nn.step_with_outputs(rows.clone()).await.unwrap_or_else(|e| panic!("step {k}: {e:#}"));
+        let (want_ids, want, _) = cpu.step_with_outputs(rows).await.unwrap();
+        assert_eq!(got_ids, want_ids, "step {k}: sampled ids");
+        let (got, want) = (got[0].to_f32().unwrap(), want[0].to_f32().unwrap());
+        assert_eq!(got.len(), want.len(), "step {k}: hidden rows");
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            let err = (g - e).abs();
+            assert!(err <= 1e-5 + 1e-4 * e.abs(), "step {k}, value {i}: WebNN {g} vs CPU {e}");
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("cross attention on WebNN: 5 steps over 3 sessions, max |webnn − cpu| {worst:e}");
     host.shutdown().await;
 }

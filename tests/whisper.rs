@@ -1,7 +1,7 @@
 //! Whisper tiny.en through the CLI as a user runs it, `tabpool transcribe --json`, in real
 //! headless tabs: both reference clips (`tests/data/whisper`) must give the reference's ids
 //! (faster-whisper's, equal to the float64 forward pass's) and transcript — on the tab's wasm
-//! CPU executor (encoder and decoder), with the encoder on WebNN, the decoder on WebGPU, and split by component over two
+//! CPU executor (encoder and decoder), with the encoder on WebNN, the decoder on WebGPU or WebNN, and split by component over two
 //! tabs (encoder in one, decoder with its KV cache and cross memory in the other). A file that
 //! is not audio fails before any browser starts, naming the file.
 
@@ -59,6 +59,15 @@ fn webgpu_decoder_transcribes_the_reference_clips() {
     let _procs = support::process_guard();
     let args = ["--backend", "webnn", "--decoder-backend", "webgpu"];
     assert_eq!(transcribes_the_reference(&args), ("webnn-cpu+webgpu".into(), 1));
+}
+
+/// Both parts on WebNN: the decoder's self-attention cache in swapped WebNN tensors, its
+/// cross-attention memories in tensors `PutMemory` wrote (`executors/webnn/memory.rs`).
+#[test]
+fn webnn_decoder_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    let args = ["--backend", "webnn", "--decoder-backend", "webnn"];
+    assert_eq!(transcribes_the_reference(&args), ("webnn-cpu".into(), 1));
 }
 
 #[test]

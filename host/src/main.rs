@@ -119,7 +119,7 @@ enum Command {
         #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         backend: Backend,
         /// Where the decoder runs (auto: as described above; webgpu: WebGPU, its cross-attention
-        /// memory in the tab's GPU buffers).
+        /// memory in the tab's GPU buffers; webnn: WebNN, its memory in WebNN tensors).
         #[arg(long, value_parser = cli::named::<Backend>(), default_value = "auto")]
         decoder_backend: Backend,
         /// Keep the decoder's weights f16 (as stored) on a CPU executor too: half their memory,

@@ -226,14 +226,14 @@ impl TabModel {
     }
 
     /// Write a session's fixed memory into the KV cache (`Request::PutMemory`); bytes written.
-    pub fn put_memory(&self, first_layer: usize, start: usize, memory: &Tensor) -> Result<u64, RemoteError> {
+    pub async fn put_memory(&self, first_layer: usize, start: usize, memory: &Tensor) -> Result<u64, RemoteError> {
         match self {
             TabModel::Cpu(c) => {
                 let m = c.model.borrow().clone().ok_or_else(|| unsupported("weights incomplete".into()))?;
                 m.put_memory(first_layer, start, memory)
             }
             TabModel::Gpu(m, ex) => m.put_memory(ex, first_layer, start, memory),
-            TabModel::Nn(_) => Err(unsupported("cross-attention memory has no WebNN lowering yet".into())),
+            TabModel::Nn(m) => m.put_memory(first_layer, start, memory).await,
         }
     }
 

@@ -392,7 +392,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
                     format!("a memory {:?} does not fit session {session}'s {capacity} rows", memory.shape),
                 ));
             }
-            let bytes = m.put_memory(first_layer as usize, start as usize, memory)?;
+            let bytes = m.put_memory(first_layer as usize, start as usize, memory).await?;
             (Ok(Reply::MemoryStored { bytes }), Vec::new())
         }
         Request::Step { model: name, rows } => {

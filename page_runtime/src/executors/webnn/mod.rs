@@ -6,6 +6,7 @@
 //! `Unsupported` naming the op, so the host can run the model elsewhere.
 
 mod bindings;
+mod memory;
 mod ops;
 mod step;
 
@@ -220,6 +221,10 @@ pub struct NnModel {
     tensors: RefCell<HashMap<Bucket, Vec<TensorSet>>>,
     /// A stateful graph's KV cache (created at its first step).
     kv: RefCell<Option<Rc<step::KvTensors>>>,
+    /// Its cross-attention memories (created at the first `PutMemory` or step).
+    memory: RefCell<Option<Rc<memory::Memory>>>,
+    /// Memory writes take turns (each reads a tensor back and writes it whole).
+    memory_turn: futures_util::lock::Mutex<()>,
     /// Per weight: the layout a conv filter is stored in (channels-last contexts only).
     prelaid: Vec<Option<FilterLayout>>,
     /// The oversized bucket graph last used, with its idle tensor sets (see `HOT_IDLE_MS`).
@@ -261,6 +266,8 @@ impl NnModel {
             tick: Default::default(),
             tensors: RefCell::default(),
             kv: RefCell::default(),
+            memory: RefCell::default(),
+            memory_turn: futures_util::lock::Mutex::new(()),
             hot: Rc::default(),
         })
     }

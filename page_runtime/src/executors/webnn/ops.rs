@@ -3,6 +3,8 @@
 //! gather, reshape, transpose); masked mean pooling, L2 normalisation and attention are composed
 //! from WebNN primitives.
 
+use std::collections::HashMap;
+
 use js_sys::{Array, Object, Reflect};
 use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 use wasm_bindgen::{JsCast, JsValue};
@@ -88,7 +90,7 @@ pub(super) fn build(
         vals.v[i] = Some(bl.b.input(&d.name, &desc(d.dtype, &input_shapes[i])).map_err(|e| bl.fail(e))?);
     }
     let mut st = match (step, g.kv) {
-        (Some(shape), Some(kv)) => Some(StepCtx::declare(&bl, shape, kv, input_shapes[0][0])?),
+        (Some(shape), Some(kv)) => Some(StepCtx::declare(&bl, g, shape, kv, input_shapes[0][0])?),
         _ => None,
     };
     let mut weight_inputs = Vec::new();
@@ -251,11 +253,9 @@ fn translate(
             let st = st.ok_or_else(|| stateful_only(op))?;
             st.attention(bl, a, s, *layer, *heads, *kv_heads)?
         }
-        Op::CrossAttention { .. } => {
-            return Err(RemoteError::new(
-                ErrorKind::Unsupported,
-                "cross attention has no WebNN lowering yet: run the decoder on the wasm CPU executor",
-            ));
+        Op::CrossAttention { layer, heads, rows } => {
+            let st = st.ok_or_else(|| stateful_only(op))?;
+            st.cross(bl, a[0], s[0], *layer, *heads, *rows)?
         }
     })
 }
@@ -388,12 +388,14 @@ pub(super) fn is_logits_output(g: &Graph, o: u32) -> bool {
 }
 
 /// The shape of a step graph beyond its inputs: `c` cache rows gathered per token (a power of
-/// two ≥ the longest context in the step) and `rows` rows in each KV tensor (the cache plus the
-/// scratch row padding tokens write to).
+/// two ≥ the longest context in the step), `rows` rows in each KV tensor (the cache plus the
+/// scratch row padding tokens write to) and `slots` sessions' memories in each cross-attention
+/// memory tensor (`memory.rs`; 0 without cross-attention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct StepShape {
     pub c: u32,
     pub rows: u32,
+    pub slots: u32,
 }
 
 /// Names of the extra inputs and outputs of a step graph (model inputs never start with `__`).
@@ -402,9 +404,37 @@ pub(super) const GIDX: &str = "__gidx";
 pub(super) const MASK: &str = "__mask";
 pub(super) const COS: &str = "__cos";
 pub(super) const SIN: &str = "__sin";
+pub(super) const MSLOT: &str = "__mslot";
 
 pub(super) fn kv_name(kind: char, layer: u32, dir: &str) -> String {
     format!("__{kind}{layer}_{dir}")
+}
+
+/// The input name of a cross-attention layer's memory keys (`'k'`) or values (`'v'`).
+pub(super) fn mem_name(kind: char, layer: u32) -> String {
+    format!("__m{kind}{layer}")
+}
+
+/// The extra inputs a step graph of `t` tokens declares, in the order the executor fills them:
+/// cache rows, gather indices and mask for `CachedAttention`, rope angles for `Rope`, and each
+/// token's memory slot for `CrossAttention` over more than one slot (one slot is broadcast).
+pub(super) fn step_extras(g: &Graph, shape: StepShape, t: u32) -> Vec<(&'static str, DType, Vec<u32>)> {
+    let has = |f: fn(&Op) -> bool| g.nodes.iter().any(|n| f(&n.op));
+    let mut extras = Vec::new();
+    if has(|op| matches!(op, Op::CachedAttention { .. })) {
+        extras.push((KV_ROW, DType::I32, vec![t, 1]));
+        extras.push((GIDX, DType::I32, vec![t, shape.c]));
+        extras.push((MASK, DType::F32, vec![t, shape.c]));
+    }
+    if has(|op| matches!(op, Op::Rope { .. })) {
+        let half = g.kv.map_or(0, |kv| kv.head_dim / 2);
+        extras.push((COS, DType::F32, vec![t, half]));
+        extras.push((SIN, DType::F32, vec![t, half]));
+    }
+    if has(|op| matches!(op, Op::CrossAttention { .. })) && shape.slots > 1 {
+        extras.push((MSLOT, DType::I32, vec![t]));
+    }
+    extras
 }
 
 /// The step graph's view of the tab's KV cache: per layer the cache comes in as `__k{l}_in` /
@@ -412,37 +442,35 @@ pub(super) fn kv_name(kind: char, layer: u32, dir: &str) -> String {
 /// (WebNN has no in-place update: the executor swaps two sets of tensors between steps). Each
 /// token reads its own rows through `__gidx [T, C]` (row indices, clamped to rows it wrote) under
 /// the additive `__mask [T, C]`; rope angles come in as `__cos` / `__sin [T, d/2]`, computed in
-/// f64 by the executor.
+/// f64 by the executor. A cross-attention layer reads its memory (`__mk{l}`, `__mv{l}`), which
+/// only `PutMemory` writes: not swapped, never copied by a step.
 struct StepCtx {
     shape: StepShape,
     head_dim: u32,
-    kv_row: MLOperand,
-    gidx: MLOperand,
-    mask: MLOperand,
-    cos: MLOperand,
-    sin: MLOperand,
+    inputs: HashMap<&'static str, MLOperand>,
     outputs: Vec<(String, MLOperand)>,
     logits: Option<MLOperand>,
 }
 
 impl StepCtx {
-    fn declare(bl: &Builder, shape: StepShape, kv: shared_proto::KvDecl, t: u32) -> Result<StepCtx, RemoteError> {
-        let b = &bl.b;
+    fn declare(
+        bl: &Builder,
+        g: &Graph,
+        shape: StepShape,
+        kv: shared_proto::KvDecl,
+        t: u32,
+    ) -> Result<StepCtx, RemoteError> {
         let f = |e| bl.fail(e);
-        let (c, half) = (shape.c, kv.head_dim / 2);
-        let mask = b.input(MASK, &desc(DType::F32, &[t, c])).map_err(f)?;
-        let cos = b.input(COS, &desc(DType::F32, &[t, half])).map_err(f)?;
-        let sin = b.input(SIN, &desc(DType::F32, &[t, half])).map_err(f)?;
-        Ok(StepCtx {
-            shape,
-            head_dim: kv.head_dim,
-            kv_row: b.input(KV_ROW, &desc(DType::I32, &[t, 1])).map_err(f)?,
-            gidx: b.input(GIDX, &desc(DType::I32, &[t, c])).map_err(f)?,
-            mask: b.reshape(&mask, &arr(&[t, 1, 1, c])).map_err(f)?,
-            cos: b.reshape(&cos, &arr(&[t, 1, half, 1])).map_err(f)?,
-            sin: b.reshape(&sin, &arr(&[t, 1, half, 1])).map_err(f)?,
-            outputs: Vec::new(),
-            logits: None,
+        let mut inputs = HashMap::new();
+        for (name, dtype, dims) in step_extras(g, shape, t) {
+            inputs.insert(name, bl.b.input(name, &desc(dtype, &dims)).map_err(f)?);
+        }
+        Ok(StepCtx { shape, head_dim: kv.head_dim, inputs, outputs: Vec::new(), logits: None })
+    }
+
+    fn input(&self, name: &str) -> Result<&MLOperand, RemoteError> {
+        self.inputs.get(name).ok_or_else(|| {
+            RemoteError::new(ErrorKind::Internal, format!("WebNN step graph: extra input {name} not declared"))
         })
     }
 
@@ -458,12 +486,14 @@ impl StepCtx {
             ));
         }
         let half = self.head_dim / 2;
+        let cos = b.reshape(self.input(COS)?, &arr(&[t, 1, half, 1])).map_err(f)?;
+        let sin = b.reshape(self.input(SIN)?, &arr(&[t, 1, half, 1])).map_err(f)?;
         let x4 = b.reshape(x, &arr(&[t, heads, half, 2])).map_err(f)?;
         let x0 = b.slice(&x4, &arr(&[0, 0, 0, 0]), &arr(&[t, heads, half, 1])).map_err(f)?;
         let x1 = b.slice(&x4, &arr(&[0, 0, 0, 1]), &arr(&[t, heads, half, 1])).map_err(f)?;
         let mul = |p: &MLOperand, q: &MLOperand| b.mul(p, q).map_err(f);
-        let o0 = b.sub(&mul(&x0, &self.cos)?, &mul(&x1, &self.sin)?).map_err(f)?;
-        let o1 = b.add(&mul(&x0, &self.sin)?, &mul(&x1, &self.cos)?).map_err(f)?;
+        let o0 = b.sub(&mul(&x0, &cos)?, &mul(&x1, &sin)?).map_err(f)?;
+        let o1 = b.add(&mul(&x0, &sin)?, &mul(&x1, &cos)?).map_err(f)?;
         let pair: Array = [o0, o1].into_iter().map(JsValue::from).collect();
         let y = b.concat(&pair, 3).map_err(f)?;
         b.reshape(&y, &arr(&[t, w])).map_err(f)
@@ -489,8 +519,8 @@ impl StepCtx {
         let mut kv = Vec::new();
         for (kind, new) in [('k', a[1]), ('v', a[2])] {
             let input = b.input(&kv_name(kind, layer, "in"), &cache).map_err(f)?;
-            let out = b.scatter_nd(&input, &self.kv_row, new).map_err(f)?;
-            let rows = b.gather(&out, &self.gidx, &opts(&[("axis", JsValue::from(0))])).map_err(f)?;
+            let out = b.scatter_nd(&input, self.input(KV_ROW)?, new).map_err(f)?;
+            let rows = b.gather(&out, self.input(GIDX)?, &opts(&[("axis", JsValue::from(0))])).map_err(f)?;
             self.outputs.push((kv_name(kind, layer, "out"), out));
             kv.push(b.reshape(&rows, &arr(&[t, c, kv_heads, d])).map_err(f)?);
         }
@@ -501,8 +531,44 @@ impl StepCtx {
         let q = b.reshape(a[0], &arr(&[t, kv_heads, group, d])).map_err(f)?;
         let scores = b.matmul(&q, &kt).map_err(f)?; // [T, kvh, group, C]
         let scores = b.mul(&scores, &bl.scalar(1.0 / (d as f32).sqrt())?).map_err(f)?;
-        let p = b.softmax(&b.add(&scores, &self.mask).map_err(f)?, 3).map_err(f)?;
+        let mask = b.reshape(self.input(MASK)?, &arr(&[t, 1, 1, c])).map_err(f)?;
+        let p = b.softmax(&b.add(&scores, &mask).map_err(f)?, 3).map_err(f)?;
         let ctx = b.matmul(&p, &v).map_err(f)?; // [T, kvh, group, d]
         b.reshape(&ctx, &arr(&[t, heads * d])).map_err(f)
+    }
+
+    /// Each token's query rows over its session's memory, unmasked: the memory tensors hold
+    /// keys already transposed per head (`[slots, heads, d, rows]`) and values `[slots, heads,
+    /// rows, d]` (`memory.rs` lays them out at `PutMemory`), so a step only multiplies. One
+    /// slot broadcasts over the tokens; more are gathered per token by `__mslot`.
+    fn cross(
+        &self,
+        bl: &Builder,
+        q: &MLOperand,
+        s: &[u32],
+        layer: u32,
+        heads: u32,
+        rows: u32,
+    ) -> Result<MLOperand, RemoteError> {
+        let b = &bl.b;
+        let f = |e| bl.fail(e);
+        let (t, w) = (s[0], s[1]);
+        let d = w / heads;
+        let slots = self.shape.slots.max(1);
+        let k = b.input(&mem_name('k', layer), &desc(DType::F32, &[slots, heads, d, rows])).map_err(f)?;
+        let v = b.input(&mem_name('v', layer), &desc(DType::F32, &[slots, heads, rows, d])).map_err(f)?;
+        let (k, v) = if slots == 1 {
+            (k, v)
+        } else {
+            let by_token =
+                |m: &MLOperand| b.gather(m, self.input(MSLOT)?, &opts(&[("axis", JsValue::from(0))])).map_err(f);
+            (by_token(&k)?, by_token(&v)?)
+        };
+        let q = b.reshape(q, &arr(&[t, heads, 1, d])).map_err(f)?;
+        let scores = b.matmul(&q, &k).map_err(f)?; // [T, heads, 1, rows]
+        let scores = b.mul(&scores, &bl.scalar(1.0 / (d as f32).sqrt())?).map_err(f)?;
+        let p = b.softmax(&scores, 3).map_err(f)?;
+        let ctx = b.matmul(&p, &v).map_err(f)?; // [T, heads, 1, d]
+        b.reshape(&ctx, &arr(&[t, w])).map_err(f)
     }
 }

@@ -20,9 +20,12 @@ use super::{NnModel, NnTensor, TensorSet, create_tensor, internal, wasm_view};
 use crate::executors::buckets::{batch_bucket, crop, pad, seq_bucket};
 use crate::executors::{RunOutput, cpu, inputs, shapes};
 
-/// The model's KV cache tensors.
+/// The model's KV cache tensors, for the layers a `CachedAttention` writes (cross-attention
+/// layers hold fixed memories: `memory.rs`).
 pub(super) struct KvTensors {
-    /// Per set, per layer: (keys, values).
+    /// Those layers, ascending.
+    layers: Vec<u32>,
+    /// Per set, per layer of `layers`: (keys, values).
     sets: [Vec<(NnTensor, NnTensor)>; 2],
     /// The set holding the cache as of the last step.
     current: Cell<usize>,
@@ -83,10 +86,23 @@ fn feeds_graph(g: &Graph, i: u32) -> bool {
         let read = match n.op {
             Op::Rope { .. } | Op::Sample => &n.args[..1],
             Op::CachedAttention { .. } => &n.args[..3],
+            Op::CrossAttention { .. } => &n.args[..1],
             _ => &n.args[..],
         };
         read.contains(&i)
     })
+}
+
+/// The cache layers `CachedAttention` nodes write, ascending.
+fn self_layers(g: &Graph) -> Vec<u32> {
+    let mut l: Vec<u32> = g
+        .nodes
+        .iter()
+        .filter_map(|n| if let Op::CachedAttention { layer, .. } = n.op { Some(layer) } else { None })
+        .collect();
+    l.sort_unstable();
+    l.dedup();
+    l
 }
 
 fn rope_base(g: &Graph) -> f32 {
@@ -107,17 +123,18 @@ impl NnModel {
         let width = kv.kv_heads * kv.head_dim;
         let ctx = &self.nn.context;
         let shape = [rows, width];
+        let layers = self_layers(&self.graph);
         let mut sets = Vec::new();
         for _ in 0..2 {
             let all = futures_util::future::try_join_all(
-                (0..kv.layers * 2).map(|_| create_tensor(ctx, DType::F32, &shape, &["readable", "writable"])),
+                (0..layers.len() * 2).map(|_| create_tensor(ctx, DType::F32, &shape, &["readable", "writable"])),
             )
             .await?;
             let mut it = all.into_iter();
-            sets.push((0..kv.layers).map(|_| (it.next().expect("k"), it.next().expect("v"))).collect::<Vec<_>>());
+            sets.push(layers.iter().map(|_| (it.next().expect("k"), it.next().expect("v"))).collect::<Vec<_>>());
         }
         let [a, b]: [Vec<_>; 2] = sets.try_into().map_err(|_| internal("kv", "two sets".into()))?;
-        let made = KvTensors { sets: [a, b], current: Cell::new(0), rows };
+        let made = KvTensors { layers, sets: [a, b], current: Cell::new(0), rows };
         if let Some(old) = old {
             // The old rows move to the new current set; rows past them were never written.
             let from = &old.sets[old.current.get()];
@@ -135,8 +152,8 @@ impl NnModel {
     }
 
     /// Input and output tensors of a step bucket: the graph's inputs, then the step's extra
-    /// inputs (`ops::KV_ROW`, `GIDX`, `MASK`, `COS`, `SIN`); the graph's outputs, then the logits
-    /// when the graph does not output them.
+    /// inputs (`ops::step_extras`); the graph's outputs, then the logits when the graph does not
+    /// output them.
     async fn step_tensors(
         &self,
         bucket: &[Vec<u32>],
@@ -190,24 +207,27 @@ impl NnModel {
         let window = pos.iter().map(|&p| p as u32 + 1).max().unwrap_or(1).next_power_of_two().max(MIN_WINDOW);
         let highest = pos.iter().zip(&start).map(|(&p, &s)| (p + s) as u32).max().unwrap_or(0);
         let kv = self.kv_tensors(kv_rows(highest, kvd.max_tokens)).await?;
-        let shape = StepShape { c: window, rows: kv.rows };
+        // Each token's cross-attention memory slot (a session without one gets a zeroed slot,
+        // as the CPU executor reads zeros from rows no PutMemory wrote).
+        let (mem, mslot) = match self.memory_layout() {
+            Some(layout) => {
+                let (mem, slots) = self.memory_slots(layout, &start).await?;
+                (Some(mem), slots)
+            }
+            None => (None, Vec::new()),
+        };
+        let shape = StepShape { c: window, rows: kv.rows, slots: mem.as_ref().map_or(0, |m| m.slots()) };
         // Input 0 is `ids [T]`, or a stage's `hidden [T, width]`.
         let first: Vec<u32> = std::iter::once(tb).chain(inputs[0].shape.iter().skip(1).copied()).collect();
         let mut bucket: Vec<Vec<u32>> = vec![first, vec![tb], vec![tb], vec![rb], vec![rb, 4]];
         let out_padded = shapes::graph_shapes(g, &bucket)?;
         let real: Vec<Vec<u32>> = inputs.iter().map(|t| t.shape.clone()).collect();
         let out_real = shapes::graph_shapes(g, &real)?;
-        bucket.push(vec![shape.c, shape.rows]);
+        bucket.push(vec![shape.c, shape.rows, shape.slots]);
         let (graph, cached) = self.graph_for(&bucket, &out_padded, Some(shape)).await?;
 
         let half = kvd.head_dim / 2;
-        let extra = [
-            (ops::KV_ROW, DType::I32, vec![tb, 1]),
-            (ops::GIDX, DType::I32, vec![tb, window]),
-            (ops::MASK, DType::F32, vec![tb, window]),
-            (ops::COS, DType::F32, vec![tb, half]),
-            (ops::SIN, DType::F32, vec![tb, half]),
-        ];
+        let extra = ops::step_extras(g, shape, tb);
         let slot = logits_slot(g);
         let vocab = slot.and_then(|_| {
             let sample = g.nodes.iter().find(|n| n.op == Op::Sample)?;
@@ -240,14 +260,26 @@ impl NnModel {
                 sin[ti * half as usize + i] = sn as f32;
             }
         }
-        let extra_data = [i32_bytes(&kv_row), i32_bytes(&gidx), f32_bytes(&mask), f32_bytes(&cos), f32_bytes(&sin)];
+        // Padding tokens read slot 0.
+        let mslot: Vec<i32> = (0..tb as usize).map(|ti| mslot.get(ti).copied().unwrap_or(0)).collect();
+        let extra_data: Vec<Vec<u8>> = extra
+            .iter()
+            .map(|(name, _, _)| match *name {
+                ops::KV_ROW => i32_bytes(&kv_row),
+                ops::GIDX => i32_bytes(&gidx),
+                ops::MASK => f32_bytes(&mask),
+                ops::COS => f32_bytes(&cos),
+                ops::SIN => f32_bytes(&sin),
+                _ => i32_bytes(&mslot),
+            })
+            .collect();
 
         let t0 = js_sys::Date::now();
         let ctx = &self.nn.context;
         let ins = &graph.inputs;
         let names = g.inputs.iter().map(|d| d.name.as_str()).chain(extra.iter().map(|e| e.0));
         let padded = inputs.iter().zip(&bucket).map(|(t, s)| pad(&t.data, &t.shape, s)).chain(extra_data);
-        let bound = (0..g.inputs.len() as u32).map(|i| feeds_graph(g, i)).chain([true; 5]);
+        let bound = (0..g.inputs.len() as u32).map(|i| feeds_graph(g, i)).chain(extra.iter().map(|_| true));
         for (((name, data), tensor), bound) in names.zip(padded).zip(&set.inputs).zip(bound) {
             if !bound {
                 continue;
@@ -261,8 +293,7 @@ impl NnModel {
             Reflect::set(&outs, &name.into(), &tensor.0).map_err(|e| internal("outputs", e))?;
         }
         let cur = kv.current.get();
-        for (l, ((k_in, v_in), (k_out, v_out))) in kv.sets[cur].iter().zip(&kv.sets[1 - cur]).enumerate() {
-            let l = l as u32;
+        for (&l, ((k_in, v_in), (k_out, v_out))) in kv.layers.iter().zip(kv.sets[cur].iter().zip(&kv.sets[1 - cur])) {
             for (name, tensor, target) in [
                 (ops::kv_name('k', l, "in"), k_in, ins),
                 (ops::kv_name('v', l, "in"), v_in, ins),
@@ -271,6 +302,9 @@ impl NnModel {
             ] {
                 Reflect::set(target, &name.into(), &tensor.0).map_err(|e| internal("kv", e))?;
             }
+        }
+        if let Some(mem) = &mem {
+            mem.bind(ins)?;
         }
         ctx.dispatch(&graph.graph, ins, &outs).map_err(|e| internal("dispatch", e))?;
         // Dispatches run in order on the context's timeline: the next step reads what this wrote.
@@ -307,7 +341,7 @@ impl NnModel {
     }
 }
 
-async fn read(ctx: &super::MLContext, t: &NnTensor) -> Result<Vec<u8>, RemoteError> {
+pub(super) async fn read(ctx: &super::MLContext, t: &NnTensor) -> Result<Vec<u8>, RemoteError> {
     let p = ctx.read_tensor(&t.0).map_err(|e| internal("readTensor", e))?;
     Ok(take_bytes(JsFuture::from(p).await.map_err(|e| internal("readTensor", e))?))
 }
