@@ -111,13 +111,25 @@ fn simd128_quantized_linear_converts_every_finite_half_scale() {
 /// The f16 Linear (`half`): the SIMD128 decode kernel (M ≤ 4: halves widened in registers, four
 /// rows at once) and the blocked prefill path (M > 4), against f64 over the same halves, at
 /// Whisper tiny's decoder shapes and a ragged one (N not a multiple of 4, K not of 8); and the
-/// widening itself bit-exact for every finite half (subnormals included).
+/// widening itself bit-exact for every finite half (subnormals included). The decode kernel
+/// scales a row of X by 2¹¹² instead of each half while |x| < 2¹⁵: a row past that (its one
+/// large value meeting zero weights) must give the same bits as the row without it.
 #[wasm_bindgen_test]
 fn simd128_f16_linear_matches_f64_and_widens_every_finite_half() {
     use page_runtime::executors::cpu::half;
     use shared_proto::quant::f32_to_f16;
+    let to_halves = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&v| f32_to_f16(v * 0.1).to_le_bytes()).collect() };
+    let (k, n) = (388, 12);
+    let mut wv = noise(n * k, 77);
+    (0..n).for_each(|j| wv[j * k + 5] = 0.0);
+    let w = to_halves(&wv);
+    let small: Vec<f32> = noise(k, 78).iter().map(|v| v * 100.0).collect();
+    let mut large = small.clone();
+    large[5] = 40000.0;
+    let (a, b) = (half::linear(&small, &w, None, 1, k, n), half::linear(&large, &w, None, 1, k, n));
+    assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     for (m, k, n) in [(1, 384, 64), (1, 1536, 38), (3, 384, 13), (2, 44, 7), (6, 384, 21)] {
-        let w: Vec<u8> = noise(n * k, 3 + n as u64).iter().flat_map(|&v| f32_to_f16(v * 0.1).to_le_bytes()).collect();
+        let w = to_halves(&noise(n * k, 3 + n as u64));
         let x = noise(m * k, 9 + k as u64);
         let bias = noise(n, 4);
         let got = half::linear(&x, &w, Some(&bias), m, k, n);

@@ -68,11 +68,31 @@ fn decode_rows(x: &[f32], w: &[u8], bias: Option<&[f32]>, y: &mut [f32], (m, k, 
         return 0;
     }
     let quads = n / 4 * 4;
+    let mut scaled = vec![0f32; k];
     for (i, y_row) in y.chunks_exact_mut(n).enumerate() {
+        // The widening leaves each half 2¹¹² too small; scaling x by 2¹¹² instead (exact, a
+        // power of two, while |x| < 2¹⁵ keeps it finite) saves a multiply per weight. Each
+        // product is then the same real number, so the same f32: the sums are unchanged.
+        let row = &x[i * k..(i + 1) * k];
+        let prescale = row.iter().all(|v| v.abs() < 32768.0);
+        if prescale {
+            // The last k mod 8 values stay as they are: `dot4` widens those halves one by one.
+            for (at, (s, v)) in scaled.iter_mut().zip(row).enumerate() {
+                *s = if at < k / 8 * 8 { v * f32::from_bits((127 + 112) << 23) } else { *v };
+            }
+        }
         for j in (0..quads).step_by(4) {
-            // SAFETY: row i of x has k floats, rows j..j + 4 of w (j + 4 ≤ n) have k halves each
-            // (lengths asserted by `linear`), and y_row[j..j + 4] is inside the row.
-            unsafe { simd128::dot4(x.as_ptr().add(i * k), w.as_ptr().add(2 * j * k), k, y_row.as_mut_ptr().add(j)) };
+            // SAFETY: row i of x (and `scaled`) has k floats, rows j..j + 4 of w (j + 4 ≤ n)
+            // have k halves each (lengths asserted by `linear`), and y_row[j..j + 4] is inside
+            // the row.
+            unsafe {
+                let (wj, yj) = (w.as_ptr().add(2 * j * k), y_row.as_mut_ptr().add(j));
+                if prescale {
+                    simd128::dot4::<false>(scaled.as_ptr(), wj, k, yj);
+                } else {
+                    simd128::dot4::<true>(row.as_ptr(), wj, k, yj);
+                }
+            }
         }
         if let Some(b) = bias {
             for (v, b) in y_row[..quads].iter_mut().zip(b) {
@@ -114,14 +134,21 @@ mod simd128 {
     /// half becomes an f32 subnormal, which wasm keeps), and one multiply rescales.
     #[inline(always)]
     fn halves8(h: v128) -> (v128, v128) {
+        let (a, b) = halves8_small(h);
+        let s = f32x4_splat(f32::from_bits((127 + 112) << 23));
+        (f32x4_mul(a, s), f32x4_mul(b, s))
+    }
+
+    /// [`halves8`] without its rescale: each value 2¹¹² too small.
+    #[inline(always)]
+    fn halves8_small(h: v128) -> (v128, v128) {
         // Low 16 bits of each f32: the mantissa's last 3 bits; high 16: sign, 3 zeros, the
         // exponent and the mantissa's first 7 bits.
         let lo = i16x8_shl(h, 13);
         let hi = v128_and(i16x8_shr(h, 3), i16x8_splat(0x8fffu16 as i16));
         let a = i8x16_shuffle::<0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23>(lo, hi);
         let b = i8x16_shuffle::<8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31>(lo, hi);
-        let s = f32x4_splat(f32::from_bits((127 + 112) << 23));
-        (f32x4_mul(a, s), f32x4_mul(b, s))
+        (a, b)
     }
 
     /// `y[r] = x · w_r` for four consecutive rows of `k` halves at `w`: the halves widened in
@@ -129,10 +156,13 @@ mod simd128 {
     /// four rows. Written with raw pointers: bounds checks and a lane-by-lane reduction made
     /// the first, slice-based version 2× slower than the f32 kernel on cache-resident rows.
     ///
+    /// With `RESCALE` false, `x` must be the row scaled by 2¹¹² (the halves are left 2¹¹² too
+    /// small) except for the last `k mod 8` values, which are widened one by one.
+    ///
     /// # Safety
     /// `x` points at `k` floats, `w` at `4·k` halves, `y` at 4 floats.
     #[inline(always)]
-    pub unsafe fn dot4(x: *const f32, w: *const u8, k: usize, y: *mut f32) {
+    pub unsafe fn dot4<const RESCALE: bool>(x: *const f32, w: *const u8, k: usize, y: *mut f32) {
         // SAFETY (whole body): every offset stays inside the extents the caller guarantees.
         unsafe {
             let mut acc = [f32x4_splat(0.0); 8];
@@ -142,7 +172,8 @@ mod simd128 {
                 let x0 = v128_load(x.add(i) as *const v128);
                 let x1 = v128_load(x.add(i + 4) as *const v128);
                 for r in 0..4 {
-                    let (a, b) = halves8(v128_load(rows[r].add(2 * i) as *const v128));
+                    let h = v128_load(rows[r].add(2 * i) as *const v128);
+                    let (a, b) = if RESCALE { halves8(h) } else { halves8_small(h) };
                     acc[2 * r] = f32x4_add(acc[2 * r], f32x4_mul(a, x0));
                     acc[2 * r + 1] = f32x4_add(acc[2 * r + 1], f32x4_mul(b, x1));
                 }
