@@ -27,6 +27,28 @@ if [ "$wasm_opt" = true ]; then
 fi
 echo "page built: $(du -h "$out_dir/${crate}_bg.wasm" | cut -f1) $out_dir/${crate}_bg.wasm"
 
+# The threaded build, for cross-origin isolated pages asked for &threads=N (www/main.js picks
+# it; www/worker.js runs its kernel threads): wasm atomics and shared memory need std rebuilt
+# with them (-Z build-std on the nightly toolchain with rust-src, both from scripts/setup.sh).
+# Its own target dir: other flags, another compiler.
+threads_dir="$(dirname "$out_dir")/pkg-threads"
+if rustc +nightly --version >/dev/null 2>&1 && [ -d "$(rustc +nightly --print sysroot)/lib/rustlib/src/rust/library" ]; then
+  # Shared memory imported from the page (workers instantiate on it), with the TLS exports
+  # wasm-bindgen's thread support sets up each thread with; at most 2 GiB.
+  link="--shared-memory --max-memory=2147483648 --import-memory --export=__wasm_init_tls"
+  link="$link --export=__tls_size --export=__tls_align --export=__tls_base"
+  RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 $(printf -- '-C link-arg=%s ' $link)" \
+    cargo +nightly build -p "$crate" --lib --target wasm32-unknown-unknown $flag \
+    -Z build-std=std,panic_abort --target-dir "$target_dir/threads"
+  rm -rf "$threads_dir"
+  wasm-bindgen --target "$target" --out-dir "$threads_dir" --no-typescript \
+    "$target_dir/threads/wasm32-unknown-unknown/$dir/$crate.wasm"
+  echo "threaded page built: $(du -h "$threads_dir/${crate}_bg.wasm" | cut -f1) $threads_dir/${crate}_bg.wasm"
+else
+  rm -rf "$threads_dir"
+  echo "no nightly toolchain with rust-src: no threaded build (tabs run one thread); scripts/setup.sh installs them" >&2
+fi
+
 # The npm package @tabpool/runtime: the same crate with its library API (`--features api`: models
 # built in the page, the tokenizer with them), wrapped by page_runtime/npm/index.js, into
 # $out_dir/npm (www/examples import it from there; `npm pack` packs that folder).

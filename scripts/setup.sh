@@ -47,6 +47,14 @@ if [ $full = 1 ]; then
   for c in clippy rustfmt; do
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
   done
+  # The threaded page build (scripts/build-page.sh): std rebuilt with wasm atomics needs a
+  # nightly toolchain and its sources. Not for --demo: its tabs run the single-thread build.
+  if ! rustc +nightly --version >/dev/null 2>&1; then
+    log "rustup toolchain install nightly (the threaded page build)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  rustup component list --toolchain nightly --installed | grep -q "^rust-src" ||
+    rustup component add rust-src --toolchain nightly
 fi
 
 # The CLI must match the wasm-bindgen crate exactly (Cargo.lock). No --locked: with it,

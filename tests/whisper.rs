@@ -16,8 +16,9 @@ fn reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(format!("{DIR}whisper_tiny_en.json")).unwrap()).unwrap()
 }
 
-/// Runs `tabpool transcribe --json ARGS… both clips`; checks every file; returns (backend, tabs).
-fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
+/// Runs `tabpool transcribe --json ARGS… both clips`; checks every file; returns (backend, tabs)
+/// and the decoder tab's threads (as `threads`).
+fn transcribes_the_reference_on(args: &[&str]) -> (String, usize, u64) {
     let refj = reference();
     let cases = refj["cases"].as_array().unwrap();
     let files: Vec<String> = cases.iter().map(|c| format!("{DIR}{}", c["file"].as_str().unwrap())).collect();
@@ -43,7 +44,16 @@ fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
         assert!(g["rtf"].as_f64().is_some_and(|r| r > 0.0));
         eprintln!("{args:?} {}: rtf {:.3} on {}", c["file"], g["rtf"].as_f64().unwrap(), v["backend"]);
     }
-    (v["backend"].as_str().unwrap().to_string(), v["tabs"].as_array().unwrap().len())
+    let threads = v["threads"].as_u64().unwrap();
+    (v["backend"].as_str().unwrap().to_string(), v["tabs"].as_array().unwrap().len(), threads)
+}
+
+/// [`transcribes_the_reference_on`] on one thread per tab (`--threads 1`): (backend, tabs).
+fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
+    let args: Vec<&str> = args.iter().copied().chain(["--threads", "1"]).collect();
+    let (backend, tabs, threads) = transcribes_the_reference_on(&args);
+    assert_eq!(threads, 1);
+    (backend, tabs)
 }
 
 #[test]
@@ -68,6 +78,18 @@ fn webnn_decoder_transcribes_the_reference_clips() {
     let _procs = support::process_guard();
     let args = ["--backend", "webnn", "--decoder-backend", "webnn"];
     assert_eq!(transcribes_the_reference(&args), ("webnn-cpu".into(), 1));
+}
+
+/// The threaded runtime (`--threads 2`: the page cross-origin isolated, two kernel threads
+/// sharing the tab's wasm memory): the same ids as on one thread, for the f32 and the f16
+/// decoder.
+#[test]
+fn two_thread_tab_transcribes_the_reference_clips() {
+    let _procs = support::process_guard();
+    for extra in [&[][..], &["--compact-decoder"][..]] {
+        let args: Vec<&str> = ["--backend", "webnn", "--threads", "2"].iter().chain(extra).copied().collect();
+        assert_eq!(transcribes_the_reference_on(&args), ("webnn-cpu+wasm-cpu".into(), 1, 2));
+    }
 }
 
 #[test]

@@ -81,6 +81,8 @@ pub struct Host {
     joined: Option<tokio::sync::mpsc::UnboundedReceiver<crate::server::socket::Joined>>,
     /// This host's random id, asked of every Grid session as `tabpool:owner`.
     owner: String,
+    /// Threads the next tabs' pages ask for (`&threads=N`; `policy::threads`).
+    tab_threads: u32,
 }
 
 /// A tab the host expects: its id, secret and page URL. [`Host::launch_tab`] uses this; tests use
@@ -135,6 +137,7 @@ impl Host {
             advertised,
             joined,
             owner: format!("{:016x}", rand::random::<u64>()),
+            tab_threads: 1,
         })
     }
 
@@ -172,6 +175,13 @@ impl Host {
         self.joined.take()
     }
 
+    /// Threads each tab launched from now on asks for (1: the single-thread runtime). A page
+    /// gets them only where it is cross-origin isolated and the threaded build exists; the tab
+    /// reports what it got (`Capabilities::threads`).
+    pub fn set_tab_threads(&mut self, threads: u32) {
+        self.tab_threads = threads.max(1);
+    }
+
     /// Register a tab id with a fresh 128-bit secret; the page URL carries both.
     pub fn expect_tab(&mut self) -> PendingTab {
         let id = self.registry.next_tab.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -182,7 +192,11 @@ impl Host {
             .lock()
             .expect("registry lock")
             .insert(id, Expected { token: token.clone(), arrived: tx });
-        let url = format!("{}/index.html?ws={}&token={token}&tab={id}", self.origin(), urlencode(&self.socket_url()));
+        let mut url =
+            format!("{}/index.html?ws={}&token={token}&tab={id}", self.origin(), urlencode(&self.socket_url()));
+        if self.tab_threads > 1 {
+            url.push_str(&format!("&threads={}", self.tab_threads));
+        }
         PendingTab { id, token, url, arrived: rx }
     }
 

@@ -126,6 +126,10 @@ enum Command {
         /// a slower decode (the tab's wasm widens each half as it reads). Default: f32 there.
         #[arg(long)]
         compact_decoder: bool,
+        /// Threads per tab for its wasm CPU executor (default: this machine's cores shared
+        /// among the tabs; 1 runs the single-thread build).
+        #[arg(long)]
+        threads: Option<u32>,
         /// 2: the encoder in one tab and the decoder in another (with --strategy component).
         #[arg(long, default_value_t = 1)]
         shards: u32,
@@ -560,8 +564,9 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Transcribe { backend, decoder_backend, compact_decoder, shards, strategy, json, files } => {
-            let args = transcribe::Args { backend, decoder_backend, compact_decoder, shards, strategy, json, files };
+        Command::Transcribe { backend, decoder_backend, compact_decoder, threads, shards, strategy, json, files } => {
+            let args =
+                transcribe::Args { backend, decoder_backend, compact_decoder, threads, shards, strategy, json, files };
             transcribe::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Transcribe { reps, peers, peers_wasm, json } } => {

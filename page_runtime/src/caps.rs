@@ -22,7 +22,8 @@ pub async fn probe() -> (Capabilities, Option<WebGpuExecutor>) {
         Err(caps) => (caps, None),
     };
     let webnn = probe_webnn(&nav).await;
-    (Capabilities { user_agent, hardware_concurrency, device_memory_gib, webgpu, webnn }, executor)
+    let threads = crate::executors::cpu::threads() as u32;
+    (Capabilities { user_agent, hardware_concurrency, device_memory_gib, webgpu, webnn, threads }, executor)
 }
 
 async fn probe_webnn(nav: &JsValue) -> WebNnCaps {

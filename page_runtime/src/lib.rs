@@ -2,6 +2,10 @@
 //! can do, and serves kernel requests on WebGPU. The CPU executor also compiles natively: the
 //! host uses it as its fallback and as the reference in tests.
 
+// The threaded build (nightly, -Z build-std: `scripts/build-page.sh`) sleeps its workers with
+// `memory.atomic.wait32`, whose intrinsic is still unstable.
+#![cfg_attr(all(target_arch = "wasm32", target_feature = "atomics"), feature(stdarch_wasm_atomic_wait))]
+
 pub mod executors;
 pub mod sessions;
 

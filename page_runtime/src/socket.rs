@@ -27,6 +27,14 @@ pub struct Socket {
 
 impl Socket {
     pub fn send(&self, bytes: &[u8]) -> Result<(), String> {
+        // `WebSocket.send` refuses a view of shared memory (the threaded build's): a copy.
+        #[cfg(target_feature = "atomics")]
+        {
+            let copy = Uint8Array::new_with_length(bytes.len() as u32);
+            copy.copy_from(bytes);
+            self.ws.send_with_js_u8_array(&copy).map_err(js_text)
+        }
+        #[cfg(not(target_feature = "atomics"))]
         self.ws.send_with_u8_array(bytes).map_err(js_text)
     }
 

@@ -10,6 +10,9 @@ pub struct Capabilities {
     pub device_memory_gib: Option<f64>,
     pub webgpu: WebGpuCaps,
     pub webnn: WebNnCaps,
+    /// Threads the tab's CPU executor spreads kernels over: 1, or the main thread and its
+    /// workers in the threaded build (a cross-origin isolated page asked for `threads=N`).
+    pub threads: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -66,6 +66,7 @@ fn arb_to_host() -> impl Strategy<Value = ToHost> {
                         api_present: webnn,
                         contexts: vec![WebNnContextProbe { device_type: "cpu".into(), ok: webnn, error: None }],
                     },
+                    threads: 1,
                 },
             }))
         },

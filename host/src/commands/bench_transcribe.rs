@@ -48,18 +48,28 @@ struct Setup {
     decoder: Backend,
     two_tabs: bool,
     weights: Preference,
+    /// Threads each tab asks for (`policy::threads`; the row says what the tab got).
+    threads: u32,
 }
 
 const FAST: Preference = Preference::Fastest;
 
-const SETUPS: [Setup; 5] = [
-    Setup { name: "host cpu executor", encoder: Backend::Cpu, decoder: Backend::Cpu, two_tabs: false, weights: FAST },
+const SETUPS: [Setup; 7] = [
+    Setup {
+        name: "host cpu executor",
+        encoder: Backend::Cpu,
+        decoder: Backend::Cpu,
+        two_tabs: false,
+        weights: FAST,
+        threads: 1,
+    },
     Setup {
         name: "tab wasm-cpu",
         encoder: Backend::WasmCpu,
         decoder: Backend::WasmCpu,
         two_tabs: false,
         weights: FAST,
+        threads: 1,
     },
     Setup {
         name: "tab webnn encoder + wasm-cpu decoder",
@@ -67,6 +77,7 @@ const SETUPS: [Setup; 5] = [
         decoder: Backend::WasmCpu,
         two_tabs: false,
         weights: FAST,
+        threads: 1,
     },
     Setup {
         name: "2 tabs: webnn encoder, wasm-cpu decoder",
@@ -74,6 +85,7 @@ const SETUPS: [Setup; 5] = [
         decoder: Backend::WasmCpu,
         two_tabs: true,
         weights: FAST,
+        threads: 1,
     },
     Setup {
         name: "tab webnn encoder + wasm-cpu decoder, f16 kept (--compact-decoder)",
@@ -81,6 +93,23 @@ const SETUPS: [Setup; 5] = [
         decoder: Backend::WasmCpu,
         two_tabs: false,
         weights: Preference::Compact,
+        threads: 1,
+    },
+    Setup {
+        name: "tab webnn encoder + wasm-cpu decoder, 2 threads",
+        encoder: Backend::Webnn,
+        decoder: Backend::WasmCpu,
+        two_tabs: false,
+        weights: FAST,
+        threads: 2,
+    },
+    Setup {
+        name: "tab webnn encoder + wasm-cpu decoder, f16 kept, 2 threads",
+        encoder: Backend::Webnn,
+        decoder: Backend::WasmCpu,
+        two_tabs: false,
+        weights: Preference::Compact,
+        threads: 2,
     },
 ];
 
@@ -141,8 +170,21 @@ async fn place(
     if s.encoder == Backend::Cpu {
         return Ok((Transcriber::on_host(model)?, vec![], None));
     }
-    let et = launch_for(host, s.encoder).await?;
-    let dt = if s.two_tabs { launch_for(host, s.decoder).await? } else { et.clone() };
+    host.set_tab_threads(s.threads);
+    let launched = async {
+        let et = launch_for(host, s.encoder).await?;
+        let dt = if s.two_tabs { launch_for(host, s.decoder).await? } else { et.clone() };
+        anyhow::Ok((et, dt))
+    }
+    .await;
+    host.set_tab_threads(1);
+    let (et, dt) = launched?;
+    anyhow::ensure!(
+        et.caps().threads == s.threads,
+        "asked for {} threads, the tab runs {} (is the page cross-origin isolated and the threaded build present?)",
+        s.threads,
+        et.caps().threads
+    );
     let tabs: Vec<u64> = if s.two_tabs { vec![et.id(), dt.id()] } else { vec![et.id()] };
     collect_garbage(host, &tabs).await;
     let empty = settled(|| tab_pids(host, &tabs)).await;

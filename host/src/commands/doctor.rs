@@ -170,6 +170,7 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
                     lines.push(format!("{name:<15} ok       tab started and joined in {ms:.0} ms"));
                     lines.push(format!("  browser     {}", caps.user_agent));
                     lines.push(format!("  cores       {} (navigator.hardwareConcurrency)", caps.hardware_concurrency));
+                    lines.push(format!("  threads     {} (the tab's CPU executor)", caps.threads));
                     lines.push(format!("  WebGPU      {}", adapter_line(&caps)));
                     for (n, v) in &caps.webgpu.limits {
                         lines.push(format!("    {n:<36} {v}"));

@@ -14,6 +14,7 @@ use crate::models::whisper::Whisper;
 use crate::models::whisper::audio;
 use crate::policy::backend_choice::Backend;
 use crate::policy::sharding::Strategy;
+use crate::policy::threads;
 use crate::policy::weight_form::Preference;
 
 pub struct Args {
@@ -22,6 +23,8 @@ pub struct Args {
     pub decoder_backend: Backend,
     /// f16 decoder weights on a CPU executor too (`policy::weight_form`).
     pub compact_decoder: bool,
+    /// Threads per tab; `None`: `policy::threads` over this machine's cores.
+    pub threads: Option<u32>,
     pub shards: u32,
     pub strategy: Strategy,
     pub json: bool,
@@ -71,6 +74,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         Transcriber::on_host(model)?
     } else {
         let weights = if args.compact_decoder { Preference::Compact } else { Preference::Fastest };
+        host.set_tab_threads(
+            args.threads.unwrap_or_else(|| threads::per_tab(threads::local_cores(), args.shards as usize)),
+        );
         let placement = TabPlacement { encoder: enc, decoder: dec, two_tabs: args.shards == 2, weights };
         Transcriber::place(host, model, placement).await?
     };
@@ -99,7 +105,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                 json!({ "path": p.display().to_string(), "ids": t.ids, "text": t.text, "windows": windows, "rtf": t.rtf(), "ms": ms })
             })
             .collect();
-        let out = json!({ "files": files, "backend": t.backend(), "tabs": t.tabs() });
+        let out = json!({ "files": files, "backend": t.backend(), "tabs": t.tabs(), "threads": t.decoder_threads() });
         println!("{}", serde_json::to_string(&out)?);
     } else {
         let rtf: Vec<String> = done.iter().map(|t| format!("{:.3}", t.rtf())).collect();

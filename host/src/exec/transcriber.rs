@@ -338,6 +338,12 @@ impl Transcriber {
         t
     }
 
+    /// Threads the decoder's tab runs its CPU executor on (`Capabilities::threads`; 1 on the
+    /// host, whose executor spreads over rayon's threads).
+    pub fn decoder_threads(&self) -> u32 {
+        self.decoder_tab().map_or(1, |t| t.caps().threads)
+    }
+
     /// Transcribe 16 kHz mono samples.
     pub async fn transcribe(&mut self, samples: Arc<Vec<f32>>) -> anyhow::Result<Transcript> {
         self.run(samples, &[], None).await

@@ -13,6 +13,7 @@ pub mod scaling;
 pub mod sharding;
 pub mod speech_split;
 pub mod step_batching;
+pub mod threads;
 pub mod trend;
 pub mod verification;
 pub mod weight_form;

@@ -48,6 +48,10 @@ async fn file(root: &Path, url_path: &str) -> Response {
     match tokio::fs::read(&path).await {
         Ok(bytes) => Response::builder()
             .header(header::CONTENT_TYPE, content_type(&path))
+            // Cross-origin isolated: a page may then share wasm memory with its workers (the
+            // threaded runtime, `&threads=N`); everything it loads is from this origin.
+            .header("cross-origin-opener-policy", "same-origin")
+            .header("cross-origin-embedder-policy", "require-corp")
             // A rebuilt runtime must never be shadowed by a cached one.
             .header(header::CACHE_CONTROL, "no-store")
             .body(Body::from(bytes))

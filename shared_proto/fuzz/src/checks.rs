@@ -478,6 +478,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
                 WebNnContextProbe { device_type: "npu".into(), ok: false, error: Some("NotSupportedError".into()) },
             ],
         },
+        threads: 2,
     };
     let hello = |caps| {
         ToHost::Hello(Box::new(Hello { protocol_version: PROTOCOL_VERSION, tab_id: 3, token: "0123abcd".into(), caps }))

@@ -44,6 +44,14 @@ pub fn linear(x: &[f32], w: &[u8], bias: Option<&[f32]>, m: usize, k: usize, n: 
     if k == 0 {
         return matmul::linear(x, &[], bias, m, k, n);
     }
+    // Over threads by ranges of W's rows (multiples of 4: the decode kernel's quads).
+    super::par::columns(m, n, 4, m * n * k, |j0, j1| {
+        linear_range(x, &w[2 * j0 * k..2 * j1 * k], bias.map(|b| &b[j0..j1]), m, k, j1 - j0)
+    })
+}
+
+/// [`linear`] on one thread.
+fn linear_range(x: &[f32], w: &[u8], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];
     let done = decode_rows(x, w, bias, &mut y, (m, k, n));
     // The f32 kernel's blocks of rows, widened first: one row at a time for a decode step

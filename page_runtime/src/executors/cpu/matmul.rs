@@ -41,6 +41,14 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(w.len(), n * k, "W is not {n}x{k}");
+    // Over threads by ranges of W's rows: each output is the same dot in either case.
+    super::par::columns(m, n, 4, m * n * k, |j0, j1| {
+        linear_range(x, &w[j0 * k..j1 * k], bias.map(|b| &b[j0..j1]), m, k, j1 - j0)
+    })
+}
+
+/// [`linear`] on one thread.
+fn linear_range(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];
     let block = block_rows(k, n);
     for j0 in (0..n).step_by(block) {

@@ -10,6 +10,10 @@ mod graph;
 pub mod half;
 mod matmul;
 mod par;
+pub use par::threads;
+/// The tab's worker threads (the threaded build only).
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub mod pool;
 pub mod quantized;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod quantized_simd128;
