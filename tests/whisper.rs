@@ -50,7 +50,7 @@ fn transcribes_the_reference_on(args: &[&str]) -> (String, usize, u64) {
 
 /// [`transcribes_the_reference_on`] on one thread per tab (`--threads 1`): (backend, tabs).
 fn transcribes_the_reference(args: &[&str]) -> (String, usize) {
-    let args: Vec<&str> = args.iter().copied().chain(["--threads", "1"]).collect();
+    let args: Vec<&str> = args.iter().copied().chain(["--tab-threads", "1"]).collect();
     let (backend, tabs, threads) = transcribes_the_reference_on(&args);
     assert_eq!(threads, 1);
     (backend, tabs)
@@ -87,7 +87,7 @@ fn webnn_decoder_transcribes_the_reference_clips() {
 fn two_thread_tab_transcribes_the_reference_clips() {
     let _procs = support::process_guard();
     for extra in [&[][..], &["--compact-decoder"][..]] {
-        let args: Vec<&str> = ["--backend", "webnn", "--threads", "2"].iter().chain(extra).copied().collect();
+        let args: Vec<&str> = ["--backend", "webnn", "--tab-threads", "2"].iter().chain(extra).copied().collect();
         assert_eq!(transcribes_the_reference_on(&args), ("webnn-cpu+wasm-cpu".into(), 1, 2));
     }
 }

@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub tab_timeout: Duration,
     /// Take tabs that pages lend (`serve --join`), admitted by the join tokens in this file.
     pub join: Option<PathBuf>,
+    /// Threads per launched tab (`--tab-threads`); `None`: one, unless a command sizes them.
+    pub tab_threads: Option<u32>,
 }
 
 impl Default for HostConfig {
@@ -56,6 +58,7 @@ impl Default for HostConfig {
             extra_flags: Vec::new(),
             tab_timeout: Duration::from_secs(60),
             join: None,
+            tab_threads: None,
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct PendingTab {
 impl Host {
     /// Bind both listeners on 127.0.0.1. Fails if the page is not built.
     pub async fn start(cfg: HostConfig) -> anyhow::Result<Host> {
+        let tab_threads = cfg.tab_threads.unwrap_or(1).max(1);
         let www = paths::www_dir(cfg.www.as_deref())?;
         let (http_addr, http_task) = http::serve(www, cfg.bind).await.context("starting the HTTP server")?;
         let advertised = url_host(&match (&cfg.advertise, cfg.bind) {
@@ -137,7 +141,7 @@ impl Host {
             advertised,
             joined,
             owner: format!("{:016x}", rand::random::<u64>()),
-            tab_threads: 1,
+            tab_threads,
         })
     }
 
@@ -180,6 +184,11 @@ impl Host {
     /// reports what it got (`Capabilities::threads`).
     pub fn set_tab_threads(&mut self, threads: u32) {
         self.tab_threads = threads.max(1);
+    }
+
+    /// The threads per tab the user asked for (`--tab-threads`), if any.
+    pub fn tab_threads_asked(&self) -> Option<u32> {
+        self.cfg.tab_threads
     }
 
     /// Register a tab id with a fresh 128-bit secret; the page URL carries both.

@@ -48,6 +48,11 @@ struct Cli {
     /// Seconds a tab may take to load and join.
     #[arg(long, global = true, default_value_t = 60)]
     tab_timeout: u64,
+    /// Threads per tab for its wasm CPU executor (the threaded runtime in a cross-origin
+    /// isolated page; 1: the single-thread build). Default: transcribe shares this machine's
+    /// cores among its tabs; the other commands run one thread per tab.
+    #[arg(long, global = true)]
+    tab_threads: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -126,10 +131,6 @@ enum Command {
         /// a slower decode (the tab's wasm widens each half as it reads). Default: f32 there.
         #[arg(long)]
         compact_decoder: bool,
-        /// Threads per tab for its wasm CPU executor (default: this machine's cores shared
-        /// among the tabs; 1 runs the single-thread build).
-        #[arg(long)]
-        threads: Option<u32>,
         /// 2: the encoder in one tab and the decoder in another (with --strategy component).
         #[arg(long, default_value_t = 1)]
         shards: u32,
@@ -564,9 +565,8 @@ async fn run_command(host: &mut Host, command: Command) -> anyhow::Result<()> {
         Command::Embed { backend, recalibrate, json, texts } => {
             embed::run(host, embed::Args { backend, recalibrate, json, texts }).await
         }
-        Command::Transcribe { backend, decoder_backend, compact_decoder, threads, shards, strategy, json, files } => {
-            let args =
-                transcribe::Args { backend, decoder_backend, compact_decoder, threads, shards, strategy, json, files };
+        Command::Transcribe { backend, decoder_backend, compact_decoder, shards, strategy, json, files } => {
+            let args = transcribe::Args { backend, decoder_backend, compact_decoder, shards, strategy, json, files };
             transcribe::run(host, args).await
         }
         Command::Bench { what: BenchWhat::Transcribe { reps, peers, peers_wasm, json } } => {
@@ -642,6 +642,7 @@ async fn main() -> ExitCode {
         extra_flags: cli.browser_flags,
         tab_timeout: Duration::from_secs(cli.tab_timeout),
         join: None,
+        tab_threads: cli.tab_threads,
     };
     let result = match cli.command {
         Command::Token(args) => token::run(args),

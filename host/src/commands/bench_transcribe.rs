@@ -177,7 +177,7 @@ async fn place(
         anyhow::Ok((et, dt))
     }
     .await;
-    host.set_tab_threads(1);
+    host.set_tab_threads(host.tab_threads_asked().unwrap_or(1));
     let (et, dt) = launched?;
     anyhow::ensure!(
         et.caps().threads == s.threads,

@@ -23,8 +23,6 @@ pub struct Args {
     pub decoder_backend: Backend,
     /// f16 decoder weights on a CPU executor too (`policy::weight_form`).
     pub compact_decoder: bool,
-    /// Threads per tab; `None`: `policy::threads` over this machine's cores.
-    pub threads: Option<u32>,
     pub shards: u32,
     pub strategy: Strategy,
     pub json: bool,
@@ -74,9 +72,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         Transcriber::on_host(model)?
     } else {
         let weights = if args.compact_decoder { Preference::Compact } else { Preference::Fastest };
-        host.set_tab_threads(
-            args.threads.unwrap_or_else(|| threads::per_tab(threads::local_cores(), args.shards as usize)),
-        );
+        if host.tab_threads_asked().is_none() {
+            host.set_tab_threads(threads::per_tab(threads::local_cores(), args.shards as usize));
+        }
         let placement = TabPlacement { encoder: enc, decoder: dec, two_tabs: args.shards == 2, weights };
         Transcriber::place(host, model, placement).await?
     };
