@@ -169,3 +169,29 @@ async fn greedy_on_webnn_equals_the_reference() {
     d.stop().await;
     host.shutdown().await;
 }
+
+/// The threaded runtime (two kernel threads sharing the tab's wasm memory: the block-quantized
+/// Linear and attention split by rows): the reference's greedy ids, each case alone and both in
+/// shared steps (rows of two sessions in one kernel call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_on_two_threads_equals_the_reference() {
+    let _procs = support::process_guard();
+    let cfg = tabpool::HostConfig { tab_threads: Some(2), ..tabpool::HostConfig::default() };
+    let mut host = tabpool::Host::start(cfg).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let m = SmolLm2::load(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let cases = support::smollm2_reference();
+    let tab = host.launch_tab().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(tab.caps().threads, 2, "a cross-origin isolated page with the threaded build");
+    let limits = placement::kv_limits(&m, 2);
+    let stepper = placement::load_in(&tab, &m, Backend::WasmCpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let d = Decoder::start(Arc::new(stepper), StepLimits::default(), None);
+    for c in &cases {
+        assert_eq!(greedy_all(&m, &d, std::slice::from_ref(c)).await[0], with_stop(c), "alone: {:?}", c.user);
+    }
+    let both = greedy_all(&m, &d, &cases).await;
+    for (ids, c) in both.iter().zip(&cases) {
+        assert_eq!(*ids, with_stop(c), "in shared steps: {:?}", c.user);
+    }
+    d.stop().await;
+    host.shutdown().await;
+}
