@@ -237,6 +237,31 @@ impl TabModel {
         }
     }
 
+    /// Write an encoder's outputs (keys, values per layer, `[1, rows, width]` each) as a
+    /// session's memory (`Request::EncodeIntoMemory`). The CPU executor takes them as they
+    /// are; the others get them assembled into one memory, as `PutMemory` carries it.
+    pub async fn put_memory_outputs(
+        &self,
+        first_layer: usize,
+        start: usize,
+        outputs: &[Tensor],
+    ) -> Result<u64, RemoteError> {
+        match self {
+            TabModel::Cpu(c) => {
+                let m = c.model.borrow().clone().ok_or_else(|| unsupported("weights incomplete".into()))?;
+                m.put_memory_outputs(first_layer, start, outputs)
+            }
+            _ => {
+                let rows = outputs.first().and_then(|t| t.shape.get(1).copied()).unwrap_or(0);
+                let width = outputs.first().and_then(|t| t.shape.get(2).copied()).unwrap_or(0);
+                let data: Vec<u8> = outputs.iter().flat_map(|t| t.data.iter().copied()).collect();
+                let shape = vec![outputs.len() as u32 / 2, 2, rows, width];
+                let memory = Tensor { dtype: shared_proto::DType::F32, shape, data: data.into() };
+                self.put_memory(first_layer, start, &memory).await
+            }
+        }
+    }
+
     pub async fn run(&self, inputs: &[Tensor]) -> Result<RunOutput, RemoteError> {
         match self {
             TabModel::Gpu(m, ex) => m.run(ex, inputs).await,

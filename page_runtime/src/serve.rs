@@ -395,6 +395,25 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             let bytes = m.put_memory(first_layer as usize, start as usize, memory).await?;
             (Ok(Reply::MemoryStored { bytes }), Vec::new())
         }
+        Request::EncodeIntoMemory { model: encoder, decoder, session, first_layer } => {
+            let (e, d) = (model(&encoder)?, model(&decoder)?);
+            let (start, capacity) = {
+                let all = state.sessions.borrow();
+                let st = all.get(&decoder).ok_or_else(|| not_stateful(&decoder))?;
+                st.sessions
+                    .range(session)
+                    .ok_or_else(|| RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")))?
+            };
+            let run = e.run(&inputs).await?;
+            if run.outputs.first().and_then(|t| t.shape.get(1)).is_none_or(|&rows| rows > capacity) {
+                return Err(RemoteError::new(
+                    ErrorKind::BadInput,
+                    format!("{encoder:?}'s outputs do not fit session {session}'s {capacity} rows"),
+                ));
+            }
+            let bytes = d.put_memory_outputs(first_layer as usize, start as usize, &run.outputs).await?;
+            (Ok(Reply::EncodedIntoMemory { device_ms: run.device_ms, bytes }), Vec::new())
+        }
         Request::Step { model: name, rows } => {
             let m = model(&name)?;
             let plan = {

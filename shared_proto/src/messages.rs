@@ -118,6 +118,16 @@ pub enum Request {
         session: u64,
         first_layer: u32,
     },
+    /// Run `model` (an encoder) on the frame's inputs, as `Run`, and write its outputs — keys
+    /// and values per layer, `[1, rows, width]` each — as `session`'s memory in `decoder` (a
+    /// model in this tab) at cache layers `first_layer..`, as `PutMemory` would: the memory
+    /// never crosses the socket when both parts share a tab. Answered `EncodedIntoMemory`.
+    EncodeIntoMemory {
+        model: String,
+        decoder: String,
+        session: u64,
+        first_layer: u32,
+    },
 }
 
 /// One session's share of a [`Request::Step`].
@@ -226,6 +236,11 @@ pub enum Reply {
     SessionClosed,
     /// The memory of a `PutMemory` is written (`bytes` of it).
     MemoryStored {
+        bytes: u64,
+    },
+    /// An `EncodeIntoMemory` ran (`device_ms` as in `Ran`) and wrote `bytes` of memory.
+    EncodedIntoMemory {
+        device_ms: f64,
         bytes: u64,
     },
 }

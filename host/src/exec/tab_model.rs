@@ -180,6 +180,25 @@ impl TabModel {
         self.run_within(inputs, RUN_TIMEOUT).await
     }
 
+    /// Run on `inputs` and write the outputs as `session`'s memory in `decoder`, a model of the
+    /// same tab, at cache layers `first_layer..` (`Request::EncodeIntoMemory`): nothing crosses
+    /// the socket but the inputs. The executor's time in ms.
+    pub async fn run_into_memory(
+        &self,
+        inputs: Vec<Tensor>,
+        decoder: &TabModel,
+        session: u64,
+        first_layer: u32,
+    ) -> anyhow::Result<f64> {
+        anyhow::ensure!(self.tab.id() == decoder.tab.id(), "an encoder writes memory only into a decoder of its tab");
+        let req =
+            Request::EncodeIntoMemory { model: self.name.clone(), decoder: decoder.name.clone(), session, first_layer };
+        match self.tab.call(req, inputs, RUN_TIMEOUT).await? {
+            (Reply::EncodedIntoMemory { device_ms, .. }, _) => Ok(device_ms),
+            (other, _) => bail!("tab {} answered {other:?} to EncodeIntoMemory", self.tab.id()),
+        }
+    }
+
     /// As [`Self::run`], failing with [`crate::TabError::Timeout`] after `timeout`.
     pub async fn run_within(&self, inputs: Vec<Tensor>, timeout: Duration) -> anyhow::Result<(Vec<Tensor>, f64)> {
         match self.tab.call(Request::Run { model: self.name.clone() }, inputs, timeout).await? {

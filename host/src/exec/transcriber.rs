@@ -76,6 +76,15 @@ impl EncoderRunner {
         }
     }
 
+    /// The encoder's tab model when it shares its tab with `decoder`'s: then a window's memory
+    /// can be written where it is computed (`TabModel::run_into_memory`).
+    fn beside<'a>(&'a self, decoder: &'a Stepper) -> Option<(&'a TabModel, &'a TabModel)> {
+        match (self, decoder) {
+            (EncoderRunner::Tab(e), Stepper::Tab(d)) if e.tab.id() == d.tab.id() => Some((e, d)),
+            _ => None,
+        }
+    }
+
     /// One window: the cross keys and values per decoder layer (`k0, v0, …`), and the
     /// executor's time in ms.
     pub async fn encode(&self, mel: &Mel) -> anyhow::Result<(Vec<Tensor>, f64)> {
@@ -93,6 +102,15 @@ impl EncoderRunner {
             EncoderRunner::Tab(tm) => tm.run(inputs).await,
         }
     }
+}
+
+/// Where a window's cross-attention memory comes from when its decoder session opens.
+#[derive(Clone, Copy)]
+enum WindowMemory<'a> {
+    /// Encoded already (on the host, in another tab, or ahead of time): sent with `PutMemory`.
+    Encoded(&'a Tensor),
+    /// Encoded now, in the decoder's own tab, straight into the session (`EncodeIntoMemory`).
+    EncodeHere(&'a Mel),
 }
 
 /// One 30-s window's result.
@@ -413,27 +431,40 @@ impl Transcriber {
         let mut prefetched: Option<anyhow::Result<(Vec<Tensor>, f64)>> = None;
         for (k, (seek, mel)) in windows.iter().enumerate() {
             let mut tries = 0;
-            let memory = loop {
-                let encoded = match prefetched.take() {
-                    Some(Ok(done)) => Ok(done),
-                    _ => {
-                        self.yield_to_pending().await;
-                        let (e, wall) = timed(self.encoder.encode(mel)).await;
-                        encode_wall_ms += wall;
-                        e
+            // With both parts in one tab, a window nobody encoded ahead, and no next window to
+            // encode beside its decoding, is encoded straight into its decoder session: its 18 MB
+            // of memory never makes the round trip through the host.
+            let here =
+                prefetched.is_none() && windows.get(k + 1).is_none() && self.encoder.beside(&self.decoder).is_some();
+            let memory = if here {
+                None
+            } else {
+                Some(loop {
+                    let encoded = match prefetched.take() {
+                        Some(Ok(done)) => Ok(done),
+                        _ => {
+                            self.yield_to_pending().await;
+                            let (e, wall) = timed(self.encoder.encode(mel)).await;
+                            encode_wall_ms += wall;
+                            e
+                        }
+                    };
+                    match encoded {
+                        Ok((outputs, ms)) => {
+                            encode_ms += ms;
+                            break decoder::memory(&outputs)?;
+                        }
+                        Err(e) => {
+                            tries += 1;
+                            self.replace_lost(host.as_deref_mut(), e, tries, Part::Encoder).await?;
+                            replaced += 1;
+                        }
                     }
-                };
-                match encoded {
-                    Ok((outputs, ms)) => {
-                        encode_ms += ms;
-                        break decoder::memory(&outputs)?;
-                    }
-                    Err(e) => {
-                        tries += 1;
-                        self.replace_lost(host.as_deref_mut(), e, tries, Part::Encoder).await?;
-                        replaced += 1;
-                    }
-                }
+                })
+            };
+            let source = match &memory {
+                Some(t) => WindowMemory::Encoded(t),
+                None => WindowMemory::EncodeHere(mel),
             };
             let prompt = self.prompt(&previous);
             let mut done = Decoding::default();
@@ -441,19 +472,26 @@ impl Transcriber {
                 let (decoded, wall) = match windows.get(k + 1) {
                     Some((_, next)) if prefetched.is_none() => {
                         let ((d, d_wall), (e, e_wall)) = tokio::join!(
-                            timed(self.decode_window(memory.clone(), &prompt, &mut done)),
+                            timed(self.decode_window(source, &prompt, &mut done)),
                             timed(self.encoder.encode(next))
                         );
                         prefetched = Some(e);
                         encode_wall_ms += e_wall;
                         (d, d_wall)
                     }
-                    _ => timed(self.decode_window(memory.clone(), &prompt, &mut done)).await,
+                    _ => timed(self.decode_window(source, &prompt, &mut done)).await,
                 };
                 decode_wall_ms += wall;
                 match decoded {
-                    Ok(ms) => {
+                    Ok((ms, encoded)) => {
                         decode_ms += ms;
+                        if let Some((ms, wall)) = encoded {
+                            // The window's encoding ran inside this call: its time is the
+                            // encoder's, not the decoder's.
+                            encode_ms += ms;
+                            encode_wall_ms += wall;
+                            decode_wall_ms -= wall;
+                        }
                         break;
                     }
                     Err(e) => {
@@ -567,13 +605,34 @@ impl Transcriber {
     /// graph's no-speech probability is read, as CTranslate2 reads it for faster-whisper. Every
     /// later step also gives its chosen id's probability (end-of-text's included), for the
     /// window's average log-probability.
-    pub async fn decode_window(&self, memory: Tensor, prompt: &[u32], done: &mut Decoding) -> anyhow::Result<f64> {
+    ///
+    /// Returns the decoder's executor time in ms and, when the window was encoded here, the
+    /// encoder's executor and wall times.
+    async fn decode_window(
+        &self,
+        memory: WindowMemory<'_>,
+        prompt: &[u32],
+        done: &mut Decoding,
+    ) -> anyhow::Result<(f64, Option<(f64, f64)>)> {
         let cfg = &self.model.cfg;
         let sot = prompt.iter().position(|&t| t == cfg.sot).context("a Whisper prompt holds <|startoftranscript|>")?;
         let session = self.sessions.fetch_add(1, Ordering::Relaxed);
         self.decoder.open(session, cfg.n_audio_ctx as u32).await?;
+        let mut encoded = None;
         let result = async {
-            self.decoder.put_memory(session, cfg.n_text_layer as u32, memory).await?;
+            let first_layer = cfg.n_text_layer as u32;
+            match (memory, self.encoder.beside(&self.decoder)) {
+                (WindowMemory::Encoded(m), _) => {
+                    self.decoder.put_memory(session, first_layer, m.clone()).await?;
+                }
+                (WindowMemory::EncodeHere(mel), Some((enc, dec))) => {
+                    self.yield_to_pending().await;
+                    let inputs = encoder::inputs(&[&mel.data])?;
+                    let (ms, wall) = timed(enc.run_into_memory(inputs, dec, session, first_layer)).await;
+                    encoded = Some((ms?, wall));
+                }
+                (WindowMemory::EncodeHere(_), None) => bail!("a window encoded in place needs both parts in one tab"),
+            }
             let mut ms = 0.0;
             let mut step = async |tokens: Vec<u32>| {
                 let row = StepRow { session, tokens, sampling: Sampling::Greedy };
@@ -603,7 +662,7 @@ impl Transcriber {
         .await;
         // The session's rows are freed also when a step failed (the tab may be gone: ignored).
         let _ = self.decoder.close(session).await;
-        result
+        Ok((result?, encoded))
     }
 }
 

@@ -64,6 +64,25 @@ impl KvCache {
         if two != 2 || width as usize != w || data.len() != 4 * layers * 2 * rows * w {
             return Err(bad(format!("a memory {shape:?} does not fit cache rows of {w} values")));
         }
+        let parts: Vec<&[u8]> = data.chunks_exact(4 * rows * w).collect();
+        self.put_memory_parts(first_layer, start, rows, &parts)
+    }
+
+    /// [`Self::put_memory`] from separate pieces: keys, values, keys, … of `rows` rows each (an
+    /// encoder's outputs as they come, `Request::EncodeIntoMemory`): no whole memory assembled.
+    pub fn put_memory_parts(
+        &mut self,
+        first_layer: usize,
+        start: usize,
+        rows: usize,
+        parts: &[&[u8]],
+    ) -> Result<(), RemoteError> {
+        let w = self.width;
+        let bad = |m: String| RemoteError::new(ErrorKind::BadInput, m);
+        let layers = parts.len() / 2;
+        if !parts.len().is_multiple_of(2) || parts.iter().any(|p| p.len() != 4 * rows * w) {
+            return Err(bad(format!("a memory comes as keys and values of {rows} rows × {w} values per layer")));
+        }
         if first_layer + layers > self.layers.len() || start + rows > self.max_tokens {
             return Err(bad(format!(
                 "a memory of {layers} layers × {rows} rows at layer {first_layer}, row {start} is outside the cache ({} layers × {} rows)",
@@ -74,14 +93,13 @@ impl KvCache {
         for l in 0..layers {
             self.reserve(first_layer + l, start + rows);
             let (keys, values) = &mut self.layers[first_layer + l];
-            let block = 4 * rows * w;
             let read = |dst: &mut [f32], src: &[u8]| {
                 for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
                     *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             };
-            read(&mut keys[start * w..(start + rows) * w], &data[(2 * l) * block..(2 * l + 1) * block]);
-            read(&mut values[start * w..(start + rows) * w], &data[(2 * l + 1) * block..(2 * l + 2) * block]);
+            read(&mut keys[start * w..(start + rows) * w], parts[2 * l]);
+            read(&mut values[start * w..(start + rows) * w], parts[2 * l + 1]);
         }
         Ok(())
     }

@@ -121,6 +121,24 @@ impl CpuModel {
         Ok(memory.data.len() as u64)
     }
 
+    /// Write an encoder's outputs (keys, values, … per layer, `[1, rows, width]` f32 each) as a
+    /// memory, without assembling it (`Request::EncodeIntoMemory`).
+    pub fn put_memory_outputs(&self, first_layer: usize, start: usize, outputs: &[Tensor]) -> Result<u64, RemoteError> {
+        let m = self.kv.as_ref().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "the model has no KV cache"))?;
+        let bad = |m: String| RemoteError::new(ErrorKind::BadInput, m);
+        let rows = match outputs.first().map(|t| t.shape.as_slice()) {
+            Some(&[1, rows, _]) => rows as usize,
+            other => return Err(bad(format!("an encoder's memory outputs are [1, rows, width], got {other:?}"))),
+        };
+        if outputs.iter().any(|t| t.dtype != DType::F32 || t.shape[..2] != [1, rows as u32]) {
+            return Err(bad("an encoder's memory outputs are f32 [1, rows, width] alike".into()));
+        }
+        let parts: Vec<&[u8]> = outputs.iter().map(|t| &t.data[..]).collect();
+        let mut cache = m.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.put_memory_parts(first_layer, start, rows, &parts)?;
+        Ok(parts.iter().map(|p| p.len() as u64).sum())
+    }
+
     /// Run on `inputs` (in declared order); returns the graph outputs.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RemoteError> {
         let g = &self.graph;
