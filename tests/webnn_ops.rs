@@ -89,33 +89,16 @@ async fn mbconv_block_timing_on_webnn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_attention_steps_match_the_cpu_executor_on_webnn() {
     use model_graphs::builder::GraphBuilder;
-    use shared_proto::{Dim, KvDecl, STEP_INPUTS, Sampling, StepRow, Tensor};
+    use shared_proto::{KvDecl, Sampling, StepRow, Tensor};
     use tabpool::exec::Stepper;
 
     let _procs = support::process_guard();
     let (heads, d, mem_rows, vocab) = (2u32, 8u32, 24u32, 32usize);
     let w = (heads * d) as usize;
-    let noise = |n: usize, seed: u64| -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let noise = |n: usize, seed: u32| op_cases::values(n, seed, 1.0);
     let mut g = GraphBuilder::default();
     g.kv(KvDecl { layers: 2, kv_heads: heads, head_dim: d, max_tokens: 2 * mem_rows, max_sessions: 2 });
-    let [ids, pos, kv_start, rows, sampling] = STEP_INPUTS.map(|(name, dtype)| {
-        let dims = match name {
-            "rows" => vec![Dim::Batch],
-            "sampling" => vec![Dim::Batch, Dim::Fixed(4)],
-            _ => vec![Dim::Seq],
-        };
-        g.input(name, dtype, dims)
-    });
+    let [ids, pos, kv_start, rows, sampling] = g.step_inputs();
     let emb = g.weight("emb", Tensor::from_f32(vec![vocab as u32, w as u32], &noise(vocab * w, 1)));
     let x = g.op(Op::Gather, &[emb, ids]);
     let a = g.op(Op::CachedAttention { layer: 0, heads, kv_heads: heads }, &[x, x, x, pos, kv_start]);
@@ -133,10 +116,10 @@ async fn cross_attention_steps_match_the_cpu_executor_on_webnn() {
     let backend = ExecBackend::WebNn { device: "cpu".into() };
     let nn = Stepper::in_tab(&tab, "cross", &graph, &weights, backend, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let cpu = Stepper::on_host(graph, weights).unwrap();
-    let memory = |seed| Tensor::from_f32(vec![1, 2, mem_rows, w as u32], &noise(2 * mem_rows as usize * w, seed));
+    let memory = |seed: u32| Tensor::from_f32(vec![1, 2, mem_rows, w as u32], &noise(2 * mem_rows as usize * w, seed));
     let row = |session, tokens: &[u32]| StepRow { session, tokens: tokens.to_vec(), sampling: Sampling::Greedy };
     // (sessions to close, sessions to open with their memory seeds, the step's rows)
-    type Script = (Vec<u64>, Vec<(u64, u64)>, Vec<StepRow>);
+    type Script = (Vec<u64>, Vec<(u64, u32)>, Vec<StepRow>);
     let script: Vec<Script> = vec![
         (vec![], vec![(1, 11), (2, 12)], vec![row(1, &[3, 7, 5]), row(2, &[9, 4])]),
         (vec![], vec![], vec![row(1, &[20]), row(2, &[31])]),

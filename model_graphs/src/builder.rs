@@ -102,6 +102,19 @@ impl GraphBuilder {
         self.kv = Some(kv);
     }
 
+    /// A step graph's inputs (`STEP_INPUTS`, a model that embeds its ids): ids, positions and
+    /// cache starts per token, rows per session, sampling parameters per session.
+    pub fn step_inputs(&mut self) -> [V; 5] {
+        shared_proto::STEP_INPUTS.map(|(name, dtype)| {
+            let dims = match name {
+                "rows" => vec![Dim::Batch],
+                "sampling" => vec![Dim::Batch, Dim::Fixed(4)],
+                _ => vec![Dim::Seq],
+            };
+            self.input(name, dtype, dims)
+        })
+    }
+
     /// The graph and its weights in declared order.
     pub fn finish(self, outputs: &[V]) -> (Graph, Vec<Tensor>) {
         let (ni, nw) = (self.inputs.len() as u32, self.weights.len() as u32);

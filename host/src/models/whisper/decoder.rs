@@ -10,7 +10,7 @@
 //! `suppress_blank`) get −1e9 where the token being read is the prompt's last one,
 //! `<|notimestamps|>` (a one-hot flag gathered per token, times the bias row).
 
-use shared_proto::{DType, Dim, Graph, KvDecl, Op, STEP_INPUTS, Tensor};
+use shared_proto::{DType, Graph, KvDecl, Op, Tensor};
 
 use super::blocks::{Fetch, ffn, layer_norm, linear, matrix, split, tensor};
 use super::ct2::WhisperConfig;
@@ -48,14 +48,7 @@ pub fn build(get: &Fetch, cfg: &WhisperConfig, limits: DecoderLimits) -> anyhow:
         max_tokens: cfg.n_audio_ctx as u32 * limits.max_sessions,
         max_sessions: limits.max_sessions,
     });
-    let [ids, pos, kv_start, rows, sampling] = STEP_INPUTS.map(|(name, dtype)| {
-        let dims = match name {
-            "rows" => vec![Dim::Batch],
-            "sampling" => vec![Dim::Batch, Dim::Fixed(4)],
-            _ => vec![Dim::Seq],
-        };
-        g.input(name, dtype, dims)
-    });
+    let [ids, pos, kv_start, rows, sampling] = g.step_inputs();
     let emb = matrix(&mut g, get, "decoder/embeddings/weight", None)?;
     let positions = matrix(&mut g, get, "decoder/position_encodings/encodings", Some(&[cfg.n_text_ctx, d]))?;
     let tok = g.op(Op::Gather, &[emb, ids]);
