@@ -254,7 +254,10 @@ impl TabModel {
             _ => {
                 let rows = outputs.first().and_then(|t| t.shape.get(1).copied()).unwrap_or(0);
                 let width = outputs.first().and_then(|t| t.shape.get(2).copied()).unwrap_or(0);
-                let data: Vec<u8> = outputs.iter().flat_map(|t| t.data.iter().copied()).collect();
+                let mut data = Vec::with_capacity(outputs.iter().map(|t| t.data.len()).sum());
+                for t in outputs {
+                    data.extend_from_slice(&t.data);
+                }
                 let shape = vec![outputs.len() as u32 / 2, 2, rows, width];
                 let memory = Tensor { dtype: shared_proto::DType::F32, shape, data: data.into() };
                 self.put_memory(first_layer, start, &memory).await

@@ -376,13 +376,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         }
         Request::PutMemory { model: name, session, first_layer } => {
             let m = model(&name)?;
-            let (start, capacity) = {
-                let all = state.sessions.borrow();
-                let st = all.get(&name).ok_or_else(|| not_stateful(&name))?;
-                st.sessions
-                    .range(session)
-                    .ok_or_else(|| RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")))?
-            };
+            let (start, capacity) = session_range(state, &name, session)?;
             let [memory] = inputs.as_slice() else {
                 return Err(RemoteError::new(ErrorKind::BadInput, "PutMemory carries one tensor"));
             };
@@ -397,13 +391,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         }
         Request::EncodeIntoMemory { model: encoder, decoder, session, first_layer } => {
             let (e, d) = (model(&encoder)?, model(&decoder)?);
-            let (start, capacity) = {
-                let all = state.sessions.borrow();
-                let st = all.get(&decoder).ok_or_else(|| not_stateful(&decoder))?;
-                st.sessions
-                    .range(session)
-                    .ok_or_else(|| RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")))?
-            };
+            let (start, capacity) = session_range(state, &decoder, session)?;
             let run = e.run(&inputs).await?;
             if run.outputs.first().and_then(|t| t.shape.get(1)).is_none_or(|&rows| rows > capacity) {
                 return Err(RemoteError::new(
@@ -537,6 +525,15 @@ struct StepState {
     sessions: Sessions,
     vocab: u32,
     busy: bool,
+}
+
+/// The cache rows (first row, capacity) of `session` of model `name`.
+fn session_range(state: &TabState, name: &str, session: u64) -> Result<(u32, u32), RemoteError> {
+    let all = state.sessions.borrow();
+    let st = all.get(name).ok_or_else(|| not_stateful(name))?;
+    st.sessions
+        .range(session)
+        .ok_or_else(|| RemoteError::new(ErrorKind::BadInput, format!("session {session} is not open")))
 }
 
 fn not_stateful(name: &str) -> RemoteError {
