@@ -36,7 +36,7 @@ fn generate(backend: &str, max_tokens: u32, raw: bool, prompt: &str) -> String {
 fn chat(backend: &str, max_tokens: u32, stdin: &str) -> (i32, String, String) {
     let max = max_tokens.to_string();
     let mut child = Command::new(BIN)
-        .args(["chat", "--backend", backend, "--temperature", "0", "--max-tokens", &max])
+        .args(["chat", "--stats", "--backend", backend, "--temperature", "0", "--max-tokens", &max])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -46,6 +46,30 @@ fn chat(backend: &str, max_tokens: u32, stdin: &str) -> (i32, String, String) {
     let out = child.wait_with_output().unwrap();
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Per reply, from `--stats`: (prompt tokens, tokens from the prefix cache).
+fn prompt_stats(stderr: &str) -> Vec<(usize, usize)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("(prompt "))
+        .map(|l| {
+            let (prompt, rest) = l.split_once(" tokens, ").unwrap();
+            let cached = rest.split_once(' ').unwrap().0;
+            (prompt.parse().unwrap(), cached.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The second turn's prompt starts with everything the first session held (its prompt and the
+/// reply fed back, up to the reply's last token): the prefix cache gives at least the first
+/// prompt and most of the reply.
+fn assert_second_turn_hits(stderr: &str) {
+    let stats = prompt_stats(stderr);
+    assert_eq!(stats.len(), 2, "{stderr}");
+    assert_eq!(stats[0].1, 0, "nothing cached before the first turn: {stderr}");
+    assert!(stats[1].1 > stats[0].0, "the second turn reused less than the first prompt: {stderr}");
+    assert!(stats[1].1 < stats[1].0, "the new question is never cached: {stderr}");
 }
 
 const Q1: &str = "What is the capital of France?";
@@ -60,21 +84,28 @@ fn chat_on_the_host_cpu_sends_the_history() {
     let reply1 = generate("cpu", 24, false, Q1);
     let convo = [turn("system", SYSTEM), turn("user", Q1), turn("assistant", &reply1), turn("user", Q2)].concat();
     let reply2 = generate("cpu", 24, true, &format!("{convo}<|im_start|>assistant\n"));
-    // No prompt decorations on a pipe: the replies, one per line.
+    // No prompt decorations on a pipe: the replies, one per line. The second came from a cached
+    // prefix, and equals `generate`'s from a full prefill.
     assert_eq!(out, format!("{reply1}\n{reply2}\n"), "stderr: {err}");
+    assert_second_turn_hits(&err);
     // The second turn is answered differently without the first: the history made the difference.
     let alone = generate("cpu", 24, false, Q2);
     assert_ne!(alone, reply2, "the same reply with and without the history: the test shows nothing");
 }
 
 #[test]
-fn chat_in_a_wasm_tab_equals_the_host_cpu() {
+fn chat_in_a_wasm_tab_reuses_the_first_turn_and_equals_the_host_cpu() {
     let _procs = support::process_guard();
-    let (code, out, err) = chat("wasm-cpu", 24, &format!("{Q1}\n"));
+    let (code, out, err) = chat("wasm-cpu", 24, &format!("{Q1}\n{Q2}\n"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("on wasm-cpu"), "{err}");
-    // Both executors are f32; the greedy reference's top-2 margins are far above their differences.
-    assert_eq!(out, format!("{}\n", generate("cpu", 24, false, Q1)), "stderr: {err}");
+    // Both executors are f32; the greedy reference's top-2 margins are far above their
+    // differences. The second reply, from the tab's prefix cache, equals the host's full prefill.
+    let reply1 = generate("cpu", 24, false, Q1);
+    let convo = [turn("system", SYSTEM), turn("user", Q1), turn("assistant", &reply1), turn("user", Q2)].concat();
+    let reply2 = generate("cpu", 24, true, &format!("{convo}<|im_start|>assistant\n"));
+    assert_eq!(out, format!("{reply1}\n{reply2}\n"), "stderr: {err}");
+    assert_second_turn_hits(&err);
 }
 
 #[test]

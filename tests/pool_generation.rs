@@ -255,3 +255,54 @@ async fn a_late_first_token_is_hedged_on_another_tab() {
     eprintln!("hedged stream done in {:.1} s", t.elapsed().as_secs_f64());
     pool.shutdown().await;
 }
+
+/// The reference prompts share their first 24 tokens (ChatML's system turn and the user turn's
+/// start). Run one after another on two idle tabs, the later ones go to the tab that ran the
+/// first (its prefix cache holds that start), reuse exactly the shared tokens — the whole prompt
+/// but its last token when a prompt comes again — and still give the float64 reference's greedy
+/// ids. Hits and reused tokens are in /metrics and in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_prefix_is_prefilled_once_on_the_tab_that_holds_it() {
+    let _procs = support::process_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("history.duckdb");
+    let pool = Pool::with_host(support::host().await, config(2, 2, Some(db))).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = pool.load(ModelSpec::smollm2()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, g) = pool.generation_model(None).unwrap();
+    let stops = g.model.stop_ids().to_vec();
+    let cases = support::smollm2_reference();
+    let shared = cases[0].prompt_ids.iter().zip(&cases[1].prompt_ids).take_while(|(a, b)| a == b).count();
+    assert_eq!(shared, 24, "the reference prompts' common start");
+    let mut tab = None;
+    for (c, cached) in [(&cases[0], 0), (&cases[1], shared), (&cases[0], cases[0].prompt_ids.len() - 1)] {
+        let req = GenRequest { prompt: c.prompt_ids.clone(), params: greedy(&stops, 24) };
+        let got = collect(pool.generate(Some(&name), req).unwrap()).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.ids, reference_ids(c), "greedy ids of {:?} with {cached} tokens cached", c.user);
+        let s = got.summary.unwrap();
+        assert_eq!(s.cached_tokens, cached, "{:?}: {s:?}", c.user);
+        assert_eq!(*tab.get_or_insert(s.tab), s.tab, "routed to the tab holding the prefix: {s:?}");
+    }
+    let metrics = pool.prometheus();
+    let line = |name: &str, labels: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(line("tabpool_prefix_cache_queries_total", "result=\"hit\""), Some(2.0), "{metrics}");
+    assert_eq!(line("tabpool_prefix_cache_queries_total", "result=\"miss\""), Some(1.0), "{metrics}");
+    let reused = (shared + cases[0].prompt_ids.len() - 1) as f64;
+    assert_eq!(line("tabpool_prefix_cache_tokens_total", "model="), Some(reused), "{metrics}");
+    pool.flush_history().unwrap();
+    let (hits, tokens): (i64, i64) = pool
+        .store()
+        .unwrap()
+        .conn()
+        .query_row("SELECT count(*) FILTER (WHERE cached_tokens > 0), sum(cached_tokens) FROM generations", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((hits, tokens as f64), (2, reused));
+    pool.shutdown().await;
+}

@@ -164,6 +164,10 @@ enum Command {
     Chat {
         #[command(flatten)]
         gen_flags: GenFlags,
+        /// After each reply, print to stderr its prompt tokens, how many came from the tab's
+        /// prefix cache (the earlier turns), the time to first token and the decode speed.
+        #[arg(long)]
+        stats: bool,
     },
     /// Sharding plans for SmolLM2 (see also `generate --shards`).
     Shard {
@@ -758,13 +762,13 @@ async fn main() -> ExitCode {
             }
         }
         // Ctrl-C is the chat's own (it stops a reply); SIGTERM still ends everything.
-        Command::Chat { gen_flags } => match Host::start(cfg).await {
+        Command::Chat { gen_flags, stats } => match Host::start(cfg).await {
             Err(e) => Err(e),
             Ok(mut host) => {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
                 let r = tokio::select! {
-                    r = chat::run(&mut host, chat::Args { opts: gen_flags.into_opts() }) => r,
+                    r = chat::run(&mut host, chat::Args { opts: gen_flags.into_opts(), stats }) => r,
                     _ = term.recv() => Err(anyhow::anyhow!("terminated")),
                 };
                 host.shutdown().await;

@@ -7,6 +7,7 @@
 #![cfg_attr(all(target_arch = "wasm32", target_feature = "atomics"), feature(stdarch_wasm_atomic_wait))]
 
 pub mod executors;
+pub mod prefix_cache;
 pub mod sessions;
 
 #[cfg(all(target_arch = "wasm32", feature = "api"))]

@@ -237,6 +237,25 @@ impl TabModel {
         }
     }
 
+    /// Whether its executor copies KV rows between sessions (a prefix cache). WebNN does not:
+    /// its KV tensors are read and written whole (`readTensor`/`writeTensor`), so a copy would
+    /// cost more than the prefill it saves.
+    pub fn copies_kv_rows(&self) -> bool {
+        !matches!(self, TabModel::Nn(_))
+    }
+
+    /// Copy KV rows `from..from + rows` to `to..` in every layer (a cached prefix).
+    pub fn copy_kv_rows(&self, from: u32, to: u32, rows: u32) -> Result<(), RemoteError> {
+        match self {
+            TabModel::Cpu(c) => {
+                let m = c.model.borrow().clone().ok_or_else(|| unsupported("weights incomplete".into()))?;
+                m.copy_kv_rows(from, to, rows)
+            }
+            TabModel::Gpu(m, ex) => m.copy_kv_rows(ex, from, to, rows),
+            TabModel::Nn(_) => Err(unsupported("WebNN models keep no prefix cache".into())),
+        }
+    }
+
     /// Write an encoder's outputs (keys, values per layer, `[1, rows, width]` each) as a
     /// session's memory (`Request::EncodeIntoMemory`). The CPU executor takes them as they
     /// are; the others get them assembled into one memory, as `PutMemory` carries it.

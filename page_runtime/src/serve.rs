@@ -279,10 +279,11 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             state.parts.borrow_mut().remove(&model);
             // A reloaded model starts with an empty cache: its old sessions are gone.
             match kv {
-                Some(kv) => state
-                    .sessions
-                    .borrow_mut()
-                    .insert(model.clone(), StepState { sessions: Sessions::new(kv), vocab, busy: false }),
+                Some(kv) => {
+                    let sessions =
+                        if m.copies_kv_rows() { Sessions::new(kv).with_prefix_cache() } else { Sessions::new(kv) };
+                    state.sessions.borrow_mut().insert(model.clone(), StepState { sessions, vocab, busy: false })
+                }
                 None => state.sessions.borrow_mut().remove(&model),
             };
             let handle = m.clone_handle();
@@ -360,11 +361,25 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             }
             (Ok(Reply::DeviceDestroyed { webgpu: ex.is_some(), webnn_contexts: contexts.len() as u32 }), Vec::new())
         }
-        Request::OpenSession { model: name, session, capacity } => {
-            model(&name)?;
+        Request::OpenSession { model: name, session, capacity, prompt } => {
+            let m = model(&name)?;
             let mut all = state.sessions.borrow_mut();
             let st = all.get_mut(&name).ok_or_else(|| not_stateful(&name))?;
-            (Ok(Reply::SessionOpened { kv_bytes: st.sessions.open(session, capacity)? }), Vec::new())
+            let opened = st.sessions.open_reusing(session, capacity, &prompt)?;
+            let mut reused = 0;
+            if let Some(c) = opened.copy {
+                // A copy that fails costs only the saving: the session prefills from the start.
+                match m.copy_kv_rows(c.from, c.to, c.rows) {
+                    Ok(()) => reused = c.rows,
+                    Err(e) => {
+                        web_sys::console::warn_1(
+                            &format!("prefix copy failed, prefilling in full: {}", e.message).into(),
+                        );
+                        st.sessions.rewind(session);
+                    }
+                }
+            }
+            (Ok(Reply::SessionOpened { kv_bytes: opened.kv_bytes, reused }), Vec::new())
         }
         Request::CloseSession { model: name, session } => {
             let mut all = state.sessions.borrow_mut();

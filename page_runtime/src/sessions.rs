@@ -10,23 +10,47 @@ use std::collections::BTreeMap;
 
 use shared_proto::{DType, ErrorKind, KvDecl, RemoteError, Sampling, StepRow, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::prefix_cache::{PrefixCache, PrefixStats};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {
     start: u32,
     capacity: u32,
     len: u32,
+    /// The tokens of rows `start..start + len`, kept only for a session opened with its prompt
+    /// (`open_reusing`): at close its rows become a prefix-cache entry.
+    tokens: Option<Vec<u32>>,
 }
 
 #[derive(Debug)]
 pub struct Sessions {
     kv: KvDecl,
     open: BTreeMap<u64, Session>,
+    /// `None`: the model's executor cannot copy KV rows, so nothing is kept.
+    prefixes: Option<PrefixCache>,
+}
+
+/// Rows to copy inside the KV cache (every layer) before a session's first step: a cached
+/// prefix, from an entry's rows to the new session's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCopy {
+    pub from: u32,
+    pub to: u32,
+    pub rows: u32,
+}
+
+/// An opened session: the KV bytes it reserved, and the rows to copy for its cached prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub kv_bytes: u64,
+    pub copy: Option<RowCopy>,
 }
 
 /// A planned step: the graph inputs (in `STEP_INPUTS` order) and what to commit once it ran.
 pub struct StepPlan {
     pub inputs: Vec<Tensor>,
-    advance: Vec<(u64, u32)>,
+    /// Per session, the tokens its row appends.
+    advance: Vec<(u64, Vec<u32>)>,
 }
 
 fn capacity(msg: String) -> RemoteError {
@@ -39,7 +63,19 @@ fn bad(msg: String) -> RemoteError {
 
 impl Sessions {
     pub fn new(kv: KvDecl) -> Sessions {
-        Sessions { kv, open: BTreeMap::new() }
+        Sessions { kv, open: BTreeMap::new(), prefixes: None }
+    }
+
+    /// Keep closed sessions' rows as a prefix cache of up to half the KV cache (what an
+    /// executor that can copy rows between sessions, `copy_kv_rows`, turns on).
+    pub fn with_prefix_cache(mut self) -> Sessions {
+        self.prefixes = Some(PrefixCache::new(self.kv.max_tokens / 2));
+        self
+    }
+
+    /// The prefix cache's counters (`None` without one).
+    pub fn prefix_stats(&self) -> Option<(PrefixStats, usize, u32)> {
+        self.prefixes.as_ref().map(|p| (p.stats, p.len(), p.rows()))
     }
 
     pub fn len(&self) -> usize {
@@ -57,6 +93,15 @@ impl Sessions {
 
     /// Reserve `capacity` rows for `id` (first fit); returns the KV bytes reserved.
     pub fn open(&mut self, id: u64, capacity_tokens: u32) -> Result<u64, RemoteError> {
+        Ok(self.open_reusing(id, capacity_tokens, &[])?.kv_bytes)
+    }
+
+    /// [`Sessions::open`] for a session that will start with `prompt` (empty: unknown). With a
+    /// prefix cache, the entry sharing the longest prefix with it is found, the session starts
+    /// that many tokens long, and the caller copies the rows (`Opened::copy`) before stepping it
+    /// — or calls [`Sessions::rewind`] if the copy failed. Entries are evicted least recently
+    /// used first when the new session finds no room otherwise; the one it copies from last.
+    pub fn open_reusing(&mut self, id: u64, capacity_tokens: u32, prompt: &[u32]) -> Result<Opened, RemoteError> {
         if self.open.contains_key(&id) {
             return Err(bad(format!("session {id} is already open")));
         }
@@ -72,29 +117,85 @@ impl Sessions {
                 self.kv.max_tokens
             )));
         }
-        let mut ranges: Vec<(u32, u32)> = self.open.values().map(|s| (s.start, s.start + s.capacity)).collect();
-        ranges.sort_unstable();
-        let mut at = 0u32;
-        for (start, end) in ranges {
-            if start.saturating_sub(at) >= capacity_tokens {
-                break;
+        let caching = !prompt.is_empty() && self.prefixes.is_some();
+        let mut hit = self.prefixes.as_ref().filter(|_| caching).and_then(|p| p.best(prompt));
+        let at = loop {
+            if let Some(at) = self.fit(capacity_tokens) {
+                break Some(at);
             }
-            at = at.max(end);
-        }
-        if self.kv.max_tokens - at < capacity_tokens {
+            // No room: cached prefixes give way, the one this session would copy last.
+            let Some(p) = self.prefixes.as_mut() else { break None };
+            if !p.evict_lru(hit.map(|h| h.0)) {
+                if hit.is_some() && p.evict_lru(None) {
+                    hit = None;
+                    continue;
+                }
+                break None;
+            }
+        };
+        let Some(at) = at else {
             let used: u32 = self.open.values().map(|s| s.capacity).sum();
             return Err(capacity(format!(
                 "no room for {capacity_tokens} tokens in the KV cache ({used} of {} tokens reserved)",
                 self.kv.max_tokens
             )));
+        };
+        // A prefix longer than the session is worth nothing (it could not hold the rows).
+        let hit = hit.filter(|&(_, n)| n < capacity_tokens);
+        if caching && let Some(p) = self.prefixes.as_mut() {
+            p.record(hit);
         }
-        self.open.insert(id, Session { start: at, capacity: capacity_tokens, len: 0 });
-        Ok(capacity_tokens as u64 * self.bytes_per_token())
+        let reused = hit.map_or(0, |h| h.1);
+        let tokens = caching.then(|| prompt[..reused as usize].to_vec());
+        self.open.insert(id, Session { start: at, capacity: capacity_tokens, len: reused, tokens });
+        Ok(Opened {
+            kv_bytes: capacity_tokens as u64 * self.bytes_per_token(),
+            copy: hit.map(|(from, rows)| RowCopy { from, to: at, rows }),
+        })
     }
 
-    /// Free `id`'s rows; false if it was not open.
+    /// The first row of a free range of `n` rows (first fit among sessions and cached prefixes).
+    fn fit(&self, n: u32) -> Option<u32> {
+        let mut ranges: Vec<(u32, u32)> = self.open.values().map(|s| (s.start, s.start + s.capacity)).collect();
+        if let Some(p) = &self.prefixes {
+            ranges.extend(p.ranges());
+        }
+        ranges.sort_unstable();
+        let mut at = 0u32;
+        for (start, end) in ranges {
+            if start.saturating_sub(at) >= n {
+                break;
+            }
+            at = at.max(end);
+        }
+        (self.kv.max_tokens - at >= n).then_some(at)
+    }
+
+    /// Start session `id` empty again: its cached prefix could not be copied.
+    pub fn rewind(&mut self, id: u64) {
+        if let Some(s) = self.open.get_mut(&id) {
+            s.len = 0;
+            if let Some(t) = &mut s.tokens {
+                t.clear();
+            }
+        }
+    }
+
+    /// Free `id`'s rows — or keep them as a cached prefix when it was opened with its prompt;
+    /// false if it was not open.
     pub fn close(&mut self, id: u64) -> bool {
-        self.open.remove(&id).is_some()
+        let Some(s) = self.open.remove(&id) else { return false };
+        if let (Some(p), Some(tokens)) = (self.prefixes.as_mut(), s.tokens) {
+            p.keep(s.start, tokens);
+        }
+        true
+    }
+
+    /// Forget every cached prefix (the cache's memory was replaced).
+    pub fn clear_prefixes(&mut self) {
+        if let Some(p) = self.prefixes.as_mut() {
+            p.clear();
+        }
     }
 
     /// The graph inputs for `rows` (each an open session, each at most once, with tokens that fit
@@ -131,7 +232,7 @@ impl Sessions {
             last.push(ids.len() as i32 - 1);
             // The sampled token takes position len + n: its draw depends on that and the seed only.
             params.extend(sampling_params(r.sampling, s.len + n));
-            advance.push((r.session, n));
+            advance.push((r.session, r.tokens.clone()));
         }
         let (t, r) = (ids.len() as u32, rows.len() as u32);
         let i32s = |shape: Vec<u32>, v: &[i32]| Tensor {
@@ -188,9 +289,12 @@ impl Sessions {
 
     /// Record that a planned step ran: each session grew by its row's tokens.
     pub fn commit(&mut self, plan: &StepPlan) {
-        for (id, n) in &plan.advance {
+        for (id, tokens) in &plan.advance {
             if let Some(s) = self.open.get_mut(id) {
-                s.len += n;
+                s.len += tokens.len() as u32;
+                if let Some(t) = &mut s.tokens {
+                    t.extend(tokens);
+                }
             }
         }
     }
@@ -303,6 +407,67 @@ mod tests {
         assert_eq!(s.plan(&[row(1, &[1; 5])], 10).err().unwrap().kind, ErrorKind::Capacity, "past capacity");
         assert_eq!(s.plan(&[], 10).err().unwrap().kind, ErrorKind::BadInput);
         assert_eq!(s.length(1), Some(0));
+    }
+
+    #[test]
+    fn a_closed_session_is_a_prefix_the_next_one_copies() {
+        let mut s = Sessions::new(kv(200, 4)).with_prefix_cache();
+        let prompt: Vec<u32> = (0..30).collect();
+        let o = s.open_reusing(1, 40, &prompt).unwrap();
+        assert_eq!(o.copy, None, "nothing cached yet");
+        let p = s.plan(&[row(1, &prompt)], 100).unwrap();
+        s.commit(&p);
+        let p = s.plan(&[row(1, &[77])], 100).unwrap();
+        s.commit(&p);
+        assert!(s.close(1));
+        // The next turn: the whole first session (prompt and the token it fed back) and more.
+        let mut turn: Vec<u32> = prompt.clone();
+        turn.extend([77, 5, 6]);
+        let o = s.open_reusing(2, 50, &turn).unwrap();
+        assert_eq!(
+            o.copy,
+            Some(RowCopy { from: 0, to: 31, rows: 31 }),
+            "the entry keeps rows 0..31 only: first fit after them"
+        );
+        assert_eq!(s.length(2), Some(31));
+        let p = s.plan(&[row(2, &turn[31..])], 100).unwrap();
+        assert_eq!(i32s(&p.inputs[1]), vec![31, 32], "positions go on after the copied prefix");
+        s.commit(&p);
+        // A session opened without its prompt neither reuses nor is kept.
+        s.open(3, 40).unwrap();
+        assert_eq!(s.length(3), Some(0));
+        s.close(3);
+        assert!(s.close(2));
+        let (stats, entries, rows) = s.prefix_stats().unwrap();
+        assert_eq!((stats.hits, stats.misses, stats.tokens_reused), (1, 1, 31));
+        assert_eq!((entries, rows), (1, 33), "the second turn replaced the first");
+    }
+
+    #[test]
+    fn cached_prefixes_give_way_to_sessions_and_a_failed_copy_rewinds() {
+        let mut s = Sessions::new(kv(100, 4)).with_prefix_cache();
+        let a: Vec<u32> = (0..20).collect();
+        let b: Vec<u32> = (50..70).collect();
+        for (id, p) in [(1, &a), (2, &b)] {
+            s.open_reusing(id, 20, p).unwrap();
+            let plan = s.plan(&[row(id, p)], 100).unwrap();
+            s.commit(&plan);
+            s.close(id);
+        }
+        assert_eq!(s.prefix_stats().unwrap().1, 2);
+        // 70 rows: only one entry may stay, and it is the one this prompt shares.
+        let mut longer = a.clone();
+        longer.push(3);
+        let o = s.open_reusing(3, 70, &longer).unwrap();
+        assert_eq!(o.copy, Some(RowCopy { from: 0, to: 20, rows: 20 }));
+        assert_eq!(s.prefix_stats().unwrap().1, 1, "b's rows were evicted, a's kept for the copy");
+        s.rewind(3);
+        assert_eq!(s.length(3), Some(0));
+        // 90 rows: even the entry goes, and nothing is reused.
+        s.close(3);
+        let o = s.open_reusing(4, 100, &longer).unwrap();
+        assert_eq!((o.copy, s.length(4)), (None, Some(0)));
+        assert_eq!(s.prefix_stats().unwrap().1, 0);
     }
 
     #[test]

@@ -91,10 +91,16 @@ pub enum Request {
     /// Open generation session `session` on stateful `model`, reserving `capacity` tokens of its
     /// KV cache (prompt plus everything it may generate). Refused with `Capacity` when the
     /// model's session limit or KV cache is full; nothing is reserved then.
+    ///
+    /// `prompt`: the tokens the session will start with (empty: not said). With it, the tab
+    /// copies the KV rows of the longest prefix it keeps from closed sessions opened the same
+    /// way (its prefix cache) and answers how many tokens it reused; the first `Step` then
+    /// carries only the rest. Such a session's rows are kept as a prefix at its close.
     OpenSession {
         model: String,
         session: u64,
         capacity: u32,
+        prompt: Vec<u32>,
     },
     /// Advance sessions of `model` together in one run (continuous batching): each row appends
     /// its `tokens` (a prompt, a prompt chunk, or the last sampled token) to its session's KV
@@ -224,9 +230,11 @@ pub enum Reply {
         webgpu: bool,
         webnn_contexts: u32,
     },
-    /// `kv_bytes` of the model's KV cache reserved for the session.
+    /// `kv_bytes` of the model's KV cache reserved for the session; `reused`: the leading
+    /// prompt tokens whose KV rows came from the prefix cache (the session is that long now).
     SessionOpened {
         kv_bytes: u64,
+        reused: u32,
     },
     /// One sampled token per row of the `Step`, in row order; `device_ms` as in `Ran`.
     Stepped {

@@ -14,6 +14,8 @@ use crate::models::smollm2::{Message, SmolLm2};
 
 pub struct Args {
     pub opts: GenOptions,
+    /// Print each reply's figures to stderr.
+    pub stats: bool,
 }
 
 /// Lines of standard input, read on their own thread so that waiting for one can be raced
@@ -132,6 +134,16 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
         writeln!(out)?;
         if run.finish.is_none() {
             eprintln!("(reply stopped)");
+        }
+        if args.stats {
+            eprintln!(
+                "(prompt {} tokens, {} from the prefix cache; first token after {:.0} ms; {} tokens at {:.1} tok/s)",
+                run.prompt_ids.len(),
+                run.cached_tokens,
+                run.ttft_ms,
+                run.ids.len(),
+                run.decode_tok_s
+            );
         }
         history.push(Message::new("assistant", &l.model.decode(&run.ids)?));
     }

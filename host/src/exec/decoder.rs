@@ -51,6 +51,8 @@ pub enum GenEvent {
         finish: Finish,
         prompt_tokens: usize,
         generated: usize,
+        /// Prompt tokens whose KV rows came from the replica's prefix cache (not prefilled).
+        cached: usize,
     },
     /// The session failed; nothing more follows.
     Failed(GenFailure),
@@ -110,6 +112,8 @@ struct Active {
     session: u64,
     prompt: Vec<u32>,
     fed: usize,
+    /// Prompt tokens the prefix cache gave (`fed` started there).
+    cached: usize,
     /// The last sampled token, fed in the next step.
     last: Option<u32>,
     generated: usize,
@@ -254,7 +258,12 @@ async fn run(
                 (a.generated >= a.params.max_tokens as usize).then_some(Finish::Length)
             };
             if let Some(finish) = done {
-                let _ = a.tx.send(GenEvent::Done { finish, prompt_tokens: a.prompt.len(), generated: a.generated });
+                let _ = a.tx.send(GenEvent::Done {
+                    finish,
+                    prompt_tokens: a.prompt.len(),
+                    generated: a.generated,
+                    cached: a.cached,
+                });
                 finished.push(p.session);
             }
         }
@@ -276,14 +285,21 @@ async fn admit(stepper: &Stepper, active: &mut Vec<Active>, job: Job) {
         return;
     };
     if job.params.max_tokens == 0 {
-        let _ = job.tx.send(GenEvent::Done { finish: Finish::Length, prompt_tokens: job.prompt.len(), generated: 0 });
+        let _ = job.tx.send(GenEvent::Done {
+            finish: Finish::Length,
+            prompt_tokens: job.prompt.len(),
+            generated: 0,
+            cached: 0,
+        });
         return;
     }
-    match stepper.open(session, capacity).await {
-        Ok(_) => active.push(Active {
+    match stepper.open_reusing(session, capacity, &job.prompt).await {
+        Ok((_, reused)) => active.push(Active {
             session,
             prompt: job.prompt,
-            fed: 0,
+            // The tab never reuses the last prompt token (its logits give the first sample).
+            fed: reused as usize,
+            cached: reused as usize,
             last: None,
             generated: 0,
             params: job.params,

@@ -49,6 +49,8 @@ pub struct Run {
     pub ttft_ms: f64,
     /// Tokens after the first, per second of the time after the first.
     pub decode_tok_s: f64,
+    /// Prompt tokens the prefix cache gave (0 when cancelled: the count comes with the end).
+    pub cached_tokens: usize,
 }
 
 impl GenOptions {
@@ -349,7 +351,7 @@ pub async fn generate_until(
     let t0 = Instant::now();
     let mut events = decoder.generate(prompt_ids.clone(), params);
     let (mut text, mut first, mut last) = (TextStream::default(), None, t0);
-    let mut finish = None;
+    let (mut finish, mut cached_tokens) = (None, 0);
     tokio::pin!(cancel);
     loop {
         let ev = tokio::select! {
@@ -369,8 +371,8 @@ pub async fn generate_until(
                     on_text(&piece);
                 }
             }
-            GenEvent::Done { finish: f, .. } => {
-                finish = Some(f);
+            GenEvent::Done { finish: f, cached, .. } => {
+                (finish, cached_tokens) = (Some(f), cached);
                 break;
             }
             GenEvent::Failed(e) => bail!("{e}"),
@@ -385,7 +387,7 @@ pub async fn generate_until(
     let ttft_ms = first.map(|f| (f - t0).as_secs_f64() * 1e3).unwrap_or(0.0);
     let decode_s = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
     let decode_tok_s = if ids.len() > 1 && decode_s > 0.0 { (ids.len() - 1) as f64 / decode_s } else { 0.0 };
-    Ok(Run { prompt_ids, ids, finish, ttft_ms, decode_tok_s })
+    Ok(Run { prompt_ids, ids, finish, ttft_ms, decode_tok_s, cached_tokens })
 }
 
 /// Tokens a session may hold: prompt + generated.

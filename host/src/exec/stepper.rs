@@ -39,7 +39,8 @@ impl Stepper {
         let kv = graph.kv.context("a generation graph declares its KV cache")?;
         let vocab = sessions::vocab(&graph);
         let model = CpuModel::new(graph, weights).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Stepper::Host { model: Arc::new(model), sessions: Arc::new(Mutex::new(Sessions::new(kv))), vocab })
+        let sessions = Sessions::new(kv).with_prefix_cache();
+        Ok(Stepper::Host { model: Arc::new(model), sessions: Arc::new(Mutex::new(sessions)), vocab })
     }
 
     /// Load the model into `tab` on `backend`.
@@ -98,16 +99,42 @@ impl Stepper {
     /// Reserve `capacity` tokens of KV cache for `session`; the KV bytes reserved (a pipeline:
     /// on every stage, summed).
     pub async fn open(&self, session: u64, capacity: u32) -> anyhow::Result<u64> {
+        Ok(self.open_reusing(session, capacity, &[]).await?.0)
+    }
+
+    /// [`Stepper::open`] for a session that starts with `prompt`: a replica with a prefix cache
+    /// copies the KV rows of the longest prefix it keeps. Returns the KV bytes reserved and the
+    /// prompt tokens reused (the session is that long: step the rest). A pipeline reuses none —
+    /// its stages would each have to hold the same prefix.
+    pub async fn open_reusing(&self, session: u64, capacity: u32, prompt: &[u32]) -> anyhow::Result<(u64, u32)> {
         match self {
-            Stepper::Host { sessions, .. } => Ok(sessions.lock().expect("sessions").open(session, capacity)?),
+            Stepper::Host { model, sessions, .. } => {
+                let mut sessions = sessions.lock().expect("sessions");
+                let opened = sessions.open_reusing(session, capacity, prompt)?;
+                let Some(c) = opened.copy else { return Ok((opened.kv_bytes, 0)) };
+                // Rows of a few hundred tokens: a memcpy, not worth leaving the async worker.
+                match model.copy_kv_rows(c.from, c.to, c.rows) {
+                    Ok(()) => Ok((opened.kv_bytes, c.rows)),
+                    Err(e) => {
+                        tracing::warn!("prefix copy failed, prefilling in full: {e}");
+                        sessions.rewind(session);
+                        Ok((opened.kv_bytes, 0))
+                    }
+                }
+            }
             Stepper::Tab(tm) => {
-                let req = Request::OpenSession { model: tm.name.clone(), session, capacity };
+                let req = Request::OpenSession { model: tm.name.clone(), session, capacity, prompt: prompt.to_vec() };
                 match tm.tab.call(req, vec![], RUN_TIMEOUT).await? {
-                    (Reply::SessionOpened { kv_bytes }, _) => Ok(kv_bytes),
+                    // Never the whole prompt: its last token is stepped for the first sample.
+                    (Reply::SessionOpened { kv_bytes, reused }, _)
+                        if reused == 0 || (reused as usize) < prompt.len() =>
+                    {
+                        Ok((kv_bytes, reused))
+                    }
                     (other, _) => bail!("tab {} answered {other:?} to OpenSession", tm.tab.id()),
                 }
             }
-            Stepper::Pipeline(p) => Box::pin(p.open(session, capacity)).await,
+            Stepper::Pipeline(p) => Ok((Box::pin(p.open(session, capacity)).await?, 0)),
         }
     }
 

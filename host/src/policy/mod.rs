@@ -7,6 +7,7 @@ pub mod gen_backend;
 pub mod health;
 pub mod names;
 pub mod placement;
+pub mod prefix_routing;
 pub mod recovery;
 pub mod routing;
 pub mod scaling;

@@ -19,6 +19,7 @@ use super::state::{Family, ModelEntry, Replica, Runner, Shared};
 use super::{PoolError, breakers, hedge, lending};
 use crate::exec::{Finish, GenEvent, GenFailure, GenParams};
 use crate::policy::breaker::Outcome;
+use crate::policy::prefix_routing;
 use crate::policy::recovery::Category;
 use crate::store::Record;
 
@@ -55,6 +56,8 @@ pub enum StreamEvent {
 pub struct GenSummary {
     pub finish: Finish,
     pub prompt_tokens: usize,
+    /// Prompt tokens the replica's prefix cache gave (its last leg's), not prefilled again.
+    pub cached_tokens: usize,
     pub generated: usize,
     /// Replicas lost mid-stream and replayed elsewhere.
     pub replays: u32,
@@ -141,10 +144,12 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
     let mut queue_ms = None::<f64>;
     let mut place_of: Option<(String, String, u64)> = None;
     let mut waiting = true;
+    let mut cached = 0usize;
     let mut abandoned = shared.abandon.subscribe();
     let ended: Result<Finish, Ended> = 'stream: loop {
+        let so_far = [req.prompt.as_slice(), out.as_slice()].concat();
         let placed = tokio::select! {
-            r = place(&shared, &m, &avoid) => r,
+            r = place(&shared, &m, &avoid, &so_far) => r,
             () = tx.closed() => break Err(Ended::Cancelled),
             _ = abandoned.wait_for(|a| *a) => break Err(Ended::Error(PoolError::ShutDown)),
         };
@@ -208,7 +213,7 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
             // A lent tab's stream, checked: the same session runs on a trusted replica and a
             // token goes out only when both produced it.
             let trusted = tokio::select! {
-                t = place_where(&shared, &m, &[], |x| x.slot.lent.is_none()) => t,
+                t = place_where(&shared, &m, &[], &prompt, |x| x.slot.lent.is_none()) => t,
                 () = tx.closed() => Err(PoolError::ShutDown),
                 _ = abandoned.wait_for(|a| *a) => Err(PoolError::ShutDown),
             };
@@ -313,7 +318,10 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
                     out.push(t);
                     let _ = tx.send(StreamEvent::Token(t));
                 }
-                Some(GenEvent::Done { finish, .. }) => break Leg::Finished(finish),
+                Some(GenEvent::Done { finish, cached: c, .. }) => {
+                    cached = c;
+                    break Leg::Finished(finish);
+                }
                 Some(GenEvent::Failed(f)) => break Leg::Failed(f),
                 None => {
                     break Leg::Failed(GenFailure {
@@ -324,8 +332,15 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
                 }
             }
         };
-        // Dropping the events cancels the session on the replica (its KV rows are freed).
+        // Dropping the events cancels the session on the replica (its KV rows are freed, or kept
+        // as a cached prefix: remembered for routing the next turn there).
         drop(events);
+        if matches!(leg, Leg::Finished(_) | Leg::Cancelled)
+            && r.stages.is_none()
+            && let Runner::Sessions { prefixes, .. } = &r.run
+        {
+            prefixes.lock().expect("prefixes").remember([req.prompt.as_slice(), out.as_slice()].concat());
+        }
         leave(&m, &r);
         match leg {
             Leg::Finished(finish) => {
@@ -395,6 +410,11 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
     let model = [("model", m.name.as_str())];
     shared.telemetry.count("tabpool_prompt_tokens_total", &model, req.prompt.len() as u64);
     shared.telemetry.count("tabpool_generation_tokens_total", &model, out.len() as u64);
+    if ended.is_ok() {
+        let hit = if cached > 0 { "hit" } else { "miss" };
+        shared.telemetry.count("tabpool_prefix_cache_queries_total", &[("model", m.name.as_str()), ("result", hit)], 1);
+        shared.telemetry.count("tabpool_prefix_cache_tokens_total", &model, cached as u64);
+    }
     if let Some(q) = queue_ms {
         shared.telemetry.observe("tabpool_inference_duration_seconds", &model, t0.elapsed().as_secs_f64() - q / 1e3);
     }
@@ -409,6 +429,7 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
         finish: finish_name.into(),
         replays,
         error,
+        cached_tokens: cached as u32,
     });
     match ended {
         Ok(finish) => {
@@ -417,6 +438,7 @@ async fn supervise(shared: Arc<Shared>, m: Arc<ModelEntry>, req: GenRequest, tx:
             let _ = tx.send(StreamEvent::Done(GenSummary {
                 finish,
                 prompt_tokens: req.prompt.len(),
+                cached_tokens: cached,
                 generated: out.len(),
                 replays,
                 queue_ms: queue_ms.unwrap_or_default(),
@@ -599,16 +621,24 @@ fn try_place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, not: u64) -> Option<Arc<
 /// The replica to run a session on: among usable replicas with a free session place whose
 /// breakers admit a call, the one running fewest streams (then the one not failed before).
 /// Waits while all are busy; fails when no replica is usable for [`NO_REPLICA_WAIT`].
-async fn place(shared: &Arc<Shared>, m: &Arc<ModelEntry>, avoid: &[u64]) -> Result<Arc<Replica>, PoolError> {
+async fn place(
+    shared: &Arc<Shared>,
+    m: &Arc<ModelEntry>,
+    avoid: &[u64],
+    prompt: &[u32],
+) -> Result<Arc<Replica>, PoolError> {
     // A lent tab works only while a trusted tab could check it.
-    place_where(shared, m, avoid, |r| lending::checkable(m, r)).await
+    place_where(shared, m, avoid, prompt, |r| lending::checkable(m, r)).await
 }
 
 /// [`place`] among the replicas `pick` accepts; a replica in `avoid` only when no other is usable.
+/// Among the others, the one likely to hold the longest start of `prompt` in its prefix cache
+/// unless it is much busier (`policy::prefix_routing`), then the least loaded.
 async fn place_where(
     shared: &Arc<Shared>,
     m: &Arc<ModelEntry>,
     avoid: &[u64],
+    prompt: &[u32],
     pick: impl Fn(&Replica) -> bool,
 ) -> Result<Arc<Replica>, PoolError> {
     let mut no_replica_since: Option<Instant> = None;
@@ -627,7 +657,15 @@ async fn place_where(
             .collect();
         // Outside the replicas' lock: `pick` may look at the replicas itself.
         usable.retain(|r| pick(r));
-        usable.sort_by_key(|r| (avoid.contains(&r.slot.serial), r.streams(), r.slot.id));
+        let least = usable.iter().map(|r| r.streams()).min().unwrap_or(0);
+        usable.sort_by_cached_key(|r| {
+            let hinted = match &r.run {
+                Runner::Sessions { prefixes, .. } => prefixes.lock().expect("prefixes").longest(prompt),
+                _ => 0,
+            };
+            let credit = prefix_routing::credit(hinted, r.streams(), least);
+            (avoid.contains(&r.slot.serial), std::cmp::Reverse(credit), r.streams(), r.slot.id)
+        });
         for r in &usable {
             if r.streams() < per_tab && breakers::acquire(shared, m, r) {
                 enter(r);

@@ -237,6 +237,8 @@ impl Shared {
         let run = Runner::Sessions {
             decoder: Decoder::start(stepper, limits, Some(self.gate.clone())),
             streams: Default::default(),
+            // A pipeline reuses no prefix (see `Stepper::open_reusing`): nothing is remembered.
+            prefixes: Default::default(),
         };
         let ids: Vec<String> = stages.slots().iter().map(|s| s.id.to_string()).collect();
         self.log(

@@ -23,6 +23,7 @@ use crate::models::registry::Loaded;
 use crate::policy::backend_choice::{self, Measured};
 use crate::policy::breaker::Breaker;
 use crate::policy::health;
+use crate::policy::prefix_routing::PrefixHints;
 use crate::policy::recovery::{self, Category, TabStep};
 use crate::policy::routing::{self, Candidate, History, ModelType};
 use crate::policy::sharding::Strategy;
@@ -174,8 +175,9 @@ pub(crate) enum Runner {
     /// Stateless batches sent whole (`scheduler`).
     Batches(TabModel),
     /// Sessions stepped together by the replica's decoder (`generation`); `streams`: how many
-    /// run on it now, for routing and its session limit.
-    Sessions { decoder: Decoder, streams: AtomicUsize },
+    /// run on it now, for routing and its session limit; `prefixes`: what its prefix cache was
+    /// last seen holding (routing prefers the replica holding the longest start of a prompt).
+    Sessions { decoder: Decoder, streams: AtomicUsize, prefixes: Mutex<PrefixHints> },
     /// Speech to text: the encoder and the decoder in this tab, one transcription at a time
     /// (`speech`); its lock is held for a whole request, windows in order.
     Speech(Box<tokio::sync::Mutex<Transcriber>>),
@@ -976,7 +978,8 @@ impl Shared {
         let gen_cfg = &self.cfg.generation;
         let limits = StepLimits { max_tokens: gen_cfg.step_tokens, max_rows: gen_cfg.sessions_per_tab as usize };
         let decoder = Decoder::start(Arc::new(stepper), limits, Some(self.gate.clone()));
-        Ok((Runner::Sessions { decoder, streams: AtomicUsize::new(0) }, exec.to_string(), vec![]))
+        let run = Runner::Sessions { decoder, streams: AtomicUsize::new(0), prefixes: Mutex::default() };
+        Ok((run, exec.to_string(), vec![]))
     }
 
     /// Take `slot` out of the pool: no new work, wait (bounded) for what runs, close its browser.

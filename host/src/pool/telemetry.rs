@@ -36,6 +36,12 @@ const SERIES: &[(&str, Option<Unit>, &str)] = &[
     ("tabpool_batch_size", None, "texts per embedding batch"),
     ("tabpool_prompt_tokens_total", None, "prompt tokens of finished generation streams"),
     ("tabpool_generation_tokens_total", None, "tokens generated"),
+    (
+        "tabpool_prefix_cache_queries_total",
+        None,
+        "finished streams by whether their replica's prefix cache gave part of the prompt (result=hit|miss)",
+    ),
+    ("tabpool_prefix_cache_tokens_total", None, "prompt tokens taken from prefix caches instead of prefilled"),
     ("tabpool_time_to_first_token_seconds", Some(Unit::Seconds), "admission → first generated token"),
     ("tabpool_inter_token_latency_seconds", Some(Unit::Seconds), "between two tokens of a stream"),
     (

@@ -251,6 +251,8 @@ pub enum Record {
         finish: String,
         replays: u32,
         error: Option<String>,
+        /// Prompt tokens the prefix cache gave the last leg.
+        cached_tokens: u32,
     },
 }
 
@@ -473,6 +475,7 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
                 finish,
                 replays,
                 error,
+                cached_tokens,
             } => {
                 let (kind, backend, tab) = match place {
                     Some((k, b, t)) => (Some(k), Some(b), Some(t)),
@@ -492,7 +495,8 @@ fn append(conn: &Connection, run: &str, rows: &[(Duration, Record)]) -> anyhow::
                     decode_tok_s,
                     finish,
                     replays,
-                    error
+                    error,
+                    cached_tokens
                 ])?
             }
         }

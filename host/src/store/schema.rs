@@ -121,6 +121,14 @@ CREATE TABLE generations (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+-- Prompt tokens of the stream's last leg whose KV rows came from its replica's prefix cache
+-- (not prefilled again); 0 in rows written before. (DuckDB adds no column with NOT NULL.)
+ALTER TABLE generations ADD COLUMN cached_tokens INTEGER DEFAULT 0;
+"#,
+    ),
 ];
 
 /// The version a fresh database ends at.

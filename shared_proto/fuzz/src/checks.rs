@@ -424,7 +424,11 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("run", Request::Run { model: "m".into() }, tensors()[1..2].to_vec()),
         ("unload", Request::UnloadModel { model: "m".into() }, vec![]),
         ("lose_device", Request::LoseDevice, vec![]),
-        ("open_session", Request::OpenSession { model: "m".into(), session: 7, capacity: 512 }, vec![]),
+        (
+            "open_session",
+            Request::OpenSession { model: "m".into(), session: 7, capacity: 512, prompt: vec![1, 2, 3] },
+            vec![],
+        ),
         ("close_session", Request::CloseSession { model: "m".into(), session: 7 }, vec![]),
         (
             "step",
@@ -502,7 +506,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("kernel_done", Reply::KernelDone { device_ms: 1.5 }, tensors()[..1].to_vec()),
         ("model_declared", Reply::ModelDeclared { held: vec![], prepare_ms: None }, vec![]),
         ("model_declared_held", Reply::ModelDeclared { held: vec![0, 2, 5], prepare_ms: Some(3.5) }, vec![]),
-        ("session_opened", Reply::SessionOpened { kv_bytes: 47_185_920 }, vec![]),
+        ("session_opened", Reply::SessionOpened { kv_bytes: 47_185_920, reused: 2 }, vec![]),
         ("stepped", Reply::Stepped { tokens: vec![504, 2], device_ms: 12.5 }, vec![]),
         ("session_closed", Reply::SessionClosed, vec![]),
         ("weights_stored", Reply::WeightsStored { bytes: 4096, missing: 0, prepare_ms: Some(12.0) }, vec![]),

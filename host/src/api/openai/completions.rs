@@ -17,7 +17,10 @@ use shared_proto::Sampling;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::stop::StopScan;
-use super::types::{AssistantMessage, Choice, Chunk, ChunkChoice, Completion, Delta, ErrorBody, ErrorEnvelope, Usage};
+use super::types::{
+    AssistantMessage, Choice, Chunk, ChunkChoice, Completion, Delta, ErrorBody, ErrorEnvelope, PromptTokensDetails,
+    Usage,
+};
 use super::{bad, body, error, now_s, pool_error};
 use crate::api::input::{AnyEntries, Bounded, Content, MAX_MESSAGES, Stops, TextsOrIds, TextsOrIdsDoc};
 use crate::exec::GenParams;
@@ -400,6 +403,7 @@ async fn run(
         scan: StopScan::new(plan.stops),
         completion_tokens: 0,
         prompt_tokens,
+        cached_tokens: None,
         ready: VecDeque::new(),
     };
     let head = Head { id, created: now_s(), model, kind };
@@ -429,6 +433,8 @@ struct Output {
     scan: StopScan,
     completion_tokens: usize,
     prompt_tokens: usize,
+    /// What the replica's prefix cache gave, once the stream's summary came.
+    cached_tokens: Option<usize>,
     /// Pieces decided and not yet taken (text, then the end).
     ready: VecDeque<Piece>,
 }
@@ -461,6 +467,7 @@ impl Output {
                     }
                 }
                 Some(StreamEvent::Done(summary)) => {
+                    self.cached_tokens = Some(summary.cached_tokens);
                     let tail = self.text.finish_with(|ids| self.g.model.as_ref().decode(ids)).unwrap_or_default();
                     let s = self.scan.push(&tail);
                     let mut text = s.text;
@@ -478,7 +485,12 @@ impl Output {
 
     fn usage(&self) -> Usage {
         let (prompt_tokens, completion_tokens) = (self.prompt_tokens, self.completion_tokens);
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: self.cached_tokens.map(|cached_tokens| PromptTokensDetails { cached_tokens }),
+        }
     }
 }
 

@@ -58,6 +58,15 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// As OpenAI reports it; absent when the stream ended before its replica said (a stop string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Serialize, ToSchema, Clone, Copy)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV rows came from the replica's prefix cache (not prefilled again).
+    pub cached_tokens: usize,
 }
 
 #[derive(Serialize, ToSchema)]

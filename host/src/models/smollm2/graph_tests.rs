@@ -165,6 +165,58 @@ mod tests {
         unreachable!("no stages")
     }
 
+    /// A session that starts from a cached prefix (the rows of a closed session copied, the
+    /// rest stepped) gives the logits of the same prompt prefilled from nothing, on a fresh
+    /// model: the copy carries every layer's rows, and positions go on after the prefix.
+    #[test]
+    fn a_cached_prefix_gives_the_logits_of_a_full_prefill() {
+        use page_runtime::executors::cpu::CpuModel;
+        use page_runtime::sessions::Sessions;
+        use shared_proto::{Sampling, StepRow};
+        let (g, w) = build(&TINY, &tiny_weights(&TINY), LIMITS, Outputs { logits: true }).unwrap();
+        let vocab = page_runtime::sessions::vocab(&g);
+        let step = |m: &CpuModel, s: &mut Sessions, id: u64, tokens: &[u32]| {
+            let rows = [StepRow { session: id, tokens: tokens.to_vec(), sampling: Sampling::Greedy }];
+            let plan = s.plan(&rows, vocab).unwrap();
+            let out = m.run(&plan.inputs).unwrap();
+            s.commit(&plan);
+            (i32::from_le_bytes(out[0].data[..4].try_into().unwrap()) as u32, out[1].to_f32().unwrap())
+        };
+        let model = CpuModel::new(g.clone(), w.clone()).unwrap();
+        let mut sessions = Sessions::new(g.kv.unwrap()).with_prefix_cache();
+        // A first turn: a 20-token prompt, then 4 tokens decoded one at a time.
+        let mut turn: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 50).collect();
+        assert_eq!(sessions.open_reusing(1, 40, &turn).unwrap().copy, None);
+        let (mut next, _) = step(&model, &mut sessions, 1, &turn);
+        for _ in 0..4 {
+            turn.push(next);
+            next = step(&model, &mut sessions, 1, &[next]).0;
+        }
+        sessions.close(1);
+        // The next turn: everything the first session stepped, and three new tokens.
+        turn.extend([5, 9, 11]);
+        let opened = sessions.open_reusing(2, 40, &turn).unwrap();
+        let copy = opened.copy.expect("the first turn is a cached prefix");
+        assert_eq!(copy.rows, 24, "20 prompt tokens and the 4 decoded ones fed back");
+        model.copy_kv_rows(copy.from, copy.to, copy.rows).unwrap();
+        let (id, cached) = step(&model, &mut sessions, 2, &turn[24..]);
+        let fresh_model = CpuModel::new(g.clone(), w.clone()).unwrap();
+        let mut fresh = Sessions::new(g.kv.unwrap());
+        fresh.open(1, 40).unwrap();
+        let (fresh_id, full) = step(&fresh_model, &mut fresh, 1, &turn);
+        assert_eq!(id, fresh_id);
+        // Rows decoded one at a time (the cached ones) and rows of one prefill differ only in
+        // summation order: 1e-5 relative + 1e-5 absolute.
+        for (i, (a, b)) in cached.iter().zip(&full).enumerate() {
+            assert!((a - b).abs() <= 1e-5 + 1e-5 * b.abs(), "logit {i}: cached {a}, full prefill {b}");
+        }
+        // The copy is what makes them equal: without it the same step gives other logits.
+        let mut s3 = Sessions::new(g.kv.unwrap());
+        s3.open(1, 40).unwrap();
+        let (_, uncopied) = step(&CpuModel::new(g.clone(), w).unwrap(), &mut s3, 1, &turn[24..]);
+        assert!(uncopied.iter().zip(&full).any(|(a, b)| (a - b).abs() > 1e-3), "the prefix matters");
+    }
+
     #[test]
     fn stages_hold_only_their_weights_and_chain_to_the_whole_model() {
         let weights = tiny_weights(&TINY);

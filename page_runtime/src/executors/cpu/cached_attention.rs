@@ -105,6 +105,30 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// Copy rows `from..from + rows` to `to..to + rows` in every layer (a cached prefix into a
+    /// new session's range, `Sessions::open_reusing`). Rows never written read as zeros.
+    pub fn copy_rows(&mut self, from: usize, to: usize, rows: usize) -> Result<(), RemoteError> {
+        let w = self.width;
+        if from.max(to) + rows > self.max_tokens || (from < to + rows && to < from + rows) {
+            return Err(RemoteError::new(
+                ErrorKind::BadInput,
+                format!(
+                    "a copy of rows {from}.. to {to}.. ({rows} rows) overlaps or leaves the cache of {}",
+                    self.max_tokens
+                ),
+            ));
+        }
+        for l in 0..self.layers.len() {
+            self.reserve(l, from.max(to) + rows);
+            let (keys, values) = &mut self.layers[l];
+            keys.copy_within(from * w..(from + rows) * w, to * w);
+            values.copy_within(from * w..(from + rows) * w, to * w);
+        }
+        Ok(())
+    }
+}
+
 /// `q[T, heads·d]`, `kv_start[T]` → `[T, heads·d]`: each row attends over cache rows
 /// `kv_start[t] .. kv_start[t] + rows` of `layer`, unmasked (see `Op::CrossAttention`).
 pub fn cross_attention(

@@ -121,6 +121,13 @@ impl CpuModel {
         Ok(memory.data.len() as u64)
     }
 
+    /// Copy KV rows `from..from + rows` to `to..` in every layer (a cached prefix).
+    pub fn copy_kv_rows(&self, from: u32, to: u32, rows: u32) -> Result<(), RemoteError> {
+        let m = self.kv.as_ref().ok_or_else(|| RemoteError::new(ErrorKind::BadInput, "the model has no KV cache"))?;
+        let mut cache = m.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.copy_rows(from as usize, to as usize, rows as usize)
+    }
+
     /// Write an encoder's outputs (keys, values, … per layer, `[1, rows, width]` f32 each) as a
     /// memory, without assembling it (`Request::EncodeIntoMemory`).
     pub fn put_memory_outputs(&self, first_layer: usize, start: usize, outputs: &[Tensor]) -> Result<u64, RemoteError> {

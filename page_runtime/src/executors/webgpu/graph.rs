@@ -443,6 +443,39 @@ impl GpuModel {
 
     /// The KV cache with at least `need` rows: created at the first run, grown (the rows so far
     /// copied on the device, ordered before this run's submission) when a run writes past it.
+    /// Copy KV rows `from..from + rows` to `to..` in every layer (a cached prefix). WebGPU
+    /// forbids a copy within one buffer, so the rows pass through a scratch buffer.
+    pub fn copy_kv_rows(&self, ex: &WebGpuExecutor, from: u32, to: u32, rows: u32) -> Result<(), RemoteError> {
+        ex.alive()?;
+        let decl = self.graph.kv.as_ref().ok_or_else(|| bad("the model has no KV cache".into()))?;
+        if from.max(to) + rows > decl.max_tokens || (from < to + rows && to < from + rows) {
+            return Err(bad(format!("a copy of rows {from}.. to {to}.. ({rows} rows) overlaps or leaves the cache")));
+        }
+        let kv = self.kv_rows(ex, decl, from.max(to) + rows);
+        let row = decl.kv_heads as u64 * decl.head_dim as u64 * 4;
+        let bytes = rows as u64 * row;
+        let scratch = ex.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kv rows"),
+            size: 2 * bytes * kv.len() as u64,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ex.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        for (l, c) in kv.iter().enumerate() {
+            let at = 2 * l as u64 * bytes;
+            encoder.copy_buffer_to_buffer(&c.k, from as u64 * row, &scratch, at, bytes);
+            encoder.copy_buffer_to_buffer(&c.v, from as u64 * row, &scratch, at + bytes, bytes);
+        }
+        for (l, c) in kv.iter().enumerate() {
+            let at = 2 * l as u64 * bytes;
+            encoder.copy_buffer_to_buffer(&scratch, at, &c.k, to as u64 * row, bytes);
+            encoder.copy_buffer_to_buffer(&scratch, at + bytes, &c.v, to as u64 * row, bytes);
+        }
+        ex.gpu.queue.submit([encoder.finish()]);
+        scratch.destroy();
+        Ok(())
+    }
+
     fn kv_rows(&self, ex: &WebGpuExecutor, decl: &shared_proto::KvDecl, need: u32) -> Rc<Vec<LayerCache>> {
         let have = self.kv.borrow().clone();
         if let Some((rows, layers)) = &have
