@@ -42,6 +42,8 @@ pub struct HostConfig {
     pub join: Option<PathBuf>,
     /// Threads per launched tab (`--tab-threads`); `None`: one, unless a command sizes them.
     pub tab_threads: Option<u32>,
+    /// Whether tabs' CPU executors quantize a prefill's activations to int8 (`--tab-int8`).
+    pub tab_int8: bool,
 }
 
 impl Default for HostConfig {
@@ -59,6 +61,7 @@ impl Default for HostConfig {
             tab_timeout: Duration::from_secs(60),
             join: None,
             tab_threads: None,
+            tab_int8: false,
         }
     }
 }
@@ -205,6 +208,9 @@ impl Host {
             format!("{}/index.html?ws={}&token={token}&tab={id}", self.origin(), urlencode(&self.socket_url()));
         if self.tab_threads > 1 {
             url.push_str(&format!("&threads={}", self.tab_threads));
+        }
+        if self.cfg.tab_int8 {
+            url.push_str("&int8=batched");
         }
         PendingTab { id, token, url, arrived: rx }
     }

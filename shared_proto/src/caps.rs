@@ -13,6 +13,10 @@ pub struct Capabilities {
     /// Threads the tab's CPU executor spreads kernels over: 1, or the main thread and its
     /// workers in the threaded build (a cross-origin isolated page asked for `threads=N`).
     pub threads: u32,
+    /// Whether the CPU executor quantizes the activations of a batched quantized Linear (a
+    /// prefill) to int8 (the host asked with `&int8=batched`).
+    #[serde(default)]
+    pub int8_activations: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

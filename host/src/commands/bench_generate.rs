@@ -73,6 +73,17 @@ struct Row {
     tab_mib_above_empty: Option<f64>,
     /// Threads of the tab's CPU executor (`--tab-threads`; 1 on the host row).
     threads: u32,
+    /// The next chat turn after the single stream: its prompt tokens, those its prefix cache
+    /// gave, TTFT with them and TTFT prefilling it all (`None`: the backend keeps no cache).
+    turn2: Turn2,
+}
+
+#[derive(Clone, Copy)]
+struct Turn2 {
+    tokens: usize,
+    cached: usize,
+    cached_ttft_ms: f64,
+    full_ttft_ms: f64,
 }
 
 async fn step1(s: &Stepper, session: u64, tokens: Vec<u32>) -> anyhow::Result<u32> {
@@ -109,9 +120,21 @@ async fn streams(steppers: &[&Stepper], n: usize, prompt: &[u32], steps: usize) 
     Ok(tokens as f64 / t.elapsed().as_secs_f64())
 }
 
-/// KV rows for the bench: the long single stream and the most streams of one tab.
+/// The next user turn after the single stream's reply: what `chat` would send, the history
+/// being the prompt and the tokens the stream held (`prior`, generated ones included).
+fn next_turn(m: &SmolLm2, prior: &[u32]) -> anyhow::Result<Vec<u32>> {
+    let mut ids = prior.to_vec();
+    // ChatML: end the assistant turn, then a user turn and the assistant's header.
+    let tail = "<|im_end|>\n<|im_start|>user\nAnd what about dogs?<|im_end|>\n<|im_start|>assistant\n";
+    ids.extend(m.encode(tail)?);
+    Ok(ids)
+}
+
+/// KV rows for the bench: the long single stream kept as a cached prefix (at most half the
+/// cache) with its next turn opened twice, or the most streams of one tab.
 fn bench_limits(prompt: usize, decode: usize, max_streams: usize, steps: usize) -> KvLimits {
-    let rows = prompt + decode + 1 + max_streams * (12 + steps + 1) + 8;
+    let turn = prompt + decode + 64;
+    let rows = (4 * turn).max(turn + max_streams * (12 + steps + 1)) + 8;
     KvLimits { max_tokens: rows.next_multiple_of(256) as u32, max_sessions: max_streams as u32 + 2 }
 }
 
@@ -137,16 +160,34 @@ async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32],
     s.close(0).await?;
     // One stream: the prompt in one step (prefill and the first token), then single-token steps.
     // Decoding goes on past an end token: the count is fixed, as the peers do.
-    s.open(1, (prompt.len() + decode + 1) as u32).await?;
+    // Opened with its prompt: at close its rows stay in the prefix cache for the next turn.
+    s.open_reusing(1, (prompt.len() + decode + 1) as u32, prompt).await?;
     let t = Instant::now();
     let mut tok = step1(&s, 1, prompt.to_vec()).await?;
     let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut held = prompt.to_vec();
     let t = Instant::now();
     for _ in 1..decode {
+        held.push(tok);
         tok = step1(&s, 1, vec![tok]).await?;
     }
     let decode_tok_s = (decode - 1) as f64 / t.elapsed().as_secs_f64();
     s.close(1).await?;
+    // The next turn: from the prefix cache, then the same prompt prefilled whole.
+    let turn = next_turn(m, &held)?;
+    let capacity = (turn.len() + 1) as u32;
+    let t = Instant::now();
+    let (_, cached) = s.open_reusing(2, capacity, &turn).await?;
+    step1(&s, 2, turn[cached as usize..].to_vec()).await?;
+    let cached_ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+    s.open(3, capacity).await?;
+    let t = Instant::now();
+    step1(&s, 3, turn.clone()).await?;
+    let full_ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+    for id in [2, 3] {
+        s.close(id).await?;
+    }
+    let turn2 = Turn2 { tokens: turn.len(), cached: cached as usize, cached_ttft_ms, full_ttft_ms };
     let mut rates = Vec::new();
     for &n in &args.streams {
         rates.push((n, 1, streams(&[&s], n, prompt, steps).await?));
@@ -172,6 +213,7 @@ async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32],
         decode_tok_s,
         streams: rates,
         tab_mib_above_empty,
+        turn2,
     })
 }
 
@@ -238,7 +280,9 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                     .collect();
                 json!({"backend": r.backend, "load_ms": r.load_ms, "prefill_tokens": r.prefill_tokens,
                        "prefill_tok_s": r.prefill_tok_s, "ttft_ms": r.ttft_ms, "decode_tok_s": r.decode_tok_s,
-                       "streams": st, "tab_mib_above_empty": r.tab_mib_above_empty, "threads": r.threads})
+                       "streams": st, "tab_mib_above_empty": r.tab_mib_above_empty, "threads": r.threads,
+                       "turn2": {"tokens": r.turn2.tokens, "cached": r.turn2.cached,
+                                 "cached_ttft_ms": r.turn2.cached_ttft_ms, "full_ttft_ms": r.turn2.full_ttft_ms}})
             })
             .collect();
         let p: Vec<_> = peers
@@ -269,6 +313,19 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
             r.decode_tok_s,
             mem,
             st.join(", ")
+        );
+    }
+    println!("next chat turn (the single stream's prompt and reply as history, then a new question):");
+    for r in &rows {
+        let t = r.turn2;
+        println!(
+            "{:<10} | {} tokens, {} from the prefix cache: TTFT {:.0} ms, prefilled whole {:.0} ms ({:.2}×)",
+            r.backend,
+            t.tokens,
+            t.cached,
+            t.cached_ttft_ms,
+            t.full_ttft_ms,
+            t.full_ttft_ms / t.cached_ttft_ms
         );
     }
     for p in &peers {

@@ -129,6 +129,11 @@ impl KvCache {
     }
 }
 
+thread_local! {
+    /// Attention scores of one (token, head) at a time, per thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `q[T, heads·d]`, `kv_start[T]` → `[T, heads·d]`: each row attends over cache rows
 /// `kv_start[t] .. kv_start[t] + rows` of `layer`, unmasked (see `Op::CrossAttention`).
 pub fn cross_attention(
@@ -248,21 +253,25 @@ pub fn cached_attention(
         let first = kv_start[ti] as usize;
         let last = rows[ti];
         let qh = &q[ti * heads * d + h * d..ti * heads * d + (h + 1) * d];
-        let mut scores: Vec<f32> =
-            (first..=last).map(|r| dot(qh, &keys[r * w + kvh * d..r * w + (kvh + 1) * d]) * scale).collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = expf::exp(*s - max);
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for (r, &p) in (first..=last).zip(&scores) {
-            let p = p * inv;
-            for (a, &x) in o.iter_mut().zip(&values[r * w + kvh * d..r * w + (kvh + 1) * d]) {
-                *a += p * x;
+        // A buffer per thread, not per (token, head): allocating takes the allocator's lock,
+        // which the threaded wasm build's workers contend for.
+        SCORES.with_borrow_mut(|scores| {
+            scores.clear();
+            scores.extend((first..=last).map(|r| dot(qh, &keys[r * w + kvh * d..r * w + (kvh + 1) * d]) * scale));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = expf::exp(*s - max);
+                sum += *s;
             }
-        }
+            let inv = 1.0 / sum;
+            for (r, &p) in (first..=last).zip(scores.iter()) {
+                let p = p * inv;
+                for (a, &x) in o.iter_mut().zip(&values[r * w + kvh * d..r * w + (kvh + 1) * d]) {
+                    *a += p * x;
+                }
+            }
+        });
     });
     Ok(out)
 }

@@ -8,6 +8,7 @@ use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK, dequantize_row, f16_to_f32};
 use shared_proto::{DType, ErrorKind, RemoteError};
 
 use super::par;
+use super::quantized_int8::{Int8Activations, int8_activations};
 
 /// Bytes of one block of `dtype` (a block dtype).
 fn block_bytes(dtype: DType) -> usize {
@@ -80,11 +81,14 @@ fn output_row<const FMA: bool>(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32]
         *a = reduce8(&lanes) + mins;
         return;
     }
-    let mut lanes = vec![[0.0f32; 8]; acc.len()];
-    let mut mins = vec![0.0f32; acc.len()];
+    // On the stack: a heap allocation per output row takes the allocator's lock, which the
+    // threaded wasm build's workers contend for (it made batched steps slower on two threads).
+    assert!(acc.len() <= ROW_TILE, "one tile of rows");
+    let mut lanes = [[0.0f32; 8]; ROW_TILE];
+    let mut mins = [0.0f32; ROW_TILE];
     for (b, blk) in row.chunks_exact(bb).enumerate() {
         let (d, mn) = unpack(dtype, blk, &mut q);
-        for (i, (lane, min)) in lanes.iter_mut().zip(mins.iter_mut()).enumerate() {
+        for (i, (lane, min)) in lanes[..acc.len()].iter_mut().zip(mins.iter_mut()).enumerate() {
             let p = block_lanes::<FMA>(&q, &x[i * k + b * QK..i * k + (b + 1) * QK]);
             for l in 0..8 {
                 lane[l] = madd::<FMA>(d, p[l], lane[l]);
@@ -179,12 +183,13 @@ mod avx2 {
                 *a = sum(lane) + mins;
                 return;
             }
-            let mut lane = vec![_mm256_setzero_ps(); acc.len()];
-            let mut mins = vec![0.0f32; acc.len()];
+            assert!(acc.len() <= super::ROW_TILE, "one tile of rows");
+            let mut lane = [_mm256_setzero_ps(); super::ROW_TILE];
+            let mut mins = [0.0f32; super::ROW_TILE];
             for (b, blk) in row.chunks_exact(bb).enumerate() {
                 let (q, d, m) = unpack(dtype, blk);
                 let d = _mm256_set1_ps(d);
-                for (i, (l, mn)) in lane.iter_mut().zip(mins.iter_mut()).enumerate() {
+                for (i, (l, mn)) in lane[..acc.len()].iter_mut().zip(mins.iter_mut()).enumerate() {
                     *l = _mm256_fmadd_ps(d, lanes(&q, x.as_ptr().add(i * k + b * QK)), *l);
                     *mn = m.mul_add(xsum[i * nb + b], *mn);
                 }
@@ -218,7 +223,12 @@ fn wide_vectors() -> bool {
 }
 
 /// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with `W` given as `n` rows of `k / 32` blocks.
+/// With several rows and int8 activations on (`quantized_int8::set_int8_activations`), x is
+/// quantized to int8 blocks first.
 pub fn linear(x: &[f32], w: &[u8], dtype: DType, bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    if m > 1 && int8_activations() == Int8Activations::Batched {
+        return super::quantized_int8::linear(x, w, dtype, bias, (m, k, n), wide_vectors());
+    }
     linear_with(x, w, dtype, bias, (m, k, n), wide_vectors())
 }
 
@@ -304,7 +314,7 @@ fn linear_with(
 }
 
 /// Rows of x per pass over W in [`linear`] (see there).
-const ROW_TILE: usize = 32;
+pub(super) const ROW_TILE: usize = 32;
 
 /// Rows of the block table `[v, h]` picked by `ids`, dequantized; an id outside `0..v` is a bad
 /// input.
@@ -323,7 +333,7 @@ pub fn gather(table: &[u8], dtype: DType, h: usize, ids: &[i32]) -> Result<Vec<f
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use shared_proto::quant::{quantize_row_q4_1, quantize_row_q8_0};
 
@@ -341,7 +351,7 @@ mod tests {
     }
 
     /// The ggml formulas, block by block, in f64.
-    fn dequant_f64(dtype: DType, row: &[u8]) -> Vec<f64> {
+    pub(in super::super) fn dequant_f64(dtype: DType, row: &[u8]) -> Vec<f64> {
         let mut out = vec![];
         for b in row.chunks_exact(block_bytes(dtype)) {
             let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) as f64;

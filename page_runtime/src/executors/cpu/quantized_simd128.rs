@@ -7,6 +7,9 @@ use core::arch::wasm32::*;
 use shared_proto::DType;
 use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK};
 
+/// Rows of x one call takes at most (the callers' tile).
+const ROWS: usize = super::quantized::ROW_TILE;
+
 /// Halves held one per u32 lane → f32, bit-exact for every half. The magnitude bits shifted into
 /// place read as a float 2¹¹² too small (a half subnormal becomes an f32 subnormal, which wasm
 /// keeps), so one multiply rescales without a branch; ±inf/NaN get the f32 all-ones exponent.
@@ -102,14 +105,94 @@ pub fn output_row(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32], acc: &mut [
             *a = sum(lane) + mins;
             return;
         }
-        let mut lane = vec![f32x4_splat(0.0); acc.len()];
-        let mut mins = vec![0.0f32; acc.len()];
+        // On the stack: see `quantized::output_row`.
+        assert!(acc.len() <= ROWS, "one tile of rows");
+        let mut lane = [f32x4_splat(0.0); ROWS];
+        let mut mins = [0.0f32; ROWS];
         for b in 0..nb {
             let (q, d, m) = unpack(dtype, row.as_ptr().add(b * bb));
             let d = f32x4_splat(d);
-            for (i, (l, mn)) in lane.iter_mut().zip(mins.iter_mut()).enumerate() {
+            for (i, (l, mn)) in lane[..acc.len()].iter_mut().zip(mins.iter_mut()).enumerate() {
                 *l = f32x4_add(*l, f32x4_mul(d, lanes(&q, x.as_ptr().add(i * k + b * QK))));
                 *mn += m * xsum[i * nb + b];
+            }
+        }
+        for ((a, l), mn) in acc.iter_mut().zip(lane).zip(mins) {
+            *a = sum(l) + mn;
+        }
+    }
+}
+
+/// The 32 weights' `q` of the block at `b` as four i16x8 (weights 0–7, 8–15, 16–23, 24–31),
+/// and `(d, m)`.
+///
+/// # Safety
+/// `b` points at one whole block of `dtype`.
+#[inline(always)]
+unsafe fn unpack_i16(dtype: DType, b: *const u8) -> ([v128; 4], f32, f32) {
+    // SAFETY (whole body): unaligned loads inside the block.
+    unsafe {
+        if dtype == DType::Q4_1 {
+            let dm = halves(u32x4_extend_low_u16x8(v128_load32_zero(b as *const u32)));
+            let qs = v128_load(b.add(4) as *const v128);
+            let nib = u8x16_splat(0x0f);
+            let (lo, hi) = (v128_and(qs, nib), v128_and(u16x8_shr(qs, 4), nib));
+            let q = [
+                u16x8_extend_low_u8x16(lo),
+                u16x8_extend_high_u8x16(lo),
+                u16x8_extend_low_u8x16(hi),
+                u16x8_extend_high_u8x16(hi),
+            ];
+            (q, f32x4_extract_lane::<0>(dm), f32x4_extract_lane::<1>(dm))
+        } else {
+            let d = halves(u32x4_splat(u16::from_le_bytes([*b, *b.add(1)]) as u32));
+            let (a, c) = (v128_load(b.add(2) as *const v128), v128_load(b.add(18) as *const v128));
+            let q = [
+                i16x8_extend_low_i8x16(a),
+                i16x8_extend_high_i8x16(a),
+                i16x8_extend_low_i8x16(c),
+                i16x8_extend_high_i8x16(c),
+            ];
+            (q, f32x4_extract_lane::<0>(d), 0.0)
+        }
+    }
+}
+
+/// `Σ q·xq` of one block in four i32 lanes: four `i32x4.dot_i16x8_s`, eight multiply-adds each.
+///
+/// # Safety
+/// `x` points at 32 i16.
+#[inline(always)]
+unsafe fn dot_block(q: &[v128; 4], x: *const i16) -> v128 {
+    // SAFETY: the caller passes a pointer to a whole block of xq.
+    unsafe {
+        let d = |i: usize| i32x4_dot_i16x8(q[i], v128_load(x.add(8 * i) as *const v128));
+        i32x4_add(i32x4_add(d(0), d(1)), i32x4_add(d(2), d(3)))
+    }
+}
+
+/// See `quantized_int8::output_row`: `acc[i] = x_i · w` for one output row `w` of whole blocks,
+/// x given as int8 blocks widened to i16 (`xq`, scales `xd`) and its f32 block sums `xsum`.
+pub fn output_row_int8(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], acc: &mut [f32]) {
+    let bb = dtype.block().expect("a block dtype").1;
+    debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
+    let nb = row.len() / bb;
+    let k = nb * QK;
+    assert!(row.len() == nb * bb, "whole blocks");
+    assert!(xq.len() >= acc.len() * k && xd.len() >= acc.len() * nb && xsum.len() >= acc.len() * nb, "x covers the rows");
+    // SAFETY: block b < nb lies inside `row` and every xq pointer inside row i < acc.len()
+    // (both asserted above).
+    unsafe {
+        // On the stack: see `quantized::output_row`.
+        assert!(acc.len() <= ROWS, "one tile of rows");
+        let mut lane = [f32x4_splat(0.0); ROWS];
+        let mut mins = [0.0f32; ROWS];
+        for b in 0..nb {
+            let (q, d, m) = unpack_i16(dtype, row.as_ptr().add(b * bb));
+            for (i, (l, mn)) in lane[..acc.len()].iter_mut().zip(mins.iter_mut()).enumerate() {
+                let s = f32x4_convert_i32x4(dot_block(&q, xq.as_ptr().add(i * k + b * QK)));
+                *l = f32x4_add(*l, f32x4_mul(f32x4_splat(d * *xd.get_unchecked(i * nb + b)), s));
+                *mn += m * *xsum.get_unchecked(i * nb + b);
             }
         }
         for ((a, l), mn) in acc.iter_mut().zip(lane).zip(mins) {

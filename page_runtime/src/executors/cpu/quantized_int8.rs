@@ -1,0 +1,225 @@
+//! Linear over block-quantized weights with int8 activations (llama.cpp's Q4_1 × Q8_1 path):
+//! each 32-value block of a row of x becomes `dx · xq` (xq in −127..127, rounded to nearest),
+//! and a weight block `w = d·q + m` dotted with it is `d·dx·Σq·xq + m·Σx` — the integer dot
+//! exact, wasm SIMD128's `i32x4.dot_i16x8_s` doing eight multiply-adds per instruction where
+//! the f32 kernel does four in two. `Σx` is kept in f32 from the unquantized x.
+//!
+//! The price is x's rounding: per block at most `dx/2 · Σ|w|` on an output. Whether a model's
+//! answers survive it is measured, not assumed (see `set_int8_activations`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use shared_proto::DType;
+use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK, f16_to_f32};
+
+use super::par;
+
+/// When the CPU executor's quantized Linear quantizes its activations to int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Int8Activations {
+    /// Never: f32 activations everywhere.
+    Off = 0,
+    /// Only for several rows at once (a prefill, a batched step): compute-bound, where the
+    /// integer dot pays; a one-row decode step is bound by reading the weights.
+    Batched = 1,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(Int8Activations::Off as u8);
+
+/// Set the process-wide mode (a tab sets it once at start, from what its host asked).
+pub fn set_int8_activations(mode: Int8Activations) {
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+pub fn int8_activations() -> Int8Activations {
+    match MODE.load(Ordering::Relaxed) {
+        1 => Int8Activations::Batched,
+        _ => Int8Activations::Off,
+    }
+}
+
+/// Rows of x as int8 blocks: values widened to i16 (what the dot instruction takes; widening
+/// once here, not once per output row), and one scale per block.
+pub struct QuantizedRows {
+    pub q: Vec<i16>,
+    pub d: Vec<f32>,
+}
+
+/// Quantize `x` (whole blocks of 32) block by block: `dx = max|x| / 127`, `xq = round(x / dx)`.
+pub fn quantize_rows(x: &[f32]) -> QuantizedRows {
+    assert!(x.len().is_multiple_of(QK), "whole blocks");
+    let mut q = vec![0i16; x.len()];
+    let mut d = Vec::with_capacity(x.len() / QK);
+    for (blk, out) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)) {
+        let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let dx = amax / 127.0;
+        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        for (o, v) in out.iter_mut().zip(blk) {
+            *o = (v * inv).round().clamp(-127.0, 127.0) as i16;
+        }
+        d.push(dx);
+    }
+    QuantizedRows { q, d }
+}
+
+/// One output row of W for every row of x (portable): `acc[i] = x_i · w`.
+fn output_row(dtype: DType, row: &[u8], x: &QuantizedRows, xsum: &[f32], acc: &mut [f32]) {
+    let bb = dtype.block().expect("a block dtype").1;
+    let nb = row.len() / bb;
+    let k = nb * QK;
+    let mut q = [0i32; QK];
+    assert!(acc.len() <= super::quantized::ROW_TILE, "one tile of rows");
+    let mut mins = [0.0f32; super::quantized::ROW_TILE];
+    acc.fill(0.0);
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
+        let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        let m = if dtype == DType::Q4_1 {
+            for j in 0..QK / 2 {
+                q[j] = (blk[4 + j] & 0x0f) as i32;
+                q[j + QK / 2] = (blk[4 + j] >> 4) as i32;
+            }
+            f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]))
+        } else {
+            for j in 0..QK {
+                q[j] = blk[2 + j] as i8 as i32;
+            }
+            0.0
+        };
+        for (i, (a, mn)) in acc.iter_mut().zip(mins.iter_mut()).enumerate() {
+            let xq = &x.q[i * k + b * QK..i * k + (b + 1) * QK];
+            let s: i32 = q.iter().zip(xq).map(|(&w, &v)| w * v as i32).sum();
+            *a += d * x.d[i * nb + b] * s as f32;
+            *mn += m * xsum[i * nb + b];
+        }
+    }
+    for (a, mn) in acc.iter_mut().zip(mins) {
+        *a += mn;
+    }
+}
+
+/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with X quantized to int8 blocks (see the module).
+/// `wide`: the SIMD128 kernel (wasm32 with simd128 only; elsewhere the portable one runs).
+pub fn linear(
+    x: &[f32],
+    w: &[u8],
+    dtype: DType,
+    bias: Option<&[f32]>,
+    (m, k, n): (usize, usize, usize),
+    wide: bool,
+) -> Vec<f32> {
+    let bb = dtype.block().expect("a block dtype").1;
+    debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
+    let nb = k / QK;
+    assert!(k.is_multiple_of(QK), "K = {k} is not whole blocks");
+    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
+    assert_eq!(w.len(), n * nb * bb, "W is not {n}x{k} of {dtype:?}");
+    let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
+    let xq = quantize_rows(x);
+    let mut y = vec![0.0f32; m * n];
+    // Tiles of x rows as in the f32 kernel (`quantized::linear`): a tile stays in cache while
+    // every output row of W passes over it.
+    for r0 in (0..m).step_by(super::quantized::ROW_TILE) {
+        let t = super::quantized::ROW_TILE.min(m - r0);
+        let tile = QuantizedRows { q: xq.q[r0 * k..(r0 + t) * k].to_vec(), d: xq.d[r0 * nb..(r0 + t) * nb].to_vec() };
+        let xs = &xsum[r0 * nb..(r0 + t) * nb];
+        let mut yt = vec![0.0f32; n * t];
+        par::rows(&mut yt, t, n * k * t, |j, acc| {
+            let row = &w[j * nb * bb..(j + 1) * nb * bb];
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            if wide {
+                super::quantized_simd128::output_row_int8(dtype, row, &tile.q, &tile.d, xs, acc);
+            } else {
+                output_row(dtype, row, &tile, xs, acc);
+            }
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            {
+                let _ = wide;
+                output_row(dtype, row, &tile, xs, acc);
+            }
+            if let Some(bias) = bias {
+                for a in acc.iter_mut() {
+                    *a += bias[j];
+                }
+            }
+        });
+        for (j, col) in yt.chunks_exact(t).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                y[(r0 + i) * n + j] = v;
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_proto::quant::{quantize_row_q4_1, quantize_row_q8_0};
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn int8_rows_round_to_nearest_within_half_a_step() {
+        let mut x = noise(96, 3);
+        x[32..64].fill(0.0);
+        let q = quantize_rows(&x);
+        assert_eq!(q.d[1], 0.0, "an all-zero block has scale 0 and zeros");
+        assert!(q.q[32..64].iter().all(|&v| v == 0));
+        for (b, blk) in x.chunks_exact(QK).enumerate() {
+            let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(q.q[b * QK..(b + 1) * QK].iter().any(|v| v.abs() == 127) || amax == 0.0);
+            for (j, v) in blk.iter().enumerate() {
+                let back = q.q[b * QK + j] as f32 * q.d[b];
+                assert!((back - v).abs() <= q.d[b] / 2.0 * 1.0001, "{v} → {back}");
+            }
+        }
+    }
+
+    /// Against f64 on the quantized x (what the kernel computes: f32 rounding only) and on the
+    /// original x (the quantization's own error, bounded by dx/2 · Σ|w| per block).
+    #[test]
+    fn int8_linear_matches_f64_within_the_rounding_of_x() {
+        for dtype in [DType::Q4_1, DType::Q8_0] {
+            for (m, k, n) in [(2, 64, 5), (33, 96, 7), (4, 128, 300)] {
+                let w: Vec<u8> = noise(n * k, 1 + n as u64)
+                    .chunks_exact(k)
+                    .flat_map(|r| if dtype == DType::Q4_1 { quantize_row_q4_1(r) } else { quantize_row_q8_0(r) })
+                    .collect();
+                let x = noise(m * k, 7);
+                let got = linear(&x, &w, dtype, None, (m, k, n), false);
+                let xq = quantize_rows(&x);
+                let rb = w.len() / n;
+                for j in 0..n {
+                    let wr = super::super::quantized::tests::dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
+                    for i in 0..m {
+                        let (mut exact, mut abs, mut bound) = (0.0f64, 0.0f64, 0.0f64);
+                        for c in 0..k {
+                            let xv = x[i * k + c] as f64;
+                            exact += wr[c] * xv;
+                            abs += (wr[c] * xv).abs();
+                            // |x − dx·xq| ≤ dx/2 per value (the Q4_1 minimum's share, m·Σx,
+                            // uses x itself: this bounds it generously).
+                            bound += wr[c].abs() * xq.d[(i * k + c) / QK] as f64 / 2.0;
+                        }
+                        let g = got[i * n + j] as f64;
+                        assert!(
+                            (g - exact).abs() <= bound + 1e-5 * abs + 1e-6,
+                            "{dtype:?} {m}x{k}x{n} [{i},{j}]: {g} vs {exact} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
