@@ -49,8 +49,9 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 60)]
     tab_timeout: u64,
     /// Threads per tab for its wasm CPU executor (the threaded runtime in a cross-origin
-    /// isolated page; 1: the single-thread build). Default: transcribe shares this machine's
-    /// cores among its tabs; the other commands run one thread per tab.
+    /// isolated page; 1: the single-thread build). Default: one budget for the machine —
+    /// transcribe, generate, chat and serve share its cores among the tabs they may hold
+    /// (serve: --max-tabs); the other commands and the benches run one thread per tab.
     #[arg(long, global = true)]
     tab_threads: Option<u32>,
     /// Quantize the activations of a tab's batched quantized Linear layers (a prefill, several

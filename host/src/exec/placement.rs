@@ -101,6 +101,11 @@ pub async fn load(
     quiet: bool,
 ) -> anyhow::Result<Loaded> {
     let sampling = opts.check()?;
+    // Its tabs (one, or one per shard) share this machine's cores, unless `--tab-threads` said.
+    if host.tab_threads_asked().is_none() {
+        let cores = crate::policy::threads::local_cores();
+        host.set_tab_threads(crate::policy::threads::per_tab(cores, opts.shards as usize));
+    }
     let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
     pb.set_style(
         indicatif::ProgressStyle::with_template("uploading weights {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")

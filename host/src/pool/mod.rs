@@ -261,6 +261,12 @@ impl Pool {
     /// A pool over an already started host.
     pub async fn with_host(mut host: Host, cfg: PoolConfig) -> anyhow::Result<Pool> {
         cfg.validate()?;
+        // One thread budget for the machine: the most tabs the pool may hold share its cores
+        // (unless the user set `--tab-threads`).
+        if host.tab_threads_asked().is_none() {
+            let cores = crate::policy::threads::local_cores();
+            host.set_tab_threads(crate::policy::threads::per_tab(cores, cfg.max_tabs));
+        }
         let kinds = cfg.kinds_or_installed(|k| host.browser_binary(k).is_ok());
         anyhow::ensure!(
             !kinds.is_empty(),
