@@ -42,8 +42,9 @@ pub struct HostConfig {
     pub join: Option<PathBuf>,
     /// Threads per launched tab (`--tab-threads`); `None`: one, unless a command sizes them.
     pub tab_threads: Option<u32>,
-    /// Whether tabs' CPU executors quantize a prefill's activations to int8 (`--tab-int8`).
-    pub tab_int8: bool,
+    /// What tabs' CPU executors multiply block-quantized weights with (`--tab-activations`):
+    /// "f32", "int16" or "int8-batched" (`page_runtime::executors::cpu::quantized_int`).
+    pub tab_activations: Option<String>,
 }
 
 impl Default for HostConfig {
@@ -61,7 +62,7 @@ impl Default for HostConfig {
             tab_timeout: Duration::from_secs(60),
             join: None,
             tab_threads: None,
-            tab_int8: false,
+            tab_activations: None,
         }
     }
 }
@@ -209,8 +210,8 @@ impl Host {
         if self.tab_threads > 1 {
             url.push_str(&format!("&threads={}", self.tab_threads));
         }
-        if self.cfg.tab_int8 {
-            url.push_str("&int8=batched");
+        if let Some(a) = &self.cfg.tab_activations {
+            url.push_str(&format!("&activations={}", urlencode(a)));
         }
         PendingTab { id, token, url, arrived: rx }
     }

@@ -54,12 +54,12 @@ struct Cli {
     /// (serve: --max-tabs); the other commands and the benches run one thread per tab.
     #[arg(long, global = true)]
     tab_threads: Option<u32>,
-    /// Quantize the activations of a tab's batched quantized Linear layers (a prefill, several
-    /// streams in one step) to int8 blocks and multiply with integer dot products (llama.cpp's
-    /// Q4_1 × Q8 path) instead of f32: faster prefill, activations rounded to 1/254 of each
-    /// block's largest value. One-row decode steps stay f32.
-    #[arg(long, global = true)]
-    tab_int8: bool,
+    /// What a tab's CPU executor multiplies 4/8-bit block weights with: int16 (the default: each
+    /// 32-value block of activations rounded to ±32767 levels, integer dot products; SmolLM2's
+    /// reference ids unchanged); f32; or int8-batched (±127 levels, llama.cpp's Q8 path, for
+    /// several rows at once — a prefill — with one-row steps in f32; changes the ids).
+    #[arg(long, global = true, value_parser = ["f32", "int16", "int8-batched"])]
+    tab_activations: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -654,7 +654,7 @@ async fn main() -> ExitCode {
         tab_timeout: Duration::from_secs(cli.tab_timeout),
         join: None,
         tab_threads: cli.tab_threads,
-        tab_int8: cli.tab_int8,
+        tab_activations: cli.tab_activations,
     };
     let result = match cli.command {
         Command::Token(args) => token::run(args),

@@ -23,9 +23,9 @@ pub async fn probe() -> (Capabilities, Option<WebGpuExecutor>) {
     };
     let webnn = probe_webnn(&nav).await;
     let threads = crate::executors::cpu::threads() as u32;
-    let int8_activations = crate::executors::cpu::quantized_int8::int8_activations()
-        != crate::executors::cpu::quantized_int8::Int8Activations::Off;
-    let caps = Capabilities { user_agent, hardware_concurrency, device_memory_gib, webgpu, webnn, threads, int8_activations };
+    let activations = crate::executors::cpu::quantized_int::activations().name().to_string();
+    let caps =
+        Capabilities { user_agent, hardware_concurrency, device_memory_gib, webgpu, webnn, threads, activations };
     (caps, executor)
 }
 

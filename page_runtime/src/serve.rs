@@ -43,9 +43,9 @@ fn launch_params() -> Result<LaunchParams, String> {
             "token" => token = Some(v),
             "tab" => tab_id = v.parse().ok(),
             // Before the capabilities are probed: they report it.
-            "int8" => {
-                use crate::executors::cpu::quantized_int8::{Int8Activations, set_int8_activations};
-                set_int8_activations(if v == "batched" { Int8Activations::Batched } else { Int8Activations::Off });
+            "activations" => {
+                use crate::executors::cpu::quantized_int::{Activations, set_activations};
+                set_activations(Activations::from_name(&v).ok_or(format!("unknown &activations={v}"))?);
             }
             _ => {}
         }

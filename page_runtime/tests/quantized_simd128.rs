@@ -156,23 +156,25 @@ fn simd128_f16_linear_matches_f64_and_widens_every_finite_half() {
     }
 }
 
-/// The int8-activation Linear (`quantized_int8`): the SIMD128 kernel (`i32x4.dot_i16x8_s`)
-/// against the portable one on the same quantized x — integer dots are exact, so only the f32
-/// scaling's order differs: ≤ 1e-6 + 4e-6·Σ|wⱼ·xⱼ| — and against f64 on the unquantized x within
-/// x's rounding (dx/2 · Σ|w| per block), at SmolLM2's prefill shapes (M past one row tile).
+/// The integer-activation Linear (`quantized_int`, 8- and 16-bit x): the SIMD128 kernel
+/// (`i32x4.dot_i16x8_s`) against the portable one on the same quantized x — integer dots are
+/// exact, so only the f32 scaling's order differs: ≤ 1e-6 + 4e-6·Σ|wⱼ·xⱼ| — and against f64 on
+/// the unquantized x within x's rounding (dx/2 · Σ|w| per block), at SmolLM2's decode (M = 1)
+/// and prefill shapes (M past one row tile).
 #[wasm_bindgen_test]
-fn simd128_int8_linear_matches_portable_and_the_rounding_bound() {
-    use page_runtime::executors::cpu::quantized_int8;
-    for dtype in [DType::Q4_1, DType::Q8_0] {
-        for (m, k, n) in [(2, 576, 24), (33, 576, 9), (5, 1536, 7), (3, 64, 5)] {
+fn simd128_integer_linear_matches_portable_and_the_rounding_bound() {
+    use page_runtime::executors::cpu::quantized_int;
+    for (dtype, levels) in [(DType::Q4_1, 127.0), (DType::Q8_0, 127.0), (DType::Q4_1, 32767.0), (DType::Q8_0, 32767.0)]
+    {
+        for (m, k, n) in [(1, 576, 24), (1, 1536, 9), (2, 576, 24), (33, 576, 9), (5, 1536, 7), (3, 64, 5)] {
             let w: Vec<u8> = noise(n * k, 1 + n as u64)
                 .chunks_exact(k)
                 .flat_map(|r| if dtype == DType::Q4_1 { quantize_row_q4_1(r) } else { quantize_row_q8_0(r) })
                 .collect();
             let x = noise(m * k, 7 + k as u64);
-            let simd = quantized_int8::linear(&x, &w, dtype, None, (m, k, n), true);
-            let portable = quantized_int8::linear(&x, &w, dtype, None, (m, k, n), false);
-            let xq = quantized_int8::quantize_rows(&x);
+            let simd = quantized_int::linear(&x, &w, dtype, None, (m, k, n), levels, true);
+            let portable = quantized_int::linear(&x, &w, dtype, None, (m, k, n), levels, false);
+            let xq = quantized_int::quantize_rows(&x, levels);
             let rb = w.len() / n;
             for j in 0..n {
                 let wr = dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
@@ -184,8 +186,14 @@ fn simd128_int8_linear_matches_portable_and_the_rounding_bound() {
                         bound += wr[c].abs() * xq.d[(i * k + c) / 32] as f64 / 2.0;
                     }
                     let (s, p) = (simd[i * n + j] as f64, portable[i * n + j] as f64);
-                    assert!((s - p).abs() <= 1e-6 + 4e-6 * abs, "{dtype:?} {m}x{k}x{n} [{i},{j}]: simd {s} vs portable {p}");
-                    assert!((s - exact).abs() <= bound + 1e-5 * abs, "{dtype:?} [{i},{j}]: {s} vs f64 {exact} (bound {bound})");
+                    assert!(
+                        (s - p).abs() <= 1e-6 + 4e-6 * abs,
+                        "{dtype:?} {m}x{k}x{n} [{i},{j}]: simd {s} vs portable {p}"
+                    );
+                    assert!(
+                        (s - exact).abs() <= bound + 1e-5 * abs,
+                        "{dtype:?} [{i},{j}]: {s} vs f64 {exact} (bound {bound})"
+                    );
                 }
             }
         }

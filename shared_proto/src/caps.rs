@@ -13,10 +13,10 @@ pub struct Capabilities {
     /// Threads the tab's CPU executor spreads kernels over: 1, or the main thread and its
     /// workers in the threaded build (a cross-origin isolated page asked for `threads=N`).
     pub threads: u32,
-    /// Whether the CPU executor quantizes the activations of a batched quantized Linear (a
-    /// prefill) to int8 (the host asked with `&int8=batched`).
-    #[serde(default)]
-    pub int8_activations: bool,
+    /// What the CPU executor's block-quantized Linear multiplies the weights with: "f32",
+    /// "int16" (activations rounded to 16-bit blocks, integer dots) or "int8-batched" (8-bit
+    /// blocks for several rows at once) — what the host asked with `&activations=`.
+    pub activations: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

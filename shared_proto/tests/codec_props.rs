@@ -67,7 +67,7 @@ fn arb_to_host() -> impl Strategy<Value = ToHost> {
                         contexts: vec![WebNnContextProbe { device_type: "cpu".into(), ok: webnn, error: None }],
                     },
                     threads: 1,
-                    int8_activations: false,
+                    activations: "f32".into(),
                 },
             }))
         },

@@ -171,6 +171,7 @@ pub async fn run(cfg: HostConfig, json_out: bool) -> anyhow::Result<()> {
                     lines.push(format!("  browser     {}", caps.user_agent));
                     lines.push(format!("  cores       {} (navigator.hardwareConcurrency)", caps.hardware_concurrency));
                     lines.push(format!("  threads     {} (the tab's CPU executor)", caps.threads));
+                    lines.push(format!("  activations {} (its 4/8-bit Linear's)", caps.activations));
                     lines.push(format!("  WebGPU      {}", adapter_line(&caps)));
                     for (n, v) in &caps.webgpu.limits {
                         lines.push(format!("    {n:<36} {v}"));

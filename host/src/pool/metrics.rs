@@ -74,6 +74,9 @@ pub struct TabMetrics {
     pub webgpu: String,
     pub webnn: String,
     pub hardware_concurrency: u32,
+    /// Threads of the tab's CPU executor, and what its quantized Linear multiplies with.
+    pub cpu_threads: u32,
+    pub activations: String,
     pub device_memory_gib: Option<f64>,
     pub user_agent: String,
     /// 0–100 from failures, latency against its own baseline, missed heartbeats, memory.
@@ -262,6 +265,8 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 webgpu: adapter_line(caps),
                 webnn: webnn_line(caps),
                 hardware_concurrency: caps.hardware_concurrency,
+                cpu_threads: caps.threads,
+                activations: caps.activations.clone(),
                 device_memory_gib: caps.device_memory_gib,
                 user_agent: caps.user_agent.clone(),
                 health: s.health(free_memory),
@@ -374,7 +379,7 @@ impl PoolMetrics {
             let models: Vec<String> = t.models.iter().map(|(m, b)| format!("{m} ({b})")).collect();
             let _ = writeln!(
                 o,
-                "{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} threads{}{}",
+                "{:>4} | {:<19} | {:>6} | {:<9} | {:>4} | {:>7} | {:>7} | {:>7.1} | {:<28} | WebGPU: {}; WebNN: {}; {} cores, CPU executor {} thread(s), {} activations{}{}",
                 t.id,
                 t.kind,
                 t.health,
@@ -387,6 +392,8 @@ impl PoolMetrics {
                 t.webgpu,
                 t.webnn,
                 t.hardware_concurrency,
+                t.cpu_threads,
+                t.activations,
                 t.node.as_ref().map(|n| format!("; grid node {}", n.uri)).unwrap_or_default(),
                 if t.recovering {
                     " [recovering]"

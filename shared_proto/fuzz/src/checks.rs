@@ -483,7 +483,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
             ],
         },
         threads: 2,
-        int8_activations: true,
+        activations: "int16".into(),
     };
     let hello = |caps| {
         ToHost::Hello(Box::new(Hello { protocol_version: PROTOCOL_VERSION, tab_id: 3, token: "0123abcd".into(), caps }))

@@ -15,7 +15,7 @@ pub use par::threads;
 #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
 pub mod pool;
 pub mod quantized;
-pub mod quantized_int8;
+pub mod quantized_int;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod quantized_simd128;
 mod reduce;

@@ -8,7 +8,7 @@ use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK, dequantize_row, f16_to_f32};
 use shared_proto::{DType, ErrorKind, RemoteError};
 
 use super::par;
-use super::quantized_int8::{Int8Activations, int8_activations};
+use super::quantized_int::activations;
 
 /// Bytes of one block of `dtype` (a block dtype).
 fn block_bytes(dtype: DType) -> usize {
@@ -223,11 +223,11 @@ fn wide_vectors() -> bool {
 }
 
 /// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with `W` given as `n` rows of `k / 32` blocks.
-/// With several rows and int8 activations on (`quantized_int8::set_int8_activations`), x is
-/// quantized to int8 blocks first.
+/// With integer activations on (`quantized_int::set_activations`) x is rounded to integer
+/// blocks first, where the mode says so for `m` rows.
 pub fn linear(x: &[f32], w: &[u8], dtype: DType, bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-    if m > 1 && int8_activations() == Int8Activations::Batched {
-        return super::quantized_int8::linear(x, w, dtype, bias, (m, k, n), wide_vectors());
+    if let Some(levels) = activations().levels(m) {
+        return super::quantized_int::linear(x, w, dtype, bias, (m, k, n), levels, wide_vectors());
     }
     linear_with(x, w, dtype, bias, (m, k, n), wide_vectors())
 }

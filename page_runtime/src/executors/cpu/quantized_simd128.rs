@@ -171,18 +171,33 @@ unsafe fn dot_block(q: &[v128; 4], x: *const i16) -> v128 {
     }
 }
 
-/// See `quantized_int8::output_row`: `acc[i] = x_i · w` for one output row `w` of whole blocks,
-/// x given as int8 blocks widened to i16 (`xq`, scales `xd`) and its f32 block sums `xsum`.
-pub fn output_row_int8(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], acc: &mut [f32]) {
+/// See `quantized_int::output_row`: `acc[i] = x_i · w` for one output row `w` of whole blocks,
+/// x given as integer blocks in i16 (`xq`, scales `xd`) and its f32 block sums `xsum`.
+pub fn output_row_int(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], acc: &mut [f32]) {
     let bb = dtype.block().expect("a block dtype").1;
     debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
     let nb = row.len() / bb;
     let k = nb * QK;
     assert!(row.len() == nb * bb, "whole blocks");
-    assert!(xq.len() >= acc.len() * k && xd.len() >= acc.len() * nb && xsum.len() >= acc.len() * nb, "x covers the rows");
+    assert!(
+        xq.len() >= acc.len() * k && xd.len() >= acc.len() * nb && xsum.len() >= acc.len() * nb,
+        "x covers the rows"
+    );
     // SAFETY: block b < nb lies inside `row` and every xq pointer inside row i < acc.len()
     // (both asserted above).
     unsafe {
+        if let [a] = acc {
+            // A decode step: accumulators in registers.
+            let (mut lane, mut mins) = (f32x4_splat(0.0), 0.0f32);
+            for b in 0..nb {
+                let (q, d, m) = unpack_i16(dtype, row.as_ptr().add(b * bb));
+                let s = f32x4_convert_i32x4(dot_block(&q, xq.as_ptr().add(b * QK)));
+                lane = f32x4_add(lane, f32x4_mul(f32x4_splat(d * *xd.get_unchecked(b)), s));
+                mins += m * *xsum.get_unchecked(b);
+            }
+            *a = sum(lane) + mins;
+            return;
+        }
         // On the stack: see `quantized::output_row`.
         assert!(acc.len() <= ROWS, "one tile of rows");
         let mut lane = [f32x4_splat(0.0); ROWS];

@@ -1,11 +1,13 @@
-//! Linear over block-quantized weights with int8 activations (llama.cpp's Q4_1 × Q8_1 path):
-//! each 32-value block of a row of x becomes `dx · xq` (xq in −127..127, rounded to nearest),
-//! and a weight block `w = d·q + m` dotted with it is `d·dx·Σq·xq + m·Σx` — the integer dot
-//! exact, wasm SIMD128's `i32x4.dot_i16x8_s` doing eight multiply-adds per instruction where
-//! the f32 kernel does four in two. `Σx` is kept in f32 from the unquantized x.
+//! Linear over block-quantized weights with integer activations (llama.cpp's Q4_1 × Q8_1 path,
+//! and a 16-bit variant of it): each 32-value block of a row of x becomes `dx · xq` (xq rounded
+//! to nearest within ±127, or ±32767), and a weight block `w = d·q + m` dotted with it is
+//! `d·dx·Σq·xq + m·Σx` — the integer dot exact, wasm SIMD128's `i32x4.dot_i16x8_s` doing eight
+//! multiply-adds per instruction where the f32 kernel does four in two, with no int → float
+//! conversion of the weights. `Σx` is kept in f32 from the unquantized x.
 //!
-//! The price is x's rounding: per block at most `dx/2 · Σ|w|` on an output. Whether a model's
-//! answers survive it is measured, not assumed (see `set_int8_activations`).
+//! The price is x's rounding: per block at most `dx/2 · Σ|w|` on an output — with 8 bits,
+//! enough to change SmolLM2's greedy ids; with 16 bits, 1/258 of that. Whether a model's answers
+//! survive it is measured, not assumed (see [`Activations`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -14,49 +16,83 @@ use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK, f16_to_f32};
 
 use super::par;
 
-/// When the CPU executor's quantized Linear quantizes its activations to int8.
+/// What the CPU executor's quantized Linear multiplies its weights with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Int8Activations {
-    /// Never: f32 activations everywhere.
-    Off = 0,
-    /// Only for several rows at once (a prefill, a batched step): compute-bound, where the
-    /// integer dot pays; a one-row decode step is bound by reading the weights.
-    Batched = 1,
+pub enum Activations {
+    /// f32 activations, f32 products.
+    F32 = 0,
+    /// Every row's activations rounded to 16-bit blocks (±32767 levels), integer dots.
+    Int16 = 1,
+    /// Several rows at once (a prefill, a batched step) rounded to 8-bit blocks; one-row steps
+    /// in f32.
+    Int8Batched = 2,
 }
 
-static MODE: AtomicU8 = AtomicU8::new(Int8Activations::Off as u8);
+impl Activations {
+    pub const ALL: [Activations; 3] = [Activations::F32, Activations::Int16, Activations::Int8Batched];
 
-/// Set the process-wide mode (a tab sets it once at start, from what its host asked).
-pub fn set_int8_activations(mode: Int8Activations) {
-    MODE.store(mode as u8, Ordering::Relaxed);
-}
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::F32 => "f32",
+            Activations::Int16 => "int16",
+            Activations::Int8Batched => "int8-batched",
+        }
+    }
 
-pub fn int8_activations() -> Int8Activations {
-    match MODE.load(Ordering::Relaxed) {
-        1 => Int8Activations::Batched,
-        _ => Int8Activations::Off,
+    pub fn from_name(name: &str) -> Option<Activations> {
+        Activations::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The integer levels x is rounded to for `m` rows, or `None`: f32.
+    pub fn levels(self, m: usize) -> Option<f32> {
+        match self {
+            Activations::F32 => None,
+            Activations::Int16 => Some(32767.0),
+            Activations::Int8Batched => (m > 1).then_some(127.0),
+        }
     }
 }
 
-/// Rows of x as int8 blocks: values widened to i16 (what the dot instruction takes; widening
+/// In a tab, 16-bit activations unless the host asks otherwise: measured in Chromium on this
+/// project's 2-core machine (bench generate, SmolLM2-135M Q4_1, 2 threads) prefill 131 → 148
+/// tok/s, 16 streams 70 → 78 tok/s, decode 28 → 29 tok/s (one thread 16 → 19), and the greedy ids
+/// of both reference prompts unchanged. 8-bit activations change them, so they are only asked
+/// for. Natively (the host's CPU executor, AVX2 f32 with FMA) f32.
+static MODE: AtomicU8 =
+    AtomicU8::new(if cfg!(target_arch = "wasm32") { Activations::Int16 } else { Activations::F32 } as u8);
+
+/// Set the process-wide mode (a tab sets it once at start, from what its host asked).
+pub fn set_activations(mode: Activations) {
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
+
+pub fn activations() -> Activations {
+    match MODE.load(Ordering::Relaxed) {
+        1 => Activations::Int16,
+        2 => Activations::Int8Batched,
+        _ => Activations::F32,
+    }
+}
+
+/// Rows of x as integer blocks in i16 (what the dot instruction takes: 8-bit values are widened
 /// once here, not once per output row), and one scale per block.
 pub struct QuantizedRows {
     pub q: Vec<i16>,
     pub d: Vec<f32>,
 }
 
-/// Quantize `x` (whole blocks of 32) block by block: `dx = max|x| / 127`, `xq = round(x / dx)`.
-pub fn quantize_rows(x: &[f32]) -> QuantizedRows {
+/// Quantize `x` (whole blocks of 32) block by block: `dx = max|x| / levels`, `xq = round(x / dx)`.
+pub fn quantize_rows(x: &[f32], levels: f32) -> QuantizedRows {
     assert!(x.len().is_multiple_of(QK), "whole blocks");
     let mut q = vec![0i16; x.len()];
     let mut d = Vec::with_capacity(x.len() / QK);
     for (blk, out) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)) {
         let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let dx = amax / 127.0;
+        let dx = amax / levels;
         let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         for (o, v) in out.iter_mut().zip(blk) {
-            *o = (v * inv).round().clamp(-127.0, 127.0) as i16;
+            *o = (v * inv).round().clamp(-levels, levels) as i16;
         }
         d.push(dx);
     }
@@ -98,14 +134,16 @@ fn output_row(dtype: DType, row: &[u8], x: &QuantizedRows, xsum: &[f32], acc: &m
     }
 }
 
-/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with X quantized to int8 blocks (see the module).
-/// `wide`: the SIMD128 kernel (wasm32 with simd128 only; elsewhere the portable one runs).
+/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` with X rounded to integer blocks of ±`levels` (127
+/// or 32767, see the module). `wide`: the SIMD128 kernel (wasm32 with simd128 only; elsewhere
+/// the portable one runs).
 pub fn linear(
     x: &[f32],
     w: &[u8],
     dtype: DType,
     bias: Option<&[f32]>,
     (m, k, n): (usize, usize, usize),
+    levels: f32,
     wide: bool,
 ) -> Vec<f32> {
     let bb = dtype.block().expect("a block dtype").1;
@@ -115,7 +153,7 @@ pub fn linear(
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(w.len(), n * nb * bb, "W is not {n}x{k} of {dtype:?}");
     let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
-    let xq = quantize_rows(x);
+    let xq = quantize_rows(x, levels);
     let mut y = vec![0.0f32; m * n];
     // Tiles of x rows as in the f32 kernel (`quantized::linear`): a tile stays in cache while
     // every output row of W passes over it.
@@ -128,7 +166,7 @@ pub fn linear(
             let row = &w[j * nb * bb..(j + 1) * nb * bb];
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             if wide {
-                super::quantized_simd128::output_row_int8(dtype, row, &tile.q, &tile.d, xs, acc);
+                super::quantized_simd128::output_row_int(dtype, row, &tile.q, &tile.d, xs, acc);
             } else {
                 output_row(dtype, row, &tile, xs, acc);
             }
@@ -173,7 +211,7 @@ mod tests {
     fn int8_rows_round_to_nearest_within_half_a_step() {
         let mut x = noise(96, 3);
         x[32..64].fill(0.0);
-        let q = quantize_rows(&x);
+        let q = quantize_rows(&x, 127.0);
         assert_eq!(q.d[1], 0.0, "an all-zero block has scale 0 and zeros");
         assert!(q.q[32..64].iter().all(|&v| v == 0));
         for (b, blk) in x.chunks_exact(QK).enumerate() {
@@ -189,16 +227,18 @@ mod tests {
     /// Against f64 on the quantized x (what the kernel computes: f32 rounding only) and on the
     /// original x (the quantization's own error, bounded by dx/2 · Σ|w| per block).
     #[test]
-    fn int8_linear_matches_f64_within_the_rounding_of_x() {
-        for dtype in [DType::Q4_1, DType::Q8_0] {
-            for (m, k, n) in [(2, 64, 5), (33, 96, 7), (4, 128, 300)] {
+    fn integer_linear_matches_f64_within_the_rounding_of_x() {
+        for (dtype, levels) in
+            [(DType::Q4_1, 127.0), (DType::Q8_0, 127.0), (DType::Q4_1, 32767.0), (DType::Q8_0, 32767.0)]
+        {
+            for (m, k, n) in [(1, 64, 5), (2, 64, 5), (33, 96, 7), (4, 128, 300)] {
                 let w: Vec<u8> = noise(n * k, 1 + n as u64)
                     .chunks_exact(k)
                     .flat_map(|r| if dtype == DType::Q4_1 { quantize_row_q4_1(r) } else { quantize_row_q8_0(r) })
                     .collect();
                 let x = noise(m * k, 7);
-                let got = linear(&x, &w, dtype, None, (m, k, n), false);
-                let xq = quantize_rows(&x);
+                let got = linear(&x, &w, dtype, None, (m, k, n), levels, false);
+                let xq = quantize_rows(&x, levels);
                 let rb = w.len() / n;
                 for j in 0..n {
                     let wr = super::super::quantized::tests::dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
