@@ -1,7 +1,8 @@
 //! SmolLM2-135M-Instruct generating in real tabs, its KV cache kept in the tab between steps:
 //! greedy ids equal the float64 reference (`tests/data/smollm2_greedy.json`) on the tab's CPU
 //! executor, on WebGPU and on WebNN (CPU device, chromium-webnn); concurrent generations batched into shared steps give each the ids
-//! it gets alone; seeded sampling is reproducible; a cancelled stream frees its KV rows; the
+//! it gets alone; a prompt again reuses its KV rows from the prefix cache (WebGPU: copied between
+//! device buffers) with the same ids; seeded sampling is reproducible; a cancelled stream frees its KV rows; the
 //! tab refuses sessions beyond its limits with a typed error.
 
 use crate::support;
@@ -110,6 +111,13 @@ async fn greedy_on_webgpu_equals_the_reference() {
     for (ids, c) in both.iter().zip(&cases) {
         assert_eq!(*ids, with_stop(c), "webgpu greedy ids of {:?}", c.user);
     }
+    // Again, alone: its prompt's KV rows (all but its last token) are copied from the prefix
+    // cache in device buffers, and the ids do not change.
+    let run = placement::generate(&m, &d, cases[1].prompt_ids.clone(), params(&m, 24, Sampling::Greedy), |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(run.ids, with_stop(&cases[1]), "webgpu greedy ids from a cached prefix");
+    assert_eq!(run.cached_tokens, cases[1].prompt_ids.len() - 1, "the whole prompt but its last token");
     d.stop().await;
     host.shutdown().await;
 }
