@@ -45,6 +45,9 @@ fn dequant_f64(dtype: DType, row: &[u8]) -> Vec<f64> {
 
 /// Checks both kernels' `[m, n]` outputs against f64.
 fn check(dtype: DType, w: &[u8], x: &[f32], (m, k, n): (usize, usize, usize)) {
+    // The f32 kernel: a tab's default is 16-bit integer activations (tested below on its own).
+    use page_runtime::executors::cpu::quantized_int::{Activations, set_activations};
+    set_activations(Activations::F32);
     let bias = noise(n, 9);
     let simd = quantized::linear(x, w, dtype, Some(&bias), m, k, n);
     let portable = quantized::linear_portable(x, w, dtype, Some(&bias), m, k, n);

@@ -22,7 +22,11 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+/// The device, and the CPU executor's f32 kernels as the reference (WebGPU's are f32): not a
+/// tab's default 16-bit integer activations, whose rounding `quantized_simd128` tests against f64.
 async fn executor() -> WebGpuExecutor {
+    use page_runtime::executors::cpu::quantized_int::{Activations, set_activations};
+    set_activations(Activations::F32);
     match webgpu::init().await {
         Ok(gpu) => WebGpuExecutor::new(gpu),
         Err(caps) => panic!("no WebGPU device: {:?}", caps.error),

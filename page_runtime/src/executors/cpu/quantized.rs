@@ -338,7 +338,7 @@ pub(super) mod tests {
     use shared_proto::quant::{quantize_row_q4_1, quantize_row_q8_0};
 
     /// Deterministic values in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
+    pub(in super::super) fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)
             .map(|_| {

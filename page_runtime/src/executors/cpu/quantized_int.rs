@@ -192,20 +192,9 @@ pub fn linear(
 
 #[cfg(test)]
 mod tests {
+    use super::super::quantized::tests::{dequant_f64, noise};
     use super::*;
     use shared_proto::quant::{quantize_row_q4_1, quantize_row_q8_0};
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn int8_rows_round_to_nearest_within_half_a_step() {
@@ -241,7 +230,7 @@ mod tests {
                 let xq = quantize_rows(&x, levels);
                 let rb = w.len() / n;
                 for j in 0..n {
-                    let wr = super::super::quantized::tests::dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
+                    let wr = dequant_f64(dtype, &w[j * rb..(j + 1) * rb]);
                     for i in 0..m {
                         let (mut exact, mut abs, mut bound) = (0.0f64, 0.0f64, 0.0f64);
                         for c in 0..k {
