@@ -69,11 +69,11 @@ impl PrefixCache {
         let cap = prompt.len().saturating_sub(1);
         self.entries
             .iter()
-            .map(|e| (e.start, common_prefix(&e.tokens, prompt).min(cap)))
-            .filter(|&(_, n)| n >= MIN_PREFIX)
+            .map(|e| (common_prefix(&e.tokens, prompt).min(cap), e.used, e.start))
+            .filter(|&(n, _, _)| n >= MIN_PREFIX)
             // Longest first; among equals the most recently used (it will stay longest).
-            .max_by_key(|&(start, n)| (n, self.entries.iter().find(|e| e.start == start).map(|e| e.used)))
-            .map(|(start, n)| (start, n as u32))
+            .max_by_key(|&(n, used, _)| (n, used))
+            .map(|(n, _, start)| (start, n as u32))
     }
 
     /// Count a lookup; on a hit, mark the entry at `start` used.

@@ -49,8 +49,9 @@ pub struct Opened {
 /// A planned step: the graph inputs (in `STEP_INPUTS` order) and what to commit once it ran.
 pub struct StepPlan {
     pub inputs: Vec<Tensor>,
-    /// Per session, the tokens its row appends.
-    advance: Vec<(u64, Vec<u32>)>,
+    /// Per session, how many tokens its row appends, and which (only for a session whose
+    /// tokens are kept for the prefix cache: no copy per decode step otherwise).
+    advance: Vec<(u64, u32, Option<Vec<u32>>)>,
 }
 
 fn capacity(msg: String) -> RemoteError {
@@ -208,7 +209,7 @@ impl Sessions {
         let mut advance = Vec::with_capacity(rows.len());
         for r in rows {
             let s = self.open.get(&r.session).ok_or_else(|| bad(format!("session {} is not open", r.session)))?;
-            if advance.iter().any(|(id, _)| *id == r.session) {
+            if advance.iter().any(|(id, _, _)| *id == r.session) {
                 return Err(bad(format!("session {} appears twice in one step", r.session)));
             }
             let n = r.tokens.len() as u32;
@@ -232,7 +233,7 @@ impl Sessions {
             last.push(ids.len() as i32 - 1);
             // The sampled token takes position len + n: its draw depends on that and the seed only.
             params.extend(sampling_params(r.sampling, s.len + n));
-            advance.push((r.session, r.tokens.clone()));
+            advance.push((r.session, n, s.tokens.as_ref().map(|_| r.tokens.clone())));
         }
         let (t, r) = (ids.len() as u32, rows.len() as u32);
         let i32s = |shape: Vec<u32>, v: &[i32]| Tensor {
@@ -289,11 +290,11 @@ impl Sessions {
 
     /// Record that a planned step ran: each session grew by its row's tokens.
     pub fn commit(&mut self, plan: &StepPlan) {
-        for (id, tokens) in &plan.advance {
+        for (id, n, tokens) in &plan.advance {
             if let Some(s) = self.open.get_mut(id) {
-                s.len += tokens.len() as u32;
-                if let Some(t) = &mut s.tokens {
-                    t.extend(tokens);
+                s.len += n;
+                if let (Some(t), Some(new)) = (&mut s.tokens, tokens) {
+                    t.extend(new);
                 }
             }
         }

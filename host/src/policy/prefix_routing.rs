@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 
+use page_runtime::prefix_cache::common_prefix;
+
 /// A hint shorter than this is no reason to prefer a replica (the tab keeps no shorter prefix).
 pub const MIN_PREFIX: usize = 16;
 /// How many more streams than the least loaded replica a prefix may outweigh.
@@ -42,7 +44,7 @@ impl PrefixHints {
 
     /// The longest start of `prompt` this replica was seen holding.
     pub fn longest(&self, prompt: &[u32]) -> usize {
-        self.seqs.iter().map(|s| s.iter().zip(prompt).take_while(|(a, b)| a == b).count()).max().unwrap_or(0)
+        self.seqs.iter().map(|s| common_prefix(s, prompt)).max().unwrap_or(0)
     }
 }
 

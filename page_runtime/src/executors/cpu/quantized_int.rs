@@ -100,7 +100,7 @@ pub fn quantize_rows(x: &[f32], levels: f32) -> QuantizedRows {
 }
 
 /// One output row of W for every row of x (portable): `acc[i] = x_i · w`.
-fn output_row(dtype: DType, row: &[u8], x: &QuantizedRows, xsum: &[f32], acc: &mut [f32]) {
+fn output_row(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], acc: &mut [f32]) {
     let bb = dtype.block().expect("a block dtype").1;
     let nb = row.len() / bb;
     let k = nb * QK;
@@ -123,9 +123,9 @@ fn output_row(dtype: DType, row: &[u8], x: &QuantizedRows, xsum: &[f32], acc: &m
             0.0
         };
         for (i, (a, mn)) in acc.iter_mut().zip(mins.iter_mut()).enumerate() {
-            let xq = &x.q[i * k + b * QK..i * k + (b + 1) * QK];
-            let s: i32 = q.iter().zip(xq).map(|(&w, &v)| w * v as i32).sum();
-            *a += d * x.d[i * nb + b] * s as f32;
+            let xb = &xq[i * k + b * QK..i * k + (b + 1) * QK];
+            let s: i32 = q.iter().zip(xb).map(|(&w, &v)| w * v as i32).sum();
+            *a += d * xd[i * nb + b] * s as f32;
             *mn += m * xsum[i * nb + b];
         }
     }
@@ -159,21 +159,22 @@ pub fn linear(
     // every output row of W passes over it.
     for r0 in (0..m).step_by(super::quantized::ROW_TILE) {
         let t = super::quantized::ROW_TILE.min(m - r0);
-        let tile = QuantizedRows { q: xq.q[r0 * k..(r0 + t) * k].to_vec(), d: xq.d[r0 * nb..(r0 + t) * nb].to_vec() };
+        // Slices of the quantized rows, not copies.
+        let (tq, td) = (&xq.q[r0 * k..(r0 + t) * k], &xq.d[r0 * nb..(r0 + t) * nb]);
         let xs = &xsum[r0 * nb..(r0 + t) * nb];
         let mut yt = vec![0.0f32; n * t];
         par::rows(&mut yt, t, n * k * t, |j, acc| {
             let row = &w[j * nb * bb..(j + 1) * nb * bb];
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             if wide {
-                super::quantized_simd128::output_row_int(dtype, row, &tile.q, &tile.d, xs, acc);
+                super::quantized_simd128::output_row_int(dtype, row, tq, td, xs, acc);
             } else {
-                output_row(dtype, row, &tile, xs, acc);
+                output_row(dtype, row, tq, td, xs, acc);
             }
             #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
             {
                 let _ = wide;
-                output_row(dtype, row, &tile, xs, acc);
+                output_row(dtype, row, tq, td, xs, acc);
             }
             if let Some(bias) = bias {
                 for a in acc.iter_mut() {
