@@ -636,6 +636,15 @@ async fn main() -> ExitCode {
     // profiles (which hold the tabs' secrets), reports — is its user's alone.
     // SAFETY: umask(2) only sets this process's file-creation mask.
     unsafe { libc::umask(0o077) };
+    // The CPU executor allocates each op's output afresh (megabytes for a batch); glibc serves
+    // such sizes with mmap and gives them back at free, so every op faulted its pages in again
+    // (a tenth of a MiniLM batch on the host). Keep them in the heap instead.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt(3) before any thread starts only tunes this process's allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

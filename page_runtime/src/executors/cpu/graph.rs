@@ -21,6 +21,10 @@ enum Data {
     /// A packed weight (f16 or block-quantized), its bytes as they arrived: only weights are
     /// packed, and kernels widen them as they read.
     Packed(DType, Bytes),
+    /// An f32 weight `[n, k]` used only as a Linear's W, stored transposed (`k × n`) on a native
+    /// host, where the GEMM reads it faster so (`matmul::linear_t`). Nothing else reads it.
+    #[cfg(not(target_arch = "wasm32"))]
+    F32T(Arc<[f32]>),
 }
 
 #[derive(Clone)]
@@ -33,6 +37,8 @@ impl Value {
     fn dtype(&self) -> DType {
         match self.data {
             Data::F32(_) | Data::F32Bytes(_) => DType::F32,
+            #[cfg(not(target_arch = "wasm32"))]
+            Data::F32T(_) => DType::F32,
             Data::I32(_) => DType::I32,
             Data::Packed(dt, _) => dt,
         }
@@ -99,6 +105,16 @@ impl CpuModel {
                 DType::F32 => Data::F32(Arc::from(t.to_f32().expect("f32"))),
                 dt => Data::Packed(dt, t.data.clone()),
             });
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        for (i, w) in ws.iter_mut().enumerate() {
+            let [n, k] = graph.weights[i].shape[..] else { continue };
+            if only_linear_weight(&graph, i)
+                && let Data::F32(_) | Data::F32Bytes(_) = w
+            {
+                let v = Value { shape: vec![n, k], data: w.clone() };
+                *w = Data::F32T(matmul::transpose(v.f32(), n as usize, k as usize).into());
+            }
         }
         let last_use = last_uses(&graph);
         let kv = graph.kv.as_ref().map(|kv| Mutex::new(KvCache::new(kv)));
@@ -206,10 +222,30 @@ impl CpuModel {
                         data: d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
                     },
                     Data::Packed(dt, b) => Tensor { dtype: *dt, shape: v.shape.clone(), data: b.clone() },
+                    #[cfg(not(target_arch = "wasm32"))]
+                    Data::F32T(_) => unreachable!("a transposed weight is never an output"),
                 })
             })
             .collect()
     }
+}
+
+/// Whether weight `i` is used by Linear nodes as their W and by nothing else (nor an output).
+#[cfg(not(target_arch = "wasm32"))]
+fn only_linear_weight(g: &Graph, i: usize) -> bool {
+    let id = (g.inputs.len() + i) as u32;
+    let mut used = false;
+    for n in &g.nodes {
+        for (pos, &a) in n.args.iter().enumerate() {
+            if a == id {
+                if !(matches!(n.op, Op::Linear { .. }) && pos == 1) {
+                    return false;
+                }
+                used = true;
+            }
+        }
+    }
+    used && !g.outputs.contains(&id)
 }
 
 /// `b` as f32 values without a copy, when its address allows it (4-aligned) and the machine
@@ -255,6 +291,8 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
             f(match &w.data {
                 Data::Packed(DType::F16, b) => half::linear(x.f32(), b, bias, m, k, n),
                 Data::Packed(dt, b) => quantized::linear(x.f32(), b, *dt, bias, m, k, n),
+                #[cfg(not(target_arch = "wasm32"))]
+                Data::F32T(wt) => matmul::linear_t(x.f32(), wt, bias, m, k, n),
                 _ => matmul::linear(x.f32(), w.f32(), bias, m, k, n),
             })
         }
@@ -283,6 +321,8 @@ fn eval(op: &Op, args: &[&Value], out_shape: &[u32], cache: Option<&mut KvCache>
             }
             Data::I32(d) => Data::I32(reindex::transpose(d, &args[0].shape, perm).into()),
             Data::Packed(..) => unreachable!("shapes::infer refuses packed operands here"),
+            #[cfg(not(target_arch = "wasm32"))]
+            Data::F32T(_) => unreachable!("only Linear reads a transposed weight"),
         },
         Op::Attention { heads } => {
             let q = args[0];

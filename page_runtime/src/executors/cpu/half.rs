@@ -1,8 +1,8 @@
 //! Linear and Gather over f16 weights (IEEE half, little-endian: how CTranslate2 stores
 //! Whisper's). Each half is widened to f32 as it is read. The widening is exact (every finite
 //! half is an f32), so a model keeps half of f32's memory. Natively and for prefill the sums are
-//! those of [`matmul::linear`] in the same order: exactly what the weights widened at load would
-//! give. A decode step in a tab (SIMD128) sums each row in another f32 order, within f32
+//! those of [`matmul::linear`] in the same order (natively from 8 rows on: its packed GEMM over
+//! the range widened whole): exactly what the weights widened at load would give. A decode step in a tab (SIMD128) sums each row in another f32 order, within f32
 //! rounding of that. Weights with an infinity or NaN are refused at load ([`first_not_finite`]), which lets
 //! the vector widening skip the special cases.
 
@@ -52,6 +52,13 @@ pub fn linear(x: &[f32], w: &[u8], bias: Option<&[f32]>, m: usize, k: usize, n: 
 
 /// [`linear`] on one thread.
 fn linear_range(x: &[f32], w: &[u8], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if m >= matmul::GEMM_MIN_ROWS {
+        // The range widened whole (n·k floats, read by all m rows), then the f32 GEMM.
+        let mut wide = vec![0.0f32; n * k];
+        widen_into(w, &mut wide);
+        return matmul::linear_gemm(x, &wide, bias, m, k, n);
+    }
     let mut y = vec![0.0f32; m * n];
     let done = decode_rows(x, w, bias, &mut y, (m, k, n));
     // The f32 kernel's blocks of rows, widened first: one row at a time for a decode step

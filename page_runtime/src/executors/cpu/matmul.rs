@@ -1,11 +1,35 @@
 //! Matmul family on the CPU.
 
-/// `C[m,n] = A[m,k] · B[k,n]`, row-major f32. The i-k-j loop order streams rows of B and C so
-/// the inner loop vectorises.
+/// `C[m,n] = A[m,k] · B[k,n]`, row-major f32: a packed GEMM natively from [`GEMM_MIN_ROWS`]
+/// rows on; otherwise the i-k-j loop order streams rows of B and C so the inner loop vectorises.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "A is not {m}x{k}");
     assert_eq!(b.len(), k * n, "B is not {k}x{n}");
     let mut c = vec![0.0f32; m * n];
+    #[cfg(not(target_arch = "wasm32"))]
+    if m >= GEMM_MIN_ROWS {
+        // SAFETY: A is m×k and B k×n row-major (lengths asserted), C m×n row-major and
+        // exclusively borrowed; beta = 0, so C's zeros are not read.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        return c;
+    }
     for i in 0..m {
         let c_row = &mut c[i * n..(i + 1) * n];
         for p in 0..k {
@@ -49,6 +73,10 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n:
 
 /// [`linear`] on one thread.
 fn linear_range(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if m >= GEMM_MIN_ROWS {
+        return linear_gemm(x, w, bias, m, k, n);
+    }
     let mut y = vec![0.0f32; m * n];
     let block = block_rows(k, n);
     for j0 in (0..n).step_by(block) {
@@ -56,6 +84,127 @@ fn linear_range(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, 
         linear_block(x, &w[j0 * k..j1 * k], j0, bias, &mut y, k, n);
     }
     y
+}
+
+/// From this many rows of X on, a native host multiplies with a packed GEMM (matrixmultiply:
+/// BLIS-style panels, AVX/FMA kernels chosen at run time). Below it, packing W costs as much as
+/// the product, and the dot kernel reads W once in place (a decode step, a batch of one).
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) const GEMM_MIN_ROWS: usize = 8;
+
+/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` by a packed GEMM on one thread (native hosts; the
+/// tab's wasm keeps the dot kernels, which its SIMD128 build vectorises).
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn linear_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "W is not {n}x{k}");
+    let mut y = vec![0.0f32; m * n];
+    if let Some(b) = bias {
+        y.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
+    }
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    // Wᵀ is W read with its strides swapped: element (p, j) of the k×n operand is w[j·k + p].
+    // SAFETY: X is m×k row-major and W n×k row-major (lengths asserted); Y is m×n row-major,
+    // exclusively borrowed, and initialised (bias rows or zeros) where beta reads it.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            1,
+            k as isize,
+            beta,
+            y.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+    y
+}
+
+/// [`linear`] with W stored transposed (`wt`: `k × n` row-major), how a native host keeps f32
+/// Linear weights (`CpuModel`): the GEMM packs W's panels from contiguous rows instead of
+/// gathering them across rows, which doubled its speed on a batch of one sentence. Below
+/// [`GEMM_MIN_ROWS`] rows, each row of Y sums the rows of `wt` scaled by x (streamed once).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn linear_t(x: &[f32], wt: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
+    assert_eq!(wt.len(), k * n, "Wᵀ is not {k}x{n}");
+    let mut y = vec![0.0f32; m * n];
+    if let Some(b) = bias {
+        y.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
+    }
+    if n == 0 {
+        return y;
+    }
+    if m >= GEMM_MIN_ROWS {
+        // Over threads by blocks of X's rows: each block packs its rows of X once (a strided
+        // gather, as X is row-major) and Wᵀ's contiguous panels; split by columns instead, every
+        // part gathered all of X again, which cost as much as the products.
+        let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        super::par::row_blocks(&mut y, n, 16, m * n * k, |r0, block| {
+            let rows = block.len() / n;
+            // SAFETY: rows r0.. of the m×k row-major X (in bounds: the block is within Y's m
+            // rows); Wᵀ is k×n row-major; the block is rows×n, exclusively borrowed and
+            // initialised where beta reads it.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    x.as_ptr().add(r0 * k),
+                    k as isize,
+                    1,
+                    wt.as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    block.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+        return y;
+    }
+    // A few rows (rarely: batches of one sentence have more): each row of Y sums the rows of
+    // Wᵀ scaled by x.
+    super::par::row_blocks(&mut y, n, 1, m * n * k, |r0, block| {
+        for (i, y_row) in block.chunks_exact_mut(n).enumerate() {
+            let x_row = &x[(r0 + i) * k..(r0 + i + 1) * k];
+            for (p, &xp) in x_row.iter().enumerate() {
+                for (o, w) in y_row.iter_mut().zip(&wt[p * n..(p + 1) * n]) {
+                    *o += xp * w;
+                }
+            }
+        }
+    });
+    y
+}
+
+/// `w` (`n × k` row-major) transposed: `k × n`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn transpose(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert_eq!(w.len(), n * k, "W is not {n}x{k}");
+    let mut t = vec![0.0f32; n * k];
+    // Tiles, so both sides stay in cache.
+    const T: usize = 32;
+    for j0 in (0..n).step_by(T) {
+        for p0 in (0..k).step_by(T) {
+            for j in j0..(j0 + T).min(n) {
+                for p in p0..(p0 + T).min(k) {
+                    t[p * n + j] = w[j * k + p];
+                }
+            }
+        }
+    }
+    t
 }
 
 /// Rows of W per block: small enough (64 KiB of f32) to stay in cache while every input row
@@ -99,5 +248,49 @@ mod tests {
         let x = [1., 2., 3., 4., 5., 6.]; // 2x3
         let w = [7., 9., 11., 8., 10., 12.]; // 2x3 = [[7,8],[9,10],[11,12]]ᵀ
         assert_eq!(linear(&x, &w, Some(&[1.0, -1.0]), 2, 3, 2), vec![59., 63., 140., 153.]);
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Both paths (packed GEMM from 8 rows on natively, dot kernels below), and natively the
+    /// transposed weights' (`linear_t`), against float64, with
+    /// shapes that are not multiples of any kernel tile: |got − want| ≤ 1e-5 + 1e-5·Σ|x·w|.
+    #[test]
+    fn linear_and_matmul_match_float64_on_ragged_shapes() {
+        for &(m, k, n) in &[(1, 7, 5), (7, 33, 19), (8, 384, 37), (37, 129, 70), (512, 384, 96)] {
+            let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+            let y = linear(&x, &w, Some(&b), m, k, n);
+            let c = matmul(&x, &w, m, k, n); // W read as a k×n matrix: another product
+            // A native host's transposed weights: the same products, summed in another order.
+            #[cfg(not(target_arch = "wasm32"))]
+            let yt = linear_t(&x, &transpose(&w, n, k), Some(&b), m, k, n);
+            #[cfg(target_arch = "wasm32")]
+            let yt = y.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64);
+                    let (want, mag) = terms.fold((b[j] as f64, b[j].abs() as f64), |(s, a), t| (s + t, a + t.abs()));
+                    for (what, got) in [("linear", y[i * n + j] as f64), ("linear_t", yt[i * n + j] as f64)] {
+                        assert!(
+                            (got - want).abs() <= 1e-5 + 1e-5 * mag,
+                            "{what} {m}x{k}x{n} [{i},{j}]: {got} vs {want}"
+                        );
+                    }
+                    let terms = (0..k).map(|p| x[i * k + p] as f64 * w[p * n + j] as f64);
+                    let (want, mag) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                    let got = c[i * n + j] as f64;
+                    assert!((got - want).abs() <= 1e-5 + 1e-5 * mag, "matmul {m}x{k}x{n} [{i},{j}]: {got} vs {want}");
+                }
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@ mod attention;
 mod binary;
 mod cached_attention;
 mod conv;
+mod erff;
 mod expf;
 mod graph;
 pub mod half;

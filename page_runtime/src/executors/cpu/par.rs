@@ -69,6 +69,28 @@ pub fn rows<T: Send>(out: &mut [T], row_len: usize, work: usize, f: impl Fn(usiz
     });
 }
 
+/// Call `f(first_row, block)` for blocks of whole `row_len`-sized rows of `out` (each about
+/// `rows / (2 · threads)` rows, a multiple of `align`), spread over threads when `work` pays for
+/// it: for kernels that want many rows at once (a GEMM packs its operand once per block).
+pub fn row_blocks<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    align: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    assert!(row_len > 0 && out.len().is_multiple_of(row_len), "whole rows");
+    let n = out.len() / row_len;
+    let per = n.div_ceil(2 * threads()).div_ceil(align.max(1)) * align.max(1);
+    let base = Shared(out.as_mut_ptr());
+    parts(n.div_ceil(per.max(1)), work, |c| {
+        let (r0, r1) = (c * per, ((c + 1) * per).min(n));
+        // SAFETY: block c covers rows r0..r1 of `out`, disjoint from every other block's.
+        let block = unsafe { std::slice::from_raw_parts_mut(base.at(r0 * row_len), (r1 - r0) * row_len) };
+        f(r0, block);
+    });
+}
+
 /// `Y [m, n]` computed by ranges of columns: `f(j0, j1)` gives `Y[:, j0..j1]` (row-major,
 /// `m × (j1 − j0)`); ranges start at multiples of `align`. A linear layer's rows of W are its
 /// columns of Y, so each task streams its own part of the weights.
@@ -116,6 +138,19 @@ mod tests {
             (0..m).flat_map(|i| (j0..j1).map(move |j| (i * n + j) as f32)).collect()
         });
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn row_blocks_cover_each_row_once_in_aligned_blocks() {
+        let mut out = vec![0u32; 37 * 2];
+        row_blocks(&mut out, 2, 8, usize::MAX, |r0, block| {
+            assert_eq!(r0 % 8, 0, "blocks start aligned");
+            for (r, row) in block.chunks_exact_mut(2).enumerate() {
+                row.iter_mut().for_each(|v| *v += (r0 + r) as u32 + 1);
+            }
+        });
+        let want: Vec<u32> = (0..37).flat_map(|i| [i + 1; 2]).collect();
+        assert_eq!(out, want);
     }
 
     #[test]
