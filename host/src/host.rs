@@ -82,6 +82,9 @@ pub struct Host {
     driver: Option<DriverProcess>,
     /// One browser per tab, by tab id, with the page URL (it carries the tab's secret).
     browsers: Vec<(u64, String, BrowserSession)>,
+    /// Profiles of local browsers closed to be replaced, by kind name, for the replacement to
+    /// start on (`close_tab_for_restart`): its Cache Storage still holds the tab's weights.
+    parked: Vec<(String, crate::browser::session::Profile)>,
     /// The address tabs use to reach the listeners.
     advertised: String,
     /// Lent tabs as they join, until the pool takes them ([`Self::take_joined`]).
@@ -142,6 +145,7 @@ impl Host {
             tasks: vec![http_task, socket_task],
             driver: None,
             browsers: Vec::new(),
+            parked: Vec::new(),
             advertised,
             joined,
             owner: format!("{:016x}", rand::random::<u64>()),
@@ -307,7 +311,11 @@ impl Host {
         let mut pending = self.expect_tab();
         let id = pending.id;
         let url = std::mem::take(&mut pending.url);
-        let session = match BrowserSession::open(&launch, &url).await {
+        let reuse = match self.parked.iter().position(|(kind, _)| *kind == spec.name) {
+            Some(i) if spec.browser != BrowserKind::Remote => Some(self.parked.swap_remove(i).1),
+            _ => None,
+        };
+        let session = match BrowserSession::open(&launch, &url, reuse).await {
             Ok(s) => s,
             Err(e) => {
                 self.forget(id);
@@ -342,6 +350,27 @@ impl Host {
 
     fn forget(&self, id: u64) {
         self.registry.expected.lock().expect("registry lock").remove(&id);
+    }
+
+    /// Close the browser behind tab `id` to start another of kind `kind` in its place: its
+    /// profile is kept for the next launch of that kind (the newest few per host). False if
+    /// unknown.
+    pub async fn close_tab_for_restart(&mut self, id: u64, kind: &str) -> bool {
+        /// Profiles parked at most: a pool replaces its tabs one at a time per slot.
+        const PARKED: usize = 4;
+        match self.browsers.iter().position(|(t, _, _)| *t == id) {
+            Some(i) => {
+                let (_, _, session) = self.browsers.swap_remove(i);
+                if let Some(p) = session.close_keeping_profile().await {
+                    self.parked.push((kind.to_string(), p));
+                    if self.parked.len() > PARKED {
+                        self.parked.remove(0);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Close the browser behind tab `id` (its socket closes with it). False if unknown.

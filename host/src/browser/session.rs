@@ -121,6 +121,17 @@ impl Profile {
     fn path(&self) -> &std::path::Path {
         &self.0
     }
+
+    /// A profile a closed browser left (every process of it gone), ready for the next browser of
+    /// its kind: the files naming the old process — its single-instance lock, its DevTools port
+    /// (read to attach: a stale one would point at nothing) — removed; everything else kept,
+    /// above all the Cache Storage holding the tab's weights.
+    fn reused(self) -> Profile {
+        for f in ["DevToolsActivePort", "SingletonLock", "SingletonSocket", "SingletonCookie", "lock", ".parentlock"] {
+            let _ = std::fs::remove_file(self.0.join(f));
+        }
+        self
+    }
 }
 
 impl Drop for Profile {
@@ -175,11 +186,21 @@ async fn devtools_port(profile: &std::path::Path, timeout: Duration) -> anyhow::
 }
 
 impl BrowserSession {
-    /// Start a browser as `launch` says and open `page_url` in it.
-    pub async fn open(launch: &Launch, page_url: &str) -> anyhow::Result<BrowserSession> {
+    /// Start a browser as `launch` says and open `page_url` in it; a local browser on `reuse`,
+    /// a profile an earlier browser of its kind left ([`BrowserSession::close_keeping_profile`]),
+    /// if given, else on a fresh one.
+    pub(crate) async fn open(
+        launch: &Launch,
+        page_url: &str,
+        reuse: Option<Profile>,
+    ) -> anyhow::Result<BrowserSession> {
+        let profile_for = |reuse: Option<Profile>| match reuse {
+            Some(p) => Ok(p.reused()),
+            None => Profile::fresh(),
+        };
         let session = match launch {
             Launch::Chromium { driver_url, binary, flags, attach } => {
-                let profile = Profile::fresh()?;
+                let profile = profile_for(reuse)?;
                 let args = chromium_args(flags, Some(profile.path()));
                 if *attach {
                     let child = tokio::process::Command::new(binary)
@@ -216,7 +237,7 @@ impl BrowserSession {
                 }
             }
             Launch::Firefox { geckodriver, binary, flags } => {
-                let profile = Profile::fresh()?;
+                let profile = profile_for(reuse)?;
                 let driver = super::DriverProcess::geckodriver(geckodriver).await?;
                 let url = driver.url();
                 let caps = firefox_caps(Some(binary), flags, Some(profile.path()));
@@ -344,6 +365,22 @@ impl BrowserSession {
     pub async fn close(self) {
         let BrowserSession { client, profile, own, driver } = self;
         Starting { client: Some(client), profile, own, driver }.close().await
+    }
+
+    /// Close as [`BrowserSession::close`] does, but hand back the local profile instead of
+    /// removing it, for a replacement browser to start on (its weights already cached).
+    pub(crate) async fn close_keeping_profile(self) -> Option<Profile> {
+        let BrowserSession { client, profile, own, driver } = self;
+        let mut s = Starting { client: Some(client), profile, own, driver };
+        let profile = s.profile.take();
+        s.close().await;
+        if let Some(p) = &profile {
+            // What close would have done to it: nothing of the old browser may still write there.
+            let left = super::procs::with_cmdline_containing(&p.path().display().to_string());
+            super::procs::kill_all(&left);
+            super::procs::wait_gone(&left, Duration::from_secs(5)).await;
+        }
+        profile
     }
 }
 

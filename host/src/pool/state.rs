@@ -748,7 +748,8 @@ impl Shared {
         }
         debug_assert_eq!(step, TabStep::RestartBrowser);
         if let Some(h) = self.host.lock().await.as_mut() {
-            h.close_tab(old.id).await;
+            // Its profile is kept for the replacement: the weights stay in its Cache Storage.
+            h.close_tab_for_restart(old.id, &old.kind.name).await;
         }
         // The old slot stays counted until its replacement is in, so the scaler does not launch
         // a second replacement meanwhile.
