@@ -315,7 +315,7 @@ impl Host {
             Some(i) if spec.browser != BrowserKind::Remote => Some(self.parked.swap_remove(i).1),
             _ => None,
         };
-        let session = match BrowserSession::open(&launch, &url, reuse).await {
+        let session = match BrowserSession::open_on(&launch, &url, reuse).await {
             Ok(s) => s,
             Err(e) => {
                 self.forget(id);

@@ -186,10 +186,14 @@ async fn devtools_port(profile: &std::path::Path, timeout: Duration) -> anyhow::
 }
 
 impl BrowserSession {
-    /// Start a browser as `launch` says and open `page_url` in it; a local browser on `reuse`,
-    /// a profile an earlier browser of its kind left ([`BrowserSession::close_keeping_profile`]),
-    /// if given, else on a fresh one.
-    pub(crate) async fn open(
+    /// Start a browser as `launch` says, on a fresh profile, and open `page_url` in it.
+    pub async fn open(launch: &Launch, page_url: &str) -> anyhow::Result<BrowserSession> {
+        Self::open_on(launch, page_url, None).await
+    }
+
+    /// [`BrowserSession::open`], a local browser on `reuse` — a profile an earlier browser of
+    /// its kind left ([`BrowserSession::close_keeping_profile`]) — if given.
+    pub(crate) async fn open_on(
         launch: &Launch,
         page_url: &str,
         reuse: Option<Profile>,

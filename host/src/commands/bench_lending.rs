@@ -76,7 +76,7 @@ fn enc(v: &str) -> String {
 /// Open `page` in a Debian Chromium of its own and wait until the pool has its tab serving.
 async fn lend(pool: &Pool, launch: &Launch, page: &str) -> anyhow::Result<(BrowserSession, u64)> {
     let before: Vec<u64> = pool.lent_tabs().iter().map(|l| l.tab).collect();
-    let session = BrowserSession::open(launch, page, None).await?;
+    let session = BrowserSession::open(launch, page).await?;
     let t = Instant::now();
     loop {
         if let Some(l) = pool.lent_tabs().into_iter().find(|l| l.serving && !before.contains(&l.tab)) {
