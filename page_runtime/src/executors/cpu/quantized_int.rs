@@ -163,6 +163,42 @@ pub fn linear(
         let (tq, td) = (&xq.q[r0 * k..(r0 + t) * k], &xq.d[r0 * nb..(r0 + t) * nb]);
         let xs = &xsum[r0 * nb..(r0 + t) * nb];
         let mut yt = vec![0.0f32; n * t];
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if wide && t == 1 {
+            // A decode step: four rows of W at a time (blocks of four rows per thread).
+            par::row_blocks(&mut yt, 1, 4, n * k, |j0, block| {
+                let quads = block.len() / 4 * 4;
+                for (c, out) in block[..quads].chunks_exact_mut(4).enumerate() {
+                    let j = j0 + 4 * c;
+                    super::quantized_simd128::output_quad_int(
+                        dtype,
+                        &w[j * nb * bb..(j + 4) * nb * bb],
+                        tq,
+                        td,
+                        xs,
+                        out,
+                    );
+                }
+                for (r, acc) in block[quads..].chunks_exact_mut(1).enumerate() {
+                    let j = j0 + quads + r;
+                    super::quantized_simd128::output_row_int(
+                        dtype,
+                        &w[j * nb * bb..(j + 1) * nb * bb],
+                        tq,
+                        td,
+                        xs,
+                        acc,
+                    );
+                }
+                if let Some(bias) = bias {
+                    for (o, b) in block.iter_mut().zip(&bias[j0..]) {
+                        *o += b;
+                    }
+                }
+            });
+            y[r0 * n..(r0 + 1) * n].copy_from_slice(&yt);
+            continue;
+        }
         par::rows(&mut yt, t, n * k * t, |j, acc| {
             let row = &w[j * nb * bb..(j + 1) * nb * bb];
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

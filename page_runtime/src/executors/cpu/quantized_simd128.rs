@@ -134,26 +134,40 @@ unsafe fn unpack_i16(dtype: DType, b: *const u8) -> ([v128; 4], f32, f32) {
     unsafe {
         if dtype == DType::Q4_1 {
             let dm = halves(u32x4_extend_low_u16x8(v128_load32_zero(b as *const u32)));
+            (q_i16(dtype, b), f32x4_extract_lane::<0>(dm), f32x4_extract_lane::<1>(dm))
+        } else {
+            let d = halves(u32x4_splat(u16::from_le_bytes([*b, *b.add(1)]) as u32));
+            (q_i16(dtype, b), f32x4_extract_lane::<0>(d), 0.0)
+        }
+    }
+}
+
+/// The `q` of [`unpack_i16`] alone.
+///
+/// # Safety
+/// `b` points at one whole block of `dtype`.
+#[inline(always)]
+unsafe fn q_i16(dtype: DType, b: *const u8) -> [v128; 4] {
+    // SAFETY (whole body): unaligned loads inside the block.
+    unsafe {
+        if dtype == DType::Q4_1 {
             let qs = v128_load(b.add(4) as *const v128);
             let nib = u8x16_splat(0x0f);
             let (lo, hi) = (v128_and(qs, nib), v128_and(u16x8_shr(qs, 4), nib));
-            let q = [
+            [
                 u16x8_extend_low_u8x16(lo),
                 u16x8_extend_high_u8x16(lo),
                 u16x8_extend_low_u8x16(hi),
                 u16x8_extend_high_u8x16(hi),
-            ];
-            (q, f32x4_extract_lane::<0>(dm), f32x4_extract_lane::<1>(dm))
+            ]
         } else {
-            let d = halves(u32x4_splat(u16::from_le_bytes([*b, *b.add(1)]) as u32));
             let (a, c) = (v128_load(b.add(2) as *const v128), v128_load(b.add(18) as *const v128));
-            let q = [
+            [
                 i16x8_extend_low_i8x16(a),
                 i16x8_extend_high_i8x16(a),
                 i16x8_extend_low_i8x16(c),
                 i16x8_extend_high_i8x16(c),
-            ];
-            (q, f32x4_extract_lane::<0>(d), 0.0)
+            ]
         }
     }
 }
@@ -213,5 +227,54 @@ pub fn output_row_int(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[
         for ((a, l), mn) in acc.iter_mut().zip(lane).zip(mins) {
             *a = sum(l) + mn;
         }
+    }
+}
+
+/// Four output rows of W for ONE row of x (a decode step): `out[r] = x · w_r`, where `rows`
+/// holds W's rows r = 0..4 back to back. Each block of x is loaded once for the four rows, the
+/// four integer dots are summed across lanes together (three adds, four shuffles), and the
+/// scales of the four rows are read and widened as one vector: fewer operations per weight
+/// than four calls of [`output_row_int`]. The sums are those of the portable `output_row` —
+/// the exact integer dot of each block, times `d · dx` in f32, plus `m · Σx` kept apart — so
+/// the result equals it bit for bit.
+pub fn output_quad_int(dtype: DType, rows: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], out: &mut [f32]) {
+    let bb = dtype.block().expect("a block dtype").1;
+    debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
+    let rb = rows.len() / 4;
+    let nb = rb / bb;
+    assert!(out.len() == 4 && rows.len() == 4 * nb * bb, "four rows of whole blocks");
+    assert!(xq.len() >= nb * QK && xd.len() >= nb && xsum.len() >= nb, "x covers a row");
+    let p = rows.as_ptr();
+    // SAFETY: block b < nb of row r < 4 lies inside `rows`, and block b of x inside xq (both
+    // asserted above); the header load reads the first 4 bytes of a block (at least 20 long).
+    unsafe {
+        let (mut acc, mut mins) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        for b in 0..nb {
+            let x = xq.as_ptr().add(b * QK);
+            let xv = [0, 8, 16, 24].map(|o| v128_load(x.add(o) as *const v128));
+            let dot = |r: usize| {
+                let q = q_i16(dtype, p.add(r * rb + b * bb));
+                let d = |i: usize| i32x4_dot_i16x8(q[i], xv[i]);
+                i32x4_add(i32x4_add(d(0), d(1)), i32x4_add(d(2), d(3)))
+            };
+            let (s0, s1, s2, s3) = (dot(0), dot(1), dot(2), dot(3));
+            // [s0a+s0c, s1a+s1c, s0b+s0d, s1b+s1d] and the same of s2, s3; then [Σs0, Σs1, Σs2, Σs3].
+            let t0 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s0, s1), i32x4_shuffle::<2, 6, 3, 7>(s0, s1));
+            let t1 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s2, s3), i32x4_shuffle::<2, 6, 3, 7>(s2, s3));
+            let s = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1));
+            // The four rows' block headers: d (and Q4_1's m) as halves, one row per lane.
+            let h = v128_load32_zero(p.add(b * bb) as *const u32);
+            let h = v128_load32_lane::<1>(h, p.add(rb + b * bb) as *const u32);
+            let h = v128_load32_lane::<2>(h, p.add(2 * rb + b * bb) as *const u32);
+            let h = v128_load32_lane::<3>(h, p.add(3 * rb + b * bb) as *const u32);
+            let d = halves(v128_and(h, u32x4_splat(0xffff)));
+            let dx = f32x4_mul(d, f32x4_splat(*xd.get_unchecked(b)));
+            acc = f32x4_add(acc, f32x4_mul(dx, f32x4_convert_i32x4(s)));
+            if dtype == DType::Q4_1 {
+                let m = halves(u32x4_shr(h, 16));
+                mins = f32x4_add(mins, f32x4_mul(m, f32x4_splat(*xsum.get_unchecked(b))));
+            }
+        }
+        v128_store(out.as_mut_ptr() as *mut v128, f32x4_add(acc, mins));
     }
 }
