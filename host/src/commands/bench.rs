@@ -318,7 +318,7 @@ pub async fn embed(host: &mut Host, args: EmbedArgs) -> anyhow::Result<()> {
         let bs32 = measure(&e, &texts, 32).await?;
         let label = match e.load.browser {
             Some(k) => format!("{} ({} tab)", e.load.backend, k.name()),
-            None => "cpu (host, 1 thread)".into(),
+            None => format!("cpu (host, {} threads)", page_runtime::executors::cpu::threads()),
         };
         let tokens = (tokens.iter().copied().min().unwrap_or(0), tokens.iter().copied().max().unwrap_or(0));
         rows.push(Row { label, load: Some(e.load.clone()), tokens, bs1, bs32 });
