@@ -480,42 +480,56 @@ fn store(r: Result<(), wasm_bindgen::JsValue>) {
     }
 }
 
-/// Feed `m` every weight the cache holds, piece by piece (each copied into wasm memory alone);
-/// the indices it took. A piece missing or failing its checks leaves that weight to the host.
+/// Weights whose Cache Storage reads are in flight while an earlier one is fed to the model.
+/// Each read is a round trip to the browser's storage process (two per weight, then one per
+/// piece); one after another, MiniLM's 101 weights took most of a replacement tab's load.
+const READ_AHEAD: usize = 8;
+
+/// Feed `m` every weight the cache holds, in order, each piece copied into wasm memory alone
+/// (the reads of the next few weights meanwhile in flight); the indices it took. A piece
+/// missing or failing its checks leaves that weight to the host.
 async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
     let decls = m.graph().weights.clone();
+    let reads = futures_util::stream::iter(decls.iter().enumerate())
+        .map(|(i, d)| async move { (i, read_held(cache, &d.hash).await) })
+        .buffered(READ_AHEAD);
+    let mut reads = std::pin::pin!(reads);
     let mut held = Vec::new();
-    for (i, d) in decls.iter().enumerate() {
-        let Some(offsets) = cache.pieces(&d.hash).await else { continue };
+    while let Some((i, pieces)) = reads.next().await {
+        let Some(pieces) = pieces else { continue };
+        let d = &decls[i];
         let total = d.dtype.byte_len(&d.shape).unwrap_or(0) as usize;
-        let ok = if offsets == [0] {
-            match cache.piece(&d.hash, 0).await {
-                Some(b) if b.length() as usize == total => {
-                    let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: detached(&b).into() };
-                    m.put_weights(i, &[t]).await.is_ok()
-                }
-                _ => false,
+        let ok = match &pieces[..] {
+            [(0, b)] if b.length() as usize == total => {
+                let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: detached(b).into() };
+                m.put_weights(i, &[t]).await.is_ok()
             }
-        } else {
-            let mut pending = None;
-            let mut ok = true;
-            for &offset in &offsets {
-                let Some(b) = cache.piece(&d.hash, offset).await else {
-                    ok = false;
-                    break;
-                };
-                if m.put_weight_part(&mut pending, i, offset, total, &detached(&b)).await.is_err() {
-                    ok = false;
-                    break;
+            [(0, _)] => false,
+            _ => {
+                let mut pending = None;
+                let mut ok = true;
+                for (offset, b) in &pieces {
+                    if m.put_weight_part(&mut pending, i, *offset, total, &detached(b)).await.is_err() {
+                        ok = false;
+                        break;
+                    }
                 }
+                ok && pending.is_none()
             }
-            ok && pending.is_none()
         };
         if ok {
             held.push(i as u32);
         }
     }
     held
+}
+
+/// Every piece of weight `hash` the cache holds, with its offset, in order (read at once);
+/// `None` unless all are there.
+async fn read_held(cache: &WeightCache, hash: &str) -> Option<Vec<(usize, js_sys::Uint8Array)>> {
+    let offsets = cache.pieces(hash).await?;
+    let pieces = futures_util::future::join_all(offsets.iter().map(|&o| cache.piece(hash, o))).await;
+    offsets.into_iter().zip(pieces).map(|(o, b)| Some((o, b?))).collect()
 }
 
 /// A full garbage collection now, where the browser exposes one (`--js-flags=--expose-gc`, which
