@@ -110,7 +110,21 @@ async fn chaos_loses_nothing_and_the_pool_heals() {
         if tabs.is_empty() {
             continue;
         }
-        let (tab, _) = tabs[rng.random_range(0..tabs.len())].clone();
+        let (random, _) = tabs[rng.random_range(0..tabs.len())].clone();
+        // Prefer a tab with a batch in flight (polled for up to 300 ms): its requests must be
+        // retried elsewhere, which is checked below. Requests finish in milliseconds, so a fault
+        // at a random moment often found every tab idle, and the check then rested on luck.
+        let busy = {
+            let t = Instant::now();
+            loop {
+                let now = pool.metrics().tabs.iter().find(|t| t.in_flight > 0 && !t.draining).map(|t| t.id);
+                if now.is_some() || t.elapsed() > Duration::from_millis(300) {
+                    break now;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let tab = busy.filter(|b| tabs.iter().any(|(id, _)| id == b)).unwrap_or(random);
         let procs = pool.tab_processes(tab).await;
         match fault {
             Chaos::KillRenderer => kill(&procs.iter().filter(|(_, r)| *r).map(|(p, _)| *p).collect::<Vec<_>>()),
