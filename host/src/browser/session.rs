@@ -375,16 +375,7 @@ impl BrowserSession {
     /// removing it, for a replacement browser to start on (its weights already cached).
     pub(crate) async fn close_keeping_profile(self) -> Option<Profile> {
         let BrowserSession { client, profile, own, driver } = self;
-        let mut s = Starting { client: Some(client), profile, own, driver };
-        let profile = s.profile.take();
-        s.close().await;
-        if let Some(p) = &profile {
-            // What close would have done to it: nothing of the old browser may still write there.
-            let left = super::procs::with_cmdline_containing(&p.path().display().to_string());
-            super::procs::kill_all(&left);
-            super::procs::wait_gone(&left, Duration::from_secs(5)).await;
-        }
-        profile
+        Starting { client: Some(client), profile, own, driver }.shut().await
     }
 }
 
@@ -461,7 +452,14 @@ impl Starting {
         }
     }
 
-    async fn close(mut self) {
+    async fn close(self) {
+        // Dropping the profile removes its directory.
+        drop(self.shut().await);
+    }
+
+    /// Close the session and kill every local process of it (also those naming the profile);
+    /// the profile, untouched, is handed back.
+    async fn shut(mut self) -> Option<Profile> {
         if let Some(c) = self.client.take() {
             // A hung renderer can stall WebDriver's close forever; local processes are killed
             // below anyway.
@@ -472,8 +470,7 @@ impl Starting {
             }
         }
         self.kill_local().await;
-        // Dropping the profile removes its directory.
-        self.profile.take();
+        self.profile.take()
     }
 }
 

@@ -8,26 +8,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     #[cfg(not(target_arch = "wasm32"))]
     if m >= GEMM_MIN_ROWS {
-        // SAFETY: A is m×k and B k×n row-major (lengths asserted), C m×n row-major and
-        // exclusively borrowed; beta = 0, so C's zeros are not read.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                k as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
+        sgemm((m, k, n), Strided { data: a, rs: k, cs: 1 }, Strided { data: b, rs: n, cs: 1 }, &mut c, false);
         return c;
     }
     for i in 0..m {
@@ -92,38 +73,70 @@ fn linear_range(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, 
 #[cfg(not(target_arch = "wasm32"))]
 pub(super) const GEMM_MIN_ROWS: usize = 8;
 
-/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` by a packed GEMM on one thread (native hosts; the
-/// tab's wasm keeps the dot kernels, which its SIMD128 build vectorises).
+/// A matrix as the GEMM reads it: its elements, and the strides between rows and columns.
 #[cfg(not(target_arch = "wasm32"))]
-pub(super) fn linear_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
-    assert_eq!(w.len(), n * k, "W is not {n}x{k}");
-    let mut y = vec![0.0f32; m * n];
-    if let Some(b) = bias {
-        y.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Strided<'_> {
+    /// Whether every element of a `rows × cols` matrix lies within `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }
-    let beta = if bias.is_some() { 1.0 } else { 0.0 };
-    // Wᵀ is W read with its strides swapped: element (p, j) of the k×n operand is w[j·k + p].
-    // SAFETY: X is m×k row-major and W n×k row-major (lengths asserted); Y is m×n row-major,
-    // exclusively borrowed, and initialised (bias rows or zeros) where beta reads it.
+}
+
+/// `C[m,n] = A[m,k] · B[k,n]`, plus C's values when `accumulate` (bias rows), with C row-major:
+/// the one place the packed GEMM (matrixmultiply) is called, its bounds checked here.
+#[cfg(not(target_arch = "wasm32"))]
+fn sgemm((m, k, n): (usize, usize, usize), a: Strided, b: Strided, c: &mut [f32], accumulate: bool) {
+    assert!(a.covers(m, k) && b.covers(k, n) && c.len() >= m * n, "operands cover {m}x{k} · {k}x{n}");
+    // SAFETY: every element A, B and C name lies within their slices (asserted above); C is
+    // exclusively borrowed, its rows n apart do not overlap, and it is initialised where beta = 1
+    // reads it (a &mut [f32] always is).
     unsafe {
         matrixmultiply::sgemm(
             m,
             k,
             n,
             1.0,
-            x.as_ptr(),
-            k as isize,
-            1,
-            w.as_ptr(),
-            1,
-            k as isize,
-            beta,
-            y.as_mut_ptr(),
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            c.as_mut_ptr(),
             n as isize,
             1,
         );
     }
+}
+
+/// An `m × n` output holding `bias` in every row (zeros without one): what a GEMM adds to.
+#[cfg(not(target_arch = "wasm32"))]
+fn bias_rows(m: usize, n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * n];
+    if let Some(b) = bias {
+        y.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
+    }
+    y
+}
+
+/// `Y[m,n] = X[m,k] · W[n,k]ᵀ (+ bias[n])` by a packed GEMM on one thread (native hosts; the
+/// tab's wasm keeps the dot kernels, which its SIMD128 build vectorises).
+#[cfg(not(target_arch = "wasm32"))]
+pub(super) fn linear_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "X is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "W is not {n}x{k}");
+    let mut y = bias_rows(m, n, bias);
+    // Wᵀ is W read with its strides swapped: element (p, j) of the k×n operand is w[j·k + p].
+    sgemm((m, k, n), Strided { data: x, rs: k, cs: 1 }, Strided { data: w, rs: 1, cs: k }, &mut y, bias.is_some());
     y
 }
 
@@ -135,10 +148,7 @@ pub(super) fn linear_gemm(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, 
 pub fn linear_t(x: &[f32], wt: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(wt.len(), k * n, "Wᵀ is not {k}x{n}");
-    let mut y = vec![0.0f32; m * n];
-    if let Some(b) = bias {
-        y.chunks_exact_mut(n.max(1)).for_each(|row| row.copy_from_slice(b));
-    }
+    let mut y = bias_rows(m, n, bias);
     if n == 0 {
         return y;
     }
@@ -146,30 +156,10 @@ pub fn linear_t(x: &[f32], wt: &[f32], bias: Option<&[f32]>, m: usize, k: usize,
         // Over threads by blocks of X's rows: each block packs its rows of X once (a strided
         // gather, as X is row-major) and Wᵀ's contiguous panels; split by columns instead, every
         // part gathered all of X again, which cost as much as the products.
-        let beta = if bias.is_some() { 1.0 } else { 0.0 };
         super::par::row_blocks(&mut y, n, 16, m * n * k, |r0, block| {
-            let rows = block.len() / n;
-            // SAFETY: rows r0.. of the m×k row-major X (in bounds: the block is within Y's m
-            // rows); Wᵀ is k×n row-major; the block is rows×n, exclusively borrowed and
-            // initialised where beta reads it.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    1.0,
-                    x.as_ptr().add(r0 * k),
-                    k as isize,
-                    1,
-                    wt.as_ptr(),
-                    n as isize,
-                    1,
-                    beta,
-                    block.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            let x_rows = Strided { data: &x[r0 * k..], rs: k, cs: 1 };
+            let wt = Strided { data: wt, rs: n, cs: 1 };
+            sgemm((block.len() / n, k, n), x_rows, wt, block, bias.is_some());
         });
         return y;
     }

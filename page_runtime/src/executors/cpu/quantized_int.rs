@@ -167,28 +167,13 @@ pub fn linear(
         if wide && t == 1 {
             // A decode step: four rows of W at a time (blocks of four rows per thread).
             par::row_blocks(&mut yt, 1, 4, n * k, |j0, block| {
+                let rows = |j: usize, count: usize| &w[j * nb * bb..(j + count) * nb * bb];
                 let quads = block.len() / 4 * 4;
                 for (c, out) in block[..quads].chunks_exact_mut(4).enumerate() {
-                    let j = j0 + 4 * c;
-                    super::quantized_simd128::output_quad_int(
-                        dtype,
-                        &w[j * nb * bb..(j + 4) * nb * bb],
-                        tq,
-                        td,
-                        xs,
-                        out,
-                    );
+                    super::quantized_simd128::output_quad_int(dtype, rows(j0 + 4 * c, 4), tq, td, xs, out);
                 }
                 for (r, acc) in block[quads..].chunks_exact_mut(1).enumerate() {
-                    let j = j0 + quads + r;
-                    super::quantized_simd128::output_row_int(
-                        dtype,
-                        &w[j * nb * bb..(j + 1) * nb * bb],
-                        tq,
-                        td,
-                        xs,
-                        acc,
-                    );
+                    super::quantized_simd128::output_row_int(dtype, rows(j0 + quads + r, 1), tq, td, xs, acc);
                 }
                 if let Some(bias) = bias {
                     for (o, b) in block.iter_mut().zip(&bias[j0..]) {
