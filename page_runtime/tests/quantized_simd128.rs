@@ -163,15 +163,23 @@ fn simd128_f16_linear_matches_f64_and_widens_every_finite_half() {
 /// (`i32x4.dot_i16x8_s`) against the portable one on the same quantized x — integer dots are
 /// exact, so only the f32 scaling's order differs: ≤ 1e-6 + 4e-6·Σ|wⱼ·xⱼ| — and against f64 on
 /// the unquantized x within x's rounding (dx/2 · Σ|w| per block), at SmolLM2's decode (M = 1)
-/// and prefill shapes (M past one row tile). A decode step's rows of W taken four at a time
-/// (`output_quad_int`) sum as the portable kernel does: equal to it bit for bit.
+/// and prefill shapes (M past one row tile). Rows of W taken four at a time (`output_quad_int`,
+/// decode and prefill) sum as the portable kernel does: equal to it bit for bit.
 #[wasm_bindgen_test]
 fn simd128_integer_linear_matches_portable_and_the_rounding_bound() {
     use page_runtime::executors::cpu::quantized_int;
     for (dtype, levels) in [(DType::Q4_1, 127.0), (DType::Q8_0, 127.0), (DType::Q4_1, 32767.0), (DType::Q8_0, 32767.0)]
     {
-        for (m, k, n) in [(1, 576, 24), (1, 1536, 9), (1, 64, 13), (2, 576, 24), (33, 576, 9), (5, 1536, 7), (3, 64, 5)]
-        {
+        for (m, k, n) in [
+            (1, 576, 24),
+            (1, 1536, 9),
+            (1, 64, 13),
+            (2, 576, 24),
+            (33, 576, 9),
+            (5, 1536, 7),
+            (3, 64, 5),
+            (70, 64, 18),
+        ] {
             let w: Vec<u8> = noise(n * k, 1 + n as u64)
                 .chunks_exact(k)
                 .flat_map(|r| if dtype == DType::Q4_1 { quantize_row_q4_1(r) } else { quantize_row_q8_0(r) })
@@ -191,8 +199,11 @@ fn simd128_integer_linear_matches_portable_and_the_rounding_bound() {
                         bound += wr[c].abs() * xq.d[(i * k + c) / 32] as f64 / 2.0;
                     }
                     let (s, p) = (simd[i * n + j] as f64, portable[i * n + j] as f64);
-                    if m == 1 && j < n / 4 * 4 {
-                        assert_eq!(s, p, "{dtype:?} {m}x{k}x{n} [{j}]: four rows at a time, as the portable kernel");
+                    if j < n / 4 * 4 {
+                        assert_eq!(
+                            s, p,
+                            "{dtype:?} {m}x{k}x{n} [{i},{j}]: four rows at a time, as the portable kernel"
+                        );
                     }
                     assert!(
                         (s - p).abs() <= 1e-6 + 4e-6 * abs,
@@ -204,6 +215,32 @@ fn simd128_integer_linear_matches_portable_and_the_rounding_bound() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// x's rounding to integer blocks in SIMD128 against the portable block, bit for bit (scale, sum
+/// and every value): blocks of noise at several magnitudes, an all-zero block, exact ties of
+/// rounding (values at half a step), a lone outlier and negative zeros.
+#[wasm_bindgen_test]
+fn simd128_rounding_of_x_equals_the_portable_block() {
+    use page_runtime::executors::cpu::{quantized_int, quantized_simd128};
+    let mut blocks: Vec<Vec<f32>> =
+        (0..64u64).map(|s| noise(32, 100 + s).iter().map(|v| v * (s as f32 * 0.37).exp2()).collect()).collect();
+    blocks.push(vec![0.0; 32]);
+    blocks.push(vec![-0.0; 32]);
+    blocks.push((0..32).map(|j| (j as f32 - 16.0) * 0.5 * (127.0f32 / 16.0).recip()).collect());
+    let mut outlier = vec![1e-3f32; 32];
+    outlier[17] = -4096.0;
+    blocks.push(outlier);
+    for levels in [127.0, 32767.0] {
+        for (b, blk) in blocks.iter().enumerate() {
+            let (mut p, mut s) = ([0i16; 32], [0i16; 32]);
+            let want = quantized_int::quantize_block(blk, levels, &mut p);
+            let got = quantized_simd128::quantize_block(blk, levels, &mut s);
+            assert_eq!(want.0.to_bits(), got.0.to_bits(), "block {b}, {levels} levels: scale");
+            assert_eq!(want.1.to_bits(), got.1.to_bits(), "block {b}, {levels} levels: sum");
+            assert_eq!(p, s, "block {b}, {levels} levels: values");
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod pool;
 pub mod quantized;
 pub mod quantized_int;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod quantized_simd128;
+pub mod quantized_simd128;
 mod reduce;
 mod reindex;
 mod rope;

@@ -76,27 +76,45 @@ pub fn activations() -> Activations {
 }
 
 /// Rows of x as integer blocks in i16 (what the dot instruction takes: 8-bit values are widened
-/// once here, not once per output row), and one scale per block.
+/// once here, not once per output row), one scale per block, and each block's f32 sum (the
+/// Q4_1 minimum's share, `m·Σx`, is taken from x itself).
 pub struct QuantizedRows {
     pub q: Vec<i16>,
     pub d: Vec<f32>,
+    pub sum: Vec<f32>,
 }
 
-/// Quantize `x` (whole blocks of 32) block by block: `dx = max|x| / levels`, `xq = round(x / dx)`.
+/// Quantize `x` (whole blocks of 32) block by block: `dx = max|x| / levels`, `xq = x / dx`
+/// rounded to nearest, ties to even. In a tab with SIMD128 the same arithmetic four lanes at a
+/// time (the scalar loop called libm's `fmaxf` and `roundf` per value: a tenth of a prefill);
+/// both sum a block in the same order, so the results are equal bit for bit.
 pub fn quantize_rows(x: &[f32], levels: f32) -> QuantizedRows {
     assert!(x.len().is_multiple_of(QK), "whole blocks");
     let mut q = vec![0i16; x.len()];
-    let mut d = Vec::with_capacity(x.len() / QK);
+    let (mut d, mut sum) = (Vec::with_capacity(x.len() / QK), Vec::with_capacity(x.len() / QK));
     for (blk, out) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)) {
-        let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let dx = amax / levels;
-        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-        for (o, v) in out.iter_mut().zip(blk) {
-            *o = (v * inv).round().clamp(-levels, levels) as i16;
-        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        let (dx, s) = super::quantized_simd128::quantize_block(blk, levels, out);
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        let (dx, s) = quantize_block(blk, levels, out);
         d.push(dx);
+        sum.push(s);
     }
-    QuantizedRows { q, d }
+    QuantizedRows { q, d, sum }
+}
+
+/// One block of [`quantize_rows`], portable: `(dx, Σx)`, the sum taken in four lanes
+/// (`lane[j % 4]`, then `(l0 + l2) + (l1 + l3)`) as the SIMD128 version adds.
+pub fn quantize_block(blk: &[f32], levels: f32, out: &mut [i16]) -> (f32, f32) {
+    let amax = blk.iter().fold(0.0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+    let dx = amax / levels;
+    let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+    let mut lane = [0.0f32; 4];
+    for (j, (o, v)) in out.iter_mut().zip(blk).enumerate() {
+        *o = (v * inv).round_ties_even().clamp(-levels, levels) as i16;
+        lane[j % 4] += v;
+    }
+    (dx, (lane[0] + lane[2]) + (lane[1] + lane[3]))
 }
 
 /// One output row of W for every row of x (portable): `acc[i] = x_i · w`.
@@ -152,8 +170,8 @@ pub fn linear(
     assert!(k.is_multiple_of(QK), "K = {k} is not whole blocks");
     assert_eq!(x.len(), m * k, "X is not {m}x{k}");
     assert_eq!(w.len(), n * nb * bb, "W is not {n}x{k} of {dtype:?}");
-    let xsum: Vec<f32> = x.chunks_exact(QK).map(|c| c.iter().sum()).collect();
     let xq = quantize_rows(x, levels);
+    let xsum = &xq.sum;
     let mut y = vec![0.0f32; m * n];
     // Tiles of x rows as in the f32 kernel (`quantized::linear`): a tile stays in cache while
     // every output row of W passes over it.
@@ -163,46 +181,49 @@ pub fn linear(
         let (tq, td) = (&xq.q[r0 * k..(r0 + t) * k], &xq.d[r0 * nb..(r0 + t) * nb]);
         let xs = &xsum[r0 * nb..(r0 + t) * nb];
         let mut yt = vec![0.0f32; n * t];
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if wide && t == 1 {
-            // A decode step: four rows of W at a time (blocks of four rows per thread).
-            par::row_blocks(&mut yt, 1, 4, n * k, |j0, block| {
-                let rows = |j: usize, count: usize| &w[j * nb * bb..(j + count) * nb * bb];
-                let quads = block.len() / 4 * 4;
-                for (c, out) in block[..quads].chunks_exact_mut(4).enumerate() {
-                    super::quantized_simd128::output_quad_int(dtype, rows(j0 + 4 * c, 4), tq, td, xs, out);
+        // yt is [row of W][row of x]: one output row of W per task row.
+        let portable = |yt: &mut [f32]| {
+            par::rows(yt, t, n * k * t, |j, acc| {
+                output_row(dtype, &w[j * nb * bb..(j + 1) * nb * bb], tq, td, xs, acc);
+                if let Some(bias) = bias {
+                    acc.iter_mut().for_each(|a| *a += bias[j]);
                 }
-                for (r, acc) in block[quads..].chunks_exact_mut(1).enumerate() {
+            })
+        };
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if wide {
+            // Four rows of W at a time (blocks of four rows per thread), every row of the tile.
+            par::row_blocks(&mut yt, t, 4, n * k * t, |j0, block| {
+                let rows = |j: usize, count: usize| &w[j * nb * bb..(j + count) * nb * bb];
+                let quads = block.len() / t / 4 * 4;
+                let mut quad = [0.0f32; 4 * super::quantized::ROW_TILE];
+                let quad = &mut quad[..4 * t];
+                for (c, out) in block[..quads * t].chunks_exact_mut(4 * t).enumerate() {
+                    super::quantized_simd128::output_quad_int(dtype, rows(j0 + 4 * c, 4), tq, td, xs, quad);
+                    // quad is [row of x][row of W]; the block is [row of W][row of x].
+                    for (i, four) in quad.chunks_exact(4).enumerate() {
+                        for (r, &v) in four.iter().enumerate() {
+                            out[r * t + i] = v;
+                        }
+                    }
+                }
+                for (r, acc) in block[quads * t..].chunks_exact_mut(t).enumerate() {
                     super::quantized_simd128::output_row_int(dtype, rows(j0 + quads + r, 1), tq, td, xs, acc);
                 }
                 if let Some(bias) = bias {
-                    for (o, b) in block.iter_mut().zip(&bias[j0..]) {
-                        *o += b;
+                    for (col, b) in block.chunks_exact_mut(t).zip(&bias[j0..]) {
+                        col.iter_mut().for_each(|o| *o += b);
                     }
                 }
             });
-            y[r0 * n..(r0 + 1) * n].copy_from_slice(&yt);
-            continue;
+        } else {
+            portable(&mut yt);
         }
-        par::rows(&mut yt, t, n * k * t, |j, acc| {
-            let row = &w[j * nb * bb..(j + 1) * nb * bb];
-            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            if wide {
-                super::quantized_simd128::output_row_int(dtype, row, tq, td, xs, acc);
-            } else {
-                output_row(dtype, row, tq, td, xs, acc);
-            }
-            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-            {
-                let _ = wide;
-                output_row(dtype, row, tq, td, xs, acc);
-            }
-            if let Some(bias) = bias {
-                for a in acc.iter_mut() {
-                    *a += bias[j];
-                }
-            }
-        });
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        {
+            let _ = wide;
+            portable(&mut yt);
+        }
         for (j, col) in yt.chunks_exact(t).enumerate() {
             for (i, &v) in col.iter().enumerate() {
                 y[(r0 + i) * n + j] = v;

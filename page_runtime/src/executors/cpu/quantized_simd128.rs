@@ -123,6 +123,34 @@ pub fn output_row(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32], acc: &mut [
     }
 }
 
+/// See `quantized_int::quantize_block` (equal bit for bit): one block of 32 values of x →
+/// `out` rounded to ±`levels`, and `(dx, Σx)`.
+pub fn quantize_block(blk: &[f32], levels: f32, out: &mut [i16]) -> (f32, f32) {
+    assert!(blk.len() == QK && out.len() == QK, "one block");
+    // SAFETY: eight f32x4 loads inside `blk` and four i16x8 stores inside `out` (both 32 long,
+    // asserted above); wasm loads and stores need no alignment.
+    unsafe {
+        let v = [0, 4, 8, 12, 16, 20, 24, 28].map(|o| v128_load(blk.as_ptr().add(o) as *const v128));
+        let (mut amax, mut s) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        for &x in &v {
+            // pmax (b > a ? b : a) is the portable fold's comparison; |x| is never −0.
+            amax = f32x4_pmax(amax, f32x4_abs(x));
+            s = f32x4_add(s, x);
+        }
+        let amax = f32x4_pmax(amax, i32x4_shuffle::<2, 3, 0, 1>(amax, amax));
+        let (a, b) = (f32x4_extract_lane::<0>(amax), f32x4_extract_lane::<1>(amax));
+        let amax = if b > a { b } else { a };
+        let dx = amax / levels;
+        let inv = f32x4_splat(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+        let (lo, hi) = (f32x4_splat(-levels), f32x4_splat(levels));
+        let q = v.map(|x| i32x4_trunc_sat_f32x4(f32x4_pmin(f32x4_pmax(f32x4_nearest(f32x4_mul(x, inv)), lo), hi)));
+        for (i, pair) in q.chunks_exact(2).enumerate() {
+            v128_store(out.as_mut_ptr().add(8 * i) as *mut v128, i16x8_narrow_i32x4(pair[0], pair[1]));
+        }
+        (dx, sum(s))
+    }
+}
+
 /// The 32 weights' `q` of the block at `b` as four i16x8 (weights 0–7, 8–15, 16–23, 24–31),
 /// and `(d, m)`.
 ///
@@ -230,51 +258,74 @@ pub fn output_row_int(dtype: DType, row: &[u8], xq: &[i16], xd: &[f32], xsum: &[
     }
 }
 
-/// Four output rows of W for ONE row of x (a decode step): `out[r] = x · w_r`, where `rows`
-/// holds W's rows r = 0..4 back to back. Each block of x is loaded once for the four rows, the
-/// four integer dots are summed across lanes together (three adds, four shuffles), and the
-/// scales of the four rows are read and widened as one vector: fewer operations per weight
-/// than four calls of [`output_row_int`]. The sums are those of the portable `output_row` —
-/// the exact integer dot of each block, times `d · dx` in f32, plus `m · Σx` kept apart — so
-/// the result equals it bit for bit.
+/// Four output rows of W for every row of x in a tile: `out[4·i + r] = x_i · w_r`, where `rows`
+/// holds W's rows r = 0..4 back to back and `xq` the tile's `out.len() / 4` rows. Each block of
+/// W is unpacked once for the tile and each block of x loaded once for the four rows; the four
+/// integer dots are summed across lanes together (three adds, four shuffles), and the scales of
+/// the four rows are read and widened as one vector, so a block costs one int → float
+/// conversion and one scaling per four outputs instead of per output — fewer operations per
+/// weight than four calls of [`output_row_int`]. The sums are those of the portable
+/// `output_row` — the exact integer dot of each block, times `d · dx` in f32, plus `m · Σx`
+/// kept apart — so the result equals it bit for bit.
 pub fn output_quad_int(dtype: DType, rows: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], out: &mut [f32]) {
+    // A decode step (one row of x) compiled apart, its accumulators in registers.
+    if out.len() == 4 {
+        quad::<true>(dtype, rows, xq, xd, xsum, out)
+    } else {
+        quad::<false>(dtype, rows, xq, xd, xsum, out)
+    }
+}
+
+#[inline(always)]
+fn quad<const ONE: bool>(dtype: DType, rows: &[u8], xq: &[i16], xd: &[f32], xsum: &[f32], out: &mut [f32]) {
     let bb = dtype.block().expect("a block dtype").1;
     debug_assert!(bb == BlockQ4_1::BYTES || bb == BlockQ8_0::BYTES);
     let rb = rows.len() / 4;
     let nb = rb / bb;
-    assert!(out.len() == 4 && rows.len() == 4 * nb * bb, "four rows of whole blocks");
-    assert!(xq.len() >= nb * QK && xd.len() >= nb && xsum.len() >= nb, "x covers a row");
+    let t = if ONE { 1 } else { out.len() / 4 };
+    let k = nb * QK;
+    assert!(out.len() == 4 * t && (1..=ROWS).contains(&t), "four outputs per row of x, one tile");
+    assert!(rows.len() == 4 * nb * bb, "four rows of whole blocks");
+    assert!(xq.len() >= t * k && xd.len() >= t * nb && xsum.len() >= t * nb, "x covers the rows");
     let p = rows.as_ptr();
-    // SAFETY: block b < nb of row r < 4 lies inside `rows`, and block b of x inside xq (both
-    // asserted above); the header load reads the first 4 bytes of a block (at least 20 long).
+    // SAFETY: block b < nb of row r < 4 lies inside `rows`, and block b of x row i < t inside
+    // xq, xd and xsum (all asserted above); the header load reads the first 4 bytes of a block
+    // (at least 20 long).
     unsafe {
-        let (mut acc, mut mins) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        let mut acc = [f32x4_splat(0.0); ROWS];
+        let mut mins = [f32x4_splat(0.0); ROWS];
         for b in 0..nb {
-            let x = xq.as_ptr().add(b * QK);
-            let xv = [0, 8, 16, 24].map(|o| v128_load(x.add(o) as *const v128));
-            let dot = |r: usize| {
-                let q = q_i16(dtype, p.add(r * rb + b * bb));
-                let d = |i: usize| i32x4_dot_i16x8(q[i], xv[i]);
-                i32x4_add(i32x4_add(d(0), d(1)), i32x4_add(d(2), d(3)))
-            };
-            let (s0, s1, s2, s3) = (dot(0), dot(1), dot(2), dot(3));
-            // [s0a+s0c, s1a+s1c, s0b+s0d, s1b+s1d] and the same of s2, s3; then [Σs0, Σs1, Σs2, Σs3].
-            let t0 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s0, s1), i32x4_shuffle::<2, 6, 3, 7>(s0, s1));
-            let t1 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s2, s3), i32x4_shuffle::<2, 6, 3, 7>(s2, s3));
-            let s = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1));
+            let q = [0, 1, 2, 3].map(|r| q_i16(dtype, p.add(r * rb + b * bb)));
             // The four rows' block headers: d (and Q4_1's m) as halves, one row per lane.
             let h = v128_load32_zero(p.add(b * bb) as *const u32);
             let h = v128_load32_lane::<1>(h, p.add(rb + b * bb) as *const u32);
             let h = v128_load32_lane::<2>(h, p.add(2 * rb + b * bb) as *const u32);
             let h = v128_load32_lane::<3>(h, p.add(3 * rb + b * bb) as *const u32);
             let d = halves(v128_and(h, u32x4_splat(0xffff)));
-            let dx = f32x4_mul(d, f32x4_splat(*xd.get_unchecked(b)));
-            acc = f32x4_add(acc, f32x4_mul(dx, f32x4_convert_i32x4(s)));
-            if dtype == DType::Q4_1 {
-                let m = halves(u32x4_shr(h, 16));
-                mins = f32x4_add(mins, f32x4_mul(m, f32x4_splat(*xsum.get_unchecked(b))));
+            let m = halves(u32x4_shr(h, 16));
+            for i in 0..t {
+                let x = xq.as_ptr().add(i * k + b * QK);
+                let xv = [0, 8, 16, 24].map(|o| v128_load(x.add(o) as *const v128));
+                let dot = |r: usize| {
+                    let d = |j: usize| i32x4_dot_i16x8(q[r][j], xv[j]);
+                    i32x4_add(i32x4_add(d(0), d(1)), i32x4_add(d(2), d(3)))
+                };
+                let (s0, s1, s2, s3) = (dot(0), dot(1), dot(2), dot(3));
+                // [s0a+s0c, s1a+s1c, s0b+s0d, s1b+s1d] and the same of s2, s3; then [Σs0, Σs1, Σs2, Σs3].
+                let t0 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s0, s1), i32x4_shuffle::<2, 6, 3, 7>(s0, s1));
+                let t1 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s2, s3), i32x4_shuffle::<2, 6, 3, 7>(s2, s3));
+                let s = i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(t0, t1), i32x4_shuffle::<2, 3, 6, 7>(t0, t1));
+                let dx = f32x4_mul(d, f32x4_splat(*xd.get_unchecked(i * nb + b)));
+                let a = acc.get_unchecked_mut(i);
+                *a = f32x4_add(*a, f32x4_mul(dx, f32x4_convert_i32x4(s)));
+                if dtype == DType::Q4_1 {
+                    let mn = mins.get_unchecked_mut(i);
+                    *mn = f32x4_add(*mn, f32x4_mul(m, f32x4_splat(*xsum.get_unchecked(i * nb + b))));
+                }
             }
         }
-        v128_store(out.as_mut_ptr() as *mut v128, f32x4_add(acc, mins));
+        for i in 0..t {
+            v128_store(out.as_mut_ptr().add(4 * i) as *mut v128, f32x4_add(acc[i], mins[i]));
+        }
     }
 }
