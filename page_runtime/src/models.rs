@@ -6,6 +6,7 @@ use std::rc::Rc;
 use shared_proto::{ContentHasher, ErrorKind, ExecBackend, Graph, RemoteError, Tensor};
 
 use crate::executors::cpu::CpuModel;
+use crate::executors::inputs::Check;
 use crate::executors::webgpu::{GpuModel, WebGpuExecutor};
 use crate::executors::webnn::{NnModel, WebNn};
 use crate::executors::{RunOutput, inputs};
@@ -40,7 +41,8 @@ pub struct PartialWeight {
     index: usize,
     total: usize,
     received: usize,
-    hasher: ContentHasher,
+    /// `None` for bytes already verified (`Check::Known`).
+    hasher: Option<ContentHasher>,
     buf: PartBuf,
 }
 
@@ -88,20 +90,20 @@ impl TabModel {
     }
 
     /// Store weights; returns (bytes stored, weights still missing).
-    pub async fn put_weights(&self, first: usize, t: &[Tensor]) -> Result<(u64, usize), RemoteError> {
+    pub async fn put_weights(&self, first: usize, t: &[Tensor], check: Check) -> Result<(u64, usize), RemoteError> {
         match self {
             TabModel::Gpu(m, ex) => {
-                let b = m.put_weights(ex, first, t)?;
+                let b = m.put_weights(ex, first, t, check)?;
                 Ok((b, m.missing_weights()))
             }
             TabModel::Nn(m) => {
-                let b = m.put_weights(first, t).await?;
+                let b = m.put_weights(first, t, check).await?;
                 Ok((b, m.missing_weights()))
             }
             TabModel::Cpu(c) => {
                 let mut bytes = 0;
                 for (i, w) in t.iter().enumerate() {
-                    inputs::check_weight(&c.graph, first + i, w)?;
+                    inputs::check_weight(&c.graph, first + i, w, check)?;
                     c.weights.borrow_mut()[first + i] = Some(w.clone());
                     bytes += w.data.len() as u64;
                 }
@@ -133,6 +135,7 @@ impl TabModel {
         offset: usize,
         total: usize,
         bytes: &[u8],
+        check: Check,
     ) -> Result<(u64, usize), RemoteError> {
         let decl = self.graph().weights.get(index).ok_or_else(|| bad(format!("weight index {index} out of range")))?;
         let expected = decl.dtype.byte_len(&decl.shape).unwrap_or(u64::MAX) as usize;
@@ -145,7 +148,13 @@ impl TabModel {
                 TabModel::Gpu(_, ex) => PartBuf::Gpu(ex.empty_weight_buffer(total as u64)),
                 TabModel::Cpu(_) => PartBuf::Wasm(Vec::with_capacity(total)),
             };
-            *pending = Some(PartialWeight { index, total, received: 0, hasher: ContentHasher::default(), buf });
+            *pending = Some(PartialWeight {
+                index,
+                total,
+                received: 0,
+                hasher: (check == Check::Hash).then(ContentHasher::default),
+                buf,
+            });
         }
         let p = pending
             .as_mut()
@@ -175,13 +184,15 @@ impl TabModel {
             (PartBuf::Wasm(v), _) => v.extend_from_slice(bytes),
             (PartBuf::Gpu(_), _) => unreachable!("GPU buffers are made for WebGPU models only"),
         }
-        p.hasher.update(bytes);
+        if let Some(h) = &mut p.hasher {
+            h.update(bytes);
+        }
         p.received += bytes.len();
         if p.received < total {
             return Ok((bytes.len() as u64, self.missing_weights()));
         }
         let p = pending.take().expect("present");
-        if p.hasher.finish() != decl.hash {
+        if p.hasher.as_ref().is_some_and(|h| h.finish() != decl.hash) {
             return Err(bad(format!("weight {}: content hash mismatch", decl.name)));
         }
         match (self, p.buf) {
@@ -193,7 +204,7 @@ impl TabModel {
             }
             (_, PartBuf::Wasm(v)) => {
                 let t = Tensor { dtype: decl.dtype, shape: decl.shape.clone(), data: v.into() };
-                self.put_weights(index, &[t]).await?;
+                self.put_weights(index, &[t], Check::Known).await?;
             }
             (TabModel::Gpu(m, ex), PartBuf::Gpu(buf)) => m.set_weight(ex, index, buf, total as u64)?,
             (_, PartBuf::Js(_) | PartBuf::Gpu(_)) => unreachable!("made for WebNN and WebGPU models only"),

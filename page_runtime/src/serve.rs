@@ -14,6 +14,7 @@ use shared_proto::{
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::caps;
+use crate::executors::inputs::Check;
 use crate::executors::webgpu::{self, WebGpuExecutor};
 use crate::executors::webnn::{self, WebNn};
 use crate::models::{PartialWeight, TabModel};
@@ -302,7 +303,7 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
         }
         Request::PutWeights { model: name, first } => {
             let m = model(&name)?;
-            let (bytes, missing) = m.put_weights(first as usize, &inputs).await?;
+            let (bytes, missing) = m.put_weights(first as usize, &inputs, Check::Hash).await?;
             if let Some(cache) = &state.cache {
                 for (i, t) in inputs.iter().enumerate() {
                     let hash = &m.graph().weights[first as usize + i].hash;
@@ -319,8 +320,9 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             };
             // Out of the map across the awaits; back in unless the weight is complete (or failed).
             let mut pending = state.parts.borrow_mut().remove(&name);
-            let (bytes, missing) =
-                m.put_weight_part(&mut pending, index as usize, offset as usize, total as usize, &part.data).await?;
+            let (bytes, missing) = m
+                .put_weight_part(&mut pending, index as usize, offset as usize, total as usize, &part.data, Check::Hash)
+                .await?;
             if let Some(p) = pending {
                 state.parts.borrow_mut().insert(name, p);
             }
@@ -490,26 +492,38 @@ const READ_AHEAD: usize = 8;
 /// missing or failing its checks leaves that weight to the host.
 async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
     let decls = m.graph().weights.clone();
-    let reads = futures_util::stream::iter(decls.iter().enumerate())
-        .map(|(i, d)| async move { (i, read_held(cache, &d.hash).await) })
-        .buffered(READ_AHEAD);
-    let mut reads = std::pin::pin!(reads);
+    // Each read runs as a task of its own, so its steps (marker, then pieces) advance while the
+    // loop below stores the weight before it; a stream's `buffered` advanced them only when
+    // polled, so every read stalled while a weight was hashed and stored.
+    let spawn = |i: usize| {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let (cache, hash) = (cache.clone(), decls[i].hash.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = tx.send(read_held(&cache, &hash).await);
+        });
+        rx
+    };
+    let mut ahead: std::collections::VecDeque<_> = (0..decls.len().min(READ_AHEAD)).map(spawn).collect();
     let mut held = Vec::new();
-    while let Some((i, pieces)) = reads.next().await {
+    for i in 0..decls.len() {
+        let pieces = ahead.pop_front().expect("a read per weight").await.ok().flatten();
+        if i + READ_AHEAD < decls.len() {
+            ahead.push_back(spawn(i + READ_AHEAD));
+        }
         let Some(pieces) = pieces else { continue };
         let d = &decls[i];
         let total = d.dtype.byte_len(&d.shape).unwrap_or(0) as usize;
         let ok = match &pieces[..] {
             [(0, b)] if b.length() as usize == total => {
                 let t = Tensor { dtype: d.dtype, shape: d.shape.clone(), data: detached(b).into() };
-                m.put_weights(i, &[t]).await.is_ok()
+                m.put_weights(i, &[t], Check::Known).await.is_ok()
             }
             [(0, _)] => false,
             _ => {
                 let mut pending = None;
                 let mut ok = true;
                 for (offset, b) in &pieces {
-                    if m.put_weight_part(&mut pending, i, *offset, total, &detached(b)).await.is_err() {
+                    if m.put_weight_part(&mut pending, i, *offset, total, &detached(b), Check::Known).await.is_err() {
                         ok = false;
                         break;
                     }

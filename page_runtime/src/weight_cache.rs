@@ -6,8 +6,9 @@
 //! A weight is stored as the pieces it arrived in (`/w/<hash>/<offset>`, each at most a frame's
 //! size, so no step needs it whole in memory) and then a marker `/w/<hash>` that lists the piece
 //! offsets; the marker is written last, so a weight whose pieces were not all stored is never
-//! reported as held. Whatever is read back is checked against its hash again by the normal
-//! weight path. Cache Storage exists only in secure contexts (loopback pages are; a page served
+//! reported as held. A marker is written only once its weight passed its hash check, so what is
+//! read back is trusted by that hash (`Check::Known`: dtype, shape and size checked, not hashed
+//! again; Chromium's simple disk cache keeps a CRC of each entry's data). Cache Storage exists only in secure contexts (loopback pages are; a page served
 //! from a LAN address over http is not): there the cache is simply absent and every weight is sent.
 
 use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
@@ -16,6 +17,7 @@ use wasm_bindgen_futures::JsFuture;
 
 const CACHE_NAME: &str = "tabpool-weights-v1";
 
+#[derive(Clone)]
 pub struct WeightCache {
     cache: Object,
 }

@@ -152,9 +152,12 @@ impl TabModel {
         }
         progress.finish();
         tracing::info!(
-            "{name} on {backend} in tab {}: sent {total} weight bytes, {held_bytes} held by the tab ({} weights)",
+            "{name} on {backend} in tab {}: sent {total} weight bytes, {held_bytes} held by the tab ({} weights); \
+             loaded in {:.0} ms, of which preparing {:.0} ms",
             tab.id(),
-            held.len()
+            held.len(),
+            t0.elapsed().as_secs_f64() * 1e3,
+            prepare_ms.unwrap_or(0.0)
         );
         Ok(TabModel {
             tab: tab.clone(),

@@ -9,6 +9,7 @@ use shared_proto::{DType, ErrorKind, Graph, Op, RemoteError, Tensor, ValueRef};
 use super::cached_attention::{self, LayerCache};
 use super::{Buf, GpuValue, KernelRun, Recorder, WebGpuExecutor, attention, conv, matmul, reduce};
 use crate::executors::cpu::last_uses;
+use crate::executors::inputs::Check;
 use crate::executors::{inputs, shapes};
 
 /// Interior mutability so a shared `Rc<GpuModel>` can take weights while another task runs it
@@ -150,12 +151,18 @@ impl GpuModel {
 
     /// Store weights `first..first + tensors.len()`, each checked against its declared dtype,
     /// shape and content hash. Returns the bytes stored.
-    pub fn put_weights(&self, ex: &WebGpuExecutor, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+    pub fn put_weights(
+        &self,
+        ex: &WebGpuExecutor,
+        first: usize,
+        tensors: &[Tensor],
+        check: Check,
+    ) -> Result<u64, RemoteError> {
         ex.alive()?;
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
             let idx = first + i;
-            inputs::check_weight(&self.graph, idx, t)?;
+            inputs::check_weight(&self.graph, idx, t, check)?;
             let mut weights = self.weights.borrow_mut();
             if weights[idx].is_none() && !self.folded.borrow()[idx] {
                 self.weight_bytes.set(self.weight_bytes.get() + t.data.len() as u64);
@@ -568,7 +575,7 @@ impl WebGpuExecutor {
     /// Convenience for tests and single-op graphs: create, upload all weights, prepare.
     pub async fn load_model(&self, graph: Graph, weights: &[Tensor]) -> Result<GpuModel, RemoteError> {
         let m = GpuModel::new(self, graph)?;
-        m.put_weights(self, 0, weights)?;
+        m.put_weights(self, 0, weights, Check::Hash)?;
         if m.missing_weights() > 0 {
             return Err(bad(format!("{} weights missing", m.missing_weights())));
         }

@@ -22,6 +22,7 @@ use wasm_bindgen_futures::JsFuture;
 pub use bindings::{MLContext, MLGraph, MLGraphBuilder, MLOperand, MLTensor};
 
 use super::buckets::{activation_bytes, batch_bucket, crop, pad, seq_bucket};
+use super::inputs::Check;
 use super::layout::{self, FilterLayout};
 use super::{inputs, shapes};
 use crate::caps::js_text;
@@ -274,11 +275,11 @@ impl NnModel {
 
     /// Check and store weights: large ones are written into their shared tensor now, so the
     /// frame that carried them can be freed (wasm memory holds one frame, not the model).
-    pub async fn put_weights(&self, first: usize, tensors: &[Tensor]) -> Result<u64, RemoteError> {
+    pub async fn put_weights(&self, first: usize, tensors: &[Tensor], check: Check) -> Result<u64, RemoteError> {
         self.nn.alive()?;
         let mut bytes = 0;
         for (i, t) in tensors.iter().enumerate() {
-            inputs::check_weight(&self.graph, first + i, t)?;
+            inputs::check_weight(&self.graph, first + i, t, check)?;
             bytes += t.data.len() as u64;
         }
         self.store(first, tensors).await?;
