@@ -212,6 +212,15 @@ impl TabModel {
         Ok((bytes.len() as u64, self.missing_weights()))
     }
 
+    /// Prepare to take weights: a WebNN model creates its shared tensors at once
+    /// (`NnModel::reserve_shared`); other executors need nothing.
+    pub async fn reserve(&self) -> Result<(), RemoteError> {
+        match self {
+            TabModel::Nn(m) => m.reserve_shared().await,
+            _ => Ok(()),
+        }
+    }
+
     pub fn missing_weights(&self) -> usize {
         match self {
             TabModel::Gpu(m, _) => m.missing_weights(),

@@ -493,8 +493,9 @@ const READ_AHEAD: usize = 8;
 async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
     let decls = m.graph().weights.clone();
     // Each read runs as a task of its own, so its steps (marker, then pieces) advance while the
-    // loop below stores the weight before it; a stream's `buffered` advanced them only when
-    // polled, so every read stalled while a weight was hashed and stored.
+    // loop below stores the weight before it (a stream's `buffered` advanced them only when
+    // polled: they stalled during every store). Reading every marker first, all at once, was
+    // slower: nothing was stored until the last marker came.
     let spawn = |i: usize| {
         let (tx, rx) = futures_channel::oneshot::channel();
         let (cache, hash) = (cache.clone(), decls[i].hash.clone());
@@ -504,6 +505,8 @@ async fn load_held(cache: &WeightCache, m: &TabModel) -> Vec<u32> {
         rx
     };
     let mut ahead: std::collections::VecDeque<_> = (0..decls.len().min(READ_AHEAD)).map(spawn).collect();
+    // While the first reads are under way; a failure leaves each tensor to its weight's store.
+    let _ = m.reserve().await;
     let mut held = Vec::new();
     for i in 0..decls.len() {
         let pieces = ahead.pop_front().expect("a read per weight").await.ok().flatten();

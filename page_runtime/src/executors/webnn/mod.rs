@@ -232,6 +232,9 @@ pub struct NnModel {
     hot: Rc<RefCell<Option<Hot>>>,
     /// Weights larger than this are shared inputs (`constant_max`).
     constant_max: usize,
+    /// Shared weights' tensors created ahead of their bytes (`reserve_shared`), taken by
+    /// `store` / `put_whole_weight`.
+    reserved: RefCell<Vec<Option<NnTensor>>>,
 }
 
 /// A graph over the cache budget, kept while runs keep using it.
@@ -270,7 +273,49 @@ impl NnModel {
             memory: RefCell::default(),
             memory_turn: futures_util::lock::Mutex::new(()),
             hot: Rc::default(),
+            reserved: RefCell::default(),
         })
+    }
+
+    /// Whether weight `index` of `bytes` bytes (as it arrives) is a shared tensor, not a constant.
+    fn is_shared(&self, dtype: DType, bytes: usize) -> bool {
+        bytes > self.constant_max || dtype.is_packed()
+    }
+
+    /// Create the tensors of every shared weight still missing, all at once: each creation is
+    /// a round trip to the ML service, and one after another as the weights came they took a
+    /// fifth of a model's load from the tab's cache (MiniLM: ~40 tensors, 120 ms). Conv filters
+    /// reordered at store are left to it (their layout decides their shape).
+    pub async fn reserve_shared(&self) -> Result<(), RemoteError> {
+        self.nn.alive()?;
+        let wanted: Vec<usize> = (0..self.graph.weights.len())
+            .filter(|&i| {
+                let d = &self.graph.weights[i];
+                let bytes = d.dtype.byte_len(&d.shape).unwrap_or(0) as usize;
+                self.prelaid[i].is_none() && self.weights.borrow()[i].is_none() && self.is_shared(d.dtype, bytes)
+            })
+            .collect();
+        let ctx = &self.nn.context;
+        let created = futures_util::future::try_join_all(wanted.iter().map(|&i| {
+            let d = &self.graph.weights[i];
+            create_tensor(ctx, stored_dtype(d.dtype), &d.shape, &["writable"])
+        }))
+        .await?;
+        let mut reserved = self.reserved.borrow_mut();
+        reserved.resize_with(self.graph.weights.len(), || None);
+        for (i, t) in wanted.into_iter().zip(created) {
+            reserved[i] = Some(t);
+        }
+        Ok(())
+    }
+
+    /// The shared tensor of weight `index`: reserved, or created now.
+    async fn shared_tensor(&self, index: usize, dtype: DType, shape: &[u32]) -> Result<NnTensor, RemoteError> {
+        let reserved = self.reserved.borrow_mut().get_mut(index).and_then(Option::take);
+        match reserved {
+            Some(t) => Ok(t),
+            None => create_tensor(&self.nn.context, dtype, shape, &["writable"]).await,
+        }
     }
 
     /// Check and store weights: large ones are written into their shared tensor now, so the
@@ -298,14 +343,18 @@ impl NnModel {
             })
             .collect();
         let ctx = &self.nn.context;
-        let shared = |t: &&std::borrow::Cow<Tensor>| t.data.len() > self.constant_max || t.dtype.is_packed();
+        let shared = |t: &std::borrow::Cow<Tensor>| self.is_shared(t.dtype, t.data.len());
         let created = futures_util::future::try_join_all(
-            tensors.iter().filter(shared).map(|t| create_tensor(ctx, stored_dtype(t.dtype), &t.shape, &["writable"])),
+            tensors
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| shared(t))
+                .map(|(i, t)| self.shared_tensor(first + i, stored_dtype(t.dtype), &t.shape)),
         )
         .await?;
         let mut created = created.into_iter();
         for (i, t) in tensors.iter().enumerate() {
-            let w = if shared(&t) {
+            let w = if shared(t) {
                 let tensor = created.next().expect("one per large weight");
                 if t.dtype.is_packed() {
                     // One weight's f32 at a time (≤ a few MB of wasm memory), written and dropped.
@@ -335,14 +384,14 @@ impl NnModel {
             return self.store(index, &[t]).await;
         }
         let w = if decl.dtype.is_packed() {
-            let tensor = create_tensor(&self.nn.context, DType::F32, &decl.shape, &["writable"]).await?;
+            let tensor = self.shared_tensor(index, DType::F32, &decl.shape).await?;
             let f = dequantize_js(decl.dtype, bytes);
             self.nn.context.write_tensor(&tensor.0, &f).map_err(|e| internal("writeTensor", e))?;
             // Copied into the tensor: detaching frees the f32 buffer now, not at GC.
             let _ = f.buffer().transfer_with_length(0);
             Weight::Shared { dtype: DType::F32, shape: decl.shape.clone(), tensor }
         } else if bytes.length() as usize > self.constant_max {
-            let tensor = create_tensor(&self.nn.context, decl.dtype, &decl.shape, &["writable"]).await?;
+            let tensor = self.shared_tensor(index, decl.dtype, &decl.shape).await?;
             self.nn.context.write_tensor(&tensor.0, bytes).map_err(|e| internal("writeTensor", e))?;
             Weight::Shared { dtype: decl.dtype, shape: decl.shape.clone(), tensor }
         } else {
