@@ -200,6 +200,12 @@ async fn greedy_on_two_threads_equals_the_reference() {
     for (ids, c) in both.iter().zip(&cases) {
         assert_eq!(*ids, with_stop(c), "in shared steps: {:?}", c.user);
     }
+    // The host's thread budget narrows and widens a tab's threads (SetThreads): the same ids on
+    // one, and never more than the page started.
+    let t = std::time::Duration::from_secs(10);
+    assert_eq!(tab.set_threads(1, t).await.unwrap_or_else(|e| panic!("{e}")), 1);
+    assert_eq!(greedy_all(&m, &d, &cases[..1]).await[0], with_stop(&cases[0]), "on one thread of two");
+    assert_eq!(tab.set_threads(8, t).await.unwrap_or_else(|e| panic!("{e}")), 2, "at most what it started");
     d.stop().await;
     host.shutdown().await;
 }

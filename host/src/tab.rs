@@ -191,6 +191,17 @@ impl Tab {
     }
 }
 
+impl Tab {
+    /// Let the tab's CPU executor use at most `threads` threads; the count now in force (at most
+    /// what the page started).
+    pub async fn set_threads(&self, threads: u32, timeout: Duration) -> Result<u32, TabError> {
+        match self.call(Request::SetThreads { threads }, Vec::new(), timeout).await? {
+            (Reply::ThreadsSet { threads }, _) => Ok(threads),
+            (other, _) => Err(TabError::BadReply { tab: self.id(), message: format!("{other:?} to SetThreads") }),
+        }
+    }
+}
+
 /// "SwiftShader Device (Subzero) [Cpu, BrowserWebGpu]" or why there is no adapter.
 pub fn adapter_line(caps: &Capabilities) -> String {
     match (&caps.webgpu.adapter, &caps.webgpu.error) {

@@ -368,6 +368,16 @@ async fn serve_request(state: &TabState, req: Request, inputs: Vec<Tensor>) -> R
             }
             (Ok(Reply::DeviceDestroyed { webgpu: ex.is_some(), webnn_contexts: contexts.len() as u32 }), Vec::new())
         }
+        Request::SetThreads { threads } => {
+            #[cfg(target_feature = "atomics")]
+            let now = crate::executors::cpu::pool::set_limit(threads as usize);
+            #[cfg(not(target_feature = "atomics"))]
+            let now = {
+                let _ = threads;
+                1
+            };
+            (Ok(Reply::ThreadsSet { threads: now as u32 }), Vec::new())
+        }
         Request::OpenSession { model: name, session, capacity, prompt } => {
             let m = model(&name)?;
             let mut all = state.sessions.borrow_mut();

@@ -134,6 +134,13 @@ pub enum Request {
         session: u64,
         first_layer: u32,
     },
+    /// Run the CPU executor's kernels on at most `threads` threads (the main thread and
+    /// `threads − 1` of its workers; at least one). The host's one thread budget per machine
+    /// gives each tab its share as tabs come and go (`policy::threads`). Answered `ThreadsSet`
+    /// with the count now in force: at most what the page started (its `Capabilities::threads`).
+    SetThreads {
+        threads: u32,
+    },
 }
 
 /// One session's share of a [`Request::Step`].
@@ -250,5 +257,9 @@ pub enum Reply {
     EncodedIntoMemory {
         device_ms: f64,
         bytes: u64,
+    },
+    /// Threads the CPU executor uses now (`SetThreads`).
+    ThreadsSet {
+        threads: u32,
     },
 }

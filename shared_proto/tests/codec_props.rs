@@ -27,6 +27,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Sink),
         Just(Request::Kernel(Kernel::Add)),
         Just(Request::LoseDevice),
+        any::<u32>().prop_map(|threads| Request::SetThreads { threads }),
         (".{0,20}", any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(model, index, offset, total)| Request::PutWeightPart { model, index, offset, total }),
         (0..3u8, any::<u32>()).prop_map(|(v, repeats)| Request::Kernel(Kernel::MatMul {

@@ -9,6 +9,15 @@ pub fn per_tab(cores: usize, tabs: usize) -> u32 {
     (cores / tabs.max(1)).clamp(1, 8) as u32
 }
 
+/// Each of `tabs` tabs' threads when they share `cores` cores, the cores left over by an uneven
+/// split going to the first tabs (3 cores, 2 tabs: 2 and 1) — the sum never exceeds the cores
+/// unless there are more tabs than cores (each keeps one) — and none above 8, as [`per_tab`].
+pub fn shares(cores: usize, tabs: usize) -> Vec<u32> {
+    let base = cores / tabs.max(1);
+    let extra = cores % tabs.max(1);
+    (0..tabs).map(|i| (base + usize::from(i < extra)).clamp(1, 8) as u32).collect()
+}
+
 /// The cores of this machine, as the OS reports them to the host.
 pub fn local_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -29,6 +38,29 @@ mod tests {
         for cores in 1..=16 {
             for tabs in 1..=cores {
                 assert!(per_tab(cores, tabs) as usize * tabs <= cores.max(tabs), "{cores} cores, {tabs} tabs");
+            }
+        }
+    }
+
+    #[test]
+    fn shares_use_every_core_and_never_more() {
+        assert_eq!(shares(2, 1), vec![2]);
+        assert_eq!(shares(2, 2), vec![1, 1]);
+        assert_eq!(shares(3, 2), vec![2, 1], "the odd core goes to the first tab");
+        assert_eq!(shares(2, 3), vec![1, 1, 1], "more tabs than cores: one each");
+        assert_eq!(shares(64, 2), vec![8, 8]);
+        assert!(shares(4, 0).is_empty());
+        for cores in 1..=16 {
+            for tabs in 1..=20 {
+                let s = shares(cores, tabs);
+                let sum: u32 = s.iter().sum();
+                assert_eq!(s.len(), tabs);
+                assert!(s.iter().all(|&t| (1..=8).contains(&t)));
+                if tabs <= cores && cores <= 8 * tabs {
+                    assert_eq!(sum as usize, cores, "{cores} cores, {tabs} tabs: every core used");
+                }
+                assert!(sum as usize <= cores.max(tabs), "{cores} cores, {tabs} tabs: {s:?}");
+                assert!(s.iter().max().unwrap() - s.iter().min().unwrap() <= 1, "even within one thread");
             }
         }
     }

@@ -265,7 +265,7 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolMetrics {
                 webgpu: adapter_line(caps),
                 webnn: webnn_line(caps),
                 hardware_concurrency: caps.hardware_concurrency,
-                cpu_threads: caps.threads,
+                cpu_threads: s.threads.load(Ordering::Relaxed),
                 activations: caps.activations.clone(),
                 device_memory_gib: caps.device_memory_gib,
                 user_agent: caps.user_agent.clone(),

@@ -261,11 +261,12 @@ impl Pool {
     /// A pool over an already started host.
     pub async fn with_host(mut host: Host, cfg: PoolConfig) -> anyhow::Result<Pool> {
         cfg.validate()?;
-        // One thread budget for the machine: the most tabs the pool may hold share its cores
-        // (unless the user set `--tab-threads`).
-        if host.tab_threads_asked().is_none() {
-            let cores = crate::policy::threads::local_cores();
-            host.set_tab_threads(crate::policy::threads::per_tab(cores, cfg.max_tabs));
+        // One thread budget for the machine (unless the user set `--tab-threads`): a page starts
+        // with threads enough for the fewest tabs the pool may hold, and the scaler then gives
+        // each tab its share of the cores as tabs come and go (`scaler::balance_threads`).
+        let thread_budget = host.tab_threads_asked().is_none().then(crate::policy::threads::local_cores);
+        if let Some(cores) = thread_budget {
+            host.set_tab_threads(crate::policy::threads::per_tab(cores, cfg.min_tabs.max(1)));
         }
         let kinds = cfg.kinds_or_installed(|k| host.browser_binary(k).is_ok());
         anyhow::ensure!(
@@ -281,7 +282,9 @@ impl Pool {
         };
         let joined = host.take_joined();
         let join_url = host.join_url();
-        let shared = Arc::new(Shared::new(host, cfg, kinds, store)?);
+        let mut shared = Shared::new(host, cfg, kinds, store)?;
+        shared.thread_budget = thread_budget;
+        let shared = Arc::new(shared);
         // Start at min_tabs before anything is served, so a bad setup fails here, loudly.
         let started = Instant::now();
         while shared.live_tabs() < shared.cfg.min_tabs {

@@ -78,6 +78,33 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+        balance_threads(&shared).await;
+    }
+}
+
+/// Give every tab on this machine its share of the cores (`policy::threads::shares`), older
+/// tabs first: a tab alone gets them all, a second one halves them — wasm threads past the
+/// cores spin against each other. Lent and remote (Grid) tabs run on other machines and are
+/// not counted; a tab that does not answer keeps what it had until the next tick.
+async fn balance_threads(shared: &Shared) {
+    let Some(cores) = shared.thread_budget else { return };
+    let mut local: Vec<Arc<Slot>> =
+        live(shared).into_iter().filter(|s| s.kind.browser != crate::browser::BrowserKind::Remote).collect();
+    local.sort_by_key(|s| s.serial);
+    let shares = crate::policy::threads::shares(cores, local.len());
+    for (s, share) in local.iter().zip(shares) {
+        let want = share.min(s.tab.caps().threads).max(1);
+        if s.threads.load(Ordering::Relaxed) == want || !s.tab.is_connected() || s.recovering.load(Ordering::SeqCst) {
+            continue;
+        }
+        match s.tab.set_threads(want, Duration::from_secs(5)).await {
+            Ok(now) => {
+                s.threads.store(now, Ordering::Relaxed);
+                let why = format!("{now} threads: {} tabs on this machine share its {cores} cores", local.len());
+                shared.log("threads", Some(&s.kind.name), Some(s.id), &why);
+            }
+            Err(e) => tracing::debug!(tab = s.id, "setting threads: {e}"),
+        }
     }
 }
 

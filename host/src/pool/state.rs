@@ -70,6 +70,9 @@ pub(crate) struct Slot {
     pub placement: Mutex<Option<Arc<super::grid::Placement>>>,
     /// A tab a page lent (`serve --join`): untrusted, its results checked (`lending`).
     pub lent: Option<super::lending::Lent>,
+    /// Threads its CPU executor uses now: its share of the machine (`scaler::balance_threads`),
+    /// at most what its page started with.
+    pub threads: AtomicU32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -326,6 +329,9 @@ pub(crate) struct Shared {
     /// Set once shutdown stops waiting: every request still waiting is answered `ShutDown`.
     pub abandon: tokio::sync::watch::Sender<bool>,
     pub closed: AtomicBool,
+    /// The cores this machine's tabs share, when the pool gives each its share as tabs come and
+    /// go (`None`: `--tab-threads` fixed every tab's threads).
+    pub thread_budget: Option<usize>,
     pub started: Instant,
     pub next_serial: AtomicU64,
     /// Batches hedged to a second replica.
@@ -410,6 +416,7 @@ impl Shared {
             gate: Gate::new(STREAM_DEFER),
             abandon: tokio::sync::watch::channel(false).0,
             closed: AtomicBool::new(false),
+            thread_budget: None,
             started: Instant::now(),
             next_serial: AtomicU64::new(1),
             hedged: AtomicU64::new(0),
@@ -643,6 +650,7 @@ impl Shared {
     }
 
     pub(super) fn new_slot_lent(&self, tab: Tab, kind: KindSpec, lent: Option<super::lending::Lent>) -> Arc<Slot> {
+        let threads = AtomicU32::new(tab.caps().threads);
         Arc::new(Slot {
             serial: self.next_serial.fetch_add(1, Ordering::SeqCst),
             id: tab.id(),
@@ -663,6 +671,7 @@ impl Shared {
             latency: Mutex::new(Latency::default()),
             streams: AtomicUsize::new(0),
             placement: Mutex::new(None),
+            threads,
             lent,
         })
     }

@@ -424,6 +424,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("run", Request::Run { model: "m".into() }, tensors()[1..2].to_vec()),
         ("unload", Request::UnloadModel { model: "m".into() }, vec![]),
         ("lose_device", Request::LoseDevice, vec![]),
+        ("set_threads", Request::SetThreads { threads: 2 }, vec![]),
         (
             "open_session",
             Request::OpenSession { model: "m".into(), session: 7, capacity: 512, prompt: vec![1, 2, 3] },
@@ -515,6 +516,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         ("ran", Reply::Ran { device_ms: 0.25 }, tensors()),
         ("unloaded", Reply::Unloaded, vec![]),
         ("device_destroyed", Reply::DeviceDestroyed { webgpu: true, webnn_contexts: 2 }, vec![]),
+        ("threads_set", Reply::ThreadsSet { threads: 1 }, vec![]),
     ];
     for (name, r, t) in replies {
         to_host.push((format!("reply_{name}"), enc_host(ToHost::Reply { id: 42, result: Ok(r) }, t)));

@@ -27,6 +27,9 @@ static JOB: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// A job is running: a kernel inside a part (on any thread) runs its own splits serially.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Threads kernels may use (`set_limit`: the host's share of the machine for this tab); workers
+/// past it sleep through jobs.
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Spins a worker makes between jobs before it sleeps (about a millisecond).
 const SPINS: u32 = 1 << 16;
@@ -35,7 +38,14 @@ type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 /// Threads that run kernels: the main thread and the registered workers.
 pub fn threads() -> usize {
-    1 + WORKERS.load(Ordering::Acquire)
+    (1 + WORKERS.load(Ordering::Acquire)).min(LIMIT.load(Ordering::Acquire))
+}
+
+/// Use at most `n` threads (at least the main thread) from the next job on; the count in force.
+/// Workers past it take no parts and sleep without spinning, so they cost the machine nothing.
+pub fn set_limit(n: usize) -> usize {
+    LIMIT.store(n.max(1), Ordering::Release);
+    threads()
 }
 
 /// The most parts a job has (the state word's field).
@@ -44,7 +54,7 @@ pub const MAX_PARTS: usize = 0xffff;
 /// Run `f(0..parts)`, the parts spread over the main thread and the workers; returns when all
 /// are done. Jobs come from the main thread only, one at a time.
 pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 || parts > MAX_PARTS || WORKERS.load(Ordering::Acquire) == 0 || ACTIVE.swap(true, Ordering::AcqRel) {
+    if parts <= 1 || parts > MAX_PARTS || threads() <= 1 || ACTIVE.swap(true, Ordering::AcqRel) {
         (0..parts).for_each(f);
         return;
     }
@@ -93,14 +103,16 @@ pub fn pool_register() -> usize {
     WORKERS.fetch_add(1, Ordering::AcqRel)
 }
 
-/// A worker's loop: wait for a job, take its parts, repeat. Never returns.
+/// A worker's loop: wait for a job, take its parts, repeat. Never returns. `index`: what
+/// `pool_register` gave it; a worker at or past the thread limit (`set_limit`) sits jobs out.
 #[wasm_bindgen::prelude::wasm_bindgen]
-pub fn pool_worker() {
+pub fn pool_worker(index: usize) {
     let mut seen = GENERATION.load(Ordering::Acquire);
     loop {
         let mut spins = 0u32;
+        let benched = index + 1 >= LIMIT.load(Ordering::Acquire);
         while GENERATION.load(Ordering::Acquire) == seen {
-            if spins < SPINS {
+            if spins < SPINS && !benched {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
@@ -109,6 +121,9 @@ pub fn pool_worker() {
             }
         }
         seen = GENERATION.load(Ordering::Acquire);
+        if index + 1 >= LIMIT.load(Ordering::Acquire) {
+            continue;
+        }
         while let Some(p) = claim(seen) {
             // SAFETY: a successful claim means job `seen` is unfinished (this part is not done),
             // so the main thread is still inside `run` and `JOB` points at its live `&dyn Fn`:
