@@ -26,6 +26,11 @@ RUST_TEST_THREADS=1 step cargo test --workspace --no-fail-fast
 # `--mode no-install` with the drivers named: wasm-pack downloads nothing.
 step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install page_runtime --features api
 step wasm-pack test --headless --firefox --geckodriver "$(command -v geckodriver)" --mode no-install page_runtime --features api
+# The SIMD128 kernel tests again built with relaxed SIMD (what www/pkg-threads-relaxed runs: fused
+# multiply-adds within the same tolerances), in a target dir of their own so the plain build's
+# artifacts stay.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/relaxed-tests" RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  step cargo test -p page_runtime --target wasm32-unknown-unknown --test quantized_simd128
 # The model graphs a page builds equal the host's (same hash, same token ids).
 step wasm-pack test --headless --chrome --chromedriver /usr/bin/chromedriver --mode no-install model_graphs
 

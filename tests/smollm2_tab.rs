@@ -190,6 +190,11 @@ async fn greedy_on_two_threads_equals_the_reference() {
     let cases = support::smollm2_reference();
     let tab = host.launch_tab().await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(tab.caps().threads, 2, "a cross-origin isolated page with the threaded build");
+    // Chromium validates relaxed SIMD, so the page chose its relaxed-SIMD build where one was built
+    // (scripts/build-page.sh without --demo); the reference ids below hold on it.
+    let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../www"));
+    let relaxed_built = www.join("pkg-threads-relaxed/page_runtime_bg.wasm").is_file();
+    assert_eq!(tab.caps().relaxed_simd, relaxed_built, "the relaxed build is chosen exactly where it exists");
     let limits = placement::kv_limits(&m, 2);
     let stepper = placement::load_in(&tab, &m, Backend::WasmCpu, limits, &()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let d = Decoder::start(Arc::new(stepper), StepLimits::default(), None);

@@ -24,8 +24,20 @@ pub async fn probe() -> (Capabilities, Option<WebGpuExecutor>) {
     let webnn = probe_webnn(&nav).await;
     let threads = crate::executors::cpu::threads() as u32;
     let activations = crate::executors::cpu::quantized_int::activations().name().to_string();
-    let caps =
-        Capabilities { user_agent, hardware_concurrency, device_memory_gib, webgpu, webnn, threads, activations };
+    #[cfg(target_feature = "simd128")]
+    let relaxed_simd = crate::executors::cpu::simd::RELAXED;
+    #[cfg(not(target_feature = "simd128"))]
+    let relaxed_simd = false;
+    let caps = Capabilities {
+        user_agent,
+        hardware_concurrency,
+        device_memory_gib,
+        webgpu,
+        webnn,
+        threads,
+        activations,
+        relaxed_simd,
+    };
     (caps, executor)
 }
 

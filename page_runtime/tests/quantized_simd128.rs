@@ -244,3 +244,34 @@ fn simd128_rounding_of_x_equals_the_portable_block() {
         }
     }
 }
+
+/// The f32 dot product every f32 Linear and attention of a tab uses (`cpu::dot`, SIMD128): in the
+/// plain build equal bit for bit to eight lanes (`j mod 8`) summed in lane order, then the tail,
+/// as the portable loop adds; in the relaxed-SIMD build (fused multiply-adds, what
+/// `www/pkg-threads-relaxed` runs; scripts/test.sh runs this file built both ways) within
+/// 1e-6 + 2e-6·Σ|aⱼ·bⱼ| of f64 — a wrong lane or a lost tail is off by a whole term.
+#[wasm_bindgen_test]
+fn simd128_dot_sums_as_the_portable_loop_or_fused_within_tolerance() {
+    let relaxed = page_runtime::executors::cpu::simd::RELAXED;
+    for n in (0..40).chain([64, 100, 384, 1536, 1537]) {
+        let (a, b) = (noise(n, 11 + n as u64), noise(n, 5 + 3 * n as u64));
+        let got = page_runtime::executors::cpu::dot(&a, &b);
+        let mut lanes = [0.0f32; 8];
+        for c in 0..n / 8 {
+            for j in 0..8 {
+                lanes[j] += a[8 * c + j] * b[8 * c + j];
+            }
+        }
+        let mut want = lanes.iter().sum::<f32>();
+        for j in n / 8 * 8..n {
+            want += a[j] * b[j];
+        }
+        let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        let abs: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
+        if relaxed {
+            assert!((got as f64 - exact).abs() <= 1e-6 + 2e-6 * abs, "n = {n}: {got} vs {exact}");
+        } else {
+            assert_eq!(got.to_bits(), want.to_bits(), "n = {n}: {got} vs the portable {want}");
+        }
+    }
+}

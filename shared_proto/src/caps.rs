@@ -17,6 +17,9 @@ pub struct Capabilities {
     /// "int16" (activations rounded to 16-bit blocks, integer dots) or "int8-batched" (8-bit
     /// blocks for several rows at once) — what the host asked with `&activations=`.
     pub activations: String,
+    /// The page's relaxed-SIMD build runs (the browser validated `f32x4.relaxed_madd`): the
+    /// CPU executor's f32 multiply-adds are fused.
+    pub relaxed_simd: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

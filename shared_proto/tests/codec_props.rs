@@ -69,6 +69,7 @@ fn arb_to_host() -> impl Strategy<Value = ToHost> {
                     },
                     threads: 1,
                     activations: "f32".into(),
+                    relaxed_simd: false,
                 },
             }))
         },

@@ -75,6 +75,8 @@ struct Row {
     /// quantized Linear multiplies with (`--tab-activations`; "f32" on the host row).
     threads: u32,
     activations: String,
+    /// The tab runs the page's relaxed-SIMD build (fused f32 multiply-adds).
+    relaxed_simd: bool,
     /// The next chat turn after the single stream: its prompt tokens, those its prefix cache
     /// gave, TTFT with them and TTFT prefilling it all (`None`: the backend keeps no cache).
     turn2: Turn2,
@@ -208,6 +210,7 @@ async fn measure(host: &mut Host, m: &SmolLm2, backend: Backend, prompt: &[u32],
     Ok(Row {
         threads: tab.as_ref().map_or(1, |t| t.caps().threads),
         activations: tab.as_ref().map_or("f32".into(), |t| t.caps().activations.clone()),
+        relaxed_simd: tab.as_ref().is_some_and(|t| t.caps().relaxed_simd),
         backend: s.backend(),
         load_ms,
         prefill_tokens: prompt.len(),
@@ -283,7 +286,7 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
                     .collect();
                 json!({"backend": r.backend, "load_ms": r.load_ms, "prefill_tokens": r.prefill_tokens,
                        "prefill_tok_s": r.prefill_tok_s, "ttft_ms": r.ttft_ms, "decode_tok_s": r.decode_tok_s,
-                       "streams": st, "tab_mib_above_empty": r.tab_mib_above_empty, "threads": r.threads, "activations": r.activations,
+                       "streams": st, "tab_mib_above_empty": r.tab_mib_above_empty, "threads": r.threads, "activations": r.activations, "relaxed_simd": r.relaxed_simd,
                        "turn2": {"tokens": r.turn2.tokens, "cached": r.turn2.cached,
                                  "cached_ttft_ms": r.turn2.cached_ttft_ms, "full_ttft_ms": r.turn2.full_ttft_ms}})
             })
@@ -300,16 +303,16 @@ pub async fn run(host: &mut Host, args: Args) -> anyhow::Result<()> {
     }
     println!("bench generate — {} (Q4_1 GGUF {gguf_mib:.1} MiB), prompt {} tokens, greedy", m.name, prompt.len());
     println!(
-        "{:<10} | {:>7} | {:>12} | {:>8} | {:>11} | {:>8} | {:>10} | {:>16} | streams: aggregate tok/s",
+        "{:<10} | {:>12} | {:>12} | {:>8} | {:>11} | {:>8} | {:>10} | {:>16} | streams: aggregate tok/s",
         "backend", "threads", "activations", "load ms", "prefill t/s", "TTFT ms", "decode t/s", "tab above empty"
     );
     for r in &rows {
         let mem = r.tab_mib_above_empty.map(|b| format!("{b:.0} MiB = {:.2}×", b / gguf_mib)).unwrap_or("-".into());
         let st: Vec<String> = r.streams.iter().map(|(n, tabs, rate)| format!("{n} on {tabs} tab: {rate:.1}")).collect();
         println!(
-            "{:<10} | {:>7} | {:>12} | {:>8.0} | {:>11.1} | {:>8.0} | {:>10.1} | {:>16} | {}",
+            "{:<10} | {:>12} | {:>12} | {:>8.0} | {:>11.1} | {:>8.0} | {:>10.1} | {:>16} | {}",
             r.backend,
-            r.threads,
+            format!("{}{}", r.threads, if r.relaxed_simd { ", relaxed" } else { "" }),
             r.activations,
             r.load_ms,
             r.prefill_tok_s,

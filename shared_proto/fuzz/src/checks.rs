@@ -485,6 +485,7 @@ pub fn seed_frames() -> (Seeds, Seeds) {
         },
         threads: 2,
         activations: "int16".into(),
+        relaxed_simd: true,
     };
     let hello = |caps| {
         ToHost::Hello(Box::new(Hello { protocol_version: PROTOCOL_VERSION, tab_id: 3, token: "0123abcd".into(), caps }))

@@ -189,8 +189,8 @@ mod simd128 {
                 for r in 0..4 {
                     let h = v128_load(rows[r].add(2 * i) as *const v128);
                     let (a, b) = if RESCALE { halves8(h) } else { halves8_small(h) };
-                    acc[2 * r] = f32x4_add(acc[2 * r], f32x4_mul(a, x0));
-                    acc[2 * r + 1] = f32x4_add(acc[2 * r + 1], f32x4_mul(b, x1));
+                    acc[2 * r] = super::super::simd::madd(a, x0, acc[2 * r]);
+                    acc[2 * r + 1] = super::super::simd::madd(b, x1, acc[2 * r + 1]);
                 }
                 i += 8;
             }

@@ -23,6 +23,8 @@ mod reduce;
 mod reindex;
 mod rope;
 pub mod sample;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod simd;
 mod unary;
 
 pub use attention::{AttnDims, attention};

@@ -4,6 +4,8 @@
 
 use core::arch::wasm32::*;
 
+use super::simd::madd;
+
 use shared_proto::DType;
 use shared_proto::quant::{BlockQ4_1, BlockQ8_0, QK};
 
@@ -62,8 +64,8 @@ unsafe fn unpack(dtype: DType, b: *const u8) -> ([v128; 8], f32, f32) {
     }
 }
 
-/// `Σ q ⊙ x` of one block in four lanes, two independent chains (wasm SIMD has no fused
-/// multiply-add, so each step is a multiply and an add).
+/// `Σ q ⊙ x` of one block in four lanes, two independent chains (a multiply and an add each
+/// step, fused in the relaxed-SIMD build: `simd::madd`).
 ///
 /// # Safety
 /// `x` points at 32 floats.
@@ -71,9 +73,9 @@ unsafe fn unpack(dtype: DType, b: *const u8) -> ([v128; 8], f32, f32) {
 unsafe fn lanes(q: &[v128; 8], x: *const f32) -> v128 {
     // SAFETY: the caller passes a pointer to a whole block of x.
     unsafe {
-        let l = |i: usize| f32x4_mul(q[i], v128_load(x.add(4 * i) as *const v128));
-        let a = f32x4_add(f32x4_add(l(0), l(2)), f32x4_add(l(4), l(6)));
-        let b = f32x4_add(f32x4_add(l(1), l(3)), f32x4_add(l(5), l(7)));
+        let x = |i: usize| v128_load(x.add(4 * i) as *const v128);
+        let a = madd(q[6], x(6), madd(q[4], x(4), madd(q[2], x(2), f32x4_mul(q[0], x(0)))));
+        let b = madd(q[7], x(7), madd(q[5], x(5), madd(q[3], x(3), f32x4_mul(q[1], x(1)))));
         f32x4_add(a, b)
     }
 }
@@ -99,7 +101,7 @@ pub fn output_row(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32], acc: &mut [
             let (mut lane, mut mins) = (f32x4_splat(0.0), 0.0f32);
             for (b, &s) in xsum[..nb].iter().enumerate() {
                 let (q, d, m) = unpack(dtype, row.as_ptr().add(b * bb));
-                lane = f32x4_add(lane, f32x4_mul(f32x4_splat(d), lanes(&q, x.as_ptr().add(b * QK))));
+                lane = madd(f32x4_splat(d), lanes(&q, x.as_ptr().add(b * QK)), lane);
                 mins += m * s;
             }
             *a = sum(lane) + mins;
@@ -113,7 +115,7 @@ pub fn output_row(dtype: DType, row: &[u8], x: &[f32], xsum: &[f32], acc: &mut [
             let (q, d, m) = unpack(dtype, row.as_ptr().add(b * bb));
             let d = f32x4_splat(d);
             for (i, (l, mn)) in lane[..acc.len()].iter_mut().zip(mins.iter_mut()).enumerate() {
-                *l = f32x4_add(*l, f32x4_mul(d, lanes(&q, x.as_ptr().add(i * k + b * QK))));
+                *l = madd(d, lanes(&q, x.as_ptr().add(i * k + b * QK)), *l);
                 *mn += m * xsum[i * nb + b];
             }
         }
